@@ -1,0 +1,356 @@
+//! A development certificate authority for SPIFFE workload certificates.
+//!
+//! Each leaf carries exactly one identity, as a URI SAN
+//! `spiffe://<trust-domain>/ns/<namespace>/sa/<service>`, and no DNS name: sidecars verify each
+//! other by that URI, not by host name. Keys are ECDSA P-256, the curve every TLS stack supports.
+//!
+//! This CA is for local development and tests. The control plane's CA signs CSRs so that workload
+//! keys never leave the sidecar; here the CA makes the key pair itself, which is fine for files
+//! a developer hands to a sidecar on one machine.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::OffsetDateTime;
+
+/// Lifetime of a development leaf unless the caller asks for another.
+pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of a development root.
+const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Certificates start to be valid a little in the past, so clock skew between processes on one
+/// machine (or a freshly minted certificate) never reads as "not yet valid".
+const BACKDATE: Duration = Duration::from_secs(300);
+
+/// Errors from minting or storing certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters or the key.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A name that cannot appear in a SPIFFE ID.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName {
+        /// Which part of the identity.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// A certificate authority that can issue workload certificates.
+pub struct DevCa {
+    trust_domain: String,
+    cert_pem: String,
+    key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// What to put in one leaf certificate.
+#[derive(Clone, Debug)]
+pub struct LeafSpec {
+    /// The SPIFFE ID to carry as the only URI SAN.
+    pub spiffe_id: String,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// A minted leaf: PEM certificate and PEM (PKCS#8) private key.
+#[derive(Clone)]
+pub struct Leaf {
+    /// The leaf certificate, PEM.
+    pub cert_pem: String,
+    /// The leaf's private key, PEM PKCS#8.
+    pub key_pem: String,
+}
+
+// === impl DevCa ===
+
+impl DevCa {
+    /// Generates a new root for `trust_domain`.
+    pub fn generate(trust_domain: &str) -> Result<Self, CertError> {
+        validate_trust_domain(trust_domain)?;
+        let key = KeyPair::generate()?;
+        let params = root_params(trust_domain);
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a root from its PEM certificate and key.
+    pub fn from_pem(trust_domain: &str, cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        validate_trust_domain(trust_domain)?;
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    /// Loads `ca.pem` and `ca-key.pem` from `dir` when both exist, else generates a new root.
+    pub fn load_or_generate(dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
+        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+        if cert_path.exists() && key_path.exists() {
+            let cert = read(&cert_path)?;
+            let key = read(&key_path)?;
+            return Self::from_pem(trust_domain, &cert, &key);
+        }
+        Self::generate(trust_domain)
+    }
+
+    /// The trust domain this root issues for.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The root certificate, PEM: the trust bundle to hand to sidecars.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The root's private key, PEM.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// The SPIFFE ID of `service` in `namespace` under this root's trust domain.
+    pub fn spiffe_id(&self, namespace: &str, service: &str) -> Result<String, CertError> {
+        validate_label("namespace", namespace)?;
+        validate_label("service", service)?;
+        Ok(format!(
+            "spiffe://{}/ns/{namespace}/sa/{service}",
+            self.trust_domain
+        ))
+    }
+
+    /// Issues a leaf for `service` in `namespace`, valid from now for `lifetime`.
+    pub fn issue_service(
+        &self,
+        namespace: &str,
+        service: &str,
+        lifetime: Duration,
+    ) -> Result<Leaf, CertError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue(&LeafSpec {
+            spiffe_id: self.spiffe_id(namespace, service)?,
+            not_before: now - BACKDATE,
+            not_after: now + lifetime,
+        })
+    }
+
+    /// Issues a leaf exactly as `spec` says, including validity in the past (for tests of
+    /// expired certificates) or any SPIFFE ID (for tests of impersonation).
+    pub fn issue(&self, spec: &LeafSpec) -> Result<Leaf, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "mesh workload");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(spec.spiffe_id.clone().try_into()?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // Every sidecar is both a client (outbound) and a server (inbound).
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = spec.not_before;
+        params.not_after = spec.not_after;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes `ca.pem` and `ca-key.pem` (mode 0600) into `dir`.
+    pub fn write_to(&self, dir: &Path) -> Result<(), CertError> {
+        write(&dir.join("ca.pem"), &self.cert_pem, false)?;
+        write(&dir.join("ca-key.pem"), &self.key_pem, true)
+    }
+}
+
+impl fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the key.
+        f.debug_struct("DevCa")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Leaf ===
+
+impl Leaf {
+    /// Writes `<name>.pem` and `<name>-key.pem` (mode 0600) into `dir`; returns both paths.
+    pub fn write_to(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), CertError> {
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}-key.pem"));
+        write(&cert, &self.cert_pem, false)?;
+        write(&key, &self.key_pem, true)?;
+        Ok((cert, key))
+    }
+}
+
+impl fmt::Debug for Leaf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Leaf").finish_non_exhaustive()
+    }
+}
+
+fn root_params(trust_domain: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "mesh");
+    dn.push(DnType::CommonName, format!("{trust_domain} root CA"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + ROOT_LIFETIME;
+    params
+}
+
+/// A trust domain is a DNS-like name: lowercase letters, digits, `.`, `-` and `_`.
+fn validate_trust_domain(value: &str) -> Result<(), CertError> {
+    let ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(CertError::InvalidName {
+            what: "trust domain",
+            value: value.to_owned(),
+            reason: "use lowercase letters, digits, '.', '-' and '_'",
+        })
+    }
+}
+
+/// Service and namespace names are DNS labels, as in Kubernetes.
+fn validate_label(what: &'static str, value: &str) -> Result<(), CertError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CertError::InvalidName {
+            what,
+            value: value.to_owned(),
+            reason: "use a DNS label: 1-63 lowercase letters, digits and '-'",
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, CertError> {
+    fs::read_to_string(path).map_err(|source| CertError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
+    let io_err = |source| CertError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    fs::write(path, contents).map_err(io_err)?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::GeneralName;
+
+    fn uri_sans(pem: &str) -> Vec<String> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(u.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn leaf_carries_only_the_spiffe_uri() {
+        let ca = DevCa::generate("mesh.local").unwrap();
+        let leaf = ca
+            .issue_service("default", "orders", DEFAULT_LEAF_LIFETIME)
+            .unwrap();
+        assert_eq!(
+            uri_sans(&leaf.cert_pem),
+            ["spiffe://mesh.local/ns/default/sa/orders"]
+        );
+    }
+
+    #[test]
+    fn reloaded_ca_issues_leaves_chaining_to_the_same_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("mesh.local").unwrap();
+        ca.write_to(dir.path()).unwrap();
+        let again = DevCa::load_or_generate(dir.path(), "mesh.local").unwrap();
+        assert_eq!(again.cert_pem(), ca.cert_pem());
+        let mode = std::fs::metadata(dir.path().join("ca-key.pem"))
+            .unwrap()
+            .permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn bad_names_are_rejected_with_the_name() {
+        let ca = DevCa::generate("mesh.local").unwrap();
+        let err = ca
+            .issue_service("default", "Orders_Svc", DEFAULT_LEAF_LIFETIME)
+            .unwrap_err();
+        assert!(err.to_string().contains("Orders_Svc"), "{err}");
+        assert!(DevCa::generate("Mesh Local").is_err());
+    }
+}
