@@ -1,0 +1,95 @@
+//! The admin endpoint: health, metrics, the configuration in force, and shutdown.
+//!
+//! - `GET /live`: the process is up.
+//! - `GET /ready`: 200 once the listeners are serving, 503 while draining.
+//! - `GET /metrics`: Prometheus text (see [`crate::metrics`]).
+//! - `GET /config`: the configuration in force as JSON (paths to key files, never keys).
+//! - `POST /shutdown`: drain and exit, as on SIGTERM; lets a batch job end its sidecar.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+use crate::Body;
+use crate::metrics::Metrics;
+
+/// Shared state the admin endpoint reports on.
+#[derive(Debug)]
+pub(crate) struct Admin {
+    /// True while serving; false before start and while draining.
+    pub(crate) ready: AtomicBool,
+    /// `/config` body, rendered once: the configuration does not change while running.
+    pub(crate) config_json: Bytes,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Cancelled by `POST /shutdown` to start the drain.
+    pub(crate) shutdown: CancellationToken,
+}
+
+// === impl Admin ===
+
+impl Admin {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        Ok(match (req.method(), req.uri().path()) {
+            (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+            (&Method::GET, "/ready") => {
+                if self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            (&Method::GET, "/metrics") => match self.metrics.encode() {
+                Ok(body) => with_type(
+                    StatusCode::OK,
+                    body,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n"),
+            },
+            (&Method::GET, "/config") => {
+                with_type(StatusCode::OK, self.config_json.clone(), "application/json")
+            }
+            (&Method::POST, "/shutdown") => {
+                tracing::info!("shutdown requested on the admin endpoint");
+                self.shutdown.cancel();
+                text(StatusCode::ACCEPTED, "shutting down\n")
+            }
+            (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /live, /ready, /metrics, /config or POST /shutdown\n",
+            ),
+        })
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    with_type(status, body, "text/plain; charset=utf-8")
+}
+
+fn with_type(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
+    let body = Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut rsp = Response::new(body);
+    *rsp.status_mut() = status;
+    rsp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    rsp
+}

@@ -1,0 +1,410 @@
+//! The bootstrap file: one sidecar's identity, listeners, local app and destinations.
+//!
+//! Read in two layers. Serde types mirror the YAML exactly and reject unknown fields; their
+//! error carries the field path (`destinations.inventory.endpoints[1]`). Then [`Config`] is
+//! built by validation that collects *every* error with its path, so an operator fixes a file
+//! in one pass. Values users write as text (addresses, durations, SPIFFE IDs) stay text in the
+//! schema so that all their errors are collected by validation rather than the first one
+//! aborting the parse.
+//!
+//! Relative file paths (`tls.*`) are relative to the directory of the bootstrap file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::identity::{Credentials, SpiffeId};
+
+/// Default outbound listener, where the local app sends plain HTTP.
+pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:15001";
+/// Default inbound listener, where peer sidecars connect with mutual TLS.
+pub const DEFAULT_INBOUND: &str = "127.0.0.1:15006";
+/// Default admin listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The validated configuration of one sidecar.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// The service this instance belongs to.
+    pub service: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The trust domain of every identity in the mesh.
+    pub trust_domain: String,
+    /// This sidecar's SPIFFE ID, derived from the three fields above.
+    pub identity: SpiffeId,
+    /// The local application, where inbound requests are forwarded.
+    pub app: SocketAddr,
+    /// Listener addresses.
+    pub listen: ListenAddrs,
+    /// Certificate, key and trust bundle files.
+    pub tls: TlsPaths,
+    /// Services this instance may call, by name.
+    pub destinations: BTreeMap<String, Destination>,
+    /// Limit on TCP connect plus TLS handshake to a peer sidecar.
+    #[serde(serialize_with = "human_duration")]
+    pub connect_timeout: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(serialize_with = "human_duration")]
+    pub drain_timeout: Duration,
+}
+
+/// Where the three listeners bind.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct ListenAddrs {
+    /// Plain HTTP from the local app.
+    pub outbound: SocketAddr,
+    /// Mutual TLS from peer sidecars.
+    pub inbound: SocketAddr,
+    /// Health, metrics, config and shutdown.
+    pub admin: SocketAddr,
+}
+
+/// Paths of the PEM files (no key material is kept here).
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsPaths {
+    /// Leaf certificate (optionally followed by intermediates).
+    pub cert: PathBuf,
+    /// Private key of the leaf.
+    pub key: PathBuf,
+    /// CA certificates whose leaves are trusted.
+    pub trust_bundle: PathBuf,
+}
+
+/// A service this sidecar may send requests to.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Destination {
+    /// Inbound addresses of the destination's sidecars.
+    pub endpoints: Vec<SocketAddr>,
+    /// The identity its sidecars must present.
+    pub identity: SpiffeId,
+}
+
+/// One problem in a configuration, at a field path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted field path, e.g. `destinations.inventory.endpoints[1]`; empty for the whole file.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug)]
+pub struct InvalidConfig {
+    /// The file, when there is one.
+    pub file: Option<PathBuf>,
+    /// The problems, in file order.
+    pub errors: Vec<ConfigError>,
+}
+
+// === schema: the file as users write it ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    service: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    trust_domain: String,
+    app: String,
+    #[serde(default)]
+    listen: ListenFile,
+    tls: TlsFile,
+    #[serde(default)]
+    destinations: BTreeMap<String, DestinationFile>,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+    #[serde(default)]
+    drain_timeout: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenFile {
+    outbound: Option<String>,
+    inbound: Option<String>,
+    admin: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: PathBuf,
+    key: PathBuf,
+    trust_bundle: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationFile {
+    endpoints: Vec<String>,
+    #[serde(default)]
+    identity: Option<String>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates a bootstrap file.
+    pub fn from_file(path: &Path) -> Result<Self, InvalidConfig> {
+        let with_file = |errors| InvalidConfig {
+            file: Some(path.to_owned()),
+            errors,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            with_file(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read file: {e}"),
+            }])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_yaml(&text, base).map_err(|e| with_file(e.errors))
+    }
+
+    /// Parses and validates YAML; relative paths are resolved against `base`.
+    pub fn from_yaml(text: &str, base: &Path) -> Result<Self, InvalidConfig> {
+        // serde_path_to_error records where the first structural error (unknown field, wrong
+        // type, missing field) happened; the YAML error itself carries line and column.
+        let mut failed_at = None;
+        let file: File = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                failed_at = Some(e.path().to_string());
+                e.into_inner()
+            })
+        })
+        .map_err(|e| InvalidConfig {
+            file: None,
+            errors: vec![ConfigError {
+                path: failed_at.filter(|p| p != ".").unwrap_or_default(),
+                message: e.to_string(),
+            }],
+        })?;
+        let mut errors = Errors::default();
+        let config = validate(file, base, &mut errors);
+        match config {
+            Some(config) if errors.0.is_empty() => Ok(config),
+            _ => Err(InvalidConfig {
+                file: None,
+                errors: errors.0,
+            }),
+        }
+    }
+
+    /// Loads the certificate, key and trust bundle this config names.
+    pub fn load_credentials(&self) -> Result<Credentials, InvalidConfig> {
+        Credentials::load(
+            &self.identity,
+            &self.tls.cert,
+            &self.tls.key,
+            &self.tls.trust_bundle,
+        )
+        .map_err(|e| InvalidConfig {
+            file: None,
+            errors: vec![ConfigError {
+                path: "tls".into(),
+                message: e.to_string(),
+            }],
+        })
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
+    check_label(errors, "service", &file.service);
+    let namespace = file.namespace.unwrap_or_else(|| "default".to_owned());
+    check_label(errors, "namespace", &namespace);
+    let identity = match SpiffeId::for_service(&file.trust_domain, &namespace, &file.service) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            // A bad service or namespace is already reported; blame the trust domain only when
+            // it is the cause.
+            if SpiffeId::for_service(&file.trust_domain, "ns", "sa").is_err() {
+                errors.push("trust_domain", format!("{:?}: {e}", file.trust_domain));
+            }
+            None
+        }
+    };
+    let app = socket_addr(errors, "app", &file.app);
+    let listen = ListenAddrs {
+        outbound: listen_addr(errors, "outbound", file.listen.outbound, DEFAULT_OUTBOUND),
+        inbound: listen_addr(errors, "inbound", file.listen.inbound, DEFAULT_INBOUND),
+        admin: listen_addr(errors, "admin", file.listen.admin, DEFAULT_ADMIN),
+    };
+    let distinct = [listen.outbound, listen.inbound, listen.admin];
+    if distinct
+        .iter()
+        .enumerate()
+        .any(|(i, a)| a.port() != 0 && distinct[..i].contains(a))
+    {
+        errors.push(
+            "listen",
+            "outbound, inbound and admin must use different addresses",
+        );
+    }
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let tls = TlsPaths {
+        cert: resolve(file.tls.cert),
+        key: resolve(file.tls.key),
+        trust_bundle: resolve(file.tls.trust_bundle),
+    };
+
+    let mut destinations = BTreeMap::new();
+    for (name, dest) in file.destinations {
+        let path = format!("destinations.{name}");
+        check_label(errors, &path, &name);
+        if dest.endpoints.is_empty() {
+            errors.push(
+                format!("{path}.endpoints"),
+                "must list at least one endpoint",
+            );
+        }
+        let endpoints: Vec<_> = dest
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| socket_addr(errors, &format!("{path}.endpoints[{i}]"), e))
+            .collect();
+        let identity = match dest.identity {
+            Some(id) => id
+                .parse::<SpiffeId>()
+                .map_err(|e| errors.push(format!("{path}.identity"), format!("{id:?}: {e}")))
+                .ok(),
+            None => SpiffeId::for_service(&file.trust_domain, &namespace, &name).ok(),
+        };
+        if let Some(identity) = identity {
+            destinations.insert(
+                name,
+                Destination {
+                    endpoints,
+                    identity,
+                },
+            );
+        }
+    }
+
+    let connect_timeout = duration(
+        errors,
+        "connect_timeout",
+        file.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let drain_timeout = duration(
+        errors,
+        "drain_timeout",
+        file.drain_timeout,
+        DEFAULT_DRAIN_TIMEOUT,
+    );
+    Some(Config {
+        service: file.service,
+        namespace,
+        trust_domain: file.trust_domain,
+        identity: identity?,
+        app: app?,
+        listen,
+        tls,
+        destinations,
+        connect_timeout,
+        drain_timeout,
+    })
+}
+
+/// Service, namespace and destination names are DNS labels, as in Kubernetes.
+fn check_label(errors: &mut Errors, path: &str, value: &str) {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if !ok {
+        errors.push(
+            path,
+            format!("invalid name {value:?}: use 1-63 lowercase letters, digits and '-'"),
+        );
+    }
+}
+
+fn socket_addr(errors: &mut Errors, path: &str, value: &str) -> Option<SocketAddr> {
+    value
+        .parse()
+        .map_err(|_| errors.push(path, format!("invalid socket address {value:?}")))
+        .ok()
+}
+
+fn listen_addr(
+    errors: &mut Errors,
+    name: &str,
+    value: Option<String>,
+    default: &str,
+) -> SocketAddr {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    socket_addr(errors, &format!("listen.{name}"), &value)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+fn duration(errors: &mut Errors, path: &str, value: Option<String>, default: Duration) -> Duration {
+    let Some(value) = value else {
+        return default;
+    };
+    match humantime::parse_duration(&value) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            errors.push(path, "must be greater than zero");
+            default
+        }
+        Err(e) => {
+            errors.push(
+                path,
+                format!("invalid duration {value:?} ({e}); write e.g. 250ms, 2s, 1m"),
+            );
+            default
+        }
+    }
+}
+
+fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+// === impl InvalidConfig ===
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "invalid configuration in {}:", file.display())?,
+            None => write!(f, "invalid configuration:")?,
+        }
+        for e in &self.errors {
+            if e.path.is_empty() {
+                write!(f, "\n  {}", e.message)?;
+            } else {
+                write!(f, "\n  {}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+use super::*;
+
+const GOOD: &str = r#"
+service: orders
+trust_domain: mesh.local
+app: 127.0.0.1:8080
+listen: { outbound: 127.0.0.1:15001, inbound: 127.0.0.1:15006, admin: 127.0.0.1:15000 }
+tls: { cert: certs/orders.pem, key: certs/orders-key.pem, trust_bundle: /etc/mesh/ca.pem }
+destinations:
+  inventory:
+    endpoints: [127.0.0.1:16006, 127.0.0.1:17006]
+  payments:
+    endpoints: [127.0.0.1:18006]
+    identity: spiffe://other.domain/ns/pay/sa/payments
+"#;
+
+fn errors(yaml: &str) -> Vec<ConfigError> {
+    Config::from_yaml(yaml, Path::new("/base"))
+        .unwrap_err()
+        .errors
+}
+
+fn paths(yaml: &str) -> Vec<String> {
+    errors(yaml).into_iter().map(|e| e.path).collect()
+}
+
+#[test]
+fn parses_the_documented_example() {
+    let config = Config::from_yaml(GOOD, Path::new("/base")).unwrap();
+    assert_eq!(config.namespace, "default");
+    assert_eq!(
+        config.identity.as_str(),
+        "spiffe://mesh.local/ns/default/sa/orders"
+    );
+    assert_eq!(config.tls.cert, Path::new("/base/certs/orders.pem"));
+    assert_eq!(config.tls.trust_bundle, Path::new("/etc/mesh/ca.pem"));
+    let inventory = &config.destinations["inventory"];
+    assert_eq!(inventory.endpoints.len(), 2);
+    assert_eq!(
+        inventory.identity.as_str(),
+        "spiffe://mesh.local/ns/default/sa/inventory"
+    );
+    assert_eq!(
+        config.destinations["payments"].identity.as_str(),
+        "spiffe://other.domain/ns/pay/sa/payments"
+    );
+    assert_eq!(config.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+}
+
+#[test]
+fn listeners_default_to_the_pod_ports() {
+    let yaml = GOOD.replace(
+        "listen: { outbound: 127.0.0.1:15001, inbound: 127.0.0.1:15006, admin: 127.0.0.1:15000 }\n",
+        "",
+    );
+    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap();
+    assert_eq!(config.listen.outbound.port(), 15001);
+    assert_eq!(config.listen.inbound.port(), 15006);
+    assert_eq!(config.listen.admin.port(), 15000);
+}
+
+#[test]
+fn reports_every_bad_value_with_its_path() {
+    let yaml = GOOD
+        .replace("127.0.0.1:17006", "127.0.0.1:x")
+        .replace("app: 127.0.0.1:8080", "app: localhost")
+        .replace("identity: spiffe://", "identity: https://")
+        + "connect_timeout: soon\n";
+    let errs = errors(&yaml);
+    let got: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "app",
+            "destinations.inventory.endpoints[1]",
+            "destinations.payments.identity",
+            "connect_timeout"
+        ]
+    );
+    assert_eq!(errs[1].message, r#"invalid socket address "127.0.0.1:x""#);
+}
+
+#[test]
+fn unknown_fields_are_errors_with_their_path() {
+    let yaml = GOOD.replace(
+        "    identity: spiffe",
+        "    weight: 3\n    identity: spiffe",
+    );
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].path, "destinations.payments.weight");
+    assert!(
+        errs[0].message.contains("unknown field"),
+        "{}",
+        errs[0].message
+    );
+}
+
+#[test]
+fn wrong_types_name_the_field() {
+    let yaml = GOOD.replace("endpoints: [127.0.0.1:18006]", "endpoints: 5");
+    assert_eq!(paths(&yaml), ["destinations.payments.endpoints"]);
+}
+
+#[test]
+fn names_must_be_dns_labels() {
+    let yaml = GOOD.replace("service: orders", "service: Orders_1");
+    assert_eq!(paths(&yaml), ["service"]);
+    let yaml = GOOD.replace("  inventory:", "  Inventory:");
+    assert_eq!(paths(&yaml), ["destinations.Inventory"]);
+}
+
+#[test]
+fn empty_endpoint_lists_and_shared_listeners_are_errors() {
+    let yaml = GOOD
+        .replace("[127.0.0.1:18006]", "[]")
+        .replace("admin: 127.0.0.1:15000", "admin: 127.0.0.1:15001");
+    assert_eq!(paths(&yaml), ["listen", "destinations.payments.endpoints"]);
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let yaml = GOOD.replace("app: 127.0.0.1:8080\n", "");
+    let errs = errors(&yaml);
+    assert!(errs[0].message.contains("app"), "{:?}", errs);
+}

@@ -1,0 +1,401 @@
+//! Typed errors of the data path, and the one place they become responses.
+//!
+//! Each failure is a small struct that says what happened and to whom (the destination, the
+//! endpoint, the peer identity, the local app). Inside the proxy they travel as [`BoxError`];
+//! [`rescue`] finds the cause by downcasting and picks the status code and the machine-readable
+//! reason sent in `x-mesh-error`, so a 5xx made by the mesh is never mistaken for one made by
+//! an application.
+//!
+//! Status codes follow who is at fault: a destination the mesh cannot reach is unavailable
+//! (503); a peer that answers but cannot be trusted, or an app that fails behind its sidecar, is
+//! a bad gateway (502).
+
+use std::error::Error;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::Body;
+use crate::headers::MESH_ERROR;
+use crate::identity::{PeerIdentityMismatch, SpiffeId};
+
+/// The error type inside the proxy.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The request names no authority (no `Host` header, no `:authority`).
+#[derive(Debug, thiserror::Error)]
+#[error("request has no Host header or :authority; the mesh routes by service name")]
+pub struct NoAuthority;
+
+/// The destination is not one this sidecar knows.
+#[derive(Debug, thiserror::Error)]
+#[error("no route to destination {destination:?}: it is not among this sidecar's destinations")]
+pub struct NoRoute {
+    /// The service name taken from the request.
+    pub destination: String,
+}
+
+/// The destination is known but has no endpoints to send to.
+#[derive(Debug, thiserror::Error)]
+#[error("destination {destination:?} has no endpoints")]
+pub struct NoEndpoints {
+    /// The service name.
+    pub destination: String,
+}
+
+/// TCP connect to a peer sidecar failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {peer} at {endpoint}: {source}")]
+pub struct ConnectFailed {
+    /// The endpoint address.
+    pub endpoint: SocketAddr,
+    /// The identity expected there.
+    pub peer: SpiffeId,
+    /// The socket error.
+    pub source: io::Error,
+}
+
+/// Connecting (TCP and TLS) to a peer sidecar took longer than `connect_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to {peer} at {endpoint} timed out after {timeout:?}")]
+pub struct ConnectTimeout {
+    /// The endpoint address.
+    pub endpoint: SocketAddr,
+    /// The identity expected there.
+    pub peer: SpiffeId,
+    /// The limit that was hit.
+    pub timeout: Duration,
+}
+
+/// The TLS handshake with a peer sidecar failed.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake with {peer} at {endpoint} failed: {source}")]
+pub struct TlsFailed {
+    /// The endpoint address.
+    pub endpoint: SocketAddr,
+    /// The identity expected there.
+    pub peer: SpiffeId,
+    /// The cause, usually wrapping a `rustls::Error`.
+    pub source: io::Error,
+}
+
+/// The HTTP/2 connection or stream to a peer sidecar failed after connecting.
+///
+/// With TLS 1.3 a peer that rejects *our* certificate does so after the handshake, so such a
+/// rejection shows up here, with a `rustls::Error` in the cause chain.
+#[derive(Debug, thiserror::Error)]
+#[error("request to {peer} at {endpoint} failed: {source}")]
+pub struct UpstreamFailed {
+    /// The endpoint address.
+    pub endpoint: SocketAddr,
+    /// The identity expected there.
+    pub peer: SpiffeId,
+    /// The HTTP error.
+    pub source: hyper::Error,
+}
+
+/// Forwarding to the local application failed.
+#[derive(Debug, thiserror::Error)]
+#[error("local app at {app} failed: {source}")]
+pub struct AppFailed {
+    /// The app's address.
+    pub app: SocketAddr,
+    /// The client error.
+    pub source: hyper_util::client::legacy::Error,
+}
+
+/// Machine-readable reason of a response the mesh made itself, sent in `x-mesh-error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No Host / :authority.
+    NoAuthority,
+    /// Unknown destination.
+    NoRoute,
+    /// Known destination without endpoints.
+    NoEndpoints,
+    /// TCP connection refused or unreachable.
+    ConnectRefused,
+    /// TCP + TLS connect did not finish in time.
+    ConnectTimeout,
+    /// The peer's certificate is valid but names another identity.
+    TlsPeerIdentity,
+    /// The peer's certificate does not chain to our trust bundle.
+    TlsUntrustedPeer,
+    /// The peer's certificate is expired or not yet valid.
+    TlsExpiredPeer,
+    /// The peer refused our certificate (it sent a TLS alert).
+    TlsRejectedByPeer,
+    /// Any other TLS failure.
+    TlsHandshake,
+    /// The peer reset the stream or the connection dropped.
+    UpstreamReset,
+    /// The local app refused the connection (it is down).
+    AppUnavailable,
+    /// The local app failed mid-request.
+    AppError,
+    /// Something else inside the proxy.
+    Internal,
+}
+
+// === impl Reason ===
+
+impl Reason {
+    /// The value of `x-mesh-error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoAuthority => "no-authority",
+            Reason::NoRoute => "no-route",
+            Reason::NoEndpoints => "no-endpoints",
+            Reason::ConnectRefused => "connect-refused",
+            Reason::ConnectTimeout => "connect-timeout",
+            Reason::TlsPeerIdentity => "tls-peer-identity",
+            Reason::TlsUntrustedPeer => "tls-untrusted-peer",
+            Reason::TlsExpiredPeer => "tls-expired-peer",
+            Reason::TlsRejectedByPeer => "tls-rejected-by-peer",
+            Reason::TlsHandshake => "tls-handshake",
+            Reason::UpstreamReset => "upstream-reset",
+            Reason::AppUnavailable => "app-unavailable",
+            Reason::AppError => "app-error",
+            Reason::Internal => "internal",
+        }
+    }
+
+    /// The status code of the synthetic response.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::NoAuthority => StatusCode::BAD_REQUEST,
+            Reason::NoRoute
+            | Reason::NoEndpoints
+            | Reason::ConnectRefused
+            | Reason::ConnectTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Whether the failure was in TLS, for the handshake-failure metric and log.
+    pub fn is_tls(self) -> bool {
+        matches!(
+            self,
+            Reason::TlsPeerIdentity
+                | Reason::TlsUntrustedPeer
+                | Reason::TlsExpiredPeer
+                | Reason::TlsRejectedByPeer
+                | Reason::TlsHandshake
+        )
+    }
+}
+
+/// Classifies an error by its cause chain.
+pub fn reason(err: &(dyn Error + 'static)) -> Reason {
+    if find_cause::<NoAuthority>(err).is_some() {
+        return Reason::NoAuthority;
+    }
+    if find_cause::<NoRoute>(err).is_some() {
+        return Reason::NoRoute;
+    }
+    if find_cause::<NoEndpoints>(err).is_some() {
+        return Reason::NoEndpoints;
+    }
+    if find_cause::<ConnectTimeout>(err).is_some() {
+        return Reason::ConnectTimeout;
+    }
+    if find_cause::<ConnectFailed>(err).is_some() {
+        return Reason::ConnectRefused;
+    }
+    if let Some(tls) = find_cause::<rustls::Error>(err) {
+        return tls_reason(tls);
+    }
+    if find_cause::<TlsFailed>(err).is_some() {
+        return Reason::TlsHandshake;
+    }
+    if find_cause::<io::Error>(err).is_some_and(is_tls_alert) {
+        return Reason::TlsRejectedByPeer;
+    }
+    if find_cause::<UpstreamFailed>(err).is_some() {
+        return Reason::UpstreamReset;
+    }
+    if let Some(app) = find_cause::<AppFailed>(err) {
+        return if app.source.is_connect() {
+            Reason::AppUnavailable
+        } else {
+            Reason::AppError
+        };
+    }
+    Reason::Internal
+}
+
+/// Classifies a rustls error as one of the TLS reasons.
+pub fn tls_reason(err: &rustls::Error) -> Reason {
+    use rustls::CertificateError as C;
+    match err {
+        rustls::Error::InvalidCertificate(C::Other(other))
+            if other.0.downcast_ref::<PeerIdentityMismatch>().is_some() =>
+        {
+            Reason::TlsPeerIdentity
+        }
+        rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => Reason::TlsExpiredPeer,
+        rustls::Error::InvalidCertificate(_) => Reason::TlsUntrustedPeer,
+        rustls::Error::AlertReceived(_) => Reason::TlsRejectedByPeer,
+        _ => Reason::TlsHandshake,
+    }
+}
+
+/// Whether an I/O error is a TLS alert the peer sent us.
+///
+/// With TLS 1.3 a server verifies the client's certificate after the client considers the
+/// handshake done, so a peer refusing our certificate is seen as an alert on the first read,
+/// inside the HTTP/2 connection. h2 keeps I/O errors as kind and message only (so that they can
+/// be cloned), which drops the `rustls::Error`; what remains is rustls's message for a received
+/// alert on an `InvalidData` error.
+fn is_tls_alert(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::InvalidData && err.to_string().starts_with("received fatal alert")
+}
+
+/// Builds the response for an error: status, `x-mesh-error`, and a one-line text body.
+pub fn rescue(err: &(dyn Error + 'static)) -> (Reason, Response<Body>) {
+    let reason = reason(err);
+    (reason, synthetic(reason, err.to_string()))
+}
+
+/// A response made by the mesh itself.
+pub fn synthetic(reason: Reason, message: String) -> Response<Body> {
+    let body = Full::new(Bytes::from(message + "\n"))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut rsp = Response::new(body);
+    *rsp.status_mut() = reason.status();
+    let headers = rsp.headers_mut();
+    headers.insert(MESH_ERROR, HeaderValue::from_static(reason.as_str()));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
+}
+
+/// Finds a cause of type `T` in the chain of `err`.
+///
+/// Two links of real chains are not reachable through `source()`: `std::io::Error` returns the
+/// *inner error's* source rather than the inner error, and `h2::Error` returns none at all. Each
+/// is opened explicitly (`get_ref`, `get_io`), which is how a TLS alert from a peer that refused
+/// our certificate is found under the HTTP/2 connection error.
+pub fn find_cause<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a T> {
+    let mut next = Some(err);
+    // Bounded: a cyclic or absurdly deep chain is not worth following.
+    for _ in 0..32 {
+        let current = next?;
+        if let Some(found) = current.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(io) = current
+            .downcast_ref::<h2::Error>()
+            .and_then(h2::Error::get_io)
+        {
+            next = Some(io);
+            continue;
+        }
+        if let Some(inner) = current
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+        {
+            next = Some(inner);
+            continue;
+        }
+        next = current.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SpiffeId {
+        "spiffe://mesh.local/ns/default/sa/inventory"
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn no_route_is_503_with_reason_and_destination() {
+        let err: BoxError = Box::new(NoRoute {
+            destination: "nowhere".into(),
+        });
+        let (reason, rsp) = rescue(err.as_ref());
+        assert_eq!(reason, Reason::NoRoute);
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()[MESH_ERROR], "no-route");
+    }
+
+    #[test]
+    fn rustls_errors_are_found_inside_io_errors() {
+        let mismatch = PeerIdentityMismatch {
+            expected: peer(),
+            presented: "spiffe://mesh.local/ns/default/sa/evil".into(),
+        };
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(mismatch)),
+        ));
+        let err: BoxError = Box::new(TlsFailed {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            peer: peer(),
+            source: io::Error::new(io::ErrorKind::InvalidData, tls),
+        });
+        assert_eq!(reason(err.as_ref()), Reason::TlsPeerIdentity);
+        assert_eq!(Reason::TlsPeerIdentity.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn tls_reasons_by_cause() {
+        use rustls::{AlertDescription, CertificateError};
+        assert_eq!(
+            tls_reason(&rustls::Error::InvalidCertificate(
+                CertificateError::Expired
+            )),
+            Reason::TlsExpiredPeer
+        );
+        assert_eq!(
+            tls_reason(&rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            )),
+            Reason::TlsUntrustedPeer
+        );
+        assert_eq!(
+            tls_reason(&rustls::Error::AlertReceived(AlertDescription::UnknownCA)),
+            Reason::TlsRejectedByPeer
+        );
+    }
+
+    #[test]
+    fn alert_flattened_by_http2_is_a_rejection_by_the_peer() {
+        // What an h2 connection error holds once rustls's error has become text.
+        let flattened = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError).to_string(),
+        );
+        let err: BoxError = Box::new(flattened);
+        assert_eq!(reason(err.as_ref()), Reason::TlsRejectedByPeer);
+        let other: BoxError = Box::new(io::Error::new(io::ErrorKind::InvalidData, "bad frame"));
+        assert_eq!(reason(other.as_ref()), Reason::Internal);
+    }
+
+    #[test]
+    fn connect_refused_is_503() {
+        let err: BoxError = Box::new(ConnectFailed {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            peer: peer(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        });
+        let (reason, rsp) = rescue(err.as_ref());
+        assert_eq!(reason, Reason::ConnectRefused);
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

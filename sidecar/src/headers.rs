@@ -1,0 +1,105 @@
+//! Headers the mesh reads, writes or removes.
+//!
+//! A proxy forwards end-to-end headers and drops hop-by-hop ones (RFC 9110 §7.6.1): they
+//! describe one connection, and HTTP/2 forbids them outright. `te: trailers` is the exception
+//! that survives, because gRPC requires it end to end.
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+
+/// The caller's verified SPIFFE ID, set by the inbound side for the local app.
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-mesh-client-id");
+/// Why the mesh itself answered (present only on responses the mesh made).
+pub const MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");
+/// Sidecars always speak HTTP/2 to each other; this records that the app spoke HTTP/1.x, so
+/// the destination's sidecar forwards in the app's own protocol.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-mesh-orig-proto");
+/// Value of [`ORIG_PROTO`] for HTTP/1.x requests.
+pub const ORIG_PROTO_HTTP1: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
+/// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` unless it asks for trailers.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if name != TE {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let wants_trailers = headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(TE);
+    if wants_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_listed_headers() {
+        let mut h = map(&[
+            ("connection", "close, x-hop"),
+            ("connection", "X-Other"),
+            ("x-hop", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-end-to-end", "kept"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn te_survives_only_as_trailers() {
+        let mut h = map(&[("te", "gzip, trailers;q=1")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h[TE], "trailers");
+        let mut h = map(&[("te", "gzip")]);
+        remove_hop_by_hop(&mut h);
+        assert!(h.get(TE).is_none());
+    }
+}

@@ -1,0 +1,161 @@
+//! SPIFFE IDs: the only place that knows their format.
+//!
+//! A workload identity is `spiffe://<trust-domain>/ns/<namespace>/sa/<service>`. Sidecars name
+//! each other by this URI, carried as the URI SAN of their certificates.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use x509_parser::extensions::GeneralName;
+
+const SCHEME: &str = "spiffe://";
+
+/// A validated SPIFFE ID.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SpiffeId(String);
+
+/// Why a string is not a SPIFFE ID.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidSpiffeId {
+    /// Missing `spiffe://`.
+    #[error("must start with \"spiffe://\"")]
+    Scheme,
+    /// Empty or badly formed trust domain.
+    #[error("trust domain must be lowercase letters, digits, '.', '-' or '_'")]
+    TrustDomain,
+    /// Empty segment, `.`/`..`, or a character outside the allowed set.
+    #[error("path segments must be non-empty and use letters, digits, '.', '-' or '_'")]
+    Path,
+}
+
+// === impl SpiffeId ===
+
+impl SpiffeId {
+    /// The conventional ID of a service account in a namespace.
+    pub fn for_service(
+        trust_domain: &str,
+        namespace: &str,
+        service: &str,
+    ) -> Result<Self, InvalidSpiffeId> {
+        format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service}").parse()
+    }
+
+    /// The ID as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The service (`sa` segment) when the ID has the `/ns/<ns>/sa/<sa>` shape.
+    pub fn service(&self) -> Option<&str> {
+        let path = self.0[SCHEME.len()..].split_once('/')?.1;
+        match path.split('/').collect::<Vec<_>>().as_slice() {
+            ["ns", _, "sa", sa] => Some(sa),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for SpiffeId {
+    type Err = InvalidSpiffeId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s.strip_prefix(SCHEME).ok_or(InvalidSpiffeId::Scheme)?;
+        let (domain, path) = match rest.split_once('/') {
+            Some((d, p)) => (d, Some(p)),
+            None => (rest, None),
+        };
+        let domain_ok = !domain.is_empty()
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+        if !domain_ok {
+            return Err(InvalidSpiffeId::TrustDomain);
+        }
+        if let Some(path) = path {
+            let segment_ok = |seg: &str| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            };
+            if !path.split('/').all(segment_ok) {
+                return Err(InvalidSpiffeId::Path);
+            }
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The SPIFFE IDs among a DER certificate's URI SANs. Empty if the certificate cannot be parsed
+/// or carries none; callers treat both as "no identity".
+pub fn ids_in_certificate(der: &[u8]) -> Vec<SpiffeId> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri.parse().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_service_ids() {
+        let id: SpiffeId = "spiffe://mesh.local/ns/default/sa/orders".parse().unwrap();
+        assert_eq!(id.service(), Some("orders"));
+        assert_eq!(
+            SpiffeId::for_service("mesh.local", "default", "orders").unwrap(),
+            id
+        );
+    }
+
+    #[test]
+    fn other_paths_have_no_service() {
+        let id: SpiffeId = "spiffe://example.org/workload/x".parse().unwrap();
+        assert_eq!(id.service(), None);
+    }
+
+    #[test]
+    fn rejects_malformed_ids() {
+        assert_eq!(
+            "https://mesh.local/ns/a".parse::<SpiffeId>(),
+            Err(InvalidSpiffeId::Scheme)
+        );
+        assert_eq!(
+            "spiffe:///ns/a".parse::<SpiffeId>(),
+            Err(InvalidSpiffeId::TrustDomain)
+        );
+        assert_eq!(
+            "spiffe://Mesh/ns/a".parse::<SpiffeId>(),
+            Err(InvalidSpiffeId::TrustDomain)
+        );
+        assert_eq!(
+            "spiffe://mesh.local/ns//sa/x".parse::<SpiffeId>(),
+            Err(InvalidSpiffeId::Path)
+        );
+        assert_eq!(
+            "spiffe://mesh.local/ns/../sa/x".parse::<SpiffeId>(),
+            Err(InvalidSpiffeId::Path)
+        );
+    }
+}

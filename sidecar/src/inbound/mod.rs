@@ -1,0 +1,131 @@
+//! Inbound: terminates mutual TLS from peer sidecars and forwards to the local app.
+//!
+//! The request path, one module per step:
+//! 9. terminate mTLS and read the caller's SPIFFE ID ([`identify`])
+//! 10. authorize the caller (arrives with the control plane's policy)
+//! 11. forward to the local app in its own protocol ([`forward`])
+//!
+//! The caller's identity reaches the app in `x-mesh-client-id`. Any header of that name already
+//! on the request is deleted first: it came from the calling app and proves nothing.
+
+pub(crate) mod forward;
+pub(crate) mod identify;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HOST, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::Body;
+use crate::error::{self, AppFailed, BoxError};
+use crate::headers::{CLIENT_ID, ORIG_PROTO, ORIG_PROTO_HTTP1, remove_hop_by_hop};
+use crate::identity::SpiffeId;
+use crate::metrics::{Direction, Metrics};
+
+use self::forward::AppClients;
+
+/// The inbound proxy of one sidecar.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    service: String,
+    app: SocketAddr,
+    clients: AppClients,
+    metrics: Arc<Metrics>,
+}
+
+// === impl Inbound ===
+
+impl Inbound {
+    pub(crate) fn new(service: String, app: SocketAddr, metrics: Arc<Metrics>) -> Self {
+        Self {
+            service,
+            app,
+            clients: AppClients::new(app),
+            metrics,
+        }
+    }
+
+    /// Forwards one request from an identified caller; failures become responses.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        caller: Arc<SpiffeId>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let rsp = match self.forward(&caller, req).await {
+            Ok(mut rsp) => {
+                remove_hop_by_hop(rsp.headers_mut());
+                rsp.map(|body| body.map_err(BoxError::from).boxed_unsync())
+            }
+            Err(err) => {
+                let (reason, rsp) = error::rescue(err.as_ref());
+                tracing::warn!(%caller, reason = reason.as_str(), error = %err, "inbound request failed");
+                rsp
+            }
+        };
+        let source = caller.service().unwrap_or(caller.as_str());
+        self.metrics.request(
+            Direction::Inbound,
+            source,
+            &self.service,
+            rsp.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(rsp)
+    }
+
+    async fn forward(
+        &self,
+        caller: &SpiffeId,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let (mut parts, body) = req.into_parts();
+        let http1 = parts.version < Version::HTTP_2
+            || parts
+                .headers
+                .get(ORIG_PROTO)
+                .is_some_and(|v| v == ORIG_PROTO_HTTP1);
+        remove_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(ORIG_PROTO);
+        parts.headers.remove(CLIENT_ID);
+        parts
+            .headers
+            .insert(CLIENT_ID, HeaderValue::from_str(caller.as_str())?);
+
+        let authority = match parts.uri.authority() {
+            Some(a) => a.as_str().to_owned(),
+            None => match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
+                Some(host) => host.to_owned(),
+                None => self.app.to_string(),
+            },
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()?;
+        let (client, version) = if http1 {
+            (&self.clients.http1, Version::HTTP_11)
+        } else {
+            (&self.clients.http2, Version::HTTP_2)
+        };
+        parts.version = version;
+        let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+        client.request(req).await.map_err(|source| {
+            BoxError::from(AppFailed {
+                app: self.app,
+                source,
+            })
+        })
+    }
+}

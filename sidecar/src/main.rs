@@ -1,0 +1,88 @@
+//! `sidecar --config FILE`: runs one sidecar from a bootstrap file.
+//!
+//! Exit codes: 0 after a clean drain, 2 for a bad configuration (every error is printed with
+//! its field path), 1 for anything else that stops the process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mesh_sidecar::Listeners;
+use mesh_sidecar::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "sidecar", version, about = "The mesh's per-instance proxy")]
+struct Args {
+    /// Bootstrap file (YAML).
+    #[arg(long, short, env = "MESH_SIDECAR_CONFIG")]
+    config: PathBuf,
+    /// Log filter, e.g. `info` or `mesh_sidecar=debug`.
+    #[arg(long, env = "MESH_LOG", default_value = "info")]
+    log: String,
+    /// Log lines as JSON objects instead of text.
+    #[arg(long, env = "MESH_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+
+    let config = match Config::from_file(&args.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("sidecar: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let credentials = match config.load_credentials() {
+        Ok(credentials) => credentials,
+        Err(mut err) => {
+            err.file = Some(args.config);
+            eprintln!("sidecar: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("sidecar: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listeners = Listeners::bind(&config.listen).await?;
+        mesh_sidecar::run(config, credentials, listeners, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sidecar: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the sidecar");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,253 @@
+//! Prometheus metrics of one sidecar, registered once and shared by both directions.
+//!
+//! Names and labels (all prefixed `mesh_`):
+//! - `requests_total{direction, source, destination, status_code}`: requests answered;
+//! - `request_duration_seconds{direction, source, destination}`: time until the response
+//!   headers are ready (histogram);
+//! - `open_connections{direction}`: accepted connections now open (inbound, outbound, admin);
+//! - `tls_handshake_failures_total{direction, reason}`: failed mTLS handshakes, inbound as
+//!   server, outbound as client, by the reason sent in `x-mesh-error`.
+//!
+//! `source` and `destination` are service names. An outbound request to an unknown destination
+//! is labelled `destination="unknown"`, so callers cannot grow the label set without bound.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Which listener handled the traffic.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// From the local app to another service.
+    Outbound,
+    /// From another service to the local app.
+    Inbound,
+    /// The admin listener.
+    Admin,
+}
+
+// === impl Direction ===
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+            Direction::Admin => "admin",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Labels of the request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Outbound or inbound.
+    pub direction: Direction,
+    /// Calling service.
+    pub source: String,
+    /// Called service.
+    pub destination: String,
+    /// HTTP status code of the response.
+    pub status_code: u16,
+}
+
+/// Labels of the latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    /// Outbound or inbound.
+    pub direction: Direction,
+    /// Calling service.
+    pub source: String,
+    /// Called service.
+    pub destination: String,
+}
+
+/// Labels of per-direction gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// The listener.
+    pub direction: Direction,
+}
+
+/// Labels of the TLS failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsFailureLabels {
+    /// Inbound (we are the TLS server) or outbound (we are the client).
+    pub direction: Direction,
+    /// Short reason, as in `x-mesh-error`.
+    pub reason: String,
+}
+
+/// All metric families of a sidecar.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time to response headers.
+    pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// Open accepted connections.
+    pub open_connections: Family<DirectionLabels, Gauge>,
+    /// Failed mTLS handshakes.
+    pub tls_failures: Family<TlsFailureLabels, Counter>,
+}
+
+/// Decrements an open-connection gauge when the connection ends, however it ends.
+#[derive(Debug)]
+pub struct ConnectionGuard(Gauge);
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mesh");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Requests answered, by direction, source and destination service and status code",
+            requests.clone(),
+        );
+        let latency: Family<LatencyLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to its response headers",
+            latency.clone(),
+        );
+        let open_connections = Family::default();
+        registry.register(
+            "open_connections",
+            "Accepted connections currently open",
+            open_connections.clone(),
+        );
+        let tls_failures = Family::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Failed mutual TLS handshakes, by direction and reason",
+            tls_failures.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            open_connections,
+            tls_failures,
+        }
+    }
+
+    /// Counts a newly accepted connection until the returned guard drops.
+    pub fn connection_opened(&self, direction: Direction) -> ConnectionGuard {
+        let gauge = self
+            .open_connections
+            .get_or_create(&DirectionLabels { direction })
+            .clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// Counts a failed handshake.
+    pub fn tls_failure(&self, direction: Direction, reason: &str) {
+        self.tls_failures
+            .get_or_create(&TlsFailureLabels {
+                direction,
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one answered request.
+    pub fn request(
+        &self,
+        direction: Direction,
+        source: &str,
+        destination: &str,
+        status_code: u16,
+        seconds: f64,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                source: source.to_owned(),
+                destination: destination.to_owned(),
+                status_code,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                direction,
+                source: source.to_owned(),
+                destination: destination.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// The text exposition (OpenMetrics text, which Prometheus scrapes natively).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// 0.5 ms to about 16 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_documented_names_and_labels() {
+        let m = Metrics::new();
+        m.request(Direction::Outbound, "orders", "inventory", 200, 0.002);
+        m.tls_failure(Direction::Inbound, "tls-untrusted-peer");
+        let guard = m.connection_opened(Direction::Inbound);
+        let text = m.encode().unwrap();
+        assert!(text.contains(
+            r#"mesh_requests_total{direction="outbound",source="orders",destination="inventory",status_code="200"} 1"#
+        ), "{text}");
+        assert!(
+            text.contains(r#"mesh_open_connections{direction="inbound"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"mesh_tls_handshake_failures_total{direction="inbound",reason="tls-untrusted-peer"} 1"#
+        ), "{text}");
+        assert!(
+            text.contains("mesh_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        drop(guard);
+        assert!(
+            m.encode()
+                .unwrap()
+                .contains(r#"mesh_open_connections{direction="inbound"} 0"#)
+        );
+    }
+}

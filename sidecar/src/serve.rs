@@ -1,0 +1,71 @@
+//! Step 1, shared by every listener: accept connections and drain them on shutdown.
+//!
+//! Each accepted connection runs in its own task and is registered with a graceful-shutdown
+//! watcher. On shutdown the listener closes first (new connections are refused), then every
+//! open connection is asked to finish: HTTP/1.1 closes after the response in flight, HTTP/2
+//! sends GOAWAY and lets open streams complete. Whatever is still running when the drain time
+//! is up is dropped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Direction, Metrics};
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts on `listener` until `shutdown`, handing each connection to `on_accept`, then drains.
+pub(crate) async fn serve<F, Fut>(
+    direction: Direction,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+    metrics: Arc<Metrics>,
+    on_accept: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Watcher) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let open = metrics.connection_opened(direction);
+                    let conn = on_accept(tcp, peer, graceful.watcher());
+                    tokio::spawn(async move {
+                        conn.await;
+                        drop(open);
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(?direction, %error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(?direction, connections = open, "draining");
+    }
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?direction,
+            ?drain_timeout,
+            "drain time is up; dropping open connections"
+        );
+    }
+}
