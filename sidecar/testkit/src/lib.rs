@@ -1,0 +1,311 @@
+//! Test support for the mesh: real sockets, real TLS, nothing mocked.
+//!
+//! # Layout
+//! - [`TestMesh`]: a trust domain with a CA minted at run time and a temporary directory for
+//!   certificates and bootstrap files.
+//! - [`SidecarBuilder`] / [`Sidecar`]: a sidecar started in-process from a real bootstrap file,
+//!   on listeners bound to 127.0.0.1 port 0; stopped when dropped.
+//! - [`app`]: upstream apps (the demo echo app, or any handler) on port 0.
+//! - [`client`]: HTTP/1.1 and HTTP/2 clients for talking to an outbound listener.
+//! - [`grpc`]: a tonic service with unary and server-streaming calls.
+//! - [`eventually`]: bounded polling for conditions that become true asynchronously.
+//!
+//! Helpers `expect` freely: they run only in tests, where a panic is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+pub mod app;
+pub mod client;
+pub mod grpc;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_sidecar::Listeners;
+use mesh_sidecar::config::Config;
+use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa, Leaf};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The trust domain of test meshes.
+pub const TRUST_DOMAIN: &str = "mesh.local";
+
+/// Logs to the test's captured output once per process; `RUST_LOG` controls the level.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "mesh_sidecar=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A CA and a scratch directory shared by the sidecars of one test.
+pub struct TestMesh {
+    ca: DevCa,
+    dir: tempfile::TempDir,
+}
+
+impl TestMesh {
+    /// A new mesh with a fresh root CA.
+    pub fn new() -> Self {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ca = DevCa::generate(TRUST_DOMAIN).expect("generate test CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).expect("write ca.pem");
+        Self { ca, dir }
+    }
+
+    /// The mesh's CA.
+    pub fn ca(&self) -> &DevCa {
+        &self.ca
+    }
+
+    /// The scratch directory (certificates, bootstrap files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The trust bundle file of this mesh.
+    pub fn trust_bundle(&self) -> PathBuf {
+        self.dir().join("ca.pem")
+    }
+
+    /// A valid leaf for `service` from this mesh's CA.
+    pub fn leaf(&self, service: &str) -> Leaf {
+        self.ca
+            .issue_service("default", service, DEFAULT_LEAF_LIFETIME)
+            .expect("issue leaf")
+    }
+
+    /// Starts describing a sidecar for `service`.
+    pub fn sidecar(&self, service: &str) -> SidecarBuilder<'_> {
+        SidecarBuilder {
+            mesh: self,
+            service: service.to_owned(),
+            app: None,
+            destinations: Vec::new(),
+            leaf: None,
+            trust_bundle: None,
+            extra: String::new(),
+        }
+    }
+}
+
+impl Default for TestMesh {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Describes one sidecar before it starts.
+pub struct SidecarBuilder<'a> {
+    mesh: &'a TestMesh,
+    service: String,
+    app: Option<SocketAddr>,
+    destinations: Vec<(String, Vec<SocketAddr>, Option<String>)>,
+    leaf: Option<Leaf>,
+    trust_bundle: Option<PathBuf>,
+    extra: String,
+}
+
+impl SidecarBuilder<'_> {
+    /// The local app (default: an address where nothing listens).
+    pub fn app(mut self, addr: SocketAddr) -> Self {
+        self.app = Some(addr);
+        self
+    }
+
+    /// A destination and its sidecars' inbound addresses.
+    pub fn destination(mut self, name: &str, endpoints: &[SocketAddr]) -> Self {
+        self.destinations
+            .push((name.to_owned(), endpoints.to_vec(), None));
+        self
+    }
+
+    /// A destination whose sidecars must present `identity`.
+    pub fn destination_with_identity(
+        mut self,
+        name: &str,
+        endpoints: &[SocketAddr],
+        identity: &str,
+    ) -> Self {
+        self.destinations.push((
+            name.to_owned(),
+            endpoints.to_vec(),
+            Some(identity.to_owned()),
+        ));
+        self
+    }
+
+    /// Present this certificate and key instead of a fresh valid leaf.
+    pub fn leaf(mut self, leaf: Leaf) -> Self {
+        self.leaf = Some(leaf);
+        self
+    }
+
+    /// Trust this bundle instead of the mesh's.
+    pub fn trust_bundle(mut self, path: PathBuf) -> Self {
+        self.trust_bundle = Some(path);
+        self
+    }
+
+    /// Appends raw lines to the bootstrap file (e.g. `drain_timeout: 5s`).
+    pub fn extra_yaml(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        self
+    }
+
+    /// Writes the certificate files and the bootstrap file for these listen addresses.
+    pub fn write_config(
+        &self,
+        outbound: SocketAddr,
+        inbound: SocketAddr,
+        admin: SocketAddr,
+    ) -> PathBuf {
+        let dir = self.mesh.dir();
+        let leaf = self
+            .leaf
+            .clone()
+            .unwrap_or_else(|| self.mesh.leaf(&self.service));
+        let name = format!("{}-{}", self.service, inbound.port());
+        let (cert, key) = leaf.write_to(dir, &name).expect("write leaf");
+        let bundle = self
+            .trust_bundle
+            .clone()
+            .unwrap_or_else(|| self.mesh.trust_bundle());
+        let app = self.app.unwrap_or_else(closed_port);
+        let mut yaml = format!(
+            "service: {service}\ntrust_domain: {td}\napp: {app}\n\
+             listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+             tls: {{ cert: {cert}, key: {key}, trust_bundle: {bundle} }}\n\
+             drain_timeout: 5s\n",
+            service = self.service,
+            td = TRUST_DOMAIN,
+            cert = cert.display(),
+            key = key.display(),
+            bundle = bundle.display(),
+        );
+        yaml.push_str(&self.extra);
+        if !self.destinations.is_empty() {
+            yaml.push_str("destinations:\n");
+            for (name, endpoints, identity) in &self.destinations {
+                let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+                yaml.push_str(&format!(
+                    "  {name}:\n    endpoints: [{}]\n",
+                    list.join(", ")
+                ));
+                if let Some(id) = identity {
+                    yaml.push_str(&format!("    identity: {id}\n"));
+                }
+            }
+        }
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).expect("write bootstrap file");
+        path
+    }
+
+    /// Binds listeners on port 0, writes the bootstrap file, and runs the sidecar.
+    pub async fn start(self) -> Sidecar {
+        let bind = || async {
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind 127.0.0.1:0")
+        };
+        let listeners = Listeners {
+            outbound: bind().await,
+            inbound: bind().await,
+            admin: bind().await,
+        };
+        let addr = |l: &TcpListener| l.local_addr().expect("bound address");
+        let (outbound, inbound, admin) = (
+            addr(&listeners.outbound),
+            addr(&listeners.inbound),
+            addr(&listeners.admin),
+        );
+        let path = self.write_config(outbound, inbound, admin);
+        let config = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        let credentials = config.load_credentials().unwrap_or_else(|e| panic!("{e}"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(mesh_sidecar::run(config, credentials, listeners, async {
+            let _ = stopped.await;
+        }));
+        Sidecar {
+            service: self.service,
+            outbound,
+            inbound,
+            admin,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+/// A running in-process sidecar. Dropping it starts its shutdown.
+pub struct Sidecar {
+    pub service: String,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Sidecar {
+    /// `http://<outbound>`.
+    pub fn outbound_url(&self) -> String {
+        format!("http://{}", self.outbound)
+    }
+
+    /// `http://<admin><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Takes the run task, to await its end after a shutdown triggered elsewhere.
+    pub fn take_task(&mut self) -> JoinHandle<anyhow::Result<()>> {
+        self.task.take().expect("task not yet taken")
+    }
+
+    /// Signals shutdown and waits (at most 10 s) for the drain to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        drop(self.stop.take());
+        let task = self.take_task();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .map_err(|_| anyhow::anyhow!("sidecar did not stop within 10s"))??
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, at most `patience`; panics with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {patience:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,75 @@
+//! A bad bootstrap file stops the process with every error and its field path.
+
+use std::process::Command;
+
+fn run_sidecar(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sidecar"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const BAD_VALUES: &str = r#"
+service: orders
+trust_domain: mesh.local
+app: 127.0.0.1:8080
+tls: { cert: orders.pem, key: orders-key.pem, trust_bundle: ca.pem }
+destinations:
+  inventory:
+    endpoints: [127.0.0.1:16006, 127.0.0.1:x]
+  payments:
+    endpoints: []
+drain_timeout: forever
+"#;
+
+#[test]
+fn every_bad_value_is_reported_with_its_path() {
+    let (code, stderr) = run_sidecar(BAD_VALUES);
+    assert_eq!(code, 2, "{stderr}");
+    for expected in [
+        r#"destinations.inventory.endpoints[1]: invalid socket address "127.0.0.1:x""#,
+        "destinations.payments.endpoints: must list at least one endpoint",
+        r#"drain_timeout: invalid duration "forever""#,
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("sidecar.yaml"), "{stderr}");
+}
+
+#[test]
+fn unknown_field_is_reported_with_its_path() {
+    let yaml = BAD_VALUES
+        .replace("127.0.0.1:x", "127.0.0.1:17006")
+        .replace("  payments:\n    endpoints: []\n", "")
+        .replace("drain_timeout: forever", "")
+        .replace("    endpoints: [", "    retry: 3\n    endpoints: [");
+    let (code, stderr) = run_sidecar(&yaml);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("destinations.inventory.retry:"), "{stderr}");
+    assert!(stderr.contains("unknown field `retry`"), "{stderr}");
+}
+
+#[test]
+fn missing_certificate_file_is_named() {
+    let yaml = BAD_VALUES
+        .replace("127.0.0.1:x", "127.0.0.1:17006")
+        .replace("  payments:\n    endpoints: []\n", "")
+        .replace("drain_timeout: forever", "");
+    let (code, stderr) = run_sidecar(&yaml);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("tls: cannot read") && stderr.contains("orders.pem"),
+        "{stderr}"
+    );
+}

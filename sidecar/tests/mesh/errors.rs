@@ -1,0 +1,109 @@
+//! Responses the mesh makes itself carry `x-mesh-error`, the right status, and a body that
+//! names what failed; responses the app makes pass through untouched.
+
+use http::StatusCode;
+use mesh_testkit::{TestMesh, app, client, closed_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn unknown_destination_is_503_naming_it() {
+    let pair = crate::Pair::start().await;
+    let rsp = client::get(&format!("{}/x", pair.orders.outbound_url()), "nowhere:8080").await;
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(rsp.headers()["x-mesh-error"], "no-route");
+    assert!(client::text(rsp).await.contains("\"nowhere\""));
+}
+
+#[tokio::test]
+async fn unreachable_destination_sidecar_is_503() {
+    let mesh = TestMesh::new();
+    let gone = closed_port();
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[gone])
+        .start()
+        .await;
+    let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(rsp.headers()["x-mesh-error"], "connect-refused");
+    assert!(client::text(rsp).await.contains(&gone.to_string()));
+}
+
+#[tokio::test]
+async fn app_down_behind_inbound_is_502() {
+    let mesh = TestMesh::new();
+    // No app: the inventory sidecar forwards to a port where nothing listens.
+    let inventory = mesh.sidecar("inventory").start().await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+    let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(rsp.headers()["x-mesh-error"], "app-unavailable");
+}
+
+#[tokio::test]
+async fn the_apps_own_errors_pass_through_unmarked() {
+    let pair = crate::Pair::start().await;
+    let rsp = client::get(
+        &format!("{}/status/503", pair.orders.outbound_url()),
+        "inventory",
+    )
+    .await;
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(rsp.headers().get("x-mesh-error").is_none());
+    assert_eq!(
+        client::text(rsp).await,
+        "inventory: status 503 Service Unavailable\n"
+    );
+}
+
+#[tokio::test]
+async fn request_without_authority_is_400() {
+    let pair = crate::Pair::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(pair.orders.outbound)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /x HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut rsp = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut rsp),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let rsp = String::from_utf8_lossy(&rsp);
+    assert!(rsp.starts_with("HTTP/1.0 400"), "{rsp}");
+    assert!(
+        rsp.to_ascii_lowercase()
+            .contains("x-mesh-error: no-authority"),
+        "{rsp}"
+    );
+}
+
+#[tokio::test]
+async fn destination_with_a_dead_and_a_live_endpoint_reports_the_dead_one() {
+    // Round robin reaches both; the failure names the endpoint that failed.
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .app(app::echo("inventory").await)
+        .start()
+        .await;
+    let gone = closed_port();
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound, gone])
+        .start()
+        .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+        statuses.push(rsp.status().as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503, 503]);
+}

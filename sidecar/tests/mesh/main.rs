@@ -1,0 +1,42 @@
+//! End-to-end tests of the sidecar data path: real sockets on 127.0.0.1, real mutual TLS,
+//! sidecars driven through their bootstrap files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod bootstrap;
+mod errors;
+mod grpc;
+mod mtls;
+mod shutdown;
+mod transparency;
+
+use mesh_testkit::{Sidecar, TestMesh, app};
+
+/// An `orders` sidecar calling an `inventory` sidecar in front of the echo app.
+pub(crate) struct Pair {
+    /// Keeps the certificates directory alive.
+    pub(crate) _mesh: TestMesh,
+    pub(crate) orders: Sidecar,
+    pub(crate) inventory: Sidecar,
+}
+
+impl Pair {
+    pub(crate) async fn start() -> Self {
+        let mesh = TestMesh::new();
+        let app = app::echo("inventory").await;
+        let inventory = mesh.sidecar("inventory").app(app).start().await;
+        let orders = mesh
+            .sidecar("orders")
+            .destination("inventory", &[inventory.inbound])
+            .start()
+            .await;
+        Self {
+            _mesh: mesh,
+            orders,
+            inventory,
+        }
+    }
+}
+
+pub(crate) const ORDERS_ID: &str = "spiffe://mesh.local/ns/default/sa/orders";

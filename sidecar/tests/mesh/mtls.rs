@@ -1,0 +1,331 @@
+//! Mutual TLS between sidecars: who is trusted, who is refused, and what each side reports.
+
+use std::process::Command;
+use std::time::Duration;
+
+use http::StatusCode;
+use mesh_testkit::{TestMesh, app, client, eventually};
+use meshctl::certs::{DevCa, Leaf, LeafSpec};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const INVENTORY_ID: &str = "spiffe://mesh.local/ns/default/sa/inventory";
+const PAYMENTS_ID: &str = "spiffe://mesh.local/ns/default/sa/payments";
+
+async fn metrics(admin_url: String) -> String {
+    client::text(client::get(&admin_url, "admin").await).await
+}
+
+/// Waits until the sidecar's metrics contain `line`.
+async fn metric_appears(sidecar: &mesh_testkit::Sidecar, line: &str) {
+    let url = sidecar.admin_url("/metrics");
+    eventually(line, Duration::from_secs(5), || {
+        let url = url.clone();
+        async move { metrics(url).await.contains(line).then_some(()) }
+    })
+    .await;
+}
+
+fn expired_leaf(ca: &DevCa, spiffe_id: &str) -> Leaf {
+    let now = OffsetDateTime::now_utc();
+    ca.issue(&LeafSpec {
+        spiffe_id: spiffe_id.into(),
+        not_before: now - time::Duration::days(2),
+        not_after: now - time::Duration::days(1),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn client_certificate_from_another_ca_is_rejected() {
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .app(app::echo("inventory").await)
+        .start()
+        .await;
+    let rogue = DevCa::generate("mesh.local").unwrap();
+    let orders = mesh
+        .sidecar("orders")
+        .leaf(
+            rogue
+                .issue_service("default", "orders", Duration::from_secs(3600))
+                .unwrap(),
+        )
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+    let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(rsp.headers()["x-mesh-error"], "tls-rejected-by-peer");
+    assert!(client::text(rsp).await.contains(INVENTORY_ID));
+    metric_appears(
+        &inventory,
+        r#"mesh_tls_handshake_failures_total{direction="inbound",reason="tls-untrusted-peer"} 1"#,
+    )
+    .await;
+    metric_appears(
+        &orders,
+        r#"mesh_tls_handshake_failures_total{direction="outbound",reason="tls-rejected-by-peer"} 1"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn expired_client_certificate_is_rejected() {
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .app(app::echo("inventory").await)
+        .start()
+        .await;
+    let orders = mesh
+        .sidecar("orders")
+        .leaf(expired_leaf(mesh.ca(), crate::ORDERS_ID))
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+    let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(rsp.headers()["x-mesh-error"], "tls-rejected-by-peer");
+    metric_appears(
+        &inventory,
+        r#"mesh_tls_handshake_failures_total{direction="inbound",reason="tls-expired-peer"} 1"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn expired_server_certificate_is_rejected_by_the_caller() {
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .leaf(expired_leaf(mesh.ca(), INVENTORY_ID))
+        .app(app::echo("inventory").await)
+        .start()
+        .await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+    let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(rsp.headers()["x-mesh-error"], "tls-expired-peer");
+}
+
+#[tokio::test]
+async fn server_with_the_wrong_identity_is_rejected_by_the_caller() {
+    let mesh = TestMesh::new();
+    // A valid sidecar of another service, listed where inventory should be.
+    let payments = mesh
+        .sidecar("payments")
+        .app(app::echo("payments").await)
+        .start()
+        .await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[payments.inbound])
+        .start()
+        .await;
+    let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(rsp.headers()["x-mesh-error"], "tls-peer-identity");
+    let body = client::text(rsp).await;
+    assert!(
+        body.contains(PAYMENTS_ID) && body.contains(INVENTORY_ID),
+        "{body}"
+    );
+    metric_appears(
+        &orders,
+        r#"mesh_tls_handshake_failures_total{direction="outbound",reason="tls-peer-identity"} 1"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn identity_override_accepts_the_named_identity() {
+    let mesh = TestMesh::new();
+    let payments = mesh
+        .sidecar("payments")
+        .app(app::echo("payments").await)
+        .start()
+        .await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination_with_identity("inventory", &[payments.inbound], PAYMENTS_ID)
+        .start()
+        .await;
+    let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(client::json(rsp).await["service"], "payments");
+}
+
+#[tokio::test]
+async fn plain_http_to_the_inbound_port_is_refused_at_the_handshake() {
+    let pair = crate::Pair::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(pair.inventory.inbound)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /x HTTP/1.1\r\nHost: inventory\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // The sidecar closes the connection; bounded in case it does not.
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
+        .await
+        .expect("inbound closed the plain-HTTP connection within 10s");
+    assert!(
+        !String::from_utf8_lossy(&got).contains("HTTP/"),
+        "plain HTTP got an HTTP answer: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    metric_appears(
+        &pair.inventory,
+        r#"mesh_tls_handshake_failures_total{direction="inbound",reason="tls-not-tls"} 1"#,
+    )
+    .await;
+}
+
+/// Runs `openssl` with `args` in `dir`, failing the test with its stderr.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issues `<name>.pem` / `<name>-key.pem` signed by `ca.pem` in `dir`.
+fn openssl_leaf(dir: &std::path::Path, name: &str, keygen: &[&str]) -> Leaf {
+    let key = format!("{name}-key.pem");
+    let csr = format!("{name}.csr");
+    let cert = format!("{name}.pem");
+    let ext = format!("{name}.ext");
+    std::fs::write(
+        dir.join(&ext),
+        format!(
+            "subjectAltName=URI:spiffe://mesh.local/ns/default/sa/{name}\n\
+             extendedKeyUsage=serverAuth,clientAuth\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\n\
+             basicConstraints=CA:FALSE\n"
+        ),
+    )
+    .unwrap();
+    let mut genkey = vec!["genpkey"];
+    genkey.extend_from_slice(keygen);
+    genkey.extend_from_slice(&["-out", &key]);
+    openssl(dir, &genkey);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/O=openssl/CN={name}"),
+            "-out",
+            &csr,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ],
+    );
+    Leaf {
+        cert_pem: std::fs::read_to_string(dir.join(&cert)).unwrap(),
+        key_pem: std::fs::read_to_string(dir.join(&key)).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn certificates_made_by_openssl_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A root with a SEC1 EC key, an RSA leaf and an EC (PKCS#8) leaf.
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca-key.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-subj",
+            "/O=openssl/CN=test root",
+            "-days",
+            "2",
+            "-sha256",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    let inventory_leaf = openssl_leaf(
+        d,
+        "inventory",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let orders_leaf = openssl_leaf(
+        d,
+        "orders",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .leaf(inventory_leaf)
+        .trust_bundle(d.join("ca.pem"))
+        .app(app::echo("inventory").await)
+        .start()
+        .await;
+    let orders = mesh
+        .sidecar("orders")
+        .leaf(orders_leaf)
+        .trust_bundle(d.join("ca.pem"))
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+    let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(client::json(rsp).await["caller"], crate::ORDERS_ID);
+}
