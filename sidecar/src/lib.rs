@@ -134,7 +134,11 @@ pub async fn run(
     let acceptor = TlsAcceptor::from(credentials.server_config()?);
     let admin = Arc::new(Admin {
         ready: AtomicBool::new(false),
-        config_json: serde_json::to_vec_pretty(&config)?.into(),
+        config_json: {
+            let mut json = serde_json::to_vec_pretty(&config)?;
+            json.push(b'\n');
+            json.into()
+        },
         metrics: metrics.clone(),
         shutdown: drain.clone(),
     });

@@ -47,7 +47,7 @@ pub(crate) async fn serve<F, Fut>(
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(?direction, %error, "accept failed");
+                    tracing::warn!(direction = direction.as_str(), %error, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 }
             },
@@ -56,14 +56,18 @@ pub(crate) async fn serve<F, Fut>(
     drop(listener);
     let open = graceful.count();
     if open > 0 {
-        tracing::info!(?direction, connections = open, "draining");
+        tracing::info!(
+            direction = direction.as_str(),
+            connections = open,
+            "draining"
+        );
     }
     if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            ?direction,
+            direction = direction.as_str(),
             ?drain_timeout,
             "drain time is up; dropping open connections"
         );

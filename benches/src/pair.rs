@@ -1,0 +1,155 @@
+//! A sidecar pair as separate processes, built from the same target directory as the bench.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa};
+
+/// Running processes: the echo app and two sidecars. Killed on drop.
+pub struct Pair {
+    children: Vec<Child>,
+    /// The orders sidecar's outbound listener, where the bench sends requests.
+    pub outbound: SocketAddr,
+    /// Process IDs of the orders and inventory sidecars.
+    pub sidecar_pids: [u32; 2],
+    _dir: tempfile::TempDir,
+}
+
+/// The directory holding the `sidecar` and `echo-app` binaries of the bench's own profile.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("bench binary has no directory")?;
+    for bin in ["sidecar", "echo-app"] {
+        if !dir.join(bin).exists() {
+            bail!(
+                "{} not found; build it first: cargo build --release -p mesh-sidecar -p demo-services",
+                dir.join(bin).display()
+            );
+        }
+    }
+    Ok(dir.to_owned())
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Spawns `bin`, its stderr kept in `log` for error reports.
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))
+}
+
+impl Pair {
+    /// Starts the pair and waits (at most 10 s) until both sidecars are ready.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bins = bin_dir()?;
+        let dir = tempfile::tempdir()?;
+        let ca = DevCa::generate("mesh.local")?;
+        ca.write_to(dir.path())?;
+        let app = free_port()?;
+        let [o_out, o_in, o_admin, i_out, i_in, i_admin] = [
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+        ];
+        let mut configs = Vec::new();
+        for (service, out, inb, admin, dest) in [
+            (
+                "orders",
+                o_out,
+                o_in,
+                o_admin,
+                format!("{{ inventory: {{ endpoints: [\"{i_in}\"] }} }}"),
+            ),
+            ("inventory", i_out, i_in, i_admin, "{}".to_owned()),
+        ] {
+            ca.issue_service("default", service, DEFAULT_LEAF_LIFETIME)?
+                .write_to(dir.path(), service)?;
+            let yaml = format!(
+                "service: {service}\ntrust_domain: mesh.local\napp: \"{app}\"\n\
+                 listen: {{ outbound: \"{out}\", inbound: \"{inb}\", admin: \"{admin}\" }}\n\
+                 tls: {{ cert: {service}.pem, key: {service}-key.pem, trust_bundle: ca.pem }}\n\
+                 destinations: {dest}\n"
+            );
+            let path = dir.path().join(format!("{service}.yaml"));
+            std::fs::write(&path, yaml)?;
+            configs.push(path);
+        }
+        let mut children = vec![spawn(
+            &bins.join("echo-app"),
+            &["--name", "inventory", "--listen", &app.to_string()],
+            &dir.path().join("echo-app.log"),
+        )?];
+        for config in &configs {
+            let log = config.with_extension("log");
+            let config = config.to_string_lossy();
+            children.push(spawn(&bins.join("sidecar"), &["--config", &config], &log)?);
+        }
+        let sidecar_pids = [children[1].id(), children[2].id()];
+        let pair = Self {
+            children,
+            outbound: o_out,
+            sidecar_pids,
+            _dir: dir,
+        };
+        for (service, admin) in [("orders", o_admin), ("inventory", i_admin)] {
+            if let Err(err) = pair.wait_ready(admin).await {
+                let log = std::fs::read_to_string(pair._dir.path().join(format!("{service}.log")))
+                    .unwrap_or_default();
+                bail!("{service}: {err}\n{log}");
+            }
+        }
+        Ok(pair)
+    }
+
+    async fn wait_ready(&self, admin: SocketAddr) -> anyhow::Result<()> {
+        for _ in 0..200 {
+            if let Ok(mut tcp) = tokio::net::TcpStream::connect(admin).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                tcp.write_all(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    .await?;
+                let mut rsp = String::new();
+                tcp.read_to_string(&mut rsp).await?;
+                if rsp.starts_with("HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("sidecar with admin {admin} not ready after 10s")
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Resident and peak resident memory of a process, in KiB, from /proc.
+pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} missing from /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
