@@ -326,20 +326,10 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
     })
 }
 
-/// Service, namespace and destination names are DNS labels, as in Kubernetes.
+/// Service, namespace and destination names are DNS labels.
 fn check_label(errors: &mut Errors, path: &str, value: &str) {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if !ok {
-        errors.push(
-            path,
-            format!("invalid name {value:?}: use 1-63 lowercase letters, digits and '-'"),
-        );
+    if let Err(e) = mesh_api::spiffe::check_label(value) {
+        errors.push(path, e.to_string());
     }
 }
 

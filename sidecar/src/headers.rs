@@ -4,8 +4,13 @@
 //! describe one connection, and HTTP/2 forbids them outright. `te: trailers` is the exception
 //! that survives, because gRPC requires it end to end.
 
-use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::Body;
+use crate::error::BoxError;
 
 /// The caller's verified SPIFFE ID, set by the inbound side for the local app.
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-mesh-client-id");
@@ -58,6 +63,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if wants_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The absolute URI `http://<authority><path and query of uri>` of a forwarded request: the
+/// authority becomes `:authority` on HTTP/2 and `Host` on HTTP/1.1.
+pub(crate) fn absolute_uri(uri: &Uri, authority: &str) -> Result<Uri, http::Error> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+}
+
+/// A response received from the next hop, as it is passed back: hop-by-hop headers removed,
+/// body still streaming.
+pub(crate) fn forwarded_response(mut rsp: Response<Incoming>) -> Response<Body> {
+    remove_hop_by_hop(rsp.headers_mut());
+    rsp.map(|body| body.map_err(BoxError::from).boxed_unsync())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mesh_api::spiffe::{self, SpiffeId};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -35,15 +36,16 @@ pub enum CertError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     /// A name that cannot appear in a SPIFFE ID.
-    #[error("invalid {what} {value:?}: {reason}")]
+    #[error("{what}: {source}")]
     InvalidName {
         /// Which part of the identity.
         what: &'static str,
-        /// The value given.
-        value: String,
-        /// Why it is rejected.
-        reason: &'static str,
+        /// The name and the rule it breaks.
+        source: spiffe::InvalidName,
     },
+    /// The names do not make a valid SPIFFE ID.
+    #[error("invalid identity: {0}")]
+    Identity(#[from] spiffe::InvalidSpiffeId),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -142,10 +144,8 @@ impl DevCa {
     pub fn spiffe_id(&self, namespace: &str, service: &str) -> Result<String, CertError> {
         validate_label("namespace", namespace)?;
         validate_label("service", service)?;
-        Ok(format!(
-            "spiffe://{}/ns/{namespace}/sa/{service}",
-            self.trust_domain
-        ))
+        let id = SpiffeId::for_service(&self.trust_domain, namespace, service)?;
+        Ok(id.to_string())
     }
 
     /// Issues a leaf for `service` in `namespace`, valid from now for `lifetime`.
@@ -242,41 +242,15 @@ fn root_params(trust_domain: &str) -> CertificateParams {
     params
 }
 
-/// A trust domain is a DNS-like name: lowercase letters, digits, `.`, `-` and `_`.
 fn validate_trust_domain(value: &str) -> Result<(), CertError> {
-    let ok = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(CertError::InvalidName {
-            what: "trust domain",
-            value: value.to_owned(),
-            reason: "use lowercase letters, digits, '.', '-' and '_'",
-        })
-    }
+    spiffe::check_trust_domain(value).map_err(|e| CertError::InvalidName {
+        what: "trust domain",
+        source: e,
+    })
 }
 
-/// Service and namespace names are DNS labels, as in Kubernetes.
 fn validate_label(what: &'static str, value: &str) -> Result<(), CertError> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(CertError::InvalidName {
-            what,
-            value: value.to_owned(),
-            reason: "use a DNS label: 1-63 lowercase letters, digits and '-'",
-        })
-    }
+    spiffe::check_label(value).map_err(|source| CertError::InvalidName { what, source })
 }
 
 fn read(path: &Path) -> Result<String, CertError> {

@@ -7,7 +7,6 @@
 //! always talk HTTP/2 to each other. Configs are built once (per destination, not per request)
 //! and shared; TLS work on the request path is limited to new pooled connections.
 
-mod spiffe;
 mod verify;
 
 use std::path::Path;
@@ -20,8 +19,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::prelude::FromDer;
 
-pub use self::spiffe::{InvalidSpiffeId, SpiffeId, ids_in_certificate};
 pub use self::verify::PeerIdentityMismatch;
+pub use mesh_api::spiffe::{InvalidSpiffeId, SpiffeId, describe, ids_in_certificate};
 
 /// The ALPN protocol spoken between sidecars.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -114,15 +113,7 @@ impl Credentials {
         if !presented.contains(expected) {
             return Err(CredentialsError::WrongIdentity {
                 expected: expected.clone(),
-                presented: if presented.is_empty() {
-                    "no SPIFFE ID".into()
-                } else {
-                    presented
-                        .iter()
-                        .map(SpiffeId::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
+                presented: describe(&presented),
             });
         }
         let not_after = x509_parser::certificate::X509Certificate::from_der(leaf)

@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
 
-use super::spiffe::{SpiffeId, ids_in_certificate};
+use mesh_api::spiffe::{SpiffeId, describe, ids_in_certificate};
 
 /// The server presented a valid certificate for another identity.
 #[derive(Debug, thiserror::Error)]
@@ -71,15 +71,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         if presented.contains(&self.expected) {
             return Ok(ServerCertVerified::assertion());
         }
-        let presented = if presented.is_empty() {
-            "none".to_owned()
-        } else {
-            presented
-                .iter()
-                .map(SpiffeId::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let presented = describe(&presented);
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
             OtherError(Arc::new(PeerIdentityMismatch {
                 expected: self.expected.clone(),

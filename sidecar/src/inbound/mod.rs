@@ -16,14 +16,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{HOST, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::Body;
 use crate::error::{self, AppFailed, BoxError};
-use crate::headers::{CLIENT_ID, ORIG_PROTO, ORIG_PROTO_HTTP1, remove_hop_by_hop};
+use crate::headers::{
+    CLIENT_ID, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, forwarded_response, remove_hop_by_hop,
+};
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Metrics};
 
@@ -58,10 +60,7 @@ impl Inbound {
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let rsp = match self.forward(&caller, req).await {
-            Ok(mut rsp) => {
-                remove_hop_by_hop(rsp.headers_mut());
-                rsp.map(|body| body.map_err(BoxError::from).boxed_unsync())
-            }
+            Ok(rsp) => forwarded_response(rsp),
             Err(err) => {
                 let (reason, rsp) = error::rescue(err.as_ref());
                 tracing::warn!(%caller, reason = reason.as_str(), error = %err, "inbound request failed");
@@ -104,16 +103,7 @@ impl Inbound {
                 None => self.app.to_string(),
             },
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path)
-            .build()?;
+        parts.uri = absolute_uri(&parts.uri, &authority)?;
         let (client, version) = if http1 {
             (&self.clients.http1, Version::HTTP_11)
         } else {

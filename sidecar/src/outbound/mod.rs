@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use http::header::{EXPECT, HOST};
 use http::uri::Authority;
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
@@ -29,7 +29,9 @@ use tokio::time::Instant;
 
 use crate::Body;
 use crate::error::{self, BoxError, NoAuthority, NoEndpoints, NoRoute};
-use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, remove_hop_by_hop};
+use crate::headers::{
+    ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, forwarded_response, remove_hop_by_hop,
+};
 use crate::metrics::{Direction, Metrics};
 
 use self::policy::{DestinationStack, Destinations};
@@ -74,10 +76,7 @@ impl Outbound {
             Err(err) => (UNKNOWN.to_owned(), Err(err)),
         };
         let rsp = match result {
-            Ok(mut rsp) => {
-                remove_hop_by_hop(rsp.headers_mut());
-                rsp.map(|body| body.map_err(BoxError::from).boxed_unsync())
-            }
+            Ok(rsp) => forwarded_response(rsp),
             Err(err) => {
                 let (reason, rsp) = error::rescue(err.as_ref());
                 if reason.is_tls() {
@@ -145,16 +144,7 @@ fn to_peer_request(
     if http1 {
         parts.headers.insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(path)
-        .build()?;
+    parts.uri = absolute_uri(&parts.uri, authority.as_str())?;
     parts.version = Version::HTTP_2;
     let body = body.map_err(BoxError::from).boxed_unsync();
     Ok(Request::from_parts(parts, body))

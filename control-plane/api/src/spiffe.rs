@@ -1,7 +1,8 @@
 //! SPIFFE IDs: the only place that knows their format.
 //!
 //! A workload identity is `spiffe://<trust-domain>/ns/<namespace>/sa/<service>`. Sidecars name
-//! each other by this URI, carried as the URI SAN of their certificates.
+//! each other by this URI, carried as the URI SAN of their certificates. Service and namespace
+//! names are DNS labels, as in Kubernetes, so the same names work when the mesh moves there.
 
 use std::fmt;
 use std::str::FromStr;
@@ -66,13 +67,7 @@ impl FromStr for SpiffeId {
             Some((d, p)) => (d, Some(p)),
             None => (rest, None),
         };
-        let domain_ok = !domain.is_empty()
-            && domain
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
-        if !domain_ok {
-            return Err(InvalidSpiffeId::TrustDomain);
-        }
+        check_trust_domain(domain).map_err(|_| InvalidSpiffeId::TrustDomain)?;
         if let Some(path) = path {
             let segment_ok = |seg: &str| {
                 !seg.is_empty()
@@ -94,6 +89,55 @@ impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A service, namespace or trust-domain name that cannot be used in an identity.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid name {value:?}: {rule}")]
+pub struct InvalidName {
+    /// The name given.
+    pub value: String,
+    /// The rule it breaks.
+    pub rule: &'static str,
+}
+
+/// Checks a service or namespace name: a DNS label of 1-63 lowercase letters, digits and `-`,
+/// not starting or ending with `-`.
+pub fn check_label(value: &str) -> Result<(), InvalidName> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    ok.then_some(()).ok_or_else(|| InvalidName {
+        value: value.to_owned(),
+        rule: "use 1-63 lowercase letters, digits and '-'",
+    })
+}
+
+/// Checks a trust domain: lowercase letters, digits, `.`, `-` and `_`.
+pub fn check_trust_domain(value: &str) -> Result<(), InvalidName> {
+    let ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    ok.then_some(()).ok_or_else(|| InvalidName {
+        value: value.to_owned(),
+        rule: "use lowercase letters, digits, '.', '-' and '_'",
+    })
+}
+
+/// Lists identities for a message: comma-separated, or "no SPIFFE ID".
+pub fn describe(ids: &[SpiffeId]) -> String {
+    if ids.is_empty() {
+        return "no SPIFFE ID".to_owned();
+    }
+    ids.iter()
+        .map(SpiffeId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The SPIFFE IDs among a DER certificate's URI SANs. Empty if the certificate cannot be parsed
@@ -133,6 +177,23 @@ mod tests {
     fn other_paths_have_no_service() {
         let id: SpiffeId = "spiffe://example.org/workload/x".parse().unwrap();
         assert_eq!(id.service(), None);
+    }
+
+    #[test]
+    fn labels_are_dns_labels() {
+        assert!(check_label("orders-2").is_ok());
+        for bad in [
+            "",
+            "Orders",
+            "orders_svc",
+            "-orders",
+            "orders-",
+            &"a".repeat(64),
+        ] {
+            assert!(check_label(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_trust_domain("mesh.local").is_ok());
+        assert!(check_trust_domain("Mesh Local").is_err());
     }
 
     #[test]
