@@ -32,6 +32,14 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 #[error("request has no Host header or :authority; the mesh routes by service name")]
 pub struct NoAuthority;
 
+/// A request the mesh does not proxy (`CONNECT` tunnels).
+#[derive(Debug, thiserror::Error)]
+#[error("{method} is not supported by the mesh")]
+pub struct Unsupported {
+    /// The request method.
+    pub method: http::Method,
+}
+
 /// The destination is not one this sidecar knows.
 #[derive(Debug, thiserror::Error)]
 #[error("no route to destination {destination:?}: it is not among this sidecar's destinations")]
@@ -114,6 +122,8 @@ pub struct AppFailed {
 pub enum Reason {
     /// No Host / :authority.
     NoAuthority,
+    /// A request the mesh does not proxy.
+    Unsupported,
     /// Unknown destination.
     NoRoute,
     /// Known destination without endpoints.
@@ -149,6 +159,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NoAuthority => "no-authority",
+            Reason::Unsupported => "unsupported",
             Reason::NoRoute => "no-route",
             Reason::NoEndpoints => "no-endpoints",
             Reason::ConnectRefused => "connect-refused",
@@ -169,6 +180,7 @@ impl Reason {
     pub fn status(self) -> StatusCode {
         match self {
             Reason::NoAuthority => StatusCode::BAD_REQUEST,
+            Reason::Unsupported => StatusCode::NOT_IMPLEMENTED,
             Reason::NoRoute
             | Reason::NoEndpoints
             | Reason::ConnectRefused
@@ -195,6 +207,9 @@ impl Reason {
 pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     if find_cause::<NoAuthority>(err).is_some() {
         return Reason::NoAuthority;
+    }
+    if find_cause::<Unsupported>(err).is_some() {
+        return Reason::Unsupported;
     }
     if find_cause::<NoRoute>(err).is_some() {
         return Reason::NoRoute;

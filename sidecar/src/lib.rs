@@ -104,6 +104,18 @@ impl Listeners {
     }
 }
 
+/// The HTTP/1.1 + HTTP/2 server of the outbound and inbound listeners. The timer drives
+/// HTTP/1.1's header-read timeout (a client that never finishes its headers is dropped) and
+/// HTTP/2 keep-alive pings.
+fn http_server() -> auto::Builder<TokioExecutor> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1().timer(TokioTimer::new());
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)));
+    http
+}
+
 /// Runs a sidecar on bound listeners until `shutdown` completes or `POST /shutdown` arrives,
 /// then drains in-flight requests (at most `config.drain_timeout`) and returns.
 pub async fn run(
@@ -152,7 +164,7 @@ pub async fn run(
         "sidecar serving"
     );
 
-    let http = auto::Builder::new(TokioExecutor::new());
+    let http = http_server();
     let outbound_task = tokio::spawn(serve::serve(
         Direction::Outbound,
         listeners.outbound,
@@ -203,7 +215,7 @@ pub async fn run(
                 };
                 tracing::debug!(%peer, %caller, "inbound connection identified");
                 let caller = Arc::new(caller);
-                let http = auto::Builder::new(TokioExecutor::new());
+                let http = http_server();
                 let conn = http.serve_connection(
                     TokioIo::new(tls),
                     service_fn(move |req| inbound.clone().handle(caller.clone(), req)),

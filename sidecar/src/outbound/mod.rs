@@ -21,14 +21,14 @@ use std::sync::Arc;
 
 use http::header::{EXPECT, HOST};
 use http::uri::Authority;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::Body;
-use crate::error::{self, BoxError, NoAuthority, NoEndpoints, NoRoute};
+use crate::error::{self, BoxError, NoAuthority, NoEndpoints, NoRoute, Unsupported};
 use crate::headers::{
     ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, forwarded_response, remove_hop_by_hop,
 };
@@ -99,6 +99,12 @@ impl Outbound {
 
     /// Steps 2 and 3: the destination's stack and the authority to forward.
     fn route<B>(&self, req: &Request<B>) -> Result<(Arc<DestinationStack>, Authority), BoxError> {
+        if req.method() == Method::CONNECT {
+            return Err(Unsupported {
+                method: Method::CONNECT,
+            }
+            .into());
+        }
         let authority = destination::authority(req).ok_or(NoAuthority)?;
         let name = destination::service_name(&authority);
         let stack = self

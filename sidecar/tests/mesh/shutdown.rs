@@ -92,19 +92,17 @@ async fn inbound_drain_lets_the_in_flight_request_finish() {
     let in_flight = slow_request(orders.outbound);
     gate.arrived().await;
 
+    let ready_url = inventory.admin_url("/ready");
     let stopping = tokio::spawn(inventory.shutdown());
-    let inbound_ready = tokio::time::timeout(Duration::from_millis(200), async {
-        // The drain cannot finish while the request is held.
-        loop {
-            if stopping.is_finished() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    // Draining has begun (the admin endpoint answers until the drain is over) ...
+    eventually("inventory /ready to turn 503", Duration::from_secs(5), || {
+        let url = ready_url.clone();
+        async move { (status_of(&url).await == Some(StatusCode::SERVICE_UNAVAILABLE)).then_some(()) }
     })
     .await;
+    // ... and cannot finish while the app holds the request.
     assert!(
-        inbound_ready.is_err(),
+        !stopping.is_finished(),
         "inventory stopped with a request in flight"
     );
 
