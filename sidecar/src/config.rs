@@ -19,6 +19,12 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::identity::{Credentials, SpiffeId};
 
+pub mod policy;
+
+pub use self::policy::{
+    Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
+};
+
 /// Default outbound listener, where the local app sends plain HTTP.
 pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:15001";
 /// Default inbound listener, where peer sidecars connect with mutual TLS.
@@ -78,12 +84,15 @@ pub struct TlsPaths {
 }
 
 /// A service this sidecar may send requests to.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Destination {
     /// Inbound addresses of the destination's sidecars.
     pub endpoints: Vec<SocketAddr>,
     /// The identity its sidecars must present.
     pub identity: SpiffeId,
+    /// Timeouts, retries, circuit breaking and load balancing.
+    #[serde(flatten)]
+    pub policy: DestinationPolicy,
 }
 
 /// One problem in a configuration, at a field path.
@@ -147,6 +156,14 @@ struct DestinationFile {
     endpoints: Vec<String>,
     #[serde(default)]
     identity: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    retries: Option<policy::RetriesFile>,
+    #[serde(default)]
+    circuit_breaker: Option<policy::BreakerFile>,
+    #[serde(default)]
+    load_balancer: Option<String>,
 }
 
 // === impl Config ===
@@ -216,7 +233,7 @@ impl Config {
 }
 
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(crate) struct Errors(Vec<ConfigError>);
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -289,12 +306,23 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
                 .ok(),
             None => SpiffeId::for_service(&file.trust_domain, &namespace, &name).ok(),
         };
+        let policy = policy::validate(
+            policy::PolicyFile {
+                timeout: dest.timeout,
+                retries: dest.retries,
+                circuit_breaker: dest.circuit_breaker,
+                load_balancer: dest.load_balancer,
+            },
+            &path,
+            errors,
+        );
         if let Some(identity) = identity {
             destinations.insert(
                 name,
                 Destination {
                     endpoints,
                     identity,
+                    policy,
                 },
             );
         }
@@ -351,7 +379,12 @@ fn listen_addr(
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
-fn duration(errors: &mut Errors, path: &str, value: Option<String>, default: Duration) -> Duration {
+pub(crate) fn duration(
+    errors: &mut Errors,
+    path: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Duration {
     let Some(value) = value else {
         return default;
     };

@@ -124,3 +124,90 @@ fn missing_required_field_is_named() {
     let errs = errors(&yaml);
     assert!(errs[0].message.contains("app"), "{:?}", errs);
 }
+
+const POLICY: &str = r#"
+service: orders
+trust_domain: mesh.local
+app: 127.0.0.1:8080
+tls: { cert: c.pem, key: k.pem, trust_bundle: ca.pem }
+destinations:
+  inventory:
+    endpoints: [127.0.0.1:16006, 127.0.0.1:17006, 127.0.0.1:18006]
+    timeout: 2s
+    retries:
+      attempts: 3
+      per_try_timeout: 500ms
+      retry_on: [connect-failure, refused-stream, reset, gateway-error, 5xx]
+      retriable_status_codes: [409]
+      backoff: { base: 25ms, max: 250ms }
+      budget: { ratio: 0.2, min_per_second: 10, window: 10s }
+      non_idempotent: false
+      max_buffered_body: 64KiB
+    circuit_breaker:
+      consecutive_failures: 5
+      base_ejection_time: 10s
+      max_ejection_time: 5m
+      max_ejection_percent: 50
+      max_requests: 1024
+      max_pending: 256
+    load_balancer: round-robin
+"#;
+
+#[test]
+fn parses_the_documented_policy() {
+    let config = Config::from_yaml(POLICY, Path::new("/")).unwrap();
+    let p = &config.destinations["inventory"].policy;
+    assert_eq!(p.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(p.retries.attempts, 3);
+    assert_eq!(p.retries.per_try_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(p.retries.retry_on.len(), 5);
+    assert_eq!(p.retries.retriable_status_codes, [409]);
+    assert_eq!(p.retries.budget.window, Duration::from_secs(10));
+    assert_eq!(
+        p.circuit_breaker.base_ejection_time,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        p.circuit_breaker.max_ejection_time,
+        Duration::from_secs(300)
+    );
+    assert_eq!(p.load_balancer, LoadBalancer::RoundRobin);
+}
+
+#[test]
+fn every_bad_policy_value_is_reported_with_its_path() {
+    let yaml = POLICY
+        .replace("attempts: 3", "attempts: 0")
+        .replace("reset, gateway", "resets, gateway")
+        .replace("[409]", "[409, 999]")
+        .replace("base: 25ms, max: 250ms", "base: 1s, max: 250ms")
+        .replace("ratio: 0.2", "ratio: -1")
+        .replace("window: 10s", "window: 2m")
+        .replace("max_buffered_body: 64KiB", "max_buffered_body: lots")
+        .replace("max_ejection_percent: 50", "max_ejection_percent: 150")
+        .replace("round-robin", "random");
+    let got = paths(&yaml);
+    assert_eq!(
+        got,
+        [
+            "destinations.inventory.retries.attempts",
+            "destinations.inventory.retries.retry_on[2]",
+            "destinations.inventory.retries.retriable_status_codes[1]",
+            "destinations.inventory.retries.backoff",
+            "destinations.inventory.retries.budget.ratio",
+            "destinations.inventory.retries.budget.window",
+            "destinations.inventory.retries.max_buffered_body",
+            "destinations.inventory.circuit_breaker.max_ejection_percent",
+            "destinations.inventory.load_balancer",
+        ]
+    );
+}
+
+#[test]
+fn unknown_policy_field_is_an_error() {
+    let yaml = POLICY.replace(
+        "      non_idempotent",
+        "      jitter: full\n      non_idempotent",
+    );
+    assert_eq!(paths(&yaml), ["destinations.inventory.retries.jitter"]);
+}

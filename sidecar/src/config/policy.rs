@@ -1,0 +1,448 @@
+//! Resilience policy of one destination: timeouts, retries, circuit breaking, load balancing.
+//!
+//! Every field is optional. The defaults, chosen to be safe for any HTTP service:
+//!
+//! | field | default |
+//! |---|---|
+//! | `timeout` | none: a request may take as long as the app allows |
+//! | `retries.attempts` | 2 (one retry) |
+//! | `retries.per_try_timeout` | none |
+//! | `retries.retry_on` | `[connect-failure, refused-stream, gateway-error]` |
+//! | `retries.retriable_status_codes` | `[]` |
+//! | `retries.backoff` | `{ base: 25ms, max: 250ms }`, exponential with full jitter |
+//! | `retries.budget` | `{ ratio: 0.2, min_per_second: 10, window: 10s }` |
+//! | `retries.non_idempotent` | false: POST and PATCH are never retried |
+//! | `retries.max_buffered_body` | 64KiB |
+//! | `circuit_breaker.consecutive_failures` | 5 |
+//! | `circuit_breaker.base_ejection_time` | 30s |
+//! | `circuit_breaker.max_ejection_time` | 5m |
+//! | `circuit_breaker.max_ejection_percent` | 50 |
+//! | `circuit_breaker.max_requests` | 1024 |
+//! | `circuit_breaker.max_pending` | 256 |
+//! | `load_balancer` | `p2c-ewma` |
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::Errors;
+
+/// The policy of one destination, validated.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DestinationPolicy {
+    /// Limit on the whole request, all attempts and backoff included (504 when exceeded).
+    #[serde(serialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+    /// When and how requests are tried again.
+    pub retries: RetryPolicy,
+    /// Outlier ejection and load shedding.
+    pub circuit_breaker: BreakerPolicy,
+    /// How an endpoint is chosen.
+    pub load_balancer: LoadBalancer,
+}
+
+/// Retry policy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    /// Total tries, the first included; 1 disables retries.
+    pub attempts: u32,
+    /// Limit on each try; a try that exceeds it counts as a gateway error.
+    #[serde(serialize_with = "optional_duration")]
+    pub per_try_timeout: Option<Duration>,
+    /// Which failures are retried.
+    pub retry_on: Vec<RetryOn>,
+    /// Further response codes that are retried.
+    pub retriable_status_codes: Vec<u16>,
+    /// Wait between tries.
+    pub backoff: Backoff,
+    /// Cap on retries relative to requests.
+    pub budget: Budget,
+    /// Whether POST and PATCH may be retried (only with a body up to `max_buffered_body`).
+    pub non_idempotent: bool,
+    /// Largest request body kept for replay; larger bodies are streamed and never retried.
+    pub max_buffered_body: u64,
+}
+
+/// A class of failure that may be retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The endpoint could not be reached or failed the TLS handshake: nothing was sent.
+    ConnectFailure,
+    /// The peer refused the HTTP/2 stream before processing it: nothing was processed.
+    RefusedStream,
+    /// The stream or connection was reset mid-request.
+    Reset,
+    /// 502, 503 or 504 from upstream, or a per-try timeout.
+    GatewayError,
+    /// Any 5xx from upstream, or a per-try timeout.
+    #[serde(rename = "5xx")]
+    ServerError,
+}
+
+/// Exponential backoff with full jitter: before retry n, wait a random time in
+/// `[0, min(max, base * 2^(n-1))]`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Backoff {
+    /// First backoff ceiling.
+    #[serde(serialize_with = "duration")]
+    pub base: Duration,
+    /// Largest backoff ceiling.
+    #[serde(serialize_with = "duration")]
+    pub max: Duration,
+}
+
+/// Retries may be at most `ratio` of the requests of the last `window`, plus `min_per_second`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Budget {
+    /// Retries allowed per request.
+    pub ratio: f32,
+    /// Retries allowed per second regardless of traffic.
+    pub min_per_second: u32,
+    /// How long a request counts towards the budget (1s to 60s).
+    #[serde(serialize_with = "duration")]
+    pub window: Duration,
+}
+
+/// Outlier ejection and load shedding.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BreakerPolicy {
+    /// Failures in a row (5xx, connect failure, reset) that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// First ejection time; the n-th ejection of the same endpoint lasts n times this.
+    #[serde(serialize_with = "duration")]
+    pub base_ejection_time: Duration,
+    /// Cap on the ejection time.
+    #[serde(serialize_with = "duration")]
+    pub max_ejection_time: Duration,
+    /// Never eject more than this share of the endpoints (at least one may go when there are
+    /// two or more).
+    pub max_ejection_percent: u8,
+    /// Requests in flight to the destination; beyond, requests wait (up to `max_pending`).
+    pub max_requests: u32,
+    /// Requests waiting for a slot; beyond, requests are shed at once with 503.
+    pub max_pending: u32,
+}
+
+/// Endpoint selection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancer {
+    /// Power of two choices over peak-EWMA latency times requests in flight.
+    P2cEwma,
+    /// Each endpoint in turn.
+    RoundRobin,
+}
+
+// === schema ===
+
+/// The policy fields of a destination, as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PolicyFile {
+    pub(super) timeout: Option<String>,
+    pub(super) retries: Option<RetriesFile>,
+    pub(super) circuit_breaker: Option<BreakerFile>,
+    pub(super) load_balancer: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetriesFile {
+    attempts: Option<u32>,
+    per_try_timeout: Option<String>,
+    retry_on: Option<Vec<String>>,
+    retriable_status_codes: Option<Vec<u16>>,
+    backoff: Option<BackoffFile>,
+    budget: Option<BudgetFile>,
+    non_idempotent: Option<bool>,
+    max_buffered_body: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackoffFile {
+    base: Option<String>,
+    max: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetFile {
+    ratio: Option<f32>,
+    min_per_second: Option<u32>,
+    window: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BreakerFile {
+    consecutive_failures: Option<u32>,
+    base_ejection_time: Option<String>,
+    max_ejection_time: Option<String>,
+    max_ejection_percent: Option<u32>,
+    max_requests: Option<u32>,
+    max_pending: Option<u32>,
+}
+
+// === validation ===
+
+impl Default for DestinationPolicy {
+    fn default() -> Self {
+        let mut errors = Errors::default();
+        validate(PolicyFile::default(), "", &mut errors)
+    }
+}
+
+/// Validates the policy of the destination at `path`, reporting problems into `errors`. Bad
+/// values fall back to their defaults so that validation can go on and report them all.
+pub(super) fn validate(file: PolicyFile, path: &str, errors: &mut Errors) -> DestinationPolicy {
+    let timeout = file
+        .timeout
+        .map(|t| super::duration(errors, &format!("{path}.timeout"), Some(t), Duration::ZERO));
+    let retries = retries(
+        file.retries.unwrap_or_default(),
+        &format!("{path}.retries"),
+        errors,
+    );
+    let circuit_breaker = breaker(
+        file.circuit_breaker.unwrap_or_default(),
+        &format!("{path}.circuit_breaker"),
+        errors,
+    );
+    let load_balancer = match file.load_balancer.as_deref() {
+        None | Some("p2c-ewma") => LoadBalancer::P2cEwma,
+        Some("round-robin") => LoadBalancer::RoundRobin,
+        Some(other) => {
+            errors.push(
+                format!("{path}.load_balancer"),
+                format!("unknown load balancer {other:?}: use p2c-ewma or round-robin"),
+            );
+            LoadBalancer::P2cEwma
+        }
+    };
+    DestinationPolicy {
+        timeout: timeout.filter(|t| !t.is_zero()),
+        retries,
+        circuit_breaker,
+        load_balancer,
+    }
+}
+
+fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> RetryPolicy {
+    let at = |field: &str| format!("{path}.{field}");
+    let attempts = file.attempts.unwrap_or(2);
+    if !(1..=10).contains(&attempts) {
+        errors.push(at("attempts"), "must be between 1 and 10");
+    }
+    let per_try_timeout = file
+        .per_try_timeout
+        .map(|t| super::duration(errors, &at("per_try_timeout"), Some(t), Duration::ZERO));
+    let retry_on = match file.retry_on {
+        None => vec![
+            RetryOn::ConnectFailure,
+            RetryOn::RefusedStream,
+            RetryOn::GatewayError,
+        ],
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| match name.as_str() {
+                "connect-failure" => Some(RetryOn::ConnectFailure),
+                "refused-stream" => Some(RetryOn::RefusedStream),
+                "reset" => Some(RetryOn::Reset),
+                "gateway-error" => Some(RetryOn::GatewayError),
+                "5xx" => Some(RetryOn::ServerError),
+                other => {
+                    errors.push(
+                        format!("{path}.retry_on[{i}]"),
+                        format!(
+                            "unknown condition {other:?}: use connect-failure, refused-stream, \
+                             reset, gateway-error or 5xx"
+                        ),
+                    );
+                    None
+                }
+            })
+            .collect(),
+    };
+    let retriable_status_codes = file.retriable_status_codes.unwrap_or_default();
+    for (i, code) in retriable_status_codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            errors.push(
+                format!("{path}.retriable_status_codes[{i}]"),
+                format!("{code} is not an HTTP status code"),
+            );
+        }
+    }
+    let backoff_file = file.backoff.unwrap_or_default();
+    let backoff = Backoff {
+        base: super::duration(
+            errors,
+            &at("backoff.base"),
+            backoff_file.base,
+            Duration::from_millis(25),
+        ),
+        max: super::duration(
+            errors,
+            &at("backoff.max"),
+            backoff_file.max,
+            Duration::from_millis(250),
+        ),
+    };
+    if backoff.base > backoff.max {
+        errors.push(at("backoff"), "base must not exceed max");
+    }
+    let budget_file = file.budget.unwrap_or_default();
+    let budget = Budget {
+        ratio: budget_file.ratio.unwrap_or(0.2),
+        min_per_second: budget_file.min_per_second.unwrap_or(10),
+        window: super::duration(
+            errors,
+            &at("budget.window"),
+            budget_file.window,
+            Duration::from_secs(10),
+        ),
+    };
+    if !(0.0..=1000.0).contains(&budget.ratio) {
+        errors.push(at("budget.ratio"), "must be between 0 and 1000");
+    }
+    if budget.min_per_second > 1_000_000 {
+        errors.push(at("budget.min_per_second"), "must be at most 1000000");
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&budget.window) {
+        errors.push(at("budget.window"), "must be between 1s and 60s");
+    }
+    let max_buffered_body = match file.max_buffered_body {
+        None => 64 * 1024,
+        Some(text) => match parse_size(&text) {
+            Some(n) if n <= 16 << 20 => n,
+            Some(_) => {
+                errors.push(at("max_buffered_body"), "must be at most 16MiB");
+                64 * 1024
+            }
+            None => {
+                errors.push(
+                    at("max_buffered_body"),
+                    format!("invalid size {text:?}: write e.g. 64KiB, 1MiB or 4096"),
+                );
+                64 * 1024
+            }
+        },
+    };
+    RetryPolicy {
+        attempts: attempts.clamp(1, 10),
+        per_try_timeout: per_try_timeout.filter(|t| !t.is_zero()),
+        retry_on,
+        retriable_status_codes,
+        backoff,
+        budget,
+        non_idempotent: file.non_idempotent.unwrap_or(false),
+        max_buffered_body,
+    }
+}
+
+fn breaker(file: BreakerFile, path: &str, errors: &mut Errors) -> BreakerPolicy {
+    let at = |field: &str| format!("{path}.{field}");
+    let policy = BreakerPolicy {
+        consecutive_failures: file.consecutive_failures.unwrap_or(5),
+        base_ejection_time: super::duration(
+            errors,
+            &at("base_ejection_time"),
+            file.base_ejection_time,
+            Duration::from_secs(30),
+        ),
+        max_ejection_time: super::duration(
+            errors,
+            &at("max_ejection_time"),
+            file.max_ejection_time,
+            Duration::from_secs(300),
+        ),
+        max_ejection_percent: match file.max_ejection_percent.unwrap_or(50) {
+            p @ 0..=100 => p as u8,
+            _ => {
+                errors.push(at("max_ejection_percent"), "must be between 0 and 100");
+                50
+            }
+        },
+        max_requests: file.max_requests.unwrap_or(1024),
+        max_pending: file.max_pending.unwrap_or(256),
+    };
+    if policy.consecutive_failures == 0 {
+        errors.push(at("consecutive_failures"), "must be at least 1");
+    }
+    if policy.base_ejection_time > policy.max_ejection_time {
+        errors.push(
+            at("base_ejection_time"),
+            "must not exceed max_ejection_time",
+        );
+    }
+    if policy.max_requests == 0 {
+        errors.push(at("max_requests"), "must be at least 1");
+    }
+    policy
+}
+
+/// Parses `4096`, `64KiB`, `1MiB`, `10KB`, `1MB` (KB and MB are decimal).
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn optional_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("10KB"), Some(10_000));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("5 GiB"), None);
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let p = DestinationPolicy::default();
+        assert_eq!(p.timeout, None);
+        assert_eq!(p.retries.attempts, 2);
+        assert_eq!(
+            p.retries.retry_on,
+            [
+                RetryOn::ConnectFailure,
+                RetryOn::RefusedStream,
+                RetryOn::GatewayError
+            ]
+        );
+        assert_eq!(p.retries.max_buffered_body, 65536);
+        assert_eq!(p.circuit_breaker.consecutive_failures, 5);
+        assert_eq!(p.circuit_breaker.max_ejection_percent, 50);
+        assert_eq!(p.load_balancer, LoadBalancer::P2cEwma);
+    }
+}
