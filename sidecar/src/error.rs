@@ -21,7 +21,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::Body;
-use crate::headers::MESH_ERROR;
+use crate::headers::{MESH_ERROR, OVERLOADED};
 use crate::identity::{PeerIdentityMismatch, SpiffeId};
 
 /// The error type inside the proxy.
@@ -55,6 +55,46 @@ pub struct NoEndpoints {
     /// The service name.
     pub destination: String,
 }
+
+/// The whole request (all tries, backoff and queueing) exceeded the destination's `timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("request to {destination:?} exceeded its timeout of {timeout:?}")]
+pub struct RequestTimeout {
+    /// The destination service.
+    pub destination: String,
+    /// The limit.
+    pub timeout: Duration,
+}
+
+/// One try exceeded the destination's `retries.per_try_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("try to {destination:?} exceeded its per-try timeout of {timeout:?}")]
+pub struct PerTryTimeout {
+    /// The destination service.
+    pub destination: String,
+    /// The limit.
+    pub timeout: Duration,
+}
+
+/// The destination's `max_requests` are in flight and `max_pending` are waiting.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{destination:?} is overloaded: max_requests ({max_requests}) in flight and max_pending \
+     ({max_pending}) waiting"
+)]
+pub struct Overloaded {
+    /// The destination service.
+    pub destination: String,
+    /// The in-flight limit.
+    pub max_requests: u32,
+    /// The waiting limit.
+    pub max_pending: u32,
+}
+
+/// The app's request body failed while it was being read for replay.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body failed: {0}")]
+pub struct RequestBodyFailed(pub BoxError);
 
 /// TCP connect to a peer sidecar failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +168,14 @@ pub enum Reason {
     NoRoute,
     /// Known destination without endpoints.
     NoEndpoints,
+    /// The destination's concurrency limits are full.
+    Overloaded,
+    /// The overall request timeout passed.
+    Timeout,
+    /// The last try exceeded its per-try timeout.
+    PerTryTimeout,
+    /// The app's request body broke off.
+    RequestBody,
     /// TCP connection refused or unreachable.
     ConnectRefused,
     /// TCP + TLS connect did not finish in time.
@@ -162,6 +210,10 @@ impl Reason {
             Reason::Unsupported => "unsupported",
             Reason::NoRoute => "no-route",
             Reason::NoEndpoints => "no-endpoints",
+            Reason::Overloaded => "overloaded",
+            Reason::Timeout => "timeout",
+            Reason::PerTryTimeout => "per-try-timeout",
+            Reason::RequestBody => "request-body",
             Reason::ConnectRefused => "connect-refused",
             Reason::ConnectTimeout => "connect-timeout",
             Reason::TlsPeerIdentity => "tls-peer-identity",
@@ -179,7 +231,9 @@ impl Reason {
     /// The status code of the synthetic response.
     pub fn status(self) -> StatusCode {
         match self {
-            Reason::NoAuthority => StatusCode::BAD_REQUEST,
+            Reason::NoAuthority | Reason::RequestBody => StatusCode::BAD_REQUEST,
+            Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Timeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::Unsupported => StatusCode::NOT_IMPLEMENTED,
             Reason::NoRoute
             | Reason::NoEndpoints
@@ -213,6 +267,18 @@ pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     }
     if find_cause::<NoRoute>(err).is_some() {
         return Reason::NoRoute;
+    }
+    if find_cause::<RequestTimeout>(err).is_some() {
+        return Reason::Timeout;
+    }
+    if find_cause::<PerTryTimeout>(err).is_some() {
+        return Reason::PerTryTimeout;
+    }
+    if find_cause::<Overloaded>(err).is_some() {
+        return Reason::Overloaded;
+    }
+    if find_cause::<RequestBodyFailed>(err).is_some() {
+        return Reason::RequestBody;
     }
     if find_cause::<NoEndpoints>(err).is_some() {
         return Reason::NoEndpoints;
@@ -270,7 +336,7 @@ pub fn tls_reason(err: &rustls::Error) -> Reason {
 /// inside the HTTP/2 connection. h2 keeps I/O errors as kind and message only (so that they can
 /// be cloned), which drops the `rustls::Error`; what remains is rustls's message for a received
 /// alert on an `InvalidData` error.
-fn is_tls_alert(err: &io::Error) -> bool {
+pub(crate) fn is_tls_alert(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::InvalidData && err.to_string().starts_with("received fatal alert")
 }
 
@@ -280,15 +346,22 @@ pub fn rescue(err: &(dyn Error + 'static)) -> (Reason, Response<Body>) {
     (reason, synthetic(reason, err.to_string()))
 }
 
+/// A fixed body.
+pub fn synthetic_body(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// A response made by the mesh itself.
 pub fn synthetic(reason: Reason, message: String) -> Response<Body> {
-    let body = Full::new(Bytes::from(message + "\n"))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut rsp = Response::new(body);
+    let mut rsp = Response::new(synthetic_body(message + "\n"));
     *rsp.status_mut() = reason.status();
     let headers = rsp.headers_mut();
     headers.insert(MESH_ERROR, HeaderValue::from_static(reason.as_str()));
+    if reason == Reason::Overloaded {
+        headers.insert(OVERLOADED, HeaderValue::from_static("true"));
+    }
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

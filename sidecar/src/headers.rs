@@ -16,6 +16,10 @@ use crate::error::BoxError;
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-mesh-client-id");
 /// Why the mesh itself answered (present only on responses the mesh made).
 pub const MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");
+/// Set (to `true`) on a 503 that sheds load because a destination's limits are full.
+pub const OVERLOADED: HeaderName = HeaderName::from_static("x-mesh-overloaded");
+/// How many tries the outbound side made for a request.
+pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-mesh-attempts");
 /// Sidecars always speak HTTP/2 to each other; this records that the app spoke HTTP/1.x, so
 /// the destination's sidecar forwards in the app's own protocol.
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-mesh-orig-proto");

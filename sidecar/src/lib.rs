@@ -25,6 +25,7 @@
 //! [`error`] (typed errors and the one place they become responses), [`headers`] (hop-by-hop
 //! and mesh headers), [`metrics`], and `admin`.
 
+pub mod classify;
 pub mod config;
 pub mod error;
 pub mod headers;
@@ -128,8 +129,12 @@ pub async fn run(
     let drain = CancellationToken::new();
     let admin_stop = CancellationToken::new();
 
-    let destinations =
-        Destinations::build(&config.destinations, &credentials, config.connect_timeout)?;
+    let destinations = Destinations::build(
+        &config.destinations,
+        &credentials,
+        config.connect_timeout,
+        &metrics,
+    )?;
     // The sender stays alive for the life of the sidecar; a control-plane client will publish
     // new tables through it.
     let (_destinations_tx, destinations_rx) = watch::channel(Arc::new(destinations));

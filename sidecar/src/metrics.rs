@@ -8,6 +8,21 @@
 //! - `tls_handshake_failures_total{direction, reason}`: failed mTLS handshakes, inbound as
 //!   server, outbound as client, by the reason sent in `x-mesh-error`.
 //!
+//! Resilience, per destination (`destination`) and endpoint (`endpoint`, a peer's address):
+//! - `retries_total{destination, reason}`: retries made, by the failure that caused them
+//!   (`connect-failure`, `refused-stream`, `reset`, `gateway-error`, `5xx`, `retriable-status`,
+//!   `per-try-timeout`);
+//! - `retry_budget_exhausted_total{destination}`: retries not made because the budget was spent;
+//! - `timeouts_total{destination, kind}`: `request` (the overall timeout) or `per-try`;
+//! - `shed_requests_total{destination}`: requests answered 503 because `max_requests` and
+//!   `max_pending` were full;
+//! - `endpoint_requests_total{destination, endpoint}`: the load balancer's choices;
+//! - `ejections_total{destination, endpoint}`: outlier ejections;
+//! - `ejected_endpoints{destination}`: endpoints ejected now.
+//!
+//! Handles for a destination's series are resolved once, when its stack is built
+//! ([`DestinationMetrics`]), so the request path only increments atomics.
+//!
 //! `source` and `destination` are service names. An outbound request to an unknown destination
 //! is labelled `destination="unknown"`, so callers cannot grow the label set without bound.
 
@@ -89,6 +104,120 @@ pub struct TlsFailureLabels {
     pub reason: String,
 }
 
+/// Labels of per-destination series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    /// The destination service.
+    pub destination: String,
+}
+
+/// Labels of per-endpoint series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The destination service.
+    pub destination: String,
+    /// The endpoint's address.
+    pub endpoint: String,
+}
+
+/// Labels of the retry counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// The destination service.
+    pub destination: String,
+    /// What failed.
+    pub reason: String,
+}
+
+/// Labels of the timeout counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// The destination service.
+    pub destination: String,
+    /// `request` or `per-try`.
+    pub kind: String,
+}
+
+/// Why a request was retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryReason {
+    /// Connect or TLS handshake failed.
+    ConnectFailure,
+    /// HTTP/2 REFUSED_STREAM.
+    RefusedStream,
+    /// Stream or connection reset.
+    Reset,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// Another 5xx.
+    ServerError,
+    /// A status listed in `retriable_status_codes`.
+    RetriableStatus,
+    /// The try exceeded `per_try_timeout`.
+    PerTryTimeout,
+}
+
+impl RetryReason {
+    const ALL: [RetryReason; 7] = [
+        RetryReason::ConnectFailure,
+        RetryReason::RefusedStream,
+        RetryReason::Reset,
+        RetryReason::GatewayError,
+        RetryReason::ServerError,
+        RetryReason::RetriableStatus,
+        RetryReason::PerTryTimeout,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::ConnectFailure => "connect-failure",
+            RetryReason::RefusedStream => "refused-stream",
+            RetryReason::Reset => "reset",
+            RetryReason::GatewayError => "gateway-error",
+            RetryReason::ServerError => "5xx",
+            RetryReason::RetriableStatus => "retriable-status",
+            RetryReason::PerTryTimeout => "per-try-timeout",
+        }
+    }
+}
+
+/// Pre-resolved series of one destination.
+#[derive(Clone, Debug)]
+pub struct DestinationMetrics {
+    retries: [Counter; 7],
+    /// Retries refused by the budget.
+    pub budget_exhausted: Counter,
+    /// Overall timeouts.
+    pub request_timeouts: Counter,
+    /// Per-try timeouts.
+    pub per_try_timeouts: Counter,
+    /// Shed requests.
+    pub shed: Counter,
+    /// Endpoints ejected now.
+    pub ejected_endpoints: Gauge,
+}
+
+impl DestinationMetrics {
+    /// The retry counter for `reason`.
+    pub fn retries(&self, reason: RetryReason) -> &Counter {
+        let i = RetryReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_default();
+        &self.retries[i]
+    }
+}
+
+/// Pre-resolved series of one endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointMetrics {
+    /// Requests the load balancer sent here.
+    pub requests: Counter,
+    /// Times this endpoint was ejected.
+    pub ejections: Counter,
+}
+
 /// All metric families of a sidecar.
 #[derive(Debug)]
 pub struct Metrics {
@@ -101,6 +230,13 @@ pub struct Metrics {
     pub open_connections: Family<DirectionLabels, Gauge>,
     /// Failed mTLS handshakes.
     pub tls_failures: Family<TlsFailureLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
+    budget_exhausted: Family<DestinationLabels, Counter>,
+    timeouts: Family<TimeoutLabels, Counter>,
+    shed: Family<DestinationLabels, Counter>,
+    endpoint_requests: Family<EndpointLabels, Counter>,
+    ejections: Family<EndpointLabels, Counter>,
+    ejected_endpoints: Family<DestinationLabels, Gauge>,
 }
 
 /// Decrements an open-connection gauge when the connection ends, however it ends.
@@ -138,12 +274,103 @@ impl Metrics {
             "Failed mutual TLS handshakes, by direction and reason",
             tls_failures.clone(),
         );
+        let retries = Family::default();
+        registry.register(
+            "retries",
+            "Retries made, by destination and reason",
+            retries.clone(),
+        );
+        let budget_exhausted = Family::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not made because the destination's retry budget was spent",
+            budget_exhausted.clone(),
+        );
+        let timeouts = Family::default();
+        registry.register(
+            "timeouts",
+            "Requests (kind=request) or tries (kind=per-try) that exceeded their timeout",
+            timeouts.clone(),
+        );
+        let shed = Family::default();
+        registry.register(
+            "shed_requests",
+            "Requests answered 503 because max_requests and max_pending were full",
+            shed.clone(),
+        );
+        let endpoint_requests = Family::default();
+        registry.register(
+            "endpoint_requests",
+            "Requests the load balancer sent to each endpoint",
+            endpoint_requests.clone(),
+        );
+        let ejections = Family::default();
+        registry.register(
+            "ejections",
+            "Outlier ejections of each endpoint",
+            ejections.clone(),
+        );
+        let ejected_endpoints = Family::default();
+        registry.register(
+            "ejected_endpoints",
+            "Endpoints of each destination ejected now",
+            ejected_endpoints.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             open_connections,
             tls_failures,
+            retries,
+            budget_exhausted,
+            timeouts,
+            shed,
+            endpoint_requests,
+            ejections,
+            ejected_endpoints,
+        }
+    }
+
+    /// Resolves (and so creates, at zero) every series of `destination`.
+    pub fn destination(&self, destination: &str) -> DestinationMetrics {
+        let d = DestinationLabels {
+            destination: destination.to_owned(),
+        };
+        let timeout = |kind: &str| {
+            self.timeouts
+                .get_or_create(&TimeoutLabels {
+                    destination: destination.to_owned(),
+                    kind: kind.to_owned(),
+                })
+                .clone()
+        };
+        DestinationMetrics {
+            retries: RetryReason::ALL.map(|reason| {
+                self.retries
+                    .get_or_create(&RetryLabels {
+                        destination: destination.to_owned(),
+                        reason: reason.as_str().to_owned(),
+                    })
+                    .clone()
+            }),
+            budget_exhausted: self.budget_exhausted.get_or_create(&d).clone(),
+            request_timeouts: timeout("request"),
+            per_try_timeouts: timeout("per-try"),
+            shed: self.shed.get_or_create(&d).clone(),
+            ejected_endpoints: self.ejected_endpoints.get_or_create(&d).clone(),
+        }
+    }
+
+    /// Resolves the series of one endpoint of `destination`.
+    pub fn endpoint(&self, destination: &str, endpoint: std::net::SocketAddr) -> EndpointMetrics {
+        let labels = EndpointLabels {
+            destination: destination.to_owned(),
+            endpoint: endpoint.to_string(),
+        };
+        EndpointMetrics {
+            requests: self.endpoint_requests.get_or_create(&labels).clone(),
+            ejections: self.ejections.get_or_create(&labels).clone(),
         }
     }
 

@@ -3,23 +3,36 @@
 //! The request path, one module per step:
 //! 1. accept, detect HTTP/1.1 or HTTP/2 (`serve`)
 //! 2. name the destination service from Host / :authority ([`destination`])
-//! 3. look up its policy and endpoints in the current table ([`policy`])
-//! 6. pick an endpoint ([`balance`])
-//! 8. send over the endpoint's pooled mTLS HTTP/2 connection, which verifies the peer's
-//!    SPIFFE ID ([`connect`])
+//! 3. look up the destination's stack in the current table ([`policy`]); the stack is:
+//!    - 5a the overall timeout ([`timeout`])
+//!    - 7a concurrency limits that shed excess load ([`shed`])
+//!    - 5b budgeted retries with backoff and a replayable body ([`retry`], [`replay`])
+//!    - 5c the per-try timeout ([`timeout`])
+//!    - 6 the load balancer, p2c over peak EWMA or round robin ([`balance`], [`ewma`])
+//!    - 7b outlier ejection of failing endpoints ([`breaker`])
+//!    - 8 the endpoint's pooled mTLS HTTP/2 connection, which verifies the peer's SPIFFE ID
+//!      ([`connect`])
 //!
-//! Steps 4 (split), 5 (timeouts and retries) and 7 (circuit breaking) slot in between 3 and 8.
-//! Errors at any step become one synthetic response in `error::rescue`.
+//! Step 4 (traffic split, fault injection) arrives with the control plane's policy. Errors at
+//! any step become one synthetic response in `error::rescue`; every response carries
+//! `x-mesh-attempts`, the number of tries made.
 
+pub(crate) mod attempts;
 pub(crate) mod balance;
+pub(crate) mod breaker;
 pub(crate) mod connect;
 pub(crate) mod destination;
+pub(crate) mod ewma;
 pub(crate) mod policy;
+pub(crate) mod replay;
+pub(crate) mod retry;
+pub(crate) mod shed;
+pub(crate) mod timeout;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::header::{EXPECT, HOST};
+use http::header::{EXPECT, HOST, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
@@ -28,13 +41,30 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::Body;
-use crate::error::{self, BoxError, NoAuthority, NoEndpoints, NoRoute, Unsupported};
-use crate::headers::{
-    ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, forwarded_response, remove_hop_by_hop,
-};
+use crate::error::{self, BoxError, NoAuthority, NoRoute, Unsupported};
+use crate::headers::{ATTEMPTS, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
 use crate::metrics::{Direction, Metrics};
 
+use self::attempts::Attempts;
 use self::policy::{DestinationStack, Destinations};
+
+/// A request inside a destination stack.
+pub(crate) type Req = Request<Body>;
+/// A response inside a destination stack.
+pub(crate) type Rsp = Response<Body>;
+/// The future of every layer of a destination stack.
+pub(crate) type ResponseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Rsp, BoxError>> + Send>>;
+
+/// Waits for `svc` to be ready, then sends it `req` (`ServiceExt::oneshot` for stack layers,
+/// whose concrete future keeps the compiler's `Send` inference simple inside boxed futures).
+pub(crate) async fn call<S>(mut svc: S, req: Req) -> Result<Rsp, BoxError>
+where
+    S: tower::Service<Req, Response = Rsp, Error = BoxError, Future = ResponseFuture>,
+{
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+    svc.call(req).await
+}
 
 /// Label used for requests whose destination is not known, to bound metric cardinality.
 const UNKNOWN: &str = "unknown";
@@ -68,15 +98,17 @@ impl Outbound {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
+        let attempts = Arc::new(Attempts::default());
         let (destination, result) = match self.route(&req) {
             Ok((stack, authority)) => {
                 let name = stack.name.clone();
-                (name, self.forward(&stack, authority, req).await)
+                let result = self.forward(&stack, authority, req, attempts.clone()).await;
+                (name, result)
             }
             Err(err) => (UNKNOWN.to_owned(), Err(err)),
         };
-        let rsp = match result {
-            Ok(rsp) => forwarded_response(rsp),
+        let mut rsp = match result {
+            Ok(rsp) => rsp,
             Err(err) => {
                 let (reason, rsp) = error::rescue(err.as_ref());
                 if reason.is_tls() {
@@ -87,6 +119,10 @@ impl Outbound {
                 rsp
             }
         };
+        let tries = attempts.count();
+        if tries > 0 {
+            rsp.headers_mut().insert(ATTEMPTS, HeaderValue::from(tries));
+        }
         self.metrics.request(
             Direction::Outbound,
             &self.service,
@@ -115,19 +151,17 @@ impl Outbound {
         Ok((stack, authority))
     }
 
-    /// Steps 6 and 8: pick an endpoint and send.
+    /// Steps 5 to 8: through the destination's stack.
     async fn forward(
         &self,
         stack: &DestinationStack,
         authority: Authority,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, BoxError> {
-        let req = to_peer_request(req, authority)?;
-        let endpoint = stack.balancer.pick().ok_or_else(|| NoEndpoints {
-            destination: stack.name.clone(),
-        })?;
-        tracing::trace!(destination = %stack.name, endpoint = %endpoint.addr(), "forwarding");
-        endpoint.send(req).await
+        attempts: Arc<Attempts>,
+    ) -> Result<Response<Body>, BoxError> {
+        let mut req = to_peer_request(req, authority)?;
+        req.extensions_mut().insert(attempts);
+        call(stack.service.clone(), req).await
     }
 }
 

@@ -72,3 +72,105 @@ pub async fn gated() -> (SocketAddr, Gate) {
     .await;
     (addr, Gate { arrived, release })
 }
+
+/// Faults an app injects, changeable while it runs.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Requests received.
+    requests: std::sync::atomic::AtomicU64,
+    /// Status to fail with; 0 for none.
+    status: std::sync::atomic::AtomicU32,
+    /// Fail this many of every ten requests (10: always).
+    per_ten: std::sync::atomic::AtomicU64,
+    /// Fail the next this many requests, then per `per_ten`.
+    first: std::sync::atomic::AtomicU64,
+    /// Delay before answering, milliseconds.
+    delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Faults {
+    /// Fails `per_ten` of every ten requests with `status` (in a fixed pattern: the first
+    /// `per_ten` of each ten).
+    pub fn fail(&self, status: u16, per_ten: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.status.store(u32::from(status), SeqCst);
+        self.per_ten.store(per_ten, SeqCst);
+    }
+
+    /// Fails the next `n` requests with `status`.
+    pub fn fail_next(&self, n: u64, status: u16) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.status.store(u32::from(status), SeqCst);
+        self.first.store(n, SeqCst);
+    }
+
+    /// Delays every answer.
+    pub fn delay(&self, delay: std::time::Duration) {
+        self.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The status to fail request number `n` with, if any.
+    fn failure(&self, n: u64) -> Option<http::StatusCode> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let status = self.status.load(SeqCst);
+        if status == 0 {
+            return None;
+        }
+        let first = self
+            .first
+            .fetch_update(SeqCst, SeqCst, |f| f.checked_sub(1))
+            .is_ok();
+        (first || n % 10 < self.per_ten.load(SeqCst))
+            .then(|| http::StatusCode::from_u16(status as u16).ok())
+            .flatten()
+    }
+}
+
+/// Starts an app that applies `Faults` and otherwise echoes the request body, answering with
+/// `x-app: <name>`.
+pub async fn faulty(name: &'static str) -> (SocketAddr, std::sync::Arc<Faults>) {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let faults = std::sync::Arc::new(Faults::default());
+    let shared = faults.clone();
+    let addr = start(move |req| {
+        let faults = shared.clone();
+        async move {
+            let n = faults
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let delay = faults.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+            // Read the whole body even when failing, as an app would.
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => Bytes::new(),
+            };
+            let (status, body) = match faults.failure(n) {
+                Some(status) => (status, Bytes::from_static(b"injected failure")),
+                None => (http::StatusCode::OK, body),
+            };
+            Response::builder()
+                .status(status)
+                .header("x-app", name)
+                .body(
+                    Full::new(body)
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .expect("valid response")
+        }
+    })
+    .await;
+    (addr, faults)
+}

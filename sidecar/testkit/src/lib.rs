@@ -88,6 +88,7 @@ impl TestMesh {
             service: service.to_owned(),
             app: None,
             destinations: Vec::new(),
+            inbound_at: None,
             leaf: None,
             trust_bundle: None,
             extra: String::new(),
@@ -101,12 +102,22 @@ impl Default for TestMesh {
     }
 }
 
+/// One destination of a sidecar under test.
+struct Dest {
+    name: String,
+    endpoints: Vec<SocketAddr>,
+    identity: Option<String>,
+    /// YAML lines of the destination's policy (timeout, retries, ...).
+    policy: String,
+}
+
 /// Describes one sidecar before it starts.
 pub struct SidecarBuilder<'a> {
     mesh: &'a TestMesh,
     service: String,
     app: Option<SocketAddr>,
-    destinations: Vec<(String, Vec<SocketAddr>, Option<String>)>,
+    destinations: Vec<Dest>,
+    inbound_at: Option<SocketAddr>,
     leaf: Option<Leaf>,
     trust_bundle: Option<PathBuf>,
     extra: String,
@@ -120,9 +131,31 @@ impl SidecarBuilder<'_> {
     }
 
     /// A destination and its sidecars' inbound addresses.
-    pub fn destination(mut self, name: &str, endpoints: &[SocketAddr]) -> Self {
-        self.destinations
-            .push((name.to_owned(), endpoints.to_vec(), None));
+    pub fn destination(self, name: &str, endpoints: &[SocketAddr]) -> Self {
+        self.destination_with_policy(name, endpoints, "")
+    }
+
+    /// A destination with policy, written as YAML lines under the destination, e.g.
+    /// `"timeout: 2s\nretries: { attempts: 3 }"`.
+    pub fn destination_with_policy(
+        mut self,
+        name: &str,
+        endpoints: &[SocketAddr],
+        policy: &str,
+    ) -> Self {
+        self.destinations.push(Dest {
+            name: name.to_owned(),
+            endpoints: endpoints.to_vec(),
+            identity: None,
+            policy: policy.to_owned(),
+        });
+        self
+    }
+
+    /// Binds the inbound listener at `addr` instead of a fresh port (an endpoint that comes
+    /// back where it was).
+    pub fn inbound_at(mut self, addr: SocketAddr) -> Self {
+        self.inbound_at = Some(addr);
         self
     }
 
@@ -133,11 +166,12 @@ impl SidecarBuilder<'_> {
         endpoints: &[SocketAddr],
         identity: &str,
     ) -> Self {
-        self.destinations.push((
-            name.to_owned(),
-            endpoints.to_vec(),
-            Some(identity.to_owned()),
-        ));
+        self.destinations.push(Dest {
+            name: name.to_owned(),
+            endpoints: endpoints.to_vec(),
+            identity: Some(identity.to_owned()),
+            policy: String::new(),
+        });
         self
     }
 
@@ -192,14 +226,18 @@ impl SidecarBuilder<'_> {
         yaml.push_str(&self.extra);
         if !self.destinations.is_empty() {
             yaml.push_str("destinations:\n");
-            for (name, endpoints, identity) in &self.destinations {
-                let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+            for dest in &self.destinations {
+                let list: Vec<String> = dest.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
                 yaml.push_str(&format!(
-                    "  {name}:\n    endpoints: [{}]\n",
+                    "  {}:\n    endpoints: [{}]\n",
+                    dest.name,
                     list.join(", ")
                 ));
-                if let Some(id) = identity {
+                if let Some(id) = &dest.identity {
                     yaml.push_str(&format!("    identity: {id}\n"));
+                }
+                for line in dest.policy.lines() {
+                    yaml.push_str(&format!("    {line}\n"));
                 }
             }
         }
@@ -215,9 +253,15 @@ impl SidecarBuilder<'_> {
                 .await
                 .expect("bind 127.0.0.1:0")
         };
+        let inbound = match self.inbound_at {
+            Some(addr) => TcpListener::bind(addr)
+                .await
+                .expect("bind the inbound address"),
+            None => bind().await,
+        };
         let listeners = Listeners {
             outbound: bind().await,
-            inbound: bind().await,
+            inbound,
             admin: bind().await,
         };
         let addr = |l: &TcpListener| l.local_addr().expect("bound address");

@@ -8,6 +8,7 @@ mod bootstrap;
 mod errors;
 mod grpc;
 mod mtls;
+mod resilience;
 mod shutdown;
 mod transparency;
 
