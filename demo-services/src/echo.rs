@@ -3,6 +3,7 @@
 //! - `/echo`: streams the request body back as the response body (any method).
 //! - `/status/<code>`: answers with that status code.
 //! - `/delay/<ms>`: waits that long (at most 60 s), then describes the request.
+//! - `/flaky/<percent>`: answers 503 to that share of requests (at random), else describes it.
 //! - anything else: a JSON description of the request: service, method, path, HTTP version,
 //!   headers (including `x-mesh-client-id`, the caller's identity), and the body's length.
 
@@ -43,6 +44,20 @@ pub async fn handle(service: &str, req: Request<Incoming>) -> Response<Body> {
                 format!("bad status code {code:?}\n"),
             ),
         };
+    }
+    if let Some(percent) = path.strip_prefix("/flaky/") {
+        let Ok(percent) = percent.parse::<u8>() else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("bad percentage {percent:?}\n"),
+            );
+        };
+        if fastrand::u8(0..100) < percent {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{service}: injected failure\n"),
+            );
+        }
     }
     if let Some(ms) = path.strip_prefix("/delay/") {
         let Ok(ms) = ms.parse::<u64>() else {

@@ -152,7 +152,9 @@ impl Shared {
         }
         let tried = |i: usize| attempts.is_some_and(|a| a.tried(i));
         let closed = |i: usize| self.slots[i].health.state(now) == State::Closed;
+        let retry = attempts.is_some_and(|a| a.count() > 0);
         self.choose(now, |i| closed(i) && !tried(i))
+            .or_else(|| retry.then(|| self.choose(now, |i| !tried(i))).flatten())
             .or_else(|| self.choose(now, closed))
             .or_else(|| self.choose(now, |_| true))
     }

@@ -97,3 +97,22 @@ fn ejected_endpoints_get_no_traffic_then_exactly_one_probe() {
     let picks: Vec<_> = (0..3).map(|_| s.pick(after, None).unwrap()).collect();
     assert!(picks.contains(&0));
 }
+
+#[test]
+fn a_retry_that_tried_the_whole_pool_goes_to_an_ejected_endpoint_before_repeating() {
+    let b = balance(2, LoadBalancer::RoundRobin, breaker());
+    let s = &b.shared;
+    // Endpoint 0 is ejected; endpoint 1 is in the pool but (say) dead.
+    s.outlier.record(&s.slots[0].health, true, 1);
+    // First tries never go to the ejected endpoint.
+    for _ in 0..10 {
+        assert_eq!(s.pick(2, Some(&Attempts::default())), Some(1));
+    }
+    // A retry after endpoint 1 failed tries endpoint 0 rather than 1 again.
+    let attempts = Attempts::default();
+    attempts.record(1);
+    assert_eq!(s.pick(2, Some(&attempts)), Some(0));
+    // Both tried: any.
+    attempts.record(0);
+    assert!(s.pick(2, Some(&attempts)).is_some());
+}
