@@ -139,15 +139,11 @@ pub async fn run(
     // new tables through it.
     let (_destinations_tx, destinations_rx) = watch::channel(Arc::new(destinations));
     let outbound = Arc::new(Outbound::new(
-        config.service.clone(),
+        &config.service,
         destinations_rx,
         metrics.clone(),
     ));
-    let inbound = Arc::new(Inbound::new(
-        config.service.clone(),
-        config.app,
-        metrics.clone(),
-    ));
+    let inbound = Arc::new(Inbound::new(&config.service, config.app, metrics.clone()));
     let acceptor = TlsAcceptor::from(credentials.server_config()?);
     let admin = Arc::new(Admin {
         ready: AtomicBool::new(false),
@@ -219,7 +215,7 @@ pub async fn run(
                     }
                 };
                 tracing::debug!(%peer, %caller, "inbound connection identified");
-                let caller = Arc::new(caller);
+                let caller = Arc::new(inbound::Caller::new(caller));
                 let http = http_server();
                 let conn = http.serve_connection(
                     TokioIo::new(tls),

@@ -26,6 +26,8 @@
 //! `source` and `destination` are service names. An outbound request to an unknown destination
 //! is labelled `destination="unknown"`, so callers cannot grow the label set without bound.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -64,15 +66,38 @@ impl EncodeLabelValue for Direction {
     }
 }
 
+/// A label value shared by reference count, so recording a request copies no string.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(Arc<str>);
+
+impl From<&str> for Label {
+    fn from(value: &str) -> Self {
+        Self(value.into())
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
+}
+
 /// Labels of the request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Outbound or inbound.
     pub direction: Direction,
     /// Calling service.
-    pub source: String,
+    pub source: Label,
     /// Called service.
-    pub destination: String,
+    pub destination: Label,
     /// HTTP status code of the response.
     pub status_code: u16,
 }
@@ -83,9 +108,9 @@ pub struct LatencyLabels {
     /// Outbound or inbound.
     pub direction: Direction,
     /// Calling service.
-    pub source: String,
+    pub source: Label,
     /// Called service.
-    pub destination: String,
+    pub destination: Label,
 }
 
 /// Labels of per-direction gauges.
@@ -398,24 +423,24 @@ impl Metrics {
     pub fn request(
         &self,
         direction: Direction,
-        source: &str,
-        destination: &str,
+        source: &Label,
+        destination: &Label,
         status_code: u16,
         seconds: f64,
     ) {
         self.requests
             .get_or_create(&RequestLabels {
                 direction,
-                source: source.to_owned(),
-                destination: destination.to_owned(),
+                source: source.clone(),
+                destination: destination.clone(),
                 status_code,
             })
             .inc();
         self.latency
             .get_or_create(&LatencyLabels {
                 direction,
-                source: source.to_owned(),
-                destination: destination.to_owned(),
+                source: source.clone(),
+                destination: destination.clone(),
             })
             .observe(seconds);
     }
@@ -452,7 +477,13 @@ mod tests {
     #[test]
     fn exposition_has_documented_names_and_labels() {
         let m = Metrics::new();
-        m.request(Direction::Outbound, "orders", "inventory", 200, 0.002);
+        m.request(
+            Direction::Outbound,
+            &"orders".into(),
+            &"inventory".into(),
+            200,
+            0.002,
+        );
         m.tls_failure(Direction::Inbound, "tls-untrusted-peer");
         let guard = m.connection_opened(Direction::Inbound);
         let text = m.encode().unwrap();

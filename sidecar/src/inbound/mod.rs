@@ -27,14 +27,30 @@ use crate::headers::{
     CLIENT_ID, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, forwarded_response, remove_hop_by_hop,
 };
 use crate::identity::SpiffeId;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Label, Metrics};
 
 use self::forward::AppClients;
+
+/// The identified peer of one inbound connection.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    /// Its SPIFFE ID.
+    pub(crate) id: SpiffeId,
+    /// Its service name (or whole ID) as a metric label.
+    pub(crate) label: Label,
+}
+
+impl Caller {
+    pub(crate) fn new(id: SpiffeId) -> Self {
+        let label = id.service().unwrap_or(id.as_str()).into();
+        Self { id, label }
+    }
+}
 
 /// The inbound proxy of one sidecar.
 #[derive(Debug)]
 pub(crate) struct Inbound {
-    service: String,
+    service: Label,
     app: SocketAddr,
     clients: AppClients,
     metrics: Arc<Metrics>,
@@ -43,9 +59,9 @@ pub(crate) struct Inbound {
 // === impl Inbound ===
 
 impl Inbound {
-    pub(crate) fn new(service: String, app: SocketAddr, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(service: &str, app: SocketAddr, metrics: Arc<Metrics>) -> Self {
         Self {
-            service,
+            service: service.into(),
             app,
             clients: AppClients::new(app),
             metrics,
@@ -55,22 +71,21 @@ impl Inbound {
     /// Forwards one request from an identified caller; failures become responses.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        caller: Arc<SpiffeId>,
+        caller: Arc<Caller>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
-        let rsp = match self.forward(&caller, req).await {
+        let rsp = match self.forward(&caller.id, req).await {
             Ok(rsp) => forwarded_response(rsp),
             Err(err) => {
                 let (reason, rsp) = error::rescue(err.as_ref());
-                tracing::warn!(%caller, reason = reason.as_str(), error = %err, "inbound request failed");
+                tracing::warn!(caller = %caller.id, reason = reason.as_str(), error = %err, "inbound request failed");
                 rsp
             }
         };
-        let source = caller.service().unwrap_or(caller.as_str());
         self.metrics.request(
             Direction::Inbound,
-            source,
+            &caller.label,
             &self.service,
             rsp.status().as_u16(),
             started.elapsed().as_secs_f64(),

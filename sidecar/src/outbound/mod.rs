@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use crate::Body;
 use crate::error::{self, BoxError, NoAuthority, NoRoute, Unsupported};
 use crate::headers::{ATTEMPTS, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Label, Metrics};
 
 use self::attempts::Attempts;
 use self::policy::{DestinationStack, Destinations};
@@ -72,7 +72,9 @@ const UNKNOWN: &str = "unknown";
 /// The outbound proxy of one sidecar.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    service: String,
+    service: Label,
+    /// The destination label of requests that name no known destination.
+    unknown: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
     metrics: Arc<Metrics>,
 }
@@ -81,12 +83,13 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     pub(crate) fn new(
-        service: String,
+        service: &str,
         destinations: watch::Receiver<Arc<Destinations>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            service,
+            service: service.into(),
+            unknown: UNKNOWN.into(),
             destinations,
             metrics,
         }
@@ -105,7 +108,7 @@ impl Outbound {
                 let result = self.forward(&stack, authority, req, attempts.clone()).await;
                 (name, result)
             }
-            Err(err) => (UNKNOWN.to_owned(), Err(err)),
+            Err(err) => (self.unknown.clone(), Err(err)),
         };
         let mut rsp = match result {
             Ok(rsp) => rsp,

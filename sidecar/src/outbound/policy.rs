@@ -13,7 +13,7 @@ use tower::ServiceBuilder;
 
 use crate::config::Destination;
 use crate::identity::{Credentials, CredentialsError};
-use crate::metrics::Metrics;
+use crate::metrics::{Label, Metrics};
 
 use super::balance::Balance;
 use super::breaker::Outlier;
@@ -35,7 +35,8 @@ pub(crate) struct Destinations {
 /// One destination service and the stack that reaches it.
 #[derive(Debug)]
 pub(crate) struct DestinationStack {
-    pub(crate) name: String,
+    /// The destination's name, shared with its metric labels.
+    pub(crate) name: Label,
     pub(crate) service: DestinationService,
 }
 
@@ -55,7 +56,7 @@ impl Destinations {
             by_name.insert(
                 name.clone(),
                 Arc::new(DestinationStack {
-                    name: name.clone(),
+                    name: name.as_str().into(),
                     service,
                 }),
             );
