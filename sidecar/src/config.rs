@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::identity::{Credentials, SpiffeId};
+use crate::telemetry::{OtlpProtocol, TracingConfig};
 
 pub mod policy;
 
@@ -59,6 +60,10 @@ pub struct Config {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(serialize_with = "human_duration")]
     pub drain_timeout: Duration,
+    /// Span export and sampling.
+    pub tracing: TracingConfig,
+    /// Whether to write one JSON line per request to standard output.
+    pub access_log: bool,
 }
 
 /// Where the three listeners bind.
@@ -132,6 +137,20 @@ struct File {
     connect_timeout: Option<String>,
     #[serde(default)]
     drain_timeout: Option<String>,
+    #[serde(default)]
+    tracing: TracingFile,
+    #[serde(default)]
+    access_log: bool,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TracingFile {
+    otlp_endpoint: Option<String>,
+    protocol: Option<String>,
+    sampling: Option<f64>,
+    max_queue: Option<usize>,
+    service_name: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -340,7 +359,10 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         file.drain_timeout,
         DEFAULT_DRAIN_TIMEOUT,
     );
+    let tracing = tracing_config(file.tracing, errors);
     Some(Config {
+        tracing,
+        access_log: file.access_log,
         service: file.service,
         namespace,
         trust_domain: file.trust_domain,
@@ -352,6 +374,47 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         connect_timeout,
         drain_timeout,
     })
+}
+
+fn tracing_config(file: TracingFile, errors: &mut Errors) -> TracingConfig {
+    let defaults = TracingConfig::default();
+    if let Some(endpoint) = &file.otlp_endpoint {
+        let ok = endpoint.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        });
+        if !ok {
+            errors.push(
+                "tracing.otlp_endpoint",
+                format!("invalid URL {endpoint:?}: write e.g. http://127.0.0.1:4317"),
+            );
+        }
+    }
+    let protocol = match file.protocol.as_deref() {
+        None | Some("grpc") => OtlpProtocol::Grpc,
+        Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+        Some(other) => {
+            errors.push(
+                "tracing.protocol",
+                format!("unknown protocol {other:?}: use grpc or http/protobuf"),
+            );
+            OtlpProtocol::Grpc
+        }
+    };
+    let sampling = file.sampling.unwrap_or(defaults.sampling);
+    if !(0.0..=1.0).contains(&sampling) {
+        errors.push("tracing.sampling", "must be between 0 and 1");
+    }
+    let max_queue = file.max_queue.unwrap_or(defaults.max_queue);
+    if !(1..=1_000_000).contains(&max_queue) {
+        errors.push("tracing.max_queue", "must be between 1 and 1000000");
+    }
+    TracingConfig {
+        otlp_endpoint: file.otlp_endpoint,
+        protocol,
+        sampling: sampling.clamp(0.0, 1.0),
+        max_queue,
+        service_name: file.service_name,
+    }
 }
 
 /// Service, namespace and destination names are DNS labels.

@@ -31,6 +31,7 @@ pub mod error;
 pub mod headers;
 pub mod identity;
 pub mod metrics;
+pub mod telemetry;
 
 mod admin;
 mod inbound;
@@ -60,6 +61,7 @@ use crate::inbound::Inbound;
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
 use crate::outbound::policy::Destinations;
+use crate::telemetry::Tracing;
 
 /// The body type inside the proxy: a boxed stream of bytes, never collected whole.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, error::BoxError>;
@@ -138,12 +140,22 @@ pub async fn run(
     // The sender stays alive for the life of the sidecar; a control-plane client will publish
     // new tables through it.
     let (_destinations_tx, destinations_rx) = watch::channel(Arc::new(destinations));
+    let tracing = Tracing::start(&config.tracing, &config.service, metrics.span_export())?;
     let outbound = Arc::new(Outbound::new(
         &config.service,
+        credentials.id(),
         destinations_rx,
         metrics.clone(),
+        tracing.tracer().clone(),
+        config.access_log,
     ));
-    let inbound = Arc::new(Inbound::new(&config.service, config.app, metrics.clone()));
+    let inbound = Arc::new(Inbound::new(
+        &config.service,
+        config.app,
+        metrics.clone(),
+        tracing.tracer().clone(),
+        config.access_log,
+    ));
     let acceptor = TlsAcceptor::from(credentials.server_config()?);
     let admin = Arc::new(Admin {
         ready: AtomicBool::new(false),
@@ -156,7 +168,7 @@ pub async fn run(
         shutdown: drain.clone(),
     });
 
-    tracing::info!(
+    ::tracing::info!(
         identity = %credentials.id(),
         outbound = %listeners.outbound.local_addr()?,
         inbound = %listeners.inbound.local_addr()?,
@@ -183,7 +195,7 @@ pub async fn run(
             let conn = watcher.watch(conn);
             async move {
                 if let Err(error) = conn.await {
-                    tracing::debug!(%error, "outbound connection closed with error");
+                    ::tracing::debug!(%error, "outbound connection closed with error");
                 }
             }
         },
@@ -210,19 +222,19 @@ pub async fn run(
                     Ok(ok) => ok,
                     Err(error) => {
                         metrics.tls_failure(Direction::Inbound, error.reason());
-                        tracing::warn!(%peer, reason = error.reason(), %error, "inbound connection refused");
+                        ::tracing::warn!(%peer, reason = error.reason(), %error, "inbound connection refused");
                         return;
                     }
                 };
-                tracing::debug!(%peer, %caller, "inbound connection identified");
-                let caller = Arc::new(inbound::Caller::new(caller));
+                ::tracing::debug!(%peer, %caller, "inbound connection identified");
+                let caller = Arc::new(inbound::Caller::new(caller, peer));
                 let http = http_server();
                 let conn = http.serve_connection(
                     TokioIo::new(tls),
                     service_fn(move |req| inbound.clone().handle(caller.clone(), req)),
                 );
                 if let Err(error) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%peer, %error, "inbound connection closed with error");
+                    ::tracing::debug!(%peer, %error, "inbound connection closed with error");
                 }
             }
         },
@@ -255,7 +267,7 @@ pub async fn run(
 
     admin.ready.store(true, Ordering::Release);
     tokio::select! {
-        () = shutdown => tracing::info!("shutdown signal received"),
+        () = shutdown => ::tracing::info!("shutdown signal received"),
         () = drain.cancelled() => {},
     }
     admin.ready.store(false, Ordering::Release);
@@ -265,6 +277,8 @@ pub async fn run(
     inbound_done?;
     admin_stop.cancel();
     admin_task.await?;
-    tracing::info!("sidecar stopped");
+    // Every request is done: send the spans still queued.
+    tracing.shutdown(Duration::from_secs(5)).await;
+    ::tracing::info!("sidecar stopped");
     Ok(())
 }

@@ -20,6 +20,11 @@
 //! - `ejections_total{destination, endpoint}`: outlier ejections;
 //! - `ejected_endpoints{destination}`: endpoints ejected now.
 //!
+//! Tracing:
+//! - `span_export_queue`: spans waiting for export;
+//! - `spans_dropped_total{reason}`: `queue-full` or `export-failed`;
+//! - `spans_exported_total`: spans the collector accepted.
+//!
 //! Handles for a destination's series are resolved once, when its stack is built
 //! ([`DestinationMetrics`]), so the request path only increments atomics.
 //!
@@ -163,6 +168,13 @@ pub struct TimeoutLabels {
     pub kind: String,
 }
 
+/// Labels of the span drop counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanDropLabels {
+    /// `queue-full` or `export-failed`.
+    pub reason: &'static str,
+}
+
 /// Why a request was retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryReason {
@@ -262,6 +274,7 @@ pub struct Metrics {
     endpoint_requests: Family<EndpointLabels, Counter>,
     ejections: Family<EndpointLabels, Counter>,
     ejected_endpoints: Family<DestinationLabels, Gauge>,
+    span_export: crate::telemetry::export::ExportMetrics,
 }
 
 /// Decrements an open-connection gauge when the connection ends, however it ends.
@@ -341,12 +354,47 @@ impl Metrics {
             "Endpoints of each destination ejected now",
             ejected_endpoints.clone(),
         );
+        let span_export = crate::telemetry::export::ExportMetrics::default();
+        registry.register(
+            "span_export_queue",
+            "Spans waiting to be exported",
+            span_export.queued.clone(),
+        );
+        let dropped: Family<SpanDropLabels, Counter> = Family::default();
+        registry.register(
+            "spans_dropped",
+            "Spans not exported: the queue was full, or the collector failed or was too slow",
+            dropped.clone(),
+        );
+        // One statement per series: `get_or_create` returns a read guard that lives to the end
+        // of its statement, and creating the next series needs the write lock.
+        let queue_full = dropped
+            .get_or_create(&SpanDropLabels {
+                reason: "queue-full",
+            })
+            .clone();
+        let export_failed = dropped
+            .get_or_create(&SpanDropLabels {
+                reason: "export-failed",
+            })
+            .clone();
+        let span_export = crate::telemetry::export::ExportMetrics {
+            dropped_queue_full: queue_full,
+            dropped_export_failed: export_failed,
+            ..span_export
+        };
+        registry.register(
+            "spans_exported",
+            "Spans the OTLP collector accepted",
+            span_export.exported.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             open_connections,
             tls_failures,
+            span_export,
             retries,
             budget_exhausted,
             timeouts,
@@ -355,6 +403,11 @@ impl Metrics {
             ejections,
             ejected_endpoints,
         }
+    }
+
+    /// Counters of the span export pipeline.
+    pub fn span_export(&self) -> crate::telemetry::export::ExportMetrics {
+        self.span_export.clone()
     }
 
     /// Resolves (and so creates, at zero) every series of `destination`.

@@ -28,6 +28,10 @@ use crate::headers::{
 };
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
+use crate::telemetry::{access_log, attr, end_span, propagation, trace_id};
+use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::SdkTracer;
 
 use self::forward::AppClients;
 
@@ -38,12 +42,14 @@ pub(crate) struct Caller {
     pub(crate) id: SpiffeId,
     /// Its service name (or whole ID) as a metric label.
     pub(crate) label: Label,
+    /// Its socket address.
+    pub(crate) addr: SocketAddr,
 }
 
 impl Caller {
-    pub(crate) fn new(id: SpiffeId) -> Self {
+    pub(crate) fn new(id: SpiffeId, addr: SocketAddr) -> Self {
         let label = id.service().unwrap_or(id.as_str()).into();
-        Self { id, label }
+        Self { id, label, addr }
     }
 }
 
@@ -51,6 +57,8 @@ impl Caller {
 #[derive(Debug)]
 pub(crate) struct Inbound {
     service: Label,
+    tracer: SdkTracer,
+    access_log: bool,
     app: SocketAddr,
     clients: AppClients,
     metrics: Arc<Metrics>,
@@ -59,8 +67,16 @@ pub(crate) struct Inbound {
 // === impl Inbound ===
 
 impl Inbound {
-    pub(crate) fn new(service: &str, app: SocketAddr, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        service: &str,
+        app: SocketAddr,
+        metrics: Arc<Metrics>,
+        tracer: SdkTracer,
+        access_log: bool,
+    ) -> Self {
         Self {
+            tracer,
+            access_log,
             service: service.into(),
             app,
             clients: AppClients::new(app),
@@ -75,21 +91,59 @@ impl Inbound {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
-        let rsp = match self.forward(&caller.id, req).await {
-            Ok(rsp) => forwarded_response(rsp),
+        let extracted = propagation::extract(req.headers());
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let span = self.tracer.build_with_context(
+            SpanBuilder::from_name(format!("{method} {}", self.service))
+                .with_kind(SpanKind::Server),
+            &extracted.parent,
+        );
+        let trace = extracted.parent.with_span(span);
+        if trace.span().is_recording() {
+            let host = req.uri().host().map(str::to_owned);
+            trace.span().set_attributes([
+                KeyValue::new(attr::METHOD, method.to_string()),
+                KeyValue::new(attr::URL_PATH, path.clone()),
+                KeyValue::new(attr::PEER_ADDRESS, caller.addr.ip().to_string()),
+                KeyValue::new(attr::SOURCE_IDENTITY, caller.id.to_string()),
+                KeyValue::new(attr::DESTINATION, self.service.to_string()),
+            ]);
+            if let Some(host) = host {
+                trace
+                    .span()
+                    .set_attribute(KeyValue::new(attr::SERVER_ADDRESS, host));
+            }
+        }
+        let (rsp, mesh_error) = match self.forward(&caller.id, req, &trace, extracted.b3).await {
+            Ok(rsp) => (forwarded_response(rsp), None),
             Err(err) => {
                 let (reason, rsp) = error::rescue(err.as_ref());
                 tracing::warn!(caller = %caller.id, reason = reason.as_str(), error = %err, "inbound request failed");
-                rsp
+                (rsp, Some(reason.as_str()))
             }
         };
+        let elapsed = started.elapsed();
+        end_span(trace.span(), rsp.status(), mesh_error, 0);
         self.metrics.request(
             Direction::Inbound,
             &caller.label,
             &self.service,
             rsp.status().as_u16(),
-            started.elapsed().as_secs_f64(),
+            elapsed.as_secs_f64(),
         );
+        if self.access_log {
+            access_log::write(&access_log::Entry {
+                direction: "inbound",
+                trace_id: trace_id(&trace),
+                source: caller.id.as_str(),
+                destination: &self.service.to_string(),
+                method: method.as_str(),
+                path: &path,
+                status: rsp.status().as_u16(),
+                duration_ms: elapsed,
+                attempts: 0,
+            });
+        }
         Ok(rsp)
     }
 
@@ -97,6 +151,8 @@ impl Inbound {
         &self,
         caller: &SpiffeId,
         req: Request<Incoming>,
+        trace: &Context,
+        b3: Option<propagation::B3>,
     ) -> Result<Response<Incoming>, BoxError> {
         let (mut parts, body) = req.into_parts();
         let http1 = parts.version < Version::HTTP_2
@@ -110,6 +166,8 @@ impl Inbound {
         parts
             .headers
             .insert(CLIENT_ID, HeaderValue::from_str(caller.as_str())?);
+        // The app's own calls continue the trace as children of this SERVER span.
+        propagation::inject(trace, b3, &mut parts.headers);
 
         let authority = match parts.uri.authority() {
             Some(a) => a.as_str().to_owned(),

@@ -7,17 +7,48 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use opentelemetry::trace::{SpanRef, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+
 /// Tries of one request so far.
 #[derive(Debug, Default)]
 pub(crate) struct Attempts {
     count: AtomicU32,
     /// Bit i set: endpoint i was tried (endpoints past 64 are not tracked).
     tried: AtomicU64,
+    /// The request's CLIENT span, for the layers' events.
+    trace: Context,
 }
 
 // === impl Attempts ===
 
 impl Attempts {
+    /// A record for a request traced by the span in `trace`.
+    pub(crate) fn new(trace: Context) -> Self {
+        Self {
+            trace,
+            ..Self::default()
+        }
+    }
+
+    /// The context holding the request's span.
+    pub(crate) fn context(&self) -> &Context {
+        &self.trace
+    }
+
+    /// The request's span (a no-op span when it is not recorded).
+    pub(crate) fn span(&self) -> SpanRef<'_> {
+        self.trace.span()
+    }
+
+    /// Adds an event to the request's span, building its attributes only when it records.
+    pub(crate) fn event(&self, name: &'static str, attributes: impl FnOnce() -> Vec<KeyValue>) {
+        let span = self.span();
+        if span.is_recording() {
+            span.add_event(name, attributes());
+        }
+    }
+
     /// Records a try sent to endpoint `index`.
     pub(crate) fn record(&self, index: usize) {
         self.count.fetch_add(1, Ordering::Relaxed);

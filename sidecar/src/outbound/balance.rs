@@ -25,6 +25,8 @@ use crate::config::LoadBalancer;
 use crate::error::{BoxError, NoEndpoints};
 use crate::headers::forwarded_response;
 use crate::metrics::EndpointMetrics;
+use crate::telemetry::attr;
+use opentelemetry::KeyValue;
 
 use super::attempts::Attempts;
 use super::breaker::{Health, Outlier, State, Transition};
@@ -117,8 +119,20 @@ impl Service<Req> for Balance {
                 .ok_or_else(|| NoEndpoints {
                     destination: shared.destination.to_string(),
                 })?;
+            let endpoint = shared.slots[index].endpoint.addr();
             if let Some(attempts) = &attempts {
                 attempts.record(index);
+                let span = attempts.span();
+                if span.is_recording() {
+                    span.add_event(
+                        "attempt",
+                        vec![
+                            KeyValue::new("mesh.attempt", i64::from(attempts.count())),
+                            KeyValue::new(attr::ENDPOINT, endpoint.to_string()),
+                        ],
+                    );
+                    span.set_attribute(KeyValue::new(attr::ENDPOINT, endpoint.to_string()));
+                }
             }
             let mut in_flight = InFlight::start(&shared, index);
             let result = in_flight.slot().endpoint.send(req).await;
@@ -126,7 +140,16 @@ impl Service<Req> for Balance {
                 Ok(rsp) => Class::of_status(rsp.status()),
                 Err(err) => Class::of_error(err.as_ref()),
             };
-            in_flight.finish(class);
+            if let Transition::Ejected(time) = in_flight.finish(class)
+                && let Some(attempts) = &attempts
+            {
+                attempts.event("endpoint ejected", || {
+                    vec![
+                        KeyValue::new(attr::ENDPOINT, endpoint.to_string()),
+                        KeyValue::new("mesh.ejection.seconds", time.as_secs_f64()),
+                    ]
+                });
+            }
             Ok(forwarded_response(result?))
         })
     }
@@ -213,13 +236,14 @@ impl<'a> InFlight<'a> {
         &self.shared.slots[self.index]
     }
 
-    fn finish(&mut self, class: Class) {
+    fn finish(&mut self, class: Class) -> Transition {
         self.done = true;
         let now = self.shared.now();
         let slot = self.slot();
         let failed = class.is_endpoint_failure();
         slot.load.finish(now, self.started.elapsed(), failed);
-        match self.shared.outlier.record(&slot.health, failed, now) {
+        let transition = self.shared.outlier.record(&slot.health, failed, now);
+        match transition {
             Transition::Ejected(time) => {
                 slot.metrics.ejections.inc();
                 tracing::warn!(
@@ -236,6 +260,7 @@ impl<'a> InFlight<'a> {
             ),
             Transition::None => {}
         }
+        transition
     }
 }
 

@@ -43,7 +43,12 @@ use tokio::time::Instant;
 use crate::Body;
 use crate::error::{self, BoxError, NoAuthority, NoRoute, Unsupported};
 use crate::headers::{ATTEMPTS, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
+use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
+use crate::telemetry::{access_log, attr, end_span, propagation, trace_id};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
+use opentelemetry_sdk::trace::SdkTracer;
 
 use self::attempts::Attempts;
 use self::policy::{DestinationStack, Destinations};
@@ -73,6 +78,10 @@ const UNKNOWN: &str = "unknown";
 #[derive(Debug)]
 pub(crate) struct Outbound {
     service: Label,
+    /// This sidecar's identity, for spans.
+    identity: String,
+    tracer: SdkTracer,
+    access_log: bool,
     /// The destination label of requests that name no known destination.
     unknown: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
@@ -84,10 +93,16 @@ pub(crate) struct Outbound {
 impl Outbound {
     pub(crate) fn new(
         service: &str,
+        identity: &SpiffeId,
         destinations: watch::Receiver<Arc<Destinations>>,
         metrics: Arc<Metrics>,
+        tracer: SdkTracer,
+        access_log: bool,
     ) -> Self {
         Self {
+            identity: identity.to_string(),
+            tracer,
+            access_log,
             service: service.into(),
             unknown: UNKNOWN.into(),
             destinations,
@@ -101,17 +116,42 @@ impl Outbound {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
-        let attempts = Arc::new(Attempts::default());
-        let (destination, result) = match self.route(&req) {
-            Ok((stack, authority)) => {
-                let name = stack.name.clone();
-                let result = self.forward(&stack, authority, req, attempts.clone()).await;
-                (name, result)
-            }
-            Err(err) => (self.unknown.clone(), Err(err)),
+        let extracted = propagation::extract(req.headers());
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let routed = self.route(&req);
+        let destination = match &routed {
+            Ok((stack, _)) => stack.name.clone(),
+            Err(_) => self.unknown.clone(),
         };
-        let mut rsp = match result {
-            Ok(rsp) => rsp,
+        let span = self.tracer.build_with_context(
+            SpanBuilder::from_name(format!("{method} {destination}")).with_kind(SpanKind::Client),
+            &extracted.parent,
+        );
+        let trace = extracted.parent.with_span(span);
+        if trace.span().is_recording() {
+            trace.span().set_attributes([
+                KeyValue::new(attr::METHOD, method.to_string()),
+                KeyValue::new(attr::URL_PATH, path.clone()),
+                KeyValue::new(attr::SOURCE_IDENTITY, self.identity.clone()),
+                KeyValue::new(attr::DESTINATION, destination.to_string()),
+            ]);
+            if let Ok((_, authority)) = &routed {
+                trace.span().set_attribute(KeyValue::new(
+                    attr::SERVER_ADDRESS,
+                    authority.host().to_owned(),
+                ));
+            }
+        }
+        let attempts = Arc::new(Attempts::new(trace.clone()));
+        let result = match routed {
+            Ok((stack, authority)) => {
+                self.forward(&stack, authority, req, attempts.clone(), extracted.b3)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        let (mut rsp, mesh_error) = match result {
+            Ok(rsp) => (rsp, None),
             Err(err) => {
                 let (reason, rsp) = error::rescue(err.as_ref());
                 if reason.is_tls() {
@@ -119,20 +159,35 @@ impl Outbound {
                         .tls_failure(Direction::Outbound, reason.as_str());
                 }
                 tracing::warn!(%destination, reason = reason.as_str(), error = %err, "outbound request failed");
-                rsp
+                (rsp, Some(reason.as_str()))
             }
         };
         let tries = attempts.count();
         if tries > 0 {
             rsp.headers_mut().insert(ATTEMPTS, HeaderValue::from(tries));
         }
+        let elapsed = started.elapsed();
+        end_span(trace.span(), rsp.status(), mesh_error, tries);
         self.metrics.request(
             Direction::Outbound,
             &self.service,
             &destination,
             rsp.status().as_u16(),
-            started.elapsed().as_secs_f64(),
+            elapsed.as_secs_f64(),
         );
+        if self.access_log {
+            access_log::write(&access_log::Entry {
+                direction: "outbound",
+                trace_id: trace_id(&trace),
+                source: &self.identity,
+                destination: &destination.to_string(),
+                method: method.as_str(),
+                path: &path,
+                status: rsp.status().as_u16(),
+                duration_ms: elapsed,
+                attempts: tries,
+            });
+        }
         Ok(rsp)
     }
 
@@ -161,8 +216,11 @@ impl Outbound {
         authority: Authority,
         req: Request<Incoming>,
         attempts: Arc<Attempts>,
+        b3: Option<propagation::B3>,
     ) -> Result<Response<Body>, BoxError> {
         let mut req = to_peer_request(req, authority)?;
+        // The next hop's parent is this sidecar's CLIENT span.
+        propagation::inject(attempts.context(), b3, req.headers_mut());
         req.extensions_mut().insert(attempts);
         call(stack.service.clone(), req).await
     }

@@ -30,6 +30,7 @@ use crate::classify::Class;
 use crate::config::{Backoff, RetryOn, RetryPolicy};
 use crate::error::BoxError;
 use crate::metrics::{DestinationMetrics, RetryReason};
+use opentelemetry::KeyValue;
 
 use super::attempts::Attempts;
 use super::replay::Replay;
@@ -125,6 +126,13 @@ impl Shared {
                 return super::call(inner, Request::from_parts(parts, body)).await;
             }
         };
+        let attempts = parts.extensions.get::<Arc<Attempts>>().cloned();
+        let event =
+            |name: &'static str, attributes: fn(RetryReason, u32) -> Vec<KeyValue>, reason, n| {
+                if let Some(a) = &attempts {
+                    a.event(name, || attributes(reason, n));
+                }
+            };
         let mut attempt = 1;
         loop {
             let result = super::call(inner.clone(), rebuild(&parts, held.body())).await;
@@ -140,9 +148,11 @@ impl Shared {
             };
             if !self.budget.withdraw() {
                 self.metrics.budget_exhausted.inc();
+                event("retry budget exhausted", reason_attributes, reason, attempt);
                 return result;
             }
             self.metrics.retries(reason).inc();
+            event("retry", reason_attributes, reason, attempt + 1);
             tracing::debug!(reason = reason.as_str(), attempt, "retrying");
             // Drops the failed response and its body.
             drop(result);
@@ -171,6 +181,14 @@ impl std::fmt::Debug for Shared {
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
+}
+
+/// Span event attributes of a retry decision: what failed, and the try about to be made.
+fn reason_attributes(reason: RetryReason, attempt: u32) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("mesh.retry.reason", reason.as_str()),
+        KeyValue::new("mesh.attempt", i64::from(attempt)),
+    ]
 }
 
 /// The request for one try: the same head, a fresh copy of the body, the shared attempt record.

@@ -16,6 +16,9 @@ use tower::{Layer, Service};
 
 use crate::config::BreakerPolicy;
 use crate::error::{BoxError, Overloaded};
+use opentelemetry::KeyValue;
+
+use super::attempts::Attempts;
 
 use super::{Req, ResponseFuture, Rsp};
 
@@ -103,6 +106,20 @@ where
                     if limits.waiting.fetch_add(1, Ordering::AcqRel) >= limits.max_pending {
                         limits.waiting.fetch_sub(1, Ordering::AcqRel);
                         limits.shed.inc();
+                        if let Some(attempts) = req.extensions().get::<Arc<Attempts>>() {
+                            attempts.event("load shed", || {
+                                vec![
+                                    KeyValue::new(
+                                        "mesh.max_requests",
+                                        i64::from(limits.max_requests),
+                                    ),
+                                    KeyValue::new(
+                                        "mesh.max_pending",
+                                        i64::from(limits.max_pending),
+                                    ),
+                                ]
+                            });
+                        }
                         return Err(Overloaded {
                             destination: limits.destination.to_string(),
                             max_requests: limits.max_requests,

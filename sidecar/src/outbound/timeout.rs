@@ -12,6 +12,9 @@ use prometheus_client::metrics::counter::Counter;
 use tower::{Layer, Service};
 
 use crate::error::{BoxError, PerTryTimeout, RequestTimeout};
+use opentelemetry::KeyValue;
+
+use super::attempts::Attempts;
 
 use super::{Req, ResponseFuture, Rsp};
 
@@ -41,6 +44,15 @@ pub(crate) struct TimeoutLayer {
     kind: Kind,
     destination: Arc<str>,
     expired: Counter,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Request => "request",
+            Kind::PerTry => "per-try",
+        }
+    }
 }
 
 // === impl TimeoutLayer ===
@@ -90,10 +102,11 @@ where
     }
 
     fn call(&mut self, req: Req) -> ResponseFuture {
-        let response = self.inner.call(req);
         let Some(limit) = self.limit else {
-            return Box::pin(response);
+            return self.inner.call(req);
         };
+        let attempts = req.extensions().get::<Arc<Attempts>>().cloned();
+        let response = self.inner.call(req);
         let (kind, destination, expired) =
             (self.kind, self.destination.clone(), self.expired.clone());
         Box::pin(async move {
@@ -101,6 +114,14 @@ where
                 Ok(result) => result,
                 Err(_) => {
                     expired.inc();
+                    if let Some(attempts) = &attempts {
+                        attempts.event("timeout", || {
+                            vec![
+                                KeyValue::new("mesh.timeout.kind", kind.as_str()),
+                                KeyValue::new("mesh.timeout.seconds", limit.as_secs_f64()),
+                            ]
+                        });
+                    }
                     let destination = destination.to_string();
                     Err(match kind {
                         Kind::Request => RequestTimeout {
