@@ -2,7 +2,7 @@
 //!
 //! - `GET /live`: the process is up.
 //! - `GET /ready`: 200 once the listeners are serving, 503 while draining.
-//! - `GET /metrics`: Prometheus text (see [`crate::metrics`]).
+//! - `GET /metrics`: Prometheus text, or OpenMetrics when asked for (see [`crate::metrics`]).
 //! - `GET /config`: the configuration in force as JSON (paths to key files, never keys).
 //! - `POST /shutdown`: drain and exit, as on SIGTERM; lets a batch job end its sidecar.
 
@@ -48,14 +48,32 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
             }
-            (&Method::GET, "/metrics") => match self.metrics.encode() {
-                Ok(body) => with_type(
-                    StatusCode::OK,
-                    body,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n"),
-            },
+            (&Method::GET, "/metrics") => {
+                // Prometheus asks for OpenMetrics in Accept; anything else gets the classic
+                // text format, which every scraper and promtool read.
+                let openmetrics = req
+                    .headers()
+                    .get_all(http::header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains("application/openmetrics-text"));
+                let encoded = if openmetrics {
+                    self.metrics.encode().map(|body| {
+                        (
+                            body,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                    })
+                } else {
+                    self.metrics
+                        .encode_prometheus()
+                        .map(|body| (body, "text/plain; version=0.0.4; charset=utf-8"))
+                };
+                match encoded {
+                    Ok((body, content_type)) => with_type(StatusCode::OK, body, content_type),
+                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n"),
+                }
+            }
             (&Method::GET, "/config") => {
                 with_type(StatusCode::OK, self.config_json.clone(), "application/json")
             }

@@ -40,13 +40,15 @@ fn main() -> ExitCode {
         logs.init();
     }
 
-    let config = match Config::from_file(&args.config) {
+    let mut config = match Config::from_file(&args.config) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("sidecar: {err}");
             return ExitCode::from(2);
         }
     };
+    // The standard OpenTelemetry variables fill in what the file leaves unset.
+    config.tracing = config.tracing.with_env(|name| std::env::var(name).ok());
     let credentials = match config.load_credentials() {
         Ok(credentials) => credentials,
         Err(mut err) => {

@@ -2,8 +2,8 @@
 //!
 //! Names and labels (all prefixed `mesh_`):
 //! - `requests_total{direction, source, destination, status_code}`: requests answered;
-//! - `request_duration_seconds{direction, source, destination}`: time until the response
-//!   headers are ready (histogram);
+//! - `request_duration_seconds{direction, source, destination, status_class}`: time until the
+//!   response headers are ready (histogram; `status_class` is `2xx`, `5xx`, ...);
 //! - `open_connections{direction}`: accepted connections now open (inbound, outbound, admin);
 //! - `tls_handshake_failures_total{direction, reason}`: failed mTLS handshakes, inbound as
 //!   server, outbound as client, by the reason sent in `x-mesh-error`.
@@ -116,6 +116,8 @@ pub struct LatencyLabels {
     pub source: Label,
     /// Called service.
     pub destination: Label,
+    /// `1xx` to `5xx`.
+    pub status_class: &'static str,
 }
 
 /// Labels of per-direction gauges.
@@ -489,20 +491,34 @@ impl Metrics {
                 status_code,
             })
             .inc();
+        let status_class = match status_code {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
         self.latency
             .get_or_create(&LatencyLabels {
                 direction,
                 source: source.clone(),
                 destination: destination.clone(),
+                status_class,
             })
             .observe(seconds);
     }
 
-    /// The text exposition (OpenMetrics text, which Prometheus scrapes natively).
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4), for scrapers that do not ask for
+    /// OpenMetrics.
+    pub fn encode_prometheus(&self) -> Result<String, std::fmt::Error> {
+        Ok(to_prometheus_text(&self.encode()?))
     }
 }
 
@@ -510,6 +526,36 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text: a counter family is named by its `_total`
+/// samples, and the OpenMetrics-only `# UNIT` and `# EOF` lines go. Samples are the same in
+/// both formats.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// 0.5 ms to about 16 s, doubling.

@@ -174,3 +174,57 @@ pub async fn faulty(name: &'static str) -> (SocketAddr, std::sync::Arc<Faults>) 
     .await;
     (addr, faults)
 }
+
+/// Headers an app forwards so that its own calls continue the trace it was called in.
+pub const TRACE_HEADERS: [&str; 7] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+];
+
+/// Starts an app that calls `host` through the outbound listener set in `next` (once known),
+/// forwarding the trace headers, and answers with that call's status.
+pub async fn relay(
+    host: &'static str,
+    next: std::sync::Arc<std::sync::OnceLock<SocketAddr>>,
+) -> SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    start(move |req| {
+        let next = next.clone();
+        async move {
+            let outbound = next.get().copied();
+            let mut call = http::Request::get(format!(
+                "http://{}{}",
+                outbound.map(|a| a.to_string()).unwrap_or_default(),
+                req.uri().path()
+            ))
+            .header("host", host);
+            for name in TRACE_HEADERS {
+                if let Some(value) = req.headers().get(name) {
+                    call = call.header(name, value);
+                }
+            }
+            let status = match (outbound, call.body(Full::<Bytes>::default())) {
+                (Some(_), Ok(call)) => match crate::client::http1().request(call).await {
+                    Ok(rsp) => rsp.status(),
+                    Err(_) => http::StatusCode::BAD_GATEWAY,
+                },
+                _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            Response::builder()
+                .status(status)
+                .body(
+                    Full::new(Bytes::from_static(b"relayed"))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .expect("valid response")
+        }
+    })
+    .await
+}

@@ -8,6 +8,7 @@
 //! - [`app`]: upstream apps (the demo echo app, or any handler) on port 0.
 //! - [`client`]: HTTP/1.1 and HTTP/2 clients for talking to an outbound listener.
 //! - [`grpc`]: a tonic service with unary and server-streaming calls.
+//! - [`otlp`]: an OTLP trace collector (gRPC and HTTP/protobuf) that keeps what it receives.
 //! - [`eventually`]: bounded polling for conditions that become true asynchronously.
 //!
 //! Helpers `expect` freely: they run only in tests, where a panic is a failed test.
@@ -16,6 +17,7 @@
 pub mod app;
 pub mod client;
 pub mod grpc;
+pub mod otlp;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -42,7 +42,7 @@ async fn live_ready_config_and_metrics() {
     for line in [
         r#"mesh_requests_total{direction="outbound",source="orders",destination="inventory",status_code="200"} 1"#,
         r#"mesh_requests_total{direction="outbound",source="orders",destination="unknown",status_code="503"} 1"#,
-        r#"mesh_request_duration_seconds_count{direction="outbound",source="orders",destination="inventory"} 1"#,
+        r#"mesh_request_duration_seconds_count{direction="outbound",source="orders",destination="inventory",status_class="2xx"} 1"#,
         r#"mesh_open_connections{direction="admin"} 1"#,
     ] {
         assert!(orders.contains(line), "missing {line} in\n{orders}");
@@ -72,4 +72,96 @@ async fn wrong_method_is_405() {
             .status(),
         StatusCode::OK
     );
+}
+
+/// The exposition after some traffic, as a scraper gets it.
+async fn scrape(pair: &crate::Pair, accept: Option<&str>) -> (String, String) {
+    for path in ["/x", "/status/503"] {
+        let rsp = client::get(
+            &format!("{}{path}", pair.orders.outbound_url()),
+            "inventory",
+        )
+        .await;
+        let _ = client::text(rsp).await;
+    }
+    let mut req = http::Request::get(pair.orders.admin_url("/metrics"));
+    if let Some(accept) = accept {
+        req = req.header("accept", accept);
+    }
+    let rsp = client::http1()
+        .request(req.body(http_body_util::Full::default()).unwrap())
+        .await
+        .unwrap();
+    let content_type = rsp.headers()["content-type"].to_str().unwrap().to_owned();
+    (content_type, client::text(rsp).await)
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text() {
+    let pair = crate::Pair::start().await;
+    let (content_type, text) = scrape(&pair, None).await;
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let requests: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "mesh_requests_total")
+        .collect();
+    assert_eq!(requests.len(), 2, "{text}");
+    assert!(scrape.docs.contains_key("mesh_requests_total"), "{text}");
+    let buckets = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "mesh_request_duration_seconds")
+        .expect("the latency histogram");
+    assert!(matches!(
+        buckets.value,
+        prometheus_parse::Value::Histogram(_)
+    ));
+
+    // promtool, Prometheus's own checker, agrees (CI installs it).
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("promtool not run ({e}); install Debian's prometheus package to run it");
+        }
+        Err(e) => panic!("promtool is required in CI: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn openmetrics_is_served_when_asked_for() {
+    let pair = crate::Pair::start().await;
+    let (content_type, text) =
+        scrape(&pair, Some("application/openmetrics-text; version=1.0.0")).await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(text.ends_with("# EOF\n"));
+    assert!(text.contains("# TYPE mesh_requests counter"));
 }

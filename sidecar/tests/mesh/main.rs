@@ -10,6 +10,7 @@ mod grpc;
 mod mtls;
 mod resilience;
 mod shutdown;
+mod tracing;
 mod transparency;
 
 use mesh_testkit::{Sidecar, TestMesh, app};
