@@ -132,6 +132,10 @@ impl Service<Req> for Balance {
                         ],
                     );
                     span.set_attribute(KeyValue::new(attr::ENDPOINT, endpoint.to_string()));
+                    span.set_attribute(KeyValue::new(
+                        attr::PEER_ADDRESS,
+                        endpoint.ip().to_string(),
+                    ));
                 }
             }
             let mut in_flight = InFlight::start(&shared, index);

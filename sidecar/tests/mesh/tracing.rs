@@ -326,3 +326,82 @@ async fn spans_reach_a_separate_collector_process() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_access_log_is_one_json_line_per_request() {
+    use std::io::{BufRead, BufReader};
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .app(app::echo("inventory").await)
+        .start()
+        .await;
+    let (outbound, inbound, admin) = (closed_port(), closed_port(), closed_port());
+    let config = mesh
+        .sidecar("orders")
+        .extra_yaml("access_log: true\n")
+        .destination("inventory", &[inventory.inbound])
+        .write_config(outbound, inbound, admin);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sidecar"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let ready = format!("http://{admin}/ready");
+    eventually("the sidecar to be ready", Duration::from_secs(10), || {
+        let url = ready.clone();
+        async move {
+            let req = http::Request::get(url)
+                .body(http_body_util::Full::default())
+                .ok()?;
+            client::http1()
+                .request(req)
+                .await
+                .ok()
+                .filter(|r| r.status() == StatusCode::OK)
+                .map(|_| ())
+        }
+    })
+    .await;
+    let req = http::Request::get(format!("http://{outbound}/api/stock/abc"))
+        .header("host", "inventory")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(
+        client::http1().request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Reading blocks; the line was written before the response, so it is there.
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), line)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["direction"], "outbound");
+    assert_eq!(entry["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(entry["source"], "spiffe://mesh.local/ns/default/sa/orders");
+    assert_eq!(entry["destination"], "inventory");
+    assert_eq!(
+        (entry["method"].as_str(), entry["path"].as_str()),
+        (Some("GET"), Some("/api/stock/abc"))
+    );
+    assert_eq!(
+        (entry["status"].as_u64(), entry["attempts"].as_u64()),
+        (Some(200), Some(1))
+    );
+    assert!(entry["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(entry["time"].as_str().unwrap().ends_with('Z'));
+}
