@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::identity::{Credentials, SpiffeId};
+use crate::inbound::authorize::{AuthorizationPolicy, Decision, Principal};
 use crate::telemetry::{OtlpProtocol, TracingConfig};
 
 pub mod policy;
@@ -64,6 +65,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// Whether to write one JSON line per request to standard output.
     pub access_log: bool,
+    /// Who may call this service.
+    pub authorization: AuthorizationPolicy,
 }
 
 /// Where the three listeners bind.
@@ -141,6 +144,18 @@ struct File {
     tracing: TracingFile,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    authorization: AuthorizationFile,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizationFile {
+    default: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -360,7 +375,9 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         DEFAULT_DRAIN_TIMEOUT,
     );
     let tracing = tracing_config(file.tracing, errors);
+    let authorization = authorization(file.authorization, errors);
     Some(Config {
+        authorization,
         tracing,
         access_log: file.access_log,
         service: file.service,
@@ -374,6 +391,45 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         connect_timeout,
         drain_timeout,
     })
+}
+
+fn authorization(file: AuthorizationFile, errors: &mut Errors) -> AuthorizationPolicy {
+    let default = match file.default.as_deref() {
+        None | Some("allow") => Decision::Allow,
+        Some("deny") => Decision::Deny,
+        Some(other) => {
+            errors.push(
+                "authorization.default",
+                format!("{other:?}: use allow or deny"),
+            );
+            Decision::Allow
+        }
+    };
+    let mut principals = |list: Vec<String>, field: &str| -> Vec<Principal> {
+        list.into_iter()
+            .enumerate()
+            .filter_map(|(i, entry)| {
+                let path = format!("authorization.{field}[{i}]");
+                if entry.starts_with("spiffe://") {
+                    entry
+                        .parse()
+                        .map(Principal::Id)
+                        .map_err(|e| errors.push(path, format!("{entry:?}: {e}")))
+                        .ok()
+                } else {
+                    check_label(errors, &path, &entry);
+                    Some(Principal::Service(entry))
+                }
+            })
+            .collect()
+    };
+    let allow = principals(file.allow, "allow");
+    let deny = principals(file.deny, "deny");
+    AuthorizationPolicy {
+        default,
+        allow,
+        deny,
+    }
 }
 
 fn tracing_config(file: TracingFile, errors: &mut Errors) -> TracingConfig {

@@ -166,6 +166,8 @@ pub enum Reason {
     Unsupported,
     /// Unknown destination.
     NoRoute,
+    /// The caller is not allowed to call this service.
+    Unauthorized,
     /// Known destination without endpoints.
     NoEndpoints,
     /// The destination's concurrency limits are full.
@@ -209,6 +211,7 @@ impl Reason {
             Reason::NoAuthority => "no-authority",
             Reason::Unsupported => "unsupported",
             Reason::NoRoute => "no-route",
+            Reason::Unauthorized => "unauthorized",
             Reason::NoEndpoints => "no-endpoints",
             Reason::Overloaded => "overloaded",
             Reason::Timeout => "timeout",
@@ -232,6 +235,7 @@ impl Reason {
     pub fn status(self) -> StatusCode {
         match self {
             Reason::NoAuthority | Reason::RequestBody => StatusCode::BAD_REQUEST,
+            Reason::Unauthorized => StatusCode::FORBIDDEN,
             Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Timeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::Unsupported => StatusCode::NOT_IMPLEMENTED,
@@ -264,6 +268,9 @@ pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     }
     if find_cause::<Unsupported>(err).is_some() {
         return Reason::Unsupported;
+    }
+    if find_cause::<crate::inbound::authorize::Unauthorized>(err).is_some() {
+        return Reason::Unauthorized;
     }
     if find_cause::<NoRoute>(err).is_some() {
         return Reason::NoRoute;

@@ -18,8 +18,9 @@
 //!  outbound/balance     6 pick an endpoint
 //!  outbound/connect     8 pooled mTLS HTTP/2 connection, peer SPIFFE ID verified
 //!                              ----- mTLS ----->
-//!                                                  inbound/identify 9  terminate TLS, caller ID
-//!                                                  inbound/forward  11 forward to the app
+//!                                                  inbound/identify  9  terminate TLS, caller ID
+//!                                                  inbound/authorize 10 is the caller allowed?
+//!                                                  inbound/forward   11 forward to the app
 //! ```
 //! Beside the path: [`config`] (the bootstrap file), [`identity`] (certificates and verifiers),
 //! [`error`] (typed errors and the one place they become responses), [`headers`] (hop-by-hop
@@ -34,7 +35,7 @@ pub mod metrics;
 pub mod telemetry;
 
 mod admin;
-mod inbound;
+pub mod inbound;
 mod outbound;
 mod serve;
 
@@ -150,11 +151,9 @@ pub async fn run(
         config.access_log,
     ));
     let inbound = Arc::new(Inbound::new(
-        &config.service,
-        config.app,
+        &config,
         metrics.clone(),
         tracing.tracer().clone(),
-        config.access_log,
     ));
     let acceptor = TlsAcceptor::from(credentials.server_config()?);
     let admin = Arc::new(Admin {

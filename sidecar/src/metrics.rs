@@ -20,6 +20,8 @@
 //! - `ejections_total{destination, endpoint}`: outlier ejections;
 //! - `ejected_endpoints{destination}`: endpoints ejected now.
 //!
+//! Authorization: `authorization_denied_total{source}`, inbound requests refused.
+//!
 //! Tracing:
 //! - `span_export_queue`: spans waiting for export;
 //! - `spans_dropped_total{reason}`: `queue-full` or `export-failed`;
@@ -277,6 +279,14 @@ pub struct Metrics {
     ejections: Family<EndpointLabels, Counter>,
     ejected_endpoints: Family<DestinationLabels, Gauge>,
     span_export: crate::telemetry::export::ExportMetrics,
+    denied: Family<SourceLabels, Counter>,
+}
+
+/// Labels of the authorization counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// The refused caller's service.
+    pub source: Label,
 }
 
 /// Decrements an open-connection gauge when the connection ends, however it ends.
@@ -390,6 +400,12 @@ impl Metrics {
             "Spans the OTLP collector accepted",
             span_export.exported.clone(),
         );
+        let denied = Family::default();
+        registry.register(
+            "authorization_denied",
+            "Inbound requests refused by the authorization policy, by caller",
+            denied.clone(),
+        );
         Self {
             registry,
             requests,
@@ -397,6 +413,7 @@ impl Metrics {
             open_connections,
             tls_failures,
             span_export,
+            denied,
             retries,
             budget_exhausted,
             timeouts,
@@ -405,6 +422,15 @@ impl Metrics {
             ejections,
             ejected_endpoints,
         }
+    }
+
+    /// Counts a caller refused by the authorization policy.
+    pub fn authorization_denied(&self, source: &Label) {
+        self.denied
+            .get_or_create(&SourceLabels {
+                source: source.clone(),
+            })
+            .inc();
     }
 
     /// Counters of the span export pipeline.

@@ -48,6 +48,12 @@ impl SpiffeId {
         &self.0
     }
 
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        let rest = &self.0[SCHEME.len()..];
+        rest.split_once('/').map_or(rest, |(domain, _)| domain)
+    }
+
     /// The service (`sa` segment) when the ID has the `/ns/<ns>/sa/<sa>` shape.
     pub fn service(&self) -> Option<&str> {
         let path = self.0[SCHEME.len()..].split_once('/')?.1;
@@ -167,6 +173,7 @@ mod tests {
     fn parses_service_ids() {
         let id: SpiffeId = "spiffe://mesh.local/ns/default/sa/orders".parse().unwrap();
         assert_eq!(id.service(), Some("orders"));
+        assert_eq!(id.trust_domain(), "mesh.local");
         assert_eq!(
             SpiffeId::for_service("mesh.local", "default", "orders").unwrap(),
             id

@@ -211,3 +211,16 @@ fn unknown_policy_field_is_an_error() {
     );
     assert_eq!(paths(&yaml), ["destinations.inventory.retries.jitter"]);
 }
+
+#[test]
+fn authorization_entries_are_services_or_spiffe_ids() {
+    let yaml = format!(
+        "{GOOD}authorization: {{ default: deny, allow: [storefront, \"spiffe://other.domain/ns/x/sa/y\"], deny: [Bad_Name] }}\n"
+    );
+    assert_eq!(paths(&yaml), ["authorization.deny[0]"]);
+    let yaml = format!("{GOOD}authorization: {{ default: maybe }}\n");
+    assert_eq!(paths(&yaml), ["authorization.default"]);
+    let yaml = format!("{GOOD}authorization: {{ default: deny, allow: [storefront] }}\n");
+    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap();
+    assert_eq!(config.authorization.allow.len(), 1);
+}

@@ -2,12 +2,13 @@
 //!
 //! The request path, one module per step:
 //! 9. terminate mTLS and read the caller's SPIFFE ID ([`identify`])
-//! 10. authorize the caller (arrives with the control plane's policy)
+//! 10. authorize the caller ([`authorize`])
 //! 11. forward to the local app in its own protocol ([`forward`])
 //!
 //! The caller's identity reaches the app in `x-mesh-client-id`. Any header of that name already
 //! on the request is deleted first: it came from the calling app and proves nothing.
 
+pub mod authorize;
 pub(crate) mod forward;
 pub(crate) mod identify;
 
@@ -33,6 +34,7 @@ use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
 
+use self::authorize::AuthorizationPolicy;
 use self::forward::AppClients;
 
 /// The identified peer of one inbound connection.
@@ -57,6 +59,8 @@ impl Caller {
 #[derive(Debug)]
 pub(crate) struct Inbound {
     service: Label,
+    trust_domain: String,
+    authorization: AuthorizationPolicy,
     tracer: SdkTracer,
     access_log: bool,
     app: SocketAddr,
@@ -68,13 +72,14 @@ pub(crate) struct Inbound {
 
 impl Inbound {
     pub(crate) fn new(
-        service: &str,
-        app: SocketAddr,
+        config: &crate::config::Config,
         metrics: Arc<Metrics>,
         tracer: SdkTracer,
-        access_log: bool,
     ) -> Self {
+        let (service, app, access_log) = (config.service.as_str(), config.app, config.access_log);
         Self {
+            trust_domain: config.trust_domain.clone(),
+            authorization: config.authorization.clone(),
             tracer,
             access_log,
             service: service.into(),
@@ -114,7 +119,18 @@ impl Inbound {
                     .set_attribute(KeyValue::new(attr::SERVER_ADDRESS, host));
             }
         }
-        let (rsp, mesh_error) = match self.forward(&caller.id, req, &trace, extracted.b3).await {
+        let outcome = match self.authorization.check(
+            &caller.id,
+            &self.service.to_string(),
+            &self.trust_domain,
+        ) {
+            Ok(()) => self.forward(&caller.id, req, &trace, extracted.b3).await,
+            Err(refused) => {
+                self.metrics.authorization_denied(&caller.label);
+                Err(refused.into())
+            }
+        };
+        let (rsp, mesh_error) = match outcome {
             Ok(rsp) => (forwarded_response(rsp), None),
             Err(err) => {
                 let (reason, rsp) = error::rescue(err.as_ref());

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod authorization;
 mod bootstrap;
 mod errors;
 mod grpc;
