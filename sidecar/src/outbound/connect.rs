@@ -20,6 +20,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::Body;
@@ -39,7 +40,35 @@ pub(crate) struct Endpoint {
     connect_timeout: Duration,
     /// The current connection. The lock is held while connecting, so concurrent requests
     /// share one new connection; afterwards it is held only to clone the sender.
-    conn: Mutex<Option<http2::SendRequest<Body>>>,
+    conn: Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    sender: Option<http2::SendRequest<Body>>,
+    /// The last failed connect: when it ended, and why. Requests that were already waiting
+    /// for the lock when it failed share the failure instead of each trying again in turn,
+    /// which against an unresponsive peer would cost one `connect_timeout` per request.
+    failed: Option<(Instant, Arc<dyn std::error::Error + Send + Sync>)>,
+}
+
+/// A connect attempt made by another request that was waiting on the same endpoint failed.
+///
+/// Its `source` is the original error itself (not the `Arc`), so classification by cause
+/// (`ConnectTimeout`, `TlsFailed`, ...) sees through it.
+#[derive(Debug)]
+pub(crate) struct SharedConnectFailure(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedConnectFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 // === impl Endpoint ===
@@ -61,7 +90,7 @@ impl Endpoint {
             server_name,
             tls: TlsConnector::from(tls),
             connect_timeout,
-            conn: Mutex::new(None),
+            conn: Mutex::new(Slot::default()),
         }
     }
 
@@ -72,30 +101,53 @@ impl Endpoint {
 
     /// Sends one request over the pooled connection, connecting first if needed.
     pub(crate) async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, BoxError> {
-        let mut sender = self.sender().await?;
         let upstream = |source| UpstreamFailed {
             endpoint: self.addr,
             peer: self.peer.clone(),
             source,
         };
-        sender.ready().await.map_err(upstream)?;
+        let mut sender = self.sender().await?;
+        if sender.ready().await.is_err() {
+            // The connection closed (the peer drained, or went away) before anything was sent
+            // on it: one new connection may carry the request.
+            sender = self.sender().await?;
+            sender.ready().await.map_err(upstream)?;
+        }
         Ok(sender.send_request(req).await.map_err(upstream)?)
     }
 
     async fn sender(&self) -> Result<http2::SendRequest<Body>, BoxError> {
+        let waiting_since = Instant::now();
         let mut slot = self.conn.lock().await;
-        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+        if let Some(sender) = slot.sender.as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let sender = tokio::time::timeout(self.connect_timeout, self.connect())
-            .await
-            .map_err(|_| ConnectTimeout {
+        if let Some((at, error)) = &slot.failed
+            && *at >= waiting_since
+        {
+            return Err(SharedConnectFailure(error.clone()).into());
+        }
+        let connected = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(connected) => connected,
+            Err(_) => Err(ConnectTimeout {
                 endpoint: self.addr,
                 peer: self.peer.clone(),
                 timeout: self.connect_timeout,
-            })??;
-        *slot = Some(sender.clone());
-        Ok(sender)
+            }
+            .into()),
+        };
+        match connected {
+            Ok(sender) => {
+                slot.sender = Some(sender.clone());
+                slot.failed = None;
+                Ok(sender)
+            }
+            Err(error) => {
+                let error: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
+                slot.failed = Some((Instant::now(), error.clone()));
+                Err(SharedConnectFailure(error).into())
+            }
+        }
     }
 
     async fn connect(&self) -> Result<http2::SendRequest<Body>, BoxError> {

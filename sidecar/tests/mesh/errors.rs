@@ -137,3 +137,44 @@ async fn connect_tunnels_are_refused_with_501() {
     assert!(rsp.starts_with("HTTP/1.1 501"), "{rsp}");
     assert!(rsp.contains("x-mesh-error: unsupported"), "{rsp}");
 }
+
+#[tokio::test]
+async fn requests_waiting_on_an_unresponsive_peer_share_one_connect_timeout() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A black hole: accepts TCP, never answers the TLS handshake.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = hole.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(tcp);
+        }
+    });
+    let mesh = TestMesh::new();
+    let orders = mesh
+        .sidecar("orders")
+        .extra_yaml("connect_timeout: 500ms\n")
+        .destination_with_policy("inventory", &[addr], "retries: { attempts: 1 }")
+        .start()
+        .await;
+    let url = format!("{}/x", orders.outbound_url());
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { client::get(&url, "inventory").await })
+        })
+        .collect();
+    for call in calls {
+        let rsp = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()["x-mesh-error"], "connect-timeout");
+    }
+    // One connect attempt served all five waiting requests.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
