@@ -30,6 +30,12 @@ use crate::identity::SpiffeId;
 /// Interval of HTTP/2 PINGs on an idle peer connection, so a dead peer is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control windows towards peers. Fixed rather than adaptive: an adaptive window
+/// grows with throughput and lets a peer send megabytes ahead of a slow downstream reader,
+/// which is memory the sidecar must hold. 1 MiB per stream keeps loopback and LAN transfers at
+/// full speed (see benches/RESULTS.md) and bounds what one stream can buffer.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 4 << 20;
 
 /// A peer sidecar's inbound address and the connection to it.
 pub(crate) struct Endpoint {
@@ -172,7 +178,8 @@ impl Endpoint {
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .adaptive_window(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|source| UpstreamFailed {
