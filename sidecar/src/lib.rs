@@ -50,7 +50,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -120,6 +121,82 @@ fn http_server() -> auto::Builder<TokioExecutor> {
     http
 }
 
+/// Serves one connection from the local app: HTTP/1.1 or HTTP/2, each request proxied.
+fn outbound_connection(
+    http: &auto::Builder<TokioExecutor>,
+    outbound: Arc<Outbound>,
+    tcp: TcpStream,
+    watcher: Watcher,
+) -> impl Future<Output = ()> + Send + use<> {
+    let conn = http
+        .serve_connection(
+            TokioIo::new(tcp),
+            service_fn(move |req| outbound.clone().handle(req)),
+        )
+        .into_owned();
+    let conn = watcher.watch(conn);
+    async move {
+        if let Err(error) = conn.await {
+            ::tracing::debug!(%error, "outbound connection closed with error");
+        }
+    }
+}
+
+/// What one connection from a peer sidecar needs.
+struct InboundConnection {
+    inbound: Arc<Inbound>,
+    acceptor: TlsAcceptor,
+    metrics: Arc<Metrics>,
+}
+
+impl InboundConnection {
+    /// Terminates mTLS and identifies the caller (step 9), then serves its requests.
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let (tls, caller) = match inbound::identify::identify(
+            &self.acceptor,
+            tcp,
+            TLS_HANDSHAKE_TIMEOUT,
+        )
+        .await
+        {
+            Ok(identified) => identified,
+            Err(error) => {
+                self.metrics.tls_failure(Direction::Inbound, error.reason());
+                ::tracing::warn!(%peer, reason = error.reason(), %error, "inbound connection refused");
+                return;
+            }
+        };
+        ::tracing::debug!(%peer, %caller, "inbound connection identified");
+        let caller = Arc::new(inbound::Caller::new(caller, peer));
+        let inbound = self.inbound;
+        let http = http_server();
+        let conn = http.serve_connection(
+            TokioIo::new(tls),
+            service_fn(move |req| inbound.clone().handle(caller.clone(), req)),
+        );
+        if let Err(error) = watcher.watch(conn.into_owned()).await {
+            ::tracing::debug!(%peer, %error, "inbound connection closed with error");
+        }
+    }
+}
+
+/// Serves one admin connection (HTTP/1.1).
+fn admin_connection(
+    http: &http1::Builder,
+    admin: Arc<Admin>,
+    tcp: TcpStream,
+    watcher: Watcher,
+) -> impl Future<Output = ()> + Send + use<> {
+    let conn = http.serve_connection(
+        TokioIo::new(tcp),
+        service_fn(move |req| admin.clone().handle(req)),
+    );
+    let conn = watcher.watch(conn);
+    async move {
+        let _ = conn.await;
+    }
+}
+
 /// Runs a sidecar on bound listeners until `shutdown` completes or `POST /shutdown` arrives,
 /// then drains in-flight requests (at most `config.drain_timeout`) and returns.
 pub async fn run(
@@ -183,23 +260,8 @@ pub async fn run(
         drain.clone(),
         config.drain_timeout,
         metrics.clone(),
-        move |tcp, _peer, watcher| {
-            let outbound = outbound.clone();
-            let conn = http
-                .serve_connection(
-                    TokioIo::new(tcp),
-                    service_fn(move |req| outbound.clone().handle(req)),
-                )
-                .into_owned();
-            let conn = watcher.watch(conn);
-            async move {
-                if let Err(error) = conn.await {
-                    ::tracing::debug!(%error, "outbound connection closed with error");
-                }
-            }
-        },
+        move |tcp, _peer, watcher| outbound_connection(&http, outbound.clone(), tcp, watcher),
     ));
-
     let inbound_metrics = metrics.clone();
     let inbound_task = tokio::spawn(serve::serve(
         Direction::Inbound,
@@ -208,42 +270,16 @@ pub async fn run(
         config.drain_timeout,
         metrics.clone(),
         move |tcp, peer, watcher| {
-            let (inbound, acceptor, metrics) =
-                (inbound.clone(), acceptor.clone(), inbound_metrics.clone());
-            async move {
-                let (tls, caller) = match inbound::identify::identify(
-                    &acceptor,
-                    tcp,
-                    TLS_HANDSHAKE_TIMEOUT,
-                )
-                .await
-                {
-                    Ok(ok) => ok,
-                    Err(error) => {
-                        metrics.tls_failure(Direction::Inbound, error.reason());
-                        ::tracing::warn!(%peer, reason = error.reason(), %error, "inbound connection refused");
-                        return;
-                    }
-                };
-                ::tracing::debug!(%peer, %caller, "inbound connection identified");
-                let caller = Arc::new(inbound::Caller::new(caller, peer));
-                let http = http_server();
-                let conn = http.serve_connection(
-                    TokioIo::new(tls),
-                    service_fn(move |req| inbound.clone().handle(caller.clone(), req)),
-                );
-                if let Err(error) = watcher.watch(conn.into_owned()).await {
-                    ::tracing::debug!(%peer, %error, "inbound connection closed with error");
-                }
-            }
+            let connection = InboundConnection {
+                inbound: inbound.clone(),
+                acceptor: acceptor.clone(),
+                metrics: inbound_metrics.clone(),
+            };
+            connection.serve(tcp, peer, watcher)
         },
     ));
-
-    let admin_http = {
-        let mut b = http1::Builder::new();
-        b.timer(TokioTimer::new());
-        b
-    };
+    let mut admin_http = http1::Builder::new();
+    admin_http.timer(TokioTimer::new());
     let admin_for_conns = admin.clone();
     let admin_task = tokio::spawn(serve::serve(
         Direction::Admin,
@@ -252,15 +288,7 @@ pub async fn run(
         config.drain_timeout,
         metrics.clone(),
         move |tcp, _peer, watcher| {
-            let admin = admin_for_conns.clone();
-            let conn = admin_http.serve_connection(
-                TokioIo::new(tcp),
-                service_fn(move |req| admin.clone().handle(req)),
-            );
-            let conn = watcher.watch(conn);
-            async move {
-                let _ = conn.await;
-            }
+            admin_connection(&admin_http, admin_for_conns.clone(), tcp, watcher)
         },
     ));
 
