@@ -83,6 +83,24 @@ impl TestMesh {
             .expect("issue leaf")
     }
 
+    /// Starts `inventory` (the echo app behind its sidecar) and `orders` calling it, after each
+    /// builder is adjusted by its closure. Returns `(orders, inventory)`.
+    pub async fn pair<'a>(
+        &'a self,
+        orders: impl FnOnce(SidecarBuilder<'a>) -> SidecarBuilder<'a>,
+        inventory: impl FnOnce(SidecarBuilder<'a>) -> SidecarBuilder<'a>,
+    ) -> (Sidecar, Sidecar) {
+        let app = app::echo("inventory").await;
+        let inventory = inventory(self.sidecar("inventory").app(app)).start().await;
+        let orders = orders(
+            self.sidecar("orders")
+                .destination("inventory", &[inventory.inbound]),
+        )
+        .start()
+        .await;
+        (orders, inventory)
+    }
+
     /// Starts describing a sidecar for `service`.
     pub fn sidecar(&self, service: &str) -> SidecarBuilder<'_> {
         SidecarBuilder {

@@ -14,7 +14,7 @@ mod shutdown;
 mod tracing;
 mod transparency;
 
-use mesh_testkit::{Sidecar, TestMesh, app};
+use mesh_testkit::{Sidecar, TestMesh};
 
 /// An `orders` sidecar calling an `inventory` sidecar in front of the echo app.
 pub(crate) struct Pair {
@@ -27,13 +27,7 @@ pub(crate) struct Pair {
 impl Pair {
     pub(crate) async fn start() -> Self {
         let mesh = TestMesh::new();
-        let app = app::echo("inventory").await;
-        let inventory = mesh.sidecar("inventory").app(app).start().await;
-        let orders = mesh
-            .sidecar("orders")
-            .destination("inventory", &[inventory.inbound])
-            .start()
-            .await;
+        let (orders, inventory) = mesh.pair(|o| o, |i| i).await;
         Self {
             _mesh: mesh,
             orders,

@@ -78,17 +78,8 @@ async fn client_certificate_from_another_ca_is_rejected() {
 #[tokio::test]
 async fn expired_client_certificate_is_rejected() {
     let mesh = TestMesh::new();
-    let inventory = mesh
-        .sidecar("inventory")
-        .app(app::echo("inventory").await)
-        .start()
-        .await;
-    let orders = mesh
-        .sidecar("orders")
-        .leaf(expired_leaf(mesh.ca(), crate::ORDERS_ID))
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let expired = expired_leaf(mesh.ca(), crate::ORDERS_ID);
+    let (orders, inventory) = mesh.pair(|o| o.leaf(expired), |i| i).await;
     let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
     assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(rsp.headers()["x-mesh-error"], "tls-rejected-by-peer");
@@ -102,17 +93,8 @@ async fn expired_client_certificate_is_rejected() {
 #[tokio::test]
 async fn expired_server_certificate_is_rejected_by_the_caller() {
     let mesh = TestMesh::new();
-    let inventory = mesh
-        .sidecar("inventory")
-        .leaf(expired_leaf(mesh.ca(), INVENTORY_ID))
-        .app(app::echo("inventory").await)
-        .start()
-        .await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let expired = expired_leaf(mesh.ca(), INVENTORY_ID);
+    let (orders, _inventory) = mesh.pair(|o| o, |i| i.leaf(expired)).await;
     let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
     assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(rsp.headers()["x-mesh-error"], "tls-expired-peer");
@@ -315,19 +297,12 @@ async fn certificates_made_by_openssl_work() {
     );
 
     let mesh = TestMesh::new();
-    let inventory = mesh
-        .sidecar("inventory")
-        .leaf(inventory_leaf)
-        .trust_bundle(d.join("ca.pem"))
-        .app(app::echo("inventory").await)
-        .start()
-        .await;
-    let orders = mesh
-        .sidecar("orders")
-        .leaf(orders_leaf)
-        .trust_bundle(d.join("ca.pem"))
-        .destination("inventory", &[inventory.inbound])
-        .start()
+    let bundle = d.join("ca.pem");
+    let (orders, _inventory) = mesh
+        .pair(
+            |o| o.leaf(orders_leaf).trust_bundle(bundle.clone()),
+            |i| i.leaf(inventory_leaf).trust_bundle(bundle.clone()),
+        )
         .await;
     let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
     assert_eq!(rsp.status(), StatusCode::OK);

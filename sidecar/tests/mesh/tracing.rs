@@ -158,16 +158,7 @@ async fn one_trace_across_three_services_with_a_retry_event() {
 #[tokio::test]
 async fn b3_in_w3c_and_b3_out() {
     let mesh = TestMesh::new();
-    let inventory = mesh
-        .sidecar("inventory")
-        .app(app::echo("inventory").await)
-        .start()
-        .await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let (orders, _inventory) = mesh.pair(|o| o, |i| i).await;
     let req = http::Request::get(format!("{}/x", orders.outbound_url()))
         .header("host", "inventory")
         .header("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-1")
@@ -195,17 +186,8 @@ async fn a_collector_that_is_down_costs_spans_not_requests() {
         "tracing: {{ otlp_endpoint: \"http://{}\", max_queue: 2 }}\n",
         closed_port()
     );
-    let inventory = mesh
-        .sidecar("inventory")
-        .app(app::echo("inventory").await)
-        .extra_yaml(&down)
-        .start()
-        .await;
-    let orders = mesh
-        .sidecar("orders")
-        .extra_yaml(&down)
-        .destination("inventory", &[inventory.inbound])
-        .start()
+    let (orders, _inventory) = mesh
+        .pair(|o| o.extra_yaml(&down), |i| i.extra_yaml(&down))
         .await;
     for _ in 0..30 {
         let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
@@ -299,17 +281,8 @@ async fn spans_reach_a_separate_collector_process() {
 
     let mesh = TestMesh::new();
     let tracing = format!("tracing: {{ otlp_endpoint: \"http://{grpc}\" }}\n");
-    let inventory = mesh
-        .sidecar("inventory")
-        .app(app::echo("inventory").await)
-        .extra_yaml(&tracing)
-        .start()
-        .await;
-    let orders = mesh
-        .sidecar("orders")
-        .extra_yaml(&tracing)
-        .destination("inventory", &[inventory.inbound])
-        .start()
+    let (orders, _inventory) = mesh
+        .pair(|o| o.extra_yaml(&tracing), |i| i.extra_yaml(&tracing))
         .await;
     let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
     assert_eq!(rsp.status(), StatusCode::OK);
