@@ -13,6 +13,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const B3: HeaderName = HeaderName::from_static("b3");
 const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
 const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
@@ -62,6 +63,10 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
 /// the B3 form `b3` if the request arrived with one.
 pub fn inject(cx: &Context, b3: Option<B3>, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+    // The propagator writes `tracestate` even when there is none; W3C asks not to send it empty.
+    if headers.get(TRACESTATE).is_some_and(|v| v.is_empty()) {
+        headers.remove(TRACESTATE);
+    }
     let span = cx.span();
     let sc = span.span_context();
     if !sc.is_valid() {
@@ -244,6 +249,7 @@ mod tests {
         assert_eq!(h["x-b3-spanid"], "1111111111111111");
         assert_eq!(h["x-b3-sampled"], "1");
         assert!(h.get("x-b3-parentspanid").is_none());
+        assert!(h.get("tracestate").is_none(), "no empty tracestate");
 
         let mut h = HeaderMap::new();
         inject(&cx, Some(B3::Single), &mut h);
