@@ -4,14 +4,19 @@
 //! for a slot (bounded by the overall timeout, which sits outside this layer); anything beyond
 //! is answered 503 with `x-mesh-overloaded: true` without queueing, so a slow destination
 //! cannot make the caller's sidecar pile up requests and memory. Shedding happens once per
-//! request, outside the retry layer: a shed request is never retried.
+//! request, outside the retry layer: a shed request is never retried. A request holds its slot
+//! until its response body has ended (or been dropped), so long streaming responses count as
+//! in flight for as long as they stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use crate::config::BreakerPolicy;
@@ -21,6 +26,7 @@ use opentelemetry::KeyValue;
 use super::attempts::Attempts;
 
 use super::{Req, ResponseFuture, Rsp};
+use crate::Body;
 
 /// Admits requests within the limits, sheds the rest.
 #[derive(Clone, Debug)]
@@ -100,7 +106,7 @@ where
     fn call(&mut self, req: Req) -> ResponseFuture {
         let (inner, limits) = (self.inner.clone(), self.limits.clone());
         Box::pin(async move {
-            let _permit = match limits.in_flight.clone().try_acquire_owned() {
+            let permit = match limits.in_flight.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(_) => {
                     if limits.waiting.fetch_add(1, Ordering::AcqRel) >= limits.max_pending {
@@ -131,8 +137,46 @@ where
                     limits.in_flight.clone().acquire_owned().await?
                 }
             };
-            super::call(inner, req).await
+            let rsp = super::call(inner, req).await?;
+            Ok(rsp.map(|body| {
+                InFlightBody {
+                    body,
+                    permit: Some(permit),
+                }
+                .boxed_unsync()
+            }))
         })
+    }
+}
+
+/// A response body that holds its request's slot until it ends.
+struct InFlightBody {
+    body: Body,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl HttpBody for InFlightBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            // Ended: free the slot now rather than when the body is dropped.
+            self.permit = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -194,12 +238,49 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_streaming_response_holds_its_slot_until_the_body_ends() {
+        use http_body_util::BodyExt;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let body = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx)));
+        let svc = ShedLayer::new(&policy(1, 0), "inventory".into(), Counter::default()).layer(
+            tower::service_fn(move |_req: Req| -> ResponseFuture {
+                let body = body.clone();
+                Box::pin(async move {
+                    type Frames = std::pin::Pin<
+                        Box<dyn tokio_stream::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send>,
+                    >;
+                    let stream: Frames = match body.lock().await.take() {
+                        Some(rx) => Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                        None => Box::pin(tokio_stream::empty()),
+                    };
+                    Ok(http::Response::new(
+                        http_body_util::StreamBody::new(stream).boxed_unsync(),
+                    ))
+                })
+            }),
+        );
+        let call = || svc.clone().oneshot(http::Request::new(synthetic_body("")));
+        let mut streaming = call().await.unwrap().into_body();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
+            .await
+            .unwrap();
+        assert!(streaming.frame().await.is_some());
+        // Headers are out, the body still streams: the slot is taken.
+        assert!(call().await.is_err());
+        drop(tx);
+        assert!(streaming.frame().await.is_none());
+        assert!(call().await.is_ok(), "the slot is free once the body ended");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_cancelled_wait_frees_its_pending_place() {
         let gate = Arc::new(Semaphore::new(0));
         let svc = ShedLayer::new(&policy(1, 1), "inventory".into(), Counter::default())
             .layer(gated(gate.clone()));
         let call = || svc.clone().oneshot(http::Request::new(synthetic_body("")));
-        let _in_flight = tokio::spawn(call());
+        // The response (and with it the slot) is dropped once sent, as a server would.
+        let in_flight = crate::outbound::call(svc.clone(), http::Request::new(synthetic_body("")));
+        let _in_flight = tokio::spawn(async move { in_flight.await.map(drop) });
         tokio::time::sleep(Duration::from_millis(1)).await;
         // The waiter gives up (as the overall timeout would make it).
         assert!(
