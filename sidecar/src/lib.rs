@@ -36,6 +36,7 @@ pub mod telemetry;
 
 mod admin;
 pub mod inbound;
+mod log_limit;
 mod outbound;
 mod serve;
 
@@ -60,6 +61,7 @@ use crate::admin::Admin;
 use crate::config::{Config, ListenAddrs};
 use crate::identity::Credentials;
 use crate::inbound::Inbound;
+use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
 use crate::outbound::policy::Destinations;
@@ -147,6 +149,8 @@ struct InboundConnection {
     inbound: Arc<Inbound>,
     acceptor: TlsAcceptor,
     metrics: Arc<Metrics>,
+    /// Caps refused-handshake warnings (a port scan should not flood the logs).
+    log_limit: Arc<LogLimit>,
 }
 
 impl InboundConnection {
@@ -162,7 +166,9 @@ impl InboundConnection {
             Ok(identified) => identified,
             Err(error) => {
                 self.metrics.tls_failure(Direction::Inbound, error.reason());
-                ::tracing::warn!(%peer, reason = error.reason(), %error, "inbound connection refused");
+                if self.log_limit.allow("refused inbound connections") {
+                    ::tracing::warn!(%peer, reason = error.reason(), %error, "inbound connection refused");
+                }
                 return;
             }
         };
@@ -194,6 +200,23 @@ fn admin_connection(
     let conn = watcher.watch(conn);
     async move {
         let _ = conn.await;
+    }
+}
+
+/// Warns when this sidecar's certificate has expired or expires within a day: every peer will
+/// refuse it, and nothing renews it until the control plane issues certificates.
+fn warn_if_expiring(credentials: &Credentials) {
+    let Some(not_after) = credentials.not_after() else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = not_after - now;
+    if left <= 0 {
+        ::tracing::warn!(identity = %credentials.id(), "this sidecar's certificate has expired; peers will refuse it");
+    } else if left < 24 * 3600 {
+        ::tracing::warn!(identity = %credentials.id(), seconds_left = left, "this sidecar's certificate expires within a day");
     }
 }
 
@@ -252,6 +275,7 @@ pub async fn run(
         app = %config.app,
         "sidecar serving"
     );
+    warn_if_expiring(&credentials);
 
     let http = http_server();
     let outbound_task = tokio::spawn(serve::serve(
@@ -263,6 +287,7 @@ pub async fn run(
         move |tcp, _peer, watcher| outbound_connection(&http, outbound.clone(), tcp, watcher),
     ));
     let inbound_metrics = metrics.clone();
+    let handshake_log_limit = Arc::new(LogLimit::new(10));
     let inbound_task = tokio::spawn(serve::serve(
         Direction::Inbound,
         listeners.inbound,
@@ -274,6 +299,7 @@ pub async fn run(
                 inbound: inbound.clone(),
                 acceptor: acceptor.clone(),
                 metrics: inbound_metrics.clone(),
+                log_limit: handshake_log_limit.clone(),
             };
             connection.serve(tcp, peer, watcher)
         },

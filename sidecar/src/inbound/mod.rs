@@ -28,6 +28,7 @@ use crate::headers::{
     CLIENT_ID, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, forwarded_response, remove_hop_by_hop,
 };
 use crate::identity::SpiffeId;
+use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::telemetry::{access_log, attr, end_span, propagation, trace_id};
 use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
@@ -63,6 +64,7 @@ pub(crate) struct Inbound {
     authorization: AuthorizationPolicy,
     tracer: SdkTracer,
     access_log: bool,
+    log_limit: LogLimit,
     app: SocketAddr,
     clients: AppClients,
     metrics: Arc<Metrics>,
@@ -82,6 +84,7 @@ impl Inbound {
             authorization: config.authorization.clone(),
             tracer,
             access_log,
+            log_limit: LogLimit::new(10),
             service: service.into(),
             app,
             clients: AppClients::new(app),
@@ -134,7 +137,9 @@ impl Inbound {
             Ok(rsp) => (forwarded_response(rsp), None),
             Err(err) => {
                 let (reason, rsp) = error::rescue(err.as_ref());
-                tracing::warn!(caller = %caller.id, reason = reason.as_str(), error = %err, "inbound request failed");
+                if self.log_limit.allow("request failures") {
+                    tracing::warn!(caller = %caller.id, reason = reason.as_str(), error = %err, "inbound request failed");
+                }
                 (rsp, Some(reason.as_str()))
             }
         };

@@ -44,6 +44,7 @@ use crate::Body;
 use crate::error::{self, BoxError, NoAuthority, NoRoute, Unsupported};
 use crate::headers::{ATTEMPTS, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
 use crate::identity::SpiffeId;
+use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::telemetry::{access_log, attr, end_span, propagation, trace_id};
 use opentelemetry::KeyValue;
@@ -71,6 +72,9 @@ where
     svc.call(req).await
 }
 
+/// Failed-request warnings logged per second at most; the rest are counted.
+const LOG_LIMIT: u64 = 10;
+
 /// Label used for requests whose destination is not known, to bound metric cardinality.
 const UNKNOWN: &str = "unknown";
 
@@ -82,6 +86,7 @@ pub(crate) struct Outbound {
     identity: String,
     tracer: SdkTracer,
     access_log: bool,
+    log_limit: LogLimit,
     /// The destination label of requests that name no known destination.
     unknown: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
@@ -103,6 +108,7 @@ impl Outbound {
             identity: identity.to_string(),
             tracer,
             access_log,
+            log_limit: LogLimit::new(LOG_LIMIT),
             service: service.into(),
             unknown: UNKNOWN.into(),
             destinations,
@@ -158,7 +164,9 @@ impl Outbound {
                     self.metrics
                         .tls_failure(Direction::Outbound, reason.as_str());
                 }
-                tracing::warn!(%destination, reason = reason.as_str(), error = %err, "outbound request failed");
+                if self.log_limit.allow("request failures") {
+                    tracing::warn!(%destination, reason = reason.as_str(), error = %err, "outbound request failed");
+                }
                 (rsp, Some(reason.as_str()))
             }
         };
