@@ -350,10 +350,20 @@ impl Drop for Sidecar {
     }
 }
 
-/// An address on 127.0.0.1 where nothing listens (bound, then released).
+/// An address on 127.0.0.1 where nothing listens (bound, then released), for a peer that is
+/// down or for a process to bind later.
+///
+/// The port is chosen below Linux's ephemeral range (32768-60999): every other test binds port 0,
+/// which the kernel serves from that range, so no parallel test can take this port before the
+/// test that picked it binds it again.
 pub fn closed_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..32_000);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("address");
+        }
+    }
+    panic!("no free port in 20000-32000 after 1000 tries")
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, at most `patience`; panics with `what`.
