@@ -43,6 +43,17 @@ pub enum CertError {
         /// The name and the rule it breaks.
         source: spiffe::InvalidName,
     },
+    /// A certificate signing request that cannot be parsed or whose signature is wrong.
+    #[error("invalid certificate signing request: {0}")]
+    InvalidCsr(rcgen::Error),
+    /// A certificate signing request for another identity than the one allowed.
+    #[error("the request asks for {requested}, but may only ask for {allowed}")]
+    WrongIdentity {
+        /// What the request names (its URI SANs).
+        requested: String,
+        /// The identity the caller proved.
+        allowed: String,
+    },
     /// The names do not make a valid SPIFFE ID.
     #[error("invalid identity: {0}")]
     Identity(#[from] spiffe::InvalidSpiffeId),
@@ -80,7 +91,8 @@ pub struct LeafSpec {
 pub struct Leaf {
     /// The leaf certificate, PEM.
     pub cert_pem: String,
-    /// The leaf's private key, PEM PKCS#8.
+    /// The leaf's private key, PEM PKCS#8; empty when the certificate was signed from a CSR
+    /// (the key stayed with the requester).
     pub key_pem: String,
 }
 
@@ -167,25 +179,61 @@ impl DevCa {
     /// expired certificates) or any SPIFFE ID (for tests of impersonation).
     pub fn issue(&self, spec: &LeafSpec) -> Result<Leaf, CertError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "mesh workload");
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(spec.spiffe_id.clone().try_into()?)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        // Every sidecar is both a client (outbound) and a server (inbound).
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.not_before = spec.not_before;
-        params.not_after = spec.not_after;
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = leaf_params(spec)?.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a certificate signing request for `spiffe_id`, valid from now for `lifetime`.
+    ///
+    /// This is how a workload gets a certificate without its private key leaving it: it sends
+    /// a CSR, which proves it holds the key (rcgen checks the signature). The request must name
+    /// exactly `spiffe_id` as its URI SAN, the identity the caller proved by other means (a join
+    /// token); anything else it asks for, such as being a CA or other names, is ignored: the
+    /// certificate is built from the request's public key and this CA's own rules.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        lifetime: Duration,
+    ) -> Result<Leaf, CertError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(CertError::InvalidCsr)?;
+        let requested: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::URI(uri) => uri.as_str().to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if requested != [spiffe_id] {
+            return Err(CertError::WrongIdentity {
+                requested: if requested.is_empty() {
+                    "no identity".to_owned()
+                } else {
+                    requested.join(", ")
+                },
+                allowed: spiffe_id.to_owned(),
+            });
+        }
+        let now = OffsetDateTime::now_utc();
+        let params = leaf_params(&LeafSpec {
+            spiffe_id: spiffe_id.to_owned(),
+            not_before: now - BACKDATE,
+            not_after: now + lifetime,
+        })?;
+        let cert = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        }
+        .signed_by(&self.issuer)?;
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            key_pem: String::new(),
         })
     }
 
@@ -222,6 +270,26 @@ impl fmt::Debug for Leaf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Leaf").finish_non_exhaustive()
     }
+}
+
+/// The fields of every workload certificate: one SPIFFE URI SAN, not a CA, signing only, usable
+/// as client and as server (every sidecar is both).
+fn leaf_params(spec: &LeafSpec) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "mesh workload");
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(spec.spiffe_id.clone().try_into()?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = spec.not_before;
+    params.not_after = spec.not_after;
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
 }
 
 fn root_params(trust_domain: &str) -> CertificateParams {
@@ -316,6 +384,87 @@ mod tests {
             .permissions();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
+    }
+
+    /// A key pair and a CSR naming `uris`, as a workload would make them.
+    fn csr(uris: &[&str], ca: bool) -> (KeyPair, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        if ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        (key, pem)
+    }
+
+    const ORDERS: &str = "spiffe://mesh.local/ns/default/sa/orders";
+
+    #[test]
+    fn a_csr_for_the_allowed_identity_is_signed_for_its_own_key() {
+        let ca = DevCa::generate("mesh.local").unwrap();
+        let (key, request) = csr(&[ORDERS], false);
+        let leaf = ca
+            .sign_csr(&request, ORDERS, Duration::from_secs(3600))
+            .unwrap();
+        assert!(leaf.key_pem.is_empty(), "the key never reaches the CA");
+        assert_eq!(uri_sans(&leaf.cert_pem), [ORDERS]);
+        let (_, pem) = x509_parser::pem::parse_x509_pem(leaf.cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+    }
+
+    #[test]
+    fn a_csr_for_another_identity_is_refused() {
+        let ca = DevCa::generate("mesh.local").unwrap();
+        let payments = "spiffe://mesh.local/ns/default/sa/payments";
+        for uris in [&[payments][..], &[ORDERS, payments], &[]] {
+            let (_, request) = csr(uris, false);
+            let err = ca
+                .sign_csr(&request, ORDERS, Duration::from_secs(3600))
+                .unwrap_err();
+            assert!(
+                matches!(err, CertError::WrongIdentity { .. }),
+                "{uris:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_else_a_csr_asks_for_is_ignored() {
+        let ca = DevCa::generate("mesh.local").unwrap();
+        let (_, request) = csr(&[ORDERS], true);
+        let leaf = ca
+            .sign_csr(&request, ORDERS, Duration::from_secs(3600))
+            .unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(leaf.cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let constraints = cert.basic_constraints().unwrap().map(|b| b.value.ca);
+        assert_eq!(constraints, Some(false), "a workload never becomes a CA");
+    }
+
+    #[test]
+    fn a_tampered_csr_is_refused() {
+        let ca = DevCa::generate("mesh.local").unwrap();
+        let (_, request) = csr(&[ORDERS], false);
+        // Flip one byte inside the base64 body: the signature no longer matches.
+        let mut bytes = request.into_bytes();
+        let i = bytes.len() / 2;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let err = ca
+            .sign_csr(
+                &String::from_utf8(bytes).unwrap(),
+                ORDERS,
+                Duration::from_secs(3600),
+            )
+            .unwrap_err();
+        assert!(matches!(err, CertError::InvalidCsr(_)), "{err}");
     }
 
     #[test]

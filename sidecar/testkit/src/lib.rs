@@ -83,6 +83,28 @@ impl TestMesh {
             .expect("issue leaf")
     }
 
+    /// A leaf for `service` obtained the way a workload will: a key pair made here and a CSR
+    /// signed by the mesh's CA, which never sees the key.
+    pub fn leaf_from_csr(&self, service: &str) -> Leaf {
+        let key = rcgen::KeyPair::generate().expect("key pair");
+        let id = self.ca.spiffe_id("default", service).expect("identity");
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names =
+            vec![rcgen::SanType::URI(id.clone().try_into().expect("URI SAN"))];
+        let csr = params
+            .serialize_request(&key)
+            .and_then(|r| r.pem())
+            .expect("CSR");
+        let signed = self
+            .ca
+            .sign_csr(&csr, &id, DEFAULT_LEAF_LIFETIME)
+            .expect("sign CSR");
+        Leaf {
+            cert_pem: signed.cert_pem,
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// Starts `inventory` (the echo app behind its sidecar) and `orders` calling it, after each
     /// builder is adjusted by its closure. Returns `(orders, inventory)`.
     pub async fn pair<'a>(

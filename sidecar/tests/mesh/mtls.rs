@@ -308,3 +308,18 @@ async fn certificates_made_by_openssl_work() {
     assert_eq!(rsp.status(), StatusCode::OK);
     assert_eq!(client::json(rsp).await["caller"], crate::ORDERS_ID);
 }
+
+#[tokio::test]
+async fn certificates_signed_from_csrs_work() {
+    let mesh = TestMesh::new();
+    let (orders_leaf, inventory_leaf) = (
+        mesh.leaf_from_csr("orders"),
+        mesh.leaf_from_csr("inventory"),
+    );
+    let (orders, _inventory) = mesh
+        .pair(|o| o.leaf(orders_leaf), |i| i.leaf(inventory_leaf))
+        .await;
+    let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(client::json(rsp).await["caller"], crate::ORDERS_ID);
+}
