@@ -224,3 +224,42 @@ fn authorization_entries_are_services_or_spiffe_ids() {
     let config = Config::from_yaml(&yaml, Path::new("/")).unwrap();
     assert_eq!(config.authorization.allow.len(), 1);
 }
+
+/// The README's block of policy defaults is a valid configuration, and it says the truth.
+#[test]
+fn the_documented_defaults_parse_and_are_the_defaults() {
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme.find("these are the defaults:").unwrap()..];
+    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let yaml = format!(
+        "service: orders\ntrust_domain: mesh.local\napp: 127.0.0.1:8080\n\
+         tls: {{ cert: c.pem, key: k.pem, trust_bundle: ca.pem }}\n{block}"
+    );
+    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.destinations["inventory"].policy,
+        DestinationPolicy::default()
+    );
+}
+
+/// The README's tracing settings are a valid configuration.
+#[test]
+fn the_documented_tracing_settings_parse() {
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme
+        .find("Configuration, in the bootstrap file (all optional):")
+        .unwrap()..];
+    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let yaml = format!(
+        "service: orders\ntrust_domain: mesh.local\napp: 127.0.0.1:8080\n\
+         tls: {{ cert: c.pem, key: k.pem, trust_bundle: ca.pem }}\n{block}"
+    );
+    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.tracing.otlp_endpoint.as_deref(),
+        Some("http://127.0.0.1:4317")
+    );
+    assert!(!config.access_log);
+}
