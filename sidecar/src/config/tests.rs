@@ -225,18 +225,23 @@ fn authorization_entries_are_services_or_spiffe_ids() {
     assert_eq!(config.authorization.allow.len(), 1);
 }
 
-/// The README's block of policy defaults is a valid configuration, and it says the truth.
-#[test]
-fn the_documented_defaults_parse_and_are_the_defaults() {
+/// The YAML block that follows `heading` in the README, completed into a configuration.
+fn readme_config(heading: &str) -> Config {
     let readme = include_str!("../../../README.md");
-    let section = &readme[readme.find("these are the defaults:").unwrap()..];
+    let section = &readme[readme.find(heading).unwrap()..];
     let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
     let block = &section[start..start + section[start..].find("```").unwrap()];
     let yaml = format!(
         "service: orders\ntrust_domain: mesh.local\napp: 127.0.0.1:8080\n\
          tls: {{ cert: c.pem, key: k.pem, trust_bundle: ca.pem }}\n{block}"
     );
-    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
+    Config::from_yaml(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{heading}: {e}"))
+}
+
+/// The README's block of policy defaults is a valid configuration, and it says the truth.
+#[test]
+fn the_documented_defaults_parse_and_are_the_defaults() {
+    let config = readme_config("these are the defaults:");
     assert_eq!(
         config.destinations["inventory"].policy,
         DestinationPolicy::default()
@@ -246,17 +251,7 @@ fn the_documented_defaults_parse_and_are_the_defaults() {
 /// The README's tracing settings are a valid configuration.
 #[test]
 fn the_documented_tracing_settings_parse() {
-    let readme = include_str!("../../../README.md");
-    let section = &readme[readme
-        .find("Configuration, in the bootstrap file (all optional):")
-        .unwrap()..];
-    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
-    let block = &section[start..start + section[start..].find("```").unwrap()];
-    let yaml = format!(
-        "service: orders\ntrust_domain: mesh.local\napp: 127.0.0.1:8080\n\
-         tls: {{ cert: c.pem, key: k.pem, trust_bundle: ca.pem }}\n{block}"
-    );
-    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
+    let config = readme_config("Configuration, in the bootstrap file (all optional):");
     assert_eq!(
         config.tracing.otlp_endpoint.as_deref(),
         Some("http://127.0.0.1:4317")

@@ -43,22 +43,11 @@ fn expired_leaf(ca: &DevCa, spiffe_id: &str) -> Leaf {
 #[tokio::test]
 async fn client_certificate_from_another_ca_is_rejected() {
     let mesh = TestMesh::new();
-    let inventory = mesh
-        .sidecar("inventory")
-        .app(app::echo("inventory").await)
-        .start()
-        .await;
     let rogue = DevCa::generate("mesh.local").unwrap();
-    let orders = mesh
-        .sidecar("orders")
-        .leaf(
-            rogue
-                .issue_service("default", "orders", Duration::from_secs(3600))
-                .unwrap(),
-        )
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let leaf = rogue
+        .issue_service("default", "orders", Duration::from_secs(3600))
+        .unwrap();
+    let (orders, inventory) = mesh.pair(|o| o.leaf(leaf), |i| i).await;
     let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
     assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(rsp.headers()["x-mesh-error"], "tls-rejected-by-peer");
