@@ -18,10 +18,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::identity::{Credentials, SpiffeId};
-use crate::inbound::authorize::{AuthorizationPolicy, Decision, Principal};
 use crate::telemetry::{OtlpProtocol, TracingConfig};
+use mesh_api::authorization::{self, AuthorizationFile, AuthorizationPolicy, Decision};
+pub use mesh_api::validate::ConfigError;
+use mesh_api::validate::{Errors, check_label, duration};
 
-pub mod policy;
+pub use mesh_api::policy;
 
 pub use self::policy::{
     Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
@@ -103,15 +105,6 @@ pub struct Destination {
     pub policy: DestinationPolicy,
 }
 
-/// One problem in a configuration, at a field path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted field path, e.g. `destinations.inventory.endpoints[1]`; empty for the whole file.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
 /// Every problem found in a configuration file.
 #[derive(Debug)]
 pub struct InvalidConfig {
@@ -146,16 +139,6 @@ struct File {
     access_log: bool,
     #[serde(default)]
     authorization: AuthorizationFile,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuthorizationFile {
-    default: Option<String>,
-    #[serde(default)]
-    allow: Vec<String>,
-    #[serde(default)]
-    deny: Vec<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -240,10 +223,10 @@ impl Config {
         let mut errors = Errors::default();
         let config = validate(file, base, &mut errors);
         match config {
-            Some(config) if errors.0.is_empty() => Ok(config),
+            Some(config) if errors.is_empty() => Ok(config),
             _ => Err(InvalidConfig {
                 file: None,
-                errors: errors.0,
+                errors: errors.into_vec(),
             }),
         }
     }
@@ -263,18 +246,6 @@ impl Config {
                 message: e.to_string(),
             }],
         })
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Errors(Vec<ConfigError>);
-
-impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError {
-            path: path.into(),
-            message: message.into(),
-        });
     }
 }
 
@@ -375,7 +346,8 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         DEFAULT_DRAIN_TIMEOUT,
     );
     let tracing = tracing_config(file.tracing, errors);
-    let authorization = authorization(file.authorization, errors);
+    let authorization =
+        authorization::validate(file.authorization, "authorization", Decision::Allow, errors);
     Some(Config {
         authorization,
         tracing,
@@ -391,45 +363,6 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         connect_timeout,
         drain_timeout,
     })
-}
-
-fn authorization(file: AuthorizationFile, errors: &mut Errors) -> AuthorizationPolicy {
-    let default = match file.default.as_deref() {
-        None | Some("allow") => Decision::Allow,
-        Some("deny") => Decision::Deny,
-        Some(other) => {
-            errors.push(
-                "authorization.default",
-                format!("{other:?}: use allow or deny"),
-            );
-            Decision::Allow
-        }
-    };
-    let mut principals = |list: Vec<String>, field: &str| -> Vec<Principal> {
-        list.into_iter()
-            .enumerate()
-            .filter_map(|(i, entry)| {
-                let path = format!("authorization.{field}[{i}]");
-                if entry.starts_with("spiffe://") {
-                    entry
-                        .parse()
-                        .map(Principal::Id)
-                        .map_err(|e| errors.push(path, format!("{entry:?}: {e}")))
-                        .ok()
-                } else {
-                    check_label(errors, &path, &entry);
-                    Some(Principal::Service(entry))
-                }
-            })
-            .collect()
-    };
-    let allow = principals(file.allow, "allow");
-    let deny = principals(file.deny, "deny");
-    AuthorizationPolicy {
-        default,
-        allow,
-        deny,
-    }
 }
 
 fn tracing_config(file: TracingFile, errors: &mut Errors) -> TracingConfig {
@@ -473,13 +406,6 @@ fn tracing_config(file: TracingFile, errors: &mut Errors) -> TracingConfig {
     }
 }
 
-/// Service, namespace and destination names are DNS labels.
-fn check_label(errors: &mut Errors, path: &str, value: &str) {
-    if let Err(e) = mesh_api::spiffe::check_label(value) {
-        errors.push(path, e.to_string());
-    }
-}
-
 fn socket_addr(errors: &mut Errors, path: &str, value: &str) -> Option<SocketAddr> {
     value
         .parse()
@@ -496,31 +422,6 @@ fn listen_addr(
     let value = value.unwrap_or_else(|| default.to_owned());
     socket_addr(errors, &format!("listen.{name}"), &value)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-pub(crate) fn duration(
-    errors: &mut Errors,
-    path: &str,
-    value: Option<String>,
-    default: Duration,
-) -> Duration {
-    let Some(value) = value else {
-        return default;
-    };
-    match humantime::parse_duration(&value) {
-        Ok(d) if !d.is_zero() => d,
-        Ok(_) => {
-            errors.push(path, "must be greater than zero");
-            default
-        }
-        Err(e) => {
-            errors.push(
-                path,
-                format!("invalid duration {value:?} ({e}); write e.g. 250ms, 2s, 1m"),
-            );
-            default
-        }
-    }
 }
 
 fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

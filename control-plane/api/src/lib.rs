@@ -3,7 +3,15 @@
 //! # Layout
 //! - [`spiffe`]: SPIFFE IDs and the names they are built from; the only place that knows the
 //!   `spiffe://<trust-domain>/ns/<namespace>/sa/<service>` format.
+//! - [`policy`]: resilience policy of a destination, with its defaults and validation.
+//! - [`authorization`]: who may call a service.
+//! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
+//! - [`validate`]: errors collected with their field paths.
 
 #![deny(missing_docs)]
 
+pub mod authorization;
+pub mod policy;
+pub mod proto;
 pub mod spiffe;
+pub mod validate;

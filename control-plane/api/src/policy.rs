@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::Errors;
+use crate::validate::{self, Errors};
 
 /// The policy of one destination, validated.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -137,18 +137,27 @@ pub enum LoadBalancer {
 // === schema ===
 
 /// The policy fields of a destination, as written.
-#[derive(Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct PolicyFile {
-    pub(super) timeout: Option<String>,
-    pub(super) retries: Option<RetriesFile>,
-    pub(super) circuit_breaker: Option<BreakerFile>,
-    pub(super) load_balancer: Option<String>,
+pub struct PolicyFile {
+    /// `timeout`
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// `retries`
+    #[serde(default)]
+    pub retries: Option<RetriesFile>,
+    /// `circuit_breaker`
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerFile>,
+    /// `load_balancer`
+    #[serde(default)]
+    pub load_balancer: Option<String>,
 }
 
-#[derive(Default, Deserialize)]
+/// The `retries` block, as written.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RetriesFile {
+pub struct RetriesFile {
     attempts: Option<u32>,
     per_try_timeout: Option<String>,
     retry_on: Option<Vec<String>>,
@@ -159,14 +168,14 @@ pub(super) struct RetriesFile {
     max_buffered_body: Option<String>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BackoffFile {
     base: Option<String>,
     max: Option<String>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BudgetFile {
     ratio: Option<f32>,
@@ -174,9 +183,10 @@ struct BudgetFile {
     window: Option<String>,
 }
 
-#[derive(Default, Deserialize)]
+/// The `circuit_breaker` block, as written.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct BreakerFile {
+pub struct BreakerFile {
     consecutive_failures: Option<u32>,
     base_ejection_time: Option<String>,
     max_ejection_time: Option<String>,
@@ -196,10 +206,10 @@ impl Default for DestinationPolicy {
 
 /// Validates the policy of the destination at `path`, reporting problems into `errors`. Bad
 /// values fall back to their defaults so that validation can go on and report them all.
-pub(super) fn validate(file: PolicyFile, path: &str, errors: &mut Errors) -> DestinationPolicy {
+pub fn validate(file: PolicyFile, path: &str, errors: &mut Errors) -> DestinationPolicy {
     let timeout = file
         .timeout
-        .map(|t| super::duration(errors, &format!("{path}.timeout"), Some(t), Duration::ZERO));
+        .map(|t| validate::duration(errors, &format!("{path}.timeout"), Some(t), Duration::ZERO));
     let retries = retries(
         file.retries.unwrap_or_default(),
         &format!("{path}.retries"),
@@ -237,7 +247,7 @@ fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> RetryPolicy {
     }
     let per_try_timeout = file
         .per_try_timeout
-        .map(|t| super::duration(errors, &at("per_try_timeout"), Some(t), Duration::ZERO));
+        .map(|t| validate::duration(errors, &at("per_try_timeout"), Some(t), Duration::ZERO));
     let retry_on = match file.retry_on {
         None => vec![
             RetryOn::ConnectFailure,
@@ -277,13 +287,13 @@ fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> RetryPolicy {
     }
     let backoff_file = file.backoff.unwrap_or_default();
     let backoff = Backoff {
-        base: super::duration(
+        base: validate::duration(
             errors,
             &at("backoff.base"),
             backoff_file.base,
             Duration::from_millis(25),
         ),
-        max: super::duration(
+        max: validate::duration(
             errors,
             &at("backoff.max"),
             backoff_file.max,
@@ -297,7 +307,7 @@ fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> RetryPolicy {
     let budget = Budget {
         ratio: budget_file.ratio.unwrap_or(0.2),
         min_per_second: budget_file.min_per_second.unwrap_or(10),
-        window: super::duration(
+        window: validate::duration(
             errors,
             &at("budget.window"),
             budget_file.window,
@@ -346,13 +356,13 @@ fn breaker(file: BreakerFile, path: &str, errors: &mut Errors) -> BreakerPolicy 
     let at = |field: &str| format!("{path}.{field}");
     let policy = BreakerPolicy {
         consecutive_failures: file.consecutive_failures.unwrap_or(5),
-        base_ejection_time: super::duration(
+        base_ejection_time: validate::duration(
             errors,
             &at("base_ejection_time"),
             file.base_ejection_time,
             Duration::from_secs(30),
         ),
-        max_ejection_time: super::duration(
+        max_ejection_time: validate::duration(
             errors,
             &at("max_ejection_time"),
             file.max_ejection_time,

@@ -1,0 +1,332 @@
+//! The gRPC API (`proto/mesh/v1/mesh.proto`) and conversions between its messages and the
+//! policy types, so both ends agree on one mapping.
+
+use std::time::Duration;
+
+use crate::authorization::{AuthorizationPolicy, Decision, Principal};
+use crate::policy::{
+    Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
+};
+
+/// Generated messages, clients and servers of `mesh.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("mesh.v1");
+}
+
+/// The control plane's identity in a trust domain: the ID sidecars require of it.
+pub const CONTROL_PLANE_NAMESPACE: &str = "mesh-system";
+/// See [`CONTROL_PLANE_NAMESPACE`].
+pub const CONTROL_PLANE_SERVICE: &str = "control-plane";
+
+/// A message from the other end that this end cannot apply.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidMessage {
+    /// The field, as a path.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> InvalidMessage {
+    InvalidMessage {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn optional_ms(d: Option<Duration>) -> u64 {
+    d.map_or(0, ms)
+}
+
+fn from_optional_ms(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+// === policy ===
+
+impl From<&DestinationPolicy> for v1::Policy {
+    fn from(p: &DestinationPolicy) -> Self {
+        let r = &p.retries;
+        let b = &p.circuit_breaker;
+        Self {
+            timeout_ms: optional_ms(p.timeout),
+            retries: Some(v1::Retries {
+                attempts: r.attempts,
+                per_try_timeout_ms: optional_ms(r.per_try_timeout),
+                retry_on: r
+                    .retry_on
+                    .iter()
+                    .map(|on| match on {
+                        RetryOn::ConnectFailure => v1::RetryOn::ConnectFailure,
+                        RetryOn::RefusedStream => v1::RetryOn::RefusedStream,
+                        RetryOn::Reset => v1::RetryOn::Reset,
+                        RetryOn::GatewayError => v1::RetryOn::GatewayError,
+                        RetryOn::ServerError => v1::RetryOn::ServerError,
+                    } as i32)
+                    .collect(),
+                retriable_status_codes: r
+                    .retriable_status_codes
+                    .iter()
+                    .map(|&c| c.into())
+                    .collect(),
+                backoff_base_ms: ms(r.backoff.base),
+                backoff_max_ms: ms(r.backoff.max),
+                budget_ratio: r.budget.ratio,
+                budget_min_per_second: r.budget.min_per_second,
+                budget_window_ms: ms(r.budget.window),
+                non_idempotent: r.non_idempotent,
+                max_buffered_body: r.max_buffered_body,
+            }),
+            circuit_breaker: Some(v1::CircuitBreaker {
+                consecutive_failures: b.consecutive_failures,
+                base_ejection_time_ms: ms(b.base_ejection_time),
+                max_ejection_time_ms: ms(b.max_ejection_time),
+                max_ejection_percent: b.max_ejection_percent.into(),
+                max_requests: b.max_requests,
+                max_pending: b.max_pending,
+            }),
+            load_balancer: match p.load_balancer {
+                LoadBalancer::P2cEwma => v1::LoadBalancer::P2cEwma,
+                LoadBalancer::RoundRobin => v1::LoadBalancer::RoundRobin,
+            } as i32,
+        }
+    }
+}
+
+impl TryFrom<&v1::Policy> for DestinationPolicy {
+    type Error = InvalidMessage;
+
+    /// Checks what the sidecar relies on; the control plane validated the rest.
+    fn try_from(p: &v1::Policy) -> Result<Self, InvalidMessage> {
+        let r = p
+            .retries
+            .as_ref()
+            .ok_or_else(|| invalid("policy.retries", "missing"))?;
+        let b = p
+            .circuit_breaker
+            .as_ref()
+            .ok_or_else(|| invalid("policy.circuit_breaker", "missing"))?;
+        if !(1..=10).contains(&r.attempts) {
+            return Err(invalid(
+                "policy.retries.attempts",
+                "must be between 1 and 10",
+            ));
+        }
+        if r.backoff_base_ms > r.backoff_max_ms {
+            return Err(invalid("policy.retries.backoff", "base exceeds max"));
+        }
+        if !(1_000..=60_000).contains(&r.budget_window_ms) {
+            return Err(invalid(
+                "policy.retries.budget_window_ms",
+                "must be between 1s and 60s",
+            ));
+        }
+        if !r.budget_ratio.is_finite() || r.budget_ratio < 0.0 {
+            return Err(invalid(
+                "policy.retries.budget_ratio",
+                "must be a non-negative number",
+            ));
+        }
+        if b.consecutive_failures == 0 || b.max_requests == 0 {
+            return Err(invalid(
+                "policy.circuit_breaker",
+                "consecutive_failures and max_requests must be at least 1",
+            ));
+        }
+        let retry_on = r
+            .retry_on
+            .iter()
+            .map(|&on| match v1::RetryOn::try_from(on) {
+                Ok(v1::RetryOn::ConnectFailure) => Ok(RetryOn::ConnectFailure),
+                Ok(v1::RetryOn::RefusedStream) => Ok(RetryOn::RefusedStream),
+                Ok(v1::RetryOn::Reset) => Ok(RetryOn::Reset),
+                Ok(v1::RetryOn::GatewayError) => Ok(RetryOn::GatewayError),
+                Ok(v1::RetryOn::ServerError) => Ok(RetryOn::ServerError),
+                _ => Err(invalid(
+                    "policy.retries.retry_on",
+                    format!("unknown value {on}"),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        let retriable_status_codes = r
+            .retriable_status_codes
+            .iter()
+            .map(|&c| {
+                u16::try_from(c)
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| {
+                        invalid(
+                            "policy.retries.retriable_status_codes",
+                            format!("{c} is not a status code"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            timeout: from_optional_ms(p.timeout_ms),
+            retries: RetryPolicy {
+                attempts: r.attempts,
+                per_try_timeout: from_optional_ms(r.per_try_timeout_ms),
+                retry_on,
+                retriable_status_codes,
+                backoff: Backoff {
+                    base: Duration::from_millis(r.backoff_base_ms),
+                    max: Duration::from_millis(r.backoff_max_ms),
+                },
+                budget: Budget {
+                    ratio: r.budget_ratio,
+                    min_per_second: r.budget_min_per_second,
+                    window: Duration::from_millis(r.budget_window_ms),
+                },
+                non_idempotent: r.non_idempotent,
+                max_buffered_body: r.max_buffered_body.min(16 << 20),
+            },
+            circuit_breaker: BreakerPolicy {
+                consecutive_failures: b.consecutive_failures,
+                base_ejection_time: Duration::from_millis(b.base_ejection_time_ms),
+                max_ejection_time: Duration::from_millis(
+                    b.max_ejection_time_ms.max(b.base_ejection_time_ms),
+                ),
+                max_ejection_percent: u8::try_from(b.max_ejection_percent.min(100)).unwrap_or(100),
+                max_requests: b.max_requests,
+                max_pending: b.max_pending,
+            },
+            load_balancer: match v1::LoadBalancer::try_from(p.load_balancer) {
+                Ok(v1::LoadBalancer::RoundRobin) => LoadBalancer::RoundRobin,
+                Ok(v1::LoadBalancer::P2cEwma) => LoadBalancer::P2cEwma,
+                Err(_) => {
+                    return Err(invalid(
+                        "policy.load_balancer",
+                        format!("unknown value {}", p.load_balancer),
+                    ));
+                }
+            },
+        })
+    }
+}
+
+// === authorization ===
+
+fn principal_text(p: &Principal) -> String {
+    match p {
+        Principal::Service(name) => name.clone(),
+        Principal::Id(id) => id.to_string(),
+    }
+}
+
+impl From<&AuthorizationPolicy> for v1::Authorization {
+    fn from(a: &AuthorizationPolicy) -> Self {
+        Self {
+            default: match a.default {
+                Decision::Allow => v1::Decision::Allow,
+                Decision::Deny => v1::Decision::Deny,
+            } as i32,
+            allow: a.allow.iter().map(principal_text).collect(),
+            deny: a.deny.iter().map(principal_text).collect(),
+        }
+    }
+}
+
+impl TryFrom<&v1::Authorization> for AuthorizationPolicy {
+    type Error = InvalidMessage;
+
+    fn try_from(a: &v1::Authorization) -> Result<Self, InvalidMessage> {
+        let mut errors = crate::validate::Errors::default();
+        let mut principals = |list: &[String], field: &str| -> Vec<Principal> {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, entry)| {
+                    crate::authorization::principal(
+                        &mut errors,
+                        &format!("authorization.{field}[{i}]"),
+                        entry,
+                    )
+                })
+                .collect()
+        };
+        let allow = principals(&a.allow, "allow");
+        let deny = principals(&a.deny, "deny");
+        if let Some(e) = errors.into_vec().into_iter().next() {
+            return Err(invalid(&e.path, e.message));
+        }
+        let default = match v1::Decision::try_from(a.default) {
+            Ok(v1::Decision::Allow) => Decision::Allow,
+            Ok(v1::Decision::Deny) => Decision::Deny,
+            Err(_) => {
+                return Err(invalid(
+                    "authorization.default",
+                    format!("unknown value {}", a.default),
+                ));
+            }
+        };
+        Ok(Self {
+            default,
+            allow,
+            deny,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_survives_the_wire() {
+        let mut policy = DestinationPolicy {
+            timeout: Some(Duration::from_millis(1500)),
+            ..DestinationPolicy::default()
+        };
+        policy.retries.retry_on.push(RetryOn::ServerError);
+        policy.retries.retriable_status_codes = vec![429];
+        policy.load_balancer = LoadBalancer::RoundRobin;
+        let wire = v1::Policy::from(&policy);
+        assert_eq!(DestinationPolicy::try_from(&wire).unwrap(), policy);
+        assert_eq!(
+            DestinationPolicy::try_from(&v1::Policy::from(&DestinationPolicy::default())).unwrap(),
+            DestinationPolicy::default()
+        );
+    }
+
+    #[test]
+    fn bad_policy_names_the_field() {
+        let mut wire = v1::Policy::from(&DestinationPolicy::default());
+        if let Some(r) = wire.retries.as_mut() {
+            r.attempts = 0;
+        }
+        let err = DestinationPolicy::try_from(&wire).unwrap_err();
+        assert_eq!(err.field, "policy.retries.attempts");
+        wire.retries = None;
+        assert_eq!(
+            DestinationPolicy::try_from(&wire).unwrap_err().field,
+            "policy.retries"
+        );
+    }
+
+    #[test]
+    fn authorization_survives_the_wire() {
+        let policy = AuthorizationPolicy {
+            default: Decision::Deny,
+            allow: vec![
+                Principal::Service("orders".into()),
+                Principal::Id("spiffe://mesh.local/ns/ops/sa/admin".parse().unwrap()),
+            ],
+            deny: vec![Principal::Service("storefront".into())],
+        };
+        let wire = v1::Authorization::from(&policy);
+        assert_eq!(AuthorizationPolicy::try_from(&wire).unwrap(), policy);
+        let bad = v1::Authorization {
+            allow: vec!["Not A Label".into()],
+            ..wire
+        };
+        let err = AuthorizationPolicy::try_from(&bad).unwrap_err();
+        assert_eq!(err.field, "authorization.allow[0]");
+    }
+}
