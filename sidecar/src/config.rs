@@ -7,7 +7,12 @@
 //! schema so that all their errors are collected by validation rather than the first one
 //! aborting the parse.
 //!
-//! Relative file paths (`tls.*`) are relative to the directory of the bootstrap file.
+//! Relative file paths (`tls.*`, `control_plane.*`) are relative to the directory of the
+//! bootstrap file.
+//!
+//! A sidecar gets its certificate and destinations in one of two ways: from files (`tls` and
+//! `destinations`), or from the control plane (`control_plane`), which issues the certificate
+//! from a CSR and pushes destinations, policy and authorization as they change.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,9 +58,13 @@ pub struct Config {
     pub app: SocketAddr,
     /// Listener addresses.
     pub listen: ListenAddrs,
-    /// Certificate, key and trust bundle files.
-    pub tls: TlsPaths,
-    /// Services this instance may call, by name.
+    /// The version of the app, for traffic splits (`v1` unless set).
+    pub version: String,
+    /// Certificate, key and trust bundle files (without a control plane).
+    pub tls: Option<TlsPaths>,
+    /// The control plane that issues the certificate and pushes destinations and policy.
+    pub control_plane: Option<ControlPlaneConfig>,
+    /// Services this instance may call, by name (without a control plane).
     pub destinations: BTreeMap<String, Destination>,
     /// Limit on TCP connect plus TLS handshake to a peer sidecar.
     #[serde(serialize_with = "human_duration")]
@@ -93,6 +102,17 @@ pub struct TlsPaths {
     pub trust_bundle: PathBuf,
 }
 
+/// Where the control plane is and how to prove who this sidecar speaks for.
+#[derive(Clone, Debug, Serialize)]
+pub struct ControlPlaneConfig {
+    /// Its API address.
+    pub address: SocketAddr,
+    /// The CA certificate(s) its certificate must chain to (the state directory's `ca.pem`).
+    pub trust_anchor: PathBuf,
+    /// The file holding this service's join token.
+    pub token_file: PathBuf,
+}
+
 /// A service this sidecar may send requests to.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Destination {
@@ -126,7 +146,12 @@ struct File {
     app: String,
     #[serde(default)]
     listen: ListenFile,
-    tls: TlsFile,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    tls: Option<TlsFile>,
+    #[serde(default)]
+    control_plane: Option<ControlPlaneFile>,
     #[serde(default)]
     destinations: BTreeMap<String, DestinationFile>,
     #[serde(default)]
@@ -165,6 +190,14 @@ struct TlsFile {
     cert: PathBuf,
     key: PathBuf,
     trust_bundle: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlPlaneFile {
+    address: String,
+    trust_anchor: PathBuf,
+    token_file: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -231,21 +264,21 @@ impl Config {
         }
     }
 
-    /// Loads the certificate, key and trust bundle this config names.
-    pub fn load_credentials(&self) -> Result<Credentials, InvalidConfig> {
-        Credentials::load(
-            &self.identity,
-            &self.tls.cert,
-            &self.tls.key,
-            &self.tls.trust_bundle,
-        )
-        .map_err(|e| InvalidConfig {
-            file: None,
-            errors: vec![ConfigError {
-                path: "tls".into(),
-                message: e.to_string(),
-            }],
-        })
+    /// Loads the certificate, key and trust bundle this config names; `None` when the
+    /// control plane issues them.
+    pub fn load_credentials(&self) -> Result<Option<Credentials>, InvalidConfig> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        Credentials::load(&self.identity, &tls.cert, &tls.key, &tls.trust_bundle)
+            .map(Some)
+            .map_err(|e| InvalidConfig {
+                file: None,
+                errors: vec![ConfigError {
+                    path: "tls".into(),
+                    message: e.to_string(),
+                }],
+            })
     }
 }
 
@@ -282,11 +315,37 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         );
     }
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-    let tls = TlsPaths {
-        cert: resolve(file.tls.cert),
-        key: resolve(file.tls.key),
-        trust_bundle: resolve(file.tls.trust_bundle),
-    };
+    let tls = file.tls.map(|tls| TlsPaths {
+        cert: resolve(tls.cert),
+        key: resolve(tls.key),
+        trust_bundle: resolve(tls.trust_bundle),
+    });
+    let control_plane = file.control_plane.and_then(|cp| {
+        Some(ControlPlaneConfig {
+            address: socket_addr(errors, "control_plane.address", &cp.address)?,
+            trust_anchor: resolve(cp.trust_anchor),
+            token_file: resolve(cp.token_file),
+        })
+    });
+    match (&tls, &control_plane) {
+        (None, None) => errors.push(
+            "",
+            "set either tls (certificate files) or control_plane (certificates from the control plane)",
+        ),
+        (Some(_), Some(_)) => errors.push(
+            "control_plane",
+            "the control plane issues the certificate: remove tls",
+        ),
+        _ => {}
+    }
+    if control_plane.is_some() && !file.destinations.is_empty() {
+        errors.push(
+            "destinations",
+            "the control plane pushes destinations: remove them, or remove control_plane",
+        );
+    }
+    let version = file.version.unwrap_or_else(|| "v1".to_owned());
+    check_label(errors, "version", &version);
 
     let mut destinations = BTreeMap::new();
     for (name, dest) in file.destinations {
@@ -358,7 +417,9 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         identity: identity?,
         app: app?,
         listen,
+        version,
         tls,
+        control_plane,
         destinations,
         connect_timeout,
         drain_timeout,

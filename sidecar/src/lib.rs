@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod telemetry;
 
 mod admin;
+mod control;
 pub mod inbound;
 mod log_limit;
 mod outbound;
@@ -57,14 +58,20 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use anyhow::Context as _;
+use rustls::pki_types::pem::PemObject;
+
 use crate::admin::Admin;
-use crate::config::{Config, ListenAddrs};
-use crate::identity::Credentials;
+use crate::config::{Config, ControlPlaneConfig, ListenAddrs};
+use crate::control::apply::Applier;
+use crate::control::certify::Certifier;
+use crate::control::register::InstanceInfo;
+use crate::identity::{Credentials, Identity};
 use crate::inbound::Inbound;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
-use crate::outbound::policy::Destinations;
+use crate::outbound::policy::{BuildContext, DestinationSpec, Destinations};
 use crate::telemetry::Tracing;
 
 /// The body type inside the proxy: a boxed stream of bytes, never collected whole.
@@ -204,58 +211,94 @@ fn admin_connection(
 }
 
 /// Warns when this sidecar's certificate has expired or expires within a day: every peer will
-/// refuse it, and nothing renews it until the control plane issues certificates.
-fn warn_if_expiring(credentials: &Credentials) {
-    let Some(not_after) = credentials.not_after() else {
-        return;
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let left = not_after - now;
+/// refuse it, and without a control plane nothing renews it.
+fn warn_if_expiring(identity: &Identity) {
+    let left = identity.not_after() - control::certify::unix_now();
     if left <= 0 {
-        ::tracing::warn!(identity = %credentials.id(), "this sidecar's certificate has expired; peers will refuse it");
+        ::tracing::warn!(identity = %identity.id(), "this sidecar's certificate has expired; peers will refuse it");
     } else if left < 24 * 3600 {
-        ::tracing::warn!(identity = %credentials.id(), seconds_left = left, "this sidecar's certificate expires within a day");
+        ::tracing::warn!(identity = %identity.id(), seconds_left = left, "this sidecar's certificate expires within a day");
+    }
+}
+
+/// The control plane's part of a sidecar, once it has a certificate.
+struct ControlPlaneClient {
+    config: ControlPlaneConfig,
+    certifier: Certifier,
+}
+
+/// Obtains the first certificate from the control plane, trying until it works; `None` when
+/// the sidecar is stopped first.
+async fn first_certificate(
+    config: &Config,
+    cp: &ControlPlaneConfig,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<(Credentials, Certifier)>> {
+    let anchor = std::fs::read(&cp.trust_anchor).with_context(|| {
+        format!(
+            "control_plane.trust_anchor: cannot read {}",
+            cp.trust_anchor.display()
+        )
+    })?;
+    let roots = rustls::pki_types::CertificateDer::pem_slice_iter(&anchor)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "control_plane.trust_anchor: bad PEM in {}",
+                cp.trust_anchor.display()
+            )
+        })?;
+    let roots = identity::trust_store(&roots)
+        .with_context(|| format!("control_plane.trust_anchor {}", cp.trust_anchor.display()))?;
+    let tls = identity::anonymous_client_config(
+        Arc::new(roots),
+        control::channel::control_plane_id(&config.trust_domain)?,
+    )?;
+    let certifier = Certifier {
+        service: config.service.clone(),
+        id: config.identity.clone(),
+        token_file: cp.token_file.clone(),
+    };
+    let channel = control::channel::channel(cp.address, tls);
+    ::tracing::info!(control_plane = %cp.address, identity = %config.identity, "requesting a certificate");
+    Ok(certifier
+        .certify_until_ok(&channel, stop)
+        .await
+        .map(|credentials| (credentials, certifier)))
+}
+
+/// Where peers reach this sidecar: the inbound listener, with a wildcard address replaced by
+/// loopback.
+fn advertised(inbound: SocketAddr) -> SocketAddr {
+    if inbound.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if inbound.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, inbound.port())
+    } else {
+        inbound
     }
 }
 
 /// Runs a sidecar on bound listeners until `shutdown` completes or `POST /shutdown` arrives,
 /// then drains in-flight requests (at most `config.drain_timeout`) and returns.
+///
+/// With `credentials`, the sidecar runs on them and on the destinations of `config`. Without,
+/// it obtains its certificate and destinations from `config.control_plane`: the admin
+/// endpoint answers at once, and the outbound and inbound listeners serve (and `/ready` turns
+/// 200) once the sidecar has a certificate and a first snapshot.
 pub async fn run(
     config: Config,
-    credentials: Credentials,
+    credentials: Option<Credentials>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let drain = CancellationToken::new();
     let admin_stop = CancellationToken::new();
-
-    let destinations = Destinations::build(
-        &config.destinations,
-        &credentials,
-        config.connect_timeout,
-        &metrics,
-    )?;
-    // The sender stays alive for the life of the sidecar; a control-plane client will publish
-    // new tables through it.
-    let (_destinations_tx, destinations_rx) = watch::channel(Arc::new(destinations));
-    let tracing = Tracing::start(&config.tracing, &config.service, metrics.span_export())?;
-    let outbound = Arc::new(Outbound::new(
-        &config.service,
-        credentials.id(),
-        destinations_rx,
-        metrics.clone(),
-        tracing.tracer().clone(),
-        config.access_log,
-    ));
-    let inbound = Arc::new(Inbound::new(
-        &config,
-        metrics.clone(),
-        tracing.tracer().clone(),
-    ));
-    let acceptor = TlsAcceptor::from(credentials.server_config()?);
+    let admin_addr = listeners.admin.local_addr()?;
     let admin = Arc::new(Admin {
         ready: AtomicBool::new(false),
         config_json: {
@@ -266,16 +309,143 @@ pub async fn run(
         metrics: metrics.clone(),
         shutdown: drain.clone(),
     });
+    let mut admin_http = http1::Builder::new();
+    admin_http.timer(TokioTimer::new());
+    let admin_for_conns = admin.clone();
+    let admin_task = tokio::spawn(serve::serve(
+        Direction::Admin,
+        listeners.admin,
+        admin_stop.clone(),
+        config.drain_timeout,
+        metrics.clone(),
+        move |tcp, _peer, watcher| {
+            admin_connection(&admin_http, admin_for_conns.clone(), tcp, watcher)
+        },
+    ));
+    let stop_admin = || async {
+        admin_stop.cancel();
+        let _ = admin_task.await;
+    };
+    tokio::pin!(shutdown);
+
+    let (credentials, control) = match (credentials, &config.control_plane) {
+        (Some(credentials), _) => (credentials, None),
+        (None, Some(cp)) => {
+            let obtained = tokio::select! {
+                obtained = first_certificate(&config, cp, &drain) => obtained?,
+                () = &mut shutdown => None,
+            };
+            let Some((credentials, certifier)) = obtained else {
+                stop_admin().await;
+                return Ok(());
+            };
+            let client = ControlPlaneClient {
+                config: cp.clone(),
+                certifier,
+            };
+            (credentials, Some(client))
+        }
+        (None, None) => anyhow::bail!("no certificate: set tls or control_plane"),
+    };
+    let identity = Arc::new(Identity::new(credentials)?);
+    metrics.control.certificate_expiry.set(identity.not_after());
+
+    let cx = BuildContext {
+        identity: &identity,
+        connect_timeout: config.connect_timeout,
+        metrics: &metrics,
+    };
+    let specs = config
+        .destinations
+        .iter()
+        .map(|(name, dest)| (name.clone(), DestinationSpec::from(dest)));
+    let destinations = Destinations::build(specs, &cx, None)?;
+    let (destinations_tx, destinations_rx) = watch::channel(Arc::new(destinations));
+    let tracing = Tracing::start(&config.tracing, &config.service, metrics.span_export())?;
+    let outbound = Arc::new(Outbound::new(
+        &config.service,
+        identity.id(),
+        destinations_rx,
+        metrics.clone(),
+        tracing.tracer().clone(),
+        config.access_log,
+    ));
+    let inbound = Arc::new(Inbound::new(
+        &config,
+        metrics.clone(),
+        tracing.tracer().clone(),
+    ));
+    let acceptor = TlsAcceptor::from(identity.server_config()?);
+
+    if let Some(client) = control {
+        let cp_tls =
+            identity.client_config(&control::channel::control_plane_id(&config.trust_domain)?)?;
+        let channel = control::channel::channel(client.config.address, cp_tls);
+        let applier = Arc::new(Applier::new(
+            identity.clone(),
+            destinations_tx.clone(),
+            inbound.clone(),
+            metrics.clone(),
+            config.connect_timeout,
+        ));
+        let instance = InstanceInfo {
+            id: format!(
+                "{}-{}-{:04x}",
+                config.service,
+                std::process::id(),
+                fastrand::u16(..)
+            ),
+            service: config.service.clone(),
+            address: advertised(listeners.inbound.local_addr()?),
+            version: config.version.clone(),
+        };
+        let mut first = applier.first.subscribe();
+        tokio::spawn(control::watch::follow(
+            channel.clone(),
+            instance.id.clone(),
+            applier.clone(),
+            drain.clone(),
+        ));
+        ::tracing::info!(instance = %instance.id, "waiting for the first snapshot");
+        let started = tokio::select! {
+            waited = first.wait_for(|applied| *applied) => waited.is_ok(),
+            () = &mut shutdown => false,
+            () = drain.cancelled() => false,
+        };
+        if !started {
+            drain.cancel();
+            stop_admin().await;
+            tracing.shutdown(Duration::from_secs(1)).await;
+            return Ok(());
+        }
+        tokio::spawn(control::certify::renew(
+            client.certifier,
+            channel.clone(),
+            identity.clone(),
+            applier.renew_now.clone(),
+            metrics.control.clone(),
+            drain.clone(),
+        ));
+        tokio::spawn(control::register::keep_registered(
+            channel,
+            instance,
+            applier,
+            drain.clone(),
+        ));
+    } else {
+        warn_if_expiring(&identity);
+    }
+    // Without a control plane the table never changes; the sender lives as long as the sidecar.
+    let _destinations_tx = destinations_tx;
 
     ::tracing::info!(
-        identity = %credentials.id(),
+        identity = %identity.id(),
         outbound = %listeners.outbound.local_addr()?,
         inbound = %listeners.inbound.local_addr()?,
-        admin = %listeners.admin.local_addr()?,
+        admin = %admin_addr,
         app = %config.app,
         "sidecar serving"
     );
-    warn_if_expiring(&credentials);
 
     let http = http_server();
     let outbound_task = tokio::spawn(serve::serve(
@@ -304,23 +474,10 @@ pub async fn run(
             connection.serve(tcp, peer, watcher)
         },
     ));
-    let mut admin_http = http1::Builder::new();
-    admin_http.timer(TokioTimer::new());
-    let admin_for_conns = admin.clone();
-    let admin_task = tokio::spawn(serve::serve(
-        Direction::Admin,
-        listeners.admin,
-        admin_stop.clone(),
-        config.drain_timeout,
-        metrics.clone(),
-        move |tcp, _peer, watcher| {
-            admin_connection(&admin_http, admin_for_conns.clone(), tcp, watcher)
-        },
-    ));
 
     admin.ready.store(true, Ordering::Release);
     tokio::select! {
-        () = shutdown => ::tracing::info!("shutdown signal received"),
+        () = &mut shutdown => ::tracing::info!("shutdown signal received"),
         () = drain.cancelled() => {},
     }
     admin.ready.store(false, Ordering::Release);
@@ -328,8 +485,7 @@ pub async fn run(
     let (outbound_done, inbound_done) = tokio::join!(outbound_task, inbound_task);
     outbound_done?;
     inbound_done?;
-    admin_stop.cancel();
-    admin_task.await?;
+    stop_admin().await;
     // Every request is done: send the spans still queued.
     tracing.shutdown(Duration::from_secs(5)).await;
     ::tracing::info!("sidecar stopped");

@@ -22,6 +22,13 @@
 //!
 //! Authorization: `authorization_denied_total{source}`, inbound requests refused.
 //!
+//! Control plane and identity:
+//! - `control_plane_connected`: 1 while the snapshot stream is open;
+//! - `snapshot_version`: version of the snapshot applied (0 before the first);
+//! - `snapshots_total{result}`: snapshots `applied` or `rejected`;
+//! - `certificate_expiry_timestamp_seconds`: when the current certificate expires;
+//! - `certificate_renewals_total{result}`: renewals `ok` or `failed`.
+//!
 //! Tracing:
 //! - `span_export_queue`: spans waiting for export;
 //! - `spans_dropped_total{reason}`: `queue-full` or `export-failed`;
@@ -280,6 +287,33 @@ pub struct Metrics {
     ejected_endpoints: Family<DestinationLabels, Gauge>,
     span_export: crate::telemetry::export::ExportMetrics,
     denied: Family<SourceLabels, Counter>,
+    /// Control-plane and certificate state.
+    pub control: ControlMetrics,
+}
+
+/// Control-plane and certificate state, as handles.
+#[derive(Clone, Debug, Default)]
+pub struct ControlMetrics {
+    /// 1 while the snapshot stream is open.
+    pub connected: Gauge,
+    /// Version of the applied snapshot.
+    pub snapshot_version: Gauge,
+    /// Snapshots applied.
+    pub snapshots_applied: Counter,
+    /// Snapshots rejected.
+    pub snapshots_rejected: Counter,
+    /// Expiry of the current certificate, Unix seconds.
+    pub certificate_expiry: Gauge,
+    /// Renewals that succeeded.
+    pub renewals_ok: Counter,
+    /// Renewals that failed (and will be tried again).
+    pub renewals_failed: Counter,
+}
+
+/// The `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 /// Labels of the authorization counter.
@@ -406,7 +440,42 @@ impl Metrics {
             "Inbound requests refused by the authorization policy, by caller",
             denied.clone(),
         );
+        let snapshots = Family::<ResultLabels, Counter>::default();
+        let renewals = Family::<ResultLabels, Counter>::default();
+        let control = ControlMetrics {
+            snapshots_applied: snapshots.get_or_create_owned(&ResultLabels { result: "applied" }),
+            snapshots_rejected: snapshots.get_or_create_owned(&ResultLabels { result: "rejected" }),
+            renewals_ok: renewals.get_or_create_owned(&ResultLabels { result: "ok" }),
+            renewals_failed: renewals.get_or_create_owned(&ResultLabels { result: "failed" }),
+            ..ControlMetrics::default()
+        };
+        registry.register(
+            "control_plane_connected",
+            "1 while the control plane's snapshot stream is open",
+            control.connected.clone(),
+        );
+        registry.register(
+            "snapshot_version",
+            "Version of the control-plane snapshot applied (0 before the first)",
+            control.snapshot_version.clone(),
+        );
+        registry.register(
+            "snapshots",
+            "Control-plane snapshots, applied or rejected",
+            snapshots,
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When this sidecar's certificate expires, seconds since the Unix epoch",
+            control.certificate_expiry.clone(),
+        );
+        registry.register(
+            "certificate_renewals",
+            "Certificate renewals, ok or failed",
+            renewals,
+        );
         Self {
+            control,
             registry,
             requests,
             latency,

@@ -32,8 +32,9 @@ fn parses_the_documented_example() {
         config.identity.as_str(),
         "spiffe://mesh.local/ns/default/sa/orders"
     );
-    assert_eq!(config.tls.cert, Path::new("/base/certs/orders.pem"));
-    assert_eq!(config.tls.trust_bundle, Path::new("/etc/mesh/ca.pem"));
+    let tls = config.tls.as_ref().unwrap();
+    assert_eq!(tls.cert, Path::new("/base/certs/orders.pem"));
+    assert_eq!(tls.trust_bundle, Path::new("/etc/mesh/ca.pem"));
     let inventory = &config.destinations["inventory"];
     assert_eq!(inventory.endpoints.len(), 2);
     assert_eq!(
@@ -257,4 +258,48 @@ fn the_documented_tracing_settings_parse() {
         Some("http://127.0.0.1:4317")
     );
     assert!(!config.access_log);
+}
+
+const WITH_CONTROL_PLANE: &str = r#"
+service: orders
+trust_domain: mesh.local
+app: 127.0.0.1:8080
+version: v2
+control_plane:
+  address: 127.0.0.1:15010
+  trust_anchor: state/ca.pem
+  token_file: /var/lib/mesh/tokens/orders
+"#;
+
+#[test]
+fn control_plane_replaces_tls_and_destinations() {
+    let config = Config::from_yaml(WITH_CONTROL_PLANE, Path::new("/base")).unwrap();
+    let cp = config.control_plane.as_ref().unwrap();
+    assert_eq!(cp.address, "127.0.0.1:15010".parse().unwrap());
+    assert_eq!(cp.trust_anchor, Path::new("/base/state/ca.pem"));
+    assert_eq!(cp.token_file, Path::new("/var/lib/mesh/tokens/orders"));
+    assert_eq!(config.version, "v2");
+    assert!(config.tls.is_none());
+    assert!(config.load_credentials().unwrap().is_none());
+}
+
+#[test]
+fn control_plane_with_tls_or_destinations_or_neither_is_an_error() {
+    let both =
+        format!("{WITH_CONTROL_PLANE}tls: {{ cert: c.pem, key: k.pem, trust_bundle: ca.pem }}\n");
+    assert_eq!(errors(&both)[0].path, "control_plane");
+    let dests =
+        format!("{WITH_CONTROL_PLANE}destinations:\n  inventory:\n    endpoints: [127.0.0.1:1]\n");
+    assert_eq!(errors(&dests)[0].path, "destinations");
+    let neither = WITH_CONTROL_PLANE
+        .split("control_plane:")
+        .next()
+        .unwrap()
+        .to_owned();
+    let errs = errors(&neither);
+    assert!(errs[0].message.contains("control_plane"), "{errs:?}");
+    let bad = WITH_CONTROL_PLANE.replace("127.0.0.1:15010", "nowhere");
+    assert_eq!(errors(&bad)[0].path, "control_plane.address");
+    let bad_version = WITH_CONTROL_PLANE.replace("version: v2", "version: V_2");
+    assert_eq!(errors(&bad_version)[0].path, "version");
 }

@@ -7,18 +7,19 @@
 //! always talk HTTP/2 to each other. Configs are built once (per destination, not per request)
 //! and shared; TLS work on the request path is limited to new pooled connections.
 
+mod live;
 mod verify;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::prelude::FromDer;
 
+pub use self::live::Identity;
 pub use self::verify::PeerIdentityMismatch;
 pub use mesh_api::spiffe::{InvalidSpiffeId, SpiffeId, describe, ids_in_certificate};
 
@@ -60,13 +61,14 @@ pub enum CredentialsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-/// Certificate chain, key and trust bundle of one sidecar, ready to make TLS configs.
+/// Certificate chain, key and trust bundle of one sidecar, checked to belong together.
 #[derive(Debug)]
 pub struct Credentials {
     id: SpiffeId,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: Arc<RootCertStore>,
+    roots_der: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
     not_after: Option<i64>,
 }
@@ -87,14 +89,14 @@ impl Credentials {
                 path: key.display().to_string(),
                 what: format!("no private key: {e}"),
             })?;
-        let mut roots = RootCertStore::empty();
-        for root in read_certs(trust_bundle)? {
-            roots.add(root).map_err(|e| CredentialsError::Pem {
+        let roots = read_certs(trust_bundle)?;
+        Self::from_parts(expected, chain, key_der, roots).map_err(|e| match e {
+            CredentialsError::Pem { what, .. } => CredentialsError::Pem {
                 path: trust_bundle.display().to_string(),
-                what: format!("not a usable CA certificate: {e}"),
-            })?;
-        }
-        Self::from_parts(expected, chain, key_der, roots)
+                what,
+            },
+            other => other,
+        })
     }
 
     /// Builds credentials from parsed parts (used by `load`, and by the control-plane client
@@ -103,8 +105,9 @@ impl Credentials {
         expected: &SpiffeId,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
-        roots: RootCertStore,
+        roots_der: Vec<CertificateDer<'static>>,
     ) -> Result<Self, CredentialsError> {
+        let roots = trust_store(&roots_der)?;
         let leaf = chain.first().ok_or_else(|| CredentialsError::Pem {
             path: "certificate".into(),
             what: "empty chain".into(),
@@ -119,19 +122,15 @@ impl Credentials {
         let not_after = x509_parser::certificate::X509Certificate::from_der(leaf)
             .ok()
             .map(|(_, c)| c.validity().not_after.timestamp());
-        let creds = Self {
+        Ok(Self {
             id: expected.clone(),
             chain,
             key,
             roots: Arc::new(roots),
+            roots_der,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             not_after,
-        };
-        // Build both configs once now, so a key that does not match the certificate is a
-        // startup error rather than a failure on the first connection.
-        creds.server_config()?;
-        creds.client_config(expected)?;
-        Ok(creds)
+        })
     }
 
     /// This sidecar's identity.
@@ -144,34 +143,91 @@ impl Credentials {
         self.not_after
     }
 
-    /// The inbound listener's config: TLS 1.3, client certificate required, ALPN h2.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, CredentialsError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-                .build()?;
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        Ok(Arc::new(config))
+    /// SHA-256 (hex) of the CA certificate that issued the leaf: the next certificate of the
+    /// chain, or else the root of the trust bundle the leaf verifies against. Empty when
+    /// neither is known.
+    pub fn issuer_sha256(&self) -> String {
+        if let Some(issuer) = self.chain.get(1) {
+            return sha256_hex(issuer);
+        }
+        let Some(leaf) = self.chain.first() else {
+            return String::new();
+        };
+        let Ok(parsed) = rustls::server::ParsedCertificate::try_from(leaf) else {
+            return String::new();
+        };
+        let now = rustls::pki_types::UnixTime::now();
+        let algorithms = self.provider.signature_verification_algorithms.all;
+        self.roots_der
+            .iter()
+            .find(|root| {
+                trust_store(std::slice::from_ref(root)).is_ok_and(|store| {
+                    rustls::client::verify_server_cert_signed_by_trust_anchor(
+                        &parsed,
+                        &store,
+                        &[],
+                        now,
+                        algorithms,
+                    )
+                    .is_ok()
+                })
+            })
+            .map(|root| sha256_hex(root))
+            .unwrap_or_default()
     }
 
-    /// A client config that presents our certificate and accepts only a server named `peer`.
-    pub fn client_config(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, CredentialsError> {
-        let verifier = verify::SpiffeServerVerifier::new(
-            self.roots.clone(),
-            peer.clone(),
-            self.provider.signature_verification_algorithms,
-        );
-        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        Ok(Arc::new(config))
+    /// The trust bundle, DER.
+    pub fn trust_bundle(&self) -> &[CertificateDer<'static>] {
+        &self.roots_der
     }
+}
+
+/// A client config that presents no certificate and accepts only a server named `peer` chained
+/// to `roots`: for asking the control plane for a first certificate.
+pub fn anonymous_client_config(
+    roots: Arc<RootCertStore>,
+    peer: SpiffeId,
+) -> Result<Arc<rustls::ClientConfig>, CredentialsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = verify::SpiffeServerVerifier::new(
+        Arc::new(arc_swap::ArcSwap::new(roots)),
+        peer,
+        provider.signature_verification_algorithms,
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Hex SHA-256 of a certificate's DER: how the control plane names CA certificates.
+pub fn sha256_hex(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A root store of the given CA certificates.
+pub fn trust_store(roots: &[CertificateDer<'static>]) -> Result<RootCertStore, CredentialsError> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).map_err(|e| CredentialsError::Pem {
+            path: "trust bundle".into(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    if store.is_empty() {
+        return Err(CredentialsError::Pem {
+            path: "trust bundle".into(),
+            what: "no certificate found".into(),
+        });
+    }
+    Ok(store)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CredentialsError> {

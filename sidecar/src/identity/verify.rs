@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -29,7 +31,8 @@ pub struct PeerIdentityMismatch {
 /// Verifies that a server's certificate chains to the trust bundle and names `expected`.
 #[derive(Debug)]
 pub(crate) struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
+    /// The current trust bundle, read per handshake so a rotated bundle applies at once.
+    roots: Arc<ArcSwap<RootCertStore>>,
     expected: SpiffeId,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -38,7 +41,7 @@ pub(crate) struct SpiffeServerVerifier {
 
 impl SpiffeServerVerifier {
     pub(crate) fn new(
-        roots: Arc<RootCertStore>,
+        roots: Arc<ArcSwap<RootCertStore>>,
         expected: SpiffeId,
         algorithms: WebPkiSupportedAlgorithms,
     ) -> Self {
@@ -62,7 +65,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            &self.roots.load(),
             intermediates,
             now,
             self.algorithms.all,

@@ -16,6 +16,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
@@ -61,7 +63,8 @@ impl Caller {
 pub(crate) struct Inbound {
     service: Label,
     trust_domain: String,
-    authorization: AuthorizationPolicy,
+    /// Replaced whole when the control plane pushes a new policy.
+    authorization: ArcSwap<AuthorizationPolicy>,
     tracer: SdkTracer,
     access_log: bool,
     log_limit: LogLimit,
@@ -81,7 +84,7 @@ impl Inbound {
         let (service, app, access_log) = (config.service.as_str(), config.app, config.access_log);
         Self {
             trust_domain: config.trust_domain.clone(),
-            authorization: config.authorization.clone(),
+            authorization: ArcSwap::from_pointee(config.authorization.clone()),
             tracer,
             access_log,
             log_limit: LogLimit::new(10),
@@ -90,6 +93,11 @@ impl Inbound {
             clients: AppClients::new(app),
             metrics,
         }
+    }
+
+    /// Replaces who may call this service; requests already authorized are not affected.
+    pub(crate) fn set_authorization(&self, policy: AuthorizationPolicy) {
+        self.authorization.store(Arc::new(policy));
     }
 
     /// Forwards one request from an identified caller; failures become responses.
@@ -122,7 +130,7 @@ impl Inbound {
                     .set_attribute(KeyValue::new(attr::SERVER_ADDRESS, host));
             }
         }
-        let outcome = match self.authorization.check(
+        let outcome = match self.authorization.load().check(
             &caller.id,
             &self.service.to_string(),
             &self.trust_domain,

@@ -5,7 +5,7 @@
 //! outbound handler reads the count for `x-mesh-attempts`, even when a timeout cut the request
 //! short.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use opentelemetry::trace::{SpanRef, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
@@ -16,6 +16,9 @@ pub(crate) struct Attempts {
     count: AtomicU32,
     /// Bit i set: endpoint i was tried (endpoints past 64 are not tracked).
     tried: AtomicU64,
+    /// The backend (version) of a traffic split this request was given to, plus one; 0 until
+    /// chosen. Every try of a request goes to the same backend.
+    backend: AtomicUsize,
     /// The request's CLIENT span, for the layers' events.
     trace: Context,
 }
@@ -60,6 +63,18 @@ impl Attempts {
     /// Tries made.
     pub(crate) fn count(&self) -> u32 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// The backend chosen for this request, choosing it with `choose` on the first call.
+    pub(crate) fn backend(&self, choose: impl FnOnce() -> usize) -> usize {
+        match self.backend.load(Ordering::Relaxed) {
+            0 => {
+                let chosen = choose();
+                self.backend.store(chosen + 1, Ordering::Relaxed);
+                chosen
+            }
+            n => n - 1,
+        }
     }
 
     /// Whether endpoint `index` was tried already.

@@ -9,10 +9,16 @@
 //!   loaded;
 //! - `round-robin`: the next one in turn.
 //!
+//! With a traffic split the endpoints form backends (one per version) with weights: each
+//! request is given to a backend by weight first, and all its tries stay within it, so a 90/10
+//! split stays 90/10 whatever retries do.
+//!
 //! If the breaker has taken every endpoint out (it never takes more than its allowed share,
 //! but that share may be all of two), the balancer ignores ejection rather than fail.
 //! Each try's outcome feeds the endpoint's latency estimate and breaker.
 
+use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -44,6 +50,9 @@ pub(crate) struct Balance {
 struct Shared {
     destination: Arc<str>,
     slots: Vec<Slot>,
+    /// Weighted ranges of `slots`, one per backend that has endpoints.
+    backends: Vec<(u32, Range<usize>)>,
+    total_weight: u32,
     algorithm: LoadBalancer,
     next: AtomicUsize,
     outlier: Outlier,
@@ -54,7 +63,7 @@ struct Shared {
 /// One endpoint and what the balancer knows of it.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    endpoint: Endpoint,
+    endpoint: Arc<Endpoint>,
     load: PeakEwma,
     health: Health,
     metrics: EndpointMetrics,
@@ -70,33 +79,93 @@ struct InFlight<'a> {
 
 // === impl Balance ===
 
+/// The endpoints of one backend (one version of the destination) and its weight.
+pub(crate) struct Backend {
+    pub(crate) weight: u32,
+    pub(crate) endpoints: Vec<(Arc<Endpoint>, EndpointMetrics)>,
+}
+
 impl Balance {
+    /// A balancer over one set of endpoints.
+    #[cfg(test)]
     pub(crate) fn new(
         destination: Arc<str>,
         endpoints: Vec<(Endpoint, EndpointMetrics)>,
         algorithm: LoadBalancer,
         outlier: Outlier,
     ) -> Self {
-        let epoch = Instant::now();
-        let slots = endpoints
+        let endpoints = endpoints
             .into_iter()
-            .map(|(endpoint, metrics)| Slot {
-                endpoint,
-                load: PeakEwma::new(0),
-                health: Health::default(),
-                metrics,
-            })
+            .map(|(endpoint, metrics)| (Arc::new(endpoint), metrics))
             .collect();
+        Self::split(
+            destination,
+            vec![Backend {
+                weight: 1,
+                endpoints,
+            }],
+            algorithm,
+            outlier,
+        )
+    }
+
+    /// A balancer over weighted backends. Backends without endpoints or weight get no
+    /// requests.
+    pub(crate) fn split(
+        destination: Arc<str>,
+        backends: Vec<Backend>,
+        algorithm: LoadBalancer,
+        outlier: Outlier,
+    ) -> Self {
+        let epoch = Instant::now();
+        let mut slots = Vec::new();
+        let mut ranges = Vec::new();
+        for backend in backends {
+            let start = slots.len();
+            slots.extend(
+                backend
+                    .endpoints
+                    .into_iter()
+                    .map(|(endpoint, metrics)| Slot {
+                        endpoint,
+                        load: PeakEwma::new(0),
+                        health: Health::default(),
+                        metrics,
+                    }),
+            );
+            if backend.weight > 0 && slots.len() > start {
+                ranges.push((backend.weight, start..slots.len()));
+            }
+        }
+        let total_weight = ranges.iter().map(|(w, _)| *w).sum();
         Self {
             shared: Arc::new(Shared {
                 destination,
                 slots,
+                backends: ranges,
+                total_weight,
                 algorithm,
                 next: AtomicUsize::new(0),
                 outlier,
                 epoch,
             }),
         }
+    }
+
+    /// The endpoints ejected right now.
+    pub(crate) fn ejected(&self) -> Vec<SocketAddr> {
+        let now = self.shared.now();
+        self.shared
+            .slots
+            .iter()
+            .filter(|slot| slot.health.state(now) != State::Closed)
+            .map(|slot| slot.endpoint.addr())
+            .collect()
+    }
+
+    /// The endpoint objects, to carry their pooled connections into a rebuilt balancer.
+    pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.shared.slots.iter().map(|slot| &slot.endpoint)
     }
 }
 
@@ -171,7 +240,8 @@ impl Shared {
 
     /// The endpoint for the next try of a request that has made `attempts`.
     fn pick(&self, now: u64, attempts: Option<&Attempts>) -> Option<usize> {
-        if let Some(i) = (0..self.slots.len()).find(|&i| {
+        let range = self.backend(attempts)?;
+        if let Some(i) = range.clone().find(|&i| {
             let health = &self.slots[i].health;
             health.state(now) == State::HalfOpen && health.claim_probe()
         }) {
@@ -180,24 +250,59 @@ impl Shared {
         let tried = |i: usize| attempts.is_some_and(|a| a.tried(i));
         let closed = |i: usize| self.slots[i].health.state(now) == State::Closed;
         let retry = attempts.is_some_and(|a| a.count() > 0);
-        self.choose(now, |i| closed(i) && !tried(i))
-            .or_else(|| retry.then(|| self.choose(now, |i| !tried(i))).flatten())
-            .or_else(|| self.choose(now, closed))
-            .or_else(|| self.choose(now, |_| true))
+        let choose = |eligible: &dyn Fn(usize) -> bool| self.choose(now, range.clone(), eligible);
+        choose(&|i| closed(i) && !tried(i))
+            .or_else(|| retry.then(|| choose(&|i| !tried(i))).flatten())
+            .or_else(|| choose(&closed))
+            .or_else(|| choose(&|_| true))
     }
 
-    /// Chooses among the endpoints `eligible` accepts, by the configured algorithm.
-    fn choose(&self, now: u64, eligible: impl Fn(usize) -> bool) -> Option<usize> {
-        let n = self.slots.len();
+    /// The slots of the backend this request goes to: chosen by weight on its first try.
+    fn backend(&self, attempts: Option<&Attempts>) -> Option<Range<usize>> {
+        match self.backends.as_slice() {
+            [] => None,
+            [(_, only)] => Some(only.clone()),
+            backends => {
+                let by_weight = || {
+                    let mut ticket = fastrand::u32(0..self.total_weight.max(1));
+                    backends
+                        .iter()
+                        .position(|(weight, _)| {
+                            let hit = ticket < *weight;
+                            ticket = ticket.saturating_sub(*weight);
+                            hit
+                        })
+                        .unwrap_or(0)
+                };
+                let chosen = match attempts {
+                    Some(attempts) => attempts.backend(by_weight),
+                    None => by_weight(),
+                };
+                backends.get(chosen).map(|(_, range)| range.clone())
+            }
+        }
+    }
+
+    /// Chooses among the endpoints of `range` that `eligible` accepts, by the configured
+    /// algorithm.
+    fn choose(
+        &self,
+        now: u64,
+        range: Range<usize>,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let (base, n) = (range.start, range.len());
         match self.algorithm {
             LoadBalancer::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| eligible(i))
+                (0..n)
+                    .map(|k| base + (start + k) % n)
+                    .find(|&i| eligible(i))
             }
             LoadBalancer::P2cEwma => {
                 // Two distinct candidates, uniformly, in one pass (reservoir sampling).
                 let (mut a, mut b, mut seen) = (None, None, 0usize);
-                for i in (0..n).filter(|&i| eligible(i)) {
+                for i in range.filter(|&i| eligible(i)) {
                     seen += 1;
                     match seen {
                         1 => a = Some(i),

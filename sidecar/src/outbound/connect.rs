@@ -105,6 +105,11 @@ impl Endpoint {
         self.addr
     }
 
+    /// The identity the peer must present.
+    pub(crate) fn peer(&self) -> &SpiffeId {
+        &self.peer
+    }
+
     /// Sends one request over the pooled connection, connecting first if needed.
     pub(crate) async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, BoxError> {
         let upstream = |source| UpstreamFailed {

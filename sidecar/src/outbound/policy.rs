@@ -4,18 +4,23 @@
 //! pooled endpoints, TLS configs, breaker state and retry budget made up front), and published
 //! whole through a `watch` channel. A request clones one `Arc` out of it; a new table never
 //! disturbs requests already holding the old one.
+//!
+//! A new table keeps what still holds from the previous one: a destination whose spec did not
+//! change keeps its whole stack (breaker state, latency estimates, retry budget), and a changed
+//! one keeps the pooled connections of the endpoints it still has.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tower::ServiceBuilder;
 
-use crate::config::Destination;
-use crate::identity::{Credentials, CredentialsError};
+use crate::config::{Destination, DestinationPolicy};
+use crate::identity::{CredentialsError, Identity, SpiffeId};
 use crate::metrics::{Label, Metrics};
 
-use super::balance::Balance;
+use super::balance::{Backend, Balance};
 use super::breaker::Outlier;
 use super::connect::Endpoint;
 use super::retry::{Retry, RetryLayer};
@@ -25,6 +30,43 @@ use super::timeout::{self, Timeout, TimeoutLayer};
 /// Steps 5a to 8 of one destination, as one service type. Every layer clones by `Arc`, so a
 /// request takes its own copy of the stack without allocating.
 pub(crate) type DestinationService = Timeout<Shed<Retry<Timeout<Balance>>>>;
+
+/// What a destination is: where its sidecars are, who they must be, and how to call them. From
+/// the bootstrap file or from a control-plane snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct DestinationSpec {
+    /// The identity its sidecars must present.
+    pub(crate) identity: SpiffeId,
+    /// Timeouts, retries, circuit breaking and load balancing.
+    pub(crate) policy: DestinationPolicy,
+    /// Its endpoints, in one backend, or one per version under a traffic split.
+    pub(crate) backends: Vec<BackendSpec>,
+}
+
+/// The endpoints of one version of a destination, and its share of requests.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct BackendSpec {
+    /// The version (empty without a split).
+    pub(crate) version: String,
+    /// Share of requests relative to the other backends.
+    pub(crate) weight: u32,
+    /// Inbound addresses of its sidecars.
+    pub(crate) endpoints: Vec<SocketAddr>,
+}
+
+impl From<&Destination> for DestinationSpec {
+    fn from(dest: &Destination) -> Self {
+        Self {
+            identity: dest.identity.clone(),
+            policy: dest.policy.clone(),
+            backends: vec![BackendSpec {
+                version: String::new(),
+                weight: 1,
+                endpoints: dest.endpoints.clone(),
+            }],
+        }
+    }
+}
 
 /// Every destination this sidecar may call.
 #[derive(Debug, Default)]
@@ -38,28 +80,34 @@ pub(crate) struct DestinationStack {
     /// The destination's name, shared with its metric labels.
     pub(crate) name: Label,
     pub(crate) service: DestinationService,
+    spec: DestinationSpec,
+    balance: Balance,
+}
+
+/// What stacks are built with.
+pub(crate) struct BuildContext<'a> {
+    pub(crate) identity: &'a Identity,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) metrics: &'a Metrics,
 }
 
 // === impl Destinations ===
 
 impl Destinations {
-    /// Builds the table, with one client config per destination identity.
-    pub(crate) fn build<'a>(
-        destinations: impl IntoIterator<Item = (&'a String, &'a Destination)>,
-        credentials: &Credentials,
-        connect_timeout: Duration,
-        metrics: &Metrics,
+    /// Builds the table, keeping from `previous` what is unchanged.
+    pub(crate) fn build(
+        specs: impl IntoIterator<Item = (String, DestinationSpec)>,
+        cx: &BuildContext<'_>,
+        previous: Option<&Destinations>,
     ) -> Result<Self, CredentialsError> {
         let mut by_name = HashMap::new();
-        for (name, dest) in destinations {
-            let service = stack(name, dest, credentials, connect_timeout, metrics)?;
-            by_name.insert(
-                name.clone(),
-                Arc::new(DestinationStack {
-                    name: name.as_str().into(),
-                    service,
-                }),
-            );
+        for (name, spec) in specs {
+            let old = previous.and_then(|p| p.by_name.get(&name));
+            let stack = match old {
+                Some(old) if old.spec == spec => old.clone(),
+                _ => Arc::new(DestinationStack::build(&name, spec, cx, old.map(|o| &**o))?),
+            };
+            by_name.insert(name, stack);
         }
         Ok(Self { by_name })
     }
@@ -68,67 +116,111 @@ impl Destinations {
     pub(crate) fn get(&self, name: &str) -> Option<Arc<DestinationStack>> {
         self.by_name.get(name).cloned()
     }
+
+    /// Endpoints ejected right now, as `destination/address`.
+    pub(crate) fn ejected(&self) -> Vec<String> {
+        let mut ejected: Vec<String> = self
+            .by_name
+            .iter()
+            .flat_map(|(name, stack)| {
+                stack
+                    .balance
+                    .ejected()
+                    .into_iter()
+                    .map(move |addr| format!("{name}/{addr}"))
+            })
+            .collect();
+        ejected.sort();
+        ejected
+    }
 }
 
-/// The stack of one destination, layers in request order.
-fn stack(
-    name: &str,
-    dest: &Destination,
-    credentials: &Credentials,
-    connect_timeout: Duration,
-    metrics: &Metrics,
-) -> Result<DestinationService, CredentialsError> {
-    let tls = credentials.client_config(&dest.identity)?;
-    let policy = &dest.policy;
-    let m = metrics.destination(name);
-    let label: Arc<str> = name.into();
-    let endpoints = dest
-        .endpoints
-        .iter()
-        .map(|addr| {
-            let endpoint = Endpoint::new(
-                *addr,
-                dest.identity.clone(),
-                name,
-                tls.clone(),
-                connect_timeout,
-            );
-            (endpoint, metrics.endpoint(name, *addr))
+// === impl DestinationStack ===
+
+impl DestinationStack {
+    /// The stack of one destination, layers in request order. Endpoints of `previous` that
+    /// remain are reused with their connections.
+    fn build(
+        name: &str,
+        spec: DestinationSpec,
+        cx: &BuildContext<'_>,
+        previous: Option<&DestinationStack>,
+    ) -> Result<Self, CredentialsError> {
+        let tls = cx.identity.client_config(&spec.identity)?;
+        let policy = &spec.policy;
+        let m = cx.metrics.destination(name);
+        let label: Arc<str> = name.into();
+        let reusable: HashMap<SocketAddr, &Arc<Endpoint>> = previous
+            .map(|p| {
+                p.balance
+                    .endpoints()
+                    .filter(|e| *e.peer() == spec.identity)
+                    .map(|e| (e.addr(), e))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let backends: Vec<Backend> = spec
+            .backends
+            .iter()
+            .map(|backend| Backend {
+                weight: backend.weight,
+                endpoints: backend
+                    .endpoints
+                    .iter()
+                    .map(|addr| {
+                        let endpoint = match reusable.get(addr) {
+                            Some(endpoint) => Arc::clone(endpoint),
+                            None => Arc::new(Endpoint::new(
+                                *addr,
+                                spec.identity.clone(),
+                                name,
+                                tls.clone(),
+                                cx.connect_timeout,
+                            )),
+                        };
+                        (endpoint, cx.metrics.endpoint(name, *addr))
+                    })
+                    .collect(),
+            })
+            .collect();
+        let endpoint_count = backends.iter().map(|b| b.endpoints.len()).sum();
+        let outlier = Outlier::new(
+            policy.circuit_breaker,
+            endpoint_count,
+            m.ejected_endpoints.clone(),
+        );
+        let balance = Balance::split(label.clone(), backends, policy.load_balancer, outlier);
+        let service = ServiceBuilder::new()
+            // 5a: the whole request, queueing and every try included, or 504.
+            .layer(TimeoutLayer::new(
+                policy.timeout,
+                timeout::Kind::Request,
+                label.clone(),
+                m.request_timeouts.clone(),
+            ))
+            // 7a: max_requests in flight, max_pending waiting, the rest shed with 503 at once.
+            .layer(ShedLayer::new(
+                &policy.circuit_breaker,
+                label.clone(),
+                m.shed.clone(),
+            ))
+            // 5b: budgeted retries with backoff; each try re-enters the balancer below.
+            .layer(RetryLayer::new(policy.retries.clone(), m.clone()))
+            // 5c: one try.
+            .layer(TimeoutLayer::new(
+                policy.retries.per_try_timeout,
+                timeout::Kind::PerTry,
+                label,
+                m.per_try_timeouts.clone(),
+            ))
+            // 4, 6 and 7b: pick a backend by weight, an endpoint in it (skipping ejected
+            // ones); 8: its pooled mTLS connection.
+            .service(balance.clone());
+        Ok(Self {
+            name: name.into(),
+            service,
+            spec,
+            balance,
         })
-        .collect::<Vec<_>>();
-    let outlier = Outlier::new(
-        policy.circuit_breaker,
-        endpoints.len(),
-        m.ejected_endpoints.clone(),
-    );
-    Ok(ServiceBuilder::new()
-        // 5a: the whole request, queueing and every try included, or 504.
-        .layer(TimeoutLayer::new(
-            policy.timeout,
-            timeout::Kind::Request,
-            label.clone(),
-            m.request_timeouts.clone(),
-        ))
-        // 7a: max_requests in flight, max_pending waiting, the rest shed with 503 at once.
-        .layer(ShedLayer::new(
-            &policy.circuit_breaker,
-            label.clone(),
-            m.shed.clone(),
-        ))
-        // 5b: budgeted retries with backoff; each try re-enters the balancer below.
-        .layer(RetryLayer::new(policy.retries.clone(), m.clone()))
-        // 5c: one try.
-        .layer(TimeoutLayer::new(
-            policy.retries.per_try_timeout,
-            timeout::Kind::PerTry,
-            label.clone(),
-            m.per_try_timeouts.clone(),
-        ))
-        // 6 and 7b: choose an endpoint, skipping ejected ones; 8: its pooled mTLS connection.
-        .service(Balance::new(
-            label,
-            endpoints,
-            policy.load_balancer,
-            outlier,
-        )))
+    }
 }

@@ -116,3 +116,61 @@ fn a_retry_that_tried_the_whole_pool_goes_to_an_ejected_endpoint_before_repeatin
     attempts.record(0);
     assert!(s.pick(2, Some(&attempts)).is_some());
 }
+
+/// Two backends, `v1` with endpoints 0..2 and `v2` with endpoint 2, weighted 90/10.
+fn split_90_10() -> Balance {
+    let single = balance(3, LoadBalancer::RoundRobin, breaker());
+    let endpoints: Vec<_> = single.endpoints().cloned().collect();
+    let metrics = Metrics::new();
+    let backend = |weight, range: std::ops::Range<usize>| Backend {
+        weight,
+        endpoints: endpoints[range]
+            .iter()
+            .map(|e| (e.clone(), metrics.endpoint("x", e.addr())))
+            .collect(),
+    };
+    Balance::split(
+        "x".into(),
+        vec![backend(90, 0..2), backend(10, 2..3), backend(50, 3..3)],
+        LoadBalancer::RoundRobin,
+        Outlier::new(breaker(), 3, Default::default()),
+    )
+}
+
+#[test]
+fn a_split_sends_requests_by_weight_and_keeps_each_request_in_its_backend() {
+    let b = split_90_10();
+    let n = 20_000;
+    let mut v2 = 0;
+    for _ in 0..n {
+        let attempts = Attempts::default();
+        let first = b.shared.pick(1, Some(&attempts)).unwrap();
+        attempts.record(first);
+        // A retry stays in the backend of the first try, even when it has to repeat an
+        // endpoint (v2 has only one).
+        let second = b.shared.pick(1, Some(&attempts)).unwrap();
+        assert_eq!(first == 2, second == 2, "first {first}, retry {second}");
+        if first == 2 {
+            v2 += 1;
+        }
+    }
+    // 10% ± 1.5 points: about 6 standard deviations at n = 20000.
+    let share = f64::from(v2) / f64::from(n);
+    assert!((0.085..=0.115).contains(&share), "v2 got {share}");
+}
+
+#[test]
+fn a_backend_without_endpoints_gets_nothing_and_no_endpoints_at_all_is_none() {
+    let b = split_90_10();
+    // The empty third backend (weight 50) is dropped, so every pick lands somewhere.
+    for _ in 0..1000 {
+        assert!(b.shared.pick(1, Some(&Attempts::default())).is_some());
+    }
+    let empty = Balance::split(
+        "x".into(),
+        Vec::new(),
+        LoadBalancer::P2cEwma,
+        Outlier::new(breaker(), 0, Default::default()),
+    );
+    assert_eq!(empty.shared.pick(1, None), None);
+}

@@ -1,0 +1,173 @@
+//! The sidecar's certificate from the control plane: made from a CSR, renewed before expiry.
+//!
+//! The key pair is generated here and only the CSR (public key, requested SPIFFE ID, proof of
+//! possession) is sent: `CertifyRequest` has no field that could carry a private key.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::proto::v1::CertifyRequest;
+use mesh_api::proto::v1::identity_client::IdentityClient;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::Notify;
+use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::identity::{Credentials, CredentialsError, Identity, SpiffeId};
+use crate::metrics::ControlMetrics;
+
+use super::Backoff;
+
+/// Limit on one Certify call.
+const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a certificate could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CertifyError {
+    /// The join token file could not be read.
+    #[error("cannot read join token {path:?}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The key pair or CSR could not be made.
+    #[error("cannot make a certificate signing request: {0}")]
+    Csr(#[from] rcgen::Error),
+    /// The control plane refused or could not be reached.
+    #[error("control plane: {}: {}", .0.code(), .0.message())]
+    Refused(#[from] tonic::Status),
+    /// The control plane did not answer in time.
+    #[error("control plane did not answer within {CERTIFY_TIMEOUT:?}")]
+    Timeout,
+    /// The issued certificate is unusable.
+    #[error("issued certificate: {0}")]
+    Credentials(#[from] CredentialsError),
+}
+
+/// Obtains certificates for one service identity.
+#[derive(Debug)]
+pub(crate) struct Certifier {
+    pub(crate) service: String,
+    pub(crate) id: SpiffeId,
+    pub(crate) token_file: PathBuf,
+}
+
+impl Certifier {
+    /// One certificate: a new key pair, a CSR for our SPIFFE ID, the token, and the answer
+    /// checked to carry our identity.
+    pub(crate) async fn certify(&self, channel: Channel) -> Result<Credentials, CertifyError> {
+        let token =
+            std::fs::read_to_string(&self.token_file).map_err(|source| CertifyError::Token {
+                path: self.token_file.clone(),
+                source,
+            })?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, self.service.as_str());
+        params.subject_alt_names = vec![SanType::URI(self.id.as_str().try_into()?)];
+        let csr = params.serialize_request(&key)?;
+        let request = CertifyRequest {
+            service: self.service.clone(),
+            token: token.trim().to_owned(),
+            csr_der: csr.der().to_vec(),
+        };
+        let mut client = IdentityClient::new(channel);
+        let response = tokio::time::timeout(CERTIFY_TIMEOUT, client.certify(request))
+            .await
+            .map_err(|_| CertifyError::Timeout)??
+            .into_inner();
+        let chain = response
+            .chain_der
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let roots = response
+            .trust_bundle_der
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok(Credentials::from_parts(&self.id, chain, key, roots)?)
+    }
+
+    /// Certifies until it works (backing off between tries) or `stop` fires.
+    pub(crate) async fn certify_until_ok(
+        &self,
+        channel: &Channel,
+        stop: &CancellationToken,
+    ) -> Option<Credentials> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match self.certify(channel.clone()).await {
+                Ok(credentials) => return Some(credentials),
+                Err(error) => {
+                    tracing::warn!(%error, identity = %self.id, "cannot obtain a certificate; trying again");
+                }
+            }
+            if !backoff.wait(stop).await {
+                return None;
+            }
+        }
+    }
+}
+
+/// Renews the certificate at about two thirds of its remaining lifetime (60 to 70%, so a fleet
+/// started together does not renew together), or soon after `renew_now` (the CA changed).
+/// A failed renewal keeps the current certificate and tries again with backoff.
+pub(crate) async fn renew(
+    certifier: Certifier,
+    channel: Channel,
+    identity: Arc<Identity>,
+    renew_now: Arc<Notify>,
+    metrics: ControlMetrics,
+    stop: CancellationToken,
+) {
+    loop {
+        let left = identity.not_after() - unix_now();
+        let delay = Duration::from_secs_f64((left.max(0) as f64) * (0.6 + fastrand::f64() / 10.0))
+            .max(Duration::from_millis(500));
+        tokio::select! {
+            () = sleep(delay) => {}
+            () = renew_now.notified() => {
+                // Spread a fleet's renewals after a CA change over a second.
+                sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+            }
+            () = stop.cancelled() => return,
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let renewed = certifier
+                .certify(channel.clone())
+                .await
+                .and_then(|credentials| Ok(identity.replace(&credentials)?));
+            match renewed {
+                Ok(()) => {
+                    metrics.renewals_ok.inc();
+                    metrics.certificate_expiry.set(identity.not_after());
+                    tracing::info!(identity = %identity.id(), not_after = identity.not_after(), "certificate renewed");
+                    break;
+                }
+                Err(error) => {
+                    metrics.renewals_failed.inc();
+                    tracing::warn!(%error, "certificate renewal failed; keeping the current one");
+                    if !backoff.wait(&stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,105 @@
+//! `Registry.Register` and `Heartbeat`: this instance stays in the registry while it runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mesh_api::proto::v1::registry_client::RegistryClient;
+use mesh_api::proto::v1::{HeartbeatRequest, Instance, RegisterRequest};
+use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::Backoff;
+use super::apply::Applier;
+
+/// Limit on one registry call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// This instance as the registry knows it.
+#[derive(Clone, Debug)]
+pub(crate) struct InstanceInfo {
+    pub(crate) id: String,
+    pub(crate) service: String,
+    pub(crate) address: SocketAddr,
+    pub(crate) version: String,
+}
+
+/// Registers, then sends heartbeats until `stop`; registers again whenever the control plane
+/// has forgotten the instance (it restarted, or a partition outlasted the lease).
+pub(crate) async fn keep_registered(
+    channel: Channel,
+    instance: InstanceInfo,
+    applier: Arc<Applier>,
+    stop: CancellationToken,
+) {
+    let mut client = RegistryClient::new(channel);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        let registered = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.register(RegisterRequest {
+                instance: Some(Instance {
+                    instance_id: instance.id.clone(),
+                    service: instance.service.clone(),
+                    address: instance.address.to_string(),
+                    version: instance.version.clone(),
+                }),
+            }),
+        )
+        .await;
+        let interval = match registered {
+            Ok(Ok(response)) => {
+                let ms = response
+                    .into_inner()
+                    .heartbeat_interval_ms
+                    .clamp(100, 60_000);
+                tracing::info!(instance = %instance.id, address = %instance.address, "registered with the control plane");
+                backoff.reset();
+                Duration::from_millis(ms)
+            }
+            Ok(Err(status)) => {
+                tracing::warn!(code = %status.code(), error = status.message(), "registration failed; trying again");
+                if !backoff.wait(&stop).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("registration timed out; trying again");
+                if !backoff.wait(&stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Heartbeats until the control plane no longer knows us.
+        loop {
+            tokio::select! {
+                () = sleep(interval) => {}
+                () = stop.cancelled() => return,
+            }
+            let beat = HeartbeatRequest {
+                instance_id: instance.id.clone(),
+                applied_version: applier.applied.load(Ordering::Acquire),
+                certificate_not_after_unix: applier.identity.not_after(),
+                certificate_issuer_sha256: applier.identity.issuer_sha256().to_string(),
+                ejected_endpoints: applier.destinations.borrow().ejected(),
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(beat)).await {
+                Ok(Ok(response)) if response.get_ref().known => {}
+                Ok(Ok(_)) => {
+                    tracing::info!(
+                        "the control plane does not know this instance; registering again"
+                    );
+                    break;
+                }
+                Ok(Err(status)) => {
+                    tracing::debug!(code = %status.code(), error = status.message(), "heartbeat failed");
+                }
+                Err(_) => tracing::debug!("heartbeat timed out"),
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! This sidecar's identity while it changes: the certificate is renewed and the trust bundle
+//! rotated without a restart, a dropped connection or a failed request.
+//!
+//! rustls configs are built once and never rebuilt. They read the current certificate through
+//! a resolver and the current trust bundle through verifiers that load it per handshake, so a
+//! swap affects the next handshake only: connections already established keep running on the
+//! certificates they were made with.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+
+use super::{ALPN_H2, Credentials, CredentialsError, SpiffeId, verify};
+
+/// The identity of this sidecar: one SPIFFE ID, its current certificate and trust bundle.
+#[derive(Debug)]
+pub struct Identity {
+    id: SpiffeId,
+    provider: Arc<CryptoProvider>,
+    cert: Arc<ArcSwap<CertifiedKey>>,
+    roots: Arc<ArcSwap<RootCertStore>>,
+    client_verifier: Arc<LiveClientVerifier>,
+    not_after: AtomicI64,
+    issuer: ArcSwap<String>,
+}
+
+// === impl Identity ===
+
+impl Identity {
+    /// Starts from checked credentials.
+    pub fn new(credentials: Credentials) -> Result<Self, CredentialsError> {
+        let provider = credentials.provider.clone();
+        let certified = certified_key(&provider, &credentials)?;
+        let roots = Arc::new(ArcSwap::from(credentials.roots.clone()));
+        let client_verifier = Arc::new(LiveClientVerifier {
+            current: ArcSwap::from_pointee(client_verifier(&provider, credentials.roots.clone())?),
+        });
+        Ok(Self {
+            id: credentials.id.clone(),
+            provider,
+            cert: Arc::new(ArcSwap::from_pointee(certified)),
+            roots,
+            client_verifier,
+            not_after: AtomicI64::new(credentials.not_after.unwrap_or(0)),
+            issuer: ArcSwap::from_pointee(credentials.issuer_sha256()),
+        })
+    }
+
+    /// This sidecar's identity.
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    /// Expiry of the current certificate, seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Acquire)
+    }
+
+    /// SHA-256 (hex) of the CA certificate that issued the current certificate, when the
+    /// chain or the trust bundle holds it.
+    pub fn issuer_sha256(&self) -> Arc<String> {
+        self.issuer.load_full()
+    }
+
+    /// Replaces certificate, key and trust bundle. New handshakes use them at once; existing
+    /// connections are left alone.
+    pub fn replace(&self, credentials: &Credentials) -> Result<(), CredentialsError> {
+        if credentials.id != self.id {
+            return Err(CredentialsError::WrongIdentity {
+                expected: self.id.clone(),
+                presented: credentials.id.to_string(),
+            });
+        }
+        let certified = certified_key(&self.provider, credentials)?;
+        self.set_trust_bundle(credentials.roots.clone())?;
+        self.cert.store(Arc::new(certified));
+        self.not_after
+            .store(credentials.not_after.unwrap_or(0), Ordering::Release);
+        self.issuer.store(Arc::new(credentials.issuer_sha256()));
+        Ok(())
+    }
+
+    /// Replaces the trust bundle only (a root was added or removed).
+    pub fn set_trust_bundle(&self, roots: Arc<RootCertStore>) -> Result<(), CredentialsError> {
+        let verifier = client_verifier(&self.provider, roots.clone())?;
+        self.roots.store(roots);
+        self.client_verifier.current.store(Arc::new(verifier));
+        Ok(())
+    }
+
+    /// The inbound listener's config: TLS 1.3, client certificate required, ALPN h2.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, CredentialsError> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(self.client_verifier.clone())
+            .with_cert_resolver(Arc::new(CurrentCert(self.cert.clone())));
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A client config that presents our certificate and accepts only a server named `peer`.
+    pub fn client_config(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, CredentialsError> {
+        let verifier = verify::SpiffeServerVerifier::new(
+            self.roots.clone(),
+            peer.clone(),
+            self.provider.signature_verification_algorithms,
+        );
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(CurrentCert(self.cert.clone())));
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn certified_key(
+    provider: &CryptoProvider,
+    credentials: &Credentials,
+) -> Result<CertifiedKey, CredentialsError> {
+    let key = provider
+        .key_provider
+        .load_private_key(credentials.key.clone_key())?;
+    let certified = CertifiedKey::new(credentials.chain.clone(), key);
+    // A key that does not match the certificate is an error now, not on the first handshake.
+    certified.keys_match()?;
+    Ok(certified)
+}
+
+fn client_verifier(
+    provider: &Arc<CryptoProvider>,
+    roots: Arc<RootCertStore>,
+) -> Result<Arc<dyn ClientCertVerifier>, CredentialsError> {
+    Ok(WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?)
+}
+
+/// Hands rustls the current certificate, as server and as client.
+#[derive(Debug)]
+struct CurrentCert(Arc<ArcSwap<CertifiedKey>>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Verifies client certificates against the current trust bundle.
+#[derive(Debug)]
+struct LiveClientVerifier {
+    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientCertVerifier for LiveClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: they would have to outlive a bundle swap, and sidecars present their one
+        // certificate regardless.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().supported_verify_schemes()
+    }
+}
