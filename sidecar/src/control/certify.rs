@@ -171,3 +171,98 @@ pub(crate) fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh_api::proto::v1::CertifyResponse;
+    use mesh_api::proto::v1::identity_server::{Identity as IdentityApi, IdentityServer};
+    use rcgen::CertificateSigningRequestParams;
+    use rustls::pki_types::CertificateSigningRequestDer;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+
+    /// An Identity service that keeps what it was sent and refuses it.
+    #[derive(Default)]
+    struct Recorder(Arc<tokio::sync::Mutex<Vec<CertifyRequest>>>);
+
+    #[tonic::async_trait]
+    impl IdentityApi for Recorder {
+        async fn certify(
+            &self,
+            request: tonic::Request<CertifyRequest>,
+        ) -> Result<tonic::Response<CertifyResponse>, tonic::Status> {
+            self.0.lock().await.push(request.into_inner());
+            Err(tonic::Status::unauthenticated("not this time"))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_carries_a_csr_for_our_identity_and_no_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("orders");
+        std::fs::write(&token_file, "s3cret\n").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(IdentityServer::new(Recorder(seen.clone())))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let certifier = Certifier {
+            service: "orders".into(),
+            id: "spiffe://mesh.local/ns/default/sa/orders".parse().unwrap(),
+            token_file,
+        };
+
+        let err = certifier.certify(channel).await.unwrap_err();
+        assert!(err.to_string().contains("not this time"), "{err}");
+        server.abort();
+
+        let request = seen.lock().await.pop().unwrap();
+        // Every field of the request, by name: a field added later (say, a key) fails to
+        // compile here until this test looks at it.
+        let CertifyRequest {
+            service,
+            token,
+            csr_der,
+        } = request;
+        assert_eq!(service, "orders");
+        assert_eq!(token, "s3cret", "the token is sent without its newline");
+        // The CSR parses, its signature (proof of possession) checks, and it asks for exactly
+        // our SPIFFE ID. A PKCS#10 request holds a public key only.
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
+            csr_der.as_slice(),
+        ))
+        .unwrap();
+        let uris: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::URI(uri) => uri.as_str().to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(uris, ["spiffe://mesh.local/ns/default/sa/orders"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_token_file_is_named() {
+        let certifier = Certifier {
+            service: "orders".into(),
+            id: "spiffe://mesh.local/ns/default/sa/orders".parse().unwrap(),
+            token_file: "/nonexistent/tokens/orders".into(),
+        };
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let err = certifier.certify(channel).await.unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/tokens/orders"),
+            "{err}"
+        );
+    }
+}
