@@ -3,13 +3,17 @@
 //! - `GET /live`: the process is up.
 //! - `GET /ready`: 200 once the listeners are serving, 503 while draining.
 //! - `GET /metrics`: Prometheus text, or OpenMetrics when asked for (see [`crate::metrics`]).
-//! - `GET /config`: the configuration in force as JSON (paths to key files, never keys).
+//! - `GET /config`: the bootstrap configuration as JSON (paths to key files, never keys).
+//! - `GET /snapshot`: the control-plane snapshot in force as JSON (404 without a control
+//!   plane): version, destinations with their endpoints and policy, authorization, and the
+//!   certificate's expiry and issuer.
 //! - `POST /shutdown`: drain and exit, as on SIGTERM; lets a batch job end its sidecar.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -28,6 +32,8 @@ pub(crate) struct Admin {
     /// `/config` body, rendered once: the configuration does not change while running.
     pub(crate) config_json: Bytes,
     pub(crate) metrics: Arc<Metrics>,
+    /// `/snapshot` body, replaced with each snapshot applied.
+    pub(crate) snapshot_json: Arc<ArcSwapOption<Bytes>>,
     /// Cancelled by `POST /shutdown` to start the drain.
     pub(crate) shutdown: CancellationToken,
 }
@@ -77,17 +83,24 @@ impl Admin {
             (&Method::GET, "/config") => {
                 with_type(StatusCode::OK, self.config_json.clone(), "application/json")
             }
+            (&Method::GET, "/snapshot") => match self.snapshot_json.load_full() {
+                Some(json) => with_type(StatusCode::OK, (*json).clone(), "application/json"),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "no snapshot: this sidecar runs without a control plane, or has none yet\n",
+                ),
+            },
             (&Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested on the admin endpoint");
                 self.shutdown.cancel();
                 text(StatusCode::ACCEPTED, "shutting down\n")
             }
-            (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => {
+            (_, "/live" | "/ready" | "/metrics" | "/config" | "/snapshot" | "/shutdown") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live, /ready, /metrics, /config or POST /shutdown\n",
+                "not found; try /live, /ready, /metrics, /config, /snapshot or POST /shutdown\n",
             ),
         })
     }

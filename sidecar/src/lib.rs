@@ -307,6 +307,7 @@ pub async fn run(
             json.into()
         },
         metrics: metrics.clone(),
+        snapshot_json: Arc::default(),
         shutdown: drain.clone(),
     });
     let mut admin_http = http1::Builder::new();
@@ -387,6 +388,7 @@ pub async fn run(
             inbound.clone(),
             metrics.clone(),
             config.connect_timeout,
+            admin.snapshot_json.clone(),
         ));
         let instance = InstanceInfo {
             id: format!(

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use mesh_api::authorization::AuthorizationPolicy;
 use mesh_api::proto::InvalidMessage;
 use mesh_api::proto::v1;
@@ -48,6 +50,8 @@ pub(crate) struct Applier {
     pub(crate) applied: AtomicU64,
     /// Fires when the first snapshot is in force.
     pub(crate) first: watch::Sender<bool>,
+    /// The admin endpoint's `/snapshot`.
+    json: Arc<ArcSwapOption<Bytes>>,
     last_bundle: RwLock<Vec<Vec<u8>>>,
     last_issuer: RwLock<String>,
 }
@@ -66,8 +70,10 @@ impl Applier {
         inbound: Arc<Inbound>,
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
+        json: Arc<ArcSwapOption<Bytes>>,
     ) -> Self {
         Self {
+            json,
             identity,
             destinations,
             inbound,
@@ -94,6 +100,7 @@ impl Applier {
                 return Err(e);
             }
         };
+        let json = self.describe(snapshot, &checked);
         // Trust first: new endpoints may already hold certificates from a newly added root.
         if let Some(bundle) = checked.bundle {
             let store = trust_store(&bundle).map_err(Rejected::TrustBundle)?;
@@ -119,9 +126,52 @@ impl Applier {
             .snapshot_version
             .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
         self.control().snapshots_applied.inc();
+        self.json.store(json.map(Arc::new));
         self.first.send_replace(true);
         self.check_issuer(&snapshot.issuer_sha256);
         Ok(())
+    }
+
+    /// The snapshot as `/snapshot` shows it.
+    fn describe(&self, snapshot: &v1::Snapshot, checked: &Checked) -> Option<Bytes> {
+        let destinations: serde_json::Map<String, serde_json::Value> = checked
+            .destinations
+            .iter()
+            .map(|(name, spec)| {
+                let backends: Vec<_> = spec
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "version": b.version,
+                            "weight": b.weight,
+                            "endpoints": b.endpoints,
+                        })
+                    })
+                    .collect();
+                let value = serde_json::json!({
+                    "identity": spec.identity,
+                    "policy": spec.policy,
+                    "backends": backends,
+                });
+                (name.clone(), value)
+            })
+            .collect();
+        let roots: Vec<String> = snapshot
+            .trust_bundle_der
+            .iter()
+            .map(|der| crate::identity::sha256_hex(der))
+            .collect();
+        let json = serde_json::json!({
+            "version": snapshot.version,
+            "destinations": destinations,
+            "authorization": checked.authorization,
+            "trust_bundle_sha256": roots,
+            "issuer_sha256": snapshot.issuer_sha256,
+        });
+        let mut body = serde_json::to_vec_pretty(&json).ok()?;
+        body.push(b'\n');
+        Some(body.into())
     }
 
     /// Renews early when the control plane has started issuing from another CA than the one

@@ -134,6 +134,7 @@ impl TestMesh {
             leaf: None,
             trust_bundle: None,
             extra: String::new(),
+            control_plane: None,
         }
     }
 }
@@ -163,9 +164,26 @@ pub struct SidecarBuilder<'a> {
     leaf: Option<Leaf>,
     trust_bundle: Option<PathBuf>,
     extra: String,
+    control_plane: Option<ControlPlaneRef>,
+}
+
+/// Where a sidecar finds its control plane.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneRef {
+    /// API address.
+    pub address: SocketAddr,
+    /// `ca.pem` of the control plane's state directory.
+    pub trust_anchor: PathBuf,
+    /// The join token file of the sidecar's service.
+    pub token_file: PathBuf,
 }
 
 impl SidecarBuilder<'_> {
+    /// Takes certificate and destinations from a control plane instead of files.
+    pub fn control_plane(mut self, control_plane: ControlPlaneRef) -> Self {
+        self.control_plane = Some(control_plane);
+        self
+    }
     /// The local app (default: an address where nothing listens).
     pub fn app(mut self, addr: SocketAddr) -> Self {
         self.app = Some(addr);
@@ -243,17 +261,34 @@ impl SidecarBuilder<'_> {
         admin: SocketAddr,
     ) -> PathBuf {
         let dir = self.mesh.dir();
+        let name = format!("{}-{}", self.service, inbound.port());
+        let app = self.app.unwrap_or_else(closed_port);
+        if let Some(cp) = &self.control_plane {
+            let yaml = format!(
+                "service: {service}\ntrust_domain: {td}\napp: {app}\n\
+                 listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+                 control_plane: {{ address: \"{address}\", trust_anchor: {anchor}, token_file: {token} }}\n\
+                 drain_timeout: 5s\n{extra}",
+                service = self.service,
+                td = TRUST_DOMAIN,
+                address = cp.address,
+                anchor = cp.trust_anchor.display(),
+                token = cp.token_file.display(),
+                extra = self.extra,
+            );
+            let path = dir.join(format!("{name}.yaml"));
+            std::fs::write(&path, yaml).expect("write bootstrap file");
+            return path;
+        }
         let leaf = self
             .leaf
             .clone()
             .unwrap_or_else(|| self.mesh.leaf(&self.service));
-        let name = format!("{}-{}", self.service, inbound.port());
         let (cert, key) = leaf.write_to(dir, &name).expect("write leaf");
         let bundle = self
             .trust_bundle
             .clone()
             .unwrap_or_else(|| self.mesh.trust_bundle());
-        let app = self.app.unwrap_or_else(closed_port);
         let mut yaml = format!(
             "service: {service}\ntrust_domain: {td}\napp: {app}\n\
              listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
