@@ -1,10 +1,13 @@
 //! `meshctl`: the operator's command line for the mesh.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use http::Method;
+use mesh_control_plane::admin_client;
 use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa};
 
 #[derive(Parser)]
@@ -38,6 +41,47 @@ enum Command {
         /// Services to issue certificates for.
         #[arg(required = true)]
         services: Vec<String>,
+    },
+    /// Show every instance the control plane knows: address, version, applied snapshot (stale
+    /// ones marked), certificate expiry and ejected endpoints.
+    Status {
+        /// The control plane's admin address.
+        #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+    /// Rotate the mesh's root CA: add-root, then use-root once every sidecar trusts it, then
+    /// remove-root of the old one once every sidecar renewed its certificate.
+    Ca {
+        /// The control plane's admin address.
+        #[arg(long, global = true, default_value = mesh_control_plane::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+/// The commands are named as operators say them: add-root, use-root, remove-root.
+#[allow(clippy::enum_variant_names)]
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Generate a new root and add it to the trust bundle.
+    AddRoot,
+    /// Make a root the signer (refused until every live sidecar trusts it, unless --force).
+    UseRoot {
+        /// The root's id.
+        id: String,
+        /// Skip the safety check.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a root from the trust bundle (refused while sidecars hold its certificates,
+    /// unless --force).
+    RemoveRoot {
+        /// The root's id.
+        id: String,
+        /// Skip the safety check.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -74,6 +118,8 @@ fn main() -> ExitCode {
             lifetime.unwrap_or(DEFAULT_LEAF_LIFETIME),
             &services,
         ),
+        Command::Status { admin } => status(admin),
+        Command::Ca { admin, command } => ca(admin, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +151,66 @@ fn dev_certs(
             cert.display(),
             ca.spiffe_id(namespace, service)?
         );
+    }
+    Ok(())
+}
+
+/// Sends one admin request and returns the body, or the server's error message.
+fn admin(addr: SocketAddr, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = runtime.block_on(admin_client::request(addr, method, path))?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| anyhow::anyhow!("{status}: unreadable answer from {addr}: {e}"))?;
+    if !status.is_success() {
+        let message = value
+            .get("error")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("no message");
+        anyhow::bail!("{status}: {message}");
+    }
+    Ok(value)
+}
+
+fn status(addr: SocketAddr) -> anyhow::Result<()> {
+    let value = admin(addr, Method::GET, "/status")?;
+    let status: meshctl::status::Status = serde_json::from_value(value)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    print!("{}", meshctl::status::render(&status, now));
+    Ok(())
+}
+
+fn ca(addr: SocketAddr, command: CaCommand) -> anyhow::Result<()> {
+    let query = |force: bool| if force { "?force=true" } else { "" };
+    match command {
+        CaCommand::AddRoot => {
+            let value = admin(addr, Method::POST, "/ca/roots")?;
+            let id = value
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("?");
+            println!("added root {id} to the trust bundle");
+            println!("once every sidecar runs the new bundle: meshctl ca use-root {id}");
+        }
+        CaCommand::UseRoot { id, force } => {
+            admin(
+                addr,
+                Method::POST,
+                &format!("/ca/signer/{id}{}", query(force)),
+            )?;
+            println!("root {id} now signs; sidecars renew their certificates from it");
+        }
+        CaCommand::RemoveRoot { id, force } => {
+            admin(
+                addr,
+                Method::DELETE,
+                &format!("/ca/roots/{id}{}", query(force)),
+            )?;
+            println!("removed root {id} from the trust bundle");
+        }
     }
     Ok(())
 }

@@ -1,0 +1,189 @@
+//! `meshctl status`: the control plane's `/status` document as a table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Deserialize;
+
+/// The parts of `/status` the table shows.
+#[derive(Debug, Deserialize)]
+pub struct Status {
+    /// The latest snapshot version.
+    pub version: u64,
+    /// The signing root (absent when an intermediate signs).
+    #[serde(default)]
+    pub signer: Option<String>,
+    /// The trusted roots.
+    #[serde(default)]
+    pub trust_bundle: Vec<Root>,
+    /// Services by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+}
+
+/// One trusted root.
+#[derive(Debug, Deserialize)]
+pub struct Root {
+    /// Its id.
+    pub id: String,
+}
+
+/// One service.
+#[derive(Debug, Deserialize)]
+pub struct Service {
+    /// Its current snapshot version.
+    pub snapshot_version: u64,
+    /// Its instances.
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+}
+
+/// One instance.
+#[derive(Debug, Deserialize)]
+pub struct Instance {
+    /// Chosen by the sidecar.
+    pub instance_id: String,
+    /// Inbound address.
+    pub address: String,
+    /// App version.
+    #[serde(default)]
+    pub version: String,
+    /// Reported snapshot version.
+    #[serde(default)]
+    pub applied_version: u64,
+    /// Acknowledged snapshot version.
+    #[serde(default)]
+    pub acked_version: u64,
+    /// Certificate expiry, Unix seconds (0: unknown).
+    #[serde(default)]
+    pub certificate_not_after_unix: i64,
+    /// The issuing root's id, if a root of the bundle.
+    #[serde(default)]
+    pub issuer_id: Option<String>,
+    /// Ejected endpoints.
+    #[serde(default)]
+    pub ejected_endpoints: Vec<String>,
+}
+
+/// Renders the table; `now_unix` is the current time, for certificate expiry.
+pub fn render(status: &Status, now_unix: i64) -> String {
+    let roots: Vec<&str> = status.trust_bundle.iter().map(|r| r.id.as_str()).collect();
+    let mut out = format!(
+        "snapshot version {}  signer {}  trust bundle [{}]\n\n",
+        status.version,
+        status.signer.as_deref().unwrap_or("intermediate"),
+        roots.join(", ")
+    );
+    let header = [
+        "SERVICE",
+        "INSTANCE",
+        "ADDRESS",
+        "VERSION",
+        "SNAPSHOT",
+        "CERT EXPIRES IN",
+        "ISSUER",
+        "EJECTED",
+    ];
+    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+    for (name, service) in &status.services {
+        if service.instances.is_empty() {
+            rows.push([
+                name.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                service.snapshot_version.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for i in &service.instances {
+            let applied = i.applied_version.max(i.acked_version);
+            let snapshot = if applied == service.snapshot_version {
+                applied.to_string()
+            } else if applied == 0 {
+                format!("none (stale, current {})", service.snapshot_version)
+            } else {
+                format!("{applied} (stale, current {})", service.snapshot_version)
+            };
+            let expires = if i.certificate_not_after_unix == 0 {
+                "-".to_owned()
+            } else {
+                human_secs(i.certificate_not_after_unix - now_unix)
+            };
+            rows.push([
+                name.clone(),
+                i.instance_id.clone(),
+                i.address.clone(),
+                if i.version.is_empty() {
+                    "v1".into()
+                } else {
+                    i.version.clone()
+                },
+                snapshot,
+                expires,
+                i.issuer_id.clone().unwrap_or_else(|| "-".into()),
+                if i.ejected_endpoints.is_empty() {
+                    "-".into()
+                } else {
+                    i.ejected_endpoints.join(",")
+                },
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+fn human_secs(secs: i64) -> String {
+    if secs <= 0 {
+        return "expired".into();
+    }
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_stale_instances() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "version": 12,
+            "signer": "abcd",
+            "trust_bundle": [{"id": "abcd"}],
+            "services": {
+                "orders": {"snapshot_version": 12, "instances": [
+                    {"instance_id": "o-1", "address": "127.0.0.1:1", "applied_version": 12,
+                     "certificate_not_after_unix": 1000 + 3 * 3600, "issuer_id": "abcd"},
+                    {"instance_id": "o-2", "address": "127.0.0.1:2", "applied_version": 11,
+                     "ejected_endpoints": ["inventory/127.0.0.1:9"]}
+                ]},
+                "payments": {"snapshot_version": 10, "instances": []}
+            }
+        }))
+        .unwrap();
+        let table = render(&status, 1000);
+        assert!(table.contains("11 (stale, current 12)"), "{table}");
+        assert!(table.contains("3h0m"), "{table}");
+        assert!(table.contains("inventory/127.0.0.1:9"), "{table}");
+        assert!(table.lines().any(|l| l.starts_with("payments")), "{table}");
+    }
+}

@@ -1,0 +1,188 @@
+//! The admin HTTP server (plain HTTP/1.1): health, metrics, status, configuration, and CA
+//! rotation.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /live` | 200 while the process runs |
+//! | `GET /ready` | 200 once the CA is loaded, the configuration valid and the API listening |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /status` | JSON: versions, trust bundle, signer, instances per service |
+//! | `GET /config` | JSON: the validated configuration in force |
+//! | `GET /ca/roots` | JSON: the trusted roots |
+//! | `POST /ca/roots` | generate a root and add it to the trust bundle: `{"id": ...}` |
+//! | `POST /ca/signer/<id>[?force=true]` | make a root the signer (409 until every live instance trusts it) |
+//! | `DELETE /ca/roots/<id>[?force=true]` | remove a root (409 while it signs or a live instance holds a certificate from it) |
+//!
+//! Errors are JSON `{"error": "..."}`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::mesh::{AdminError, Mesh};
+
+/// What the admin server reads.
+#[derive(Debug)]
+pub(crate) struct Admin {
+    pub(crate) mesh: Arc<Mesh>,
+    pub(crate) ready: AtomicBool,
+}
+
+type Reply = http::Response<Full<Bytes>>;
+
+/// Serves until `shutdown`, then lets requests in flight finish (for up to 5 s).
+pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        let service = service_fn(move |request| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(handle(&admin, request).await) }
+        });
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection failed");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin connections still open after 5s; closing them");
+    }
+}
+
+async fn handle(admin: &Admin, request: http::Request<Incoming>) -> Reply {
+    let method = request.method().clone();
+    let force = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mesh = &admin.mesh;
+    match (segments.as_slice(), &method) {
+        (["live"], &Method::GET) => text(StatusCode::OK, "live\n"),
+        (["ready"], &Method::GET) => {
+            if admin.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (["metrics"], &Method::GET) => {
+            let mut reply = text(StatusCode::OK, mesh.metrics().encode());
+            reply.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            reply
+        }
+        (["status"], &Method::GET) => json(StatusCode::OK, &mesh.status()),
+        (["config"], &Method::GET) => json(StatusCode::OK, &*mesh.config()),
+        (["ca", "roots"], &Method::GET) => json(StatusCode::OK, &mesh.authority().roots()),
+        (["ca", "roots"], &Method::POST) => match mesh.add_root().await {
+            Ok(id) => json(StatusCode::OK, &serde_json::json!({ "id": id })),
+            Err(e) => admin_error(&e),
+        },
+        (["ca", "signer", id], &Method::POST) => match mesh.use_root(id, force).await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "signer": id })),
+            Err(e) => admin_error(&e),
+        },
+        (["ca", "roots", id], &Method::DELETE) => match mesh.remove_root(id, force).await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "removed": id })),
+            Err(e) => admin_error(&e),
+        },
+        (
+            ["live"]
+            | ["ready"]
+            | ["metrics"]
+            | ["status"]
+            | ["config"]
+            | ["ca", "roots"]
+            | ["ca", "signer", _]
+            | ["ca", "roots", _],
+            _,
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no such path {path}")),
+    }
+}
+
+fn admin_error(e: &AdminError) -> Reply {
+    let status = match e {
+        AdminError::Conflict(_) => StatusCode::CONFLICT,
+        AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+        AdminError::Rotation(crate::ca::RotationError::UnknownRoot(_)) => StatusCode::NOT_FOUND,
+        AdminError::Rotation(crate::ca::RotationError::Store(_)) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        AdminError::Rotation(_) => StatusCode::CONFLICT,
+    };
+    error(status, e.to_string())
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut reply = http::Response::new(Full::new(body.into()));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    reply
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Reply {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            let mut reply = http::Response::new(Full::new(Bytes::from(body)));
+            *reply.status_mut() = status;
+            reply.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            reply
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode: {e}\n"),
+        ),
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Reply {
+    json(status, &serde_json::json!({ "error": message }))
+}

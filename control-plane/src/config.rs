@@ -1,0 +1,514 @@
+//! The declarative configuration directory: `mesh.yaml` plus one `services/*.yaml` per service.
+//!
+//! Read in two layers, like the sidecar's bootstrap file: serde types mirror the YAML exactly and
+//! reject unknown fields, then validation collects *every* error with its file and field path,
+//! so an operator fixes the directory in one pass. A directory that fails validation never
+//! replaces the one in force.
+//!
+//! ```yaml
+//! # mesh.yaml
+//! trust_domain: mesh.local        # required
+//! namespace: default              # default "default"
+//! certificate_lifetime: 24h       # default 24h, at least 5s
+//! registry: { heartbeat_interval: 5s, lease: 15s }   # lease must exceed the interval
+//! authorization: { default: allow }                   # allow | deny
+//! defaults: { timeout: 10s, retries: {...}, circuit_breaker: {...}, load_balancer: p2c-ewma }
+//!
+//! # services/inventory.yaml
+//! name: inventory
+//! calls: [payments]               # its dependencies, each a declared service
+//! timeout: 2s                     # policy fields; each replaces the same field of `defaults`
+//! authorization: { default: deny, allow: [orders], deny: [] }
+//! traffic_split: { v1: 90, v2: 10 }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_api::authorization::{self, AuthorizationFile, AuthorizationPolicy, Decision};
+use mesh_api::policy::{self, BreakerFile, DestinationPolicy, PolicyFile, RetriesFile};
+use mesh_api::spiffe;
+use mesh_api::validate::{Errors, check_label, duration};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The mesh file's name in the configuration directory.
+pub const MESH_FILE: &str = "mesh.yaml";
+/// The directory of service files.
+pub const SERVICES_DIR: &str = "services";
+
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const MIN_LIFETIME: Duration = Duration::from_secs(5);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+const MAX_WEIGHT: u32 = 1_000_000;
+
+/// The validated configuration of the mesh.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MeshConfig {
+    /// The trust domain of every identity.
+    pub trust_domain: String,
+    /// The namespace of every service.
+    pub namespace: String,
+    /// Lifetime of issued workload certificates.
+    #[serde(serialize_with = "human_duration")]
+    pub certificate_lifetime: Duration,
+    /// Heartbeats and leases.
+    pub registry: RegistrySettings,
+    /// What callers no rule names get, for services that do not say.
+    pub default_authorization: Decision,
+    /// The declared services, by name.
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// How the registry keeps instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RegistrySettings {
+    /// How often sidecars send heartbeats.
+    #[serde(serialize_with = "human_duration")]
+    pub heartbeat_interval: Duration,
+    /// An instance silent this long is removed.
+    #[serde(serialize_with = "human_duration")]
+    pub lease: Duration,
+}
+
+/// One declared service.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceConfig {
+    /// Its name, a DNS label.
+    pub name: String,
+    /// The file that declares it, relative to the configuration directory.
+    pub file: String,
+    /// The services it calls.
+    pub calls: Vec<String>,
+    /// The policy its callers apply to it (`defaults` merged in).
+    pub policy: DestinationPolicy,
+    /// Who may call it.
+    pub authorization: AuthorizationPolicy,
+    /// Weights between its versions, when split.
+    pub traffic_split: Option<BTreeMap<String, u32>>,
+}
+
+/// One problem, at a file and a field path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileError {
+    /// The file, relative to the configuration directory.
+    pub file: String,
+    /// Dotted field path; empty for the whole file.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found in a configuration directory.
+#[derive(Clone, Debug, thiserror::Error)]
+pub struct InvalidConfig {
+    /// The problems, file by file.
+    pub errors: Vec<FileError>,
+}
+
+/// The raw contents of a configuration directory, file by file: cheap to compare, so the
+/// directory can be polled.
+pub type ConfigFiles = BTreeMap<String, Vec<u8>>;
+
+// === schema: the files as users write them ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeshFile {
+    trust_domain: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    certificate_lifetime: Option<String>,
+    #[serde(default)]
+    registry: RegistryFile,
+    #[serde(default)]
+    authorization: MeshAuthorizationFile,
+    #[serde(default)]
+    defaults: PolicyFile,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    heartbeat_interval: Option<String>,
+    lease: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeshAuthorizationFile {
+    default: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    name: String,
+    #[serde(default)]
+    calls: Vec<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    retries: Option<RetriesFile>,
+    #[serde(default)]
+    circuit_breaker: Option<BreakerFile>,
+    #[serde(default)]
+    load_balancer: Option<String>,
+    #[serde(default)]
+    authorization: Option<AuthorizationFile>,
+    #[serde(default)]
+    traffic_split: Option<BTreeMap<String, u32>>,
+}
+
+// === reading ===
+
+/// Reads and validates the directory.
+pub fn load(dir: &Path) -> Result<MeshConfig, InvalidConfig> {
+    parse(&read_files(dir)?)
+}
+
+/// Reads `mesh.yaml` and every `services/*.yaml` (or `.yml`; hidden files are skipped).
+pub fn read_files(dir: &Path) -> Result<ConfigFiles, InvalidConfig> {
+    let mut files = ConfigFiles::new();
+    let mut errors = Vec::new();
+    let mut read = |name: String, path: &Path| match std::fs::read(path) {
+        Ok(bytes) => {
+            files.insert(name, bytes);
+        }
+        Err(e) => errors.push(file_error(&name, "", format!("cannot read file: {e}"))),
+    };
+    read(MESH_FILE.to_owned(), &dir.join(MESH_FILE));
+    let services = dir.join(SERVICES_DIR);
+    match std::fs::read_dir(&services) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+                if yaml && !name.starts_with('.') && entry.path().is_file() {
+                    read(format!("{SERVICES_DIR}/{name}"), &entry.path());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(file_error(
+            SERVICES_DIR,
+            "",
+            format!("cannot read directory: {e}"),
+        )),
+    }
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(InvalidConfig { errors })
+    }
+}
+
+/// Validates the contents of a directory as read by [`read_files`].
+pub fn parse(files: &ConfigFiles) -> Result<MeshConfig, InvalidConfig> {
+    let mut errors = Vec::new();
+    let mesh = files
+        .get(MESH_FILE)
+        .and_then(|text| yaml::<MeshFile>(MESH_FILE, text, &mut errors));
+    let mut service_files = Vec::new();
+    for (name, text) in files.range(format!("{SERVICES_DIR}/")..) {
+        if !name.starts_with(&format!("{SERVICES_DIR}/")) {
+            break;
+        }
+        if let Some(file) = yaml::<ServiceFile>(name, text, &mut errors) {
+            service_files.push((name.clone(), file));
+        }
+    }
+    if !files.contains_key(MESH_FILE) {
+        errors.push(file_error(MESH_FILE, "", "missing"));
+    }
+    // Without a readable mesh.yaml the services are still checked (against empty defaults), so
+    // one run reports everything.
+    let config = match mesh {
+        Some(mesh) => Some(validate(mesh, service_files, &mut errors)),
+        None => {
+            let mut ignored = Vec::new();
+            let placeholder = MeshFile {
+                trust_domain: "mesh.local".into(),
+                namespace: None,
+                certificate_lifetime: None,
+                registry: RegistryFile::default(),
+                authorization: MeshAuthorizationFile::default(),
+                defaults: PolicyFile::default(),
+            };
+            let partial = validate(placeholder, service_files, &mut ignored);
+            errors.extend(ignored.into_iter().filter(|e| e.file != MESH_FILE));
+            drop(partial);
+            None
+        }
+    };
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => Err(InvalidConfig { errors }),
+    }
+}
+
+fn yaml<T: DeserializeOwned>(file: &str, bytes: &[u8], errors: &mut Vec<FileError>) -> Option<T> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            errors.push(file_error(file, "", format!("not UTF-8: {e}")));
+            return None;
+        }
+    };
+    // serde_path_to_error records where a structural error (unknown field, wrong type, missing
+    // field) happened; the YAML error itself carries line and column.
+    let mut failed_at = None;
+    serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            failed_at = Some(e.path().to_string());
+            e.into_inner()
+        })
+    })
+    .map_err(|e| {
+        errors.push(file_error(
+            file,
+            &failed_at.filter(|p| p != ".").unwrap_or_default(),
+            e.to_string(),
+        ))
+    })
+    .ok()
+}
+
+fn file_error(file: &str, path: &str, message: impl Into<String>) -> FileError {
+    FileError {
+        file: file.to_owned(),
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Moves errors collected for one file into the list, with the file's name.
+fn drain(file: &str, errors: Errors, into: &mut Vec<FileError>) {
+    into.extend(
+        errors
+            .into_vec()
+            .into_iter()
+            .map(|e| file_error(file, &e.path, e.message)),
+    );
+}
+
+// === validation ===
+
+fn validate(
+    mesh: MeshFile,
+    service_files: Vec<(String, ServiceFile)>,
+    out: &mut Vec<FileError>,
+) -> MeshConfig {
+    let mut errors = Errors::default();
+    if let Err(e) = spiffe::check_trust_domain(&mesh.trust_domain) {
+        errors.push("trust_domain", e.to_string());
+    }
+    let namespace = mesh.namespace.unwrap_or_else(|| "default".to_owned());
+    check_label(&mut errors, "namespace", &namespace);
+    let certificate_lifetime = duration(
+        &mut errors,
+        "certificate_lifetime",
+        mesh.certificate_lifetime,
+        DEFAULT_LIFETIME,
+    );
+    if certificate_lifetime < MIN_LIFETIME {
+        errors.push("certificate_lifetime", "must be at least 5s");
+    }
+    let registry = RegistrySettings {
+        heartbeat_interval: duration(
+            &mut errors,
+            "registry.heartbeat_interval",
+            mesh.registry.heartbeat_interval,
+            DEFAULT_HEARTBEAT,
+        ),
+        lease: duration(
+            &mut errors,
+            "registry.lease",
+            mesh.registry.lease,
+            DEFAULT_LEASE,
+        ),
+    };
+    if registry.lease <= registry.heartbeat_interval {
+        errors.push("registry.lease", "must exceed registry.heartbeat_interval");
+    }
+    let default_authorization = authorization::decision(
+        &mut errors,
+        "authorization.default",
+        mesh.authorization.default.as_deref(),
+        Decision::Allow,
+    );
+    // The defaults are checked once, here; a service inherits only fields it does not set.
+    policy::validate(mesh.defaults.clone(), "defaults", &mut errors);
+    drain(MESH_FILE, errors, out);
+
+    let mut declared: BTreeMap<String, String> = BTreeMap::new();
+    for (file, service) in &service_files {
+        if let Some(first) = declared.get(&service.name) {
+            out.push(file_error(
+                file,
+                "name",
+                format!("service {:?} is already declared in {first}", service.name),
+            ));
+        } else {
+            declared.insert(service.name.clone(), file.clone());
+        }
+    }
+
+    let mut services = BTreeMap::new();
+    for (file, service) in service_files {
+        let mut errors = Errors::default();
+        let config = validate_service(
+            service,
+            &file,
+            &mesh.defaults,
+            default_authorization,
+            &declared,
+            &mut errors,
+        );
+        drain(&file, errors, out);
+        if declared.get(&config.name) == Some(&file) {
+            services.insert(config.name.clone(), config);
+        }
+    }
+    MeshConfig {
+        trust_domain: mesh.trust_domain,
+        namespace,
+        certificate_lifetime,
+        registry,
+        default_authorization,
+        services,
+    }
+}
+
+fn validate_service(
+    file: ServiceFile,
+    file_name: &str,
+    defaults: &PolicyFile,
+    default_decision: Decision,
+    declared: &BTreeMap<String, String>,
+    errors: &mut Errors,
+) -> ServiceConfig {
+    check_label(errors, "name", &file.name);
+    let mut seen = BTreeSet::new();
+    for (i, call) in file.calls.iter().enumerate() {
+        let path = format!("calls[{i}]");
+        if !declared.contains_key(call) {
+            check_label(errors, &path, call);
+            errors.push(&path, format!("service {call:?} is not declared"));
+        } else if !seen.insert(call) {
+            errors.push(&path, format!("{call:?} is listed twice"));
+        }
+    }
+
+    // Each top-level policy field the service sets replaces the same field of `defaults`.
+    let set: BTreeSet<&str> = [
+        ("timeout", file.timeout.is_some()),
+        ("retries", file.retries.is_some()),
+        ("circuit_breaker", file.circuit_breaker.is_some()),
+        ("load_balancer", file.load_balancer.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(field, set)| set.then_some(field))
+    .collect();
+    let merged = PolicyFile {
+        timeout: file.timeout.or_else(|| defaults.timeout.clone()),
+        retries: file.retries.or_else(|| defaults.retries.clone()),
+        circuit_breaker: file
+            .circuit_breaker
+            .or_else(|| defaults.circuit_breaker.clone()),
+        load_balancer: file
+            .load_balancer
+            .or_else(|| defaults.load_balancer.clone()),
+    };
+    let mut policy_errors = Errors::default();
+    let policy = policy::validate(merged, "", &mut policy_errors);
+    for e in policy_errors.into_vec() {
+        let path = e.path.trim_start_matches('.');
+        let field = path.split(['.', '[']).next().unwrap_or_default();
+        // Errors in inherited fields belong to mesh.yaml, which reports them.
+        if set.contains(field) {
+            errors.push(path, e.message);
+        }
+    }
+
+    let authorization_file = file.authorization.unwrap_or_default();
+    for (list, entries) in [
+        ("allow", &authorization_file.allow),
+        ("deny", &authorization_file.deny),
+    ] {
+        for (i, entry) in entries.iter().enumerate() {
+            let is_label = spiffe::check_label(entry).is_ok();
+            if !entry.starts_with("spiffe://") && is_label && !declared.contains_key(entry) {
+                errors.push(
+                    format!("authorization.{list}[{i}]"),
+                    format!("service {entry:?} is not declared"),
+                );
+            }
+        }
+    }
+    let authorization = authorization::validate(
+        authorization_file,
+        "authorization",
+        default_decision,
+        errors,
+    );
+
+    if let Some(split) = &file.traffic_split {
+        if split.is_empty() {
+            errors.push("traffic_split", "must list at least one version");
+        } else if split.values().all(|w| *w == 0) {
+            errors.push(
+                "traffic_split",
+                "at least one weight must be greater than 0",
+            );
+        }
+        for (version, weight) in split {
+            let path = format!("traffic_split.{version}");
+            check_label(errors, &path, version);
+            if *weight > MAX_WEIGHT {
+                errors.push(&path, format!("must be at most {MAX_WEIGHT}"));
+            }
+        }
+    }
+    ServiceConfig {
+        name: file.name,
+        file: file_name.to_owned(),
+        calls: file.calls,
+        policy,
+        authorization,
+        traffic_split: file.traffic_split,
+    }
+}
+
+fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+// === impl FileError, InvalidConfig ===
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.path, self.message)
+        }
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} errors):", self.errors.len())?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

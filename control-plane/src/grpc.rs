@@ -1,0 +1,303 @@
+//! The gRPC services of `mesh.v1`: Identity, Registry and Discovery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::proto::v1;
+use mesh_api::spiffe::SpiffeId;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::ca::CertError;
+use crate::mesh::{Mesh, RegistryError};
+use crate::tls::PeerInfo;
+use crate::tokens::Tokens;
+
+/// How long a new watch stream may take to name its instance.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The API's handlers, over the shared state.
+#[derive(Clone, Debug)]
+pub(crate) struct Api {
+    mesh: Arc<Mesh>,
+    tokens: Tokens,
+    shutdown: CancellationToken,
+}
+
+impl Api {
+    pub(crate) fn new(mesh: Arc<Mesh>, tokens: Tokens, shutdown: CancellationToken) -> Self {
+        Self {
+            mesh,
+            tokens,
+            shutdown,
+        }
+    }
+
+    /// The caller's service, from its verified client certificate.
+    fn caller<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let id = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.clone())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "this call needs the client certificate that Identity.Certify issued",
+                )
+            })?;
+        let config = self.mesh.config();
+        let service = id.service().unwrap_or_default().to_owned();
+        let expected = SpiffeId::for_service(&config.trust_domain, &config.namespace, &service);
+        if id.trust_domain() != config.trust_domain || expected.as_ref() != Ok(&id) {
+            return Err(Status::permission_denied(format!(
+                "{id} is not a service identity of this mesh \
+                 (spiffe://{}/ns/{}/sa/<service>)",
+                config.trust_domain, config.namespace
+            )));
+        }
+        Ok(service)
+    }
+}
+
+#[tonic::async_trait]
+impl v1::identity_server::Identity for Api {
+    async fn certify(
+        &self,
+        request: Request<v1::CertifyRequest>,
+    ) -> Result<Response<v1::CertifyResponse>, Status> {
+        let request = request.into_inner();
+        let config = self.mesh.config();
+        let metrics = self.mesh.metrics();
+        let service = request.service;
+        if !config.services.contains_key(&service) || !self.tokens.check(&service, &request.token) {
+            metrics.refused("unauthenticated");
+            tracing::warn!(%service, "certificate refused: unknown service or wrong join token");
+            return Err(Status::unauthenticated(format!(
+                "the token is not the join token of service {service:?}"
+            )));
+        }
+        let id = SpiffeId::for_service(&config.trust_domain, &config.namespace, &service)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ca = self.mesh.authority();
+        match ca.sign_csr_der(&request.csr_der, id.as_str(), config.certificate_lifetime) {
+            Ok(issued) => {
+                metrics.certificates_issued.inc();
+                tracing::debug!(%service, not_after = issued.not_after_unix, "issued a certificate");
+                Ok(Response::new(v1::CertifyResponse {
+                    chain_der: issued.chain_der,
+                    trust_bundle_der: ca.trust_bundle_der(),
+                    not_after_unix: issued.not_after_unix,
+                }))
+            }
+            Err(e @ CertError::WrongIdentity { .. }) => {
+                metrics.refused("wrong_identity");
+                tracing::warn!(%service, error = %e, "certificate refused");
+                Err(Status::permission_denied(e.to_string()))
+            }
+            Err(e @ CertError::InvalidCsr(_)) => {
+                metrics.refused("invalid_csr");
+                Err(Status::invalid_argument(e.to_string()))
+            }
+            Err(e) => {
+                metrics.refused("internal");
+                tracing::error!(%service, error = %e, "cannot issue a certificate");
+                Err(Status::internal("the CA failed to issue the certificate"))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::registry_server::Registry for Api {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let instance = request
+            .into_inner()
+            .instance
+            .ok_or_else(|| Status::invalid_argument("instance is missing"))?;
+        match self.mesh.register(&caller, &instance) {
+            Ok((heartbeat, lease)) => {
+                tracing::info!(
+                    service = %caller,
+                    instance = %instance.instance_id,
+                    address = %instance.address,
+                    version = %instance.version,
+                    "registered"
+                );
+                Ok(Response::new(v1::RegisterResponse {
+                    heartbeat_interval_ms: millis(heartbeat),
+                    lease_ms: millis(lease),
+                }))
+            }
+            Err(e @ RegistryError::WrongService { .. }) => {
+                Err(Status::permission_denied(e.to_string()))
+            }
+            Err(e @ RegistryError::Undeclared(_)) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e @ RegistryError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let known = self.mesh.heartbeat(&caller, request.get_ref());
+        Ok(Response::new(v1::HeartbeatResponse { known }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::discovery_server::Discovery for Api {
+    type WatchStream = ReceiverStream<Result<v1::Snapshot, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<v1::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let service = self.caller(&request)?;
+        let snapshots = self.mesh.subscribe(&service).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "service {service:?} is not declared in the configuration"
+            ))
+        })?;
+        // Capacity 1: a slow watcher holds at most one snapshot in hand and then skips straight
+        // to the latest.
+        let (tx, rx) = mpsc::channel(1);
+        let watch = Watch {
+            mesh: self.mesh.clone(),
+            service,
+            snapshots,
+            requests: request.into_inner(),
+            tx,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(watch.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One watch stream.
+struct Watch {
+    mesh: Arc<Mesh>,
+    service: String,
+    snapshots: watch::Receiver<Arc<v1::Snapshot>>,
+    requests: Streaming<v1::WatchRequest>,
+    tx: mpsc::Sender<Result<v1::Snapshot, Status>>,
+    shutdown: CancellationToken,
+}
+
+/// Counts an open stream for as long as it lives.
+struct Open {
+    mesh: Arc<Mesh>,
+    service: String,
+    instance: String,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.mesh.metrics().watchers.dec();
+        self.mesh.watch_stream(&self.service, &self.instance, false);
+    }
+}
+
+impl Watch {
+    async fn run(mut self) {
+        let first = tokio::select! {
+            () = self.shutdown.cancelled() => return,
+            first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, self.requests.message()) => first,
+        };
+        let first = match first {
+            Ok(Ok(Some(first))) => first,
+            Ok(Ok(None) | Err(_)) => return,
+            Err(_) => {
+                let _ = self
+                    .tx
+                    .send(Err(Status::deadline_exceeded(
+                        "the first WatchRequest must name the instance",
+                    )))
+                    .await;
+                return;
+            }
+        };
+        if first.instance_id.is_empty() {
+            let _ = self
+                .tx
+                .send(Err(Status::invalid_argument(
+                    "the first WatchRequest must name the instance",
+                )))
+                .await;
+            return;
+        }
+        let instance = first.instance_id.clone();
+        self.mesh.watch_stream(&self.service, &instance, true);
+        self.mesh.metrics().watchers.inc();
+        let _open = Open {
+            mesh: self.mesh.clone(),
+            service: self.service.clone(),
+            instance: instance.clone(),
+        };
+        tracing::debug!(service = %self.service, %instance, "watch opened");
+        self.acknowledge(&instance, &first);
+        let mut reading = true;
+        loop {
+            let snapshot = self.snapshots.borrow_and_update().clone();
+            if self.tx.send(Ok((*snapshot).clone())).await.is_err() {
+                return;
+            }
+            self.mesh.metrics().snapshots_pushed.inc();
+            loop {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    () = self.tx.closed() => return,
+                    changed = self.snapshots.changed() => {
+                        if changed.is_err() {
+                            let _ = self.tx.send(Err(Status::not_found(format!(
+                                "service {:?} is no longer declared", self.service
+                            )))).await;
+                            return;
+                        }
+                        break;
+                    }
+                    message = self.requests.message(), if reading => match message {
+                        Ok(Some(request)) => self.acknowledge(&instance, &request),
+                        // The sidecar closed its side; keep pushing.
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            tracing::debug!(service = %self.service, %instance, %status, "watch ended");
+                            return;
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    fn acknowledge(&self, instance: &str, request: &v1::WatchRequest) {
+        if request.ack_version == 0 && request.error.is_empty() {
+            return;
+        }
+        if !request.error.is_empty() {
+            self.mesh.metrics().snapshots_rejected.inc();
+            tracing::warn!(
+                service = %self.service,
+                %instance,
+                version = request.ack_version,
+                error = %request.error,
+                "a sidecar rejected a snapshot"
+            );
+        }
+        self.mesh
+            .ack(&self.service, instance, request.ack_version, &request.error);
+    }
+}

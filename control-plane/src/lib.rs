@@ -1,0 +1,465 @@
+//! The mesh's control plane: certificate authority, registry, declarative policy, and the
+//! configuration each sidecar runs on, pushed as it changes.
+//!
+//! # Layout
+//! - [`ca`]: certificate authorities: the state directory's [`ca::Authority`] and the
+//!   development [`ca::DevCa`].
+//! - [`config`]: the configuration directory (`mesh.yaml`, `services/*.yaml`) and its
+//!   validation.
+//! - `mesh`: the state, and the per-service snapshots computed from it.
+//! - `grpc`: the `mesh.v1` services; `tls`: the API's TLS with live certificates.
+//! - `admin`: the admin HTTP server; [`admin_client`]: a small client for it (meshctl, tests).
+//! - [`client`]: the sidecar's side of the API (CSR, SPIFFE-verified connection), for tests and
+//!   tools.
+//!
+//! # State directory
+//! - `ca.pem`, `roots/`, `signer`, and optionally an operator's `ca-key.pem` or
+//!   `intermediate.pem` + `intermediate-key.pem`: the CA (see [`ca::Authority`]).
+//! - `tokens/<service>`: join tokens (see [`Tokens`]).
+//! - `version`: the last snapshot version, written on stop; the next start continues above it
+//!   and above the clock in milliseconds, so versions only ever increase.
+//!
+//! # Running in-process
+//! ```no_run
+//! # async fn example() -> Result<(), mesh_control_plane::Error> {
+//! use mesh_control_plane::{Listeners, Options};
+//! let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await?;
+//! let cp = mesh_control_plane::start(Options::new("config", "state"), listeners).await?;
+//! println!("api {} admin {}", cp.api_addr(), cp.admin_addr());
+//! cp.stop().await?;
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod admin;
+pub mod admin_client;
+pub mod ca;
+pub mod client;
+pub mod config;
+mod grpc;
+mod mesh;
+pub mod metrics;
+mod tls;
+mod tokens;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mesh_api::proto::v1;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::ca::CertError;
+pub use crate::config::{InvalidConfig, MeshConfig};
+pub use crate::mesh::{InstanceStatus, ServiceStatus, Status};
+pub use crate::tls::{PeerInfo, TlsError, control_plane_id};
+pub use crate::tokens::{TokenError, Tokens};
+
+/// The API's default listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:15010";
+/// The admin server's default listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15014";
+/// How often the configuration directory is read for changes.
+pub const DEFAULT_CONFIG_POLL: Duration = Duration::from_millis(200);
+
+/// Where the control plane keeps its inputs and state.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The configuration directory (`mesh.yaml`, `services/`).
+    pub config_dir: PathBuf,
+    /// The state directory (CA, tokens).
+    pub state_dir: PathBuf,
+    /// How often to look for configuration changes.
+    pub config_poll: Duration,
+}
+
+impl Options {
+    /// Options with the default poll interval.
+    pub fn new(config_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            config_dir: config_dir.into(),
+            state_dir: state_dir.into(),
+            config_poll: DEFAULT_CONFIG_POLL,
+        }
+    }
+}
+
+/// Bound listeners, so callers (and tests, with port 0) know the addresses before starting.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC API.
+    pub api: TcpListener,
+    /// The admin HTTP server.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both listeners.
+    pub async fn bind(api: SocketAddr, admin: SocketAddr) -> Result<Self, Error> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })
+        };
+        Ok(Self {
+            api: bind(api).await?,
+            admin: bind(admin).await?,
+        })
+    }
+}
+
+/// Why the control plane could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration directory is invalid.
+    #[error("{0}")]
+    Config(#[from] InvalidConfig),
+    /// The CA could not be loaded or created.
+    #[error("certificate authority: {0}")]
+    Ca(#[from] CertError),
+    /// Join tokens could not be created.
+    #[error("join tokens: {0}")]
+    Tokens(#[from] TokenError),
+    /// TLS could not be set up.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A file or directory could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("API server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    api_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    state_dir: PathBuf,
+    mesh: Arc<mesh::Mesh>,
+    shutdown: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Where the gRPC API listens.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Where the admin server listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<MeshConfig> {
+        self.mesh.config()
+    }
+
+    /// The latest snapshot version.
+    pub fn version(&self) -> u64 {
+        self.mesh.version()
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> Status {
+        self.mesh.status()
+    }
+
+    /// The trust bundle, as written to `ca.pem`.
+    pub fn trust_bundle_der(&self) -> Vec<Vec<u8>> {
+        self.mesh.authority().trust_bundle_der()
+    }
+
+    /// The file of a service's join token.
+    pub fn token_path(&self, service: &str) -> PathBuf {
+        self.state_dir.join("tokens").join(service)
+    }
+
+    /// Completes when the API server stops on its own (an error); never on a healthy server.
+    pub async fn failed(&mut self) -> Result<(), Error> {
+        match (&mut self.server).await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(Error::Io {
+                path: PathBuf::new(),
+                source: io::Error::other(e),
+            }),
+        }
+    }
+
+    /// Stops serving: ends watch streams, lets calls in flight finish, and records the snapshot
+    /// version so the next start continues above it.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        let server = match tokio::time::timeout(Duration::from_secs(10), self.server).await {
+            Ok(Ok(result)) => result.map_err(Error::from),
+            Ok(Err(_)) => Ok(()),
+            Err(_) => {
+                tracing::warn!("API connections still open after 10s; closing them");
+                Ok(())
+            }
+        };
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+        }
+        save_version(&self.state_dir, self.mesh.version());
+        tracing::info!("control plane stopped");
+        server
+    }
+}
+
+/// Starts the control plane on bound listeners: loads the configuration (every error reported),
+/// loads or creates the CA and join tokens, then serves the API and the admin server. Returns
+/// once it is ready.
+pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlane, Error> {
+    let config = config::load(&options.config_dir)?;
+    let state_dir = options.state_dir.clone();
+    let trust_domain = config.trust_domain.clone();
+    let ca = tokio::task::spawn_blocking(move || ca::Authority::open(&state_dir, &trust_domain))
+        .await
+        .map_err(|e| Error::Io {
+            path: options.state_dir.clone(),
+            source: io::Error::other(e),
+        })??;
+    let tokens = Tokens::open(&options.state_dir)?;
+    for service in tokens.ensure(config.services.keys())? {
+        tracing::info!(%service, path = %tokens.path(&service).display(), "created a join token");
+    }
+    let first_version = first_version(&options.state_dir);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let watched_files = config::read_files(&options.config_dir)?;
+    let mesh = Arc::new(mesh::Mesh::new(config, ca, metrics, first_version));
+
+    let api_addr = local_addr(&listeners.api)?;
+    let admin_addr = local_addr(&listeners.admin)?;
+    let shutdown = CancellationToken::new();
+    let server_tls = Arc::new(tls::ServerTls::new(&mesh)?);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn({
+        let (tls, mesh, shutdown) = (server_tls.clone(), mesh.clone(), shutdown.clone());
+        async move { tls.maintain(mesh, shutdown).await }
+    }));
+    let incoming = server_tls.incoming(listeners.api, shutdown.clone());
+    let api = grpc::Api::new(mesh.clone(), tokens.clone(), shutdown.clone());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(v1::identity_server::IdentityServer::new(api.clone()))
+            .add_service(v1::registry_server::RegistryServer::new(api.clone()))
+            .add_service(v1::discovery_server::DiscoveryServer::new(api))
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
+    );
+    tasks.push(tokio::spawn(watch_config(
+        mesh.clone(),
+        tokens,
+        options.config_dir.clone(),
+        options.config_poll,
+        watched_files,
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(sweep(mesh.clone(), shutdown.clone())));
+    let admin = Arc::new(admin::Admin {
+        mesh: mesh.clone(),
+        ready: AtomicBool::new(false),
+    });
+    tasks.push(tokio::spawn(admin::serve(
+        admin.clone(),
+        listeners.admin,
+        shutdown.clone(),
+    )));
+    admin.ready.store(true, Ordering::Release);
+    let status = mesh.status();
+    tracing::info!(
+        api = %api_addr,
+        admin = %admin_addr,
+        version = status.version,
+        signer = status.signer.as_deref().unwrap_or("intermediate"),
+        services = status.services.len(),
+        "control plane ready"
+    );
+    Ok(ControlPlane {
+        api_addr,
+        admin_addr,
+        state_dir: options.state_dir,
+        mesh,
+        shutdown,
+        server,
+        tasks,
+    })
+}
+
+/// Starts, serves until `shutdown` completes, then stops cleanly.
+pub async fn run(
+    options: Options,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let mut cp = start(options, listeners).await?;
+    tokio::select! {
+        () = shutdown => cp.stop().await,
+        failed = cp.failed() => {
+            failed?;
+            cp.stop().await
+        }
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, Error> {
+    listener.local_addr().map_err(|source| Error::Io {
+        path: PathBuf::new(),
+        source,
+    })
+}
+
+/// Snapshot versions must increase across restarts, so sidecars never mistake a new snapshot
+/// for an old one: start above both the clock (milliseconds since the epoch) and the last
+/// version recorded on stop.
+fn first_version(state_dir: &Path) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let saved = std::fs::read_to_string(state_dir.join("version"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    now.max(saved.saturating_add(1))
+}
+
+fn save_version(state_dir: &Path, version: u64) {
+    let path = state_dir.join("version");
+    if let Err(e) = ca::write_atomic(&path, format!("{version}\n").as_bytes(), 0o644) {
+        tracing::warn!(error = %e, "cannot record the snapshot version");
+    }
+}
+
+/// Polls the configuration directory; applies a valid change, and keeps the configuration in
+/// force when a change is invalid (each error logged once, and counted).
+async fn watch_config(
+    mesh: Arc<mesh::Mesh>,
+    tokens: Tokens,
+    dir: PathBuf,
+    every: Duration,
+    mut last: config::ConfigFiles,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_failure: Option<Vec<config::FileError>> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let read_dir = dir.clone();
+        let files = match tokio::task::spawn_blocking(move || config::read_files(&read_dir)).await {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!(error = %e, "configuration read task failed");
+                continue;
+            }
+        };
+        let parsed = files.and_then(|files| {
+            if files == last {
+                return Ok(None);
+            }
+            last = files;
+            config::parse(&last).map(Some)
+        });
+        let result = parsed.and_then(|config| match config {
+            Some(config) => check_fixed(&mesh.config(), config).map(Some),
+            None => Ok(None),
+        });
+        match result {
+            Ok(None) => {}
+            Ok(Some(config)) => {
+                last_failure = None;
+                match tokens.ensure(config.services.keys()) {
+                    Ok(created) => {
+                        for service in created {
+                            tracing::info!(%service, "created a join token");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot create a join token"),
+                }
+                mesh.metrics().reloaded(true);
+                if *mesh.config() != config {
+                    mesh.apply_config(config);
+                    tracing::info!(version = mesh.version(), "configuration reloaded");
+                }
+            }
+            Err(invalid) => {
+                if last_failure.as_ref() != Some(&invalid.errors) {
+                    for e in &invalid.errors {
+                        tracing::warn!("{e}");
+                    }
+                    tracing::warn!(
+                        errors = invalid.errors.len(),
+                        "configuration change refused; the previous configuration stays in force"
+                    );
+                    mesh.metrics().reloaded(false);
+                    last_failure = Some(invalid.errors);
+                }
+            }
+        }
+    }
+}
+
+/// Identities derive from the trust domain and namespace; changing them would invalidate every
+/// certificate at once, so that takes a restart.
+fn check_fixed(current: &MeshConfig, next: MeshConfig) -> Result<MeshConfig, InvalidConfig> {
+    let mut errors = Vec::new();
+    for (field, now, then) in [
+        ("trust_domain", &current.trust_domain, &next.trust_domain),
+        ("namespace", &current.namespace, &next.namespace),
+    ] {
+        if now != then {
+            errors.push(config::FileError {
+                file: config::MESH_FILE.to_owned(),
+                path: field.to_owned(),
+                message: format!("cannot change from {now:?} to {then:?} while running; restart"),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(next)
+    } else {
+        Err(InvalidConfig { errors })
+    }
+}
+
+/// Removes instances whose lease expired, checking at least four times per lease.
+async fn sweep(mesh: Arc<mesh::Mesh>, shutdown: CancellationToken) {
+    loop {
+        let every = (mesh.config().registry.lease / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        mesh.sweep();
+    }
+}

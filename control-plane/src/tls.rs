@@ -1,0 +1,361 @@
+//! TLS for the API: TLS 1.3 only, ALPN h2, the control plane's SPIFFE certificate swapped live,
+//! and optional client certificates verified against the current trust bundle.
+//!
+//! Identity.Certify needs no client certificate (the join token proves the service), so client
+//! certificates are optional at the TLS layer; every other call checks the caller's identity,
+//! which the accepted connection carries as [`PeerInfo`] in each request's extensions.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use mesh_api::proto::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE};
+use mesh_api::spiffe::{SpiffeId, ids_in_certificate};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::{Authority, CertError};
+use crate::mesh::Mesh;
+
+/// How long a client may take to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end of an API connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// The peer's address.
+    pub remote_addr: Option<SocketAddr>,
+    /// The SPIFFE ID of its verified client certificate, if it presented one.
+    pub identity: Option<SpiffeId>,
+}
+
+/// An accepted TLS connection that tells tonic who the peer is.
+#[derive(Debug)]
+pub(crate) struct TlsConnection {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+/// Errors setting up TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built from the trust bundle.
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The server certificate could not be issued.
+    #[error("server certificate: {0}")]
+    Certificate(#[from] CertError),
+}
+
+/// The provider used for every TLS operation: ring, named explicitly so the process default
+/// never matters.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The ID the control plane presents in `trust_domain`.
+pub fn control_plane_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{CONTROL_PLANE_NAMESPACE}/sa/{CONTROL_PLANE_SERVICE}")
+}
+
+/// The server side's live parts: its certificate and its client verifier.
+#[derive(Debug)]
+pub(crate) struct ServerTls {
+    resolver: Arc<LiveCert>,
+    verifier: Arc<LiveVerifier>,
+    config: Arc<ServerConfig>,
+}
+
+impl ServerTls {
+    /// Issues the first server certificate and builds the configuration.
+    pub(crate) fn new(mesh: &Mesh) -> Result<Self, TlsError> {
+        let provider = provider();
+        let ca = mesh.authority();
+        let resolver = Arc::new(LiveCert {
+            current: ArcSwap::from(issue(&ca, mesh.config().certificate_lifetime, &provider)?.0),
+        });
+        let verifier = Arc::new(LiveVerifier {
+            inner: ArcSwap::from_pointee(client_verifier(&ca, &provider)?),
+        });
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier.clone())
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            resolver,
+            verifier,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Keeps the certificate fresh and the verifier on the current bundle: re-issues at two
+    /// thirds of the certificate's life and whenever the signer changes, rebuilds the verifier
+    /// when the bundle changes. Connections in progress keep what they negotiated.
+    pub(crate) async fn maintain(&self, mesh: Arc<Mesh>, shutdown: CancellationToken) {
+        let provider = provider();
+        let mut ca_rx = mesh.watch_authority();
+        let mut current = ca_rx.borrow_and_update().clone();
+        let mut renew_at = renew_time(mesh.config().certificate_lifetime);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(renew_at) => {}
+                changed = ca_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let next = ca_rx.borrow_and_update().clone();
+                    if next.trust_bundle_der() != current.trust_bundle_der() {
+                        match client_verifier(&next, &provider) {
+                            Ok(v) => self.verifier.inner.store(Arc::new(v)),
+                            Err(e) => tracing::error!(error = %e, "cannot rebuild the client verifier"),
+                        }
+                    }
+                    let signer_changed = next.issuer_sha256() != current.issuer_sha256();
+                    current = next;
+                    if !signer_changed {
+                        continue;
+                    }
+                }
+            }
+            let lifetime = mesh.config().certificate_lifetime;
+            match issue(&current, lifetime, &provider) {
+                Ok((cert, not_after)) => {
+                    self.resolver.current.store(cert);
+                    tracing::debug!(not_after, "issued the control plane's certificate");
+                    renew_at = renew_time(lifetime);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot issue the control plane's certificate");
+                    renew_at = tokio::time::Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+    }
+
+    /// Accepts TCP connections and completes handshakes concurrently, so one slow client never
+    /// holds up the rest; yields finished connections to the gRPC server.
+    pub(crate) fn incoming(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
+        let (tx, rx) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(self.config.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (tcp, remote) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let tls =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(|leaf| ids_in_certificate(leaf).into_iter().next());
+                    let info = PeerInfo {
+                        remote_addr: Some(remote),
+                        identity,
+                    };
+                    let _ = tx.send(Ok(TlsConnection { inner: tls, info })).await;
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+fn renew_time(lifetime: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + lifetime.mul_f64(2.0 / 3.0)
+}
+
+fn issue(
+    ca: &Authority,
+    lifetime: Duration,
+    provider: &CryptoProvider,
+) -> Result<(Arc<CertifiedKey>, i64), TlsError> {
+    let id = control_plane_id(ca.trust_domain());
+    let (issued, key) = ca.issue_own(&id, lifetime)?;
+    let chain = issued
+        .chain_der
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let key = provider.key_provider.load_private_key(key)?;
+    Ok((
+        Arc::new(CertifiedKey::new(chain, key)),
+        issued.not_after_unix,
+    ))
+}
+
+fn client_verifier(
+    ca: &Authority,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    Ok(
+        WebPkiClientVerifier::builder_with_provider(Arc::new(ca.root_store()), provider.clone())
+            .allow_unauthenticated()
+            .build()?,
+    )
+}
+
+/// The server certificate, replaced without a restart.
+#[derive(Debug)]
+struct LiveCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// A client verifier on the current trust bundle.
+#[derive(Debug)]
+struct LiveVerifier {
+    inner: ArcSwap<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientCertVerifier for LiveVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; sidecars know which certificate to send.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.load().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.load().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.load().supported_verify_schemes()
+    }
+}
+
+// === impl TlsConnection ===
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

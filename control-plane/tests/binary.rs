@@ -1,0 +1,160 @@
+//! The real `control-plane` binary: `validate`, start, readiness, and a clean stop on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::{Method, StatusCode};
+use mesh_control_plane::admin_client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_control-plane");
+
+/// Kills the process if the test fails before stopping it.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn validate_prints_every_error_with_file_and_path() {
+    let dirs = Dirs::new(
+        "trust_domain: mesh.local\nregistry:\n  heartbeat_interval: 10s\n  lease: 5s\nsurprise: true\n",
+        &[
+            (
+                "orders",
+                "name: orders\ncalls: [inventory, ghost]\ntimeout: soon\n",
+            ),
+            (
+                "inventory",
+                "name: inventory\nauthorization:\n  allow: [stranger]\ntraffic_split:\n  V1: 10\n",
+            ),
+        ],
+    );
+    let out = Command::new(BIN)
+        .args(["validate"])
+        .arg(dirs.config.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = dirs.config.path().display().to_string();
+    for expected in [
+        format!("{dir}/mesh.yaml: surprise: "),
+        format!("{dir}/services/orders.yaml: calls[1]: service \"ghost\" is not declared"),
+        format!("{dir}/services/orders.yaml: timeout: invalid duration"),
+        format!(
+            "{dir}/services/inventory.yaml: authorization.allow[0]: service \"stranger\" is not declared"
+        ),
+        format!("{dir}/services/inventory.yaml: traffic_split.V1: "),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&expected)),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+
+    // Fix them: exit 0 and one line.
+    std::fs::write(
+        dirs.config.path().join("mesh.yaml"),
+        "trust_domain: mesh.local\n",
+    )
+    .unwrap();
+    dirs.write_service("orders", "name: orders\ncalls: [inventory]\ntimeout: 2s\n");
+    dirs.write_service(
+        "inventory",
+        "name: inventory\nauthorization:\n  default: deny\n  allow: [orders]\n",
+    );
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(dirs.config.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("2 services"), "{stdout}");
+}
+
+#[test]
+fn the_binary_starts_serves_and_stops_on_sigterm() {
+    let dirs = Dirs::new(
+        "trust_domain: mesh.local\n",
+        &[("orders", "name: orders\n")],
+    );
+    let mut child = Command::new(BIN)
+        .arg("--config-dir")
+        .arg(dirs.config.path())
+        .arg("--state-dir")
+        .arg(dirs.state())
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("MESH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut process = Process(child);
+
+    // The start line names both bound addresses.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no start line within 20s");
+    let field = |name: &str| -> std::net::SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    let (api, admin) = (field("api="), field("admin="));
+    assert_ne!(api.port(), 0);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (status, _) = admin_client::request(admin, Method::GET, "/ready")
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = admin_client::request(admin, Method::GET, "/live")
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        // The API speaks TLS with the control plane's identity, verified against ca.pem.
+        let roots = mesh_control_plane::client::roots_from_pem(&dirs.bundle_pem()).unwrap();
+        mesh_control_plane::client::connect(api, roots, TD, None)
+            .await
+            .unwrap();
+    });
+    assert!(dirs.state().join("tokens").join("orders").exists());
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(process.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // Bounded: 300 polls, 50 ms apart (15 s).
+    let status = (0..300)
+        .find_map(|_| {
+            let status = process.0.try_wait().unwrap();
+            if status.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            status
+        })
+        .expect("still running 15s after SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(dirs.state().join("version").exists());
+}

@@ -1,0 +1,279 @@
+//! Test harness: configuration directories, an in-process control plane on port 0, a sidecar-like
+//! client (key and CSR made here, SPIFFE-verified TLS), and bounded waits.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use mesh_api::proto::v1;
+use mesh_control_plane::client::{self, Workload};
+use mesh_control_plane::{ControlPlane, Listeners, Options, admin_client};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+pub const TD: &str = "mesh.local";
+
+/// A configuration directory and a state directory that outlive restarts.
+pub struct Dirs {
+    pub config: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+}
+
+impl Dirs {
+    pub fn new(mesh_yaml: &str, services: &[(&str, &str)]) -> Self {
+        let dirs = Self {
+            config: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(dirs.config.path().join("mesh.yaml"), mesh_yaml).unwrap();
+        std::fs::create_dir_all(dirs.config.path().join("services")).unwrap();
+        for (name, yaml) in services {
+            dirs.write_service(name, yaml);
+        }
+        dirs
+    }
+
+    /// Writes services/<file>.yaml atomically, as a config management tool would.
+    pub fn write_service(&self, file: &str, yaml: &str) {
+        let dir = self.config.path().join("services");
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(tmp, dir.join(format!("{file}.yaml"))).unwrap();
+    }
+
+    pub fn state(&self) -> &Path {
+        self.state.path()
+    }
+
+    pub fn options(&self) -> Options {
+        let mut options = Options::new(self.config.path(), self.state.path());
+        options.config_poll = Duration::from_millis(100);
+        options
+    }
+
+    pub async fn start(&self) -> ControlPlane {
+        mesh_control_plane::start(self.options(), listeners().await)
+            .await
+            .unwrap()
+    }
+
+    pub fn token(&self, service: &str) -> String {
+        std::fs::read_to_string(self.state().join("tokens").join(service))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn bundle_pem(&self) -> Vec<u8> {
+        std::fs::read(self.state().join("ca.pem")).unwrap()
+    }
+}
+
+pub async fn listeners() -> Listeners {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    Listeners::bind(any, any).await.unwrap()
+}
+
+/// A channel without a client certificate, verifying the control plane against ca.pem.
+pub async fn anonymous(cp: &ControlPlane, dirs: &Dirs) -> Channel {
+    let roots = client::roots_from_pem(&dirs.bundle_pem()).unwrap();
+    client::connect(cp.api_addr(), roots, TD, None)
+        .await
+        .unwrap()
+}
+
+/// A sidecar of `service`: certified with its join token, then connected with that certificate.
+pub struct Sidecar {
+    pub service: String,
+    pub workload: Workload,
+    pub channel: Channel,
+}
+
+impl Sidecar {
+    pub async fn new(cp: &ControlPlane, dirs: &Dirs, service: &str) -> Self {
+        let workload = client::certify(
+            anonymous(cp, dirs).await,
+            TD,
+            "default",
+            service,
+            &dirs.token(service),
+        )
+        .await
+        .unwrap();
+        let roots = client::roots_from_pem(&dirs.bundle_pem()).unwrap();
+        let channel = client::connect(cp.api_addr(), roots, TD, Some(workload.client_cert()))
+            .await
+            .unwrap();
+        Self {
+            service: service.to_owned(),
+            workload,
+            channel,
+        }
+    }
+
+    pub fn registry(&self) -> v1::registry_client::RegistryClient<Channel> {
+        v1::registry_client::RegistryClient::new(self.channel.clone())
+    }
+
+    pub async fn register(&self, instance_id: &str, address: &str, version: &str) {
+        self.registry()
+            .register(v1::RegisterRequest {
+                instance: Some(v1::Instance {
+                    instance_id: instance_id.into(),
+                    service: self.service.clone(),
+                    address: address.into(),
+                    version: version.into(),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn heartbeat(&self, beat: v1::HeartbeatRequest) -> bool {
+        self.registry()
+            .heartbeat(beat)
+            .await
+            .unwrap()
+            .into_inner()
+            .known
+    }
+
+    pub async fn watch(&self, instance_id: &str) -> Watcher {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(v1::WatchRequest {
+            instance_id: instance_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let stream = v1::discovery_client::DiscoveryClient::new(self.channel.clone())
+            .watch(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Watcher {
+            tx,
+            stream,
+            instance_id: instance_id.into(),
+        }
+    }
+}
+
+/// One Discovery.Watch stream.
+pub struct Watcher {
+    pub tx: mpsc::Sender<v1::WatchRequest>,
+    pub stream: tonic::Streaming<v1::Snapshot>,
+    pub instance_id: String,
+}
+
+impl Watcher {
+    /// The next snapshot, or `None` if none arrives within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<v1::Snapshot> {
+        match tokio::time::timeout(within, self.stream.message()).await {
+            Ok(message) => Some(message.unwrap().expect("stream ended")),
+            Err(_) => None,
+        }
+    }
+
+    /// Waits (bounded) for a snapshot that satisfies `ok`, skipping others.
+    pub async fn until(
+        &mut self,
+        within: Duration,
+        mut ok: impl FnMut(&v1::Snapshot) -> bool,
+    ) -> v1::Snapshot {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let snapshot = self
+                .next(left)
+                .await
+                .unwrap_or_else(|| panic!("no matching snapshot within {within:?}"));
+            if ok(&snapshot) {
+                return snapshot;
+            }
+        }
+    }
+
+    pub async fn ack(&self, version: u64) {
+        self.tx
+            .send(v1::WatchRequest {
+                instance_id: self.instance_id.clone(),
+                ack_version: version,
+                error: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// An admin request; the body as JSON when it is JSON, else as a string value.
+pub async fn admin(
+    cp: &ControlPlane,
+    method: Method,
+    path: &str,
+) -> (StatusCode, serde_json::Value) {
+    let (status, body) = admin_client::request(cp.admin_addr(), method, path)
+        .await
+        .unwrap();
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+    (status, value)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The metric's value in Prometheus text, if present.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn policy_timeout(snapshot: &v1::Snapshot, destination: &str) -> Option<u64> {
+    snapshot
+        .destinations
+        .iter()
+        .find(|d| d.name == destination)
+        .and_then(|d| d.policy.as_ref())
+        .map(|p| p.timeout_ms)
+}
+
+pub fn endpoints(snapshot: &v1::Snapshot, destination: &str) -> Vec<String> {
+    snapshot
+        .destinations
+        .iter()
+        .find(|d| d.name == destination)
+        .map(|d| {
+            d.backends
+                .iter()
+                .flat_map(|b| b.endpoints.iter().map(|e| e.address.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn path_in(dir: &Path, rel: &str) -> PathBuf {
+    dir.join(rel)
+}
