@@ -1,0 +1,703 @@
+//! The control plane and real sidecars together: certificates from CSRs, policy and
+//! authorization pushed live, renewal and root rotation under traffic, a control plane that
+//! dies and comes back, instances that leave, and traffic splits.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Dirs, eventually, metric};
+use http::{Method, StatusCode};
+use mesh_control_plane::ControlPlane;
+use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, closed_port};
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+fn mesh_yaml(lifetime: &str) -> String {
+    format!(
+        "trust_domain: mesh.local\ncertificate_lifetime: {lifetime}\n\
+         registry: {{ heartbeat_interval: 200ms, lease: 1500ms }}\n"
+    )
+}
+
+const ORDERS: &str = "name: orders\ncalls: [inventory]\n";
+const STOREFRONT: &str = "name: storefront\ncalls: [inventory]\n";
+const INVENTORY: &str = "name: inventory\n";
+
+/// A control plane, its directories, and sidecars attached to it.
+struct Cluster {
+    dirs: Dirs,
+    api: SocketAddr,
+    admin: SocketAddr,
+    mesh: TestMesh,
+}
+
+impl Cluster {
+    fn new(lifetime: &str, services: &[(&str, &str)], api: SocketAddr, admin: SocketAddr) -> Self {
+        Self {
+            dirs: Dirs::new(&mesh_yaml(lifetime), services),
+            api,
+            admin,
+            mesh: TestMesh::new(),
+        }
+    }
+
+    /// A cluster with an in-process control plane on port 0.
+    async fn start(lifetime: &str, services: &[(&str, &str)]) -> (Self, ControlPlane) {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut cluster = Self::new(lifetime, services, any, any);
+        let cp = cluster.dirs.start().await;
+        cluster.api = cp.api_addr();
+        cluster.admin = cp.admin_addr();
+        (cluster, cp)
+    }
+
+    fn control_plane(&self, service: &str) -> ControlPlaneRef {
+        ControlPlaneRef {
+            address: self.api,
+            trust_anchor: self.dirs.state().join("ca.pem"),
+            token_file: self.dirs.state().join("tokens").join(service),
+        }
+    }
+
+    /// A sidecar for `service` in front of `app`, ready (certificate and first snapshot).
+    async fn sidecar(&self, service: &str, app: SocketAddr, extra: &str) -> Sidecar {
+        let sidecar = self
+            .mesh
+            .sidecar(service)
+            .app(app)
+            .control_plane(self.control_plane(service))
+            .extra_yaml(extra)
+            .start()
+            .await;
+        let url = sidecar.admin_url("/ready");
+        eventually(PATIENCE, &format!("{service} sidecar ready"), || {
+            let url = url.clone();
+            async move {
+                let rsp = client::http1()
+                    .request(http::Request::get(&url).body(Default::default()).unwrap())
+                    .await
+                    .ok()?;
+                (rsp.status() == StatusCode::OK).then_some(())
+            }
+        })
+        .await;
+        sidecar
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let (status, body) =
+            mesh_control_plane::admin_client::request(self.admin, Method::GET, "/status")
+                .await
+                .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    async fn admin(&self, method: Method, path: &str) -> (StatusCode, serde_json::Value) {
+        let (status, body) = mesh_control_plane::admin_client::request(self.admin, method, path)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+        (status, json)
+    }
+}
+
+/// GET `path` of `destination` through `sidecar`'s outbound listener: status and body.
+async fn call(sidecar: &Sidecar, destination: &str, path: &str) -> (StatusCode, String) {
+    let rsp = client::get(&format!("{}{path}", sidecar.outbound_url()), destination).await;
+    let status = rsp.status();
+    (status, client::text(rsp).await)
+}
+
+/// The `version` of the sidecar's `/snapshot`.
+async fn snapshot(sidecar: &Sidecar) -> serde_json::Value {
+    let rsp = client::get(&sidecar.admin_url("/snapshot"), "admin").await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    client::json(rsp).await
+}
+
+async fn sidecar_metrics(sidecar: &Sidecar) -> String {
+    client::text(client::get(&sidecar.admin_url("/metrics"), "admin").await).await
+}
+
+/// Requests from `caller` to inventory in a loop until stopped, counting failures.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Traffic {
+    fn start(outbound_url: String) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), sent.clone());
+        let task = tokio::spawn(async move {
+            let http = client::http1();
+            let mut failures = Vec::new();
+            // Bounded: at most 100k requests or 60 s, whichever comes first.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            for _ in 0..100_000 {
+                if s.load(Ordering::Relaxed) || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                let req = http::Request::get(format!("{outbound_url}/echo"))
+                    .header("host", "inventory")
+                    .body(Default::default())
+                    .unwrap();
+                n.fetch_add(1, Ordering::Relaxed);
+                match http.request(req).await {
+                    Ok(rsp) if rsp.status() == StatusCode::OK => {
+                        let _ = client::text(rsp).await;
+                    }
+                    Ok(rsp) => {
+                        let status = rsp.status();
+                        failures.push(format!("{status}: {}", client::text(rsp).await));
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            failures
+        });
+        Self { stop, sent, task }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.task.await.unwrap();
+        (self.sent.load(Ordering::Relaxed), failures)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_get_certificates_and_endpoints_from_the_control_plane() {
+    let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", INVENTORY)]).await;
+    let inventory = cluster
+        .sidecar("inventory", app::echo("inventory").await, "")
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+
+    let (status, body) = eventually(PATIENCE, "orders reaching inventory", || async {
+        let (status, body) = call(&orders, "inventory", "/whoami").await;
+        (status == StatusCode::OK).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["caller"], "spiffe://mesh.local/ns/default/sa/orders");
+
+    // Scoped snapshots: orders knows inventory; inventory, which calls nothing, knows no one.
+    let orders_snapshot = snapshot(&orders).await;
+    assert_eq!(
+        orders_snapshot["destinations"]["inventory"]["backends"][0]["endpoints"][0],
+        inventory.inbound.to_string()
+    );
+    let inventory_snapshot = snapshot(&inventory).await;
+    assert_eq!(inventory_snapshot["destinations"], serde_json::json!({}));
+
+    // The control plane sees both instances and the versions they applied.
+    let status = cluster.status().await;
+    for service in ["orders", "inventory"] {
+        let instances = status["services"][service]["instances"].as_array().unwrap();
+        assert_eq!(instances.len(), 1, "{status:#}");
+        assert_eq!(instances[0]["acked"], true, "{status:#}");
+    }
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_with_a_wrong_token_gets_no_certificate_and_is_never_ready() {
+    let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", INVENTORY)]).await;
+    let wrong = cluster.mesh.dir().join("wrong-token");
+    std::fs::write(&wrong, "0000").unwrap();
+    let sidecar = cluster
+        .mesh
+        .sidecar("orders")
+        .control_plane(ControlPlaneRef {
+            token_file: wrong,
+            ..cluster.control_plane("orders")
+        })
+        .start()
+        .await;
+    // The control plane counts the refusals; the sidecar keeps asking and stays unready.
+    eventually(PATIENCE, "two refused certify calls", || async {
+        let (_, body) =
+            mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/metrics")
+                .await
+                .ok()?;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let refused: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("mesh_control_plane_certificates_refused"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (refused >= 2.0).then_some(())
+    })
+    .await;
+    let ready = client::get(&sidecar.admin_url("/ready"), "admin").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let live = client::get(&sidecar.admin_url("/live"), "admin").await;
+    assert_eq!(live.status(), StatusCode::OK);
+    sidecar.shutdown().await.unwrap();
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_nothing() {
+    let (cluster, cp) = Cluster::start(
+        "1h",
+        &[
+            ("orders", ORDERS),
+            ("storefront", STOREFRONT),
+            ("inventory", INVENTORY),
+        ],
+    )
+    .await;
+    let _inventory = cluster
+        .sidecar("inventory", app::echo("inventory").await, "")
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    let (status, _) = call(&orders, "inventory", "/delay/300").await;
+    assert_eq!(status, StatusCode::OK, "no timeout yet");
+
+    // A timeout: the slow call now answers 504.
+    cluster
+        .dirs
+        .write_service("inventory", "name: inventory\ntimeout: 100ms\n");
+    eventually(PATIENCE, "the timeout to apply", || async {
+        let (status, _) = call(&orders, "inventory", "/delay/300").await;
+        (status == StatusCode::GATEWAY_TIMEOUT).then_some(())
+    })
+    .await;
+
+    // Authorization: only storefront may call inventory now; orders gets 403 naming the rule.
+    cluster.dirs.write_service(
+        "inventory",
+        "name: inventory\ntimeout: 100ms\nauthorization: { default: deny, allow: [storefront] }\n",
+    );
+    let body = eventually(PATIENCE, "orders to be denied", || async {
+        let (status, body) = call(&orders, "inventory", "/echo").await;
+        (status == StatusCode::FORBIDDEN).then_some(body)
+    })
+    .await;
+    assert!(
+        body.contains("spiffe://mesh.local/ns/default/sa/orders")
+            && body.contains("not on authorization.allow"),
+        "{body}"
+    );
+    let inventory_metrics = sidecar_metrics(&_inventory).await;
+    assert!(
+        metric(
+            &inventory_metrics,
+            "mesh_authorization_denied_total{source=\"orders\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{inventory_metrics}"
+    );
+    let storefront = cluster
+        .sidecar("storefront", app::echo("storefront").await, "")
+        .await;
+    let (status, _) = call(&storefront, "inventory", "/echo").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // An invalid edit: reported, not applied; everything keeps running as it was.
+    let before = snapshot(&orders).await["version"].as_u64().unwrap();
+    let failed_reloads = |text: &str| {
+        metric(
+            text,
+            "mesh_control_plane_config_reloads_total{result=\"failed\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let (_, body) =
+        mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/metrics")
+            .await
+            .unwrap();
+    let failed_before = failed_reloads(&String::from_utf8_lossy(&body));
+    cluster.dirs.write_service(
+        "inventory",
+        "name: inventory\ntimeout: soon\nauthorization: { default: allow }\n",
+    );
+    eventually(PATIENCE, "the invalid edit to be reported", || async {
+        let (_, body) =
+            mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/metrics")
+                .await
+                .ok()?;
+        (failed_reloads(&String::from_utf8_lossy(&body)) > failed_before).then_some(())
+    })
+    .await;
+    let (status, _) = call(&orders, "inventory", "/echo").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the last good policy still runs"
+    );
+    assert_eq!(snapshot(&orders).await["version"].as_u64().unwrap(), before);
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_under_continuous_traffic_without_a_failed_request() {
+    let (cluster, cp) = Cluster::start(
+        "5s",
+        &[
+            ("orders", ORDERS),
+            ("storefront", STOREFRONT),
+            ("inventory", INVENTORY),
+        ],
+    )
+    .await;
+    let inventory = cluster
+        .sidecar("inventory", app::echo("inventory").await, "")
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    let first_expiry = snapshot_expiry(&inventory).await;
+    let traffic = Traffic::start(orders.outbound_url());
+
+    // Both sidecars renew (at 60-70% of 5 s) at least twice, so the first certificates have
+    // expired by the end.
+    for sidecar in [&orders, &inventory] {
+        eventually(PATIENCE, "two renewals", || async {
+            let text = sidecar_metrics(sidecar).await;
+            (metric(&text, "mesh_certificate_renewals_total{result=\"ok\"}")? >= 2.0).then_some(())
+        })
+        .await;
+    }
+    let (sent, failures) = traffic.finish().await;
+    assert!(sent > 50, "only {sent} requests sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(snapshot_expiry(&inventory).await > first_expiry);
+    assert!(
+        first_expiry
+            < std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as f64,
+        "the first certificate has expired"
+    );
+    // A new caller's fresh handshake with inventory works on the renewed certificates.
+    let storefront = cluster
+        .sidecar("storefront", app::echo("storefront").await, "")
+        .await;
+    assert_eq!(
+        call(&storefront, "inventory", "/echo").await.0,
+        StatusCode::OK
+    );
+    cp.stop().await.unwrap();
+}
+
+/// The expiry of the sidecar's certificate, from its metrics.
+async fn snapshot_expiry(sidecar: &Sidecar) -> f64 {
+    metric(
+        &sidecar_metrics(sidecar).await,
+        "mesh_certificate_expiry_timestamp_seconds",
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
+    let (cluster, cp) = Cluster::start(
+        "1h",
+        &[
+            ("orders", ORDERS),
+            ("storefront", STOREFRONT),
+            ("inventory", INVENTORY),
+        ],
+    )
+    .await;
+    let inventory = cluster
+        .sidecar("inventory", app::echo("inventory").await, "")
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    let old = cluster.status().await["signer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let traffic = Traffic::start(orders.outbound_url());
+
+    // 1. Add the new root: every sidecar trusts both.
+    let (status, body) = cluster.admin(Method::POST, "/ca/roots").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["id"].as_str().unwrap().to_owned();
+    // 2. Issue from it, once every sidecar has acknowledged the bundle that holds it.
+    eventually(PATIENCE, "the new root to become the signer", || async {
+        let (status, _) = cluster
+            .admin(Method::POST, &format!("/ca/signer/{new}"))
+            .await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    // Sidecars see the new issuer and renew.
+    eventually(
+        PATIENCE,
+        "every certificate to come from the new root",
+        || async {
+            let status = cluster.status().await;
+            let all_new = ["orders", "inventory"].iter().all(|s| {
+                status["services"][s]["instances"]
+                    .as_array()
+                    .is_some_and(|list| {
+                        !list.is_empty() && list.iter().all(|i| i["issuer_id"] == new.as_str())
+                    })
+            });
+            all_new.then_some(())
+        },
+    )
+    .await;
+    // 3. Remove the old root.
+    eventually(PATIENCE, "the old root to be removed", || async {
+        let (status, _) = cluster
+            .admin(Method::DELETE, &format!("/ca/roots/{old}"))
+            .await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    eventually(PATIENCE, "sidecars to trust only the new root", || async {
+        let roots = snapshot(&inventory).await["trust_bundle_sha256"]
+            .as_array()?
+            .len();
+        (roots == 1).then_some(())
+    })
+    .await;
+    let (sent, failures) = traffic.finish().await;
+    assert!(sent > 20, "only {sent} requests sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    // Fresh handshakes after the rotation work too.
+    let storefront = cluster
+        .sidecar("storefront", app::echo("storefront").await, "")
+        .await;
+    assert_eq!(
+        call(&storefront, "inventory", "/echo").await.0,
+        StatusCode::OK
+    );
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_traffic() {
+    let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", INVENTORY)]).await;
+    let a = cluster
+        .sidecar("inventory", app::echo("inventory-a").await, "")
+        .await;
+    let b = cluster
+        .sidecar("inventory", app::echo("inventory-b").await, "")
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    let endpoints = |snapshot: serde_json::Value| -> Vec<String> {
+        snapshot["destinations"]["inventory"]["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|b| b["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect()
+    };
+    eventually(
+        PATIENCE,
+        "both inventory instances in orders' snapshot",
+        || async { (endpoints(snapshot(&orders).await).len() == 2).then_some(()) },
+    )
+    .await;
+
+    // b's sidecar stops (its heartbeats with it); after the lease it leaves the snapshot.
+    let gone = b.inbound.to_string();
+    b.shutdown().await.unwrap();
+    eventually(PATIENCE, "b to leave orders' snapshot", || async {
+        let list = endpoints(snapshot(&orders).await);
+        (list == [a.inbound.to_string()]).then_some(())
+    })
+    .await;
+    assert!(
+        !cluster.status().await["services"]["inventory"]["instances"]
+            .to_string()
+            .contains(&gone)
+    );
+    for _ in 0..50 {
+        let (status, body) = call(&orders, "inventory", "/whoami").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("\"inventory-a\""), "{body}");
+    }
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_90_10_traffic_split_is_observed() {
+    let (cluster, cp) = Cluster::start(
+        "1h",
+        &[
+            ("orders", ORDERS),
+            (
+                "inventory",
+                "name: inventory\ntraffic_split: { v1: 90, v2: 10 }\n",
+            ),
+        ],
+    )
+    .await;
+    let _v1 = cluster
+        .sidecar(
+            "inventory",
+            app::echo("inventory-v1").await,
+            "version: v1\n",
+        )
+        .await;
+    let _v2 = cluster
+        .sidecar(
+            "inventory",
+            app::echo("inventory-v2").await,
+            "version: v2\n",
+        )
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    eventually(PATIENCE, "both versions in orders' snapshot", || async {
+        let backends = snapshot(&orders).await["destinations"]["inventory"]["backends"].clone();
+        let full = backends
+            .as_array()?
+            .iter()
+            .all(|b| b["endpoints"].as_array().is_some_and(|e| e.len() == 1));
+        (full && backends.as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    let n = 2000;
+    let mut v2 = 0;
+    for _ in 0..n {
+        let (status, body) = call(&orders, "inventory", "/whoami").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body.contains("\"inventory-v2\"") {
+            v2 += 1;
+        }
+    }
+    // 10% of 2000 is 200, with a standard deviation of about 13: ±60 is over 4 of them.
+    assert!((140..=260).contains(&v2), "v2 got {v2} of {n}");
+    cp.stop().await.unwrap();
+}
+
+/// The real binary, killed with SIGKILL on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_binary(cluster: &Cluster) -> Process {
+    let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .arg("--config-dir")
+        .arg(cluster.dirs.config.path())
+        .arg("--state-dir")
+        .arg(cluster.dirs.state())
+        .arg("--listen")
+        .arg(cluster.api.to_string())
+        .arg("--admin")
+        .arg(cluster.admin.to_string())
+        .env("MESH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Process(child)
+}
+
+async fn wait_control_plane_ready(cluster: &Cluster) {
+    eventually(PATIENCE, "the control plane to be ready", || async {
+        let (status, _) =
+            mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/ready")
+                .await
+                .ok()?;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_when_it_returns() {
+    let cluster = Cluster::new(
+        "1h",
+        &[("orders", ORDERS), ("inventory", INVENTORY)],
+        closed_port(),
+        closed_port(),
+    );
+    let mut process = spawn_binary(&cluster);
+    wait_control_plane_ready(&cluster).await;
+    let _inventory = cluster
+        .sidecar("inventory", app::echo("inventory").await, "")
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    assert_eq!(call(&orders, "inventory", "/echo").await.0, StatusCode::OK);
+
+    // Killed: no goodbye, no drain.
+    process.0.kill().unwrap();
+    process.0.wait().unwrap();
+    eventually(PATIENCE, "orders to notice", || async {
+        let text = sidecar_metrics(&orders).await;
+        (metric(&text, "mesh_control_plane_connected")? == 0.0).then_some(())
+    })
+    .await;
+    // Longer than the lease: with no control plane nothing expires on the sidecars' side.
+    for _ in 0..40 {
+        let (status, body) = call(&orders, "inventory", "/delay/20").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    // A change made while it was down is served when it returns, on the same state.
+    cluster
+        .dirs
+        .write_service("inventory", "name: inventory\ntimeout: 100ms\n");
+    let _process = spawn_binary(&cluster);
+    wait_control_plane_ready(&cluster).await;
+    eventually(
+        PATIENCE,
+        "orders to reconnect and apply the new policy",
+        || async {
+            let (status, _) = call(&orders, "inventory", "/delay/300").await;
+            (status == StatusCode::GATEWAY_TIMEOUT).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        PATIENCE,
+        "every sidecar to acknowledge the current version",
+        || async {
+            let status = cluster.status().await;
+            let services = status["services"].as_object()?;
+            let all = ["orders", "inventory"].iter().all(|s| {
+                services[*s]["instances"]
+                    .as_array()
+                    .is_some_and(|list| list.len() == 1 && list.iter().all(|i| i["acked"] == true))
+            });
+            all.then_some(())
+        },
+    )
+    .await;
+}
