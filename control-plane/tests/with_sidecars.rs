@@ -2,6 +2,8 @@
 //! authorization pushed live, renewal and root rotation under traffic, a control plane that
 //! dies and comes back, instances that leave, and traffic splits.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::SocketAddr;
