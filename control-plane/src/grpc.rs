@@ -249,6 +249,20 @@ impl Watch {
         };
         tracing::debug!(service = %self.service, %instance, "watch opened");
         self.acknowledge(&instance, &first);
+        // A sidecar that already runs on a snapshot (it reconnects after a restart of the
+        // control plane) keeps it until the registry has refilled: a snapshot computed now
+        // would lack every instance that has not registered again yet, and take its endpoints
+        // away. A new sidecar (version 0) gets the current snapshot at once.
+        if first.ack_version != 0
+            && let Some(left) = self.mesh.warming_left()
+        {
+            tracing::debug!(service = %self.service, %instance, ?left, "holding the first snapshot until the registry refills");
+            tokio::select! {
+                () = tokio::time::sleep(left) => {}
+                () = self.shutdown.cancelled() => return,
+                () = self.tx.closed() => return,
+            }
+        }
         let mut reading = true;
         loop {
             let snapshot = self.snapshots.borrow_and_update().clone();

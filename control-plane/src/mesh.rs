@@ -467,6 +467,16 @@ impl Mesh {
         Ok(())
     }
 
+    /// How long the registry may still be refilling after a start: until a lease has passed,
+    /// live sidecars may not have registered again.
+    pub(crate) fn warming_left(&self) -> Option<Duration> {
+        self.config()
+            .registry
+            .lease
+            .checked_sub(self.started.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
     /// After a restart the registry is empty until sidecars register again; until a lease has
     /// passed, it cannot say who trusts what.
     fn warmed_up(&self) -> Result<(), AdminError> {

@@ -307,6 +307,37 @@ async fn edits_reach_dependents_only_and_bad_edits_change_nothing() {
     cp.stop().await.unwrap();
 }
 
+/// After a restart the registry is empty. A sidecar that reconnects with a snapshot keeps it
+/// until a lease has passed (by then its peers have registered again), instead of getting one
+/// without their endpoints; a new sidecar gets the current snapshot at once.
+#[tokio::test]
+async fn a_fresh_control_plane_holds_snapshots_of_reconnecting_sidecars_for_a_lease() {
+    let dirs = Dirs::new(SHORT_LEASE, &shop());
+    let cp = dirs.start().await;
+    let started = tokio::time::Instant::now();
+    let orders = Sidecar::new(&cp, &dirs, "orders").await;
+    let inventory = Sidecar::new(&cp, &dirs, "inventory").await;
+
+    let mut reconnecting = orders.watch_from("o-1", 42).await;
+    let mut fresh = orders.watch("o-2").await;
+    assert!(fresh.next(Duration::from_millis(500)).await.is_some());
+    assert!(
+        reconnecting
+            .next(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a snapshot during the warm-up"
+    );
+    inventory.register("i-1", "127.0.0.1:7101", "").await;
+    let held = reconnecting
+        .next(Duration::from_secs(3))
+        .await
+        .expect("a snapshot once the lease has passed");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(endpoints(&held, "inventory"), ["127.0.0.1:7101"]);
+    cp.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn silent_instances_leave_their_callers_snapshots() {
     let dirs = Dirs::new(SHORT_LEASE, &shop());

@@ -657,6 +657,7 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
         .sidecar("orders", app::echo("orders").await, "")
         .await;
     assert_eq!(call(&orders, "inventory", "/echo").await.0, StatusCode::OK);
+    let traffic = Traffic::start(orders.outbound_url());
 
     // Killed: no goodbye, no drain.
     process.0.kill().unwrap();
@@ -687,6 +688,15 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
         },
     )
     .await;
+    // Sidecars that reconnect keep their endpoints while the registry refills: not one
+    // request failed, before, during or after.
+    let (sent, failures) = traffic.finish().await;
+    assert!(sent > 50, "only {sent} requests sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
     eventually(
         PATIENCE,
         "every sidecar to acknowledge the current version",

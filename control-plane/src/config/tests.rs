@@ -82,3 +82,70 @@ fn every_error_has_its_file_and_path() {
         );
     }
 }
+
+/// The YAML block after `marker` in the README.
+fn readme_block(marker: &str) -> &'static str {
+    let readme = include_str!("../../../README.md");
+    let at = readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("README has no {marker:?}"));
+    let block = &readme[at + marker.len()..];
+    &block[..block.find("```").unwrap()]
+}
+
+/// The README's example configuration directory is valid and means what it says.
+#[test]
+fn the_documented_configuration_directory_is_valid() {
+    let mesh = readme_block("```yaml\n# mesh.yaml\n");
+    let inventory = readme_block("```yaml\n# services/inventory.yaml\n");
+    let config = parse(&files(
+        mesh,
+        &[
+            ("inventory", inventory),
+            ("orders", "name: orders\n"),
+            ("storefront", "name: storefront\n"),
+            ("payments", "name: payments\n"),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.trust_domain, "mesh.local");
+    let inventory = &config.services["inventory"];
+    assert_eq!(inventory.policy.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(inventory.policy.retries.attempts, 3);
+    assert_eq!(
+        inventory.traffic_split.as_ref().unwrap()["v2"],
+        10,
+        "{inventory:?}"
+    );
+    // A service that sets nothing gets the mesh's defaults.
+    assert_eq!(
+        config.services["orders"].policy.timeout,
+        Some(Duration::from_secs(10))
+    );
+}
+
+/// The README's example errors are the errors the validator prints.
+#[test]
+fn the_documented_validation_errors_are_real() {
+    let errs = errors(
+        "trust_domain: mesh.local\nregistry: { heartbeat_interval: 5s, lease: 5s }\n",
+        &[
+            ("inventory", "name: inventory\ntimeout: soon\n"),
+            ("orders", "name: orders\ncalls: [inventroy]\n"),
+        ],
+    );
+    let readme = include_str!("../../../README.md");
+    for err in &errs {
+        assert!(readme.contains(err.as_str()), "README lacks {err:?}");
+    }
+    assert_eq!(errs.len(), 3, "{errs:?}");
+}
+
+/// The example mesh in config/mesh, which the README's first command runs, is valid.
+#[test]
+fn the_example_mesh_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mesh");
+    let config = load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.services.contains_key("orders"));
+    assert!(config.services.contains_key("inventory"));
+}

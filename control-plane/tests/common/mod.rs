@@ -143,9 +143,15 @@ impl Sidecar {
     }
 
     pub async fn watch(&self, instance_id: &str) -> Watcher {
+        self.watch_from(instance_id, 0).await
+    }
+
+    /// A watch from a sidecar that already runs on snapshot `version`.
+    pub async fn watch_from(&self, instance_id: &str, version: u64) -> Watcher {
         let (tx, rx) = mpsc::channel(16);
         tx.send(v1::WatchRequest {
             instance_id: instance_id.into(),
+            ack_version: version,
             ..Default::default()
         })
         .await

@@ -303,3 +303,32 @@ fn control_plane_with_tls_or_destinations_or_neither_is_an_error() {
     let bad_version = WITH_CONTROL_PLANE.replace("version: v2", "version: V_2");
     assert_eq!(errors(&bad_version)[0].path, "version");
 }
+
+/// The README's bootstrap file with a control plane is valid as it stands.
+#[test]
+fn the_documented_control_plane_bootstrap_parses() {
+    let readme = include_str!("../../../README.md");
+    let marker = "`control_plane`; everything else stays (see `config/sidecars/`):\n```yaml\n";
+    let start = readme.find(marker).unwrap() + marker.len();
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let config = Config::from_yaml(block, Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.version, "v1");
+    assert_eq!(
+        config.control_plane.unwrap().token_file,
+        Path::new("/var/lib/mesh/tokens/inventory")
+    );
+}
+
+/// The example bootstrap files in config/ are valid.
+#[test]
+fn the_example_bootstrap_files_parse() {
+    for file in [
+        "config/sidecars/orders.yaml",
+        "config/sidecars/inventory.yaml",
+        "config/examples/orders.yaml",
+        "config/examples/inventory.yaml",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+        Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

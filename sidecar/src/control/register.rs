@@ -74,11 +74,15 @@ pub(crate) async fn keep_registered(
                 continue;
             }
         };
-        // Heartbeats until the control plane no longer knows us.
+        // Heartbeats until the control plane no longer knows us; the first at once, so the
+        // control plane learns the instance's certificate and state without waiting.
+        let mut first = true;
         loop {
-            tokio::select! {
-                () = sleep(interval) => {}
-                () = stop.cancelled() => return,
+            if !std::mem::take(&mut first) {
+                tokio::select! {
+                    () = sleep(interval) => {}
+                    () = stop.cancelled() => return,
+                }
             }
             let beat = HeartbeatRequest {
                 instance_id: instance.id.clone(),

@@ -49,9 +49,11 @@ async fn stream(
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
     let (requests, rx) = mpsc::channel(4);
+    // The version in force tells the control plane this sidecar already has a snapshot, so
+    // one that has just restarted can wait until its registry has refilled.
     let hello = WatchRequest {
         instance_id: instance_id.to_owned(),
-        ack_version: 0,
+        ack_version: applier.applied.load(std::sync::atomic::Ordering::Acquire),
         error: String::new(),
     };
     // The receiver is alive (held below), so the first send cannot fail.
