@@ -11,7 +11,7 @@
 //! | `retries.retriable_status_codes` | `[]` |
 //! | `retries.backoff` | `{ base: 25ms, max: 250ms }`, exponential with full jitter |
 //! | `retries.budget` | `{ ratio: 0.2, min_per_second: 10, window: 10s }` |
-//! | `retries.non_idempotent` | false: POST and PATCH are never retried |
+//! | `retries.non_idempotent` | false: POST and PATCH are retried only after a connect failure or refused stream |
 //! | `retries.max_buffered_body` | 64KiB |
 //! | `circuit_breaker.consecutive_failures` | 5 |
 //! | `circuit_breaker.base_ejection_time` | 30s |
@@ -57,7 +57,8 @@ pub struct RetryPolicy {
     pub backoff: Backoff,
     /// Cap on retries relative to requests.
     pub budget: Budget,
-    /// Whether POST and PATCH may be retried (only with a body up to `max_buffered_body`).
+    /// Whether POST and PATCH may be retried after any failure, not only one that never reached
+    /// the app (only with a body up to `max_buffered_body`).
     pub non_idempotent: bool,
     /// Largest request body kept for replay; larger bodies are streamed and never retried.
     pub max_buffered_body: u64,

@@ -12,7 +12,9 @@
 //! A try is retried when its outcome ([`Class`]) matches `retry_on` or `retriable_status_codes`,
 //! tries remain, the budget allows, and the request is safe to send again: an idempotent method
 //! (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), or any method when `non_idempotent` is set, and a
-//! body that fits `max_buffered_body` (see [`super::replay`]). Between tries the layer waits a
+//! body that fits `max_buffered_body` (see [`super::replay`]). Other methods (POST, PATCH) are
+//! still retried after a connect failure or a refused stream: the request never reached the
+//! app, so sending it again cannot do anything twice. Between tries the layer waits a
 //! random time up to an exponentially growing ceiling (full jitter), so retries from many callers
 //! do not arrive in step. Each try goes through the balancer again, which prefers endpoints this
 //! request has not tried.
@@ -116,7 +118,15 @@ impl Shared {
         S: Service<Req, Response = Rsp, Error = BoxError, Future = ResponseFuture> + Clone,
     {
         self.budget.deposit();
-        if self.policy.attempts <= 1 || !self.may_retry(req.method()) {
+        // A non-idempotent request may still be retried when the try provably never reached
+        // the app: the connection failed, or the peer refused the stream unprocessed.
+        let unprocessed_only = !self.may_retry(req.method());
+        let unprocessed_retries = self
+            .policy
+            .retry_on
+            .iter()
+            .any(|on| matches!(on, RetryOn::ConnectFailure | RetryOn::RefusedStream));
+        if self.policy.attempts <= 1 || (unprocessed_only && !unprocessed_retries) {
             return super::call(inner, req).await;
         }
         let (parts, body) = req.into_parts();
@@ -146,6 +156,14 @@ impl Shared {
             let Some(reason) = retry_reason(&self.policy, class) else {
                 return result;
             };
+            if unprocessed_only
+                && !matches!(
+                    reason,
+                    RetryReason::ConnectFailure | RetryReason::RefusedStream
+                )
+            {
+                return result;
+            }
             if !self.budget.withdraw() {
                 self.metrics.budget_exhausted.inc();
                 event("retry budget exhausted", reason_attributes, reason, attempt);

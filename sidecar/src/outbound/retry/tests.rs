@@ -237,3 +237,77 @@ fn backoff_stays_within_its_growing_ceiling() {
     assert!(waits.iter().any(|w| *w > Duration::from_millis(100)));
     let _ = Counter::<u64>::default();
 }
+
+/// Fails its first `failures` tries with a connect failure, then answers 200, recording bodies.
+#[derive(Clone, Default)]
+struct RefusesConnections {
+    failures: usize,
+    calls: Arc<AtomicUsize>,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Service<Req> for RefusesConnections {
+    type Response = Rsp;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> ResponseFuture {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let failures = self.failures;
+        let bodies = self.bodies.clone();
+        Box::pin(async move {
+            if n < failures {
+                return Err(crate::error::ConnectFailed {
+                    endpoint: ([127, 0, 0, 1], 9).into(),
+                    peer: "spiffe://mesh.local/ns/default/sa/inventory"
+                        .parse()
+                        .unwrap(),
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                }
+                .into());
+            }
+            bodies
+                .lock()
+                .await
+                .push(req.into_body().collect().await?.to_bytes());
+            Ok(http::Response::new(synthetic_body("")))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_retried_after_a_connect_failure_because_nothing_was_sent() {
+    let inner = RefusesConnections {
+        failures: 2,
+        ..Default::default()
+    };
+    let m = metrics();
+    let svc = RetryLayer::new(policy(|_| {}), m.clone()).layer(inner.clone());
+    assert_eq!(
+        svc.oneshot(post(b"order")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(m.retries(RetryReason::ConnectFailure).get(), 2);
+    assert_eq!(
+        &inner.bodies.lock().await[..],
+        [Bytes::from_static(b"order")]
+    );
+
+    // Without connect-failure in retry_on, a POST is sent once.
+    let inner = RefusesConnections {
+        failures: 1,
+        ..Default::default()
+    };
+    let svc = RetryLayer::new(
+        policy(|p| p.retry_on = vec![RetryOn::GatewayError]),
+        metrics(),
+    )
+    .layer(inner.clone());
+    assert!(svc.oneshot(post(b"order")).await.is_err());
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+}
