@@ -11,14 +11,12 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use mesh_api::proto::v1;
-use mesh_api::spiffe::{SpiffeId, describe, ids_in_certificate};
+use mesh_api::spiffe::SpiffeId;
+pub use mesh_api::tls::SpiffeServerVerifier;
 use rcgen::{CertificateParams, KeyPair, SanType};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::tls::{control_plane_id, provider};
@@ -124,11 +122,7 @@ pub async fn connect(
     let expected: SpiffeId = control_plane_id(trust_domain)
         .parse()
         .map_err(|e| rustls::Error::General(format!("{e}")))?;
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: Arc::new(roots),
-        expected,
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(SpiffeServerVerifier::fixed(Arc::new(roots), expected));
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -180,86 +174,4 @@ pub async fn certify(
         trust_bundle_der: response.trust_bundle_der,
         not_after_unix: response.not_after_unix,
     })
-}
-
-/// Verifies that a server's certificate chains to the roots and carries `expected` as a URI SAN.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    expected: SpiffeId,
-    provider: Arc<CryptoProvider>,
-}
-
-impl SpiffeServerVerifier {
-    /// A verifier for `expected` against `roots`, with ring's algorithms.
-    pub fn new(roots: Arc<RootCertStore>, expected: SpiffeId) -> Self {
-        Self {
-            roots,
-            expected,
-            provider: provider(),
-        }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        let presented = ids_in_certificate(end_entity);
-        if presented.contains(&self.expected) {
-            return Ok(ServerCertVerified::assertion());
-        }
-        Err(rustls::Error::General(format!(
-            "server identity is {}, expected {}",
-            describe(&presented),
-            self.expected
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

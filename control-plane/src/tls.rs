@@ -12,16 +12,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use mesh_api::proto::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE};
 use mesh_api::spiffe::{SpiffeId, ids_in_certificate};
-use rustls::client::danger::HandshakeSignatureValid;
+use mesh_api::tls::{LiveCertificate, LiveClientVerifier};
+use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -80,8 +79,8 @@ pub fn control_plane_id(trust_domain: &str) -> String {
 /// The server side's live parts: its certificate and its client verifier.
 #[derive(Debug)]
 pub(crate) struct ServerTls {
-    resolver: Arc<LiveCert>,
-    verifier: Arc<LiveVerifier>,
+    resolver: Arc<LiveCertificate>,
+    verifier: Arc<LiveClientVerifier>,
     config: Arc<ServerConfig>,
 }
 
@@ -90,12 +89,10 @@ impl ServerTls {
     pub(crate) fn new(mesh: &Mesh) -> Result<Self, TlsError> {
         let provider = provider();
         let ca = mesh.authority();
-        let resolver = Arc::new(LiveCert {
-            current: ArcSwap::from(issue(&ca, mesh.config().certificate_lifetime, &provider)?.0),
-        });
-        let verifier = Arc::new(LiveVerifier {
-            inner: ArcSwap::from_pointee(client_verifier(&ca, &provider)?),
-        });
+        let resolver = Arc::new(LiveCertificate::new(
+            issue(&ca, mesh.config().certificate_lifetime, &provider)?.0,
+        ));
+        let verifier = Arc::new(LiveClientVerifier::new(client_verifier(&ca, &provider)?));
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier.clone())
@@ -127,7 +124,7 @@ impl ServerTls {
                     let next = ca_rx.borrow_and_update().clone();
                     if next.trust_bundle_der() != current.trust_bundle_der() {
                         match client_verifier(&next, &provider) {
-                            Ok(v) => self.verifier.inner.store(Arc::new(v)),
+                            Ok(v) => self.verifier.store(v),
                             Err(e) => tracing::error!(error = %e, "cannot rebuild the client verifier"),
                         }
                     }
@@ -141,7 +138,7 @@ impl ServerTls {
             let lifetime = mesh.config().certificate_lifetime;
             match issue(&current, lifetime, &provider) {
                 Ok((cert, not_after)) => {
-                    self.resolver.current.store(cert);
+                    self.resolver.store(cert);
                     tracing::debug!(not_after, "issued the control plane's certificate");
                     renew_at = renew_time(lifetime);
                 }
@@ -242,72 +239,6 @@ fn client_verifier(
             .allow_unauthenticated()
             .build()?,
     )
-}
-
-/// The server certificate, replaced without a restart.
-#[derive(Debug)]
-struct LiveCert {
-    current: ArcSwap<CertifiedKey>,
-}
-
-impl ResolvesServerCert for LiveCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
-/// A client verifier on the current trust bundle.
-#[derive(Debug)]
-struct LiveVerifier {
-    inner: ArcSwap<Arc<dyn ClientCertVerifier>>,
-}
-
-impl ClientCertVerifier for LiveVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // Hints are optional; sidecars know which certificate to send.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .load()
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.load().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.load().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.load().supported_verify_schemes()
-    }
 }
 
 // === impl TlsConnection ===

@@ -6,6 +6,7 @@
 //! - [`policy`]: resilience policy of a destination, with its defaults and validation.
 //! - [`authorization`]: who may call a service.
 //! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
+//! - [`tls`]: SPIFFE verification and live certificates and bundles, for both ends.
 //! - [`validate`]: errors collected with their field paths.
 
 #![deny(missing_docs)]
@@ -14,4 +15,5 @@ pub mod authorization;
 pub mod policy;
 pub mod proto;
 pub mod spiffe;
+pub mod tls;
 pub mod validate;

@@ -10,26 +10,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::ArcSwap;
-use rustls::client::ResolvesClientCert;
-use rustls::client::danger::HandshakeSignatureValid;
+use mesh_api::tls::{LiveCertificate, LiveClientVerifier, SpiffeServerVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme,
-};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use super::{ALPN_H2, Credentials, CredentialsError, SpiffeId, verify};
+use super::{ALPN_H2, Credentials, CredentialsError, SpiffeId};
 
 /// The identity of this sidecar: one SPIFFE ID, its current certificate and trust bundle.
 #[derive(Debug)]
 pub struct Identity {
     id: SpiffeId,
     provider: Arc<CryptoProvider>,
-    cert: Arc<ArcSwap<CertifiedKey>>,
+    cert: Arc<LiveCertificate>,
     roots: Arc<ArcSwap<RootCertStore>>,
     client_verifier: Arc<LiveClientVerifier>,
     not_after: AtomicI64,
@@ -44,13 +39,14 @@ impl Identity {
         let provider = credentials.provider.clone();
         let certified = certified_key(&provider, &credentials)?;
         let roots = Arc::new(ArcSwap::from(credentials.roots.clone()));
-        let client_verifier = Arc::new(LiveClientVerifier {
-            current: ArcSwap::from_pointee(client_verifier(&provider, credentials.roots.clone())?),
-        });
+        let client_verifier = Arc::new(LiveClientVerifier::new(client_verifier(
+            &provider,
+            credentials.roots.clone(),
+        )?));
         Ok(Self {
             id: credentials.id.clone(),
             provider,
-            cert: Arc::new(ArcSwap::from_pointee(certified)),
+            cert: Arc::new(LiveCertificate::new(Arc::new(certified))),
             roots,
             client_verifier,
             not_after: AtomicI64::new(credentials.not_after.unwrap_or(0)),
@@ -96,7 +92,7 @@ impl Identity {
     pub fn set_trust_bundle(&self, roots: Arc<RootCertStore>) -> Result<(), CredentialsError> {
         let verifier = client_verifier(&self.provider, roots.clone())?;
         self.roots.store(roots);
-        self.client_verifier.current.store(Arc::new(verifier));
+        self.client_verifier.store(verifier);
         Ok(())
     }
 
@@ -105,14 +101,14 @@ impl Identity {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(self.client_verifier.clone())
-            .with_cert_resolver(Arc::new(CurrentCert(self.cert.clone())));
+            .with_cert_resolver(self.cert.clone());
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }
 
     /// A client config that presents our certificate and accepts only a server named `peer`.
     pub fn client_config(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, CredentialsError> {
-        let verifier = verify::SpiffeServerVerifier::new(
+        let verifier = SpiffeServerVerifier::new(
             self.roots.clone(),
             peer.clone(),
             self.provider.signature_verification_algorithms,
@@ -121,7 +117,7 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_cert_resolver(Arc::new(CurrentCert(self.cert.clone())));
+            .with_client_cert_resolver(self.cert.clone());
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }
@@ -145,79 +141,4 @@ fn client_verifier(
     roots: Arc<RootCertStore>,
 ) -> Result<Arc<dyn ClientCertVerifier>, CredentialsError> {
     Ok(WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?)
-}
-
-/// Hands rustls the current certificate, as server and as client.
-#[derive(Debug)]
-struct CurrentCert(Arc<ArcSwap<CertifiedKey>>);
-
-impl ResolvesServerCert for CurrentCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
-    }
-}
-
-impl ResolvesClientCert for CurrentCert {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// Verifies client certificates against the current trust bundle.
-#[derive(Debug)]
-struct LiveClientVerifier {
-    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
-}
-
-impl ClientCertVerifier for LiveClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // No hints: they would have to outlive a bundle swap, and sidecars present their one
-        // certificate regardless.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current
-            .load()
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current.load().supported_verify_schemes()
-    }
 }

@@ -8,7 +8,6 @@
 //! and shared; TLS work on the request path is limited to new pooled connections.
 
 mod live;
-mod verify;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +19,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::FromDer;
 
 pub use self::live::Identity;
-pub use self::verify::PeerIdentityMismatch;
 pub use mesh_api::spiffe::{InvalidSpiffeId, SpiffeId, describe, ids_in_certificate};
+pub use mesh_api::tls::PeerIdentityMismatch;
 
 /// The ALPN protocol spoken between sidecars.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -189,11 +188,7 @@ pub fn anonymous_client_config(
     peer: SpiffeId,
 ) -> Result<Arc<rustls::ClientConfig>, CredentialsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = verify::SpiffeServerVerifier::new(
-        Arc::new(arc_swap::ArcSwap::new(roots)),
-        peer,
-        provider.signature_verification_algorithms,
-    );
+    let verifier = mesh_api::tls::SpiffeServerVerifier::fixed(roots, peer);
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
