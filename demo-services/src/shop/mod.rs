@@ -1,0 +1,342 @@
+//! The commerce demo: five small services that call each other through their sidecars.
+//!
+//! Every service shares the same frame, [`App`]: `/health`, the fault knobs under `/admin/`,
+//! injected faults in front of the business endpoints, and the `x-demo-instance` header on
+//! every response, so the mesh's load balancing is visible from outside.
+
+pub mod faults;
+pub mod http;
+pub mod inventory;
+pub mod notifications;
+pub mod orders;
+pub mod payments;
+pub mod store;
+pub mod storefront;
+pub mod upstream;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::header::{HeaderName, HeaderValue};
+use ::http::{Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use self::faults::{FaultState, Faults, FaultsPatch};
+use self::http::{ApiError, Reply, bytes_response, read_json, reply};
+use self::upstream::Upstream;
+use crate::server::Body;
+
+/// Header naming the instance that answered.
+pub const INSTANCE_HEADER: HeaderName = HeaderName::from_static("x-demo-instance");
+
+/// How long after `POST /admin/crash` the process exits, so the 202 reaches the caller.
+const CRASH_DELAY: Duration = Duration::from_millis(50);
+
+/// The services of the demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Service {
+    Storefront,
+    Orders,
+    Inventory,
+    Payments,
+    Notifications,
+}
+
+impl Service {
+    pub const ALL: [Service; 5] = [
+        Self::Storefront,
+        Self::Orders,
+        Self::Inventory,
+        Self::Payments,
+        Self::Notifications,
+    ];
+
+    /// The name other services use in `Host` and the mesh uses in its configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Storefront => "storefront",
+            Self::Orders => "orders",
+            Self::Inventory => "inventory",
+            Self::Payments => "payments",
+            Self::Notifications => "notifications",
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One line item of a reservation or an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub sku: String,
+    pub qty: i64,
+}
+
+/// What a service instance needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub service: Service,
+    /// Shown in `x-demo-instance` and logs.
+    pub instance: String,
+    /// `host:port` of the sidecar's outbound listener.
+    pub outbound: String,
+    /// Holds `<service>.sqlite`.
+    pub data_dir: PathBuf,
+    pub faults: Faults,
+    /// Bound on every outgoing call.
+    pub upstream_timeout: Duration,
+    /// How often orders retries releases that failed while the order was placed.
+    pub release_retry_every: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but what each instance must be told.
+    pub fn new(
+        service: Service,
+        outbound: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            service,
+            instance: service.name().to_owned(),
+            outbound: outbound.into(),
+            data_dir: data_dir.into(),
+            faults: Faults::default(),
+            upstream_timeout: Duration::from_secs(10),
+            release_retry_every: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid instance name {0:?}")]
+    Instance(String),
+    #[error("invalid outbound address {address:?}: {source}")]
+    Outbound {
+        address: String,
+        source: ::http::uri::InvalidUri,
+    },
+    #[error("invalid initial faults: {0}")]
+    Faults(ApiError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// The business part of each service.
+enum Logic {
+    Storefront(storefront::Storefront),
+    Orders(orders::Orders),
+    Inventory(inventory::Inventory),
+    Payments(payments::Payments),
+    Notifications(notifications::Notifications),
+}
+
+struct Inner {
+    service: Service,
+    instance: String,
+    instance_header: HeaderValue,
+    faults: FaultState,
+    crash: watch::Sender<bool>,
+    logic: Logic,
+}
+
+/// One running service instance; clones share it.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+impl App {
+    /// Opens the service's store (migrating and seeding it) and gets ready to serve.
+    pub async fn open(config: Config) -> Result<Self, StartError> {
+        let instance_header = HeaderValue::from_str(&config.instance)
+            .ok()
+            .filter(|_| !config.instance.is_empty())
+            .ok_or_else(|| StartError::Instance(config.instance.clone()))?;
+        let faults = Faults::default()
+            .patched(&FaultsPatch {
+                latency_ms: Some(config.faults.latency_ms),
+                error_rate: Some(config.faults.error_rate),
+                error_status: Some(config.faults.error_status),
+            })
+            .map_err(StartError::Faults)?;
+        let upstream =
+            Upstream::new(&config.outbound, config.upstream_timeout).map_err(|source| {
+                StartError::Outbound {
+                    address: config.outbound.clone(),
+                    source,
+                }
+            })?;
+        let dir = &config.data_dir;
+        let logic = match config.service {
+            Service::Storefront => Logic::Storefront(storefront::Storefront::new(upstream)),
+            Service::Orders => Logic::Orders(
+                orders::Orders::open(dir, upstream, config.release_retry_every).await?,
+            ),
+            Service::Inventory => Logic::Inventory(inventory::Inventory::open(dir).await?),
+            Service::Payments => Logic::Payments(payments::Payments::open(dir).await?),
+            Service::Notifications => {
+                Logic::Notifications(notifications::Notifications::open(dir).await?)
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                service: config.service,
+                instance: config.instance,
+                instance_header,
+                faults: FaultState::new(faults),
+                crash: watch::Sender::new(false),
+                logic,
+            }),
+        })
+    }
+
+    pub fn service(&self) -> Service {
+        self.inner.service
+    }
+
+    /// Resolves once `POST /admin/crash` has been answered; the embedder then exits.
+    pub async fn crash_requested(&self) {
+        let mut crash = self.inner.crash.subscribe();
+        // The sender lives as long as `self`, so this only ends by a crash request.
+        let _ = crash.wait_for(|crashed| *crashed).await;
+    }
+
+    /// Answers one request; never panics, every error is a JSON response.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut rsp = self.route(req).await;
+        tracing::debug!(%method, %path, status = rsp.status().as_u16(), "request");
+        rsp.headers_mut()
+            .insert(INSTANCE_HEADER, self.inner.instance_header.clone());
+        rsp
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let inner = &self.inner;
+        let path = req.uri().path();
+        let result = if path == "/health" {
+            if matches!(*req.method(), Method::GET | Method::HEAD) {
+                Ok(bytes_response(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    Bytes::from_static(b"ok"),
+                ))
+            } else {
+                Err(ApiError::MethodNotAllowed)
+            }
+        } else if path.starts_with("/admin/") {
+            self.admin(req).await
+        } else {
+            let name = inner.service.name();
+            if let Some(injected) = inner.faults.inject(name, &inner.instance).await {
+                return injected;
+            }
+            match &inner.logic {
+                Logic::Storefront(s) => s.handle(req).await,
+                Logic::Orders(s) => s.handle(req).await,
+                Logic::Inventory(s) => s.handle(req).await,
+                Logic::Payments(s) => s.handle(req).await,
+                Logic::Notifications(s) => s.handle(req).await,
+            }
+        };
+        result.unwrap_or_else(ApiError::into_response)
+    }
+
+    async fn admin(&self, req: Request<Incoming>) -> Reply {
+        let faults = &self.inner.faults;
+        match (req.method().clone(), req.uri().path()) {
+            (Method::GET, "/admin/faults") => reply(StatusCode::OK, &faults.get().await),
+            (Method::PUT, "/admin/faults") => {
+                let patch: FaultsPatch = read_json(req).await?;
+                let now = faults.apply(&patch).await?;
+                tracing::info!(?now, "faults changed");
+                reply(StatusCode::OK, &now)
+            }
+            (Method::POST, "/admin/crash") => {
+                tracing::warn!("crash requested");
+                let crash = self.inner.crash.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(CRASH_DELAY).await;
+                    crash.send_replace(true);
+                });
+                reply(StatusCode::ACCEPTED, &json!({"crashing": true}))
+            }
+            (_, "/admin/faults" | "/admin/crash") => Err(ApiError::MethodNotAllowed),
+            _ => Err(ApiError::NoRoute),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, app: App) {
+    crate::server::serve(listener, move |req| {
+        let app = app.clone();
+        async move { app.handle(req).await }
+    })
+    .await;
+}
+
+/// Ids that travel in paths and keys: 1 to 100 of `A-Z a-z 0-9 . _ -`.
+pub fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = (1..=100).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            field,
+            format!("{field} must be 1 to 100 characters of A-Z, a-z, 0-9, '.', '_' or '-'"),
+        ))
+    }
+}
+
+/// Non-blank text of at most `max` characters.
+pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() || value.chars().count() > max {
+        return Err(ApiError::bad(
+            field,
+            format!("{field} must be non-blank and at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Maximum line items per order and quantity per line.
+pub const MAX_ITEMS: usize = 50;
+pub const MAX_QTY: i64 = 1000;
+
+/// 1 to [`MAX_ITEMS`] items, each with a valid sku and a quantity of 1 to [`MAX_QTY`].
+pub fn check_items(items: &[Item]) -> Result<(), ApiError> {
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        return Err(ApiError::bad(
+            "items",
+            format!("items must hold 1 to {MAX_ITEMS} entries"),
+        ));
+    }
+    for (i, item) in items.iter().enumerate() {
+        check_id(&format!("items[{i}].sku"), &item.sku)?;
+        if !(1..=MAX_QTY).contains(&item.qty) {
+            return Err(ApiError::bad(
+                format!("items[{i}].qty"),
+                format!("qty must be between 1 and {MAX_QTY}"),
+            ));
+        }
+    }
+    Ok(())
+}

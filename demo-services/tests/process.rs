@@ -1,0 +1,174 @@
+//! The real `demo-service` binary: it starts, serves `/health`, stops on SIGTERM with 0, and
+//! exits with 1 after `POST /admin/crash`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use common::{WAIT, call};
+use demo_services::shop::Service;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running `demo-service`; killed when dropped.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+async fn start(service: Service, data_dir: &std::path::Path) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_demo-service"))
+        .arg(service.name())
+        .args(["--listen", "127.0.0.1:0", "--outbound", "127.0.0.1:9"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--instance", &format!("{service}-1")])
+        .env("MESH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::time::timeout(WAIT, async {
+        BufReader::new(stdout).lines().next_line().await.unwrap()
+    })
+    .await
+    .expect("the service reports its address in time")
+    .expect("a line on stdout");
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    Running { child, addr }
+}
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn exit_code(&mut self) -> Option<i32> {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the process exits in time")
+            .unwrap()
+            .code()
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[tokio::test]
+async fn every_service_starts_serves_health_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let mut running = Vec::new();
+    for service in Service::ALL {
+        running.push((service, start(service, data.path()).await));
+    }
+    for (service, app) in &running {
+        let rsp = call(Method::GET, &app.url("/health"), None).await;
+        assert_eq!(rsp.status, StatusCode::OK, "{service}");
+        assert_eq!(&rsp.body[..], b"ok");
+        assert_eq!(rsp.headers["x-demo-instance"], format!("{service}-1"));
+    }
+    for service in [
+        Service::Inventory,
+        Service::Orders,
+        Service::Payments,
+        Service::Notifications,
+    ] {
+        let file = data.path().join(format!("{service}.sqlite"));
+        assert!(file.exists(), "{} missing", file.display());
+    }
+    for (service, app) in &mut running {
+        app.terminate();
+        assert_eq!(app.exit_code().await, Some(0), "{service}");
+    }
+}
+
+#[tokio::test]
+async fn crash_exits_the_process_with_1() {
+    let data = tempfile::tempdir().unwrap();
+    let mut app = start(Service::Payments, data.path()).await;
+    let rsp = call(Method::POST, &app.url("/admin/crash"), None).await;
+    assert_eq!(rsp.status, StatusCode::ACCEPTED);
+    assert_eq!(app.exit_code().await, Some(1));
+}
+
+#[tokio::test]
+async fn a_second_instance_shares_the_store() {
+    let data = tempfile::tempdir().unwrap();
+    let first = start(Service::Inventory, data.path()).await;
+    let second = start(Service::Inventory, data.path()).await;
+    let reserve =
+        serde_json::json!({"order_id": "o-1", "items": [{"sku": "ceramic-mug", "qty": 4}]});
+    let rsp = call(Method::POST, &first.url("/reservations"), Some(reserve)).await;
+    assert_eq!(rsp.status, StatusCode::CREATED);
+    let seen = call(Method::GET, &second.url("/reservations/o-1"), None).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    assert_eq!(seen.json["status"], "reserved");
+}
+
+#[tokio::test]
+async fn instances_racing_for_scarce_stock_never_oversell() {
+    let data = tempfile::tempdir().unwrap();
+    let first = start(Service::Inventory, data.path()).await;
+    let second = start(Service::Inventory, data.path()).await;
+    let stock = call(Method::GET, &first.url("/products/signed-cookbook"), None)
+        .await
+        .json["available"]
+        .as_i64()
+        .unwrap();
+    let attempts = 4 * stock;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..attempts {
+        let url = if i % 2 == 0 { &first } else { &second }.url("/reservations");
+        let body = serde_json::json!({
+            "order_id": format!("race-{i}"),
+            "items": [{"sku": "signed-cookbook", "qty": 1}],
+        });
+        calls.spawn(async move { call(Method::POST, &url, Some(body)).await.status });
+    }
+    let statuses = calls.join_all().await;
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!(created as i64, stock, "{statuses:?}");
+    assert_eq!(refused as i64, attempts - stock, "{statuses:?}");
+    let left = call(Method::GET, &second.url("/products/signed-cookbook"), None).await;
+    assert_eq!(left.json["available"], 0);
+}
+
+#[tokio::test]
+async fn bad_flags_fail_to_start() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_demo-service"))
+        .arg("inventory")
+        .args(["--listen", "127.0.0.1:0", "--outbound", "127.0.0.1:9"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--error-rate", "2"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT, output).await.unwrap().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("error_rate"), "{stderr}");
+}
