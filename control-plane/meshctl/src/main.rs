@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod demo;
+
 use clap::{Parser, Subcommand};
 use http::Method;
 use mesh_control_plane::admin_client;
@@ -19,6 +21,62 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the demo mesh on this machine: a control plane, and every instance of every service
+    /// of config/demo.yaml as a demo-service app behind its own sidecar. Ctrl-C stops it all.
+    Up {
+        /// The demo file.
+        #[arg(long, default_value = "config/demo.yaml")]
+        config: PathBuf,
+        /// Where control-plane, sidecar and demo-service are (default: beside meshctl).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Place orders through the storefront at a fixed rate and summarize what happened:
+    /// successes, failures by status, latency percentiles, and the retries the mesh made.
+    Loadgen {
+        /// The storefront's URL (default: from the running demo's mesh.json).
+        #[arg(long)]
+        target: Option<String>,
+        /// Orders per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// How long to send, e.g. 30s or 2m.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Orders in flight at most.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The demo's run directory (where `meshctl up` wrote mesh.json).
+        #[arg(long, default_value = "target/demo")]
+        run_dir: PathBuf,
+    },
+    /// Inject faults into a demo service's apps (every instance, or one), or crash them.
+    /// Without options, shows the faults in force.
+    Fault {
+        /// The service, e.g. payments.
+        service: String,
+        /// Only this instance (1-based).
+        #[arg(long)]
+        instance: Option<u16>,
+        /// Delay before each answer, e.g. 200ms.
+        #[arg(long, value_parser = parse_duration)]
+        latency: Option<Duration>,
+        /// Share of requests answered with --error-status, 0 to 1.
+        #[arg(long)]
+        error_rate: Option<f64>,
+        /// The status of injected errors (500-599).
+        #[arg(long)]
+        error_status: Option<u16>,
+        /// Remove every fault.
+        #[arg(long, conflicts_with_all = ["latency", "error_rate", "error_status", "crash"])]
+        clear: bool,
+        /// Make the app exit (its sidecar stays; callers fail over to other instances).
+        #[arg(long, conflicts_with_all = ["latency", "error_rate", "error_status"])]
+        crash: bool,
+        /// The demo's run directory (where `meshctl up` wrote mesh.json).
+        #[arg(long, default_value = "target/demo")]
+        run_dir: PathBuf,
+    },
     /// Write a development CA and one certificate per service.
     ///
     /// Writes DIR/ca.pem (the trust bundle), DIR/ca-key.pem, and for each service
@@ -102,9 +160,43 @@ fn parse_lifetime(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(n * secs))
 }
 
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 200ms, 30s, 2m"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Up { config, bin_dir } => demo::up(&config, bin_dir),
+        Command::Loadgen {
+            target,
+            rate,
+            duration,
+            concurrency,
+            run_dir,
+        } => demo::loadgen(target, rate, duration, concurrency, &run_dir),
+        Command::Fault {
+            service,
+            instance,
+            latency,
+            error_rate,
+            error_status,
+            clear,
+            crash,
+            run_dir,
+        } => demo::fault(
+            &service,
+            instance,
+            meshctl::fault::FaultChange {
+                latency_ms: latency.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                error_rate,
+                error_status,
+                clear,
+                crash,
+            },
+            &run_dir,
+        ),
         Command::DevCerts {
             out,
             trust_domain,

@@ -1,0 +1,184 @@
+//! The demo commands: `up`, `loadgen`, `fault`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use meshctl::fault::FaultChange;
+use meshctl::loadgen::LoadOptions;
+use meshctl::up::{DemoConfig, Manifest, Role, UpOptions};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The runtime of a command. `up` runs in `block_on` on the main thread, which lives as long
+/// as meshctl: children's parent-death signal follows the thread that spawned them.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+pub(crate) fn up(config_path: &Path, bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = DemoConfig::load(config_path).map_err(|e| match e {
+        meshctl::up::DemoConfigError::Read { .. } => {
+            anyhow::anyhow!("{e}\n(run meshctl from the repository root, or pass --config)")
+        }
+        other => other.into(),
+    })?;
+    let bin_dir = match bin_dir {
+        Some(dir) => dir,
+        None => UpOptions::default_bin_dir()?,
+    };
+    let options = UpOptions::new(bin_dir);
+    runtime()?.block_on(async move {
+        // Installed before anything starts, so Ctrl-C during start-up also stops cleanly.
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        println!(
+            "starting a control plane and {} instances from {}",
+            config.instance_count(),
+            config_path.display(),
+        );
+        let mut mesh = tokio::select! {
+            biased;
+            mesh = meshctl::up::up(&config, &options) => mesh?,
+            _ = interrupt.recv() => bail!("interrupted during start-up; everything started was killed"),
+            _ = terminate.recv() => bail!("terminated during start-up; everything started was killed"),
+        };
+        println!("\nThe demo mesh is running.\n");
+        print!("{}", meshctl::up::report(&mesh));
+        println!("\nCtrl-C stops everything.");
+        loop {
+            tokio::select! {
+                biased;
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                _ = hangup.recv() => break,
+                exited = mesh.next_exit() => {
+                    let what = match exited.role {
+                        Role::ControlPlane => "; sidecars keep their last configuration",
+                        Role::Sidecar => "; its app is cut off from the mesh",
+                        Role::App => "; callers fail over to other instances",
+                    };
+                    eprintln!(
+                        "meshctl: {} (pid {}) exited unexpectedly ({}){what}; see {}",
+                        exited.name,
+                        exited.pid,
+                        exited.status,
+                        exited.log.display()
+                    );
+                }
+            }
+        }
+        println!("\nstopping: apps, then sidecars, then the control plane...");
+        let killed = mesh.stop().await;
+        if killed.is_empty() {
+            println!("stopped");
+        } else {
+            println!("stopped; killed after the timeout: {}", killed.join(", "));
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn loadgen(
+    target: Option<String>,
+    rate: f64,
+    duration: Duration,
+    concurrency: usize,
+    run_dir: &Path,
+) -> anyhow::Result<()> {
+    let manifest = Manifest::load(run_dir);
+    let target = match (target, &manifest) {
+        (Some(target), _) => target,
+        (None, Ok(m)) => m
+            .storefront
+            .clone()
+            .context("the running demo has no storefront; pass --target")?,
+        (None, Err(e)) => bail!("{e}\n(or name the storefront with --target URL)"),
+    };
+    let sidecars = manifest
+        .as_ref()
+        .map(|m| m.instances.iter().map(|i| i.admin).collect())
+        .unwrap_or_default();
+    let options = LoadOptions {
+        target: target.clone(),
+        rate,
+        duration,
+        concurrency,
+        sidecars,
+        progress: std::io::stderr().is_terminal(),
+    };
+    println!(
+        "placing {rate}/s orders through {target}/api/orders for {}s (at most {concurrency} in flight)",
+        duration.as_secs_f64()
+    );
+    let summary = runtime()?.block_on(meshctl::loadgen::run(&options))?;
+    print!("{}", summary.render());
+    if summary.succeeded == 0 {
+        bail!("no order succeeded");
+    }
+    Ok(())
+}
+
+pub(crate) fn fault(
+    service: &str,
+    instance: Option<u16>,
+    change: FaultChange,
+    run_dir: &Path,
+) -> anyhow::Result<()> {
+    if let Some(rate) = change.error_rate
+        && !(0.0..=1.0).contains(&rate)
+    {
+        bail!("--error-rate must be between 0 and 1, not {rate}");
+    }
+    if let Some(status) = change.error_status
+        && !(500..=599).contains(&status)
+    {
+        bail!("--error-status must be between 500 and 599, not {status}");
+    }
+    let manifest = Manifest::load(run_dir)?;
+    let targets: Vec<_> = manifest
+        .instances_of(service)
+        .filter(|i| instance.is_none_or(|n| i.index == n))
+        .cloned()
+        .collect();
+    if targets.is_empty() {
+        let services: std::collections::BTreeSet<&str> = manifest
+            .instances
+            .iter()
+            .map(|i| i.service.as_str())
+            .collect();
+        match instance {
+            Some(n) if services.contains(service) => {
+                bail!("{service} has no instance {n} (instances are numbered from 1)")
+            }
+            _ => bail!(
+                "no service {service:?} in the running demo (services: {})",
+                services.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    runtime()?.block_on(async {
+        let client = meshctl::fault::client();
+        let mut failed = 0;
+        for target in &targets {
+            match meshctl::fault::apply(&client, target, &change).await {
+                Ok(line) => println!("{line}"),
+                Err(e) => {
+                    eprintln!("meshctl: {e}");
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            bail!(
+                "{failed} of {} instances refused or did not answer",
+                targets.len()
+            );
+        }
+        Ok(())
+    })
+}

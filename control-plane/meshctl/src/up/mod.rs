@@ -1,0 +1,630 @@
+//! `meshctl up`: the demo mesh on this machine, as child processes.
+//!
+//! [`up`] starts the control plane, waits for it to be ready, then for every instance its
+//! sidecar, waits for the sidecar to be ready (certificate and first snapshot), and only then
+//! its app, so an app's first call already finds a working mesh. Sidecars start together, then
+//! apps together. If any child exits or does not get ready in time, everything started is
+//! stopped and the error names the child and shows the end of its log.
+//!
+//! The CLI and the tests use this same code; tests pass their own run directory, ports and
+//! binary directory.
+
+pub mod config;
+pub mod plan;
+mod process;
+mod report;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use http::Method;
+use mesh_control_plane::admin_client;
+use nix::sys::signal::Signal;
+
+pub use self::config::{
+    ControlPlaneSpec, DemoConfig, DemoConfigError, FieldError, ServiceSpec, TracingSpec,
+};
+pub use self::plan::{ControlPlaneAddrs, Instance, Manifest, ManifestError, Plan, RunDir};
+use self::process::Proc;
+pub use self::process::{Role, log_tail};
+pub use self::report::report;
+
+/// The binaries a demo run needs.
+pub const BINARIES: [&str; 3] = ["control-plane", "sidecar", "demo-service"];
+
+/// How `up` runs things.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// Where `control-plane`, `sidecar` and `demo-service` are.
+    pub bin_dir: PathBuf,
+    /// How long each stage may take to become ready.
+    pub ready_timeout: Duration,
+    /// How long stopping processes may take (per stage) before they are killed.
+    pub stop_timeout: Duration,
+}
+
+impl UpOptions {
+    /// Binaries from `bin_dir`, 30 s to get ready, 10 s to stop.
+    pub fn new(bin_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bin_dir: bin_dir.into(),
+            ready_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The directory of the running executable, where cargo puts every workspace binary.
+    pub fn default_bin_dir() -> Result<PathBuf, UpError> {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_owned))
+            .ok_or(UpError::NoBinDir)
+    }
+}
+
+/// Why the demo mesh could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// `demo.yaml` is invalid.
+    #[error(transparent)]
+    Config(#[from] DemoConfigError),
+    /// The mesh configuration directory is invalid.
+    #[error("the mesh configuration in {} is invalid: {source}", dir.display())]
+    MeshConfig {
+        /// The directory.
+        dir: PathBuf,
+        /// Every problem.
+        source: mesh_control_plane::InvalidConfig,
+    },
+    /// `demo.yaml` runs a service the mesh configuration does not declare.
+    #[error(
+        "service {service:?} is not declared in {} (add services/{service}.yaml)",
+        dir.display()
+    )]
+    Undeclared {
+        /// The service.
+        service: String,
+        /// The mesh configuration directory.
+        dir: PathBuf,
+    },
+    /// A binary is missing.
+    #[error(
+        "cannot find the `{name}` binary in {} (build the workspace first: `cargo build --release`, \
+         then run target/release/meshctl; or pass --bin-dir)",
+        dir.display()
+    )]
+    MissingBinary {
+        /// The binary's name.
+        name: &'static str,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+    /// The running executable's directory is unknown.
+    #[error("cannot tell where meshctl runs from; pass --bin-dir")]
+    NoBinDir,
+    /// Ports could not be handed out.
+    #[error(transparent)]
+    Ports(#[from] plan::PortError),
+    /// Another run uses the same run directory.
+    #[error(
+        "a demo mesh is already running from {} (process {pid}); stop it first",
+        run_dir.display()
+    )]
+    AlreadyRunning {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Its meshctl process.
+        pid: u32,
+    },
+    /// A file or directory could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A process could not be started.
+    #[error("cannot start {name} ({}): {source}", bin.display())]
+    Spawn {
+        /// Its name.
+        name: String,
+        /// The binary.
+        bin: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A process exited during start-up.
+    #[error("{name} exited during start-up ({status}); the end of {}:\n{tail}", log.display())]
+    Exited {
+        /// Its name.
+        name: String,
+        /// How it ended.
+        status: String,
+        /// Its log file.
+        log: PathBuf,
+        /// The log's last lines.
+        tail: String,
+    },
+    /// A process did not become ready in time.
+    #[error(
+        "{name} was not ready at {url} after {}s; the end of {}:\n{tail}",
+        after.as_secs(),
+        log.display()
+    )]
+    NotReady {
+        /// Its name.
+        name: String,
+        /// The URL polled.
+        url: String,
+        /// How long it was given.
+        after: Duration,
+        /// Its log file.
+        log: PathBuf,
+        /// The log's last lines.
+        tail: String,
+    },
+}
+
+/// A child that exited while the mesh ran.
+#[derive(Clone, Debug)]
+pub struct Exited {
+    /// The process's name, e.g. `payments-2 app`.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its pid.
+    pub pid: u32,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// The demo mesh, running. Stop it with [`RunningMesh::stop`]; dropping it kills whatever is
+/// left.
+#[derive(Debug)]
+pub struct RunningMesh {
+    run_dir: RunDir,
+    control_plane: ControlPlaneAddrs,
+    instances: Vec<Instance>,
+    tracing: Option<TracingSpec>,
+    procs: Vec<Proc>,
+    /// Exits already reported by [`RunningMesh::next_exit`].
+    reported: Vec<u32>,
+    stop_timeout: Duration,
+}
+
+/// Starts the demo mesh described by `config`. See the module documentation for the order.
+pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh, UpError> {
+    let bins = binaries(&options.bin_dir)?;
+    let mesh_dir = &config.control_plane.config_dir;
+    let mesh =
+        mesh_control_plane::config::load(mesh_dir).map_err(|source| UpError::MeshConfig {
+            dir: mesh_dir.clone(),
+            source,
+        })?;
+    for service in &config.services {
+        if !mesh.services.contains_key(&service.name) {
+            return Err(UpError::Undeclared {
+                service: service.name.clone(),
+                dir: mesh_dir.clone(),
+            });
+        }
+    }
+    let run_dir = prepare_run_dir(&config.run_dir)?;
+    if let Ok(previous) = Manifest::load(&run_dir.root)
+        && previous.pid != std::process::id()
+        && process_alive(previous.pid)
+    {
+        return Err(UpError::AlreadyRunning {
+            run_dir: run_dir.root.clone(),
+            pid: previous.pid,
+        });
+    }
+    let plan = plan::allocate(config, plan::port_is_free)?;
+    let state = run_dir.state();
+    for instance in &plan.instances {
+        let text = plan::sidecar_bootstrap(
+            instance,
+            &mesh.trust_domain,
+            &plan.control_plane,
+            &state,
+            config.tracing.as_ref(),
+        );
+        write(&run_dir.bootstrap(instance), &text)?;
+    }
+    write(
+        &run_dir.prometheus(),
+        &plan::prometheus_config(&plan.control_plane, &plan.instances),
+    )?;
+
+    let mut running = RunningMesh {
+        run_dir,
+        control_plane: plan.control_plane,
+        instances: plan.instances,
+        tracing: config.tracing.clone(),
+        procs: Vec::new(),
+        reported: Vec::new(),
+        stop_timeout: options.stop_timeout,
+    };
+    match running.start(config, &bins, options.ready_timeout).await {
+        Ok(()) => Ok(running),
+        Err(e) => {
+            running.stop().await;
+            Err(e)
+        }
+    }
+}
+
+struct Binaries {
+    control_plane: PathBuf,
+    sidecar: PathBuf,
+    app: PathBuf,
+}
+
+fn binaries(dir: &Path) -> Result<Binaries, UpError> {
+    let find = |name: &'static str| {
+        let path = dir.join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(UpError::MissingBinary {
+                name,
+                dir: dir.to_owned(),
+            })
+        }
+    };
+    Ok(Binaries {
+        control_plane: find(BINARIES[0])?,
+        sidecar: find(BINARIES[1])?,
+        app: find(BINARIES[2])?,
+    })
+}
+
+fn prepare_run_dir(dir: &Path) -> Result<RunDir, UpError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| UpError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // Absolute, so bootstrap files and mesh.json mean the same from any directory.
+    let root = std::fs::canonicalize(dir).map_err(io(dir))?;
+    let run_dir = RunDir { root };
+    for sub in [
+        run_dir.state(),
+        run_dir.data(),
+        run_dir.logs(),
+        run_dir.sidecars(),
+    ] {
+        std::fs::create_dir_all(&sub).map_err(io(&sub))?;
+    }
+    Ok(run_dir)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), UpError> {
+    std::fs::write(path, text).map_err(|source| UpError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Whether `pid` names a live process (signal 0 checks without sending anything).
+pub fn process_alive(pid: u32) -> bool {
+    i32::try_from(pid)
+        .is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+}
+
+/// One readiness check: GET `path` on `addr` must answer 200.
+struct Probe {
+    proc_index: usize,
+    addr: SocketAddr,
+    path: &'static str,
+}
+
+impl RunningMesh {
+    async fn start(
+        &mut self,
+        config: &DemoConfig,
+        bins: &Binaries,
+        ready_timeout: Duration,
+    ) -> Result<(), UpError> {
+        let state = self.run_dir.state();
+        let cp = self.spawn(
+            "control-plane",
+            Role::ControlPlane,
+            &bins.control_plane,
+            vec![
+                "--config-dir".into(),
+                path_arg(&config.control_plane.config_dir),
+                "--state-dir".into(),
+                path_arg(&state),
+                "--listen".into(),
+                self.control_plane.api.to_string().into(),
+                "--admin".into(),
+                self.control_plane.admin.to_string().into(),
+            ],
+        )?;
+        self.wait_ready(
+            vec![Probe {
+                proc_index: cp,
+                addr: self.control_plane.admin,
+                path: "/ready",
+            }],
+            ready_timeout,
+        )
+        .await?;
+
+        let mut probes = Vec::new();
+        for i in 0..self.instances.len() {
+            let instance = &self.instances[i];
+            let (name, bootstrap, admin) = (
+                format!("{} sidecar", instance.name),
+                self.run_dir.bootstrap(instance),
+                instance.admin,
+            );
+            let log = format!("{}-sidecar", instance.name);
+            let index = self.spawn_logged(
+                &name,
+                &log,
+                Role::Sidecar,
+                &bins.sidecar,
+                vec!["--config".into(), path_arg(&bootstrap)],
+            )?;
+            self.instances[i].sidecar_pid = Some(self.procs[index].pid);
+            probes.push(Probe {
+                proc_index: index,
+                addr: admin,
+                path: "/ready",
+            });
+        }
+        self.wait_ready(probes, ready_timeout).await?;
+
+        let mut probes = Vec::new();
+        let data = path_arg(&self.run_dir.data());
+        for i in 0..self.instances.len() {
+            let instance = &self.instances[i];
+            let args = vec![
+                instance.service.clone().into(),
+                "--listen".into(),
+                instance.app.to_string().into(),
+                "--outbound".into(),
+                instance.outbound.to_string().into(),
+                "--data-dir".into(),
+                data.clone(),
+                "--instance".into(),
+                instance.name.clone().into(),
+            ];
+            let (name, log, app) = (
+                format!("{} app", instance.name),
+                format!("{}-app", instance.name),
+                instance.app,
+            );
+            let index = self.spawn_logged(&name, &log, Role::App, &bins.app, args)?;
+            self.instances[i].app_pid = Some(self.procs[index].pid);
+            probes.push(Probe {
+                proc_index: index,
+                addr: app,
+                path: "/health",
+            });
+        }
+        self.wait_ready(probes, ready_timeout).await?;
+        let manifest = self.manifest();
+        let text = serde_json::to_string_pretty(&manifest).map_err(|e| UpError::Io {
+            path: self.run_dir.manifest(),
+            source: std::io::Error::other(e),
+        })?;
+        write(&self.run_dir.manifest(), &text)
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        role: Role,
+        bin: &Path,
+        args: Vec<OsString>,
+    ) -> Result<usize, UpError> {
+        self.spawn_logged(name, name, role, bin, args)
+    }
+
+    fn spawn_logged(
+        &mut self,
+        name: &str,
+        log_name: &str,
+        role: Role,
+        bin: &Path,
+        args: Vec<OsString>,
+    ) -> Result<usize, UpError> {
+        let log = self.run_dir.log(log_name);
+        let proc = Proc::spawn(name, role, bin, &args, &log).map_err(|source| UpError::Spawn {
+            name: name.to_owned(),
+            bin: bin.to_owned(),
+            source,
+        })?;
+        self.procs.push(proc);
+        Ok(self.procs.len() - 1)
+    }
+
+    /// Polls every probe until all answer 200, failing as soon as any started process exits.
+    async fn wait_ready(
+        &mut self,
+        mut probes: Vec<Probe>,
+        timeout: Duration,
+    ) -> Result<(), UpError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut pending = Vec::new();
+            for probe in probes {
+                let answered = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    admin_client::request(probe.addr, Method::GET, probe.path),
+                )
+                .await;
+                if !matches!(answered, Ok(Ok((status, _))) if status == http::StatusCode::OK) {
+                    pending.push(probe);
+                }
+            }
+            probes = pending;
+            for proc in &mut self.procs {
+                if let Some(status) = proc.poll_exit() {
+                    return Err(UpError::Exited {
+                        name: proc.name.clone(),
+                        status: status.to_string(),
+                        log: proc.log.clone(),
+                        tail: log_tail(&proc.log, 20),
+                    });
+                }
+            }
+            let Some(first) = probes.first() else {
+                return Ok(());
+            };
+            if tokio::time::Instant::now() >= deadline {
+                let proc = &self.procs[first.proc_index];
+                return Err(UpError::NotReady {
+                    name: proc.name.clone(),
+                    url: format!("http://{}{}", first.addr, first.path),
+                    after: timeout,
+                    log: proc.log.clone(),
+                    tail: log_tail(&proc.log, 20),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The record written to `mesh.json`.
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            pid: std::process::id(),
+            run_dir: self.run_dir.root.clone(),
+            storefront: self.storefront_url(),
+            control_plane: self.control_plane,
+            control_plane_pid: self
+                .procs
+                .iter()
+                .find(|p| p.role == Role::ControlPlane)
+                .map(|p| p.pid),
+            otlp_endpoint: self.tracing.as_ref().map(|t| t.otlp_endpoint.clone()),
+            instances: self.instances.clone(),
+        }
+    }
+
+    /// Every instance, callers first.
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    /// The instances of `service`.
+    pub fn instances_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Instance> {
+        self.instances.iter().filter(move |i| i.service == service)
+    }
+
+    /// The URL users open: the first storefront instance's app.
+    pub fn storefront_url(&self) -> Option<String> {
+        self.instances_of("storefront")
+            .next()
+            .map(Instance::app_url)
+    }
+
+    /// The control plane's listeners.
+    pub fn control_plane(&self) -> ControlPlaneAddrs {
+        self.control_plane
+    }
+
+    /// Where sidecars export spans.
+    pub fn tracing(&self) -> Option<&TracingSpec> {
+        self.tracing.as_ref()
+    }
+
+    /// The run directory's layout.
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run_dir
+    }
+
+    /// The pid of every process started, in start order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|p| p.pid).collect()
+    }
+
+    /// Waits until a child exits that has not been reported yet, and returns it. Cancel-safe,
+    /// so it can sit in a `select!` beside a signal handler. Never returns once all exited.
+    pub async fn next_exit(&mut self) -> Exited {
+        loop {
+            for proc in &mut self.procs {
+                if self.reported.contains(&proc.pid) {
+                    continue;
+                }
+                if let Some(status) = proc.poll_exit() {
+                    self.reported.push(proc.pid);
+                    return Exited {
+                        name: proc.name.clone(),
+                        role: proc.role,
+                        pid: proc.pid,
+                        status,
+                        log: proc.log.clone(),
+                    };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops every child in reverse start order: apps, then sidecars, then the control plane;
+    /// each stage gets SIGTERM and `stop_timeout` to exit, then SIGKILL. Every child is reaped.
+    /// Returns the names of those that had to be killed. Removes `mesh.json`.
+    pub async fn stop(&mut self) -> Vec<String> {
+        let mut killed = Vec::new();
+        for role in [Role::App, Role::Sidecar, Role::ControlPlane] {
+            let stage = self.procs.iter_mut().filter(|p| p.role == role);
+            let stage: Vec<&mut Proc> = stage.collect();
+            if stage.is_empty() {
+                continue;
+            }
+            let mut stage = stage;
+            for proc in &mut stage {
+                proc.signal(Signal::SIGTERM);
+            }
+            let deadline = tokio::time::Instant::now() + self.stop_timeout;
+            for proc in &mut stage {
+                if proc.wait_or_kill(deadline).await {
+                    killed.push(proc.name.clone());
+                }
+            }
+        }
+        self.remove_manifest();
+        killed
+    }
+
+    fn remove_manifest(&self) {
+        let path = self.run_dir.manifest();
+        if Manifest::load(&self.run_dir.root).is_ok_and(|m| m.pid == std::process::id()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for RunningMesh {
+    fn drop(&mut self) {
+        if self.procs.iter_mut().all(|p| p.poll_exit().is_some()) {
+            return;
+        }
+        for proc in &mut self.procs {
+            proc.kill_now();
+        }
+        // Reap them, briefly: a killed process goes within milliseconds.
+        for _ in 0..100 {
+            if self.procs.iter_mut().all(|p| p.poll_exit().is_some()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.remove_manifest();
+    }
+}
+
+fn path_arg(path: &Path) -> OsString {
+    path.as_os_str().to_owned()
+}

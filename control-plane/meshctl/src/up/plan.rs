@@ -1,0 +1,368 @@
+//! What `meshctl up` is about to run: ports, sidecar bootstrap files, the Prometheus scrape
+//! configuration, and `mesh.json`, the record of a running demo that `loadgen` and `fault` read.
+//!
+//! Everything here is plain data and text, so it is tested without starting a process.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{DemoConfig, TracingSpec};
+
+/// The control plane's listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlaneAddrs {
+    /// gRPC API, where sidecars connect.
+    pub api: SocketAddr,
+    /// Admin HTTP (`/ready`, `/status`, `/metrics`).
+    pub admin: SocketAddr,
+}
+
+/// One instance of a service: its app and its sidecar.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The service.
+    pub service: String,
+    /// 1-based number among the service's instances.
+    pub index: u16,
+    /// `<service>-<index>`, the app's `--instance` name.
+    pub name: String,
+    /// The app's own listener.
+    pub app: SocketAddr,
+    /// The sidecar's outbound listener, where the app sends its calls.
+    pub outbound: SocketAddr,
+    /// The sidecar's inbound listener (mTLS, from peer sidecars).
+    pub inbound: SocketAddr,
+    /// The sidecar's admin listener (`/ready`, `/metrics`).
+    pub admin: SocketAddr,
+    /// The app's process id, once started.
+    #[serde(default)]
+    pub app_pid: Option<u32>,
+    /// The sidecar's process id, once started.
+    #[serde(default)]
+    pub sidecar_pid: Option<u32>,
+}
+
+impl Instance {
+    /// The app's base URL.
+    pub fn app_url(&self) -> String {
+        format!("http://{}", self.app)
+    }
+
+    /// The sidecar's admin base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// The sidecar's metrics URL.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.admin)
+    }
+}
+
+/// Ports for the control plane and every instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The control plane's listeners.
+    pub control_plane: ControlPlaneAddrs,
+    /// Every instance, callers first, in start order.
+    pub instances: Vec<Instance>,
+}
+
+/// Why ports could not be handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// A port named in the file is taken.
+    #[error("{field} {addr} is in use (is a demo mesh already running? see `ss -ltnp`)")]
+    InUse {
+        /// The field of `demo.yaml`.
+        field: &'static str,
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// Not enough free ports above `ports_from`.
+    #[error("not enough free ports from {from} up to 65535 (need {needed})")]
+    Exhausted {
+        /// `ports_from`.
+        from: u16,
+        /// How many were needed.
+        needed: usize,
+    },
+}
+
+/// Hands out ports from `config.ports_from` upwards, skipping those `is_free` rejects: four
+/// per instance (app, outbound, inbound, admin), after the control plane's two when the file
+/// does not name them.
+pub fn allocate(
+    config: &DemoConfig,
+    mut is_free: impl FnMut(u16) -> bool,
+) -> Result<Plan, PortError> {
+    let fixed: Vec<u16> = [config.control_plane.api, config.control_plane.admin]
+        .into_iter()
+        .flatten()
+        .map(|a| a.port())
+        .collect();
+    for (field, addr) in [
+        ("control_plane.api", config.control_plane.api),
+        ("control_plane.admin", config.control_plane.admin),
+    ] {
+        if let Some(addr) = addr
+            && !is_free(addr.port())
+        {
+            return Err(PortError::InUse { field, addr });
+        }
+    }
+    let needed = config.instance_count() * 4 + 2;
+    let mut next = u32::from(config.ports_from);
+    let mut take = || -> Result<SocketAddr, PortError> {
+        while next <= u32::from(u16::MAX) {
+            let port = u16::try_from(next).map_err(|_| PortError::Exhausted {
+                from: config.ports_from,
+                needed,
+            })?;
+            next += 1;
+            if !fixed.contains(&port) && is_free(port) {
+                return Ok(loopback(port));
+            }
+        }
+        Err(PortError::Exhausted {
+            from: config.ports_from,
+            needed,
+        })
+    };
+    let api = match config.control_plane.api {
+        Some(addr) => addr,
+        None => take()?,
+    };
+    let admin = match config.control_plane.admin {
+        Some(addr) => addr,
+        None => take()?,
+    };
+    let mut instances = Vec::new();
+    for service in &config.services {
+        for index in 1..=service.instances {
+            instances.push(Instance {
+                service: service.name.clone(),
+                index,
+                name: format!("{}-{index}", service.name),
+                app: take()?,
+                outbound: take()?,
+                inbound: take()?,
+                admin: take()?,
+                app_pid: None,
+                sidecar_pid: None,
+            });
+        }
+    }
+    Ok(Plan {
+        control_plane: ControlPlaneAddrs { api, admin },
+        instances,
+    })
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+/// Whether nothing listens on 127.0.0.1:`port` (binding it is the only reliable test).
+pub fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(loopback(port)).is_ok()
+}
+
+/// The layout of a run directory.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    /// The directory itself (absolute).
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    /// The control plane's state (CA, `ca.pem`, `tokens/`).
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    /// The apps' SQLite files.
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    /// One log file per process.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    /// The sidecars' bootstrap files.
+    pub fn sidecars(&self) -> PathBuf {
+        self.root.join("sidecars")
+    }
+    /// The Prometheus scrape configuration.
+    pub fn prometheus(&self) -> PathBuf {
+        self.root.join("prometheus.yml")
+    }
+    /// The record of the running mesh.
+    pub fn manifest(&self) -> PathBuf {
+        self.root.join(MANIFEST)
+    }
+    /// The log file of the process `name`.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs().join(format!("{name}.log"))
+    }
+    /// The bootstrap file of an instance's sidecar.
+    pub fn bootstrap(&self, instance: &Instance) -> PathBuf {
+        self.sidecars().join(format!("{}.yaml", instance.name))
+    }
+}
+
+/// The file name of the record of a running mesh, in its run directory.
+pub const MANIFEST: &str = "mesh.json";
+
+/// YAML double-quoted scalar: JSON string syntax is a subset of it, so paths with any
+/// character survive.
+fn quoted(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+/// The bootstrap file of `instance`'s sidecar: its ports, the control plane that certifies and
+/// configures it, and where its spans go.
+pub fn sidecar_bootstrap(
+    instance: &Instance,
+    trust_domain: &str,
+    control_plane: &ControlPlaneAddrs,
+    state_dir: &Path,
+    tracing: Option<&TracingSpec>,
+) -> String {
+    let mut out = format!(
+        "# Written by `meshctl up` for {name}; rewritten on every run.\n\
+         service: {service}\n\
+         trust_domain: {trust_domain}\n\
+         app: {app}\n\
+         version: v1\n\
+         listen: {{ outbound: {outbound}, inbound: {inbound}, admin: {admin} }}\n\
+         control_plane:\n  \
+           address: {cp}\n  \
+           trust_anchor: {anchor}\n  \
+           token_file: {token}\n\
+         access_log: false\n",
+        name = instance.name,
+        service = instance.service,
+        app = instance.app,
+        outbound = instance.outbound,
+        inbound = instance.inbound,
+        admin = instance.admin,
+        cp = control_plane.api,
+        anchor = quoted(&state_dir.join("ca.pem").to_string_lossy()),
+        token = quoted(
+            &state_dir
+                .join("tokens")
+                .join(&instance.service)
+                .to_string_lossy()
+        ),
+    );
+    if let Some(tracing) = tracing {
+        let _ = write!(
+            out,
+            "tracing:\n  otlp_endpoint: {}\n  protocol: {}\n  service_name: {}\n",
+            quoted(&tracing.otlp_endpoint),
+            tracing.protocol,
+            instance.service,
+        );
+    }
+    out
+}
+
+/// A Prometheus configuration with one job scraping the control plane's and every sidecar's
+/// admin `/metrics`, labelled by service and instance.
+pub fn prometheus_config(control_plane: &ControlPlaneAddrs, instances: &[Instance]) -> String {
+    let mut out = String::from(
+        "# Written by `meshctl up`: prometheus --config.file=<this file>\n\
+         global:\n  \
+           scrape_interval: 5s\n\
+         scrape_configs:\n  \
+           - job_name: mesh\n    \
+             metrics_path: /metrics\n    \
+             static_configs:\n",
+    );
+    let mut target = |addr: SocketAddr, service: &str, instance: &str| {
+        let _ = write!(
+            out,
+            "      - targets: [{}]\n        labels: {{ service: {}, instance: {} }}\n",
+            quoted(&addr.to_string()),
+            quoted(service),
+            quoted(instance),
+        );
+    };
+    target(control_plane.admin, "control-plane", "control-plane");
+    for i in instances {
+        target(i.admin, &i.service, &i.name);
+    }
+    out
+}
+
+/// The record of a running demo mesh, `<run_dir>/mesh.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The `meshctl up` (or test) process that runs it.
+    pub pid: u32,
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The storefront's URL, where users and `meshctl loadgen` go.
+    pub storefront: Option<String>,
+    /// The control plane.
+    pub control_plane: ControlPlaneAddrs,
+    /// The control plane's process id.
+    pub control_plane_pid: Option<u32>,
+    /// Where sidecars export spans.
+    pub otlp_endpoint: Option<String>,
+    /// Every instance.
+    pub instances: Vec<Instance>,
+}
+
+/// Why `mesh.json` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// No file: the mesh is not running from that directory.
+    #[error(
+        "no demo mesh found: {} does not exist (start one with `meshctl up`, or pass --run-dir)",
+        path.display()
+    )]
+    Missing {
+        /// The file looked for.
+        path: PathBuf,
+    },
+    /// Unreadable.
+    #[error("cannot read {}: {message}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Manifest {
+    /// Reads `<run_dir>/mesh.json`.
+    pub fn load(run_dir: &Path) -> Result<Self, ManifestError> {
+        let path = run_dir.join(MANIFEST);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ManifestError::Missing { path });
+            }
+            Err(e) => {
+                return Err(ManifestError::Unreadable {
+                    path,
+                    message: e.to_string(),
+                });
+            }
+        };
+        serde_json::from_slice(&text).map_err(|e| ManifestError::Unreadable {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// The instances of `service`.
+    pub fn instances_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Instance> {
+        self.instances.iter().filter(move |i| i.service == service)
+    }
+}

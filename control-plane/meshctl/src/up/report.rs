@@ -1,0 +1,86 @@
+//! What `meshctl up` prints once the mesh runs: every instance's addresses, and where to look.
+
+use std::fmt::Write as _;
+
+use super::RunningMesh;
+
+/// The endpoint the README's Jaeger command listens on for OTLP/gRPC.
+const JAEGER_OTLP: &str = "http://127.0.0.1:4317";
+
+/// The table of instances and the pointers (storefront, control plane, traces, Prometheus).
+pub fn report(mesh: &RunningMesh) -> String {
+    let mut rows: Vec<[String; 5]> =
+        vec![["SERVICE", "INSTANCE", "APP", "SIDECAR ADMIN", "METRICS"].map(str::to_owned)];
+    for i in mesh.instances() {
+        rows.push([
+            i.service.clone(),
+            i.name.clone(),
+            i.app_url(),
+            i.admin_url(),
+            i.metrics_url(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    let cp = mesh.control_plane();
+    let run_dir = mesh.run_dir();
+    out.push('\n');
+    if let Some(url) = mesh.storefront_url() {
+        let _ = writeln!(out, "Storefront     {url}/   <- open this");
+    }
+    let status = if cp.admin.to_string() == mesh_control_plane::DEFAULT_ADMIN {
+        "meshctl status".to_owned()
+    } else {
+        format!("meshctl status --admin {}", cp.admin)
+    };
+    let _ = writeln!(
+        out,
+        "Control plane  api {}  admin http://{}   ({status})",
+        cp.api, cp.admin
+    );
+    match mesh.tracing() {
+        Some(t) if t.otlp_endpoint.trim_end_matches('/') == JAEGER_OTLP => {
+            let _ = writeln!(
+                out,
+                "Traces         OTLP {} to {}; open Jaeger at http://127.0.0.1:16686",
+                t.protocol, t.otlp_endpoint
+            );
+        }
+        Some(t) => {
+            let _ = writeln!(
+                out,
+                "Traces         OTLP {} to {}",
+                t.protocol, t.otlp_endpoint
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "Traces         not exported (no tracing in the demo file)"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "Prometheus     prometheus --config.file={}",
+        run_dir.prometheus().display()
+    );
+    let _ = writeln!(out, "Logs           {}", run_dir.logs().display());
+    let run_dir_arg = format!("--run-dir {}", run_dir.root.display());
+    let _ = writeln!(out, "Load           meshctl loadgen {run_dir_arg}");
+    let _ = writeln!(
+        out,
+        "Faults         meshctl fault payments --error-rate 0.3 {run_dir_arg}   (--clear to undo)"
+    );
+    out
+}
