@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
 use meshctl::fault::FaultChange;
 use meshctl::loadgen::LoadOptions;
 use meshctl::up::{DemoConfig, Manifest, Role, UpOptions};
@@ -19,7 +20,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-pub(crate) fn up(config_path: &Path, bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn up(config_path: &Path, bin_dir: Option<PathBuf>, load: f64) -> anyhow::Result<()> {
+    if !(load >= 0.0 && load.is_finite()) {
+        bail!("--load must be 0 or more orders per second, not {load}");
+    }
     let config = DemoConfig::load(config_path).map_err(|e| match e {
         meshctl::up::DemoConfigError::Read { .. } => {
             anyhow::anyhow!("{e}\n(run meshctl from the repository root, or pass --config)")
@@ -50,6 +54,12 @@ pub(crate) fn up(config_path: &Path, bin_dir: Option<PathBuf>) -> anyhow::Result
         println!("\nThe demo mesh is running.\n");
         print!("{}", meshctl::up::report(&mesh));
         println!("\nCtrl-C stops everything.");
+        let status = ProgressBar::new_spinner();
+        let load_task = (load > 0.0).then(|| {
+            let sidecars = mesh.instances().iter().map(|i| i.admin).collect();
+            let target = mesh.storefront_url();
+            tokio::spawn(steady_load(target, load, sidecars, status.clone()))
+        });
         loop {
             tokio::select! {
                 biased;
@@ -62,16 +72,20 @@ pub(crate) fn up(config_path: &Path, bin_dir: Option<PathBuf>) -> anyhow::Result
                         Role::Sidecar => "; its app is cut off from the mesh",
                         Role::App => "; callers fail over to other instances",
                     };
-                    eprintln!(
+                    status.suspend(|| eprintln!(
                         "meshctl: {} (pid {}) exited unexpectedly ({}){what}; see {}",
                         exited.name,
                         exited.pid,
                         exited.status,
                         exited.log.display()
-                    );
+                    ));
                 }
             }
         }
+        if let Some(task) = load_task {
+            task.abort();
+        }
+        status.finish();
         println!("\nstopping: apps, then sidecars, then the control plane...");
         let killed = mesh.stop().await;
         if killed.is_empty() {
@@ -81,6 +95,71 @@ pub(crate) fn up(config_path: &Path, bin_dir: Option<PathBuf>) -> anyhow::Result
         }
         Ok(())
     })
+}
+
+/// Places `rate` orders a second through the storefront until aborted, in windows of five
+/// seconds, keeping `status` on the totals so far: what the demo looks like under traffic.
+async fn steady_load(
+    target: Option<String>,
+    rate: f64,
+    sidecars: Vec<std::net::SocketAddr>,
+    status: ProgressBar,
+) {
+    let Some(target) = target else {
+        status.set_message("load: the demo has no storefront");
+        return;
+    };
+    status.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    status.enable_steady_tick(Duration::from_millis(200));
+    status.set_message(format!(
+        "load: {rate} orders/s through {target} starting..."
+    ));
+    let options = LoadOptions {
+        target,
+        rate,
+        duration: Duration::from_secs(5),
+        concurrency: 16,
+        sidecars,
+        progress: false,
+    };
+    let (mut ok, mut failed, mut retries) = (0u64, 0u64, 0u64);
+    loop {
+        match meshctl::loadgen::run(&options).await {
+            Ok(window) => {
+                ok += window.succeeded;
+                failed += window.failed_total();
+                retries += window.retries.unwrap_or(0);
+                let p99 = if window.latency.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!(
+                        "{:.1}ms",
+                        window.latency.value_at_quantile(0.99) as f64 / 1000.0
+                    )
+                };
+                let failures = if window.failed.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<String> = window
+                        .failed
+                        .iter()
+                        .map(|(k, n)| format!("{k}: {n}"))
+                        .collect();
+                    format!("  (last 5s: {})", list.join(", "))
+                };
+                status.set_message(format!(
+                    "load: {rate} orders/s  ok {ok}  failed {failed}  p99 {p99}  retries by the mesh {retries}{failures}"
+                ));
+            }
+            Err(error) => {
+                status.set_message(format!("load: {error}; trying again"));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
 }
 
 pub(crate) fn loadgen(

@@ -30,6 +30,10 @@ enum Command {
         /// Where control-plane, sidecar and demo-service are (default: beside meshctl).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Orders per second a built-in load generator places through the storefront while
+        /// the mesh runs, with a status line; 0 for none.
+        #[arg(long, default_value_t = 2.0)]
+        load: f64,
     },
     /// Place orders through the storefront at a fixed rate and summarize what happened:
     /// successes, failures by status, latency percentiles, and the retries the mesh made.
@@ -168,7 +172,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Up { config, bin_dir } => demo::up(&config, bin_dir),
+        Command::Up {
+            config,
+            bin_dir,
+            load,
+        } => demo::up(&config, bin_dir, load),
         Command::Loadgen {
             target,
             rate,
