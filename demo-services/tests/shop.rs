@@ -241,7 +241,7 @@ async fn a_failed_payment_fails_the_order_and_releases_its_stock() {
     let beans = shop.available("espresso-beans").await;
     let order = json!({"customer": "bob", "items": [{"sku": "espresso-beans", "qty": 3}]});
     let rsp = call(Method::POST, &shop.url(Orders, "/orders"), Some(order)).await;
-    assert_eq!(rsp.status, StatusCode::BAD_GATEWAY, "{:?}", rsp.json);
+    assert_eq!(rsp.status, StatusCode::PAYMENT_REQUIRED, "{:?}", rsp.json);
     assert_eq!(rsp.json["status"], "failed");
     assert_eq!(rsp.json["reason"], "payment failed");
     let id = rsp.json["id"].as_str().unwrap().to_owned();
@@ -292,7 +292,7 @@ async fn a_release_that_fails_is_retried_in_the_background() {
     let mugs = shop.available("ceramic-mug").await;
     let order = json!({"customer": "ida", "items": [{"sku": "ceramic-mug", "qty": 2}]});
     let rsp = call(Method::POST, &shop.url(Orders, "/orders"), Some(order)).await;
-    assert_eq!(rsp.status, StatusCode::BAD_GATEWAY, "{:?}", rsp.json);
+    assert_eq!(rsp.status, StatusCode::PAYMENT_REQUIRED, "{:?}", rsp.json);
     assert_eq!(rsp.json["reason"], "payment failed");
     let id = rsp.json["id"].as_str().unwrap().to_owned();
     // Inventory was unreachable for the release: the stock is still held...

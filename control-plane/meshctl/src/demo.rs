@@ -150,9 +150,14 @@ async fn steady_load(
                         .collect();
                     format!("  (last 5s: {})", list.join(", "))
                 };
-                status.set_message(format!(
+                let line = format!(
                     "load: {rate} orders/s  ok {ok}  failed {failed}  p99 {p99}  retries by the mesh {retries}{failures}"
-                ));
+                );
+                if status.is_hidden() {
+                    // Not a terminal (a log file, a pipe): one line per window instead.
+                    println!("{line}");
+                }
+                status.set_message(line);
             }
             Err(error) => {
                 status.set_message(format!("load: {error}; trying again"));

@@ -255,7 +255,7 @@ async fn the_demo_mesh_survives_failures_traces_orders_and_leaves_nothing_behind
     let before = available(&client, &inventory_app, &sku).await;
     for _ in 0..3 {
         let r = order(&client, &storefront, &sku).await;
-        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+        assert_eq!(r.status, StatusCode::PAYMENT_REQUIRED, "{}", r.text());
         let body = r.json();
         assert_eq!(body["status"], "failed", "{body}");
         assert_eq!(body["reason"], "payment failed", "{body}");

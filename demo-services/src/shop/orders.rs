@@ -108,7 +108,10 @@ impl Failure {
         match self {
             Self::UnknownProduct { .. } | Self::TooExpensive => StatusCode::BAD_REQUEST,
             Self::OutOfStock { .. } => StatusCode::CONFLICT,
-            Self::Inventory(_) | Self::Payment(_) => StatusCode::BAD_GATEWAY,
+            // The saga ran to its end and compensated: orders itself is healthy, so this is
+            // not a 5xx (callers' sidecars would count it against orders' instances).
+            Self::Payment(_) => StatusCode::PAYMENT_REQUIRED,
+            Self::Inventory(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
