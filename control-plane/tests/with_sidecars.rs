@@ -58,6 +58,27 @@ impl Cluster {
         (cluster, cp)
     }
 
+    /// orders → inventory, with storefront declared too (it calls inventory): a control
+    /// plane, and ready sidecars of inventory and orders in front of echo apps.
+    async fn shop(lifetime: &str) -> (Self, ControlPlane, Sidecar, Sidecar) {
+        let (cluster, cp) = Self::start(
+            lifetime,
+            &[
+                ("orders", ORDERS),
+                ("storefront", STOREFRONT),
+                ("inventory", INVENTORY),
+            ],
+        )
+        .await;
+        let inventory = cluster
+            .sidecar("inventory", app::echo("inventory").await, "")
+            .await;
+        let orders = cluster
+            .sidecar("orders", app::echo("orders").await, "")
+            .await;
+        (cluster, cp, inventory, orders)
+    }
+
     fn control_plane(&self, service: &str) -> ControlPlaneRef {
         ControlPlaneRef {
             address: self.api,
@@ -255,21 +276,7 @@ async fn a_sidecar_with_a_wrong_token_gets_no_certificate_and_is_never_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_nothing() {
-    let (cluster, cp) = Cluster::start(
-        "1h",
-        &[
-            ("orders", ORDERS),
-            ("storefront", STOREFRONT),
-            ("inventory", INVENTORY),
-        ],
-    )
-    .await;
-    let _inventory = cluster
-        .sidecar("inventory", app::echo("inventory").await, "")
-        .await;
-    let orders = cluster
-        .sidecar("orders", app::echo("orders").await, "")
-        .await;
+    let (cluster, cp, _inventory, orders) = Cluster::shop("1h").await;
     let (status, _) = call(&orders, "inventory", "/delay/300").await;
     assert_eq!(status, StatusCode::OK, "no timeout yet");
 
@@ -351,21 +358,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_renew_under_continuous_traffic_without_a_failed_request() {
-    let (cluster, cp) = Cluster::start(
-        "5s",
-        &[
-            ("orders", ORDERS),
-            ("storefront", STOREFRONT),
-            ("inventory", INVENTORY),
-        ],
-    )
-    .await;
-    let inventory = cluster
-        .sidecar("inventory", app::echo("inventory").await, "")
-        .await;
-    let orders = cluster
-        .sidecar("orders", app::echo("orders").await, "")
-        .await;
+    let (cluster, cp, inventory, orders) = Cluster::shop("5s").await;
     let first_expiry = snapshot_expiry(&inventory).await;
     let traffic = Traffic::start(orders.outbound_url());
 
@@ -416,21 +409,7 @@ async fn snapshot_expiry(sidecar: &Sidecar) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
-    let (cluster, cp) = Cluster::start(
-        "1h",
-        &[
-            ("orders", ORDERS),
-            ("storefront", STOREFRONT),
-            ("inventory", INVENTORY),
-        ],
-    )
-    .await;
-    let inventory = cluster
-        .sidecar("inventory", app::echo("inventory").await, "")
-        .await;
-    let orders = cluster
-        .sidecar("orders", app::echo("orders").await, "")
-        .await;
+    let (cluster, cp, inventory, orders) = Cluster::shop("1h").await;
     let old = cluster.status().await["signer"]
         .as_str()
         .unwrap()
