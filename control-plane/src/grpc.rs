@@ -151,6 +151,17 @@ impl v1::registry_server::Registry for Api {
         let known = self.mesh.heartbeat(&caller, request.get_ref());
         Ok(Response::new(v1::HeartbeatResponse { known }))
     }
+
+    async fn deregister(
+        &self,
+        request: Request<v1::DeregisterRequest>,
+    ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let removed = self
+            .mesh
+            .deregister(&caller, &request.get_ref().instance_id);
+        Ok(Response::new(v1::DeregisterResponse { removed }))
+    }
 }
 
 #[tonic::async_trait]

@@ -313,6 +313,23 @@ impl Mesh {
         true
     }
 
+    /// Removes one instance of `caller` at its request; false when it was not registered.
+    pub(crate) fn deregister(&self, caller: &str, instance_id: &str) -> bool {
+        let mut state = self.write();
+        let Some(record) = state
+            .registry
+            .remove(&(caller.to_owned(), instance_id.to_owned()))
+        else {
+            return false;
+        };
+        tracing::info!(service = %caller, instance = %instance_id, address = %record.address, "deregistered");
+        self.metrics
+            .registered_instances
+            .set(i64::try_from(state.registry.len()).unwrap_or(i64::MAX));
+        state.republish(&self.metrics);
+        true
+    }
+
     /// Removes instances whose lease expired; returns how many.
     pub(crate) fn sweep(&self) -> usize {
         let mut state = self.write();

@@ -50,8 +50,18 @@ impl Cluster {
 
     /// A cluster with an in-process control plane on port 0.
     async fn start(lifetime: &str, services: &[(&str, &str)]) -> (Self, ControlPlane) {
+        Self::start_with(&mesh_yaml(lifetime), services).await
+    }
+
+    /// A cluster with this `mesh.yaml`, its control plane in-process on port 0.
+    async fn start_with(mesh: &str, services: &[(&str, &str)]) -> (Self, ControlPlane) {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut cluster = Self::new(lifetime, services, any, any);
+        let mut cluster = Self {
+            dirs: Dirs::new(mesh, services),
+            api: any,
+            admin: any,
+            mesh: TestMesh::new(),
+        };
         let cp = cluster.dirs.start().await;
         cluster.api = cp.api_addr();
         cluster.admin = cp.admin_addr();
@@ -478,9 +488,91 @@ async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
     cp.stop().await.unwrap();
 }
 
+/// The inventory endpoints in a sidecar's snapshot.
+fn inventory_endpoints(snapshot: &serde_json::Value) -> Vec<String> {
+    snapshot["destinations"]["inventory"]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The `sidecar` binary, built beside the control plane's.
+fn sidecar_binary() -> std::path::PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_control-plane")).with_file_name("sidecar");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo nextest run --workspace`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_traffic() {
     let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", INVENTORY)]).await;
+    let a = cluster
+        .sidecar("inventory", app::echo("inventory-a").await, "")
+        .await;
+    // b is a real sidecar process, so it can die without a word: SIGKILL.
+    let (b_inbound, b_admin) = (closed_port(), closed_port());
+    let b_config = cluster
+        .mesh
+        .sidecar("inventory")
+        .app(app::echo("inventory-b").await)
+        .control_plane(cluster.control_plane("inventory"))
+        .write_config(closed_port(), b_inbound, b_admin);
+    let mut b = Process(
+        Command::new(sidecar_binary())
+            .arg("--config")
+            .arg(&b_config)
+            .env("MESH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    eventually(
+        PATIENCE,
+        "both inventory instances in orders' snapshot",
+        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 2).then_some(()) },
+    )
+    .await;
+
+    // No deregistration, no more heartbeats: after the lease (1.5 s) b leaves the snapshot.
+    b.0.kill().unwrap();
+    b.0.wait().unwrap();
+    eventually(PATIENCE, "b to leave orders' snapshot", || async {
+        let list = inventory_endpoints(&snapshot(&orders).await);
+        (list == [a.inbound.to_string()]).then_some(())
+    })
+    .await;
+    assert!(
+        !cluster.status().await["services"]["inventory"]["instances"]
+            .to_string()
+            .contains(&b_inbound.to_string())
+    );
+    for _ in 0..50 {
+        let (status, body) = call(&orders, "inventory", "/whoami").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("\"inventory-a\""), "{body}");
+    }
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_shuts_down_leaves_at_once_and_no_request_fails() {
+    // A lease far longer than the test: only deregistration can explain a quick exit.
+    let (cluster, cp) = Cluster::start_with(
+        "trust_domain: mesh.local\nregistry: { heartbeat_interval: 1s, lease: 60s }\n",
+        &[("orders", ORDERS), ("inventory", INVENTORY)],
+    )
+    .await;
     let a = cluster
         .sidecar("inventory", app::echo("inventory-a").await, "")
         .await;
@@ -490,40 +582,32 @@ async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_tra
     let orders = cluster
         .sidecar("orders", app::echo("orders").await, "")
         .await;
-    let endpoints = |snapshot: serde_json::Value| -> Vec<String> {
-        snapshot["destinations"]["inventory"]["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|b| b["endpoints"].as_array().cloned().unwrap_or_default())
-            .filter_map(|e| e.as_str().map(str::to_owned))
-            .collect()
-    };
     eventually(
         PATIENCE,
         "both inventory instances in orders' snapshot",
-        || async { (endpoints(snapshot(&orders).await).len() == 2).then_some(()) },
+        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 2).then_some(()) },
     )
     .await;
-
-    // b's sidecar stops (its heartbeats with it); after the lease it leaves the snapshot.
-    let gone = b.inbound.to_string();
+    let traffic = Traffic::start(orders.outbound_url());
+    let leaving = tokio::time::Instant::now();
     b.shutdown().await.unwrap();
-    eventually(PATIENCE, "b to leave orders' snapshot", || async {
-        let list = endpoints(snapshot(&orders).await);
-        (list == [a.inbound.to_string()]).then_some(())
-    })
-    .await;
-    assert!(
-        !cluster.status().await["services"]["inventory"]["instances"]
-            .to_string()
-            .contains(&gone)
+    assert_eq!(
+        inventory_endpoints(&snapshot(&orders).await),
+        [a.inbound.to_string()],
+        "b left orders' snapshot before it stopped serving"
     );
-    for _ in 0..50 {
-        let (status, body) = call(&orders, "inventory", "/whoami").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert!(body.contains("\"inventory-a\""), "{body}");
+    assert!(leaving.elapsed() < Duration::from_secs(10));
+    // Keep the traffic going a little after b is gone.
+    for _ in 0..20 {
+        assert_eq!(call(&orders, "inventory", "/echo").await.0, StatusCode::OK);
     }
+    let (sent, failures) = traffic.finish().await;
+    assert!(sent > 20, "only {sent} requests sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
     cp.stop().await.unwrap();
 }
 

@@ -296,6 +296,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // Asked to stop (signal or `POST /shutdown`); `drain` follows once the instance has left
+    // the registry, and closes the listeners.
+    let stop_requested = CancellationToken::new();
     let drain = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let admin_addr = listeners.admin.local_addr()?;
@@ -308,7 +311,7 @@ pub async fn run(
         },
         metrics: metrics.clone(),
         snapshot_json: Arc::default(),
-        shutdown: drain.clone(),
+        shutdown: stop_requested.clone(),
     });
     let mut admin_http = http1::Builder::new();
     admin_http.timer(TokioTimer::new());
@@ -333,7 +336,7 @@ pub async fn run(
         (Some(credentials), _) => (credentials, None),
         (None, Some(cp)) => {
             let obtained = tokio::select! {
-                obtained = first_certificate(&config, cp, &drain) => obtained?,
+                obtained = first_certificate(&config, cp, &stop_requested) => obtained?,
                 () = &mut shutdown => None,
             };
             let Some((credentials, certifier)) = obtained else {
@@ -378,6 +381,7 @@ pub async fn run(
     ));
     let acceptor = TlsAcceptor::from(identity.server_config()?);
 
+    let mut registration = None;
     if let Some(client) = control {
         let cp_tls =
             identity.client_config(&control::channel::control_plane_id(&config.trust_domain)?)?;
@@ -412,7 +416,7 @@ pub async fn run(
         let started = tokio::select! {
             waited = first.wait_for(|applied| *applied) => waited.is_ok(),
             () = &mut shutdown => false,
-            () = drain.cancelled() => false,
+            () = stop_requested.cancelled() => false,
         };
         if !started {
             drain.cancel();
@@ -428,12 +432,15 @@ pub async fn run(
             metrics.control.clone(),
             drain.clone(),
         ));
-        tokio::spawn(control::register::keep_registered(
-            channel,
+        let stop = CancellationToken::new();
+        let instance_id = instance.id.clone();
+        let task = tokio::spawn(control::register::keep_registered(
+            channel.clone(),
             instance,
             applier,
-            drain.clone(),
+            stop.clone(),
         ));
+        registration = Some((stop, task, channel, instance_id));
     } else {
         warn_if_expiring(&identity);
     }
@@ -480,9 +487,15 @@ pub async fn run(
     admin.ready.store(true, Ordering::Release);
     tokio::select! {
         () = &mut shutdown => ::tracing::info!("shutdown signal received"),
-        () = drain.cancelled() => {},
+        () = stop_requested.cancelled() => {},
     }
     admin.ready.store(false, Ordering::Release);
+    if let Some((stop, task, channel, instance_id)) = registration {
+        // Heartbeats end first, or one could register the instance again.
+        stop.cancel();
+        let _ = task.await;
+        control::register::deregister(channel, &instance_id).await;
+    }
     drain.cancel();
     let (outbound_done, inbound_done) = tokio::join!(outbound_task, inbound_task);
     outbound_done?;

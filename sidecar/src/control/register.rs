@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mesh_api::proto::v1::registry_client::RegistryClient;
-use mesh_api::proto::v1::{HeartbeatRequest, Instance, RegisterRequest};
+use mesh_api::proto::v1::{DeregisterRequest, HeartbeatRequest, Instance, RegisterRequest};
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -105,5 +105,33 @@ pub(crate) async fn keep_registered(
                 Err(_) => tracing::debug!("heartbeat timed out"),
             }
         }
+    }
+}
+
+/// How long a sidecar that deregistered keeps serving before it closes its listeners: time for
+/// the control plane's push to reach callers, so they stop choosing it.
+const DEREGISTER_GRACE: Duration = Duration::from_millis(500);
+
+/// Takes the instance out of the registry on shutdown, then gives callers a moment to hear of
+/// it. Best effort: with the control plane unreachable, the lease ends it instead (callers
+/// retry the refused connections elsewhere meanwhile).
+pub(crate) async fn deregister(channel: Channel, instance_id: &str) {
+    let request = DeregisterRequest {
+        instance_id: instance_id.to_owned(),
+    };
+    let mut client = RegistryClient::new(channel);
+    match tokio::time::timeout(CALL_TIMEOUT, client.deregister(request)).await {
+        Ok(Ok(response)) => {
+            tracing::info!(
+                instance = instance_id,
+                removed = response.get_ref().removed,
+                "deregistered from the control plane"
+            );
+            sleep(DEREGISTER_GRACE).await;
+        }
+        Ok(Err(status)) => {
+            tracing::warn!(code = %status.code(), error = status.message(), "cannot deregister; the lease will expire instead");
+        }
+        Err(_) => tracing::warn!("deregistration timed out; the lease will expire instead"),
     }
 }
