@@ -137,6 +137,8 @@ pub async fn connect(
         let connector = connector.clone();
         async move {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
+            // Small request-response calls: without this each waits out a delayed ACK.
+            tcp.set_nodelay(true)?;
             let name = ServerName::try_from("control-plane.mesh")
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             let tls = connector.connect(name, tcp).await?;
