@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole benchmark suite in one command: builds release binaries, then runs the data path
+# against Envoy, the control plane at scale, and the streaming-memory check. Results go to
+# benches/results/ (and body-memory prints its own). Extra arguments go to datapath.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p mesh-sidecar -p demo-services -p mesh-benches
+target/release/datapath "$@"
+target/release/control-plane-scale
+target/release/body-memory
