@@ -26,6 +26,10 @@
 //! [`error`] (typed errors and the one place they become responses), [`headers`] (hop-by-hop
 //! and mesh headers), [`metrics`], and `admin`.
 
+// Exists for the benchmarks in `benches/hot_paths.rs` only: thin wrappers over crate-private
+// hot paths. Not a stable API; nothing else should use it.
+#[doc(hidden)]
+pub mod bench_support;
 pub mod classify;
 pub mod config;
 pub mod error;

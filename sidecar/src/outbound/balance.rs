@@ -167,6 +167,12 @@ impl Balance {
     pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
         self.shared.slots.iter().map(|slot| &slot.endpoint)
     }
+
+    /// The slot the next try of a request that has made `attempts` goes to, chosen as `call`
+    /// chooses it, without recording or sending anything (for `bench_support`).
+    pub(crate) fn pick(&self, attempts: Option<&Attempts>) -> Option<usize> {
+        self.shared.pick(self.shared.now(), attempts)
+    }
 }
 
 impl Service<Req> for Balance {

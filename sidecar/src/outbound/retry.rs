@@ -75,6 +75,11 @@ impl RetryLayer {
             }),
         }
     }
+
+    /// The retry budget this layer's services share (for `bench_support`).
+    pub(crate) fn budget(&self) -> &TpsBudget {
+        &self.shared.budget
+    }
 }
 
 impl<S> Layer<S> for RetryLayer {
