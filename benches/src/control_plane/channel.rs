@@ -1,10 +1,9 @@
 //! gRPC channels to the control plane as the sidecar makes them: TLS 1.3, the control plane
 //! verified by its SPIFFE ID, and TCP_NODELAY.
 //!
-//! `mesh_control_plane::client::connect` leaves Nagle's algorithm on; with small unary calls
-//! that stalls each request behind the peer's delayed ACK (~40 ms), which would measure the
-//! test client rather than the control plane. The sidecar's own channel sets TCP_NODELAY, so
-//! this one does too.
+//! Without TCP_NODELAY, small unary calls would stall behind the peer's delayed ACK (~40 ms) and
+//! measure the client rather than the control plane. The report compares it with
+//! `mesh_control_plane::client::connect`, the shared test client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

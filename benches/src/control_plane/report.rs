@@ -566,9 +566,8 @@ impl Report {
         let _ = writeln!(
             md,
             "\n{} distinct CSRs (each with a new P-256 key) were made beforehand in {:.1} s{}. `sign_csr_der` parses the CSR, \
-             checks its signature and identity, and signs the leaf. The sidecar's channel sets TCP_NODELAY; \
-             `mesh_control_plane::client::connect` does not, so each small unary call there can wait for the \
-             server's delayed ACK (~40 ms): the second row shows what that costs.\n",
+             checks its signature and identity, and signs the leaf. Both clients set TCP_NODELAY; without it \
+             each small unary call would wait for the server's delayed ACK (~40 ms).\n",
             sg.csr_pool,
             sg.csr_pool_secs,
             if sg.csrs_reused {

@@ -140,7 +140,7 @@ pub(crate) async fn certify_rate(
     Ok(Signing {
         client: match via {
             Via::Sidecar => "sidecar-like channel (TCP_NODELAY)",
-            Via::LibraryClient => "mesh_control_plane::client::connect (Nagle on)",
+            Via::LibraryClient => "mesh_control_plane::client::connect",
         }
         .into(),
         concurrency,
