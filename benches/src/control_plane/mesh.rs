@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::{BenchError, channel};
+use super::BenchError;
 
 /// The trust domain of the benchmark mesh.
 pub(crate) const TRUST_DOMAIN: &str = "mesh.local";
@@ -114,13 +114,8 @@ impl Mesh {
         Ok(token.trim().to_owned())
     }
 
-    /// A channel without a client certificate (for Identity.Certify), as the sidecar makes it.
+    /// A channel without a client certificate (for Identity.Certify).
     pub(crate) async fn anonymous(&self) -> Result<Channel, BenchError> {
-        Ok(channel::connect(self.cp.api_addr(), self.roots()?, TRUST_DOMAIN, None).await?)
-    }
-
-    /// The same through `mesh_control_plane::client::connect` (no TCP_NODELAY), for comparison.
-    pub(crate) async fn anonymous_library(&self) -> Result<Channel, BenchError> {
         Ok(client::connect(self.cp.api_addr(), self.roots()?, TRUST_DOMAIN, None).await?)
     }
 
@@ -139,7 +134,7 @@ impl Mesh {
 
     /// A channel presenting `workload`'s certificate.
     pub(crate) async fn connect(&self, workload: &Workload) -> Result<Channel, BenchError> {
-        Ok(channel::connect(
+        Ok(client::connect(
             self.cp.api_addr(),
             self.roots()?,
             TRUST_DOMAIN,

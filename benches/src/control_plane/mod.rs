@@ -9,7 +9,6 @@
 //! - `memory`: /proc readings and the open-file limit.
 //! - [`report`]: the results, as JSON and markdown.
 
-mod channel;
 mod memory;
 mod mesh;
 pub mod report;
@@ -159,20 +158,8 @@ pub async fn finish(
     scales: Vec<Scale>,
 ) -> Result<Report, BenchError> {
     let signing_mesh = Mesh::start(settings.frontends.max(1), settings.config_poll).await?;
-    let signing = signing::certify_rate(
-        &signing_mesh,
-        settings.sign_for,
-        settings.sign_concurrency,
-        signing::Via::Sidecar,
-    )
-    .await?;
-    let signing_library_client = signing::certify_rate(
-        &signing_mesh,
-        settings.sign_for.min(Duration::from_secs(1)),
-        settings.sign_concurrency,
-        signing::Via::LibraryClient,
-    )
-    .await?;
+    let signing =
+        signing::certify_rate(&signing_mesh, settings.sign_for, settings.sign_concurrency).await?;
     signing_mesh.stop().await?;
     let ca_alone = signing::ca_alone(settings.ca_alone_for).await?;
     machine.load_end = report::load();
@@ -190,7 +177,6 @@ pub async fn finish(
         },
         scales,
         signing,
-        signing_library_client: Some(signing_library_client),
         ca_alone,
         targets: Vec::new(),
         memory_method: report::MEMORY_METHOD.into(),

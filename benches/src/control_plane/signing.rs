@@ -47,21 +47,11 @@ pub(crate) async fn csr_pool(count: usize) -> Result<Vec<Vec<u8>>, BenchError> {
     Ok(pool)
 }
 
-/// How the Certify calls connect.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Via {
-    /// As the sidecar does (TCP_NODELAY).
-    Sidecar,
-    /// Through `mesh_control_plane::client::connect`.
-    LibraryClient,
-}
-
 /// Certify calls for `duration`, `concurrency` in flight over a few anonymous channels.
 pub(crate) async fn certify_rate(
     mesh: &Mesh,
     duration: Duration,
     concurrency: usize,
-    via: Via,
 ) -> Result<Signing, BenchError> {
     let pool_size = (duration.as_secs_f64() * 8_000.0).ceil() as usize;
     let pool_size = pool_size.clamp(256, MAX_POOL);
@@ -71,10 +61,7 @@ pub(crate) async fn certify_rate(
     let token = mesh.token(&frontend(0))?;
     let mut channels = Vec::with_capacity(SIGN_CHANNELS);
     for _ in 0..SIGN_CHANNELS {
-        channels.push(match via {
-            Via::Sidecar => mesh.anonymous().await?,
-            Via::LibraryClient => mesh.anonymous_library().await?,
-        });
+        channels.push(mesh.anonymous().await?);
     }
     let request = |csr_der: Vec<u8>| v1::CertifyRequest {
         service: frontend(0),
@@ -138,11 +125,7 @@ pub(crate) async fn certify_rate(
     let secs = started.elapsed().as_secs_f64();
     let issued = latencies.len();
     Ok(Signing {
-        client: match via {
-            Via::Sidecar => "sidecar-like channel (TCP_NODELAY)",
-            Via::LibraryClient => "mesh_control_plane::client::connect",
-        }
-        .into(),
+        client: "mesh_control_plane::client::connect (TCP_NODELAY)".into(),
         concurrency,
         channels: SIGN_CHANNELS,
         seconds: secs,
