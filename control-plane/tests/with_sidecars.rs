@@ -202,6 +202,17 @@ impl Traffic {
         Self { stop, sent, task }
     }
 
+    /// Stops, and checks that more than `min_sent` requests went out and none failed.
+    async fn finish_without_failures(self, min_sent: u64) {
+        let (sent, failures) = self.finish().await;
+        assert!(sent > min_sent, "only {sent} requests sent");
+        assert!(
+            failures.is_empty(),
+            "{} of {sent} failed: {failures:?}",
+            failures.len()
+        );
+    }
+
     async fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let failures = self.task.await.unwrap();
@@ -381,13 +392,7 @@ async fn certificates_renew_under_continuous_traffic_without_a_failed_request() 
         })
         .await;
     }
-    let (sent, failures) = traffic.finish().await;
-    assert!(sent > 50, "only {sent} requests sent");
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} failed: {failures:?}",
-        failures.len()
-    );
+    traffic.finish_without_failures(50).await;
     assert!(snapshot_expiry(&inventory).await > first_expiry);
     assert!(
         first_expiry
@@ -470,13 +475,7 @@ async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
         (roots == 1).then_some(())
     })
     .await;
-    let (sent, failures) = traffic.finish().await;
-    assert!(sent > 20, "only {sent} requests sent");
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} failed: {failures:?}",
-        failures.len()
-    );
+    traffic.finish_without_failures(20).await;
     // Fresh handshakes after the rotation work too.
     let storefront = cluster
         .sidecar("storefront", app::echo("storefront").await, "")
@@ -601,13 +600,7 @@ async fn a_sidecar_that_shuts_down_leaves_at_once_and_no_request_fails() {
     for _ in 0..20 {
         assert_eq!(call(&orders, "inventory", "/echo").await.0, StatusCode::OK);
     }
-    let (sent, failures) = traffic.finish().await;
-    assert!(sent > 20, "only {sent} requests sent");
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} failed: {failures:?}",
-        failures.len()
-    );
+    traffic.finish_without_failures(20).await;
     cp.stop().await.unwrap();
 }
 
@@ -753,13 +746,7 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     .await;
     // Sidecars that reconnect keep their endpoints while the registry refills: not one
     // request failed, before, during or after.
-    let (sent, failures) = traffic.finish().await;
-    assert!(sent > 50, "only {sent} requests sent");
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} failed: {failures:?}",
-        failures.len()
-    );
+    traffic.finish_without_failures(50).await;
     eventually(
         PATIENCE,
         "every sidecar to acknowledge the current version",
