@@ -33,6 +33,12 @@ struct Args {
     /// Configurations to measure, in round order.
     #[arg(long, value_delimiter = ',', default_value = "direct,ours,envoy")]
     only: Vec<String>,
+    /// Rounds instead of the plan's (more rounds give a steadier tail).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: Option<u32>,
+    /// Seconds of each phase per configuration and round, instead of the plan's.
+    #[arg(long, value_parser = parse_seconds)]
+    phase_seconds: Option<std::time::Duration>,
     /// Internal: serve the benchmark app on ADDR (the harness starts itself this way).
     #[arg(long, value_name = "ADDR", hide = true)]
     serve_app: Option<SocketAddr>,
@@ -58,6 +64,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.1..=600.0).contains(&secs) => Ok(std::time::Duration::from_secs_f64(secs)),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 600")),
+    }
+}
+
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let harness = std::env::current_exe().context("locate own binary")?;
     let bin_dir = harness
@@ -74,13 +87,21 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| t.parse::<Topology>())
         .collect::<Result<Vec<_>, _>>()?;
+    let mut plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    if let Some(rounds) = args.rounds {
+        plan.rounds = rounds;
+    }
+    if let Some(phase) = args.phase_seconds {
+        plan.throughput_phase = phase;
+        plan.latency_phase = phase;
+    }
     let options = Options {
         mode: if args.quick { "quick" } else { "full" }.to_owned(),
-        plan: if args.quick {
-            Plan::quick()
-        } else {
-            Plan::full()
-        },
+        plan,
         topologies,
         harness,
         bin_dir,

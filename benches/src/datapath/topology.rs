@@ -108,9 +108,8 @@ pub(crate) async fn start_ours(
             .arg("--config")
             .arg(&config)
             .args(["--log", "warn"])
-            // The sidecar has no setting for its thread count; tokio reads this variable, and
-            // one worker matches Envoy's `--concurrency 1`.
-            .env("TOKIO_WORKER_THREADS", "1")
+            // One worker, as Envoy's `--concurrency 1`.
+            .args(["--workers", "1"])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("MESH_SIDECAR_CONFIG");
         let mut proc = Proc::spawn(
