@@ -29,7 +29,7 @@ pub use self::topology::{ENVOY_WHEEL, find_or_install_envoy};
 
 use self::load::{Closed, Connections, Open};
 use self::procs::{cpu_ticks, machine_ticks, peak_rss_kib};
-use self::topology::Running;
+use self::topology::{Running, Runtime};
 
 /// What can stop the harness or one configuration.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ pub enum Error {
     Timeout,
     #[error("answered with a non-success status")]
     Status,
-    #[error("unknown configuration {0:?}: use direct, ours or envoy")]
+    #[error("unknown configuration {0:?}: use direct, ours, envoy or ours-mt")]
     UnknownTopology(String),
 }
 
@@ -96,16 +96,22 @@ pub enum Topology {
     Ours,
     /// The same path through two Envoys.
     Envoy,
+    /// Ours with each sidecar on tokio's multi-threaded runtime with one worker, instead of
+    /// `--workers 1` (a current-thread runtime): measured only when asked for, to show what
+    /// the runtime choice costs.
+    #[serde(rename = "ours-mt")]
+    OursMultiThread,
 }
 
 impl Topology {
-    pub const ALL: [Self; 3] = [Self::Direct, Self::Ours, Self::Envoy];
+    pub const ALL: [Self; 4] = [Self::Direct, Self::Ours, Self::Envoy, Self::OursMultiThread];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::Ours => "ours",
             Self::Envoy => "envoy",
+            Self::OursMultiThread => "ours-mt",
         }
     }
 
@@ -114,6 +120,9 @@ impl Topology {
             Self::Direct => "client → app",
             Self::Ours => "client → sidecar ⇒ h2+mTLS ⇒ sidecar → app",
             Self::Envoy => "client → envoy ⇒ h2+mTLS ⇒ envoy → app",
+            Self::OursMultiThread => {
+                "as ours, each sidecar on a multi-threaded runtime with one worker"
+            }
         }
     }
 }
@@ -148,15 +157,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// 10 s of each phase per configuration, in 5 rounds.
+    /// Per configuration 16 s at max throughput and 24 s (24,000 requests) at the fixed
+    /// rate, in 8 rounds: short rounds spread a shared machine's hiccups over all
+    /// configurations, and the per-round p99s show how large they were.
     pub fn full() -> Self {
         Self {
-            rounds: 5,
+            rounds: 8,
             connections: 32,
             throughput_phase: Duration::from_secs(2),
             rate: 1000,
             rate_connections: 16,
-            latency_phase: Duration::from_secs(2),
+            latency_phase: Duration::from_secs(3),
             warmup: Duration::from_secs(1),
         }
     }
@@ -210,6 +221,8 @@ struct Tally {
     open: Option<Open>,
     /// Per proxy: CPU ticks in the throughput phases and in the latency phases.
     cpu: Vec<(u64, u64)>,
+    /// Each round's own p99 of the open-loop phase, in µs.
+    round_p99: Vec<u64>,
 }
 
 impl Tally {
@@ -226,6 +239,7 @@ impl Tally {
             closed: Closed::default(),
             open: None,
             cpu: vec![(0, 0); proxies],
+            round_p99: Vec::new(),
         }
     }
 
@@ -268,6 +282,7 @@ async fn measure_round(tally: &mut Tally, plan: &Plan) -> Result<(), Error> {
     for (sum, (a, b)) in tally.cpu.iter_mut().zip(after.iter().zip(&before)) {
         sum.1 += a.saturating_sub(*b);
     }
+    tally.round_p99.push(open.hist.value_at_quantile(0.99));
     match &mut tally.open {
         None => tally.open = Some(open),
         Some(total) => {
@@ -300,7 +315,14 @@ pub async fn run(options: Options) -> Result<Report, Error> {
     for &topology in &options.topologies {
         let started = match topology {
             Topology::Direct => Ok(Running::direct(app_addr)),
-            Topology::Ours => topology::start_ours(&options.bin_dir, dir.path(), app_addr).await,
+            Topology::Ours => {
+                topology::start_ours(&options.bin_dir, dir.path(), app_addr, Runtime::OneThread)
+                    .await
+            }
+            Topology::OursMultiThread => {
+                topology::start_ours(&options.bin_dir, dir.path(), app_addr, Runtime::OneWorker)
+                    .await
+            }
             Topology::Envoy => {
                 let envoy = match &options.envoy {
                     EnvoySource::Path(path) => Ok(path.clone()),

@@ -89,6 +89,8 @@ pub struct LatencyResult {
     pub p90_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// Each round's own p99, in round order.
+    pub p99_by_round_us: Vec<u64>,
 }
 
 /// One proxy process.
@@ -119,6 +121,9 @@ pub struct TopologyResult {
     pub proxy_cpu_seconds_per_10k_at_rate: Option<f64>,
     pub added_p50_us: Option<f64>,
     pub added_p99_us: Option<f64>,
+    /// The median over rounds of this round's p99 minus direct's p99 in the same round: a
+    /// check on `added_p99_us` that one disturbed round cannot move.
+    pub added_p99_median_of_rounds_us: Option<f64>,
 }
 
 impl TopologyResult {
@@ -161,6 +166,7 @@ pub struct Ratios {
     pub proxy_cpu_per_request_at_max: Option<f64>,
     pub proxy_cpu_per_request_at_rate: Option<f64>,
     pub added_p99: Option<f64>,
+    pub added_p99_median_of_rounds: Option<f64>,
     pub added_p50: Option<f64>,
     pub peak_rss: Option<f64>,
     pub throughput: Option<f64>,
@@ -182,6 +188,7 @@ pub(crate) fn summarize(tally: &Tally, plan: &Plan) -> Result<TopologyResult, Er
         p90_us: open.hist.value_at_quantile(0.90),
         p99_us: open.hist.value_at_quantile(0.99),
         max_us: open.hist.max(),
+        p99_by_round_us: tally.round_p99.clone(),
     });
     let mut proxies = Vec::new();
     if let Some(running) = &tally.running {
@@ -218,6 +225,7 @@ pub(crate) fn summarize(tally: &Tally, plan: &Plan) -> Result<TopologyResult, Er
         proxy_cpu_seconds_per_10k_at_rate: at_rate,
         added_p50_us: None,
         added_p99_us: None,
+        added_p99_median_of_rounds_us: None,
     })
 }
 
@@ -232,7 +240,26 @@ pub(crate) fn add_differences(results: &mut [TopologyResult]) {
         if let Some(l) = &r.latency {
             r.added_p50_us = Some(l.p50_us as f64 - direct.p50_us as f64);
             r.added_p99_us = Some(l.p99_us as f64 - direct.p99_us as f64);
+            if l.p99_by_round_us.len() == direct.p99_by_round_us.len() {
+                let added: Vec<f64> = l
+                    .p99_by_round_us
+                    .iter()
+                    .zip(&direct.p99_by_round_us)
+                    .map(|(p, d)| *p as f64 - *d as f64)
+                    .collect();
+                r.added_p99_median_of_rounds_us = median(added);
+            }
         }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
 }
 
@@ -308,6 +335,14 @@ fn targets(
             0,
         ),
     ];
+    if let Some(r) = ratios.added_p99_median_of_rounds {
+        out[1].detail.push_str(&format!(
+            " (median of the rounds' own added p99: ours {} vs Envoy {} µs → {})",
+            num(get(ours, |r| r.added_p99_median_of_rounds_us), 0),
+            num(get(envoy, |r| r.added_p99_median_of_rounds_us), 0),
+            times(Some(r)),
+        ));
+    }
     let mib = |r: Option<&TopologyResult>| {
         r.and_then(TopologyResult::max_rss_kib)
             .map(|k| k as f64 / 1024.0)
@@ -401,6 +436,10 @@ impl Report {
                 pick(ours, |r| r.added_p99_us),
                 pick(envoy, |r| r.added_p99_us),
             ),
+            added_p99_median_of_rounds: ratio(
+                pick(ours, |r| r.added_p99_median_of_rounds_us),
+                pick(envoy, |r| r.added_p99_median_of_rounds_us),
+            ),
             added_p50: ratio(
                 pick(ours, |r| r.added_p50_us),
                 pick(envoy, |r| r.added_p50_us),
@@ -448,7 +487,10 @@ impl Report {
             && d.p99_us > 4 * d.p50_us.max(1)
         {
             notes.push(format!(
-                "Direct's own p99 ({} µs) is {:.0}× its p50 ({} µs): the tail is the machine's                  (preemption by other processes sharing the 2 cores), not a proxy's, so the                  added-p99 figures of this run are mostly noise; compare p50 and p90.",
+                "Direct's own p99 ({} µs) is {:.0}× its p50 ({} µs): the tail is the machine's \
+                 (preemption by other processes sharing the 2 cores), not a proxy's, so the \
+                 pooled added-p99 figures of this run are mostly noise; compare p50, p90 and \
+                 the median of the rounds' own added p99.",
                 d.p99_us,
                 d.p99_us as f64 / d.p50_us.max(1) as f64,
                 d.p50_us
@@ -597,6 +639,29 @@ impl Report {
                 );
             }
         }
+        let rounds = self
+            .results
+            .iter()
+            .filter_map(|r| r.latency.as_ref())
+            .map(|l| l.p99_by_round_us.len())
+            .max()
+            .unwrap_or(0);
+        if rounds > 1 {
+            let _ = writeln!(md, "\np99 µs of each round's fixed-rate phase:\n");
+            let header: String = (1..=rounds).map(|i| format!(" {i} |")).collect();
+            let _ = writeln!(md, "| configuration |{header}");
+            let _ = writeln!(md, "|---|{}", "---:|".repeat(rounds));
+            for r in &self.results {
+                if let Some(l) = &r.latency {
+                    let cells: String = l
+                        .p99_by_round_us
+                        .iter()
+                        .map(|v| format!(" {v} |"))
+                        .collect();
+                    let _ = writeln!(md, "| {} |{cells}", r.name.name());
+                }
+            }
+        }
         let failures: Vec<_> = self
             .results
             .iter()
@@ -622,6 +687,10 @@ impl Report {
             ),
             ("added p50 over direct", ra.added_p50),
             ("added p99 over direct", ra.added_p99),
+            (
+                "added p99 over direct, median of the rounds' own",
+                ra.added_p99_median_of_rounds,
+            ),
             ("peak RSS (largest proxy)", ra.peak_rss),
             ("max throughput", ra.throughput),
         ] {
@@ -686,6 +755,13 @@ mod tests {
         assert_eq!(t.met, Some(false));
         assert!(t.detail.contains("missed by 50%"), "{}", t.detail);
         assert_eq!(at_most("x", Some(1.0), None, 0.6, "s", 3).met, None);
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 
     #[test]

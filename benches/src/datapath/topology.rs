@@ -65,12 +65,26 @@ pub(crate) async fn start_app(harness: &Path, dir: &Path) -> Result<(Proc, Socke
     Ok((app, addr))
 }
 
+/// How a benchmarked sidecar runs its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Runtime {
+    /// `--workers 1`: a current-thread runtime, as the sidecar is meant to run on one core.
+    OneThread,
+    /// tokio's multi-threaded runtime with one worker (`TOKIO_WORKER_THREADS=1`).
+    OneWorker,
+}
+
 /// Starts an `orders` sidecar calling an `inventory` sidecar in front of the app.
 pub(crate) async fn start_ours(
     bin_dir: &Path,
     dir: &Path,
     app: SocketAddr,
+    runtime: Runtime,
 ) -> Result<Running, Error> {
+    let suffix = match runtime {
+        Runtime::OneThread => "",
+        Runtime::OneWorker => "-mt",
+    };
     let sidecar = bin_dir.join("sidecar");
     if !sidecar.exists() {
         return Err(Error::MissingBinary(sidecar));
@@ -101,21 +115,25 @@ pub(crate) async fn start_ours(
              tls: {{ cert: {service}.pem, key: {service}-key.pem, trust_bundle: ca.pem }}\n\
              destinations: {dest}\n"
         );
-        let config = dir.join(format!("sidecar-{service}.yaml"));
+        let config = dir.join(format!("sidecar-{service}{suffix}.yaml"));
         std::fs::write(&config, yaml).map_err(|e| Error::io(config.display(), e))?;
         let mut command = Command::new(&sidecar);
         command
             .arg("--config")
             .arg(&config)
             .args(["--log", "warn"])
-            // One worker, as Envoy's `--concurrency 1`.
-            .args(["--workers", "1"])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("MESH_SIDECAR_CONFIG");
+            .env_remove("MESH_SIDECAR_CONFIG")
+            .env_remove("MESH_SIDECAR_WORKERS");
+        // One worker, as Envoy's `--concurrency 1`.
+        match runtime {
+            Runtime::OneThread => command.args(["--workers", "1"]),
+            Runtime::OneWorker => command.env("TOKIO_WORKER_THREADS", "1"),
+        };
         let mut proc = Proc::spawn(
-            &format!("sidecar {service}"),
+            &format!("sidecar {service}{suffix}"),
             command,
-            &dir.join(format!("sidecar-{service}.log")),
+            &dir.join(format!("sidecar-{service}{suffix}.log")),
         )?;
         proc.wait_ready(admin, "/ready", READY_LIMIT).await?;
         proxies.push((role, proc));

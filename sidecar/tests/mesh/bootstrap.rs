@@ -73,3 +73,14 @@ fn missing_certificate_file_is_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn zero_workers_is_refused_with_the_flag_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sidecar"))
+        .args(["--config", "unused.yaml", "--workers", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--workers"), "{stderr}");
+}

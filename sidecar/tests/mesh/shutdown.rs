@@ -127,6 +127,16 @@ impl Drop for ChildGuard {
 
 #[tokio::test]
 async fn sigterm_drains_then_exits_zero() {
+    sigterm_drains_then_exits_zero_with(&[]).await;
+}
+
+/// One worker runs the sidecar on a current-thread runtime: the same traffic and drain.
+#[tokio::test]
+async fn sigterm_drains_then_exits_zero_on_one_worker() {
+    sigterm_drains_then_exits_zero_with(&["--workers", "1"]).await;
+}
+
+async fn sigterm_drains_then_exits_zero_with(args: &[&str]) {
     let mesh = TestMesh::new();
     let (addr, mut gate) = app::gated().await;
     let inventory = mesh.sidecar("inventory").app(addr).start().await;
@@ -139,6 +149,7 @@ async fn sigterm_drains_then_exits_zero() {
         Command::new(env!("CARGO_BIN_EXE_sidecar"))
             .arg("--config")
             .arg(&config)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

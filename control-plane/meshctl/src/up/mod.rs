@@ -372,7 +372,13 @@ impl RunningMesh {
                 &log,
                 Role::Sidecar,
                 &bins.sidecar,
-                vec!["--config".into(), path_arg(&bootstrap)],
+                // Many sidecars share the machine: one thread each is the cheapest.
+                vec![
+                    "--config".into(),
+                    path_arg(&bootstrap),
+                    "--workers".into(),
+                    "1".into(),
+                ],
             )?;
             self.instances[i].sidecar_pid = Some(self.procs[index].pid);
             probes.push(Probe {
