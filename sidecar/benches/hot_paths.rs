@@ -6,8 +6,8 @@
 //!   endpoints, on the first try and on a retry, and under a 90/10 traffic split;
 //! - `retry`: the retry budget as the retry layer uses it, and the classification of a try's
 //!   outcome into a retry reason (step 5b);
-//! - `headers`: trace-context extraction and injection (W3C and B3 single), and hop-by-hop
-//!   header removal.
+//! - `headers`: trace-context extraction and injection (W3C and B3 single), starting and ending
+//!   the sidecar's own span, and hop-by-hop header removal.
 //!
 //! Run with `cargo bench -p mesh-sidecar --bench hot_paths`; results in
 //! `benches/results/micro.md`.
@@ -31,7 +31,9 @@ use mesh_sidecar::metrics::Metrics;
 use mesh_sidecar::telemetry::propagation::{self, B3};
 use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa};
 use opentelemetry::Context;
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceState};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceState,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
@@ -284,6 +286,29 @@ fn headers(c: &mut Criterion) {
     group.bench_with_input(
         BenchmarkId::new("remove_hop_by_hop", "typical"),
         &typical,
+        |b, h| {
+            b.iter_batched_ref(|| h.clone(), remove_hop_by_hop, BatchSize::SmallInput);
+        },
+    );
+    // Step 1b: the sidecar's own span, a child of the request's context.
+    let parent = propagation::extract(&request_headers(&[("traceparent", TRACEPARENT)])).parent;
+    for (label, recording) in [("unexported", false), ("recorded", true)] {
+        let spans = bench_support::spans(recording);
+        group.bench_function(BenchmarkId::new("span_start_end", label), |b| {
+            b.iter(|| {
+                let cx = spans.start(black_box(&parent), SpanKind::Client, || {
+                    "GET inventory".to_owned()
+                });
+                cx.span().end();
+            });
+        });
+    }
+    // HTTP/1.1 clients rarely send `Connection` (keep-alive is the default), and HTTP/2 has none.
+    let mut without = typical.clone();
+    without.remove("connection");
+    group.bench_with_input(
+        BenchmarkId::new("remove_hop_by_hop", "none-present"),
+        &without,
         |b, h| {
             b.iter_batched_ref(|| h.clone(), remove_hop_by_hop, BatchSize::SmallInput);
         },

@@ -157,3 +157,11 @@ impl RetryBudget {
 pub fn retry_reason(policy: &RetryPolicy, class: Class) -> Option<RetryReason> {
     retry::retry_reason(policy, class)
 }
+
+/// The request-span starter as `run` makes it: `recording` as with an OTLP endpoint (the
+/// spans are recorded; with no processor attached they are then dropped).
+pub fn spans(recording: bool) -> crate::telemetry::spans::Spans {
+    use opentelemetry::trace::TracerProvider as _;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    crate::telemetry::spans::Spans::new(provider.tracer("bench"), recording, 1.0)
+}

@@ -32,6 +32,21 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` unless it asks for trailers.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than a lookup per name.
+    let hop_by_hop = |name: &HeaderName| {
+        [
+            &CONNECTION,
+            &KEEP_ALIVE,
+            &PROXY_CONNECTION,
+            &TRANSFER_ENCODING,
+            &UPGRADE,
+            &TE,
+        ]
+        .contains(&name)
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()

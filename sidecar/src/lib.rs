@@ -375,14 +375,10 @@ pub async fn run(
         identity.id(),
         destinations_rx,
         metrics.clone(),
-        tracing.tracer().clone(),
+        tracing.spans(),
         config.access_log,
     ));
-    let inbound = Arc::new(Inbound::new(
-        &config,
-        metrics.clone(),
-        tracing.tracer().clone(),
-    ));
+    let inbound = Arc::new(Inbound::new(&config, metrics.clone(), tracing.spans()));
     let acceptor = TlsAcceptor::from(identity.server_config()?);
 
     let mut registration = None;

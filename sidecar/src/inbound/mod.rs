@@ -32,10 +32,10 @@ use crate::headers::{
 use crate::identity::SpiffeId;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
+use crate::telemetry::spans::Spans;
 use crate::telemetry::{access_log, attr, end_span, propagation, trace_id};
-use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::SdkTracer;
 
 use self::authorize::AuthorizationPolicy;
 use self::forward::AppClients;
@@ -65,7 +65,7 @@ pub(crate) struct Inbound {
     trust_domain: String,
     /// Replaced whole when the control plane pushes a new policy.
     authorization: ArcSwap<AuthorizationPolicy>,
-    tracer: SdkTracer,
+    spans: Spans,
     access_log: bool,
     log_limit: LogLimit,
     app: SocketAddr,
@@ -76,16 +76,12 @@ pub(crate) struct Inbound {
 // === impl Inbound ===
 
 impl Inbound {
-    pub(crate) fn new(
-        config: &crate::config::Config,
-        metrics: Arc<Metrics>,
-        tracer: SdkTracer,
-    ) -> Self {
+    pub(crate) fn new(config: &crate::config::Config, metrics: Arc<Metrics>, spans: Spans) -> Self {
         let (service, app, access_log) = (config.service.as_str(), config.app, config.access_log);
         Self {
             trust_domain: config.trust_domain.clone(),
             authorization: ArcSwap::from_pointee(config.authorization.clone()),
-            tracer,
+            spans,
             access_log,
             log_limit: LogLimit::new(10),
             service: service.into(),
@@ -109,12 +105,9 @@ impl Inbound {
         let started = Instant::now();
         let extracted = propagation::extract(req.headers());
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let span = self.tracer.build_with_context(
-            SpanBuilder::from_name(format!("{method} {}", self.service))
-                .with_kind(SpanKind::Server),
-            &extracted.parent,
-        );
-        let trace = extracted.parent.with_span(span);
+        let trace = self.spans.start(&extracted.parent, SpanKind::Server, || {
+            format!("{method} {}", self.service)
+        });
         if trace.span().is_recording() {
             let host = req.uri().host().map(str::to_owned);
             trace.span().set_attributes([

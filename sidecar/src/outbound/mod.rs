@@ -46,10 +46,10 @@ use crate::headers::{ATTEMPTS, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remov
 use crate::identity::SpiffeId;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
+use crate::telemetry::spans::Spans;
 use crate::telemetry::{access_log, attr, end_span, propagation, trace_id};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 
 use self::attempts::Attempts;
 use self::policy::{DestinationStack, Destinations};
@@ -84,7 +84,7 @@ pub(crate) struct Outbound {
     service: Label,
     /// This sidecar's identity, for spans.
     identity: String,
-    tracer: SdkTracer,
+    spans: Spans,
     access_log: bool,
     log_limit: LogLimit,
     /// The destination label of requests that name no known destination.
@@ -101,12 +101,12 @@ impl Outbound {
         identity: &SpiffeId,
         destinations: watch::Receiver<Arc<Destinations>>,
         metrics: Arc<Metrics>,
-        tracer: SdkTracer,
+        spans: Spans,
         access_log: bool,
     ) -> Self {
         Self {
             identity: identity.to_string(),
-            tracer,
+            spans,
             access_log,
             log_limit: LogLimit::new(LOG_LIMIT),
             service: service.into(),
@@ -129,11 +129,9 @@ impl Outbound {
             Ok((stack, _)) => stack.name.clone(),
             Err(_) => self.unknown.clone(),
         };
-        let span = self.tracer.build_with_context(
-            SpanBuilder::from_name(format!("{method} {destination}")).with_kind(SpanKind::Client),
-            &extracted.parent,
-        );
-        let trace = extracted.parent.with_span(span);
+        let trace = self.spans.start(&extracted.parent, SpanKind::Client, || {
+            format!("{method} {destination}")
+        });
         if trace.span().is_recording() {
             trace.span().set_attributes([
                 KeyValue::new(attr::METHOD, method.to_string()),

@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod export;
 pub mod propagation;
+pub mod spans;
 
 use std::time::Duration;
 
@@ -120,6 +121,7 @@ pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     export: Option<JoinHandle<()>>,
+    sampling: f64,
 }
 
 impl Default for TracingConfig {
@@ -206,6 +208,7 @@ impl Tracing {
             provider,
             tracer,
             export,
+            sampling: config.sampling,
         })
     }
 
@@ -214,12 +217,19 @@ impl Tracing {
         &self.tracer
     }
 
+    /// Starts the sidecar's request spans: recorded when they are exported, otherwise only
+    /// their identity for the next hop.
+    pub fn spans(&self) -> spans::Spans {
+        spans::Spans::new(self.tracer.clone(), self.export.is_some(), self.sampling)
+    }
+
     /// Exports what is queued (at most `limit`), then stops.
     pub async fn shutdown(self, limit: Duration) {
         let Self {
             provider,
             tracer,
             export,
+            sampling: _,
         } = self;
         drop(tracer);
         drop(provider);
