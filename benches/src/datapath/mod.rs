@@ -157,17 +157,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Per configuration 16 s at max throughput and 24 s (24,000 requests) at the fixed
-    /// rate, in 8 rounds: short rounds spread a shared machine's hiccups over all
-    /// configurations, and the per-round p99s show how large they were.
+    /// Per configuration 18 s at max throughput and 24 s (24,000 requests) at the fixed
+    /// rate, in 12 rounds: short rounds spread a shared machine's hiccups (often seconds
+    /// long) over all configurations, and the per-round p99s show how large they were.
     pub fn full() -> Self {
         Self {
-            rounds: 8,
+            rounds: 12,
             connections: 32,
-            throughput_phase: Duration::from_secs(2),
+            throughput_phase: Duration::from_millis(1500),
             rate: 1000,
             rate_connections: 16,
-            latency_phase: Duration::from_secs(3),
+            latency_phase: Duration::from_secs(2),
             warmup: Duration::from_secs(1),
         }
     }
