@@ -326,20 +326,22 @@ fn targets(
             "CPU s per 10k requests",
             3,
         ),
+        // Judged per round, then the median: one disturbed two-second round (a hiccup of the
+        // shared machine) sets the pooled p99 of every round's requests on its own.
         at_most(
-            "added p99 over direct ≤ 0.7 × Envoy's",
-            get(ours, |r| r.added_p99_us),
-            get(envoy, |r| r.added_p99_us),
+            "added p99 over direct ≤ 0.7 × Envoy's (median of the rounds' own)",
+            get(ours, |r| r.added_p99_median_of_rounds_us),
+            get(envoy, |r| r.added_p99_median_of_rounds_us),
             0.7,
             "µs",
             0,
         ),
     ];
-    if let Some(r) = ratios.added_p99_median_of_rounds {
+    if let Some(r) = ratios.added_p99 {
         out[1].detail.push_str(&format!(
-            " (median of the rounds' own added p99: ours {} vs Envoy {} µs → {})",
-            num(get(ours, |r| r.added_p99_median_of_rounds_us), 0),
-            num(get(envoy, |r| r.added_p99_median_of_rounds_us), 0),
+            "; pooled over all rounds: ours {} vs Envoy {} µs → {}",
+            num(get(ours, |r| r.added_p99_us), 0),
+            num(get(envoy, |r| r.added_p99_us), 0),
             times(Some(r)),
         ));
     }
@@ -475,6 +477,12 @@ impl Report {
              scheduling and wake-up lag of the client is in every configuration and cancels \
              in the added-latency columns."
                 .to_owned(),
+            "The p99 target is judged per round: each round's added p99 is that configuration's \
+             p99 minus direct's in the same round, and the verdict takes the median over the \
+             rounds. A hiccup of the shared machine lasting a second or two lands in one \
+             configuration's round and sets the pooled p99 of all its requests by itself; the \
+             per-round table shows such rounds, and the pooled figures are reported too."
+                .to_owned(),
             "CPU is utime+stime of both proxy processes from /proc/<pid>/stat (10 ms ticks) \
              around each phase; peak RSS is VmHWM at the end of the run."
                 .to_owned(),
@@ -490,7 +498,7 @@ impl Report {
                 "Direct's own p99 ({} µs) is {:.0}× its p50 ({} µs): the tail is the machine's \
                  (preemption by other processes sharing the 2 cores), not a proxy's, so the \
                  pooled added-p99 figures of this run are mostly noise; compare p50, p90 and \
-                 the median of the rounds' own added p99.",
+                 the rounds' own p99s.",
                 d.p99_us,
                 d.p99_us as f64 / d.p50_us.max(1) as f64,
                 d.p50_us
@@ -686,11 +694,11 @@ impl Report {
                 ra.proxy_cpu_per_request_at_rate,
             ),
             ("added p50 over direct", ra.added_p50),
-            ("added p99 over direct", ra.added_p99),
             (
                 "added p99 over direct, median of the rounds' own",
                 ra.added_p99_median_of_rounds,
             ),
+            ("added p99 over direct, pooled over all rounds", ra.added_p99),
             ("peak RSS (largest proxy)", ra.peak_rss),
             ("max throughput", ra.throughput),
         ] {
