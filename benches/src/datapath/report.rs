@@ -698,7 +698,10 @@ impl Report {
                 "added p99 over direct, median of the rounds' own",
                 ra.added_p99_median_of_rounds,
             ),
-            ("added p99 over direct, pooled over all rounds", ra.added_p99),
+            (
+                "added p99 over direct, pooled over all rounds",
+                ra.added_p99,
+            ),
             ("peak RSS (largest proxy)", ra.peak_rss),
             ("max throughput", ra.throughput),
         ] {
