@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use demo_services::shop::faults::Faults;
-use demo_services::shop::{App, Config, Service, serve};
+use demo_services::shop::{App, Config, Service, serve_until};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -83,15 +83,26 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        () = serve(listener, app.clone()) => Ok(ExitCode::SUCCESS),
-        _ = terminate.recv() => {
-            tracing::info!("SIGTERM: stopping");
-            Ok(ExitCode::SUCCESS)
+    // SIGTERM or SIGINT stop accepting and let in-flight requests finish, so a saga that is
+    // half-way through reserving and charging completes before the process goes.
+    let stop = async {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
         }
-        _ = interrupt.recv() => {
-            tracing::info!("SIGINT: stopping");
-            Ok(ExitCode::SUCCESS)
+    };
+    tokio::select! {
+        drained = serve_until(listener, app.clone(), stop) => {
+            if drained {
+                tracing::info!("stopped");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                tracing::warn!(
+                    "requests still in flight after {:?}; stopping anyway",
+                    demo_services::server::DRAIN_LIMIT
+                );
+                Ok(ExitCode::FAILURE)
+            }
         }
         () = app.crash_requested() => {
             tracing::warn!("crashing on request");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
@@ -28,12 +29,23 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     println!("{} listening on {}", args.name, listener.local_addr()?);
     let name: Arc<str> = args.name.into();
-    tokio::select! {
-        () = demo_services::server::serve(listener, move |req| {
-            let name = name.clone();
-            async move { demo_services::echo::handle(&name, req).await }
-        }) => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut terminate = signal(SignalKind::terminate())?;
+    // SIGTERM or Ctrl-C stop accepting; requests in flight finish first.
+    let stop = async {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let handler = move |req| {
+        let name = name.clone();
+        async move { demo_services::echo::handle(&name, req).await }
+    };
+    if !demo_services::server::serve_until(listener, handler, stop).await {
+        anyhow::bail!(
+            "requests still in flight after {:?}",
+            demo_services::server::DRAIN_LIMIT
+        );
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod storefront;
 pub mod upstream;
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -283,11 +284,21 @@ impl App {
 
 /// Serves `app` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, app: App) {
-    crate::server::serve(listener, move |req| {
-        let app = app.clone();
-        async move { app.handle(req).await }
-    })
-    .await;
+    serve_until(listener, app, std::future::pending()).await;
+}
+
+/// Serves `app` on `listener` until `stop` completes, then lets in-flight requests finish
+/// (see [`crate::server::serve_until`]); `false` when some did not within the limit.
+pub async fn serve_until(listener: TcpListener, app: App, stop: impl Future<Output = ()>) -> bool {
+    crate::server::serve_until(
+        listener,
+        move |req| {
+            let app = app.clone();
+            async move { app.handle(req).await }
+        },
+        stop,
+    )
+    .await
 }
 
 /// Ids that travel in paths and keys: 1 to 100 of `A-Z a-z 0-9 . _ -`.
