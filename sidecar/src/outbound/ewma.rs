@@ -59,11 +59,14 @@ impl PeakEwma {
             rtt
         };
         let sample = sample.as_nanos() as f64;
+        // `decayed` already carries the old estimate's weight; the sample gets the rest. (Weighing
+        // the old estimate twice would pull an endpoint with history below one without: fresh
+        // endpoints would lose every draw and get no traffic for tens of seconds.)
         let (decayed, weight) = self.decayed(now);
         let next = if sample > decayed {
             sample
         } else {
-            decayed * weight + sample * (1.0 - weight)
+            decayed + sample * (1.0 - weight)
         };
         self.rtt.store(next.to_bits(), Ordering::Relaxed);
         self.stamp.store(now, Ordering::Relaxed);

@@ -69,6 +69,28 @@ fn p2c_prefers_the_less_loaded_endpoint() {
     }
 }
 
+/// A fresh balancer (as after every table rebuild) spreads requests over all its endpoints
+/// from the start: an endpoint without samples must not lose to ones that answered fast.
+#[test]
+fn p2c_from_fresh_uses_every_endpoint_at_once() {
+    let b = balance(3, LoadBalancer::P2cEwma, breaker());
+    let ms = 1_000_000;
+    let mut picked = [0u32; 3];
+    for step in 1..=300u64 {
+        let now = step * ms;
+        let i = b.shared.pick(now, None).unwrap();
+        picked[i] += 1;
+        b.shared.slots[i].load.start();
+        b.shared.slots[i]
+            .load
+            .finish(now + ms / 2, Duration::from_micros(500), false);
+    }
+    assert!(
+        picked.iter().all(|n| *n >= 50),
+        "every endpoint gets a fair share of 300: {picked:?}"
+    );
+}
+
 #[test]
 fn ejected_endpoints_get_no_traffic_then_exactly_one_probe() {
     let b = balance(3, LoadBalancer::RoundRobin, breaker());
