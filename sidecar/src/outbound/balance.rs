@@ -247,13 +247,25 @@ impl Shared {
     /// The endpoint for the next try of a request that has made `attempts`.
     fn pick(&self, now: u64, attempts: Option<&Attempts>) -> Option<usize> {
         let range = self.backend(attempts)?;
-        if let Some(i) = range.clone().find(|&i| {
-            let health = &self.slots[i].health;
-            health.state(now) == State::HalfOpen && health.claim_probe()
-        }) {
+        let tried = |i: usize| attempts.is_some_and(|a| a.tried(i));
+        // With no endpoint ejected every one is healthy and none waits for a probe: p2c can
+        // draw its two candidates directly instead of scanning the backend, and there is no
+        // probe to send.
+        let all_healthy = self.outlier.none_ejected();
+        if all_healthy
+            && self.algorithm == LoadBalancer::P2cEwma
+            && let Some(i) = self.two_choices(now, range.clone(), &|i| !tried(i))
+        {
             return Some(i);
         }
-        let tried = |i: usize| attempts.is_some_and(|a| a.tried(i));
+        if !all_healthy
+            && let Some(i) = range.clone().find(|&i| {
+                let health = &self.slots[i].health;
+                health.state(now) == State::HalfOpen && health.claim_probe()
+            })
+        {
+            return Some(i);
+        }
         let closed = |i: usize| self.slots[i].health.state(now) == State::Closed;
         let retry = attempts.is_some_and(|a| a.count() > 0);
         let choose = |eligible: &dyn Fn(usize) -> bool| self.choose(now, range.clone(), eligible);
@@ -289,6 +301,34 @@ impl Shared {
         }
     }
 
+    /// Power of two choices in O(1): two distinct slots of `range` drawn at random, the less
+    /// loaded one if both are `eligible`; `None` (scan instead) when either is not. A backend
+    /// of one endpoint is that endpoint.
+    fn two_choices(
+        &self,
+        now: u64,
+        range: Range<usize>,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let (base, n) = (range.start, range.len());
+        let (a, b) = match n {
+            0 => return None,
+            1 => return eligible(base).then_some(base),
+            _ => {
+                let a = fastrand::usize(0..n);
+                let b = fastrand::usize(0..n - 1);
+                (base + a, base + if b >= a { b + 1 } else { b })
+            }
+        };
+        (eligible(a) && eligible(b)).then(|| self.less_loaded(now, a, b))
+    }
+
+    /// Of two slots, the one with the lower load (`a` on a tie).
+    fn less_loaded(&self, now: u64, a: usize, b: usize) -> usize {
+        let (la, lb) = (self.slots[a].load.load(now), self.slots[b].load.load(now));
+        if lb < la { b } else { a }
+    }
+
     /// Chooses among the endpoints of `range` that `eligible` accepts, by the configured
     /// algorithm.
     fn choose(
@@ -321,10 +361,7 @@ impl Shared {
                     }
                 }
                 match (a, b) {
-                    (Some(a), Some(b)) => {
-                        let (la, lb) = (self.slots[a].load.load(now), self.slots[b].load.load(now));
-                        Some(if lb < la { b } else { a })
-                    }
+                    (Some(a), Some(b)) => Some(self.less_loaded(now, a, b)),
                     (a, _) => a,
                 }
             }

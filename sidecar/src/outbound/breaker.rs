@@ -82,6 +82,11 @@ impl Outlier {
     }
 
     /// Records a result of `health`'s endpoint at `now`.
+    /// Whether every endpoint is in service: none ejected, none waiting for its probe.
+    pub(crate) fn none_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire) == 0
+    }
+
     pub(crate) fn record(&self, health: &Health, failed: bool, now: u64) -> Transition {
         let ejected = health.ejected_until.load(Ordering::Acquire) != 0;
         if !failed {

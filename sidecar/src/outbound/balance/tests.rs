@@ -91,6 +91,36 @@ fn p2c_from_fresh_uses_every_endpoint_at_once() {
     );
 }
 
+/// With none ejected, p2c draws two candidates directly: over 100 endpoints the loaded one is
+/// never chosen, every other one is, and a retry never returns to a tried endpoint.
+#[test]
+fn p2c_over_many_healthy_endpoints_draws_two_and_skips_the_loaded_and_the_tried() {
+    let b = balance(100, LoadBalancer::P2cEwma, breaker());
+    b.shared.slots[7].load.start();
+    b.shared.slots[7]
+        .load
+        .finish(1, Duration::from_millis(300), false);
+    assert!(b.shared.outlier.none_ejected());
+    let mut picked = [0u32; 100];
+    for _ in 0..20_000 {
+        picked[b.shared.pick(2, None).unwrap()] += 1;
+    }
+    assert_eq!(picked[7], 0, "the slow endpoint loses every draw it is in");
+    assert!(
+        picked.iter().enumerate().all(|(i, n)| i == 7 || *n > 0),
+        "every other endpoint is drawn: {picked:?}"
+    );
+    // A request's tries (at most 10) never go back to an endpoint they already used.
+    let attempts = Attempts::default();
+    for i in [3, 12, 40, 41, 63] {
+        attempts.record(i);
+    }
+    for _ in 0..2_000 {
+        let i = b.shared.pick(2, Some(&attempts)).unwrap();
+        assert!(![3, 12, 40, 41, 63, 7].contains(&i), "picked {i}");
+    }
+}
+
 #[test]
 fn ejected_endpoints_get_no_traffic_then_exactly_one_probe() {
     let b = balance(3, LoadBalancer::RoundRobin, breaker());
