@@ -73,6 +73,9 @@ impl Outlier {
         } else {
             share
         };
+        // The destination's gauge outlives this state: a rebuilt balancer starts with every
+        // endpoint in the pool, and the gauge must say so rather than keep the old count.
+        gauge.set(0);
         Self {
             policy,
             max_ejected,
@@ -81,12 +84,12 @@ impl Outlier {
         }
     }
 
-    /// Records a result of `health`'s endpoint at `now`.
     /// Whether every endpoint is in service: none ejected, none waiting for its probe.
     pub(crate) fn none_ejected(&self) -> bool {
         self.ejected.load(Ordering::Acquire) == 0
     }
 
+    /// Records a result of `health`'s endpoint at `now`.
     pub(crate) fn record(&self, health: &Health, failed: bool, now: u64) -> Transition {
         let ejected = health.ejected_until.load(Ordering::Acquire) != 0;
         if !failed {
@@ -170,16 +173,27 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
-    fn outlier(endpoints: usize) -> Outlier {
-        let policy = BreakerPolicy {
+    fn policy() -> BreakerPolicy {
+        BreakerPolicy {
             consecutive_failures: 3,
             base_ejection_time: Duration::from_secs(10),
             max_ejection_time: Duration::from_secs(25),
             max_ejection_percent: 50,
             max_requests: 100,
             max_pending: 10,
-        };
-        Outlier::new(policy, endpoints, Gauge::default())
+        }
+    }
+
+    fn outlier(endpoints: usize) -> Outlier {
+        Outlier::new(policy(), endpoints, Gauge::default())
+    }
+
+    #[test]
+    fn a_new_outlier_resets_the_destinations_gauge() {
+        let gauge = Gauge::default();
+        gauge.set(2);
+        let _outlier = Outlier::new(policy(), 3, gauge.clone());
+        assert_eq!(gauge.get(), 0);
     }
 
     #[test]
