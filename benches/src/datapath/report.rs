@@ -423,41 +423,17 @@ impl Report {
         let plan = &options.plan;
         let find = |t| results.iter().find(|r| r.name == t && r.failure.is_none());
         let (ours, envoy) = (find(Topology::Ours), find(Topology::Envoy));
-        let pick =
-            |r: Option<&TopologyResult>, f: fn(&TopologyResult) -> Option<f64>| r.and_then(f);
+        // The same quantity of ours and of Envoy's, divided.
+        let ours_over_envoy =
+            |f: fn(&TopologyResult) -> Option<f64>| ratio(ours.and_then(f), envoy.and_then(f));
         let ratios = Ratios {
-            proxy_cpu_per_request_at_max: ratio(
-                pick(ours, |r| r.proxy_cpu_seconds_per_10k_at_max),
-                pick(envoy, |r| r.proxy_cpu_seconds_per_10k_at_max),
-            ),
-            proxy_cpu_per_request_at_rate: ratio(
-                pick(ours, |r| r.proxy_cpu_seconds_per_10k_at_rate),
-                pick(envoy, |r| r.proxy_cpu_seconds_per_10k_at_rate),
-            ),
-            added_p99: ratio(
-                pick(ours, |r| r.added_p99_us),
-                pick(envoy, |r| r.added_p99_us),
-            ),
-            added_p99_median_of_rounds: ratio(
-                pick(ours, |r| r.added_p99_median_of_rounds_us),
-                pick(envoy, |r| r.added_p99_median_of_rounds_us),
-            ),
-            added_p50: ratio(
-                pick(ours, |r| r.added_p50_us),
-                pick(envoy, |r| r.added_p50_us),
-            ),
-            peak_rss: ratio(
-                pick(ours, |r| r.max_rss_kib().map(|k| k as f64)),
-                pick(envoy, |r| r.max_rss_kib().map(|k| k as f64)),
-            ),
-            throughput: ratio(
-                pick(ours, |r| {
-                    r.throughput.as_ref().map(|t| t.requests_per_second)
-                }),
-                pick(envoy, |r| {
-                    r.throughput.as_ref().map(|t| t.requests_per_second)
-                }),
-            ),
+            proxy_cpu_per_request_at_max: ours_over_envoy(|r| r.proxy_cpu_seconds_per_10k_at_max),
+            proxy_cpu_per_request_at_rate: ours_over_envoy(|r| r.proxy_cpu_seconds_per_10k_at_rate),
+            added_p99: ours_over_envoy(|r| r.added_p99_us),
+            added_p99_median_of_rounds: ours_over_envoy(|r| r.added_p99_median_of_rounds_us),
+            added_p50: ours_over_envoy(|r| r.added_p50_us),
+            peak_rss: ours_over_envoy(|r| r.max_rss_kib().map(|k| k as f64)),
+            throughput: ours_over_envoy(|r| r.throughput.as_ref().map(|t| t.requests_per_second)),
         };
         let targets = targets(ours, envoy, &ratios);
         let mut notes = vec![
