@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use mesh_api::authorization::{self, AuthorizationFile, AuthorizationPolicy, Decision};
 use mesh_api::policy::{self, BreakerFile, DestinationPolicy, PolicyFile, RetriesFile};
+use mesh_api::route::RouteFile;
 use mesh_api::spiffe;
 use mesh_api::validate::{Errors, check_label, duration};
 use serde::de::DeserializeOwned;
@@ -162,6 +163,8 @@ struct ServiceFile {
     authorization: Option<AuthorizationFile>,
     #[serde(default)]
     traffic_split: Option<BTreeMap<String, u32>>,
+    #[serde(default)]
+    routes: Option<Vec<RouteFile>>,
 }
 
 // === reading ===
@@ -343,6 +346,12 @@ fn validate(
     );
     // The defaults are checked once, here; a service inherits only fields it does not set.
     policy::validate(mesh.defaults.clone(), "defaults", &mut errors);
+    if mesh.defaults.routes.is_some() {
+        errors.push(
+            "defaults.routes",
+            "routes name paths of one service: put them in that service's file",
+        );
+    }
     drain(MESH_FILE, errors, out);
 
     let mut declared: BTreeMap<String, String> = BTreeMap::new();
@@ -410,6 +419,7 @@ fn validate_service(
         ("retries", file.retries.is_some()),
         ("circuit_breaker", file.circuit_breaker.is_some()),
         ("load_balancer", file.load_balancer.is_some()),
+        ("routes", file.routes.is_some()),
     ]
     .into_iter()
     .filter_map(|(field, set)| set.then_some(field))
@@ -423,6 +433,8 @@ fn validate_service(
         load_balancer: file
             .load_balancer
             .or_else(|| defaults.load_balancer.clone()),
+        // A route names paths of one service; there are no mesh-wide routes.
+        routes: file.routes,
     };
     let mut policy_errors = Errors::default();
     let policy = policy::validate(merged, "", &mut policy_errors);

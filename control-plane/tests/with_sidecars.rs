@@ -311,6 +311,27 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
     })
     .await;
 
+    // A route with its own timeout: the slow path gets 2 s; the rest keep the service's 100 ms.
+    cluster.dirs.write_service(
+        "inventory",
+        "name: inventory\ntimeout: 100ms\n\
+         routes: [{ name: delays, match: { methods: [GET], path_prefix: /delay }, timeout: 2s }]\n",
+    );
+    eventually(PATIENCE, "the route to apply", || async {
+        let (status, _) = call(&orders, "inventory", "/delay/300").await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let m = sidecar_metrics(&orders).await;
+    assert!(
+        metric(
+            &m,
+            "mesh_route_requests_total{destination=\"inventory\",route=\"delays\",status_code=\"200\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+
     // Authorization: only storefront may call inventory now; orders gets 403 naming the rule.
     cluster.dirs.write_service(
         "inventory",

@@ -214,6 +214,8 @@ struct DestinationFile {
     circuit_breaker: Option<policy::BreakerFile>,
     #[serde(default)]
     load_balancer: Option<String>,
+    #[serde(default)]
+    routes: Option<Vec<mesh_api::route::RouteFile>>,
 }
 
 // === impl Config ===
@@ -376,6 +378,7 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
                 retries: dest.retries,
                 circuit_breaker: dest.circuit_breaker,
                 load_balancer: dest.load_balancer,
+                routes: dest.routes,
             },
             &path,
             errors,

@@ -4,6 +4,9 @@
 //! - `requests_total{direction, source, destination, status_code}`: requests answered;
 //! - `request_duration_seconds{direction, source, destination, status_class}`: time until the
 //!   response headers are ready (histogram; `status_class` is `2xx`, `5xx`, ...);
+//! - `route_requests_total{destination, route, status_code}` and
+//!   `route_request_duration_seconds{destination, route, status_class}`: the same, outbound, for
+//!   requests that took one of the destination's named routes;
 //! - `open_connections{direction}`: accepted connections now open (inbound, outbound, admin);
 //! - `tls_handshake_failures_total{direction, reason}`: failed mTLS handshakes, inbound as
 //!   server, outbound as client, by the reason sent in `x-mesh-error`.
@@ -90,6 +93,13 @@ impl From<&str> for Label {
     }
 }
 
+impl Label {
+    /// The value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for Label {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -125,6 +135,28 @@ pub struct LatencyLabels {
     pub source: Label,
     /// Called service.
     pub destination: Label,
+    /// `1xx` to `5xx`.
+    pub status_class: &'static str,
+}
+
+/// Labels of the per-route request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteRequestLabels {
+    /// Called service.
+    pub destination: Label,
+    /// The route the request took.
+    pub route: Label,
+    /// HTTP status code of the response.
+    pub status_code: u16,
+}
+
+/// Labels of the per-route latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLatencyLabels {
+    /// Called service.
+    pub destination: Label,
+    /// The route the request took.
+    pub route: Label,
     /// `1xx` to `5xx`.
     pub status_class: &'static str,
 }
@@ -274,6 +306,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time to response headers.
     pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    route_requests: Family<RouteRequestLabels, Counter>,
+    route_latency: Family<RouteLatencyLabels, Histogram, fn() -> Histogram>,
     /// Open accepted connections.
     pub open_connections: Family<DirectionLabels, Gauge>,
     /// Failed mTLS handshakes.
@@ -345,6 +379,19 @@ impl Metrics {
             "request_duration_seconds",
             "Time from receiving a request to its response headers",
             latency.clone(),
+        );
+        let route_requests = Family::default();
+        registry.register(
+            "route_requests",
+            "Outbound requests that took a named route, by destination, route and status code",
+            route_requests.clone(),
+        );
+        let route_latency: Family<RouteLatencyLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "route_request_duration_seconds",
+            "Time from receiving an outbound request on a named route to its response headers",
+            route_latency.clone(),
         );
         let open_connections = Family::default();
         registry.register(
@@ -479,6 +526,8 @@ impl Metrics {
             registry,
             requests,
             latency,
+            route_requests,
+            route_latency,
             open_connections,
             tls_failures,
             span_export,
@@ -586,19 +635,37 @@ impl Metrics {
                 status_code,
             })
             .inc();
-        let status_class = match status_code {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
+        let status_class = status_class(status_code);
         self.latency
             .get_or_create(&LatencyLabels {
                 direction,
                 source: source.clone(),
                 destination: destination.clone(),
                 status_class,
+            })
+            .observe(seconds);
+    }
+
+    /// Records one answered outbound request that took a named route.
+    pub fn route_request(
+        &self,
+        destination: &Label,
+        route: &Label,
+        status_code: u16,
+        seconds: f64,
+    ) {
+        self.route_requests
+            .get_or_create(&RouteRequestLabels {
+                destination: destination.clone(),
+                route: route.clone(),
+                status_code,
+            })
+            .inc();
+        self.route_latency
+            .get_or_create(&RouteLatencyLabels {
+                destination: destination.clone(),
+                route: route.clone(),
+                status_class: status_class(status_code),
             })
             .observe(seconds);
     }
@@ -614,6 +681,16 @@ impl Metrics {
     /// OpenMetrics.
     pub fn encode_prometheus(&self) -> Result<String, std::fmt::Error> {
         Ok(to_prometheus_text(&self.encode()?))
+    }
+}
+
+fn status_class(status_code: u16) -> &'static str {
+    match status_code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

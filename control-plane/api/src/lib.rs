@@ -4,6 +4,8 @@
 //! - [`spiffe`]: SPIFFE IDs and the names they are built from; the only place that knows the
 //!   `spiffe://<trust-domain>/ns/<namespace>/sa/<service>` format.
 //! - [`policy`]: resilience policy of a destination, with its defaults and validation.
+//! - [`route`]: routes within a destination, by method and path, with their own timeout and
+//!   retries.
 //! - [`authorization`]: who may call a service.
 //! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
 //! - [`tls`]: SPIFFE verification and live certificates and bundles, for both ends.
@@ -14,6 +16,7 @@
 pub mod authorization;
 pub mod policy;
 pub mod proto;
+pub mod route;
 pub mod spiffe;
 pub mod tls;
 pub mod validate;

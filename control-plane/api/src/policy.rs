@@ -20,11 +20,16 @@
 //! | `circuit_breaker.max_requests` | 1024 |
 //! | `circuit_breaker.max_pending` | 256 |
 //! | `load_balancer` | `p2c-ewma` |
+//! | `routes` | none: every request gets the fields above |
+//!
+//! `routes` give requests picked out by method and path their own timeout and retries; see
+//! [`crate::route`].
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::route::{self, RouteFile, RoutePolicy};
 use crate::validate::{self, Errors};
 
 /// The policy of one destination, validated.
@@ -39,6 +44,9 @@ pub struct DestinationPolicy {
     pub circuit_breaker: BreakerPolicy,
     /// How an endpoint is chosen.
     pub load_balancer: LoadBalancer,
+    /// Routes in order; the first that matches a request sets its timeout and retries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RoutePolicy>,
 }
 
 /// Retry policy.
@@ -153,32 +161,72 @@ pub struct PolicyFile {
     /// `load_balancer`
     #[serde(default)]
     pub load_balancer: Option<String>,
+    /// `routes`
+    #[serde(default)]
+    pub routes: Option<Vec<RouteFile>>,
 }
 
 /// The `retries` block, as written.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetriesFile {
-    attempts: Option<u32>,
-    per_try_timeout: Option<String>,
-    retry_on: Option<Vec<String>>,
-    retriable_status_codes: Option<Vec<u16>>,
-    backoff: Option<BackoffFile>,
-    budget: Option<BudgetFile>,
-    non_idempotent: Option<bool>,
-    max_buffered_body: Option<String>,
+    pub(crate) attempts: Option<u32>,
+    pub(crate) per_try_timeout: Option<String>,
+    pub(crate) retry_on: Option<Vec<String>>,
+    pub(crate) retriable_status_codes: Option<Vec<u16>>,
+    pub(crate) backoff: Option<BackoffFile>,
+    pub(crate) budget: Option<BudgetFile>,
+    pub(crate) non_idempotent: Option<bool>,
+    pub(crate) max_buffered_body: Option<String>,
+}
+
+impl RetriesFile {
+    /// This block with the fields it leaves out taken from `base`.
+    pub(crate) fn over(self, base: &RetriesFile) -> RetriesFile {
+        let base = base.clone();
+        RetriesFile {
+            attempts: self.attempts.or(base.attempts),
+            per_try_timeout: self.per_try_timeout.or(base.per_try_timeout),
+            retry_on: self.retry_on.or(base.retry_on),
+            retriable_status_codes: self.retriable_status_codes.or(base.retriable_status_codes),
+            backoff: self.backoff.or(base.backoff),
+            budget: self.budget.or(base.budget),
+            non_idempotent: self.non_idempotent.or(base.non_idempotent),
+            max_buffered_body: self.max_buffered_body.or(base.max_buffered_body),
+        }
+    }
+
+    /// The names of the fields this block sets.
+    pub(crate) fn fields_set(&self) -> Vec<&'static str> {
+        [
+            ("attempts", self.attempts.is_some()),
+            ("per_try_timeout", self.per_try_timeout.is_some()),
+            ("retry_on", self.retry_on.is_some()),
+            (
+                "retriable_status_codes",
+                self.retriable_status_codes.is_some(),
+            ),
+            ("backoff", self.backoff.is_some()),
+            ("budget", self.budget.is_some()),
+            ("non_idempotent", self.non_idempotent.is_some()),
+            ("max_buffered_body", self.max_buffered_body.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BackoffFile {
+pub(crate) struct BackoffFile {
     base: Option<String>,
     max: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BudgetFile {
+pub(crate) struct BudgetFile {
     ratio: Option<f32>,
     min_per_second: Option<u32>,
     window: Option<String>,
@@ -210,12 +258,17 @@ impl Default for DestinationPolicy {
 pub fn validate(file: PolicyFile, path: &str, errors: &mut Errors) -> DestinationPolicy {
     let timeout = file
         .timeout
-        .map(|t| validate::duration(errors, &format!("{path}.timeout"), Some(t), Duration::ZERO));
-    let retries = retries(
-        file.retries.unwrap_or_default(),
-        &format!("{path}.retries"),
+        .map(|t| validate::duration(errors, &format!("{path}.timeout"), Some(t), Duration::ZERO))
+        .filter(|t| !t.is_zero());
+    let retries_file = file.retries.unwrap_or_default();
+    let routes = route::validate(
+        file.routes.unwrap_or_default(),
+        &format!("{path}.routes"),
+        timeout,
+        &retries_file,
         errors,
     );
+    let retries = retries(retries_file, &format!("{path}.retries"), errors);
     let circuit_breaker = breaker(
         file.circuit_breaker.unwrap_or_default(),
         &format!("{path}.circuit_breaker"),
@@ -233,14 +286,15 @@ pub fn validate(file: PolicyFile, path: &str, errors: &mut Errors) -> Destinatio
         }
     };
     DestinationPolicy {
-        timeout: timeout.filter(|t| !t.is_zero()),
+        timeout,
         retries,
         circuit_breaker,
         load_balancer,
+        routes,
     }
 }
 
-fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> RetryPolicy {
+pub(crate) fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> RetryPolicy {
     let at = |field: &str| format!("{path}.{field}");
     let attempts = file.attempts.unwrap_or(2);
     if !(1..=10).contains(&attempts) {
@@ -417,7 +471,10 @@ fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
-fn optional_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn optional_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => duration(d, s),
         None => s.serialize_none(),

@@ -7,6 +7,7 @@ use crate::authorization::{AuthorizationPolicy, Decision, Principal};
 use crate::policy::{
     Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
 };
+use crate::route::{MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
 
 /// Generated messages, clients and servers of `mesh.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -52,37 +53,10 @@ fn from_optional_ms(ms: u64) -> Option<Duration> {
 
 impl From<&DestinationPolicy> for v1::Policy {
     fn from(p: &DestinationPolicy) -> Self {
-        let r = &p.retries;
         let b = &p.circuit_breaker;
         Self {
             timeout_ms: optional_ms(p.timeout),
-            retries: Some(v1::Retries {
-                attempts: r.attempts,
-                per_try_timeout_ms: optional_ms(r.per_try_timeout),
-                retry_on: r
-                    .retry_on
-                    .iter()
-                    .map(|on| match on {
-                        RetryOn::ConnectFailure => v1::RetryOn::ConnectFailure,
-                        RetryOn::RefusedStream => v1::RetryOn::RefusedStream,
-                        RetryOn::Reset => v1::RetryOn::Reset,
-                        RetryOn::GatewayError => v1::RetryOn::GatewayError,
-                        RetryOn::ServerError => v1::RetryOn::ServerError,
-                    } as i32)
-                    .collect(),
-                retriable_status_codes: r
-                    .retriable_status_codes
-                    .iter()
-                    .map(|&c| c.into())
-                    .collect(),
-                backoff_base_ms: ms(r.backoff.base),
-                backoff_max_ms: ms(r.backoff.max),
-                budget_ratio: r.budget.ratio,
-                budget_min_per_second: r.budget.min_per_second,
-                budget_window_ms: ms(r.budget.window),
-                non_idempotent: r.non_idempotent,
-                max_buffered_body: r.max_buffered_body,
-            }),
+            retries: Some(retries_to_wire(&p.retries)),
             circuit_breaker: Some(v1::CircuitBreaker {
                 consecutive_failures: b.consecutive_failures,
                 base_ejection_time_ms: ms(b.base_ejection_time),
@@ -95,7 +69,49 @@ impl From<&DestinationPolicy> for v1::Policy {
                 LoadBalancer::P2cEwma => v1::LoadBalancer::P2cEwma,
                 LoadBalancer::RoundRobin => v1::LoadBalancer::RoundRobin,
             } as i32,
+            routes: p.routes.iter().map(route_to_wire).collect(),
         }
+    }
+}
+
+fn retries_to_wire(r: &RetryPolicy) -> v1::Retries {
+    v1::Retries {
+        attempts: r.attempts,
+        per_try_timeout_ms: optional_ms(r.per_try_timeout),
+        retry_on: r
+            .retry_on
+            .iter()
+            .map(|on| match on {
+                RetryOn::ConnectFailure => v1::RetryOn::ConnectFailure,
+                RetryOn::RefusedStream => v1::RetryOn::RefusedStream,
+                RetryOn::Reset => v1::RetryOn::Reset,
+                RetryOn::GatewayError => v1::RetryOn::GatewayError,
+                RetryOn::ServerError => v1::RetryOn::ServerError,
+            } as i32)
+            .collect(),
+        retriable_status_codes: r.retriable_status_codes.iter().map(|&c| c.into()).collect(),
+        backoff_base_ms: ms(r.backoff.base),
+        backoff_max_ms: ms(r.backoff.max),
+        budget_ratio: r.budget.ratio,
+        budget_min_per_second: r.budget.min_per_second,
+        budget_window_ms: ms(r.budget.window),
+        non_idempotent: r.non_idempotent,
+        max_buffered_body: r.max_buffered_body,
+    }
+}
+
+fn route_to_wire(r: &RoutePolicy) -> v1::Route {
+    let (path_exact, path_prefix) = match &r.matches.path {
+        PathMatch::Exact(path) => (path.clone(), String::new()),
+        PathMatch::Prefix(prefix) => (String::new(), prefix.clone()),
+    };
+    v1::Route {
+        name: r.name.clone(),
+        methods: r.matches.methods.clone(),
+        path_exact,
+        path_prefix,
+        timeout_ms: optional_ms(r.timeout),
+        retries: Some(retries_to_wire(&r.retries)),
     }
 }
 
@@ -112,82 +128,27 @@ impl TryFrom<&v1::Policy> for DestinationPolicy {
             .circuit_breaker
             .as_ref()
             .ok_or_else(|| invalid("policy.circuit_breaker", "missing"))?;
-        if !(1..=10).contains(&r.attempts) {
-            return Err(invalid(
-                "policy.retries.attempts",
-                "must be between 1 and 10",
-            ));
-        }
-        if r.backoff_base_ms > r.backoff_max_ms {
-            return Err(invalid("policy.retries.backoff", "base exceeds max"));
-        }
-        if !(1_000..=60_000).contains(&r.budget_window_ms) {
-            return Err(invalid(
-                "policy.retries.budget_window_ms",
-                "must be between 1s and 60s",
-            ));
-        }
-        if !r.budget_ratio.is_finite() || r.budget_ratio < 0.0 {
-            return Err(invalid(
-                "policy.retries.budget_ratio",
-                "must be a non-negative number",
-            ));
-        }
         if b.consecutive_failures == 0 || b.max_requests == 0 {
             return Err(invalid(
                 "policy.circuit_breaker",
                 "consecutive_failures and max_requests must be at least 1",
             ));
         }
-        let retry_on = r
-            .retry_on
+        if p.routes.len() > MAX_ROUTES {
+            return Err(invalid(
+                "policy.routes",
+                format!("{} routes, more than {MAX_ROUTES}", p.routes.len()),
+            ));
+        }
+        let routes = p
+            .routes
             .iter()
-            .map(|&on| match v1::RetryOn::try_from(on) {
-                Ok(v1::RetryOn::ConnectFailure) => Ok(RetryOn::ConnectFailure),
-                Ok(v1::RetryOn::RefusedStream) => Ok(RetryOn::RefusedStream),
-                Ok(v1::RetryOn::Reset) => Ok(RetryOn::Reset),
-                Ok(v1::RetryOn::GatewayError) => Ok(RetryOn::GatewayError),
-                Ok(v1::RetryOn::ServerError) => Ok(RetryOn::ServerError),
-                _ => Err(invalid(
-                    "policy.retries.retry_on",
-                    format!("unknown value {on}"),
-                )),
-            })
-            .collect::<Result<_, _>>()?;
-        let retriable_status_codes = r
-            .retriable_status_codes
-            .iter()
-            .map(|&c| {
-                u16::try_from(c)
-                    .ok()
-                    .filter(|c| (100..=599).contains(c))
-                    .ok_or_else(|| {
-                        invalid(
-                            "policy.retries.retriable_status_codes",
-                            format!("{c} is not a status code"),
-                        )
-                    })
-            })
+            .enumerate()
+            .map(|(i, route)| route_from_wire(route, &format!("policy.routes[{i}]")))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             timeout: from_optional_ms(p.timeout_ms),
-            retries: RetryPolicy {
-                attempts: r.attempts,
-                per_try_timeout: from_optional_ms(r.per_try_timeout_ms),
-                retry_on,
-                retriable_status_codes,
-                backoff: Backoff {
-                    base: Duration::from_millis(r.backoff_base_ms),
-                    max: Duration::from_millis(r.backoff_max_ms),
-                },
-                budget: Budget {
-                    ratio: r.budget_ratio,
-                    min_per_second: r.budget_min_per_second,
-                    window: Duration::from_millis(r.budget_window_ms),
-                },
-                non_idempotent: r.non_idempotent,
-                max_buffered_body: r.max_buffered_body.min(16 << 20),
-            },
+            retries: retries_from_wire(r, "policy.retries")?,
             circuit_breaker: BreakerPolicy {
                 consecutive_failures: b.consecutive_failures,
                 base_ejection_time: Duration::from_millis(b.base_ejection_time_ms),
@@ -208,8 +169,105 @@ impl TryFrom<&v1::Policy> for DestinationPolicy {
                     ));
                 }
             },
+            routes,
         })
     }
+}
+
+fn route_from_wire(r: &v1::Route, at: &str) -> Result<RoutePolicy, InvalidMessage> {
+    let field = |name: &str| format!("{at}.{name}");
+    if r.name.is_empty() {
+        return Err(invalid(&field("name"), "missing"));
+    }
+    let path = match (r.path_exact.is_empty(), r.path_prefix.is_empty()) {
+        (false, true) => PathMatch::Exact(r.path_exact.clone()),
+        (true, false) => PathMatch::Prefix(r.path_prefix.clone()),
+        _ => {
+            return Err(invalid(
+                &field("path_exact"),
+                "exactly one of path_exact and path_prefix must be set",
+            ));
+        }
+    };
+    let retries = r
+        .retries
+        .as_ref()
+        .ok_or_else(|| invalid(&field("retries"), "missing"))?;
+    Ok(RoutePolicy {
+        name: r.name.clone(),
+        matches: RouteMatch {
+            methods: r.methods.clone(),
+            path,
+        },
+        timeout: from_optional_ms(r.timeout_ms),
+        retries: retries_from_wire(retries, &field("retries"))?,
+    })
+}
+
+fn retries_from_wire(r: &v1::Retries, at: &str) -> Result<RetryPolicy, InvalidMessage> {
+    let field = |name: &str| format!("{at}.{name}");
+    if !(1..=10).contains(&r.attempts) {
+        return Err(invalid(&field("attempts"), "must be between 1 and 10"));
+    }
+    if r.backoff_base_ms > r.backoff_max_ms {
+        return Err(invalid(&field("backoff"), "base exceeds max"));
+    }
+    if !(1_000..=60_000).contains(&r.budget_window_ms) {
+        return Err(invalid(
+            &field("budget_window_ms"),
+            "must be between 1s and 60s",
+        ));
+    }
+    if !r.budget_ratio.is_finite() || r.budget_ratio < 0.0 {
+        return Err(invalid(
+            &field("budget_ratio"),
+            "must be a non-negative number",
+        ));
+    }
+    let retry_on = r
+        .retry_on
+        .iter()
+        .map(|&on| match v1::RetryOn::try_from(on) {
+            Ok(v1::RetryOn::ConnectFailure) => Ok(RetryOn::ConnectFailure),
+            Ok(v1::RetryOn::RefusedStream) => Ok(RetryOn::RefusedStream),
+            Ok(v1::RetryOn::Reset) => Ok(RetryOn::Reset),
+            Ok(v1::RetryOn::GatewayError) => Ok(RetryOn::GatewayError),
+            Ok(v1::RetryOn::ServerError) => Ok(RetryOn::ServerError),
+            _ => Err(invalid(&field("retry_on"), format!("unknown value {on}"))),
+        })
+        .collect::<Result<_, _>>()?;
+    let retriable_status_codes = r
+        .retriable_status_codes
+        .iter()
+        .map(|&c| {
+            u16::try_from(c)
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| {
+                    invalid(
+                        &field("retriable_status_codes"),
+                        format!("{c} is not a status code"),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(RetryPolicy {
+        attempts: r.attempts,
+        per_try_timeout: from_optional_ms(r.per_try_timeout_ms),
+        retry_on,
+        retriable_status_codes,
+        backoff: Backoff {
+            base: Duration::from_millis(r.backoff_base_ms),
+            max: Duration::from_millis(r.backoff_max_ms),
+        },
+        budget: Budget {
+            ratio: r.budget_ratio,
+            min_per_second: r.budget_min_per_second,
+            window: Duration::from_millis(r.budget_window_ms),
+        },
+        non_idempotent: r.non_idempotent,
+        max_buffered_body: r.max_buffered_body.min(16 << 20),
+    })
 }
 
 // === authorization ===
@@ -292,6 +350,51 @@ mod tests {
         assert_eq!(
             DestinationPolicy::try_from(&v1::Policy::from(&DestinationPolicy::default())).unwrap(),
             DestinationPolicy::default()
+        );
+    }
+
+    #[test]
+    fn routes_survive_the_wire_in_order() {
+        let mut policy = DestinationPolicy::default();
+        let mut reads = policy.retries.clone();
+        reads.attempts = 4;
+        reads.per_try_timeout = Some(Duration::from_millis(150));
+        policy.routes = vec![
+            RoutePolicy {
+                name: "reads".into(),
+                matches: RouteMatch {
+                    methods: vec!["GET".into(), "HEAD".into()],
+                    path: PathMatch::Prefix("/stock".into()),
+                },
+                timeout: Some(Duration::from_millis(500)),
+                retries: reads,
+            },
+            RoutePolicy {
+                name: "export".into(),
+                matches: RouteMatch {
+                    methods: vec![],
+                    path: PathMatch::Exact("/export".into()),
+                },
+                timeout: None,
+                retries: policy.retries.clone(),
+            },
+        ];
+        let wire = v1::Policy::from(&policy);
+        assert_eq!(DestinationPolicy::try_from(&wire).unwrap(), policy);
+
+        let mut bad = wire.clone();
+        bad.routes[1].path_prefix = "/also".into();
+        assert_eq!(
+            DestinationPolicy::try_from(&bad).unwrap_err().field,
+            "policy.routes[1].path_exact"
+        );
+        let mut bad = wire;
+        if let Some(r) = bad.routes[0].retries.as_mut() {
+            r.attempts = 0;
+        }
+        assert_eq!(
+            DestinationPolicy::try_from(&bad).unwrap_err().field,
+            "policy.routes[0].retries.attempts"
         );
     }
 

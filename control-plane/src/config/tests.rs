@@ -149,3 +149,84 @@ fn the_example_mesh_is_valid() {
     assert!(config.services.contains_key("orders"));
     assert!(config.services.contains_key("inventory"));
 }
+
+#[test]
+fn routes_take_the_services_policy_and_replace_what_they_set() {
+    let config = parse(&files(
+        "trust_domain: mesh.local\ndefaults:\n  timeout: 10s\n",
+        &[(
+            "inventory",
+            "name: inventory\ntimeout: 2s\n\
+             retries: { attempts: 2, per_try_timeout: 300ms, retry_on: [5xx] }\n\
+             routes:\n\
+             - { name: reads, match: { methods: [GET], path_prefix: /stock/ }, \
+                 retries: { attempts: 4 } }\n\
+             - { name: export, match: { path: /export }, timeout: none }\n\
+             - { name: checkout, match: { methods: [POST] }, timeout: 5s }\n",
+        )],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let policy = &config.services["inventory"].policy;
+    let [reads, export, checkout] = &policy.routes[..] else {
+        panic!("{:?}", policy.routes)
+    };
+    assert_eq!(reads.name, "reads");
+    assert_eq!(
+        reads.matches.path,
+        mesh_api::route::PathMatch::Prefix("/stock".into())
+    );
+    assert_eq!(reads.matches.methods, ["GET"]);
+    assert_eq!(reads.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(reads.retries.attempts, 4);
+    assert_eq!(
+        reads.retries.per_try_timeout,
+        Some(Duration::from_millis(300))
+    );
+    assert_eq!(reads.retries.retry_on, [policy::RetryOn::ServerError]);
+    assert_eq!(reads.retries.budget, policy.retries.budget);
+    assert_eq!(export.timeout, None);
+    assert_eq!(export.retries, policy.retries);
+    assert_eq!(checkout.timeout, Some(Duration::from_secs(5)));
+    assert_eq!(
+        checkout.matches.path,
+        mesh_api::route::PathMatch::Prefix("/".into())
+    );
+}
+
+#[test]
+fn route_errors_name_the_route_and_field_and_inherited_ones_are_reported_once() {
+    let errs = errors(
+        "trust_domain: mesh.local\ndefaults:\n  routes: [{ name: all, match: {} }]\n",
+        &[(
+            "inventory",
+            "name: inventory\nretries: { attempts: 0 }\n\
+             routes:\n\
+             - { name: Reads, match: { methods: [get], path_prefix: stock } }\n\
+             - { name: dup, match: { path: /a, path_prefix: /b }, timeout: soon }\n\
+             - { name: dup, match: { path: \"/a?b=1\" }, retries: { budget: { ratio: 1.0 } } }\n\
+             - { name: no-match }\n\
+             - { name: bad-retries, match: {}, retries: { attempts: 11 } }\n",
+        )],
+    );
+    let expected = [
+        "mesh.yaml: defaults.routes: routes name paths of one service: put them in that service's file",
+        "services/inventory.yaml: retries.attempts: must be between 1 and 10",
+        "services/inventory.yaml: routes[0].name: \"Reads\": use 1-63 lowercase letters, digits, '-' and '_'",
+        "services/inventory.yaml: routes[0].match.methods[0]: methods are case-sensitive and \"get\" would match no standard one: write \"GET\"",
+        "services/inventory.yaml: routes[0].match.path_prefix: \"stock\" must start with '/'",
+        "services/inventory.yaml: routes[1].match: set one of path and path_prefix, not both",
+        "services/inventory.yaml: routes[1].timeout: invalid duration \"soon\"",
+        "services/inventory.yaml: routes[2].name: \"dup\" names two routes",
+        "services/inventory.yaml: routes[2].match.path: \"/a?b=1\" contains '?': a path is matched without query or fragment",
+        "services/inventory.yaml: routes[2].retries.budget: the retry budget is the destination's",
+        "services/inventory.yaml: routes[3].match: missing",
+        "services/inventory.yaml: routes[4].retries.attempts: must be between 1 and 10",
+    ];
+    for e in expected {
+        assert!(
+            errs.iter().any(|err| err.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+}

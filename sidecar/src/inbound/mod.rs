@@ -155,6 +155,7 @@ impl Inbound {
         );
         if self.access_log {
             access_log::write(&access_log::Entry {
+                route: None,
                 direction: "inbound",
                 trace_id: trace_id(&trace),
                 source: caller.id.as_str(),

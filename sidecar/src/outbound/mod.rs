@@ -3,7 +3,8 @@
 //! The request path, one module per step:
 //! 1. accept, detect HTTP/1.1 or HTTP/2 (`serve`)
 //! 2. name the destination service from Host / :authority ([`destination`])
-//! 3. look up the destination's stack in the current table ([`policy`]); the stack is:
+//! 3. look up the destination's stack in the current table, or the stack of the first of its
+//!    routes that matches the request's method and path ([`policy`]); a stack is:
 //!    - 5a the overall timeout ([`timeout`])
 //!    - 7a concurrency limits that shed excess load ([`shed`])
 //!    - 5b budgeted retries with backoff and a replayable body ([`retry`], [`replay`])
@@ -52,7 +53,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 
 use self::attempts::Attempts;
-use self::policy::{DestinationStack, Destinations};
+use self::policy::{DestinationService, Destinations};
 
 /// A request inside a destination stack.
 pub(crate) type Req = Request<Body>;
@@ -77,6 +78,17 @@ const LOG_LIMIT: u64 = 10;
 
 /// Label used for requests whose destination is not known, to bound metric cardinality.
 const UNKNOWN: &str = "unknown";
+
+/// Where step 3 sends a request.
+struct Routed {
+    /// The destination service.
+    destination: Label,
+    /// The destination's named route the request matched, if any.
+    route: Option<Label>,
+    /// The route's stack, or the destination's.
+    service: DestinationService,
+    authority: Authority,
+}
 
 /// The outbound proxy of one sidecar.
 #[derive(Debug)]
@@ -125,9 +137,9 @@ impl Outbound {
         let extracted = propagation::extract(req.headers());
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let routed = self.route(&req);
-        let destination = match &routed {
-            Ok((stack, _)) => stack.name.clone(),
-            Err(_) => self.unknown.clone(),
+        let (destination, route) = match &routed {
+            Ok(routed) => (routed.destination.clone(), routed.route.clone()),
+            Err(_) => (self.unknown.clone(), None),
         };
         let trace = self.spans.start(&extracted.parent, SpanKind::Client, || {
             format!("{method} {destination}")
@@ -139,18 +151,29 @@ impl Outbound {
                 KeyValue::new(attr::SOURCE_IDENTITY, self.identity.clone()),
                 KeyValue::new(attr::DESTINATION, destination.to_string()),
             ]);
-            if let Ok((_, authority)) = &routed {
+            if let Ok(routed) = &routed {
                 trace.span().set_attribute(KeyValue::new(
                     attr::SERVER_ADDRESS,
-                    authority.host().to_owned(),
+                    routed.authority.host().to_owned(),
                 ));
+            }
+            if let Some(route) = &route {
+                trace
+                    .span()
+                    .set_attribute(KeyValue::new(attr::ROUTE, route.to_string()));
             }
         }
         let attempts = Arc::new(Attempts::new(trace.clone()));
         let result = match routed {
-            Ok((stack, authority)) => {
-                self.forward(&stack, authority, req, attempts.clone(), extracted.b3)
-                    .await
+            Ok(routed) => {
+                self.forward(
+                    routed.service,
+                    routed.authority,
+                    req,
+                    attempts.clone(),
+                    extracted.b3,
+                )
+                .await
             }
             Err(err) => Err(err),
         };
@@ -181,12 +204,21 @@ impl Outbound {
             rsp.status().as_u16(),
             elapsed.as_secs_f64(),
         );
+        if let Some(route) = &route {
+            self.metrics.route_request(
+                &destination,
+                route,
+                rsp.status().as_u16(),
+                elapsed.as_secs_f64(),
+            );
+        }
         if self.access_log {
             access_log::write(&access_log::Entry {
                 direction: "outbound",
                 trace_id: trace_id(&trace),
                 source: &self.identity,
-                destination: &destination.to_string(),
+                destination: destination.as_str(),
+                route: route.as_ref().map(Label::as_str),
                 method: method.as_str(),
                 path: &path,
                 status: rsp.status().as_u16(),
@@ -197,8 +229,9 @@ impl Outbound {
         Ok(rsp)
     }
 
-    /// Steps 2 and 3: the destination's stack and the authority to forward.
-    fn route<B>(&self, req: &Request<B>) -> Result<(Arc<DestinationStack>, Authority), BoxError> {
+    /// Steps 2 and 3: the destination, the stack of the request's route, and the authority to
+    /// forward.
+    fn route<B>(&self, req: &Request<B>) -> Result<Routed, BoxError> {
         if req.method() == Method::CONNECT {
             return Err(Unsupported {
                 method: Method::CONNECT,
@@ -212,13 +245,19 @@ impl Outbound {
             .borrow()
             .get(&name)
             .ok_or(NoRoute { destination: name })?;
-        Ok((stack, authority))
+        let route = stack.route(req.method(), req.uri().path());
+        Ok(Routed {
+            destination: stack.name.clone(),
+            route: route.map(|r| r.name.clone()),
+            service: route.map_or(&stack.service, |r| &r.service).clone(),
+            authority,
+        })
     }
 
     /// Steps 5 to 8: through the destination's stack.
     async fn forward(
         &self,
-        stack: &DestinationStack,
+        service: DestinationService,
         authority: Authority,
         req: Request<Incoming>,
         attempts: Arc<Attempts>,
@@ -228,7 +267,7 @@ impl Outbound {
         // The next hop's parent is this sidecar's CLIENT span.
         propagation::inject(attempts.context(), b3, req.headers_mut());
         req.extensions_mut().insert(attempts);
-        call(stack.service.clone(), req).await
+        call(service, req).await
     }
 }
 

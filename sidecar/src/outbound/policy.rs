@@ -2,7 +2,10 @@
 //!
 //! The table of destinations is built once per configuration, one stack per destination (its
 //! pooled endpoints, TLS configs, breaker state and retry budget made up front), and published
-//! whole through a `watch` channel. A request clones one `Arc` out of it; a new table never
+//! whole through a `watch` channel. A destination with routes has one stack per route besides
+//! its own, differing only in timeouts and retry policy: every stack of a destination shares
+//! its concurrency limits, retry budget and balancer, so a route is another way of calling the
+//! same endpoints, never a way around their limits. A request clones one `Arc` out of it; a new table never
 //! disturbs requests already holding the old one.
 //!
 //! A new table keeps what still holds from the previous one: a destination whose spec did not
@@ -14,6 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Method;
+use mesh_api::route::RouteMatch;
 use tower::ServiceBuilder;
 
 use crate::config::{Destination, DestinationPolicy};
@@ -74,14 +79,26 @@ pub(crate) struct Destinations {
     by_name: HashMap<String, Arc<DestinationStack>>,
 }
 
-/// One destination service and the stack that reaches it.
+/// One destination service and the stacks that reach it.
 #[derive(Debug)]
 pub(crate) struct DestinationStack {
     /// The destination's name, shared with its metric labels.
     pub(crate) name: Label,
+    /// For requests that match none of `routes`.
     pub(crate) service: DestinationService,
+    /// In policy order: the first that matches a request takes it.
+    routes: Box<[RouteStack]>,
     spec: DestinationSpec,
     balance: Balance,
+}
+
+/// One named route of a destination and its stack.
+#[derive(Debug)]
+pub(crate) struct RouteStack {
+    /// The route's name, its metric label.
+    pub(crate) name: Label,
+    matches: RouteMatch,
+    pub(crate) service: DestinationService,
 }
 
 /// What stacks are built with.
@@ -138,6 +155,13 @@ impl Destinations {
 // === impl DestinationStack ===
 
 impl DestinationStack {
+    /// The route a request with this method and path takes, if any matches.
+    pub(crate) fn route(&self, method: &Method, path: &str) -> Option<&RouteStack> {
+        self.routes
+            .iter()
+            .find(|route| route.matches.matches(method.as_str(), path))
+    }
+
     /// The stack of one destination, layers in request order. Endpoints of `previous` that
     /// remain are reused with their connections.
     fn build(
@@ -190,35 +214,52 @@ impl DestinationStack {
             m.ejected_endpoints.clone(),
         );
         let balance = Balance::split(label.clone(), backends, policy.load_balancer, outlier);
-        let service = ServiceBuilder::new()
-            // 5a: the whole request, queueing and every try included, or 504.
-            .layer(TimeoutLayer::new(
-                policy.timeout,
-                timeout::Kind::Request,
-                label.clone(),
-                m.request_timeouts.clone(),
-            ))
-            // 7a: max_requests in flight, max_pending waiting, the rest shed with 503 at once.
-            .layer(ShedLayer::new(
-                &policy.circuit_breaker,
-                label.clone(),
-                m.shed.clone(),
-            ))
-            // 5b: budgeted retries with backoff; each try re-enters the balancer below.
-            .layer(RetryLayer::new(policy.retries.clone(), m.clone()))
-            // 5c: one try.
-            .layer(TimeoutLayer::new(
-                policy.retries.per_try_timeout,
-                timeout::Kind::PerTry,
-                label,
-                m.per_try_timeouts.clone(),
-            ))
-            // 4, 6 and 7b: pick a backend by weight, an endpoint in it (skipping ejected
-            // ones); 8: its pooled mTLS connection.
-            .service(balance.clone());
+        // Shared by every route's stack: one set of limits, one budget, one balancer.
+        let shed = ShedLayer::new(&policy.circuit_breaker, label.clone(), m.shed.clone());
+        let retry = RetryLayer::new(policy.retries.clone(), m.clone());
+        let stack = |timeout, retry: RetryLayer, per_try_timeout| {
+            ServiceBuilder::new()
+                // 5a: the whole request, queueing and every try included, or 504.
+                .layer(TimeoutLayer::new(
+                    timeout,
+                    timeout::Kind::Request,
+                    label.clone(),
+                    m.request_timeouts.clone(),
+                ))
+                // 7a: max_requests in flight, max_pending waiting, the rest shed with 503 at
+                // once.
+                .layer(shed.clone())
+                // 5b: budgeted retries with backoff; each try re-enters the balancer below.
+                .layer(retry)
+                // 5c: one try.
+                .layer(TimeoutLayer::new(
+                    per_try_timeout,
+                    timeout::Kind::PerTry,
+                    label.clone(),
+                    m.per_try_timeouts.clone(),
+                ))
+                // 4, 6 and 7b: pick a backend by weight, an endpoint in it (skipping ejected
+                // ones); 8: its pooled mTLS connection.
+                .service(balance.clone())
+        };
+        let routes = policy
+            .routes
+            .iter()
+            .map(|route| RouteStack {
+                name: route.name.as_str().into(),
+                matches: route.matches.clone(),
+                service: stack(
+                    route.timeout,
+                    retry.for_route(route.retries.clone()),
+                    route.retries.per_try_timeout,
+                ),
+            })
+            .collect();
+        let service = stack(policy.timeout, retry, policy.retries.per_try_timeout);
         Ok(Self {
             name: name.into(),
             service,
+            routes,
             spec,
             balance,
         })

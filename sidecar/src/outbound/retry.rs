@@ -53,7 +53,7 @@ pub(crate) struct RetryLayer {
 
 struct Shared {
     policy: RetryPolicy,
-    budget: TpsBudget,
+    budget: Arc<TpsBudget>,
     metrics: DestinationMetrics,
 }
 
@@ -62,16 +62,29 @@ struct Shared {
 impl RetryLayer {
     pub(crate) fn new(policy: RetryPolicy, metrics: DestinationMetrics) -> Self {
         // Validation keeps the window in 1s..=60s and the ratio in 0..=1000, as TpsBudget needs.
-        let budget = TpsBudget::new(
+        let budget = Arc::new(TpsBudget::new(
             policy.budget.window,
             policy.budget.min_per_second,
             policy.budget.ratio,
-        );
+        ));
         Self {
             shared: Arc::new(Shared {
                 policy,
                 budget,
                 metrics,
+            }),
+        }
+    }
+
+    /// A layer for one route of the destination: its own policy, this layer's budget and
+    /// metrics. A route's policy carries the destination's budget settings, so no route can
+    /// spend more than the destination's budget allows.
+    pub(crate) fn for_route(&self, policy: RetryPolicy) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                policy,
+                budget: self.shared.budget.clone(),
+                metrics: self.shared.metrics.clone(),
             }),
         }
     }

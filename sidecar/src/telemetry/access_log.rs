@@ -19,6 +19,9 @@ pub struct Entry<'a> {
     pub source: &'a str,
     /// Callee.
     pub destination: &'a str,
+    /// The destination's named route the request took (outbound), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<&'a str>,
     /// HTTP method.
     pub method: &'a str,
     /// Request path.

@@ -46,6 +46,8 @@ pub mod attr {
     pub const ENDPOINT: &str = "mesh.destination.endpoint";
     /// Tries made.
     pub const ATTEMPTS: &str = "mesh.attempts";
+    /// The destination's named route the request took.
+    pub const ROUTE: &str = "mesh.route";
 }
 
 /// Ends a request's span with its outcome: status code, tries, and on failure `error.type` and

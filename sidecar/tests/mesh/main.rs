@@ -10,6 +10,7 @@ mod errors;
 mod grpc;
 mod mtls;
 mod resilience;
+mod routes;
 mod shutdown;
 mod tracing;
 mod transparency;
