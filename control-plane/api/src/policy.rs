@@ -4,9 +4,9 @@
 //!
 //! | field | default |
 //! |---|---|
-//! | `timeout` | none: a request may take as long as the app allows |
+//! | `timeout` | none: a request may take as long as the app allows (`none` says so) |
 //! | `retries.attempts` | 2 (one retry) |
-//! | `retries.per_try_timeout` | none |
+//! | `retries.per_try_timeout` | none (`none` says so) |
 //! | `retries.retry_on` | `[connect-failure, refused-stream, gateway-error]` |
 //! | `retries.retriable_status_codes` | `[]` |
 //! | `retries.backoff` | `{ base: 25ms, max: 250ms }`, exponential with full jitter |
@@ -258,8 +258,7 @@ impl Default for DestinationPolicy {
 pub fn validate(file: PolicyFile, path: &str, errors: &mut Errors) -> DestinationPolicy {
     let timeout = file
         .timeout
-        .map(|t| validate::duration(errors, &format!("{path}.timeout"), Some(t), Duration::ZERO))
-        .filter(|t| !t.is_zero());
+        .and_then(|t| validate::limit(errors, &format!("{path}.timeout"), t));
     let retries_file = file.retries.unwrap_or_default();
     let routes = route::validate(
         file.routes.unwrap_or_default(),
@@ -302,7 +301,7 @@ pub(crate) fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> Ret
     }
     let per_try_timeout = file
         .per_try_timeout
-        .map(|t| validate::duration(errors, &at("per_try_timeout"), Some(t), Duration::ZERO));
+        .and_then(|t| validate::limit(errors, &at("per_try_timeout"), t));
     let retry_on = match file.retry_on {
         None => vec![
             RetryOn::ConnectFailure,
@@ -397,7 +396,7 @@ pub(crate) fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> Ret
     };
     RetryPolicy {
         attempts: attempts.clamp(1, 10),
-        per_try_timeout: per_try_timeout.filter(|t| !t.is_zero()),
+        per_try_timeout,
         retry_on,
         retriable_status_codes,
         backoff,

@@ -155,15 +155,9 @@ pub(crate) fn validate(
             continue;
         };
         let matches = route_match(matches, &at("match"), errors);
-        let timeout = match file.timeout.as_deref() {
+        let timeout = match file.timeout {
             None => timeout,
-            Some("none") => None,
-            Some(_) => Some(crate::validate::duration(
-                errors,
-                &at("timeout"),
-                file.timeout,
-                Duration::from_secs(1),
-            )),
+            Some(text) => crate::validate::limit(errors, &at("timeout"), text),
         };
         let own = file.retries.unwrap_or_default();
         if own.budget.is_some() {

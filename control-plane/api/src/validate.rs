@@ -43,6 +43,16 @@ pub fn check_label(errors: &mut Errors, path: &str, value: &str) {
     }
 }
 
+/// Parses a time limit: a positive human duration, or `none` for no limit (which lets a
+/// service lift a limit its defaults set). Returns `None` for `none` and after reporting an
+/// invalid value.
+pub fn limit(errors: &mut Errors, path: &str, value: String) -> Option<Duration> {
+    if value == "none" {
+        return None;
+    }
+    Some(duration(errors, path, Some(value), Duration::ZERO)).filter(|d| !d.is_zero())
+}
+
 /// Parses a positive human duration (`250ms`, `2s`, `1m`), or returns `default` when absent
 /// or invalid (after reporting it).
 pub fn duration(

@@ -230,3 +230,23 @@ fn route_errors_name_the_route_and_field_and_inherited_ones_are_reported_once() 
     }
     assert_eq!(errs.len(), expected.len(), "{errs:#?}");
 }
+
+#[test]
+fn none_lifts_a_limit_the_defaults_set() {
+    let config = parse(&files(
+        "trust_domain: mesh.local\ndefaults:\n  timeout: 10s\n  retries: { per_try_timeout: 1s }\n",
+        &[
+            (
+                "a",
+                "name: a\ntimeout: none\nretries: { per_try_timeout: none }\n",
+            ),
+            ("b", "name: b\n"),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.services["a"].policy.timeout, None);
+    assert_eq!(config.services["a"].policy.retries.per_try_timeout, None);
+    let b = &config.services["b"].policy;
+    assert_eq!(b.timeout, Some(Duration::from_secs(10)));
+    assert_eq!(b.retries.per_try_timeout, Some(Duration::from_secs(1)));
+}
