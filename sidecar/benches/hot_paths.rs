@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-request hot paths of the outbound side, each on realistic
 //! input and without a network:
 //! - `routing`: naming the destination from a `Host` header (step 2) and looking it up in the
-//!   current table (step 3), with 10 and 1,000 destinations;
+//!   current table (step 3), with 10 and 1,000 destinations; and finding the request's route
+//!   within its destination, with 0, 1, 10 and 64 routes and the matching one last;
 //! - `balance`: picking an endpoint (step 6), p2c-ewma and round-robin over 3 and 100
 //!   endpoints, on the first try and on a retry, and under a 90/10 traffic split;
 //! - `retry`: the retry budget as the retry layer uses it, and the classification of a try's
@@ -133,6 +134,33 @@ fn routing(c: &mut Criterion) {
                 let stack = rx.borrow().get(&name);
                 (stack.unwrap(), authority)
             });
+        });
+    }
+    // Finding the route: the whole lookup, destination and route, with `routes` routes on the
+    // destination and the request matching the last (the most a request can cost); 0 is a
+    // destination without routes.
+    for routes in [0, 1, 10, 64] {
+        let mut destinations = destinations(10);
+        let inventory = destinations.get_mut("inventory").unwrap();
+        inventory.policy.routes = (0..routes)
+            .map(|i| mesh_api::route::RoutePolicy {
+                name: format!("route-{i}"),
+                matches: mesh_api::route::RouteMatch {
+                    methods: vec!["GET".into(), "HEAD".into()],
+                    path: mesh_api::route::PathMatch::Prefix(format!("/api/v{i}")),
+                },
+                timeout: None,
+                retries: inventory.policy.retries.clone(),
+            })
+            .collect();
+        let path = format!("/api/v{}/stock/sku-1234", routes.max(1) - 1);
+        let table = Table::build(&identity, &metrics, &destinations).unwrap();
+        assert_eq!(
+            table.route("inventory", &Method::GET, &path).is_some(),
+            routes > 0
+        );
+        group.bench_with_input(BenchmarkId::new("route", routes), &table, |b, table| {
+            b.iter(|| table.route("inventory", &Method::GET, black_box(&path)));
         });
     }
     group.finish();

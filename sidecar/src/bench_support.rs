@@ -16,7 +16,7 @@ use tower::retry::budget::Budget as _;
 use crate::classify::Class;
 use crate::config::{Destination, DestinationPolicy, LoadBalancer, RetryPolicy};
 use crate::identity::{CredentialsError, Identity, SpiffeId};
-use crate::metrics::{Metrics, RetryReason};
+use crate::metrics::{Label, Metrics, RetryReason};
 use crate::outbound::attempts;
 use crate::outbound::balance::{Backend, Balance};
 use crate::outbound::breaker::Outlier;
@@ -63,6 +63,13 @@ impl Table {
     /// The stack of the destination called `name`, held as a request holds it.
     pub fn get(&self, name: &str) -> Option<impl Sized + use<>> {
         self.0.get(name)
+    }
+
+    /// Step 3 in full: the destination called `name`, then the name of its first route that
+    /// matches `method` and `path` (`None` when none does), as the outbound handler finds it.
+    pub fn route(&self, name: &str, method: &http::Method, path: &str) -> Option<Label> {
+        let stack = self.0.get(name)?;
+        stack.route(method, path).map(|route| route.name.clone())
     }
 }
 
