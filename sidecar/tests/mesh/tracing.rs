@@ -49,7 +49,8 @@ async fn one_trace_across_three_services_with_a_retry_event() {
         .destination_with_policy(
             "c",
             &[c.inbound],
-            "retries: { attempts: 2, backoff: { base: 1ms, max: 2ms } }",
+            "retries: { attempts: 2, backoff: { base: 1ms, max: 2ms } }\n\
+             routes: [{ name: orders, match: { path_prefix: /order } }]",
         )
         .start()
         .await;
@@ -100,6 +101,9 @@ async fn one_trace_across_three_services_with_a_retry_event() {
         assert_eq!(c_server.span.parent_span_id, b_client.span.span_id);
     }
 
+    // b's call took the `orders` route of its destination c; a's destination has no routes.
+    assert_eq!(b_client.attr("mesh.route").as_deref(), Some("orders"));
+    assert_eq!(a_client.attr("mesh.route"), None);
     assert_eq!(a_client.attr("http.request.method").as_deref(), Some("GET"));
     assert_eq!(a_client.attr("url.path").as_deref(), Some("/order/7"));
     assert_eq!(a_client.attr("server.address").as_deref(), Some("b"));
@@ -313,7 +317,11 @@ async fn the_access_log_is_one_json_line_per_request() {
     let config = mesh
         .sidecar("orders")
         .extra_yaml("access_log: true\n")
-        .destination("inventory", &[inventory.inbound])
+        .destination_with_policy(
+            "inventory",
+            &[inventory.inbound],
+            "routes: [{ name: stock, match: { methods: [GET], path_prefix: /api/stock } }]",
+        )
         .write_config(outbound, inbound, admin);
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_sidecar"))
         .arg("--config")
@@ -367,6 +375,7 @@ async fn the_access_log_is_one_json_line_per_request() {
     assert_eq!(entry["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(entry["source"], "spiffe://mesh.local/ns/default/sa/orders");
     assert_eq!(entry["destination"], "inventory");
+    assert_eq!(entry["route"], "stock");
     assert_eq!(
         (entry["method"].as_str(), entry["path"].as_str()),
         (Some("GET"), Some("/api/stock/abc"))
