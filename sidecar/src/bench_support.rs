@@ -130,6 +130,7 @@ impl Balancer {
             backends,
             algorithm,
             outlier,
+            None,
         ))
     }
 

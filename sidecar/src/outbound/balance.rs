@@ -17,6 +17,7 @@
 //! but that share may be all of two), the balancer ignores ejection rather than fail.
 //! Each try's outcome feeds the endpoint's latency estimate and breaker.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -106,37 +107,68 @@ impl Balance {
             }],
             algorithm,
             outlier,
+            None,
         )
     }
 
     /// A balancer over weighted backends. Backends without endpoints or weight get no
     /// requests.
+    ///
+    /// Endpoints it shares with `previous` (the balancer it replaces when the destination
+    /// changes) keep what that one learnt of them: latency estimate, failures in a row, and any
+    /// ejection in force. Without that, every instance joining or leaving a destination would
+    /// put its ejected endpoints straight back into rotation and forget which are slow. The
+    /// state is copied, not shared: the old balancer's requests still in flight finish against
+    /// its own copy, so the two never disagree about how many endpoints each has ejected.
     pub(crate) fn split(
         destination: Arc<str>,
         backends: Vec<Backend>,
         algorithm: LoadBalancer,
         outlier: Outlier,
+        previous: Option<&Balance>,
     ) -> Self {
-        let epoch = Instant::now();
+        // The carried state's timestamps are on the previous balancer's clock.
+        let epoch = previous.map_or_else(Instant::now, |p| p.shared.epoch);
+        let now = u64::try_from(epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let known: HashMap<*const Endpoint, &Slot> = previous
+            .map(|p| {
+                p.shared
+                    .slots
+                    .iter()
+                    .map(|slot| (Arc::as_ptr(&slot.endpoint), slot))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut slots = Vec::new();
         let mut ranges = Vec::new();
         for backend in backends {
             let start = slots.len();
-            slots.extend(
-                backend
-                    .endpoints
-                    .into_iter()
-                    .map(|(endpoint, metrics)| Slot {
+            slots.extend(backend.endpoints.into_iter().map(|(endpoint, metrics)| {
+                match known.get(&Arc::as_ptr(&endpoint)) {
+                    Some(old) => Slot {
+                        load: old.load.carried(),
+                        health: old.health.carried(),
                         endpoint,
-                        load: PeakEwma::new(0),
+                        metrics,
+                    },
+                    // A new endpoint's default estimate starts now, not at the epoch:
+                    // decayed to nothing, it would draw every request until its first
+                    // response.
+                    None => Slot {
+                        endpoint,
+                        load: PeakEwma::new(now),
                         health: Health::default(),
                         metrics,
-                    }),
-            );
+                    },
+                }
+            }));
             if backend.weight > 0 && slots.len() > start {
                 ranges.push((backend.weight, start..slots.len()));
             }
         }
+        outlier.adopt(slots.iter().map(|slot| &slot.health));
         let total_weight = ranges.iter().map(|(w, _)| *w).sum();
         Self {
             shared: Arc::new(Shared {

@@ -84,6 +84,12 @@ impl Outlier {
         }
     }
 
+    /// How many endpoints are ejected or waiting for their probe.
+    #[cfg(test)]
+    pub(crate) fn ejected_count(&self) -> usize {
+        self.ejected.load(Ordering::Acquire)
+    }
+
     /// Whether every endpoint is in service: none ejected, none waiting for its probe.
     pub(crate) fn none_ejected(&self) -> bool {
         self.ejected.load(Ordering::Acquire) == 0
@@ -118,6 +124,26 @@ impl Outlier {
         Transition::Ejected(self.eject_for(health, now))
     }
 
+    /// Takes on the breakers of a rebuilt balancer, some carried from the one it replaces: at
+    /// most `max_ejected` of them stay ejected (the rest return to the pool, as this
+    /// destination's share allows no more), and the count and gauge say how many are out.
+    pub(crate) fn adopt<'a>(&self, healths: impl IntoIterator<Item = &'a Health>) {
+        let mut ejected = 0;
+        for health in healths {
+            if health.ejected_until.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            if ejected < self.max_ejected {
+                ejected += 1;
+            } else {
+                health.ejected_until.store(0, Ordering::Release);
+                health.consecutive.store(0, Ordering::Relaxed);
+            }
+        }
+        self.ejected.store(ejected, Ordering::Release);
+        self.gauge.set(i64::try_from(ejected).unwrap_or(i64::MAX));
+    }
+
     fn take_ejection_slot(&self) -> bool {
         self.ejected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -142,6 +168,18 @@ impl Outlier {
 // === impl Health ===
 
 impl Health {
+    /// A copy for a rebuilt balancer that keeps this one's clock: failures in a row, times
+    /// ejected, and any ejection in force. A probe in flight belongs to the old balancer; the
+    /// copy may send its own.
+    pub(crate) fn carried(&self) -> Self {
+        Self {
+            consecutive: AtomicU32::new(self.consecutive.load(Ordering::Acquire)),
+            ejections: AtomicU32::new(self.ejections.load(Ordering::Acquire)),
+            ejected_until: AtomicU64::new(self.ejected_until.load(Ordering::Acquire)),
+            probing: AtomicBool::new(false),
+        }
+    }
+
     /// The endpoint's state at `now`.
     pub(crate) fn state(&self, now: u64) -> State {
         let until = self.ejected_until.load(Ordering::Acquire);

@@ -39,6 +39,16 @@ impl PeakEwma {
         }
     }
 
+    /// A copy for a rebuilt balancer that keeps this one's clock: the estimate and when it was
+    /// made. Requests in flight finish on the old balancer, so the copy has none.
+    pub(crate) fn carried(&self) -> Self {
+        Self {
+            rtt: AtomicU64::new(self.rtt.load(Ordering::Relaxed)),
+            stamp: AtomicU64::new(self.stamp.load(Ordering::Relaxed)),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
     /// Load at `now`: decayed estimate times (in flight + 1).
     pub(crate) fn load(&self, now: u64) -> f64 {
         let pending = f64::from(self.in_flight.load(Ordering::Relaxed)) + 1.0;

@@ -213,7 +213,13 @@ impl DestinationStack {
             endpoint_count,
             m.ejected_endpoints.clone(),
         );
-        let balance = Balance::split(label.clone(), backends, policy.load_balancer, outlier);
+        let balance = Balance::split(
+            label.clone(),
+            backends,
+            policy.load_balancer,
+            outlier,
+            previous.map(|p| &p.balance),
+        );
         // Shared by every route's stack: one set of limits, one budget, one balancer.
         let shed = ShedLayer::new(&policy.circuit_breaker, label.clone(), m.shed.clone());
         let retry = RetryLayer::new(policy.retries.clone(), m.clone());

@@ -186,6 +186,7 @@ fn split_90_10() -> Balance {
         vec![backend(90, 0..2), backend(10, 2..3), backend(50, 3..3)],
         LoadBalancer::RoundRobin,
         Outlier::new(breaker(), 3, Default::default()),
+        None,
     )
 }
 
@@ -223,6 +224,89 @@ fn a_backend_without_endpoints_gets_nothing_and_no_endpoints_at_all_is_none() {
         Vec::new(),
         LoadBalancer::P2cEwma,
         Outlier::new(breaker(), 0, Default::default()),
+        None,
     );
     assert_eq!(empty.shared.pick(1, None), None);
+}
+
+/// A balancer replacing `previous`, as when the destination's endpoint list changes: it keeps
+/// `previous`'s endpoints at `keep` and adds new ones at `ports`.
+fn rebuilt(previous: &Balance, keep: &[usize], ports: &[u16], policy: BreakerPolicy) -> Balance {
+    let metrics = Metrics::new();
+    let fresh = balance(ports.len() as u16, LoadBalancer::P2cEwma, policy);
+    let mut endpoints: Vec<_> = keep
+        .iter()
+        .map(|&i| previous.shared.slots[i].endpoint.clone())
+        .collect();
+    endpoints.extend(fresh.shared.slots.iter().map(|s| s.endpoint.clone()));
+    let endpoints: Vec<_> = endpoints
+        .into_iter()
+        .map(|e| {
+            let m = metrics.endpoint("x", e.addr());
+            (e, m)
+        })
+        .collect();
+    let outlier = Outlier::new(policy, endpoints.len(), Default::default());
+    Balance::split(
+        "x".into(),
+        vec![Backend {
+            weight: 1,
+            endpoints,
+        }],
+        LoadBalancer::P2cEwma,
+        outlier,
+        Some(previous),
+    )
+}
+
+/// An instance joining or leaving rebuilds the balancer; the endpoints that stay keep their
+/// ejection and latency estimate, and the newcomer gets a share without drawing everything.
+#[test]
+fn a_rebuilt_balancer_keeps_what_it_knew_of_the_endpoints_it_keeps() {
+    let policy = BreakerPolicy {
+        max_ejection_percent: 100,
+        ..breaker()
+    };
+    let old = balance(3, LoadBalancer::P2cEwma, policy);
+    let s = &old.shared;
+    // Endpoint 0 is ejected for 10 s; endpoint 1 answered slowly.
+    s.outlier.record(&s.slots[0].health, true, s.now());
+    s.slots[1].load.start();
+    s.slots[1]
+        .load
+        .finish(s.now(), Duration::from_millis(300), false);
+    let ejected = s.slots[0].endpoint.addr();
+
+    // Endpoint 2 leaves, a new one joins: [0 (ejected), 1 (slow), new].
+    let new = rebuilt(&old, &[0, 1], &[9], policy);
+    assert_eq!(new.ejected(), [ejected]);
+    assert!(!new.shared.outlier.none_ejected());
+    let mut picked = [0u32; 3];
+    for _ in 0..300 {
+        picked[new.pick(None).unwrap()] += 1;
+    }
+    // With 0 out, every draw is 1 against the newcomer, and 1 is still known to be slow.
+    assert_eq!(picked, [0, 0, 300]);
+    // The newcomer's estimate starts now, at the default: decayed to nothing from the old
+    // clock's start, it would draw every request until its first response.
+    let now = new.shared.now();
+    let default = PeakEwma::new(now).load(now);
+    assert!((new.shared.slots[2].load.load(now) - default).abs() < default / 100.0);
+}
+
+/// Carried ejections never exceed the new destination's share; the count and its gauge follow.
+#[test]
+fn carried_ejections_are_capped_at_the_new_share() {
+    let policy = breaker(); // 50 %
+    let old = balance(4, LoadBalancer::P2cEwma, policy);
+    let s = &old.shared;
+    s.outlier.record(&s.slots[0].health, true, s.now());
+    s.outlier.record(&s.slots[1].health, true, s.now());
+    assert_eq!(old.ejected().len(), 2);
+    // Three endpoints now: 50 % of three lets one stay out.
+    let new = rebuilt(&old, &[0, 1], &[9], policy);
+    assert_eq!(new.ejected().len(), 1, "{:?}", new.ejected());
+    assert_eq!(new.shared.outlier.ejected_count(), 1);
+    // The old balancer's copy is untouched: its requests in flight finish against it.
+    assert_eq!(old.ejected().len(), 2);
 }
