@@ -530,6 +530,62 @@ fn sidecar_binary() -> std::path::PathBuf {
     bin
 }
 
+/// An instance joining a destination rebuilds its callers' balancers; an instance they had
+/// ejected stays ejected instead of coming back into rotation with the newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_instance_stays_ejected_when_another_joins() {
+    let inventory_policy = "name: inventory\nretries: { attempts: 1 }\nload_balancer: round-robin\n\
+                            circuit_breaker: { consecutive_failures: 2, base_ejection_time: 60s }\n";
+    let (cluster, cp) =
+        Cluster::start("1h", &[("orders", ORDERS), ("inventory", inventory_policy)]).await;
+    let (failing_app, faults) = app::faulty("inventory-a").await;
+    faults.fail(503, 10);
+    let failing = cluster.sidecar("inventory", failing_app, "").await;
+    let _healthy = cluster
+        .sidecar("inventory", app::echo("inventory-b").await, "")
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    eventually(
+        PATIENCE,
+        "two inventory instances in orders' snapshot",
+        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 2).then_some(()) },
+    )
+    .await;
+
+    let ejected = r#"mesh_ejected_endpoints{destination="inventory"}"#;
+    let to_failing = format!(
+        r#"mesh_endpoint_requests_total{{destination="inventory",endpoint="{}"}}"#,
+        failing.inbound
+    );
+    eventually(PATIENCE, "the failing instance to be ejected", || async {
+        call(&orders, "inventory", "/x").await;
+        (metric(&sidecar_metrics(&orders).await, ejected) == Some(1.0)).then_some(())
+    })
+    .await;
+    let sent_before = metric(&sidecar_metrics(&orders).await, &to_failing);
+
+    // A third instance joins: orders' balancer for inventory is rebuilt.
+    let _joined = cluster
+        .sidecar("inventory", app::echo("inventory-c").await, "")
+        .await;
+    eventually(
+        PATIENCE,
+        "the third instance in orders' snapshot",
+        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 3).then_some(()) },
+    )
+    .await;
+    for _ in 0..30 {
+        let (status, body) = call(&orders, "inventory", "/x").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let m = sidecar_metrics(&orders).await;
+    assert_eq!(metric(&m, ejected), Some(1.0), "{m}");
+    assert_eq!(metric(&m, &to_failing), sent_before, "{m}");
+    cp.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_traffic() {
     let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", INVENTORY)]).await;
