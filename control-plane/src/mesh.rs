@@ -61,6 +61,8 @@ struct InstanceRecord {
     certificate_not_after_unix: i64,
     issuer_sha256: String,
     ejected: Vec<String>,
+    /// Why its sidecar finds the app down; empty while it is up (or not probed).
+    app_down: String,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -158,6 +160,8 @@ pub struct InstanceStatus {
     pub issuer_id: Option<String>,
     /// Endpoints it has ejected, as `destination/ip:port`.
     pub ejected_endpoints: Vec<String>,
+    /// Why its sidecar finds the app down (it is then in no snapshot); `None` while it is up.
+    pub app_down: Option<String>,
 }
 
 // === impl Mesh ===
@@ -284,6 +288,7 @@ impl Mesh {
                 .map(|p| p.issuer_sha256.clone())
                 .unwrap_or_default(),
             ejected: previous.map(|p| p.ejected.clone()).unwrap_or_default(),
+            app_down: instance.app_down.clone(),
         };
         state.registry.insert(key, record);
         self.metrics
@@ -310,6 +315,16 @@ impl Mesh {
         record.certificate_not_after_unix = beat.certificate_not_after_unix;
         record.issuer_sha256 = beat.certificate_issuer_sha256.clone();
         record.ejected = beat.ejected_endpoints.clone();
+        if record.app_down == beat.app_down {
+            return true;
+        }
+        if beat.app_down.is_empty() {
+            tracing::info!(service = %caller, instance = %beat.instance_id, "app up again: back in snapshots");
+        } else {
+            tracing::info!(service = %caller, instance = %beat.instance_id, reason = %beat.app_down, "app down: out of snapshots");
+        }
+        record.app_down = beat.app_down.clone();
+        state.republish(&self.metrics);
         true
     }
 
@@ -569,6 +584,7 @@ impl Mesh {
                 issuer_sha256: record.issuer_sha256.clone(),
                 issuer_id: ca.root_id_of(&record.issuer_sha256).map(str::to_owned),
                 ejected_endpoints: record.ejected.clone(),
+                app_down: (!record.app_down.is_empty()).then(|| record.app_down.clone()),
             });
         }
         Status {
@@ -678,6 +694,8 @@ impl State {
             .registry
             .range((dest.name.clone(), String::new())..)
             .take_while(|((service, _), _)| service == &dest.name)
+            // An instance whose app is down gets no traffic until its sidecar says it is up.
+            .filter(|(_, record)| record.app_down.is_empty())
             .map(|((_, id), record)| (id, record))
             .collect();
         let endpoint = |(id, record): &(&String, &InstanceRecord)| v1::Endpoint {

@@ -167,6 +167,7 @@ async fn registry_takes_the_service_from_the_certificate() {
             service: service.into(),
             address: address.into(),
             version: String::new(),
+            app_down: String::new(),
         }),
     };
     let err = orders
@@ -196,6 +197,7 @@ async fn registry_takes_the_service_from_the_certificate() {
         certificate_not_after_unix: orders.workload.not_after_unix,
         certificate_issuer_sha256: "ab".repeat(32),
         ejected_endpoints: vec!["inventory/127.0.0.1:9".into()],
+        app_down: String::new(),
     };
     assert!(orders.heartbeat(beat("o-1")).await);
     assert!(!orders.heartbeat(beat("o-unknown")).await);
@@ -477,6 +479,7 @@ async fn root_rotation_waits_for_sidecars() {
                         certificate_not_after_unix: 0,
                         certificate_issuer_sha256: issuer,
                         ejected_endpoints: vec![],
+                        app_down: String::new(),
                     })
                     .await;
                 tokio::time::sleep(Duration::from_millis(150)).await;

@@ -530,6 +530,72 @@ fn sidecar_binary() -> std::path::PathBuf {
     bin
 }
 
+/// An instance whose sidecar finds its app down leaves its callers' snapshots, and returns
+/// when the app answers again; meanwhile callers' requests all go to the other instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_app_is_down_leaves_callers_snapshots_until_it_answers_again() {
+    let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", INVENTORY)]).await;
+    let (sick_app, faults) = app::faulty("inventory-a").await;
+    let sick = cluster
+        .sidecar(
+            "inventory",
+            sick_app,
+            "app_health: { path: /healthz, interval: 100ms, timeout: 90ms, unhealthy_after: 2 }\n",
+        )
+        .await;
+    let well = cluster
+        .sidecar("inventory", app::echo("inventory-b").await, "")
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    eventually(
+        PATIENCE,
+        "two inventory instances in orders' snapshot",
+        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 2).then_some(()) },
+    )
+    .await;
+
+    faults.fail(503, 10);
+    eventually(
+        PATIENCE,
+        "the sick instance to leave orders' snapshot",
+        || async {
+            (inventory_endpoints(&snapshot(&orders).await) == [well.inbound.to_string()])
+                .then_some(())
+        },
+    )
+    .await;
+    let status = cluster.status().await;
+    let reported: Vec<String> = status["services"]["inventory"]["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["app_down"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        reported,
+        ["GET /healthz answered 503 Service Unavailable"],
+        "{status}"
+    );
+    for _ in 0..20 {
+        let (status, body) = call(&orders, "inventory", "/x").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    faults.fail(503, 0);
+    eventually(
+        PATIENCE,
+        "the instance to return to orders' snapshot",
+        || async {
+            let endpoints = inventory_endpoints(&snapshot(&orders).await);
+            endpoints.contains(&sick.inbound.to_string()).then_some(())
+        },
+    )
+    .await;
+    cp.stop().await.unwrap();
+}
+
 /// An instance joining a destination rebuilds its callers' balancers; an instance they had
 /// ejected stays ejected instead of coming back into rotation with the newcomer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

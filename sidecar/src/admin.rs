@@ -1,7 +1,8 @@
 //! The admin endpoint: health, metrics, the configuration in force, and shutdown.
 //!
 //! - `GET /live`: the process is up.
-//! - `GET /ready`: 200 once the listeners are serving, 503 while draining.
+//! - `GET /ready`: 200 once the listeners are serving, 503 while draining, and 503 naming the
+//!   failure while the app's health probe finds it down (with `app_health`).
 //! - `GET /metrics`: Prometheus text, or OpenMetrics when asked for (see [`crate::metrics`]).
 //! - `GET /config`: the bootstrap configuration as JSON (paths to key files, never keys).
 //! - `GET /snapshot`: the control-plane snapshot in force as JSON (404 without a control
@@ -36,6 +37,8 @@ pub(crate) struct Admin {
     pub(crate) snapshot_json: Arc<ArcSwapOption<Bytes>>,
     /// Cancelled by `POST /shutdown` to start the drain.
     pub(crate) shutdown: CancellationToken,
+    /// The app's health, when the sidecar probes it.
+    pub(crate) app: Option<tokio::sync::watch::Receiver<crate::app_health::AppStatus>>,
 }
 
 // === impl Admin ===
@@ -48,10 +51,15 @@ impl Admin {
         Ok(match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
-                if self.ready.load(Ordering::Acquire) {
-                    text(StatusCode::OK, "ready\n")
-                } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                let app_down = self.app.as_ref().and_then(|rx| rx.borrow().clone());
+                match (self.ready.load(Ordering::Acquire), app_down) {
+                    (false, _) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+                    (true, Some(reason)) => with_type(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("app down: {reason}\n"),
+                        "text/plain; charset=utf-8",
+                    ),
+                    (true, None) => text(StatusCode::OK, "ready\n"),
                 }
             }
             (&Method::GET, "/metrics") => {

@@ -78,6 +78,27 @@ pub struct Config {
     pub access_log: bool,
     /// Who may call this service.
     pub authorization: AuthorizationPolicy,
+    /// How the sidecar probes its app; `None`: it does not, and the app is taken to be up.
+    pub app_health: Option<AppHealthConfig>,
+}
+
+/// How the sidecar probes its app: an HTTP GET or a TCP connect every `interval`; after
+/// `unhealthy_after` failures in a row its instance leaves its callers' endpoints.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AppHealthConfig {
+    /// Path of an HTTP GET that answers 2xx or 3xx while the app is healthy; `None`: a TCP
+    /// connect to the app is the probe.
+    pub path: Option<String>,
+    /// Time between probes.
+    #[serde(serialize_with = "human_duration")]
+    pub interval: Duration,
+    /// Limit on one probe.
+    #[serde(serialize_with = "human_duration")]
+    pub timeout: Duration,
+    /// Failed probes in a row that make the app down.
+    pub unhealthy_after: u32,
+    /// Successful probes in a row that make it up again.
+    pub healthy_after: u32,
 }
 
 /// Where the three listeners bind.
@@ -164,6 +185,18 @@ struct File {
     access_log: bool,
     #[serde(default)]
     authorization: AuthorizationFile,
+    #[serde(default)]
+    app_health: Option<AppHealthFile>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppHealthFile {
+    path: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    unhealthy_after: Option<u32>,
+    healthy_after: Option<u32>,
 }
 
 #[derive(Default, Deserialize)]
@@ -408,9 +441,11 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         DEFAULT_DRAIN_TIMEOUT,
     );
     let tracing = tracing_config(file.tracing, errors);
+    let app_health = file.app_health.map(|f| app_health_config(f, errors));
     let authorization =
         authorization::validate(file.authorization, "authorization", Decision::Allow, errors);
     Some(Config {
+        app_health,
         authorization,
         tracing,
         access_log: file.access_log,
@@ -427,6 +462,46 @@ fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
         connect_timeout,
         drain_timeout,
     })
+}
+
+fn app_health_config(file: AppHealthFile, errors: &mut Errors) -> AppHealthConfig {
+    if let Some(path) = &file.path
+        && (!path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        errors.push(
+            "app_health.path",
+            format!("{path:?} is not a request path: write e.g. /healthz"),
+        );
+    }
+    let interval = duration(
+        errors,
+        "app_health.interval",
+        file.interval,
+        Duration::from_secs(2),
+    );
+    let timeout = duration(
+        errors,
+        "app_health.timeout",
+        file.timeout,
+        Duration::from_secs(1),
+    );
+    if timeout > interval {
+        errors.push("app_health.timeout", "must not exceed app_health.interval");
+    }
+    let count = |errors: &mut Errors, field: &str, value: Option<u32>, default: u32| {
+        let n = value.unwrap_or(default);
+        if !(1..=100).contains(&n) {
+            errors.push(format!("app_health.{field}"), "must be between 1 and 100");
+        }
+        n.clamp(1, 100)
+    };
+    AppHealthConfig {
+        path: file.path,
+        interval,
+        timeout,
+        unhealthy_after: count(errors, "unhealthy_after", file.unhealthy_after, 3),
+        healthy_after: count(errors, "healthy_after", file.healthy_after, 1),
+    }
 }
 
 fn tracing_config(file: TracingFile, errors: &mut Errors) -> TracingConfig {

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod telemetry;
 
 mod admin;
+mod app_health;
 mod control;
 pub mod inbound;
 mod log_limit;
@@ -306,6 +307,21 @@ pub async fn run(
     let drain = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let admin_addr = listeners.admin.local_addr()?;
+    // Probing starts with the sidecar, so the app's status is known by the time it registers.
+    let probing = CancellationToken::new();
+    let _stop_probing = probing.clone().drop_guard();
+    let app_health = match &config.app_health {
+        Some(health) => Some(app_health::spawn(
+            health.clone(),
+            config.app,
+            metrics.app_healthy.clone(),
+            probing,
+        )),
+        None => {
+            metrics.app_healthy.set(1);
+            None
+        }
+    };
     let admin = Arc::new(Admin {
         ready: AtomicBool::new(false),
         config_json: {
@@ -316,6 +332,7 @@ pub async fn run(
         metrics: metrics.clone(),
         snapshot_json: Arc::default(),
         shutdown: stop_requested.clone(),
+        app: app_health.clone(),
     });
     let mut admin_http = http1::Builder::new();
     admin_http.timer(TokioTimer::new());
@@ -438,6 +455,7 @@ pub async fn run(
             channel.clone(),
             instance,
             applier,
+            app_health,
             stop.clone(),
         ));
         registration = Some((stop, task, channel, instance_id));

@@ -7,6 +7,8 @@
 //! - `route_requests_total{destination, route, status_code}` and
 //!   `route_request_duration_seconds{destination, route, status_class}`: the same, outbound, for
 //!   requests that took one of the destination's named routes;
+//! - `app_healthy`: 1 while the local app answers its health probe (always 1 without
+//!   `app_health`);
 //! - `open_connections{direction}`: accepted connections now open (inbound, outbound, admin);
 //! - `tls_handshake_failures_total{direction, reason}`: failed mTLS handshakes, inbound as
 //!   server, outbound as client, by the reason sent in `x-mesh-error`.
@@ -323,6 +325,8 @@ pub struct Metrics {
     denied: Family<SourceLabels, Counter>,
     /// Control-plane and certificate state.
     pub control: ControlMetrics,
+    /// 1 while the app answers its health probe (always 1 without `app_health`).
+    pub app_healthy: Gauge,
 }
 
 /// Control-plane and certificate state, as handles.
@@ -392,6 +396,12 @@ impl Metrics {
             "route_request_duration_seconds",
             "Time from receiving an outbound request on a named route to its response headers",
             route_latency.clone(),
+        );
+        let app_healthy = Gauge::default();
+        registry.register(
+            "app_healthy",
+            "1 while the local app answers its health probe (always 1 without app_health)",
+            app_healthy.clone(),
         );
         let open_connections = Family::default();
         registry.register(
@@ -529,6 +539,7 @@ impl Metrics {
             route_requests,
             route_latency,
             open_connections,
+            app_healthy,
             tls_failures,
             span_export,
             denied,

@@ -63,6 +63,9 @@ pub struct Instance {
     /// Ejected endpoints.
     #[serde(default)]
     pub ejected_endpoints: Vec<String>,
+    /// Why its sidecar finds the app down (the instance is then in no snapshot).
+    #[serde(default)]
+    pub app_down: Option<String>,
 }
 
 /// Renders the table; `now_unix` is the current time, for certificate expiry.
@@ -83,8 +86,9 @@ pub fn render(status: &Status, now_unix: i64) -> String {
         "CERT EXPIRES IN",
         "ISSUER",
         "EJECTED",
+        "APP",
     ];
-    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+    let mut rows: Vec<[String; 9]> = vec![header.map(str::to_owned)];
     for (name, service) in &status.services {
         if service.instances.is_empty() {
             rows.push([
@@ -93,6 +97,7 @@ pub fn render(status: &Status, now_unix: i64) -> String {
                 "-".into(),
                 "-".into(),
                 service.snapshot_version.to_string(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -129,10 +134,14 @@ pub fn render(status: &Status, now_unix: i64) -> String {
                 } else {
                     i.ejected_endpoints.join(",")
                 },
+                match &i.app_down {
+                    None => "up".into(),
+                    Some(reason) => format!("down ({reason})"),
+                },
             ]);
         }
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     for row in rows {
@@ -174,7 +183,8 @@ mod tests {
                     {"instance_id": "o-1", "address": "127.0.0.1:1", "applied_version": 12,
                      "certificate_not_after_unix": 1000 + 3 * 3600, "issuer_id": "abcd"},
                     {"instance_id": "o-2", "address": "127.0.0.1:2", "applied_version": 11,
-                     "ejected_endpoints": ["inventory/127.0.0.1:9"]}
+                     "ejected_endpoints": ["inventory/127.0.0.1:9"],
+                     "app_down": "GET /healthz answered 503 Service Unavailable"}
                 ]},
                 "payments": {"snapshot_version": 10, "instances": []}
             }
@@ -184,6 +194,11 @@ mod tests {
         assert!(table.contains("11 (stale, current 12)"), "{table}");
         assert!(table.contains("3h0m"), "{table}");
         assert!(table.contains("inventory/127.0.0.1:9"), "{table}");
+        assert!(
+            table.contains("down (GET /healthz answered 503 Service Unavailable)"),
+            "{table}"
+        );
+        assert!(table.lines().nth(3).unwrap().ends_with("  up"), "{table}");
         assert!(table.lines().any(|l| l.starts_with("payments")), "{table}");
     }
 }

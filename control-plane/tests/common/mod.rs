@@ -127,6 +127,7 @@ impl Sidecar {
                     service: self.service.clone(),
                     address: address.into(),
                     version: version.into(),
+                    app_down: String::new(),
                 }),
             })
             .await

@@ -332,3 +332,36 @@ fn the_example_bootstrap_files_parse() {
         Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[test]
+fn app_health_defaults_and_errors() {
+    let config = Config::from_yaml(
+        &format!("{GOOD}app_health: {{ path: /healthz }}\n"),
+        Path::new("/base"),
+    )
+    .unwrap();
+    let health = config.app_health.unwrap();
+    assert_eq!(health.path.as_deref(), Some("/healthz"));
+    assert_eq!(health.interval, Duration::from_secs(2));
+    assert_eq!(health.timeout, Duration::from_secs(1));
+    assert_eq!((health.unhealthy_after, health.healthy_after), (3, 1));
+    assert_eq!(
+        Config::from_yaml(GOOD, Path::new("/base"))
+            .unwrap()
+            .app_health,
+        None
+    );
+    let errors = errors(&format!(
+        "{GOOD}app_health: {{ path: healthz, interval: 1s, timeout: 2s, unhealthy_after: 0 }}\n"
+    ));
+    let found: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        found,
+        [
+            "app_health.path",
+            "app_health.timeout",
+            "app_health.unhealthy_after"
+        ],
+        "{errors:?}"
+    );
+}

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use mesh_api::proto::v1::registry_client::RegistryClient;
 use mesh_api::proto::v1::{DeregisterRequest, HeartbeatRequest, Instance, RegisterRequest};
+use tokio::sync::watch;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::Backoff;
 use super::apply::Applier;
+use crate::app_health::AppStatus;
 
 /// Limit on one registry call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,12 +28,31 @@ pub(crate) struct InstanceInfo {
     pub(crate) version: String,
 }
 
+/// Why the app is down, as the registry takes it: empty while it is up or not probed.
+fn app_down(app: Option<&watch::Receiver<AppStatus>>) -> String {
+    app.and_then(|rx| rx.borrow().as_deref().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Resolves when the app's status changes; never without probing.
+async fn app_changed(app: Option<&mut watch::Receiver<AppStatus>>) {
+    let Some(rx) = app else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        // Probing has stopped: nothing more will change.
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Registers, then sends heartbeats until `stop`; registers again whenever the control plane
-/// has forgotten the instance (it restarted, or a partition outlasted the lease).
+/// has forgotten the instance (it restarted, or a partition outlasted the lease). A change in
+/// the app's health (`app`) is sent at once.
 pub(crate) async fn keep_registered(
     channel: Channel,
     instance: InstanceInfo,
     applier: Arc<Applier>,
+    mut app: Option<watch::Receiver<AppStatus>>,
     stop: CancellationToken,
 ) {
     let mut client = RegistryClient::new(channel);
@@ -45,6 +66,7 @@ pub(crate) async fn keep_registered(
                     service: instance.service.clone(),
                     address: instance.address.to_string(),
                     version: instance.version.clone(),
+                    app_down: app_down(app.as_ref()),
                 }),
             }),
         )
@@ -81,6 +103,7 @@ pub(crate) async fn keep_registered(
             if !std::mem::take(&mut first) {
                 tokio::select! {
                     () = sleep(interval) => {}
+                    () = app_changed(app.as_mut()) => {}
                     () = stop.cancelled() => return,
                 }
             }
@@ -90,6 +113,7 @@ pub(crate) async fn keep_registered(
                 certificate_not_after_unix: applier.identity.not_after(),
                 certificate_issuer_sha256: applier.identity.issuer_sha256().to_string(),
                 ejected_endpoints: applier.destinations.borrow().ejected(),
+                app_down: app_down(app.as_ref()),
             };
             match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(beat)).await {
                 Ok(Ok(response)) if response.get_ref().known => {}

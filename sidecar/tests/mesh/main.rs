@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod app_health;
 mod authorization;
 mod bootstrap;
 mod errors;
@@ -38,3 +39,13 @@ impl Pair {
 }
 
 pub(crate) const ORDERS_ID: &str = "spiffe://mesh.local/ns/default/sa/orders";
+
+/// A child process, killed and reaped when the test ends, however it ends.
+pub(crate) struct Killed(pub(crate) std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

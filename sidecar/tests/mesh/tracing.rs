@@ -4,6 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::Killed;
 use http::StatusCode;
 use mesh_testkit::otlp::{Collector, ReceivedSpan};
 use mesh_testkit::{TestMesh, app, client, closed_port, eventually};
@@ -239,16 +240,6 @@ fn rotel_agent() -> Option<std::path::PathBuf> {
         .ok()?;
     let path = std::path::PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
     path.exists().then_some(path)
-}
-
-/// Kills the collector when the test ends, however it ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
