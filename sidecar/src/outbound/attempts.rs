@@ -14,7 +14,9 @@ use opentelemetry::{Context, KeyValue};
 #[derive(Debug, Default)]
 pub(crate) struct Attempts {
     count: AtomicU32,
-    /// Bit i set: endpoint i was tried (endpoints past 64 are not tracked).
+    /// Bit `i % 64` set: an endpoint whose index is `i` modulo 64 was tried. Exact up to 64
+    /// endpoints; beyond, a tried endpoint is still always known, and an untried one sharing
+    /// its bit may be passed over, which with at most 10 tries leaves most endpoints open.
     tried: AtomicU64,
     /// The backend (version) of a traffic split this request was given to, plus one; 0 until
     /// chosen. Every try of a request goes to the same backend.
@@ -55,9 +57,7 @@ impl Attempts {
     /// Records a try sent to endpoint `index`.
     pub(crate) fn record(&self, index: usize) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        if index < 64 {
-            self.tried.fetch_or(1 << index, Ordering::Relaxed);
-        }
+        self.tried.fetch_or(1 << (index % 64), Ordering::Relaxed);
     }
 
     /// Tries made.
@@ -77,8 +77,27 @@ impl Attempts {
         }
     }
 
-    /// Whether endpoint `index` was tried already.
+    /// Whether endpoint `index` was tried already (or, past 64 endpoints, one sharing its bit).
     pub(crate) fn tried(&self, index: usize) -> bool {
-        index < 64 && self.tried.load(Ordering::Relaxed) & (1 << index) != 0
+        self.tried.load(Ordering::Relaxed) & (1 << (index % 64)) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tried_endpoint_is_known_at_any_index() {
+        let a = Attempts::default();
+        for index in [3, 70, 200] {
+            a.record(index);
+        }
+        assert_eq!(a.count(), 3);
+        assert!([3, 70, 200].iter().all(|&i| a.tried(i)));
+        // Past 64 endpoints an untried one may share a bit (134 = 70 + 64), never a tried one
+        // go unnoticed; below 64 the record is exact.
+        assert!(a.tried(134));
+        assert!(!a.tried(4) && !a.tried(71) && !a.tried(63));
     }
 }
