@@ -519,6 +519,16 @@ fn inventory_endpoints(snapshot: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Waits until `sidecar`'s snapshot lists `n` inventory endpoints.
+async fn wait_for_inventory_endpoints(sidecar: &Sidecar, n: usize) {
+    eventually(
+        PATIENCE,
+        &format!("{n} inventory endpoints in the snapshot"),
+        || async { (inventory_endpoints(&snapshot(sidecar).await).len() == n).then_some(()) },
+    )
+    .await;
+}
+
 /// The `sidecar` binary, built beside the control plane's.
 fn sidecar_binary() -> std::path::PathBuf {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_control-plane")).with_file_name("sidecar");
@@ -549,12 +559,7 @@ async fn an_instance_whose_app_is_down_leaves_callers_snapshots_until_it_answers
     let orders = cluster
         .sidecar("orders", app::echo("orders").await, "")
         .await;
-    eventually(
-        PATIENCE,
-        "two inventory instances in orders' snapshot",
-        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 2).then_some(()) },
-    )
-    .await;
+    wait_for_inventory_endpoints(&orders, 2).await;
 
     faults.fail(503, 10);
     eventually(
@@ -613,12 +618,7 @@ async fn an_ejected_instance_stays_ejected_when_another_joins() {
     let orders = cluster
         .sidecar("orders", app::echo("orders").await, "")
         .await;
-    eventually(
-        PATIENCE,
-        "two inventory instances in orders' snapshot",
-        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 2).then_some(()) },
-    )
-    .await;
+    wait_for_inventory_endpoints(&orders, 2).await;
 
     let ejected = r#"mesh_ejected_endpoints{destination="inventory"}"#;
     let to_failing = format!(
@@ -636,12 +636,7 @@ async fn an_ejected_instance_stays_ejected_when_another_joins() {
     let _joined = cluster
         .sidecar("inventory", app::echo("inventory-c").await, "")
         .await;
-    eventually(
-        PATIENCE,
-        "the third instance in orders' snapshot",
-        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 3).then_some(()) },
-    )
-    .await;
+    wait_for_inventory_endpoints(&orders, 3).await;
     for _ in 0..30 {
         let (status, body) = call(&orders, "inventory", "/x").await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -679,12 +674,7 @@ async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_tra
     let orders = cluster
         .sidecar("orders", app::echo("orders").await, "")
         .await;
-    eventually(
-        PATIENCE,
-        "both inventory instances in orders' snapshot",
-        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 2).then_some(()) },
-    )
-    .await;
+    wait_for_inventory_endpoints(&orders, 2).await;
 
     // No deregistration, no more heartbeats: after the lease (1.5 s) b leaves the snapshot.
     b.0.kill().unwrap();
@@ -724,12 +714,7 @@ async fn a_sidecar_that_shuts_down_leaves_at_once_and_no_request_fails() {
     let orders = cluster
         .sidecar("orders", app::echo("orders").await, "")
         .await;
-    eventually(
-        PATIENCE,
-        "both inventory instances in orders' snapshot",
-        || async { (inventory_endpoints(&snapshot(&orders).await).len() == 2).then_some(()) },
-    )
-    .await;
+    wait_for_inventory_endpoints(&orders, 2).await;
     let traffic = Traffic::start(orders.outbound_url());
     let leaving = tokio::time::Instant::now();
     b.shutdown().await.unwrap();

@@ -13,6 +13,16 @@ async fn ready(sidecar: &Sidecar) -> (StatusCode, String) {
     (status, client::text(rsp).await)
 }
 
+/// GET `url`: status and body, or `None` while nothing answers there.
+async fn get(url: &str) -> Option<(StatusCode, String)> {
+    let rsp = client::http1()
+        .request(http::Request::get(url).body(Default::default()).ok()?)
+        .await
+        .ok()?;
+    let status = rsp.status();
+    Some((status, client::text(rsp).await))
+}
+
 async fn app_healthy(sidecar: &Sidecar) -> bool {
     let m = client::text(client::get(&sidecar.admin_url("/metrics"), "admin").await).await;
     m.lines().any(|l| l == "mesh_app_healthy 1")
@@ -77,40 +87,19 @@ async fn without_a_path_the_probe_is_a_tcp_connect_and_an_app_never_up_is_never_
             .unwrap(),
     );
     let url = format!("http://{admin}/ready");
-    let body = eventually(
-        "the probe's failure on /ready",
-        Duration::from_secs(10),
-        || {
-            let url = url.clone();
-            async move {
-                let rsp = client::http1()
-                    .request(http::Request::get(&url).body(Default::default()).ok()?)
-                    .await
-                    .ok()?;
-                let body = client::text(rsp).await;
-                body.starts_with(&format!("app down: connect to {app}"))
-                    .then_some(body)
-            }
-        },
-    )
+    let patience = Duration::from_secs(10);
+    let body = eventually("the probe's failure on /ready", patience, || async {
+        let (_, body) = get(&url).await?;
+        body.starts_with(&format!("app down: connect to {app}"))
+            .then_some(body)
+    })
     .await;
     assert!(body.contains("refused"), "{body}");
     // The app comes up: a listener is enough for a TCP probe.
     let _listener = std::net::TcpListener::bind(app).unwrap();
-    eventually(
-        "ready once the app listens",
-        Duration::from_secs(10),
-        || {
-            let url = url.clone();
-            async move {
-                let rsp = client::http1()
-                    .request(http::Request::get(&url).body(Default::default()).ok()?)
-                    .await
-                    .ok()?;
-                (rsp.status() == StatusCode::OK).then_some(())
-            }
-        },
-    )
+    eventually("ready once the app listens", patience, || async {
+        (get(&url).await?.0 == StatusCode::OK).then_some(())
+    })
     .await;
     child.0.kill().unwrap();
     child.0.wait().unwrap();

@@ -49,3 +49,12 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// The tries a response says it took (`x-mesh-attempts`).
+pub(crate) fn attempts(rsp: &http::Response<hyper::body::Incoming>) -> u32 {
+    rsp.headers()["x-mesh-attempts"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::attempts;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -45,14 +46,6 @@ fn value(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-fn attempts(rsp: &http::Response<hyper::body::Incoming>) -> u32 {
-    rsp.headers()["x-mesh-attempts"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::attempts;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
@@ -38,14 +39,6 @@ async fn send(
                 .unwrap(),
         )
         .await
-        .unwrap()
-}
-
-fn attempts(rsp: &http::Response<hyper::body::Incoming>) -> u32 {
-    rsp.headers()["x-mesh-attempts"]
-        .to_str()
-        .unwrap()
-        .parse()
         .unwrap()
 }
 
