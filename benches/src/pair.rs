@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa};
+use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 
 /// Running processes: the echo app and two sidecars. Killed on drop.
 pub struct Pair {

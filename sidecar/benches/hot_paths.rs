@@ -30,7 +30,7 @@ use mesh_sidecar::headers::remove_hop_by_hop;
 use mesh_sidecar::identity::{Credentials, Identity, SpiffeId};
 use mesh_sidecar::metrics::Metrics;
 use mesh_sidecar::telemetry::propagation::{self, B3};
-use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa};
+use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 use opentelemetry::Context;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceState,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa};
+use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 
 use super::procs::{Proc, free_port};
 use super::{Error, load};
@@ -43,7 +43,7 @@ impl Running {
 
 /// Writes the CA and both leaves (SPIFFE URI SANs only) into `dir`; both meshes use these.
 pub(crate) fn write_certs(dir: &Path) -> Result<(), Error> {
-    let cert = |e: meshctl::certs::CertError| Error::Certs(e.to_string());
+    let cert = |e: mesh_control_plane::ca::CertError| Error::Certs(e.to_string());
     let ca = DevCa::generate(TRUST_DOMAIN).map_err(cert)?;
     ca.write_to(dir).map_err(cert)?;
     for service in [CLIENT, SERVER] {

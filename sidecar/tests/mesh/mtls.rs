@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use mesh_testkit::{TestMesh, app, client, eventually};
-use meshctl::certs::{DevCa, Leaf, LeafSpec};
+use mesh_control_plane::ca::{DevCa, Leaf, LeafSpec};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

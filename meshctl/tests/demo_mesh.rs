@@ -42,7 +42,7 @@ fn require_binaries() -> PathBuf {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// A base port in 20000..32000, below Linux's ephemeral range, different for each run so

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use mesh_sidecar::Listeners;
 use mesh_sidecar::config::Config;
-use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa, Leaf};
+use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa, Leaf};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

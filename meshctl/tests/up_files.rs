@@ -13,7 +13,7 @@ use meshctl::up::{ControlPlaneAddrs, DemoConfig, TracingSpec};
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn parse(yaml: &str) -> Result<DemoConfig, Vec<meshctl::up::FieldError>> {

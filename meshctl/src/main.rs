@@ -10,7 +10,7 @@ mod demo;
 use clap::{Parser, Subcommand};
 use http::Method;
 use mesh_control_plane::admin_client;
-use meshctl::certs::{DEFAULT_LEAF_LIFETIME, DevCa};
+use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 
 #[derive(Parser)]
 #[command(name = "meshctl", version, about = "Operate the service mesh")]
