@@ -85,10 +85,10 @@ fn every_error_has_its_file_and_path() {
 
 /// The YAML block after `marker` in the README.
 fn readme_block(marker: &str) -> &'static str {
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../../docs/control-plane.md");
     let at = readme
         .find(marker)
-        .unwrap_or_else(|| panic!("README has no {marker:?}"));
+        .unwrap_or_else(|| panic!("docs/control-plane.md has no {marker:?}"));
     let block = &readme[at + marker.len()..];
     &block[..block.find("```").unwrap()]
 }
@@ -134,9 +134,9 @@ fn the_documented_validation_errors_are_real() {
             ("orders", "name: orders\ncalls: [inventroy]\n"),
         ],
     );
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../../docs/control-plane.md");
     for err in &errs {
-        assert!(readme.contains(err.as_str()), "README lacks {err:?}");
+        assert!(readme.contains(err.as_str()), "docs/control-plane.md lacks {err:?}");
     }
     assert_eq!(errs.len(), 3, "{errs:?}");
 }

@@ -228,7 +228,10 @@ fn authorization_entries_are_services_or_spiffe_ids() {
 
 /// The YAML block that follows `heading` in the README, completed into a configuration.
 fn readme_config(heading: &str) -> Config {
-    let readme = include_str!("../../../README.md");
+    let readme = concat!(
+        include_str!("../../../docs/resilience.md"),
+        include_str!("../../../docs/observability.md")
+    );
     let section = &readme[readme.find(heading).unwrap()..];
     let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
     let block = &section[start..start + section[start..].find("```").unwrap()];
@@ -307,7 +310,7 @@ fn control_plane_with_tls_or_destinations_or_neither_is_an_error() {
 /// The README's bootstrap file with a control plane is valid as it stands.
 #[test]
 fn the_documented_control_plane_bootstrap_parses() {
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../../docs/configuration.md");
     let marker = "`control_plane`; everything else stays (see `config/sidecars/`):\n```yaml\n";
     let start = readme.find(marker).unwrap() + marker.len();
     let block = &readme[start..start + readme[start..].find("```").unwrap()];
