@@ -88,7 +88,7 @@ fn readme_block(marker: &str) -> &'static str {
     let readme = include_str!("../../../docs/control-plane.md");
     let at = readme
         .find(marker)
-        .unwrap_or_else(|| panic!("docs/control-plane.md has no {marker:?}"));
+        .unwrap_or_else(|| panic!("control-plane.md has no {marker:?}"));
     let block = &readme[at + marker.len()..];
     &block[..block.find("```").unwrap()]
 }
@@ -136,7 +136,7 @@ fn the_documented_validation_errors_are_real() {
     );
     let readme = include_str!("../../../docs/control-plane.md");
     for err in &errs {
-        assert!(readme.contains(err.as_str()), "docs/control-plane.md lacks {err:?}");
+        assert!(readme.contains(err.as_str()), "docs lack {err:?}");
     }
     assert_eq!(errs.len(), 3, "{errs:?}");
 }
