@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use crate::Body;
+use crate::body::Body;
 use crate::metrics::Metrics;
 
 /// Shared state the admin endpoint reports on.

@@ -30,6 +30,7 @@
 // hot paths. Not a stable API; nothing else should use it.
 #[doc(hidden)]
 pub mod bench_support;
+pub mod body;
 pub mod classify;
 pub mod config;
 pub mod error;
@@ -52,7 +53,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -66,6 +66,8 @@ use tokio_util::sync::CancellationToken;
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
 
+pub use crate::body::{Body, BoxError};
+
 use crate::admin::Admin;
 use crate::config::{Config, ControlPlaneConfig, ListenAddrs};
 use crate::control::apply::Applier;
@@ -78,9 +80,6 @@ use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
 use crate::outbound::policy::{BuildContext, DestinationSpec, Destinations};
 use crate::telemetry::Tracing;
-
-/// The body type inside the proxy: a boxed stream of bytes, never collected whole.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, error::BoxError>;
 
 /// A peer that has not finished its TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

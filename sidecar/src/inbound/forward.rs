@@ -12,12 +12,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::body::Body;
 use http::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-
-use crate::Body;
 
 /// Idle keep-alive connections to the app are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

@@ -24,8 +24,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::Body;
-use crate::error::{self, AppFailed, BoxError};
+use crate::body::{Body, BoxError};
+use crate::error::{self, AppFailed};
 use crate::headers::{
     CLIENT_ID, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, forwarded_response, remove_hop_by_hop,
 };

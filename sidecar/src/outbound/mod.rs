@@ -28,6 +28,7 @@ pub(crate) mod policy;
 pub(crate) mod replay;
 pub(crate) mod retry;
 pub(crate) mod shed;
+pub(crate) mod stack;
 pub(crate) mod timeout;
 
 use std::convert::Infallible;
@@ -41,8 +42,8 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::Body;
-use crate::error::{self, BoxError, NoAuthority, NoRoute, Unsupported};
+use crate::body::{Body, BoxError};
+use crate::error::{self, NoAuthority, NoRoute, Unsupported};
 use crate::headers::{ATTEMPTS, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
 use crate::identity::SpiffeId;
 use crate::log_limit::LogLimit;
@@ -54,24 +55,7 @@ use opentelemetry::trace::{SpanKind, TraceContextExt};
 
 use self::attempts::Attempts;
 use self::policy::{DestinationService, Destinations};
-
-/// A request inside a destination stack.
-pub(crate) type Req = Request<Body>;
-/// A response inside a destination stack.
-pub(crate) type Rsp = Response<Body>;
-/// The future of every layer of a destination stack.
-pub(crate) type ResponseFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Rsp, BoxError>> + Send>>;
-
-/// Waits for `svc` to be ready, then sends it `req` (`ServiceExt::oneshot` for stack layers,
-/// whose concrete future keeps the compiler's `Send` inference simple inside boxed futures).
-pub(crate) async fn call<S>(mut svc: S, req: Req) -> Result<Rsp, BoxError>
-where
-    S: tower::Service<Req, Response = Rsp, Error = BoxError, Future = ResponseFuture>,
-{
-    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-    svc.call(req).await
-}
+use self::stack::call;
 
 /// Failed-request warnings logged per second at most; the rest are counted.
 const LOG_LIMIT: u64 = 10;
