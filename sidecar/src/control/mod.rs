@@ -7,6 +7,9 @@
 //!   `meshctl status` shows (applied version, certificate expiry, ejected endpoints).
 //! - [`watch`]: the stream of snapshots, each applied whole or not at all, and acknowledged.
 //!
+//! [`enroll`] obtains the first certificate and [`start`] follows snapshots, renews and
+//! registers; [`Registration::leave`] takes the instance out of the registry on shutdown.
+//!
 //! Static stability: when the control plane is unreachable, everything keeps running on the last
 //! snapshot and certificate, and every loop reconnects with capped, jittered backoff.
 
@@ -16,3 +19,214 @@ pub(crate) mod certify;
 pub(crate) mod channel;
 pub(crate) mod register;
 pub(crate) mod watch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use rustls::pki_types::pem::PemObject;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use self::apply::Applier;
+use self::certify::Certifier;
+use self::register::InstanceInfo;
+use crate::app_health::AppStatus;
+use crate::config::{Config, ControlPlaneConfig};
+use crate::identity::{self, Credentials, Identity};
+use crate::inbound::Inbound;
+use crate::metrics::Metrics;
+use crate::outbound::policy::Destinations;
+
+/// A sidecar enrolled with the control plane: where it is, and how to renew the certificate.
+pub(crate) struct Client {
+    config: ControlPlaneConfig,
+    certifier: Certifier,
+}
+
+/// What the control plane's snapshots update and its heartbeats report on.
+pub(crate) struct Controlled {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) destinations: tokio::sync::watch::Sender<Arc<Destinations>>,
+    pub(crate) inbound: Arc<Inbound>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// The admin endpoint's `/snapshot` body.
+    pub(crate) snapshot_json: Arc<ArcSwapOption<Bytes>>,
+    pub(crate) app_health: Option<tokio::sync::watch::Receiver<AppStatus>>,
+}
+
+/// This instance in the registry, kept there by heartbeats until [`Registration::leave`].
+pub(crate) struct Registration {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    channel: Channel,
+    instance_id: String,
+}
+
+/// Obtains the first certificate from the control plane, trying until it works; `None` when
+/// the sidecar is stopped first.
+pub(crate) async fn enroll(
+    config: &Config,
+    cp: &ControlPlaneConfig,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<(Credentials, Client)>> {
+    let anchor = std::fs::read(&cp.trust_anchor).with_context(|| {
+        format!(
+            "control_plane.trust_anchor: cannot read {}",
+            cp.trust_anchor.display()
+        )
+    })?;
+    let roots = rustls::pki_types::CertificateDer::pem_slice_iter(&anchor)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "control_plane.trust_anchor: bad PEM in {}",
+                cp.trust_anchor.display()
+            )
+        })?;
+    let roots = identity::trust_store(&roots)
+        .with_context(|| format!("control_plane.trust_anchor {}", cp.trust_anchor.display()))?;
+    let tls = identity::anonymous_client_config(
+        Arc::new(roots),
+        channel::control_plane_id(&config.trust_domain)?,
+    )?;
+    let certifier = Certifier {
+        service: config.service.clone(),
+        id: config.identity.clone(),
+        token_file: cp.token_file.clone(),
+    };
+    let channel = channel::channel(cp.address, tls);
+    ::tracing::info!(control_plane = %cp.address, identity = %config.identity, "requesting a certificate");
+    Ok(certifier
+        .certify_until_ok(&channel, stop)
+        .await
+        .map(|credentials| {
+            let client = Client {
+                config: cp.clone(),
+                certifier,
+            };
+            (credentials, client)
+        }))
+}
+
+/// Follows the control plane's snapshots, waits for the first one to be applied, then renews
+/// the certificate and keeps the instance registered (reachable at `inbound`) until `drain`.
+/// `None` when `stopped` completes before the first snapshot.
+pub(crate) async fn start(
+    client: Client,
+    config: &Config,
+    controlled: Controlled,
+    inbound: SocketAddr,
+    drain: &CancellationToken,
+    stopped: impl Future<Output = ()>,
+) -> anyhow::Result<Option<Registration>> {
+    let Controlled {
+        identity,
+        destinations,
+        inbound: inbound_proxy,
+        metrics,
+        snapshot_json,
+        app_health,
+    } = controlled;
+    let cp_tls = identity.client_config(&channel::control_plane_id(&config.trust_domain)?)?;
+    let channel = channel::channel(client.config.address, cp_tls);
+    let applier = Arc::new(Applier::new(
+        identity.clone(),
+        destinations,
+        inbound_proxy,
+        metrics.clone(),
+        config.connect_timeout,
+        snapshot_json,
+    ));
+    let instance = InstanceInfo {
+        id: format!(
+            "{}-{}-{:04x}",
+            config.service,
+            std::process::id(),
+            fastrand::u16(..)
+        ),
+        service: config.service.clone(),
+        address: advertised(inbound),
+        version: config.version.clone(),
+    };
+    let mut first = applier.first.subscribe();
+    tokio::spawn(watch::follow(
+        channel.clone(),
+        instance.id.clone(),
+        applier.clone(),
+        drain.clone(),
+    ));
+    ::tracing::info!(instance = %instance.id, "waiting for the first snapshot");
+    let started = tokio::select! {
+        waited = first.wait_for(|applied| *applied) => waited.is_ok(),
+        () = stopped => false,
+    };
+    if !started {
+        return Ok(None);
+    }
+    tokio::spawn(certify::renew(
+        client.certifier,
+        channel.clone(),
+        identity,
+        applier.renew_now.clone(),
+        metrics.control.clone(),
+        drain.clone(),
+    ));
+    let stop = CancellationToken::new();
+    let instance_id = instance.id.clone();
+    let task = tokio::spawn(register::keep_registered(
+        channel.clone(),
+        instance,
+        applier,
+        app_health,
+        stop.clone(),
+    ));
+    Ok(Some(Registration {
+        stop,
+        task,
+        channel,
+        instance_id,
+    }))
+}
+
+/// Warns when this sidecar's certificate has expired or expires within a day: every peer will
+/// refuse it, and without a control plane nothing renews it.
+pub(crate) fn warn_if_expiring(identity: &Identity) {
+    let left = identity.not_after() - certify::unix_now();
+    if left <= 0 {
+        ::tracing::warn!(identity = %identity.id(), "this sidecar's certificate has expired; peers will refuse it");
+    } else if left < 24 * 3600 {
+        ::tracing::warn!(identity = %identity.id(), seconds_left = left, "this sidecar's certificate expires within a day");
+    }
+}
+
+/// Where peers reach this sidecar: the inbound listener, with a wildcard address replaced by
+/// loopback.
+fn advertised(inbound: SocketAddr) -> SocketAddr {
+    if inbound.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if inbound.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, inbound.port())
+    } else {
+        inbound
+    }
+}
+
+// === impl Registration ===
+
+impl Registration {
+    /// Stops the heartbeats, then deregisters: a heartbeat after the deregistration would
+    /// register the instance again.
+    pub(crate) async fn leave(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        register::deregister(self.channel, &self.instance_id).await;
+    }
+}

@@ -8,6 +8,7 @@
 //! The caller's identity reaches the app in `x-mesh-client-id`. Any header of that name already
 //! on the request is deleted first: it came from the calling app and proves nothing.
 
+pub(crate) mod accept;
 pub mod authorize;
 pub(crate) mod forward;
 pub(crate) mod identify;

@@ -18,6 +18,7 @@
 //! any step become one synthetic response in `error::rescue`; every response carries
 //! `x-mesh-attempts`, the number of tries made.
 
+pub(crate) mod accept;
 pub(crate) mod attempts;
 pub(crate) mod balance;
 pub(crate) mod breaker;

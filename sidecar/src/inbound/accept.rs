@@ -1,0 +1,91 @@
+//! Step 1 on the inbound listener: each connection from a peer sidecar is identified (step 9,
+//! [`identify`](super::identify)) and then served as HTTP/2, every request handed to
+//! [`Inbound::handle`] with the caller it came from.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::identify::identify;
+use super::{Caller, Inbound};
+use crate::log_limit::LogLimit;
+use crate::metrics::{Direction, Metrics};
+use crate::serve::{self, http_server};
+
+/// A peer that has not finished its TLS handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the inbound listener until `drain`, then drains its connections.
+pub(crate) fn spawn(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    acceptor: TlsAcceptor,
+    drain: CancellationToken,
+    drain_timeout: Duration,
+    metrics: Arc<Metrics>,
+) -> JoinHandle<()> {
+    let handshake_log_limit = Arc::new(LogLimit::new(10));
+    let connection_metrics = metrics.clone();
+    tokio::spawn(serve::serve(
+        Direction::Inbound,
+        listener,
+        drain,
+        drain_timeout,
+        metrics,
+        move |tcp, peer, watcher| {
+            let connection = Connection {
+                inbound: inbound.clone(),
+                acceptor: acceptor.clone(),
+                metrics: connection_metrics.clone(),
+                log_limit: handshake_log_limit.clone(),
+            };
+            connection.serve(tcp, peer, watcher)
+        },
+    ))
+}
+
+/// What one connection from a peer sidecar needs.
+struct Connection {
+    inbound: Arc<Inbound>,
+    acceptor: TlsAcceptor,
+    metrics: Arc<Metrics>,
+    /// Caps refused-handshake warnings (a port scan should not flood the logs).
+    log_limit: Arc<LogLimit>,
+}
+
+// === impl Connection ===
+
+impl Connection {
+    /// Terminates mTLS and identifies the caller (step 9), then serves its requests.
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let (tls, caller) = match identify(&self.acceptor, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+            Ok(identified) => identified,
+            Err(error) => {
+                self.metrics.tls_failure(Direction::Inbound, error.reason());
+                if self.log_limit.allow("refused inbound connections") {
+                    ::tracing::warn!(%peer, reason = error.reason(), %error, "inbound connection refused");
+                }
+                return;
+            }
+        };
+        ::tracing::debug!(%peer, %caller, "inbound connection identified");
+        let caller = Arc::new(Caller::new(caller, peer));
+        let inbound = self.inbound;
+        let http = http_server();
+        let conn = http.serve_connection(
+            TokioIo::new(tls),
+            service_fn(move |req| inbound.clone().handle(caller.clone(), req)),
+        );
+        if let Err(error) = watcher.watch(conn.into_owned()).await {
+            ::tracing::debug!(%peer, %error, "inbound connection closed with error");
+        }
+    }
+}
