@@ -4,11 +4,12 @@
 //! describe one connection, and HTTP/2 forbids them outright. `te: trailers` is the exception
 //! that survives, because gRPC requires it end to end.
 
-use crate::body::{Body, BoxError};
 use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+
+use crate::body::{Body, BoxError};
 
 /// The caller's verified SPIFFE ID, set by the inbound side for the local app.
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-mesh-client-id");

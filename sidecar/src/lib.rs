@@ -62,6 +62,7 @@ mod control;
 pub mod inbound;
 mod log_limit;
 mod outbound;
+mod proxy_request;
 mod serve;
 
 use std::future::Future;

@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::identify::identify;
-use super::{Caller, Inbound};
+use super::Inbound;
+use super::identify::{Caller, identify};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
 use crate::serve::{self, http_server};
