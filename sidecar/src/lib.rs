@@ -202,15 +202,15 @@ pub async fn run(
     );
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,
-        outbound,
+        move |req| outbound.clone().handle(req),
         drain.clone(),
         config.drain_timeout,
         metrics.clone(),
     );
     let inbound_task = inbound::accept::spawn(
         listeners.inbound,
-        inbound,
         acceptor,
+        move |caller, req| inbound.clone().handle(caller, req),
         drain.clone(),
         config.drain_timeout,
         metrics.clone(),

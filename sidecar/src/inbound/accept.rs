@@ -1,11 +1,15 @@
 //! Step 1 on the inbound listener: each connection from a peer sidecar is identified (step 9,
-//! [`identify`](super::identify)) and then served as HTTP/2, every request handed to
-//! [`Inbound::handle`] with the caller it came from.
+//! [`identify`](super::identify)) and then served as HTTP/2, every request handed to the
+//! inbound handler (`Inbound::handle`, passed in) with the caller it came from.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
@@ -14,8 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::Inbound;
 use super::identify::{Caller, identify};
+use crate::body::Body;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
 use crate::serve::{self, http_server};
@@ -24,14 +28,18 @@ use crate::serve::{self, http_server};
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the inbound listener until `drain`, then drains its connections.
-pub(crate) fn spawn(
+pub(crate) fn spawn<H, F>(
     listener: TcpListener,
-    inbound: Arc<Inbound>,
     acceptor: TlsAcceptor,
+    handle: H,
     drain: CancellationToken,
     drain_timeout: Duration,
     metrics: Arc<Metrics>,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    H: Fn(Arc<Caller>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
     let handshake_log_limit = Arc::new(LogLimit::new(10));
     let connection_metrics = metrics.clone();
     tokio::spawn(serve::serve(
@@ -42,7 +50,7 @@ pub(crate) fn spawn(
         metrics,
         move |tcp, peer, watcher| {
             let connection = Connection {
-                inbound: inbound.clone(),
+                handle: handle.clone(),
                 acceptor: acceptor.clone(),
                 metrics: connection_metrics.clone(),
                 log_limit: handshake_log_limit.clone(),
@@ -53,8 +61,8 @@ pub(crate) fn spawn(
 }
 
 /// What one connection from a peer sidecar needs.
-struct Connection {
-    inbound: Arc<Inbound>,
+struct Connection<H> {
+    handle: H,
     acceptor: TlsAcceptor,
     metrics: Arc<Metrics>,
     /// Caps refused-handshake warnings (a port scan should not flood the logs).
@@ -63,7 +71,11 @@ struct Connection {
 
 // === impl Connection ===
 
-impl Connection {
+impl<H, F> Connection<H>
+where
+    H: Fn(Arc<Caller>, Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
     /// Terminates mTLS and identifies the caller (step 9), then serves its requests.
     async fn serve(self, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
         let (tls, caller) = match identify(&self.acceptor, tcp, TLS_HANDSHAKE_TIMEOUT).await {
@@ -78,11 +90,11 @@ impl Connection {
         };
         ::tracing::debug!(%peer, %caller, "inbound connection identified");
         let caller = Arc::new(Caller::new(caller, peer));
-        let inbound = self.inbound;
+        let handle = self.handle;
         let http = http_server();
         let conn = http.serve_connection(
             TokioIo::new(tls),
-            service_fn(move |req| inbound.clone().handle(caller.clone(), req)),
+            service_fn(move |req| handle(caller.clone(), req)),
         );
         if let Err(error) = watcher.watch(conn.into_owned()).await {
             ::tracing::debug!(%peer, %error, "inbound connection closed with error");

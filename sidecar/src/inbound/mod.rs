@@ -36,7 +36,7 @@ use crate::telemetry::spans::Spans;
 
 use self::authorize::{Authorization, AuthorizationPolicy};
 use self::forward::AppClients;
-pub(crate) use self::identify::Caller;
+use self::identify::Caller;
 
 /// The inbound proxy of one sidecar.
 #[derive(Debug)]
