@@ -79,7 +79,7 @@ pub use crate::serve::{BindError, Listeners};
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::control::Controlled;
+use crate::control::{Controlled, Started};
 use crate::identity::{Credentials, Identity};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
@@ -110,9 +110,7 @@ pub async fn run(
     // Admin first, so `/live` answers while the certificate is obtained. Probing starts with
     // the sidecar, so the app's status is known by the time it registers.
     let admin_addr = listeners.admin.local_addr()?;
-    let probing = CancellationToken::new();
-    let _stop_probing = probing.clone().drop_guard();
-    let app_health = app_health::start(&config, metrics.app_healthy.clone(), probing);
+    let (app_health, _stop_probing) = app_health::start(&config, metrics.app_healthy.clone());
     let admin = Arc::new(Admin::new(
         &config,
         metrics.clone(),
@@ -122,20 +120,11 @@ pub async fn run(
     let admin_server = admin.clone().serve(listeners.admin, &config);
 
     // Credentials: from files, or the first certificate from the control plane.
-    let (credentials, control) = match (credentials, &config.control_plane) {
-        (Some(credentials), _) => (credentials, None),
-        (None, Some(cp)) => {
-            let enrolled = tokio::select! {
-                enrolled = control::enroll(&config, cp, &stop_requested) => enrolled?,
-                () = &mut shutdown => None,
-            };
-            let Some((credentials, client)) = enrolled else {
-                admin_server.stop().await;
-                return Ok(());
-            };
-            (credentials, Some(client))
-        }
-        (None, None) => anyhow::bail!("no certificate: set tls or control_plane"),
+    let obtained =
+        control::credentials(credentials, &config, &stop_requested, &mut shutdown).await?;
+    let Some((credentials, control)) = obtained else {
+        admin_server.stop().await;
+        return Ok(());
     };
     let identity = Arc::new(Identity::new(credentials)?);
     metrics.control.certificate_expiry.set(identity.not_after());
@@ -145,47 +134,41 @@ pub async fn run(
     let (destinations_tx, destinations_rx) = watch::channel(Arc::new(destinations));
     let tracing = Tracing::start(&config.tracing, &config.service, metrics.span_export())?;
     let outbound = Arc::new(Outbound::new(
-        &config.service,
+        &config,
         identity.id(),
         destinations_rx,
         metrics.clone(),
         tracing.spans(),
-        config.access_log,
     ));
     let inbound = Arc::new(Inbound::new(&config, metrics.clone(), tracing.spans()));
     let acceptor = TlsAcceptor::from(identity.server_config()?);
 
     // The control plane: snapshots, renewal and registration, once the first snapshot is in.
-    let registration = match control {
-        Some(client) => {
-            let controlled = Controlled {
-                identity: identity.clone(),
-                destinations: destinations_tx.clone(),
-                inbound: inbound.clone(),
-                metrics: metrics.clone(),
-                snapshot_json: admin.snapshot_json.clone(),
-                app_health,
-            };
-            let stopped = async {
-                tokio::select! {
-                    () = &mut shutdown => {}
-                    () = stop_requested.cancelled() => {}
-                }
-            };
-            let inbound_addr = listeners.inbound.local_addr()?;
-            let started =
-                control::start(client, &config, controlled, inbound_addr, &drain, stopped).await?;
-            let Some(registration) = started else {
-                drain.cancel();
-                admin_server.stop().await;
-                tracing.shutdown(Duration::from_secs(1)).await;
-                return Ok(());
-            };
-            Some(registration)
-        }
-        None => {
-            control::warn_if_expiring(&identity);
-            None
+    let controlled = Controlled {
+        identity: identity.clone(),
+        destinations: destinations_tx.clone(),
+        inbound: inbound.clone(),
+        metrics: metrics.clone(),
+        snapshot_json: admin.snapshot_json.clone(),
+        app_health,
+        inbound_addr: listeners.inbound.local_addr()?,
+    };
+    let started = control::start(
+        control,
+        &config,
+        controlled,
+        &drain,
+        &stop_requested,
+        &mut shutdown,
+    );
+    let registration = match started.await? {
+        Started::Static => None,
+        Started::Registered(registration) => Some(registration),
+        Started::Stopped => {
+            drain.cancel();
+            admin_server.stop().await;
+            tracing.shutdown(Duration::from_secs(1)).await;
+            return Ok(());
         }
     };
     // Without a control plane the table never changes; the sender lives as long as the sidecar.

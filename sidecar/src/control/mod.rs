@@ -7,7 +7,7 @@
 //!   `meshctl status` shows (applied version, certificate expiry, ejected endpoints).
 //! - [`watch`]: the stream of snapshots, each applied whole or not at all, and acknowledged.
 //!
-//! [`enroll`] obtains the first certificate and [`start`] follows snapshots, renews and
+//! [`credentials`] obtains the first certificate and [`start`] follows snapshots, renews and
 //! registers; [`Registration::leave`] takes the instance out of the registry on shutdown.
 //!
 //! Static stability: when the control plane is unreachable, everything keeps running on the last
@@ -57,6 +57,18 @@ pub(crate) struct Controlled {
     /// The admin endpoint's `/snapshot` body.
     pub(crate) snapshot_json: Arc<ArcSwapOption<Bytes>>,
     pub(crate) app_health: Option<tokio::sync::watch::Receiver<AppStatus>>,
+    /// The inbound listener's address, where peers reach this sidecar.
+    pub(crate) inbound_addr: SocketAddr,
+}
+
+/// How the control plane's part of a sidecar started.
+pub(crate) enum Started {
+    /// There is no control plane: the bootstrap file's destinations stay as they are.
+    Static,
+    /// Following snapshots, renewing the certificate, and registered.
+    Registered(Registration),
+    /// Stopped before the first snapshot arrived.
+    Stopped,
 }
 
 /// This instance in the registry, kept there by heartbeats until [`Registration::leave`].
@@ -67,9 +79,30 @@ pub(crate) struct Registration {
     instance_id: String,
 }
 
+/// This sidecar's credentials: those `given` (from files), or the first certificate from the
+/// control plane with the client that renews it. `None` when the sidecar is stopped first.
+pub(crate) async fn credentials(
+    given: Option<Credentials>,
+    config: &Config,
+    stop: &CancellationToken,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Option<(Credentials, Option<Client>)>> {
+    match (given, &config.control_plane) {
+        (Some(credentials), _) => Ok(Some((credentials, None))),
+        (None, Some(cp)) => {
+            let enrolled = tokio::select! {
+                enrolled = enroll(config, cp, stop) => enrolled?,
+                () = shutdown => None,
+            };
+            Ok(enrolled.map(|(credentials, client)| (credentials, Some(client))))
+        }
+        (None, None) => anyhow::bail!("no certificate: set tls or control_plane"),
+    }
+}
+
 /// Obtains the first certificate from the control plane, trying until it works; `None` when
 /// the sidecar is stopped first.
-pub(crate) async fn enroll(
+async fn enroll(
     config: &Config,
     cp: &ControlPlaneConfig,
     stop: &CancellationToken,
@@ -113,17 +146,22 @@ pub(crate) async fn enroll(
         }))
 }
 
-/// Follows the control plane's snapshots, waits for the first one to be applied, then renews
-/// the certificate and keeps the instance registered (reachable at `inbound`) until `drain`.
-/// `None` when `stopped` completes before the first snapshot.
+/// With a control plane, follows its snapshots, waits for the first one to be applied, then
+/// renews the certificate and keeps the instance registered until `drain`; stopped (by
+/// `stop` or `shutdown`) before the first snapshot, it says so. Without one, warns if the
+/// certificate from files is about to expire.
 pub(crate) async fn start(
-    client: Client,
+    client: Option<Client>,
     config: &Config,
     controlled: Controlled,
-    inbound: SocketAddr,
     drain: &CancellationToken,
-    stopped: impl Future<Output = ()>,
-) -> anyhow::Result<Option<Registration>> {
+    stop: &CancellationToken,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Started> {
+    let Some(client) = client else {
+        warn_if_expiring(&controlled.identity);
+        return Ok(Started::Static);
+    };
     let Controlled {
         identity,
         destinations,
@@ -131,6 +169,7 @@ pub(crate) async fn start(
         metrics,
         snapshot_json,
         app_health,
+        inbound_addr,
     } = controlled;
     let cp_tls = identity.client_config(&channel::control_plane_id(&config.trust_domain)?)?;
     let channel = channel::channel(client.config.address, cp_tls);
@@ -150,7 +189,7 @@ pub(crate) async fn start(
             fastrand::u16(..)
         ),
         service: config.service.clone(),
-        address: advertised(inbound),
+        address: advertised(inbound_addr),
         version: config.version.clone(),
     };
     let mut first = applier.first.subscribe();
@@ -163,10 +202,11 @@ pub(crate) async fn start(
     ::tracing::info!(instance = %instance.id, "waiting for the first snapshot");
     let started = tokio::select! {
         waited = first.wait_for(|applied| *applied) => waited.is_ok(),
-        () = stopped => false,
+        () = shutdown => false,
+        () = stop.cancelled() => false,
     };
     if !started {
-        return Ok(None);
+        return Ok(Started::Stopped);
     }
     tokio::spawn(certify::renew(
         client.certifier,
@@ -176,17 +216,17 @@ pub(crate) async fn start(
         metrics.control.clone(),
         drain.clone(),
     ));
-    let stop = CancellationToken::new();
+    let stop_heartbeats = CancellationToken::new();
     let instance_id = instance.id.clone();
     let task = tokio::spawn(register::keep_registered(
         channel.clone(),
         instance,
         applier,
         app_health,
-        stop.clone(),
+        stop_heartbeats.clone(),
     ));
-    Ok(Some(Registration {
-        stop,
+    Ok(Started::Registered(Registration {
+        stop: stop_heartbeats,
         task,
         channel,
         instance_id,
@@ -195,7 +235,7 @@ pub(crate) async fn start(
 
 /// Warns when this sidecar's certificate has expired or expires within a day: every peer will
 /// refuse it, and without a control plane nothing renews it.
-pub(crate) fn warn_if_expiring(identity: &Identity) {
+fn warn_if_expiring(identity: &Identity) {
     let left = identity.not_after() - certify::unix_now();
     if left <= 0 {
         ::tracing::warn!(identity = %identity.id(), "this sidecar's certificate has expired; peers will refuse it");

@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
+use crate::config::Config;
 use crate::error::{NoAuthority, NoRoute, Unsupported};
 use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
 use crate::identity::SpiffeId;
@@ -88,19 +89,18 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     pub(crate) fn new(
-        service: &str,
+        config: &Config,
         identity: &SpiffeId,
         destinations: watch::Receiver<Arc<Destinations>>,
         metrics: Arc<Metrics>,
         spans: Spans,
-        access_log: bool,
     ) -> Self {
         Self {
             identity: identity.to_string(),
-            service: service.into(),
+            service: config.service.as_str().into(),
             unknown: UNKNOWN.into(),
             destinations,
-            recorder: Recorder::new(Direction::Outbound, spans, access_log, metrics),
+            recorder: Recorder::new(Direction::Outbound, spans, config.access_log, metrics),
         }
     }
 
