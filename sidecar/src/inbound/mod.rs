@@ -1,10 +1,10 @@
 //! Inbound: terminates mutual TLS from peer sidecars and forwards to the local app.
 //!
 //! The request path, one module per step:
-//! 1. accept connections on the inbound listener ([`accept`], over `serve.rs`)
-//! 9. terminate mTLS and read the caller's SPIFFE ID ([`identify`])
+//! 1. accept connections on the inbound listener (`accept.rs`, over `serve.rs`)
+//! 9. terminate mTLS and read the caller's SPIFFE ID (`identify.rs`)
 //! 10. authorize the caller ([`authorize`])
-//! 11. forward to the local app in its own protocol ([`forward`])
+//! 11. forward to the local app in its own protocol (`forward.rs`)
 //!
 //! This file is the handler that strings steps 10 and 11 together for each request of an
 //! identified connection; `proxy_request.rs` records it.

@@ -1,7 +1,7 @@
 //! Outbound: routes plain HTTP from the local app to other services, over mutual TLS.
 //!
 //! The request path, one module per step:
-//! 1. accept, detect HTTP/1.1 or HTTP/2 (`serve`)
+//! 1. accept, detect HTTP/1.1 or HTTP/2 ([`accept`], over `serve.rs`)
 //! 2. name the destination service from Host / :authority ([`destination`])
 //! 3. look up the destination's stack in the current table, or the stack of the first of its
 //!    routes that matches the request's method and path ([`policy`]); a stack is:
@@ -9,13 +9,15 @@
 //!    - 7a concurrency limits that shed excess load ([`shed`])
 //!    - 5b budgeted retries with backoff and a replayable body ([`retry`], [`replay`])
 //!    - 5c the per-try timeout ([`timeout`])
-//!    - 6 the load balancer, p2c over peak EWMA or round robin ([`balance`], [`ewma`])
+//!    - 4 the traffic split, a backend (version) by weight, once per request, and
+//!      6 the load balancer, p2c over peak EWMA or round robin ([`balance`], [`ewma`])
 //!    - 7b outlier ejection of failing endpoints ([`breaker`])
 //!    - 8 the endpoint's pooled mTLS HTTP/2 connection, which verifies the peer's SPIFFE ID
 //!      ([`connect`])
 //!
-//! Step 4 (traffic split, fault injection) arrives with the control plane's policy. Errors at
-//! any step become one synthetic response in `error::rescue`; every response carries
+//! The layers share the request, response and future types of [`stack`]. This file is the
+//! handler that strings steps 2 to 8 together; `proxy_request.rs` records each request. Errors
+//! at any step become one synthetic response in `error::rescue`; every response carries
 //! `x-mesh-attempts`, the number of tries made.
 
 pub(crate) mod accept;
