@@ -32,7 +32,7 @@ use crate::app_health::AppStatus;
 use crate::body::Body;
 use crate::config::Config;
 use crate::metrics::{Direction, Metrics};
-use crate::serve;
+use crate::serve::{self, Drain};
 
 /// Shared state the admin endpoint reports on.
 #[derive(Debug)]
@@ -88,8 +88,10 @@ impl Admin {
         let task = tokio::spawn(serve::serve(
             Direction::Admin,
             listener,
-            stop.clone(),
-            config.drain_timeout,
+            Drain {
+                token: stop.clone(),
+                timeout: config.drain_timeout,
+            },
             metrics,
             move |tcp, _peer, watcher| {
                 let admin = self.clone();

@@ -85,6 +85,7 @@ use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::outbound::policy::Destinations;
+use crate::serve::Drain;
 use crate::telemetry::Tracing;
 
 /// Runs a sidecar on bound listeners until `shutdown` completes or `POST /shutdown` arrives,
@@ -104,7 +105,10 @@ pub async fn run(
     // Asked to stop (signal or `POST /shutdown`); `drain` follows once the instance has left
     // the registry, and closes the listeners.
     let stop_requested = CancellationToken::new();
-    let drain = CancellationToken::new();
+    let drain = Drain {
+        token: CancellationToken::new(),
+        timeout: config.drain_timeout,
+    };
     tokio::pin!(shutdown);
 
     // Admin first, so `/live` answers while the certificate is obtained. Probing starts with
@@ -157,7 +161,7 @@ pub async fn run(
         control,
         &config,
         controlled,
-        &drain,
+        &drain.token,
         &stop_requested,
         &mut shutdown,
     );
@@ -165,7 +169,7 @@ pub async fn run(
         Started::Static => None,
         Started::Registered(registration) => Some(registration),
         Started::Stopped => {
-            drain.cancel();
+            drain.token.cancel();
             admin_server.stop().await;
             tracing.shutdown(Duration::from_secs(1)).await;
             return Ok(());
@@ -187,7 +191,6 @@ pub async fn run(
         listeners.outbound,
         move |req| outbound.clone().handle(req),
         drain.clone(),
-        config.drain_timeout,
         metrics.clone(),
     );
     let inbound_task = inbound::accept::spawn(
@@ -195,7 +198,6 @@ pub async fn run(
         acceptor,
         move |caller, req| inbound.clone().handle(caller, req),
         drain.clone(),
-        config.drain_timeout,
         metrics.clone(),
     );
     admin.ready.store(true, Ordering::Release);
@@ -209,7 +211,7 @@ pub async fn run(
     if let Some(registration) = registration {
         registration.leave().await;
     }
-    drain.cancel();
+    drain.token.cancel();
     let (outbound_done, inbound_done) = tokio::join!(outbound_task, inbound_task);
     outbound_done?;
     inbound_done?;

@@ -76,12 +76,19 @@ pub(crate) fn http_server() -> auto::Builder<TokioExecutor> {
     http
 }
 
-/// Accepts on `listener` until `shutdown`, handing each connection to `on_accept`, then drains.
+/// When a listener stops accepting (`token`), and how long its open connections then get to
+/// finish (`timeout`).
+#[derive(Clone, Debug)]
+pub(crate) struct Drain {
+    pub(crate) token: CancellationToken,
+    pub(crate) timeout: Duration,
+}
+
+/// Accepts on `listener` until `drain`, handing each connection to `on_accept`, then drains.
 pub(crate) async fn serve<F, Fut>(
     direction: Direction,
     listener: TcpListener,
-    shutdown: CancellationToken,
-    drain_timeout: Duration,
+    drain: Drain,
     metrics: Arc<Metrics>,
     on_accept: F,
 ) where
@@ -91,7 +98,7 @@ pub(crate) async fn serve<F, Fut>(
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = drain.token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
@@ -118,6 +125,7 @@ pub(crate) async fn serve<F, Fut>(
             "draining"
         );
     }
+    let drain_timeout = drain.timeout;
     if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()

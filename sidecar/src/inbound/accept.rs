@@ -16,13 +16,12 @@ use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use super::identify::{Caller, identify};
 use crate::body::Body;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, http_server};
+use crate::serve::{self, Drain, http_server};
 
 /// A peer that has not finished its TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,8 +31,7 @@ pub(crate) fn spawn<H, F>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handle: H,
-    drain: CancellationToken,
-    drain_timeout: Duration,
+    drain: Drain,
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()>
 where
@@ -46,7 +44,6 @@ where
         Direction::Inbound,
         listener,
         drain,
-        drain_timeout,
         metrics,
         move |tcp, peer, watcher| {
             let connection = Connection {

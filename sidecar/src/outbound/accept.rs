@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -15,18 +14,16 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, http_server};
+use crate::serve::{self, Drain, http_server};
 
 /// Serves the outbound listener until `drain`, then drains its connections.
 pub(crate) fn spawn<H, F>(
     listener: TcpListener,
     handle: H,
-    drain: CancellationToken,
-    drain_timeout: Duration,
+    drain: Drain,
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()>
 where
@@ -38,7 +35,6 @@ where
         Direction::Outbound,
         listener,
         drain,
-        drain_timeout,
         metrics,
         move |tcp, _peer, watcher| connection(&http, handle.clone(), tcp, watcher),
     ))
