@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method, Request, StatusCode};
+use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 use mesh_sidecar::bench_support::{
     self, Attempts, Balancer, RetryBudget, Table, authority, service_name,
 };
@@ -30,7 +31,6 @@ use mesh_sidecar::headers::remove_hop_by_hop;
 use mesh_sidecar::identity::{Credentials, Identity, SpiffeId};
 use mesh_sidecar::metrics::Metrics;
 use mesh_sidecar::telemetry::propagation::{self, B3};
-use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 use opentelemetry::Context;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceState,

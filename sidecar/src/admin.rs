@@ -22,8 +22,17 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use crate::Body;
-use crate::metrics::Metrics;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::app_health::AppStatus;
+use crate::body::Body;
+use crate::config::Config;
+use crate::metrics::{Direction, Metrics};
+use crate::serve::{self, Drain};
 
 /// Shared state the admin endpoint reports on.
 #[derive(Debug)]
@@ -38,12 +47,67 @@ pub(crate) struct Admin {
     /// Cancelled by `POST /shutdown` to start the drain.
     pub(crate) shutdown: CancellationToken,
     /// The app's health, when the sidecar probes it.
-    pub(crate) app: Option<tokio::sync::watch::Receiver<crate::app_health::AppStatus>>,
+    pub(crate) app: Option<tokio::sync::watch::Receiver<AppStatus>>,
+}
+
+/// The admin listener's task; it runs until [`AdminServer::stop`], after the other listeners
+/// have drained.
+pub(crate) struct AdminServer {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 // === impl Admin ===
 
 impl Admin {
+    /// Not ready until the listeners serve; `/config` is rendered once, here.
+    pub(crate) fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        app: Option<tokio::sync::watch::Receiver<AppStatus>>,
+    ) -> serde_json::Result<Self> {
+        let mut config_json = serde_json::to_vec_pretty(config)?;
+        config_json.push(b'\n');
+        Ok(Self {
+            ready: AtomicBool::new(false),
+            config_json: config_json.into(),
+            metrics,
+            snapshot_json: Arc::default(),
+            shutdown,
+            app,
+        })
+    }
+
+    /// Serves the admin endpoint (HTTP/1.1) on `listener` until [`AdminServer::stop`].
+    pub(crate) fn serve(self: Arc<Self>, listener: TcpListener, config: &Config) -> AdminServer {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new());
+        let stop = CancellationToken::new();
+        let metrics = self.metrics.clone();
+        let task = tokio::spawn(serve::serve(
+            Direction::Admin,
+            listener,
+            Drain {
+                token: stop.clone(),
+                timeout: config.drain_timeout,
+            },
+            metrics,
+            move |tcp, _peer, watcher| {
+                let admin = self.clone();
+                let conn = http.serve_connection(
+                    TokioIo::new(tcp),
+                    service_fn(move |req| admin.clone().handle(req)),
+                );
+                let conn = watcher.watch(conn);
+                async move {
+                    let _ = conn.await;
+                }
+            },
+        ));
+        AdminServer { stop, task }
+    }
+
     pub(crate) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -111,6 +175,16 @@ impl Admin {
                 "not found; try /live, /ready, /metrics, /config, /snapshot or POST /shutdown\n",
             ),
         })
+    }
+}
+
+// === impl AdminServer ===
+
+impl AdminServer {
+    /// Closes the admin listener and waits for its connections.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
 

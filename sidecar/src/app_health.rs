@@ -19,15 +19,33 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::AppHealthConfig;
+use crate::config::{AppHealthConfig, Config};
 
 /// What the last probes found: `None` while the app is up, or why it is down.
 pub(crate) type AppStatus = Option<Arc<str>>;
 
+/// Starts probing the app when `config` asks for it (without probes the app counts as up);
+/// probing stops when the guard is dropped.
+pub(crate) fn start(
+    config: &Config,
+    healthy_gauge: Gauge,
+) -> (Option<watch::Receiver<AppStatus>>, DropGuard) {
+    let stop = CancellationToken::new();
+    let guard = stop.clone().drop_guard();
+    let status = match &config.app_health {
+        Some(health) => Some(spawn(health.clone(), config.app, healthy_gauge, stop)),
+        None => {
+            healthy_gauge.set(1);
+            None
+        }
+    };
+    (status, guard)
+}
+
 /// Starts probing `app`; the receiver follows the app's status until `stop`.
-pub(crate) fn spawn(
+fn spawn(
     config: AppHealthConfig,
     app: SocketAddr,
     healthy_gauge: Gauge,

@@ -83,7 +83,7 @@ impl Class {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::BoxError;
+    use crate::body::BoxError;
 
     #[test]
     fn statuses() {

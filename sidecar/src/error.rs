@@ -20,12 +20,11 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::Body;
+use crate::body::Body;
+pub use crate::body::BoxError;
 use crate::headers::{MESH_ERROR, OVERLOADED};
 use crate::identity::{PeerIdentityMismatch, SpiffeId};
-
-/// The error type inside the proxy.
-pub type BoxError = Box<dyn Error + Send + Sync>;
+use mesh_api::authorization::Unauthorized;
 
 /// The request names no authority (no `Host` header, no `:authority`).
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +268,7 @@ pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     if find_cause::<Unsupported>(err).is_some() {
         return Reason::Unsupported;
     }
-    if find_cause::<crate::inbound::authorize::Unauthorized>(err).is_some() {
+    if find_cause::<Unauthorized>(err).is_some() {
         return Reason::Unauthorized;
     }
     if find_cause::<NoRoute>(err).is_some() {

@@ -9,8 +9,7 @@ use http::{HeaderMap, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::Body;
-use crate::error::BoxError;
+use crate::body::{Body, BoxError};
 
 /// The caller's verified SPIFFE ID, set by the inbound side for the local app.
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-mesh-client-id");

@@ -5,27 +5,90 @@
 //! open connection is asked to finish: HTTP/1.1 closes after the response in flight, HTTP/2
 //! sends GOAWAY and lets open streams complete. Whatever is still running when the drain time
 //! is up is dropped.
+//!
+//! Also here: binding the three [`Listeners`], and the HTTP server the outbound and inbound
+//! listeners share ([`http_server`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ListenAddrs;
 use crate::metrics::{Direction, Metrics};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts on `listener` until `shutdown`, handing each connection to `on_accept`, then drains.
+/// The three bound listeners of a sidecar.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain HTTP from the local app.
+    pub outbound: TcpListener,
+    /// Mutual TLS from peer sidecars.
+    pub inbound: TcpListener,
+    /// Admin endpoint.
+    pub admin: TcpListener,
+}
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on listen.{name} {addr}: {source}")]
+pub struct BindError {
+    name: &'static str,
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+// === impl Listeners ===
+
+impl Listeners {
+    /// Binds the three addresses of `listen`.
+    pub async fn bind(listen: &ListenAddrs) -> Result<Self, BindError> {
+        async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { name, addr, source })
+        }
+        Ok(Self {
+            outbound: bind("outbound", listen.outbound).await?,
+            inbound: bind("inbound", listen.inbound).await?,
+            admin: bind("admin", listen.admin).await?,
+        })
+    }
+}
+
+/// The HTTP/1.1 + HTTP/2 server of the outbound and inbound listeners. The timer drives
+/// HTTP/1.1's header-read timeout (a client that never finishes its headers is dropped) and
+/// HTTP/2 keep-alive pings.
+pub(crate) fn http_server() -> auto::Builder<TokioExecutor> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1().timer(TokioTimer::new());
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)));
+    http
+}
+
+/// When a listener stops accepting (`token`), and how long its open connections then get to
+/// finish (`timeout`).
+#[derive(Clone, Debug)]
+pub(crate) struct Drain {
+    pub(crate) token: CancellationToken,
+    pub(crate) timeout: Duration,
+}
+
+/// Accepts on `listener` until `drain`, handing each connection to `on_accept`, then drains.
 pub(crate) async fn serve<F, Fut>(
     direction: Direction,
     listener: TcpListener,
-    shutdown: CancellationToken,
-    drain_timeout: Duration,
+    drain: Drain,
     metrics: Arc<Metrics>,
     on_accept: F,
 ) where
@@ -35,7 +98,7 @@ pub(crate) async fn serve<F, Fut>(
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = drain.token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
@@ -62,6 +125,7 @@ pub(crate) async fn serve<F, Fut>(
             "draining"
         );
     }
+    let drain_timeout = drain.timeout;
     if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()

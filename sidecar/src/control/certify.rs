@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use crate::identity::{Credentials, CredentialsError, Identity, SpiffeId};
 use crate::metrics::ControlMetrics;
 
-use super::Backoff;
+use super::backoff::Backoff;
 
 /// Limit on one Certify call.
 const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);

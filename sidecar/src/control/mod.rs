@@ -7,76 +7,266 @@
 //!   `meshctl status` shows (applied version, certificate expiry, ejected endpoints).
 //! - [`watch`]: the stream of snapshots, each applied whole or not at all, and acknowledged.
 //!
+//! [`credentials`] obtains the first certificate and [`start`] follows snapshots, renews and
+//! registers; [`Registration::leave`] takes the instance out of the registry on shutdown.
+//!
 //! Static stability: when the control plane is unreachable, everything keeps running on the last
 //! snapshot and certificate, and every loop reconnects with capped, jittered backoff.
 
 pub(crate) mod apply;
+pub(crate) mod backoff;
 pub(crate) mod certify;
 pub(crate) mod channel;
 pub(crate) mod register;
 pub(crate) mod watch;
 
-use std::time::Duration;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use tokio::time::sleep;
+use anyhow::Context as _;
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use rustls::pki_types::pem::PemObject;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
-/// Capped exponential backoff with full jitter, for reconnecting to the control plane.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    base: Duration,
-    max: Duration,
-    failures: u32,
+use self::apply::Applier;
+use self::certify::Certifier;
+use self::register::InstanceInfo;
+use crate::app_health::AppStatus;
+use crate::config::{Config, ControlPlaneConfig};
+use crate::identity::{self, Credentials, Identity};
+use crate::inbound::Inbound;
+use crate::metrics::Metrics;
+use crate::outbound::policy::Destinations;
+
+/// A sidecar enrolled with the control plane: where it is, and how to renew the certificate.
+pub(crate) struct Client {
+    config: ControlPlaneConfig,
+    certifier: Certifier,
 }
 
-impl Backoff {
-    pub(crate) fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max,
-            failures: 0,
+/// What the control plane's snapshots update and its heartbeats report on.
+pub(crate) struct Controlled {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) destinations: tokio::sync::watch::Sender<Arc<Destinations>>,
+    pub(crate) inbound: Arc<Inbound>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// The admin endpoint's `/snapshot` body.
+    pub(crate) snapshot_json: Arc<ArcSwapOption<Bytes>>,
+    pub(crate) app_health: Option<tokio::sync::watch::Receiver<AppStatus>>,
+    /// The inbound listener's address, where peers reach this sidecar.
+    pub(crate) inbound_addr: SocketAddr,
+}
+
+/// How the control plane's part of a sidecar started.
+pub(crate) enum Started {
+    /// There is no control plane: the bootstrap file's destinations stay as they are.
+    Static,
+    /// Following snapshots, renewing the certificate, and registered.
+    Registered(Registration),
+    /// Stopped before the first snapshot arrived.
+    Stopped,
+}
+
+/// This instance in the registry, kept there by heartbeats until [`Registration::leave`].
+pub(crate) struct Registration {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    channel: Channel,
+    instance_id: String,
+}
+
+/// This sidecar's credentials: those `given` (from files), or the first certificate from the
+/// control plane with the client that renews it. `None` when the sidecar is stopped first.
+pub(crate) async fn credentials(
+    given: Option<Credentials>,
+    config: &Config,
+    stop: &CancellationToken,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Option<(Credentials, Option<Client>)>> {
+    match (given, &config.control_plane) {
+        (Some(credentials), _) => Ok(Some((credentials, None))),
+        (None, Some(cp)) => {
+            let enrolled = tokio::select! {
+                enrolled = enroll(config, cp, stop) => enrolled?,
+                () = shutdown => None,
+            };
+            Ok(enrolled.map(|(credentials, client)| (credentials, Some(client))))
         }
-    }
-
-    /// Starts over after a success.
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    /// The next wait: random in `[ceiling / 2, ceiling]`, the ceiling doubling per failure.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1 << self.failures.min(16))
-            .min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
-    }
-
-    /// Waits the next delay; false when `stop` fired first.
-    pub(crate) async fn wait(&mut self, stop: &CancellationToken) -> bool {
-        let delay = self.next_delay();
-        tokio::select! {
-            () = sleep(delay) => true,
-            () = stop.cancelled() => false,
-        }
+        (None, None) => anyhow::bail!("no certificate: set tls or control_plane"),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Obtains the first certificate from the control plane, trying until it works; `None` when
+/// the sidecar is stopped first.
+async fn enroll(
+    config: &Config,
+    cp: &ControlPlaneConfig,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<(Credentials, Client)>> {
+    let anchor = std::fs::read(&cp.trust_anchor).with_context(|| {
+        format!(
+            "control_plane.trust_anchor: cannot read {}",
+            cp.trust_anchor.display()
+        )
+    })?;
+    let roots = rustls::pki_types::CertificateDer::pem_slice_iter(&anchor)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "control_plane.trust_anchor: bad PEM in {}",
+                cp.trust_anchor.display()
+            )
+        })?;
+    let roots = identity::trust_store(&roots)
+        .with_context(|| format!("control_plane.trust_anchor {}", cp.trust_anchor.display()))?;
+    let tls = identity::anonymous_client_config(
+        Arc::new(roots),
+        channel::control_plane_id(&config.trust_domain)?,
+    )?;
+    let certifier = Certifier {
+        service: config.service.clone(),
+        id: config.identity.clone(),
+        token_file: cp.token_file.clone(),
+    };
+    let channel = channel::channel(cp.address, tls);
+    ::tracing::info!(control_plane = %cp.address, identity = %config.identity, "requesting a certificate");
+    Ok(certifier
+        .certify_until_ok(&channel, stop)
+        .await
+        .map(|credentials| {
+            let client = Client {
+                config: cp.clone(),
+                certifier,
+            };
+            (credentials, client)
+        }))
+}
 
-    #[test]
-    fn backoff_grows_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let first = b.next_delay();
-        assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
-        for _ in 0..20 {
-            assert!(b.next_delay() <= Duration::from_secs(2));
-        }
-        assert!(b.next_delay() >= Duration::from_secs(1));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+/// With a control plane, follows its snapshots, waits for the first one to be applied, then
+/// renews the certificate and keeps the instance registered until `drain`; stopped (by
+/// `stop` or `shutdown`) before the first snapshot, it says so. Without one, warns if the
+/// certificate from files is about to expire.
+pub(crate) async fn start(
+    client: Option<Client>,
+    config: &Config,
+    controlled: Controlled,
+    drain: &CancellationToken,
+    stop: &CancellationToken,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Started> {
+    let Some(client) = client else {
+        warn_if_expiring(&controlled.identity);
+        return Ok(Started::Static);
+    };
+    let Controlled {
+        identity,
+        destinations,
+        inbound: inbound_proxy,
+        metrics,
+        snapshot_json,
+        app_health,
+        inbound_addr,
+    } = controlled;
+    let cp_tls = identity.client_config(&channel::control_plane_id(&config.trust_domain)?)?;
+    let channel = channel::channel(client.config.address, cp_tls);
+    let applier = Arc::new(Applier::new(
+        identity.clone(),
+        destinations,
+        inbound_proxy,
+        metrics.clone(),
+        config.connect_timeout,
+        snapshot_json,
+    ));
+    let instance = InstanceInfo {
+        id: format!(
+            "{}-{}-{:04x}",
+            config.service,
+            std::process::id(),
+            fastrand::u16(..)
+        ),
+        service: config.service.clone(),
+        address: advertised(inbound_addr),
+        version: config.version.clone(),
+    };
+    let mut first = applier.first.subscribe();
+    tokio::spawn(watch::follow(
+        channel.clone(),
+        instance.id.clone(),
+        applier.clone(),
+        drain.clone(),
+    ));
+    ::tracing::info!(instance = %instance.id, "waiting for the first snapshot");
+    let started = tokio::select! {
+        waited = first.wait_for(|applied| *applied) => waited.is_ok(),
+        () = shutdown => false,
+        () = stop.cancelled() => false,
+    };
+    if !started {
+        return Ok(Started::Stopped);
+    }
+    tokio::spawn(certify::renew(
+        client.certifier,
+        channel.clone(),
+        identity,
+        applier.renew_now.clone(),
+        metrics.control.clone(),
+        drain.clone(),
+    ));
+    let stop_heartbeats = CancellationToken::new();
+    let instance_id = instance.id.clone();
+    let task = tokio::spawn(register::keep_registered(
+        channel.clone(),
+        instance,
+        applier,
+        app_health,
+        stop_heartbeats.clone(),
+    ));
+    Ok(Started::Registered(Registration {
+        stop: stop_heartbeats,
+        task,
+        channel,
+        instance_id,
+    }))
+}
+
+/// Warns when this sidecar's certificate has expired or expires within a day: every peer will
+/// refuse it, and without a control plane nothing renews it.
+fn warn_if_expiring(identity: &Identity) {
+    let left = identity.not_after() - certify::unix_now();
+    if left <= 0 {
+        ::tracing::warn!(identity = %identity.id(), "this sidecar's certificate has expired; peers will refuse it");
+    } else if left < 24 * 3600 {
+        ::tracing::warn!(identity = %identity.id(), seconds_left = left, "this sidecar's certificate expires within a day");
+    }
+}
+
+/// Where peers reach this sidecar: the inbound listener, with a wildcard address replaced by
+/// loopback.
+fn advertised(inbound: SocketAddr) -> SocketAddr {
+    if inbound.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if inbound.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, inbound.port())
+    } else {
+        inbound
+    }
+}
+
+// === impl Registration ===
+
+impl Registration {
+    /// Stops the heartbeats, then deregisters: a heartbeat after the deregistration would
+    /// register the instance again.
+    pub(crate) async fn leave(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        register::deregister(self.channel, &self.instance_id).await;
     }
 }

@@ -12,8 +12,8 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::Backoff;
 use super::apply::Applier;
+use super::backoff::Backoff;
 use crate::app_health::AppStatus;
 
 /// Limit on one registry call.

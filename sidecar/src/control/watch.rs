@@ -10,8 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::Backoff;
 use super::apply::Applier;
+use super::backoff::Backoff;
 
 /// Follows the control plane's snapshots until `stop`.
 pub(crate) async fn follow(

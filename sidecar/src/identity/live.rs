@@ -17,7 +17,8 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use super::{ALPN_H2, Credentials, CredentialsError, SpiffeId};
+use super::credentials::{ALPN_H2, Credentials, CredentialsError};
+use mesh_api::spiffe::SpiffeId;
 
 /// The identity of this sidecar: one SPIFFE ID, its current certificate and trust bundle.
 #[derive(Debug)]

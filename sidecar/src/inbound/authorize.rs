@@ -1,4 +1,49 @@
-//! Step 10: is this caller allowed to call this service? The policy and its check live in
-//! `mesh_api::authorization`, shared with the control plane that validates and pushes it.
+//! Step 10: is this caller allowed to call this service? The policy and its rules live in
+//! `mesh_api::authorization`, shared with the control plane that validates and pushes it; here
+//! is the check each inbound request passes before it is forwarded.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::identify::Caller;
+use crate::metrics::Metrics;
 
 pub use mesh_api::authorization::{AuthorizationPolicy, Decision, Principal, Unauthorized};
+
+/// Who may call this service.
+#[derive(Debug)]
+pub(crate) struct Authorization {
+    /// Replaced whole when the control plane pushes a new policy.
+    policy: ArcSwap<AuthorizationPolicy>,
+    trust_domain: String,
+}
+
+// === impl Authorization ===
+
+impl Authorization {
+    pub(crate) fn new(policy: AuthorizationPolicy, trust_domain: String) -> Self {
+        Self {
+            policy: ArcSwap::from_pointee(policy),
+            trust_domain,
+        }
+    }
+
+    /// Puts `policy` in force for the requests that arrive from now on.
+    pub(crate) fn set(&self, policy: AuthorizationPolicy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// Refuses a caller the policy does not let call `service`; refusals are counted by caller.
+    pub(crate) fn check(
+        &self,
+        caller: &Caller,
+        service: &str,
+        metrics: &Metrics,
+    ) -> Result<(), Unauthorized> {
+        self.policy
+            .load()
+            .check(&caller.id, service, &self.trust_domain)
+            .inspect_err(|_| metrics.authorization_denied(&caller.label))
+    }
+}

@@ -1,5 +1,9 @@
 //! Step 11: forward to the local app, in the protocol the calling app spoke.
 //!
+//! The request is rewritten for the app: hop-by-hop headers and `x-mesh-orig-proto` removed,
+//! the caller's verified SPIFFE ID set in `x-mesh-client-id` (replacing any the calling app
+//! sent), and the trace continued as a child of this sidecar's SERVER span.
+//!
 //! Requests arrive over HTTP/2. Those marked `x-mesh-orig-proto: HTTP/1.1` go to the app over a
 //! keep-alive HTTP/1.1 pool, the rest over HTTP/2 (prior knowledge), so an HTTP/1.1 app never
 //! receives HTTP/2 and gRPC keeps its trailers. The request URI keeps the original authority,
@@ -12,12 +16,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::header::{HOST, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::Body;
+use crate::body::{Body, BoxError};
+use crate::error::AppFailed;
+use crate::headers::{CLIENT_ID, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
+use crate::identity::SpiffeId;
+use crate::telemetry::propagation::{self, B3};
 
 /// Idle keep-alive connections to the app are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -25,8 +36,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Clients for the local app, one per protocol.
 #[derive(Clone, Debug)]
 pub(crate) struct AppClients {
-    pub(crate) http1: Client<AppConnector, Body>,
-    pub(crate) http2: Client<AppConnector, Body>,
+    app: SocketAddr,
+    http1: Client<AppConnector, Body>,
+    http2: Client<AppConnector, Body>,
 }
 
 /// Dials the local app, whatever the request's authority.
@@ -50,7 +62,54 @@ impl AppClients {
             .timer(TokioTimer::new())
             .http2_only(true)
             .build(connector);
-        Self { http1, http2 }
+        Self { app, http1, http2 }
+    }
+
+    /// Sends an authorized caller's request to the app, over the pool of the protocol the
+    /// caller's app spoke.
+    pub(crate) async fn forward(
+        &self,
+        caller: &SpiffeId,
+        req: Request<Incoming>,
+        trace: &opentelemetry::Context,
+        b3: Option<B3>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let (mut parts, body) = req.into_parts();
+        let http1 = parts.version < Version::HTTP_2
+            || parts
+                .headers
+                .get(ORIG_PROTO)
+                .is_some_and(|v| v == ORIG_PROTO_HTTP1);
+        remove_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(ORIG_PROTO);
+        parts.headers.remove(CLIENT_ID);
+        parts
+            .headers
+            .insert(CLIENT_ID, HeaderValue::from_str(caller.as_str())?);
+        // The app's own calls continue the trace as children of this SERVER span.
+        propagation::inject(trace, b3, &mut parts.headers);
+
+        let authority = match parts.uri.authority() {
+            Some(a) => a.as_str().to_owned(),
+            None => match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
+                Some(host) => host.to_owned(),
+                None => self.app.to_string(),
+            },
+        };
+        parts.uri = absolute_uri(&parts.uri, &authority)?;
+        let (client, version) = if http1 {
+            (&self.http1, Version::HTTP_11)
+        } else {
+            (&self.http2, Version::HTTP_2)
+        };
+        parts.version = version;
+        let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+        client.request(req).await.map_err(|source| {
+            BoxError::from(AppFailed {
+                app: self.app,
+                source,
+            })
+        })
     }
 }
 

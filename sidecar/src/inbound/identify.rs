@@ -3,9 +3,11 @@
 //! The handshake requires a client certificate chaining to the trust bundle; the caller's
 //! identity is the SPIFFE ID in its URI SAN. A connection that fails the handshake (plain TCP,
 //! plain HTTP, an unknown CA, an expired certificate) or whose certificate carries no SPIFFE ID
-//! is closed before any HTTP is read.
+//! is closed before any HTTP is read. An identified connection's requests carry its
+//! [`Caller`].
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -14,6 +16,18 @@ use tokio_rustls::server::TlsStream;
 
 use crate::error::{find_cause, tls_reason};
 use crate::identity::{SpiffeId, ids_in_certificate};
+use crate::metrics::Label;
+
+/// The identified peer of one inbound connection.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    /// Its SPIFFE ID.
+    pub(crate) id: SpiffeId,
+    /// Its service name (or whole ID) as a metric label.
+    pub(crate) label: Label,
+    /// Its socket address.
+    pub(crate) addr: SocketAddr,
+}
 
 /// Why a caller could not be identified.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +41,15 @@ pub(crate) enum IdentifyError {
     /// The client certificate carries no SPIFFE ID.
     #[error("client certificate carries no SPIFFE ID")]
     NoIdentity,
+}
+
+// === impl Caller ===
+
+impl Caller {
+    pub(crate) fn new(id: SpiffeId, addr: SocketAddr) -> Self {
+        let label = id.service().unwrap_or(id.as_str()).into();
+        Self { id, label, addr }
+    }
 }
 
 // === impl IdentifyError ===

@@ -27,9 +27,10 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::Service;
 
+use crate::body::BoxError;
 use crate::classify::Class;
 use crate::config::LoadBalancer;
-use crate::error::{BoxError, NoEndpoints};
+use crate::error::NoEndpoints;
 use crate::headers::forwarded_response;
 use crate::metrics::EndpointMetrics;
 use crate::telemetry::attr;
@@ -39,7 +40,7 @@ use super::attempts::Attempts;
 use super::breaker::{Health, Outlier, State, Transition};
 use super::connect::Endpoint;
 use super::ewma::PeakEwma;
-use super::{Req, ResponseFuture, Rsp};
+use super::stack::{Req, ResponseFuture, Rsp};
 
 /// Picks an endpoint and sends the try there.
 #[derive(Clone, Debug)]

@@ -23,8 +23,8 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::Body;
-use crate::error::{BoxError, ConnectFailed, ConnectTimeout, TlsFailed, UpstreamFailed};
+use crate::body::{Body, BoxError};
+use crate::error::{ConnectFailed, ConnectTimeout, TlsFailed, UpstreamFailed};
 use crate::identity::SpiffeId;
 
 /// Interval of HTTP/2 PINGs on an idle peer connection, so a dead peer is noticed.

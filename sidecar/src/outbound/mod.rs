@@ -1,7 +1,7 @@
 //! Outbound: routes plain HTTP from the local app to other services, over mutual TLS.
 //!
 //! The request path, one module per step:
-//! 1. accept, detect HTTP/1.1 or HTTP/2 (`serve`)
+//! 1. accept, detect HTTP/1.1 or HTTP/2 ([`accept`], over `serve.rs`)
 //! 2. name the destination service from Host / :authority ([`destination`])
 //! 3. look up the destination's stack in the current table, or the stack of the first of its
 //!    routes that matches the request's method and path ([`policy`]); a stack is:
@@ -9,15 +9,18 @@
 //!    - 7a concurrency limits that shed excess load ([`shed`])
 //!    - 5b budgeted retries with backoff and a replayable body ([`retry`], [`replay`])
 //!    - 5c the per-try timeout ([`timeout`])
-//!    - 6 the load balancer, p2c over peak EWMA or round robin ([`balance`], [`ewma`])
+//!    - 4 the traffic split, a backend (version) by weight, once per request, and
+//!      6 the load balancer, p2c over peak EWMA or round robin ([`balance`], [`ewma`])
 //!    - 7b outlier ejection of failing endpoints ([`breaker`])
 //!    - 8 the endpoint's pooled mTLS HTTP/2 connection, which verifies the peer's SPIFFE ID
 //!      ([`connect`])
 //!
-//! Step 4 (traffic split, fault injection) arrives with the control plane's policy. Errors at
-//! any step become one synthetic response in `error::rescue`; every response carries
+//! The layers share the request, response and future types of [`stack`]. This file is the
+//! handler that strings steps 2 to 8 together; `proxy_request.rs` records each request. Errors
+//! at any step become one synthetic response in `error::rescue`; every response carries
 //! `x-mesh-attempts`, the number of tries made.
 
+pub(crate) mod accept;
 pub(crate) mod attempts;
 pub(crate) mod balance;
 pub(crate) mod breaker;
@@ -28,12 +31,13 @@ pub(crate) mod policy;
 pub(crate) mod replay;
 pub(crate) mod retry;
 pub(crate) mod shed;
+pub(crate) mod stack;
 pub(crate) mod timeout;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::header::{EXPECT, HOST, HeaderValue};
+use http::header::{EXPECT, HOST};
 use http::uri::Authority;
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
@@ -41,40 +45,21 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::Body;
-use crate::error::{self, BoxError, NoAuthority, NoRoute, Unsupported};
-use crate::headers::{ATTEMPTS, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
+use crate::body::{Body, BoxError};
+use crate::config::Config;
+use crate::error::{NoAuthority, NoRoute, Unsupported};
+use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
 use crate::identity::SpiffeId;
-use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
+use crate::proxy_request::{Parties, Recorder};
 use crate::telemetry::spans::Spans;
-use crate::telemetry::{access_log, attr, end_span, propagation, trace_id};
+use crate::telemetry::{attr, propagation};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::trace::TraceContextExt;
 
 use self::attempts::Attempts;
 use self::policy::{DestinationService, Destinations};
-
-/// A request inside a destination stack.
-pub(crate) type Req = Request<Body>;
-/// A response inside a destination stack.
-pub(crate) type Rsp = Response<Body>;
-/// The future of every layer of a destination stack.
-pub(crate) type ResponseFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Rsp, BoxError>> + Send>>;
-
-/// Waits for `svc` to be ready, then sends it `req` (`ServiceExt::oneshot` for stack layers,
-/// whose concrete future keeps the compiler's `Send` inference simple inside boxed futures).
-pub(crate) async fn call<S>(mut svc: S, req: Req) -> Result<Rsp, BoxError>
-where
-    S: tower::Service<Req, Response = Rsp, Error = BoxError, Future = ResponseFuture>,
-{
-    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-    svc.call(req).await
-}
-
-/// Failed-request warnings logged per second at most; the rest are counted.
-const LOG_LIMIT: u64 = 10;
+use self::stack::call;
 
 /// Label used for requests whose destination is not known, to bound metric cardinality.
 const UNKNOWN: &str = "unknown";
@@ -96,35 +81,28 @@ pub(crate) struct Outbound {
     service: Label,
     /// This sidecar's identity, for spans.
     identity: String,
-    spans: Spans,
-    access_log: bool,
-    log_limit: LogLimit,
     /// The destination label of requests that name no known destination.
     unknown: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
-    metrics: Arc<Metrics>,
+    recorder: Recorder,
 }
 
 // === impl Outbound ===
 
 impl Outbound {
     pub(crate) fn new(
-        service: &str,
+        config: &Config,
         identity: &SpiffeId,
         destinations: watch::Receiver<Arc<Destinations>>,
         metrics: Arc<Metrics>,
         spans: Spans,
-        access_log: bool,
     ) -> Self {
         Self {
             identity: identity.to_string(),
-            spans,
-            access_log,
-            log_limit: LogLimit::new(LOG_LIMIT),
-            service: service.into(),
+            service: config.service.as_str().into(),
             unknown: UNKNOWN.into(),
             destinations,
-            metrics,
+            recorder: Recorder::new(Direction::Outbound, spans, config.access_log, metrics),
         }
     }
 
@@ -134,99 +112,56 @@ impl Outbound {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
-        let extracted = propagation::extract(req.headers());
-        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let routed = self.route(&req);
         let (destination, route) = match &routed {
             Ok(routed) => (routed.destination.clone(), routed.route.clone()),
             Err(_) => (self.unknown.clone(), None),
         };
-        let trace = self.spans.start(&extracted.parent, SpanKind::Client, || {
-            format!("{method} {destination}")
-        });
-        if trace.span().is_recording() {
-            trace.span().set_attributes([
-                KeyValue::new(attr::METHOD, method.to_string()),
-                KeyValue::new(attr::URL_PATH, path.clone()),
-                KeyValue::new(attr::SOURCE_IDENTITY, self.identity.clone()),
-                KeyValue::new(attr::DESTINATION, destination.to_string()),
-            ]);
-            if let Ok(routed) = &routed {
-                trace.span().set_attribute(KeyValue::new(
-                    attr::SERVER_ADDRESS,
-                    routed.authority.host().to_owned(),
-                ));
-            }
-            if let Some(route) = &route {
-                trace
-                    .span()
-                    .set_attribute(KeyValue::new(attr::ROUTE, route.to_string()));
+        let request = self
+            .recorder
+            .start(started, &req, |method| format!("{method} {destination}"));
+        {
+            let span = request.trace.span();
+            if span.is_recording() {
+                span.set_attributes([
+                    KeyValue::new(attr::METHOD, req.method().to_string()),
+                    KeyValue::new(attr::URL_PATH, req.uri().path().to_owned()),
+                    KeyValue::new(attr::SOURCE_IDENTITY, self.identity.clone()),
+                    KeyValue::new(attr::DESTINATION, destination.to_string()),
+                ]);
+                if let Ok(routed) = &routed {
+                    span.set_attribute(KeyValue::new(
+                        attr::SERVER_ADDRESS,
+                        routed.authority.host().to_owned(),
+                    ));
+                }
+                if let Some(route) = &route {
+                    span.set_attribute(KeyValue::new(attr::ROUTE, route.to_string()));
+                }
             }
         }
-        let attempts = Arc::new(Attempts::new(trace.clone()));
-        let result = match routed {
+        let attempts = Arc::new(Attempts::new(request.trace.clone()));
+        let outcome = match routed {
             Ok(routed) => {
                 self.forward(
                     routed.service,
                     routed.authority,
                     req,
                     attempts.clone(),
-                    extracted.b3,
+                    request.b3,
                 )
                 .await
             }
             Err(err) => Err(err),
         };
-        let (mut rsp, mesh_error) = match result {
-            Ok(rsp) => (rsp, None),
-            Err(err) => {
-                let (reason, rsp) = error::rescue(err.as_ref());
-                if reason.is_tls() {
-                    self.metrics
-                        .tls_failure(Direction::Outbound, reason.as_str());
-                }
-                if self.log_limit.allow("request failures") {
-                    tracing::warn!(%destination, reason = reason.as_str(), error = %err, "outbound request failed");
-                }
-                (rsp, Some(reason.as_str()))
-            }
+        let parties = Parties {
+            source: &self.service,
+            source_id: &self.identity,
+            destination: &destination,
+            route: route.as_ref(),
         };
         let tries = attempts.count();
-        if tries > 0 {
-            rsp.headers_mut().insert(ATTEMPTS, HeaderValue::from(tries));
-        }
-        let elapsed = started.elapsed();
-        end_span(trace.span(), rsp.status(), mesh_error, tries);
-        self.metrics.request(
-            Direction::Outbound,
-            &self.service,
-            &destination,
-            rsp.status().as_u16(),
-            elapsed.as_secs_f64(),
-        );
-        if let Some(route) = &route {
-            self.metrics.route_request(
-                &destination,
-                route,
-                rsp.status().as_u16(),
-                elapsed.as_secs_f64(),
-            );
-        }
-        if self.access_log {
-            access_log::write(&access_log::Entry {
-                direction: "outbound",
-                trace_id: trace_id(&trace),
-                source: &self.identity,
-                destination: destination.as_str(),
-                route: route.as_ref().map(Label::as_str),
-                method: method.as_str(),
-                path: &path,
-                status: rsp.status().as_u16(),
-                duration_ms: elapsed,
-                attempts: tries,
-            });
-        }
-        Ok(rsp)
+        Ok(self.recorder.finish(request, outcome, &parties, tries))
     }
 
     /// Steps 2 and 3: the destination, the stack of the request's route, and the authority to

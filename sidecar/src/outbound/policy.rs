@@ -21,7 +21,7 @@ use http::Method;
 use mesh_api::route::RouteMatch;
 use tower::ServiceBuilder;
 
-use crate::config::{Destination, DestinationPolicy};
+use crate::config::{Config, Destination, DestinationPolicy};
 use crate::identity::{CredentialsError, Identity, SpiffeId};
 use crate::metrics::{Label, Metrics};
 
@@ -111,6 +111,25 @@ pub(crate) struct BuildContext<'a> {
 // === impl Destinations ===
 
 impl Destinations {
+    /// The table of the bootstrap file's destinations (the control plane replaces it when
+    /// there is one).
+    pub(crate) fn from_config(
+        config: &Config,
+        identity: &Identity,
+        metrics: &Metrics,
+    ) -> Result<Self, CredentialsError> {
+        let cx = BuildContext {
+            identity,
+            connect_timeout: config.connect_timeout,
+            metrics,
+        };
+        let specs = config
+            .destinations
+            .iter()
+            .map(|(name, dest)| (name.clone(), DestinationSpec::from(dest)));
+        Self::build(specs, &cx, None)
+    }
+
     /// Builds the table, keeping from `previous` what is unchanged.
     pub(crate) fn build(
         specs: impl IntoIterator<Item = (String, DestinationSpec)>,

@@ -14,8 +14,8 @@ use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::Body;
-use crate::error::{BoxError, RequestBodyFailed};
+use crate::body::{Body, BoxError};
+use crate::error::RequestBodyFailed;
 
 /// The outcome of reading a body for replay.
 pub(crate) enum Replay {

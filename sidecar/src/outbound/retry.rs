@@ -27,16 +27,15 @@ use http::{Method, Request};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::{Layer, Service};
 
-use crate::Body;
+use crate::body::{Body, BoxError};
 use crate::classify::Class;
 use crate::config::{Backoff, RetryOn, RetryPolicy};
-use crate::error::BoxError;
 use crate::metrics::{DestinationMetrics, RetryReason};
 use opentelemetry::KeyValue;
 
 use super::attempts::Attempts;
 use super::replay::Replay;
-use super::{Req, ResponseFuture, Rsp};
+use super::stack::{Req, ResponseFuture, Rsp};
 
 /// Retries the inner service per the destination's policy.
 #[derive(Clone, Debug)]
@@ -145,13 +144,13 @@ impl Shared {
             .iter()
             .any(|on| matches!(on, RetryOn::ConnectFailure | RetryOn::RefusedStream));
         if self.policy.attempts <= 1 || (unprocessed_only && !unprocessed_retries) {
-            return super::call(inner, req).await;
+            return super::stack::call(inner, req).await;
         }
         let (parts, body) = req.into_parts();
         let held = match Replay::read(body, self.policy.max_buffered_body).await? {
             Replay::Buffered(held) => held,
             Replay::TooLarge(body) => {
-                return super::call(inner, Request::from_parts(parts, body)).await;
+                return super::stack::call(inner, Request::from_parts(parts, body)).await;
             }
         };
         let attempts = parts.extensions.get::<Arc<Attempts>>().cloned();
@@ -163,7 +162,7 @@ impl Shared {
             };
         let mut attempt = 1;
         loop {
-            let result = super::call(inner.clone(), rebuild(&parts, held.body())).await;
+            let result = super::stack::call(inner.clone(), rebuild(&parts, held.body())).await;
             if attempt >= self.policy.attempts {
                 return result;
             }

@@ -19,14 +19,14 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
+use crate::body::{Body, BoxError};
 use crate::config::BreakerPolicy;
-use crate::error::{BoxError, Overloaded};
+use crate::error::Overloaded;
 use opentelemetry::KeyValue;
 
 use super::attempts::Attempts;
 
-use super::{Req, ResponseFuture, Rsp};
-use crate::Body;
+use super::stack::{Req, ResponseFuture, Rsp};
 
 /// Admits requests within the limits, sheds the rest.
 #[derive(Clone, Debug)]
@@ -137,7 +137,7 @@ where
                     limits.in_flight.clone().acquire_owned().await?
                 }
             };
-            let rsp = super::call(inner, req).await?;
+            let rsp = super::stack::call(inner, req).await?;
             Ok(rsp.map(|body| {
                 InFlightBody {
                     body,
@@ -279,7 +279,8 @@ mod tests {
             .layer(gated(gate.clone()));
         let call = || svc.clone().oneshot(http::Request::new(synthetic_body("")));
         // The response (and with it the slot) is dropped once sent, as a server would.
-        let in_flight = crate::outbound::call(svc.clone(), http::Request::new(synthetic_body("")));
+        let in_flight =
+            crate::outbound::stack::call(svc.clone(), http::Request::new(synthetic_body("")));
         let _in_flight = tokio::spawn(async move { in_flight.await.map(drop) });
         tokio::time::sleep(Duration::from_millis(1)).await;
         // The waiter gives up (as the overall timeout would make it).

@@ -11,12 +11,13 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tower::{Layer, Service};
 
-use crate::error::{BoxError, PerTryTimeout, RequestTimeout};
+use crate::body::BoxError;
+use crate::error::{PerTryTimeout, RequestTimeout};
 use opentelemetry::KeyValue;
 
 use super::attempts::Attempts;
 
-use super::{Req, ResponseFuture, Rsp};
+use super::stack::{Req, ResponseFuture, Rsp};
 
 /// Which limit a [`Timeout`] enforces.
 #[derive(Clone, Copy, Debug)]

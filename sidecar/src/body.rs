@@ -1,0 +1,10 @@
+//! The body and error types every step of the proxy passes along; a leaf, so any module can
+//! use them without reaching up to the crate root.
+
+use bytes::Bytes;
+
+/// The error type inside the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type inside the proxy: a boxed stream of bytes, never collected whole.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;

@@ -1,0 +1,138 @@
+//! The bootstrap file: one sidecar's identity, listeners, local app and destinations.
+//!
+//! Read in two layers. The serde types of `schema.rs` mirror the YAML exactly and reject unknown
+//! fields; their error carries the field path (`destinations.inventory.endpoints[1]`). Then
+//! `validate.rs` builds the [`Config`] of `runtime.rs`, collecting *every* error with its path,
+//! so an operator fixes a file in one pass. Values users write as text (addresses, durations,
+//! SPIFFE IDs) stay text in the schema so that all their errors are collected by validation
+//! rather than the first one aborting the parse.
+//!
+//! Relative file paths (`tls.*`, `control_plane.*`) are relative to the directory of the
+//! bootstrap file.
+//!
+//! A sidecar gets its certificate and destinations in one of two ways: from files (`tls` and
+//! `destinations`), or from the control plane (`control_plane`), which issues the certificate
+//! from a CSR and pushes destinations, policy and authorization as they change.
+
+mod runtime;
+mod schema;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use mesh_api::policy;
+pub use mesh_api::validate::ConfigError;
+use mesh_api::validate::Errors;
+
+pub use self::policy::{
+    Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
+};
+#[cfg(test)]
+use self::runtime::DEFAULT_CONNECT_TIMEOUT;
+pub use self::runtime::{
+    AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_INBOUND, DEFAULT_OUTBOUND,
+    Destination, ListenAddrs, TlsPaths,
+};
+use self::schema::File;
+use self::validate::validate;
+use crate::identity::Credentials;
+
+/// Every problem found in a configuration file.
+#[derive(Debug)]
+pub struct InvalidConfig {
+    /// The file, when there is one.
+    pub file: Option<PathBuf>,
+    /// The problems, in file order.
+    pub errors: Vec<ConfigError>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates a bootstrap file.
+    pub fn from_file(path: &Path) -> Result<Self, InvalidConfig> {
+        let with_file = |errors| InvalidConfig {
+            file: Some(path.to_owned()),
+            errors,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            with_file(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read file: {e}"),
+            }])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_yaml(&text, base).map_err(|e| with_file(e.errors))
+    }
+
+    /// Parses and validates YAML; relative paths are resolved against `base`.
+    pub fn from_yaml(text: &str, base: &Path) -> Result<Self, InvalidConfig> {
+        // serde_path_to_error records where the first structural error (unknown field, wrong
+        // type, missing field) happened; the YAML error itself carries line and column.
+        let mut failed_at = None;
+        let file: File = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                failed_at = Some(e.path().to_string());
+                e.into_inner()
+            })
+        })
+        .map_err(|e| InvalidConfig {
+            file: None,
+            errors: vec![ConfigError {
+                path: failed_at.filter(|p| p != ".").unwrap_or_default(),
+                message: e.to_string(),
+            }],
+        })?;
+        let mut errors = Errors::default();
+        let config = validate(file, base, &mut errors);
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(InvalidConfig {
+                file: None,
+                errors: errors.into_vec(),
+            }),
+        }
+    }
+
+    /// Loads the certificate, key and trust bundle this config names; `None` when the
+    /// control plane issues them.
+    pub fn load_credentials(&self) -> Result<Option<Credentials>, InvalidConfig> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        Credentials::load(&self.identity, &tls.cert, &tls.key, &tls.trust_bundle)
+            .map(Some)
+            .map_err(|e| InvalidConfig {
+                file: None,
+                errors: vec![ConfigError {
+                    path: "tls".into(),
+                    message: e.to_string(),
+                }],
+            })
+    }
+}
+
+// === impl InvalidConfig ===
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "invalid configuration in {}:", file.display())?,
+            None => write!(f, "invalid configuration:")?,
+        }
+        for e in &self.errors {
+            if e.path.is_empty() {
+                write!(f, "\n  {}", e.message)?;
+            } else {
+                write!(f, "\n  {}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+#[cfg(test)]
+mod tests;

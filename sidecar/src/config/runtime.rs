@@ -1,0 +1,129 @@
+//! The validated configuration the sidecar runs on, and what `/config` shows.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mesh_api::authorization::AuthorizationPolicy;
+use mesh_api::policy::DestinationPolicy;
+use serde::{Serialize, Serializer};
+
+use crate::identity::SpiffeId;
+use crate::telemetry::TracingConfig;
+
+/// Default outbound listener, where the local app sends plain HTTP.
+pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:15001";
+/// Default inbound listener, where peer sidecars connect with mutual TLS.
+pub const DEFAULT_INBOUND: &str = "127.0.0.1:15006";
+/// Default admin listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The validated configuration of one sidecar.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// The service this instance belongs to.
+    pub service: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The trust domain of every identity in the mesh.
+    pub trust_domain: String,
+    /// This sidecar's SPIFFE ID, derived from the three fields above.
+    pub identity: SpiffeId,
+    /// The local application, where inbound requests are forwarded.
+    pub app: SocketAddr,
+    /// Listener addresses.
+    pub listen: ListenAddrs,
+    /// The version of the app, for traffic splits (`v1` unless set).
+    pub version: String,
+    /// Certificate, key and trust bundle files (without a control plane).
+    pub tls: Option<TlsPaths>,
+    /// The control plane that issues the certificate and pushes destinations and policy.
+    pub control_plane: Option<ControlPlaneConfig>,
+    /// Services this instance may call, by name (without a control plane).
+    pub destinations: BTreeMap<String, Destination>,
+    /// Limit on TCP connect plus TLS handshake to a peer sidecar.
+    #[serde(serialize_with = "human_duration")]
+    pub connect_timeout: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(serialize_with = "human_duration")]
+    pub drain_timeout: Duration,
+    /// Span export and sampling.
+    pub tracing: TracingConfig,
+    /// Whether to write one JSON line per request to standard output.
+    pub access_log: bool,
+    /// Who may call this service.
+    pub authorization: AuthorizationPolicy,
+    /// How the sidecar probes its app; `None`: it does not, and the app is taken to be up.
+    pub app_health: Option<AppHealthConfig>,
+}
+
+/// How the sidecar probes its app: an HTTP GET or a TCP connect every `interval`; after
+/// `unhealthy_after` failures in a row its instance leaves its callers' endpoints.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AppHealthConfig {
+    /// Path of an HTTP GET that answers 2xx or 3xx while the app is healthy; `None`: a TCP
+    /// connect to the app is the probe.
+    pub path: Option<String>,
+    /// Time between probes.
+    #[serde(serialize_with = "human_duration")]
+    pub interval: Duration,
+    /// Limit on one probe.
+    #[serde(serialize_with = "human_duration")]
+    pub timeout: Duration,
+    /// Failed probes in a row that make the app down.
+    pub unhealthy_after: u32,
+    /// Successful probes in a row that make it up again.
+    pub healthy_after: u32,
+}
+
+/// Where the three listeners bind.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct ListenAddrs {
+    /// Plain HTTP from the local app.
+    pub outbound: SocketAddr,
+    /// Mutual TLS from peer sidecars.
+    pub inbound: SocketAddr,
+    /// Health, metrics, config and shutdown.
+    pub admin: SocketAddr,
+}
+
+/// Paths of the PEM files (no key material is kept here).
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsPaths {
+    /// Leaf certificate (optionally followed by intermediates).
+    pub cert: PathBuf,
+    /// Private key of the leaf.
+    pub key: PathBuf,
+    /// CA certificates whose leaves are trusted.
+    pub trust_bundle: PathBuf,
+}
+
+/// Where the control plane is and how to prove who this sidecar speaks for.
+#[derive(Clone, Debug, Serialize)]
+pub struct ControlPlaneConfig {
+    /// Its API address.
+    pub address: SocketAddr,
+    /// The CA certificate(s) its certificate must chain to (the state directory's `ca.pem`).
+    pub trust_anchor: PathBuf,
+    /// The file holding this service's join token.
+    pub token_file: PathBuf,
+}
+
+/// A service this sidecar may send requests to.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Destination {
+    /// Inbound addresses of the destination's sidecars.
+    pub endpoints: Vec<SocketAddr>,
+    /// The identity its sidecars must present.
+    pub identity: SpiffeId,
+    /// Timeouts, retries, circuit breaking and load balancing.
+    #[serde(flatten)]
+    pub policy: DestinationPolicy,
+}
+
+fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}

@@ -1,0 +1,103 @@
+//! The bootstrap file as users write it: serde types that mirror the YAML and reject unknown
+//! fields. Values users write as text (addresses, durations, SPIFFE IDs) stay text here, so
+//! validation can report every bad one instead of the parse stopping at the first.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use mesh_api::authorization::AuthorizationFile;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    pub(super) service: String,
+    #[serde(default)]
+    pub(super) namespace: Option<String>,
+    pub(super) trust_domain: String,
+    pub(super) app: String,
+    #[serde(default)]
+    pub(super) listen: ListenFile,
+    #[serde(default)]
+    pub(super) version: Option<String>,
+    #[serde(default)]
+    pub(super) tls: Option<TlsFile>,
+    #[serde(default)]
+    pub(super) control_plane: Option<ControlPlaneFile>,
+    #[serde(default)]
+    pub(super) destinations: BTreeMap<String, DestinationFile>,
+    #[serde(default)]
+    pub(super) connect_timeout: Option<String>,
+    #[serde(default)]
+    pub(super) drain_timeout: Option<String>,
+    #[serde(default)]
+    pub(super) tracing: TracingFile,
+    #[serde(default)]
+    pub(super) access_log: bool,
+    #[serde(default)]
+    pub(super) authorization: AuthorizationFile,
+    #[serde(default)]
+    pub(super) app_health: Option<AppHealthFile>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AppHealthFile {
+    pub(super) path: Option<String>,
+    pub(super) interval: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) unhealthy_after: Option<u32>,
+    pub(super) healthy_after: Option<u32>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TracingFile {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) protocol: Option<String>,
+    pub(super) sampling: Option<f64>,
+    pub(super) max_queue: Option<usize>,
+    pub(super) service_name: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenFile {
+    pub(super) outbound: Option<String>,
+    pub(super) inbound: Option<String>,
+    pub(super) admin: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsFile {
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+    pub(super) trust_bundle: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ControlPlaneFile {
+    pub(super) address: String,
+    pub(super) trust_anchor: PathBuf,
+    pub(super) token_file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DestinationFile {
+    pub(super) endpoints: Vec<String>,
+    #[serde(default)]
+    pub(super) identity: Option<String>,
+    #[serde(default)]
+    pub(super) timeout: Option<String>,
+    #[serde(default)]
+    pub(super) retries: Option<mesh_api::policy::RetriesFile>,
+    #[serde(default)]
+    pub(super) circuit_breaker: Option<mesh_api::policy::BreakerFile>,
+    #[serde(default)]
+    pub(super) load_balancer: Option<String>,
+    #[serde(default)]
+    pub(super) routes: Option<Vec<mesh_api::route::RouteFile>>,
+}

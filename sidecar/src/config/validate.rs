@@ -1,0 +1,265 @@
+//! From the file as written to the configuration the sidecar runs on: every field checked,
+//! defaults filled in, relative paths resolved, and *every* error collected with its path so an
+//! operator fixes a file in one pass.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_api::authorization::{self, Decision};
+use mesh_api::validate::{Errors, check_label, duration};
+
+use super::runtime::{
+    AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination, ListenAddrs, TlsPaths,
+};
+use super::schema::{AppHealthFile, File, TracingFile};
+use crate::identity::SpiffeId;
+use crate::telemetry::{OtlpProtocol, TracingConfig};
+
+pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
+    check_label(errors, "service", &file.service);
+    let namespace = file.namespace.unwrap_or_else(|| "default".to_owned());
+    check_label(errors, "namespace", &namespace);
+    let identity = match SpiffeId::for_service(&file.trust_domain, &namespace, &file.service) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            // A bad service or namespace is already reported; blame the trust domain only when
+            // it is the cause.
+            if SpiffeId::for_service(&file.trust_domain, "ns", "sa").is_err() {
+                errors.push("trust_domain", format!("{:?}: {e}", file.trust_domain));
+            }
+            None
+        }
+    };
+    let app = socket_addr(errors, "app", &file.app);
+    let listen = ListenAddrs {
+        outbound: listen_addr(errors, "outbound", file.listen.outbound, DEFAULT_OUTBOUND),
+        inbound: listen_addr(errors, "inbound", file.listen.inbound, DEFAULT_INBOUND),
+        admin: listen_addr(errors, "admin", file.listen.admin, DEFAULT_ADMIN),
+    };
+    let distinct = [listen.outbound, listen.inbound, listen.admin];
+    if distinct
+        .iter()
+        .enumerate()
+        .any(|(i, a)| a.port() != 0 && distinct[..i].contains(a))
+    {
+        errors.push(
+            "listen",
+            "outbound, inbound and admin must use different addresses",
+        );
+    }
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let tls = file.tls.map(|tls| TlsPaths {
+        cert: resolve(tls.cert),
+        key: resolve(tls.key),
+        trust_bundle: resolve(tls.trust_bundle),
+    });
+    let control_plane = file.control_plane.and_then(|cp| {
+        Some(ControlPlaneConfig {
+            address: socket_addr(errors, "control_plane.address", &cp.address)?,
+            trust_anchor: resolve(cp.trust_anchor),
+            token_file: resolve(cp.token_file),
+        })
+    });
+    match (&tls, &control_plane) {
+        (None, None) => errors.push(
+            "",
+            "set either tls (certificate files) or control_plane (certificates from the control plane)",
+        ),
+        (Some(_), Some(_)) => errors.push(
+            "control_plane",
+            "the control plane issues the certificate: remove tls",
+        ),
+        _ => {}
+    }
+    if control_plane.is_some() && !file.destinations.is_empty() {
+        errors.push(
+            "destinations",
+            "the control plane pushes destinations: remove them, or remove control_plane",
+        );
+    }
+    let version = file.version.unwrap_or_else(|| "v1".to_owned());
+    check_label(errors, "version", &version);
+
+    let mut destinations = BTreeMap::new();
+    for (name, dest) in file.destinations {
+        let path = format!("destinations.{name}");
+        check_label(errors, &path, &name);
+        if dest.endpoints.is_empty() {
+            errors.push(
+                format!("{path}.endpoints"),
+                "must list at least one endpoint",
+            );
+        }
+        let endpoints: Vec<_> = dest
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| socket_addr(errors, &format!("{path}.endpoints[{i}]"), e))
+            .collect();
+        let identity = match dest.identity {
+            Some(id) => id
+                .parse::<SpiffeId>()
+                .map_err(|e| errors.push(format!("{path}.identity"), format!("{id:?}: {e}")))
+                .ok(),
+            None => SpiffeId::for_service(&file.trust_domain, &namespace, &name).ok(),
+        };
+        let policy = mesh_api::policy::validate(
+            mesh_api::policy::PolicyFile {
+                timeout: dest.timeout,
+                retries: dest.retries,
+                circuit_breaker: dest.circuit_breaker,
+                load_balancer: dest.load_balancer,
+                routes: dest.routes,
+            },
+            &path,
+            errors,
+        );
+        if let Some(identity) = identity {
+            destinations.insert(
+                name,
+                Destination {
+                    endpoints,
+                    identity,
+                    policy,
+                },
+            );
+        }
+    }
+
+    let connect_timeout = duration(
+        errors,
+        "connect_timeout",
+        file.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let drain_timeout = duration(
+        errors,
+        "drain_timeout",
+        file.drain_timeout,
+        DEFAULT_DRAIN_TIMEOUT,
+    );
+    let tracing = tracing_config(file.tracing, errors);
+    let app_health = file.app_health.map(|f| app_health_config(f, errors));
+    let authorization =
+        authorization::validate(file.authorization, "authorization", Decision::Allow, errors);
+    Some(Config {
+        app_health,
+        authorization,
+        tracing,
+        access_log: file.access_log,
+        service: file.service,
+        namespace,
+        trust_domain: file.trust_domain,
+        identity: identity?,
+        app: app?,
+        listen,
+        version,
+        tls,
+        control_plane,
+        destinations,
+        connect_timeout,
+        drain_timeout,
+    })
+}
+
+fn app_health_config(file: AppHealthFile, errors: &mut Errors) -> AppHealthConfig {
+    if let Some(path) = &file.path
+        && (!path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        errors.push(
+            "app_health.path",
+            format!("{path:?} is not a request path: write e.g. /healthz"),
+        );
+    }
+    let interval = duration(
+        errors,
+        "app_health.interval",
+        file.interval,
+        Duration::from_secs(2),
+    );
+    let timeout = duration(
+        errors,
+        "app_health.timeout",
+        file.timeout,
+        Duration::from_secs(1),
+    );
+    if timeout > interval {
+        errors.push("app_health.timeout", "must not exceed app_health.interval");
+    }
+    let count = |errors: &mut Errors, field: &str, value: Option<u32>, default: u32| {
+        let n = value.unwrap_or(default);
+        if !(1..=100).contains(&n) {
+            errors.push(format!("app_health.{field}"), "must be between 1 and 100");
+        }
+        n.clamp(1, 100)
+    };
+    AppHealthConfig {
+        path: file.path,
+        interval,
+        timeout,
+        unhealthy_after: count(errors, "unhealthy_after", file.unhealthy_after, 3),
+        healthy_after: count(errors, "healthy_after", file.healthy_after, 1),
+    }
+}
+
+fn tracing_config(file: TracingFile, errors: &mut Errors) -> TracingConfig {
+    let defaults = TracingConfig::default();
+    if let Some(endpoint) = &file.otlp_endpoint {
+        let ok = endpoint.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        });
+        if !ok {
+            errors.push(
+                "tracing.otlp_endpoint",
+                format!("invalid URL {endpoint:?}: write e.g. http://127.0.0.1:4317"),
+            );
+        }
+    }
+    let protocol = match file.protocol.as_deref() {
+        None | Some("grpc") => OtlpProtocol::Grpc,
+        Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+        Some(other) => {
+            errors.push(
+                "tracing.protocol",
+                format!("unknown protocol {other:?}: use grpc or http/protobuf"),
+            );
+            OtlpProtocol::Grpc
+        }
+    };
+    let sampling = file.sampling.unwrap_or(defaults.sampling);
+    if !(0.0..=1.0).contains(&sampling) {
+        errors.push("tracing.sampling", "must be between 0 and 1");
+    }
+    let max_queue = file.max_queue.unwrap_or(defaults.max_queue);
+    if !(1..=1_000_000).contains(&max_queue) {
+        errors.push("tracing.max_queue", "must be between 1 and 1000000");
+    }
+    TracingConfig {
+        otlp_endpoint: file.otlp_endpoint,
+        protocol,
+        sampling: sampling.clamp(0.0, 1.0),
+        max_queue,
+        service_name: file.service_name,
+    }
+}
+
+fn socket_addr(errors: &mut Errors, path: &str, value: &str) -> Option<SocketAddr> {
+    value
+        .parse()
+        .map_err(|_| errors.push(path, format!("invalid socket address {value:?}")))
+        .ok()
+}
+
+fn listen_addr(
+    errors: &mut Errors,
+    name: &str,
+    value: Option<String>,
+    default: &str,
+) -> SocketAddr {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    socket_addr(errors, &format!("listen.{name}"), &value)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+}

@@ -1,0 +1,100 @@
+//! Step 1 on the inbound listener: each connection from a peer sidecar is identified (step 9,
+//! [`identify`](super::identify)) and then served as HTTP/2, every request handed to the
+//! inbound handler (`Inbound::handle`, passed in) with the caller it came from.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::identify::{Caller, identify};
+use crate::body::Body;
+use crate::log_limit::LogLimit;
+use crate::metrics::{Direction, Metrics};
+use crate::serve::{self, Drain, http_server};
+
+/// A peer that has not finished its TLS handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the inbound listener until `drain`, then drains its connections.
+pub(crate) fn spawn<H, F>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handle: H,
+    drain: Drain,
+    metrics: Arc<Metrics>,
+) -> JoinHandle<()>
+where
+    H: Fn(Arc<Caller>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let handshake_log_limit = Arc::new(LogLimit::new(10));
+    let connection_metrics = metrics.clone();
+    tokio::spawn(serve::serve(
+        Direction::Inbound,
+        listener,
+        drain,
+        metrics,
+        move |tcp, peer, watcher| {
+            let connection = Connection {
+                handle: handle.clone(),
+                acceptor: acceptor.clone(),
+                metrics: connection_metrics.clone(),
+                log_limit: handshake_log_limit.clone(),
+            };
+            connection.serve(tcp, peer, watcher)
+        },
+    ))
+}
+
+/// What one connection from a peer sidecar needs.
+struct Connection<H> {
+    handle: H,
+    acceptor: TlsAcceptor,
+    metrics: Arc<Metrics>,
+    /// Caps refused-handshake warnings (a port scan should not flood the logs).
+    log_limit: Arc<LogLimit>,
+}
+
+// === impl Connection ===
+
+impl<H, F> Connection<H>
+where
+    H: Fn(Arc<Caller>, Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    /// Terminates mTLS and identifies the caller (step 9), then serves its requests.
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let (tls, caller) = match identify(&self.acceptor, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+            Ok(identified) => identified,
+            Err(error) => {
+                self.metrics.tls_failure(Direction::Inbound, error.reason());
+                if self.log_limit.allow("refused inbound connections") {
+                    ::tracing::warn!(%peer, reason = error.reason(), %error, "inbound connection refused");
+                }
+                return;
+            }
+        };
+        ::tracing::debug!(%peer, %caller, "inbound connection identified");
+        let caller = Arc::new(Caller::new(caller, peer));
+        let handle = self.handle;
+        let http = http_server();
+        let conn = http.serve_connection(
+            TokioIo::new(tls),
+            service_fn(move |req| handle(caller.clone(), req)),
+        );
+        if let Err(error) = watcher.watch(conn.into_owned()).await {
+            ::tracing::debug!(%peer, %error, "inbound connection closed with error");
+        }
+    }
+}
