@@ -25,7 +25,7 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     for bin in ["sidecar", "echo-app"] {
         if !dir.join(bin).exists() {
             bail!(
-                "{} not found; build it first: cargo build --release -p mesh-sidecar -p demo-services",
+                "{} not found; build it first: cargo build --release -p mesh-sidecar -p mesh-testkit",
                 dir.join(bin).display()
             );
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{Dirs, eventually, metric};
 use http::{Method, StatusCode};
 use mesh_control_plane::ControlPlane;
-use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, closed_port};
+use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -654,13 +654,13 @@ async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_tra
         .sidecar("inventory", app::echo("inventory-a").await, "")
         .await;
     // b is a real sidecar process, so it can die without a word: SIGKILL.
-    let (b_inbound, b_admin) = (closed_port(), closed_port());
+    let (b_inbound, b_admin) = (free_port(), free_port());
     let b_config = cluster
         .mesh
         .sidecar("inventory")
         .app(app::echo("inventory-b").await)
         .control_plane(cluster.control_plane("inventory"))
-        .write_config(closed_port(), b_inbound, b_admin);
+        .write_config(free_port(), b_inbound, b_admin);
     let mut b = Process(
         Command::new(sidecar_binary())
             .arg("--config")
@@ -829,8 +829,8 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     let cluster = Cluster::new(
         "1h",
         &[("orders", ORDERS), ("inventory", INVENTORY)],
-        closed_port(),
-        closed_port(),
+        free_port(),
+        free_port(),
     );
     let mut process = spawn_binary(&cluster);
     wait_control_plane_ready(&cluster).await;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::Killed;
 use http::StatusCode;
-use mesh_testkit::{Sidecar, TestMesh, app, client, closed_port, eventually};
+use mesh_testkit::{Sidecar, TestMesh, app, client, eventually, free_port};
 
 /// `/ready`'s status and body.
 async fn ready(sidecar: &Sidecar) -> (StatusCode, String) {
@@ -70,8 +70,8 @@ async fn ready_and_the_gauge_follow_the_apps_http_health_probe() {
 #[tokio::test]
 async fn without_a_path_the_probe_is_a_tcp_connect_and_an_app_never_up_is_never_ready() {
     let mesh = TestMesh::new();
-    let app = closed_port();
-    let (outbound, inbound, admin) = (closed_port(), closed_port(), closed_port());
+    let app = free_port();
+    let (outbound, inbound, admin) = (free_port(), free_port(), free_port());
     let config = mesh
         .sidecar("inventory")
         .app(app)

@@ -4,8 +4,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use http::StatusCode;
-use mesh_testkit::{TestMesh, app, client, eventually};
 use mesh_control_plane::ca::{DevCa, Leaf, LeafSpec};
+use mesh_testkit::{TestMesh, app, client, eventually};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -11,7 +11,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use mesh_testkit::app::{self, Faults};
-use mesh_testkit::{Sidecar, TestMesh, client, closed_port, eventually};
+use mesh_testkit::{Sidecar, TestMesh, client, eventually, free_port};
 
 /// `n` inventory instances: a faulty app behind its own sidecar each.
 async fn inventories(
@@ -88,7 +88,7 @@ async fn an_endpoint_failing_30_percent_of_requests_is_retried_away() {
 async fn a_dead_endpoint_is_ejected_then_probed_and_returned_when_back() {
     let mesh = TestMesh::new();
     let (_faults, _inv, mut endpoints) = inventories(&mesh, 2).await;
-    let dead = closed_port();
+    let dead = free_port();
     endpoints.push(dead);
     let orders = orders(
         &mesh,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::Full;
-use mesh_testkit::{Sidecar, TestMesh, app, client, closed_port, eventually};
+use mesh_testkit::{Sidecar, TestMesh, app, client, eventually, free_port};
 
 /// Status of GET `url`, or `None` when the connection fails.
 async fn status_of(url: &str) -> Option<StatusCode> {
@@ -140,7 +140,7 @@ async fn sigterm_drains_then_exits_zero_with(args: &[&str]) {
     let mesh = TestMesh::new();
     let (addr, mut gate) = app::gated().await;
     let inventory = mesh.sidecar("inventory").app(addr).start().await;
-    let (outbound, inbound, admin) = (closed_port(), closed_port(), closed_port());
+    let (outbound, inbound, admin) = (free_port(), free_port(), free_port());
     let config = mesh
         .sidecar("orders")
         .destination("inventory", &[inventory.inbound])
