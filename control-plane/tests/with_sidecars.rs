@@ -7,15 +7,16 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Dirs, eventually, metric};
+use common::{Dirs, metric};
 use http::{Method, StatusCode};
 use mesh_control_plane::ControlPlane;
-use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, free_port};
+use mesh_testkit::process::KillOnDrop;
+use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, eventually, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -108,7 +109,7 @@ impl Cluster {
             .start()
             .await;
         let url = sidecar.admin_url("/ready");
-        eventually(PATIENCE, &format!("{service} sidecar ready"), || {
+        eventually(&format!("{service} sidecar ready"), PATIENCE, || {
             let url = url.clone();
             async move {
                 let rsp = client::http1()
@@ -230,7 +231,7 @@ async fn sidecars_get_certificates_and_endpoints_from_the_control_plane() {
         .sidecar("orders", app::echo("orders").await, "")
         .await;
 
-    let (status, body) = eventually(PATIENCE, "orders reaching inventory", || async {
+    let (status, body) = eventually("orders reaching inventory", PATIENCE, || async {
         let (status, body) = call(&orders, "inventory", "/whoami").await;
         (status == StatusCode::OK).then_some((status, body))
     })
@@ -273,7 +274,7 @@ async fn a_sidecar_with_a_wrong_token_gets_no_certificate_and_is_never_ready() {
         .start()
         .await;
     // The control plane counts the refusals; the sidecar keeps asking and stays unready.
-    eventually(PATIENCE, "two refused certify calls", || async {
+    eventually("two refused certify calls", PATIENCE, || async {
         let (_, body) =
             mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/metrics")
                 .await
@@ -305,7 +306,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
     cluster
         .dirs
         .write_service("inventory", "name: inventory\ntimeout: 100ms\n");
-    eventually(PATIENCE, "the timeout to apply", || async {
+    eventually("the timeout to apply", PATIENCE, || async {
         let (status, _) = call(&orders, "inventory", "/delay/300").await;
         (status == StatusCode::GATEWAY_TIMEOUT).then_some(())
     })
@@ -317,7 +318,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
         "name: inventory\ntimeout: 100ms\n\
          routes: [{ name: delays, match: { methods: [GET], path_prefix: /delay }, timeout: 2s }]\n",
     );
-    eventually(PATIENCE, "the route to apply", || async {
+    eventually("the route to apply", PATIENCE, || async {
         let (status, _) = call(&orders, "inventory", "/delay/300").await;
         (status == StatusCode::OK).then_some(())
     })
@@ -337,7 +338,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
         "inventory",
         "name: inventory\ntimeout: 100ms\nauthorization: { default: deny, allow: [storefront] }\n",
     );
-    let body = eventually(PATIENCE, "orders to be denied", || async {
+    let body = eventually("orders to be denied", PATIENCE, || async {
         let (status, body) = call(&orders, "inventory", "/echo").await;
         (status == StatusCode::FORBIDDEN).then_some(body)
     })
@@ -380,7 +381,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
         "inventory",
         "name: inventory\ntimeout: soon\nauthorization: { default: allow }\n",
     );
-    eventually(PATIENCE, "the invalid edit to be reported", || async {
+    eventually("the invalid edit to be reported", PATIENCE, || async {
         let (_, body) =
             mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/metrics")
                 .await
@@ -407,7 +408,7 @@ async fn certificates_renew_under_continuous_traffic_without_a_failed_request() 
     // Both sidecars renew (at 60-70% of 5 s) at least twice, so the first certificates have
     // expired by the end.
     for sidecar in [&orders, &inventory] {
-        eventually(PATIENCE, "two renewals", || async {
+        eventually("two renewals", PATIENCE, || async {
             let text = sidecar_metrics(sidecar).await;
             (metric(&text, "mesh_certificate_renewals_total{result=\"ok\"}")? >= 2.0).then_some(())
         })
@@ -457,7 +458,7 @@ async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let new = body["id"].as_str().unwrap().to_owned();
     // 2. Issue from it, once every sidecar has acknowledged the bundle that holds it.
-    eventually(PATIENCE, "the new root to become the signer", || async {
+    eventually("the new root to become the signer", PATIENCE, || async {
         let (status, _) = cluster
             .admin(Method::POST, &format!("/ca/signer/{new}"))
             .await;
@@ -466,8 +467,8 @@ async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
     .await;
     // Sidecars see the new issuer and renew.
     eventually(
-        PATIENCE,
         "every certificate to come from the new root",
+        PATIENCE,
         || async {
             let status = cluster.status().await;
             let all_new = ["orders", "inventory"].iter().all(|s| {
@@ -482,14 +483,14 @@ async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
     )
     .await;
     // 3. Remove the old root.
-    eventually(PATIENCE, "the old root to be removed", || async {
+    eventually("the old root to be removed", PATIENCE, || async {
         let (status, _) = cluster
             .admin(Method::DELETE, &format!("/ca/roots/{old}"))
             .await;
         (status == StatusCode::OK).then_some(())
     })
     .await;
-    eventually(PATIENCE, "sidecars to trust only the new root", || async {
+    eventually("sidecars to trust only the new root", PATIENCE, || async {
         let roots = snapshot(&inventory).await["trust_bundle_sha256"]
             .as_array()?
             .len();
@@ -522,8 +523,8 @@ fn inventory_endpoints(snapshot: &serde_json::Value) -> Vec<String> {
 /// Waits until `sidecar`'s snapshot lists `n` inventory endpoints.
 async fn wait_for_inventory_endpoints(sidecar: &Sidecar, n: usize) {
     eventually(
-        PATIENCE,
         &format!("{n} inventory endpoints in the snapshot"),
+        PATIENCE,
         || async { (inventory_endpoints(&snapshot(sidecar).await).len() == n).then_some(()) },
     )
     .await;
@@ -563,8 +564,8 @@ async fn an_instance_whose_app_is_down_leaves_callers_snapshots_until_it_answers
 
     faults.fail(503, 10);
     eventually(
-        PATIENCE,
         "the sick instance to leave orders' snapshot",
+        PATIENCE,
         || async {
             (inventory_endpoints(&snapshot(&orders).await) == [well.inbound.to_string()])
                 .then_some(())
@@ -590,8 +591,8 @@ async fn an_instance_whose_app_is_down_leaves_callers_snapshots_until_it_answers
 
     faults.fail(503, 0);
     eventually(
-        PATIENCE,
         "the instance to return to orders' snapshot",
+        PATIENCE,
         || async {
             let endpoints = inventory_endpoints(&snapshot(&orders).await);
             endpoints.contains(&sick.inbound.to_string()).then_some(())
@@ -625,7 +626,7 @@ async fn an_ejected_instance_stays_ejected_when_another_joins() {
         r#"mesh_endpoint_requests_total{{destination="inventory",endpoint="{}"}}"#,
         failing.inbound
     );
-    eventually(PATIENCE, "the failing instance to be ejected", || async {
+    eventually("the failing instance to be ejected", PATIENCE, || async {
         call(&orders, "inventory", "/x").await;
         (metric(&sidecar_metrics(&orders).await, ejected) == Some(1.0)).then_some(())
     })
@@ -661,7 +662,7 @@ async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_tra
         .app(app::echo("inventory-b").await)
         .control_plane(cluster.control_plane("inventory"))
         .write_config(free_port(), b_inbound, b_admin);
-    let mut b = Process(
+    let mut b = KillOnDrop::new(
         Command::new(sidecar_binary())
             .arg("--config")
             .arg(&b_config)
@@ -677,9 +678,9 @@ async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_tra
     wait_for_inventory_endpoints(&orders, 2).await;
 
     // No deregistration, no more heartbeats: after the lease (1.5 s) b leaves the snapshot.
-    b.0.kill().unwrap();
-    b.0.wait().unwrap();
-    eventually(PATIENCE, "b to leave orders' snapshot", || async {
+    b.kill().unwrap();
+    b.wait().unwrap();
+    eventually("b to leave orders' snapshot", PATIENCE, || async {
         let list = inventory_endpoints(&snapshot(&orders).await);
         (list == [a.inbound.to_string()]).then_some(())
     })
@@ -762,7 +763,7 @@ async fn a_90_10_traffic_split_is_observed() {
     let orders = cluster
         .sidecar("orders", app::echo("orders").await, "")
         .await;
-    eventually(PATIENCE, "both versions in orders' snapshot", || async {
+    eventually("both versions in orders' snapshot", PATIENCE, || async {
         let backends = snapshot(&orders).await["destinations"]["inventory"]["backends"].clone();
         let full = backends
             .as_array()?
@@ -785,17 +786,7 @@ async fn a_90_10_traffic_split_is_observed() {
     cp.stop().await.unwrap();
 }
 
-/// The real binary, killed with SIGKILL on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_binary(cluster: &Cluster) -> Process {
+fn spawn_binary(cluster: &Cluster) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
         .arg("--config-dir")
         .arg(cluster.dirs.config.path())
@@ -810,11 +801,11 @@ fn spawn_binary(cluster: &Cluster) -> Process {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Process(child)
+    KillOnDrop::new(child)
 }
 
 async fn wait_control_plane_ready(cluster: &Cluster) {
-    eventually(PATIENCE, "the control plane to be ready", || async {
+    eventually("the control plane to be ready", PATIENCE, || async {
         let (status, _) =
             mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/ready")
                 .await
@@ -844,9 +835,9 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     let traffic = Traffic::start(orders.outbound_url());
 
     // Killed: no goodbye, no drain.
-    process.0.kill().unwrap();
-    process.0.wait().unwrap();
-    eventually(PATIENCE, "orders to notice", || async {
+    process.kill().unwrap();
+    process.wait().unwrap();
+    eventually("orders to notice", PATIENCE, || async {
         let text = sidecar_metrics(&orders).await;
         (metric(&text, "mesh_control_plane_connected")? == 0.0).then_some(())
     })
@@ -864,8 +855,8 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     let _process = spawn_binary(&cluster);
     wait_control_plane_ready(&cluster).await;
     eventually(
-        PATIENCE,
         "orders to reconnect and apply the new policy",
+        PATIENCE,
         || async {
             let (status, _) = call(&orders, "inventory", "/delay/300").await;
             (status == StatusCode::GATEWAY_TIMEOUT).then_some(())
@@ -876,8 +867,8 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     // request failed, before, during or after.
     traffic.finish_without_failures(50).await;
     eventually(
-        PATIENCE,
         "every sidecar to acknowledge the current version",
+        PATIENCE,
         || async {
             let status = cluster.status().await;
             let services = status["services"].as_object()?;

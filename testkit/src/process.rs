@@ -4,7 +4,7 @@ use std::ops::{Deref, DerefMut};
 use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
+pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 /// A spawned process, killed and reaped on drop, so that a failed assertion or an early return

@@ -4,9 +4,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::Killed;
 use http::StatusCode;
 use mesh_testkit::otlp::{Collector, ReceivedSpan};
+use mesh_testkit::process::KillOnDrop;
 use mesh_testkit::{TestMesh, app, client, eventually, free_port};
 
 const CLIENT: i32 = 3;
@@ -255,7 +255,7 @@ async fn spans_reach_a_separate_collector_process() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("rotel.log");
     let (grpc, http) = (free_port(), free_port());
-    let _rotel = Killed(
+    let _rotel = KillOnDrop::new(
         std::process::Command::new(agent)
             .args(["start", "--exporter", "blackhole", "--debug-log", "traces"])
             .arg("--otlp-grpc-endpoint")
@@ -321,8 +321,8 @@ async fn the_access_log_is_one_json_line_per_request() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = Killed(child);
-    let stdout = child.0.stdout.take().unwrap();
+    let mut child = KillOnDrop::new(child);
+    let stdout = child.stdout.take().unwrap();
     let ready = format!("http://{admin}/ready");
     eventually("the sidecar to be ready", Duration::from_secs(10), || {
         let url = ready.clone();
