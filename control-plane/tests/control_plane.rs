@@ -10,7 +10,7 @@ use common::*;
 use http::{Method, StatusCode};
 use mesh_api::proto::v1;
 use mesh_control_plane::client;
-use mesh_testkit::eventually;
+use mesh_testkit::{eventually, metrics};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::ParsedCertificate;
 use tonic::Code;
@@ -135,11 +135,11 @@ async fn certify_issues_exactly_the_services_identity() {
     let (_, metrics) = admin(&cp, Method::GET, "/metrics").await;
     let metrics = metrics.as_str().unwrap().to_owned();
     assert_eq!(
-        metric(&metrics, "mesh_control_plane_certificates_issued_total"),
+        metrics::value(&metrics, "mesh_control_plane_certificates_issued_total"),
         Some(1.0)
     );
     assert_eq!(
-        metric(
+        metrics::value(
             &metrics,
             "mesh_control_plane_certificates_refused_total{reason=\"unauthenticated\"}"
         ),
@@ -276,7 +276,7 @@ async fn edits_reach_dependents_only_and_bad_edits_change_nothing() {
     let (_, metrics) = eventually("a failed reload", Duration::from_secs(3), || async {
         let (_, m) = admin(&cp, Method::GET, "/metrics").await;
         let text = m.as_str().unwrap().to_owned();
-        (metric(
+        (metrics::value(
             &text,
             "mesh_control_plane_config_reloads_total{result=\"failed\"}",
         ) >= Some(1.0))

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Dirs, metric};
+use common::Dirs;
 use http::{Method, StatusCode};
 use mesh_control_plane::ControlPlane;
+use mesh_testkit::metrics;
 use mesh_testkit::process::KillOnDrop;
 use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, eventually, free_port};
 
@@ -325,7 +326,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
     .await;
     let m = sidecar_metrics(&orders).await;
     assert!(
-        metric(
+        metrics::value(
             &m,
             "mesh_route_requests_total{destination=\"inventory\",route=\"delays\",status_code=\"200\"}"
         )
@@ -350,7 +351,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
     );
     let inventory_metrics = sidecar_metrics(&_inventory).await;
     assert!(
-        metric(
+        metrics::value(
             &inventory_metrics,
             "mesh_authorization_denied_total{source=\"orders\"}"
         )
@@ -366,7 +367,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
     // An invalid edit: reported, not applied; everything keeps running as it was.
     let before = snapshot(&orders).await["version"].as_u64().unwrap();
     let failed_reloads = |text: &str| {
-        metric(
+        metrics::value(
             text,
             "mesh_control_plane_config_reloads_total{result=\"failed\"}",
         )
@@ -410,7 +411,8 @@ async fn certificates_renew_under_continuous_traffic_without_a_failed_request() 
     for sidecar in [&orders, &inventory] {
         eventually("two renewals", PATIENCE, || async {
             let text = sidecar_metrics(sidecar).await;
-            (metric(&text, "mesh_certificate_renewals_total{result=\"ok\"}")? >= 2.0).then_some(())
+            (metrics::value(&text, "mesh_certificate_renewals_total{result=\"ok\"}")? >= 2.0)
+                .then_some(())
         })
         .await;
     }
@@ -437,7 +439,7 @@ async fn certificates_renew_under_continuous_traffic_without_a_failed_request() 
 
 /// The expiry of the sidecar's certificate, from its metrics.
 async fn snapshot_expiry(sidecar: &Sidecar) -> f64 {
-    metric(
+    metrics::value(
         &sidecar_metrics(sidecar).await,
         "mesh_certificate_expiry_timestamp_seconds",
     )
@@ -628,10 +630,10 @@ async fn an_ejected_instance_stays_ejected_when_another_joins() {
     );
     eventually("the failing instance to be ejected", PATIENCE, || async {
         call(&orders, "inventory", "/x").await;
-        (metric(&sidecar_metrics(&orders).await, ejected) == Some(1.0)).then_some(())
+        (metrics::value(&sidecar_metrics(&orders).await, ejected) == Some(1.0)).then_some(())
     })
     .await;
-    let sent_before = metric(&sidecar_metrics(&orders).await, &to_failing);
+    let sent_before = metrics::value(&sidecar_metrics(&orders).await, &to_failing);
 
     // A third instance joins: orders' balancer for inventory is rebuilt.
     let _joined = cluster
@@ -643,8 +645,8 @@ async fn an_ejected_instance_stays_ejected_when_another_joins() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let m = sidecar_metrics(&orders).await;
-    assert_eq!(metric(&m, ejected), Some(1.0), "{m}");
-    assert_eq!(metric(&m, &to_failing), sent_before, "{m}");
+    assert_eq!(metrics::value(&m, ejected), Some(1.0), "{m}");
+    assert_eq!(metrics::value(&m, &to_failing), sent_before, "{m}");
     cp.stop().await.unwrap();
 }
 
@@ -839,7 +841,7 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     process.wait().unwrap();
     eventually("orders to notice", PATIENCE, || async {
         let text = sidecar_metrics(&orders).await;
-        (metric(&text, "mesh_control_plane_connected")? == 0.0).then_some(())
+        (metrics::value(&text, "mesh_control_plane_connected")? == 0.0).then_some(())
     })
     .await;
     // Longer than the lease: with no control plane nothing expires on the sidecars' side.

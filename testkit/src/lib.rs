@@ -12,6 +12,7 @@
 //! - [`server`]: serves a handler over HTTP/1.1 and HTTP/2, with a bounded drain.
 //! - [`client`]: HTTP/1.1 and HTTP/2 clients for talking to an outbound listener.
 //! - [`grpc`]: a tonic service with unary and server-streaming calls.
+//! - [`metrics`]: the value of one series in Prometheus text.
 //! - [`otlp`]: an OTLP trace collector (gRPC and HTTP/protobuf) that keeps what it receives.
 //! - [`process`]: spawned binaries, killed and reaped when the test ends.
 //! - [`eventually`]: bounded polling for conditions that become true asynchronously.
@@ -25,6 +26,7 @@ pub mod app;
 pub mod client;
 pub mod echo;
 pub mod grpc;
+pub mod metrics;
 pub mod otlp;
 pub mod process;
 pub mod server;

@@ -231,14 +231,6 @@ pub async fn admin(
     (status, value)
 }
 
-/// The metric's value in Prometheus text, if present.
-pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 pub fn policy_timeout(snapshot: &v1::Snapshot, destination: &str) -> Option<u64> {
     snapshot
         .destinations

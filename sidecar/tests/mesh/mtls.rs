@@ -23,8 +23,7 @@ async fn metric_appears(sidecar: &mesh_testkit::Sidecar, series: &str) {
         let url = url.clone();
         async move {
             let text = metrics(url).await;
-            let value = text.lines().find_map(|l| l.strip_prefix(series))?;
-            (value.trim().parse::<f64>().ok()? >= 1.0).then_some(())
+            (mesh_testkit::metrics::value(&text, series)? >= 1.0).then_some(())
         }
     })
     .await;

@@ -42,10 +42,7 @@ async fn metrics(sidecar: &Sidecar) -> String {
 
 /// The value of the series `name{labels}` in `text`, 0 when absent.
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    mesh_testkit::metrics::value(text, series).unwrap_or(0.0)
 }
 
 #[tokio::test]
