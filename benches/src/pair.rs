@@ -54,14 +54,7 @@ impl Pair {
         let ca = DevCa::generate("mesh.local")?;
         ca.write_to(dir.path())?;
         let app = free_port();
-        let [o_out, o_in, o_admin, i_out, i_in, i_admin] = [
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-        ];
+        let [o_out, o_in, o_admin, i_out, i_in, i_admin] = std::array::from_fn(|_| free_port());
         let mut configs = Vec::new();
         for (service, out, inb, admin, dest) in [
             (

@@ -91,14 +91,7 @@ pub(crate) async fn start_ours(
     if !sidecar.exists() {
         return Err(Error::MissingBinary(sidecar));
     }
-    let [o_out, o_in, o_admin, i_out, i_in, i_admin] = [
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    ];
+    let [o_out, o_in, o_admin, i_out, i_in, i_admin] = std::array::from_fn(|_| free_port());
     let mut proxies = Vec::new();
     for (role, service, out, inb, admin, dest) in [
         (
@@ -154,8 +147,7 @@ pub(crate) async fn start_envoy(
     dir: &Path,
     app: SocketAddr,
 ) -> Result<Running, Error> {
-    let [c_listen, c_admin, s_listen, s_admin] =
-        [free_port(), free_port(), free_port(), free_port()];
+    let [c_listen, c_admin, s_listen, s_admin] = std::array::from_fn(|_| free_port());
     let configs = [
         (
             "client side",
