@@ -23,12 +23,9 @@ where
         .await
         .expect("bind 127.0.0.1:0 for an app");
     let addr = listener.local_addr().expect("bound address");
-    tokio::spawn(serve(
-        listener,
-        handler,
-        std::future::pending(),
-        std::time::Duration::ZERO,
-    ));
+    // Never stopped: the app ends with the test's runtime, so there is nothing to drain.
+    let never = std::future::pending();
+    tokio::spawn(serve(listener, handler, never, std::time::Duration::ZERO));
     addr
 }
 
