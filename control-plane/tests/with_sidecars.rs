@@ -157,10 +157,6 @@ async fn snapshot(sidecar: &Sidecar) -> serde_json::Value {
     client::json(rsp).await
 }
 
-async fn sidecar_metrics(sidecar: &Sidecar) -> String {
-    client::text(client::get(&sidecar.admin_url("/metrics"), "admin").await).await
-}
-
 /// Requests from `caller` to inventory in a loop until stopped, counting failures.
 struct Traffic {
     stop: Arc<AtomicBool>,
@@ -324,7 +320,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
         (status == StatusCode::OK).then_some(())
     })
     .await;
-    let m = sidecar_metrics(&orders).await;
+    let m = orders.metrics().await;
     assert!(
         metrics::value(
             &m,
@@ -349,7 +345,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
             && body.contains("not on authorization.allow"),
         "{body}"
     );
-    let inventory_metrics = sidecar_metrics(&_inventory).await;
+    let inventory_metrics = _inventory.metrics().await;
     assert!(
         metrics::value(
             &inventory_metrics,
@@ -410,7 +406,7 @@ async fn certificates_renew_under_continuous_traffic_without_a_failed_request() 
     // expired by the end.
     for sidecar in [&orders, &inventory] {
         eventually("two renewals", PATIENCE, || async {
-            let text = sidecar_metrics(sidecar).await;
+            let text = sidecar.metrics().await;
             (metrics::value(&text, "mesh_certificate_renewals_total{result=\"ok\"}")? >= 2.0)
                 .then_some(())
         })
@@ -440,7 +436,7 @@ async fn certificates_renew_under_continuous_traffic_without_a_failed_request() 
 /// The expiry of the sidecar's certificate, from its metrics.
 async fn snapshot_expiry(sidecar: &Sidecar) -> f64 {
     metrics::value(
-        &sidecar_metrics(sidecar).await,
+        &sidecar.metrics().await,
         "mesh_certificate_expiry_timestamp_seconds",
     )
     .unwrap()
@@ -630,10 +626,10 @@ async fn an_ejected_instance_stays_ejected_when_another_joins() {
     );
     eventually("the failing instance to be ejected", PATIENCE, || async {
         call(&orders, "inventory", "/x").await;
-        (metrics::value(&sidecar_metrics(&orders).await, ejected) == Some(1.0)).then_some(())
+        (metrics::value(&orders.metrics().await, ejected) == Some(1.0)).then_some(())
     })
     .await;
-    let sent_before = metrics::value(&sidecar_metrics(&orders).await, &to_failing);
+    let sent_before = metrics::value(&orders.metrics().await, &to_failing);
 
     // A third instance joins: orders' balancer for inventory is rebuilt.
     let _joined = cluster
@@ -644,7 +640,7 @@ async fn an_ejected_instance_stays_ejected_when_another_joins() {
         let (status, body) = call(&orders, "inventory", "/x").await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let m = sidecar_metrics(&orders).await;
+    let m = orders.metrics().await;
     assert_eq!(metrics::value(&m, ejected), Some(1.0), "{m}");
     assert_eq!(metrics::value(&m, &to_failing), sent_before, "{m}");
     cp.stop().await.unwrap();
@@ -840,7 +836,7 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     process.kill().unwrap();
     process.wait().unwrap();
     eventually("orders to notice", PATIENCE, || async {
-        let text = sidecar_metrics(&orders).await;
+        let text = orders.metrics().await;
         (metrics::value(&text, "mesh_control_plane_connected")? == 0.0).then_some(())
     })
     .await;

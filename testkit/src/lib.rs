@@ -398,6 +398,11 @@ impl Sidecar {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// The Prometheus text of its admin `/metrics`.
+    pub async fn metrics(&self) -> String {
+        client::text(client::get(&self.admin_url("/metrics"), "admin").await).await
+    }
+
     /// Takes the run task, to await its end after a shutdown triggered elsewhere.
     pub fn take_task(&mut self) -> JoinHandle<anyhow::Result<()>> {
         self.task.take().expect("task not yet taken")
