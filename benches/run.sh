@@ -4,7 +4,7 @@
 # benches/results/ (and body-memory prints its own). Extra arguments go to datapath.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p mesh-sidecar -p demo-services -p mesh-benches
+cargo build --release -p mesh-sidecar -p mesh-testkit -p mesh-benches
 target/release/datapath "$@"
 target/release/control-plane-scale
 target/release/body-memory

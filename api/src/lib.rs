@@ -19,4 +19,5 @@ pub mod proto;
 pub mod route;
 pub mod spiffe;
 pub mod tls;
+pub mod trace_context;
 pub mod validate;

@@ -1,16 +1,18 @@
 //! A sidecar pair as separate processes, built from the same target directory as the bench.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
+use mesh_testkit::free_port;
+use mesh_testkit::process::KillOnDrop;
 
 /// Running processes: the echo app and two sidecars. Killed on drop.
 pub struct Pair {
-    children: Vec<Child>,
+    _children: Vec<KillOnDrop>,
     /// The orders sidecar's outbound listener, where the bench sends requests.
     pub outbound: SocketAddr,
     /// Process IDs of the orders and inventory sidecars.
@@ -25,7 +27,7 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     for bin in ["sidecar", "echo-app"] {
         if !dir.join(bin).exists() {
             bail!(
-                "{} not found; build it first: cargo build --release -p mesh-sidecar -p demo-services",
+                "{} not found; build it first: cargo build --release -p mesh-sidecar -p mesh-testkit",
                 dir.join(bin).display()
             );
         }
@@ -33,17 +35,14 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir.to_owned())
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 /// Spawns `bin`, its stderr kept in `log` for error reports.
-fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<KillOnDrop> {
     Command::new(bin)
         .args(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
         .spawn()
+        .map(KillOnDrop::new)
         .with_context(|| format!("spawn {}", bin.display()))
 }
 
@@ -54,15 +53,8 @@ impl Pair {
         let dir = tempfile::tempdir()?;
         let ca = DevCa::generate("mesh.local")?;
         ca.write_to(dir.path())?;
-        let app = free_port()?;
-        let [o_out, o_in, o_admin, i_out, i_in, i_admin] = [
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-        ];
+        let app = free_port();
+        let [o_out, o_in, o_admin, i_out, i_in, i_admin] = std::array::from_fn(|_| free_port());
         let mut configs = Vec::new();
         for (service, out, inb, admin, dest) in [
             (
@@ -98,7 +90,7 @@ impl Pair {
         }
         let sidecar_pids = [children[1].id(), children[2].id()];
         let pair = Self {
-            children,
+            _children: children,
             outbound: o_out,
             sidecar_pids,
             _dir: dir,
@@ -128,15 +120,6 @@ impl Pair {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("sidecar with admin {admin} not ready after 10s")
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
 
-cargo build --release --quiet -p mesh-sidecar -p mesh-control-plane -p meshctl -p demo-services
+cargo build --release --quiet -p mesh-sidecar -p mesh-control-plane -p meshctl -p mesh-testkit
 bin="$root/target/release"
 state="$root/target/mesh-state"          # CA, ca.pem and join tokens; kept across runs
 logs="$root/target/example-logs"

@@ -3,24 +3,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use http::{Method, StatusCode};
 use mesh_control_plane::admin_client;
+use mesh_testkit::process::{KillOnDrop, Signal};
 
 const BIN: &str = env!("CARGO_BIN_EXE_control-plane");
-
-/// Kills the process if the test fails before stopping it.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn validate_prints_every_error_with_file_and_path() {
@@ -100,7 +91,7 @@ fn the_binary_starts_serves_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let mut process = Process(child);
+    let mut process = KillOnDrop::new(child);
 
     // The start line names both bound addresses.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -140,21 +131,8 @@ fn the_binary_starts_serves_and_stops_on_sigterm() {
     });
     assert!(dirs.state().join("tokens").join("orders").exists());
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(process.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    // Bounded: 300 polls, 50 ms apart (15 s).
-    let status = (0..300)
-        .find_map(|_| {
-            let status = process.0.try_wait().unwrap();
-            if status.is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            status
-        })
-        .expect("still running 15s after SIGTERM");
+    process.signal(Signal::SIGTERM);
+    let status = runtime.block_on(process.exit_within(Duration::from_secs(15)));
     assert!(status.success(), "{status}");
     assert!(dirs.state().join("version").exists());
 }

@@ -10,6 +10,7 @@ use common::*;
 use http::{Method, StatusCode};
 use mesh_api::proto::v1;
 use mesh_control_plane::client;
+use mesh_testkit::{eventually, metrics};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::ParsedCertificate;
 use tonic::Code;
@@ -134,11 +135,11 @@ async fn certify_issues_exactly_the_services_identity() {
     let (_, metrics) = admin(&cp, Method::GET, "/metrics").await;
     let metrics = metrics.as_str().unwrap().to_owned();
     assert_eq!(
-        metric(&metrics, "mesh_control_plane_certificates_issued_total"),
+        metrics::value(&metrics, "mesh_control_plane_certificates_issued_total"),
         Some(1.0)
     );
     assert_eq!(
-        metric(
+        metrics::value(
             &metrics,
             "mesh_control_plane_certificates_refused_total{reason=\"unauthenticated\"}"
         ),
@@ -272,10 +273,10 @@ async fn edits_reach_dependents_only_and_bad_edits_change_nothing() {
         "inventory",
         "name: inventory\ntimeout: 5s\nretries: {attempts: 0}\nbogus: 1\n",
     );
-    let (_, metrics) = eventually(Duration::from_secs(3), "a failed reload", || async {
+    let (_, metrics) = eventually("a failed reload", Duration::from_secs(3), || async {
         let (_, m) = admin(&cp, Method::GET, "/metrics").await;
         let text = m.as_str().unwrap().to_owned();
-        (metric(
+        (metrics::value(
             &text,
             "mesh_control_plane_config_reloads_total{result=\"failed\"}",
         ) >= Some(1.0))
@@ -301,7 +302,7 @@ async fn edits_reach_dependents_only_and_bad_edits_change_nothing() {
     // Acks are recorded per instance.
     orders_watch.ack(pushed.version).await;
     orders.register("o-1", "127.0.0.1:7001", "").await;
-    eventually(Duration::from_secs(2), "the ack in /status", || async {
+    eventually("the ack in /status", Duration::from_secs(2), || async {
         let (_, status) = admin(&cp, Method::GET, "/status").await;
         (status["services"]["orders"]["instances"][0]["acked"] == true).then_some(())
     })
@@ -510,7 +511,7 @@ async fn root_rotation_waits_for_sidecars() {
 
     // Acknowledged: accepted (once the start-up grace of one lease has passed).
     watch.ack(with_two.version).await;
-    eventually(Duration::from_secs(5), "use-root accepted", || async {
+    eventually("use-root accepted", Duration::from_secs(5), || async {
         let (status, body) = admin(&cp, Method::POST, &format!("/ca/signer/{new_root}")).await;
         match status {
             StatusCode::OK => Some(()),
@@ -530,8 +531,8 @@ async fn root_rotation_waits_for_sidecars() {
     assert!(verify_chain(&renewed.workload.chain_der, &only_old).is_err());
     // The control plane re-issues its own certificate as the signer changes (a moment later).
     eventually(
-        Duration::from_secs(3),
         "a server certificate from the new root",
+        Duration::from_secs(3),
         || async {
             let channel = client::connect(
                 cp.api_addr(),
@@ -560,7 +561,7 @@ async fn root_rotation_waits_for_sidecars() {
     assert_eq!(status, StatusCode::CONFLICT, "the signer cannot go");
 
     issuer_tx.send(rotated.issuer_sha256.clone()).unwrap();
-    eventually(Duration::from_secs(3), "remove-root accepted", || async {
+    eventually("remove-root accepted", Duration::from_secs(3), || async {
         let (status, _) = admin(&cp, Method::DELETE, &format!("/ca/roots/{old_root}")).await;
         (status == StatusCode::OK).then_some(())
     })
@@ -631,7 +632,7 @@ async fn restart_keeps_ca_tokens_and_increasing_versions() {
 
     // A service declared by a live edit gets its token too.
     dirs.write_service("billing", "name: billing\n");
-    eventually(Duration::from_secs(3), "billing's token", || async {
+    eventually("billing's token", Duration::from_secs(3), || async {
         dirs.state()
             .join("tokens")
             .join("billing")

@@ -7,15 +7,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Dirs, eventually, metric};
+use common::Dirs;
 use http::{Method, StatusCode};
 use mesh_control_plane::ControlPlane;
-use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, closed_port};
+use mesh_testkit::metrics;
+use mesh_testkit::process::KillOnDrop;
+use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, eventually, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -108,7 +110,7 @@ impl Cluster {
             .start()
             .await;
         let url = sidecar.admin_url("/ready");
-        eventually(PATIENCE, &format!("{service} sidecar ready"), || {
+        eventually(&format!("{service} sidecar ready"), PATIENCE, || {
             let url = url.clone();
             async move {
                 let rsp = client::http1()
@@ -153,10 +155,6 @@ async fn snapshot(sidecar: &Sidecar) -> serde_json::Value {
     let rsp = client::get(&sidecar.admin_url("/snapshot"), "admin").await;
     assert_eq!(rsp.status(), StatusCode::OK);
     client::json(rsp).await
-}
-
-async fn sidecar_metrics(sidecar: &Sidecar) -> String {
-    client::text(client::get(&sidecar.admin_url("/metrics"), "admin").await).await
 }
 
 /// Requests from `caller` to inventory in a loop until stopped, counting failures.
@@ -230,7 +228,7 @@ async fn sidecars_get_certificates_and_endpoints_from_the_control_plane() {
         .sidecar("orders", app::echo("orders").await, "")
         .await;
 
-    let (status, body) = eventually(PATIENCE, "orders reaching inventory", || async {
+    let (status, body) = eventually("orders reaching inventory", PATIENCE, || async {
         let (status, body) = call(&orders, "inventory", "/whoami").await;
         (status == StatusCode::OK).then_some((status, body))
     })
@@ -273,7 +271,7 @@ async fn a_sidecar_with_a_wrong_token_gets_no_certificate_and_is_never_ready() {
         .start()
         .await;
     // The control plane counts the refusals; the sidecar keeps asking and stays unready.
-    eventually(PATIENCE, "two refused certify calls", || async {
+    eventually("two refused certify calls", PATIENCE, || async {
         let (_, body) =
             mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/metrics")
                 .await
@@ -305,7 +303,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
     cluster
         .dirs
         .write_service("inventory", "name: inventory\ntimeout: 100ms\n");
-    eventually(PATIENCE, "the timeout to apply", || async {
+    eventually("the timeout to apply", PATIENCE, || async {
         let (status, _) = call(&orders, "inventory", "/delay/300").await;
         (status == StatusCode::GATEWAY_TIMEOUT).then_some(())
     })
@@ -317,14 +315,14 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
         "name: inventory\ntimeout: 100ms\n\
          routes: [{ name: delays, match: { methods: [GET], path_prefix: /delay }, timeout: 2s }]\n",
     );
-    eventually(PATIENCE, "the route to apply", || async {
+    eventually("the route to apply", PATIENCE, || async {
         let (status, _) = call(&orders, "inventory", "/delay/300").await;
         (status == StatusCode::OK).then_some(())
     })
     .await;
-    let m = sidecar_metrics(&orders).await;
+    let m = orders.metrics().await;
     assert!(
-        metric(
+        metrics::value(
             &m,
             "mesh_route_requests_total{destination=\"inventory\",route=\"delays\",status_code=\"200\"}"
         )
@@ -337,7 +335,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
         "inventory",
         "name: inventory\ntimeout: 100ms\nauthorization: { default: deny, allow: [storefront] }\n",
     );
-    let body = eventually(PATIENCE, "orders to be denied", || async {
+    let body = eventually("orders to be denied", PATIENCE, || async {
         let (status, body) = call(&orders, "inventory", "/echo").await;
         (status == StatusCode::FORBIDDEN).then_some(body)
     })
@@ -347,9 +345,9 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
             && body.contains("not on authorization.allow"),
         "{body}"
     );
-    let inventory_metrics = sidecar_metrics(&_inventory).await;
+    let inventory_metrics = _inventory.metrics().await;
     assert!(
-        metric(
+        metrics::value(
             &inventory_metrics,
             "mesh_authorization_denied_total{source=\"orders\"}"
         )
@@ -365,7 +363,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
     // An invalid edit: reported, not applied; everything keeps running as it was.
     let before = snapshot(&orders).await["version"].as_u64().unwrap();
     let failed_reloads = |text: &str| {
-        metric(
+        metrics::value(
             text,
             "mesh_control_plane_config_reloads_total{result=\"failed\"}",
         )
@@ -380,7 +378,7 @@ async fn policy_edits_are_pushed_and_change_behaviour_and_invalid_edits_change_n
         "inventory",
         "name: inventory\ntimeout: soon\nauthorization: { default: allow }\n",
     );
-    eventually(PATIENCE, "the invalid edit to be reported", || async {
+    eventually("the invalid edit to be reported", PATIENCE, || async {
         let (_, body) =
             mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/metrics")
                 .await
@@ -407,9 +405,10 @@ async fn certificates_renew_under_continuous_traffic_without_a_failed_request() 
     // Both sidecars renew (at 60-70% of 5 s) at least twice, so the first certificates have
     // expired by the end.
     for sidecar in [&orders, &inventory] {
-        eventually(PATIENCE, "two renewals", || async {
-            let text = sidecar_metrics(sidecar).await;
-            (metric(&text, "mesh_certificate_renewals_total{result=\"ok\"}")? >= 2.0).then_some(())
+        eventually("two renewals", PATIENCE, || async {
+            let text = sidecar.metrics().await;
+            (metrics::value(&text, "mesh_certificate_renewals_total{result=\"ok\"}")? >= 2.0)
+                .then_some(())
         })
         .await;
     }
@@ -436,8 +435,8 @@ async fn certificates_renew_under_continuous_traffic_without_a_failed_request() 
 
 /// The expiry of the sidecar's certificate, from its metrics.
 async fn snapshot_expiry(sidecar: &Sidecar) -> f64 {
-    metric(
-        &sidecar_metrics(sidecar).await,
+    metrics::value(
+        &sidecar.metrics().await,
         "mesh_certificate_expiry_timestamp_seconds",
     )
     .unwrap()
@@ -457,7 +456,7 @@ async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let new = body["id"].as_str().unwrap().to_owned();
     // 2. Issue from it, once every sidecar has acknowledged the bundle that holds it.
-    eventually(PATIENCE, "the new root to become the signer", || async {
+    eventually("the new root to become the signer", PATIENCE, || async {
         let (status, _) = cluster
             .admin(Method::POST, &format!("/ca/signer/{new}"))
             .await;
@@ -466,8 +465,8 @@ async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
     .await;
     // Sidecars see the new issuer and renew.
     eventually(
-        PATIENCE,
         "every certificate to come from the new root",
+        PATIENCE,
         || async {
             let status = cluster.status().await;
             let all_new = ["orders", "inventory"].iter().all(|s| {
@@ -482,14 +481,14 @@ async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
     )
     .await;
     // 3. Remove the old root.
-    eventually(PATIENCE, "the old root to be removed", || async {
+    eventually("the old root to be removed", PATIENCE, || async {
         let (status, _) = cluster
             .admin(Method::DELETE, &format!("/ca/roots/{old}"))
             .await;
         (status == StatusCode::OK).then_some(())
     })
     .await;
-    eventually(PATIENCE, "sidecars to trust only the new root", || async {
+    eventually("sidecars to trust only the new root", PATIENCE, || async {
         let roots = snapshot(&inventory).await["trust_bundle_sha256"]
             .as_array()?
             .len();
@@ -522,8 +521,8 @@ fn inventory_endpoints(snapshot: &serde_json::Value) -> Vec<String> {
 /// Waits until `sidecar`'s snapshot lists `n` inventory endpoints.
 async fn wait_for_inventory_endpoints(sidecar: &Sidecar, n: usize) {
     eventually(
-        PATIENCE,
         &format!("{n} inventory endpoints in the snapshot"),
+        PATIENCE,
         || async { (inventory_endpoints(&snapshot(sidecar).await).len() == n).then_some(()) },
     )
     .await;
@@ -563,8 +562,8 @@ async fn an_instance_whose_app_is_down_leaves_callers_snapshots_until_it_answers
 
     faults.fail(503, 10);
     eventually(
-        PATIENCE,
         "the sick instance to leave orders' snapshot",
+        PATIENCE,
         || async {
             (inventory_endpoints(&snapshot(&orders).await) == [well.inbound.to_string()])
                 .then_some(())
@@ -590,8 +589,8 @@ async fn an_instance_whose_app_is_down_leaves_callers_snapshots_until_it_answers
 
     faults.fail(503, 0);
     eventually(
-        PATIENCE,
         "the instance to return to orders' snapshot",
+        PATIENCE,
         || async {
             let endpoints = inventory_endpoints(&snapshot(&orders).await);
             endpoints.contains(&sick.inbound.to_string()).then_some(())
@@ -625,12 +624,12 @@ async fn an_ejected_instance_stays_ejected_when_another_joins() {
         r#"mesh_endpoint_requests_total{{destination="inventory",endpoint="{}"}}"#,
         failing.inbound
     );
-    eventually(PATIENCE, "the failing instance to be ejected", || async {
+    eventually("the failing instance to be ejected", PATIENCE, || async {
         call(&orders, "inventory", "/x").await;
-        (metric(&sidecar_metrics(&orders).await, ejected) == Some(1.0)).then_some(())
+        (metrics::value(&orders.metrics().await, ejected) == Some(1.0)).then_some(())
     })
     .await;
-    let sent_before = metric(&sidecar_metrics(&orders).await, &to_failing);
+    let sent_before = metrics::value(&orders.metrics().await, &to_failing);
 
     // A third instance joins: orders' balancer for inventory is rebuilt.
     let _joined = cluster
@@ -641,9 +640,9 @@ async fn an_ejected_instance_stays_ejected_when_another_joins() {
         let (status, body) = call(&orders, "inventory", "/x").await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let m = sidecar_metrics(&orders).await;
-    assert_eq!(metric(&m, ejected), Some(1.0), "{m}");
-    assert_eq!(metric(&m, &to_failing), sent_before, "{m}");
+    let m = orders.metrics().await;
+    assert_eq!(metrics::value(&m, ejected), Some(1.0), "{m}");
+    assert_eq!(metrics::value(&m, &to_failing), sent_before, "{m}");
     cp.stop().await.unwrap();
 }
 
@@ -654,14 +653,14 @@ async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_tra
         .sidecar("inventory", app::echo("inventory-a").await, "")
         .await;
     // b is a real sidecar process, so it can die without a word: SIGKILL.
-    let (b_inbound, b_admin) = (closed_port(), closed_port());
+    let (b_inbound, b_admin) = (free_port(), free_port());
     let b_config = cluster
         .mesh
         .sidecar("inventory")
         .app(app::echo("inventory-b").await)
         .control_plane(cluster.control_plane("inventory"))
-        .write_config(closed_port(), b_inbound, b_admin);
-    let mut b = Process(
+        .write_config(free_port(), b_inbound, b_admin);
+    let mut b = KillOnDrop::new(
         Command::new(sidecar_binary())
             .arg("--config")
             .arg(&b_config)
@@ -677,9 +676,9 @@ async fn an_instance_that_stops_heartbeating_leaves_the_snapshot_and_gets_no_tra
     wait_for_inventory_endpoints(&orders, 2).await;
 
     // No deregistration, no more heartbeats: after the lease (1.5 s) b leaves the snapshot.
-    b.0.kill().unwrap();
-    b.0.wait().unwrap();
-    eventually(PATIENCE, "b to leave orders' snapshot", || async {
+    b.kill().unwrap();
+    b.wait().unwrap();
+    eventually("b to leave orders' snapshot", PATIENCE, || async {
         let list = inventory_endpoints(&snapshot(&orders).await);
         (list == [a.inbound.to_string()]).then_some(())
     })
@@ -762,7 +761,7 @@ async fn a_90_10_traffic_split_is_observed() {
     let orders = cluster
         .sidecar("orders", app::echo("orders").await, "")
         .await;
-    eventually(PATIENCE, "both versions in orders' snapshot", || async {
+    eventually("both versions in orders' snapshot", PATIENCE, || async {
         let backends = snapshot(&orders).await["destinations"]["inventory"]["backends"].clone();
         let full = backends
             .as_array()?
@@ -785,17 +784,7 @@ async fn a_90_10_traffic_split_is_observed() {
     cp.stop().await.unwrap();
 }
 
-/// The real binary, killed with SIGKILL on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_binary(cluster: &Cluster) -> Process {
+fn spawn_binary(cluster: &Cluster) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
         .arg("--config-dir")
         .arg(cluster.dirs.config.path())
@@ -810,11 +799,11 @@ fn spawn_binary(cluster: &Cluster) -> Process {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Process(child)
+    KillOnDrop::new(child)
 }
 
 async fn wait_control_plane_ready(cluster: &Cluster) {
-    eventually(PATIENCE, "the control plane to be ready", || async {
+    eventually("the control plane to be ready", PATIENCE, || async {
         let (status, _) =
             mesh_control_plane::admin_client::request(cluster.admin, Method::GET, "/ready")
                 .await
@@ -829,8 +818,8 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     let cluster = Cluster::new(
         "1h",
         &[("orders", ORDERS), ("inventory", INVENTORY)],
-        closed_port(),
-        closed_port(),
+        free_port(),
+        free_port(),
     );
     let mut process = spawn_binary(&cluster);
     wait_control_plane_ready(&cluster).await;
@@ -844,11 +833,11 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     let traffic = Traffic::start(orders.outbound_url());
 
     // Killed: no goodbye, no drain.
-    process.0.kill().unwrap();
-    process.0.wait().unwrap();
-    eventually(PATIENCE, "orders to notice", || async {
-        let text = sidecar_metrics(&orders).await;
-        (metric(&text, "mesh_control_plane_connected")? == 0.0).then_some(())
+    process.kill().unwrap();
+    process.wait().unwrap();
+    eventually("orders to notice", PATIENCE, || async {
+        let text = orders.metrics().await;
+        (metrics::value(&text, "mesh_control_plane_connected")? == 0.0).then_some(())
     })
     .await;
     // Longer than the lease: with no control plane nothing expires on the sidecars' side.
@@ -864,8 +853,8 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     let _process = spawn_binary(&cluster);
     wait_control_plane_ready(&cluster).await;
     eventually(
-        PATIENCE,
         "orders to reconnect and apply the new policy",
+        PATIENCE,
         || async {
             let (status, _) = call(&orders, "inventory", "/delay/300").await;
             (status == StatusCode::GATEWAY_TIMEOUT).then_some(())
@@ -876,8 +865,8 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     // request failed, before, during or after.
     traffic.finish_without_failures(50).await;
     eventually(
-        PATIENCE,
         "every sidecar to acknowledge the current version",
+        PATIENCE,
         || async {
             let status = cluster.status().await;
             let services = status["services"].as_object()?;

@@ -5,22 +5,22 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use common::{WAIT, call};
 use demo_services::shop::Service;
 use http::{Method, StatusCode};
+use mesh_testkit::process::{KillOnDrop, Signal};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// A running `demo-service`; killed when dropped.
 struct Running {
-    child: Child,
+    child: KillOnDrop,
     addr: SocketAddr,
 }
 
 async fn start(service: Service, data_dir: &std::path::Path) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_demo-service"))
+    let child = Command::new(env!("CARGO_BIN_EXE_demo-service"))
         .arg(service.name())
         .args(["--listen", "127.0.0.1:0", "--outbound", "127.0.0.1:9"])
         .arg("--data-dir")
@@ -29,10 +29,10 @@ async fn start(service: Service, data_dir: &std::path::Path) -> Running {
         .env("MESH_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop::new(child);
+    let stdout = tokio::process::ChildStdout::from_std(child.stdout.take().unwrap()).unwrap();
     let line = tokio::time::timeout(WAIT, async {
         BufReader::new(stdout).lines().next_line().await.unwrap()
     })
@@ -53,20 +53,11 @@ impl Running {
     }
 
     async fn exit_code(&mut self) -> Option<i32> {
-        tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("the process exits in time")
-            .unwrap()
-            .code()
+        self.child.exit_within(WAIT).await.code()
     }
 
     fn terminate(&self) {
-        let pid = self.child.id().unwrap();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.child.signal(Signal::SIGTERM);
     }
 }
 
@@ -159,7 +150,7 @@ async fn instances_racing_for_scarce_stock_never_oversell() {
 #[tokio::test]
 async fn bad_flags_fail_to_start() {
     let data = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_demo-service"))
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_demo-service"))
         .arg("inventory")
         .args(["--listen", "127.0.0.1:0", "--outbound", "127.0.0.1:9"])
         .arg("--data-dir")

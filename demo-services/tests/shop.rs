@@ -5,9 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Shop, WAIT, call, call_raw, call_with, eventually};
+use common::{Shop, WAIT, call, call_raw, call_with};
 use demo_services::shop::Service::{Inventory, Notifications, Orders, Payments, Storefront};
 use http::{Method, StatusCode};
+use mesh_testkit::eventually;
 use serde_json::{Value, json};
 
 const ALL: [demo_services::shop::Service; 5] =
@@ -223,7 +224,7 @@ async fn an_order_is_reserved_charged_confirmed_and_notified() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 
     let notifications = shop.url(Notifications, "/notifications");
-    let note = eventually("the order's notification", || async {
+    let note = eventually("the order's notification", WAIT, || async {
         let list = call(Method::GET, &notifications, None).await.json;
         list.as_array()?
             .iter()
@@ -303,7 +304,7 @@ async fn a_release_that_fails_is_retried_in_the_background() {
     // ...until inventory can be reached again.
     shop.blocked.lock().await.clear();
     let reservation = shop.url(Inventory, &format!("/reservations/{id}"));
-    eventually("the background release", || async {
+    eventually("the background release", WAIT, || async {
         let rsp = call(Method::GET, &reservation, None).await;
         (rsp.json["status"] == "released").then_some(())
     })
@@ -395,7 +396,7 @@ async fn trace_headers_travel_with_every_call_an_order_makes() {
     )
     .await;
     assert_eq!(rsp.status, StatusCode::CREATED, "{:?}", rsp.json);
-    eventually("the notification call", || async {
+    eventually("the notification call", WAIT, || async {
         (!shop.delivered_to("notifications").await.is_empty()).then_some(())
     })
     .await;

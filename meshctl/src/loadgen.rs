@@ -14,6 +14,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use http::{Method, StatusCode};
 use indicatif::{ProgressBar, ProgressStyle};
+use prometheus_parse::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::http::HttpClient;
@@ -354,20 +355,19 @@ pub async fn scrape_retries(sidecars: &[SocketAddr]) -> BTreeMap<SocketAddr, u64
     totals
 }
 
-/// The sum of every sample of `name` (all label sets) in Prometheus text.
+/// The sum of every sample of `name` (all label sets) in Prometheus text; 0 when there is none.
 pub fn sum_metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let value_part = if let Some(labels) = rest.strip_prefix('{') {
-                labels.rsplit_once('}')?.1
-            } else if rest.starts_with(' ') {
-                rest
-            } else {
-                return None;
-            };
-            value_part.split_whitespace().next()?.parse::<f64>().ok()
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
+        return 0.0;
+    };
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .filter_map(|sample| match sample.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            Value::Histogram(_) | Value::Summary(_) => None,
         })
         .filter(|v| v.is_finite())
         .sum()

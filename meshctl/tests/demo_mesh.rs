@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use mesh_testkit::eventually;
 use mesh_testkit::otlp::Collector;
+use mesh_testkit::process::KillOnDrop;
 use meshctl::http::{HttpClient, Response};
 use meshctl::up::{ControlPlaneSpec, DemoConfig, RunningMesh, ServiceSpec, TracingSpec, UpOptions};
 use nix::errno::Errno;
@@ -260,18 +262,15 @@ async fn the_demo_mesh_survives_failures_traces_orders_and_leaves_nothing_behind
         assert_eq!(body["status"], "failed", "{body}");
         assert_eq!(body["reason"], "payment failed", "{body}");
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually("stock to be released", Duration::from_secs(5), || async {
         let now = available(&client, &inventory_app, &sku).await;
         if now == before {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{before} before, {now} after failed orders"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stock not released: {before} before, {now} after failed orders"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     set_faults(
         &client,
         &mesh,
@@ -282,8 +281,8 @@ async fn the_demo_mesh_survives_failures_traces_orders_and_leaves_nothing_behind
 
     // (e) The traced order is one trace across storefront, orders, inventory and payments.
     let wanted: BTreeSet<&str> = ["storefront", "orders", "inventory", "payments"].into();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let services = loop {
+    let what = format!("trace {trace_id} to have spans from {wanted:?}");
+    let services = eventually(&what, Duration::from_secs(15), || async {
         let services: BTreeSet<String> = collector
             .spans()
             .await
@@ -292,14 +291,12 @@ async fn the_demo_mesh_survives_failures_traces_orders_and_leaves_nothing_behind
             .map(|s| s.service)
             .collect();
         if wanted.iter().all(|w| services.contains(*w)) {
-            break services;
+            Ok(services)
+        } else {
+            Err(format!("spans from {services:?} only"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "trace {trace_id} has spans from {services:?} only; wanted {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     eprintln!("trace {trace_id} spans {services:?}");
 
     // (f) Stop: every process of the run is gone, reaped, nothing left.
@@ -401,31 +398,28 @@ async fn the_cli_runs_the_demo_takes_load_and_faults_and_stops_on_ctrl_c() {
     )
     .unwrap();
     let stdout = std::fs::File::create(dir.path().join("up.out")).unwrap();
-    let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
-        .arg("up")
-        .arg("--config")
-        .arg(&demo)
-        .stdout(stdout.try_clone().unwrap())
-        .stderr(stdout)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut up = KillOnDrop::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .arg("up")
+            .arg("--config")
+            .arg(&demo)
+            .stdout(stdout.try_clone().unwrap())
+            .stderr(stdout)
+            .spawn()
+            .unwrap(),
+    );
     let output = || std::fs::read_to_string(dir.path().join("up.out")).unwrap_or_default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let manifest = loop {
-        if let Ok(m) = meshctl::up::Manifest::load(&run_dir) {
-            break m;
-        }
-        if let Ok(Some(status)) = up.try_wait() {
+    let manifest = eventually("mesh.json", Duration::from_secs(30), || {
+        let manifest = meshctl::up::Manifest::load(&run_dir);
+        if manifest.is_err()
+            && let Ok(Some(status)) = up.try_wait()
+        {
             panic!("meshctl up exited ({status}):\n{}", output());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no mesh.json after 30s:\n{}",
-            output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        let manifest = manifest.map_err(|_| output());
+        async move { manifest }
+    })
+    .await;
     let run = run_dir.to_str().unwrap().to_owned();
     let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
 
@@ -473,11 +467,8 @@ async fn the_cli_runs_the_demo_takes_load_and_faults_and_stops_on_ctrl_c() {
     assert!(out.contains("payments-2: no faults"), "{out}");
 
     // Ctrl-C: everything stops, meshctl exits 0, no process is left.
-    kill(pid(up.id().unwrap()), Signal::SIGINT).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), up.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    up.signal(Signal::SIGINT);
+    let status = up.exit_within(Duration::from_secs(30)).await;
     let text = output();
     assert!(status.success(), "{status}:\n{text}");
     assert!(text.contains("SERVICE"), "{text}");

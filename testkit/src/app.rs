@@ -3,14 +3,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use demo_services::server::{Body, serve};
+use crate::server::{Body, serve};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-/// Starts the demo echo app as `service`.
+/// Starts the echo app (see [`crate::echo`]) as `service`.
 pub async fn echo(service: &'static str) -> SocketAddr {
-    start(move |req| demo_services::echo::handle(service, req)).await
+    start(move |req| crate::echo::handle(service, req)).await
 }
 
 /// Starts an app that answers with `handler`.
@@ -23,7 +23,9 @@ where
         .await
         .expect("bind 127.0.0.1:0 for an app");
     let addr = listener.local_addr().expect("bound address");
-    tokio::spawn(serve(listener, handler));
+    // Never stopped: the app ends with the test's runtime, so there is nothing to drain.
+    let never = std::future::pending();
+    tokio::spawn(serve(listener, handler, never, std::time::Duration::ZERO));
     addr
 }
 
@@ -175,17 +177,6 @@ pub async fn faulty(name: &'static str) -> (SocketAddr, std::sync::Arc<Faults>) 
     (addr, faults)
 }
 
-/// Headers an app forwards so that its own calls continue the trace it was called in.
-pub const TRACE_HEADERS: [&str; 7] = [
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-];
-
 /// Starts an app that calls `host` through the outbound listener set in `next` (once known),
 /// forwarding the trace headers, and answers with that call's status.
 pub async fn relay(
@@ -204,7 +195,7 @@ pub async fn relay(
                 req.uri().path()
             ))
             .header("host", host);
-            for name in TRACE_HEADERS {
+            for name in mesh_api::trace_context::PROPAGATED_HEADERS {
                 if let Some(value) = req.headers().get(name) {
                     call = call.header(name, value);
                 }

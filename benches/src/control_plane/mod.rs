@@ -192,10 +192,7 @@ async fn pushed(mesh: &Mesh) -> Option<u64> {
         .await
         .ok()?;
     let text = String::from_utf8_lossy(&body);
-    text.lines()
-        .find(|l| l.starts_with("mesh_control_plane_snapshots_pushed_total "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
+    mesh_testkit::metrics::value(&text, "mesh_control_plane_snapshots_pushed_total")
         .map(|v| v as u64)
 }
 

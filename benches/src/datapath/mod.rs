@@ -53,7 +53,7 @@ pub enum Error {
     #[error("{name} not ready in time; its log ends with:\n{log}")]
     NotReady { name: String, log: String },
     #[error(
-        "{} not found; build it first: cargo build --release -p mesh-sidecar -p demo-services -p mesh-benches",
+        "{} not found; build it first: cargo build --release -p mesh-sidecar -p mesh-benches",
         .0.display()
     )]
     MissingBinary(PathBuf),

@@ -1,10 +1,11 @@
 //! Child processes that die with the harness, and what /proc says about them.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use mesh_testkit::process::KillOnDrop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Error;
@@ -13,12 +14,12 @@ use super::Error;
 /// architecture (it is fixed at compile time of the kernel ABI, unlike CONFIG_HZ).
 pub(crate) const TICKS_PER_SEC: f64 = 100.0;
 
-/// A spawned process, killed and reaped on drop, so that an error or a panic in the harness
-/// leaves nothing running.
+/// A spawned process with its name and log, killed and reaped on drop, so that an error or a
+/// panic in the harness leaves nothing running.
 #[derive(Debug)]
 pub(crate) struct Proc {
     pub(crate) name: String,
-    child: Child,
+    child: KillOnDrop,
     pub(crate) log: PathBuf,
 }
 
@@ -38,7 +39,7 @@ impl Proc {
             })?;
         Ok(Self {
             name: name.to_owned(),
-            child,
+            child: KillOnDrop::new(child),
             log: log.to_owned(),
         })
     }
@@ -89,13 +90,6 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One `GET` with `Connection: close`; true on a 200 answer.
 async fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
     let attempt = async {
@@ -112,13 +106,6 @@ async fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
         tokio::time::timeout(Duration::from_secs(1), attempt).await,
         Ok(Ok(true))
     )
-}
-
-/// A loopback port that was free a moment ago (the process that gets it binds it soon after).
-pub(crate) fn free_port() -> Result<SocketAddr, Error> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| Error::io("bind a free port", e))
 }
 
 /// User plus system CPU time of a process so far, in ticks (threads included).

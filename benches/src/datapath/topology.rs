@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 
-use super::procs::{Proc, free_port};
+use mesh_testkit::free_port;
+
+use super::procs::Proc;
 use super::{Error, load};
 
 const TRUST_DOMAIN: &str = "mesh.local";
@@ -57,7 +59,7 @@ pub(crate) fn write_certs(dir: &Path) -> Result<(), Error> {
 
 /// Starts the app process: this same binary with `--serve-app`.
 pub(crate) async fn start_app(harness: &Path, dir: &Path) -> Result<(Proc, SocketAddr), Error> {
-    let addr = free_port()?;
+    let addr = free_port();
     let mut command = Command::new(harness);
     command.args(["--serve-app", &addr.to_string()]);
     let mut app = Proc::spawn("app", command, &dir.join("app.log"))?;
@@ -89,14 +91,7 @@ pub(crate) async fn start_ours(
     if !sidecar.exists() {
         return Err(Error::MissingBinary(sidecar));
     }
-    let [o_out, o_in, o_admin, i_out, i_in, i_admin] = [
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-    ];
+    let [o_out, o_in, o_admin, i_out, i_in, i_admin] = std::array::from_fn(|_| free_port());
     let mut proxies = Vec::new();
     for (role, service, out, inb, admin, dest) in [
         (
@@ -152,8 +147,7 @@ pub(crate) async fn start_envoy(
     dir: &Path,
     app: SocketAddr,
 ) -> Result<Running, Error> {
-    let [c_listen, c_admin, s_listen, s_admin] =
-        [free_port()?, free_port()?, free_port()?, free_port()?];
+    let [c_listen, c_admin, s_listen, s_admin] = std::array::from_fn(|_| free_port());
     let configs = [
         (
             "client side",

@@ -1,5 +1,5 @@
 //! Test harness: configuration directories, an in-process control plane on port 0, a sidecar-like
-//! client (key and CSR made here, SPIFFE-verified TLS), and bounded waits.
+//! client (key and CSR made here, SPIFFE-verified TLS), and bounded waits on watch streams.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
@@ -229,33 +229,6 @@ pub async fn admin(
     let value = serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
     (status, value)
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The metric's value in Prometheus text, if present.
-pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 pub fn policy_timeout(snapshot: &v1::Snapshot, destination: &str) -> Option<u64> {

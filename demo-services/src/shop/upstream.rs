@@ -12,23 +12,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use mesh_api::trace_context::PROPAGATED_HEADERS;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Upstream answers larger than this are treated as broken.
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
-
-/// Trace-context headers copied from an incoming request onto the calls it causes.
-pub const TRACE_HEADERS: [&str; 8] = [
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-];
 
 /// The trace headers of one incoming request.
 #[derive(Debug, Clone, Default)]
@@ -37,7 +26,7 @@ pub struct TraceHeaders(Vec<(HeaderName, HeaderValue)>);
 impl TraceHeaders {
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let mut found = Vec::new();
-        for name in TRACE_HEADERS {
+        for name in PROPAGATED_HEADERS {
             for value in headers.get_all(name) {
                 found.push((HeaderName::from_static(name), value.clone()));
             }

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::Killed;
 use http::StatusCode;
-use mesh_testkit::{Sidecar, TestMesh, app, client, closed_port, eventually};
+use mesh_testkit::process::KillOnDrop;
+use mesh_testkit::{Sidecar, TestMesh, app, client, eventually, free_port};
 
 /// `/ready`'s status and body.
 async fn ready(sidecar: &Sidecar) -> (StatusCode, String) {
@@ -70,14 +70,14 @@ async fn ready_and_the_gauge_follow_the_apps_http_health_probe() {
 #[tokio::test]
 async fn without_a_path_the_probe_is_a_tcp_connect_and_an_app_never_up_is_never_ready() {
     let mesh = TestMesh::new();
-    let app = closed_port();
-    let (outbound, inbound, admin) = (closed_port(), closed_port(), closed_port());
+    let app = free_port();
+    let (outbound, inbound, admin) = (free_port(), free_port(), free_port());
     let config = mesh
         .sidecar("inventory")
         .app(app)
         .extra_yaml("app_health: { interval: 50ms, timeout: 40ms }\n")
         .write_config(outbound, inbound, admin);
-    let mut child = Killed(
+    let mut child = KillOnDrop::new(
         std::process::Command::new(env!("CARGO_BIN_EXE_sidecar"))
             .arg("--config")
             .arg(&config)
@@ -101,6 +101,6 @@ async fn without_a_path_the_probe_is_a_tcp_connect_and_an_app_never_up_is_never_
         (get(&url).await?.0 == StatusCode::OK).then_some(())
     })
     .await;
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -2,7 +2,7 @@
 //! names what failed; responses the app makes pass through untouched.
 
 use http::StatusCode;
-use mesh_testkit::{TestMesh, app, client, closed_port};
+use mesh_testkit::{TestMesh, app, client, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -17,7 +17,7 @@ async fn unknown_destination_is_503_naming_it() {
 #[tokio::test]
 async fn unreachable_destination_sidecar_is_503() {
     let mesh = TestMesh::new();
-    let gone = closed_port();
+    let gone = free_port();
     let orders = mesh
         .sidecar("orders")
         .destination("inventory", &[gone])
@@ -93,7 +93,7 @@ async fn a_dead_endpoint_beside_a_live_one_is_retried_there() {
         .app(app::echo("inventory").await)
         .start()
         .await;
-    let gone = closed_port();
+    let gone = free_port();
     let orders = mesh
         .sidecar("orders")
         .destination_with_policy(

@@ -40,16 +40,6 @@ impl Pair {
 
 pub(crate) const ORDERS_ID: &str = "spiffe://mesh.local/ns/default/sa/orders";
 
-/// A child process, killed and reaped when the test ends, however it ends.
-pub(crate) struct Killed(pub(crate) std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The tries a response says it took (`x-mesh-attempts`).
 pub(crate) fn attempts(rsp: &http::Response<hyper::body::Incoming>) -> u32 {
     rsp.headers()["x-mesh-attempts"]

@@ -12,20 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const INVENTORY_ID: &str = "spiffe://mesh.local/ns/default/sa/inventory";
 const PAYMENTS_ID: &str = "spiffe://mesh.local/ns/default/sa/payments";
 
-async fn metrics(admin_url: String) -> String {
-    client::text(client::get(&admin_url, "admin").await).await
-}
-
 /// Waits until the sidecar's metrics have `series` (name and labels) with a value of at least 1.
 async fn metric_appears(sidecar: &mesh_testkit::Sidecar, series: &str) {
-    let url = sidecar.admin_url("/metrics");
-    eventually(series, Duration::from_secs(5), || {
-        let url = url.clone();
-        async move {
-            let text = metrics(url).await;
-            let value = text.lines().find_map(|l| l.strip_prefix(series))?;
-            (value.trim().parse::<f64>().ok()? >= 1.0).then_some(())
-        }
+    eventually(series, Duration::from_secs(5), || async {
+        let text = sidecar.metrics().await;
+        (mesh_testkit::metrics::value(&text, series)? >= 1.0).then_some(())
     })
     .await;
 }

@@ -11,7 +11,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use mesh_testkit::app::{self, Faults};
-use mesh_testkit::{Sidecar, TestMesh, client, closed_port, eventually};
+use mesh_testkit::{Sidecar, TestMesh, client, eventually, free_port};
 
 /// `n` inventory instances: a faulty app behind its own sidecar each.
 async fn inventories(
@@ -36,16 +36,9 @@ async fn orders(mesh: &TestMesh, endpoints: &[SocketAddr], policy: &str) -> Side
         .await
 }
 
-async fn metrics(sidecar: &Sidecar) -> String {
-    client::text(client::get(&sidecar.admin_url("/metrics"), "admin").await).await
-}
-
 /// The value of the series `name{labels}` in `text`, 0 when absent.
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    mesh_testkit::metrics::value(text, series).unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -73,7 +66,7 @@ async fn an_endpoint_failing_30_percent_of_requests_is_retried_away() {
         }
     }
     assert!(faults[0].requests() > 0, "the flaky endpoint was used");
-    let m = metrics(&orders).await;
+    let m = orders.metrics().await;
     let retries = value(
         &m,
         r#"mesh_retries_total{destination="inventory",reason="gateway-error"}"#,
@@ -88,7 +81,7 @@ async fn an_endpoint_failing_30_percent_of_requests_is_retried_away() {
 async fn a_dead_endpoint_is_ejected_then_probed_and_returned_when_back() {
     let mesh = TestMesh::new();
     let (_faults, _inv, mut endpoints) = inventories(&mesh, 2).await;
-    let dead = closed_port();
+    let dead = free_port();
     endpoints.push(dead);
     let orders = orders(
         &mesh,
@@ -106,7 +99,7 @@ async fn a_dead_endpoint_is_ejected_then_probed_and_returned_when_back() {
         get().await;
     }
     let dead_series = format!(r#"{{destination="inventory",endpoint="{dead}"}}"#);
-    let m = metrics(&orders).await;
+    let m = orders.metrics().await;
     assert_eq!(
         value(&m, &format!("mesh_ejections_total{dead_series}")),
         1.0,
@@ -121,7 +114,7 @@ async fn a_dead_endpoint_is_ejected_then_probed_and_returned_when_back() {
     for _ in 0..10 {
         get().await;
     }
-    let m = metrics(&orders).await;
+    let m = orders.metrics().await;
     assert_eq!(
         value(&m, &format!("mesh_endpoint_requests_total{dead_series}")),
         tried
@@ -144,7 +137,7 @@ async fn a_dead_endpoint_is_ejected_then_probed_and_returned_when_back() {
         },
     )
     .await;
-    let m = metrics(&orders).await;
+    let m = orders.metrics().await;
     assert_eq!(
         value(&m, r#"mesh_ejected_endpoints{destination="inventory"}"#),
         0.0,
@@ -190,7 +183,7 @@ async fn when_every_endpoint_fails_retries_stay_within_the_budget() {
     let bound = REQUESTS as f64 * 1.2 + 2.0 * 10.0;
     assert!(reached as f64 <= bound, "{reached} attempts > {bound}");
     assert!(reached > REQUESTS, "some retries were allowed");
-    let m = metrics(&orders).await;
+    let m = orders.metrics().await;
     assert!(
         value(
             &m,
@@ -223,7 +216,7 @@ async fn a_slow_endpoint_is_left_for_a_fast_one_at_the_per_try_timeout() {
     // Round robin over [slow, fast, fast], where a retry takes the next turn too: requests
     // 1, 3 and 5 start on the slow endpoint and finish on a fast one.
     assert_eq!(moved, 3);
-    let m = metrics(&orders).await;
+    let m = orders.metrics().await;
     assert_eq!(
         value(
             &m,
@@ -325,7 +318,7 @@ async fn post_bodies_are_retried_only_when_allowed_and_replayed_byte_identical()
         echoed == sent,
         "the replayed body differs from the one sent"
     );
-    let m = metrics(&writes).await;
+    let m = writes.metrics().await;
     for e in endpoints {
         let series =
             format!(r#"mesh_endpoint_requests_total{{destination="inventory",endpoint="{e}"}}"#);
@@ -399,7 +392,7 @@ async fn max_requests_sheds_excess_at_once_without_queueing() {
         results.iter().filter(|(s, _)| *s == StatusCode::OK).count(),
         3
     );
-    let m = metrics(&orders).await;
+    let m = orders.metrics().await;
     assert_eq!(
         value(&m, r#"mesh_shed_requests_total{destination="inventory"}"#),
         1.0

@@ -1,11 +1,12 @@
 //! Graceful shutdown: readiness drops, listeners close, in-flight requests finish, exit 0.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::Full;
-use mesh_testkit::{Sidecar, TestMesh, app, client, closed_port, eventually};
+use mesh_testkit::process::{KillOnDrop, Signal};
+use mesh_testkit::{Sidecar, TestMesh, app, client, eventually, free_port};
 
 /// Status of GET `url`, or `None` when the connection fails.
 async fn status_of(url: &str) -> Option<StatusCode> {
@@ -115,16 +116,6 @@ async fn inbound_drain_lets_the_in_flight_request_finish() {
     stopping.await.unwrap().unwrap();
 }
 
-/// Kills the process if the test ends early.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn sigterm_drains_then_exits_zero() {
     sigterm_drains_then_exits_zero_with(&[]).await;
@@ -140,12 +131,12 @@ async fn sigterm_drains_then_exits_zero_with(args: &[&str]) {
     let mesh = TestMesh::new();
     let (addr, mut gate) = app::gated().await;
     let inventory = mesh.sidecar("inventory").app(addr).start().await;
-    let (outbound, inbound, admin) = (closed_port(), closed_port(), closed_port());
+    let (outbound, inbound, admin) = (free_port(), free_port(), free_port());
     let config = mesh
         .sidecar("orders")
         .destination("inventory", &[inventory.inbound])
         .write_config(outbound, inbound, admin);
-    let mut child = ChildGuard(
+    let mut child = KillOnDrop::new(
         Command::new(env!("CARGO_BIN_EXE_sidecar"))
             .arg("--config")
             .arg(&config)
@@ -168,15 +159,14 @@ async fn sigterm_drains_then_exits_zero_with(args: &[&str]) {
 
     let in_flight = slow_request(outbound);
     gate.arrived().await;
-    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    child.signal(Signal::SIGTERM);
     eventually("/ready to turn 503", Duration::from_secs(5), || {
         let url = ready.clone();
         async move { (status_of(&url).await == Some(StatusCode::SERVICE_UNAVAILABLE)).then_some(()) }
     })
     .await;
     assert!(
-        child.0.try_wait().unwrap().is_none(),
+        child.try_wait().unwrap().is_none(),
         "exited with a request in flight"
     );
 
@@ -186,10 +176,6 @@ async fn sigterm_drains_then_exits_zero_with(args: &[&str]) {
         .unwrap()
         .unwrap();
     assert_eq!(status, StatusCode::OK);
-    let exit = eventually("the process to exit", Duration::from_secs(10), || {
-        let status = child.0.try_wait().unwrap();
-        async move { status }
-    })
-    .await;
+    let exit = child.exit_within(Duration::from_secs(10)).await;
     assert!(exit.success(), "exit status {exit}");
 }

@@ -4,10 +4,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::Killed;
 use http::StatusCode;
 use mesh_testkit::otlp::{Collector, ReceivedSpan};
-use mesh_testkit::{TestMesh, app, client, closed_port, eventually};
+use mesh_testkit::process::KillOnDrop;
+use mesh_testkit::{TestMesh, app, client, eventually, free_port};
 
 const CLIENT: i32 = 3;
 const SERVER: i32 = 2;
@@ -189,7 +189,7 @@ async fn a_collector_that_is_down_costs_spans_not_requests() {
     let mesh = TestMesh::new();
     let down = format!(
         "tracing: {{ otlp_endpoint: \"http://{}\", max_queue: 2 }}\n",
-        closed_port()
+        free_port()
     );
     let (orders, _inventory) = mesh
         .pair(|o| o.extra_yaml(&down), |i| i.extra_yaml(&down))
@@ -254,8 +254,8 @@ async fn spans_reach_a_separate_collector_process() {
     };
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("rotel.log");
-    let (grpc, http) = (closed_port(), closed_port());
-    let _rotel = Killed(
+    let (grpc, http) = (free_port(), free_port());
+    let _rotel = KillOnDrop::new(
         std::process::Command::new(agent)
             .args(["start", "--exporter", "blackhole", "--debug-log", "traces"])
             .arg("--otlp-grpc-endpoint")
@@ -304,7 +304,7 @@ async fn the_access_log_is_one_json_line_per_request() {
         .app(app::echo("inventory").await)
         .start()
         .await;
-    let (outbound, inbound, admin) = (closed_port(), closed_port(), closed_port());
+    let (outbound, inbound, admin) = (free_port(), free_port(), free_port());
     let config = mesh
         .sidecar("orders")
         .extra_yaml("access_log: true\n")
@@ -321,8 +321,8 @@ async fn the_access_log_is_one_json_line_per_request() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = Killed(child);
-    let stdout = child.0.stdout.take().unwrap();
+    let mut child = KillOnDrop::new(child);
+    let stdout = child.stdout.take().unwrap();
     let ready = format!("http://{admin}/ready");
     eventually("the sidecar to be ready", Duration::from_secs(10), || {
         let url = ready.clone();

@@ -2,10 +2,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+
+/// How long requests in flight get to finish after SIGTERM or Ctrl-C.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -39,13 +43,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let handler = move |req| {
         let name = name.clone();
-        async move { demo_services::echo::handle(&name, req).await }
+        async move { mesh_testkit::echo::handle(&name, req).await }
     };
-    if !demo_services::server::serve_until(listener, handler, stop).await {
-        anyhow::bail!(
-            "requests still in flight after {:?}",
-            demo_services::server::DRAIN_LIMIT
-        );
+    if !mesh_testkit::server::serve(listener, handler, stop, DRAIN_LIMIT).await {
+        anyhow::bail!("requests still in flight after {DRAIN_LIMIT:?}");
     }
     Ok(())
 }
