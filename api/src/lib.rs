@@ -4,6 +4,8 @@
 //! - [`spiffe`]: SPIFFE IDs and the names they are built from; the only place that knows the
 //!   `spiffe://<trust-domain>/ns/<namespace>/sa/<service>` format.
 //! - [`policy`]: resilience policy of a destination, with its defaults and validation.
+//! - [`retry`]: retries, their backoff and budget, shared by a destination's policy and its
+//!   routes.
 //! - [`route`]: routes within a destination, by method and path, with their own timeout and
 //!   retries.
 //! - [`authorization`]: who may call a service.
@@ -16,6 +18,7 @@
 pub mod authorization;
 pub mod policy;
 pub mod proto;
+pub mod retry;
 pub mod route;
 pub mod spiffe;
 pub mod tls;

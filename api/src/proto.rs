@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use crate::authorization::{AuthorizationPolicy, Decision, Principal};
-use crate::policy::{
-    Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
-};
+use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
+use crate::retry::{Backoff, Budget, RetryOn, RetryPolicy};
 use crate::route::{MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
 
 /// Generated messages, clients and servers of `mesh.v1`.
