@@ -14,10 +14,8 @@ pub mod v1 {
     tonic::include_proto!("mesh.v1");
 }
 
-/// The control plane's identity in a trust domain: the ID sidecars require of it.
-pub const CONTROL_PLANE_NAMESPACE: &str = "mesh-system";
-/// See [`CONTROL_PLANE_NAMESPACE`].
-pub const CONTROL_PLANE_SERVICE: &str = "control-plane";
+/// The control plane's identity, kept with the SPIFFE code and named here too.
+pub use crate::spiffe::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE};
 
 /// A message from the other end that this end cannot apply.
 #[derive(Debug, thiserror::Error)]
