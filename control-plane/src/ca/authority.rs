@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_api::spiffe::format_service_id;
 use rcgen::{Issuer, KeyPair};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -278,7 +279,7 @@ impl Authority {
     /// Issues a throwaway certificate and verifies it against the bundle.
     fn check_chain(&self) -> Result<(), CertError> {
         let key = KeyPair::generate()?;
-        let id = format!("spiffe://{}/ns/probe/sa/probe", self.trust_domain);
+        let id = format_service_id(&self.trust_domain, "probe", "probe");
         let issued = self.sign(&key_csr(&key, &id)?, &id, Duration::from_secs(60))?;
         let path = match &self.signer {
             Signer::Intermediate { .. } => self.dir.join(INTERMEDIATE),
@@ -640,36 +641,10 @@ fn not_after(der: &[u8]) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// PEM with `\n` line ends, as rcgen writes the files it makes.
 fn pem(label: &str, der: &[u8]) -> String {
-    use std::fmt::Write;
-    let b64 = base64(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", String::from_utf8_lossy(line));
-    }
-    let _ = writeln!(out, "-----END {label}-----");
-    out
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
+    ::pem::encode_config(&::pem::Pem::new(label, der), config)
 }
 
 #[cfg(test)]
@@ -684,6 +659,15 @@ mod tests {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         assert_eq!(back, [der]);
+    }
+
+    #[test]
+    fn pem_matches_what_rcgen_writes() {
+        let key = KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(pem("CERTIFICATE", cert.der()), cert.pem());
     }
 
     #[test]
