@@ -11,11 +11,16 @@
 //! - [`authorization`]: who may call a service.
 //! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
 //! - [`tls`]: SPIFFE verification and live certificates and bundles, for both ends.
+//! - [`certify`]: a key pair and CSR made locally, and `Identity.Certify` with a join token:
+//!   how a sidecar (or a test acting as one) gets its certificate.
+//! - [`channel`]: gRPC channels to the control plane, verified by its SPIFFE ID.
 //! - [`validate`]: errors collected with their field paths.
 
 #![deny(missing_docs)]
 
 pub mod authorization;
+pub mod certify;
+pub mod channel;
 pub mod policy;
 pub mod proto;
 pub mod retry;

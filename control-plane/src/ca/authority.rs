@@ -630,10 +630,8 @@ fn key_csr(
     key: &KeyPair,
     spiffe_id: &str,
 ) -> Result<rcgen::CertificateSigningRequestParams, CertError> {
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe_id.to_owned().try_into()?)];
-    let csr = params.serialize_request(key)?;
-    rcgen::CertificateSigningRequestParams::from_der(csr.der()).map_err(CertError::InvalidCsr)
+    let der = mesh_api::certify::request_der(key, &[spiffe_id], None)?;
+    rcgen::CertificateSigningRequestParams::from_der(&der.into()).map_err(CertError::InvalidCsr)
 }
 
 fn not_after(der: &[u8]) -> Option<i64> {
