@@ -36,9 +36,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixT
 use rustls::server::ParsedCertificate;
 use time::OffsetDateTime;
 
-use super::{
-    CertError, hex, random_bytes, read, root_id, root_params, sha256_hex, sign_request,
-    validate_trust_domain, write_atomic,
+use super::error::CertError;
+use super::files::{read, write_atomic};
+use super::x509::{
+    hex, random_bytes, root_id, root_params, sha256_hex, sign_request, validate_trust_domain,
 };
 
 const BUNDLE: &str = "ca.pem";
@@ -729,7 +730,7 @@ mod tests {
         let root_cert = root_params.self_signed(&root_key).unwrap();
         let root_issuer = Issuer::new(root_params, root_key);
         let inter_key = KeyPair::generate().unwrap();
-        let mut inter_params = super::super::root_params("mesh.local", Some("intermediate"));
+        let mut inter_params = super::super::x509::root_params("mesh.local", Some("intermediate"));
         inter_params.use_authority_key_identifier_extension = true;
         let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
         fs::write(dir.path().join("ca.pem"), root_cert.pem()).unwrap();
