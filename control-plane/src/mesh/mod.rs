@@ -234,9 +234,7 @@ impl Mesh {
     pub(crate) async fn add_root(&self) -> Result<String, AdminError> {
         let _guard = self.rotation.lock().await;
         let ca = self.authority();
-        let (next, id) = tokio::task::spawn_blocking(move || ca.add_root())
-            .await
-            .map_err(|e| AdminError::Conflict(format!("root generation failed: {e}")))??;
+        let (next, id) = off_thread("root generation", move || ca.add_root()).await?;
         tracing::info!(root = %id, "added a root to the trust bundle");
         self.set_authority(next, Some(&id));
         Ok(id)
@@ -259,9 +257,7 @@ impl Mesh {
             rotation::check_use(&state.registry, lease, Instant::now(), id, since)?;
         }
         let id_owned = id.to_owned();
-        let next = tokio::task::spawn_blocking(move || ca.use_root(&id_owned))
-            .await
-            .map_err(|e| AdminError::Conflict(format!("signer change failed: {e}")))??;
+        let next = off_thread("signer change", move || ca.use_root(&id_owned)).await?;
         tracing::info!(root = %id, force, "root is now the signer");
         self.set_authority(next, None);
         Ok(())
@@ -289,9 +285,7 @@ impl Mesh {
             rotation::check_remove(&state.registry, lease, Instant::now(), &root)?;
         }
         let id_owned = id.to_owned();
-        let next = tokio::task::spawn_blocking(move || ca.remove_root(&id_owned))
-            .await
-            .map_err(|e| AdminError::Conflict(format!("root removal failed: {e}")))??;
+        let next = off_thread("root removal", move || ca.remove_root(&id_owned)).await?;
         tracing::info!(root = %id, force, "removed a root from the trust bundle");
         self.set_authority(next, None);
         Ok(())
@@ -343,6 +337,17 @@ impl Mesh {
             Instant::now(),
         )
     }
+}
+
+/// Runs a CA step, which generates keys and writes files, away from the async workers.
+async fn off_thread<T: Send + 'static>(
+    what: &str,
+    step: impl FnOnce() -> Result<T, RotationError> + Send + 'static,
+) -> Result<T, AdminError> {
+    tokio::task::spawn_blocking(step)
+        .await
+        .map_err(|e| AdminError::Conflict(format!("{what} failed: {e}")))?
+        .map_err(AdminError::from)
 }
 
 // === impl State ===
