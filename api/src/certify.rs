@@ -136,3 +136,43 @@ pub async fn certify(
         not_after_unix: response.not_after_unix,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::CertificateSigningRequestParams;
+    use rustls::pki_types::CertificateSigningRequestDer;
+
+    use super::*;
+
+    #[test]
+    fn the_request_names_the_identity_and_the_service_and_is_signed() {
+        let id = "spiffe://mesh.local/ns/default/sa/orders";
+        let (_, der) = key_and_request(&[id], Some("orders")).unwrap();
+        // Parsing checks the signature: the proof that the requester holds the key.
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
+                .unwrap();
+        let uris: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::URI(uri) => uri.as_str().to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(uris, [id]);
+        let names: Vec<_> = csr.params.distinguished_name.iter().collect();
+        assert_eq!(names.len(), 1);
+        assert_eq!(names[0].0, &DnType::CommonName);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_control_plane() {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let id: SpiffeId = "spiffe://mesh.local/ns/default/sa/orders".parse().unwrap();
+        let err = certify(channel, "orders", &id, "token").await.unwrap_err();
+        assert!(matches!(err, CertifyError::Refused(_)), "{err:?}");
+        assert!(err.to_string().starts_with("control plane: "), "{err}");
+    }
+}

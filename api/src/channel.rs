@@ -151,3 +151,57 @@ fn connector(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_bundle_is_refused() {
+        assert!(matches!(
+            roots_from_pem(b"no certificates here"),
+            Err(ChannelError::EmptyBundle)
+        ));
+        assert!(matches!(
+            roots_from_der(&[vec![1, 2, 3]]),
+            Err(ChannelError::EmptyBundle)
+        ));
+    }
+
+    #[test]
+    fn a_bad_trust_domain_is_named() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ca".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let roots = roots_from_der(&[cert.der().to_vec()]).unwrap();
+        let err = client_config(roots, "Not A Domain", None).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("trust_domain \"Not A Domain\": "),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_control_plane_is_named_by_address() {
+        // A port just released: nothing listens there.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ca".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let roots = roots_from_der(&[cert.der().to_vec()]).unwrap();
+        let tls = client_config(roots, "mesh.local", None).unwrap();
+        let err = connect(address, tls).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("control plane at {address}: ")),
+            "{err}"
+        );
+    }
+}

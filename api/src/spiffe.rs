@@ -186,6 +186,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn service_ids_and_the_control_planes_share_one_format() {
+        assert_eq!(
+            format_service_id("mesh.local", "default", "orders"),
+            "spiffe://mesh.local/ns/default/sa/orders"
+        );
+        let cp = SpiffeId::control_plane("mesh.local").unwrap();
+        assert_eq!(
+            cp.as_str(),
+            "spiffe://mesh.local/ns/mesh-system/sa/control-plane"
+        );
+        assert_eq!(cp.service(), Some(CONTROL_PLANE_SERVICE));
+        assert_eq!(
+            SpiffeId::control_plane("Bad Domain"),
+            Err(InvalidSpiffeId::TrustDomain)
+        );
+    }
+
+    #[test]
     fn parses_service_ids() {
         let id: SpiffeId = "spiffe://mesh.local/ns/default/sa/orders".parse().unwrap();
         assert_eq!(id.service(), Some("orders"));
