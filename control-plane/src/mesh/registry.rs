@@ -240,3 +240,138 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, address: &str) -> v1::Instance {
+        v1::Instance {
+            instance_id: id.into(),
+            service: "orders".into(),
+            address: address.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_instance_is_checked_against_the_callers_service() {
+        let ok = instance("o-1", "127.0.0.1:15006");
+        assert_eq!(
+            check("orders", &ok).unwrap(),
+            "127.0.0.1:15006".parse().unwrap()
+        );
+        let err = check("payments", &ok).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the certificate is for service payments, but the instance is for service orders"
+        );
+        let err = check("orders", &instance("", "127.0.0.1:1")).unwrap_err();
+        assert_eq!(err.to_string(), "instance_id must be 1 to 256 characters");
+        let err = check("orders", &instance("o-1", "localhost")).unwrap_err();
+        assert_eq!(err.to_string(), "address \"localhost\" is not an ip:port");
+        let mut bad_version = ok.clone();
+        bad_version.version = "V2".into();
+        let err = check("orders", &bad_version).unwrap_err();
+        assert_eq!(err.to_string(), "version \"V2\" is not a DNS label");
+    }
+
+    #[test]
+    fn registering_again_keeps_what_heartbeats_reported() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        let first = instance("o-1", "127.0.0.1:15006");
+        registry.register("orders", &first, "127.0.0.1:15006".parse().unwrap(), now);
+        let beat = v1::HeartbeatRequest {
+            instance_id: "o-1".into(),
+            applied_version: 9,
+            certificate_issuer_sha256: "aa".into(),
+            ejected_endpoints: vec!["inventory/10.0.0.1:15006".into()],
+            ..Default::default()
+        };
+        assert_eq!(registry.heartbeat("orders", &beat, now), Beat::Renewed);
+        let moved = instance("o-1", "127.0.0.1:16006");
+        registry.register("orders", &moved, "127.0.0.1:16006".parse().unwrap(), now);
+        let (_, record) = registry.instances_of("orders").next().unwrap();
+        assert_eq!(record.address, "127.0.0.1:16006".parse().unwrap());
+        assert_eq!(record.applied_version, 9);
+        assert_eq!(record.issuer_sha256, "aa");
+        assert_eq!(record.ejected, ["inventory/10.0.0.1:15006"]);
+    }
+
+    #[test]
+    fn heartbeats_say_what_changed() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        let beat = |app_down: &str| v1::HeartbeatRequest {
+            instance_id: "o-1".into(),
+            app_down: app_down.into(),
+            ..Default::default()
+        };
+        assert_eq!(registry.heartbeat("orders", &beat(""), now), Beat::Unknown);
+        let first = instance("o-1", "127.0.0.1:15006");
+        registry.register("orders", &first, "127.0.0.1:15006".parse().unwrap(), now);
+        assert_eq!(registry.heartbeat("orders", &beat(""), now), Beat::Renewed);
+        assert_eq!(
+            registry.heartbeat("orders", &beat("503"), now),
+            Beat::AppChanged
+        );
+        assert_eq!(
+            registry.heartbeat("orders", &beat("503"), now),
+            Beat::Renewed
+        );
+        assert_eq!(
+            registry.heartbeat("orders", &beat(""), now),
+            Beat::AppChanged
+        );
+        // Another service's certificate cannot renew this instance.
+        assert_eq!(
+            registry.heartbeat("payments", &beat(""), now),
+            Beat::Unknown
+        );
+    }
+
+    #[test]
+    fn leases_expire_and_deregistration_removes() {
+        let now = Instant::now();
+        let lease = Duration::from_secs(10);
+        let mut registry = Registry::default();
+        for id in ["o-1", "o-2"] {
+            let i = instance(id, "127.0.0.1:15006");
+            registry.register("orders", &i, "127.0.0.1:15006".parse().unwrap(), now);
+        }
+        let later = now + Duration::from_secs(6);
+        let o2 = v1::HeartbeatRequest {
+            instance_id: "o-2".into(),
+            ..Default::default()
+        };
+        registry.heartbeat("orders", &o2, later);
+        assert_eq!(registry.live(lease, now + lease).count(), 1);
+        assert_eq!(registry.expire(lease, now + lease), 1);
+        assert_eq!(registry.len(), 1);
+        assert!(registry.deregister("orders", "o-1").is_none());
+        assert!(registry.deregister("orders", "o-2").is_some());
+        assert_eq!(registry.len(), 0);
+    }
+
+    #[test]
+    fn acknowledgements_last_while_a_stream_is_open() {
+        let mut registry = Registry::default();
+        let key = ("orders".to_owned(), "o-1".to_owned());
+        registry.watch_stream("orders", "o-1", true);
+        registry.watch_stream("orders", "o-1", true);
+        registry.ack("orders", "o-1", 7, "");
+        registry.ack("orders", "o-1", 5, "");
+        registry.ack("orders", "o-1", 8, "bad route");
+        let ack = registry.ack_of(&key).unwrap();
+        assert_eq!(
+            ack.acked_version, 7,
+            "an older acknowledgement never lowers it"
+        );
+        assert_eq!(ack.rejected, Some((8, "bad route".to_owned())));
+        registry.watch_stream("orders", "o-1", false);
+        assert!(registry.ack_of(&key).is_some(), "one stream is still open");
+        registry.watch_stream("orders", "o-1", false);
+        assert!(registry.ack_of(&key).is_none());
+    }
+}

@@ -130,3 +130,106 @@ fn sample(items: &[String]) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh_api::proto::v1;
+
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(10);
+
+    /// A registry with `orders/o-1` reporting `applied` and a certificate issued by `issuer`.
+    fn registry(now: Instant, applied: u64, issuer: &str) -> Registry {
+        let mut registry = Registry::default();
+        let instance = v1::Instance {
+            instance_id: "o-1".into(),
+            service: "orders".into(),
+            address: "127.0.0.1:15006".into(),
+            ..Default::default()
+        };
+        registry.register("orders", &instance, "127.0.0.1:15006".parse().unwrap(), now);
+        let beat = v1::HeartbeatRequest {
+            instance_id: "o-1".into(),
+            applied_version: applied,
+            certificate_issuer_sha256: issuer.into(),
+            ..Default::default()
+        };
+        registry.heartbeat("orders", &beat, now);
+        registry
+    }
+
+    fn root(id: &str, sha256: &str) -> RootInfo {
+        RootInfo {
+            id: id.into(),
+            sha256: sha256.into(),
+            not_after_unix: 0,
+            has_key: true,
+            signer: false,
+        }
+    }
+
+    #[test]
+    fn a_root_signs_only_once_every_live_instance_trusts_it() {
+        let now = Instant::now();
+        let mut behind = registry(now, 5, "");
+        let err = check_use(&behind, LEASE, now, "r2", 6).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "1 instance(s) have not acknowledged a snapshot (version 6 or later) that trusts \
+             root r2: orders/o-1 (at 5); wait for them, or force"
+        );
+        // An acknowledgement on the watch stream counts as much as a heartbeat.
+        behind.ack("orders", "o-1", 6, "");
+        assert!(check_use(&behind, LEASE, now, "r2", 6).is_ok());
+        // An instance whose lease expired does not hold the rotation back.
+        let stale = registry(now, 1, "");
+        assert!(check_use(&stale, LEASE, now + LEASE, "r2", 6).is_ok());
+    }
+
+    #[test]
+    fn a_root_leaves_only_once_no_live_instance_holds_its_certificate() {
+        let now = Instant::now();
+        let old = root("r1", "aa");
+        let err = check_remove(&registry(now, 5, "aa"), LEASE, now, &old).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "1 instance(s) still hold a certificate issued by root r1: orders/o-1; wait for \
+             them to renew, or force"
+        );
+        assert!(check_remove(&registry(now, 5, "bb"), LEASE, now, &old).is_ok());
+        assert!(check_remove(&registry(now, 5, "aa"), LEASE, now + LEASE, &old).is_ok());
+    }
+
+    #[test]
+    fn until_a_lease_has_passed_the_registry_may_be_refilling() {
+        assert_eq!(
+            warming_left(Duration::from_secs(4), LEASE),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(warming_left(LEASE, LEASE), None);
+        let err = warmed_up(Duration::from_secs(4), LEASE).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the control plane started 4.0s ago"),
+            "{err}"
+        );
+        assert!(warmed_up(LEASE, LEASE).is_ok());
+    }
+
+    #[test]
+    fn roots_since_follows_the_bundle() {
+        let mut since = RootsSince::new(vec![root("r1", "aa")], 100);
+        since.added("r2", 140);
+        assert_eq!((since.since("r1"), since.since("r2")), (100, 140));
+        since.keep(&[root("r2", "bb")]);
+        assert_eq!((since.since("r1"), since.since("r2")), (0, 140));
+    }
+
+    #[test]
+    fn a_long_list_is_cut_to_five() {
+        let items: Vec<String> = (1..=7).map(|i| format!("s/{i}")).collect();
+        assert_eq!(sample(&items), "s/1, s/2, s/3, s/4, s/5, ...");
+        assert_eq!(sample(&items[..2]), "s/1, s/2");
+    }
+}
