@@ -156,6 +156,16 @@ fn connector(
 mod tests {
     use super::*;
 
+    /// A store holding one self-signed certificate.
+    fn some_roots() -> RootCertStore {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ca".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        roots_from_der(&[cert.der().to_vec()]).unwrap()
+    }
+
     #[test]
     fn an_empty_bundle_is_refused() {
         assert!(matches!(
@@ -170,12 +180,7 @@ mod tests {
 
     #[test]
     fn a_bad_trust_domain_is_named() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["ca".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let roots = roots_from_der(&[cert.der().to_vec()]).unwrap();
+        let roots = some_roots();
         let err = client_config(roots, "Not A Domain", None).unwrap_err();
         assert!(
             err.to_string()
@@ -190,12 +195,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["ca".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let roots = roots_from_der(&[cert.der().to_vec()]).unwrap();
+        let roots = some_roots();
         let tls = client_config(roots, "mesh.local", None).unwrap();
         let err = connect(address, tls).await.unwrap_err();
         assert!(
