@@ -4,18 +4,26 @@
 //! - [`spiffe`]: SPIFFE IDs and the names they are built from; the only place that knows the
 //!   `spiffe://<trust-domain>/ns/<namespace>/sa/<service>` format.
 //! - [`policy`]: resilience policy of a destination, with its defaults and validation.
+//! - [`retry`]: retries, their backoff and budget, shared by a destination's policy and its
+//!   routes.
 //! - [`route`]: routes within a destination, by method and path, with their own timeout and
 //!   retries.
 //! - [`authorization`]: who may call a service.
 //! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
 //! - [`tls`]: SPIFFE verification and live certificates and bundles, for both ends.
+//! - [`certify`]: a key pair and CSR made locally, and `Identity.Certify` with a join token:
+//!   how a sidecar (or a test acting as one) gets its certificate.
+//! - [`channel`]: gRPC channels to the control plane, verified by its SPIFFE ID.
 //! - [`validate`]: errors collected with their field paths.
 
 #![deny(missing_docs)]
 
 pub mod authorization;
+pub mod certify;
+pub mod channel;
 pub mod policy;
 pub mod proto;
+pub mod retry;
 pub mod route;
 pub mod spiffe;
 pub mod tls;

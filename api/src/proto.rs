@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use crate::authorization::{AuthorizationPolicy, Decision, Principal};
-use crate::policy::{
-    Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
-};
+use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
+use crate::retry::{Backoff, Budget, RetryOn, RetryPolicy};
 use crate::route::{MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
 
 /// Generated messages, clients and servers of `mesh.v1`.
@@ -15,10 +14,8 @@ pub mod v1 {
     tonic::include_proto!("mesh.v1");
 }
 
-/// The control plane's identity in a trust domain: the ID sidecars require of it.
-pub const CONTROL_PLANE_NAMESPACE: &str = "mesh-system";
-/// See [`CONTROL_PLANE_NAMESPACE`].
-pub const CONTROL_PLANE_SERVICE: &str = "control-plane";
+/// The control plane's identity, kept with the SPIFFE code and named here too.
+pub use crate::spiffe::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE};
 
 /// A message from the other end that this end cannot apply.
 #[derive(Debug, thiserror::Error)]

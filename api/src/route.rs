@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{RetriesFile, RetryPolicy};
+use crate::retry::{self, RetriesFile, RetryPolicy};
 use crate::validate::Errors;
 
 /// Most routes one destination may have; each is a metric label value, so they are bounded.
@@ -45,7 +45,7 @@ pub struct RoutePolicy {
     #[serde(rename = "match")]
     pub matches: RouteMatch,
     /// Limit on the whole request, all tries included (504 when exceeded); `None`: no limit.
-    #[serde(serialize_with = "crate::policy::optional_duration")]
+    #[serde(serialize_with = "crate::validate::serialize_optional_duration")]
     pub timeout: Option<Duration>,
     /// Its retries: the destination's, with the fields the route sets replaced. The budget is
     /// always the destination's.
@@ -171,7 +171,7 @@ pub(crate) fn validate(
         let set = own.fields_set();
         let mut scratch = Errors::default();
         let retries_path = at("retries");
-        let retries = crate::policy::retries(own.over(retries), &retries_path, &mut scratch);
+        let retries = retry::retries(own.over(retries), &retries_path, &mut scratch);
         for e in scratch.into_vec() {
             let field = e.path[retries_path.len()..]
                 .trim_start_matches('.')

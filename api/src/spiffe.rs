@@ -12,6 +12,17 @@ use x509_parser::extensions::GeneralName;
 
 const SCHEME: &str = "spiffe://";
 
+/// The namespace of the control plane's identity: the ID sidecars require of it.
+pub const CONTROL_PLANE_NAMESPACE: &str = "mesh-system";
+/// The service of the control plane's identity; see [`CONTROL_PLANE_NAMESPACE`].
+pub const CONTROL_PLANE_SERVICE: &str = "control-plane";
+
+/// The text of a service's SPIFFE ID, unchecked: for names validated already, and for messages
+/// that show the pattern (`<service>`). [`SpiffeId::for_service`] checks the result.
+pub fn format_service_id(trust_domain: &str, namespace: &str, service: &str) -> String {
+    format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service}")
+}
+
 /// A validated SPIFFE ID.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -40,7 +51,12 @@ impl SpiffeId {
         namespace: &str,
         service: &str,
     ) -> Result<Self, InvalidSpiffeId> {
-        format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service}").parse()
+        format_service_id(trust_domain, namespace, service).parse()
+    }
+
+    /// The ID the control plane of `trust_domain` presents.
+    pub fn control_plane(trust_domain: &str) -> Result<Self, InvalidSpiffeId> {
+        Self::for_service(trust_domain, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE)
     }
 
     /// The ID as a string.
@@ -168,6 +184,24 @@ pub fn ids_in_certificate(der: &[u8]) -> Vec<SpiffeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_ids_and_the_control_planes_share_one_format() {
+        assert_eq!(
+            format_service_id("mesh.local", "default", "orders"),
+            "spiffe://mesh.local/ns/default/sa/orders"
+        );
+        let cp = SpiffeId::control_plane("mesh.local").unwrap();
+        assert_eq!(
+            cp.as_str(),
+            "spiffe://mesh.local/ns/mesh-system/sa/control-plane"
+        );
+        assert_eq!(cp.service(), Some(CONTROL_PLANE_SERVICE));
+        assert_eq!(
+            SpiffeId::control_plane("Bad Domain"),
+            Err(InvalidSpiffeId::TrustDomain)
+        );
+    }
 
     #[test]
     fn parses_service_ids() {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde::Serializer;
+
 /// One problem in a configuration, at a field path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -77,5 +79,22 @@ pub fn duration(
             );
             default
         }
+    }
+}
+
+/// Writes a duration the way [`duration`] reads it (`250ms`, `2s`), so shown policy can be
+/// pasted back into a file.
+pub(crate) fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// Writes a limit the way [`limit`] reads it; no limit is `null`.
+pub(crate) fn serialize_optional_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => serialize_duration(d, s),
+        None => s.serialize_none(),
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_api::proto::v1;
-use mesh_api::spiffe::SpiffeId;
+use mesh_api::spiffe::{SpiffeId, format_service_id};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -50,10 +50,9 @@ impl Api {
         let service = id.service().unwrap_or_default().to_owned();
         let expected = SpiffeId::for_service(&config.trust_domain, &config.namespace, &service);
         if id.trust_domain() != config.trust_domain || expected.as_ref() != Ok(&id) {
+            let pattern = format_service_id(&config.trust_domain, &config.namespace, "<service>");
             return Err(Status::permission_denied(format!(
-                "{id} is not a service identity of this mesh \
-                 (spiffe://{}/ns/{}/sa/<service>)",
-                config.trust_domain, config.namespace
+                "{id} is not a service identity of this mesh ({pattern})"
             )));
         }
         Ok(service)

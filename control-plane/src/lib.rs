@@ -3,14 +3,19 @@
 //!
 //! # Layout
 //! - [`ca`]: certificate authorities: the state directory's [`ca::Authority`] and the
-//!   development [`ca::DevCa`].
+//!   development [`ca::DevCa`], over shared certificate fields and signing (`ca/x509.rs`).
 //! - [`config`]: the configuration directory (`mesh.yaml`, `services/*.yaml`) and its
 //!   validation.
-//! - `mesh`: the state, and the per-service snapshots computed from it.
+//! - `mesh`: the state behind one lock (`mesh/mod.rs`): the registry of instances, leases and
+//!   acknowledgements (`registry.rs`), the per-service snapshots computed from configuration
+//!   and registry (`snapshot.rs`), root-rotation gating (`rotation.rs`) and `/status`
+//!   (`status.rs`).
 //! - `grpc`: the `mesh.v1` services; `tls`: the API's TLS with live certificates.
 //! - `admin`: the admin HTTP server; [`admin_client`]: a small client for it (meshctl, tests).
 //! - [`client`]: the sidecar's side of the API (CSR, SPIFFE-verified connection), for tests and
-//!   tools.
+//!   tools; the work is `mesh_api::certify` and `mesh_api::channel`, which sidecars use too.
+//!
+//! No module imports from lib.rs or from a module above it; parents tie their children.
 //!
 //! # State directory
 //! - `ca.pem`, `roots/`, `signer`, and optionally an operator's `ca-key.pem` or

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use mesh_api::proto::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE};
+use mesh_api::spiffe::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE, format_service_id};
 use mesh_api::spiffe::{SpiffeId, ids_in_certificate};
 use mesh_api::tls::{LiveCertificate, LiveClientVerifier};
 use rustls::ServerConfig;
@@ -73,7 +73,7 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 
 /// The ID the control plane presents in `trust_domain`.
 pub fn control_plane_id(trust_domain: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{CONTROL_PLANE_NAMESPACE}/sa/{CONTROL_PLANE_SERVICE}")
+    format_service_id(trust_domain, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE)
 }
 
 /// The server side's live parts: its certificate and its client verifier.

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_api::spiffe::format_service_id;
 use rcgen::{Issuer, KeyPair};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -35,9 +36,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixT
 use rustls::server::ParsedCertificate;
 use time::OffsetDateTime;
 
-use super::{
-    CertError, hex, random_bytes, read, root_id, root_params, sha256_hex, sign_request,
-    validate_trust_domain, write_atomic,
+use super::error::CertError;
+use super::files::{read, write_atomic};
+use super::x509::{
+    hex, random_bytes, root_id, root_params, sha256_hex, sign_request, validate_trust_domain,
 };
 
 const BUNDLE: &str = "ca.pem";
@@ -278,7 +280,7 @@ impl Authority {
     /// Issues a throwaway certificate and verifies it against the bundle.
     fn check_chain(&self) -> Result<(), CertError> {
         let key = KeyPair::generate()?;
-        let id = format!("spiffe://{}/ns/probe/sa/probe", self.trust_domain);
+        let id = format_service_id(&self.trust_domain, "probe", "probe");
         let issued = self.sign(&key_csr(&key, &id)?, &id, Duration::from_secs(60))?;
         let path = match &self.signer {
             Signer::Intermediate { .. } => self.dir.join(INTERMEDIATE),
@@ -629,10 +631,8 @@ fn key_csr(
     key: &KeyPair,
     spiffe_id: &str,
 ) -> Result<rcgen::CertificateSigningRequestParams, CertError> {
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe_id.to_owned().try_into()?)];
-    let csr = params.serialize_request(key)?;
-    rcgen::CertificateSigningRequestParams::from_der(csr.der()).map_err(CertError::InvalidCsr)
+    let der = mesh_api::certify::request_der(key, &[spiffe_id], None)?;
+    rcgen::CertificateSigningRequestParams::from_der(&der.into()).map_err(CertError::InvalidCsr)
 }
 
 fn not_after(der: &[u8]) -> Option<i64> {
@@ -640,36 +640,10 @@ fn not_after(der: &[u8]) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// PEM with `\n` line ends, as rcgen writes the files it makes.
 fn pem(label: &str, der: &[u8]) -> String {
-    use std::fmt::Write;
-    let b64 = base64(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", String::from_utf8_lossy(line));
-    }
-    let _ = writeln!(out, "-----END {label}-----");
-    out
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
+    ::pem::encode_config(&::pem::Pem::new(label, der), config)
 }
 
 #[cfg(test)]
@@ -684,6 +658,15 @@ mod tests {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         assert_eq!(back, [der]);
+    }
+
+    #[test]
+    fn pem_matches_what_rcgen_writes() {
+        let key = KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(pem("CERTIFICATE", cert.der()), cert.pem());
     }
 
     #[test]
@@ -747,7 +730,7 @@ mod tests {
         let root_cert = root_params.self_signed(&root_key).unwrap();
         let root_issuer = Issuer::new(root_params, root_key);
         let inter_key = KeyPair::generate().unwrap();
-        let mut inter_params = super::super::root_params("mesh.local", Some("intermediate"));
+        let mut inter_params = super::super::x509::root_params("mesh.local", Some("intermediate"));
         inter_params.use_authority_key_identifier_extension = true;
         let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
         fs::write(dir.path().join("ca.pem"), root_cert.pem()).unwrap();

@@ -14,9 +14,11 @@ use mesh_api::spiffe::SpiffeId;
 use rcgen::{Issuer, KeyPair};
 use time::OffsetDateTime;
 
-use super::{
-    BACKDATE, CertError, Leaf, LeafSpec, leaf_params, read, root_params, sign_request,
-    validate_label, validate_trust_domain, write,
+use super::error::CertError;
+use super::files::{read, write};
+use super::x509::{
+    BACKDATE, Leaf, LeafSpec, leaf_params, root_params, sign_request, validate_label,
+    validate_trust_domain,
 };
 
 /// A certificate authority that can issue workload certificates.

@@ -1,16 +1,14 @@
 //! The sidecar's certificate from the control plane: made from a CSR, renewed before expiry.
 //!
 //! The key pair is generated here and only the CSR (public key, requested SPIFFE ID, proof of
-//! possession) is sent: `CertifyRequest` has no field that could carry a private key.
+//! possession) is sent: `CertifyRequest` has no field that could carry a private key. The CSR
+//! and the call are `mesh_api::certify`'s, shared with the control plane's test client; this
+//! module adds the token file, the time limit, the check of what came back, and renewal.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_api::proto::v1::CertifyRequest;
-use mesh_api::proto::v1::identity_client::IdentityClient;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::Notify;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
@@ -33,12 +31,9 @@ pub(crate) enum CertifyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The key pair or CSR could not be made.
-    #[error("cannot make a certificate signing request: {0}")]
-    Csr(#[from] rcgen::Error),
-    /// The control plane refused or could not be reached.
-    #[error("control plane: {}: {}", .0.code(), .0.message())]
-    Refused(#[from] tonic::Status),
+    /// The CSR could not be made, or the control plane refused or could not be reached.
+    #[error(transparent)]
+    Certify(#[from] mesh_api::certify::CertifyError),
     /// The control plane did not answer in time.
     #[error("control plane did not answer within {CERTIFY_TIMEOUT:?}")]
     Timeout,
@@ -64,36 +59,16 @@ impl Certifier {
                 path: self.token_file.clone(),
                 source,
             })?;
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, self.service.as_str());
-        params.subject_alt_names = vec![SanType::URI(self.id.as_str().try_into()?)];
-        let csr = params.serialize_request(&key)?;
-        let request = CertifyRequest {
-            service: self.service.clone(),
-            token: token.trim().to_owned(),
-            csr_der: csr.der().to_vec(),
-        };
-        let mut client = IdentityClient::new(channel);
-        let response = tokio::time::timeout(CERTIFY_TIMEOUT, client.certify(request))
+        let certify = mesh_api::certify::certify(channel, &self.service, &self.id, token.trim());
+        let workload = tokio::time::timeout(CERTIFY_TIMEOUT, certify)
             .await
-            .map_err(|_| CertifyError::Timeout)??
-            .into_inner();
-        let chain = response
-            .chain_der
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect();
-        let roots = response
-            .trust_bundle_der
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok(Credentials::from_parts(&self.id, chain, key, roots)?)
+            .map_err(|_| CertifyError::Timeout)??;
+        Ok(Credentials::from_parts(
+            &self.id,
+            workload.chain(),
+            workload.private_key(),
+            workload.trust_bundle(),
+        )?)
     }
 
     /// Certifies until it works (backing off between tries) or `stop` fires.
@@ -174,9 +149,9 @@ pub(crate) fn unix_now() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use mesh_api::proto::v1::CertifyResponse;
     use mesh_api::proto::v1::identity_server::{Identity as IdentityApi, IdentityServer};
-    use rcgen::CertificateSigningRequestParams;
+    use mesh_api::proto::v1::{CertifyRequest, CertifyResponse};
+    use rcgen::{CertificateSigningRequestParams, SanType};
     use rustls::pki_types::CertificateSigningRequestDer;
     use tokio_stream::wrappers::TcpListenerStream;
 
