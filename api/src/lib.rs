@@ -14,6 +14,8 @@
 //! - [`certify`]: a key pair and CSR made locally, and `Identity.Certify` with a join token:
 //!   how a sidecar (or a test acting as one) gets its certificate.
 //! - [`channel`]: gRPC channels to the control plane, verified by its SPIFFE ID.
+//! - [`trace_context`]: the trace headers an app copies from the request it serves onto the
+//!   calls it makes.
 //! - [`validate`]: errors collected with their field paths.
 
 #![deny(missing_docs)]
