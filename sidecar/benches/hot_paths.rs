@@ -60,7 +60,7 @@ fn identity(ca: &DevCa) -> Identity {
 }
 
 fn peer(service: &str) -> SpiffeId {
-    format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}")
+    mesh_api::spiffe::format_service_id(TRUST_DOMAIN, "default", service)
         .parse()
         .unwrap()
 }

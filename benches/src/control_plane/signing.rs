@@ -22,7 +22,7 @@ const MAX_POOL: usize = 50_000;
 
 /// The SPIFFE ID that `frontend-0`'s CSRs ask for.
 fn frontend_id() -> String {
-    format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{}", frontend(0))
+    mesh_api::spiffe::format_service_id(TRUST_DOMAIN, NAMESPACE, &frontend(0))
 }
 
 /// `count` CSRs for `frontend-0`, each with its own new key, made on every core beforehand so

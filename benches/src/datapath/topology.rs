@@ -233,7 +233,7 @@ fn envoy_client_config(
     admin: SocketAddr,
     server: SocketAddr,
 ) -> String {
-    let server_id = format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{SERVER}");
+    let server_id = mesh_api::spiffe::format_service_id(TRUST_DOMAIN, "default", SERVER);
     format!(
         r#"admin:
   address: {admin}
