@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::http::{ApiError, Reply, read_json, reply, segments};
+use super::input::{Item, check_id, check_items};
 use super::store::{NOW, Store, StoreError, new_id, write_tx};
-use super::{Item, check_id, check_items};
 
 const MIGRATIONS: &[&str] = &[r"
 CREATE TABLE products (

@@ -6,6 +6,7 @@
 
 pub mod faults;
 pub mod http;
+pub mod input;
 pub mod inventory;
 pub mod notifications;
 pub mod orders;
@@ -24,7 +25,6 @@ use ::http::header::{HeaderName, HeaderValue};
 use ::http::{Method, Request, Response, StatusCode};
 use bytes::Bytes;
 use hyper::body::Incoming;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -32,6 +32,8 @@ use tokio::sync::watch;
 use self::faults::{FaultState, Faults, FaultsPatch};
 use self::http::{ApiError, Reply, bytes_response, read_json, reply};
 use self::upstream::Upstream;
+
+pub use self::input::{Item, MAX_ITEMS, MAX_QTY, check_id, check_items, check_text};
 use crate::server::Body;
 
 /// Header naming the instance that answered.
@@ -75,13 +77,6 @@ impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// One line item of a reservation or an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Item {
-    pub sku: String,
-    pub qty: i64,
 }
 
 /// What a service instance needs to start.
@@ -299,55 +294,4 @@ pub async fn serve_until(listener: TcpListener, app: App, stop: impl Future<Outp
         stop,
     )
     .await
-}
-
-/// Ids that travel in paths and keys: 1 to 100 of `A-Z a-z 0-9 . _ -`.
-pub fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
-    let ok = (1..=100).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(
-            field,
-            format!("{field} must be 1 to 100 characters of A-Z, a-z, 0-9, '.', '_' or '-'"),
-        ))
-    }
-}
-
-/// Non-blank text of at most `max` characters.
-pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.trim().is_empty() || value.chars().count() > max {
-        return Err(ApiError::bad(
-            field,
-            format!("{field} must be non-blank and at most {max} characters"),
-        ));
-    }
-    Ok(())
-}
-
-/// Maximum line items per order and quantity per line.
-pub const MAX_ITEMS: usize = 50;
-pub const MAX_QTY: i64 = 1000;
-
-/// 1 to [`MAX_ITEMS`] items, each with a valid sku and a quantity of 1 to [`MAX_QTY`].
-pub fn check_items(items: &[Item]) -> Result<(), ApiError> {
-    if items.is_empty() || items.len() > MAX_ITEMS {
-        return Err(ApiError::bad(
-            "items",
-            format!("items must hold 1 to {MAX_ITEMS} entries"),
-        ));
-    }
-    for (i, item) in items.iter().enumerate() {
-        check_id(&format!("items[{i}].sku"), &item.sku)?;
-        if !(1..=MAX_QTY).contains(&item.qty) {
-            return Err(ApiError::bad(
-                format!("items[{i}].qty"),
-                format!("qty must be between 1 and {MAX_QTY}"),
-            ));
-        }
-    }
-    Ok(())
 }

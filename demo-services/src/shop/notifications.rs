@@ -8,8 +8,8 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use super::http::{ApiError, Reply, read_json, reply, segments};
+use super::input::{check_id, check_text};
 use super::store::{NOW, Store, StoreError};
-use super::{check_id, check_text};
 
 const MIGRATIONS: &[&str] = &[r"
 CREATE TABLE notifications (

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use tokio::task::AbortHandle;
 
 use super::http::{ApiError, Reply, json_response, read_json, reply, segments};
+use super::input::{Item, check_items, check_text};
 use super::store::{NOW, Store, StoreError, new_id, write_tx};
 use super::upstream::{Answer, TraceHeaders, Upstream, UpstreamError};
-use super::{Item, check_items, check_text};
 
 const MIGRATIONS: &[&str] = &[r"
 CREATE TABLE orders (

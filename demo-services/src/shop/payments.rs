@@ -8,8 +8,8 @@ use hyper::body::Incoming;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::check_id;
 use super::http::{ApiError, Reply, read_json, reply, segments};
+use super::input::check_id;
 use super::store::{NOW, Store, StoreError, new_id, write_tx};
 
 const MIGRATIONS: &[&str] = &[r"

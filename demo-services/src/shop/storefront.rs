@@ -6,8 +6,8 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::check_id;
 use super::http::{ApiError, Reply, bytes_response, full, read_body, segments};
+use super::input::check_id;
 use super::upstream::{Answer, TraceHeaders, Upstream};
 use crate::server::Body;
 

@@ -30,7 +30,6 @@ pub use self::config::{
 pub use self::plan::{ControlPlaneAddrs, Instance, Manifest, ManifestError, Plan, RunDir};
 use self::process::Proc;
 pub use self::process::{Role, log_tail};
-pub use self::report::report;
 
 /// The binaries a demo run needs.
 pub const BINARIES: [&str; 3] = ["control-plane", "sidecar", "demo-service"];
@@ -196,6 +195,17 @@ pub struct RunningMesh {
     /// Exits already reported by [`RunningMesh::next_exit`].
     reported: Vec<u32>,
     stop_timeout: Duration,
+}
+
+/// What `meshctl up` prints once the mesh runs: every instance's addresses, and where to look.
+pub fn report(mesh: &RunningMesh) -> String {
+    report::render(
+        mesh.instances(),
+        mesh.storefront_url(),
+        mesh.control_plane(),
+        mesh.tracing(),
+        mesh.run_dir(),
+    )
 }
 
 /// Starts the demo mesh described by `config`. See the module documentation for the order.

@@ -2,16 +2,23 @@
 
 use std::fmt::Write as _;
 
-use super::RunningMesh;
+use super::config::TracingSpec;
+use super::plan::{ControlPlaneAddrs, Instance, RunDir};
 
 /// The endpoint the README's Jaeger command listens on for OTLP/gRPC.
 const JAEGER_OTLP: &str = "http://127.0.0.1:4317";
 
 /// The table of instances and the pointers (storefront, control plane, traces, Prometheus).
-pub fn report(mesh: &RunningMesh) -> String {
+pub(super) fn render(
+    instances: &[Instance],
+    storefront_url: Option<String>,
+    cp: ControlPlaneAddrs,
+    tracing: Option<&TracingSpec>,
+    run_dir: &RunDir,
+) -> String {
     let mut rows: Vec<[String; 5]> =
         vec![["SERVICE", "INSTANCE", "APP", "SIDECAR ADMIN", "METRICS"].map(str::to_owned)];
-    for i in mesh.instances() {
+    for i in instances {
         rows.push([
             i.service.clone(),
             i.name.clone(),
@@ -32,10 +39,8 @@ pub fn report(mesh: &RunningMesh) -> String {
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
-    let cp = mesh.control_plane();
-    let run_dir = mesh.run_dir();
     out.push('\n');
-    if let Some(url) = mesh.storefront_url() {
+    if let Some(url) = storefront_url {
         let _ = writeln!(out, "Storefront     {url}/   <- open this");
     }
     let status = if cp.admin.to_string() == mesh_control_plane::DEFAULT_ADMIN {
@@ -48,7 +53,7 @@ pub fn report(mesh: &RunningMesh) -> String {
         "Control plane  api {}  admin http://{}   ({status})",
         cp.api, cp.admin
     );
-    match mesh.tracing() {
+    match tracing {
         Some(t) if t.otlp_endpoint.trim_end_matches('/') == JAEGER_OTLP => {
             let _ = writeln!(
                 out,
