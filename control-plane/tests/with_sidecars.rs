@@ -530,13 +530,7 @@ async fn wait_for_inventory_endpoints(sidecar: &Sidecar, n: usize) {
 
 /// The `sidecar` binary, built beside the control plane's.
 fn sidecar_binary() -> std::path::PathBuf {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_control-plane")).with_file_name("sidecar");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run the tests with `cargo nextest run --workspace`, which builds it",
-        bin.display()
-    );
-    bin
+    common::workspace_binary("sidecar")
 }
 
 /// An instance whose sidecar finds its app down leaves its callers' snapshots, and returns

@@ -15,6 +15,7 @@
 //! - [`metrics`]: the value of one series in Prometheus text.
 //! - [`otlp`]: an OTLP trace collector (gRPC and HTTP/protobuf) that keeps what it receives.
 //! - [`process`]: spawned binaries, killed and reaped when the test ends.
+//! - [`netns`]: two hosts on one machine, network namespaces joined by a veth pair (root).
 //! - [`eventually`]: bounded polling for conditions that become true asynchronously.
 //! - [`free_port`]: a loopback address where nothing listens, for a peer that is down or a
 //!   process to bind later.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod echo;
 pub mod grpc;
 pub mod metrics;
+pub mod netns;
 pub mod otlp;
 pub mod process;
 pub mod server;
