@@ -156,6 +156,7 @@ async fn a_request_from_host_a_reaches_the_advertised_address_on_host_b_over_mtl
     );
     let _orders = spawn(a, &sidecar, &["--config", &orders_config]);
     let sidecar_admin = format!("http://{ADMIN}");
+    wait_ok("inventory's app to answer", b, &format!("http://{APP}/")).await;
     wait_ok(
         "inventory's sidecar to be ready",
         b,

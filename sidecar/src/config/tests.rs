@@ -416,6 +416,10 @@ fn advertised_addresses_must_be_dialable() {
             "inventory.internal:15006",
             "listen.advertise: invalid address \"inventory.internal:15006\": write an IP",
         ),
+        (
+            "\"[fd00::2\"",
+            "listen.advertise: invalid address \"[fd00::2\": write an IP",
+        ),
     ] {
         let errs = advertise_errors(&format!(
             "  inbound: 0.0.0.0:15006\n  advertise: {advertise}\n"

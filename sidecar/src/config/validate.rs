@@ -309,8 +309,9 @@ fn advertise(
     let parsed = match value.parse::<SocketAddr>() {
         Ok(addr) => Some((addr.ip(), Some(addr.port()))),
         Err(_) => value
-            .trim_start_matches('[')
-            .trim_end_matches(']')
+            .strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .unwrap_or(value)
             .parse::<IpAddr>()
             .ok()
             .map(|ip| (ip, None)),
