@@ -11,6 +11,7 @@
 
 use std::ffi::OsStr;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -69,6 +70,7 @@ impl TwoHosts {
     /// Creates the namespaces and the link; panics with `ip`'s own message when a step fails.
     /// Names carry the process ID and a counter, so parallel tests do not clash.
     pub fn create() -> Self {
+        remove_orphans();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}x{n}", std::process::id());
@@ -125,6 +127,29 @@ impl Drop for TwoHosts {
             let _ = Command::new("ip")
                 .args(["netns", "delete", &host.name])
                 .output();
+        }
+    }
+}
+
+/// Deletes the namespaces of test processes that no longer exist (killed before their guard
+/// could run), so that runs cut short do not pile up.
+fn remove_orphans() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // `mesh-<pid>x<n>-<end>`, possibly followed by ` (id: N)`.
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let pid = name
+            .strip_prefix("mesh-")
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "delete", name]).output();
         }
     }
 }
