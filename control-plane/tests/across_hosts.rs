@@ -74,8 +74,8 @@ async fn wait_ok(what: &str, host: &Host, url: &str) -> String {
     .await
 }
 
-/// A bootstrap file for `service` in `dir`, with these `listen` lines, registering with the
-/// control plane at `control_plane`.
+/// A bootstrap file for `service` beside the mesh configuration, with these `listen` lines,
+/// registering with the control plane at `control_plane`.
 fn bootstrap(dirs: &Dirs, service: &str, listen: &str, control_plane: &str) -> String {
     let state = dirs.state().display();
     let yaml = format!(

@@ -62,7 +62,9 @@ impl Host {
 /// running inside first (declare this before them, so it drops after them).
 #[derive(Debug)]
 pub struct TwoHosts {
+    /// 198.18.0.1.
     pub a: Host,
+    /// 198.18.0.2.
     pub b: Host,
 }
 
