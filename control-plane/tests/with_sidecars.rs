@@ -17,7 +17,9 @@ use http::{Method, StatusCode};
 use mesh_control_plane::ControlPlane;
 use mesh_testkit::metrics;
 use mesh_testkit::process::KillOnDrop;
-use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, eventually, free_port};
+use mesh_testkit::{
+    ControlPlaneRef, Sidecar, SidecarBuilder, TestMesh, app, client, eventually, free_port,
+};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -101,14 +103,18 @@ impl Cluster {
 
     /// A sidecar for `service` in front of `app`, ready (certificate and first snapshot).
     async fn sidecar(&self, service: &str, app: SocketAddr, extra: &str) -> Sidecar {
-        let sidecar = self
+        let builder = self
             .mesh
             .sidecar(service)
             .app(app)
             .control_plane(self.control_plane(service))
-            .extra_yaml(extra)
-            .start()
-            .await;
+            .extra_yaml(extra);
+        Self::ready(service, builder).await
+    }
+
+    /// Starts the sidecar `builder` describes and waits until it is ready.
+    async fn ready(service: &str, builder: SidecarBuilder<'_>) -> Sidecar {
+        let sidecar = builder.start().await;
         let url = sidecar.admin_url("/ready");
         eventually(&format!("{service} sidecar ready"), PATIENCE, || {
             let url = url.clone();
@@ -253,6 +259,42 @@ async fn sidecars_get_certificates_and_endpoints_from_the_control_plane() {
         assert_eq!(instances.len(), 1, "{status:#}");
         assert_eq!(instances[0]["acked"], true, "{status:#}");
     }
+    cp.stop().await.unwrap();
+}
+
+/// A sidecar listening on every interface registers the address it advertises, with the port
+/// its listener bound, and its callers dial that. (127.0.0.2 reaches the wildcard listener
+/// through loopback; `across_hosts.rs` does the same between two hosts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_dial_the_address_a_sidecar_advertises() {
+    let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", INVENTORY)]).await;
+    let builder = cluster
+        .mesh
+        .sidecar("inventory")
+        .app(app::echo("inventory").await)
+        .control_plane(cluster.control_plane("inventory"))
+        .inbound_at("0.0.0.0:0".parse().unwrap())
+        .advertise("127.0.0.2");
+    let inventory = Cluster::ready("inventory", builder).await;
+    let advertised = format!("127.0.0.2:{}", inventory.inbound.port());
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+
+    wait_for_inventory_endpoints(&orders, 1).await;
+    assert_eq!(
+        inventory_endpoints(&snapshot(&orders).await),
+        [&*advertised]
+    );
+    let status = cluster.status().await;
+    assert_eq!(
+        status["services"]["inventory"]["instances"][0]["address"], advertised,
+        "{status:#}"
+    );
+    let (code, body) = call(&orders, "inventory", "/whoami").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["caller"], "spiffe://mesh.local/ns/default/sa/orders");
     cp.stop().await.unwrap();
 }
 
@@ -530,13 +572,7 @@ async fn wait_for_inventory_endpoints(sidecar: &Sidecar, n: usize) {
 
 /// The `sidecar` binary, built beside the control plane's.
 fn sidecar_binary() -> std::path::PathBuf {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_control-plane")).with_file_name("sidecar");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run the tests with `cargo nextest run --workspace`, which builds it",
-        bin.display()
-    );
-    bin
+    common::workspace_binary("sidecar")
 }
 
 /// An instance whose sidecar finds its app down leaves its callers' snapshots, and returns

@@ -15,6 +15,7 @@
 //! - [`metrics`]: the value of one series in Prometheus text.
 //! - [`otlp`]: an OTLP trace collector (gRPC and HTTP/protobuf) that keeps what it receives.
 //! - [`process`]: spawned binaries, killed and reaped when the test ends.
+//! - [`netns`]: two hosts on one machine, network namespaces joined by a veth pair (root).
 //! - [`eventually`]: bounded polling for conditions that become true asynchronously.
 //! - [`free_port`]: a loopback address where nothing listens, for a peer that is down or a
 //!   process to bind later.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod echo;
 pub mod grpc;
 pub mod metrics;
+pub mod netns;
 pub mod otlp;
 pub mod process;
 pub mod server;
@@ -147,6 +149,7 @@ impl TestMesh {
             trust_bundle: None,
             extra: String::new(),
             control_plane: None,
+            advertise: None,
         }
     }
 }
@@ -177,6 +180,7 @@ pub struct SidecarBuilder<'a> {
     trust_bundle: Option<PathBuf>,
     extra: String,
     control_plane: Option<ControlPlaneRef>,
+    advertise: Option<String>,
 }
 
 /// Where a sidecar finds its control plane.
@@ -259,6 +263,12 @@ impl SidecarBuilder<'_> {
         self
     }
 
+    /// Registers `address` (`listen.advertise`: `IP` or `IP:PORT`) instead of the inbound one.
+    pub fn advertise(mut self, address: &str) -> Self {
+        self.advertise = Some(address.to_owned());
+        self
+    }
+
     /// Appends raw lines to the bootstrap file (e.g. `drain_timeout: 5s`).
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
         self.extra.push_str(yaml);
@@ -275,10 +285,17 @@ impl SidecarBuilder<'_> {
         let dir = self.mesh.dir();
         let name = format!("{}-{}", self.service, inbound.port());
         let app = self.app.unwrap_or_else(free_port);
+        let advertise = self
+            .advertise
+            .as_ref()
+            .map(|a| format!(", advertise: \"{a}\""))
+            .unwrap_or_default();
+        let listen = format!(
+            "listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"{advertise} }}"
+        );
         if let Some(cp) = &self.control_plane {
             let yaml = format!(
-                "service: {service}\ntrust_domain: {td}\napp: {app}\n\
-                 listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+                "service: {service}\ntrust_domain: {td}\napp: {app}\n{listen}\n\
                  control_plane: {{ address: \"{address}\", trust_anchor: {anchor}, token_file: {token} }}\n\
                  drain_timeout: 5s\n{extra}",
                 service = self.service,
@@ -302,8 +319,7 @@ impl SidecarBuilder<'_> {
             .clone()
             .unwrap_or_else(|| self.mesh.trust_bundle());
         let mut yaml = format!(
-            "service: {service}\ntrust_domain: {td}\napp: {app}\n\
-             listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+            "service: {service}\ntrust_domain: {td}\napp: {app}\n{listen}\n\
              tls: {{ cert: {cert}, key: {key}, trust_bundle: {bundle} }}\n\
              drain_timeout: 5s\n",
             service = self.service,

@@ -90,6 +90,13 @@ pub(super) fn check(caller: &str, instance: &v1::Instance) -> Result<SocketAddr,
     let address: SocketAddr = instance.address.parse().map_err(|_| {
         RegistryError::Invalid(format!("address {:?} is not an ip:port", instance.address))
     })?;
+    // Taken as sent otherwise: callers dial it, so it only has to be dialable.
+    if address.ip().is_unspecified() || address.port() == 0 {
+        return Err(RegistryError::Invalid(format!(
+            "address {address} cannot be dialled: register the address where peers reach this \
+             instance (the sidecar's listen.advertise)"
+        )));
+    }
     if !instance.version.is_empty() && mesh_api::spiffe::check_label(&instance.version).is_err() {
         return Err(RegistryError::Invalid(format!(
             "version {:?} is not a DNS label",
@@ -270,6 +277,21 @@ mod tests {
         assert_eq!(err.to_string(), "instance_id must be 1 to 256 characters");
         let err = check("orders", &instance("o-1", "localhost")).unwrap_err();
         assert_eq!(err.to_string(), "address \"localhost\" is not an ip:port");
+        for undialable in ["0.0.0.0:15006", "[::]:15006", "198.18.0.2:0"] {
+            let err = check("orders", &instance("o-1", undialable)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "address {undialable} cannot be dialled: register the address where peers \
+                     reach this instance (the sidecar's listen.advertise)"
+                )
+            );
+        }
+        let elsewhere = instance("o-1", "198.18.0.2:15006");
+        assert_eq!(
+            check("orders", &elsewhere).unwrap(),
+            "198.18.0.2:15006".parse().unwrap()
+        );
         let mut bad_version = ok.clone();
         bad_version.version = "V2".into();
         let err = check("orders", &bad_version).unwrap_err();

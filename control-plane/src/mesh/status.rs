@@ -42,7 +42,7 @@ pub struct ServiceStatus {
 pub struct InstanceStatus {
     /// Chosen by the sidecar.
     pub instance_id: String,
-    /// Its inbound address.
+    /// The address it registered (its sidecar's advertised address), where callers dial it.
     pub address: String,
     /// App version ("" means v1).
     pub version: String,

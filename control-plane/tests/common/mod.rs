@@ -257,3 +257,14 @@ pub fn endpoints(snapshot: &v1::Snapshot, destination: &str) -> Vec<String> {
 pub fn path_in(dir: &Path, rel: &str) -> PathBuf {
     dir.join(rel)
 }
+
+/// A binary of the workspace (`sidecar`, `echo-app`), built beside the control plane's.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_control-plane")).with_file_name(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo nextest run --workspace`, which builds it",
+        bin.display()
+    );
+    bin
+}

@@ -31,8 +31,8 @@ pub use self::policy::{
 #[cfg(test)]
 use self::runtime::DEFAULT_CONNECT_TIMEOUT;
 pub use self::runtime::{
-    AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_INBOUND, DEFAULT_OUTBOUND,
-    Destination, ListenAddrs, TlsPaths,
+    Advertise, AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_INBOUND,
+    DEFAULT_OUTBOUND, Destination, ListenAddrs, NotDialable, TlsPaths,
 };
 use self::schema::File;
 use self::validate::validate;

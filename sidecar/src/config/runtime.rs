@@ -1,7 +1,8 @@
 //! The validated configuration the sidecar runs on, and what `/config` shows.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,7 +80,7 @@ pub struct AppHealthConfig {
     pub healthy_after: u32,
 }
 
-/// Where the three listeners bind.
+/// Where the three listeners bind, and where peers are told to dial the inbound one.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct ListenAddrs {
     /// Plain HTTP from the local app.
@@ -88,6 +89,53 @@ pub struct ListenAddrs {
     pub inbound: SocketAddr,
     /// Health, metrics, config and shutdown.
     pub admin: SocketAddr,
+    /// The address registered with the control plane; `None`: the inbound address itself.
+    #[serde(serialize_with = "display_option")]
+    pub advertise: Option<Advertise>,
+}
+
+/// The address peer sidecars dial to reach this one's inbound listener: an IP of this host as
+/// peers see it, and a port, or the inbound listener's bound port when none is given (so an
+/// inbound port chosen at start, port 0, is advertised as bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Advertise {
+    /// An address of this host that peers reach (never a wildcard).
+    pub ip: IpAddr,
+    /// The port peers dial; `None`: the inbound listener's bound port.
+    pub port: Option<u16>,
+}
+
+/// The inbound listener has no address peers could dial, and nothing is advertised instead.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "listen.advertise: the inbound listener {0} is a wildcard address, which peers cannot dial: \
+     set listen.advertise to this host's address as peer sidecars reach it"
+)]
+pub struct NotDialable(pub SocketAddr);
+
+// === impl ListenAddrs ===
+
+impl ListenAddrs {
+    /// Where peers dial this sidecar, given the inbound listener's bound address: `advertise`
+    /// (its port defaulting to the bound one), else the bound address unless it is a wildcard.
+    pub fn advertised(&self, inbound: SocketAddr) -> Result<SocketAddr, NotDialable> {
+        match self.advertise {
+            Some(Advertise { ip, port }) => Ok(SocketAddr::new(ip, port.unwrap_or(inbound.port()))),
+            None if inbound.ip().is_unspecified() => Err(NotDialable(inbound)),
+            None => Ok(inbound),
+        }
+    }
+}
+
+// === impl Advertise ===
+
+impl fmt::Display for Advertise {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => SocketAddr::new(self.ip, port).fmt(f),
+            None => self.ip.fmt(f),
+        }
+    }
 }
 
 /// Paths of the PEM files (no key material is kept here).
@@ -122,6 +170,13 @@ pub struct Destination {
     /// Timeouts, retries, circuit breaking and load balancing.
     #[serde(flatten)]
     pub policy: DestinationPolicy,
+}
+
+fn display_option<T: fmt::Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -66,6 +66,7 @@ pub(super) struct ListenFile {
     pub(super) outbound: Option<String>,
     pub(super) inbound: Option<String>,
     pub(super) admin: Option<String>,
+    pub(super) advertise: Option<String>,
 }
 
 #[derive(Deserialize)]

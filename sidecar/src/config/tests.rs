@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
@@ -322,6 +323,153 @@ fn the_documented_control_plane_bootstrap_parses() {
         config.control_plane.unwrap().token_file,
         Path::new("/var/lib/mesh/tokens/inventory")
     );
+}
+
+/// `WITH_CONTROL_PLANE` with `listen` set to these YAML lines.
+fn with_listen(listen: &str) -> String {
+    format!("{WITH_CONTROL_PLANE}listen:\n{listen}")
+}
+
+/// `listen.advertise`'s errors, by path and message.
+fn advertise_errors(listen: &str) -> Vec<String> {
+    errors(&with_listen(listen))
+        .into_iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect()
+}
+
+#[test]
+fn the_inbound_address_is_advertised_unless_advertise_says_otherwise() {
+    let config = Config::from_yaml(WITH_CONTROL_PLANE, Path::new("/")).unwrap();
+    let bound: SocketAddr = "127.0.0.1:15006".parse().unwrap();
+    assert_eq!(config.listen.advertise, None);
+    assert_eq!(config.listen.advertised(bound), Ok(bound));
+
+    let yaml = with_listen("  inbound: 0.0.0.0:15006\n  advertise: 198.18.0.2:16006\n");
+    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap();
+    assert_eq!(
+        config.listen.advertised("0.0.0.0:15006".parse().unwrap()),
+        Ok("198.18.0.2:16006".parse().unwrap())
+    );
+}
+
+#[test]
+fn an_advertised_ip_alone_takes_the_port_the_inbound_listener_bound() {
+    for (advertise, expected) in [
+        ("198.18.0.2", "198.18.0.2:41234"),
+        ("fd00::2", "[fd00::2]:41234"),
+        ("\"[fd00::2]\"", "[fd00::2]:41234"),
+    ] {
+        let yaml = with_listen(&format!("  inbound: 0.0.0.0:0\n  advertise: {advertise}\n"));
+        let config = Config::from_yaml(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
+        let bound = "0.0.0.0:41234".parse().unwrap();
+        assert_eq!(
+            config.listen.advertised(bound),
+            Ok(expected.parse().unwrap())
+        );
+    }
+    let errs = advertise_errors("  inbound: \"[::]:0\"\n  advertise: \"[fd00::2]:16006\"\n");
+    assert!(errs[0].contains("port 0, chosen at start"), "{errs:?}");
+}
+
+#[test]
+fn a_wildcard_inbound_with_a_control_plane_must_advertise() {
+    for inbound in ["0.0.0.0:15006", "\"[::]:15006\""] {
+        let errs = advertise_errors(&format!("  inbound: {inbound}\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("listen.advertise: required: listen.inbound ")
+                && errs[0].contains("is a wildcard address, which peer sidecars cannot dial"),
+            "{errs:?}"
+        );
+    }
+    // Without a control plane nothing is registered: a wildcard inbound is fine.
+    let yaml = GOOD.replace("inbound: 127.0.0.1:15006", "inbound: 0.0.0.0:15006");
+    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap();
+    assert!(config.listen.advertised(config.listen.inbound).is_err());
+}
+
+#[test]
+fn advertised_addresses_must_be_dialable() {
+    for (advertise, expected) in [
+        (
+            "0.0.0.0",
+            "listen.advertise: 0.0.0.0 is not an address peer sidecars can dial",
+        ),
+        (
+            "\"[::]:16006\"",
+            "listen.advertise: :: is not an address peer sidecars can dial",
+        ),
+        (
+            "224.0.0.1",
+            "listen.advertise: 224.0.0.1 is not an address peer sidecars can dial",
+        ),
+        (
+            "255.255.255.255",
+            "listen.advertise: 255.255.255.255 is not an address",
+        ),
+        (
+            "198.18.0.2:0",
+            "listen.advertise: port 0 cannot be dialled: write 198.18.0.2 alone",
+        ),
+        (
+            "inventory.internal:15006",
+            "listen.advertise: invalid address \"inventory.internal:15006\": write an IP",
+        ),
+        (
+            "\"[fd00::2\"",
+            "listen.advertise: invalid address \"[fd00::2\": write an IP",
+        ),
+    ] {
+        let errs = advertise_errors(&format!(
+            "  inbound: 0.0.0.0:15006\n  advertise: {advertise}\n"
+        ));
+        assert_eq!(errs.len(), 1, "{advertise}: {errs:?}");
+        assert!(errs[0].starts_with(expected), "{advertise}: {errs:?}");
+    }
+    let errs = advertise_errors("  inbound: 0.0.0.0:0\n  advertise: 198.18.0.2:16006\n");
+    assert_eq!(
+        errs,
+        [
+            "listen.advertise: listen.inbound has port 0, chosen at start, so no fixed port can \
+          be advertised: write 198.18.0.2 alone to advertise the port it gets"
+        ]
+    );
+}
+
+#[test]
+fn advertise_without_a_control_plane_is_an_error() {
+    let yaml = GOOD.replace(
+        "inbound: 127.0.0.1:15006,",
+        "inbound: 0.0.0.0:15006, advertise: 198.18.0.2,",
+    );
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "listen.advertise");
+    assert!(errs[0].message.contains("control_plane"), "{errs:?}");
+}
+
+/// The two-host example of the README is valid as it stands: each sidecar advertises its
+/// host's address.
+#[test]
+fn the_documented_two_host_bootstrap_files_parse() {
+    let readme = include_str!("../../../docs/configuration.md");
+    for (marker, advertised) in [
+        (
+            "`orders`' bootstrap file names that address",
+            "198.18.0.1:15006",
+        ),
+        ("On host B (198.18.0.2):", "198.18.0.2:15006"),
+    ] {
+        let section = &readme[readme.find(marker).unwrap()..];
+        let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let config = Config::from_yaml(block, Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.listen.advertised(config.listen.inbound),
+            Ok(advertised.parse().unwrap())
+        );
+    }
 }
 
 /// The example bootstrap files in config/ are valid.

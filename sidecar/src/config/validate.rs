@@ -3,7 +3,7 @@
 //! operator fixes a file in one pass.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use mesh_api::authorization::{self, Decision};
 use mesh_api::validate::{Errors, check_label, duration};
 
 use super::runtime::{
-    AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
+    Advertise, AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination, ListenAddrs, TlsPaths,
 };
 use super::schema::{AppHealthFile, File, TracingFile};
@@ -34,10 +34,15 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         }
     };
     let app = socket_addr(errors, "app", &file.app);
-    let listen = ListenAddrs {
-        outbound: listen_addr(errors, "outbound", file.listen.outbound, DEFAULT_OUTBOUND),
-        inbound: listen_addr(errors, "inbound", file.listen.inbound, DEFAULT_INBOUND),
-        admin: listen_addr(errors, "admin", file.listen.admin, DEFAULT_ADMIN),
+    let inbound = listen_addr(errors, "inbound", file.listen.inbound, DEFAULT_INBOUND);
+    let unbound = || SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut listen = ListenAddrs {
+        outbound: listen_addr(errors, "outbound", file.listen.outbound, DEFAULT_OUTBOUND)
+            .unwrap_or_else(unbound),
+        inbound: inbound.unwrap_or_else(unbound),
+        admin: listen_addr(errors, "admin", file.listen.admin, DEFAULT_ADMIN)
+            .unwrap_or_else(unbound),
+        advertise: None,
     };
     let distinct = [listen.outbound, listen.inbound, listen.admin];
     if distinct
@@ -73,6 +78,14 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
             "the control plane issues the certificate: remove tls",
         ),
         _ => {}
+    }
+    if let Some(inbound) = inbound {
+        listen.advertise = advertise(
+            errors,
+            file.listen.advertise.as_deref(),
+            inbound,
+            control_plane.is_some(),
+        );
     }
     if control_plane.is_some() && !file.destinations.is_empty() {
         errors.push(
@@ -258,8 +271,85 @@ fn listen_addr(
     name: &str,
     value: Option<String>,
     default: &str,
-) -> SocketAddr {
+) -> Option<SocketAddr> {
     let value = value.unwrap_or_else(|| default.to_owned());
     socket_addr(errors, &format!("listen.{name}"), &value)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// `listen.advertise`: `IP` or `IP:PORT`, an address peers can dial. Only a sidecar that
+/// `registers` with a control plane advertises, and it must when `inbound` is a wildcard.
+fn advertise(
+    errors: &mut Errors,
+    value: Option<&str>,
+    inbound: SocketAddr,
+    registers: bool,
+) -> Option<Advertise> {
+    const PATH: &str = "listen.advertise";
+    let Some(value) = value else {
+        if registers && inbound.ip().is_unspecified() {
+            errors.push(
+                PATH,
+                format!(
+                    "required: listen.inbound {inbound} is a wildcard address, which peer \
+                     sidecars cannot dial; write this host's address as they reach it, \
+                     e.g. 10.0.0.5"
+                ),
+            );
+        }
+        return None;
+    };
+    if !registers {
+        errors.push(
+            PATH,
+            "only a sidecar with a control plane registers an address: remove it, or add \
+             control_plane",
+        );
+        return None;
+    }
+    let parsed = match value.parse::<SocketAddr>() {
+        Ok(addr) => Some((addr.ip(), Some(addr.port()))),
+        Err(_) => value
+            .strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .unwrap_or(value)
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| (ip, None)),
+    };
+    let Some((ip, port)) = parsed else {
+        errors.push(
+            PATH,
+            format!(
+                "invalid address {value:?}: write an IP (the inbound port is advertised) or \
+                 IP:PORT, e.g. 10.0.0.5 or 10.0.0.5:15006"
+            ),
+        );
+        return None;
+    };
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        errors.push(
+            PATH,
+            format!(
+                "{ip} is not an address peer sidecars can dial: write this host's address as \
+                 they reach it, e.g. 10.0.0.5"
+            ),
+        );
+        return None;
+    }
+    match port {
+        Some(0) => errors.push(
+            PATH,
+            format!("port 0 cannot be dialled: write {ip} alone to advertise the inbound port"),
+        ),
+        Some(_) if inbound.port() == 0 => errors.push(
+            PATH,
+            format!(
+                "listen.inbound has port 0, chosen at start, so no fixed port can be \
+                 advertised: write {ip} alone to advertise the port it gets"
+            ),
+        ),
+        _ => return Some(Advertise { ip, port }),
+    }
+    None
 }

@@ -57,7 +57,8 @@ pub(crate) struct Controlled {
     /// The admin endpoint's `/snapshot` body.
     pub(crate) snapshot_json: Arc<ArcSwapOption<Bytes>>,
     pub(crate) app_health: Option<tokio::sync::watch::Receiver<AppStatus>>,
-    /// The inbound listener's address, where peers reach this sidecar.
+    /// The inbound listener's bound address; what is registered is `listen.advertise`,
+    /// defaulting to this.
     pub(crate) inbound_addr: SocketAddr,
 }
 
@@ -189,7 +190,7 @@ pub(crate) async fn start(
             fastrand::u16(..)
         ),
         service: config.service.clone(),
-        address: advertised(inbound_addr),
+        address: config.listen.advertised(inbound_addr)?,
         version: config.version.clone(),
     };
     let mut first = applier.first.subscribe();
@@ -241,21 +242,6 @@ fn warn_if_expiring(identity: &Identity) {
         ::tracing::warn!(identity = %identity.id(), "this sidecar's certificate has expired; peers will refuse it");
     } else if left < 24 * 3600 {
         ::tracing::warn!(identity = %identity.id(), seconds_left = left, "this sidecar's certificate expires within a day");
-    }
-}
-
-/// Where peers reach this sidecar: the inbound listener, with a wildcard address replaced by
-/// loopback.
-fn advertised(inbound: SocketAddr) -> SocketAddr {
-    if inbound.ip().is_unspecified() {
-        let ip: std::net::IpAddr = if inbound.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        };
-        SocketAddr::new(ip, inbound.port())
-    } else {
-        inbound
     }
 }
 

@@ -84,3 +84,22 @@ fn zero_workers_is_refused_with_the_flag_named() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--workers"), "{stderr}");
 }
+
+/// A sidecar that would register an address nobody can dial does not start: it names the
+/// field to set and why.
+#[test]
+fn a_wildcard_inbound_without_advertise_is_refused_at_start() {
+    let yaml = "service: inventory\ntrust_domain: mesh.local\napp: 127.0.0.1:8080\n\
+                listen: { inbound: 0.0.0.0:15006 }\n\
+                control_plane: { address: 127.0.0.1:15010, trust_anchor: ca.pem, token_file: token }\n";
+    let (code, stderr) = run_sidecar(yaml);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("sidecar.yaml"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "listen.advertise: required: listen.inbound 0.0.0.0:15006 is a wildcard address, \
+             which peer sidecars cannot dial"
+        ),
+        "{stderr}"
+    );
+}

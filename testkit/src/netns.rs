@@ -1,0 +1,171 @@
+//! Two hosts on one machine: network namespaces joined by a veth pair, for tests of a mesh
+//! whose sidecars reach each other across a network rather than over loopback.
+//!
+//! Needs root (to create namespaces) and `ip` from iproute2. Processes run inside a namespace
+//! through `ip netns exec`, which enters it and then execs the program, so the child a test
+//! holds is the program itself and [`crate::process::KillOnDrop`] stops it.
+//!
+//! Addresses come from 198.18.0.0/15, the range set aside for network benchmark tests, so they
+//! never clash with a real network. Each namespace has its own ports, so programs inside may
+//! listen on fixed ones.
+
+use std::ffi::OsStr;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Tells a test whether it can create namespaces. Not root: prints why the test skips and
+/// returns `false`, unless `CI=true`, where root is expected and its absence fails the test.
+pub fn available(test: &str) -> bool {
+    let root = effective_uid() == Some(0);
+    if root {
+        return true;
+    }
+    let why = "network namespaces need root";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: {why}, and under CI=true this test must run");
+    }
+    eprintln!("{test}: skipped: {why}");
+    false
+}
+
+/// The effective user ID, from `/proc/self/status` (`Uid: real effective saved fs`).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One end of the pair: a namespace, its veth interface and its address.
+#[derive(Debug)]
+pub struct Host {
+    /// The namespace's name, as `ip netns` knows it.
+    pub name: String,
+    /// Its veth interface's name.
+    pub interface: String,
+    /// Its address on the link between the two.
+    pub ip: Ipv4Addr,
+}
+
+impl Host {
+    /// `program` to be run inside this namespace; add its arguments.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+}
+
+/// Two namespaces, `a` (198.18.0.1/30) and `b` (198.18.0.2/30), joined by a veth pair, with
+/// `lo` up in each. Dropping it deletes both, which removes the pair too; stop the processes
+/// running inside first (declare this before them, so it drops after them).
+#[derive(Debug)]
+pub struct TwoHosts {
+    /// 198.18.0.1.
+    pub a: Host,
+    /// 198.18.0.2.
+    pub b: Host,
+}
+
+impl TwoHosts {
+    /// Creates the namespaces and the link; panics with `ip`'s own message when a step fails.
+    /// Names carry the process ID and a counter, so parallel tests do not clash.
+    pub fn create() -> Self {
+        remove_orphans();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id());
+        let host = |end: &str, ip: [u8; 4]| Host {
+            name: format!("mesh-{tag}-{end}"),
+            // Interface names are at most 15 bytes: "mv" + pid (at most 7 digits) + ...
+            interface: format!("mv{tag}{end}"),
+            ip: Ipv4Addr::from(ip),
+        };
+        // Made before anything exists, so that a failure part way still cleans up.
+        let hosts = Self {
+            a: host("a", [198, 18, 0, 1]),
+            b: host("b", [198, 18, 0, 2]),
+        };
+        let (a, b) = (&hosts.a, &hosts.b);
+        ip(&["netns", "add", &a.name]);
+        ip(&["netns", "add", &b.name]);
+        ip(&[
+            "link",
+            "add",
+            &a.interface,
+            "netns",
+            &a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b.interface,
+            "netns",
+            &b.name,
+        ]);
+        for host in [a, b] {
+            let cidr = format!("{}/30", host.ip);
+            ip(&[
+                "-n",
+                &host.name,
+                "addr",
+                "add",
+                &cidr,
+                "dev",
+                &host.interface,
+            ]);
+            ip(&["-n", &host.name, "link", "set", &host.interface, "up"]);
+            ip(&["-n", &host.name, "link", "set", "lo", "up"]);
+        }
+        hosts
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for host in [&self.a, &self.b] {
+            // Deleting a namespace that was never made fails harmlessly.
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &host.name])
+                .output();
+        }
+    }
+}
+
+/// Deletes the namespaces of test processes that no longer exist (killed before their guard
+/// could run), so that runs cut short do not pile up.
+fn remove_orphans() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // `mesh-<pid>x<n>-<end>`, possibly followed by ` (id: N)`.
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let pid = name
+            .strip_prefix("mesh-")
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "delete", name]).output();
+        }
+    }
+}
+
+/// Runs `ip ARGS`; panics with its stderr if it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ip (install iproute2): {e}"));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
