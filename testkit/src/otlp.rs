@@ -160,7 +160,7 @@ impl Collector {
 
     /// Waits (at most `patience`) until at least `n` spans have arrived.
     pub async fn wait_for(&self, n: usize, patience: Duration) -> Vec<ReceivedSpan> {
-        crate::eventually(&format!("{n} spans"), patience, || async {
+        crate::wait::eventually(&format!("{n} spans"), patience, || async {
             let spans = self.spans().await;
             (spans.len() >= n).then_some(spans)
         })

@@ -28,7 +28,7 @@ impl KillOnDrop {
     /// Waits (polling, so the runtime keeps running) for the process to exit; panics after
     /// `patience`.
     pub async fn exit_within(&mut self, patience: Duration) -> ExitStatus {
-        crate::eventually("the process to exit", patience, || {
+        crate::wait::eventually("the process to exit", patience, || {
             let exited = self.0.try_wait().expect("poll the child's status");
             async move { exited }
         })
