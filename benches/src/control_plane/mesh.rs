@@ -187,15 +187,30 @@ impl Mesh {
         self.published = Some(Published { stop, rx, thread });
     }
 
-    /// When the first version above `above` was published, if it has been.
-    pub(crate) fn published_after(&mut self, above: u64) -> Option<(u64, Instant)> {
+    /// When the first version above `above` was published. The polling thread may not have
+    /// run yet on a loaded machine even though the change has reached every watcher, so this
+    /// waits for its note while the control plane is known to be past `above` (1 s at most).
+    pub(crate) async fn published_after(&mut self, above: u64) -> Option<(u64, Instant)> {
         let published = self.published.as_mut()?;
+        let deadline = Instant::now() + Duration::from_secs(1);
         let mut found = None;
-        while let Ok((version, at)) = published.rx.try_recv() {
-            if version > above && found.is_none() {
-                found = Some((version, at));
+        while found.is_none() {
+            let next = if self.cp.version() > above {
+                tokio::time::timeout_at(deadline, published.rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                published.rx.try_recv().ok()
+            };
+            match next {
+                Some((version, at)) if version > above => found = Some((version, at)),
+                Some(_) => {}
+                None => break,
             }
         }
+        // Notes of later versions belong to no change yet measured.
+        while published.rx.try_recv().is_ok() {}
         found
     }
 

@@ -301,7 +301,7 @@ pub async fn scale(settings: &Settings, n: usize) -> Result<Scale, BenchError> {
                 Ok(None) | Err(_) => break,
             }
         }
-        let published = mesh.published_after(version_before);
+        let published = mesh.published_after(version_before).await;
         let pushed_after = pushed(&mesh).await;
         let mut write_to_receive: Vec<Duration> = received
             .values()
