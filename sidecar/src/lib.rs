@@ -64,6 +64,7 @@ mod log_limit;
 mod outbound;
 mod proxy_request;
 mod serve;
+mod splice;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -140,7 +141,7 @@ pub async fn run(
     let outbound = Arc::new(Outbound::new(
         &config,
         identity.id(),
-        destinations_rx,
+        destinations_rx.clone(),
         metrics.clone(),
         tracing.spans(),
     ));
@@ -179,6 +180,7 @@ pub async fn run(
     let _destinations_tx = destinations_tx;
 
     // Listeners.
+    let tcp_listeners = outbound::tunnel::bind(&config).await?;
     ::tracing::info!(
         identity = %identity.id(),
         outbound = %listeners.outbound.local_addr()?,
@@ -187,6 +189,19 @@ pub async fn run(
         app = %config.app,
         "sidecar serving"
     );
+    let tcp_tasks: Vec<_> = tcp_listeners
+        .into_iter()
+        .map(|(destination, listener)| {
+            outbound::tunnel::spawn(
+                destination,
+                listener,
+                config.service.as_str().into(),
+                destinations_rx.clone(),
+                drain.clone(),
+                metrics.clone(),
+            )
+        })
+        .collect();
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,
         move |req| outbound.clone().handle(req),
@@ -215,6 +230,9 @@ pub async fn run(
     let (outbound_done, inbound_done) = tokio::join!(outbound_task, inbound_task);
     outbound_done?;
     inbound_done?;
+    for task in tcp_tasks {
+        task.await?;
+    }
     admin_server.stop().await;
     // Every request is done: send the spans still queued.
     tracing.shutdown(Duration::from_secs(5)).await;

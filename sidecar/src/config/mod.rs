@@ -32,7 +32,7 @@ pub use self::policy::{
 use self::runtime::DEFAULT_CONNECT_TIMEOUT;
 pub use self::runtime::{
     AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_INBOUND, DEFAULT_OUTBOUND,
-    Destination, ListenAddrs, TlsPaths,
+    Destination, ListenAddrs, TcpDestination, TlsPaths,
 };
 use self::schema::File;
 use self::validate::validate;

@@ -122,6 +122,19 @@ pub struct Destination {
     /// Timeouts, retries, circuit breaking and load balancing.
     #[serde(flatten)]
     pub policy: DestinationPolicy,
+    /// HTTP requests through the outbound listener, or TCP streams through a listener of its
+    /// own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpDestination>,
+}
+
+/// How the local app reaches a `protocol: tcp` destination.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct TcpDestination {
+    /// Where the sidecar listens for the app's connections to this destination.
+    pub listen: SocketAddr,
+    /// The port the destination's app serves on, named in each tunnel's `:authority`.
+    pub port: u16,
 }
 
 fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

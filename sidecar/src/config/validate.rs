@@ -12,9 +12,10 @@ use mesh_api::validate::{Errors, check_label, duration};
 
 use super::runtime::{
     AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination, ListenAddrs, TlsPaths,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination, ListenAddrs,
+    TcpDestination, TlsPaths,
 };
-use super::schema::{AppHealthFile, File, TracingFile};
+use super::schema::{AppHealthFile, DestinationFile, File, TracingFile};
 use crate::identity::SpiffeId;
 use crate::telemetry::{OtlpProtocol, TracingConfig};
 
@@ -99,6 +100,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
             .enumerate()
             .filter_map(|(i, e)| socket_addr(errors, &format!("{path}.endpoints[{i}]"), e))
             .collect();
+        let tcp = tcp_destination(&dest, &path, &listen, errors);
         let identity = match dest.identity {
             Some(id) => id
                 .parse::<SpiffeId>()
@@ -124,9 +126,25 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
                     endpoints,
                     identity,
                     policy,
+                    tcp,
                 },
             );
         }
+    }
+
+    let mut tcp_listens: Vec<(&str, SocketAddr)> = Vec::new();
+    for (name, dest) in &destinations {
+        let Some(tcp) = &dest.tcp else { continue };
+        if let Some((other, _)) = tcp_listens.iter().find(|(_, a)| *a == tcp.listen) {
+            errors.push(
+                format!("destinations.{name}.listen"),
+                format!(
+                    "{} is already the listen address of destinations.{other}",
+                    tcp.listen
+                ),
+            );
+        }
+        tcp_listens.push((name, tcp.listen));
     }
 
     let connect_timeout = duration(
@@ -162,6 +180,100 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         destinations,
         connect_timeout,
         drain_timeout,
+    })
+}
+
+/// The TCP side of a destination: `protocol: tcp` needs `listen` and `port`, and takes neither
+/// routes nor retries (a stream's bytes are neither matched by path nor replayed).
+fn tcp_destination(
+    dest: &DestinationFile,
+    path: &str,
+    listen: &ListenAddrs,
+    errors: &mut Errors,
+) -> Option<TcpDestination> {
+    let at = |field: &str| format!("{path}.{field}");
+    match dest.protocol.as_deref() {
+        None | Some("http") => {
+            for (field, set) in [
+                ("listen", dest.listen.is_some()),
+                ("port", dest.port.is_some()),
+            ] {
+                if set {
+                    errors.push(at(field), "only a protocol: tcp destination takes it");
+                }
+            }
+            return None;
+        }
+        Some("tcp") => {}
+        Some(other) => {
+            errors.push(
+                at("protocol"),
+                format!("unknown protocol {other:?}: use http or tcp"),
+            );
+            return None;
+        }
+    }
+    let refused = [
+        (
+            "routes",
+            dest.routes.is_some(),
+            "a TCP stream has no method or path to match",
+        ),
+        (
+            "retries",
+            dest.retries.is_some(),
+            "a TCP stream cannot be retried: its bytes cannot be replayed",
+        ),
+        (
+            "timeout",
+            dest.timeout.is_some(),
+            "a TCP stream has no request to time out; connect_timeout limits its connect",
+        ),
+    ];
+    for (field, set, why) in refused {
+        if set {
+            errors.push(
+                at(field),
+                format!("not allowed on a protocol: tcp destination: {why}"),
+            );
+        }
+    }
+    let listen_addr = match &dest.listen {
+        Some(value) => socket_addr(errors, &at("listen"), value),
+        None => {
+            errors.push(
+                at("listen"),
+                "a protocol: tcp destination needs the address the app connects to, e.g. 127.0.0.1:6380",
+            );
+            None
+        }
+    };
+    if let Some(addr) = listen_addr
+        && [listen.outbound, listen.inbound, listen.admin].contains(&addr)
+        && addr.port() != 0
+    {
+        errors.push(
+            at("listen"),
+            format!("{addr} is already one of the sidecar's listen addresses"),
+        );
+    }
+    let port = match dest.port {
+        Some(0) => {
+            errors.push(at("port"), "must be a port number between 1 and 65535");
+            None
+        }
+        Some(port) => Some(port),
+        None => {
+            errors.push(
+                at("port"),
+                "a protocol: tcp destination needs the port its app serves on, e.g. 6379",
+            );
+            None
+        }
+    };
+    Some(TcpDestination {
+        listen: listen_addr?,
+        port: port?,
     })
 }
 

@@ -265,5 +265,6 @@ fn destination(d: &v1::Destination) -> Result<DestinationSpec, Rejected> {
         identity,
         policy,
         backends,
+        tcp: None,
     })
 }

@@ -116,6 +116,17 @@ pub struct RouteLatencyLabels {
     pub status_class: &'static str,
 }
 
+/// Labels of the TCP stream series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// Outbound or inbound.
+    pub direction: Direction,
+    /// Calling service.
+    pub source: Label,
+    /// Called service.
+    pub destination: Label,
+}
+
 /// Labels of per-direction gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {

@@ -1,0 +1,173 @@
+//! TCP destinations: a listener of its own per `protocol: tcp` destination (the way Consul's
+//! explicit upstreams work), each accepted connection carried to the destination as one HTTP/2
+//! CONNECT stream on the pooled mTLS connection to a peer sidecar.
+//!
+//! Steps 6 to 8 are the HTTP path's: the destination's balancer picks the endpoint (skipping
+//! ejected ones; a failed connect counts towards ejection) and its connection is the one HTTP
+//! requests share, with the same `connect_timeout` and identity check. There is no timeout,
+//! concurrency limit or retry: a stream lasts as long as its app wants, and its bytes cannot be
+//! replayed on another endpoint once sent. A connection that cannot be tunnelled is reset, so
+//! the app sees a failure rather than an empty answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::{Authority, Parts};
+use http::{Method, Request, StatusCode, Uri};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::Service;
+
+use crate::body::{BoxError, empty};
+use crate::config::Config;
+use crate::headers::MESH_ERROR;
+use crate::log_limit::LogLimit;
+use crate::metrics::{Direction, Label, Metrics};
+use crate::serve::{self, Drain};
+use crate::splice::{TcpSide, splice};
+
+use super::policy::Destinations;
+
+/// A `tcp` destination's listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on destinations.{destination}.listen {addr}: {source}")]
+pub(crate) struct TcpListenError {
+    destination: String,
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// A tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum TunnelError {
+    #[error("destination is no longer a tcp destination of this sidecar")]
+    Gone,
+    #[error("peer refused the tunnel with {status} ({reason})")]
+    Refused { status: StatusCode, reason: String },
+    #[error(transparent)]
+    Failed(BoxError),
+}
+
+/// The bound listeners of the `tcp` destinations, by destination name.
+pub(crate) async fn bind(config: &Config) -> Result<Vec<(String, TcpListener)>, TcpListenError> {
+    let mut listeners = Vec::new();
+    for (name, dest) in &config.destinations {
+        let Some(tcp) = dest.tcp else { continue };
+        let listener = TcpListener::bind(tcp.listen)
+            .await
+            .map_err(|source| TcpListenError {
+                destination: name.clone(),
+                addr: tcp.listen,
+                source,
+            })?;
+        listeners.push((name.clone(), listener));
+    }
+    Ok(listeners)
+}
+
+/// Serves one `tcp` destination's listener until `drain`. Each connection takes the
+/// destination's stack current when it arrives.
+pub(crate) fn spawn(
+    destination: String,
+    listener: TcpListener,
+    source: Label,
+    destinations: watch::Receiver<Arc<Destinations>>,
+    drain: Drain,
+    metrics: Arc<Metrics>,
+) -> JoinHandle<()> {
+    let tunnels = Arc::new(Tunnels {
+        destination,
+        source,
+        destinations,
+        metrics: metrics.clone(),
+        log_limit: LogLimit::new(10),
+    });
+    tokio::spawn(serve::serve(
+        Direction::Outbound,
+        listener,
+        drain,
+        metrics,
+        move |tcp, peer, _watcher| tunnels.clone().forward(tcp, peer),
+    ))
+}
+
+/// What every connection of one `tcp` destination's listener needs.
+struct Tunnels {
+    destination: String,
+    /// This service, the `source` of the metrics.
+    source: Label,
+    destinations: watch::Receiver<Arc<Destinations>>,
+    metrics: Arc<Metrics>,
+    /// Caps warnings about tunnels that could not be opened.
+    log_limit: LogLimit,
+}
+
+// === impl Tunnels ===
+
+impl Tunnels {
+    /// Opens the tunnel for one accepted connection and copies until both ends are done.
+    async fn forward(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let stack = self.destinations.borrow().get(&self.destination);
+        let opened = match stack.as_ref().and_then(|s| Some((s, s.tcp()?))) {
+            Some((stack, tcp_dest)) => {
+                let mut balance = stack.balance().clone();
+                open(&mut balance, &self.destination, tcp_dest.port).await
+            }
+            None => Err(TunnelError::Gone),
+        };
+        match (opened, stack) {
+            (Ok(tunnel), Some(stack)) => {
+                let metrics = self
+                    .metrics
+                    .tcp(Direction::Outbound, &self.source, &stack.name);
+                splice(tcp, tunnel, TcpSide::Source, metrics).await;
+            }
+            (Err(error), _) => {
+                if self.log_limit.allow("failed TCP tunnels") {
+                    tracing::warn!(
+                        destination = %self.destination, %peer, %error,
+                        "TCP connection not tunnelled"
+                    );
+                }
+                let _ = tcp.set_zero_linger();
+            }
+            (Ok(_), None) => {}
+        }
+    }
+}
+
+/// Sends a CONNECT for `destination:port` through the balancer and waits for the tunnel.
+async fn open(
+    balance: &mut super::balance::Balance,
+    destination: &str,
+    port: u16,
+) -> Result<hyper::upgrade::Upgraded, TunnelError> {
+    let failed = |e: BoxError| TunnelError::Failed(e);
+    let authority: Authority = format!("{destination}:{port}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| failed(e.into()))?;
+    let mut parts = Parts::default();
+    parts.authority = Some(authority);
+    let uri = Uri::from_parts(parts).map_err(|e| failed(e.into()))?;
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(uri)
+        .version(http::Version::HTTP_2)
+        .body(empty())
+        .map_err(|e| failed(e.into()))?;
+    let rsp = balance.call(req).await.map_err(failed)?;
+    if rsp.status() != StatusCode::OK {
+        let reason = rsp
+            .headers()
+            .get(MESH_ERROR)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no x-mesh-error")
+            .to_owned();
+        return Err(TunnelError::Refused {
+            status: rsp.status(),
+            reason,
+        });
+    }
+    hyper::upgrade::on(rsp).await.map_err(|e| failed(e.into()))
+}

@@ -1,0 +1,402 @@
+//! Opaque TCP between sidecars: a `protocol: tcp` destination's listener, each connection an
+//! HTTP/2 CONNECT stream over the peers' mTLS connection, joined to the app's port.
+//!
+//! Redis (Debian's `redis-server` and `redis-cli`) is the real TCP app. The 1 MiB round trip
+//! speaks RESP's SET and GET by hand rather than through a client crate: two commands do not
+//! justify a dependency, and the test sees the exact bytes on the wire.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mesh_testkit::process::KillOnDrop;
+use mesh_testkit::{Sidecar, TestMesh, eventually, free_port, metrics};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A redis-server on a port of its own, without persistence.
+struct Redis {
+    _process: KillOnDrop,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    /// Starts redis-server and waits until it answers PING; `None` (the test skips) when it is
+    /// not installed outside CI.
+    async fn start() -> Option<Self> {
+        let addr = free_port();
+        let spawned = Command::new("redis-server")
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .args(["--port", &addr.port().to_string()])
+            .stdout(Stdio::null())
+            .spawn();
+        let process = match spawned {
+            Ok(child) => KillOnDrop::new(child),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipping: redis-server not found ({e}); .ci/run installs it");
+                return None;
+            }
+            Err(e) => panic!("redis-server is required in CI: {e}"),
+        };
+        eventually("redis-server to answer PING", PATIENCE, || async move {
+            let mut conn = TcpStream::connect(addr).await.ok()?;
+            conn.write_all(b"PING\r\n").await.ok()?;
+            let mut buf = [0u8; 7];
+            conn.read_exact(&mut buf).await.ok()?;
+            (&buf == b"+PONG\r\n").then_some(())
+        })
+        .await;
+        Some(Self {
+            _process: process,
+            addr,
+        })
+    }
+}
+
+/// Policy lines of a `tcp` destination listening at `listen` for an app on `port`.
+fn tcp_destination(listen: SocketAddr, port: u16) -> String {
+    format!("protocol: tcp\nlisten: \"{listen}\"\nport: {port}")
+}
+
+/// A `redis` sidecar in front of `app`, and a caller `service` whose `redis` destination
+/// listens at the returned address.
+async fn tcp_pair(
+    mesh: &TestMesh,
+    service: &str,
+    app: SocketAddr,
+    server_yaml: &str,
+) -> (Sidecar, Sidecar, SocketAddr) {
+    let server = mesh
+        .sidecar("redis")
+        .app(app)
+        .extra_yaml(server_yaml)
+        .start()
+        .await;
+    let listen = free_port();
+    let caller = mesh
+        .sidecar(service)
+        .destination_with_policy(
+            "redis",
+            &[server.inbound],
+            &tcp_destination(listen, app.port()),
+        )
+        .start()
+        .await;
+    wait_for_listener(listen).await;
+    (caller, server, listen)
+}
+
+async fn wait_for_listener(listen: SocketAddr) {
+    eventually("the tcp destination's listener", PATIENCE, || async move {
+        TcpStream::connect(listen).await
+    })
+    .await;
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// One RESP command as an array of bulk strings.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn series(text: &str, name: &str, direction: &str, source: &str) -> f64 {
+    let series =
+        format!(r#"{name}{{direction="{direction}",source="{source}",destination="redis"}}"#);
+    metrics::value(text, &series).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn redis_answers_through_the_pair() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let mesh = TestMesh::new();
+    let (orders, server, listen) = tcp_pair(&mesh, "orders", redis.addr, "").await;
+
+    let port = listen.port();
+    let port_ = port;
+    let set = tokio::task::spawn_blocking(move || redis_cli(port_, &["SET", "greeting", "hello"]));
+    assert_eq!(set.await.unwrap(), "OK");
+    let get = tokio::task::spawn_blocking(move || redis_cli(port, &["GET", "greeting"]));
+    assert_eq!(get.await.unwrap(), "hello");
+
+    // 1 MiB of bytes that are not all alike, there and back, byte for byte.
+    let value: Vec<u8> = (0..1 << 20).map(|_| fastrand::u8(..)).collect();
+    let mut conn = TcpStream::connect(listen).await.unwrap();
+    conn.write_all(&resp(&[b"SET", b"big", &value]))
+        .await
+        .unwrap();
+    let mut ok = [0u8; 5];
+    conn.read_exact(&mut ok).await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    conn.write_all(&resp(&[b"GET", b"big"])).await.unwrap();
+    let header = format!("${}\r\n", value.len()).into_bytes();
+    let mut got = vec![0u8; header.len() + value.len() + 2];
+    conn.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got[..header.len()], &header[..]);
+    assert!(
+        got[header.len()..header.len() + value.len()] == value[..],
+        "the value came back different"
+    );
+    assert_eq!(&got[header.len() + value.len()..], b"\r\n");
+    drop(conn);
+
+    // Both sidecars count four streams (the wait for the listener, two redis-cli runs and
+    // ours), the megabyte each way, and their close.
+    let megabyte = value.len() as f64;
+    for (sidecar, direction) in [(&orders, "outbound"), (&server, "inbound")] {
+        let text = eventually("four streams closed", PATIENCE, || async {
+            let text = sidecar.metrics().await;
+            (series(
+                &text,
+                "mesh_tcp_connections_closed_total",
+                direction,
+                "orders",
+            ) == 4.0)
+                .then_some(text)
+        })
+        .await;
+        let s = |name| series(&text, name, direction, "orders");
+        assert_eq!(s("mesh_tcp_connections_opened_total"), 4.0, "{text}");
+        assert!(s("mesh_tcp_sent_bytes_total") > megabyte, "{text}");
+        assert!(s("mesh_tcp_received_bytes_total") > megabyte, "{text}");
+        assert_eq!(
+            s("mesh_tcp_connection_duration_seconds_count"),
+            4.0,
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_caller_the_policy_refuses_is_disconnected_and_counted() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let mesh = TestMesh::new();
+    let policy = "authorization: { default: deny, allow: [orders] }\n";
+    let (_payments, server, listen) = tcp_pair(&mesh, "payments", redis.addr, policy).await;
+
+    let mut conn = TcpStream::connect(listen).await.unwrap();
+    let _ = conn.write_all(b"PING\r\n").await;
+    let mut buf = Vec::new();
+    // Closed or reset, and nothing from Redis either way.
+    let read = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut buf))
+        .await
+        .expect("the refused connection closes");
+    assert!(
+        buf.is_empty(),
+        "{read:?}: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    // Refused twice: the wait for the listener connected once too.
+    let text = eventually("both refusals counted", PATIENCE, || async {
+        let text = server.metrics().await;
+        let denied = r#"mesh_authorization_denied_total{source="payments"}"#;
+        (metrics::value(&text, denied) == Some(2.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(
+        series(
+            &text,
+            "mesh_tcp_connections_opened_total",
+            "inbound",
+            "payments"
+        ),
+        0.0
+    );
+}
+
+/// What the TCP app saw of one connection.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    /// Bytes arrived.
+    Read(usize),
+    /// The peer closed its side: the app answered with everything it had read, then closed.
+    Eof,
+    /// The connection failed (a reset).
+    Failed(std::io::ErrorKind),
+}
+
+/// A TCP app that answers each connection, once the client has finished sending, with
+/// everything it sent, and reports what it sees.
+async fn reply_at_eof_app() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) => {
+                            let _ = conn.write_all(&all).await;
+                            let _ = conn.shutdown().await;
+                            let _ = tx.send(Seen::Eof);
+                            return;
+                        }
+                        Ok(n) => {
+                            all.extend_from_slice(&buf[..n]);
+                            let _ = tx.send(Seen::Read(n));
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Seen::Failed(e.kind()));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The next event the app reports, within the patience.
+async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(PATIENCE, seen.recv())
+        .await
+        .expect("the app reports within the patience")
+        .expect("the app is running")
+}
+
+#[tokio::test]
+async fn half_close_reaches_the_app_and_the_reply_comes_back() {
+    let (app, mut seen) = reply_at_eof_app().await;
+    let mesh = TestMesh::new();
+    let (_orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
+    // The listener check connected and closed once.
+    assert_eq!(next(&mut seen).await, Seen::Eof);
+
+    let mut conn = TcpStream::connect(listen).await.unwrap();
+    conn.write_all(b"request, then my side closes")
+        .await
+        .unwrap();
+    conn.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(PATIENCE, conn.read_to_end(&mut reply))
+        .await
+        .expect("the reply arrives")
+        .unwrap();
+    assert_eq!(reply, b"request, then my side closes");
+}
+
+#[tokio::test]
+async fn a_client_abort_ends_the_app_connection() {
+    let (app, mut seen) = reply_at_eof_app().await;
+    let mesh = TestMesh::new();
+    let (_orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
+    assert_eq!(next(&mut seen).await, Seen::Eof);
+
+    let mut conn = TcpStream::connect(listen).await.unwrap();
+    conn.write_all(b"half a request").await.unwrap();
+    assert!(matches!(next(&mut seen).await, Seen::Read(_)));
+    // Abort: RST, not FIN.
+    conn.set_zero_linger().unwrap();
+    drop(conn);
+    let mut ended = next(&mut seen).await;
+    while let Seen::Read(_) = ended {
+        ended = next(&mut seen).await;
+    }
+    // hyper ends a dropped CONNECT stream with END_STREAM, so the abort reaches the app as
+    // the end of its client's bytes; what matters is that it arrives and the app is let go.
+    assert!(matches!(ended, Seen::Eof | Seen::Failed(_)), "{ended:?}");
+}
+
+#[tokio::test]
+async fn an_app_abort_ends_the_client_connection() {
+    // The app accepts, then aborts each connection with a reset.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let mut buf = [0u8; 64];
+            let mut conn = conn;
+            let _ = conn.read(&mut buf).await;
+            let _ = conn.set_zero_linger();
+        }
+    });
+    let mesh = TestMesh::new();
+    let (_orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
+
+    let mut conn = TcpStream::connect(listen).await.unwrap();
+    conn.write_all(b"hello").await.unwrap();
+    // Ended (by FIN: see above) and nothing came from the app.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut buf))
+        .await
+        .expect("the client's connection ends");
+    assert!(buf.is_empty(), "{read:?}");
+}
+
+/// Open file descriptors of this process (the sidecars run in it).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[tokio::test]
+async fn a_thousand_short_connections_leave_no_descriptor_behind() {
+    let (app, seen) = reply_at_eof_app().await;
+    drop(seen);
+    let mesh = TestMesh::new();
+    let (orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
+
+    let round_trip = || async move {
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        conn.write_all(b"ping").await.unwrap();
+        conn.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"ping");
+    };
+    // The peer connection exists before counting, and every stream so far has closed.
+    round_trip().await;
+    let all_closed = || async {
+        let text = orders.metrics().await;
+        let s = |name| series(&text, name, "outbound", "orders");
+        let (opened, closed) = (
+            s("mesh_tcp_connections_opened_total"),
+            s("mesh_tcp_connections_closed_total"),
+        );
+        (opened == closed).then_some(closed)
+    };
+    let closed_before = eventually("streams to close", PATIENCE, all_closed).await;
+    let before = open_fds();
+    for _ in 0..1000 {
+        tokio::time::timeout(PATIENCE, round_trip())
+            .await
+            .expect("a round trip within the patience");
+    }
+    eventually("every descriptor to be closed", PATIENCE, || async {
+        let now = open_fds();
+        if now <= before {
+            Ok(())
+        } else {
+            Err(format!("{now} open, {before} before"))
+        }
+    })
+    .await;
+    let closed = eventually("streams to close", PATIENCE, all_closed).await;
+    assert_eq!(closed, closed_before + 1000.0);
+}
