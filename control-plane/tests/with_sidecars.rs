@@ -880,3 +880,84 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     )
     .await;
 }
+
+/// A TCP app that answers each connection, once its client has finished sending, with what it
+/// sent.
+async fn reply_at_eof_app() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                if conn.read_to_end(&mut all).await.is_ok() {
+                    let _ = conn.write_all(&all).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One round trip through a `tcp` destination's listener.
+async fn tcp_round_trip(listen: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(listen).await?;
+    conn.write_all(bytes).await?;
+    conn.shutdown().await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(PATIENCE, conn.read_to_end(&mut reply)).await??;
+    Ok(reply)
+}
+
+#[tokio::test]
+async fn a_tcp_service_is_tunnelled_and_its_listener_moves_with_the_config() {
+    let app = reply_at_eof_app().await;
+    let (first, second) = (free_port(), free_port());
+    let tcp_service = |listen: SocketAddr| {
+        format!(
+            "name: cache\nprotocol: tcp\nlisten: \"{listen}\"\nport: {}\n",
+            app.port()
+        )
+    };
+    let (cluster, cp) = Cluster::start(
+        "1h",
+        &[
+            ("orders", "name: orders\ncalls: [cache]\n"),
+            ("cache", &tcp_service(first)),
+        ],
+    )
+    .await;
+    let _cache = cluster.sidecar("cache", app, "").await;
+    let _orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+
+    let reply = eventually("the cache's endpoint to be tunnelled", PATIENCE, || async {
+        tcp_round_trip(first, b"ping")
+            .await
+            .ok()
+            .filter(|r| r == b"ping")
+    })
+    .await;
+    assert_eq!(reply, b"ping");
+
+    // A new listen address: the sidecar opens it and closes the old one.
+    cluster.dirs.write_service("cache", &tcp_service(second));
+    eventually("the new listener", PATIENCE, || async {
+        tcp_round_trip(second, b"pong")
+            .await
+            .ok()
+            .filter(|r| r == b"pong")
+    })
+    .await;
+    eventually("the old listener to close", PATIENCE, || async {
+        tokio::net::TcpStream::connect(first)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    cp.stop().await.unwrap();
+}

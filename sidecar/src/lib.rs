@@ -189,19 +189,13 @@ pub async fn run(
         app = %config.app,
         "sidecar serving"
     );
-    let tcp_tasks: Vec<_> = tcp_listeners
-        .into_iter()
-        .map(|(destination, listener)| {
-            outbound::tunnel::spawn(
-                destination,
-                listener,
-                config.service.as_str().into(),
-                destinations_rx.clone(),
-                drain.clone(),
-                metrics.clone(),
-            )
-        })
-        .collect();
+    let tcp_task = outbound::tunnel::spawn(
+        tcp_listeners,
+        config.service.as_str().into(),
+        destinations_rx.clone(),
+        drain.clone(),
+        metrics.clone(),
+    );
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,
         move |req| outbound.clone().handle(req),
@@ -230,9 +224,7 @@ pub async fn run(
     let (outbound_done, inbound_done) = tokio::join!(outbound_task, inbound_task);
     outbound_done?;
     inbound_done?;
-    for task in tcp_tasks {
-        task.await?;
-    }
+    tcp_task.await?;
     admin_server.stop().await;
     // Every request is done: send the spans still queued.
     tracing.shutdown(Duration::from_secs(5)).await;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mesh_api::authorization::AuthorizationPolicy;
 use mesh_api::policy::DestinationPolicy;
+pub use mesh_api::tcp::TcpDestination;
 use serde::{Serialize, Serializer};
 
 use crate::identity::SpiffeId;
@@ -126,15 +127,6 @@ pub struct Destination {
     /// own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpDestination>,
-}
-
-/// How the local app reaches a `protocol: tcp` destination.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-pub struct TcpDestination {
-    /// Where the sidecar listens for the app's connections to this destination.
-    pub listen: SocketAddr,
-    /// The port the destination's app serves on, named in each tunnel's `:authority`.
-    pub port: u16,
 }
 
 fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

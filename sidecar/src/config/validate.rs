@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mesh_api::authorization::{self, Decision};
+use mesh_api::tcp::TcpFields;
 use mesh_api::validate::{Errors, check_label, duration};
 
 use super::runtime::{
@@ -183,98 +184,33 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
     })
 }
 
-/// The TCP side of a destination: `protocol: tcp` needs `listen` and `port`, and takes neither
-/// routes nor retries (a stream's bytes are neither matched by path nor replayed).
+/// The TCP side of a destination, by the rules the control plane also applies, and a listen
+/// address that is none of the sidecar's own.
 fn tcp_destination(
     dest: &DestinationFile,
     path: &str,
     listen: &ListenAddrs,
     errors: &mut Errors,
 ) -> Option<TcpDestination> {
-    let at = |field: &str| format!("{path}.{field}");
-    match dest.protocol.as_deref() {
-        None | Some("http") => {
-            for (field, set) in [
-                ("listen", dest.listen.is_some()),
-                ("port", dest.port.is_some()),
-            ] {
-                if set {
-                    errors.push(at(field), "only a protocol: tcp destination takes it");
-                }
-            }
-            return None;
-        }
-        Some("tcp") => {}
-        Some(other) => {
-            errors.push(
-                at("protocol"),
-                format!("unknown protocol {other:?}: use http or tcp"),
-            );
-            return None;
-        }
-    }
-    let refused = [
-        (
-            "routes",
-            dest.routes.is_some(),
-            "a TCP stream has no method or path to match",
-        ),
-        (
-            "retries",
-            dest.retries.is_some(),
-            "a TCP stream cannot be retried: its bytes cannot be replayed",
-        ),
-        (
-            "timeout",
-            dest.timeout.is_some(),
-            "a TCP stream has no request to time out; connect_timeout limits its connect",
-        ),
-    ];
-    for (field, set, why) in refused {
-        if set {
-            errors.push(
-                at(field),
-                format!("not allowed on a protocol: tcp destination: {why}"),
-            );
-        }
-    }
-    let listen_addr = match &dest.listen {
-        Some(value) => socket_addr(errors, &at("listen"), value),
-        None => {
-            errors.push(
-                at("listen"),
-                "a protocol: tcp destination needs the address the app connects to, e.g. 127.0.0.1:6380",
-            );
-            None
-        }
+    let fields = TcpFields {
+        protocol: dest.protocol.as_deref(),
+        listen: dest.listen.as_deref(),
+        port: dest.port,
+        routes: dest.routes.is_some(),
+        retries: dest.retries.is_some(),
+        timeout: dest.timeout.is_some(),
     };
-    if let Some(addr) = listen_addr
-        && [listen.outbound, listen.inbound, listen.admin].contains(&addr)
-        && addr.port() != 0
-    {
+    let tcp = mesh_api::tcp::validate(&fields, path, errors)?;
+    if [listen.outbound, listen.inbound, listen.admin].contains(&tcp.listen) {
         errors.push(
-            at("listen"),
-            format!("{addr} is already one of the sidecar's listen addresses"),
+            format!("{path}.listen"),
+            format!(
+                "{} is already one of the sidecar's listen addresses",
+                tcp.listen
+            ),
         );
     }
-    let port = match dest.port {
-        Some(0) => {
-            errors.push(at("port"), "must be a port number between 1 and 65535");
-            None
-        }
-        Some(port) => Some(port),
-        None => {
-            errors.push(
-                at("port"),
-                "a protocol: tcp destination needs the port its app serves on, e.g. 6379",
-            );
-            None
-        }
-    };
-    Some(TcpDestination {
-        listen: listen_addr?,
-        port: port?,
-    })
+    Some(tcp)
 }
 
 fn app_health_config(file: AppHealthFile, errors: &mut Errors) -> AppHealthConfig {

@@ -18,7 +18,7 @@ use rustls::pki_types::CertificateDer;
 use std::sync::RwLock;
 use tokio::sync::{Notify, watch};
 
-use crate::config::DestinationPolicy;
+use crate::config::{DestinationPolicy, TcpDestination};
 use crate::identity::{Identity, SpiffeId, trust_store};
 use crate::inbound::Inbound;
 use crate::metrics::{ControlMetrics, Metrics};
@@ -261,10 +261,15 @@ fn destination(d: &v1::Destination) -> Result<DestinationSpec, Rejected> {
             })
         })
         .collect::<Result<_, Rejected>>()?;
+    let tcp = d
+        .tcp
+        .as_ref()
+        .map(|t| TcpDestination::try_from(t).map_err(|e| fail(e.to_string())))
+        .transpose()?;
     Ok(DestinationSpec {
         identity,
         policy,
         backends,
-        tcp: None,
+        tcp,
     })
 }

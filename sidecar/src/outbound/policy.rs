@@ -156,6 +156,13 @@ impl Destinations {
         self.by_name.get(name).cloned()
     }
 
+    /// The `protocol: tcp` destinations, by name.
+    pub(crate) fn tcp(&self) -> impl Iterator<Item = (&str, TcpDestination)> {
+        self.by_name
+            .iter()
+            .filter_map(|(name, stack)| Some((name.as_str(), stack.tcp()?)))
+    }
+
     /// Endpoints ejected right now, as `destination/address`.
     pub(crate) fn ejected(&self) -> Vec<String> {
         let mut ejected: Vec<String> = self
