@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError, empty};
@@ -34,9 +33,9 @@ impl AppTunnels {
 
     /// Connects to the app for the CONNECT `req` and answers 200; once the caller's side has
     /// switched to the tunnel, bytes flow between the two until both ends are done.
-    pub(crate) async fn open(
+    pub(crate) async fn open<B>(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         metrics: TcpMetrics,
     ) -> Result<Response<Body>, BoxError> {
         let authority = req.uri().authority();
@@ -64,5 +63,52 @@ impl AppTunnels {
         let mut rsp = Response::new(empty());
         *rsp.status_mut() = StatusCode::OK;
         Ok(rsp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::rescue;
+    use crate::metrics::{Direction, Metrics};
+
+    fn connect(authority: &str) -> Request<()> {
+        Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(authority)
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_the_apps_port_is_tunnelled() {
+        let tunnels = AppTunnels::new("127.0.0.1:6379".parse().unwrap());
+        let metrics = Metrics::new().tcp(Direction::Inbound, &"orders".into(), &"redis".into());
+        let err = tunnels
+            .open(connect("redis:22"), metrics.clone())
+            .await
+            .unwrap_err();
+        let (reason, rsp) = rescue(err.as_ref());
+        assert_eq!(rsp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(rsp.headers()["x-mesh-error"], "tunnel-port-refused");
+        assert_eq!(reason.as_str(), "tunnel-port-refused");
+        assert!(err.to_string().contains("\"redis:22\""), "{err}");
+        assert!(err.to_string().contains("port 6379"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_app_that_is_down_is_a_bad_gateway() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let app = listener.local_addr().unwrap();
+        drop(listener);
+        let tunnels = AppTunnels::new(app);
+        let metrics = Metrics::new().tcp(Direction::Inbound, &"orders".into(), &"redis".into());
+        let err = tunnels
+            .open(connect(&format!("redis:{}", app.port())), metrics)
+            .await
+            .unwrap_err();
+        let (_, rsp) = rescue(err.as_ref());
+        assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(rsp.headers()["x-mesh-error"], "app-unavailable");
     }
 }

@@ -400,3 +400,44 @@ async fn a_thousand_short_connections_leave_no_descriptor_behind() {
     let closed = eventually("streams to close", PATIENCE, all_closed).await;
     assert_eq!(closed, closed_before + 1000.0);
 }
+
+#[tokio::test]
+async fn an_endpoint_that_refuses_connections_is_ejected() {
+    let (app, seen) = reply_at_eof_app().await;
+    drop(seen);
+    let mesh = TestMesh::new();
+    let live = mesh.sidecar("redis").app(app).start().await;
+    let dead = free_port();
+    let listen = free_port();
+    let policy = format!(
+        "{}\ncircuit_breaker: {{ consecutive_failures: 1, base_ejection_time: 1m }}",
+        tcp_destination(listen, app.port())
+    );
+    let orders = mesh
+        .sidecar("orders")
+        .destination_with_policy("redis", &[dead, live.inbound], &policy)
+        .start()
+        .await;
+    wait_for_listener(listen).await;
+
+    // No retries: a connection that drew the dead endpoint fails. Once it is ejected, every
+    // connection goes to the live one.
+    let round_trip = || async move {
+        let mut conn = TcpStream::connect(listen).await.ok()?;
+        conn.write_all(b"ping").await.ok()?;
+        conn.shutdown().await.ok()?;
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).await.ok()?;
+        (reply == b"ping").then_some(())
+    };
+    eventually("the dead endpoint to be ejected", PATIENCE, || async {
+        let _ = round_trip().await;
+        let text = orders.metrics().await;
+        let series = format!(r#"mesh_ejections_total{{destination="redis",endpoint="{dead}"}}"#);
+        (metrics::value(&text, &series) == Some(1.0)).then_some(())
+    })
+    .await;
+    for i in 0..20 {
+        assert!(round_trip().await.is_some(), "connection {i} failed");
+    }
+}
