@@ -30,6 +30,11 @@
 //!   10  inbound/authorize            the caller against the AuthorizationPolicy -> 403
 //!   11  inbound/forward              to the app, in the protocol the caller's app spoke
 //! ```
+//! A `protocol: tcp` destination has a listener of its own (`outbound/tunnel`): each connection
+//! is one HTTP/2 CONNECT stream on the endpoint's pooled connection (steps 6 to 8), identified
+//! and authorized as a request (9, 10), then joined to the app's port (`inbound/tunnel`); the
+//! bytes are copied both ways by `splice.rs`.
+//!
 //! `outbound/mod.rs` and `inbound/mod.rs` are the handlers that string the steps together;
 //! both record each request the same way through `proxy_request.rs` (span, failure rescued
 //! into a response, metrics, access log).
