@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use mesh_control_plane::ControlPlane;
 use mesh_testkit::metrics;
 use mesh_testkit::process::KillOnDrop;
-use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, eventually, free_port};
+use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, eventually, free_port, tcp};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -881,39 +881,9 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
     .await;
 }
 
-/// A TCP app that answers each connection, once its client has finished sending, with what it
-/// sent.
-async fn reply_at_eof_app() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut all = Vec::new();
-                if conn.read_to_end(&mut all).await.is_ok() {
-                    let _ = conn.write_all(&all).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// One round trip through a `tcp` destination's listener.
-async fn tcp_round_trip(listen: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(listen).await?;
-    conn.write_all(bytes).await?;
-    conn.shutdown().await?;
-    let mut reply = Vec::new();
-    tokio::time::timeout(PATIENCE, conn.read_to_end(&mut reply)).await??;
-    Ok(reply)
-}
-
 #[tokio::test]
 async fn a_tcp_service_is_tunnelled_and_its_listener_moves_with_the_config() {
-    let app = reply_at_eof_app().await;
+    let (app, _seen) = tcp::reply_at_eof().await;
     let (first, second) = (free_port(), free_port());
     let tcp_service = |listen: SocketAddr| {
         format!(
@@ -935,7 +905,7 @@ async fn a_tcp_service_is_tunnelled_and_its_listener_moves_with_the_config() {
         .await;
 
     let reply = eventually("the cache's endpoint to be tunnelled", PATIENCE, || async {
-        tcp_round_trip(first, b"ping")
+        tcp::round_trip(first, b"ping", PATIENCE)
             .await
             .ok()
             .filter(|r| r == b"ping")
@@ -946,7 +916,7 @@ async fn a_tcp_service_is_tunnelled_and_its_listener_moves_with_the_config() {
     // A new listen address: the sidecar opens it and closes the old one.
     cluster.dirs.write_service("cache", &tcp_service(second));
     eventually("the new listener", PATIENCE, || async {
-        tcp_round_trip(second, b"pong")
+        tcp::round_trip(second, b"pong", PATIENCE)
             .await
             .ok()
             .filter(|r| r == b"pong")

@@ -15,6 +15,8 @@
 //! - [`metrics`]: the value of one series in Prometheus text.
 //! - [`otlp`]: an OTLP trace collector (gRPC and HTTP/protobuf) that keeps what it receives.
 //! - [`process`]: spawned binaries, killed and reaped when the test ends.
+//! - [`tcp`]: a TCP app that replies once its client has finished sending, and a client round
+//!   trip, for `protocol: tcp` destinations.
 //! - [`eventually`]: bounded polling for conditions that become true asynchronously.
 //! - [`free_port`]: a loopback address where nothing listens, for a peer that is down or a
 //!   process to bind later.
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod process;
 pub mod server;
+pub mod tcp;
 
 use std::future::Future;
 use std::net::SocketAddr;

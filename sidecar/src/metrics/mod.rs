@@ -324,26 +324,30 @@ impl Metrics {
             received: Family::default(),
             duration: Family::new_with_constructor(tcp_duration_histogram),
         };
-        registry.register(
-            "tcp_connections_opened",
-            "TCP streams opened through the mesh, by direction, source and destination service",
-            tcp.opened.clone(),
-        );
-        registry.register(
-            "tcp_connections_closed",
-            "TCP streams closed, by direction, source and destination service",
-            tcp.closed.clone(),
-        );
-        registry.register(
-            "tcp_sent_bytes",
-            "Bytes of TCP streams from the source towards the destination",
-            tcp.sent.clone(),
-        );
-        registry.register(
-            "tcp_received_bytes",
-            "Bytes of TCP streams from the destination back to the source",
-            tcp.received.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "tcp_connections_opened",
+                "TCP streams opened through the mesh, by direction, source and destination service",
+                &tcp.opened,
+            ),
+            (
+                "tcp_connections_closed",
+                "TCP streams closed, by direction, source and destination service",
+                &tcp.closed,
+            ),
+            (
+                "tcp_sent_bytes",
+                "Bytes of TCP streams from the source towards the destination",
+                &tcp.sent,
+            ),
+            (
+                "tcp_received_bytes",
+                "Bytes of TCP streams from the destination back to the source",
+                &tcp.received,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         registry.register(
             "tcp_connection_duration_seconds",
             "Time from opening a TCP stream to closing it",

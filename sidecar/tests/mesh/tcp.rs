@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mesh_testkit::process::KillOnDrop;
+use mesh_testkit::tcp::{self, Seen};
 use mesh_testkit::{Sidecar, TestMesh, eventually, free_port, metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -226,53 +227,6 @@ async fn a_caller_the_policy_refuses_is_disconnected_and_counted() {
     );
 }
 
-/// What the TCP app saw of one connection.
-#[derive(Debug, PartialEq)]
-enum Seen {
-    /// Bytes arrived.
-    Read(usize),
-    /// The peer closed its side: the app answered with everything it had read, then closed.
-    Eof,
-    /// The connection failed (a reset).
-    Failed(std::io::ErrorKind),
-}
-
-/// A TCP app that answers each connection, once the client has finished sending, with
-/// everything it sent, and reports what it sees.
-async fn reply_at_eof_app() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut all = Vec::new();
-                let mut buf = [0u8; 8192];
-                loop {
-                    match conn.read(&mut buf).await {
-                        Ok(0) => {
-                            let _ = conn.write_all(&all).await;
-                            let _ = conn.shutdown().await;
-                            let _ = tx.send(Seen::Eof);
-                            return;
-                        }
-                        Ok(n) => {
-                            all.extend_from_slice(&buf[..n]);
-                            let _ = tx.send(Seen::Read(n));
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Seen::Failed(e.kind()));
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
 /// The next event the app reports, within the patience.
 async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
     tokio::time::timeout(PATIENCE, seen.recv())
@@ -283,28 +237,19 @@ async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
 
 #[tokio::test]
 async fn half_close_reaches_the_app_and_the_reply_comes_back() {
-    let (app, mut seen) = reply_at_eof_app().await;
+    let (app, mut seen) = tcp::reply_at_eof().await;
     let mesh = TestMesh::new();
     let (_orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
     // The listener check connected and closed once.
     assert_eq!(next(&mut seen).await, Seen::Eof);
 
-    let mut conn = TcpStream::connect(listen).await.unwrap();
-    conn.write_all(b"request, then my side closes")
-        .await
-        .unwrap();
-    conn.shutdown().await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(PATIENCE, conn.read_to_end(&mut reply))
-        .await
-        .expect("the reply arrives")
-        .unwrap();
-    assert_eq!(reply, b"request, then my side closes");
+    let reply = tcp::round_trip(listen, b"request, then my side closes", PATIENCE).await;
+    assert_eq!(reply.unwrap(), b"request, then my side closes");
 }
 
 #[tokio::test]
 async fn a_client_abort_ends_the_app_connection() {
-    let (app, mut seen) = reply_at_eof_app().await;
+    let (app, mut seen) = tcp::reply_at_eof().await;
     let mesh = TestMesh::new();
     let (_orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
     assert_eq!(next(&mut seen).await, Seen::Eof);
@@ -357,18 +302,14 @@ fn open_fds() -> usize {
 
 #[tokio::test]
 async fn a_thousand_short_connections_leave_no_descriptor_behind() {
-    let (app, seen) = reply_at_eof_app().await;
+    let (app, seen) = tcp::reply_at_eof().await;
     drop(seen);
     let mesh = TestMesh::new();
     let (orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
 
     let round_trip = || async move {
-        let mut conn = TcpStream::connect(listen).await.unwrap();
-        conn.write_all(b"ping").await.unwrap();
-        conn.shutdown().await.unwrap();
-        let mut reply = Vec::new();
-        conn.read_to_end(&mut reply).await.unwrap();
-        assert_eq!(reply, b"ping");
+        let reply = tcp::round_trip(listen, b"ping", PATIENCE).await;
+        assert_eq!(reply.unwrap(), b"ping");
     };
     // The peer connection exists before counting, and every stream so far has closed.
     round_trip().await;
@@ -403,7 +344,7 @@ async fn a_thousand_short_connections_leave_no_descriptor_behind() {
 
 #[tokio::test]
 async fn an_endpoint_that_refuses_connections_is_ejected() {
-    let (app, seen) = reply_at_eof_app().await;
+    let (app, seen) = tcp::reply_at_eof().await;
     drop(seen);
     let mesh = TestMesh::new();
     let live = mesh.sidecar("redis").app(app).start().await;
@@ -423,11 +364,7 @@ async fn an_endpoint_that_refuses_connections_is_ejected() {
     // No retries: a connection that drew the dead endpoint fails. Once it is ejected, every
     // connection goes to the live one.
     let round_trip = || async move {
-        let mut conn = TcpStream::connect(listen).await.ok()?;
-        conn.write_all(b"ping").await.ok()?;
-        conn.shutdown().await.ok()?;
-        let mut reply = Vec::new();
-        conn.read_to_end(&mut reply).await.ok()?;
+        let reply = tcp::round_trip(listen, b"ping", PATIENCE).await.ok()?;
         (reply == b"ping").then_some(())
     };
     eventually("the dead endpoint to be ejected", PATIENCE, || async {
