@@ -900,7 +900,7 @@ async fn a_tcp_service_is_tunnelled_and_its_listener_moves_with_the_config() {
     )
     .await;
     let _cache = cluster.sidecar("cache", app, "").await;
-    let _orders = cluster
+    let orders = cluster
         .sidecar("orders", app::echo("orders").await, "")
         .await;
 
@@ -912,6 +912,9 @@ async fn a_tcp_service_is_tunnelled_and_its_listener_moves_with_the_config() {
     })
     .await;
     assert_eq!(reply, b"ping");
+    let shown = &snapshot(&orders).await["destinations"]["cache"]["tcp"];
+    assert_eq!(shown["listen"], first.to_string(), "{shown}");
+    assert_eq!(shown["port"], app.port(), "{shown}");
 
     // A new listen address: the sidecar opens it and closes the old one.
     cluster.dirs.write_service("cache", &tcp_service(second));

@@ -149,11 +149,14 @@ impl Applier {
                         })
                     })
                     .collect();
-                let value = serde_json::json!({
+                let mut value = serde_json::json!({
                     "identity": spec.identity,
                     "policy": spec.policy,
                     "backends": backends,
                 });
+                if let (Some(tcp), Some(object)) = (spec.tcp, value.as_object_mut()) {
+                    object.insert("tcp".to_owned(), serde_json::json!(tcp));
+                }
                 (name.clone(), value)
             })
             .collect();
