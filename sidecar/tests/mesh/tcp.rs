@@ -378,3 +378,40 @@ async fn an_endpoint_that_refuses_connections_is_ejected() {
         assert!(round_trip().await.is_some(), "connection {i} failed");
     }
 }
+
+#[tokio::test]
+async fn long_lived_streams_do_not_starve_a_peer_connection() {
+    // More streams than HTTP/2's usual 100 to 200 at once, all open, on the one peer connection.
+    const HELD: usize = 300;
+    let (app, seen) = tcp::reply_at_eof().await;
+    drop(seen);
+    let mesh = TestMesh::new();
+    let (orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
+    let mut held = Vec::with_capacity(HELD);
+    for _ in 0..HELD {
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        conn.write_all(b"still here").await.unwrap();
+        held.push(conn);
+    }
+    eventually("every held stream to be open", PATIENCE, || async {
+        let text = orders.metrics().await;
+        let s = |name| series(&text, name, "outbound", "orders");
+        let open = s("mesh_tcp_connections_opened_total") - s("mesh_tcp_connections_closed_total");
+        (open >= HELD as f64).then_some(())
+    })
+    .await;
+    // One more stream still gets through, and so does every held one.
+    let reply = tcp::round_trip(listen, b"one more", PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(reply, b"one more");
+    for mut conn in held {
+        conn.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(PATIENCE, conn.read_to_end(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, b"still here");
+    }
+}
