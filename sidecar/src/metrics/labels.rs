@@ -127,6 +127,15 @@ pub struct TcpLabels {
     pub destination: Label,
 }
 
+/// Labels of the counter of TCP connections that could not be tunnelled.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpFailureLabels {
+    /// The `tcp` destination.
+    pub destination: Label,
+    /// Why, as in `x-mesh-error`.
+    pub reason: &'static str,
+}
+
 /// Labels of per-direction gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {

@@ -31,7 +31,9 @@
 //! - `tcp_connections_opened_total` and `tcp_connections_closed_total`;
 //! - `tcp_sent_bytes_total` (from the source towards the destination) and
 //!   `tcp_received_bytes_total` (back from the destination);
-//! - `tcp_connection_duration_seconds`: from open to close (histogram, 1 ms to about 70 min).
+//! - `tcp_connection_duration_seconds`: from open to close (histogram, 1 ms to about 70 min);
+//! - `tcp_connect_failures_total{destination, reason}`: outbound, app connections that could
+//!   not be tunnelled, by the reason of `x-mesh-error` (the peer's, or this sidecar's).
 //!
 //! Authorization: `authorization_denied_total{source}`, inbound requests and tunnels refused.
 //!
@@ -67,7 +69,7 @@ use prometheus_client::registry::Registry;
 pub use self::labels::{
     DestinationLabels, Direction, DirectionLabels, EndpointLabels, Label, LatencyLabels,
     RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels, SourceLabels,
-    SpanDropLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
+    SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
 use self::labels::{ResultLabels, status_class};
 
@@ -130,6 +132,7 @@ struct TcpFamilies {
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
     duration: Family<TcpLabels, Histogram, fn() -> Histogram>,
+    failed: Family<TcpFailureLabels, Counter>,
 }
 
 /// All metric families of a sidecar.
@@ -323,7 +326,13 @@ impl Metrics {
             sent: Family::default(),
             received: Family::default(),
             duration: Family::new_with_constructor(tcp_duration_histogram),
+            failed: Family::default(),
         };
+        registry.register(
+            "tcp_connect_failures",
+            "App connections to a tcp destination that could not be tunnelled, by reason",
+            tcp.failed.clone(),
+        );
         for (name, help, family) in [
             (
                 "tcp_connections_opened",
@@ -433,6 +442,17 @@ impl Metrics {
             received: self.tcp.received.get_or_create_owned(&labels),
             duration: self.tcp.duration.get_or_create_owned(&labels),
         }
+    }
+
+    /// Counts an app connection to a `tcp` destination that could not be tunnelled.
+    pub fn tcp_connect_failed(&self, destination: &Label, reason: &'static str) {
+        self.tcp
+            .failed
+            .get_or_create(&TcpFailureLabels {
+                destination: destination.clone(),
+                reason,
+            })
+            .inc();
     }
 
     /// Counters of the span export pipeline.

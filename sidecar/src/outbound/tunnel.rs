@@ -23,6 +23,7 @@ use tower::Service;
 
 use crate::body::{BoxError, empty};
 use crate::config::Config;
+use crate::error::Reason;
 use crate::headers::MESH_ERROR;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
@@ -49,6 +50,26 @@ enum TunnelError {
     Refused { status: StatusCode, reason: String },
     #[error(transparent)]
     Failed(BoxError),
+}
+
+impl TunnelError {
+    /// The reason label: this sidecar's `x-mesh-error`, or the peer's when it is one a tunnel
+    /// can get (any other peer text is not a label value: it would be unbounded).
+    fn reason(&self) -> &'static str {
+        match self {
+            TunnelError::Gone => Reason::NoRoute.as_str(),
+            TunnelError::Refused { reason, .. } => [
+                Reason::Unauthorized,
+                Reason::TunnelPortRefused,
+                Reason::AppUnavailable,
+            ]
+            .into_iter()
+            .map(Reason::as_str)
+            .find(|known| known == reason)
+            .unwrap_or("peer-refused"),
+            TunnelError::Failed(error) => crate::error::reason(error.as_ref()).as_str(),
+        }
+    }
 }
 
 /// A `tcp` destination's name, its `listen` address and the listener bound there.
@@ -232,6 +253,8 @@ impl Tunnels {
                 splice(tcp, tunnel, TcpSide::Source, metrics).await;
             }
             (Err(error), _) => {
+                self.metrics
+                    .tcp_connect_failed(&self.destination.as_str().into(), error.reason());
                 if self.log_limit.allow("failed TCP tunnels") {
                     tracing::warn!(
                         destination = %self.destination, %peer, %error,

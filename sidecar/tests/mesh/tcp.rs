@@ -194,7 +194,7 @@ async fn a_caller_the_policy_refuses_is_disconnected_and_counted() {
     };
     let mesh = TestMesh::new();
     let policy = "authorization: { default: deny, allow: [orders] }\n";
-    let (_payments, server, listen) = tcp_pair(&mesh, "payments", redis.addr, policy).await;
+    let (payments, server, listen) = tcp_pair(&mesh, "payments", redis.addr, policy).await;
 
     let mut conn = TcpStream::connect(listen).await.unwrap();
     let _ = conn.write_all(b"PING\r\n").await;
@@ -225,6 +225,10 @@ async fn a_caller_the_policy_refuses_is_disconnected_and_counted() {
         ),
         0.0
     );
+    // The caller's side counts both by the peer's reason.
+    let text = payments.metrics().await;
+    let failures = r#"mesh_tcp_connect_failures_total{destination="redis",reason="unauthorized"}"#;
+    assert_eq!(metrics::value(&text, failures), Some(2.0), "{text}");
 }
 
 /// The next event the app reports, within the patience.
@@ -377,6 +381,13 @@ async fn an_endpoint_that_refuses_connections_is_ejected() {
     for i in 0..20 {
         assert!(round_trip().await.is_some(), "connection {i} failed");
     }
+    let text = orders.metrics().await;
+    let failures =
+        r#"mesh_tcp_connect_failures_total{destination="redis",reason="connect-refused"}"#;
+    assert!(
+        metrics::value(&text, failures).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]
