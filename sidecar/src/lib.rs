@@ -30,10 +30,10 @@
 //!   10  inbound/authorize            the caller against the AuthorizationPolicy -> 403
 //!   11  inbound/forward              to the app, in the protocol the caller's app spoke
 //! ```
-//! A `protocol: tcp` destination has a listener of its own (`outbound/tunnel`): each connection
-//! is one HTTP/2 CONNECT stream on the endpoint's pooled connection (steps 6 to 8), identified
-//! and authorized as a request (9, 10), then joined to the app's port (`inbound/tunnel`); the
-//! bytes are copied both ways by `splice.rs`.
+//! A `protocol: tcp` destination has a listener of its own (`outbound/tcp_listen`); each
+//! connection there (`outbound/tunnel`) is one HTTP/2 CONNECT stream on the endpoint's pooled
+//! connection (steps 6 to 8), identified and authorized as a request (9, 10), then joined to
+//! the app's port (`inbound/tunnel`); the bytes are copied both ways by `splice.rs`.
 //!
 //! `outbound/mod.rs` and `inbound/mod.rs` are the handlers that string the steps together;
 //! both record each request the same way through `proxy_request.rs` (span, failure rescued
@@ -185,7 +185,7 @@ pub async fn run(
     let _destinations_tx = destinations_tx;
 
     // Listeners.
-    let tcp_listeners = outbound::tunnel::bind(&config).await?;
+    let tcp_listeners = outbound::tcp_listen::bind(&config).await?;
     ::tracing::info!(
         identity = %identity.id(),
         outbound = %listeners.outbound.local_addr()?,
@@ -194,7 +194,7 @@ pub async fn run(
         app = %config.app,
         "sidecar serving"
     );
-    let tcp_task = outbound::tunnel::spawn(
+    let tcp_task = outbound::tcp_listen::spawn(
         tcp_listeners,
         config.service.as_str().into(),
         destinations_rx.clone(),

@@ -15,8 +15,9 @@
 //!    - 8 the endpoint's pooled mTLS HTTP/2 connection, which verifies the peer's SPIFFE ID
 //!      ([`connect`])
 //!
-//! A `protocol: tcp` destination is reached through a listener of its own instead, each
-//! connection tunnelled over the same balancer and connections ([`tunnel`]).
+//! A `protocol: tcp` destination is reached through a listener of its own instead
+//! ([`tcp_listen`]), each connection tunnelled over the same balancer and connections
+//! ([`tunnel`]).
 //!
 //! The layers share the request, response and future types of [`stack`]. This file is the
 //! handler that strings steps 2 to 8 together; `proxy_request.rs` records each request. Errors
@@ -35,6 +36,7 @@ pub(crate) mod replay;
 pub(crate) mod retry;
 pub(crate) mod shed;
 pub(crate) mod stack;
+pub(crate) mod tcp_listen;
 pub(crate) mod timeout;
 pub(crate) mod tunnel;
 
