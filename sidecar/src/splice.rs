@@ -30,13 +30,13 @@ pub(crate) enum TcpSide {
 }
 
 /// Copies between `tcp` and `tunnel` until both directions end, counting bytes as they pass.
+/// The stream counts as closed when this ends, or when it is dropped (a drain cut it short).
 pub(crate) async fn splice(tcp: TcpStream, tunnel: Upgraded, side: TcpSide, metrics: TcpMetrics) {
-    let started = Instant::now();
-    metrics.opened.inc();
     let (tcp_reads, tunnel_reads) = match side {
         TcpSide::Source => (metrics.sent.clone(), metrics.received.clone()),
         TcpSide::Destination => (metrics.received.clone(), metrics.sent.clone()),
     };
+    let _open = Open::new(metrics);
     let mut tcp = Counted {
         inner: tcp,
         read: tcp_reads,
@@ -46,15 +46,36 @@ pub(crate) async fn splice(tcp: TcpStream, tunnel: Upgraded, side: TcpSide, metr
         read: tunnel_reads,
     };
     if let Err(error) = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await {
-        // Reset rather than close, so the app sees the abort as one; the tunnel's stream is
-        // reset when it drops below.
+        // Reset rather than close, so the app sees the abort as one; the tunnel's stream ends
+        // when it drops.
         let _ = tcp.inner.set_zero_linger();
         tracing::debug!(%error, "TCP stream aborted");
     }
-    drop(tunnel);
-    drop(tcp);
-    metrics.closed.inc();
-    metrics.duration.observe(started.elapsed().as_secs_f64());
+}
+
+/// Counts a stream open from creation, and closed with its duration when dropped.
+struct Open {
+    metrics: TcpMetrics,
+    started: Instant,
+}
+
+impl Open {
+    fn new(metrics: TcpMetrics) -> Self {
+        metrics.opened.inc();
+        Self {
+            metrics,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.closed.inc();
+        self.metrics
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// A stream that counts the bytes read from it.

@@ -3,6 +3,9 @@
 //! snapshot adds, moves or removes a `listen` address, the new one opens and the old one stops
 //! accepting. Streams already open on a closed listener carry on. Each accepted connection is
 //! handed to [`super::tunnel`].
+//!
+//! On shutdown the listeners close with the others, and the streams still open get the same
+//! `drain_timeout` as HTTP requests to finish; whatever is left then is cut.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,6 +67,8 @@ pub(crate) fn spawn(
         let mut listeners = Listeners {
             running: HashMap::new(),
             stopped: Vec::new(),
+            streams: Arc::new(watch::Sender::new(0)),
+            cut: CancellationToken::new(),
             source,
             destinations: destinations.clone(),
             drain: drain.clone(),
@@ -96,10 +101,30 @@ struct Listeners {
     running: HashMap<(String, SocketAddr), Running>,
     /// Tasks of listeners taken out of the table, still closing.
     stopped: Vec<JoinHandle<()>>,
+    /// Streams open on any of the listeners, for the drain to wait on.
+    streams: Arc<watch::Sender<usize>>,
+    /// Ends every stream still open when the drain time is up.
+    cut: CancellationToken,
     source: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
     drain: Drain,
     metrics: Arc<Metrics>,
+}
+
+/// Counts one stream in `Listeners::streams` for as long as it lives.
+struct OpenStream(Arc<watch::Sender<usize>>);
+
+impl OpenStream {
+    fn new(streams: &Arc<watch::Sender<usize>>) -> Self {
+        streams.send_modify(|n| *n += 1);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// One listener's task and what stops it.
@@ -159,13 +184,28 @@ impl Listeners {
             listener,
             drain,
             self.metrics.clone(),
-            move |tcp, peer, _watcher| tunnels.clone().forward(tcp, peer),
+            {
+                let (streams, cut) = (self.streams.clone(), self.cut.clone());
+                move |tcp, peer, _watcher| {
+                    let open = OpenStream::new(&streams);
+                    let forward = tunnels.clone().forward(tcp, peer);
+                    let cut = cut.clone();
+                    async move {
+                        tokio::select! {
+                            () = forward => {}
+                            () = cut.cancelled() => {}
+                        }
+                        drop(open);
+                    }
+                }
+            },
         ));
         tracing::info!(%destination, listen = %addr, "tcp listener open");
         self.running
             .insert((destination, addr), Running { stop, task });
     }
 
+    /// Closes every listener, then gives the open streams the drain time to end.
     async fn stop_all(self) {
         for (_, running) in self.running {
             running.stop.cancel();
@@ -173,6 +213,20 @@ impl Listeners {
         }
         for task in self.stopped {
             let _ = task.await;
+        }
+        let mut open = self.streams.subscribe();
+        let streams = *open.borrow_and_update();
+        if streams == 0 {
+            return;
+        }
+        tracing::info!(streams, "draining tcp streams");
+        let drain_timeout = self.drain.timeout;
+        if tokio::time::timeout(drain_timeout, open.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(?drain_timeout, "drain time is up; cutting tcp streams");
+            self.cut.cancel();
         }
     }
 }

@@ -426,3 +426,37 @@ async fn long_lived_streams_do_not_starve_a_peer_connection() {
         assert_eq!(reply, b"still here");
     }
 }
+
+#[tokio::test]
+async fn shutdown_closes_the_listener_and_waits_for_open_streams() {
+    let (app, mut seen) = tcp::reply_at_eof().await;
+    let mesh = TestMesh::new();
+    let (orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
+    assert_eq!(next(&mut seen).await, Seen::Eof);
+    let mut held = TcpStream::connect(listen).await.unwrap();
+    held.write_all(b"sent before shutdown").await.unwrap();
+    assert!(matches!(next(&mut seen).await, Seen::Read(_)));
+
+    let stopping = tokio::spawn(orders.shutdown());
+    eventually("the listener to close", PATIENCE, || async {
+        TcpStream::connect(listen).await.is_err().then_some(())
+    })
+    .await;
+    // Well within the 5 s drain time: the stream is still open, so the sidecar still runs.
+    assert!(
+        !stopping.is_finished(),
+        "the sidecar waits for the open stream"
+    );
+    held.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(PATIENCE, held.read_to_end(&mut reply))
+        .await
+        .expect("the reply arrives during the drain")
+        .unwrap();
+    assert_eq!(reply, b"sent before shutdown");
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .expect("the sidecar stops once its streams are done")
+        .unwrap()
+        .unwrap();
+}
