@@ -232,20 +232,36 @@ async fn a_caller_the_policy_refuses_is_disconnected_and_counted() {
 }
 
 /// The next event the app reports, within the patience.
-async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+async fn next(seen: &mut Reports) -> Seen {
     tokio::time::timeout(PATIENCE, seen.recv())
         .await
         .expect("the app reports within the patience")
         .expect("the app is running")
 }
 
+/// An `orders` → `redis` pair in front of the reporting [`tcp::reply_at_eof`] app, with the
+/// listener check's connection already seen: the app's reports, then, are the test's.
+async fn reporting_pair(mesh: &TestMesh) -> (Sidecar, Sidecar, SocketAddr, Reports) {
+    let (app, mut seen) = tcp::reply_at_eof().await;
+    let (orders, server, listen) = tcp_pair(mesh, "orders", app, "").await;
+    assert_eq!(next(&mut seen).await, Seen::Eof);
+    (orders, server, listen, seen)
+}
+
+type Reports = mpsc::UnboundedReceiver<Seen>;
+
+/// A connection through `listen` that has sent `bytes`, once the app has them.
+async fn open_stream(listen: SocketAddr, seen: &mut Reports, bytes: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(listen).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    assert!(matches!(next(seen).await, Seen::Read(_)));
+    conn
+}
+
 #[tokio::test]
 async fn half_close_reaches_the_app_and_the_reply_comes_back() {
-    let (app, mut seen) = tcp::reply_at_eof().await;
     let mesh = TestMesh::new();
-    let (_orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
-    // The listener check connected and closed once.
-    assert_eq!(next(&mut seen).await, Seen::Eof);
+    let (_orders, _server, listen, _seen) = reporting_pair(&mesh).await;
 
     let reply = tcp::round_trip(listen, b"request, then my side closes", PATIENCE).await;
     assert_eq!(reply.unwrap(), b"request, then my side closes");
@@ -253,14 +269,9 @@ async fn half_close_reaches_the_app_and_the_reply_comes_back() {
 
 #[tokio::test]
 async fn a_client_abort_ends_the_app_connection() {
-    let (app, mut seen) = tcp::reply_at_eof().await;
     let mesh = TestMesh::new();
-    let (_orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
-    assert_eq!(next(&mut seen).await, Seen::Eof);
-
-    let mut conn = TcpStream::connect(listen).await.unwrap();
-    conn.write_all(b"half a request").await.unwrap();
-    assert!(matches!(next(&mut seen).await, Seen::Read(_)));
+    let (_orders, _server, listen, mut seen) = reporting_pair(&mesh).await;
+    let conn = open_stream(listen, &mut seen, b"half a request").await;
     // Abort: RST, not FIN.
     conn.set_zero_linger().unwrap();
     drop(conn);
@@ -429,13 +440,9 @@ async fn long_lived_streams_do_not_starve_a_peer_connection() {
 
 #[tokio::test]
 async fn shutdown_closes_the_listener_and_waits_for_open_streams() {
-    let (app, mut seen) = tcp::reply_at_eof().await;
     let mesh = TestMesh::new();
-    let (orders, _server, listen) = tcp_pair(&mesh, "orders", app, "").await;
-    assert_eq!(next(&mut seen).await, Seen::Eof);
-    let mut held = TcpStream::connect(listen).await.unwrap();
-    held.write_all(b"sent before shutdown").await.unwrap();
-    assert!(matches!(next(&mut seen).await, Seen::Read(_)));
+    let (orders, _server, listen, mut seen) = reporting_pair(&mesh).await;
+    let mut held = open_stream(listen, &mut seen, b"sent before shutdown").await;
 
     let stopping = tokio::spawn(orders.shutdown());
     eventually("the listener to close", PATIENCE, || async {
