@@ -9,6 +9,7 @@
 //! - [`route`]: routes within a destination, by method and path, with their own timeout and
 //!   retries.
 //! - [`authorization`]: who may call a service.
+//! - [`tcp`]: `protocol: tcp` destinations, their local listener and their app's port.
 //! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
 //! - [`tls`]: SPIFFE verification and live certificates and bundles, for both ends.
 //! - [`certify`]: a key pair and CSR made locally, and `Identity.Certify` with a join token:
@@ -28,6 +29,7 @@ pub mod proto;
 pub mod retry;
 pub mod route;
 pub mod spiffe;
+pub mod tcp;
 pub mod tls;
 pub mod trace_context;
 pub mod validate;

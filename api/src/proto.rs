@@ -7,6 +7,7 @@ use crate::authorization::{AuthorizationPolicy, Decision, Principal};
 use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
 use crate::retry::{Backoff, Budget, RetryOn, RetryPolicy};
 use crate::route::{MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
+use crate::tcp::TcpDestination;
 
 /// Generated messages, clients and servers of `mesh.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -44,6 +45,33 @@ fn optional_ms(d: Option<Duration>) -> u64 {
 
 fn from_optional_ms(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+// === tcp ===
+
+impl From<&TcpDestination> for v1::TcpDestination {
+    fn from(t: &TcpDestination) -> Self {
+        Self {
+            listen: t.listen.to_string(),
+            port: t.port.into(),
+        }
+    }
+}
+
+impl TryFrom<&v1::TcpDestination> for TcpDestination {
+    type Error = InvalidMessage;
+
+    fn try_from(t: &v1::TcpDestination) -> Result<Self, InvalidMessage> {
+        let listen = t
+            .listen
+            .parse()
+            .map_err(|_| invalid("tcp.listen", format!("invalid address {:?}", t.listen)))?;
+        let port = u16::try_from(t.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| invalid("tcp.port", format!("{} is not a port", t.port)))?;
+        Ok(Self { listen, port })
+    }
 }
 
 // === policy ===

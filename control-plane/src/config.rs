@@ -20,6 +20,12 @@
 //! timeout: 2s                     # policy fields; each replaces the same field of `defaults`
 //! authorization: { default: deny, allow: [orders], deny: [] }
 //! traffic_split: { v1: 90, v2: 10 }
+//!
+//! # services/redis.yaml: a TCP service
+//! name: redis
+//! protocol: tcp                   # default http
+//! listen: 127.0.0.1:6380          # where each caller's app connects, on its own sidecar
+//! port: 6379                      # the port redis serves on, behind its sidecar
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +37,7 @@ use mesh_api::authorization::{self, AuthorizationFile, AuthorizationPolicy, Deci
 use mesh_api::policy::{self, BreakerFile, DestinationPolicy, PolicyFile, RetriesFile};
 use mesh_api::route::RouteFile;
 use mesh_api::spiffe;
+use mesh_api::tcp::{TcpDestination, TcpFields};
 use mesh_api::validate::{Errors, check_label, duration};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
@@ -90,6 +97,8 @@ pub struct ServiceConfig {
     pub authorization: AuthorizationPolicy,
     /// Weights between its versions, when split.
     pub traffic_split: Option<BTreeMap<String, u32>>,
+    /// For a `protocol: tcp` service, where its callers' apps connect and its app's port.
+    pub tcp: Option<TcpDestination>,
 }
 
 /// One problem, at a file and a field path.
@@ -165,6 +174,12 @@ struct ServiceFile {
     traffic_split: Option<BTreeMap<String, u32>>,
     #[serde(default)]
     routes: Option<Vec<RouteFile>>,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
 }
 
 // === reading ===
@@ -383,6 +398,21 @@ fn validate(
             services.insert(config.name.clone(), config);
         }
     }
+    // Every caller of a TCP service listens at its address, so two must not share one.
+    let mut listens: BTreeMap<std::net::SocketAddr, &ServiceConfig> = BTreeMap::new();
+    for service in services.values() {
+        let Some(tcp) = &service.tcp else { continue };
+        if let Some(first) = listens.insert(tcp.listen, service) {
+            out.push(file_error(
+                &service.file,
+                "listen",
+                format!(
+                    "{} is already the listen address of {}",
+                    tcp.listen, first.name
+                ),
+            ));
+        }
+    }
     MeshConfig {
         trust_domain: mesh.trust_domain,
         namespace,
@@ -402,6 +432,18 @@ fn validate_service(
     errors: &mut Errors,
 ) -> ServiceConfig {
     check_label(errors, "name", &file.name);
+    let tcp = mesh_api::tcp::validate(
+        &TcpFields {
+            protocol: file.protocol.as_deref(),
+            listen: file.listen.as_deref(),
+            port: file.port,
+            routes: file.routes.is_some(),
+            retries: file.retries.is_some(),
+            timeout: file.timeout.is_some(),
+        },
+        "",
+        errors,
+    );
     let mut seen = BTreeSet::new();
     for (i, call) in file.calls.iter().enumerate() {
         let path = format!("calls[{i}]");
@@ -493,6 +535,7 @@ fn validate_service(
         policy,
         authorization,
         traffic_split: file.traffic_split,
+        tcp,
     }
 }
 

@@ -18,7 +18,7 @@ use mesh_control_plane::ControlPlane;
 use mesh_testkit::metrics;
 use mesh_testkit::process::KillOnDrop;
 use mesh_testkit::{
-    ControlPlaneRef, Sidecar, SidecarBuilder, TestMesh, app, client, eventually, free_port,
+    ControlPlaneRef, Sidecar, SidecarBuilder, TestMesh, app, client, eventually, free_port, tcp,
 };
 
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -915,4 +915,58 @@ async fn traffic_flows_while_the_control_plane_is_down_and_sidecars_converge_whe
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_tcp_service_is_tunnelled_and_its_listener_moves_with_the_config() {
+    let (app, _seen) = tcp::reply_at_eof().await;
+    let (first, second) = (free_port(), free_port());
+    let tcp_service = |listen: SocketAddr| {
+        format!(
+            "name: cache\nprotocol: tcp\nlisten: \"{listen}\"\nport: {}\n",
+            app.port()
+        )
+    };
+    let (cluster, cp) = Cluster::start(
+        "1h",
+        &[
+            ("orders", "name: orders\ncalls: [cache]\n"),
+            ("cache", &tcp_service(first)),
+        ],
+    )
+    .await;
+    let _cache = cluster.sidecar("cache", app, "").await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+
+    let reply = eventually("the cache's endpoint to be tunnelled", PATIENCE, || async {
+        tcp::round_trip(first, b"ping", PATIENCE)
+            .await
+            .ok()
+            .filter(|r| r == b"ping")
+    })
+    .await;
+    assert_eq!(reply, b"ping");
+    let shown = &snapshot(&orders).await["destinations"]["cache"]["tcp"];
+    assert_eq!(shown["listen"], first.to_string(), "{shown}");
+    assert_eq!(shown["port"], app.port(), "{shown}");
+
+    // A new listen address: the sidecar opens it and closes the old one.
+    cluster.dirs.write_service("cache", &tcp_service(second));
+    eventually("the new listener", PATIENCE, || async {
+        tcp::round_trip(second, b"pong", PATIENCE)
+            .await
+            .ok()
+            .filter(|r| r == b"pong")
+    })
+    .await;
+    eventually("the old listener to close", PATIENCE, || async {
+        tokio::net::TcpStream::connect(first)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    cp.stop().await.unwrap();
 }

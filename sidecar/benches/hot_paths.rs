@@ -98,6 +98,7 @@ fn destinations(n: usize) -> BTreeMap<String, Destination> {
                 endpoints: endpoints(first, 3),
                 identity: peer(&name),
                 policy: DestinationPolicy::default(),
+                tcp: None,
             };
             (name, destination)
         })

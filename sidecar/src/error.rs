@@ -39,6 +39,17 @@ pub struct Unsupported {
     pub method: http::Method,
 }
 
+/// An HTTP request named a `protocol: tcp` destination, which the app reaches on its own
+/// listener.
+#[derive(Debug, thiserror::Error)]
+#[error("destination {destination:?} is a tcp destination: connect to {listen} instead")]
+pub struct TcpOnly {
+    /// The destination.
+    pub destination: String,
+    /// Its listener.
+    pub listen: SocketAddr,
+}
+
 /// The destination is not one this sidecar knows.
 #[derive(Debug, thiserror::Error)]
 #[error("no route to destination {destination:?}: it is not among this sidecar's destinations")]
@@ -156,6 +167,26 @@ pub struct AppFailed {
     pub source: hyper_util::client::legacy::Error,
 }
 
+/// A peer asked to tunnel to a port other than the app's.
+#[derive(Debug, thiserror::Error)]
+#[error("CONNECT to {authority:?} refused: this sidecar tunnels only to its app's port {app_port}")]
+pub struct TunnelPortRefused {
+    /// The `:authority` the peer sent.
+    pub authority: String,
+    /// The port of the app, the only one allowed.
+    pub app_port: u16,
+}
+
+/// Connecting to the local app for a TCP tunnel failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to the local app at {app}: {source}")]
+pub struct AppConnectFailed {
+    /// The app's address.
+    pub app: SocketAddr,
+    /// The socket error.
+    pub source: io::Error,
+}
+
 /// Machine-readable reason of a response the mesh made itself, sent in `x-mesh-error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -167,6 +198,8 @@ pub enum Reason {
     NoRoute,
     /// The caller is not allowed to call this service.
     Unauthorized,
+    /// A tunnel asked for a port other than the app's.
+    TunnelPortRefused,
     /// Known destination without endpoints.
     NoEndpoints,
     /// The destination's concurrency limits are full.
@@ -211,6 +244,7 @@ impl Reason {
             Reason::Unsupported => "unsupported",
             Reason::NoRoute => "no-route",
             Reason::Unauthorized => "unauthorized",
+            Reason::TunnelPortRefused => "tunnel-port-refused",
             Reason::NoEndpoints => "no-endpoints",
             Reason::Overloaded => "overloaded",
             Reason::Timeout => "timeout",
@@ -234,7 +268,7 @@ impl Reason {
     pub fn status(self) -> StatusCode {
         match self {
             Reason::NoAuthority | Reason::RequestBody => StatusCode::BAD_REQUEST,
-            Reason::Unauthorized => StatusCode::FORBIDDEN,
+            Reason::Unauthorized | Reason::TunnelPortRefused => StatusCode::FORBIDDEN,
             Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Timeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::Unsupported => StatusCode::NOT_IMPLEMENTED,
@@ -265,11 +299,17 @@ pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     if find_cause::<NoAuthority>(err).is_some() {
         return Reason::NoAuthority;
     }
-    if find_cause::<Unsupported>(err).is_some() {
+    if find_cause::<Unsupported>(err).is_some() || find_cause::<TcpOnly>(err).is_some() {
         return Reason::Unsupported;
     }
     if find_cause::<Unauthorized>(err).is_some() {
         return Reason::Unauthorized;
+    }
+    if find_cause::<TunnelPortRefused>(err).is_some() {
+        return Reason::TunnelPortRefused;
+    }
+    if find_cause::<AppConnectFailed>(err).is_some() {
+        return Reason::AppUnavailable;
     }
     if find_cause::<NoRoute>(err).is_some() {
         return Reason::NoRoute;

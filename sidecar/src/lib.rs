@@ -30,6 +30,11 @@
 //!   10  inbound/authorize            the caller against the AuthorizationPolicy -> 403
 //!   11  inbound/forward              to the app, in the protocol the caller's app spoke
 //! ```
+//! A `protocol: tcp` destination has a listener of its own (`outbound/tcp_listen`); each
+//! connection there (`outbound/tunnel`) is one HTTP/2 CONNECT stream on the endpoint's pooled
+//! connection (steps 6 to 8), identified and authorized as a request (9, 10), then joined to
+//! the app's port (`inbound/tunnel`); the bytes are copied both ways by `splice.rs`.
+//!
 //! `outbound/mod.rs` and `inbound/mod.rs` are the handlers that string the steps together;
 //! both record each request the same way through `proxy_request.rs` (span, failure rescued
 //! into a response, metrics, access log).
@@ -64,6 +69,7 @@ mod log_limit;
 mod outbound;
 mod proxy_request;
 mod serve;
+mod splice;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -140,7 +146,7 @@ pub async fn run(
     let outbound = Arc::new(Outbound::new(
         &config,
         identity.id(),
-        destinations_rx,
+        destinations_rx.clone(),
         metrics.clone(),
         tracing.spans(),
     ));
@@ -179,6 +185,7 @@ pub async fn run(
     let _destinations_tx = destinations_tx;
 
     // Listeners.
+    let tcp_listeners = outbound::tcp_listen::bind(&config).await?;
     ::tracing::info!(
         identity = %identity.id(),
         outbound = %listeners.outbound.local_addr()?,
@@ -186,6 +193,13 @@ pub async fn run(
         admin = %admin_addr,
         app = %config.app,
         "sidecar serving"
+    );
+    let tcp_task = outbound::tcp_listen::spawn(
+        tcp_listeners,
+        config.service.as_str().into(),
+        destinations_rx.clone(),
+        drain.clone(),
+        metrics.clone(),
     );
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,
@@ -215,6 +229,7 @@ pub async fn run(
     let (outbound_done, inbound_done) = tokio::join!(outbound_task, inbound_task);
     outbound_done?;
     inbound_done?;
+    tcp_task.await?;
     admin_server.stop().await;
     // Every request is done: send the spans still queued.
     tracing.shutdown(Duration::from_secs(5)).await;

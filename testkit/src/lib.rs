@@ -16,6 +16,8 @@
 //! - [`otlp`]: an OTLP trace collector (gRPC and HTTP/protobuf) that keeps what it receives.
 //! - [`process`]: spawned binaries, killed and reaped when the test ends.
 //! - [`netns`]: two hosts on one machine, network namespaces joined by a veth pair (root).
+//! - [`tcp`]: a TCP app that replies once its client has finished sending, and a client round
+//!   trip, for `protocol: tcp` destinations.
 //! - [`eventually`]: bounded polling for conditions that become true asynchronously.
 //! - [`free_port`]: a loopback address where nothing listens, for a peer that is down or a
 //!   process to bind later.
@@ -32,6 +34,7 @@ pub mod netns;
 pub mod otlp;
 pub mod process;
 pub mod server;
+pub mod tcp;
 mod wait;
 
 pub use self::wait::{Progress, eventually};

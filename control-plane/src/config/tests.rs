@@ -250,3 +250,52 @@ fn none_lifts_a_limit_the_defaults_set() {
     assert_eq!(b.timeout, Some(Duration::from_secs(10)));
     assert_eq!(b.retries.per_try_timeout, Some(Duration::from_secs(1)));
 }
+
+#[test]
+fn a_tcp_service_carries_its_listener_and_port_and_refuses_http_only_fields() {
+    let mesh = "trust_domain: mesh.local\n";
+    let config = parse(&files(
+        mesh,
+        &[(
+            "cache",
+            "name: cache\nprotocol: tcp\nlisten: 127.0.0.1:6380\nport: 6379\n",
+        )],
+    ))
+    .unwrap();
+    let tcp = config.services["cache"].tcp.unwrap();
+    assert_eq!(tcp.listen.to_string(), "127.0.0.1:6380");
+    assert_eq!(tcp.port, 6379);
+
+    let errors = errors(
+        mesh,
+        &[
+            (
+                "cache",
+                "name: cache\nprotocol: tcp\nlisten: 127.0.0.1:6380\nport: 6379\nretries: { attempts: 2 }\n",
+            ),
+            (
+                "queue",
+                "name: queue\nprotocol: tcp\nlisten: 127.0.0.1:6380\nport: 5672\n",
+            ),
+            ("db", "name: db\nprotocol: tcp\nlisten: 127.0.0.1:5433\n"),
+        ],
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("services/cache.yaml")
+            && e.contains("retries")
+            && e.contains("cannot be replayed")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("services/db.yaml") && e.contains("port")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("listen") && e.contains("already the listen address")),
+        "{errors:?}"
+    );
+}

@@ -38,6 +38,7 @@ pub(super) fn snapshot(
                 .unwrap_or_default(),
             policy: Some(v1::Policy::from(&dest.policy)),
             backends: backends(dest, registry),
+            tcp: dest.tcp.as_ref().map(v1::TcpDestination::from),
         })
         .collect();
     v1::Snapshot {

@@ -32,7 +32,7 @@ pub use self::policy::{
 use self::runtime::DEFAULT_CONNECT_TIMEOUT;
 pub use self::runtime::{
     Advertise, AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_INBOUND,
-    DEFAULT_OUTBOUND, Destination, ListenAddrs, NotDialable, TlsPaths,
+    DEFAULT_OUTBOUND, Destination, ListenAddrs, NotDialable, TcpDestination, TlsPaths,
 };
 use self::schema::File;
 use self::validate::validate;

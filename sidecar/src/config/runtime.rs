@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mesh_api::authorization::AuthorizationPolicy;
 use mesh_api::policy::DestinationPolicy;
+pub use mesh_api::tcp::TcpDestination;
 use serde::{Serialize, Serializer};
 
 use crate::identity::SpiffeId;
@@ -170,6 +171,10 @@ pub struct Destination {
     /// Timeouts, retries, circuit breaking and load balancing.
     #[serde(flatten)]
     pub policy: DestinationPolicy,
+    /// HTTP requests through the outbound listener, or TCP streams through a listener of its
+    /// own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpDestination>,
 }
 
 fn display_option<T: fmt::Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {

@@ -101,4 +101,13 @@ pub(super) struct DestinationFile {
     pub(super) load_balancer: Option<String>,
     #[serde(default)]
     pub(super) routes: Option<Vec<mesh_api::route::RouteFile>>,
+    /// `http` (the default) or `tcp`.
+    #[serde(default)]
+    pub(super) protocol: Option<String>,
+    /// Where the local app connects to reach a `tcp` destination.
+    #[serde(default)]
+    pub(super) listen: Option<String>,
+    /// The port the destination's app serves a `tcp` destination on.
+    #[serde(default)]
+    pub(super) port: Option<u16>,
 }

@@ -518,3 +518,41 @@ fn app_health_defaults_and_errors() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_tcp_destination_listens_locally_and_its_errors_name_the_field() {
+    let tcp = "destinations:\n  redis:\n    endpoints: [127.0.0.1:19006]\n    protocol: tcp\n";
+    let config = Config::from_yaml(
+        &format!(
+            "{}{tcp}    listen: 127.0.0.1:6380\n    port: 6379\n",
+            GOOD.split("destinations:").next().unwrap()
+        ),
+        Path::new("/base"),
+    )
+    .unwrap();
+    let redis = config.destinations["redis"].tcp.unwrap();
+    assert_eq!(redis.listen.to_string(), "127.0.0.1:6380");
+    assert_eq!(redis.port, 6379);
+
+    let base = GOOD.split("destinations:").next().unwrap();
+    let found = paths(&format!(
+        "{base}{tcp}    listen: 127.0.0.1:15001\n    port: 6379\n    routes: []\n    retries: {{ attempts: 2 }}\n"
+    ));
+    assert_eq!(
+        found,
+        [
+            "destinations.redis.routes",
+            "destinations.redis.retries",
+            "destinations.redis.listen"
+        ]
+    );
+    let found = paths(&format!("{base}{tcp}"));
+    assert_eq!(
+        found,
+        ["destinations.redis.listen", "destinations.redis.port"]
+    );
+    let two = format!(
+        "{base}{tcp}    listen: 127.0.0.1:6380\n    port: 6379\n  cache:\n    endpoints: [127.0.0.1:19007]\n    protocol: tcp\n    listen: 127.0.0.1:6380\n    port: 11211\n"
+    );
+    assert_eq!(paths(&two), ["destinations.redis.listen"]);
+}

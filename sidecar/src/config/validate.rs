@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mesh_api::authorization::{self, Decision};
+use mesh_api::tcp::TcpFields;
 use mesh_api::validate::{Errors, check_label, duration};
 
 use super::runtime::{
     Advertise, AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination, ListenAddrs, TlsPaths,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination, ListenAddrs,
+    TcpDestination, TlsPaths,
 };
-use super::schema::{AppHealthFile, File, TracingFile};
+use super::schema::{AppHealthFile, DestinationFile, File, TracingFile};
 use crate::identity::SpiffeId;
 use crate::telemetry::{OtlpProtocol, TracingConfig};
 
@@ -112,6 +114,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
             .enumerate()
             .filter_map(|(i, e)| socket_addr(errors, &format!("{path}.endpoints[{i}]"), e))
             .collect();
+        let tcp = tcp_destination(&dest, &path, &listen, errors);
         let identity = match dest.identity {
             Some(id) => id
                 .parse::<SpiffeId>()
@@ -137,9 +140,25 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
                     endpoints,
                     identity,
                     policy,
+                    tcp,
                 },
             );
         }
+    }
+
+    let mut tcp_listens: Vec<(&str, SocketAddr)> = Vec::new();
+    for (name, dest) in &destinations {
+        let Some(tcp) = &dest.tcp else { continue };
+        if let Some((other, _)) = tcp_listens.iter().find(|(_, a)| *a == tcp.listen) {
+            errors.push(
+                format!("destinations.{name}.listen"),
+                format!(
+                    "{} is already the listen address of destinations.{other}",
+                    tcp.listen
+                ),
+            );
+        }
+        tcp_listens.push((name, tcp.listen));
     }
 
     let connect_timeout = duration(
@@ -176,6 +195,35 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         connect_timeout,
         drain_timeout,
     })
+}
+
+/// The TCP side of a destination, by the rules the control plane also applies, and a listen
+/// address that is none of the sidecar's own.
+fn tcp_destination(
+    dest: &DestinationFile,
+    path: &str,
+    listen: &ListenAddrs,
+    errors: &mut Errors,
+) -> Option<TcpDestination> {
+    let fields = TcpFields {
+        protocol: dest.protocol.as_deref(),
+        listen: dest.listen.as_deref(),
+        port: dest.port,
+        routes: dest.routes.is_some(),
+        retries: dest.retries.is_some(),
+        timeout: dest.timeout.is_some(),
+    };
+    let tcp = mesh_api::tcp::validate(&fields, path, errors)?;
+    if [listen.outbound, listen.inbound, listen.admin].contains(&tcp.listen) {
+        errors.push(
+            format!("{path}.listen"),
+            format!(
+                "{} is already one of the sidecar's listen addresses",
+                tcp.listen
+            ),
+        );
+    }
+    Some(tcp)
 }
 
 fn app_health_config(file: AppHealthFile, errors: &mut Errors) -> AppHealthConfig {

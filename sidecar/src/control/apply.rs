@@ -18,7 +18,7 @@ use rustls::pki_types::CertificateDer;
 use std::sync::RwLock;
 use tokio::sync::{Notify, watch};
 
-use crate::config::DestinationPolicy;
+use crate::config::{DestinationPolicy, TcpDestination};
 use crate::identity::{Identity, SpiffeId, trust_store};
 use crate::inbound::Inbound;
 use crate::metrics::{ControlMetrics, Metrics};
@@ -149,11 +149,14 @@ impl Applier {
                         })
                     })
                     .collect();
-                let value = serde_json::json!({
+                let mut value = serde_json::json!({
                     "identity": spec.identity,
                     "policy": spec.policy,
                     "backends": backends,
                 });
+                if let (Some(tcp), Some(object)) = (spec.tcp, value.as_object_mut()) {
+                    object.insert("tcp".to_owned(), serde_json::json!(tcp));
+                }
                 (name.clone(), value)
             })
             .collect();
@@ -261,9 +264,15 @@ fn destination(d: &v1::Destination) -> Result<DestinationSpec, Rejected> {
             })
         })
         .collect::<Result<_, Rejected>>()?;
+    let tcp = d
+        .tcp
+        .as_ref()
+        .map(|t| TcpDestination::try_from(t).map_err(|e| fail(e.to_string())))
+        .transpose()?;
     Ok(DestinationSpec {
         identity,
         policy,
         backends,
+        tcp,
     })
 }

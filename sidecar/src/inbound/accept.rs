@@ -23,6 +23,13 @@ use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
 use crate::serve::{self, Drain, http_server};
 
+/// Streams one peer connection may have open at once. TCP tunnels are streams that last as long
+/// as their connection, so the usual HTTP/2 limit of a few hundred would let one caller's pool
+/// of long-lived connections hold every stream and queue its HTTP requests behind them. What an
+/// idle stream costs is a few hundred bytes; what streams can make the sidecar buffer is bounded
+/// by the connection's flow-control window, not by their number.
+const MAX_PEER_STREAMS: u32 = 10_000;
+
 /// A peer that has not finished its TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,7 +95,8 @@ where
         ::tracing::debug!(%peer, %caller, "inbound connection identified");
         let caller = Arc::new(Caller::new(caller, peer));
         let handle = self.handle;
-        let http = http_server();
+        let mut http = http_server();
+        http.http2().max_concurrent_streams(MAX_PEER_STREAMS);
         let conn = http.serve_connection(
             TokioIo::new(tls),
             service_fn(move |req| handle(caller.clone(), req)),

@@ -4,7 +4,8 @@
 //! 1. accept connections on the inbound listener (`accept.rs`, over `serve.rs`)
 //! 9. terminate mTLS and read the caller's SPIFFE ID (`identify.rs`)
 //! 10. authorize the caller ([`authorize`])
-//! 11. forward to the local app in its own protocol (`forward.rs`)
+//! 11. forward to the local app in its own protocol (`forward.rs`), or, for a CONNECT, join
+//!     the stream to a new TCP connection to the app (`tunnel.rs`)
 //!
 //! This file is the handler that strings steps 10 and 11 together for each request of an
 //! identified connection; `proxy_request.rs` records it.
@@ -16,11 +17,12 @@ pub(crate) mod accept;
 pub mod authorize;
 pub(crate) mod forward;
 pub(crate) mod identify;
+pub(crate) mod tunnel;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt;
@@ -37,6 +39,7 @@ use crate::telemetry::spans::Spans;
 use self::authorize::{Authorization, AuthorizationPolicy};
 use self::forward::AppClients;
 use self::identify::Caller;
+use self::tunnel::AppTunnels;
 
 /// The inbound proxy of one sidecar.
 #[derive(Debug)]
@@ -44,6 +47,7 @@ pub(crate) struct Inbound {
     service: Label,
     authorization: Authorization,
     clients: AppClients,
+    tunnels: AppTunnels,
     recorder: Recorder,
     metrics: Arc<Metrics>,
 }
@@ -59,6 +63,7 @@ impl Inbound {
                 config.trust_domain.clone(),
             ),
             clients: AppClients::new(config.app),
+            tunnels: AppTunnels::new(config.app),
             recorder: Recorder::new(
                 Direction::Inbound,
                 spans,
@@ -104,6 +109,12 @@ impl Inbound {
                 .authorization
                 .check(&caller, self.service.as_str(), &self.metrics)
             {
+                Ok(()) if req.method() == Method::CONNECT => {
+                    let metrics =
+                        self.metrics
+                            .tcp(Direction::Inbound, &caller.label, &self.service);
+                    self.tunnels.open(req, metrics).await
+                }
                 Ok(()) => self
                     .clients
                     .forward(&caller.id, req, &request.trace, request.b3)

@@ -116,6 +116,26 @@ pub struct RouteLatencyLabels {
     pub status_class: &'static str,
 }
 
+/// Labels of the TCP stream series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// Outbound or inbound.
+    pub direction: Direction,
+    /// Calling service.
+    pub source: Label,
+    /// Called service.
+    pub destination: Label,
+}
+
+/// Labels of the counter of TCP connections that could not be tunnelled.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpFailureLabels {
+    /// The `tcp` destination.
+    pub destination: Label,
+    /// Why, as in `x-mesh-error`.
+    pub reason: &'static str,
+}
+
 /// Labels of per-direction gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {

@@ -25,7 +25,17 @@
 //! - `ejections_total{destination, endpoint}`: outlier ejections;
 //! - `ejected_endpoints{destination}`: endpoints ejected now.
 //!
-//! Authorization: `authorization_denied_total{source}`, inbound requests refused.
+//! TCP streams tunnelled between sidecars, by `direction`, `source` and `destination` as for
+//! requests (outbound: this service and the `tcp` destination; inbound: the caller's service
+//! and this one):
+//! - `tcp_connections_opened_total` and `tcp_connections_closed_total`;
+//! - `tcp_sent_bytes_total` (from the source towards the destination) and
+//!   `tcp_received_bytes_total` (back from the destination);
+//! - `tcp_connection_duration_seconds`: from open to close (histogram, 1 ms to about 70 min);
+//! - `tcp_connect_failures_total{destination, reason}`: outbound, app connections that could
+//!   not be tunnelled, by the reason of `x-mesh-error` (the peer's, or this sidecar's).
+//!
+//! Authorization: `authorization_denied_total{source}`, inbound requests and tunnels refused.
 //!
 //! Control plane and identity:
 //! - `control_plane_connected`: 1 while the snapshot stream is open;
@@ -59,7 +69,7 @@ use prometheus_client::registry::Registry;
 pub use self::labels::{
     DestinationLabels, Direction, DirectionLabels, EndpointLabels, Label, LatencyLabels,
     RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels, SourceLabels,
-    SpanDropLabels, TimeoutLabels, TlsFailureLabels,
+    SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
 use self::labels::{ResultLabels, status_class};
 
@@ -99,6 +109,32 @@ pub struct EndpointMetrics {
     pub ejections: Counter,
 }
 
+/// Pre-resolved series of one TCP stream's source and destination.
+#[derive(Clone, Debug)]
+pub struct TcpMetrics {
+    /// Streams opened.
+    pub opened: Counter,
+    /// Streams closed.
+    pub closed: Counter,
+    /// Bytes from the source towards the destination.
+    pub sent: Counter,
+    /// Bytes from the destination back to the source.
+    pub received: Counter,
+    /// Time from open to close.
+    pub duration: Histogram,
+}
+
+/// The TCP stream families.
+#[derive(Debug)]
+struct TcpFamilies {
+    opened: Family<TcpLabels, Counter>,
+    closed: Family<TcpLabels, Counter>,
+    sent: Family<TcpLabels, Counter>,
+    received: Family<TcpLabels, Counter>,
+    duration: Family<TcpLabels, Histogram, fn() -> Histogram>,
+    failed: Family<TcpFailureLabels, Counter>,
+}
+
 /// All metric families of a sidecar.
 #[derive(Debug)]
 pub struct Metrics {
@@ -122,6 +158,7 @@ pub struct Metrics {
     ejected_endpoints: Family<DestinationLabels, Gauge>,
     span_export: crate::telemetry::export::ExportMetrics,
     denied: Family<SourceLabels, Counter>,
+    tcp: TcpFamilies,
     /// Control-plane and certificate state.
     pub control: ControlMetrics,
     /// 1 while the app answers its health probe (always 1 without `app_health`).
@@ -283,6 +320,48 @@ impl Metrics {
             "Inbound requests refused by the authorization policy, by caller",
             denied.clone(),
         );
+        let tcp = TcpFamilies {
+            opened: Family::default(),
+            closed: Family::default(),
+            sent: Family::default(),
+            received: Family::default(),
+            duration: Family::new_with_constructor(tcp_duration_histogram),
+            failed: Family::default(),
+        };
+        registry.register(
+            "tcp_connect_failures",
+            "App connections to a tcp destination that could not be tunnelled, by reason",
+            tcp.failed.clone(),
+        );
+        for (name, help, family) in [
+            (
+                "tcp_connections_opened",
+                "TCP streams opened through the mesh, by direction, source and destination service",
+                &tcp.opened,
+            ),
+            (
+                "tcp_connections_closed",
+                "TCP streams closed, by direction, source and destination service",
+                &tcp.closed,
+            ),
+            (
+                "tcp_sent_bytes",
+                "Bytes of TCP streams from the source towards the destination",
+                &tcp.sent,
+            ),
+            (
+                "tcp_received_bytes",
+                "Bytes of TCP streams from the destination back to the source",
+                &tcp.received,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "tcp_connection_duration_seconds",
+            "Time from opening a TCP stream to closing it",
+            tcp.duration.clone(),
+        );
         let snapshots = Family::<ResultLabels, Counter>::default();
         let renewals = Family::<ResultLabels, Counter>::default();
         let control = ControlMetrics {
@@ -329,6 +408,7 @@ impl Metrics {
             tls_failures,
             span_export,
             denied,
+            tcp,
             retries,
             budget_exhausted,
             timeouts,
@@ -344,6 +424,33 @@ impl Metrics {
         self.denied
             .get_or_create(&SourceLabels {
                 source: source.clone(),
+            })
+            .inc();
+    }
+
+    /// Resolves the TCP stream series of one source and destination.
+    pub fn tcp(&self, direction: Direction, source: &Label, destination: &Label) -> TcpMetrics {
+        let labels = TcpLabels {
+            direction,
+            source: source.clone(),
+            destination: destination.clone(),
+        };
+        TcpMetrics {
+            opened: self.tcp.opened.get_or_create_owned(&labels),
+            closed: self.tcp.closed.get_or_create_owned(&labels),
+            sent: self.tcp.sent.get_or_create_owned(&labels),
+            received: self.tcp.received.get_or_create_owned(&labels),
+            duration: self.tcp.duration.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Counts an app connection to a `tcp` destination that could not be tunnelled.
+    pub fn tcp_connect_failed(&self, destination: &Label, reason: &'static str) {
+        self.tcp
+            .failed
+            .get_or_create(&TcpFailureLabels {
+                destination: destination.clone(),
+                reason,
             })
             .inc();
     }
@@ -520,6 +627,11 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 /// 0.5 ms to about 16 s, doubling.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// 1 ms to about 70 minutes, by fours: streams live from a request to a session.
+fn tcp_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 4.0, 12))
 }
 
 impl Drop for ConnectionGuard {

@@ -15,6 +15,10 @@
 //!    - 8 the endpoint's pooled mTLS HTTP/2 connection, which verifies the peer's SPIFFE ID
 //!      ([`connect`])
 //!
+//! A `protocol: tcp` destination is reached through a listener of its own instead
+//! ([`tcp_listen`]), each connection tunnelled over the same balancer and connections
+//! ([`tunnel`]).
+//!
 //! The layers share the request, response and future types of [`stack`]. This file is the
 //! handler that strings steps 2 to 8 together; `proxy_request.rs` records each request. Errors
 //! at any step become one synthetic response in `error::rescue`; every response carries
@@ -32,7 +36,9 @@ pub(crate) mod replay;
 pub(crate) mod retry;
 pub(crate) mod shed;
 pub(crate) mod stack;
+pub(crate) mod tcp_listen;
 pub(crate) mod timeout;
+pub(crate) mod tunnel;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -47,7 +53,7 @@ use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 use crate::config::Config;
-use crate::error::{NoAuthority, NoRoute, Unsupported};
+use crate::error::{NoAuthority, NoRoute, TcpOnly, Unsupported};
 use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
@@ -180,6 +186,13 @@ impl Outbound {
             .borrow()
             .get(&name)
             .ok_or(NoRoute { destination: name })?;
+        if let Some(tcp) = stack.tcp() {
+            return Err(TcpOnly {
+                destination: stack.name.to_string(),
+                listen: tcp.listen,
+            }
+            .into());
+        }
         let route = stack.route(req.method(), req.uri().path());
         Ok(Routed {
             destination: stack.name.clone(),

@@ -21,7 +21,7 @@ use http::Method;
 use mesh_api::route::RouteMatch;
 use tower::ServiceBuilder;
 
-use crate::config::{Config, Destination, DestinationPolicy};
+use crate::config::{Config, Destination, DestinationPolicy, TcpDestination};
 use crate::identity::{CredentialsError, Identity, SpiffeId};
 use crate::metrics::{Label, Metrics};
 
@@ -46,6 +46,8 @@ pub(crate) struct DestinationSpec {
     pub(crate) policy: DestinationPolicy,
     /// Its endpoints, in one backend, or one per version under a traffic split.
     pub(crate) backends: Vec<BackendSpec>,
+    /// For a `protocol: tcp` destination, its listener and its app's port.
+    pub(crate) tcp: Option<TcpDestination>,
 }
 
 /// The endpoints of one version of a destination, and its share of requests.
@@ -69,6 +71,7 @@ impl From<&Destination> for DestinationSpec {
                 weight: 1,
                 endpoints: dest.endpoints.clone(),
             }],
+            tcp: dest.tcp,
         }
     }
 }
@@ -153,6 +156,13 @@ impl Destinations {
         self.by_name.get(name).cloned()
     }
 
+    /// The `protocol: tcp` destinations, by name.
+    pub(crate) fn tcp(&self) -> impl Iterator<Item = (&str, TcpDestination)> {
+        self.by_name
+            .iter()
+            .filter_map(|(name, stack)| Some((name.as_str(), stack.tcp()?)))
+    }
+
     /// Endpoints ejected right now, as `destination/address`.
     pub(crate) fn ejected(&self) -> Vec<String> {
         let mut ejected: Vec<String> = self
@@ -174,6 +184,17 @@ impl Destinations {
 // === impl DestinationStack ===
 
 impl DestinationStack {
+    /// For a `protocol: tcp` destination, its listener and its app's port.
+    pub(crate) fn tcp(&self) -> Option<TcpDestination> {
+        self.spec.tcp
+    }
+
+    /// The balancer alone (steps 6 to 8, no timeout, limits or retries), for TCP tunnels: a
+    /// stream's bytes cannot be replayed, so a tunnel is opened once, on one endpoint.
+    pub(crate) fn balance(&self) -> &Balance {
+        &self.balance
+    }
+
     /// The route a request with this method and path takes, if any matches.
     pub(crate) fn route(&self, method: &Method, path: &str) -> Option<&RouteStack> {
         self.routes

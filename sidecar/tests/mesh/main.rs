@@ -13,6 +13,7 @@ mod mtls;
 mod resilience;
 mod routes;
 mod shutdown;
+mod tcp;
 mod tracing;
 mod transparency;
 

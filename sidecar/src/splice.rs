@@ -1,0 +1,119 @@
+//! Joins a TCP connection and an HTTP/2 CONNECT stream, both ways, for as long as either side
+//! has bytes to send: the outbound end joins the app's connection to its tunnel, the inbound end
+//! joins the tunnel to its connection to the app.
+//!
+//! A side that finishes sending (EOF, or `END_STREAM` on the tunnel) half-closes the other, and
+//! the reply still flows back. A side that fails (a TCP reset, an RST_STREAM, the peer
+//! connection lost) ends both at once: the TCP socket is closed with a reset (`SO_LINGER` 0)
+//! and dropping the tunnel resets its stream, so neither end mistakes an abort for a clean end.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::metrics::TcpMetrics;
+
+/// Which way the TCP connection faces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TcpSide {
+    /// The calling app (outbound): what it sends goes towards the destination.
+    Source,
+    /// The destination's app (inbound): what it sends goes back to the source.
+    Destination,
+}
+
+/// Copies between `tcp` and `tunnel` until both directions end, counting bytes as they pass.
+/// The stream counts as closed when this ends, or when it is dropped (a drain cut it short).
+pub(crate) async fn splice(tcp: TcpStream, tunnel: Upgraded, side: TcpSide, metrics: TcpMetrics) {
+    let (tcp_reads, tunnel_reads) = match side {
+        TcpSide::Source => (metrics.sent.clone(), metrics.received.clone()),
+        TcpSide::Destination => (metrics.received.clone(), metrics.sent.clone()),
+    };
+    let _open = Open::new(metrics);
+    let mut tcp = Counted {
+        inner: tcp,
+        read: tcp_reads,
+    };
+    let mut tunnel = Counted {
+        inner: TokioIo::new(tunnel),
+        read: tunnel_reads,
+    };
+    if let Err(error) = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await {
+        // Reset rather than close, so the app sees the abort as one; the tunnel's stream ends
+        // when it drops.
+        let _ = tcp.inner.set_zero_linger();
+        tracing::debug!(%error, "TCP stream aborted");
+    }
+}
+
+/// Counts a stream open from creation, and closed with its duration when dropped.
+struct Open {
+    metrics: TcpMetrics,
+    started: Instant,
+}
+
+impl Open {
+    fn new(metrics: TcpMetrics) -> Self {
+        metrics.opened.inc();
+        Self {
+            metrics,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.closed.inc();
+        self.metrics
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A stream that counts the bytes read from it.
+struct Counted<S> {
+    inner: S,
+    read: Counter,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            self.read.inc_by(read as u64);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
