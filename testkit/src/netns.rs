@@ -15,6 +15,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::process::effective_uid;
+
 /// Tells a test whether it can create namespaces. Not root: prints why the test skips and
 /// returns `false`, unless `CI=true`, where root is expected and its absence fails the test.
 pub fn available(test: &str) -> bool {
@@ -28,13 +30,6 @@ pub fn available(test: &str) -> bool {
     }
     eprintln!("{test}: skipped: {why}");
     false
-}
-
-/// The effective user ID, from `/proc/self/status` (`Uid: real effective saved fs`).
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    uids.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// One end of the pair: a namespace, its veth interface and its address.

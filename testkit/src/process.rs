@@ -56,3 +56,10 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The effective user ID, from `/proc/self/status` (`Uid: real effective saved fs`).
+pub fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}

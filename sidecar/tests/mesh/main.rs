@@ -10,6 +10,7 @@ mod bootstrap;
 mod errors;
 mod grpc;
 mod mtls;
+mod postgres;
 mod resilience;
 mod routes;
 mod shutdown;

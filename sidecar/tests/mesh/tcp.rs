@@ -70,8 +70,20 @@ async fn tcp_pair(
     app: SocketAddr,
     server_yaml: &str,
 ) -> (Sidecar, Sidecar, SocketAddr) {
+    service_pair(mesh, "redis", service, app, server_yaml).await
+}
+
+/// A `destination` sidecar in front of `app`, and a caller `service` whose `destination`
+/// (declared `tcp`) listens at the returned address, once that listener accepts.
+pub(crate) async fn service_pair(
+    mesh: &TestMesh,
+    destination: &str,
+    service: &str,
+    app: SocketAddr,
+    server_yaml: &str,
+) -> (Sidecar, Sidecar, SocketAddr) {
     let server = mesh
-        .sidecar("redis")
+        .sidecar(destination)
         .app(app)
         .extra_yaml(server_yaml)
         .start()
@@ -80,7 +92,7 @@ async fn tcp_pair(
     let caller = mesh
         .sidecar(service)
         .destination_with_policy(
-            "redis",
+            destination,
             &[server.inbound],
             &tcp_destination(listen, app.port()),
         )
