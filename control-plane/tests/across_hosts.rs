@@ -1,6 +1,7 @@
-//! A mesh across two hosts: the control plane and `orders` on host A, `inventory` on host B,
-//! each host a network namespace, joined by a veth pair. B's inbound listener binds a wildcard
-//! and advertises B's address; requests from A reach it over that link, with mutual TLS.
+//! A mesh across two hosts: the control plane and `orders` on host A, `inventory` (HTTP) and
+//! `redis` (opaque TCP) on host B, each host a network namespace, joined by a veth pair. B's
+//! inbound listeners bind a wildcard and advertise B's address; HTTP requests and a Redis
+//! session from A reach them over that link, with mutual TLS.
 //!
 //! Needs root (see `mesh_testkit::netns`); every process, the namespaces and the files are gone
 //! when the test ends, however it ends.
@@ -29,6 +30,25 @@ const CONTROL_PLANE_ADMIN: &str = "127.0.0.1:15014";
 const OUTBOUND: &str = "127.0.0.1:15001";
 const ADMIN: &str = "127.0.0.1:15000";
 const APP: &str = "127.0.0.1:8080";
+// Redis and its sidecar on host B, beside inventory's.
+const REDIS_PORT: u16 = 6379;
+const REDIS_OUTBOUND: &str = "127.0.0.1:15101";
+const REDIS_ADMIN: &str = "127.0.0.1:15100";
+/// Where orders' app reaches redis, on orders' sidecar.
+const REDIS_LISTEN: &str = "127.0.0.1:6380";
+
+/// Where one sidecar listens for its app and its admin, and where its app listens.
+struct Local<'a> {
+    outbound: &'a str,
+    admin: &'a str,
+    app: &'a str,
+}
+
+const LOCAL: Local<'static> = Local {
+    outbound: OUTBOUND,
+    admin: ADMIN,
+    app: APP,
+};
 
 /// `program` run inside `host`, logging warnings to the test's output.
 fn spawn(host: &Host, program: &Path, args: &[&str]) -> KillOnDrop {
@@ -76,11 +96,22 @@ async fn wait_ok(what: &str, host: &Host, url: &str) -> String {
 
 /// A bootstrap file for `service` beside the mesh configuration, with these `listen` lines,
 /// registering with the control plane at `control_plane`.
-fn bootstrap(dirs: &Dirs, service: &str, listen: &str, control_plane: &str) -> String {
+fn bootstrap(
+    dirs: &Dirs,
+    service: &str,
+    local: &Local,
+    listen: &str,
+    control_plane: &str,
+) -> String {
     let state = dirs.state().display();
+    let Local {
+        outbound,
+        admin,
+        app,
+    } = local;
     let yaml = format!(
-        "service: {service}\ntrust_domain: mesh.local\napp: {APP}\n\
-         listen:\n  outbound: {OUTBOUND}\n  admin: {ADMIN}\n{listen}\
+        "service: {service}\ntrust_domain: mesh.local\napp: {app}\n\
+         listen:\n  outbound: {outbound}\n  admin: {admin}\n{listen}\
          control_plane:\n  address: {control_plane}\n  trust_anchor: {state}/ca.pem\n  \
          token_file: {state}/tokens/{service}\n"
     );
@@ -90,7 +121,7 @@ fn bootstrap(dirs: &Dirs, service: &str, listen: &str, control_plane: &str) -> S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_from_host_a_reaches_the_advertised_address_on_host_b_over_mtls() {
+async fn http_and_tcp_from_host_a_reach_the_advertised_addresses_on_host_b_over_mtls() {
     if !mesh_testkit::netns::available("across_hosts") {
         return;
     }
@@ -100,8 +131,14 @@ async fn a_request_from_host_a_reaches_the_advertised_address_on_host_b_over_mtl
     let dirs = Dirs::new(
         MESH,
         &[
-            ("orders", "name: orders\ncalls: [inventory]\n"),
+            ("orders", "name: orders\ncalls: [inventory, redis]\n"),
             ("inventory", "name: inventory\n"),
+            (
+                "redis",
+                &format!(
+                    "name: redis\nprotocol: tcp\nlisten: \"{REDIS_LISTEN}\"\nport: {REDIS_PORT}\n"
+                ),
+            ),
         ],
     );
 
@@ -141,16 +178,49 @@ async fn a_request_from_host_a_reaches_the_advertised_address_on_host_b_over_mtl
     let inventory_config = bootstrap(
         &dirs,
         "inventory",
+        &LOCAL,
         &format!("  inbound: 0.0.0.0:0\n  advertise: {}\n", b.ip),
         &control_plane,
     );
     let sidecar = workspace_binary("sidecar");
     let _inventory = spawn(b, &sidecar, &["--config", &inventory_config]);
 
+    // Host B: redis, and its sidecar beside inventory's, advertising B's address too.
+    let redis_port = REDIS_PORT.to_string();
+    let _redis = spawn(
+        b,
+        Path::new("redis-server"),
+        &[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &redis_port,
+        ],
+    );
+    let redis_app = format!("127.0.0.1:{REDIS_PORT}");
+    let redis_local = Local {
+        outbound: REDIS_OUTBOUND,
+        admin: REDIS_ADMIN,
+        app: &redis_app,
+    };
+    let redis_config = bootstrap(
+        &dirs,
+        "redis",
+        &redis_local,
+        &format!("  inbound: 0.0.0.0:0\n  advertise: {}\n", b.ip),
+        &control_plane,
+    );
+    let _redis_sidecar = spawn(b, &sidecar, &["--config", &redis_config]);
+
     // Host A: orders' sidecar, on A's own address, which it advertises as it is.
     let orders_config = bootstrap(
         &dirs,
         "orders",
+        &LOCAL,
         &format!("  inbound: {}:0\n", a.ip),
         &control_plane,
     );
@@ -161,6 +231,12 @@ async fn a_request_from_host_a_reaches_the_advertised_address_on_host_b_over_mtl
         "inventory's sidecar to be ready",
         b,
         &format!("{sidecar_admin}/ready"),
+    )
+    .await;
+    wait_ok(
+        "redis' sidecar to be ready",
+        b,
+        &format!("http://{REDIS_ADMIN}/ready"),
     )
     .await;
     wait_ok(
@@ -215,4 +291,41 @@ async fn a_request_from_host_a_reaches_the_advertised_address_on_host_b_over_mtl
         serde_json::json!(["spiffe://mesh.local/ns/default/sa/orders"]),
         "{body}"
     );
+
+    // A Redis session on A crosses to B's redis as opaque TCP over the same mutual TLS: SET
+    // and GET through orders' sidecar, which listens for redis where the service file says.
+    let (listen_ip, listen_port) = REDIS_LISTEN.rsplit_once(':').unwrap();
+    let redis_cli = |args: &'static [&'static str]| {
+        let mut command = tokio::process::Command::from(a.command("redis-cli"));
+        command
+            .args(["-h", listen_ip, "-p", listen_port])
+            .args(args);
+        async move {
+            let out = command.output().await.map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if out.status.success() && !text.starts_with("Could not connect") {
+                Ok(text)
+            } else {
+                Err(format!("{}: {text}", String::from_utf8_lossy(&out.stderr)))
+            }
+        }
+    };
+    let set = eventually("SET through the redis listener", PATIENCE, || {
+        redis_cli(&["SET", "crossed", "the-link"])
+    })
+    .await;
+    assert_eq!(set, "OK");
+    assert_eq!(redis_cli(&["GET", "crossed"]).await.unwrap(), "the-link");
+    // Redis' sidecar saw the session come from orders, through its inbound listener.
+    let metrics = wait_ok(
+        "redis' sidecar metrics",
+        b,
+        &format!("http://{REDIS_ADMIN}/metrics"),
+    )
+    .await;
+    let opened = mesh_testkit::metrics::value(
+        &metrics,
+        r#"mesh_tcp_connections_opened_total{direction="inbound",source="orders",destination="redis"}"#,
+    );
+    assert!(opened.is_some_and(|n| n >= 2.0), "{metrics}");
 }
