@@ -328,7 +328,7 @@ fn open_fds() -> usize {
 }
 
 #[tokio::test]
-async fn a_thousand_short_connections_leave_no_descriptor_behind() {
+async fn a_thousand_short_connections_leave_no_descriptor_or_task_behind() {
     let (app, seen) = tcp::reply_at_eof().await;
     drop(seen);
     let mesh = TestMesh::new();
@@ -351,6 +351,14 @@ async fn a_thousand_short_connections_leave_no_descriptor_behind() {
     };
     let closed_before = eventually("streams to close", PATIENCE, all_closed).await;
     let before = open_fds();
+    // The sidecars, the app and the test share this runtime: every task a connection started
+    // (accept, tunnel, splice, the app's handler) must have ended.
+    let alive_tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let tasks_before = alive_tasks();
     for _ in 0..1000 {
         tokio::time::timeout(PATIENCE, round_trip())
             .await
@@ -362,6 +370,15 @@ async fn a_thousand_short_connections_leave_no_descriptor_behind() {
             Ok(())
         } else {
             Err(format!("{now} open, {before} before"))
+        }
+    })
+    .await;
+    eventually("every task to end", PATIENCE, || async {
+        let now = alive_tasks();
+        if now <= tasks_before {
+            Ok(())
+        } else {
+            Err(format!("{now} tasks alive, {tasks_before} before"))
         }
     })
     .await;
