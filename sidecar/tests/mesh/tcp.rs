@@ -496,3 +496,39 @@ async fn shutdown_closes_the_listener_and_waits_for_open_streams() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_peer_that_never_answers_the_handshake_is_given_up_after_the_connect_timeout() {
+    // A black hole: accepts TCP, never answers the TLS handshake.
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = hole.accept().await {
+            held.push(tcp);
+        }
+    });
+    let mesh = TestMesh::new();
+    let listen = free_port();
+    let orders = mesh
+        .sidecar("orders")
+        .extra_yaml("connect_timeout: 300ms\n")
+        .destination_with_policy("redis", &[addr], &tcp_destination(listen, 6379))
+        .start()
+        .await;
+    wait_for_listener(listen).await;
+
+    // The app's connection is closed with nothing read once the handshake has taken the
+    // connect timeout (the wait above was the first such connection), and each is counted.
+    let reply = tcp::round_trip(listen, b"PING\r\n", PATIENCE).await;
+    assert!(reply.as_deref().map_or(true, <[u8]>::is_empty), "{reply:?}");
+    let series = r#"mesh_tcp_connect_failures_total{destination="redis",reason="connect-timeout"}"#;
+    eventually("two connect timeouts counted", PATIENCE, || async {
+        let text = orders.metrics().await;
+        match metrics::value(&text, series) {
+            Some(n) if n >= 2.0 => Ok(()),
+            other => Err(format!("{series} is {other:?}")),
+        }
+    })
+    .await;
+}
