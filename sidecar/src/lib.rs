@@ -64,6 +64,7 @@ pub mod telemetry;
 mod admin;
 mod app_health;
 mod control;
+mod detect;
 pub mod inbound;
 mod log_limit;
 mod outbound;
@@ -194,16 +195,25 @@ pub async fn run(
         app = %config.app,
         "sidecar serving"
     );
+    let detected_http = outbound::tcp_listen::DetectedHttp {
+        handle: {
+            let outbound = outbound.clone();
+            Arc::new(move |req| Box::pin(outbound.clone().handle(req)))
+        },
+        detect_timeout: config.detect_timeout,
+    };
     let tcp_task = outbound::tcp_listen::spawn(
         tcp_listeners,
         config.service.as_str().into(),
         destinations_rx.clone(),
+        detected_http,
         drain.clone(),
         metrics.clone(),
     );
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,
         move |req| outbound.clone().handle(req),
+        config.detect_timeout,
         drain.clone(),
         metrics.clone(),
     );
