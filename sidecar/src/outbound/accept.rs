@@ -116,3 +116,37 @@ pub(crate) async fn serve_http<I, H, F>(
         ::tracing::debug!(%error, "outbound connection closed with error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::empty;
+    use crate::detect::Outcome;
+    use crate::serve::HEADER_READ_TIMEOUT;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stalls_in_its_headers_is_closed_by_the_header_read_timeout() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: inventory\r\n")
+            .await
+            .unwrap();
+        let (outcome, io) = detect(server, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(outcome, Outcome::Http1);
+        let started = Instant::now();
+        let graceful = GracefulShutdown::new();
+        let answer = |_req| async { Ok::<_, Infallible>(Response::new(empty())) };
+        serve_http(&http_server(), io, answer, graceful.watcher()).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= HEADER_READ_TIMEOUT && waited < HEADER_READ_TIMEOUT * 2,
+            "{waited:?}"
+        );
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(!rest.starts_with(b"HTTP/1.1 200"), "{rest:?}");
+    }
+}
