@@ -176,8 +176,9 @@ pub struct Destination {
     /// Timeouts, retries, circuit breaking and load balancing.
     #[serde(flatten)]
     pub policy: DestinationPolicy,
-    /// HTTP requests through the outbound listener, or TCP streams through a listener of its
-    /// own.
+    /// A listener of its own: every connection tunnelled (`protocol: tcp`), or detected first
+    /// and, when HTTP, served as requests (`http` with `listen`); `None`: HTTP requests through
+    /// the outbound listener only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpDestination>,
 }
