@@ -287,3 +287,20 @@ async fn tls_from_the_app_passes_through_untouched() {
     assert_eq!(&echo, b"hello over tls");
     counted(&orders, "tcp", 2.0).await;
 }
+
+#[tokio::test]
+async fn http_on_a_listen_address_is_retried_by_the_destinations_policy() {
+    let mesh = TestMesh::new();
+    let (app, faults) = app::faulty("backend").await;
+    let listen = free_port();
+    let policy = format!("listen: \"{listen}\"\nretries: {{ attempts: 2 }}");
+    let (_orders, _server) = pair(&mesh, app, "1s", &policy).await;
+    wait_for_listener(listen).await;
+
+    faults.fail_next(1, 503);
+    let rsp = client::get(&format!("http://{listen}/stock"), "localhost").await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(rsp.headers()["x-mesh-attempts"], "2");
+    assert_eq!(rsp.headers()["x-app"], "backend");
+    assert_eq!(faults.requests(), 2);
+}
