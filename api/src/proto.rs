@@ -53,7 +53,8 @@ impl From<&TcpDestination> for v1::TcpDestination {
     fn from(t: &TcpDestination) -> Self {
         Self {
             listen: t.listen.to_string(),
-            port: t.port.into(),
+            port: t.port.map_or(0, u32::from),
+            detect: t.detect,
         }
     }
 }
@@ -66,11 +67,17 @@ impl TryFrom<&v1::TcpDestination> for TcpDestination {
             .listen
             .parse()
             .map_err(|_| invalid("tcp.listen", format!("invalid address {:?}", t.listen)))?;
-        let port = u16::try_from(t.port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| invalid("tcp.port", format!("{} is not a port", t.port)))?;
-        Ok(Self { listen, port })
+        // 0 is "unset": the peer's app port, which only a detecting listener may leave open.
+        let port = match u16::try_from(t.port) {
+            Ok(0) if t.detect => None,
+            Ok(port) if port > 0 => Some(port),
+            _ => return Err(invalid("tcp.port", format!("{} is not a port", t.port))),
+        };
+        Ok(Self {
+            listen,
+            port,
+            detect: t.detect,
+        })
     }
 }
 

@@ -1,6 +1,8 @@
-//! `protocol: tcp` destinations: the local address where a calling app connects, and the port
-//! the destination's app serves on. Validated here so the bootstrap file and the control plane's
-//! service files follow one set of rules.
+//! A destination's local listener: the address where a calling app connects on its own sidecar,
+//! and the port the destination's app serves on. A `protocol: tcp` destination tunnels every
+//! connection there as it is; an `http` destination with `listen` detects each connection's
+//! protocol first. Validated here so the bootstrap file and the control plane's service files
+//! follow one set of rules.
 
 use std::net::SocketAddr;
 
@@ -8,13 +10,20 @@ use serde::Serialize;
 
 use crate::validate::Errors;
 
-/// How a calling app reaches a `protocol: tcp` destination.
+/// How a calling app reaches a destination through a listener of its own.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct TcpDestination {
     /// Where the caller's sidecar listens for its app's connections to the destination.
     pub listen: SocketAddr,
-    /// The port the destination's app serves on, named in each tunnel's `:authority`.
-    pub port: u16,
+    /// The port the destination's app serves on, named in each tunnel's `:authority`; `None`
+    /// (an `http` destination without `port`): the port of the app behind each peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Whether each connection's protocol is detected first: HTTP is served as requests to
+    /// the destination, anything else tunnelled. Set for `http` destinations, never for `tcp`
+    /// ones, whose server may speak first.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub detect: bool,
 }
 
 /// The fields of a destination (or service file) that decide whether it is TCP.
@@ -34,10 +43,11 @@ pub struct TcpFields<'a> {
     pub timeout: bool,
 }
 
-/// The TCP side of a destination at `path` (empty for a service file's top level): `None` for
-/// an HTTP one. `protocol: tcp` needs `listen` and `port`, and takes neither routes, retries nor
-/// a timeout: a stream's bytes are not matched by path, cannot be replayed, and last as long as
-/// the app wants.
+/// The listener of a destination at `path` (empty for a service file's top level): `None`
+/// without `listen`. `protocol: tcp` needs `listen` and `port`, and takes neither routes,
+/// retries nor a timeout: a stream's bytes are not matched by path, cannot be replayed, and last
+/// as long as the app wants. An `http` destination may have `listen` (then `port` is optional)
+/// and keeps its routes, retries and timeout for the HTTP detected there.
 pub fn validate(fields: &TcpFields<'_>, path: &str, errors: &mut Errors) -> Option<TcpDestination> {
     let at = |field: &str| {
         if path.is_empty() {
@@ -48,15 +58,23 @@ pub fn validate(fields: &TcpFields<'_>, path: &str, errors: &mut Errors) -> Opti
     };
     match fields.protocol {
         None | Some("http") => {
-            for (field, set) in [
-                ("listen", fields.listen.is_some()),
-                ("port", fields.port.is_some()),
-            ] {
-                if set {
-                    errors.push(at(field), "only a protocol: tcp destination takes it");
+            let Some(listen) = fields.listen else {
+                if fields.port.is_some() {
+                    errors.push(
+                        at("port"),
+                        "only a destination with listen takes it: connections there that are \
+                         not HTTP go to this port",
+                    );
                 }
-            }
-            return None;
+                return None;
+            };
+            let listen = listen_addr(listen, &at, errors);
+            let port = app_port(fields.port, &at, errors);
+            return Some(TcpDestination {
+                listen: listen?,
+                port: port.ok()?,
+                detect: true,
+            });
         }
         Some("tcp") => {}
         Some(other) => {
@@ -93,20 +111,7 @@ pub fn validate(fields: &TcpFields<'_>, path: &str, errors: &mut Errors) -> Opti
         }
     }
     let listen = match fields.listen {
-        Some(value) => match value.parse::<SocketAddr>() {
-            Ok(addr) if addr.port() == 0 => {
-                errors.push(
-                    at("listen"),
-                    "needs a port of its own: the app connects to it",
-                );
-                None
-            }
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                errors.push(at("listen"), format!("invalid socket address {value:?}"));
-                None
-            }
-        },
+        Some(value) => listen_addr(value, &at, errors),
         None => {
             errors.push(
                 at("listen"),
@@ -117,11 +122,6 @@ pub fn validate(fields: &TcpFields<'_>, path: &str, errors: &mut Errors) -> Opti
         }
     };
     let port = match fields.port {
-        Some(0) => {
-            errors.push(at("port"), "must be a port number between 1 and 65535");
-            None
-        }
-        Some(port) => Some(port),
         None => {
             errors.push(
                 at("port"),
@@ -129,11 +129,50 @@ pub fn validate(fields: &TcpFields<'_>, path: &str, errors: &mut Errors) -> Opti
             );
             None
         }
+        port => app_port(port, &at, errors).ok().flatten(),
     };
     Some(TcpDestination {
         listen: listen?,
-        port: port?,
+        port: Some(port?),
+        detect: false,
     })
+}
+
+/// `listen`: an address with a port of its own.
+fn listen_addr(
+    value: &str,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Option<SocketAddr> {
+    match value.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => {
+            errors.push(
+                at("listen"),
+                "needs a port of its own: the app connects to it",
+            );
+            None
+        }
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.push(at("listen"), format!("invalid socket address {value:?}"));
+            None
+        }
+    }
+}
+
+/// `port`, when set: a port number; `Err` when it is not one.
+fn app_port(
+    port: Option<u16>,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Result<Option<u16>, ()> {
+    match port {
+        Some(0) => {
+            errors.push(at("port"), "must be a port number between 1 and 65535");
+            Err(())
+        }
+        port => Ok(port),
+    }
 }
 
 #[cfg(test)]
@@ -164,7 +203,41 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         let tcp = tcp.unwrap();
         assert_eq!(tcp.listen.to_string(), "127.0.0.1:6380");
-        assert_eq!(tcp.port, 6379);
+        assert_eq!(tcp.port, Some(6379));
+        assert!(!tcp.detect);
+    }
+
+    #[test]
+    fn an_http_destination_may_listen_and_then_detects() {
+        let (tcp, errors) = check(&TcpFields {
+            listen: Some("127.0.0.1:8090"),
+            routes: true,
+            retries: true,
+            timeout: true,
+            ..TcpFields::default()
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let tcp = tcp.unwrap();
+        assert!(tcp.detect);
+        assert_eq!(tcp.port, None);
+        let (tcp, errors) = check(&TcpFields {
+            protocol: Some("http"),
+            listen: Some("127.0.0.1:8090"),
+            port: Some(8080),
+            ..TcpFields::default()
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(tcp.unwrap().port, Some(8080));
+        let (_, errors) = check(&TcpFields {
+            listen: Some("127.0.0.1:0"),
+            port: Some(0),
+            ..TcpFields::default()
+        });
+        let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["destinations.redis.listen", "destinations.redis.port"]
+        );
     }
 
     #[test]
@@ -208,11 +281,14 @@ mod tests {
         });
         assert_eq!(errors[0].0, "destinations.redis.protocol");
         let (_, errors) = check(&TcpFields {
-            listen: Some("127.0.0.1:6380"),
+            port: Some(6379),
             ..TcpFields::default()
         });
-        assert_eq!(errors[0].0, "destinations.redis.listen");
-        assert!(errors[0].1.contains("only a protocol: tcp"), "{errors:?}");
+        assert_eq!(errors[0].0, "destinations.redis.port");
+        assert!(
+            errors[0].1.contains("only a destination with listen"),
+            "{errors:?}"
+        );
         let (_, errors) = check(&TcpFields {
             protocol: Some("tcp"),
             listen: Some("127.0.0.1:0"),

@@ -26,6 +26,10 @@
 //! protocol: tcp                   # default http
 //! listen: 127.0.0.1:6380          # where each caller's app connects, on its own sidecar
 //! port: 6379                      # the port redis serves on, behind its sidecar
+//!
+//! # an http service may have a listener too: each connection there is detected, HTTP served
+//! # as requests to it, anything else tunnelled to its app's port (`port` is optional)
+//! listen: 127.0.0.1:8090
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -970,3 +970,63 @@ async fn a_tcp_service_is_tunnelled_and_its_listener_moves_with_the_config() {
     .await;
     cp.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_http_service_with_a_listener_serves_http_there_and_tunnels_the_rest() {
+    let listen = free_port();
+    let (cluster, cp) = Cluster::start(
+        "1h",
+        &[
+            ("orders", "name: orders\ncalls: [inventory]\n"),
+            (
+                "inventory",
+                &format!("name: inventory\nlisten: \"{listen}\"\ntimeout: 2s\n"),
+            ),
+        ],
+    )
+    .await;
+    let _inventory = cluster
+        .sidecar("inventory", app::echo("inventory").await, "")
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+
+    // HTTP at the listener is a request to inventory, whatever host the app named.
+    let seen = eventually("HTTP through inventory's listener", PATIENCE, || async {
+        let url = format!("http://{listen}/stock");
+        let rsp = client::http1()
+            .request(
+                http::Request::get(&url)
+                    .header("host", "localhost")
+                    .body(Default::default())
+                    .unwrap(),
+            )
+            .await
+            .ok()?;
+        (rsp.status() == StatusCode::OK).then_some(rsp)
+    })
+    .await;
+    let seen = client::json(seen).await;
+    assert_eq!(seen["service"], "inventory", "{seen}");
+    assert_eq!(seen["headers"]["host"][0], "inventory", "{seen}");
+
+    // Anything else is tunnelled to inventory's app port, which no file named: the echo app's
+    // HTTP server gets the line as it was sent, and refuses it.
+    let reply = tcp::round_trip(listen, b"*1\r\n$4\r\nPING\r\n", PATIENCE)
+        .await
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+
+    let shown = &snapshot(&orders).await["destinations"]["inventory"]["tcp"];
+    assert_eq!(shown["listen"], listen.to_string(), "{shown}");
+    assert_eq!(shown["detect"], true, "{shown}");
+    assert!(shown.get("port").is_none(), "{shown}");
+    let text = orders.metrics().await;
+    let tcp = r#"mesh_protocol_detections_total{outcome="tcp"}"#;
+    assert_eq!(metrics::value(&text, tcp), Some(1.0), "{text}");
+    let tunnelled = r#"mesh_tcp_connections_opened_total{direction="outbound",source="orders",destination="inventory"}"#;
+    assert_eq!(metrics::value(&text, tunnelled), Some(1.0), "{text}");
+    cp.stop().await.unwrap();
+}

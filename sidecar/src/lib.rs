@@ -12,7 +12,7 @@
 //! # The request path, one file per step
 //! ```text
 //! app --HTTP/1.1 or h2--> outbound listener
-//!    1  serve.rs, outbound/accept    accept; HTTP/1.1 or HTTP/2 detected
+//!    1  serve.rs, outbound/accept    accept; HTTP/1.1 or HTTP/2 detected (detect.rs)
 //!    2  outbound/destination         Host / :authority -> service name
 //!    3  outbound/policy              the destination's stack, or its matching route's
 //!    4  outbound/balance             traffic split: a backend (version) by weight
@@ -33,7 +33,9 @@
 //! A `protocol: tcp` destination has a listener of its own (`outbound/tcp_listen`); each
 //! connection there (`outbound/tunnel`) is one HTTP/2 CONNECT stream on the endpoint's pooled
 //! connection (steps 6 to 8), identified and authorized as a request (9, 10), then joined to
-//! the app's port (`inbound/tunnel`); the bytes are copied both ways by `splice.rs`.
+//! the app's port (`inbound/tunnel`); the bytes are copied both ways by `splice.rs`. An `http`
+//! destination may have a listener too: there, and on the outbound listener, `detect.rs` reads
+//! each connection's first bytes to tell HTTP/1.x and HTTP/2 from opaque TCP.
 //!
 //! `outbound/mod.rs` and `inbound/mod.rs` are the handlers that string the steps together;
 //! both record each request the same way through `proxy_request.rs` (span, failure rescued
@@ -64,6 +66,7 @@ pub mod telemetry;
 mod admin;
 mod app_health;
 mod control;
+mod detect;
 pub mod inbound;
 mod log_limit;
 mod outbound;
@@ -194,16 +197,25 @@ pub async fn run(
         app = %config.app,
         "sidecar serving"
     );
+    let detected_http = outbound::tcp_listen::DetectedHttp {
+        handle: {
+            let outbound = outbound.clone();
+            Arc::new(move |req| Box::pin(outbound.clone().handle(req)))
+        },
+        detect_timeout: config.detect_timeout,
+    };
     let tcp_task = outbound::tcp_listen::spawn(
         tcp_listeners,
         config.service.as_str().into(),
         destinations_rx.clone(),
+        detected_http,
         drain.clone(),
         metrics.clone(),
     );
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,
         move |req| outbound.clone().handle(req),
+        config.detect_timeout,
         drain.clone(),
         metrics.clone(),
     );

@@ -64,12 +64,18 @@ impl Listeners {
     }
 }
 
+/// How long an HTTP/1.1 client may take to send a request's headers (hyper's default, written
+/// out): one that stalls after its first bytes is then closed.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The HTTP/1.1 + HTTP/2 server of the outbound and inbound listeners. The timer drives
 /// HTTP/1.1's header-read timeout (a client that never finishes its headers is dropped) and
 /// HTTP/2 keep-alive pings.
 pub(crate) fn http_server() -> auto::Builder<TokioExecutor> {
     let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1().timer(TokioTimer::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     http.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(20)));

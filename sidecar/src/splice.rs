@@ -29,9 +29,27 @@ pub(crate) enum TcpSide {
     Destination,
 }
 
+/// A TCP connection as the splice reads it: the socket itself, or the socket behind the bytes
+/// protocol detection already read from it.
+pub(crate) trait TcpConnection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket, to reset it.
+    fn socket(&self) -> &TcpStream;
+}
+
+impl TcpConnection for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
 /// Copies between `tcp` and `tunnel` until both directions end, counting bytes as they pass.
 /// The stream counts as closed when this ends, or when it is dropped (a drain cut it short).
-pub(crate) async fn splice(tcp: TcpStream, tunnel: Upgraded, side: TcpSide, metrics: TcpMetrics) {
+pub(crate) async fn splice<T: TcpConnection>(
+    tcp: T,
+    tunnel: Upgraded,
+    side: TcpSide,
+    metrics: TcpMetrics,
+) {
     let (tcp_reads, tunnel_reads) = match side {
         TcpSide::Source => (metrics.sent.clone(), metrics.received.clone()),
         TcpSide::Destination => (metrics.received.clone(), metrics.sent.clone()),
@@ -48,7 +66,7 @@ pub(crate) async fn splice(tcp: TcpStream, tunnel: Upgraded, side: TcpSide, metr
     if let Err(error) = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await {
         // Reset rather than close, so the app sees the abort as one; the tunnel's stream ends
         // when it drops.
-        let _ = tcp.inner.set_zero_linger();
+        let _ = tcp.inner.socket().set_zero_linger();
         tracing::debug!(%error, "TCP stream aborted");
     }
 }

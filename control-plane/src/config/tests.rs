@@ -264,7 +264,7 @@ fn a_tcp_service_carries_its_listener_and_port_and_refuses_http_only_fields() {
     .unwrap();
     let tcp = config.services["cache"].tcp.unwrap();
     assert_eq!(tcp.listen.to_string(), "127.0.0.1:6380");
-    assert_eq!(tcp.port, 6379);
+    assert_eq!(tcp.port, Some(6379));
 
     let errors = errors(
         mesh,
@@ -296,6 +296,29 @@ fn a_tcp_service_carries_its_listener_and_port_and_refuses_http_only_fields() {
         errors
             .iter()
             .any(|e| e.contains("listen") && e.contains("already the listen address")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_http_service_may_have_a_listener_whose_port_is_optional() {
+    let mesh = "trust_domain: mesh.local\n";
+    let config = parse(&files(
+        mesh,
+        &[(
+            "inventory",
+            "name: inventory\nlisten: 127.0.0.1:8090\nretries: { attempts: 2 }\n",
+        )],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let listener = config.services["inventory"].tcp.unwrap();
+    assert!(listener.detect);
+    assert_eq!(listener.port, None);
+    let errors = errors(mesh, &[("inventory", "name: inventory\nport: 8080\n")]);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("port") && e.contains("only a destination with listen")),
         "{errors:?}"
     );
 }

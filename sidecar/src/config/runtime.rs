@@ -22,6 +22,7 @@ pub const DEFAULT_INBOUND: &str = "127.0.0.1:15006";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The validated configuration of one sidecar.
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +53,10 @@ pub struct Config {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(serialize_with = "human_duration")]
     pub drain_timeout: Duration,
+    /// How long a connection from the app may stay silent before it is taken for opaque TCP
+    /// (on a detecting listener) or closed (on the outbound listener).
+    #[serde(serialize_with = "human_duration")]
+    pub detect_timeout: Duration,
     /// Span export and sampling.
     pub tracing: TracingConfig,
     /// Whether to write one JSON line per request to standard output.
@@ -171,8 +176,9 @@ pub struct Destination {
     /// Timeouts, retries, circuit breaking and load balancing.
     #[serde(flatten)]
     pub policy: DestinationPolicy,
-    /// HTTP requests through the outbound listener, or TCP streams through a listener of its
-    /// own.
+    /// A listener of its own: every connection tunnelled (`protocol: tcp`), or detected first
+    /// and, when HTTP, served as requests (`http` with `listen`); `None`: HTTP requests through
+    /// the outbound listener only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpDestination>,
 }

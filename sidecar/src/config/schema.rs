@@ -31,6 +31,8 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) drain_timeout: Option<String>,
     #[serde(default)]
+    pub(super) detect_timeout: Option<String>,
+    #[serde(default)]
     pub(super) tracing: TracingFile,
     #[serde(default)]
     pub(super) access_log: bool,

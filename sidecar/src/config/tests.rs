@@ -532,7 +532,7 @@ fn a_tcp_destination_listens_locally_and_its_errors_name_the_field() {
     .unwrap();
     let redis = config.destinations["redis"].tcp.unwrap();
     assert_eq!(redis.listen.to_string(), "127.0.0.1:6380");
-    assert_eq!(redis.port, 6379);
+    assert_eq!(redis.port, Some(6379));
 
     let base = GOOD.split("destinations:").next().unwrap();
     let found = paths(&format!(
@@ -555,4 +555,29 @@ fn a_tcp_destination_listens_locally_and_its_errors_name_the_field() {
         "{base}{tcp}    listen: 127.0.0.1:6380\n    port: 6379\n  cache:\n    endpoints: [127.0.0.1:19007]\n    protocol: tcp\n    listen: 127.0.0.1:6380\n    port: 11211\n"
     );
     assert_eq!(paths(&two), ["destinations.redis.listen"]);
+}
+
+#[test]
+fn an_http_destination_may_listen_and_detect_timeout_is_checked() {
+    let base = GOOD.split("destinations:").next().unwrap();
+    let http = "destinations:\n  inventory:\n    endpoints: [127.0.0.1:19006]\n    listen: 127.0.0.1:8090\n    retries: { attempts: 2 }\n";
+    let config = Config::from_yaml(
+        &format!("{base}detect_timeout: 300ms\n{http}"),
+        Path::new("/base"),
+    )
+    .unwrap();
+    let listener = config.destinations["inventory"].tcp.unwrap();
+    assert!(listener.detect);
+    assert_eq!(listener.port, None);
+    assert_eq!(config.detect_timeout, Duration::from_millis(300));
+    assert_eq!(
+        Config::from_yaml(GOOD, Path::new("/base"))
+            .unwrap()
+            .detect_timeout,
+        Duration::from_secs(1)
+    );
+    for bad in ["0s", "2m", "soon"] {
+        let errors = errors(&format!("{base}detect_timeout: {bad}\n{http}"));
+        assert_eq!(errors[0].path, "detect_timeout", "{bad}: {errors:?}");
+    }
 }

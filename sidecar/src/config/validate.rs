@@ -13,8 +13,8 @@ use mesh_api::validate::{Errors, check_label, duration};
 
 use super::runtime::{
     Advertise, AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination, ListenAddrs,
-    TcpDestination, TlsPaths,
+    DEFAULT_DETECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination,
+    ListenAddrs, TcpDestination, TlsPaths,
 };
 use super::schema::{AppHealthFile, DestinationFile, File, TracingFile};
 use crate::identity::SpiffeId;
@@ -173,6 +173,18 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         file.drain_timeout,
         DEFAULT_DRAIN_TIMEOUT,
     );
+    let detect_timeout = duration(
+        errors,
+        "detect_timeout",
+        file.detect_timeout,
+        DEFAULT_DETECT_TIMEOUT,
+    );
+    if detect_timeout > MAX_DETECT_TIMEOUT {
+        errors.push(
+            "detect_timeout",
+            "must be at most 60s: a client that speaks only after the server waits this long",
+        );
+    }
     let tracing = tracing_config(file.tracing, errors);
     let app_health = file.app_health.map(|f| app_health_config(f, errors));
     let authorization =
@@ -194,8 +206,12 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         destinations,
         connect_timeout,
         drain_timeout,
+        detect_timeout,
     })
 }
+
+/// A client that sends nothing is held this long at most before it is decided on.
+const MAX_DETECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The TCP side of a destination, by the rules the control plane also applies, and a listen
 /// address that is none of the sidecar's own.

@@ -39,7 +39,10 @@ impl AppTunnels {
         metrics: TcpMetrics,
     ) -> Result<Response<Body>, BoxError> {
         let authority = req.uri().authority();
-        if authority.and_then(|a| a.port_u16()) != Some(self.app.port()) {
+        // No port: the caller's destination leaves the port to each peer (an `http`
+        // destination's listener), which is the app's.
+        let port = authority.map(|a| a.port_u16().unwrap_or(self.app.port()));
+        if port != Some(self.app.port()) {
             return Err(TunnelPortRefused {
                 authority: authority.map(|a| a.to_string()).unwrap_or_default(),
                 app_port: self.app.port(),

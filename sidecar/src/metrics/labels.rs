@@ -127,6 +127,13 @@ pub struct TcpLabels {
     pub destination: Label,
 }
 
+/// Labels of the protocol detection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct DetectionLabels {
+    /// `http1`, `h2`, `tcp` or `timeout`.
+    pub(super) outcome: &'static str,
+}
+
 /// Labels of the counter of TCP connections that could not be tunnelled.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpFailureLabels {

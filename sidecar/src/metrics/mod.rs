@@ -35,6 +35,10 @@
 //! - `tcp_connect_failures_total{destination, reason}`: outbound, app connections that could
 //!   not be tunnelled, by the reason of `x-mesh-error` (the peer's, or this sidecar's).
 //!
+//! Protocol detection: `protocol_detections_total{outcome}`, connections from the app by what
+//! their first bytes were: `http1`, `h2`, `tcp` (anything else, a TLS ClientHello included) or
+//! `timeout` (nothing decisive within `detect_timeout`). Four values, so the label is bounded.
+//!
 //! Authorization: `authorization_denied_total{source}`, inbound requests and tunnels refused.
 //!
 //! Control plane and identity:
@@ -71,7 +75,7 @@ pub use self::labels::{
     RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels, SourceLabels,
     SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
-use self::labels::{ResultLabels, status_class};
+use self::labels::{DetectionLabels, ResultLabels, status_class};
 
 /// Pre-resolved series of one destination.
 #[derive(Clone, Debug)]
@@ -159,6 +163,7 @@ pub struct Metrics {
     span_export: crate::telemetry::export::ExportMetrics,
     denied: Family<SourceLabels, Counter>,
     tcp: TcpFamilies,
+    detections: Family<DetectionLabels, Counter>,
     /// Control-plane and certificate state.
     pub control: ControlMetrics,
     /// 1 while the app answers its health probe (always 1 without `app_health`).
@@ -362,6 +367,13 @@ impl Metrics {
             "Time from opening a TCP stream to closing it",
             tcp.duration.clone(),
         );
+        let detections = Family::default();
+        registry.register(
+            "protocol_detections",
+            "Connections from the app whose protocol was detected, by outcome: http1, h2, tcp \
+             (anything else, TLS included), timeout (nothing sent within detect_timeout)",
+            detections.clone(),
+        );
         let snapshots = Family::<ResultLabels, Counter>::default();
         let renewals = Family::<ResultLabels, Counter>::default();
         let control = ControlMetrics {
@@ -409,6 +421,7 @@ impl Metrics {
             span_export,
             denied,
             tcp,
+            detections,
             retries,
             budget_exhausted,
             timeouts,
@@ -442,6 +455,13 @@ impl Metrics {
             received: self.tcp.received.get_or_create_owned(&labels),
             duration: self.tcp.duration.get_or_create_owned(&labels),
         }
+    }
+
+    /// Counts a connection from the app whose first bytes were looked at, by `outcome`.
+    pub fn protocol_detected(&self, outcome: &'static str) {
+        self.detections
+            .get_or_create(&DetectionLabels { outcome })
+            .inc();
     }
 
     /// Counts an app connection to a `tcp` destination that could not be tunnelled.

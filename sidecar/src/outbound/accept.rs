@@ -1,10 +1,15 @@
-//! Step 1 on the outbound listener: each connection from the local app is served as HTTP/1.1
-//! or HTTP/2 (detected from its first bytes), every request handed to the outbound handler
-//! (`Outbound::handle`, passed in so this module needs nothing from the one above it).
+//! Step 1 on the outbound listener: the protocol of each connection from the local app is
+//! detected (`detect.rs`); HTTP/1.1 and HTTP/2 are served, every request handed to the outbound
+//! handler (`Outbound::handle`, passed in so this module needs nothing from the one above it).
+//! A connection that is not HTTP, or says nothing within `detect_timeout`, names no destination
+//! and is closed.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -12,17 +17,28 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::body::Body;
+use crate::detect::{Protocol, detect};
 use crate::metrics::{Direction, Metrics};
 use crate::serve::{self, Drain, http_server};
+
+/// The outbound handler behind a pointer, for the listeners of destinations, which hold it
+/// beside other state.
+pub(crate) type Handler = Arc<dyn Fn(Request<Incoming>) -> HandlerFuture + Send + Sync>;
+
+/// What [`Handler`] returns.
+pub(crate) type HandlerFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// Serves the outbound listener until `drain`, then drains its connections.
 pub(crate) fn spawn<H, F>(
     listener: TcpListener,
     handle: H,
+    detect_timeout: Duration,
     drain: Drain,
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()>
@@ -30,34 +46,107 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let http = http_server();
+    let http = Arc::new(http_server());
     tokio::spawn(serve::serve(
         Direction::Outbound,
         listener,
         drain,
-        metrics,
-        move |tcp, _peer, watcher| connection(&http, handle.clone(), tcp, watcher),
+        metrics.clone(),
+        move |tcp, peer, watcher| {
+            connection(
+                http.clone(),
+                handle.clone(),
+                (tcp, peer),
+                watcher,
+                detect_timeout,
+                metrics.clone(),
+            )
+        },
     ))
 }
 
-/// Serves one connection from the local app: HTTP/1.1 or HTTP/2, each request proxied.
-fn connection<H, F>(
-    http: &auto::Builder<TokioExecutor>,
+/// Serves one connection from the local app: HTTP/1.1 or HTTP/2, each request proxied;
+/// anything else is closed.
+async fn connection<H, F>(
+    http: Arc<auto::Builder<TokioExecutor>>,
     handle: H,
-    tcp: TcpStream,
+    (tcp, peer): (TcpStream, SocketAddr),
     watcher: Watcher,
-) -> impl Future<Output = ()> + Send + use<H, F>
-where
+    detect_timeout: Duration,
+    metrics: Arc<Metrics>,
+) where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let (outcome, io) = match detect(tcp, detect_timeout).await {
+        Ok(detected) => detected,
+        Err(error) => {
+            ::tracing::debug!(%peer, %error, "outbound connection failed before it spoke");
+            return;
+        }
+    };
+    metrics.protocol_detected(outcome.as_str());
+    if outcome.protocol() == Protocol::Tcp {
+        ::tracing::debug!(
+            %peer,
+            outcome = outcome.as_str(),
+            "outbound connection closed: this listener serves HTTP, and a connection that is \
+             not HTTP names no destination (give the destination a listen address)"
+        );
+        return;
+    }
+    serve_http(&http, io, handle, watcher).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on `io` until it closes, every request to `handle`.
+pub(crate) async fn serve_http<I, H, F>(
+    http: &auto::Builder<TokioExecutor>,
+    io: I,
+    handle: H,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let conn = http
-        .serve_connection(TokioIo::new(tcp), service_fn(handle))
+        .serve_connection(TokioIo::new(io), service_fn(handle))
         .into_owned();
-    let conn = watcher.watch(conn);
-    async move {
-        if let Err(error) = conn.await {
-            ::tracing::debug!(%error, "outbound connection closed with error");
-        }
+    if let Err(error) = watcher.watch(conn).await {
+        ::tracing::debug!(%error, "outbound connection closed with error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::empty;
+    use crate::detect::Outcome;
+    use crate::serve::HEADER_READ_TIMEOUT;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stalls_in_its_headers_is_closed_by_the_header_read_timeout() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: inventory\r\n")
+            .await
+            .unwrap();
+        let (outcome, io) = detect(server, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(outcome, Outcome::Http1);
+        let started = Instant::now();
+        let graceful = GracefulShutdown::new();
+        let answer = |_req| async { Ok::<_, Infallible>(Response::new(empty())) };
+        serve_http(&http_server(), io, answer, graceful.watcher()).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= HEADER_READ_TIMEOUT && waited < HEADER_READ_TIMEOUT * 2,
+            "{waited:?}"
+        );
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(!rest.starts_with(b"HTTP/1.1 200"), "{rest:?}");
     }
 }

@@ -46,7 +46,7 @@ pub(crate) struct DestinationSpec {
     pub(crate) policy: DestinationPolicy,
     /// Its endpoints, in one backend, or one per version under a traffic split.
     pub(crate) backends: Vec<BackendSpec>,
-    /// For a `protocol: tcp` destination, its listener and its app's port.
+    /// For a destination with a listener of its own, the listener and its app's port.
     pub(crate) tcp: Option<TcpDestination>,
 }
 
@@ -156,11 +156,12 @@ impl Destinations {
         self.by_name.get(name).cloned()
     }
 
-    /// The `protocol: tcp` destinations, by name.
-    pub(crate) fn tcp(&self) -> impl Iterator<Item = (&str, TcpDestination)> {
+    /// The destinations with a listener of their own (`protocol: tcp`, or `http` with
+    /// `listen`), by name.
+    pub(crate) fn listeners(&self) -> impl Iterator<Item = (&str, TcpDestination)> {
         self.by_name
             .iter()
-            .filter_map(|(name, stack)| Some((name.as_str(), stack.tcp()?)))
+            .filter_map(|(name, stack)| Some((name.as_str(), stack.listener()?)))
     }
 
     /// Endpoints ejected right now, as `destination/address`.
@@ -184,8 +185,14 @@ impl Destinations {
 // === impl DestinationStack ===
 
 impl DestinationStack {
-    /// For a `protocol: tcp` destination, its listener and its app's port.
+    /// For a `protocol: tcp` destination, its listener and its app's port; `None` for an
+    /// HTTP destination, with or without a listener.
     pub(crate) fn tcp(&self) -> Option<TcpDestination> {
+        self.spec.tcp.filter(|tcp| !tcp.detect)
+    }
+
+    /// The destination's own listener, whether it detects or only tunnels.
+    pub(crate) fn listener(&self) -> Option<TcpDestination> {
         self.spec.tcp
     }
 

@@ -1,8 +1,13 @@
-//! The listeners of `protocol: tcp` destinations, one per destination (the way Consul's
-//! explicit upstreams work), following the destination table: when the bootstrap file or a
-//! snapshot adds, moves or removes a `listen` address, the new one opens and the old one stops
-//! accepting. Streams already open on a closed listener carry on. Each accepted connection is
-//! handed to [`super::tunnel`].
+//! The listeners of destinations with a `listen` address, one per destination (the way
+//! Consul's explicit upstreams work), following the destination table: when the bootstrap file
+//! or a snapshot adds, moves or removes a `listen` address, the new one opens and the old one
+//! stops accepting. Streams already open on a closed listener carry on.
+//!
+//! A connection to a `protocol: tcp` destination is handed to [`super::tunnel`] at once, no
+//! byte read (its server may speak first). On an `http` destination's listener the protocol is
+//! detected first (`detect.rs`): HTTP is served by the outbound handler as requests to the
+//! destination (`Host: <destination>`, so its routes, retries and timeouts apply), anything
+//! else, or a client silent for `detect_timeout`, is tunnelled like a `tcp` destination's.
 //!
 //! On shutdown the listeners close with the others, and the streams still open get the same
 //! `drain_timeout` as HTTP requests to finish; whatever is left then is cut.
@@ -10,16 +15,26 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use http::header::HOST;
+use http::{HeaderValue, Request, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::detect::{Protocol, Rewind, detect};
 use crate::metrics::{Direction, Label, Metrics};
-use crate::serve::{self, Drain};
+use crate::serve::{self, Drain, http_server};
+use crate::splice::TcpConnection;
 
+use super::accept::{Handler, serve_http};
 use super::policy::Destinations;
 use super::tunnel::Tunnels;
 
@@ -39,6 +54,7 @@ pub(crate) type Bound = (String, SocketAddr, TcpListener);
 pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, TcpListenError> {
     let mut listeners = Vec::new();
     for (name, dest) in &config.destinations {
+        // `tcp` destinations, and `http` ones with `listen`.
         let Some(tcp) = dest.tcp else { continue };
         let listener = TcpListener::bind(tcp.listen)
             .await
@@ -52,14 +68,22 @@ pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, TcpListenError> 
     Ok(listeners)
 }
 
-/// Serves the listeners of the `tcp` destinations until `drain`: `bound` first (the bootstrap
-/// file's, bound before the sidecar started serving), then, as the destination table changes,
-/// a new `listen` address is bound and one no longer in the table stops accepting. Streams
-/// already open on a closed listener carry on.
+/// What the listeners hand detected HTTP to, and how long they wait for a client to speak.
+pub(crate) struct DetectedHttp {
+    /// The outbound handler.
+    pub(crate) handle: Handler,
+    pub(crate) detect_timeout: Duration,
+}
+
+/// Serves the listeners of destinations with `listen` until `drain`: `bound` first (the
+/// bootstrap file's, bound before the sidecar started serving), then, as the destination table
+/// changes, a new `listen` address is bound and one no longer in the table stops accepting.
+/// Streams already open on a closed listener carry on.
 pub(crate) fn spawn(
     bound: Vec<Bound>,
     source: Label,
     mut destinations: watch::Receiver<Arc<Destinations>>,
+    http: DetectedHttp,
     drain: Drain,
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()> {
@@ -71,6 +95,8 @@ pub(crate) fn spawn(
             cut: CancellationToken::new(),
             source,
             destinations: destinations.clone(),
+            http: Arc::new(http),
+            server: Arc::new(http_server()),
             drain: drain.clone(),
             metrics,
         };
@@ -80,7 +106,7 @@ pub(crate) fn spawn(
         loop {
             let wanted: Vec<(String, SocketAddr)> = destinations
                 .borrow_and_update()
-                .tcp()
+                .listeners()
                 .map(|(name, tcp)| (name.to_owned(), tcp.listen))
                 .collect();
             listeners.reconcile(wanted).await;
@@ -107,6 +133,9 @@ struct Listeners {
     cut: CancellationToken,
     source: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
+    http: Arc<DetectedHttp>,
+    /// The HTTP server of detected HTTP.
+    server: Arc<auto::Builder<TokioExecutor>>,
     drain: Drain,
     metrics: Arc<Metrics>,
 }
@@ -169,12 +198,22 @@ impl Listeners {
 
     fn start(&mut self, destination: String, addr: SocketAddr, listener: TcpListener) {
         let stop = self.drain.token.child_token();
-        let tunnels = Arc::new(Tunnels::new(
-            destination.clone(),
-            self.source.clone(),
-            self.destinations.clone(),
-            self.metrics.clone(),
-        ));
+        let accepted = Arc::new(Accepted {
+            tunnels: Arc::new(Tunnels::new(
+                destination.clone(),
+                self.source.clone(),
+                self.destinations.clone(),
+                self.metrics.clone(),
+            )),
+            authority: HeaderValue::from_str(&destination).ok(),
+            destination: destination.clone(),
+            destinations: self.destinations.clone(),
+            http: self.http.clone(),
+            server: self.server.clone(),
+            streams: self.streams.clone(),
+            cut: self.cut.clone(),
+            metrics: self.metrics.clone(),
+        });
         let drain = Drain {
             token: stop.clone(),
             timeout: self.drain.timeout,
@@ -184,21 +223,7 @@ impl Listeners {
             listener,
             drain,
             self.metrics.clone(),
-            {
-                let (streams, cut) = (self.streams.clone(), self.cut.clone());
-                move |tcp, peer, _watcher| {
-                    let open = OpenStream::new(&streams);
-                    let forward = tunnels.clone().forward(tcp, peer);
-                    let cut = cut.clone();
-                    async move {
-                        tokio::select! {
-                            () = forward => {}
-                            () = cut.cancelled() => {}
-                        }
-                        drop(open);
-                    }
-                }
-            },
+            move |tcp, peer, watcher| accepted.clone().serve(tcp, peer, watcher),
         ));
         tracing::info!(%destination, listen = %addr, "tcp listener open");
         self.running
@@ -228,5 +253,110 @@ impl Listeners {
             tracing::warn!(?drain_timeout, "drain time is up; cutting tcp streams");
             self.cut.cancel();
         }
+    }
+}
+
+/// What each connection on one destination's listener needs.
+struct Accepted {
+    destination: String,
+    /// `Host` of the HTTP detected here: the destination's name.
+    authority: Option<HeaderValue>,
+    tunnels: Arc<Tunnels>,
+    destinations: watch::Receiver<Arc<Destinations>>,
+    http: Arc<DetectedHttp>,
+    server: Arc<auto::Builder<TokioExecutor>>,
+    streams: Arc<watch::Sender<usize>>,
+    cut: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+// === impl Accepted ===
+
+impl Accepted {
+    /// One connection: tunnelled at once to a `tcp` destination; detected, then served as
+    /// HTTP or tunnelled, on an `http` one's listener.
+    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let detects = self
+            .destinations
+            .borrow()
+            .get(&self.destination)
+            .and_then(|stack| stack.listener())
+            .is_some_and(|listener| listener.detect);
+        if !detects {
+            return self.tunnel(tcp, peer).await;
+        }
+        let (outcome, io) = match detect(tcp, self.http.detect_timeout).await {
+            Ok(detected) => detected,
+            Err(error) => {
+                tracing::debug!(destination = %self.destination, %peer, %error,
+                    "connection failed before it spoke");
+                return;
+            }
+        };
+        self.metrics.protocol_detected(outcome.as_str());
+        if outcome.protocol() == Protocol::Tcp {
+            tracing::debug!(destination = %self.destination, %peer, outcome = outcome.as_str(),
+                "not HTTP: tunnelled as TCP");
+            return self.tunnel(io, peer).await;
+        }
+        self.serve_http(io, watcher).await;
+    }
+
+    /// Tunnels a connection, counted among the open streams until it ends or is cut.
+    async fn tunnel<S: TcpConnection>(&self, tcp: S, peer: SocketAddr) {
+        let open = OpenStream::new(&self.streams);
+        tokio::select! {
+            () = self.tunnels.clone().forward(tcp, peer) => {}
+            () = self.cut.cancelled() => {}
+        }
+        drop(open);
+    }
+
+    /// Serves detected HTTP: each request is one to the destination, whatever host it named.
+    async fn serve_http(&self, io: Rewind<TcpStream>, watcher: Watcher) {
+        let handle = self.http.handle.clone();
+        let authority = self.authority.clone();
+        let service = move |mut req: Request<Incoming>| {
+            if let Some(authority) = &authority {
+                name_destination(&mut req, authority);
+            }
+            handle(req)
+        };
+        serve_http(&self.server, io, service, watcher).await;
+    }
+}
+
+/// Makes `req` name the destination whose listener it came in on, as an app would with
+/// `Host: <destination>` on the outbound listener.
+fn name_destination<B>(req: &mut Request<B>, authority: &HeaderValue) {
+    req.headers_mut().insert(HOST, authority.clone());
+    if req.uri().authority().is_some() {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = authority.to_str().ok().and_then(|a| a.parse().ok());
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detected_http_names_the_destination() {
+        let authority = HeaderValue::from_static("inventory");
+        let mut h1 = Request::get("/stock")
+            .header(HOST, "127.0.0.1:8090")
+            .body(())
+            .unwrap();
+        name_destination(&mut h1, &authority);
+        assert_eq!(h1.headers()[HOST], "inventory");
+        assert_eq!(h1.uri(), "/stock");
+        let mut h2 = Request::get("http://localhost:8090/stock?x=1")
+            .body(())
+            .unwrap();
+        name_destination(&mut h2, &authority);
+        assert_eq!(h2.uri(), "http://inventory/stock?x=1");
     }
 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use http::uri::{Authority, Parts};
 use http::{Method, Request, StatusCode, Uri};
 use hyper::upgrade::Upgraded;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower::Service;
 
@@ -24,7 +23,7 @@ use crate::error::Reason;
 use crate::headers::MESH_ERROR;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
-use crate::splice::{TcpSide, splice};
+use crate::splice::{TcpConnection, TcpSide, splice};
 
 use super::policy::Destinations;
 
@@ -89,7 +88,10 @@ impl Tunnels {
     }
 
     /// Opens the tunnel for one accepted connection and copies until both ends are done.
-    pub(crate) async fn forward(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    pub(crate) async fn forward<S>(self: Arc<Self>, tcp: S, peer: SocketAddr)
+    where
+        S: TcpConnection,
+    {
         match self.open().await {
             Ok((tunnel, destination)) => {
                 let metrics = self
@@ -106,7 +108,7 @@ impl Tunnels {
                         "TCP connection not tunnelled"
                     );
                 }
-                let _ = tcp.set_zero_linger();
+                let _ = tcp.socket().set_zero_linger();
             }
         }
     }
@@ -119,9 +121,14 @@ impl Tunnels {
             .borrow()
             .get(&self.destination)
             .ok_or(TunnelError::Gone)?;
-        let port = stack.tcp().ok_or(TunnelError::Gone)?.port;
+        let port = stack.listener().ok_or(TunnelError::Gone)?.port;
         let failed = |e: BoxError| TunnelError::Failed(e);
-        let authority: Authority = format!("{}:{port}", self.destination)
+        // Without a port, the peer joins the tunnel to its own app's port.
+        let authority = match port {
+            Some(port) => format!("{}:{port}", self.destination),
+            None => self.destination.clone(),
+        };
+        let authority: Authority = authority
             .parse()
             .map_err(|e: http::uri::InvalidUri| failed(e.into()))?;
         let mut parts = Parts::default();

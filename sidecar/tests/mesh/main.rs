@@ -7,6 +7,7 @@ mod admin;
 mod app_health;
 mod authorization;
 mod bootstrap;
+mod detect;
 mod errors;
 mod grpc;
 mod mtls;
