@@ -1,6 +1,7 @@
-//! Joins a TCP connection and an HTTP/2 CONNECT stream, both ways, for as long as either side
-//! has bytes to send: the outbound end joins the app's connection to its tunnel, the inbound end
-//! joins the tunnel to its connection to the app.
+//! Joins an app's connection and an HTTP/2 CONNECT stream, both ways, for as long as either
+//! side has bytes to send: the outbound end joins the app's connection to its tunnel, the
+//! inbound end joins the tunnel to its connection to the app. The app's end is a TCP socket, or
+//! an HTTP/1.1 connection the app upgraded (a WebSocket) or turned into a tunnel (CONNECT).
 //!
 //! A side that finishes sending (EOF, or `END_STREAM` on the tunnel) half-closes the other, and
 //! the reply still flows back. A side that fails (a TCP reset, an RST_STREAM, the peer
@@ -29,9 +30,31 @@ pub(crate) enum TcpSide {
     Destination,
 }
 
+/// The app's end of a stream.
+pub(crate) trait AppStream: AsyncRead + AsyncWrite + Unpin {
+    /// Makes the app see the end as an abort: a reset where the app's end is a socket of ours.
+    fn abort(&self);
+}
+
+impl AppStream for TcpStream {
+    fn abort(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+/// An app's upgraded HTTP connection: hyper owns the socket, so an abort is a close.
+impl AppStream for TokioIo<Upgraded> {
+    fn abort(&self) {}
+}
+
 /// Copies between `tcp` and `tunnel` until both directions end, counting bytes as they pass.
 /// The stream counts as closed when this ends, or when it is dropped (a drain cut it short).
-pub(crate) async fn splice(tcp: TcpStream, tunnel: Upgraded, side: TcpSide, metrics: TcpMetrics) {
+pub(crate) async fn splice(
+    tcp: impl AppStream,
+    tunnel: Upgraded,
+    side: TcpSide,
+    metrics: TcpMetrics,
+) {
     let (tcp_reads, tunnel_reads) = match side {
         TcpSide::Source => (metrics.sent.clone(), metrics.received.clone()),
         TcpSide::Destination => (metrics.received.clone(), metrics.sent.clone()),
@@ -48,7 +71,7 @@ pub(crate) async fn splice(tcp: TcpStream, tunnel: Upgraded, side: TcpSide, metr
     if let Err(error) = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await {
         // Reset rather than close, so the app sees the abort as one; the tunnel's stream ends
         // when it drops.
-        let _ = tcp.inner.set_zero_linger();
+        tcp.inner.abort();
         tracing::debug!(%error, "TCP stream aborted");
     }
 }

@@ -40,7 +40,8 @@ where
     ))
 }
 
-/// Serves one connection from the local app: HTTP/1.1 or HTTP/2, each request proxied.
+/// Serves one connection from the local app: HTTP/1.1 or HTTP/2, each request proxied; an
+/// HTTP/1.1 upgrade or a CONNECT the peer accepts turns the connection into a byte stream.
 fn connection<H, F>(
     http: &auto::Builder<TokioExecutor>,
     handle: H,
@@ -52,7 +53,7 @@ where
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let conn = http
-        .serve_connection(TokioIo::new(tcp), service_fn(handle))
+        .serve_connection_with_upgrades(TokioIo::new(tcp), service_fn(handle))
         .into_owned();
     let conn = watcher.watch(conn);
     async move {
