@@ -16,6 +16,7 @@ mod shutdown;
 mod tcp;
 mod tracing;
 mod transparency;
+mod upgrade;
 
 use mesh_testkit::{Sidecar, TestMesh};
 

@@ -1,0 +1,305 @@
+//! WebSockets and CONNECT from the app, through a real sidecar pair: the upgrade crosses the
+//! mesh as an extended CONNECT stream and reaches the app as the HTTP/1.1 upgrade it was.
+//!
+//! The WebSocket app and client are tokio-tungstenite's, so both ends speak real frames and the
+//! real close handshake.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use mesh_testkit::{TestMesh, eventually, metrics, tcp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A WebSocket app that echoes every message, picks the `chat` subprotocol when offered, and
+/// refuses upgrades to `/refused` with 426 and a body. Reports the caller identity header of
+/// each upgrade request it sees.
+async fn websocket_echo() -> (SocketAddr, mpsc::UnboundedReceiver<Option<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let callback = |req: &Request, mut rsp: Response| {
+                    let caller = req
+                        .headers()
+                        .get("x-mesh-client-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let _ = tx.send(caller);
+                    if req.uri().path() == "/refused" {
+                        let mut refused = ErrorResponse::new(Some("speak HTTP/3".to_owned()));
+                        *refused.status_mut() = StatusCode::UPGRADE_REQUIRED;
+                        refused
+                            .headers_mut()
+                            .insert("x-app", http::HeaderValue::from_static("refused"));
+                        return Err(refused);
+                    }
+                    let offers_chat = req
+                        .headers()
+                        .get("sec-websocket-protocol")
+                        .is_some_and(|v| v.to_str().unwrap_or("").contains("chat"));
+                    if offers_chat {
+                        rsp.headers_mut().insert(
+                            "sec-websocket-protocol",
+                            http::HeaderValue::from_static("chat"),
+                        );
+                    }
+                    Ok(rsp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(conn, callback).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Waits for at most [`PATIENCE`].
+async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(PATIENCE, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {PATIENCE:?} waiting for {what}"))
+}
+
+/// A WebSocket handshake with `Host: inventory` sent to `outbound`.
+async fn ws_connect(
+    outbound: SocketAddr,
+    path: &str,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<TcpStream>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    WsError,
+> {
+    let mut req = format!("ws://inventory{path}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        http::HeaderValue::from_static("chat"),
+    );
+    let tcp = TcpStream::connect(outbound).await.unwrap();
+    bounded(
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn websocket_frames_and_close_cross_the_pair() {
+    let (app, mut seen) = websocket_echo().await;
+    let mesh = TestMesh::new();
+    let inventory = mesh.sidecar("inventory").app(app).start().await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+
+    let (mut ws, rsp) = ws_connect(orders.outbound, "/chat").await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(rsp.headers()["sec-websocket-protocol"], "chat");
+    let caller = bounded("the app's upgrade request", seen.recv()).await;
+    assert_eq!(caller.flatten().as_deref(), Some(crate::ORDERS_ID));
+
+    for msg in [
+        Message::text("hello through the mesh"),
+        Message::binary(vec![0u8, 1, 2, 255, 254]),
+        Message::binary((0..200_000).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
+    ] {
+        ws.send(msg.clone()).await.unwrap();
+        let echoed = bounded("the echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(echoed, msg);
+    }
+
+    // The close handshake: our Close reaches the app, its Close comes back, then the end.
+    ws.close(None).await.unwrap();
+    let mut closed = false;
+    for _ in 0..10 {
+        match bounded("the app's close", ws.next()).await {
+            Some(Ok(Message::Close(_))) => closed = true,
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+            Some(Err(WsError::ConnectionClosed)) | None => break,
+            Some(Err(e)) => panic!("close failed: {e}"),
+        }
+    }
+    assert!(closed, "the app's Close frame did not arrive");
+    // The app has closed its connection; the stream ends once the client closes its own.
+    drop(ws);
+
+    // Counted as a request answered 101, and as a stream with its bytes, both sides.
+    let series = |direction: &str, name: &str| {
+        format!(r#"{name}{{direction="{direction}",source="orders",destination="inventory"}}"#)
+    };
+    let requests = r#"mesh_requests_total{direction="outbound",source="orders",destination="inventory",status_code="101"}"#;
+    eventually("the upgrade's metrics", PATIENCE, || async {
+        let out = orders.metrics().await;
+        let inb = inventory.metrics().await;
+        let closed_both = metrics::value(
+            &out,
+            &series("outbound", "mesh_tcp_connections_closed_total"),
+        ) == Some(1.0)
+            && metrics::value(
+                &inb,
+                &series("inbound", "mesh_tcp_connections_closed_total"),
+            ) == Some(1.0);
+        let ok = closed_both
+            && metrics::value(&out, requests) == Some(1.0)
+            && metrics::value(&out, &series("outbound", "mesh_tcp_sent_bytes_total"))
+                .is_some_and(|b| b > 200_000.0)
+            && metrics::value(&out, &series("outbound", "mesh_tcp_received_bytes_total"))
+                .is_some_and(|b| b > 200_000.0);
+        ok.then_some(()).ok_or(out)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_upgrade_the_app_refuses_arrives_unchanged() {
+    let (app, _seen) = websocket_echo().await;
+    let mesh = TestMesh::new();
+    let inventory = mesh.sidecar("inventory").app(app).start().await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+
+    let Err(WsError::Http(rsp)) = ws_connect(orders.outbound, "/refused").await else {
+        panic!("the upgrade was not refused");
+    };
+    assert_eq!(rsp.status(), StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(rsp.headers()["x-app"], "refused");
+    assert!(rsp.headers().get("x-mesh-error").is_none());
+    // tungstenite hands over the body as it came, chunked framing included.
+    let body = String::from_utf8_lossy(rsp.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(body.contains("speak HTTP/3"), "{body:?}");
+
+    // The refusal is an ordinary request: the connection still serves the next one as HTTP.
+    let out = orders.metrics().await;
+    let requests = r#"mesh_requests_total{direction="outbound",source="orders",destination="inventory",status_code="426"}"#;
+    assert_eq!(metrics::value(&out, requests), Some(1.0), "{out}");
+}
+
+#[tokio::test]
+async fn an_unauthorized_caller_cannot_upgrade() {
+    let (app, mut seen) = websocket_echo().await;
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .app(app)
+        .extra_yaml("authorization: { default: deny, allow: [payments] }\n")
+        .start()
+        .await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+
+    let Err(WsError::Http(rsp)) = ws_connect(orders.outbound, "/chat").await else {
+        panic!("the upgrade was not refused");
+    };
+    assert_eq!(rsp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(rsp.headers()["x-mesh-error"], "unauthorized");
+    assert!(seen.try_recv().is_err(), "the app saw a refused caller");
+}
+
+/// Sends `CONNECT <authority>` on a new connection to `outbound`; returns the connection and
+/// the response head.
+async fn connect(outbound: SocketAddr, authority: &str) -> (TcpStream, String) {
+    let mut conn = TcpStream::connect(outbound).await.unwrap();
+    conn.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Byte by byte, so nothing of the stream after the head is read here.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 4096, "response head too long");
+        let mut byte = [0u8; 1];
+        let n = bounded("the CONNECT response", conn.read(&mut byte))
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "closed before the response head ended: {head:?}");
+        head.push(byte[0]);
+    }
+    (conn, String::from_utf8(head).unwrap())
+}
+
+#[tokio::test]
+async fn connect_tunnels_to_the_peers_app_and_carries_half_close() {
+    let (app, mut seen) = tcp::reply_at_eof().await;
+    let mesh = TestMesh::new();
+    let inventory = mesh.sidecar("inventory").app(app).start().await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+
+    let (mut conn, head) = connect(orders.outbound, &format!("inventory:{}", app.port())).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let sent: Vec<u8> = (0..100_000).map(|i| (i % 253) as u8).collect();
+    conn.write_all(&sent).await.unwrap();
+    // Our half-close reaches the app, which only then answers; its answer still comes back.
+    conn.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    bounded("the reply", conn.read_to_end(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, sent);
+    let mut eof = false;
+    for _ in 0..1000 {
+        match bounded("the app's report", seen.recv()).await.unwrap() {
+            tcp::Seen::Read(_) => continue,
+            tcp::Seen::Eof => {
+                eof = true;
+                break;
+            }
+            tcp::Seen::Failed(kind) => panic!("the app's connection failed: {kind:?}"),
+        }
+    }
+    assert!(eof);
+
+    let requests = r#"mesh_requests_total{direction="outbound",source="orders",destination="inventory",status_code="200"}"#;
+    let out = orders.metrics().await;
+    assert_eq!(metrics::value(&out, requests), Some(1.0), "{out}");
+}
+
+#[tokio::test]
+async fn connect_to_another_port_is_refused_by_the_far_sidecar() {
+    let (app, _seen) = tcp::reply_at_eof().await;
+    let mesh = TestMesh::new();
+    let inventory = mesh.sidecar("inventory").app(app).start().await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+
+    let other = if app.port() == 22 { 23 } else { 22 };
+    let (_conn, head) = connect(orders.outbound, &format!("inventory:{other}")).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.contains("x-mesh-error: tunnel-port-refused"), "{head}");
+}
