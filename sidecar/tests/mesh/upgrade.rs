@@ -30,6 +30,8 @@ async fn websocket_echo() -> (SocketAddr, mpsc::UnboundedReceiver<Option<String>
         while let Ok((conn, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
+                // tungstenite's callback signature, large error included.
+                #[allow(clippy::result_large_err)]
                 let callback = |req: &Request, mut rsp: Response| {
                     let caller = req
                         .headers()
@@ -61,10 +63,8 @@ async fn websocket_echo() -> (SocketAddr, mpsc::UnboundedReceiver<Option<String>
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if ws.send(msg).await.is_err() {
-                            return;
-                        }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -302,4 +302,45 @@ async fn connect_to_another_port_is_refused_by_the_far_sidecar() {
     let (_conn, head) = connect(orders.outbound, &format!("inventory:{other}")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(head.contains("x-mesh-error: tunnel-port-refused"), "{head}");
+}
+
+#[tokio::test]
+async fn an_h2_apps_connect_is_tunnelled_too() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (app, _seen) = tcp::reply_at_eof().await;
+    let mesh = TestMesh::new();
+    let inventory = mesh.sidecar("inventory").app(app).start().await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+
+    let tcp = TcpStream::connect(orders.outbound).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::connect(format!("inventory:{}", app.port()))
+        .version(http::Version::HTTP_2)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let rsp = bounded("the CONNECT response", sender.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let mut tunnel = TokioIo::new(
+        bounded("the tunnel", hyper::upgrade::on(rsp))
+            .await
+            .unwrap(),
+    );
+    tunnel.write_all(b"over h2 and back").await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    bounded("the reply", tunnel.read_to_end(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, b"over h2 and back");
 }
