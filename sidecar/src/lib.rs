@@ -33,7 +33,10 @@
 //! A `protocol: tcp` destination has a listener of its own (`outbound/tcp_listen`); each
 //! connection there (`outbound/tunnel`) is one HTTP/2 CONNECT stream on the endpoint's pooled
 //! connection (steps 6 to 8), identified and authorized as a request (9, 10), then joined to
-//! the app's port (`inbound/tunnel`); the bytes are copied both ways by `splice.rs`.
+//! the app's port (`inbound/tunnel`); the bytes are copied both ways by `splice.rs`. An
+//! app's HTTP/1.1 upgrade (WebSocket) or CONNECT on the outbound listener takes steps 1 to 3,
+//! then becomes such a stream (`outbound/upgrade`): an extended CONNECT for an upgrade, which
+//! the far side turns back into the app's upgrade request (`inbound/upgrade`).
 //!
 //! `outbound/mod.rs` and `inbound/mod.rs` are the handlers that string the steps together;
 //! both record each request the same way through `proxy_request.rs` (span, failure rescued

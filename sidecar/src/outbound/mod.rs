@@ -17,7 +17,8 @@
 //!
 //! A `protocol: tcp` destination is reached through a listener of its own instead
 //! ([`tcp_listen`]), each connection tunnelled over the same balancer and connections
-//! ([`tunnel`]).
+//! ([`tunnel`]). An HTTP/1.1 upgrade (WebSocket) or a CONNECT takes steps 2 and 3 here, then
+//! goes straight to the balancer as a CONNECT stream ([`upgrade`]).
 //!
 //! The layers share the request, response and future types of [`stack`]. This file is the
 //! handler that strings steps 2 to 8 together; `proxy_request.rs` records each request. Errors
