@@ -55,8 +55,13 @@ impl Upgrade {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
         // Only a visible-ASCII token can be a `:protocol`; anything else is not an upgrade.
-        let protocol = req.headers().get(UPGRADE)?.to_str().ok()?;
-        asks.then(|| Upgrade::Protocol(protocol.trim().to_owned()))
+        let protocol = req.headers().get(UPGRADE)?.to_str().ok()?.trim();
+        // `h2c` (curl --http2 on http://) asks to speak HTTP/2 to the sidecar itself, not to
+        // the destination: served as the HTTP/1.1 request it also is, its upgrade dropped.
+        let h2c = protocol
+            .split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("h2c"));
+        (asks && !h2c).then(|| Upgrade::Protocol(protocol.to_owned()))
     }
 
     /// The span's `mesh.upgrade`: the protocol, or `CONNECT`.
@@ -166,6 +171,11 @@ mod tests {
         );
         assert_eq!(Upgrade::of(&request(&[("upgrade", "websocket")])), None);
         assert_eq!(Upgrade::of(&request(&[("connection", "upgrade")])), None);
+        let h2c = request(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert_eq!(Upgrade::of(&h2c), None);
         let connect = Request::connect("inventory:8080").body(()).unwrap();
         assert_eq!(Upgrade::of(&connect), Some(Upgrade::Connect));
     }

@@ -344,3 +344,58 @@ async fn an_h2_apps_connect_is_tunnelled_too() {
         .unwrap();
     assert_eq!(reply, b"over h2 and back");
 }
+
+#[tokio::test]
+async fn a_websocket_is_one_client_span_and_one_server_span_marked_as_upgrades() {
+    use mesh_testkit::otlp::Collector;
+    const CLIENT: i32 = 3;
+    const SERVER: i32 = 2;
+
+    let collector = Collector::start().await;
+    let tracing = format!(
+        "tracing: {{ otlp_endpoint: \"http://{}\", protocol: grpc }}\n",
+        collector.grpc
+    );
+    let (app, _seen) = websocket_echo().await;
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .app(app)
+        .extra_yaml(&tracing)
+        .start()
+        .await;
+    let orders = mesh
+        .sidecar("orders")
+        .extra_yaml(&tracing)
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+
+    let (mut ws, _) = ws_connect(orders.outbound, "/chat").await.unwrap();
+    ws.send(Message::text("traced")).await.unwrap();
+    bounded("the echo", ws.next()).await.unwrap().unwrap();
+
+    // Both spans end at the 101, while the WebSocket is still open.
+    let spans = collector.wait_for(2, PATIENCE).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let client = spans.iter().find(|s| s.service == "orders").unwrap();
+    let server = spans.iter().find(|s| s.service == "inventory").unwrap();
+    assert_eq!(client.span.kind, CLIENT);
+    assert_eq!(server.span.kind, SERVER);
+    assert_eq!(server.span.parent_span_id, client.span.span_id);
+    for span in [client, server] {
+        assert_eq!(
+            span.attr("mesh.upgrade").as_deref(),
+            Some("websocket"),
+            "{span:#?}"
+        );
+    }
+    assert_eq!(
+        client.attr("http.response.status_code").as_deref(),
+        Some("101")
+    );
+    assert_eq!(
+        server.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+}
