@@ -16,15 +16,17 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::ext::Protocol;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError, empty};
-use crate::error::{AppConnectFailed, AppUpgradeFailed};
-use crate::headers::{CLIENT_ID, ORIG_PROTO, forwarded_response, remove_hop_by_hop};
+use crate::error::AppUpgradeFailed;
+use crate::headers::forwarded_response;
 use crate::identity::SpiffeId;
 use crate::metrics::TcpMetrics;
 use crate::splice::{TcpSide, splice};
-use crate::telemetry::propagation::{self, B3};
+use crate::telemetry::propagation::B3;
+
+use super::forward::headers_for_app;
+use super::tunnel::connect_app;
 
 /// Opens upgraded connections to the local app.
 #[derive(Clone, Debug)]
@@ -59,13 +61,7 @@ impl AppUpgrades {
             app: self.app,
             source,
         };
-        let tcp = TcpStream::connect(self.app)
-            .await
-            .map_err(|source| AppConnectFailed {
-                app: self.app,
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_app(self.app).await?;
         let (mut sender, conn) = http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(app_failed)?;
@@ -112,13 +108,7 @@ impl AppUpgrades {
             Some(a) => HeaderValue::from_str(a.as_str())?,
             None => HeaderValue::from_str(&self.app.to_string())?,
         };
-        remove_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(ORIG_PROTO);
-        parts.headers.remove(CLIENT_ID);
-        parts
-            .headers
-            .insert(CLIENT_ID, HeaderValue::from_str(caller.as_str())?);
-        propagation::inject(trace, b3, &mut parts.headers);
+        headers_for_app(&mut parts.headers, caller, trace, b3)?;
         parts.headers.insert(HOST, host);
         parts
             .headers

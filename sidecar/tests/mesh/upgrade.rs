@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use mesh_testkit::{TestMesh, eventually, metrics, tcp};
+use mesh_testkit::{Sidecar, TestMesh, eventually, metrics, tcp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -73,6 +73,29 @@ async fn websocket_echo() -> (SocketAddr, mpsc::UnboundedReceiver<Option<String>
     (addr, rx)
 }
 
+/// An `inventory` sidecar in front of `app` (with `inventory_yaml`), and `orders` calling it.
+/// Returns `(mesh, orders, inventory)`; the mesh keeps the certificates alive.
+async fn pair(app: SocketAddr, inventory_yaml: &str) -> (TestMesh, Sidecar, Sidecar) {
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .app(app)
+        .extra_yaml(inventory_yaml)
+        .start()
+        .await;
+    let orders = orders_calling(&mesh, &inventory, "").await;
+    (mesh, orders, inventory)
+}
+
+/// An `orders` sidecar (with `yaml`) whose `inventory` destination is `inventory`.
+async fn orders_calling(mesh: &TestMesh, inventory: &Sidecar, yaml: &str) -> Sidecar {
+    mesh.sidecar("orders")
+        .extra_yaml(yaml)
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await
+}
+
 /// Waits for at most [`PATIENCE`].
 async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(PATIENCE, f)
@@ -109,13 +132,7 @@ async fn ws_connect(
 #[tokio::test]
 async fn websocket_frames_and_close_cross_the_pair() {
     let (app, mut seen) = websocket_echo().await;
-    let mesh = TestMesh::new();
-    let inventory = mesh.sidecar("inventory").app(app).start().await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let (_mesh, orders, inventory) = pair(app, "").await;
 
     let (mut ws, rsp) = ws_connect(orders.outbound, "/chat").await.unwrap();
     assert_eq!(rsp.status(), StatusCode::SWITCHING_PROTOCOLS);
@@ -178,13 +195,7 @@ async fn websocket_frames_and_close_cross_the_pair() {
 #[tokio::test]
 async fn an_upgrade_the_app_refuses_arrives_unchanged() {
     let (app, _seen) = websocket_echo().await;
-    let mesh = TestMesh::new();
-    let inventory = mesh.sidecar("inventory").app(app).start().await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let (_mesh, orders, _inventory) = pair(app, "").await;
 
     let Err(WsError::Http(rsp)) = ws_connect(orders.outbound, "/refused").await else {
         panic!("the upgrade was not refused");
@@ -205,18 +216,8 @@ async fn an_upgrade_the_app_refuses_arrives_unchanged() {
 #[tokio::test]
 async fn an_unauthorized_caller_cannot_upgrade() {
     let (app, mut seen) = websocket_echo().await;
-    let mesh = TestMesh::new();
-    let inventory = mesh
-        .sidecar("inventory")
-        .app(app)
-        .extra_yaml("authorization: { default: deny, allow: [payments] }\n")
-        .start()
-        .await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let (_mesh, orders, _inventory) =
+        pair(app, "authorization: { default: deny, allow: [payments] }\n").await;
 
     let Err(WsError::Http(rsp)) = ws_connect(orders.outbound, "/chat").await else {
         panic!("the upgrade was not refused");
@@ -250,13 +251,7 @@ async fn connect(outbound: SocketAddr, authority: &str) -> (TcpStream, String) {
 #[tokio::test]
 async fn connect_tunnels_to_the_peers_app_and_carries_half_close() {
     let (app, mut seen) = tcp::reply_at_eof().await;
-    let mesh = TestMesh::new();
-    let inventory = mesh.sidecar("inventory").app(app).start().await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let (_mesh, orders, _inventory) = pair(app, "").await;
 
     let (mut conn, head) = connect(orders.outbound, &format!("inventory:{}", app.port())).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -290,13 +285,7 @@ async fn connect_tunnels_to_the_peers_app_and_carries_half_close() {
 #[tokio::test]
 async fn connect_to_another_port_is_refused_by_the_far_sidecar() {
     let (app, _seen) = tcp::reply_at_eof().await;
-    let mesh = TestMesh::new();
-    let inventory = mesh.sidecar("inventory").app(app).start().await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let (_mesh, orders, _inventory) = pair(app, "").await;
 
     let other = if app.port() == 22 { 23 } else { 22 };
     let (_conn, head) = connect(orders.outbound, &format!("inventory:{other}")).await;
@@ -309,13 +298,7 @@ async fn an_h2_apps_connect_is_tunnelled_too() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let (app, _seen) = tcp::reply_at_eof().await;
-    let mesh = TestMesh::new();
-    let inventory = mesh.sidecar("inventory").app(app).start().await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let (_mesh, orders, _inventory) = pair(app, "").await;
 
     let tcp = TcpStream::connect(orders.outbound).await.unwrap();
     let (mut sender, conn) =
@@ -364,12 +347,7 @@ async fn a_websocket_is_one_client_span_and_one_server_span_marked_as_upgrades()
         .extra_yaml(&tracing)
         .start()
         .await;
-    let orders = mesh
-        .sidecar("orders")
-        .extra_yaml(&tracing)
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let orders = orders_calling(&mesh, &inventory, &tracing).await;
 
     let (mut ws, _) = ws_connect(orders.outbound, "/chat").await.unwrap();
     ws.send(Message::text("traced")).await.unwrap();
