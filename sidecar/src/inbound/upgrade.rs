@@ -6,7 +6,8 @@
 //! with `Connection: upgrade`, `Upgrade: <protocol>`, the caller's `x-mesh-client-id` and the
 //! trace headers added. If the app switches protocols (101), the caller gets 200 with the app's
 //! headers (`Sec-WebSocket-Accept`) and the two streams are joined by `splice.rs`; any other
-//! answer goes back as it is.
+//! answer goes back as it is, except that a 2xx (an app that ignored the upgrade) travels as
+//! 409 with `x-mesh-app-status`, since a 2xx would open the caller's stream.
 
 use std::net::SocketAddr;
 
@@ -19,7 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{Body, BoxError, empty};
 use crate::error::AppUpgradeFailed;
-use crate::headers::forwarded_response;
+use crate::headers::{APP_STATUS, APP_STATUS_CARRIER, forwarded_response};
 use crate::identity::SpiffeId;
 use crate::metrics::TcpMetrics;
 use crate::splice::{TcpSide, splice};
@@ -72,7 +73,15 @@ impl AppUpgrades {
         });
         let mut rsp = sender.send_request(app_req).await.map_err(app_failed)?;
         if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(forwarded_response(rsp));
+            let status = rsp.status();
+            let mut rsp = forwarded_response(rsp);
+            rsp.headers_mut().remove(APP_STATUS);
+            if status.is_success() {
+                rsp.headers_mut()
+                    .insert(APP_STATUS, HeaderValue::from(status.as_u16()));
+                *rsp.status_mut() = APP_STATUS_CARRIER;
+            }
+            return Ok(rsp);
         }
         let to_app = hyper::upgrade::on(&mut rsp);
         tokio::spawn(async move {

@@ -21,7 +21,9 @@ use hyper_util::rt::TokioIo;
 use tower::Service;
 
 use crate::body::{Body, BoxError, empty};
-use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
+use crate::headers::{
+    APP_STATUS, APP_STATUS_CARRIER, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop,
+};
 use crate::metrics::TcpMetrics;
 use crate::splice::{TcpSide, splice};
 
@@ -89,6 +91,13 @@ pub(crate) async fn forward(
     let mut balance = balance;
     let mut rsp = balance.call(peer_req).await?;
     if rsp.status() != StatusCode::OK {
+        // The app answered 2xx without switching: the peer sidecar carried its status aside.
+        if rsp.status() == APP_STATUS_CARRIER
+            && let Some(status) = rsp.headers_mut().remove(APP_STATUS)
+            && let Ok(status) = StatusCode::from_bytes(status.as_bytes())
+        {
+            *rsp.status_mut() = status;
+        }
         return Ok(rsp);
     }
     let to_peer = hyper::upgrade::on(&mut rsp);

@@ -377,3 +377,30 @@ async fn a_websocket_is_one_client_span_and_one_server_span_marked_as_upgrades()
         Some("200")
     );
 }
+
+#[tokio::test]
+async fn an_app_that_ignores_the_upgrade_answers_as_it_would_a_request() {
+    use mesh_testkit::{app, client};
+
+    let (_mesh, orders, _inventory) = pair(app::echo("inventory").await, "").await;
+    let req = http::Request::get(format!("{}/chat", orders.outbound_url()))
+        .header("host", "inventory")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let rsp = bounded("the answer", client::http1().request(req))
+        .await
+        .unwrap();
+    // The echo app does not speak WebSocket: its 200 and body come back, nothing upgraded.
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert!(rsp.headers().get("x-mesh-app-status").is_none());
+    let seen = client::json(rsp).await;
+    let headers = &seen["headers"];
+    assert_eq!(headers["upgrade"][0], "websocket", "{seen}");
+    assert_eq!(headers["sec-websocket-key"][0], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(headers["x-mesh-client-id"][0], crate::ORDERS_ID);
+    assert_eq!(seen["path"], "/chat");
+}
