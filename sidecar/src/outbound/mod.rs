@@ -84,6 +84,8 @@ struct Routed {
     service: DestinationService,
     /// The destination's balancer alone, for upgrades and tunnels.
     balance: Balance,
+    /// The destination's `timeout`: how long an upgrade may wait for its answer.
+    timeout: Option<std::time::Duration>,
     authority: Authority,
 }
 
@@ -174,15 +176,13 @@ impl Outbound {
                     propagation::inject(attempts.context(), request.b3, peer_req.headers_mut());
                     peer_req.extensions_mut().insert(attempts.clone());
                 };
-                upgrade::forward(
-                    routed.balance,
-                    upgrade,
-                    routed.authority,
-                    req,
-                    prepare,
-                    metrics,
-                )
-                .await
+                let peer = upgrade::Peer {
+                    destination: &routed.destination,
+                    balance: routed.balance,
+                    timeout: routed.timeout,
+                    authority: routed.authority,
+                };
+                upgrade::forward(peer, upgrade, req, prepare, metrics).await
             }
             (Ok(routed), None) => {
                 self.forward(
@@ -235,6 +235,7 @@ impl Outbound {
             route: route.map(|r| r.name.clone()),
             service: route.map_or(&stack.service, |r| &r.service).clone(),
             balance: stack.balance().clone(),
+            timeout: stack.timeout(),
             authority,
         })
     }

@@ -10,7 +10,10 @@
 //! nothing is upgraded.
 //!
 //! The stream goes straight to the destination's balancer (steps 6 to 8): no retries, since a
-//! stream's bytes cannot be replayed, and no request timeout once it is open.
+//! stream's bytes cannot be replayed. The destination's `timeout` bounds the wait for the
+//! answer (504), never the stream once it is open.
+
+use std::time::Duration;
 
 use http::header::{CONNECTION, EXPECT, HOST, HeaderValue, UPGRADE};
 use http::uri::{Authority, Parts};
@@ -21,10 +24,11 @@ use hyper_util::rt::TokioIo;
 use tower::Service;
 
 use crate::body::{Body, BoxError, empty};
+use crate::error::RequestTimeout;
 use crate::headers::{
     APP_STATUS, APP_STATUS_CARRIER, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop,
 };
-use crate::metrics::TcpMetrics;
+use crate::metrics::{Label, TcpMetrics};
 use crate::splice::{TcpSide, splice};
 
 use super::balance::Balance;
@@ -75,21 +79,43 @@ impl Upgrade {
     }
 }
 
-/// Sends the app's upgrade or CONNECT `req` to `authority` through `balance`; on the peer's 200
-/// answers the app so that its connection switches, and joins the two streams.
+/// Where an upgrade goes.
+pub(crate) struct Peer<'a> {
+    /// The destination service.
+    pub(crate) destination: &'a Label,
+    /// Its balancer (steps 6 to 8).
+    pub(crate) balance: Balance,
+    /// Its `timeout`: the limit on the wait for the answer, not on the stream.
+    pub(crate) timeout: Option<Duration>,
+    /// The authority the app named.
+    pub(crate) authority: Authority,
+}
+
+/// Sends the app's upgrade or CONNECT `req` to `peer`; on the peer's 200 answers the app so
+/// that its connection switches, and joins the two streams.
 pub(crate) async fn forward(
-    balance: Balance,
+    peer: Peer<'_>,
     upgrade: Upgrade,
-    authority: Authority,
     mut req: Request<Incoming>,
     prepare: impl FnOnce(&mut Request<Body>),
     metrics: TcpMetrics,
 ) -> Result<Response<Body>, BoxError> {
     let from_app = hyper::upgrade::on(&mut req);
-    let mut peer_req = to_peer(&upgrade, authority, req)?;
+    let mut peer_req = to_peer(&upgrade, peer.authority, req)?;
     prepare(&mut peer_req);
-    let mut balance = balance;
-    let mut rsp = balance.call(peer_req).await?;
+    let mut balance = peer.balance;
+    let answer = balance.call(peer_req);
+    let mut rsp = match peer.timeout {
+        None => answer.await?,
+        Some(limit) => {
+            tokio::time::timeout(limit, answer)
+                .await
+                .map_err(|_| RequestTimeout {
+                    destination: peer.destination.to_string(),
+                    timeout: limit,
+                })??
+        }
+    };
     if rsp.status() != StatusCode::OK {
         // The app answered 2xx without switching: the peer sidecar carried its status aside.
         if rsp.status() == APP_STATUS_CARRIER

@@ -404,3 +404,46 @@ async fn an_app_that_ignores_the_upgrade_answers_as_it_would_a_request() {
     assert_eq!(headers["x-mesh-client-id"][0], crate::ORDERS_ID);
     assert_eq!(seen["path"], "/chat");
 }
+
+#[tokio::test]
+async fn the_destinations_timeout_bounds_the_handshake_not_the_stream() {
+    // An app that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            conns.push(conn);
+        }
+    });
+    let (echo, _seen) = websocket_echo().await;
+    let mesh = TestMesh::new();
+    let silent = mesh.sidecar("inventory").app(silent_addr).start().await;
+    let talking = mesh.sidecar("chat").app(echo).start().await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination_with_policy("inventory", &[silent.inbound], "timeout: 300ms")
+        .destination_with_policy("chat", &[talking.inbound], "timeout: 300ms")
+        .start()
+        .await;
+
+    let Err(WsError::Http(rsp)) = ws_connect(orders.outbound, "/chat").await else {
+        panic!("the upgrade did not time out");
+    };
+    assert_eq!(rsp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(rsp.headers()["x-mesh-error"], "timeout");
+
+    // Once open, a stream outlives the timeout.
+    let mut req = "ws://chat/chat".into_client_request().unwrap();
+    req.headers_mut()
+        .insert("host", http::HeaderValue::from_static("chat"));
+    let tcp = TcpStream::connect(orders.outbound).await.unwrap();
+    let (mut ws, _) = bounded("the handshake", tokio_tungstenite::client_async(req, tcp))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    let echoed = bounded("the echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(echoed, Message::text("still here"));
+    held.abort();
+}
