@@ -152,10 +152,10 @@ pub(crate) async fn forward(
 
 /// The HTTP/2 CONNECT for the peer: extended (`:protocol`, `:path`) for an upgrade, the bare
 /// authority for a tunnel. The body is empty; the stream is what follows the 200.
-fn to_peer(
+fn to_peer<B>(
     upgrade: &Upgrade,
     authority: Authority,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Result<Request<Body>, BoxError> {
     let (mut parts, _) = req.into_parts();
     remove_hop_by_hop(&mut parts.headers);
@@ -213,5 +213,50 @@ mod tests {
         assert_eq!(Upgrade::of(&h2c), None);
         let connect = Request::connect("inventory:8080").body(()).unwrap();
         assert_eq!(Upgrade::of(&connect), Some(Upgrade::Connect));
+    }
+
+    #[test]
+    fn an_upgrade_becomes_an_extended_connect_with_its_end_to_end_headers() {
+        let ws = request(&[
+            ("host", "inventory"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-protocol", "chat"),
+            ("origin", "http://orders"),
+            ("x-mesh-orig-proto", "HTTP/2"),
+        ]);
+        let upgrade = Upgrade::of(&ws).unwrap();
+        let req = to_peer(&upgrade, "inventory".parse().unwrap(), ws).unwrap();
+        assert_eq!(req.method(), Method::CONNECT);
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert_eq!(req.uri(), "http://inventory/chat");
+        assert_eq!(
+            req.extensions().get::<Protocol>().unwrap().as_str(),
+            "websocket"
+        );
+        let mut names: Vec<_> = req.headers().keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "origin",
+                "sec-websocket-key",
+                "sec-websocket-protocol",
+                "x-mesh-orig-proto"
+            ]
+        );
+        assert_eq!(req.headers()[ORIG_PROTO], "HTTP/1.1");
+
+        let connect = Request::connect("inventory:6379").body(()).unwrap();
+        let req = to_peer(
+            &Upgrade::Connect,
+            "inventory:6379".parse().unwrap(),
+            connect,
+        )
+        .unwrap();
+        assert_eq!(req.method(), Method::CONNECT);
+        assert_eq!(req.uri(), "inventory:6379");
+        assert!(req.extensions().get::<Protocol>().is_none());
     }
 }
