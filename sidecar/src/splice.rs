@@ -12,7 +12,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use hyper::upgrade::Upgraded;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -74,6 +74,22 @@ pub(crate) async fn splice(
         tcp.inner.abort();
         tracing::debug!(%error, "TCP stream aborted");
     }
+}
+
+/// Splices an app's upgraded HTTP/1.1 connection and a tunnel, in a task of its own, once both
+/// have switched protocols (after the responses that switch them are sent).
+pub(crate) fn splice_upgraded(
+    app: OnUpgrade,
+    tunnel: OnUpgrade,
+    side: TcpSide,
+    metrics: TcpMetrics,
+) {
+    tokio::spawn(async move {
+        match tokio::try_join!(app, tunnel) {
+            Ok((app, tunnel)) => splice(TokioIo::new(app), tunnel, side, metrics).await,
+            Err(error) => tracing::debug!(%error, "upgrade closed before it opened"),
+        }
+    });
 }
 
 /// Counts a stream open from creation, and closed with its duration when dropped.

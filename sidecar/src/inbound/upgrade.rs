@@ -23,7 +23,7 @@ use crate::error::AppUpgradeFailed;
 use crate::headers::{APP_STATUS, APP_STATUS_CARRIER, forwarded_response};
 use crate::identity::SpiffeId;
 use crate::metrics::TcpMetrics;
-use crate::splice::{TcpSide, splice};
+use crate::splice::{TcpSide, splice_upgraded};
 use crate::telemetry::propagation::B3;
 
 use super::forward::headers_for_app;
@@ -84,14 +84,7 @@ impl AppUpgrades {
             return Ok(rsp);
         }
         let to_app = hyper::upgrade::on(&mut rsp);
-        tokio::spawn(async move {
-            match tokio::try_join!(to_app, from_peer) {
-                Ok((app, tunnel)) => {
-                    splice(TokioIo::new(app), tunnel, TcpSide::Destination, metrics).await;
-                }
-                Err(error) => tracing::debug!(%error, "upgrade closed before it opened"),
-            }
-        });
+        splice_upgraded(to_app, from_peer, TcpSide::Destination, metrics);
         let (mut parts, _) = forwarded_response(rsp).into_parts();
         parts.status = StatusCode::OK;
         parts.extensions = http::Extensions::new();

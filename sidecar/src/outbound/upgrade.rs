@@ -20,7 +20,6 @@ use http::uri::{Authority, Parts};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::ext::Protocol;
-use hyper_util::rt::TokioIo;
 use tower::Service;
 
 use crate::body::{Body, BoxError, empty};
@@ -29,7 +28,7 @@ use crate::headers::{
     APP_STATUS, APP_STATUS_CARRIER, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop,
 };
 use crate::metrics::{Label, TcpMetrics};
-use crate::splice::{TcpSide, splice};
+use crate::splice::{TcpSide, splice_upgraded};
 
 use super::balance::Balance;
 
@@ -127,14 +126,7 @@ pub(crate) async fn forward(
         return Ok(rsp);
     }
     let to_peer = hyper::upgrade::on(&mut rsp);
-    tokio::spawn(async move {
-        match tokio::try_join!(from_app, to_peer) {
-            Ok((app, tunnel)) => {
-                splice(TokioIo::new(app), tunnel, TcpSide::Source, metrics).await;
-            }
-            Err(error) => tracing::debug!(%error, "upgrade closed before it opened"),
-        }
-    });
+    splice_upgraded(from_app, to_peer, TcpSide::Source, metrics);
     let (mut parts, _) = rsp.into_parts();
     if let Upgrade::Protocol(protocol) = upgrade {
         parts.status = StatusCode::SWITCHING_PROTOCOLS;
