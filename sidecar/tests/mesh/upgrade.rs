@@ -207,7 +207,7 @@ async fn an_upgrade_the_app_refuses_arrives_unchanged() {
     let body = String::from_utf8_lossy(rsp.body().as_deref().unwrap_or_default()).into_owned();
     assert!(body.contains("speak HTTP/3"), "{body:?}");
 
-    // The refusal is an ordinary request: the connection still serves the next one as HTTP.
+    // Counted as a request answered with the app's status.
     let out = orders.metrics().await;
     let requests = r#"mesh_requests_total{direction="outbound",source="orders",destination="inventory",status_code="426"}"#;
     assert_eq!(metrics::value(&out, requests), Some(1.0), "{out}");
