@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::splice::TcpConnection;
+use crate::splice::AppStream;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -198,9 +198,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 }
 
-impl TcpConnection for Rewind<TcpStream> {
-    fn socket(&self) -> &TcpStream {
-        &self.inner
+impl AppStream for Rewind<TcpStream> {
+    fn abort(&self) {
+        self.inner.abort();
     }
 }
 

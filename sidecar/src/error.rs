@@ -167,6 +167,16 @@ pub struct AppFailed {
     pub source: hyper_util::client::legacy::Error,
 }
 
+/// Sending an upgrade request to the local app failed.
+#[derive(Debug, thiserror::Error)]
+#[error("upgrade request to the local app at {app} failed: {source}")]
+pub struct AppUpgradeFailed {
+    /// The app's address.
+    pub app: SocketAddr,
+    /// The HTTP error.
+    pub source: hyper::Error,
+}
+
 /// A peer asked to tunnel to a port other than the app's.
 #[derive(Debug, thiserror::Error)]
 #[error("CONNECT to {authority:?} refused: this sidecar tunnels only to its app's port {app_port}")]
@@ -346,6 +356,9 @@ pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     }
     if find_cause::<UpstreamFailed>(err).is_some() {
         return Reason::UpstreamReset;
+    }
+    if find_cause::<AppUpgradeFailed>(err).is_some() {
+        return Reason::AppError;
     }
     if let Some(app) = find_cause::<AppFailed>(err) {
         return if app.source.is_connect() {

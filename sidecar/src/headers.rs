@@ -25,6 +25,14 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-mesh-orig-proto");
 /// Value of [`ORIG_PROTO`] for HTTP/1.x requests.
 pub const ORIG_PROTO_HTTP1: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 
+/// The status of an app that answered an upgrade without switching protocols but with a 2xx.
+/// A 2xx to an extended CONNECT would open the stream, so on the mesh hop that answer travels
+/// as [`APP_STATUS_CARRIER`] with the app's status here, and the caller's sidecar restores it.
+pub const APP_STATUS: HeaderName = HeaderName::from_static("x-mesh-app-status");
+/// The status that carries [`APP_STATUS`] between sidecars: not a 2xx, and not a failure for
+/// the caller's outlier ejection.
+pub const APP_STATUS_CARRIER: http::StatusCode = http::StatusCode::CONFLICT;
+
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

@@ -35,7 +35,10 @@
 //! connection (steps 6 to 8), identified and authorized as a request (9, 10), then joined to
 //! the app's port (`inbound/tunnel`); the bytes are copied both ways by `splice.rs`. An `http`
 //! destination may have a listener too: there, and on the outbound listener, `detect.rs` reads
-//! each connection's first bytes to tell HTTP/1.x and HTTP/2 from opaque TCP.
+//! each connection's first bytes to tell HTTP/1.x and HTTP/2 from opaque TCP. An app's HTTP/1.1
+//! upgrade (WebSocket) or CONNECT on the outbound listener takes steps 1 to 3, then becomes
+//! such a stream (`outbound/upgrade`): an extended CONNECT for an upgrade, which the far side
+//! turns back into the app's upgrade request (`inbound/upgrade`).
 //!
 //! `outbound/mod.rs` and `inbound/mod.rs` are the handlers that string the steps together;
 //! both record each request the same way through `proxy_request.rs` (span, failure rescued

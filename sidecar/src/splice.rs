@@ -1,6 +1,7 @@
-//! Joins a TCP connection and an HTTP/2 CONNECT stream, both ways, for as long as either side
-//! has bytes to send: the outbound end joins the app's connection to its tunnel, the inbound end
-//! joins the tunnel to its connection to the app.
+//! Joins an app's connection and an HTTP/2 CONNECT stream, both ways, for as long as either
+//! side has bytes to send: the outbound end joins the app's connection to its tunnel, the
+//! inbound end joins the tunnel to its connection to the app. The app's end is a TCP socket, or
+//! an HTTP/1.1 connection the app upgraded (a WebSocket) or turned into a tunnel (CONNECT).
 //!
 //! A side that finishes sending (EOF, or `END_STREAM` on the tunnel) half-closes the other, and
 //! the reply still flows back. A side that fails (a TCP reset, an RST_STREAM, the peer
@@ -11,7 +12,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use hyper::upgrade::Upgraded;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,23 +30,28 @@ pub(crate) enum TcpSide {
     Destination,
 }
 
-/// A TCP connection as the splice reads it: the socket itself, or the socket behind the bytes
-/// protocol detection already read from it.
-pub(crate) trait TcpConnection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The socket, to reset it.
-    fn socket(&self) -> &TcpStream;
+/// The app's end of a stream: a socket, the socket behind the bytes protocol detection already
+/// read from it, or an app's upgraded HTTP connection.
+pub(crate) trait AppStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Makes the app see the end as an abort: a reset where the app's end is a socket of ours.
+    fn abort(&self);
 }
 
-impl TcpConnection for TcpStream {
-    fn socket(&self) -> &TcpStream {
-        self
+impl AppStream for TcpStream {
+    fn abort(&self) {
+        let _ = self.set_zero_linger();
     }
+}
+
+/// An app's upgraded HTTP connection: hyper owns the socket, so an abort is a close.
+impl AppStream for TokioIo<Upgraded> {
+    fn abort(&self) {}
 }
 
 /// Copies between `tcp` and `tunnel` until both directions end, counting bytes as they pass.
 /// The stream counts as closed when this ends, or when it is dropped (a drain cut it short).
-pub(crate) async fn splice<T: TcpConnection>(
-    tcp: T,
+pub(crate) async fn splice(
+    tcp: impl AppStream,
     tunnel: Upgraded,
     side: TcpSide,
     metrics: TcpMetrics,
@@ -66,9 +72,25 @@ pub(crate) async fn splice<T: TcpConnection>(
     if let Err(error) = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await {
         // Reset rather than close, so the app sees the abort as one; the tunnel's stream ends
         // when it drops.
-        let _ = tcp.inner.socket().set_zero_linger();
+        tcp.inner.abort();
         tracing::debug!(%error, "TCP stream aborted");
     }
+}
+
+/// Splices an app's upgraded HTTP/1.1 connection and a tunnel, in a task of its own, once both
+/// have switched protocols (after the responses that switch them are sent).
+pub(crate) fn splice_upgraded(
+    app: OnUpgrade,
+    tunnel: OnUpgrade,
+    side: TcpSide,
+    metrics: TcpMetrics,
+) {
+    tokio::spawn(async move {
+        match tokio::try_join!(app, tunnel) {
+            Ok((app, tunnel)) => splice(TokioIo::new(app), tunnel, side, metrics).await,
+            Err(error) => tracing::debug!(%error, "upgrade closed before it opened"),
+        }
+    });
 }
 
 /// Counts a stream open from creation, and closed with its duration when dropped.

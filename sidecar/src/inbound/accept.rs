@@ -96,7 +96,10 @@ where
         let caller = Arc::new(Caller::new(caller, peer));
         let handle = self.handle;
         let mut http = http_server();
-        http.http2().max_concurrent_streams(MAX_PEER_STREAMS);
+        // Extended CONNECT (RFC 8441) carries the HTTP/1.1 upgrades (WebSockets) of apps.
+        http.http2()
+            .max_concurrent_streams(MAX_PEER_STREAMS)
+            .enable_connect_protocol();
         let conn = http.serve_connection(
             TokioIo::new(tls),
             service_fn(move |req| handle(caller.clone(), req)),

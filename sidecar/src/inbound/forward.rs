@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HOST, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -80,14 +80,7 @@ impl AppClients {
                 .headers
                 .get(ORIG_PROTO)
                 .is_some_and(|v| v == ORIG_PROTO_HTTP1);
-        remove_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(ORIG_PROTO);
-        parts.headers.remove(CLIENT_ID);
-        parts
-            .headers
-            .insert(CLIENT_ID, HeaderValue::from_str(caller.as_str())?);
-        // The app's own calls continue the trace as children of this SERVER span.
-        propagation::inject(trace, b3, &mut parts.headers);
+        headers_for_app(&mut parts.headers, caller, trace, b3)?;
 
         let authority = match parts.uri.authority() {
             Some(a) => a.as_str().to_owned(),
@@ -111,6 +104,23 @@ impl AppClients {
             })
         })
     }
+}
+
+/// Rewrites a caller's headers for the app: hop-by-hop and `x-mesh-orig-proto` removed, the
+/// caller's verified ID in `x-mesh-client-id` (replacing any the calling app sent), and the
+/// trace continued as a child of this sidecar's SERVER span, so the app's own calls join it.
+pub(crate) fn headers_for_app(
+    headers: &mut HeaderMap,
+    caller: &SpiffeId,
+    trace: &opentelemetry::Context,
+    b3: Option<B3>,
+) -> Result<(), http::header::InvalidHeaderValue> {
+    remove_hop_by_hop(headers);
+    headers.remove(ORIG_PROTO);
+    headers.remove(CLIENT_ID);
+    headers.insert(CLIENT_ID, HeaderValue::from_str(caller.as_str())?);
+    propagation::inject(trace, b3, headers);
+    Ok(())
 }
 
 // === impl AppConnector ===

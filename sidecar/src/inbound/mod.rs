@@ -4,8 +4,9 @@
 //! 1. accept connections on the inbound listener (`accept.rs`, over `serve.rs`)
 //! 9. terminate mTLS and read the caller's SPIFFE ID (`identify.rs`)
 //! 10. authorize the caller ([`authorize`])
-//! 11. forward to the local app in its own protocol (`forward.rs`), or, for a CONNECT, join
-//!     the stream to a new TCP connection to the app (`tunnel.rs`)
+//! 11. forward to the local app in its own protocol (`forward.rs`); for a CONNECT, join the
+//!     stream to a new TCP connection to the app (`tunnel.rs`); for an extended CONNECT (a
+//!     WebSocket), send the app its HTTP/1.1 upgrade and join the stream to it (`upgrade.rs`)
 //!
 //! This file is the handler that strings steps 10 and 11 together for each request of an
 //! identified connection; `proxy_request.rs` records it.
@@ -18,6 +19,7 @@ pub mod authorize;
 pub(crate) mod forward;
 pub(crate) mod identify;
 pub(crate) mod tunnel;
+pub(crate) mod upgrade;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,6 +42,7 @@ use self::authorize::{Authorization, AuthorizationPolicy};
 use self::forward::AppClients;
 use self::identify::Caller;
 use self::tunnel::AppTunnels;
+use self::upgrade::AppUpgrades;
 
 /// The inbound proxy of one sidecar.
 #[derive(Debug)]
@@ -48,6 +51,7 @@ pub(crate) struct Inbound {
     authorization: Authorization,
     clients: AppClients,
     tunnels: AppTunnels,
+    upgrades: AppUpgrades,
     recorder: Recorder,
     metrics: Arc<Metrics>,
 }
@@ -64,6 +68,7 @@ impl Inbound {
             ),
             clients: AppClients::new(config.app),
             tunnels: AppTunnels::new(config.app),
+            upgrades: AppUpgrades::new(config.app),
             recorder: Recorder::new(
                 Direction::Inbound,
                 spans,
@@ -102,6 +107,10 @@ impl Inbound {
                 if let Some(host) = host {
                     span.set_attribute(KeyValue::new(attr::SERVER_ADDRESS, host));
                 }
+                if req.method() == Method::CONNECT {
+                    let upgrade = AppUpgrades::protocol(&req).map_or("CONNECT", |p| p.as_str());
+                    span.set_attribute(KeyValue::new(attr::UPGRADE, upgrade.to_owned()));
+                }
             }
         }
         let outcome: Result<Response<Body>, BoxError> =
@@ -113,7 +122,13 @@ impl Inbound {
                     let metrics =
                         self.metrics
                             .tcp(Direction::Inbound, &caller.label, &self.service);
-                    self.tunnels.open(req, metrics).await
+                    if AppUpgrades::protocol(&req).is_some() {
+                        self.upgrades
+                            .open(&caller.id, req, &request.trace, request.b3, metrics)
+                            .await
+                    } else {
+                        self.tunnels.open(req, metrics).await
+                    }
                 }
                 Ok(()) => self
                     .clients

@@ -49,13 +49,7 @@ impl AppTunnels {
             }
             .into());
         }
-        let app = TcpStream::connect(self.app)
-            .await
-            .map_err(|source| AppConnectFailed {
-                app: self.app,
-                source,
-            })?;
-        let _ = app.set_nodelay(true);
+        let app = connect_app(self.app).await?;
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             match on_upgrade.await {
@@ -67,6 +61,15 @@ impl AppTunnels {
         *rsp.status_mut() = StatusCode::OK;
         Ok(rsp)
     }
+}
+
+/// A new connection to the app, for a stream of its own.
+pub(crate) async fn connect_app(app: SocketAddr) -> Result<TcpStream, AppConnectFailed> {
+    let tcp = TcpStream::connect(app)
+        .await
+        .map_err(|source| AppConnectFailed { app, source })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 #[cfg(test)]

@@ -65,7 +65,8 @@ where
     ))
 }
 
-/// Serves one connection from the local app: HTTP/1.1 or HTTP/2, each request proxied;
+/// Serves one connection from the local app: HTTP/1.1 or HTTP/2, each request proxied (an
+/// HTTP/1.1 upgrade or a CONNECT the peer accepts turns the connection into a byte stream);
 /// anything else is closed.
 async fn connection<H, F>(
     http: Arc<auto::Builder<TokioExecutor>>,
@@ -110,7 +111,7 @@ pub(crate) async fn serve_http<I, H, F>(
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let conn = http
-        .serve_connection(TokioIo::new(io), service_fn(handle))
+        .serve_connection_with_upgrades(TokioIo::new(io), service_fn(handle))
         .into_owned();
     if let Err(error) = watcher.watch(conn).await {
         ::tracing::debug!(%error, "outbound connection closed with error");

@@ -17,7 +17,8 @@
 //!
 //! A `protocol: tcp` destination is reached through a listener of its own instead
 //! ([`tcp_listen`]), each connection tunnelled over the same balancer and connections
-//! ([`tunnel`]).
+//! ([`tunnel`]). An HTTP/1.1 upgrade (WebSocket) or a CONNECT takes steps 2 and 3 here, then
+//! goes straight to the balancer as a CONNECT stream ([`upgrade`]).
 //!
 //! The layers share the request, response and future types of [`stack`]. This file is the
 //! handler that strings steps 2 to 8 together; `proxy_request.rs` records each request. Errors
@@ -39,13 +40,14 @@ pub(crate) mod stack;
 pub(crate) mod tcp_listen;
 pub(crate) mod timeout;
 pub(crate) mod tunnel;
+pub(crate) mod upgrade;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::header::{EXPECT, HOST};
 use http::uri::Authority;
-use http::{Method, Request, Response, Version};
+use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
@@ -53,7 +55,7 @@ use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 use crate::config::Config;
-use crate::error::{NoAuthority, NoRoute, TcpOnly, Unsupported};
+use crate::error::{NoAuthority, NoRoute, TcpOnly};
 use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
@@ -64,8 +66,10 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt;
 
 use self::attempts::Attempts;
+use self::balance::Balance;
 use self::policy::{DestinationService, Destinations};
 use self::stack::call;
+use self::upgrade::Upgrade;
 
 /// Label used for requests whose destination is not known, to bound metric cardinality.
 const UNKNOWN: &str = "unknown";
@@ -78,6 +82,10 @@ struct Routed {
     route: Option<Label>,
     /// The route's stack, or the destination's.
     service: DestinationService,
+    /// The destination's balancer alone, for upgrades and tunnels.
+    balance: Balance,
+    /// The destination's `timeout`: how long an upgrade may wait for its answer.
+    timeout: Option<std::time::Duration>,
     authority: Authority,
 }
 
@@ -91,6 +99,8 @@ pub(crate) struct Outbound {
     unknown: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
     recorder: Recorder,
+    /// For the byte counts of upgraded streams.
+    metrics: Arc<Metrics>,
 }
 
 // === impl Outbound ===
@@ -108,7 +118,13 @@ impl Outbound {
             service: config.service.as_str().into(),
             unknown: UNKNOWN.into(),
             destinations,
-            recorder: Recorder::new(Direction::Outbound, spans, config.access_log, metrics),
+            recorder: Recorder::new(
+                Direction::Outbound,
+                spans,
+                config.access_log,
+                metrics.clone(),
+            ),
+            metrics,
         }
     }
 
@@ -118,7 +134,8 @@ impl Outbound {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
-        let routed = self.route(&req);
+        let upgrade = Upgrade::of(&req);
+        let routed = self.route(&req, upgrade.as_ref());
         let (destination, route) = match &routed {
             Ok(routed) => (routed.destination.clone(), routed.route.clone()),
             Err(_) => (self.unknown.clone(), None),
@@ -144,11 +161,30 @@ impl Outbound {
                 if let Some(route) = &route {
                     span.set_attribute(KeyValue::new(attr::ROUTE, route.to_string()));
                 }
+                if let Some(upgrade) = &upgrade {
+                    span.set_attribute(KeyValue::new(attr::UPGRADE, upgrade.name().to_owned()));
+                }
             }
         }
         let attempts = Arc::new(Attempts::new(request.trace.clone()));
-        let outcome = match routed {
-            Ok(routed) => {
+        let outcome = match (routed, upgrade) {
+            (Ok(routed), Some(upgrade)) => {
+                let metrics =
+                    self.metrics
+                        .tcp(Direction::Outbound, &self.service, &routed.destination);
+                let prepare = |peer_req: &mut Request<Body>| {
+                    propagation::inject(attempts.context(), request.b3, peer_req.headers_mut());
+                    peer_req.extensions_mut().insert(attempts.clone());
+                };
+                let peer = upgrade::Peer {
+                    destination: &routed.destination,
+                    balance: routed.balance,
+                    timeout: routed.timeout,
+                    authority: routed.authority,
+                };
+                upgrade::forward(peer, upgrade, req, prepare, metrics).await
+            }
+            (Ok(routed), None) => {
                 self.forward(
                     routed.service,
                     routed.authority,
@@ -158,7 +194,7 @@ impl Outbound {
                 )
                 .await
             }
-            Err(err) => Err(err),
+            (Err(err), _) => Err(err),
         };
         let parties = Parties {
             source: &self.service,
@@ -171,14 +207,9 @@ impl Outbound {
     }
 
     /// Steps 2 and 3: the destination, the stack of the request's route, and the authority to
-    /// forward.
-    fn route<B>(&self, req: &Request<B>) -> Result<Routed, BoxError> {
-        if req.method() == Method::CONNECT {
-            return Err(Unsupported {
-                method: Method::CONNECT,
-            }
-            .into());
-        }
+    /// forward. An upgrade or a CONNECT takes no route: routes set timeouts and retries, which
+    /// a stream does not have.
+    fn route<B>(&self, req: &Request<B>, upgrade: Option<&Upgrade>) -> Result<Routed, BoxError> {
         let authority = destination::authority(req).ok_or(NoAuthority)?;
         let name = destination::service_name(&authority);
         let stack = self
@@ -186,18 +217,25 @@ impl Outbound {
             .borrow()
             .get(&name)
             .ok_or(NoRoute { destination: name })?;
-        if let Some(tcp) = stack.tcp() {
+        if let Some(tcp) = stack.tcp()
+            && upgrade != Some(&Upgrade::Connect)
+        {
             return Err(TcpOnly {
                 destination: stack.name.to_string(),
                 listen: tcp.listen,
             }
             .into());
         }
-        let route = stack.route(req.method(), req.uri().path());
+        let route = match upgrade {
+            Some(_) => None,
+            None => stack.route(req.method(), req.uri().path()),
+        };
         Ok(Routed {
             destination: stack.name.clone(),
             route: route.map(|r| r.name.clone()),
             service: route.map_or(&stack.service, |r| &r.service).clone(),
+            balance: stack.balance().clone(),
+            timeout: stack.timeout(),
             authority,
         })
     }

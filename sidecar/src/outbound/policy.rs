@@ -196,6 +196,11 @@ impl DestinationStack {
         self.spec.tcp
     }
 
+    /// The destination's `timeout`, if it has one; it bounds an upgrade's wait for its answer.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.spec.policy.timeout
+    }
+
     /// The balancer alone (steps 6 to 8, no timeout, limits or retries), for TCP tunnels: a
     /// stream's bytes cannot be replayed, so a tunnel is opened once, on one endpoint.
     pub(crate) fn balance(&self) -> &Balance {

@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::detect::{Protocol, Rewind, detect};
 use crate::metrics::{Direction, Label, Metrics};
 use crate::serve::{self, Drain, http_server};
-use crate::splice::TcpConnection;
+use crate::splice::AppStream;
 
 use super::accept::{Handler, serve_http};
 use super::policy::Destinations;
@@ -303,7 +303,7 @@ impl Accepted {
     }
 
     /// Tunnels a connection, counted among the open streams until it ends or is cut.
-    async fn tunnel<S: TcpConnection>(&self, tcp: S, peer: SocketAddr) {
+    async fn tunnel<S: AppStream>(&self, tcp: S, peer: SocketAddr) {
         let open = OpenStream::new(&self.streams);
         tokio::select! {
             () = self.tunnels.clone().forward(tcp, peer) => {}

@@ -23,7 +23,7 @@ use crate::error::Reason;
 use crate::headers::MESH_ERROR;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
-use crate::splice::{TcpConnection, TcpSide, splice};
+use crate::splice::{AppStream, TcpSide, splice};
 
 use super::policy::Destinations;
 
@@ -90,7 +90,7 @@ impl Tunnels {
     /// Opens the tunnel for one accepted connection and copies until both ends are done.
     pub(crate) async fn forward<S>(self: Arc<Self>, tcp: S, peer: SocketAddr)
     where
-        S: TcpConnection,
+        S: AppStream,
     {
         match self.open().await {
             Ok((tunnel, destination)) => {
@@ -108,7 +108,7 @@ impl Tunnels {
                         "TCP connection not tunnelled"
                     );
                 }
-                let _ = tcp.socket().set_zero_linger();
+                tcp.abort();
             }
         }
     }

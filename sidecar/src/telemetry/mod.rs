@@ -48,6 +48,8 @@ pub mod attr {
     pub const ATTEMPTS: &str = "mesh.attempts";
     /// The destination's named route the request took.
     pub const ROUTE: &str = "mesh.route";
+    /// The protocol an upgrade asked for (`websocket`), or `CONNECT` for a tunnel.
+    pub const UPGRADE: &str = "mesh.upgrade";
 }
 
 /// Ends a request's span with its outcome: status code, tries, and on failure `error.type` and

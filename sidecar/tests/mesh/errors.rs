@@ -120,25 +120,6 @@ async fn a_dead_endpoint_beside_a_live_one_is_retried_there() {
 }
 
 #[tokio::test]
-async fn connect_tunnels_are_refused_with_501() {
-    let pair = crate::Pair::start().await;
-    let mut tcp = tokio::net::TcpStream::connect(pair.orders.outbound)
-        .await
-        .unwrap();
-    tcp.write_all(b"CONNECT inventory:443 HTTP/1.1\r\nHost: inventory:443\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let rsp = String::from_utf8_lossy(&buf[..n]);
-    assert!(rsp.starts_with("HTTP/1.1 501"), "{rsp}");
-    assert!(rsp.contains("x-mesh-error: unsupported"), "{rsp}");
-}
-
-#[tokio::test]
 async fn requests_waiting_on_an_unresponsive_peer_share_one_connect_timeout() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // A black hole: accepts TCP, never answers the TLS handshake.

@@ -18,6 +18,7 @@ mod shutdown;
 mod tcp;
 mod tracing;
 mod transparency;
+mod upgrade;
 
 use mesh_testkit::{Sidecar, TestMesh};
 
