@@ -119,22 +119,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
     })?;
-    let markdown = report.markdown();
-    println!("{markdown}");
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
-    // The smoke run writes beside the full run's files, never over them.
-    let stem = if args.quick {
-        "datapath-quick"
-    } else {
-        "datapath"
-    };
-    let md_path = args.out.join(format!("{stem}.md"));
-    let json_path = args.out.join(format!("{stem}.json"));
-    std::fs::write(&md_path, &markdown).with_context(|| format!("write {}", md_path.display()))?;
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&json_path, json + "\n")
-        .with_context(|| format!("write {}", json_path.display()))?;
-    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    datapath::write_report(
+        &args.out,
+        "datapath",
+        args.quick,
+        &report.markdown(),
+        &report,
+    )?;
     if args.quick && report.has_failures() {
         eprintln!("datapath --quick: a configuration failed or saw errors");
         return Ok(ExitCode::FAILURE);

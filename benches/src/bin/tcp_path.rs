@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use mesh_benches::datapath::tcp::{self, TcpOptions, TcpPlan};
-use mesh_benches::datapath::{EnvoySource, Topology};
+use mesh_benches::datapath::{self, EnvoySource, Topology};
 
 #[derive(Parser)]
 #[command(
@@ -106,21 +106,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
     })?;
-    let markdown = report.markdown();
-    println!("{markdown}");
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
-    let stem = if args.quick {
-        "tcp-path-quick"
-    } else {
-        "tcp-path"
-    };
-    let md_path = args.out.join(format!("{stem}.md"));
-    let json_path = args.out.join(format!("{stem}.json"));
-    std::fs::write(&md_path, &markdown).with_context(|| format!("write {}", md_path.display()))?;
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&json_path, json + "\n")
-        .with_context(|| format!("write {}", json_path.display()))?;
-    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    datapath::write_report(
+        &args.out,
+        "tcp-path",
+        args.quick,
+        &report.markdown(),
+        &report,
+    )?;
     if args.quick && report.has_failures() {
         eprintln!("tcp-path --quick: a configuration failed");
         return Ok(ExitCode::FAILURE);

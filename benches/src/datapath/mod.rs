@@ -215,6 +215,32 @@ pub struct Options {
     pub command: String,
 }
 
+/// Prints `markdown`, then writes it and `report` as JSON to `<out>/<stem>.md` and `.json`,
+/// where `stem` gets `-quick` for a smoke run so that it never overwrites a full run's files.
+pub fn write_report(
+    out: &std::path::Path,
+    stem: &str,
+    quick: bool,
+    markdown: &str,
+    report: &impl Serialize,
+) -> Result<(), Error> {
+    println!("{markdown}");
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out.display(), e))?;
+    let stem = if quick {
+        format!("{stem}-quick")
+    } else {
+        stem.to_owned()
+    };
+    let md_path = out.join(format!("{stem}.md"));
+    let json_path = out.join(format!("{stem}.json"));
+    std::fs::write(&md_path, markdown).map_err(|e| Error::io(md_path.display(), e))?;
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| Error::io("report as JSON", std::io::Error::other(e)))?;
+    std::fs::write(&json_path, json + "\n").map_err(|e| Error::io(json_path.display(), e))?;
+    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    Ok(())
+}
+
 /// Sums of one configuration's measured phases.
 struct Tally {
     running: Option<Running>,

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use super::procs::{Proc, TICKS_PER_SEC, cpu_ticks, peak_rss_kib};
 use super::report::{Machine, Target, load_average};
 use super::topology::{
-    CLIENT, READY_LIMIT, SERVER, TRUST_DOMAIN, envoy_version, pem, socket, write_certs,
+    CLIENT, Proxy, READY_LIMIT, Runtime, SERVER, TRUST_DOMAIN, envoy_version, pem, sidecar_yaml,
+    socket, start_proxy, write_certs,
 };
 use super::{EnvoySource, Error, Topology, find_or_install_envoy};
 
@@ -705,30 +706,10 @@ async fn start_ours(
             "{}".to_owned(),
         ),
     ] {
-        let yaml = format!(
-            "service: {service}\ntrust_domain: {TRUST_DOMAIN}\napp: \"{app}\"\n\
-             listen: {{ outbound: \"{out}\", inbound: \"{inb}\", admin: \"{admin}\" }}\n\
-             tls: {{ cert: {service}.pem, key: {service}-key.pem, trust_bundle: ca.pem }}\n\
-             destinations: {dest}\n"
-        );
-        let config = dir.join(format!("tcp-{target_name}-sidecar-{service}.yaml"));
-        std::fs::write(&config, yaml).map_err(|e| Error::io(config.display(), e))?;
-        let mut command = Command::new(&sidecar);
-        command
-            .current_dir(dir)
-            .arg("--config")
-            .arg(&config)
-            .args(["--log", "warn", "--workers", "1"])
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("MESH_SIDECAR_CONFIG")
-            .env_remove("MESH_SIDECAR_WORKERS");
-        let mut proc = Proc::spawn(
-            &format!("{target_name} sidecar {service}"),
-            command,
-            &dir.join(format!("tcp-{target_name}-sidecar-{service}.log")),
-        )?;
-        proc.wait_ready(admin, "/ready", READY_LIMIT).await?;
-        proxies.push((role, proc));
+        let yaml = sidecar_yaml(service, app, [out, inb, admin], &dest);
+        let stem = format!("tcp-{target_name}-sidecar-{service}");
+        let proxy = Proxy::Sidecar(&sidecar, Runtime::OneThread);
+        proxies.push((role, start_proxy(proxy, dir, &stem, &yaml, admin).await?));
     }
     Ok(Pair {
         entry: tcp_listen,
@@ -829,21 +810,11 @@ static_resources:
         ("client side", CLIENT, c_admin, client),
         ("server side", SERVER, s_admin, server),
     ] {
-        let config = dir.join(format!("tcp-{target_name}-envoy-{service}.yaml"));
-        std::fs::write(&config, yaml).map_err(|e| Error::io(config.display(), e))?;
-        let mut command = Command::new(envoy);
-        command
-            .arg("-c")
-            .arg(&config)
-            .args(["--concurrency", "1", "--log-level", "warn"])
-            .arg("--disable-hot-restart");
-        let mut proc = Proc::spawn(
-            &format!("{target_name} envoy {service}"),
-            command,
-            &dir.join(format!("tcp-{target_name}-envoy-{service}.log")),
-        )?;
-        proc.wait_ready(admin, "/ready", READY_LIMIT).await?;
-        proxies.push((role, proc));
+        let stem = format!("tcp-{target_name}-envoy-{service}");
+        proxies.push((
+            role,
+            start_proxy(Proxy::Envoy(envoy), dir, &stem, &yaml, admin).await?,
+        ));
     }
     Ok(Pair {
         entry: c_listen,

@@ -104,33 +104,9 @@ pub(crate) async fn start_ours(
         ),
         ("server side", SERVER, i_out, i_in, i_admin, "{}".to_owned()),
     ] {
-        let yaml = format!(
-            "service: {service}\ntrust_domain: {TRUST_DOMAIN}\napp: \"{app}\"\n\
-             listen: {{ outbound: \"{out}\", inbound: \"{inb}\", admin: \"{admin}\" }}\n\
-             tls: {{ cert: {service}.pem, key: {service}-key.pem, trust_bundle: ca.pem }}\n\
-             destinations: {dest}\n"
-        );
-        let config = dir.join(format!("sidecar-{service}{suffix}.yaml"));
-        std::fs::write(&config, yaml).map_err(|e| Error::io(config.display(), e))?;
-        let mut command = Command::new(&sidecar);
-        command
-            .arg("--config")
-            .arg(&config)
-            .args(["--log", "warn"])
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("MESH_SIDECAR_CONFIG")
-            .env_remove("MESH_SIDECAR_WORKERS");
-        // One worker, as Envoy's `--concurrency 1`.
-        match runtime {
-            Runtime::OneThread => command.args(["--workers", "1"]),
-            Runtime::OneWorker => command.env("TOKIO_WORKER_THREADS", "1"),
-        };
-        let mut proc = Proc::spawn(
-            &format!("sidecar {service}{suffix}"),
-            command,
-            &dir.join(format!("sidecar-{service}{suffix}.log")),
-        )?;
-        proc.wait_ready(admin, "/ready", READY_LIMIT).await?;
+        let yaml = sidecar_yaml(service, app, [out, inb, admin], &dest);
+        let stem = format!("sidecar-{service}{suffix}");
+        let proc = start_proxy(Proxy::Sidecar(&sidecar, runtime), dir, &stem, &yaml, admin).await?;
         proxies.push((role, proc));
     }
     let running = Running {
@@ -139,6 +115,74 @@ pub(crate) async fn start_ours(
     };
     load::probe(running.entry, READY_LIMIT).await?;
     Ok(running)
+}
+
+/// A sidecar's bootstrap file with its certificates from the run's directory; `listen` is
+/// outbound, inbound and admin, `destinations` a YAML flow mapping.
+pub(crate) fn sidecar_yaml(
+    service: &str,
+    app: SocketAddr,
+    listen: [SocketAddr; 3],
+    destinations: &str,
+) -> String {
+    let [out, inb, admin] = listen;
+    format!(
+        "service: {service}\ntrust_domain: {TRUST_DOMAIN}\napp: \"{app}\"\n\
+         listen: {{ outbound: \"{out}\", inbound: \"{inb}\", admin: \"{admin}\" }}\n\
+         tls: {{ cert: {service}.pem, key: {service}-key.pem, trust_bundle: ca.pem }}\n\
+         destinations: {destinations}\n"
+    )
+}
+
+/// A proxy binary, and how it is told to serve on one worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Proxy<'a> {
+    Sidecar(&'a Path, Runtime),
+    Envoy(&'a Path),
+}
+
+/// Writes `yaml` to `<stem>.yaml` in `dir`, starts the proxy with it (its log in `<stem>.log`)
+/// and waits until its admin address answers `/ready`.
+pub(crate) async fn start_proxy(
+    proxy: Proxy<'_>,
+    dir: &Path,
+    stem: &str,
+    yaml: &str,
+    admin: SocketAddr,
+) -> Result<Proc, Error> {
+    let config = dir.join(format!("{stem}.yaml"));
+    std::fs::write(&config, yaml).map_err(|e| Error::io(config.display(), e))?;
+    let command = match proxy {
+        Proxy::Sidecar(binary, runtime) => {
+            let mut command = Command::new(binary);
+            command
+                .arg("--config")
+                .arg(&config)
+                .args(["--log", "warn"])
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env_remove("MESH_SIDECAR_CONFIG")
+                .env_remove("MESH_SIDECAR_WORKERS");
+            // One worker, as Envoy's `--concurrency 1`.
+            match runtime {
+                Runtime::OneThread => command.args(["--workers", "1"]),
+                Runtime::OneWorker => command.env("TOKIO_WORKER_THREADS", "1"),
+            };
+            command
+        }
+        Proxy::Envoy(binary) => {
+            let mut command = Command::new(binary);
+            command
+                .arg("-c")
+                .arg(&config)
+                .args(["--concurrency", "1", "--log-level", "warn"])
+                // Two Envoys on one machine would otherwise fight over the hot-restart memory.
+                .arg("--disable-hot-restart");
+            command
+        }
+    };
+    let mut proc = Proc::spawn(stem, command, &dir.join(format!("{stem}.log")))?;
+    proc.wait_ready(admin, "/ready", READY_LIMIT).await?;
+    Ok(proc)
 }
 
 /// Starts two Envoys: HTTP/1.1 in, HTTP/2 with mutual TLS between them, HTTP/1.1 to the app.
@@ -164,22 +208,11 @@ pub(crate) async fn start_envoy(
     ];
     let mut proxies = Vec::new();
     for (role, service, admin, yaml) in configs {
-        let config = dir.join(format!("envoy-{service}.yaml"));
-        std::fs::write(&config, yaml).map_err(|e| Error::io(config.display(), e))?;
-        let mut command = Command::new(envoy);
-        command
-            .arg("-c")
-            .arg(&config)
-            .args(["--concurrency", "1", "--log-level", "warn"])
-            // Two Envoys on one machine would otherwise fight over the hot-restart memory.
-            .arg("--disable-hot-restart");
-        let mut proc = Proc::spawn(
-            &format!("envoy {service}"),
-            command,
-            &dir.join(format!("envoy-{service}.log")),
-        )?;
-        proc.wait_ready(admin, "/ready", READY_LIMIT).await?;
-        proxies.push((role, proc));
+        let stem = format!("envoy-{service}");
+        proxies.push((
+            role,
+            start_proxy(Proxy::Envoy(envoy), dir, &stem, &yaml, admin).await?,
+        ));
     }
     let running = Running {
         entry: c_listen,
