@@ -2,7 +2,6 @@
 //! proves the harness starts the processes, loads them and counts sane numbers.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use mesh_benches::datapath::{self, EnvoySource, Options, Plan, Topology};
 
@@ -12,14 +11,7 @@ async fn quick_run_direct_and_ours() {
     // test run (`-p mesh-benches`) did not build it.
     let harness = PathBuf::from(env!("CARGO_BIN_EXE_datapath"));
     let bin_dir = harness.parent().unwrap().to_owned();
-    if !bin_dir.join("sidecar").exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "mesh-sidecar", "--bin", "sidecar"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the sidecar failed");
-    }
+    datapath::build_sidecar_if_missing(&bin_dir).unwrap();
     let options = Options {
         mode: "quick".to_owned(),
         plan: Plan::quick(),

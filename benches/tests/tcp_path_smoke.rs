@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use mesh_benches::datapath::tcp::{self, TcpOptions, TcpPlan};
-use mesh_benches::datapath::{EnvoySource, Topology};
+use mesh_benches::datapath::{self, EnvoySource, Topology};
 
 fn installed(program: &str) -> bool {
     Command::new(program)
@@ -31,14 +31,7 @@ async fn quick_run_direct_and_ours() {
     }
     let harness = PathBuf::from(env!("CARGO_BIN_EXE_tcp-path"));
     let bin_dir = harness.parent().unwrap().to_owned();
-    if !bin_dir.join("sidecar").exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "mesh-sidecar", "--bin", "sidecar"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the sidecar failed");
-    }
+    datapath::build_sidecar_if_missing(&bin_dir).unwrap();
     let options = TcpOptions {
         mode: "quick".to_owned(),
         plan: TcpPlan::quick(),

@@ -215,6 +215,29 @@ pub struct Options {
     pub command: String,
 }
 
+/// Builds the `sidecar` binary with the profile of `bin_dir` when it is not there yet, as after
+/// a test run narrowed to `-p mesh-benches`: the smoke tests run it from beside themselves.
+pub fn build_sidecar_if_missing(bin_dir: &std::path::Path) -> Result<(), Error> {
+    if bin_dir.join("sidecar").exists() {
+        return Ok(());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = std::process::Command::new(cargo);
+    command.args(["build", "-p", "mesh-sidecar", "--bin", "sidecar"]);
+    if bin_dir.ends_with("release") {
+        command.arg("--release");
+    }
+    let status = command.status().map_err(|e| Error::Spawn {
+        name: "cargo build".to_owned(),
+        source: e,
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::MissingBinary(bin_dir.join("sidecar")))
+    }
+}
+
 /// Prints `markdown`, then writes it and `report` as JSON to `<out>/<stem>.md` and `.json`,
 /// where `stem` gets `-quick` for a smoke run so that it never overwrites a full run's files.
 pub fn write_report(
