@@ -11,9 +11,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use mesh_benches::datapath::{self, EnvoySource, Options, Plan, Topology};
+use mesh_benches::datapath::{self, Options, Plan, Topology};
 
 #[derive(Parser)]
 #[command(
@@ -72,16 +71,7 @@ fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let harness = std::env::current_exe().context("locate own binary")?;
-    let bin_dir = harness
-        .parent()
-        .context("own binary has no directory")?
-        .to_owned();
-    // target/<profile>/datapath → target/bench-venv, shared by every profile.
-    let venv = bin_dir
-        .parent()
-        .context("binary directory has no parent")?
-        .join("bench-venv");
+    let setup = datapath::Setup::locate(args.envoy.clone())?;
     let topologies = args
         .only
         .iter()
@@ -103,22 +93,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         mode: if args.quick { "quick" } else { "full" }.to_owned(),
         plan,
         topologies,
-        harness,
-        bin_dir,
-        envoy: match args.envoy {
-            Some(path) => EnvoySource::Path(path),
-            None => EnvoySource::Venv(venv),
-        },
+        harness: setup.harness,
+        bin_dir: setup.bin_dir,
+        envoy: setup.envoy,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let runtime = tokio::runtime::Runtime::new().context("start the runtime")?;
-    // Ctrl-C drops the run, and with it every process it started.
-    let report = runtime.block_on(async {
-        tokio::select! {
-            report = datapath::run(options) => report.map_err(anyhow::Error::from),
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        }
-    })?;
+    let report = datapath::run_interruptible(datapath::run(options))?;
     datapath::write_report(
         &args.out,
         "datapath",

@@ -11,10 +11,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use mesh_benches::datapath::tcp::{self, TcpOptions, TcpPlan};
-use mesh_benches::datapath::{self, EnvoySource, Topology};
+use mesh_benches::datapath::{self, Topology};
 
 #[derive(Parser)]
 #[command(
@@ -56,15 +55,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let harness = std::env::current_exe().context("locate own binary")?;
-    let bin_dir = harness
-        .parent()
-        .context("own binary has no directory")?
-        .to_owned();
-    let venv = bin_dir
-        .parent()
-        .context("binary directory has no parent")?
-        .join("bench-venv");
+    let setup = datapath::Setup::locate(args.envoy.clone())?;
     let topologies = args
         .only
         .iter()
@@ -91,21 +82,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         mode: if args.quick { "quick" } else { "full" }.to_owned(),
         plan,
         topologies,
-        bin_dir,
-        envoy: match args.envoy {
-            Some(path) => EnvoySource::Path(path),
-            None => EnvoySource::Venv(venv),
-        },
+        bin_dir: setup.bin_dir,
+        envoy: setup.envoy,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let runtime = tokio::runtime::Runtime::new().context("start the runtime")?;
-    // Ctrl-C drops the run, and with it every process it started.
-    let report = runtime.block_on(async {
-        tokio::select! {
-            report = tcp::run(options) => report.map_err(anyhow::Error::from),
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        }
-    })?;
+    let report = datapath::run_interruptible(tcp::run(options))?;
     datapath::write_report(
         &args.out,
         "tcp-path",

@@ -74,6 +74,8 @@ pub enum Error {
     Timeout,
     #[error("answered with a non-success status")]
     Status,
+    #[error("interrupted")]
+    Interrupted,
     #[error("TCP load: {0}")]
     Tcp(String),
     #[error("unknown configuration {0:?}: use direct, ours, envoy or ours-mt")]
@@ -213,6 +215,50 @@ pub struct Options {
     pub envoy: EnvoySource,
     /// The command line, for the report.
     pub command: String,
+}
+
+/// What a harness binary runs, found from its own path: itself (`harness`), the binaries built
+/// beside it (`sidecar`), and Envoy: `--envoy PATH`, else the venv `target/bench-venv`, which
+/// every profile shares.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub harness: PathBuf,
+    pub bin_dir: PathBuf,
+    pub envoy: EnvoySource,
+}
+
+impl Setup {
+    pub fn locate(envoy: Option<PathBuf>) -> Result<Self, Error> {
+        let harness = std::env::current_exe().map_err(|e| Error::io("locate own binary", e))?;
+        let no_dir = || Error::Io {
+            what: format!("{}: no parent directory", harness.display()),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
+        let bin_dir = harness.parent().ok_or_else(no_dir)?.to_owned();
+        let envoy = match envoy {
+            Some(path) => EnvoySource::Path(path),
+            None => EnvoySource::Venv(bin_dir.parent().ok_or_else(no_dir)?.join("bench-venv")),
+        };
+        Ok(Self {
+            harness,
+            bin_dir,
+            envoy,
+        })
+    }
+}
+
+/// Runs `run` to its end on a new runtime; Ctrl-C drops it instead, and with it every process
+/// it started.
+pub fn run_interruptible<T>(
+    run: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| Error::io("start the runtime", e))?;
+    runtime.block_on(async {
+        tokio::select! {
+            done = run => done,
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+        }
+    })
 }
 
 /// Builds the `sidecar` binary with the profile of `bin_dir` when it is not there yet, as after
