@@ -22,6 +22,12 @@ pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-mesh-attempts");
 /// Sidecars always speak HTTP/2 to each other; this records that the app spoke HTTP/1.x, so
 /// the destination's sidecar forwards in the app's own protocol.
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-mesh-orig-proto");
+/// Marks a request between sidecars as a TCP stream for the destination's app: its body is what
+/// the source sends and its response's body what the destination sends; the `:authority` names
+/// the port. Removed from every request an app sends.
+pub const TUNNEL: HeaderName = HeaderName::from_static("x-mesh-tunnel");
+/// The value of [`TUNNEL`].
+pub const TUNNEL_TCP: HeaderValue = HeaderValue::from_static("tcp");
 /// Value of [`ORIG_PROTO`] for HTTP/1.x requests.
 pub const ORIG_PROTO_HTTP1: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 use crate::config::Config;
+use crate::error::Unsupported;
 use crate::headers::forwarded_response;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::proxy_request::{Parties, Recorder};
@@ -107,7 +108,7 @@ impl Inbound {
                 if let Some(host) = host {
                     span.set_attribute(KeyValue::new(attr::SERVER_ADDRESS, host));
                 }
-                if req.method() == Method::CONNECT {
+                if req.method() == Method::CONNECT || AppTunnels::asked(&req) {
                     let upgrade = AppUpgrades::protocol(&req).map_or("CONNECT", |p| p.as_str());
                     span.set_attribute(KeyValue::new(attr::UPGRADE, upgrade.to_owned()));
                 }
@@ -118,18 +119,25 @@ impl Inbound {
                 .authorization
                 .check(&caller, self.service.as_str(), &self.metrics)
             {
-                Ok(()) if req.method() == Method::CONNECT => {
+                Ok(()) if AppTunnels::asked(&req) => {
                     let metrics =
                         self.metrics
                             .tcp(Direction::Inbound, &caller.label, &self.service);
-                    if AppUpgrades::protocol(&req).is_some() {
-                        self.upgrades
-                            .open(&caller.id, req, &request.trace, request.b3, metrics)
-                            .await
-                    } else {
-                        self.tunnels.open(req, metrics).await
-                    }
+                    self.tunnels.open(req, metrics).await
                 }
+                Ok(()) if AppUpgrades::protocol(&req).is_some() => {
+                    let metrics =
+                        self.metrics
+                            .tcp(Direction::Inbound, &caller.label, &self.service);
+                    self.upgrades
+                        .open(&caller.id, req, &request.trace, request.b3, metrics)
+                        .await
+                }
+                // Sidecars send TCP streams as `x-mesh-tunnel` requests, never as a bare CONNECT.
+                Ok(()) if req.method() == Method::CONNECT => Err(Unsupported {
+                    method: Method::CONNECT,
+                }
+                .into()),
                 Ok(()) => self
                     .clients
                     .forward(&caller.id, req, &request.trace, request.b3)

@@ -1,22 +1,28 @@
-//! Step 11 for TCP: an authorized caller's CONNECT stream joined to a new connection to the app.
+//! Step 11 for TCP: an authorized caller's TCP stream joined to a new connection to the app.
 //!
-//! A peer sidecar carries each TCP connection of its app as one HTTP/2 CONNECT stream (RFC 9113
-//! §8.5) whose `:authority` names the app's port. This sidecar only ever dials its own app: a
-//! CONNECT naming another port is refused with 403 (`tunnel-port-refused`), so the mesh cannot
-//! be used to reach other ports of the host. The host part of the authority is not dialled.
+//! A peer sidecar carries each TCP connection of its app as one HTTP/2 request marked
+//! `x-mesh-tunnel: tcp` whose `:authority` names the app's port: the request body is what its
+//! app sends, and the response body what ours sends back (`splice::stream` says why bodies
+//! rather than CONNECT). This sidecar only ever dials its own app: a stream naming another port
+//! is refused with 403 (`tunnel-port-refused`), so the mesh cannot be used to reach other ports
+//! of the host. The host part of the authority is not dialled.
 //!
 //! The app is connected before the 200 is sent, so a caller whose app is down gets 502
 //! (`app-unavailable`) and its balancer counts the failure against this endpoint.
 
 use std::net::SocketAddr;
 
+use http::uri::Authority;
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
-use crate::body::{Body, BoxError, empty};
+use crate::body::{Body, BoxError};
 use crate::error::{AppConnectFailed, TunnelPortRefused};
+use crate::headers::TUNNEL;
 use crate::metrics::TcpMetrics;
-use crate::splice::{TcpSide, splice};
+use crate::splice::{MeshStream, TcpSide, splice_stream, stream_body};
 
 /// Opens tunnels to the local app.
 #[derive(Clone, Debug)]
@@ -31,14 +37,34 @@ impl AppTunnels {
         Self { app }
     }
 
-    /// Connects to the app for the CONNECT `req` and answers 200; once the caller's side has
-    /// switched to the tunnel, bytes flow between the two until both ends are done.
-    pub(crate) async fn open<B>(
+    /// Whether a peer's `req` asks for a TCP stream.
+    pub(crate) fn asked<B>(req: &Request<B>) -> bool {
+        req.headers().contains_key(TUNNEL)
+    }
+
+    /// Connects to the app for the stream `req` asks for and answers 200; bytes then flow
+    /// between the two bodies and the app's connection until both ends are done.
+    pub(crate) async fn open(
         &self,
-        mut req: Request<B>,
+        req: Request<Incoming>,
         metrics: TcpMetrics,
     ) -> Result<Response<Body>, BoxError> {
-        let authority = req.uri().authority();
+        let app = self.connect(req.uri().authority()).await?;
+        let (send, body) = stream_body();
+        let recv = req.into_body().map_err(BoxError::from).boxed_unsync();
+        tokio::spawn(splice_stream(
+            app,
+            MeshStream { send, recv },
+            TcpSide::Destination,
+            metrics,
+        ));
+        let mut rsp = Response::new(body);
+        *rsp.status_mut() = StatusCode::OK;
+        Ok(rsp)
+    }
+
+    /// The new connection to the app's port that `authority` asks for.
+    async fn connect(&self, authority: Option<&Authority>) -> Result<TcpStream, BoxError> {
         // No port: the caller's destination leaves the port to each peer (an `http`
         // destination's listener), which is the app's.
         let port = authority.map(|a| a.port_u16().unwrap_or(self.app.port()));
@@ -49,17 +75,7 @@ impl AppTunnels {
             }
             .into());
         }
-        let app = connect_app(self.app).await?;
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(tunnel) => splice(app, tunnel, TcpSide::Destination, metrics).await,
-                Err(error) => tracing::debug!(%error, "tunnel closed before it opened"),
-            }
-        });
-        let mut rsp = Response::new(empty());
-        *rsp.status_mut() = StatusCode::OK;
-        Ok(rsp)
+        Ok(connect_app(self.app).await?)
     }
 }
 
@@ -76,22 +92,16 @@ pub(crate) async fn connect_app(app: SocketAddr) -> Result<TcpStream, AppConnect
 mod tests {
     use super::*;
     use crate::error::rescue;
-    use crate::metrics::{Direction, Metrics};
 
-    fn connect(authority: &str) -> Request<()> {
-        Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(authority)
-            .body(())
-            .unwrap()
+    fn authority(authority: &str) -> Authority {
+        authority.parse().unwrap()
     }
 
     #[tokio::test]
     async fn only_the_apps_port_is_tunnelled() {
         let tunnels = AppTunnels::new("127.0.0.1:6379".parse().unwrap());
-        let metrics = Metrics::new().tcp(Direction::Inbound, &"orders".into(), &"redis".into());
         let err = tunnels
-            .open(connect("redis:22"), metrics.clone())
+            .connect(Some(&authority("redis:22")))
             .await
             .unwrap_err();
         let (reason, rsp) = rescue(err.as_ref());
@@ -108,9 +118,8 @@ mod tests {
         let app = listener.local_addr().unwrap();
         drop(listener);
         let tunnels = AppTunnels::new(app);
-        let metrics = Metrics::new().tcp(Direction::Inbound, &"orders".into(), &"redis".into());
         let err = tunnels
-            .open(connect(&format!("redis:{}", app.port())), metrics)
+            .connect(Some(&authority(&format!("redis:{}", app.port()))))
             .await
             .unwrap_err();
         let (_, rsp) = rescue(err.as_ref());

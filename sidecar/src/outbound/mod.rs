@@ -56,7 +56,7 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 use crate::config::Config;
 use crate::error::{NoAuthority, NoRoute, TcpOnly};
-use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
+use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, TUNNEL, absolute_uri, remove_hop_by_hop};
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::proxy_request::{Parties, Recorder};
@@ -273,6 +273,7 @@ fn to_peer_request(
     parts.headers.remove(EXPECT);
     // Only a sidecar may say what the app spoke.
     parts.headers.remove(ORIG_PROTO);
+    parts.headers.remove(TUNNEL);
     if http1 {
         parts.headers.insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
     }

@@ -1,6 +1,7 @@
 //! Each connection an app opens to a `tcp` destination's listener, carried to the destination
-//! as one HTTP/2 CONNECT stream (`:authority` `<destination>:<port>`) on the pooled mTLS
-//! connection to a peer sidecar, then copied both ways by `splice.rs`.
+//! as one HTTP/2 stream (`x-mesh-tunnel: tcp`, `:authority` `<destination>:<port>`) on the
+//! pooled mTLS connection to a peer sidecar, its bytes in the request and response bodies, and
+//! copied both ways by `splice`.
 //!
 //! Steps 6 to 8 are the HTTP path's: the destination's balancer picks the endpoint (skipping
 //! ejected ones; a failed connect counts towards ejection) and its connection is the one HTTP
@@ -12,18 +13,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::uri::{Authority, Parts};
+use http::uri::Authority;
 use http::{Method, Request, StatusCode, Uri};
-use hyper::upgrade::Upgraded;
 use tokio::sync::watch;
 use tower::Service;
 
-use crate::body::{BoxError, empty};
+use crate::body::BoxError;
 use crate::error::Reason;
-use crate::headers::MESH_ERROR;
+use crate::headers::{MESH_ERROR, TUNNEL, TUNNEL_TCP};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
-use crate::splice::{AppStream, TcpSide, splice};
+use crate::splice::{AppStream, MeshStream, TcpSide, splice_stream, stream_body};
 
 use super::policy::Destinations;
 
@@ -97,7 +97,7 @@ impl Tunnels {
                 let metrics = self
                     .metrics
                     .tcp(Direction::Outbound, &self.source, &destination);
-                splice(tcp, tunnel, TcpSide::Source, metrics).await;
+                splice_stream(tcp, tunnel, TcpSide::Source, metrics).await;
             }
             Err(error) => {
                 self.metrics
@@ -113,9 +113,9 @@ impl Tunnels {
         }
     }
 
-    /// Sends a CONNECT for `destination:port` through the destination's current balancer and
-    /// waits for the tunnel; also returns the destination's metric label.
-    async fn open(&self) -> Result<(Upgraded, Label), TunnelError> {
+    /// Opens a stream to `destination:port` through the destination's current balancer and
+    /// waits for the peer to accept it; also returns the destination's metric label.
+    async fn open(&self) -> Result<(MeshStream, Label), TunnelError> {
         let stack = self
             .destinations
             .borrow()
@@ -131,15 +131,8 @@ impl Tunnels {
         let authority: Authority = authority
             .parse()
             .map_err(|e: http::uri::InvalidUri| failed(e.into()))?;
-        let mut parts = Parts::default();
-        parts.authority = Some(authority);
-        let uri = Uri::from_parts(parts).map_err(|e| failed(e.into()))?;
-        let req = Request::builder()
-            .method(Method::CONNECT)
-            .uri(uri)
-            .version(http::Version::HTTP_2)
-            .body(empty())
-            .map_err(|e| failed(e.into()))?;
+        let (send, body) = stream_body();
+        let req = tunnel_request(authority, body).map_err(failed)?;
         let rsp = stack.balance().clone().call(req).await.map_err(failed)?;
         if rsp.status() != StatusCode::OK {
             let reason = rsp
@@ -153,9 +146,28 @@ impl Tunnels {
                 reason,
             });
         }
-        let tunnel = hyper::upgrade::on(rsp)
-            .await
-            .map_err(|e| failed(e.into()))?;
+        let tunnel = MeshStream {
+            send,
+            recv: rsp.into_body(),
+        };
         Ok((tunnel, stack.name.clone()))
     }
+}
+
+/// The request that opens a stream to `authority`'s app: its body is what the app sends.
+pub(crate) fn tunnel_request(
+    authority: Authority,
+    body: crate::body::Body,
+) -> Result<Request<crate::body::Body>, BoxError> {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query("/")
+        .build()?;
+    Ok(Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .version(http::Version::HTTP_2)
+        .header(TUNNEL, TUNNEL_TCP)
+        .body(body)?)
 }

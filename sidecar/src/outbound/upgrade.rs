@@ -1,10 +1,11 @@
 //! HTTP/1.1 upgrades (WebSockets) and CONNECT tunnels from the app, carried to the destination
-//! as HTTP/2 CONNECT streams on the pooled mTLS connection to a peer sidecar.
+//! on the pooled mTLS connection to a peer sidecar.
 //!
 //! An upgrade (`Connection: upgrade`, `Upgrade: websocket`) becomes an extended CONNECT
 //! (RFC 8441): `:protocol websocket` with the request's path and end-to-end headers
-//! (`Sec-WebSocket-*`, `Origin`). A CONNECT keeps its authority (`inventory:8080`), which must
-//! name the port the destination's app listens on. If the peer answers 200, the app gets
+//! (`Sec-WebSocket-*`, `Origin`). A CONNECT becomes a TCP stream to the destination's app, as a
+//! `tcp` destination's connections do (`tunnel.rs`); its authority (`inventory:8080`) must name
+//! the port the destination's app listens on. If the peer answers 200, the app gets
 //! `101 Switching Protocols` (upgrade, with the destination app's headers) or `200` (CONNECT),
 //! and bytes flow both ways through `splice.rs`; any other answer reaches the app unchanged and
 //! nothing is upgraded.
@@ -16,8 +17,8 @@
 use std::time::Duration;
 
 use http::header::{CONNECTION, EXPECT, HOST, HeaderValue, UPGRADE};
-use http::uri::{Authority, Parts};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::ext::Protocol;
 use tower::Service;
@@ -25,12 +26,14 @@ use tower::Service;
 use crate::body::{Body, BoxError, empty};
 use crate::error::RequestTimeout;
 use crate::headers::{
-    APP_STATUS, APP_STATUS_CARRIER, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop,
+    APP_STATUS, APP_STATUS_CARRIER, ORIG_PROTO, ORIG_PROTO_HTTP1, TUNNEL, absolute_uri,
+    remove_hop_by_hop,
 };
 use crate::metrics::{Label, TcpMetrics};
-use crate::splice::{TcpSide, splice_upgraded};
+use crate::splice::{MeshStream, TcpSide, splice_upgraded, splice_upgraded_stream, stream_body};
 
 use super::balance::Balance;
+use super::tunnel::tunnel_request;
 
 /// What kind of stream an app's request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,7 +103,13 @@ pub(crate) async fn forward(
     metrics: TcpMetrics,
 ) -> Result<Response<Body>, BoxError> {
     let from_app = hyper::upgrade::on(&mut req);
-    let mut peer_req = to_peer(&upgrade, peer.authority, req)?;
+    let (mut peer_req, stream) = match &upgrade {
+        Upgrade::Protocol(protocol) => (to_peer(protocol, peer.authority, req)?, None),
+        Upgrade::Connect => {
+            let (send, body) = stream_body();
+            (tunnel_request(peer.authority, body)?, Some(send))
+        }
+    };
     prepare(&mut peer_req);
     let mut balance = peer.balance;
     let answer = balance.call(peer_req);
@@ -126,8 +135,14 @@ pub(crate) async fn forward(
         return Ok(rsp);
     }
     let to_peer = hyper::upgrade::on(&mut rsp);
-    splice_upgraded(from_app, to_peer, TcpSide::Source, metrics);
-    let (mut parts, _) = rsp.into_parts();
+    let (mut parts, body) = rsp.into_parts();
+    match stream {
+        Some(send) => {
+            let mesh = MeshStream { send, recv: body };
+            splice_upgraded_stream(from_app, mesh, TcpSide::Source, metrics);
+        }
+        None => splice_upgraded(from_app, to_peer, TcpSide::Source, metrics),
+    }
     if let Upgrade::Protocol(protocol) = upgrade {
         parts.status = StatusCode::SWITCHING_PROTOCOLS;
         parts
@@ -142,10 +157,10 @@ pub(crate) async fn forward(
     Ok(Response::from_parts(parts, empty()))
 }
 
-/// The HTTP/2 CONNECT for the peer: extended (`:protocol`, `:path`) for an upgrade, the bare
-/// authority for a tunnel. The body is empty; the stream is what follows the 200.
+/// The extended CONNECT (`:protocol`, `:path`) for the peer. The body is empty; the stream is
+/// what follows the 200.
 fn to_peer<B>(
-    upgrade: &Upgrade,
+    protocol: &str,
     authority: Authority,
     req: Request<B>,
 ) -> Result<Request<Body>, BoxError> {
@@ -154,20 +169,12 @@ fn to_peer<B>(
     parts.headers.remove(HOST);
     parts.headers.remove(EXPECT);
     parts.headers.remove(ORIG_PROTO);
+    parts.headers.remove(TUNNEL);
+    // Every upgrade comes from an HTTP/1.1 app, and goes to the destination's as one.
+    parts.headers.insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
     let mut extensions = http::Extensions::new();
-    parts.uri = match upgrade {
-        Upgrade::Protocol(protocol) => {
-            // Every upgrade comes from an HTTP/1.1 app, and goes to the destination's as one.
-            parts.headers.insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
-            extensions.insert(Protocol::from(protocol.as_str()));
-            absolute_uri(&parts.uri, authority.as_str())?
-        }
-        Upgrade::Connect => {
-            let mut uri = Parts::default();
-            uri.authority = Some(authority);
-            Uri::from_parts(uri)?
-        }
-    };
+    extensions.insert(Protocol::from(protocol));
+    parts.uri = absolute_uri(&parts.uri, authority.as_str())?;
     parts.method = Method::CONNECT;
     parts.version = Version::HTTP_2;
     parts.extensions = extensions;
@@ -218,8 +225,10 @@ mod tests {
             ("origin", "http://orders"),
             ("x-mesh-orig-proto", "HTTP/2"),
         ]);
-        let upgrade = Upgrade::of(&ws).unwrap();
-        let req = to_peer(&upgrade, "inventory".parse().unwrap(), ws).unwrap();
+        let Some(Upgrade::Protocol(protocol)) = Upgrade::of(&ws) else {
+            panic!("not an upgrade");
+        };
+        let req = to_peer(&protocol, "inventory".parse().unwrap(), ws).unwrap();
         assert_eq!(req.method(), Method::CONNECT);
         assert_eq!(req.version(), Version::HTTP_2);
         assert_eq!(req.uri(), "http://inventory/chat");
@@ -239,16 +248,15 @@ mod tests {
             ]
         );
         assert_eq!(req.headers()[ORIG_PROTO], "HTTP/1.1");
+    }
 
-        let connect = Request::connect("inventory:6379").body(()).unwrap();
-        let req = to_peer(
-            &Upgrade::Connect,
-            "inventory:6379".parse().unwrap(),
-            connect,
-        )
-        .unwrap();
-        assert_eq!(req.method(), Method::CONNECT);
-        assert_eq!(req.uri(), "inventory:6379");
+    #[test]
+    fn a_connect_becomes_a_tcp_stream_to_the_apps_port() {
+        let req = tunnel_request("inventory:6379".parse().unwrap(), empty()).unwrap();
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert_eq!(req.uri(), "http://inventory:6379/");
+        assert_eq!(req.headers()[TUNNEL], "tcp");
         assert!(req.extensions().get::<Protocol>().is_none());
     }
 }

@@ -291,9 +291,12 @@ async fn a_client_abort_ends_the_app_connection() {
     while let Seen::Read(_) = ended {
         ended = next(&mut seen).await;
     }
-    // hyper ends a dropped CONNECT stream with END_STREAM, so the abort reaches the app as
-    // the end of its client's bytes; what matters is that it arrives and the app is let go.
-    assert!(matches!(ended, Seen::Eof | Seen::Failed(_)), "{ended:?}");
+    // The abort crosses as RST_STREAM and reaches the app as a reset, not as the end of its
+    // client's bytes (which would let it act on half a request).
+    match ended {
+        Seen::Failed(kind) => assert_eq!(kind, std::io::ErrorKind::ConnectionReset),
+        other => panic!("the app saw {other:?}, not a reset"),
+    }
 }
 
 #[tokio::test]
@@ -314,12 +317,14 @@ async fn an_app_abort_ends_the_client_connection() {
 
     let mut conn = TcpStream::connect(listen).await.unwrap();
     conn.write_all(b"hello").await.unwrap();
-    // Ended (by FIN: see above) and nothing came from the app.
+    // Reset, as the app's connection was, and nothing came from the app.
     let mut buf = Vec::new();
     let read = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut buf))
         .await
         .expect("the client's connection ends");
     assert!(buf.is_empty(), "{read:?}");
+    let error = read.expect_err("a reset, not a clean end");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
 }
 
 /// Open file descriptors of this process (the sidecars run in it).

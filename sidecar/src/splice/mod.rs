@@ -21,6 +21,11 @@ use tokio::time::Instant;
 
 use crate::metrics::TcpMetrics;
 
+mod pump;
+mod stream;
+
+pub(crate) use self::stream::{MeshStream, stream_body};
+
 /// Which way the TCP connection faces.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum TcpSide {
@@ -50,7 +55,7 @@ impl AppStream for TokioIo<Upgraded> {
 
 /// Copies between `tcp` and `tunnel` until both directions end, counting bytes as they pass.
 /// The stream counts as closed when this ends, or when it is dropped (a drain cut it short).
-pub(crate) async fn splice(
+async fn splice(
     tcp: impl AppStream,
     tunnel: Upgraded,
     side: TcpSide,
@@ -69,12 +74,63 @@ pub(crate) async fn splice(
         inner: TokioIo::new(tunnel),
         read: tunnel_reads,
     };
-    if let Err(error) = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await {
+    if let Err(error) = pump::copy_both(&mut tcp, &mut tunnel).await {
         // Reset rather than close, so the app sees the abort as one; the tunnel's stream ends
         // when it drops.
         tcp.inner.abort();
         tracing::debug!(%error, "TCP stream aborted");
     }
+}
+
+/// Copies between `app` and a stream to the peer sidecar until both directions end, counting
+/// bytes as they pass. A reset on either side resets the other: a failed app connection fails
+/// the body towards the peer, and a reset from the peer resets the app's connection.
+pub(crate) async fn splice_stream(
+    app: impl AppStream,
+    mesh: MeshStream,
+    side: TcpSide,
+    metrics: TcpMetrics,
+) {
+    let (app_reads, peer_reads) = match side {
+        TcpSide::Source => (metrics.sent.clone(), metrics.received.clone()),
+        TcpSide::Destination => (metrics.received.clone(), metrics.sent.clone()),
+    };
+    let _open = Open::new(metrics);
+    let MeshStream { send, mut recv } = mesh;
+    let mut send = Some(send);
+    let (mut reader, mut writer) = tokio::io::split(app);
+    let up = async {
+        if let Some(send) = send.as_mut() {
+            stream::app_to_peer(&mut reader, send, &app_reads).await?;
+        }
+        // The app half-closed: dropping the sender ends the body (`END_STREAM`).
+        send = None;
+        Ok(())
+    };
+    let down = stream::peer_to_app(&mut recv, &mut writer, &peer_reads);
+    if let Err(error) = tokio::try_join!(up, down) {
+        if let Some(send) = send.take() {
+            stream::reset(send);
+        }
+        reader.unsplit(writer).abort();
+        tracing::debug!(%error, "TCP stream aborted");
+    }
+}
+
+/// Splices an app's upgraded HTTP connection (a CONNECT) and a stream to the peer, in a task of
+/// its own, once the app's connection has switched (after the response that switches it).
+pub(crate) fn splice_upgraded_stream(
+    app: OnUpgrade,
+    mesh: MeshStream,
+    side: TcpSide,
+    metrics: TcpMetrics,
+) {
+    tokio::spawn(async move {
+        match app.await {
+            Ok(app) => splice_stream(TokioIo::new(app), mesh, side, metrics).await,
+            Err(error) => tracing::debug!(%error, "CONNECT closed before it opened"),
+        }
+    });
 }
 
 /// Splices an app's upgraded HTTP/1.1 connection and a tunnel, in a task of its own, once both
