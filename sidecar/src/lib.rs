@@ -206,6 +206,7 @@ pub async fn run(
             Arc::new(move |req| Box::pin(outbound.clone().handle(req)))
         },
         detect_timeout: config.detect_timeout,
+        idle_timeout: config.idle_timeout,
     };
     let tcp_task = outbound::tcp_listen::spawn(
         tcp_listeners,

@@ -68,6 +68,13 @@ impl Listeners {
 /// out): one that stalls after its first bytes is then closed.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest HTTP/2 frame a sidecar accepts from a peer sidecar. The default (16 KiB) makes a
+/// TCP stream's far side write 16 KiB at a time to its app however much arrived; 64 KiB is the
+/// largest chunk a stream reads (`splice`), so each chunk crosses as one frame and is written
+/// with one call. Frames this size delay other streams on the connection by tens of
+/// microseconds at most.
+pub(crate) const PEER_MAX_FRAME_SIZE: u32 = 64 << 10;
+
 /// The HTTP/1.1 + HTTP/2 server of the outbound and inbound listeners. The timer drives
 /// HTTP/1.1's header-read timeout (a client that never finishes its headers is dropped) and
 /// HTTP/2 keep-alive pings.

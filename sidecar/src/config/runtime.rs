@@ -23,6 +23,8 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// An hour, as Envoy's TCP proxy: long enough for pooled database connections between uses.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The validated configuration of one sidecar.
 #[derive(Clone, Debug, Serialize)]
@@ -57,6 +59,10 @@ pub struct Config {
     /// (on a detecting listener) or closed (on the outbound listener).
     #[serde(serialize_with = "human_duration")]
     pub detect_timeout: Duration,
+    /// How long a TCP stream (opaque TCP, a WebSocket, a CONNECT) may carry no byte either way
+    /// before both of its ends are reset.
+    #[serde(serialize_with = "human_duration")]
+    pub idle_timeout: Duration,
     /// Span export and sampling.
     pub tracing: TracingConfig,
     /// Whether to write one JSON line per request to standard output.

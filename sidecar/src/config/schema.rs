@@ -32,6 +32,7 @@ pub(super) struct File {
     pub(super) drain_timeout: Option<String>,
     #[serde(default)]
     pub(super) detect_timeout: Option<String>,
+    pub(super) idle_timeout: Option<String>,
     #[serde(default)]
     pub(super) tracing: TracingFile,
     #[serde(default)]

@@ -13,8 +13,8 @@ use mesh_api::validate::{Errors, check_label, duration};
 
 use super::runtime::{
     Advertise, AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DETECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination,
-    ListenAddrs, TcpDestination, TlsPaths,
+    DEFAULT_DETECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INBOUND,
+    DEFAULT_OUTBOUND, Destination, ListenAddrs, TcpDestination, TlsPaths,
 };
 use super::schema::{AppHealthFile, DestinationFile, File, TracingFile};
 use crate::identity::SpiffeId;
@@ -185,6 +185,18 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
             "must be at most 60s: a client that speaks only after the server waits this long",
         );
     }
+    let idle_timeout = duration(
+        errors,
+        "idle_timeout",
+        file.idle_timeout,
+        DEFAULT_IDLE_TIMEOUT,
+    );
+    if idle_timeout < MIN_IDLE_TIMEOUT {
+        errors.push(
+            "idle_timeout",
+            "must be at least 100ms: a stream this quiet is normal between two messages",
+        );
+    }
     let tracing = tracing_config(file.tracing, errors);
     let app_health = file.app_health.map(|f| app_health_config(f, errors));
     let authorization =
@@ -207,11 +219,13 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         connect_timeout,
         drain_timeout,
         detect_timeout,
+        idle_timeout,
     })
 }
 
 /// A client that sends nothing is held this long at most before it is decided on.
 const MAX_DETECT_TIMEOUT: Duration = Duration::from_secs(60);
+const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The TCP side of a destination, by the rules the control plane also applies, and a listen
 /// address that is none of the sidecar's own.

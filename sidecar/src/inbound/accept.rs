@@ -21,7 +21,7 @@ use super::identify::{Caller, identify};
 use crate::body::Body;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, Drain, http_server};
+use crate::serve::{self, Drain, PEER_MAX_FRAME_SIZE, http_server};
 
 /// Streams one peer connection may have open at once. TCP tunnels are streams that last as long
 /// as their connection, so the usual HTTP/2 limit of a few hundred would let one caller's pool
@@ -99,6 +99,7 @@ where
         // Extended CONNECT (RFC 8441) carries the HTTP/1.1 upgrades (WebSockets) of apps.
         http.http2()
             .max_concurrent_streams(MAX_PEER_STREAMS)
+            .max_frame_size(PEER_MAX_FRAME_SIZE)
             .enable_connect_protocol();
         let conn = http.serve_connection(
             TokioIo::new(tls),

@@ -68,8 +68,8 @@ impl Inbound {
                 config.trust_domain.clone(),
             ),
             clients: AppClients::new(config.app),
-            tunnels: AppTunnels::new(config.app),
-            upgrades: AppUpgrades::new(config.app),
+            tunnels: AppTunnels::new(config.app, config.idle_timeout),
+            upgrades: AppUpgrades::new(config.app, config.idle_timeout),
             recorder: Recorder::new(
                 Direction::Inbound,
                 spans,

@@ -11,6 +11,7 @@
 //! (`app-unavailable`) and its balancer counts the failure against this endpoint.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
@@ -22,19 +23,20 @@ use crate::body::{Body, BoxError};
 use crate::error::{AppConnectFailed, TunnelPortRefused};
 use crate::headers::TUNNEL;
 use crate::metrics::TcpMetrics;
-use crate::splice::{MeshStream, TcpSide, splice_stream, stream_body};
+use crate::splice::{MeshStream, Splice, TcpSide, splice_stream, stream_body};
 
 /// Opens tunnels to the local app.
 #[derive(Clone, Debug)]
 pub(crate) struct AppTunnels {
     app: SocketAddr,
+    idle_timeout: Duration,
 }
 
 // === impl AppTunnels ===
 
 impl AppTunnels {
-    pub(crate) fn new(app: SocketAddr) -> Self {
-        Self { app }
+    pub(crate) fn new(app: SocketAddr, idle_timeout: Duration) -> Self {
+        Self { app, idle_timeout }
     }
 
     /// Whether a peer's `req` asks for a TCP stream.
@@ -52,12 +54,12 @@ impl AppTunnels {
         let app = self.connect(req.uri().authority()).await?;
         let (send, body) = stream_body();
         let recv = req.into_body().map_err(BoxError::from).boxed_unsync();
-        tokio::spawn(splice_stream(
-            app,
-            MeshStream { send, recv },
-            TcpSide::Destination,
+        let how = Splice {
+            side: TcpSide::Destination,
             metrics,
-        ));
+            idle_timeout: self.idle_timeout,
+        };
+        tokio::spawn(splice_stream(app, MeshStream { send, recv }, how));
         let mut rsp = Response::new(body);
         *rsp.status_mut() = StatusCode::OK;
         Ok(rsp)
@@ -99,7 +101,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_apps_port_is_tunnelled() {
-        let tunnels = AppTunnels::new("127.0.0.1:6379".parse().unwrap());
+        let tunnels = AppTunnels::new("127.0.0.1:6379".parse().unwrap(), Duration::from_secs(1));
         let err = tunnels
             .connect(Some(&authority("redis:22")))
             .await
@@ -117,7 +119,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let app = listener.local_addr().unwrap();
         drop(listener);
-        let tunnels = AppTunnels::new(app);
+        let tunnels = AppTunnels::new(app, Duration::from_secs(1));
         let err = tunnels
             .connect(Some(&authority(&format!("redis:{}", app.port()))))
             .await

@@ -10,6 +10,7 @@
 //! 409 with `x-mesh-app-status`, since a 2xx would open the caller's stream.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::header::{CONNECTION, HOST, HeaderValue, UPGRADE};
 use http::{Request, Response, StatusCode, Version};
@@ -23,7 +24,7 @@ use crate::error::AppUpgradeFailed;
 use crate::headers::{APP_STATUS, APP_STATUS_CARRIER, forwarded_response};
 use crate::identity::SpiffeId;
 use crate::metrics::TcpMetrics;
-use crate::splice::{TcpSide, splice_upgraded};
+use crate::splice::{Splice, TcpSide, splice_upgraded};
 use crate::telemetry::propagation::B3;
 
 use super::forward::headers_for_app;
@@ -33,13 +34,14 @@ use super::tunnel::connect_app;
 #[derive(Clone, Debug)]
 pub(crate) struct AppUpgrades {
     app: SocketAddr,
+    idle_timeout: Duration,
 }
 
 // === impl AppUpgrades ===
 
 impl AppUpgrades {
-    pub(crate) fn new(app: SocketAddr) -> Self {
-        Self { app }
+    pub(crate) fn new(app: SocketAddr, idle_timeout: Duration) -> Self {
+        Self { app, idle_timeout }
     }
 
     /// The protocol an extended CONNECT asks for, if `req` is one.
@@ -84,7 +86,12 @@ impl AppUpgrades {
             return Ok(rsp);
         }
         let to_app = hyper::upgrade::on(&mut rsp);
-        splice_upgraded(to_app, from_peer, TcpSide::Destination, metrics);
+        let how = Splice {
+            side: TcpSide::Destination,
+            metrics,
+            idle_timeout: self.idle_timeout,
+        };
+        splice_upgraded(to_app, from_peer, how);
         let (mut parts, _) = forwarded_response(rsp).into_parts();
         parts.status = StatusCode::OK;
         parts.extensions = http::Extensions::new();

@@ -126,6 +126,8 @@ pub struct TcpMetrics {
     pub received: Counter,
     /// Time from open to close.
     pub duration: Histogram,
+    /// Streams ended because they carried nothing for `idle_timeout`.
+    pub idle_timeouts: Counter,
 }
 
 /// The TCP stream families.
@@ -136,6 +138,7 @@ struct TcpFamilies {
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
     duration: Family<TcpLabels, Histogram, fn() -> Histogram>,
+    idle_timeouts: Family<TcpLabels, Counter>,
     failed: Family<TcpFailureLabels, Counter>,
 }
 
@@ -331,6 +334,7 @@ impl Metrics {
             sent: Family::default(),
             received: Family::default(),
             duration: Family::new_with_constructor(tcp_duration_histogram),
+            idle_timeouts: Family::default(),
             failed: Family::default(),
         };
         registry.register(
@@ -358,6 +362,11 @@ impl Metrics {
                 "tcp_received_bytes",
                 "Bytes of TCP streams from the destination back to the source",
                 &tcp.received,
+            ),
+            (
+                "tcp_idle_timeouts",
+                "TCP streams reset because they carried nothing either way for idle_timeout",
+                &tcp.idle_timeouts,
             ),
         ] {
             registry.register(name, help, family.clone());
@@ -454,6 +463,7 @@ impl Metrics {
             sent: self.tcp.sent.get_or_create_owned(&labels),
             received: self.tcp.received.get_or_create_owned(&labels),
             duration: self.tcp.duration.get_or_create_owned(&labels),
+            idle_timeouts: self.tcp.idle_timeouts.get_or_create_owned(&labels),
         }
     }
 

@@ -26,6 +26,7 @@ use tokio_rustls::TlsConnector;
 use crate::body::{Body, BoxError};
 use crate::error::{ConnectFailed, ConnectTimeout, TlsFailed, UpstreamFailed};
 use crate::identity::SpiffeId;
+use crate::serve::PEER_MAX_FRAME_SIZE;
 
 /// Interval of HTTP/2 PINGs on an idle peer connection, so a dead peer is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -185,6 +186,7 @@ impl Endpoint {
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(PEER_MAX_FRAME_SIZE)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|source| UpstreamFailed {

@@ -44,6 +44,7 @@ pub(crate) mod upgrade;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{EXPECT, HOST};
 use http::uri::Authority;
@@ -60,6 +61,7 @@ use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, TUNNEL, absolute_uri, remove_
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::proxy_request::{Parties, Recorder};
+use crate::splice::{Splice, TcpSide};
 use crate::telemetry::spans::Spans;
 use crate::telemetry::{attr, propagation};
 use opentelemetry::KeyValue;
@@ -101,6 +103,8 @@ pub(crate) struct Outbound {
     recorder: Recorder,
     /// For the byte counts of upgraded streams.
     metrics: Arc<Metrics>,
+    /// How long an upgraded stream may be quiet.
+    idle_timeout: Duration,
 }
 
 // === impl Outbound ===
@@ -125,6 +129,7 @@ impl Outbound {
                 metrics.clone(),
             ),
             metrics,
+            idle_timeout: config.idle_timeout,
         }
     }
 
@@ -182,7 +187,12 @@ impl Outbound {
                     timeout: routed.timeout,
                     authority: routed.authority,
                 };
-                upgrade::forward(peer, upgrade, req, prepare, metrics).await
+                let how = Splice {
+                    side: TcpSide::Source,
+                    metrics,
+                    idle_timeout: self.idle_timeout,
+                };
+                upgrade::forward(peer, upgrade, req, prepare, how).await
             }
             (Ok(routed), None) => {
                 self.forward(

@@ -68,11 +68,13 @@ pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, TcpListenError> 
     Ok(listeners)
 }
 
-/// What the listeners hand detected HTTP to, and how long they wait for a client to speak.
+/// What the listeners hand detected HTTP to, how long they wait for a client to speak, and how
+/// long a stream may then be quiet.
 pub(crate) struct DetectedHttp {
     /// The outbound handler.
     pub(crate) handle: Handler,
     pub(crate) detect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 /// Serves the listeners of destinations with `listen` until `drain`: `bound` first (the
@@ -204,6 +206,7 @@ impl Listeners {
                 self.source.clone(),
                 self.destinations.clone(),
                 self.metrics.clone(),
+                self.http.idle_timeout,
             )),
             authority: HeaderValue::from_str(&destination).ok(),
             destination: destination.clone(),

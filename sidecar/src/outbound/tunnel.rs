@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Method, Request, StatusCode, Uri};
@@ -23,7 +24,7 @@ use crate::error::Reason;
 use crate::headers::{MESH_ERROR, TUNNEL, TUNNEL_TCP};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
-use crate::splice::{AppStream, MeshStream, TcpSide, splice_stream, stream_body};
+use crate::splice::{AppStream, MeshStream, Splice, TcpSide, splice_stream, stream_body};
 
 use super::policy::Destinations;
 
@@ -65,6 +66,8 @@ pub(crate) struct Tunnels {
     source: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
     metrics: Arc<Metrics>,
+    /// How long a stream may be quiet.
+    idle_timeout: Duration,
     /// Caps warnings about tunnels that could not be opened.
     log_limit: LogLimit,
 }
@@ -77,12 +80,14 @@ impl Tunnels {
         source: Label,
         destinations: watch::Receiver<Arc<Destinations>>,
         metrics: Arc<Metrics>,
+        idle_timeout: Duration,
     ) -> Self {
         Self {
             destination,
             source,
             destinations,
             metrics,
+            idle_timeout,
             log_limit: LogLimit::new(10),
         }
     }
@@ -97,7 +102,12 @@ impl Tunnels {
                 let metrics = self
                     .metrics
                     .tcp(Direction::Outbound, &self.source, &destination);
-                splice_stream(tcp, tunnel, TcpSide::Source, metrics).await;
+                let how = Splice {
+                    side: TcpSide::Source,
+                    metrics,
+                    idle_timeout: self.idle_timeout,
+                };
+                splice_stream(tcp, tunnel, how).await;
             }
             Err(error) => {
                 self.metrics

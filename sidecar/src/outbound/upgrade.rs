@@ -29,8 +29,8 @@ use crate::headers::{
     APP_STATUS, APP_STATUS_CARRIER, ORIG_PROTO, ORIG_PROTO_HTTP1, TUNNEL, absolute_uri,
     remove_hop_by_hop,
 };
-use crate::metrics::{Label, TcpMetrics};
-use crate::splice::{MeshStream, TcpSide, splice_upgraded, splice_upgraded_stream, stream_body};
+use crate::metrics::Label;
+use crate::splice::{MeshStream, Splice, splice_upgraded, splice_upgraded_stream, stream_body};
 
 use super::balance::Balance;
 use super::tunnel::tunnel_request;
@@ -100,7 +100,7 @@ pub(crate) async fn forward(
     upgrade: Upgrade,
     mut req: Request<Incoming>,
     prepare: impl FnOnce(&mut Request<Body>),
-    metrics: TcpMetrics,
+    how: Splice,
 ) -> Result<Response<Body>, BoxError> {
     let from_app = hyper::upgrade::on(&mut req);
     let (mut peer_req, stream) = match &upgrade {
@@ -139,9 +139,9 @@ pub(crate) async fn forward(
     match stream {
         Some(send) => {
             let mesh = MeshStream { send, recv: body };
-            splice_upgraded_stream(from_app, mesh, TcpSide::Source, metrics);
+            splice_upgraded_stream(from_app, mesh, how);
         }
-        None => splice_upgraded(from_app, to_peer, TcpSide::Source, metrics),
+        None => splice_upgraded(from_app, to_peer, how),
     }
     if let Upgrade::Protocol(protocol) = upgrade {
         parts.status = StatusCode::SWITCHING_PROTOCOLS;

@@ -11,6 +11,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -21,8 +22,11 @@ use tokio::time::Instant;
 
 use crate::metrics::TcpMetrics;
 
+mod idle;
 mod pump;
 mod stream;
+
+use self::idle::Idle;
 
 pub(crate) use self::stream::{MeshStream, stream_body};
 
@@ -53,28 +57,49 @@ impl AppStream for TokioIo<Upgraded> {
     fn abort(&self) {}
 }
 
+/// What a splice needs besides its two ends.
+#[derive(Clone, Debug)]
+pub(crate) struct Splice {
+    pub(crate) side: TcpSide,
+    pub(crate) metrics: TcpMetrics,
+    /// How long the stream may carry no byte either way before both ends are reset.
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Splice {
+    /// The counters of bytes read from the app's end and from the peer's.
+    fn counters(&self) -> (Counter, Counter) {
+        match self.side {
+            TcpSide::Source => (self.metrics.sent.clone(), self.metrics.received.clone()),
+            TcpSide::Destination => (self.metrics.received.clone(), self.metrics.sent.clone()),
+        }
+    }
+}
+
 /// Copies between `tcp` and `tunnel` until both directions end, counting bytes as they pass.
 /// The stream counts as closed when this ends, or when it is dropped (a drain cut it short).
-async fn splice(
-    tcp: impl AppStream,
-    tunnel: Upgraded,
-    side: TcpSide,
-    metrics: TcpMetrics,
-) {
-    let (tcp_reads, tunnel_reads) = match side {
-        TcpSide::Source => (metrics.sent.clone(), metrics.received.clone()),
-        TcpSide::Destination => (metrics.received.clone(), metrics.sent.clone()),
-    };
-    let _open = Open::new(metrics);
+async fn splice(tcp: impl AppStream, tunnel: Upgraded, how: Splice) {
+    let (tcp_reads, tunnel_reads) = how.counters();
+    let _open = Open::new(how.metrics.clone());
+    let idle = Idle::new(how.idle_timeout);
     let mut tcp = Counted {
         inner: tcp,
         read: tcp_reads,
+        idle: &idle,
     };
     let mut tunnel = Counted {
         inner: TokioIo::new(tunnel),
         read: tunnel_reads,
+        idle: &idle,
     };
-    if let Err(error) = pump::copy_both(&mut tcp, &mut tunnel).await {
+    let failed = tokio::select! {
+        copied = pump::copy_both(&mut tcp, &mut tunnel) => copied.err().map(|e| e.to_string()),
+        () = idle.expired() => {
+            how.metrics.idle_timeouts.inc();
+            Some(format!("no byte either way for {:?}", how.idle_timeout))
+        }
+    };
+    if let Some(error) = failed {
         // Reset rather than close, so the app sees the abort as one; the tunnel's stream ends
         // when it drops.
         tcp.inner.abort();
@@ -85,30 +110,30 @@ async fn splice(
 /// Copies between `app` and a stream to the peer sidecar until both directions end, counting
 /// bytes as they pass. A reset on either side resets the other: a failed app connection fails
 /// the body towards the peer, and a reset from the peer resets the app's connection.
-pub(crate) async fn splice_stream(
-    app: impl AppStream,
-    mesh: MeshStream,
-    side: TcpSide,
-    metrics: TcpMetrics,
-) {
-    let (app_reads, peer_reads) = match side {
-        TcpSide::Source => (metrics.sent.clone(), metrics.received.clone()),
-        TcpSide::Destination => (metrics.received.clone(), metrics.sent.clone()),
-    };
-    let _open = Open::new(metrics);
+pub(crate) async fn splice_stream(app: impl AppStream, mesh: MeshStream, how: Splice) {
+    let (app_reads, peer_reads) = how.counters();
+    let _open = Open::new(how.metrics.clone());
+    let idle = Idle::new(how.idle_timeout);
     let MeshStream { send, mut recv } = mesh;
     let mut send = Some(send);
     let (mut reader, mut writer) = tokio::io::split(app);
     let up = async {
         if let Some(send) = send.as_mut() {
-            stream::app_to_peer(&mut reader, send, &app_reads).await?;
+            stream::app_to_peer(&mut reader, send, &app_reads, &idle).await?;
         }
         // The app half-closed: dropping the sender ends the body (`END_STREAM`).
         send = None;
         Ok(())
     };
-    let down = stream::peer_to_app(&mut recv, &mut writer, &peer_reads);
-    if let Err(error) = tokio::try_join!(up, down) {
+    let down = stream::peer_to_app(&mut recv, &mut writer, &peer_reads, &idle);
+    let failed = tokio::select! {
+        copied = async { tokio::try_join!(up, down) } => copied.err().map(|e| e.to_string()),
+        () = idle.expired() => {
+            how.metrics.idle_timeouts.inc();
+            Some(format!("no byte either way for {:?}", how.idle_timeout))
+        }
+    };
+    if let Some(error) = failed {
         if let Some(send) = send.take() {
             stream::reset(send);
         }
@@ -119,15 +144,10 @@ pub(crate) async fn splice_stream(
 
 /// Splices an app's upgraded HTTP connection (a CONNECT) and a stream to the peer, in a task of
 /// its own, once the app's connection has switched (after the response that switches it).
-pub(crate) fn splice_upgraded_stream(
-    app: OnUpgrade,
-    mesh: MeshStream,
-    side: TcpSide,
-    metrics: TcpMetrics,
-) {
+pub(crate) fn splice_upgraded_stream(app: OnUpgrade, mesh: MeshStream, how: Splice) {
     tokio::spawn(async move {
         match app.await {
-            Ok(app) => splice_stream(TokioIo::new(app), mesh, side, metrics).await,
+            Ok(app) => splice_stream(TokioIo::new(app), mesh, how).await,
             Err(error) => tracing::debug!(%error, "CONNECT closed before it opened"),
         }
     });
@@ -135,15 +155,10 @@ pub(crate) fn splice_upgraded_stream(
 
 /// Splices an app's upgraded HTTP/1.1 connection and a tunnel, in a task of its own, once both
 /// have switched protocols (after the responses that switch them are sent).
-pub(crate) fn splice_upgraded(
-    app: OnUpgrade,
-    tunnel: OnUpgrade,
-    side: TcpSide,
-    metrics: TcpMetrics,
-) {
+pub(crate) fn splice_upgraded(app: OnUpgrade, tunnel: OnUpgrade, how: Splice) {
     tokio::spawn(async move {
         match tokio::try_join!(app, tunnel) {
-            Ok((app, tunnel)) => splice(TokioIo::new(app), tunnel, side, metrics).await,
+            Ok((app, tunnel)) => splice(TokioIo::new(app), tunnel, how).await,
             Err(error) => tracing::debug!(%error, "upgrade closed before it opened"),
         }
     });
@@ -174,13 +189,14 @@ impl Drop for Open {
     }
 }
 
-/// A stream that counts the bytes read from it.
-struct Counted<S> {
+/// A stream that counts the bytes read from it, and notes them as activity.
+struct Counted<'a, S> {
     inner: S,
     read: Counter,
+    idle: &'a Idle,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -191,12 +207,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let read = buf.filled().len().saturating_sub(before);
         if read > 0 {
             self.read.inc_by(read as u64);
+            self.idle.touch();
         }
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -15,6 +15,7 @@ use http_body_util::channel::{Channel, Sender};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::idle::Idle;
 use super::pump::{MAX_BUFFER, MIN_BUFFER};
 use crate::body::{Body, BoxError};
 
@@ -53,6 +54,7 @@ pub(crate) async fn app_to_peer<R>(
     app: &mut R,
     send: &mut Sender<Bytes, BoxError>,
     counted: &Counter,
+    idle: &Idle,
 ) -> Result<(), StreamAborted>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -66,6 +68,7 @@ where
             Err(error) => return Err(StreamAborted::App(error)),
         };
         counted.inc_by(read as u64);
+        idle.touch();
         // Reads that fill the chunk ask for larger ones; small reads give the memory back.
         if read == chunk.capacity() {
             size = (size * 2).min(MAX_BUFFER);
@@ -84,6 +87,7 @@ pub(crate) async fn peer_to_app<W>(
     recv: &mut Body,
     app: &mut W,
     counted: &Counter,
+    idle: &Idle,
 ) -> Result<(), StreamAborted>
 where
     W: AsyncWrite + Unpin + ?Sized,
@@ -92,6 +96,7 @@ where
         let frame = frame.map_err(StreamAborted::Peer)?;
         if let Ok(data) = frame.into_data() {
             counted.inc_by(data.len() as u64);
+            idle.touch();
             app.write_all(&data).await.map_err(StreamAborted::App)?;
         }
     }

@@ -327,6 +327,49 @@ async fn an_app_abort_ends_the_client_connection() {
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
 }
 
+#[tokio::test]
+async fn a_stream_quiet_for_the_idle_timeout_is_reset_at_both_ends_and_counted() {
+    let mesh = TestMesh::new();
+    let (app, mut seen) = tcp::reply_at_eof().await;
+    let (_orders, server, listen) = tcp_pair(&mesh, "orders", app, "idle_timeout: 400ms\n").await;
+    assert_eq!(next(&mut seen).await, Seen::Eof);
+    let mut conn = open_stream(listen, &mut seen, b"first").await;
+
+    // A byte every 100 ms keeps the stream open for three times the limit.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.write_all(b".").await.unwrap();
+        assert_eq!(
+            next(&mut seen).await,
+            Seen::Read(1),
+            "the stream is still open"
+        );
+    }
+
+    // Then quiet: the app's connection is reset, and so is the client's.
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        next(&mut seen).await,
+        Seen::Failed(std::io::ErrorKind::ConnectionReset)
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "reset after {waited:?}"
+    );
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut buf))
+        .await
+        .expect("the client's connection ends");
+    assert_eq!(
+        read.expect_err("a reset").kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
+    let series =
+        r#"mesh_tcp_idle_timeouts_total{direction="inbound",source="orders",destination="redis"}"#;
+    assert_eq!(metrics::value(&server.metrics().await, series), Some(1.0));
+}
+
 /// Open file descriptors of this process (the sidecars run in it).
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
