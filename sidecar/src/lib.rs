@@ -98,6 +98,7 @@ use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::outbound::policy::Destinations;
 use crate::serve::Drain;
+use crate::splice::OpenStreams;
 use crate::telemetry::Tracing;
 
 /// Runs a sidecar on bound listeners until `shutdown` completes or `POST /shutdown` arrives,
@@ -149,12 +150,15 @@ pub async fn run(
     let destinations = Destinations::from_config(&config, &identity, &metrics)?;
     let (destinations_tx, destinations_rx) = watch::channel(Arc::new(destinations));
     let tracing = Tracing::start(&config.tracing, &config.service, metrics.span_export())?;
+    // TCP streams of the outbound side, whatever opened them, drained together.
+    let streams = OpenStreams::default();
     let outbound = Arc::new(Outbound::new(
         &config,
         identity.id(),
         destinations_rx.clone(),
         metrics.clone(),
         tracing.spans(),
+        streams.clone(),
     ));
     let inbound = Arc::new(Inbound::new(&config, metrics.clone(), tracing.spans()));
     let acceptor = TlsAcceptor::from(identity.server_config()?);
@@ -214,6 +218,7 @@ pub async fn run(
         destinations_rx.clone(),
         detected_http,
         drain.clone(),
+        streams,
         metrics.clone(),
     );
     let outbound_task = outbound::accept::spawn(

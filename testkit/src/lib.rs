@@ -274,7 +274,8 @@ impl SidecarBuilder<'_> {
         self
     }
 
-    /// Appends raw lines to the bootstrap file (e.g. `drain_timeout: 5s`).
+    /// Appends raw lines to the bootstrap file (e.g. `drain_timeout: 300ms`, which replaces the
+    /// default 5 s).
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
         self.extra.push_str(yaml);
         self
@@ -298,11 +299,17 @@ impl SidecarBuilder<'_> {
         let listen = format!(
             "listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"{advertise} }}"
         );
+        // 5 s unless the extra lines set their own.
+        let drain = if self.extra.contains("drain_timeout:") {
+            ""
+        } else {
+            "drain_timeout: 5s\n"
+        };
         if let Some(cp) = &self.control_plane {
             let yaml = format!(
                 "service: {service}\ntrust_domain: {td}\napp: {app}\n{listen}\n\
                  control_plane: {{ address: \"{address}\", trust_anchor: {anchor}, token_file: {token} }}\n\
-                 drain_timeout: 5s\n{extra}",
+                 {drain}{extra}",
                 service = self.service,
                 td = TRUST_DOMAIN,
                 address = cp.address,
@@ -325,8 +332,7 @@ impl SidecarBuilder<'_> {
             .unwrap_or_else(|| self.mesh.trust_bundle());
         let mut yaml = format!(
             "service: {service}\ntrust_domain: {td}\napp: {app}\n{listen}\n\
-             tls: {{ cert: {cert}, key: {key}, trust_bundle: {bundle} }}\n\
-             drain_timeout: 5s\n",
+             tls: {{ cert: {cert}, key: {key}, trust_bundle: {bundle} }}\n{drain}",
             service = self.service,
             td = TRUST_DOMAIN,
             cert = cert.display(),

@@ -558,6 +558,24 @@ fn a_tcp_destination_listens_locally_and_its_errors_name_the_field() {
 }
 
 #[test]
+fn idle_timeout_defaults_to_an_hour_and_is_checked() {
+    let config = Config::from_yaml(GOOD, Path::new("/base")).unwrap();
+    assert_eq!(config.idle_timeout, Duration::from_secs(3600));
+    let base = GOOD.split("destinations:").next().unwrap();
+    let rest = &GOOD[base.len()..];
+    let config = Config::from_yaml(
+        &format!("{base}idle_timeout: 5m\n{rest}"),
+        Path::new("/base"),
+    )
+    .unwrap();
+    assert_eq!(config.idle_timeout, Duration::from_secs(300));
+    for bad in ["0s", "50ms", "never"] {
+        let errors = errors(&format!("{base}idle_timeout: {bad}\n{rest}"));
+        assert_eq!(errors[0].path, "idle_timeout", "{bad}: {errors:?}");
+    }
+}
+
+#[test]
 fn an_http_destination_may_listen_and_detect_timeout_is_checked() {
     let base = GOOD.split("destinations:").next().unwrap();
     let http = "destinations:\n  inventory:\n    endpoints: [127.0.0.1:19006]\n    listen: 127.0.0.1:8090\n    retries: { attempts: 2 }\n";

@@ -91,7 +91,7 @@ impl AppUpgrades {
             metrics,
             idle_timeout: self.idle_timeout,
         };
-        splice_upgraded(to_app, from_peer, how);
+        tokio::spawn(splice_upgraded(to_app, from_peer, how));
         let (mut parts, _) = forwarded_response(rsp).into_parts();
         parts.status = StatusCode::OK;
         parts.extensions = http::Extensions::new();

@@ -61,7 +61,7 @@ use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, TUNNEL, absolute_uri, remove_
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::proxy_request::{Parties, Recorder};
-use crate::splice::{Splice, TcpSide};
+use crate::splice::{OpenStreams, Splice, TcpSide};
 use crate::telemetry::spans::Spans;
 use crate::telemetry::{attr, propagation};
 use opentelemetry::KeyValue;
@@ -105,6 +105,8 @@ pub(crate) struct Outbound {
     metrics: Arc<Metrics>,
     /// How long an upgraded stream may be quiet.
     idle_timeout: Duration,
+    /// Where upgraded streams are counted, for the drain.
+    streams: OpenStreams,
 }
 
 // === impl Outbound ===
@@ -116,6 +118,7 @@ impl Outbound {
         destinations: watch::Receiver<Arc<Destinations>>,
         metrics: Arc<Metrics>,
         spans: Spans,
+        streams: OpenStreams,
     ) -> Self {
         Self {
             identity: identity.to_string(),
@@ -130,6 +133,7 @@ impl Outbound {
             ),
             metrics,
             idle_timeout: config.idle_timeout,
+            streams,
         }
     }
 
@@ -192,7 +196,7 @@ impl Outbound {
                     metrics,
                     idle_timeout: self.idle_timeout,
                 };
-                upgrade::forward(peer, upgrade, req, prepare, how).await
+                upgrade::forward(peer, upgrade, req, prepare, how, &self.streams).await
             }
             (Ok(routed), None) => {
                 self.forward(

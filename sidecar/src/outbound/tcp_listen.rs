@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::detect::{Protocol, Rewind, detect};
 use crate::metrics::{Direction, Label, Metrics};
 use crate::serve::{self, Drain, http_server};
-use crate::splice::AppStream;
+use crate::splice::{AppStream, OpenStreams};
 
 use super::accept::{Handler, serve_http};
 use super::policy::Destinations;
@@ -87,14 +87,14 @@ pub(crate) fn spawn(
     mut destinations: watch::Receiver<Arc<Destinations>>,
     http: DetectedHttp,
     drain: Drain,
+    streams: OpenStreams,
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut listeners = Listeners {
             running: HashMap::new(),
             stopped: Vec::new(),
-            streams: Arc::new(watch::Sender::new(0)),
-            cut: CancellationToken::new(),
+            streams,
             source,
             destinations: destinations.clone(),
             http: Arc::new(http),
@@ -129,10 +129,8 @@ struct Listeners {
     running: HashMap<(String, SocketAddr), Running>,
     /// Tasks of listeners taken out of the table, still closing.
     stopped: Vec<JoinHandle<()>>,
-    /// Streams open on any of the listeners, for the drain to wait on.
-    streams: Arc<watch::Sender<usize>>,
-    /// Ends every stream still open when the drain time is up.
-    cut: CancellationToken,
+    /// Streams open on any of the listeners (and the outbound side's others), for the drain.
+    streams: OpenStreams,
     source: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
     http: Arc<DetectedHttp>,
@@ -140,22 +138,6 @@ struct Listeners {
     server: Arc<auto::Builder<TokioExecutor>>,
     drain: Drain,
     metrics: Arc<Metrics>,
-}
-
-/// Counts one stream in `Listeners::streams` for as long as it lives.
-struct OpenStream(Arc<watch::Sender<usize>>);
-
-impl OpenStream {
-    fn new(streams: &Arc<watch::Sender<usize>>) -> Self {
-        streams.send_modify(|n| *n += 1);
-        Self(streams.clone())
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
 }
 
 /// One listener's task and what stops it.
@@ -214,7 +196,6 @@ impl Listeners {
             http: self.http.clone(),
             server: self.server.clone(),
             streams: self.streams.clone(),
-            cut: self.cut.clone(),
             metrics: self.metrics.clone(),
         });
         let drain = Drain {
@@ -242,20 +223,7 @@ impl Listeners {
         for task in self.stopped {
             let _ = task.await;
         }
-        let mut open = self.streams.subscribe();
-        let streams = *open.borrow_and_update();
-        if streams == 0 {
-            return;
-        }
-        tracing::info!(streams, "draining tcp streams");
-        let drain_timeout = self.drain.timeout;
-        if tokio::time::timeout(drain_timeout, open.wait_for(|n| *n == 0))
-            .await
-            .is_err()
-        {
-            tracing::warn!(?drain_timeout, "drain time is up; cutting tcp streams");
-            self.cut.cancel();
-        }
+        self.streams.drain(self.drain.timeout).await;
     }
 }
 
@@ -268,8 +236,7 @@ struct Accepted {
     destinations: watch::Receiver<Arc<Destinations>>,
     http: Arc<DetectedHttp>,
     server: Arc<auto::Builder<TokioExecutor>>,
-    streams: Arc<watch::Sender<usize>>,
-    cut: CancellationToken,
+    streams: OpenStreams,
     metrics: Arc<Metrics>,
 }
 
@@ -307,12 +274,9 @@ impl Accepted {
 
     /// Tunnels a connection, counted among the open streams until it ends or is cut.
     async fn tunnel<S: AppStream>(&self, tcp: S, peer: SocketAddr) {
-        let open = OpenStream::new(&self.streams);
-        tokio::select! {
-            () = self.tunnels.clone().forward(tcp, peer) => {}
-            () = self.cut.cancelled() => {}
-        }
-        drop(open);
+        self.streams
+            .run(self.tunnels.clone().forward(tcp, peer))
+            .await;
     }
 
     /// Serves detected HTTP: each request is one to the destination, whatever host it named.

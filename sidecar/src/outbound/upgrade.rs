@@ -30,7 +30,9 @@ use crate::headers::{
     remove_hop_by_hop,
 };
 use crate::metrics::Label;
-use crate::splice::{MeshStream, Splice, splice_upgraded, splice_upgraded_stream, stream_body};
+use crate::splice::{
+    MeshStream, OpenStreams, Splice, splice_upgraded, splice_upgraded_stream, stream_body,
+};
 
 use super::balance::Balance;
 use super::tunnel::tunnel_request;
@@ -101,6 +103,7 @@ pub(crate) async fn forward(
     mut req: Request<Incoming>,
     prepare: impl FnOnce(&mut Request<Body>),
     how: Splice,
+    streams: &OpenStreams,
 ) -> Result<Response<Body>, BoxError> {
     let from_app = hyper::upgrade::on(&mut req);
     let (mut peer_req, stream) = match &upgrade {
@@ -139,9 +142,9 @@ pub(crate) async fn forward(
     match stream {
         Some(send) => {
             let mesh = MeshStream { send, recv: body };
-            splice_upgraded_stream(from_app, mesh, how);
+            streams.spawn(splice_upgraded_stream(from_app, mesh, how));
         }
-        None => splice_upgraded(from_app, to_peer, how),
+        None => streams.spawn(splice_upgraded(from_app, to_peer, how)),
     }
     if let Upgrade::Protocol(protocol) = upgrade {
         parts.status = StatusCode::SWITCHING_PROTOCOLS;

@@ -23,10 +23,12 @@ use tokio::time::Instant;
 use crate::metrics::TcpMetrics;
 
 mod idle;
+mod open;
 mod pump;
 mod stream;
 
 use self::idle::Idle;
+pub(crate) use self::open::OpenStreams;
 
 pub(crate) use self::stream::{MeshStream, stream_body};
 
@@ -142,26 +144,23 @@ pub(crate) async fn splice_stream(app: impl AppStream, mesh: MeshStream, how: Sp
     }
 }
 
-/// Splices an app's upgraded HTTP connection (a CONNECT) and a stream to the peer, in a task of
-/// its own, once the app's connection has switched (after the response that switches it).
-pub(crate) fn splice_upgraded_stream(app: OnUpgrade, mesh: MeshStream, how: Splice) {
-    tokio::spawn(async move {
-        match app.await {
-            Ok(app) => splice_stream(TokioIo::new(app), mesh, how).await,
-            Err(error) => tracing::debug!(%error, "CONNECT closed before it opened"),
-        }
-    });
+/// Splices an app's upgraded HTTP connection (a CONNECT) and a stream to the peer once the
+/// app's connection has switched (after the response that switches it): a future for a task of
+/// its own.
+pub(crate) async fn splice_upgraded_stream(app: OnUpgrade, mesh: MeshStream, how: Splice) {
+    match app.await {
+        Ok(app) => splice_stream(TokioIo::new(app), mesh, how).await,
+        Err(error) => tracing::debug!(%error, "CONNECT closed before it opened"),
+    }
 }
 
-/// Splices an app's upgraded HTTP/1.1 connection and a tunnel, in a task of its own, once both
-/// have switched protocols (after the responses that switch them are sent).
-pub(crate) fn splice_upgraded(app: OnUpgrade, tunnel: OnUpgrade, how: Splice) {
-    tokio::spawn(async move {
-        match tokio::try_join!(app, tunnel) {
-            Ok((app, tunnel)) => splice(TokioIo::new(app), tunnel, how).await,
-            Err(error) => tracing::debug!(%error, "upgrade closed before it opened"),
-        }
-    });
+/// Splices an app's upgraded HTTP/1.1 connection and a tunnel once both have switched protocols
+/// (after the responses that switch them are sent): a future for a task of its own.
+pub(crate) async fn splice_upgraded(app: OnUpgrade, tunnel: OnUpgrade, how: Splice) {
+    match tokio::try_join!(app, tunnel) {
+        Ok((app, tunnel)) => splice(TokioIo::new(app), tunnel, how).await,
+        Err(error) => tracing::debug!(%error, "upgrade closed before it opened"),
+    }
 }
 
 /// Counts a stream open from creation, and closed with its duration when dropped.

@@ -447,3 +447,56 @@ async fn the_destinations_timeout_bounds_the_handshake_not_the_stream() {
     assert_eq!(echoed, Message::text("still here"));
     held.abort();
 }
+
+#[tokio::test]
+async fn the_calling_sidecar_drains_an_open_websocket_before_it_stops() {
+    let (app, _seen) = websocket_echo().await;
+    let (_mesh, orders, _inventory) = pair(app, "").await;
+    let outbound = orders.outbound;
+    let (mut ws, _) = ws_connect(outbound, "/chat").await.unwrap();
+
+    let stopping = tokio::spawn(orders.shutdown());
+    eventually("the outbound listener to close", PATIENCE, || async {
+        TcpStream::connect(outbound).await.is_err().then_some(())
+    })
+    .await;
+    // Well within the 5 s drain time the WebSocket still carries messages both ways.
+    let msg = Message::text("said during the drain");
+    ws.send(msg.clone()).await.unwrap();
+    assert_eq!(bounded("the echo", ws.next()).await.unwrap().unwrap(), msg);
+    assert!(
+        !stopping.is_finished(),
+        "the sidecar waits for the open WebSocket"
+    );
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = bounded("the end of the WebSocket", ws.next()).await {}
+    drop(ws);
+    bounded("the sidecar to stop once the WebSocket is done", stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_websocket_still_open_when_the_drain_time_is_up_is_cut() {
+    let (app, _seen) = websocket_echo().await;
+    let mesh = TestMesh::new();
+    let inventory = mesh.sidecar("inventory").app(app).start().await;
+    let orders = orders_calling(&mesh, &inventory, "drain_timeout: 300ms\n").await;
+    let (mut ws, _) = ws_connect(orders.outbound, "/chat").await.unwrap();
+
+    bounded(
+        "the sidecar to stop after its drain time",
+        orders.shutdown(),
+    )
+    .await
+    .unwrap();
+    // The stream was cut: the client's connection ends without a Close from the app.
+    loop {
+        match bounded("the cut", ws.next()).await {
+            None | Some(Err(_)) => break,
+            Some(Ok(Message::Close(_))) => panic!("the app did not close; the sidecar did"),
+            Some(Ok(_)) => {}
+        }
+    }
+}
