@@ -11,6 +11,12 @@ use mesh_sidecar::Listeners;
 use mesh_sidecar::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's allocator: a TCP stream's chunks are allocated on one task and
+/// freed on another, at a rate where glibc's heap keeps growing and trimming (`brk`, page faults)
+/// and its larger blocks are mapped and unmapped each time (see docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sidecar", version, about = "The mesh's per-instance proxy")]
 struct Args {

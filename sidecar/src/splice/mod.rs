@@ -1,12 +1,16 @@
-//! Joins an app's connection and an HTTP/2 CONNECT stream, both ways, for as long as either
-//! side has bytes to send: the outbound end joins the app's connection to its tunnel, the
-//! inbound end joins the tunnel to its connection to the app. The app's end is a TCP socket, or
+//! Joins an app's connection and a stream to the peer sidecar, both ways, for as long as either
+//! side has bytes to send: the outbound end joins the app's connection to its stream, the
+//! inbound end joins the stream to its connection to the app. The app's end is a TCP socket, or
 //! an HTTP/1.1 connection the app upgraded (a WebSocket) or turned into a tunnel (CONNECT).
 //!
-//! A side that finishes sending (EOF, or `END_STREAM` on the tunnel) half-closes the other, and
-//! the reply still flows back. A side that fails (a TCP reset, an RST_STREAM, the peer
-//! connection lost) ends both at once: the TCP socket is closed with a reset (`SO_LINGER` 0)
-//! and dropping the tunnel resets its stream, so neither end mistakes an abort for a clean end.
+//! TCP streams (a `tcp` destination's connections, an app's CONNECT) cross as request and
+//! response bodies (`stream.rs`); a WebSocket crosses as an extended CONNECT, joined by
+//! `splice` with the buffers of `pump.rs`. A side that finishes sending (EOF, or `END_STREAM`)
+//! half-closes the other, and the reply still flows back. A side that fails (a TCP reset, an
+//! RST_STREAM, the peer connection lost) ends both at once: the TCP socket is closed with a
+//! reset (`SO_LINGER` 0) and the body towards the peer fails (`RST_STREAM`), so neither end
+//! mistakes an abort for a clean end. A stream quiet for its idle timeout is ended the same way
+//! (`idle.rs`), and the outbound side's streams are counted for the drain (`open.rs`).
 
 use std::io;
 use std::pin::Pin;

@@ -33,19 +33,17 @@ where
     let (mut a_to_b, mut b_to_a) = (Pump::default(), Pump::default());
     let (mut a_done, mut b_done) = (false, false);
     poll_fn(|cx| {
-        if !a_done {
-            if let Poll::Ready(result) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
-            {
-                result?;
-                a_done = true;
-            }
+        if !a_done
+            && let Poll::Ready(result) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
+        {
+            result?;
+            a_done = true;
         }
-        if !b_done {
-            if let Poll::Ready(result) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
-            {
-                result?;
-                b_done = true;
-            }
+        if !b_done
+            && let Poll::Ready(result) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
+        {
+            result?;
+            b_done = true;
         }
         if a_done && b_done {
             Poll::Ready(Ok(()))
