@@ -9,7 +9,7 @@
 //! # mesh.yaml
 //! trust_domain: mesh.local        # required
 //! namespace: default              # default "default"
-//! certificate_lifetime: 24h       # default 24h, at least 5s
+//! certificate_lifetime: 24h       # default 24h, at least 5s, at most 366d
 //! registry: { heartbeat_interval: 5s, lease: 15s }   # lease must exceed the interval
 //! authorization: { default: allow }                   # allow | deny
 //! defaults: { timeout: 10s, retries: {...}, circuit_breaker: {...}, load_balancer: p2c-ewma }
@@ -53,6 +53,7 @@ pub const SERVICES_DIR: &str = "services";
 
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const MIN_LIFETIME: Duration = Duration::from_secs(5);
+const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 const MAX_WEIGHT: u32 = 1_000_000;
@@ -339,6 +340,14 @@ fn validate(
     );
     if certificate_lifetime < MIN_LIFETIME {
         errors.push("certificate_lifetime", "must be at least 5s");
+    }
+    // Beyond this, a certificate's end date is past what X.509 dates and the CA's date
+    // arithmetic hold; workload certificates are meant to be short-lived anyway.
+    if certificate_lifetime > MAX_LIFETIME {
+        errors.push(
+            "certificate_lifetime",
+            "must be at most 366d: workload certificates are short-lived and renewed",
+        );
     }
     let registry = RegistrySettings {
         heartbeat_interval: duration(

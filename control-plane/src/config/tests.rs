@@ -83,6 +83,27 @@ fn every_error_has_its_file_and_path() {
     }
 }
 
+#[test]
+fn a_certificate_lifetime_past_what_dates_hold_is_an_error_not_a_crash() {
+    for lifetime in ["10000y", "367d"] {
+        let errors = errors(
+            &format!("trust_domain: mesh.local\ncertificate_lifetime: {lifetime}\n"),
+            &[],
+        );
+        assert_eq!(
+            errors,
+            ["mesh.yaml: certificate_lifetime: must be at most 366d: workload certificates are short-lived and renewed"],
+            "{lifetime}"
+        );
+    }
+    let config = parse(&files(
+        "trust_domain: mesh.local\ncertificate_lifetime: 366d\n",
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(config.certificate_lifetime, Duration::from_secs(366 * 24 * 3600));
+}
+
 /// The YAML block after `marker` in the README.
 fn readme_block(marker: &str) -> &'static str {
     let readme = include_str!("../../../docs/control-plane.md");
