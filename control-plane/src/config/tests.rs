@@ -92,7 +92,9 @@ fn a_certificate_lifetime_past_what_dates_hold_is_an_error_not_a_crash() {
         );
         assert_eq!(
             errors,
-            ["mesh.yaml: certificate_lifetime: must be at most 366d: workload certificates are short-lived and renewed"],
+            [
+                "mesh.yaml: certificate_lifetime: must be at most 366d: workload certificates are short-lived and renewed"
+            ],
             "{lifetime}"
         );
     }
@@ -101,7 +103,10 @@ fn a_certificate_lifetime_past_what_dates_hold_is_an_error_not_a_crash() {
         &[],
     ))
     .unwrap();
-    assert_eq!(config.certificate_lifetime, Duration::from_secs(366 * 24 * 3600));
+    assert_eq!(
+        config.certificate_lifetime,
+        Duration::from_secs(366 * 24 * 3600)
+    );
 }
 
 /// The YAML block after `marker` in the README.

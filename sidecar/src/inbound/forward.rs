@@ -16,10 +16,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -96,7 +97,11 @@ impl AppClients {
             (&self.http2, Version::HTTP_2)
         };
         parts.version = version;
-        let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+        let body = body
+            .map_frame(without_client_id)
+            .map_err(BoxError::from)
+            .boxed_unsync();
+        let req = Request::from_parts(parts, body);
         client.request(req).await.map_err(|source| {
             BoxError::from(AppFailed {
                 app: self.app,
@@ -121,6 +126,15 @@ pub(crate) fn headers_for_app(
     headers.insert(CLIENT_ID, HeaderValue::from_str(caller.as_str())?);
     propagation::inject(trace, b3, headers);
     Ok(())
+}
+
+/// Removes `x-mesh-client-id` from a request's trailers: a calling app could put one there, and
+/// only the header this sidecar sets may name the caller.
+fn without_client_id(mut frame: Frame<Bytes>) -> Frame<Bytes> {
+    if let Some(trailers) = frame.trailers_mut() {
+        trailers.remove(CLIENT_ID);
+    }
+    frame
 }
 
 // === impl AppConnector ===

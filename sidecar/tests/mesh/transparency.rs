@@ -243,3 +243,66 @@ async fn caller_identity_header_cannot_be_spoofed_by_the_app() {
     // The forged protocol marker did not make the HTTP/1.1 request arrive as HTTP/2.
     assert_eq!(seen["version"], "HTTP/1.1");
 }
+
+/// An HTTP/2 app that answers each request, once its body has ended, with the names and values
+/// of the request's trailers as `name=value` lines.
+async fn trailer_reporting_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                let trailers = req.into_body().collect().await?.trailers().cloned();
+                let lines: String = trailers
+                    .iter()
+                    .flatten()
+                    .map(|(name, value)| format!("{name}={}\n", value.to_str().unwrap_or("?")))
+                    .collect();
+                Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(lines))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_caller_identity_in_request_trailers_does_not_reach_the_app() {
+    let mesh = mesh_testkit::TestMesh::new();
+    let app = trailer_reporting_app().await;
+    let (orders, _inventory) = mesh.pair(|o| o, |i| i.app(app)).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(
+        "x-mesh-client-id",
+        "spiffe://mesh.local/ns/default/sa/payments"
+            .parse()
+            .unwrap(),
+    );
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let frames = tokio_stream::iter([
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"order"))),
+        Ok(Frame::trailers(trailers)),
+    ]);
+    // HTTP/2 to the outbound listener: the authority names the destination.
+    let req = Request::post("http://inventory/orders")
+        .body(StreamBody::new(frames))
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(orders.outbound)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let rsp = sender.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let seen = rsp.into_body().collect().await.unwrap().to_bytes();
+    // Other trailers pass; only the sidecar's header may name the caller.
+    assert_eq!(std::str::from_utf8(&seen).unwrap(), "x-checksum=abc\n");
+}
