@@ -227,3 +227,11 @@ impl ClientCertVerifier for LiveClientVerifier {
         self.0.load().supported_verify_schemes()
     }
 }
+
+/// Turns TLS session resumption off on a server: no session kept, no ticket sent. A resumed
+/// session skips checking the peer's certificate against the trust bundle of the day, so a root
+/// removed from the bundle would still let in whoever holds a session from before.
+pub fn no_resumption(config: &mut rustls::ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use mesh_api::spiffe::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE, format_service_id};
 use mesh_api::spiffe::{SpiffeId, ids_in_certificate};
-use mesh_api::tls::{LiveCertificate, LiveClientVerifier};
+use mesh_api::tls::{LiveCertificate, LiveClientVerifier, no_resumption};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
@@ -98,6 +98,7 @@ impl ServerTls {
             .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
+        no_resumption(&mut config);
         Ok(Self {
             resolver,
             verifier,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::ArcSwap;
-use mesh_api::tls::{LiveCertificate, LiveClientVerifier, SpiffeServerVerifier};
+use mesh_api::tls::{LiveCertificate, LiveClientVerifier, SpiffeServerVerifier, no_resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
@@ -97,13 +97,16 @@ impl Identity {
         Ok(())
     }
 
-    /// The inbound listener's config: TLS 1.3, client certificate required, ALPN h2.
+    /// The inbound listener's config: TLS 1.3, client certificate required, ALPN h2, and no
+    /// session resumption: a resumed session would skip checking the caller's certificate
+    /// against the trust bundle of the day, so a removed root would still let it in.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, CredentialsError> {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(self.client_verifier.clone())
             .with_cert_resolver(self.cert.clone());
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        no_resumption(&mut config);
         Ok(Arc::new(config))
     }
 
@@ -120,6 +123,8 @@ impl Identity {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(self.cert.clone());
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // Every handshake verifies the peer afresh (see `server_config`).
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 }

@@ -303,3 +303,63 @@ async fn certificates_signed_from_csrs_work() {
     assert_eq!(rsp.status(), StatusCode::OK);
     assert_eq!(client::json(rsp).await["caller"], crate::ORDERS_ID);
 }
+
+/// Opens an mTLS connection to `addr` with `config`, reads the server's first bytes (its HTTP/2
+/// SETTINGS, which come after any session tickets), and says how the handshake went.
+async fn handshake_kind(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+) -> rustls::HandshakeKind {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("inventory").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut first = [0u8; 9];
+    tls.read_exact(&mut first).await.unwrap();
+    tls.get_ref().1.handshake_kind().unwrap()
+}
+
+#[tokio::test]
+async fn tls_sessions_are_never_resumed_so_a_removed_root_cannot_ride_on_a_ticket() {
+    use rustls_pki_types::pem::PemObject;
+    let mesh = TestMesh::new();
+    let (_orders, inventory) = mesh.pair(|o| o, |i| i).await;
+    let (cert, key) = mesh.leaf("orders").write_to(mesh.dir(), "resumer").unwrap();
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for root in rustls_pki_types::CertificateDer::pem_file_iter(mesh.trust_bundle()).unwrap() {
+        roots.add(root.unwrap()).unwrap();
+    }
+    let verifier = mesh_api::tls::SpiffeServerVerifier::fixed(
+        std::sync::Arc::new(roots),
+        INVENTORY_ID.parse().unwrap(),
+    );
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    // rustls's client keeps sessions and resumes them by default: this one would, if allowed.
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = std::sync::Arc::new(config);
+
+    for attempt in 0..3 {
+        assert_eq!(
+            handshake_kind(config.clone(), inventory.inbound).await,
+            rustls::HandshakeKind::Full,
+            "connection {attempt}: every handshake checks the certificate against today's bundle"
+        );
+    }
+}
