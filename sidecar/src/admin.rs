@@ -32,7 +32,7 @@ use crate::app_health::AppStatus;
 use crate::body::Body;
 use crate::config::Config;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, Drain};
+use crate::serve::{self, Drain, Draining};
 
 /// Shared state the admin endpoint reports on.
 #[derive(Debug)]
@@ -93,15 +93,14 @@ impl Admin {
                 timeout: config.drain_timeout,
             },
             metrics,
-            move |tcp, _peer, watcher| {
+            move |tcp, _peer, draining: Draining| {
                 let admin = self.clone();
                 let conn = http.serve_connection(
                     TokioIo::new(tcp),
                     service_fn(move |req| admin.clone().handle(req)),
                 );
-                let conn = watcher.watch(conn);
                 async move {
-                    let _ = conn.await;
+                    let _ = draining.serve(conn, None).await;
                 }
             },
         ));

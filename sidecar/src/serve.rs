@@ -1,24 +1,30 @@
 //! Step 1, shared by every listener: accept connections and drain them on shutdown.
 //!
-//! Each accepted connection runs in its own task and is registered with a graceful-shutdown
-//! watcher. On shutdown the listener closes first (new connections are refused), then every
-//! open connection is asked to finish: HTTP/1.1 closes after the response in flight, HTTP/2
-//! sends GOAWAY and lets open streams complete. Whatever is still running when the drain time
-//! is up is dropped.
+//! Each accepted connection runs in its own task with a [`Draining`] handle. On shutdown the
+//! listener closes first (new connections are refused), then every open connection is asked to
+//! finish: HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY and lets open
+//! streams complete. Whatever is still running when the drain time is up is dropped. A
+//! connection may also be given a maximum age, past which it is asked to finish the same way
+//! and, if it has not within its grace time, dropped.
 //!
 //! Also here: binding the three [`Listeners`], and the HTTP server the outbound and inbound
 //! listeners share ([`http_server`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::config::ListenAddrs;
 use crate::metrics::{Direction, Metrics};
@@ -97,6 +103,108 @@ pub(crate) struct Drain {
     pub(crate) timeout: Duration,
 }
 
+/// A connection's part in its listener's drain: it tells the connection when to finish, and
+/// holds the drain open while the connection runs.
+#[derive(Debug)]
+pub(crate) struct Draining {
+    stop: CancellationToken,
+    _open: Option<TaskTrackerToken>,
+}
+
+/// How long a connection may live, and how long it then gets to finish.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MaxAge {
+    pub(crate) age: Duration,
+    pub(crate) grace: Duration,
+}
+
+impl Draining {
+    /// A connection of no listener, which nothing drains.
+    #[cfg(test)]
+    pub(crate) fn never() -> Self {
+        Self {
+            stop: CancellationToken::new(),
+            _open: None,
+        }
+    }
+
+    /// Serves `conn` until it ends. Asked to finish when the listener drains (the drain's own
+    /// timeout then applies) or when `max_age` has passed (then dropped if it has not finished
+    /// within the grace time).
+    pub(crate) fn serve<C>(self, conn: C, max_age: Option<MaxAge>) -> Serving<C>
+    where
+        C: GracefulConnection,
+    {
+        Serving {
+            conn: Box::pin(conn),
+            stop: Box::pin(self.stop.cancelled_owned()),
+            aged: max_age.map(|limit| Box::pin(tokio::time::sleep(limit.age))),
+            grace: max_age.map_or(Duration::ZERO, |limit| limit.grace),
+            state: Finish::NotAsked,
+            _open: self._open,
+        }
+    }
+}
+
+/// A connection being served (see [`Draining::serve`]). A future of its own rather than an
+/// `async fn`: hyper's connection types carry higher-ranked bounds that the compiler cannot
+/// prove `Send` through an `async fn`'s state.
+pub(crate) struct Serving<C> {
+    conn: Pin<Box<C>>,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    aged: Option<Pin<Box<Sleep>>>,
+    grace: Duration,
+    state: Finish,
+    _open: Option<TaskTrackerToken>,
+}
+
+/// Whether a connection has been asked to finish, and why.
+enum Finish {
+    NotAsked,
+    /// The listener drains: the drain's timeout applies.
+    Draining,
+    /// Past its maximum age: dropped when this grace timer fires.
+    Aged(Pin<Box<Sleep>>),
+}
+
+impl<C: GracefulConnection> Future for Serving<C> {
+    type Output = Result<(), C::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(done) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(done);
+        }
+        match &mut this.state {
+            Finish::NotAsked => {
+                let aged = this
+                    .aged
+                    .as_mut()
+                    .is_some_and(|aged| aged.as_mut().poll(cx).is_ready());
+                if this.stop.as_mut().poll(cx).is_ready() {
+                    this.state = Finish::Draining;
+                } else if aged {
+                    this.state = Finish::Aged(Box::pin(tokio::time::sleep(this.grace)));
+                } else {
+                    return Poll::Pending;
+                }
+                this.conn.as_mut().graceful_shutdown();
+                // Poll again: the connection acts on the request to finish when polled.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Finish::Draining => Poll::Pending,
+            Finish::Aged(grace) => {
+                if grace.as_mut().poll(cx).is_ready() {
+                    tracing::debug!(grace = ?this.grace, "connection past its maximum age dropped");
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
 /// Accepts on `listener` until `drain`, handing each connection to `on_accept`, then drains.
 pub(crate) async fn serve<F, Fut>(
     direction: Direction,
@@ -105,10 +213,11 @@ pub(crate) async fn serve<F, Fut>(
     metrics: Arc<Metrics>,
     on_accept: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, Watcher) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Draining) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
     loop {
         tokio::select! {
             () = drain.token.cancelled() => break,
@@ -116,7 +225,11 @@ pub(crate) async fn serve<F, Fut>(
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
                     let open = metrics.connection_opened(direction);
-                    let conn = on_accept(tcp, peer, graceful.watcher());
+                    let draining = Draining {
+                        stop: stop.clone(),
+                        _open: Some(connections.token()),
+                    };
+                    let conn = on_accept(tcp, peer, draining);
                     tokio::spawn(async move {
                         conn.await;
                         drop(open);
@@ -130,16 +243,17 @@ pub(crate) async fn serve<F, Fut>(
         }
     }
     drop(listener);
-    let open = graceful.count();
-    if open > 0 {
+    stop.cancel();
+    connections.close();
+    if !connections.is_empty() {
         tracing::info!(
             direction = direction.as_str(),
-            connections = open,
+            connections = connections.len(),
             "draining"
         );
     }
     let drain_timeout = drain.timeout;
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+    if tokio::time::timeout(drain_timeout, connections.wait())
         .await
         .is_err()
     {

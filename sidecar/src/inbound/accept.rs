@@ -12,7 +12,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -21,7 +20,7 @@ use super::identify::{Caller, identify};
 use crate::body::Body;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, Drain, PEER_MAX_FRAME_SIZE, http_server};
+use crate::serve::{self, Drain, Draining, PEER_MAX_FRAME_SIZE, http_server};
 
 /// Streams one peer connection may have open at once. TCP tunnels are streams that last as long
 /// as their connection, so the usual HTTP/2 limit of a few hundred would let one caller's pool
@@ -52,14 +51,14 @@ where
         listener,
         drain,
         metrics,
-        move |tcp, peer, watcher| {
+        move |tcp, peer, draining| {
             let connection = Connection {
                 handle: handle.clone(),
                 acceptor: acceptor.clone(),
                 metrics: connection_metrics.clone(),
                 log_limit: handshake_log_limit.clone(),
             };
-            connection.serve(tcp, peer, watcher)
+            connection.serve(tcp, peer, draining)
         },
     ))
 }
@@ -81,7 +80,7 @@ where
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     /// Terminates mTLS and identifies the caller (step 9), then serves its requests.
-    async fn serve(self, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr, draining: Draining) {
         let (tls, caller) = match identify(&self.acceptor, tcp, TLS_HANDSHAKE_TIMEOUT).await {
             Ok(identified) => identified,
             Err(error) => {
@@ -105,7 +104,7 @@ where
             TokioIo::new(tls),
             service_fn(move |req| handle(caller.clone(), req)),
         );
-        if let Err(error) = watcher.watch(conn.into_owned()).await {
+        if let Err(error) = draining.serve(conn.into_owned(), None).await {
             ::tracing::debug!(%peer, %error, "inbound connection closed with error");
         }
     }

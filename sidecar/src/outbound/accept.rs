@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -24,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::body::Body;
 use crate::detect::{Protocol, detect};
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, Drain, http_server};
+use crate::serve::{self, Drain, Draining, http_server};
 
 /// The outbound handler behind a pointer, for the listeners of destinations, which hold it
 /// beside other state.
@@ -52,12 +51,12 @@ where
         listener,
         drain,
         metrics.clone(),
-        move |tcp, peer, watcher| {
+        move |tcp, peer, draining| {
             connection(
                 http.clone(),
                 handle.clone(),
                 (tcp, peer),
-                watcher,
+                draining,
                 detect_timeout,
                 metrics.clone(),
             )
@@ -72,7 +71,7 @@ async fn connection<H, F>(
     http: Arc<auto::Builder<TokioExecutor>>,
     handle: H,
     (tcp, peer): (TcpStream, SocketAddr),
-    watcher: Watcher,
+    draining: Draining,
     detect_timeout: Duration,
     metrics: Arc<Metrics>,
 ) where
@@ -96,7 +95,7 @@ async fn connection<H, F>(
         );
         return;
     }
-    serve_http(&http, io, handle, watcher).await;
+    serve_http(&http, io, handle, draining).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on `io` until it closes, every request to `handle`.
@@ -104,7 +103,7 @@ pub(crate) async fn serve_http<I, H, F>(
     http: &auto::Builder<TokioExecutor>,
     io: I,
     handle: H,
-    watcher: Watcher,
+    draining: Draining,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
@@ -113,7 +112,7 @@ pub(crate) async fn serve_http<I, H, F>(
     let conn = http
         .serve_connection_with_upgrades(TokioIo::new(io), service_fn(handle))
         .into_owned();
-    if let Err(error) = watcher.watch(conn).await {
+    if let Err(error) = draining.serve(conn, None).await {
         ::tracing::debug!(%error, "outbound connection closed with error");
     }
 }
@@ -124,7 +123,6 @@ mod tests {
     use crate::body::empty;
     use crate::detect::Outcome;
     use crate::serve::HEADER_READ_TIMEOUT;
-    use hyper_util::server::graceful::GracefulShutdown;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
 
@@ -138,9 +136,8 @@ mod tests {
         let (outcome, io) = detect(server, Duration::from_secs(1)).await.unwrap();
         assert_eq!(outcome, Outcome::Http1);
         let started = Instant::now();
-        let graceful = GracefulShutdown::new();
         let answer = |_req| async { Ok::<_, Infallible>(Response::new(empty())) };
-        serve_http(&http_server(), io, answer, graceful.watcher()).await;
+        serve_http(&http_server(), io, answer, Draining::never()).await;
         let waited = started.elapsed();
         assert!(
             waited >= HEADER_READ_TIMEOUT && waited < HEADER_READ_TIMEOUT * 2,

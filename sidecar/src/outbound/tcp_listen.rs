@@ -22,7 +22,6 @@ use http::{HeaderValue, Request, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -31,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::detect::{Protocol, Rewind, detect};
 use crate::metrics::{Direction, Label, Metrics};
-use crate::serve::{self, Drain, http_server};
+use crate::serve::{self, Drain, Draining, http_server};
 use crate::splice::{AppStream, OpenStreams};
 
 use super::accept::{Handler, serve_http};
@@ -207,7 +206,7 @@ impl Listeners {
             listener,
             drain,
             self.metrics.clone(),
-            move |tcp, peer, watcher| accepted.clone().serve(tcp, peer, watcher),
+            move |tcp, peer, draining| accepted.clone().serve(tcp, peer, draining),
         ));
         tracing::info!(%destination, listen = %addr, "tcp listener open");
         self.running
@@ -245,7 +244,7 @@ struct Accepted {
 impl Accepted {
     /// One connection: tunnelled at once to a `tcp` destination; detected, then served as
     /// HTTP or tunnelled, on an `http` one's listener.
-    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, draining: Draining) {
         let detects = self
             .destinations
             .borrow()
@@ -269,7 +268,7 @@ impl Accepted {
                 "not HTTP: tunnelled as TCP");
             return self.tunnel(io, peer).await;
         }
-        self.serve_http(io, watcher).await;
+        self.serve_http(io, draining).await;
     }
 
     /// Tunnels a connection, counted among the open streams until it ends or is cut.
@@ -280,16 +279,24 @@ impl Accepted {
     }
 
     /// Serves detected HTTP: each request is one to the destination, whatever host it named.
-    async fn serve_http(&self, io: Rewind<TcpStream>, watcher: Watcher) {
+    /// The future owns what it needs, so it holds no borrow of `self` across its awaits.
+    fn serve_http(
+        &self,
+        io: Rewind<TcpStream>,
+        draining: Draining,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let handle = self.http.handle.clone();
         let authority = self.authority.clone();
-        let service = move |mut req: Request<Incoming>| {
-            if let Some(authority) = &authority {
-                name_destination(&mut req, authority);
-            }
-            handle(req)
-        };
-        serve_http(&self.server, io, service, watcher).await;
+        let server = self.server.clone();
+        async move {
+            let service = move |mut req: Request<Incoming>| {
+                if let Some(authority) = authority.clone() {
+                    name_destination(&mut req, &authority);
+                }
+                handle(req)
+            };
+            serve_http(&server, io, service, draining).await;
+        }
     }
 }
 
