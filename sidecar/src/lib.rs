@@ -232,6 +232,7 @@ pub async fn run(
         listeners.inbound,
         acceptor,
         move |caller, req| inbound.clone().handle(caller, req),
+        config.max_connection_age,
         drain.clone(),
         metrics.clone(),
     );

@@ -63,6 +63,10 @@ pub struct Config {
     /// before both of its ends are reset.
     #[serde(serialize_with = "human_duration")]
     pub idle_timeout: Duration,
+    /// How long a peer sidecar's connection to this one may stay open; `None`: half the
+    /// lifetime of the certificate it presented. Never past that certificate's expiry.
+    #[serde(serialize_with = "human_duration_opt")]
+    pub max_connection_age: Option<Duration>,
     /// Span export and sampling.
     pub tracing: TracingConfig,
     /// Whether to write one JSON line per request to standard output.
@@ -198,4 +202,11 @@ fn display_option<T: fmt::Display, S: Serializer>(v: &Option<T>, s: S) -> Result
 
 fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn human_duration_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => human_duration(d, s),
+        None => s.serialize_none(),
+    }
 }

@@ -33,6 +33,7 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) detect_timeout: Option<String>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) max_connection_age: Option<String>,
     #[serde(default)]
     pub(super) tracing: TracingFile,
     #[serde(default)]

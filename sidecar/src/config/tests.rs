@@ -576,6 +576,28 @@ fn idle_timeout_defaults_to_an_hour_and_is_checked() {
 }
 
 #[test]
+fn max_connection_age_is_optional_and_checked() {
+    assert_eq!(
+        Config::from_yaml(GOOD, Path::new("/base"))
+            .unwrap()
+            .max_connection_age,
+        None
+    );
+    let base = GOOD.split("destinations:").next().unwrap();
+    let rest = &GOOD[base.len()..];
+    let config = Config::from_yaml(
+        &format!("{base}max_connection_age: 2h\n{rest}"),
+        Path::new("/base"),
+    )
+    .unwrap();
+    assert_eq!(config.max_connection_age, Some(Duration::from_secs(7200)));
+    for bad in ["0s", "500ms", "forever"] {
+        let errors = errors(&format!("{base}max_connection_age: {bad}\n{rest}"));
+        assert_eq!(errors[0].path, "max_connection_age", "{bad}: {errors:?}");
+    }
+}
+
+#[test]
 fn an_http_destination_may_listen_and_detect_timeout_is_checked() {
     let base = GOOD.split("destinations:").next().unwrap();
     let http = "destinations:\n  inventory:\n    endpoints: [127.0.0.1:19006]\n    listen: 127.0.0.1:8090\n    retries: { attempts: 2 }\n";

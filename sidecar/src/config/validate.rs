@@ -197,6 +197,16 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
             "must be at least 100ms: a stream this quiet is normal between two messages",
         );
     }
+    let max_connection_age = file.max_connection_age.map(|age| {
+        let age = duration(errors, "max_connection_age", Some(age), Duration::ZERO);
+        if age < MIN_CONNECTION_AGE {
+            errors.push(
+                "max_connection_age",
+                "must be at least 1s: every connection would be torn down as it opens",
+            );
+        }
+        age
+    });
     let tracing = tracing_config(file.tracing, errors);
     let app_health = file.app_health.map(|f| app_health_config(f, errors));
     let authorization =
@@ -220,12 +230,14 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         drain_timeout,
         detect_timeout,
         idle_timeout,
+        max_connection_age,
     })
 }
 
 /// A client that sends nothing is held this long at most before it is decided on.
 const MAX_DETECT_TIMEOUT: Duration = Duration::from_secs(60);
 const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(100);
+const MIN_CONNECTION_AGE: Duration = Duration::from_secs(1);
 
 /// The TCP side of a destination, by the rules the control plane also applies, and a listen
 /// address that is none of the sidecar's own.

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -16,11 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use super::identify::{Caller, identify};
+use super::identify::{Caller, identify, max_connection_age};
 use crate::body::Body;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, Drain, Draining, PEER_MAX_FRAME_SIZE, http_server};
+use crate::serve::{self, Drain, Draining, MaxAge, PEER_MAX_FRAME_SIZE, http_server};
 
 /// Streams one peer connection may have open at once. TCP tunnels are streams that last as long
 /// as their connection, so the usual HTTP/2 limit of a few hundred would let one caller's pool
@@ -32,11 +32,13 @@ const MAX_PEER_STREAMS: u32 = 10_000;
 /// A peer that has not finished its TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the inbound listener until `drain`, then drains its connections.
+/// Serves the inbound listener until `drain`, then drains its connections. Each connection
+/// lives at most `max_age` (see [`max_connection_age`]), then gets the drain time to finish.
 pub(crate) fn spawn<H, F>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handle: H,
+    max_age: Option<Duration>,
     drain: Drain,
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()>
@@ -46,6 +48,7 @@ where
 {
     let handshake_log_limit = Arc::new(LogLimit::new(10));
     let connection_metrics = metrics.clone();
+    let grace = drain.timeout;
     tokio::spawn(serve::serve(
         Direction::Inbound,
         listener,
@@ -57,6 +60,8 @@ where
                 acceptor: acceptor.clone(),
                 metrics: connection_metrics.clone(),
                 log_limit: handshake_log_limit.clone(),
+                max_age,
+                grace,
             };
             connection.serve(tcp, peer, draining)
         },
@@ -70,6 +75,10 @@ struct Connection<H> {
     metrics: Arc<Metrics>,
     /// Caps refused-handshake warnings (a port scan should not flood the logs).
     log_limit: Arc<LogLimit>,
+    /// `max_connection_age`, if configured.
+    max_age: Option<Duration>,
+    /// How long a connection past its age gets to finish.
+    grace: Duration,
 }
 
 // === impl Connection ===
@@ -92,6 +101,16 @@ where
             }
         };
         ::tracing::debug!(%peer, %caller, "inbound connection identified");
+        let max_age = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| max_connection_age(leaf, SystemTime::now(), self.max_age))
+            .map(|age| MaxAge {
+                age,
+                grace: self.grace,
+            });
         let caller = Arc::new(Caller::new(caller, peer));
         let handle = self.handle;
         let mut http = http_server();
@@ -104,7 +123,7 @@ where
             TokioIo::new(tls),
             service_fn(move |req| handle(caller.clone(), req)),
         );
-        if let Err(error) = draining.serve(conn.into_owned(), None).await {
+        if let Err(error) = draining.serve(conn.into_owned(), max_age).await {
             ::tracing::debug!(%peer, %error, "inbound connection closed with error");
         }
     }

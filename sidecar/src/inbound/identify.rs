@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -90,4 +90,80 @@ pub(crate) async fn identify(
         .and_then(|leaf| ids_in_certificate(leaf).into_iter().next())
         .ok_or(IdentifyError::NoIdentity)?;
     Ok((tls, caller))
+}
+
+/// How long a caller's connection may stay open: `configured` when set, else half its
+/// certificate's lifetime, and never past the certificate's expiry. A connection authenticated
+/// once is otherwise trusted for as long as it lives, so it must not outlive what authenticated
+/// it: the certificate, or the root a rotation later removes. `None` when the certificate's dates
+/// cannot be read (the handshake has checked them) and nothing is configured.
+pub(crate) fn max_connection_age(
+    leaf: &[u8],
+    now: SystemTime,
+    configured: Option<Duration>,
+) -> Option<Duration> {
+    use x509_parser::prelude::FromDer;
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(leaf) else {
+        return configured;
+    };
+    let at = |t: x509_parser::time::ASN1Time| {
+        u64::try_from(t.timestamp())
+            .ok()
+            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+    };
+    let validity = cert.validity();
+    let (Some(not_before), Some(not_after)) = (at(validity.not_before), at(validity.not_after))
+    else {
+        return configured;
+    };
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let until_expiry = not_after.duration_since(now).unwrap_or_default();
+    Some(configured.unwrap_or(lifetime / 2).min(until_expiry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JAN_1_2026: u64 = 1_767_225_600;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A certificate valid from 2026-01-01 to 2026-01-03 (48 hours).
+    fn two_day_leaf() -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2026, 1, 3);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn at(hours: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(JAN_1_2026) + HOUR * u32::try_from(hours).unwrap()
+    }
+
+    #[test]
+    fn half_the_certificates_lifetime_and_never_past_its_expiry() {
+        let leaf = two_day_leaf();
+        assert_eq!(max_connection_age(&leaf, at(1), None), Some(HOUR * 24));
+        assert_eq!(max_connection_age(&leaf, at(47), None), Some(HOUR));
+        assert_eq!(
+            max_connection_age(&leaf, at(50), None),
+            Some(Duration::ZERO)
+        );
+        // A configured age applies, still bounded by the expiry.
+        let ten_minutes = Duration::from_secs(600);
+        assert_eq!(
+            max_connection_age(&leaf, at(1), Some(ten_minutes)),
+            Some(ten_minutes)
+        );
+        assert_eq!(
+            max_connection_age(&leaf, at(47), Some(HOUR * 5)),
+            Some(HOUR)
+        );
+        assert_eq!(
+            max_connection_age(b"not a certificate", at(1), Some(HOUR)),
+            Some(HOUR)
+        );
+        assert_eq!(max_connection_age(b"not a certificate", at(1), None), None);
+    }
 }

@@ -363,3 +363,40 @@ async fn tls_sessions_are_never_resumed_so_a_removed_root_cannot_ride_on_a_ticke
         );
     }
 }
+
+#[tokio::test]
+async fn a_peer_connection_is_closed_at_its_maximum_age_and_the_caller_reconnects() {
+    let mesh = TestMesh::new();
+    let (orders, inventory) = mesh
+        .pair(|o| o, |i| i.extra_yaml("max_connection_age: 1s\n"))
+        .await;
+    let url = format!("{}/stock", orders.outbound_url());
+    assert_eq!(
+        client::get(&url, "inventory").await.status(),
+        StatusCode::OK
+    );
+    let open = r#"mesh_open_connections{direction="inbound"}"#;
+    assert_eq!(
+        mesh_testkit::metrics::value(&inventory.metrics().await, open),
+        Some(1.0)
+    );
+    // GOAWAY at one second; the idle connection then closes.
+    eventually(
+        "the aged connection to close",
+        Duration::from_secs(10),
+        || async {
+            let text = inventory.metrics().await;
+            (mesh_testkit::metrics::value(&text, open) == Some(0.0)).then_some(())
+        },
+    )
+    .await;
+    // The caller's pool notices and connects again.
+    assert_eq!(
+        client::get(&url, "inventory").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        mesh_testkit::metrics::value(&inventory.metrics().await, open),
+        Some(1.0)
+    );
+}
