@@ -537,6 +537,18 @@ async fn the_root_rotates_under_continuous_traffic_without_a_failed_request() {
         (roots == 1).then_some(())
     })
     .await;
+    // The connection orders opened before the rotation was authenticated by the old root: it
+    // is closed, not trusted for the rest of its life.
+    eventually(
+        "the connection the old root authenticated to be closed",
+        PATIENCE,
+        || async {
+            let untrusted = r#"mesh_connections_untrusted_total{direction="inbound"}"#;
+            let closed = metrics::value(&inventory.metrics().await, untrusted)?;
+            (closed >= 1.0).then_some(())
+        },
+    )
+    .await;
     traffic.finish_without_failures(20).await;
     // Fresh handshakes after the rotation work too.
     let storefront = cluster

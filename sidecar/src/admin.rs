@@ -100,7 +100,7 @@ impl Admin {
                     service_fn(move |req| admin.clone().handle(req)),
                 );
                 async move {
-                    let _ = draining.serve(conn, None).await;
+                    let _ = draining.serve(conn, None, None).await;
                 }
             },
         ));

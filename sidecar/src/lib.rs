@@ -233,6 +233,7 @@ pub async fn run(
         acceptor,
         move |caller, req| inbound.clone().handle(caller, req),
         config.max_connection_age,
+        identity.trust_changes(),
         drain.clone(),
         metrics.clone(),
     );

@@ -129,9 +129,15 @@ impl Draining {
     }
 
     /// Serves `conn` until it ends. Asked to finish when the listener drains (the drain's own
-    /// timeout then applies) or when `max_age` has passed (then dropped if it has not finished
-    /// within the grace time).
-    pub(crate) fn serve<C>(self, conn: C, max_age: Option<MaxAge>) -> Serving<C>
+    /// timeout then applies), or when `max_age` has passed or `untrusted` completes (its peer's
+    /// certificate no longer verifies); in those two cases it is dropped if it has not finished
+    /// within the grace time.
+    pub(crate) fn serve<C>(
+        self,
+        conn: C,
+        max_age: Option<MaxAge>,
+        untrusted: Option<Untrusted>,
+    ) -> Serving<C>
     where
         C: GracefulConnection,
     {
@@ -139,12 +145,20 @@ impl Draining {
             conn: Box::pin(conn),
             stop: Box::pin(self.stop.cancelled_owned()),
             aged: max_age.map(|limit| Box::pin(tokio::time::sleep(limit.age))),
+            untrusted,
             grace: max_age.map_or(Duration::ZERO, |limit| limit.grace),
             state: Finish::NotAsked,
             _open: self._open,
         }
     }
 }
+
+/// Completes when a connection's peer is no longer trusted.
+pub(crate) type Untrusted = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How long a connection whose peer is no longer trusted gets to finish what it is doing: long
+/// enough for requests in flight, short enough that a removed root stops counting at once.
+pub(crate) const UNTRUSTED_GRACE: Duration = Duration::from_secs(2);
 
 /// A connection being served (see [`Draining::serve`]). A future of its own rather than an
 /// `async fn`: hyper's connection types carry higher-ranked bounds that the compiler cannot
@@ -153,6 +167,7 @@ pub(crate) struct Serving<C> {
     conn: Pin<Box<C>>,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     aged: Option<Pin<Box<Sleep>>>,
+    untrusted: Option<Untrusted>,
     grace: Duration,
     state: Finish,
     _open: Option<TaskTrackerToken>,
@@ -163,8 +178,9 @@ enum Finish {
     NotAsked,
     /// The listener drains: the drain's timeout applies.
     Draining,
-    /// Past its maximum age: dropped when this grace timer fires.
-    Aged(Pin<Box<Sleep>>),
+    /// Past its maximum age, or its peer no longer trusted: dropped when this grace timer
+    /// fires.
+    Ending(Pin<Box<Sleep>>),
 }
 
 impl<C: GracefulConnection> Future for Serving<C> {
@@ -181,10 +197,17 @@ impl<C: GracefulConnection> Future for Serving<C> {
                     .aged
                     .as_mut()
                     .is_some_and(|aged| aged.as_mut().poll(cx).is_ready());
+                let untrusted = this
+                    .untrusted
+                    .as_mut()
+                    .is_some_and(|untrusted| untrusted.as_mut().poll(cx).is_ready());
                 if this.stop.as_mut().poll(cx).is_ready() {
                     this.state = Finish::Draining;
+                } else if untrusted {
+                    this.grace = UNTRUSTED_GRACE;
+                    this.state = Finish::Ending(Box::pin(tokio::time::sleep(this.grace)));
                 } else if aged {
-                    this.state = Finish::Aged(Box::pin(tokio::time::sleep(this.grace)));
+                    this.state = Finish::Ending(Box::pin(tokio::time::sleep(this.grace)));
                 } else {
                     return Poll::Pending;
                 }
@@ -194,9 +217,9 @@ impl<C: GracefulConnection> Future for Serving<C> {
                 Poll::Pending
             }
             Finish::Draining => Poll::Pending,
-            Finish::Aged(grace) => {
+            Finish::Ending(grace) => {
                 if grace.as_mut().poll(cx).is_ready() {
-                    tracing::debug!(grace = ?this.grace, "connection past its maximum age dropped");
+                    tracing::debug!(grace = ?this.grace, "connection dropped after its grace time");
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Pending

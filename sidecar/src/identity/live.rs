@@ -16,8 +16,10 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::sync::watch;
 
 use super::credentials::{ALPN_H2, Credentials, CredentialsError};
+use super::trust::TrustChanges;
 use mesh_api::spiffe::SpiffeId;
 
 /// The identity of this sidecar: one SPIFFE ID, its current certificate and trust bundle.
@@ -30,6 +32,8 @@ pub struct Identity {
     client_verifier: Arc<LiveClientVerifier>,
     not_after: AtomicI64,
     issuer: ArcSwap<String>,
+    /// Bumped each time the trust bundle is replaced.
+    trust_changes: watch::Sender<u64>,
 }
 
 // === impl Identity ===
@@ -52,6 +56,7 @@ impl Identity {
             client_verifier,
             not_after: AtomicI64::new(credentials.not_after.unwrap_or(0)),
             issuer: ArcSwap::from_pointee(credentials.issuer_sha256()),
+            trust_changes: watch::Sender::new(0),
         })
     }
 
@@ -94,7 +99,19 @@ impl Identity {
         let verifier = client_verifier(&self.provider, roots.clone())?;
         self.roots.store(roots);
         self.client_verifier.store(verifier);
+        self.trust_changes
+            .send_modify(|generation| *generation += 1);
         Ok(())
+    }
+
+    /// The trust bundle as it changes, for open connections to re-check their peer.
+    pub fn trust_changes(&self) -> TrustChanges {
+        TrustChanges::new(
+            self.trust_changes.subscribe(),
+            self.roots.clone(),
+            self.client_verifier.clone(),
+            self.provider.signature_verification_algorithms,
+        )
     }
 
     /// The inbound listener's config: TLS 1.3, client certificate required, ALPN h2, and no

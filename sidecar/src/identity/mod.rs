@@ -9,14 +9,17 @@
 
 //!
 //! `credentials.rs` loads and checks the files; `live.rs` holds the [`Identity`] in force,
-//! swapped whole when the certificate is renewed.
+//! swapped whole when the certificate is renewed; `trust.rs` tells open connections when their
+//! peer's certificate stops verifying against a changed trust bundle.
 
 mod credentials;
 mod live;
+mod trust;
 
 pub use self::credentials::{
     ALPN_H2, Credentials, CredentialsError, anonymous_client_config, sha256_hex, trust_store,
 };
 pub use self::live::Identity;
+pub use self::trust::TrustChanges;
 pub use mesh_api::spiffe::{InvalidSpiffeId, SpiffeId, describe, ids_in_certificate};
 pub use mesh_api::tls::PeerIdentityMismatch;

@@ -18,9 +18,10 @@ use tokio_rustls::TlsAcceptor;
 
 use super::identify::{Caller, identify, max_connection_age};
 use crate::body::Body;
+use crate::identity::TrustChanges;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, Drain, Draining, MaxAge, PEER_MAX_FRAME_SIZE, http_server};
+use crate::serve::{self, Drain, Draining, MaxAge, PEER_MAX_FRAME_SIZE, Untrusted, http_server};
 
 /// Streams one peer connection may have open at once. TCP tunnels are streams that last as long
 /// as their connection, so the usual HTTP/2 limit of a few hundred would let one caller's pool
@@ -39,6 +40,7 @@ pub(crate) fn spawn<H, F>(
     acceptor: TlsAcceptor,
     handle: H,
     max_age: Option<Duration>,
+    trust: TrustChanges,
     drain: Drain,
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()>
@@ -62,6 +64,7 @@ where
                 log_limit: handshake_log_limit.clone(),
                 max_age,
                 grace,
+                trust: trust.clone(),
             };
             connection.serve(tcp, peer, draining)
         },
@@ -79,6 +82,8 @@ struct Connection<H> {
     max_age: Option<Duration>,
     /// How long a connection past its age gets to finish.
     grace: Duration,
+    /// The trust bundle as it changes: a caller no longer trusted is disconnected.
+    trust: TrustChanges,
 }
 
 // === impl Connection ===
@@ -111,6 +116,18 @@ where
                 age,
                 grace: self.grace,
             });
+        let untrusted = tls.get_ref().1.peer_certificates().map(|chain| {
+            let chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+            let (became, metrics) = (self.trust.client_untrusted(chain), self.metrics.clone());
+            let caller = caller.clone();
+            Box::pin(async move {
+                became.await;
+                metrics.connection_untrusted(Direction::Inbound);
+                ::tracing::warn!(%peer, %caller,
+                    "closing the connection: the caller's certificate no longer verifies \
+                     against the trust bundle");
+            }) as Untrusted
+        });
         let caller = Arc::new(Caller::new(caller, peer));
         let handle = self.handle;
         let mut http = http_server();
@@ -123,7 +140,7 @@ where
             TokioIo::new(tls),
             service_fn(move |req| handle(caller.clone(), req)),
         );
-        if let Err(error) = draining.serve(conn.into_owned(), max_age).await {
+        if let Err(error) = draining.serve(conn.into_owned(), max_age, untrusted).await {
             ::tracing::debug!(%peer, %error, "inbound connection closed with error");
         }
     }

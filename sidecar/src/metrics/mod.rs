@@ -156,6 +156,7 @@ pub struct Metrics {
     pub open_connections: Family<DirectionLabels, Gauge>,
     /// Failed mTLS handshakes.
     pub tls_failures: Family<TlsFailureLabels, Counter>,
+    untrusted: Family<DirectionLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     budget_exhausted: Family<DestinationLabels, Counter>,
     timeouts: Family<TimeoutLabels, Counter>,
@@ -245,6 +246,13 @@ impl Metrics {
             "tls_handshake_failures",
             "Failed mutual TLS handshakes, by direction and reason",
             tls_failures.clone(),
+        );
+        let untrusted = Family::default();
+        registry.register(
+            "connections_untrusted",
+            "Open mesh connections closed because the peer's certificate stopped verifying \
+             against a changed trust bundle (a removed root), by direction",
+            untrusted.clone(),
         );
         let retries = Family::default();
         registry.register(
@@ -427,6 +435,7 @@ impl Metrics {
             open_connections,
             app_healthy,
             tls_failures,
+            untrusted,
             span_export,
             denied,
             tcp,
@@ -549,6 +558,13 @@ impl Metrics {
                 direction,
                 reason: reason.to_owned(),
             })
+            .inc();
+    }
+
+    /// Counts an open connection closed because its peer is no longer trusted.
+    pub fn connection_untrusted(&self, direction: Direction) {
+        self.untrusted
+            .get_or_create(&DirectionLabels { direction })
             .inc();
     }
 

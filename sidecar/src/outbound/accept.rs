@@ -112,7 +112,7 @@ pub(crate) async fn serve_http<I, H, F>(
     let conn = http
         .serve_connection_with_upgrades(TokioIo::new(io), service_fn(handle))
         .into_owned();
-    if let Err(error) = draining.serve(conn, None).await {
+    if let Err(error) = draining.serve(conn, None, None).await {
         ::tracing::debug!(%error, "outbound connection closed with error");
     }
 }

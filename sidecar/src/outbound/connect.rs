@@ -26,7 +26,8 @@ use tokio_rustls::TlsConnector;
 use crate::body::{Body, BoxError};
 use crate::error::{ConnectFailed, ConnectTimeout, TlsFailed, UpstreamFailed};
 use crate::identity::SpiffeId;
-use crate::serve::PEER_MAX_FRAME_SIZE;
+use crate::identity::TrustChanges;
+use crate::serve::{PEER_MAX_FRAME_SIZE, UNTRUSTED_GRACE};
 
 /// Interval of HTTP/2 PINGs on an idle peer connection, so a dead peer is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -45,6 +46,8 @@ pub(crate) struct Endpoint {
     server_name: ServerName<'static>,
     tls: TlsConnector,
     connect_timeout: Duration,
+    /// The trust bundle as it changes: a connection to a peer no longer trusted is closed.
+    trust: Option<TrustChanges>,
     /// The current connection. The lock is held while connecting, so concurrent requests
     /// share one new connection; afterwards it is held only to clone the sender.
     conn: Mutex<Slot>,
@@ -97,8 +100,16 @@ impl Endpoint {
             server_name,
             tls: TlsConnector::from(tls),
             connect_timeout,
+            trust: None,
             conn: Mutex::new(Slot::default()),
         }
+    }
+
+    /// Closes each connection of this endpoint once the peer's certificate stops verifying
+    /// against the trust bundle (a root was removed), so the next request connects anew.
+    pub(crate) fn watching(mut self, trust: TrustChanges) -> Self {
+        self.trust = Some(trust);
+        self
     }
 
     /// The peer's inbound address.
@@ -180,6 +191,11 @@ impl Endpoint {
                 peer: self.peer.clone(),
                 source,
             })?;
+        let chain: Option<Vec<_>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -195,8 +211,30 @@ impl Endpoint {
                 source,
             })?;
         let (addr, peer) = (self.addr, self.peer.clone());
+        let untrusted = self
+            .trust
+            .clone()
+            .zip(chain)
+            .map(|(trust, chain)| trust.server_untrusted(chain, peer.clone()));
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let closed = match untrusted {
+                None => connection.await,
+                Some(untrusted) => tokio::select! {
+                    closed = &mut connection => closed,
+                    () = untrusted => {
+                        tracing::warn!(%addr, %peer,
+                            "closing the connection: the peer's certificate no longer verifies \
+                             against the trust bundle");
+                        // Requests in flight get a moment; new ones open a new connection,
+                        // since the peer sends GOAWAY as it sees the same bundle.
+                        tokio::time::timeout(UNTRUSTED_GRACE, connection)
+                            .await
+                            .unwrap_or(Ok(()))
+                    }
+                },
+            };
+            if let Err(error) = closed {
                 tracing::debug!(%addr, %peer, %error, "peer connection closed");
             }
         });

@@ -246,13 +246,16 @@ impl DestinationStack {
                     .map(|addr| {
                         let endpoint = match reusable.get(addr) {
                             Some(endpoint) => Arc::clone(endpoint),
-                            None => Arc::new(Endpoint::new(
-                                *addr,
-                                spec.identity.clone(),
-                                name,
-                                tls.clone(),
-                                cx.connect_timeout,
-                            )),
+                            None => Arc::new(
+                                Endpoint::new(
+                                    *addr,
+                                    spec.identity.clone(),
+                                    name,
+                                    tls.clone(),
+                                    cx.connect_timeout,
+                                )
+                                .watching(cx.identity.trust_changes()),
+                            ),
                         };
                         (endpoint, cx.metrics.endpoint(name, *addr))
                     })
