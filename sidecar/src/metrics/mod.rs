@@ -10,6 +10,8 @@
 //! - `app_healthy`: 1 while the local app answers its health probe (always 1 without
 //!   `app_health`);
 //! - `open_connections{direction}`: accepted connections now open (inbound, outbound, admin);
+//! - `connections_untrusted_total{direction}`: open mesh connections closed because the peer's
+//!   certificate stopped verifying against a changed trust bundle;
 //! - `tls_handshake_failures_total{direction, reason}`: failed mTLS handshakes, inbound as
 //!   server, outbound as client, by the reason sent in `x-mesh-error`.
 //!
@@ -32,6 +34,7 @@
 //! - `tcp_sent_bytes_total` (from the source towards the destination) and
 //!   `tcp_received_bytes_total` (back from the destination);
 //! - `tcp_connection_duration_seconds`: from open to close (histogram, 1 ms to about 70 min);
+//! - `tcp_idle_timeouts_total`: streams reset after `idle_timeout` with no byte either way;
 //! - `tcp_connect_failures_total{destination, reason}`: outbound, app connections that could
 //!   not be tunnelled, by the reason of `x-mesh-error` (the peer's, or this sidecar's).
 //!
