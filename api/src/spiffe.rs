@@ -162,8 +162,54 @@ pub fn describe(ids: &[SpiffeId]) -> String {
         .join(", ")
 }
 
-/// The SPIFFE IDs among a DER certificate's URI SANs. Empty if the certificate cannot be parsed
-/// or carries none; callers treat both as "no identity".
+/// The identity of a DER certificate: its one URI SAN, which must be a SPIFFE ID. An X.509-SVID
+/// carries exactly one URI SAN; a certificate with several would let a peer be accepted as
+/// whichever of them a check looked for, so it has no identity at all.
+pub fn id_in_certificate(der: &[u8]) -> Result<SpiffeId, NoIdentity> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Err(NoIdentity::Unreadable);
+    };
+    let uris: Vec<&str> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    match uris.as_slice() {
+        [] => Err(NoIdentity::NoUri),
+        [uri] => uri
+            .parse()
+            .map_err(|_| NoIdentity::NotSpiffe((*uri).to_owned())),
+        several => Err(NoIdentity::SeveralUris(several.len())),
+    }
+}
+
+/// Why a certificate names no identity.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NoIdentity {
+    /// Not a DER certificate.
+    #[error("the certificate cannot be parsed")]
+    Unreadable,
+    /// No URI SAN at all.
+    #[error("the certificate has no URI SAN")]
+    NoUri,
+    /// One URI SAN, not a SPIFFE ID.
+    #[error("the certificate's URI SAN {0:?} is not a SPIFFE ID")]
+    NotSpiffe(String),
+    /// More than one URI SAN.
+    #[error("the certificate has {0} URI SANs; an X.509-SVID has exactly one")]
+    SeveralUris(usize),
+}
+
+/// The SPIFFE IDs among a DER certificate's URI SANs, for messages about what a certificate
+/// presents. Empty if the certificate cannot be parsed or carries none. A peer's identity is
+/// [`id_in_certificate`].
 pub fn ids_in_certificate(der: &[u8]) -> Vec<SpiffeId> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
@@ -184,6 +230,39 @@ pub fn ids_in_certificate(der: &[u8]) -> Vec<SpiffeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed certificate with these URI SANs.
+    fn with_uris(uris: &[&str]) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_certificate_names_an_identity_only_with_exactly_one_spiffe_uri() {
+        let orders = "spiffe://mesh.local/ns/default/sa/orders";
+        assert_eq!(
+            id_in_certificate(&with_uris(&[orders])).unwrap().as_str(),
+            orders
+        );
+        assert_eq!(id_in_certificate(&with_uris(&[])), Err(NoIdentity::NoUri));
+        assert_eq!(
+            id_in_certificate(&with_uris(&[
+                orders,
+                "spiffe://mesh.local/ns/default/sa/admin"
+            ])),
+            Err(NoIdentity::SeveralUris(2))
+        );
+        assert_eq!(
+            id_in_certificate(&with_uris(&["https://orders.example"])),
+            Err(NoIdentity::NotSpiffe("https://orders.example".into()))
+        );
+        assert_eq!(id_in_certificate(b"junk"), Err(NoIdentity::Unreadable));
+    }
 
     #[test]
     fn service_ids_and_the_control_planes_share_one_format() {

@@ -27,7 +27,7 @@ use rustls::{
     SignatureScheme,
 };
 
-use crate::spiffe::{SpiffeId, describe, ids_in_certificate};
+use crate::spiffe::{SpiffeId, describe, id_in_certificate, ids_in_certificate};
 
 /// The server presented a valid certificate for another identity.
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +91,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        let presented = ids_in_certificate(end_entity);
-        if presented.contains(&self.expected) {
+        if id_in_certificate(end_entity).as_ref() == Ok(&self.expected) {
             return Ok(ServerCertVerified::assertion());
         }
+        let presented = ids_in_certificate(end_entity);
         let presented = describe(&presented);
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
             OtherError(Arc::new(PeerIdentityMismatch {
@@ -163,29 +163,57 @@ impl ResolvesClientCert for LiveCertificate {
     }
 }
 
-/// Verifies client certificates with the current verifier (rebuilt on each bundle change).
+/// Verifies client certificates with the current verifier (rebuilt on each bundle change), and,
+/// when given a trust domain, that the certificate names exactly one SPIFFE ID in it.
 #[derive(Debug)]
-pub struct LiveClientVerifier(ArcSwap<Arc<dyn ClientCertVerifier>>);
+pub struct LiveClientVerifier {
+    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    trust_domain: Option<String>,
+}
+
+/// A client certificate that chains to the bundle but names no identity of this trust domain.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "client certificate {presented}: this mesh accepts one SPIFFE ID of trust domain {expected:?}"
+)]
+pub struct ForeignClient {
+    /// What the certificate names, or why it names nothing.
+    pub presented: String,
+    /// The trust domain accepted.
+    pub expected: String,
+}
 
 impl LiveClientVerifier {
-    /// Starts with `first`.
+    /// Starts with `first`; any identity the chain carries is accepted.
     pub fn new(first: Arc<dyn ClientCertVerifier>) -> Self {
-        Self(ArcSwap::from_pointee(first))
+        Self {
+            current: ArcSwap::from_pointee(first),
+            trust_domain: None,
+        }
+    }
+
+    /// Starts with `first`, and accepts only certificates with exactly one SPIFFE ID, of
+    /// `trust_domain`: a bundle may hold roots that also sign for other trust domains.
+    pub fn for_trust_domain(first: Arc<dyn ClientCertVerifier>, trust_domain: &str) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(first),
+            trust_domain: Some(trust_domain.to_owned()),
+        }
     }
 
     /// Replaces the verifier for the handshakes to come.
     pub fn store(&self, next: Arc<dyn ClientCertVerifier>) {
-        self.0.store(Arc::new(next));
+        self.current.store(Arc::new(next));
     }
 }
 
 impl ClientCertVerifier for LiveClientVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.0.load().offer_client_auth()
+        self.current.load().offer_client_auth()
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.0.load().client_auth_mandatory()
+        self.current.load().client_auth_mandatory()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -200,9 +228,25 @@ impl ClientCertVerifier for LiveClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
+        let verified = self
+            .current
             .load()
-            .verify_client_cert(end_entity, intermediates, now)
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let Some(expected) = &self.trust_domain else {
+            return Ok(verified);
+        };
+        match id_in_certificate(end_entity) {
+            Ok(id) if id.trust_domain() == expected => Ok(verified),
+            presented => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(ForeignClient {
+                    presented: match presented {
+                        Ok(id) => format!("names {id}"),
+                        Err(why) => why.to_string(),
+                    },
+                    expected: expected.clone(),
+                })),
+            ))),
+        }
     }
 
     fn verify_tls12_signature(
@@ -211,7 +255,9 @@ impl ClientCertVerifier for LiveClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.load().verify_tls12_signature(message, cert, dss)
+        self.current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -220,11 +266,13 @@ impl ClientCertVerifier for LiveClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.load().verify_tls13_signature(message, cert, dss)
+        self.current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.load().supported_verify_schemes()
+        self.current.load().supported_verify_schemes()
     }
 }
 

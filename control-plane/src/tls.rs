@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh_api::spiffe::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE, format_service_id};
-use mesh_api::spiffe::{SpiffeId, ids_in_certificate};
+use mesh_api::spiffe::{SpiffeId, id_in_certificate};
 use mesh_api::tls::{LiveCertificate, LiveClientVerifier, no_resumption};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
@@ -195,7 +195,7 @@ impl ServerTls {
                         .1
                         .peer_certificates()
                         .and_then(|certs| certs.first())
-                        .and_then(|leaf| ids_in_certificate(leaf).into_iter().next());
+                        .and_then(|leaf| id_in_certificate(leaf).ok());
                     let info = PeerInfo {
                         remote_addr: Some(remote),
                         identity,

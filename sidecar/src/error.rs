@@ -25,6 +25,7 @@ pub use crate::body::BoxError;
 use crate::headers::{MESH_ERROR, OVERLOADED};
 use crate::identity::{PeerIdentityMismatch, SpiffeId};
 use mesh_api::authorization::Unauthorized;
+use mesh_api::tls::ForeignClient;
 
 /// The request names no authority (no `Host` header, no `:authority`).
 #[derive(Debug, thiserror::Error)]
@@ -375,7 +376,8 @@ pub fn tls_reason(err: &rustls::Error) -> Reason {
     use rustls::CertificateError as C;
     match err {
         rustls::Error::InvalidCertificate(C::Other(other))
-            if other.0.downcast_ref::<PeerIdentityMismatch>().is_some() =>
+            if other.0.downcast_ref::<PeerIdentityMismatch>().is_some()
+                || other.0.downcast_ref::<ForeignClient>().is_some() =>
         {
             Reason::TlsPeerIdentity
         }

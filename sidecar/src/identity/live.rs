@@ -44,10 +44,10 @@ impl Identity {
         let provider = credentials.provider.clone();
         let certified = certified_key(&provider, &credentials)?;
         let roots = Arc::new(ArcSwap::from(credentials.roots.clone()));
-        let client_verifier = Arc::new(LiveClientVerifier::new(client_verifier(
-            &provider,
-            credentials.roots.clone(),
-        )?));
+        let client_verifier = Arc::new(LiveClientVerifier::for_trust_domain(
+            client_verifier(&provider, credentials.roots.clone())?,
+            credentials.id.trust_domain(),
+        ));
         Ok(Self {
             id: credentials.id.clone(),
             provider,

@@ -21,5 +21,7 @@ pub use self::credentials::{
 };
 pub use self::live::Identity;
 pub use self::trust::TrustChanges;
-pub use mesh_api::spiffe::{InvalidSpiffeId, SpiffeId, describe, ids_in_certificate};
+pub use mesh_api::spiffe::{
+    InvalidSpiffeId, NoIdentity, SpiffeId, describe, id_in_certificate, ids_in_certificate,
+};
 pub use mesh_api::tls::PeerIdentityMismatch;

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::{find_cause, tls_reason};
-use crate::identity::{SpiffeId, ids_in_certificate};
+use crate::identity::{SpiffeId, id_in_certificate};
 use crate::metrics::Label;
 
 /// The identified peer of one inbound connection.
@@ -87,7 +87,7 @@ pub(crate) async fn identify(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(|leaf| ids_in_certificate(leaf).into_iter().next())
+        .and_then(|leaf| id_in_certificate(leaf).ok())
         .ok_or(IdentifyError::NoIdentity)?;
     Ok((tls, caller))
 }

@@ -305,31 +305,29 @@ async fn certificates_signed_from_csrs_work() {
 }
 
 /// Opens an mTLS connection to `addr` with `config`, reads the server's first bytes (its HTTP/2
-/// SETTINGS, which come after any session tickets), and says how the handshake went.
-async fn handshake_kind(
+/// SETTINGS, which come after any session tickets, and after the server has checked our
+/// certificate), and says how the handshake went.
+async fn handshake(
     config: std::sync::Arc<rustls::ClientConfig>,
     addr: std::net::SocketAddr,
-) -> rustls::HandshakeKind {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+) -> std::io::Result<rustls::HandshakeKind> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("inventory").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
-        .await
-        .unwrap();
+        .await?;
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
+        .await?;
     let mut first = [0u8; 9];
-    tls.read_exact(&mut first).await.unwrap();
-    tls.get_ref().1.handshake_kind().unwrap()
+    tls.read_exact(&mut first).await?;
+    Ok(tls.get_ref().1.handshake_kind().unwrap())
 }
 
-#[tokio::test]
-async fn tls_sessions_are_never_resumed_so_a_removed_root_cannot_ride_on_a_ticket() {
+/// A rustls client (sessions kept and resumed, rustls's default) that presents `leaf`, trusts
+/// the mesh's bundle and expects the inventory sidecar.
+fn client_config(mesh: &TestMesh, leaf: &Leaf, name: &str) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
-    let mesh = TestMesh::new();
-    let (_orders, inventory) = mesh.pair(|o| o, |i| i).await;
-    let (cert, key) = mesh.leaf("orders").write_to(mesh.dir(), "resumer").unwrap();
+    let (cert, key) = leaf.write_to(mesh.dir(), name).unwrap();
     let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
         .unwrap()
         .map(Result::unwrap)
@@ -344,7 +342,6 @@ async fn tls_sessions_are_never_resumed_so_a_removed_root_cannot_ride_on_a_ticke
         INVENTORY_ID.parse().unwrap(),
     );
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    // rustls's client keeps sessions and resumes them by default: this one would, if allowed.
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -353,15 +350,46 @@ async fn tls_sessions_are_never_resumed_so_a_removed_root_cannot_ride_on_a_ticke
         .with_client_auth_cert(chain, key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let config = std::sync::Arc::new(config);
+    std::sync::Arc::new(config)
+}
 
+#[tokio::test]
+async fn tls_sessions_are_never_resumed_so_a_removed_root_cannot_ride_on_a_ticket() {
+    let mesh = TestMesh::new();
+    let (_orders, inventory) = mesh.pair(|o| o, |i| i).await;
+    let config = client_config(&mesh, &mesh.leaf("orders"), "resumer");
     for attempt in 0..3 {
         assert_eq!(
-            handshake_kind(config.clone(), inventory.inbound).await,
+            handshake(config.clone(), inventory.inbound).await.unwrap(),
             rustls::HandshakeKind::Full,
             "connection {attempt}: every handshake checks the certificate against today's bundle"
         );
     }
+}
+
+#[tokio::test]
+async fn a_caller_of_another_trust_domain_is_refused_even_when_the_bundle_signs_it() {
+    let mesh = TestMesh::new();
+    let (_orders, inventory) = mesh.pair(|o| o, |i| i).await;
+    let now = OffsetDateTime::now_utc();
+    let foreign = mesh
+        .ca()
+        .issue(&LeafSpec {
+            spiffe_id: "spiffe://partner.example/ns/default/sa/orders".into(),
+            not_before: now - time::Duration::minutes(1),
+            not_after: now + time::Duration::hours(1),
+        })
+        .unwrap();
+    let refused = handshake(client_config(&mesh, &foreign, "foreign"), inventory.inbound).await;
+    assert!(refused.is_err(), "{refused:?}");
+    metric_appears(
+        &inventory,
+        r#"mesh_tls_handshake_failures_total{direction="inbound",reason="tls-peer-identity"}"#,
+    )
+    .await;
+    // The same CA's certificate in this trust domain is let in.
+    let own = client_config(&mesh, &mesh.leaf("orders"), "own");
+    assert!(handshake(own, inventory.inbound).await.is_ok());
 }
 
 #[tokio::test]
