@@ -34,6 +34,19 @@ enum Command {
         /// the mesh runs, with a status line; 0 for none.
         #[arg(long, default_value_t = 2.0)]
         load: f64,
+        /// Start Jaeger beside the mesh (built by scripts/build-jaeger.sh), receiving every
+        /// sidecar's spans; an error if it is not built. Default: start it when it is built.
+        #[arg(long, conflicts_with = "no_jaeger")]
+        jaeger: bool,
+        /// Do not start Jaeger.
+        #[arg(long)]
+        no_jaeger: bool,
+        /// The `jaeger` binary (default: the one scripts/build-jaeger.sh built).
+        #[arg(long)]
+        jaeger_bin: Option<PathBuf>,
+        /// Where Jaeger's UI and query API listen.
+        #[arg(long, default_value = meshctl::up::jaeger::DEFAULT_QUERY)]
+        jaeger_query: SocketAddr,
     },
     /// Place orders through the storefront at a fixed rate and summarize what happened:
     /// successes, failures by status, latency percentiles, and the retries the mesh made.
@@ -176,7 +189,26 @@ fn main() -> ExitCode {
             config,
             bin_dir,
             load,
-        } => demo::up(&config, bin_dir, load),
+            jaeger,
+            no_jaeger,
+            jaeger_bin,
+            jaeger_query,
+        } => demo::up(
+            &config,
+            bin_dir,
+            load,
+            demo::JaegerChoice {
+                wanted: if jaeger {
+                    Some(true)
+                } else if no_jaeger {
+                    Some(false)
+                } else {
+                    None
+                },
+                bin: jaeger_bin,
+                query: jaeger_query,
+            },
+        ),
         Command::Loadgen {
             target,
             rate,

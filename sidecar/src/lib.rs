@@ -168,6 +168,7 @@ pub async fn run(
         snapshot_json: admin.snapshot_json.clone(),
         app_health,
         inbound_addr: listeners.inbound.local_addr()?,
+        admin_addr,
     };
     let started = control::start(
         control,

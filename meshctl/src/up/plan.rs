@@ -234,6 +234,7 @@ pub fn sidecar_bootstrap(
     let mut out = format!(
         "# Written by `meshctl up` for {name}; rewritten on every run.\n\
          service: {service}\n\
+         instance: {name}\n\
          trust_domain: {trust_domain}\n\
          app: {app}\n\
          version: v1\n\
@@ -313,6 +314,9 @@ pub struct Manifest {
     pub control_plane_pid: Option<u32>,
     /// Where sidecars export spans.
     pub otlp_endpoint: Option<String>,
+    /// The Jaeger started beside the mesh (its UI and query API), if any.
+    #[serde(default)]
+    pub jaeger_url: Option<String>,
     /// Every instance.
     pub instances: Vec<Instance>,
 }

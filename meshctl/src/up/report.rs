@@ -3,10 +3,8 @@
 use std::fmt::Write as _;
 
 use super::config::TracingSpec;
+use super::jaeger::{self, JaegerSpec};
 use super::plan::{ControlPlaneAddrs, Instance, RunDir};
-
-/// The endpoint the README's Jaeger command listens on for OTLP/gRPC.
-const JAEGER_OTLP: &str = "http://127.0.0.1:4317";
 
 /// The table of instances and the pointers (storefront, control plane, traces, Prometheus).
 pub(super) fn render(
@@ -14,6 +12,7 @@ pub(super) fn render(
     storefront_url: Option<String>,
     cp: ControlPlaneAddrs,
     tracing: Option<&TracingSpec>,
+    jaeger: Option<&JaegerSpec>,
     run_dir: &RunDir,
 ) -> String {
     let mut rows: Vec<[String; 5]> =
@@ -53,22 +52,27 @@ pub(super) fn render(
         "Control plane  api {}  admin http://{}   ({status})",
         cp.api, cp.admin
     );
-    match tracing {
-        Some(t) if t.otlp_endpoint.trim_end_matches('/') == JAEGER_OTLP => {
+    match (tracing, jaeger) {
+        (Some(t), Some(j)) => {
             let _ = writeln!(
                 out,
-                "Traces         OTLP {} to {}; open Jaeger at http://127.0.0.1:16686",
-                t.protocol, t.otlp_endpoint
+                "Traces         Jaeger at {}/   (OTLP {} to {}; log {})",
+                j.url(),
+                t.protocol,
+                t.otlp_endpoint,
+                run_dir.log("jaeger").display()
             );
         }
-        Some(t) => {
+        (Some(t), None) => {
             let _ = writeln!(
                 out,
-                "Traces         OTLP {} to {}",
-                t.protocol, t.otlp_endpoint
+                "Traces         OTLP {} to {}; nothing started there.\n               {}",
+                t.protocol,
+                t.otlp_endpoint,
+                jaeger::how_to_build()
             );
         }
-        None => {
+        (None, _) => {
             let _ = writeln!(
                 out,
                 "Traces         not exported (no tracing in the demo file)"
