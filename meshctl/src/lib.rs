@@ -7,11 +7,13 @@
 //! - [`fault`]: the demo apps' fault knobs (`meshctl fault`).
 //! - [`http`]: the small HTTP client those use.
 //! - [`status`]: the control plane's `/status` as a table (`meshctl status`).
+//! - [`stat`]: each service's and edge's recent traffic, from the sidecars (`meshctl stat`).
 
 #![deny(missing_docs)]
 
 pub mod fault;
 pub mod http;
 pub mod loadgen;
+pub mod stat;
 pub mod status;
 pub mod up;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod demo;
+mod views;
 
 use clap::{Parser, Subcommand};
 use http::Method;
@@ -120,6 +121,25 @@ enum Command {
     /// Show every instance the control plane knows: address, version, applied snapshot (stale
     /// ones marked), certificate expiry and ejected endpoints.
     Status {
+        /// The control plane's admin address.
+        #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+    /// Each service's and each edge's (caller -> callee) traffic over the last seconds:
+    /// requests per second, success rate, p50/p95/p99 latency, retries and ejected endpoints,
+    /// read from every sidecar through the control plane.
+    Stat {
+        /// Only this service: its row, and the edges to and from it.
+        service: Option<String>,
+        /// How far back to look, up to 5m.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        window: Duration,
+        /// Refresh every two seconds, in place, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// `table` or `json`.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
         /// The control plane's admin address.
         #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
         admin: SocketAddr,
@@ -251,6 +271,13 @@ fn main() -> ExitCode {
             &services,
         ),
         Command::Status { admin } => status(admin),
+        Command::Stat {
+            service,
+            window,
+            watch,
+            output,
+            admin,
+        } => views::stat(admin, service.as_deref(), window, watch, output == "json"),
         Command::Ca { admin, command } => ca(admin, command),
     };
     match result {

@@ -8,6 +8,8 @@
 //! - `GET /snapshot`: the control-plane snapshot in force as JSON (404 without a control
 //!   plane): version, destinations with their endpoints and policy, authorization, and the
 //!   certificate's expiry and issuer.
+//! - `GET /stats?window=30s`: each edge's requests, failures, retries and latency buckets over
+//!   the last whole seconds (up to 5m), for `meshctl stat` and the dashboard.
 //! - `POST /shutdown`: drain and exit, as on SIGTERM; lets a batch job end its sidecar.
 
 use std::convert::Infallible;
@@ -162,17 +164,29 @@ impl Admin {
                     "no snapshot: this sidecar runs without a control plane, or has none yet\n",
                 ),
             },
+            (&Method::GET, "/stats") => match window_param(req.uri().query()) {
+                Ok(window) => match serde_json::to_vec(&self.metrics.window.report(window)) {
+                    Ok(body) => with_type(StatusCode::OK, body, "application/json"),
+                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode stats\n"),
+                },
+                Err(message) => with_type(
+                    StatusCode::BAD_REQUEST,
+                    message,
+                    "text/plain; charset=utf-8",
+                ),
+            },
             (&Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested on the admin endpoint");
                 self.shutdown.cancel();
                 text(StatusCode::ACCEPTED, "shutting down\n")
             }
-            (_, "/live" | "/ready" | "/metrics" | "/config" | "/snapshot" | "/shutdown") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (
+                _,
+                "/live" | "/ready" | "/metrics" | "/config" | "/snapshot" | "/stats" | "/shutdown",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live, /ready, /metrics, /config, /snapshot or POST /shutdown\n",
+                "not found; try /live, /ready, /metrics, /config, /snapshot, /stats or POST /shutdown\n",
             ),
         })
     }
@@ -186,6 +200,26 @@ impl AdminServer {
         self.stop.cancel();
         let _ = self.task.await;
     }
+}
+
+/// The `window` of `/stats` in whole seconds (default 30s), or what is wrong with it.
+fn window_param(query: Option<&str>) -> Result<u64, String> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("window="))
+        .unwrap_or("30s");
+    let seconds = match value.parse::<u64>() {
+        Ok(seconds) => seconds,
+        Err(_) => humantime::parse_duration(value)
+            .map_err(|e| format!("window {value:?}: {e}; write e.g. 30s or 2m\n"))?
+            .as_secs(),
+    };
+    let max = crate::metrics::window::MAX_WINDOW_SECONDS;
+    if seconds == 0 || seconds > max {
+        return Err(format!("window {value:?}: must be from 1s to {max}s\n"));
+    }
+    Ok(seconds)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -134,6 +134,14 @@ impl Recorder {
             self.metrics
                 .route_request(parties.destination, route, status, elapsed.as_secs_f64());
         }
+        self.metrics.window.record(
+            self.direction,
+            parties.source,
+            parties.destination,
+            status,
+            elapsed,
+            tries,
+        );
         if self.access_log {
             access_log::write(&access_log::Entry {
                 direction: self.direction.as_str(),

@@ -1,0 +1,160 @@
+//! `meshctl stat` and `meshctl tap` against a running demo mesh (the real control plane,
+//! sidecars and apps, started by `meshctl up`'s code) under a load of known rate; and what they
+//! say when the input is wrong or the mesh is not there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use meshctl::loadgen::LoadOptions;
+use meshctl::up::{ControlPlaneSpec, DemoConfig, UpOptions};
+use nix::sys::signal::{Signal, kill};
+use serde_json::Value;
+
+use self::common::{meshctl, pid, ports_from, repo_root, require_binaries, service};
+
+/// Orders per second the test places.
+const RATE: f64 = 10.0;
+
+/// How far a measured rate may be from the rate sent: the window's edges cut a second or so of
+/// a 10 s window, and the load generator paces by schedule, not exactly.
+const TOLERANCE: f64 = 0.25;
+
+fn edge<'a>(report: &'a Value, source: &str, destination: &str) -> Option<&'a Value> {
+    report["edges"]
+        .as_array()?
+        .iter()
+        .find(|e| e["source"] == source && e["destination"] == destination)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_shows_every_edge_at_the_rate_sent_and_tap_streams_requests() {
+    let bins = require_binaries();
+    let run_dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        control_plane: ControlPlaneSpec {
+            config_dir: repo_root().join("config/demo/mesh"),
+            api: None,
+            admin: None,
+        },
+        run_dir: run_dir.path().to_owned(),
+        tracing: None,
+        ports_from: ports_from(),
+        services: vec![
+            service("storefront", 1),
+            service("orders", 2),
+            service("inventory", 1),
+            service("payments", 1),
+            service("notifications", 1),
+        ],
+    };
+    let mut mesh = meshctl::up::up(&config, &UpOptions::new(&bins))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = mesh.control_plane().admin.to_string();
+
+    // 10 orders a second for 14 s; stat looks at the last 10 s once 12 s have passed.
+    let load = LoadOptions {
+        target: mesh.storefront_url().unwrap(),
+        rate: RATE,
+        duration: Duration::from_secs(14),
+        concurrency: 16,
+        sidecars: Vec::new(),
+        progress: false,
+    };
+    let load = tokio::spawn(async move { meshctl::loadgen::run(&load).await });
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (ok, out, err) =
+        meshctl(&["stat", "--admin", &admin, "--window", "10s", "-o", "json"]).await;
+    assert!(ok, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    eprintln!("{out}");
+    // Every order: storefront -> orders -> inventory, payments, notifications.
+    for (source, destination) in [
+        ("storefront", "orders"),
+        ("orders", "inventory"),
+        ("orders", "payments"),
+        ("orders", "notifications"),
+    ] {
+        let e = edge(&report, source, destination)
+            .unwrap_or_else(|| panic!("no edge {source} -> {destination} in {out}"));
+        let rps = e["rps"].as_f64().unwrap();
+        assert!(
+            rps >= RATE * (1.0 - TOLERANCE),
+            "{source} -> {destination}: {rps}/s for {RATE}/s sent"
+        );
+        // Orders may reserve and release stock more than once per order; the others once.
+        if destination != "inventory" {
+            assert!(
+                rps <= RATE * (1.0 + TOLERANCE),
+                "{source} -> {destination}: {rps}/s for {RATE}/s sent"
+            );
+        }
+        assert_eq!(e["success_rate"].as_f64(), Some(1.0), "{e}");
+        let (p50, p99) = (e["p50_ms"].as_f64().unwrap(), e["p99_ms"].as_f64().unwrap());
+        assert!(0.0 < p50 && p50 <= p99 && p99 < 5000.0, "{e}");
+    }
+    let payments = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["destination"] == "payments")
+        .unwrap();
+    let rps = payments["rps"].as_f64().unwrap();
+    assert!((rps - RATE).abs() <= RATE * TOLERANCE, "payments {rps}/s");
+
+    // The table, for one service: its row and the edges to and from it.
+    let (ok, out, err) = meshctl(&["stat", "orders", "--admin", &admin, "--window", "10s"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("storefront -> orders"), "{out}");
+    assert!(out.contains("orders -> payments"), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("storefront ") && !l.contains("->")),
+        "{out}"
+    );
+
+    // An unknown service: one line naming those there are.
+    let (ok, out, err) = meshctl(&["stat", "billing", "--admin", &admin]).await;
+    assert!(!ok, "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no service \"billing\" in the mesh (services: inventory, notifications"),
+        "{err}"
+    );
+
+    load.await.unwrap().unwrap();
+
+    // A sidecar that died (its instance still registered until its lease ends): the others'
+    // numbers, and one line naming it.
+    let victim = mesh.instances_of("orders").nth(1).unwrap().clone();
+    kill(pid(victim.sidecar_pid.unwrap()), Signal::SIGKILL).unwrap();
+    let (ok, out, err) = meshctl(&["stat", "--admin", &admin]).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("EDGE"), "{out}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("meshctl: {}: its sidecar at ", victim.name))
+            && lines[0].contains("meshctl status"),
+        "{err}"
+    );
+
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_without_a_control_plane_says_how_to_get_one() {
+    let nobody = mesh_testkit::free_port().to_string();
+    let (ok, out, err) = meshctl(&["stat", "--admin", &nobody]).await;
+    assert!(!ok, "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach the control plane's admin endpoint at {nobody} (Connection refused"
+        )) && err.contains("meshctl up"),
+        "{err}"
+    );
+}
