@@ -8,6 +8,7 @@
 //! - [`http`]: the small HTTP client those use.
 //! - [`status`]: the control plane's `/status` as a table (`meshctl status`).
 //! - [`stat`]: each service's and edge's recent traffic, from the sidecars (`meshctl stat`).
+//! - [`tap`]: the live stream of a service's requests, from its sidecars (`meshctl tap`).
 
 #![deny(missing_docs)]
 
@@ -16,4 +17,5 @@ pub mod http;
 pub mod loadgen;
 pub mod stat;
 pub mod status;
+pub mod tap;
 pub mod up;

@@ -144,6 +144,28 @@ enum Command {
         #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// Watch the requests crossing a service's sidecars as they are answered: time, direction,
+    /// caller and callee, method, path, status, latency, tries and trace ID. Sampled on the
+    /// sidecars (at most --rate a second each; what is left out is counted). Ctrl-C stops.
+    Tap {
+        /// The service.
+        service: String,
+        /// Only paths starting with this, e.g. /api.
+        #[arg(long)]
+        path: Option<String>,
+        /// Only requests from this caller: a service name or a SPIFFE ID.
+        #[arg(long)]
+        caller: Option<String>,
+        /// Requests per second each sidecar sends at most (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        rate: u64,
+        /// One JSON object per request instead of a line of text.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// The control plane's admin address.
+        #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
     /// Rotate the mesh's root CA: add-root, then use-root once every sidecar trusts it, then
     /// remove-root of the old one once every sidecar renewed its certificate.
     Ca {
@@ -278,6 +300,23 @@ fn main() -> ExitCode {
             output,
             admin,
         } => views::stat(admin, service.as_deref(), window, watch, output == "json"),
+        Command::Tap {
+            service,
+            path,
+            caller,
+            rate,
+            output,
+            admin,
+        } => views::tap(
+            admin,
+            &service,
+            meshctl::tap::TapQuery {
+                path,
+                caller,
+                rate: Some(rate),
+            },
+            output == "json",
+        ),
         Command::Ca { admin, command } => ca(admin, command),
     };
     match result {

@@ -1,4 +1,4 @@
-//! The commands that watch the running mesh: `stat` (and `tap`).
+//! The commands that watch the running mesh: `stat` and `tap`.
 
 use std::io::{IsTerminal, Write as _};
 use std::net::SocketAddr;
@@ -88,4 +88,117 @@ pub(crate) fn stat(
             }
         }
     })
+}
+
+/// What a tap task tells the printer.
+enum TapMessage {
+    Line(String, meshctl::tap::TapLine),
+    Failed(String, meshctl::tap::TapError),
+    Ended(String),
+}
+
+pub(crate) fn tap(
+    admin: SocketAddr,
+    service: &str,
+    query: meshctl::tap::TapQuery,
+    json: bool,
+) -> anyhow::Result<()> {
+    use meshctl::tap::TapLine;
+    if let Some(path) = &query.path
+        && !path.starts_with('/')
+    {
+        bail!("--path {path:?} must start with /");
+    }
+    runtime()?.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let status = stat::status(admin).await?;
+        let targets = stat::targets(&status, Some(service))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<TapMessage>(1024);
+        let mut open = 0;
+        for target in targets {
+            let Some(addr) = target.admin else {
+                eprintln!(
+                    "meshctl: {}: its sidecar reported no admin address; not tapped",
+                    target.instance
+                );
+                continue;
+            };
+            open += 1;
+            let (tx, query, name) = (tx.clone(), query.clone(), target.instance.clone());
+            tokio::spawn(async move {
+                let mut stream = match meshctl::tap::open(addr, &query).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        let _ = tx.send(TapMessage::Failed(name, e)).await;
+                        return;
+                    }
+                };
+                while let Some(line) = stream.next_line().await {
+                    let message = match line {
+                        Ok(line) => TapMessage::Line(name.clone(), line),
+                        Err(e) => TapMessage::Failed(name.clone(), e),
+                    };
+                    if tx.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(TapMessage::Ended(name)).await;
+            });
+        }
+        drop(tx);
+        if open == 0 {
+            return Err(stat::ViewError::NoInstances {
+                service: service.to_owned(),
+            }
+            .into());
+        }
+        if !json {
+            eprintln!(
+                "tapping {service} on {open} sidecar(s); Ctrl-C stops"
+            );
+        }
+        let mut stdout = std::io::stdout();
+        loop {
+            let message = tokio::select! {
+                _ = interrupt.recv() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+                message = rx.recv() => message,
+            };
+            match message {
+                Some(TapMessage::Line(name, TapLine::Request(event))) => {
+                    if json {
+                        writeln!(stdout, "{}", serde_json::to_string(&TapJson { instance: &name, event: &event })?)?;
+                    } else {
+                        writeln!(stdout, "{}", meshctl::tap::render(&name, &event))?;
+                    }
+                    stdout.flush()?;
+                }
+                Some(TapMessage::Line(name, TapLine::Missed { skipped, dropped })) => eprintln!(
+                    "meshctl: {name}: {skipped} requests left out over --rate, {dropped} dropped because this terminal was slower than the traffic"
+                ),
+                Some(TapMessage::Line(_, TapLine::Other(_))) => {}
+                Some(TapMessage::Failed(name, e)) => {
+                    eprintln!("meshctl: {name}: {e}; not tapped (see `meshctl status`)");
+                    open -= 1;
+                }
+                Some(TapMessage::Ended(name)) => {
+                    eprintln!("meshctl: {name}: its sidecar ended the tap (it is stopping)");
+                    open -= 1;
+                }
+                None => open = 0,
+            }
+            if open == 0 {
+                bail!("no sidecar of {service} can be tapped any more");
+            }
+        }
+    })
+}
+
+/// A request with the instance whose sidecar saw it, for `-o json`.
+#[derive(serde::Serialize)]
+struct TapJson<'a> {
+    instance: &'a str,
+    #[serde(flatten)]
+    event: &'a meshctl::tap::TapEvent,
 }

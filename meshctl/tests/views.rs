@@ -8,6 +8,8 @@ mod common;
 
 use std::time::Duration;
 
+use mesh_testkit::eventually;
+use mesh_testkit::process::KillOnDrop;
 use meshctl::loadgen::LoadOptions;
 use meshctl::up::{ControlPlaneSpec, DemoConfig, UpOptions};
 use nix::sys::signal::{Signal, kill};
@@ -54,6 +56,30 @@ async fn stat_shows_every_edge_at_the_rate_sent_and_tap_streams_requests() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let admin = mesh.control_plane().admin.to_string();
+
+    // A tap on orders, from before the load starts, as a user runs it.
+    let tap_out = run_dir.path().join("tap.out");
+    let tap_err = run_dir.path().join("tap.err");
+    let mut tap = KillOnDrop::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .args(["tap", "orders", "--path", "/orders", "--admin", &admin])
+            .stdout(std::fs::File::create(&tap_out).unwrap())
+            .stderr(std::fs::File::create(&tap_err).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    eventually("the tap to open", Duration::from_secs(10), || {
+        let err = read(&tap_err);
+        async move {
+            if err.contains("tapping orders on 2 sidecar(s)") {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    })
+    .await;
 
     // 10 orders a second for 14 s; stat looks at the last 10 s once 12 s have passed.
     let load = LoadOptions {
@@ -127,6 +153,28 @@ async fn stat_shows_every_edge_at_the_rate_sent_and_tap_streams_requests() {
 
     load.await.unwrap().unwrap();
 
+    // The tap showed the orders as they came: storefront's calls arriving at orders, and only
+    // paths under /orders.
+    let lines = read(&tap_out);
+    let inbound: Vec<&str> = lines
+        .lines()
+        .filter(|l| {
+            l.contains("  inbound  spiffe://mesh.local/ns/default/sa/storefront -> orders  POST /orders  201  ")
+        })
+        .collect();
+    assert!(inbound.len() >= 50, "{} lines:\n{lines}", inbound.len());
+    assert!(lines.lines().all(|l| l.contains(" /orders")), "{lines}");
+    // Ctrl-C: it stops at once, and cleanly.
+    tap.signal(Signal::SIGINT);
+    let status = tap.exit_within(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}: {}", read(&tap_err));
+
+    // Tapping an unknown service: one line naming those there are.
+    let (ok, _, err) = meshctl(&["tap", "billing", "--admin", &admin]).await;
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no service \"billing\" in the mesh"), "{err}");
+
     // A sidecar that died (its instance still registered until its lease ends): the others'
     // numbers, and one line naming it.
     let victim = mesh.instances_of("orders").nth(1).unwrap().clone();
@@ -146,7 +194,7 @@ async fn stat_shows_every_edge_at_the_rate_sent_and_tap_streams_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stat_without_a_control_plane_says_how_to_get_one() {
+async fn stat_and_tap_without_a_control_plane_say_how_to_get_one() {
     let nobody = mesh_testkit::free_port().to_string();
     let (ok, out, err) = meshctl(&["stat", "--admin", &nobody]).await;
     assert!(!ok, "{out}");
@@ -157,4 +205,8 @@ async fn stat_without_a_control_plane_says_how_to_get_one() {
         )) && err.contains("meshctl up"),
         "{err}"
     );
+    let (ok, _, err) = meshctl(&["tap", "orders", "--admin", &nobody]).await;
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach the control plane"), "{err}");
 }

@@ -10,6 +10,9 @@
 //!   certificate's expiry and issuer.
 //! - `GET /stats?window=30s`: each edge's requests, failures, retries and latency buckets over
 //!   the last whole seconds (up to 5m), for `meshctl stat` and the dashboard.
+//! - `GET /tap?path=/api&caller=orders&rate=100`: the requests crossing this sidecar as they
+//!   are answered, one JSON line each (no bodies, no header values), until the client goes or
+//!   the sidecar drains; a line `{"skipped":n,"dropped":m}` counts what the tap missed.
 //! - `POST /shutdown`: drain and exit, as on SIGTERM; lets a batch job end its sidecar.
 
 use std::convert::Infallible;
@@ -20,8 +23,10 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use hyper::server::conn::http1;
@@ -31,10 +36,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::app_health::AppStatus;
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::config::Config;
 use crate::metrics::{Direction, Metrics};
 use crate::serve::{self, Drain};
+use crate::telemetry::tap::{self, TapFilter};
 
 /// Shared state the admin endpoint reports on.
 #[derive(Debug)]
@@ -175,6 +181,14 @@ impl Admin {
                     "text/plain; charset=utf-8",
                 ),
             },
+            (&Method::GET, "/tap") => match tap_params(req.uri().query()) {
+                Ok((filter, rate)) => self.tap(filter, rate),
+                Err(message) => with_type(
+                    StatusCode::BAD_REQUEST,
+                    message,
+                    "text/plain; charset=utf-8",
+                ),
+            },
             (&Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested on the admin endpoint");
                 self.shutdown.cancel();
@@ -182,14 +196,137 @@ impl Admin {
             }
             (
                 _,
-                "/live" | "/ready" | "/metrics" | "/config" | "/snapshot" | "/stats" | "/shutdown",
+                "/live" | "/ready" | "/metrics" | "/config" | "/snapshot" | "/stats" | "/tap"
+                | "/shutdown",
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live, /ready, /metrics, /config, /snapshot, /stats or POST /shutdown\n",
+                "not found; try /live, /ready, /metrics, /config, /snapshot, /stats, /tap or POST /shutdown\n",
             ),
         })
     }
+}
+
+impl Admin {
+    /// Opens a tap and streams its events as JSON lines. A task per tap moves events from the
+    /// tap's bounded channel to the response; when the client is slower than the traffic the
+    /// tap's channel fills and the sidecar drops (and counts) events, never waits.
+    fn tap(&self, filter: TapFilter, rate: u64) -> Response<Body> {
+        let taps = self.metrics.taps.clone();
+        let mut tap = taps.open(filter, rate);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let line = |value: &dyn erased_json::Json| {
+                let mut line = value.to_json();
+                line.push(b'\n');
+                Ok(Frame::data(Bytes::from(line)))
+            };
+            if tx
+                .send(line(&serde_json::json!({"tap": "open"})))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                let frame = tokio::select! {
+                    event = tap.events.recv() => match event {
+                        Some(event) => line(&event),
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        let missed = tap.missed();
+                        if missed.skipped == 0 && missed.dropped == 0 {
+                            continue;
+                        }
+                        line(&missed)
+                    }
+                    () = taps.closed() => break,
+                    () = tx.closed() => break,
+                };
+                if tx.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut rsp = Response::new(BodyExt::boxed_unsync(body));
+        rsp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        rsp
+    }
+}
+
+/// Serializing any of the tap's line types through one closure.
+mod erased_json {
+    pub(super) trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
+}
+
+/// `/tap`'s filter and rate from its query: `path` (a prefix), `caller` (a service or a SPIFFE
+/// ID), `rate` (events per second, default 100, at most 1000).
+fn tap_params(query: Option<&str>) -> Result<(TapFilter, u64), String> {
+    let mut filter = TapFilter::default();
+    let mut rate = tap::DEFAULT_RATE;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| format!("{key}: bad %-escape\n"))?;
+        match key {
+            "path" if value.starts_with('/') => filter.path_prefix = Some(value),
+            "path" => return Err(format!("path {value:?}: must start with /\n")),
+            "caller" => filter.caller = Some(value),
+            "rate" => match value.parse::<u64>() {
+                Ok(n) if (1..=tap::MAX_RATE).contains(&n) => rate = n,
+                _ => {
+                    return Err(format!(
+                        "rate {value:?}: must be 1 to {} events a second\n",
+                        tap::MAX_RATE
+                    ));
+                }
+            },
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?}; use path, caller, rate\n"
+                ));
+            }
+        }
+    }
+    Ok((filter, rate))
+}
+
+/// Decodes `%XX` escapes (and `+` as a space, as forms write it).
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 // === impl AdminServer ===

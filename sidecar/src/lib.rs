@@ -238,6 +238,7 @@ pub async fn run(
         () = stop_requested.cancelled() => {},
     }
     admin.ready.store(false, Ordering::Release);
+    metrics.taps.close();
     if let Some(registration) = registration {
         registration.leave().await;
     }

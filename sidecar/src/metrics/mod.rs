@@ -172,6 +172,8 @@ pub struct Metrics {
     pub app_healthy: Gauge,
     /// Each edge's recent traffic, for `/stats`.
     pub window: window::Windows,
+    /// Open taps (`/tap`): shared here because every request's recorder holds this handle.
+    pub(crate) taps: std::sync::Arc<crate::telemetry::tap::Taps>,
 }
 
 /// Control-plane and certificate state, as handles.
@@ -422,6 +424,7 @@ impl Metrics {
             open_connections,
             app_healthy,
             window: window::Windows::default(),
+            taps: std::sync::Arc::default(),
             tls_failures,
             span_export,
             denied,
