@@ -47,6 +47,9 @@ use crate::telemetry::tap::{self, TapFilter};
 pub(crate) struct Admin {
     /// True while serving; false before start and while draining.
     pub(crate) ready: AtomicBool,
+    /// What start-up waits for while not ready, for `/ready` to say (`None`: draining, or
+    /// nothing named).
+    pub(crate) waiting_for: ArcSwapOption<String>,
     /// `/config` body, rendered once: the configuration does not change while running.
     pub(crate) config_json: Bytes,
     pub(crate) metrics: Arc<Metrics>,
@@ -79,12 +82,18 @@ impl Admin {
         config_json.push(b'\n');
         Ok(Self {
             ready: AtomicBool::new(false),
+            waiting_for: ArcSwapOption::empty(),
             config_json: config_json.into(),
             metrics,
             snapshot_json: Arc::default(),
             shutdown,
             app,
         })
+    }
+
+    /// Names what start-up waits for, for `/ready`; `None` once it waits for nothing.
+    pub(crate) fn waiting_for(&self, what: Option<String>) {
+        self.waiting_for.store(what.map(Arc::new));
     }
 
     /// Serves the admin endpoint (HTTP/1.1) on `listener` until [`AdminServer::stop`].
@@ -125,7 +134,14 @@ impl Admin {
             (&Method::GET, "/ready") => {
                 let app_down = self.app.as_ref().and_then(|rx| rx.borrow().clone());
                 match (self.ready.load(Ordering::Acquire), app_down) {
-                    (false, _) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+                    (false, _) => match self.waiting_for.load_full() {
+                        Some(what) => with_type(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {what}\n"),
+                            "text/plain; charset=utf-8",
+                        ),
+                        None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+                    },
                     (true, Some(reason)) => with_type(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("app down: {reason}\n"),

@@ -136,6 +136,17 @@ pub async fn run(
     let admin_server = admin.clone().serve(listeners.admin, &config);
 
     // Credentials: from files, or the first certificate from the control plane.
+    let cp_address = config
+        .control_plane
+        .as_ref()
+        .map(|cp| cp.address.to_string());
+    if credentials.is_none()
+        && let Some(address) = &cp_address
+    {
+        admin.waiting_for(Some(format!(
+            "waiting for a certificate from the control plane at {address}"
+        )));
+    }
     let obtained =
         control::credentials(credentials, &config, &stop_requested, &mut shutdown).await?;
     let Some((credentials, control)) = obtained else {
@@ -170,6 +181,11 @@ pub async fn run(
         inbound_addr: listeners.inbound.local_addr()?,
         admin_addr,
     };
+    if let Some(address) = &cp_address {
+        admin.waiting_for(Some(format!(
+            "waiting for the first configuration snapshot from the control plane at {address}"
+        )));
+    }
     let started = control::start(
         control,
         &config,
@@ -230,6 +246,7 @@ pub async fn run(
         drain.clone(),
         metrics.clone(),
     );
+    admin.waiting_for(None);
     admin.ready.store(true, Ordering::Release);
 
     // Drain: leave the registry, finish requests in flight, close admin, flush spans.
