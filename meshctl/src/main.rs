@@ -358,7 +358,12 @@ fn admin(addr: SocketAddr, method: Method, path: &str) -> anyhow::Result<serde_j
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, body) = runtime.block_on(admin_client::request(addr, method, path))?;
+    let (status, body) = runtime
+        .block_on(admin_client::request(addr, method, path))
+        .map_err(|e| meshctl::stat::ViewError::ControlPlaneDown {
+            addr,
+            reason: meshctl::stat::short_reason(&e),
+        })?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| anyhow::anyhow!("{status}: unreadable answer from {addr}: {e}"))?;
     if !status.is_success() {

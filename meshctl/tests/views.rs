@@ -190,6 +190,42 @@ async fn stat_shows_every_edge_at_the_rate_sent_and_tap_streams_requests() {
         "{err}"
     );
 
+    // One name per instance: status names them as `up` did, ejections included.
+    let (ok, out, err) = meshctl(&["status", "--admin", &admin]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\norders         orders-2 ") || out.contains(" orders-2 "),
+        "{out}"
+    );
+    // A sidecar's /config shows the authorization in force: the control plane's.
+    let client = meshctl::http::HttpClient::new(Duration::from_secs(5));
+    let payments = mesh.instances_of("payments").next().unwrap().admin_url();
+    let config = client
+        .get(&format!("{payments}/config"))
+        .await
+        .unwrap()
+        .json();
+    let snapshot = client
+        .get(&format!("{payments}/snapshot"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        config["authorization"], snapshot["authorization"],
+        "{config}"
+    );
+    assert!(
+        config["authorization"].to_string().contains("deny"),
+        "{config}"
+    );
+    assert_eq!(
+        config["authorization_source"],
+        format!("control plane snapshot {}", snapshot["version"])
+    );
+    // Logs written to files carry no terminal colour codes.
+    let log = std::fs::read_to_string(mesh.run_dir().log("control-plane")).unwrap();
+    assert!(!log.contains('\u{1b}'), "{log}");
+
     mesh.stop().await;
 }
 
@@ -204,6 +240,15 @@ async fn stat_and_tap_without_a_control_plane_say_how_to_get_one() {
             "cannot reach the control plane's admin endpoint at {nobody} (Connection refused"
         )) && err.contains("meshctl up"),
         "{err}"
+    );
+    let (ok, _, err) = meshctl(&["status", "--admin", &nobody]).await;
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "meshctl: cannot reach the control plane's admin endpoint at {nobody} (Connection \
+             refused (os error 111)): is the mesh running? start it with `meshctl up`, or pass --admin"
+        )
     );
     let (ok, _, err) = meshctl(&["tap", "orders", "--admin", &nobody]).await;
     assert!(!ok);

@@ -4,7 +4,9 @@
 //! - `GET /ready`: 200 once the listeners are serving, 503 while draining, and 503 naming the
 //!   failure while the app's health probe finds it down (with `app_health`).
 //! - `GET /metrics`: Prometheus text, or OpenMetrics when asked for (see [`crate::metrics`]).
-//! - `GET /config`: the bootstrap configuration as JSON (paths to key files, never keys).
+//! - `GET /config`: the configuration in force as JSON (paths to key files, never keys): the
+//!   bootstrap file's, except that with a control plane `authorization` is the snapshot's, the
+//!   one enforced (`authorization_source` says so).
 //! - `GET /snapshot`: the control-plane snapshot in force as JSON (404 without a control
 //!   plane): version, destinations with their endpoints and policy, authorization, and the
 //!   certificate's expiry and issuer.
@@ -52,6 +54,8 @@ pub(crate) struct Admin {
     pub(crate) waiting_for: ArcSwapOption<String>,
     /// `/config` body, rendered once: the configuration does not change while running.
     pub(crate) config_json: Bytes,
+    /// Whether a control plane pushes authorization (then `/config` shows the snapshot's).
+    controlled: bool,
     pub(crate) metrics: Arc<Metrics>,
     /// `/snapshot` body, replaced with each snapshot applied.
     pub(crate) snapshot_json: Arc<ArcSwapOption<Bytes>>,
@@ -84,11 +88,47 @@ impl Admin {
             ready: AtomicBool::new(false),
             waiting_for: ArcSwapOption::empty(),
             config_json: config_json.into(),
+            controlled: config.control_plane.is_some(),
             metrics,
             snapshot_json: Arc::default(),
             shutdown,
             app,
         })
+    }
+
+    /// `/config`: the bootstrap configuration, with the control plane's authorization (the one
+    /// in force) in place of the file's when there is a control plane.
+    fn config(&self) -> Bytes {
+        if !self.controlled {
+            return self.config_json.clone();
+        }
+        let Ok(mut config) = serde_json::from_slice::<serde_json::Value>(&self.config_json) else {
+            return self.config_json.clone();
+        };
+        let snapshot = self
+            .snapshot_json
+            .load_full()
+            .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok());
+        let (authorization, source) = match snapshot {
+            Some(s) => (
+                s.get("authorization").cloned().unwrap_or_default(),
+                format!(
+                    "control plane snapshot {}",
+                    s.get("version").cloned().unwrap_or_default()
+                ),
+            ),
+            None => (
+                serde_json::Value::Null,
+                "none yet: no snapshot from the control plane".to_owned(),
+            ),
+        };
+        if let Some(map) = config.as_object_mut() {
+            map.insert("authorization".into(), authorization);
+            map.insert("authorization_source".into(), source.into());
+        }
+        let mut body = serde_json::to_vec_pretty(&config).unwrap_or_default();
+        body.push(b'\n');
+        body.into()
     }
 
     /// Names what start-up waits for, for `/ready`; `None` once it waits for nothing.
@@ -177,7 +217,7 @@ impl Admin {
                 }
             }
             (&Method::GET, "/config") => {
-                with_type(StatusCode::OK, self.config_json.clone(), "application/json")
+                with_type(StatusCode::OK, self.config(), "application/json")
             }
             (&Method::GET, "/snapshot") => match self.snapshot_json.load_full() {
                 Some(json) => with_type(StatusCode::OK, (*json).clone(), "application/json"),
