@@ -200,6 +200,8 @@ pub struct RunningMesh {
     instances: Vec<Instance>,
     tracing: Option<TracingSpec>,
     jaeger: Option<JaegerSpec>,
+    /// Ports that were in use and skipped.
+    skipped: Vec<u16>,
     procs: Vec<Proc>,
     /// Exits already reported by [`RunningMesh::next_exit`].
     reported: Vec<u32>,
@@ -208,14 +210,18 @@ pub struct RunningMesh {
 
 /// What `meshctl up` prints once the mesh runs: every instance's addresses, and where to look.
 pub fn report(mesh: &RunningMesh) -> String {
-    report::render(
-        mesh.instances(),
-        mesh.storefront_url(),
-        mesh.control_plane(),
-        mesh.tracing(),
-        mesh.jaeger(),
-        mesh.run_dir(),
-    )
+    let warning = plan::skipped_warning(&mesh.skipped)
+        .map(|w| format!("NOTE: {w}.\n\n"))
+        .unwrap_or_default();
+    warning
+        + &report::render(
+            mesh.instances(),
+            mesh.storefront_url(),
+            mesh.control_plane(),
+            mesh.tracing(),
+            mesh.jaeger(),
+            mesh.run_dir(),
+        )
 }
 
 /// Starts the demo mesh described by `config`. See the module documentation for the order.
@@ -290,6 +296,7 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
         instances: plan.instances,
         tracing,
         jaeger: options.jaeger.clone(),
+        skipped: plan.skipped.clone(),
         procs: Vec::new(),
         reported: Vec::new(),
         stop_timeout: options.stop_timeout,
