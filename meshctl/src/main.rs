@@ -166,6 +166,23 @@ enum Command {
         #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// Serve a dashboard of the mesh: the service graph with live edges, and a page per
+    /// service (instances, certificates, ejections, routes, who may call it, recent requests
+    /// linked to their traces). Ctrl-C stops it.
+    Dashboard {
+        /// Where the dashboard listens.
+        #[arg(long, default_value = "127.0.0.1:15080")]
+        listen: SocketAddr,
+        /// The control plane's admin address.
+        #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// The Jaeger UI traces link to (default: the one `meshctl up` started, if any).
+        #[arg(long)]
+        jaeger_url: Option<String>,
+        /// The demo's run directory (where `meshctl up` wrote mesh.json), for its Jaeger.
+        #[arg(long, default_value = "target/demo")]
+        run_dir: PathBuf,
+    },
     /// Rotate the mesh's root CA: add-root, then use-root once every sidecar trusts it, then
     /// remove-root of the old one once every sidecar renewed its certificate.
     Ca {
@@ -300,6 +317,12 @@ fn main() -> ExitCode {
             output,
             admin,
         } => views::stat(admin, service.as_deref(), window, watch, output == "json"),
+        Command::Dashboard {
+            listen,
+            admin,
+            jaeger_url,
+            run_dir,
+        } => views::dashboard(listen, admin, jaeger_url, &run_dir),
         Command::Tap {
             service,
             path,

@@ -1,4 +1,4 @@
-//! The commands that watch the running mesh: `stat` and `tap`.
+//! The commands that watch the running mesh: `stat`, `tap` and `dashboard`.
 
 use std::io::{IsTerminal, Write as _};
 use std::net::SocketAddr;
@@ -201,4 +201,41 @@ struct TapJson<'a> {
     instance: &'a str,
     #[serde(flatten)]
     event: &'a meshctl::tap::TapEvent,
+}
+
+pub(crate) fn dashboard(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    jaeger_url: Option<String>,
+    run_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let jaeger_url = jaeger_url
+        .or_else(|| {
+            meshctl::up::Manifest::load(run_dir)
+                .ok()
+                .and_then(|m| m.jaeger_url)
+        })
+        .map(|u| u.trim_end_matches('/').to_owned());
+    runtime()?.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (pass --listen)"))?;
+        println!(
+            "dashboard at http://{}/ (control plane {admin}{}); Ctrl-C stops",
+            listener.local_addr()?,
+            jaeger_url
+                .as_deref()
+                .map(|u| format!(", traces in {u}"))
+                .unwrap_or_default()
+        );
+        let options = meshctl::dashboard::DashboardOptions { admin, jaeger_url };
+        tokio::select! {
+            served = meshctl::dashboard::serve(listener, options) => served?,
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        Ok(())
+    })
 }
