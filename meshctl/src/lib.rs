@@ -9,6 +9,7 @@
 //! - [`status`]: the control plane's `/status` as a table (`meshctl status`).
 //! - [`dashboard`]: the mesh in a browser (`meshctl dashboard`).
 //! - [`stat`]: each service's and edge's recent traffic, from the sidecars (`meshctl stat`).
+//! - [`table`]: the plain-text tables those print.
 //! - [`tap`]: the live stream of a service's requests, from its sidecars (`meshctl tap`).
 
 #![deny(missing_docs)]
@@ -19,5 +20,6 @@ pub mod http;
 pub mod loadgen;
 pub mod stat;
 pub mod status;
+pub mod table;
 pub mod tap;
 pub mod up;

@@ -457,7 +457,7 @@ pub fn render(report: &Report) -> String {
                 .collect(),
         );
     }
-    table(&mut out, &rows);
+    crate::table::write(&mut out, &rows);
     out.push('\n');
     let mut rows = vec![
         std::iter::once("EDGE".to_owned())
@@ -478,35 +478,13 @@ pub fn render(report: &Report) -> String {
             report.window_seconds
         )]);
     }
-    table(&mut out, &rows);
+    crate::table::write(&mut out, &rows);
     let _ = writeln!(
         out,
         "\nover the last {}s; SUCCESS: not answered 5xx; EDGE rows as the caller saw them, retries included",
         report.window_seconds
     );
     out
-}
-
-fn table(out: &mut String, rows: &[Vec<String>]) {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter(|r| r.len() > 1)
-                .filter_map(|r| r.get(c))
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
 }
 
 #[cfg(test)]

@@ -13,14 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use http::Method;
 use mesh_testkit::process::KillOnDrop;
 use mesh_testkit::{eventually, free_port};
 use meshctl::http::HttpClient;
 use meshctl::loadgen::LoadOptions;
-use meshctl::up::{ControlPlaneSpec, DemoConfig, UpOptions};
+use meshctl::up::UpOptions;
 
-use self::common::{ports_from, repo_root, require_binaries, required_in_ci, service};
+use self::common::{repo_root, require_binaries, required_in_ci, service};
 
 const SERVICES: [&str; 5] = [
     "storefront",
@@ -110,17 +109,11 @@ async fn the_dashboard_shows_the_graph_turns_a_failing_edge_red_and_says_when_it
     std::fs::create_dir_all(&shots).unwrap();
     let run_dir = tempfile::tempdir().unwrap();
     let profile = run_dir.path().join("chromium");
-    let config = DemoConfig {
-        control_plane: ControlPlaneSpec {
-            config_dir: repo_root().join("config/demo/mesh"),
-            api: None,
-            admin: None,
-        },
-        run_dir: run_dir.path().to_owned(),
-        tracing: None,
-        ports_from: ports_from(),
-        services: SERVICES.iter().map(|s| service(s, 1)).collect(),
-    };
+    let config = common::demo_config(
+        run_dir.path(),
+        None,
+        SERVICES.iter().map(|s| service(s, 1)).collect(),
+    );
     let mut mesh = meshctl::up::up(&config, &UpOptions::new(&bins))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -203,15 +196,7 @@ async fn the_dashboard_shows_the_graph_turns_a_failing_edge_red_and_says_when_it
 
     // A fault on payments: within seconds the orders -> payments edge is below 100 %.
     let payments = mesh.instances_of("payments").next().unwrap().app_url();
-    let r = client
-        .json(
-            Method::PUT,
-            &format!("{payments}/admin/faults"),
-            &serde_json::json!({"error_rate": 1.0}),
-        )
-        .await
-        .unwrap();
-    assert!(r.status.is_success(), "{}", r.text());
+    common::set_faults(&client, &payments, serde_json::json!({"error_rate": 1.0})).await;
     let failing = eventually(
         "the orders -> payments edge to fall below 100 %",
         Duration::from_secs(15),
@@ -231,14 +216,7 @@ async fn the_dashboard_shows_the_graph_turns_a_failing_edge_red_and_says_when_it
         "{failing}"
     );
     screenshot(&bin, &profile, &url, &shots.join("graph-failing.png")).await;
-    client
-        .json(
-            Method::PUT,
-            &format!("{payments}/admin/faults"),
-            &serde_json::json!({"error_rate": 0.0}),
-        )
-        .await
-        .unwrap();
+    common::set_faults(&client, &payments, serde_json::json!({"error_rate": 0.0})).await;
 
     // A service page: instances, who may call it, its requests linked to Jaeger.
     let service_url = format!("{url}#/service/payments");

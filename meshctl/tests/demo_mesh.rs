@@ -17,11 +17,11 @@ use mesh_testkit::eventually;
 use mesh_testkit::otlp::Collector;
 use mesh_testkit::process::KillOnDrop;
 use meshctl::http::{HttpClient, Response};
-use meshctl::up::{ControlPlaneSpec, DemoConfig, RunningMesh, TracingSpec, UpOptions};
+use meshctl::up::{RunningMesh, TracingSpec, UpOptions};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 
-use self::common::{pid, ports_from, repo_root, require_binaries, service};
+use self::common::{pid, repo_root, require_binaries, service};
 
 async fn order(client: &HttpClient, storefront: &str, sku: &str) -> Response {
     client
@@ -75,26 +75,20 @@ async fn the_demo_mesh_survives_failures_traces_orders_and_leaves_nothing_behind
     let bins = require_binaries();
     let collector = Collector::start().await;
     let run_dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        control_plane: ControlPlaneSpec {
-            config_dir: repo_root().join("config/demo/mesh"),
-            api: None,
-            admin: None,
-        },
-        run_dir: run_dir.path().to_owned(),
-        tracing: Some(TracingSpec {
+    let config = common::demo_config(
+        run_dir.path(),
+        Some(TracingSpec {
             otlp_endpoint: format!("http://{}", collector.grpc),
             protocol: "grpc".into(),
         }),
-        ports_from: ports_from(),
-        services: vec![
+        vec![
             service("storefront", 1),
             service("orders", 1),
             service("inventory", 2),
             service("payments", 2),
             service("notifications", 1),
         ],
-    };
+    );
     let mut options = UpOptions::new(&bins);
     options.stop_timeout = Duration::from_secs(10);
     let started = tokio::time::Instant::now();
@@ -291,17 +285,7 @@ async fn a_child_that_dies_during_start_up_stops_the_run_and_is_named() {
         std::os::unix::fs::symlink(target, fake.path().join(name)).unwrap();
     }
     let run_dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        control_plane: ControlPlaneSpec {
-            config_dir: repo_root().join("config/demo/mesh"),
-            api: None,
-            admin: None,
-        },
-        run_dir: run_dir.path().to_owned(),
-        tracing: None,
-        ports_from: ports_from(),
-        services: vec![service("inventory", 1)],
-    };
+    let config = common::demo_config(run_dir.path(), None, vec![service("inventory", 1)]);
     // A bad mesh directory is refused before anything starts.
     let mut bad = config.clone();
     bad.control_plane.config_dir = run_dir.path().join("nowhere");

@@ -13,10 +13,10 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use mesh_testkit::{eventually, free_port};
 use meshctl::http::HttpClient;
-use meshctl::up::{ControlPlaneSpec, DemoConfig, JaegerSpec, TracingSpec, UpOptions};
+use meshctl::up::{JaegerSpec, TracingSpec, UpOptions};
 use serde_json::Value;
 
-use self::common::{ports_from, repo_root, require_binaries, required_in_ci, service};
+use self::common::{require_binaries, required_in_ci, service};
 
 /// Every service an order passes through: the storefront calls orders, which reserves stock
 /// (inventory), charges (payments) and notifies (notifications).
@@ -49,20 +49,14 @@ async fn one_order_is_one_trace_in_jaeger_with_every_hop_and_its_retry() {
     }
     let bins = require_binaries();
     let run_dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        control_plane: ControlPlaneSpec {
-            config_dir: repo_root().join("config/demo/mesh"),
-            api: None,
-            admin: None,
-        },
-        run_dir: run_dir.path().to_owned(),
-        tracing: Some(TracingSpec {
+    let config = common::demo_config(
+        run_dir.path(),
+        Some(TracingSpec {
             otlp_endpoint: format!("http://{}", free_port()),
             protocol: "grpc".into(),
         }),
-        ports_from: ports_from(),
-        services: ORDER_PATH.iter().map(|s| service(s, 1)).collect(),
-    };
+        ORDER_PATH.iter().map(|s| service(s, 1)).collect(),
+    );
     let mut options = UpOptions::new(&bins);
     options.jaeger = Some(JaegerSpec {
         bin: jaeger_bin.unwrap(),
@@ -80,15 +74,7 @@ async fn one_order_is_one_trace_in_jaeger_with_every_hop_and_its_retry() {
     // Payments' next answer is a 503: the orders sidecar retries, and the order succeeds.
     let client = HttpClient::new(Duration::from_secs(15));
     let payments = mesh.instances_of("payments").next().unwrap().app_url();
-    let r = client
-        .json(
-            Method::PUT,
-            &format!("{payments}/admin/faults"),
-            &serde_json::json!({"fail_next": 1}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    common::set_faults(&client, &payments, serde_json::json!({"fail_next": 1})).await;
     let storefront = mesh.storefront_url().unwrap();
     let products = client
         .get(&format!("{storefront}/api/products"))

@@ -11,11 +11,11 @@ use std::time::Duration;
 use mesh_testkit::eventually;
 use mesh_testkit::process::KillOnDrop;
 use meshctl::loadgen::LoadOptions;
-use meshctl::up::{ControlPlaneSpec, DemoConfig, UpOptions};
+use meshctl::up::UpOptions;
 use nix::sys::signal::{Signal, kill};
 use serde_json::Value;
 
-use self::common::{meshctl, pid, ports_from, repo_root, require_binaries, service};
+use self::common::{meshctl, pid, require_binaries, service};
 
 /// Orders per second the test places.
 const RATE: f64 = 10.0;
@@ -35,23 +35,17 @@ fn edge<'a>(report: &'a Value, source: &str, destination: &str) -> Option<&'a Va
 async fn stat_shows_every_edge_at_the_rate_sent_and_tap_streams_requests() {
     let bins = require_binaries();
     let run_dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        control_plane: ControlPlaneSpec {
-            config_dir: repo_root().join("config/demo/mesh"),
-            api: None,
-            admin: None,
-        },
-        run_dir: run_dir.path().to_owned(),
-        tracing: None,
-        ports_from: ports_from(),
-        services: vec![
+    let config = common::demo_config(
+        run_dir.path(),
+        None,
+        vec![
             service("storefront", 1),
             service("orders", 2),
             service("inventory", 1),
             service("payments", 1),
             service("notifications", 1),
         ],
-    };
+    );
     let mut mesh = meshctl::up::up(&config, &UpOptions::new(&bins))
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -15,10 +15,13 @@ pub(super) fn render(
     jaeger: Option<&JaegerSpec>,
     run_dir: &RunDir,
 ) -> String {
-    let mut rows: Vec<[String; 5]> =
-        vec![["SERVICE", "INSTANCE", "APP", "SIDECAR ADMIN", "METRICS"].map(str::to_owned)];
+    let mut rows: Vec<Vec<String>> = vec![
+        ["SERVICE", "INSTANCE", "APP", "SIDECAR ADMIN", "METRICS"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
     for i in instances {
-        rows.push([
+        rows.push(vec![
             i.service.clone(),
             i.name.clone(),
             i.app_url(),
@@ -26,18 +29,8 @@ pub(super) fn render(
             i.metrics_url(),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    crate::table::write(&mut out, &rows);
     out.push('\n');
     if let Some(url) = storefront_url {
         let _ = writeln!(out, "Storefront     {url}/   <- open this");

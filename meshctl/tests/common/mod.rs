@@ -77,3 +77,40 @@ pub fn required_in_ci(what: &str, present: bool, how: &str) -> bool {
     eprintln!("skipped: {what} is missing ({how})");
     false
 }
+
+/// The demo mesh of the repository's `config/demo/mesh`, running `services` from `run_dir`, on
+/// ports from [`ports_from`].
+pub fn demo_config(
+    run_dir: &Path,
+    tracing: Option<meshctl::up::TracingSpec>,
+    services: Vec<ServiceSpec>,
+) -> meshctl::up::DemoConfig {
+    meshctl::up::DemoConfig {
+        control_plane: meshctl::up::ControlPlaneSpec {
+            config_dir: repo_root().join("config/demo/mesh"),
+            api: None,
+            admin: None,
+        },
+        run_dir: run_dir.to_owned(),
+        tracing,
+        ports_from: ports_from(),
+        services,
+    }
+}
+
+/// Sets the faults of the demo app at `app_url` (`/admin/faults`).
+pub async fn set_faults(
+    client: &meshctl::http::HttpClient,
+    app_url: &str,
+    faults: serde_json::Value,
+) {
+    let response = client
+        .json(
+            http::Method::PUT,
+            &format!("{app_url}/admin/faults"),
+            &faults,
+        )
+        .await
+        .unwrap();
+    assert!(response.status.is_success(), "{}", response.text());
+}
