@@ -273,22 +273,23 @@ impl Admin {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let line = |value: &dyn erased_json::Json| {
-                let mut line = value.to_json();
-                line.push(b'\n');
-                Ok(Frame::data(Bytes::from(line)))
-            };
-            if tx
-                .send(line(&serde_json::json!({"tap": "open"})))
-                .await
-                .is_err()
-            {
+            let mut first = Vec::new();
+            append(&mut first, &serde_json::json!({"tap": "open"}));
+            if tx.send(Ok(Frame::data(first.into()))).await.is_err() {
                 return;
             }
             loop {
-                let frame = tokio::select! {
+                let mut lines = Vec::new();
+                tokio::select! {
                     event = tap.events.recv() => match event {
-                        Some(event) => line(&event),
+                        // Whatever else is waiting goes in the same write.
+                        Some(event) => {
+                            append(&mut lines, &event);
+                            for _ in 0..TAP_BATCH {
+                                let Ok(event) = tap.events.try_recv() else { break };
+                                append(&mut lines, &event);
+                            }
+                        }
                         None => break,
                     },
                     _ = tick.tick() => {
@@ -296,12 +297,12 @@ impl Admin {
                         if missed.skipped == 0 && missed.dropped == 0 {
                             continue;
                         }
-                        line(&missed)
+                        append(&mut lines, &missed);
                     }
                     () = taps.closed() => break,
                     () = tx.closed() => break,
                 };
-                if tx.send(frame).await.is_err() {
+                if tx.send(Ok(Frame::data(lines.into()))).await.is_err() {
                     break;
                 }
             }
@@ -316,16 +317,13 @@ impl Admin {
     }
 }
 
-/// Serializing any of the tap's line types through one closure.
-mod erased_json {
-    pub(super) trait Json {
-        fn to_json(&self) -> Vec<u8>;
-    }
+/// Events a tap's stream writes at once at most.
+const TAP_BATCH: usize = 64;
 
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec(self).unwrap_or_default()
-        }
+/// Appends `value` as one JSON line.
+fn append(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    if serde_json::to_writer(&mut *out, value).is_ok() {
+        out.push(b'\n');
     }
 }
 
