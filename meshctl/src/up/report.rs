@@ -72,6 +72,15 @@ pub(super) fn render(
             );
         }
     }
+    let admin_flag = if cp.admin.to_string() == mesh_control_plane::DEFAULT_ADMIN {
+        String::new()
+    } else {
+        format!(" --admin {}", cp.admin)
+    };
+    let _ = writeln!(
+        out,
+        "Views          meshctl stat{admin_flag}   meshctl tap orders{admin_flag}   meshctl dashboard{admin_flag}"
+    );
     let _ = writeln!(
         out,
         "Prometheus     prometheus --config.file={}",
