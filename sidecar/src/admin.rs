@@ -431,3 +431,47 @@ fn with_type(
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     rsp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_parameters_are_decoded_and_checked() {
+        let (filter, rate) = tap_params(Some(
+            "path=/api%2Forders&caller=spiffe%3A//mesh.local/ns/default/sa/web&rate=5",
+        ))
+        .unwrap();
+        assert_eq!(filter.path_prefix.as_deref(), Some("/api/orders"));
+        assert_eq!(
+            filter.caller.as_deref(),
+            Some("spiffe://mesh.local/ns/default/sa/web")
+        );
+        assert_eq!(rate, 5);
+        assert_eq!(tap_params(None).unwrap().1, tap::DEFAULT_RATE);
+        for (query, error) in [
+            ("path=api", "must start with /"),
+            ("rate=0", "must be 1 to 1000"),
+            ("rate=5000", "must be 1 to 1000"),
+            ("colour=red", "unknown parameter \"colour\""),
+            ("path=/%zz", "bad %-escape"),
+        ] {
+            let err = tap_params(Some(query)).unwrap_err();
+            assert!(err.contains(error), "{query}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_stats_window_is_bounded() {
+        assert_eq!(window_param(None), Ok(30));
+        assert_eq!(window_param(Some("window=2m")), Ok(120));
+        assert_eq!(window_param(Some("window=10")), Ok(10));
+        assert!(window_param(Some("window=0s")).is_err());
+        assert!(
+            window_param(Some("window=1h"))
+                .unwrap_err()
+                .contains("1s to 300s")
+        );
+        assert!(window_param(Some("window=soon")).is_err());
+    }
+}
