@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::Method;
 use mesh_control_plane::admin_client;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::status::{Status, ejected_name, instance_names};
 
@@ -60,35 +60,8 @@ pub enum ViewError {
     },
 }
 
-/// One sidecar's `/stats` document.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SidecarStats {
-    /// The seconds covered.
-    pub covered_seconds: u64,
-    /// Bucket bounds, ms.
-    pub latency_bounds_ms: Vec<f64>,
-    /// Its edges.
-    pub edges: Vec<SidecarEdge>,
-}
-
-/// One edge in a sidecar's `/stats`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SidecarEdge {
-    /// `inbound` or `outbound`.
-    pub direction: String,
-    /// Caller.
-    pub source: String,
-    /// Callee.
-    pub destination: String,
-    /// Requests.
-    pub requests: u64,
-    /// 5xx answers.
-    pub failures: u64,
-    /// Retries.
-    pub retries: u64,
-    /// Bucket counts.
-    pub latency_buckets: Vec<u64>,
-}
+/// One sidecar's `/stats` document, and one edge in it.
+pub use mesh_api::stats::{EdgeStats as SidecarEdge, StatsReport as SidecarStats};
 
 /// An instance whose sidecar could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -528,6 +501,7 @@ mod tests {
             latency_buckets: buckets.to_vec(),
         };
         let sidecar = |edges| SidecarStats {
+            window_seconds: 10,
             covered_seconds: 10,
             latency_bounds_ms: BOUNDS.to_vec(),
             edges,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+pub use mesh_api::stats::{EdgeStats, LATENCY_BOUNDS_MS, StatsReport};
 use tokio::time::Instant;
 
 use super::labels::{Direction, Label};
@@ -23,12 +23,6 @@ pub const MAX_WINDOW_SECONDS: u64 = 300;
 
 /// Slots in each edge's ring: one per second kept, plus the second in progress.
 const SLOTS: usize = MAX_WINDOW_SECONDS as usize + 1;
-
-/// Upper bounds of the latency buckets, in milliseconds; a last bucket holds the rest.
-pub const LATENCY_BOUNDS_MS: [f64; 20] = [
-    1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0,
-    1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-];
 
 const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
 
@@ -63,38 +57,6 @@ pub struct Windows {
     start: Instant,
     /// Replaced (copy on write) only when a new edge appears, which is rare.
     edges: ArcSwap<HashMap<EdgeKey, Arc<EdgeWindow>>>,
-}
-
-/// One edge's totals over a window, as `/stats` reports them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EdgeStats {
-    /// `outbound` (this sidecar's app called `destination`) or `inbound` (`source` called it).
-    pub direction: &'static str,
-    /// The calling service.
-    pub source: String,
-    /// The called service.
-    pub destination: String,
-    /// Requests answered in the window.
-    pub requests: u64,
-    /// Of those, answered 5xx (by the app or the mesh).
-    pub failures: u64,
-    /// Retries made for them (outbound only).
-    pub retries: u64,
-    /// Counts per latency bucket, bounds as in `latency_bounds_ms` (the last is unbounded).
-    pub latency_buckets: Vec<u64>,
-}
-
-/// The `/stats` document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StatsReport {
-    /// The window asked for, in seconds.
-    pub window_seconds: u64,
-    /// The seconds of it this sidecar has been up for (less than the window just after start).
-    pub covered_seconds: u64,
-    /// The latency bucket bounds, in milliseconds.
-    pub latency_bounds_ms: Vec<f64>,
-    /// Every edge with traffic in the window.
-    pub edges: Vec<EdgeStats>,
 }
 
 impl Default for Windows {
@@ -203,7 +165,7 @@ impl Windows {
         let mut edges = Vec::new();
         for (key, edge) in self.edges.load().iter() {
             let mut stats = EdgeStats {
-                direction: key.direction.as_str(),
+                direction: key.direction.as_str().to_owned(),
                 source: key.source.as_str().to_owned(),
                 destination: key.destination.as_str().to_owned(),
                 requests: 0,
@@ -230,7 +192,11 @@ impl Windows {
             }
         }
         edges.sort_by(|a, b| {
-            (a.direction, &a.source, &a.destination).cmp(&(b.direction, &b.source, &b.destination))
+            (&a.direction, &a.source, &a.destination).cmp(&(
+                &b.direction,
+                &b.source,
+                &b.destination,
+            ))
         });
         StatsReport {
             window_seconds: window,
@@ -325,7 +291,13 @@ mod tests {
         let edges: Vec<_> = r
             .edges
             .iter()
-            .map(|e| (e.direction, e.source.as_str(), e.destination.as_str()))
+            .map(|e| {
+                (
+                    e.direction.as_str(),
+                    e.source.as_str(),
+                    e.destination.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             edges,
