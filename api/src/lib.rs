@@ -18,6 +18,7 @@
 //! - [`trace_context`]: the trace headers an app copies from the request it serves onto the
 //!   calls it makes.
 //! - [`validate`]: errors collected with their field paths.
+//! - [`stats`]: the sidecar's `/stats` document, which operator tools add up across sidecars.
 
 #![deny(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod proto;
 pub mod retry;
 pub mod route;
 pub mod spiffe;
+pub mod stats;
 pub mod tcp;
 pub mod tls;
 pub mod trace_context;

@@ -17,6 +17,8 @@ pub struct Pair {
     pub outbound: SocketAddr,
     /// Process IDs of the orders and inventory sidecars.
     pub sidecar_pids: [u32; 2],
+    /// Admin listeners of the orders and inventory sidecars.
+    pub admins: [SocketAddr; 2],
     _dir: tempfile::TempDir,
 }
 
@@ -93,6 +95,7 @@ impl Pair {
             _children: children,
             outbound: o_out,
             sidecar_pids,
+            admins: [o_admin, i_admin],
             _dir: dir,
         };
         for (service, admin) in [("orders", o_admin), ("inventory", i_admin)] {

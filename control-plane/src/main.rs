@@ -51,6 +51,14 @@ fn main() -> ExitCode {
         eprintln!("control-plane: --config-dir and --state-dir are required");
         return ExitCode::FAILURE;
     };
+    if !config_dir.is_dir() {
+        eprintln!(
+            "control-plane: --config-dir {}: no such directory (it holds mesh.yaml and services/; \
+             see docs/control-plane.md)",
+            config_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -62,7 +70,8 @@ fn main() -> ExitCode {
         let listeners = Listeners::bind(cli.listen, cli.admin).await?;
         let (api, admin) = (listeners.api.local_addr(), listeners.admin.local_addr());
         let mut cp =
-            mesh_control_plane::start(Options::new(config_dir, state_dir), listeners).await?;
+            mesh_control_plane::start(Options::new(config_dir.clone(), state_dir), listeners)
+                .await?;
         if let (Ok(api), Ok(admin)) = (api, admin) {
             println!("control-plane listening api={api} admin={admin}");
         }
@@ -76,6 +85,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ mesh_control_plane::Error::Config(_)) => {
+            eprintln!("control-plane: {}: {e}", config_dir.display());
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("control-plane: {e}");
             ExitCode::FAILURE
@@ -114,9 +127,11 @@ fn validate(dir: &std::path::Path) -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file (`meshctl up` writes one) gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -136,3 +136,40 @@ fn the_binary_starts_serves_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     assert!(dirs.state().join("version").exists());
 }
+
+#[test]
+fn a_bad_configuration_directory_is_named() {
+    let state = tempfile::tempdir().unwrap();
+    let run = |dir: &std::path::Path| {
+        let out = std::process::Command::new(BIN)
+            .arg("--config-dir")
+            .arg(dir)
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = state.path().join("nonexistent");
+    let err = run(&missing);
+    assert!(
+        err.contains(&format!(
+            "--config-dir {}: no such directory",
+            missing.display()
+        )),
+        "{err}"
+    );
+    // A directory without mesh.yaml: the error names the directory, and is not coloured.
+    let empty = tempfile::tempdir().unwrap();
+    let err = run(empty.path());
+    assert!(
+        err.contains(&format!(
+            "control-plane: {}: invalid configuration (1 error):",
+            empty.path().display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}

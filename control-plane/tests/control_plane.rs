@@ -169,6 +169,7 @@ async fn registry_takes_the_service_from_the_certificate() {
             address: address.into(),
             version: String::new(),
             app_down: String::new(),
+            admin_address: String::new(),
         }),
     };
     let err = orders

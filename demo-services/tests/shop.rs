@@ -428,14 +428,14 @@ async fn fault_knobs_add_latency_and_errors_to_business_endpoints_only() {
     let initial = call(Method::GET, &faults, None).await;
     assert_eq!(
         initial.json,
-        json!({"latency_ms": 0, "error_rate": 0.0, "error_status": 503})
+        json!({"latency_ms": 0, "error_rate": 0.0, "error_status": 503, "fail_next": 0})
     );
 
     let rsp = call(Method::PUT, &faults, Some(json!({"latency_ms": 200}))).await;
     assert_eq!(rsp.status, StatusCode::OK);
     assert_eq!(
         rsp.json,
-        json!({"latency_ms": 200, "error_rate": 0.0, "error_status": 503})
+        json!({"latency_ms": 200, "error_rate": 0.0, "error_status": 503, "fail_next": 0})
     );
     let started = tokio::time::Instant::now();
     let slow = call(Method::GET, &products, None).await;
@@ -445,12 +445,12 @@ async fn fault_knobs_add_latency_and_errors_to_business_endpoints_only() {
     let rsp = call(
         Method::PUT,
         &faults,
-        Some(json!({"latency_ms": 0, "error_rate": 1.0, "error_status": 500})),
+        Some(json!({"latency_ms": 0, "error_rate": 1.0, "error_status": 500, "fail_next": 0})),
     )
     .await;
     assert_eq!(
         rsp.json,
-        json!({"latency_ms": 0, "error_rate": 1.0, "error_status": 500})
+        json!({"latency_ms": 0, "error_rate": 1.0, "error_status": 500, "fail_next": 0})
     );
     for _ in 0..5 {
         let failed = call(Method::GET, &products, None).await;
@@ -483,7 +483,7 @@ async fn fault_knobs_add_latency_and_errors_to_business_endpoints_only() {
     let now = call(Method::GET, &faults, None).await;
     assert_eq!(
         now.json,
-        json!({"latency_ms": 0, "error_rate": 1.0, "error_status": 500})
+        json!({"latency_ms": 0, "error_rate": 1.0, "error_status": 500, "fail_next": 0})
     );
 
     call(Method::PUT, &faults, Some(json!({"error_rate": 0}))).await;

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use meshctl::fault::FaultChange;
 use meshctl::loadgen::LoadOptions;
-use meshctl::up::{DemoConfig, Manifest, Role, UpOptions};
+use meshctl::up::{DemoConfig, JaegerSpec, Manifest, Role, UpOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The runtime of a command. `up` runs in `block_on` on the main thread, which lives as long
@@ -20,7 +20,46 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-pub(crate) fn up(config_path: &Path, bin_dir: Option<PathBuf>, load: f64) -> anyhow::Result<()> {
+/// Whether to run Jaeger beside the mesh: `--jaeger`, `--no-jaeger`, or neither.
+pub(crate) struct JaegerChoice {
+    /// `Some(true)`: required; `Some(false)`: not wanted; `None`: when it is built.
+    pub(crate) wanted: Option<bool>,
+    /// `--jaeger-bin`.
+    pub(crate) bin: Option<PathBuf>,
+    /// `--jaeger-query`.
+    pub(crate) query: std::net::SocketAddr,
+}
+
+impl JaegerChoice {
+    fn resolve(self) -> anyhow::Result<Option<JaegerSpec>> {
+        if self.wanted == Some(false) {
+            return Ok(None);
+        }
+        let bin = match self.bin {
+            Some(bin) if bin.is_file() => Some(bin),
+            Some(bin) => bail!("--jaeger-bin {} is not a file", bin.display()),
+            None => meshctl::up::jaeger::find_binary(),
+        };
+        match (bin, self.wanted) {
+            (Some(bin), _) => Ok(Some(JaegerSpec {
+                bin,
+                query: self.query,
+            })),
+            (None, Some(true)) => bail!(
+                "--jaeger: {}; or pass --jaeger-bin",
+                meshctl::up::jaeger::how_to_build()
+            ),
+            (None, _) => Ok(None),
+        }
+    }
+}
+
+pub(crate) fn up(
+    config_path: &Path,
+    bin_dir: Option<PathBuf>,
+    load: f64,
+    jaeger: JaegerChoice,
+) -> anyhow::Result<()> {
     if !(load >= 0.0 && load.is_finite()) {
         bail!("--load must be 0 or more orders per second, not {load}");
     }
@@ -34,7 +73,8 @@ pub(crate) fn up(config_path: &Path, bin_dir: Option<PathBuf>, load: f64) -> any
         Some(dir) => dir,
         None => UpOptions::default_bin_dir()?,
     };
-    let options = UpOptions::new(bin_dir);
+    let mut options = UpOptions::new(bin_dir);
+    options.jaeger = jaeger.resolve()?;
     runtime()?.block_on(async move {
         // Installed before anything starts, so Ctrl-C during start-up also stops cleanly.
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -68,6 +108,7 @@ pub(crate) fn up(config_path: &Path, bin_dir: Option<PathBuf>, load: f64) -> any
                 _ = hangup.recv() => break,
                 exited = mesh.next_exit() => {
                     let what = match exited.role {
+                        Role::Tracing => "; spans are no longer kept",
                         Role::ControlPlane => "; sidecars keep their last configuration",
                         Role::Sidecar => "; its app is cut off from the mesh",
                         Role::App => "; callers fail over to other instances",

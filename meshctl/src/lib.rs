@@ -7,11 +7,19 @@
 //! - [`fault`]: the demo apps' fault knobs (`meshctl fault`).
 //! - [`http`]: the small HTTP client those use.
 //! - [`status`]: the control plane's `/status` as a table (`meshctl status`).
+//! - [`dashboard`]: the mesh in a browser (`meshctl dashboard`).
+//! - [`stat`]: each service's and edge's recent traffic, from the sidecars (`meshctl stat`).
+//! - [`table`]: the plain-text tables those print.
+//! - [`tap`]: the live stream of a service's requests, from its sidecars (`meshctl tap`).
 
 #![deny(missing_docs)]
 
+pub mod dashboard;
 pub mod fault;
 pub mod http;
 pub mod loadgen;
+pub mod stat;
 pub mod status;
+pub mod table;
+pub mod tap;
 pub mod up;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod demo;
+mod views;
 
 use clap::{Parser, Subcommand};
 use http::Method;
@@ -34,6 +35,19 @@ enum Command {
         /// the mesh runs, with a status line; 0 for none.
         #[arg(long, default_value_t = 2.0)]
         load: f64,
+        /// Start Jaeger beside the mesh (built by scripts/build-jaeger.sh), receiving every
+        /// sidecar's spans; an error if it is not built. Default: start it when it is built.
+        #[arg(long, conflicts_with = "no_jaeger")]
+        jaeger: bool,
+        /// Do not start Jaeger.
+        #[arg(long)]
+        no_jaeger: bool,
+        /// The `jaeger` binary (default: the one scripts/build-jaeger.sh built).
+        #[arg(long)]
+        jaeger_bin: Option<PathBuf>,
+        /// Where Jaeger's UI and query API listen.
+        #[arg(long, default_value = meshctl::up::jaeger::DEFAULT_QUERY)]
+        jaeger_query: SocketAddr,
     },
     /// Place orders through the storefront at a fixed rate and summarize what happened:
     /// successes, failures by status, latency percentiles, and the retries the mesh made.
@@ -111,6 +125,64 @@ enum Command {
         #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// Each service's and each edge's (caller -> callee) traffic over the last seconds:
+    /// requests per second, success rate, p50/p95/p99 latency, retries and ejected endpoints,
+    /// read from every sidecar through the control plane.
+    Stat {
+        /// Only this service: its row, and the edges to and from it.
+        service: Option<String>,
+        /// How far back to look, up to 5m.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        window: Duration,
+        /// Refresh every two seconds, in place, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// `table` or `json`.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+        /// The control plane's admin address.
+        #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+    /// Watch the requests crossing a service's sidecars as they are answered: time, direction,
+    /// caller and callee, method, path, status, latency, tries and trace ID. Sampled on the
+    /// sidecars (at most --rate a second each; what is left out is counted). Ctrl-C stops.
+    Tap {
+        /// The service.
+        service: String,
+        /// Only paths starting with this, e.g. /api.
+        #[arg(long)]
+        path: Option<String>,
+        /// Only requests from this caller: a service name or a SPIFFE ID.
+        #[arg(long)]
+        caller: Option<String>,
+        /// Requests per second each sidecar sends at most (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        rate: u64,
+        /// One JSON object per request instead of a line of text.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// The control plane's admin address.
+        #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+    /// Serve a dashboard of the mesh: the service graph with live edges, and a page per
+    /// service (instances, certificates, ejections, routes, who may call it, recent requests
+    /// linked to their traces). Ctrl-C stops it.
+    Dashboard {
+        /// Where the dashboard listens.
+        #[arg(long, default_value = "127.0.0.1:15080")]
+        listen: SocketAddr,
+        /// The control plane's admin address.
+        #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// The Jaeger UI traces link to (default: the one `meshctl up` started, if any).
+        #[arg(long)]
+        jaeger_url: Option<String>,
+        /// The demo's run directory (where `meshctl up` wrote mesh.json), for its Jaeger.
+        #[arg(long, default_value = "target/demo")]
+        run_dir: PathBuf,
+    },
     /// Rotate the mesh's root CA: add-root, then use-root once every sidecar trusts it, then
     /// remove-root of the old one once every sidecar renewed its certificate.
     Ca {
@@ -176,7 +248,26 @@ fn main() -> ExitCode {
             config,
             bin_dir,
             load,
-        } => demo::up(&config, bin_dir, load),
+            jaeger,
+            no_jaeger,
+            jaeger_bin,
+            jaeger_query,
+        } => demo::up(
+            &config,
+            bin_dir,
+            load,
+            demo::JaegerChoice {
+                wanted: if jaeger {
+                    Some(true)
+                } else if no_jaeger {
+                    Some(false)
+                } else {
+                    None
+                },
+                bin: jaeger_bin,
+                query: jaeger_query,
+            },
+        ),
         Command::Loadgen {
             target,
             rate,
@@ -219,6 +310,36 @@ fn main() -> ExitCode {
             &services,
         ),
         Command::Status { admin } => status(admin),
+        Command::Stat {
+            service,
+            window,
+            watch,
+            output,
+            admin,
+        } => views::stat(admin, service.as_deref(), window, watch, output == "json"),
+        Command::Dashboard {
+            listen,
+            admin,
+            jaeger_url,
+            run_dir,
+        } => views::dashboard(listen, admin, jaeger_url, &run_dir),
+        Command::Tap {
+            service,
+            path,
+            caller,
+            rate,
+            output,
+            admin,
+        } => views::tap(
+            admin,
+            &service,
+            meshctl::tap::TapQuery {
+                path,
+                caller,
+                rate: Some(rate),
+            },
+            output == "json",
+        ),
         Command::Ca { admin, command } => ca(admin, command),
     };
     match result {
@@ -260,7 +381,12 @@ fn admin(addr: SocketAddr, method: Method, path: &str) -> anyhow::Result<serde_j
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, body) = runtime.block_on(admin_client::request(addr, method, path))?;
+    let (status, body) = runtime
+        .block_on(admin_client::request(addr, method, path))
+        .map_err(|e| meshctl::stat::ViewError::ControlPlaneDown {
+            addr,
+            reason: meshctl::stat::short_reason(&e),
+        })?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| anyhow::anyhow!("{status}: unreadable answer from {addr}: {e}"))?;
     if !status.is_success() {

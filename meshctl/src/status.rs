@@ -66,6 +66,9 @@ pub struct Instance {
     /// Why its sidecar finds the app down (the instance is then in no snapshot).
     #[serde(default)]
     pub app_down: Option<String>,
+    /// Its sidecar's admin listener, where `stat` and `tap` read it.
+    #[serde(default)]
+    pub admin_address: Option<String>,
 }
 
 /// Renders the table; `now_unix` is the current time, for certificate expiry.
@@ -89,6 +92,7 @@ pub fn render(status: &Status, now_unix: i64) -> String {
         "APP",
     ];
     let mut rows: Vec<[String; 9]> = vec![header.map(str::to_owned)];
+    let names = instance_names(status);
     for (name, service) in &status.services {
         if service.instances.is_empty() {
             rows.push([
@@ -132,7 +136,11 @@ pub fn render(status: &Status, now_unix: i64) -> String {
                 if i.ejected_endpoints.is_empty() {
                     "-".into()
                 } else {
-                    i.ejected_endpoints.join(",")
+                    i.ejected_endpoints
+                        .iter()
+                        .map(|e| ejected_name(e, &names))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 },
                 match &i.app_down {
                     None => "up".into(),
@@ -154,6 +162,25 @@ pub fn render(status: &Status, now_unix: i64) -> String {
         let _ = writeln!(out, "{}", line.trim_end());
     }
     out
+}
+
+/// Each instance's name by its registered (inbound) address.
+pub fn instance_names(status: &Status) -> BTreeMap<&str, &str> {
+    status
+        .services
+        .values()
+        .flat_map(|s| &s.instances)
+        .map(|i| (i.address.as_str(), i.instance_id.as_str()))
+        .collect()
+}
+
+/// An ejected endpoint (`destination/ip:port`) by the instance's name when the control plane
+/// knows the address, so it reads as the rest of the table; the address otherwise.
+pub fn ejected_name(endpoint: &str, names: &BTreeMap<&str, &str>) -> String {
+    endpoint
+        .split_once('/')
+        .and_then(|(_, addr)| names.get(addr))
+        .map_or_else(|| endpoint.to_owned(), |name| (*name).to_owned())
 }
 
 fn human_secs(secs: i64) -> String {
@@ -183,7 +210,7 @@ mod tests {
                     {"instance_id": "o-1", "address": "127.0.0.1:1", "applied_version": 12,
                      "certificate_not_after_unix": 1000 + 3 * 3600, "issuer_id": "abcd"},
                     {"instance_id": "o-2", "address": "127.0.0.1:2", "applied_version": 11,
-                     "ejected_endpoints": ["inventory/127.0.0.1:9"],
+                     "ejected_endpoints": ["inventory/127.0.0.1:9", "payments/127.0.0.1:2"],
                      "app_down": "GET /healthz answered 503 Service Unavailable"}
                 ]},
                 "payments": {"snapshot_version": 10, "instances": []}
@@ -193,7 +220,8 @@ mod tests {
         let table = render(&status, 1000);
         assert!(table.contains("11 (stale, current 12)"), "{table}");
         assert!(table.contains("3h0m"), "{table}");
-        assert!(table.contains("inventory/127.0.0.1:9"), "{table}");
+        // An address the control plane knows is shown by its instance's name.
+        assert!(table.contains("inventory/127.0.0.1:9,o-2"), "{table}");
         assert!(
             table.contains("down (GET /healthz answered 503 Service Unavailable)"),
             "{table}"

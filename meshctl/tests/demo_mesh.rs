@@ -7,8 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -16,53 +17,11 @@ use mesh_testkit::eventually;
 use mesh_testkit::otlp::Collector;
 use mesh_testkit::process::KillOnDrop;
 use meshctl::http::{HttpClient, Response};
-use meshctl::up::{ControlPlaneSpec, DemoConfig, RunningMesh, ServiceSpec, TracingSpec, UpOptions};
+use meshctl::up::{RunningMesh, TracingSpec, UpOptions};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
-/// Where cargo put every workspace binary, meshctl among them.
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_meshctl"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// The binary directory, once every binary of the demo is there (`cargo nextest run -p meshctl`
-/// builds only meshctl's own).
-fn require_binaries() -> PathBuf {
-    let bins = bin_dir();
-    for name in meshctl::up::BINARIES {
-        assert!(
-            bins.join(name).is_file(),
-            "{} is missing: build the workspace first (cargo build, or cargo nextest run --workspace)",
-            bins.join(name).display()
-        );
-    }
-    bins
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A base port in 20000..32000, below Linux's ephemeral range, different for each run so
-/// reruns do not meet sockets in TIME_WAIT; `allocate` skips busy ports anyway.
-fn ports_from() -> u16 {
-    20_000 + fastrand::u16(0..110) * 100
-}
-
-fn service(name: &str, instances: u16) -> ServiceSpec {
-    ServiceSpec {
-        name: name.into(),
-        instances,
-    }
-}
-
-fn pid(p: u32) -> Pid {
-    Pid::from_raw(i32::try_from(p).unwrap())
-}
+use self::common::{pid, repo_root, require_binaries, service};
 
 async fn order(client: &HttpClient, storefront: &str, sku: &str) -> Response {
     client
@@ -116,26 +75,20 @@ async fn the_demo_mesh_survives_failures_traces_orders_and_leaves_nothing_behind
     let bins = require_binaries();
     let collector = Collector::start().await;
     let run_dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        control_plane: ControlPlaneSpec {
-            config_dir: repo_root().join("config/demo/mesh"),
-            api: None,
-            admin: None,
-        },
-        run_dir: run_dir.path().to_owned(),
-        tracing: Some(TracingSpec {
+    let config = common::demo_config(
+        run_dir.path(),
+        Some(TracingSpec {
             otlp_endpoint: format!("http://{}", collector.grpc),
             protocol: "grpc".into(),
         }),
-        ports_from: ports_from(),
-        services: vec![
+        vec![
             service("storefront", 1),
             service("orders", 1),
             service("inventory", 2),
             service("payments", 2),
             service("notifications", 1),
         ],
-    };
+    );
     let mut options = UpOptions::new(&bins);
     options.stop_timeout = Duration::from_secs(10);
     let started = tokio::time::Instant::now();
@@ -332,17 +285,7 @@ async fn a_child_that_dies_during_start_up_stops_the_run_and_is_named() {
         std::os::unix::fs::symlink(target, fake.path().join(name)).unwrap();
     }
     let run_dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        control_plane: ControlPlaneSpec {
-            config_dir: repo_root().join("config/demo/mesh"),
-            api: None,
-            admin: None,
-        },
-        run_dir: run_dir.path().to_owned(),
-        tracing: None,
-        ports_from: ports_from(),
-        services: vec![service("inventory", 1)],
-    };
+    let config = common::demo_config(run_dir.path(), None, vec![service("inventory", 1)]);
     // A bad mesh directory is refused before anything starts.
     let mut bad = config.clone();
     bad.control_plane.config_dir = run_dir.path().join("nowhere");
@@ -360,20 +303,6 @@ async fn a_child_that_dies_during_start_up_stops_the_run_and_is_named() {
         "{text}"
     );
     assert!(text.contains("control-plane.log"), "{text}");
-}
-
-/// Runs a meshctl command to completion; returns success, stdout and stderr.
-async fn meshctl(args: Vec<String>) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,6 +330,7 @@ async fn the_cli_runs_the_demo_takes_load_and_faults_and_stops_on_ctrl_c() {
     let mut up = KillOnDrop::new(
         std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
             .arg("up")
+            .arg("--no-jaeger")
             .arg("--config")
             .arg(&demo)
             .stdout(stdout.try_clone().unwrap())
@@ -421,9 +351,8 @@ async fn the_cli_runs_the_demo_takes_load_and_faults_and_stops_on_ctrl_c() {
     })
     .await;
     let run = run_dir.to_str().unwrap().to_owned();
-    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
 
-    let (ok, out, err) = meshctl(args(&[
+    let (ok, out, err) = common::meshctl(&[
         "fault",
         "payments",
         "--error-rate",
@@ -432,7 +361,7 @@ async fn the_cli_runs_the_demo_takes_load_and_faults_and_stops_on_ctrl_c() {
         "5ms",
         "--run-dir",
         &run,
-    ]))
+    ])
     .await;
     assert!(ok, "{err}");
     assert!(
@@ -441,7 +370,7 @@ async fn the_cli_runs_the_demo_takes_load_and_faults_and_stops_on_ctrl_c() {
     );
     assert!(out.contains("payments-2: "), "{out}");
 
-    let (ok, out, err) = meshctl(args(&[
+    let (ok, out, err) = common::meshctl(&[
         "loadgen",
         "--rate",
         "20",
@@ -449,7 +378,7 @@ async fn the_cli_runs_the_demo_takes_load_and_faults_and_stops_on_ctrl_c() {
         "2s",
         "--run-dir",
         &run,
-    ]))
+    ])
     .await;
     assert!(ok, "{out}{err}");
     for line in [
@@ -462,7 +391,8 @@ async fn the_cli_runs_the_demo_takes_load_and_faults_and_stops_on_ctrl_c() {
         assert!(out.contains(line), "{line} missing:\n{out}");
     }
 
-    let (ok, out, err) = meshctl(args(&["fault", "payments", "--clear", "--run-dir", &run])).await;
+    let (ok, out, err) =
+        common::meshctl(&["fault", "payments", "--clear", "--run-dir", &run]).await;
     assert!(ok, "{err}");
     assert!(out.contains("payments-2: no faults"), "{out}");
 

@@ -171,6 +171,18 @@ fn ports_are_handed_out_in_order_skipping_busy_ones() {
         [20012, 20013, 20014, 20015]
     );
     assert!(plan.instances.iter().all(|i| i.app.ip().is_loopback()));
+    // Said loudly: the addresses are not the usual ones.
+    assert_eq!(plan.skipped, busy);
+    let warning = plan.skipped_warning().unwrap();
+    assert!(
+        warning.starts_with("ports 20003, 20006 were in use, so every port from 20003 on moved up"),
+        "{warning}"
+    );
+    assert!(warning.contains("ports_from"), "{warning}");
+    assert_eq!(
+        plan::allocate(&config, |_| true).unwrap().skipped_warning(),
+        None
+    );
 
     // Fixed control-plane ports are never handed out again, and must be free.
     let fixed = parse(&MINIMAL.replace(

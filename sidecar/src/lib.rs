@@ -137,6 +137,17 @@ pub async fn run(
     let admin_server = admin.clone().serve(listeners.admin, &config);
 
     // Credentials: from files, or the first certificate from the control plane.
+    let cp_address = config
+        .control_plane
+        .as_ref()
+        .map(|cp| cp.address.to_string());
+    if credentials.is_none()
+        && let Some(address) = &cp_address
+    {
+        admin.waiting_for(Some(format!(
+            "waiting for a certificate from the control plane at {address}"
+        )));
+    }
     let obtained =
         control::credentials(credentials, &config, &stop_requested, &mut shutdown).await?;
     let Some((credentials, control)) = obtained else {
@@ -172,7 +183,13 @@ pub async fn run(
         snapshot_json: admin.snapshot_json.clone(),
         app_health,
         inbound_addr: listeners.inbound.local_addr()?,
+        admin_addr,
     };
+    if let Some(address) = &cp_address {
+        admin.waiting_for(Some(format!(
+            "waiting for the first configuration snapshot from the control plane at {address}"
+        )));
+    }
     let started = control::start(
         control,
         &config,
@@ -237,6 +254,7 @@ pub async fn run(
         drain.clone(),
         metrics.clone(),
     );
+    admin.waiting_for(None);
     admin.ready.store(true, Ordering::Release);
 
     // Drain: leave the registry, finish requests in flight, close admin, flush spans.
@@ -245,6 +263,7 @@ pub async fn run(
         () = stop_requested.cancelled() => {},
     }
     admin.ready.store(false, Ordering::Release);
+    metrics.taps.close();
     if let Some(registration) = registration {
         registration.leave().await;
     }

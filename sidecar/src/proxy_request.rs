@@ -17,6 +17,7 @@ use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::telemetry::propagation::{self, B3};
 use crate::telemetry::spans::Spans;
+use crate::telemetry::tap::{self, TapEvent};
 use crate::telemetry::{access_log, end_span, trace_id};
 
 /// Failed-request warnings logged per second at most; the rest are counted.
@@ -134,6 +135,35 @@ impl Recorder {
             self.metrics
                 .route_request(parties.destination, route, status, elapsed.as_secs_f64());
         }
+        let taps = &self.metrics.taps;
+        if taps.active() {
+            taps.publish(
+                parties.source.as_str(),
+                parties.source_id,
+                &request.path,
+                || TapEvent {
+                    time_unix_ms: tap::now_unix_ms(),
+                    direction: self.direction.as_str(),
+                    caller: parties.source_id.to_owned(),
+                    source: parties.source.as_str().to_owned(),
+                    destination: parties.destination.as_str().to_owned(),
+                    method: request.method.as_str().to_owned(),
+                    path: request.path.clone(),
+                    status,
+                    latency_ms: tap::millis(elapsed),
+                    attempts: tries,
+                    trace_id: trace_id(&request.trace),
+                },
+            );
+        }
+        self.metrics.window.record(
+            self.direction,
+            parties.source,
+            parties.destination,
+            status,
+            elapsed,
+            tries,
+        );
         if self.access_log {
             access_log::write(&access_log::Entry {
                 direction: self.direction.as_str(),

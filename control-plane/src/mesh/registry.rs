@@ -26,6 +26,8 @@ pub(super) struct InstanceRecord {
     pub(super) ejected: Vec<String>,
     /// Why its sidecar finds the app down; empty while it is up (or not probed).
     pub(super) app_down: String,
+    /// Its sidecar's admin listener, as it reported it (may be empty).
+    pub(super) admin_address: String,
 }
 
 /// What an instance's watch streams reported.
@@ -168,6 +170,7 @@ impl Registry {
                 .unwrap_or_default(),
             ejected: previous.map(|p| p.ejected.clone()).unwrap_or_default(),
             app_down: instance.app_down.clone(),
+            admin_address: instance.admin_address.clone(),
         };
         self.instances.insert(key, record);
     }

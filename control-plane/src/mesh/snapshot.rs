@@ -126,6 +126,7 @@ mod tests {
             address: address.into(),
             version: version.into(),
             app_down: String::new(),
+            admin_address: String::new(),
         };
         let address = check(service, &instance).unwrap();
         registry.register(service, &instance, address, Instant::now());

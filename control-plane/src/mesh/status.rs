@@ -66,6 +66,9 @@ pub struct InstanceStatus {
     pub ejected_endpoints: Vec<String>,
     /// Why its sidecar finds the app down (it is then in no snapshot); `None` while it is up.
     pub app_down: Option<String>,
+    /// Its sidecar's admin listener, where `meshctl stat` and `tap` read it; `None` when it
+    /// did not report one.
+    pub admin_address: Option<String>,
 }
 
 /// The mesh's versions, for [`status`].
@@ -124,6 +127,7 @@ pub(super) fn status(
             issuer_id: ca.root_id_of(&record.issuer_sha256).map(str::to_owned),
             ejected_endpoints: record.ejected.clone(),
             app_down: (!record.app_down.is_empty()).then(|| record.app_down.clone()),
+            admin_address: (!record.admin_address.is_empty()).then(|| record.admin_address.clone()),
         });
     }
     Status {

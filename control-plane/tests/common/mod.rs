@@ -128,6 +128,7 @@ impl Sidecar {
                     address: address.into(),
                     version: version.into(),
                     app_down: String::new(),
+                    admin_address: String::new(),
                 }),
             })
             .await

@@ -70,6 +70,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         latency_ms: args.latency_ms,
         error_rate: args.error_rate,
         error_status: args.error_status,
+        fail_next: 0,
     };
     let instance = config.instance.clone();
     let app = App::open(config).await?;

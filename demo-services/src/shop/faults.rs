@@ -19,6 +19,9 @@ pub struct Faults {
     pub latency_ms: u64,
     pub error_rate: f64,
     pub error_status: u16,
+    /// The next this many requests fail with `error_status`, whatever `error_rate` says: a
+    /// failure that happens exactly once, for showing (and testing) one retry.
+    pub fail_next: u32,
 }
 
 impl Default for Faults {
@@ -27,6 +30,7 @@ impl Default for Faults {
             latency_ms: 0,
             error_rate: 0.0,
             error_status: 503,
+            fail_next: 0,
         }
     }
 }
@@ -38,6 +42,7 @@ pub struct FaultsPatch {
     pub latency_ms: Option<u64>,
     pub error_rate: Option<f64>,
     pub error_status: Option<u16>,
+    pub fail_next: Option<u32>,
 }
 
 impl Faults {
@@ -71,6 +76,9 @@ impl Faults {
             }
             next.error_status = status;
         }
+        if let Some(n) = patch.fail_next {
+            next.fail_next = n;
+        }
         Ok(next)
     }
 }
@@ -101,11 +109,17 @@ impl FaultState {
     /// Sleeps the configured latency, then returns an injected error response with the
     /// configured probability (`None`: serve the request normally).
     pub async fn inject(&self, service: &str, instance: &str) -> Option<Response<Body>> {
-        let faults = self.get().await;
+        let (faults, forced) = {
+            let mut current = self.current.write().await;
+            let forced = current.fail_next > 0;
+            current.fail_next = current.fail_next.saturating_sub(1);
+            (*current, forced)
+        };
         if faults.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
         }
-        let fail = faults.error_rate >= 1.0
+        let fail = forced
+            || faults.error_rate >= 1.0
             || (faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate);
         if !fail {
             return None;
@@ -172,5 +186,23 @@ mod tests {
                 other => panic!("expected a 400 for {field}, got {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn fail_next_fails_exactly_that_many_requests() {
+        let state = FaultState::default();
+        state
+            .apply(&FaultsPatch {
+                fail_next: Some(2),
+                ..FaultsPatch::default()
+            })
+            .await
+            .unwrap();
+        let mut failed = Vec::new();
+        for _ in 0..4 {
+            failed.push(state.inject("payments", "payments-1").await.is_some());
+        }
+        assert_eq!(failed, [true, true, false, false]);
+        assert_eq!(state.get().await.fail_next, 0);
     }
 }

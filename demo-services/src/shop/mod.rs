@@ -166,6 +166,7 @@ impl App {
                 latency_ms: Some(config.faults.latency_ms),
                 error_rate: Some(config.faults.error_rate),
                 error_status: Some(config.faults.error_status),
+                fail_next: Some(config.faults.fail_next),
             })
             .map_err(StartError::Faults)?;
         let upstream =

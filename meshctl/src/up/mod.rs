@@ -10,6 +10,7 @@
 //! binary directory.
 
 pub mod config;
+pub mod jaeger;
 pub mod plan;
 mod process;
 mod report;
@@ -27,6 +28,7 @@ use nix::sys::signal::Signal;
 pub use self::config::{
     ControlPlaneSpec, DemoConfig, DemoConfigError, FieldError, ServiceSpec, TracingSpec,
 };
+pub use self::jaeger::JaegerSpec;
 pub use self::plan::{ControlPlaneAddrs, Instance, Manifest, ManifestError, Plan, RunDir};
 use self::process::Proc;
 pub use self::process::{Role, log_tail};
@@ -43,6 +45,8 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// How long stopping processes may take (per stage) before they are killed.
     pub stop_timeout: Duration,
+    /// A Jaeger to run beside the mesh, receiving every sidecar's spans; `None`: none.
+    pub jaeger: Option<JaegerSpec>,
 }
 
 impl UpOptions {
@@ -52,6 +56,7 @@ impl UpOptions {
             bin_dir: bin_dir.into(),
             ready_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
+            jaeger: None,
         }
     }
 
@@ -107,6 +112,9 @@ pub enum UpError {
     /// Ports could not be handed out.
     #[error(transparent)]
     Ports(#[from] plan::PortError),
+    /// Jaeger cannot listen where the sidecars export.
+    #[error(transparent)]
+    JaegerEndpoint(#[from] jaeger::EndpointError),
     /// Another run uses the same run directory.
     #[error(
         "a demo mesh is already running from {} (process {pid}); stop it first",
@@ -191,6 +199,9 @@ pub struct RunningMesh {
     control_plane: ControlPlaneAddrs,
     instances: Vec<Instance>,
     tracing: Option<TracingSpec>,
+    jaeger: Option<JaegerSpec>,
+    /// Ports that were in use and skipped.
+    skipped: Vec<u16>,
     procs: Vec<Proc>,
     /// Exits already reported by [`RunningMesh::next_exit`].
     reported: Vec<u32>,
@@ -199,13 +210,18 @@ pub struct RunningMesh {
 
 /// What `meshctl up` prints once the mesh runs: every instance's addresses, and where to look.
 pub fn report(mesh: &RunningMesh) -> String {
-    report::render(
-        mesh.instances(),
-        mesh.storefront_url(),
-        mesh.control_plane(),
-        mesh.tracing(),
-        mesh.run_dir(),
-    )
+    let warning = plan::skipped_warning(&mesh.skipped)
+        .map(|w| format!("NOTE: {w}.\n\n"))
+        .unwrap_or_default();
+    warning
+        + &report::render(
+            mesh.instances(),
+            mesh.storefront_url(),
+            mesh.control_plane(),
+            mesh.tracing(),
+            mesh.jaeger(),
+            mesh.run_dir(),
+        )
 }
 
 /// Starts the demo mesh described by `config`. See the module documentation for the order.
@@ -236,6 +252,28 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
         });
     }
     let plan = plan::allocate(config, plan::port_is_free)?;
+    // With a Jaeger and no tracing in the file, spans go where Jaeger listens by default.
+    let tracing = config.tracing.clone().or_else(|| {
+        options.jaeger.as_ref().map(|_| TracingSpec {
+            otlp_endpoint: "http://127.0.0.1:4317".into(),
+            protocol: "grpc".into(),
+        })
+    });
+    if let (Some(spec), Some(tracing)) = (&options.jaeger, &tracing) {
+        let otlp = jaeger::otlp_listen(tracing)?;
+        for (field, addr) in [
+            ("tracing.otlp_endpoint (Jaeger's OTLP receiver)", otlp),
+            ("Jaeger's query address (--jaeger-query)", spec.query),
+        ] {
+            if !plan::port_is_free(addr.port()) {
+                return Err(plan::PortError::InUse { field, addr }.into());
+            }
+        }
+        write(
+            &jaeger::config_path(&run_dir.root),
+            &jaeger::config(tracing, otlp, spec.query),
+        )?;
+    }
     let state = run_dir.state();
     for instance in &plan.instances {
         let text = plan::sidecar_bootstrap(
@@ -243,7 +281,7 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
             &mesh.trust_domain,
             &plan.control_plane,
             &state,
-            config.tracing.as_ref(),
+            tracing.as_ref(),
         );
         write(&run_dir.bootstrap(instance), &text)?;
     }
@@ -256,7 +294,9 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
         run_dir,
         control_plane: plan.control_plane,
         instances: plan.instances,
-        tracing: config.tracing.clone(),
+        tracing,
+        jaeger: options.jaeger.clone(),
+        skipped: plan.skipped.clone(),
         procs: Vec::new(),
         reported: Vec::new(),
         stop_timeout: options.stop_timeout,
@@ -342,6 +382,26 @@ impl RunningMesh {
         bins: &Binaries,
         ready_timeout: Duration,
     ) -> Result<(), UpError> {
+        if let Some(spec) = self.jaeger.clone() {
+            let index = self.spawn(
+                "jaeger",
+                Role::Tracing,
+                &spec.bin,
+                vec![
+                    "--config".into(),
+                    path_arg(&jaeger::config_path(&self.run_dir.root)),
+                ],
+            )?;
+            self.wait_ready(
+                vec![Probe {
+                    proc_index: index,
+                    addr: spec.query,
+                    path: "/api/services",
+                }],
+                ready_timeout,
+            )
+            .await?;
+        }
         let state = self.run_dir.state();
         let cp = self.spawn(
             "control-plane",
@@ -524,6 +584,7 @@ impl RunningMesh {
                 .find(|p| p.role == Role::ControlPlane)
                 .map(|p| p.pid),
             otlp_endpoint: self.tracing.as_ref().map(|t| t.otlp_endpoint.clone()),
+            jaeger_url: self.jaeger.as_ref().map(JaegerSpec::url),
             instances: self.instances.clone(),
         }
     }
@@ -553,6 +614,11 @@ impl RunningMesh {
     /// Where sidecars export spans.
     pub fn tracing(&self) -> Option<&TracingSpec> {
         self.tracing.as_ref()
+    }
+
+    /// The Jaeger running beside the mesh.
+    pub fn jaeger(&self) -> Option<&JaegerSpec> {
+        self.jaeger.as_ref()
     }
 
     /// The run directory's layout.
@@ -593,7 +659,7 @@ impl RunningMesh {
     /// Returns the names of those that had to be killed. Removes `mesh.json`.
     pub async fn stop(&mut self) -> Vec<String> {
         let mut killed = Vec::new();
-        for role in [Role::App, Role::Sidecar, Role::ControlPlane] {
+        for role in [Role::App, Role::Sidecar, Role::ControlPlane, Role::Tracing] {
             let stage = self.procs.iter_mut().filter(|p| p.role == role);
             let stage: Vec<&mut Proc> = stage.collect();
             if stage.is_empty() {

@@ -69,6 +69,34 @@ pub struct Plan {
     pub control_plane: ControlPlaneAddrs,
     /// Every instance, callers first, in start order.
     pub instances: Vec<Instance>,
+    /// Ports from `ports_from` on that were in use and skipped, so every later port moved up:
+    /// `meshctl up` says so, since the usual addresses (the README's) are then not the ones in
+    /// use.
+    pub skipped: Vec<u16>,
+}
+
+impl Plan {
+    /// A warning naming the skipped ports and how to choose others; `None` when none was.
+    pub fn skipped_warning(&self) -> Option<String> {
+        skipped_warning(&self.skipped)
+    }
+}
+
+/// See [`Plan::skipped_warning`].
+pub(super) fn skipped_warning(skipped: &[u16]) -> Option<String> {
+    let first = skipped.first()?;
+    let list: Vec<String> = skipped.iter().map(u16::to_string).collect();
+    let (s, were) = if list.len() == 1 {
+        ("", "was")
+    } else {
+        ("s", "were")
+    };
+    Some(format!(
+        "port{s} {} {were} in use, so every port from {first} on moved up and this run's \
+         addresses differ from the usual ones (see the table); to choose the ports, stop what \
+         uses them or set ports_from in the demo file (--config)",
+        list.join(", ")
+    ))
 }
 
 /// Why ports could not be handed out.
@@ -116,6 +144,7 @@ pub fn allocate(
     }
     let needed = config.instance_count() * 4 + 2;
     let mut next = u32::from(config.ports_from);
+    let mut skipped = Vec::new();
     let mut take = || -> Result<SocketAddr, PortError> {
         while next <= u32::from(u16::MAX) {
             let port = u16::try_from(next).map_err(|_| PortError::Exhausted {
@@ -123,9 +152,13 @@ pub fn allocate(
                 needed,
             })?;
             next += 1;
-            if !fixed.contains(&port) && is_free(port) {
+            if fixed.contains(&port) {
+                continue;
+            }
+            if is_free(port) {
                 return Ok(loopback(port));
             }
+            skipped.push(port);
         }
         Err(PortError::Exhausted {
             from: config.ports_from,
@@ -159,6 +192,7 @@ pub fn allocate(
     Ok(Plan {
         control_plane: ControlPlaneAddrs { api, admin },
         instances,
+        skipped,
     })
 }
 
@@ -234,6 +268,7 @@ pub fn sidecar_bootstrap(
     let mut out = format!(
         "# Written by `meshctl up` for {name}; rewritten on every run.\n\
          service: {service}\n\
+         instance: {name}\n\
          trust_domain: {trust_domain}\n\
          app: {app}\n\
          version: v1\n\
@@ -313,6 +348,9 @@ pub struct Manifest {
     pub control_plane_pid: Option<u32>,
     /// Where sidecars export spans.
     pub otlp_endpoint: Option<String>,
+    /// The Jaeger started beside the mesh (its UI and query API), if any.
+    #[serde(default)]
+    pub jaeger_url: Option<String>,
     /// Every instance.
     pub instances: Vec<Instance>,
 }

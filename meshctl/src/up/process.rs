@@ -24,7 +24,10 @@ use tokio::process::{Child, Command};
 /// What a child is, which decides when it is stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
-    /// The control plane: stopped last.
+    /// The trace collector (Jaeger): started first and stopped last, so it receives the spans
+    /// sidecars flush as they stop.
+    Tracing,
+    /// The control plane: stopped after the sidecars.
     ControlPlane,
     /// A sidecar: stopped after the apps.
     Sidecar,

@@ -3,10 +3,8 @@
 use std::fmt::Write as _;
 
 use super::config::TracingSpec;
+use super::jaeger::{self, JaegerSpec};
 use super::plan::{ControlPlaneAddrs, Instance, RunDir};
-
-/// The endpoint the README's Jaeger command listens on for OTLP/gRPC.
-const JAEGER_OTLP: &str = "http://127.0.0.1:4317";
 
 /// The table of instances and the pointers (storefront, control plane, traces, Prometheus).
 pub(super) fn render(
@@ -14,12 +12,16 @@ pub(super) fn render(
     storefront_url: Option<String>,
     cp: ControlPlaneAddrs,
     tracing: Option<&TracingSpec>,
+    jaeger: Option<&JaegerSpec>,
     run_dir: &RunDir,
 ) -> String {
-    let mut rows: Vec<[String; 5]> =
-        vec![["SERVICE", "INSTANCE", "APP", "SIDECAR ADMIN", "METRICS"].map(str::to_owned)];
+    let mut rows: Vec<Vec<String>> = vec![
+        ["SERVICE", "INSTANCE", "APP", "SIDECAR ADMIN", "METRICS"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
     for i in instances {
-        rows.push([
+        rows.push(vec![
             i.service.clone(),
             i.name.clone(),
             i.app_url(),
@@ -27,18 +29,8 @@ pub(super) fn render(
             i.metrics_url(),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    crate::table::write(&mut out, &rows);
     out.push('\n');
     if let Some(url) = storefront_url {
         let _ = writeln!(out, "Storefront     {url}/   <- open this");
@@ -53,28 +45,42 @@ pub(super) fn render(
         "Control plane  api {}  admin http://{}   ({status})",
         cp.api, cp.admin
     );
-    match tracing {
-        Some(t) if t.otlp_endpoint.trim_end_matches('/') == JAEGER_OTLP => {
+    match (tracing, jaeger) {
+        (Some(t), Some(j)) => {
             let _ = writeln!(
                 out,
-                "Traces         OTLP {} to {}; open Jaeger at http://127.0.0.1:16686",
-                t.protocol, t.otlp_endpoint
+                "Traces         Jaeger at {}/   (OTLP {} to {}; log {})",
+                j.url(),
+                t.protocol,
+                t.otlp_endpoint,
+                run_dir.log("jaeger").display()
             );
         }
-        Some(t) => {
+        (Some(t), None) => {
             let _ = writeln!(
                 out,
-                "Traces         OTLP {} to {}",
-                t.protocol, t.otlp_endpoint
+                "Traces         OTLP {} to {}; nothing started there.\n               {}",
+                t.protocol,
+                t.otlp_endpoint,
+                jaeger::how_to_build()
             );
         }
-        None => {
+        (None, _) => {
             let _ = writeln!(
                 out,
                 "Traces         not exported (no tracing in the demo file)"
             );
         }
     }
+    let admin_flag = if cp.admin.to_string() == mesh_control_plane::DEFAULT_ADMIN {
+        String::new()
+    } else {
+        format!(" --admin {}", cp.admin)
+    };
+    let _ = writeln!(
+        out,
+        "Views          meshctl stat{admin_flag}   meshctl tap orders{admin_flag}   meshctl dashboard{admin_flag}"
+    );
     let _ = writeln!(
         out,
         "Prometheus     prometheus --config.file={}",

@@ -14,6 +14,7 @@
 //! `destinations`), or from the control plane (`control_plane`), which issues the certificate
 //! from a CSR and pushes destinations, policy and authorization as they change.
 
+mod parse;
 mod runtime;
 mod schema;
 mod validate;
@@ -63,27 +64,25 @@ impl Config {
             }])
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_yaml(&text, base).map_err(|e| with_file(e.errors))
+        // The YAML parser calls the text `<input>`; name the file instead.
+        let name = path.display().to_string();
+        Self::from_yaml(&text, base).map_err(|e| {
+            with_file(
+                e.errors
+                    .into_iter()
+                    .map(|mut err| {
+                        err.message = err.message.replace("<input>", &name);
+                        err
+                    })
+                    .collect(),
+            )
+        })
     }
 
     /// Parses and validates YAML; relative paths are resolved against `base`.
     pub fn from_yaml(text: &str, base: &Path) -> Result<Self, InvalidConfig> {
-        // serde_path_to_error records where the first structural error (unknown field, wrong
-        // type, missing field) happened; the YAML error itself carries line and column.
-        let mut failed_at = None;
-        let file: File = serde_saphyr::with_deserializer_from_str(text, |de| {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                failed_at = Some(e.path().to_string());
-                e.into_inner()
-            })
-        })
-        .map_err(|e| InvalidConfig {
-            file: None,
-            errors: vec![ConfigError {
-                path: failed_at.filter(|p| p != ".").unwrap_or_default(),
-                message: e.to_string(),
-            }],
-        })?;
+        let file: File =
+            parse::file(text).map_err(|errors| InvalidConfig { file: None, errors })?;
         let mut errors = Errors::default();
         let config = validate(file, base, &mut errors);
         match config {

@@ -43,6 +43,9 @@ pub struct Config {
     pub listen: ListenAddrs,
     /// The version of the app, for traffic splits (`v1` unless set).
     pub version: String,
+    /// This instance's name in the registry and every operator view (e.g. `inventory-1`);
+    /// unset, the sidecar makes one up from the service, its pid and a random suffix.
+    pub instance: Option<String>,
     /// Certificate, key and trust bundle files (without a control plane).
     pub tls: Option<TlsPaths>,
     /// The control plane that issues the certificate and pushes destinations and policy.

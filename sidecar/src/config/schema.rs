@@ -21,6 +21,8 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) version: Option<String>,
     #[serde(default)]
+    pub(super) instance: Option<String>,
+    #[serde(default)]
     pub(super) tls: Option<TlsFile>,
     #[serde(default)]
     pub(super) control_plane: Option<ControlPlaneFile>,

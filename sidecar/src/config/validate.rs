@@ -97,6 +97,9 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
     }
     let version = file.version.unwrap_or_else(|| "v1".to_owned());
     check_label(errors, "version", &version);
+    if let Some(instance) = &file.instance {
+        check_label(errors, "instance", instance);
+    }
 
     let mut destinations = BTreeMap::new();
     for (name, dest) in file.destinations {
@@ -223,6 +226,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         app: app?,
         listen,
         version,
+        instance: file.instance,
         tls,
         control_plane,
         destinations,

@@ -60,6 +60,8 @@ pub(crate) struct Controlled {
     /// The inbound listener's bound address; what is registered is `listen.advertise`,
     /// defaulting to this.
     pub(crate) inbound_addr: SocketAddr,
+    /// The admin listener's bound address, registered for operator tools.
+    pub(crate) admin_addr: SocketAddr,
 }
 
 /// How the control plane's part of a sidecar started.
@@ -171,6 +173,7 @@ pub(crate) async fn start(
         snapshot_json,
         app_health,
         inbound_addr,
+        admin_addr: admin_address,
     } = controlled;
     let cp_tls = identity.client_config(&channel::control_plane_id(&config.trust_domain)?)?;
     let channel = channel::channel(client.config.address, cp_tls);
@@ -183,15 +186,18 @@ pub(crate) async fn start(
         snapshot_json,
     ));
     let instance = InstanceInfo {
-        id: format!(
-            "{}-{}-{:04x}",
-            config.service,
-            std::process::id(),
-            fastrand::u16(..)
-        ),
+        id: config.instance.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}-{:04x}",
+                config.service,
+                std::process::id(),
+                fastrand::u16(..)
+            )
+        }),
         service: config.service.clone(),
         address: config.listen.advertised(inbound_addr)?,
         version: config.version.clone(),
+        admin_address,
     };
     let mut first = applier.first.subscribe();
     tokio::spawn(watch::follow(

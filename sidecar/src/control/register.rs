@@ -26,6 +26,8 @@ pub(crate) struct InstanceInfo {
     pub(crate) service: String,
     pub(crate) address: SocketAddr,
     pub(crate) version: String,
+    /// The admin listener, for operator tools.
+    pub(crate) admin_address: SocketAddr,
 }
 
 /// Why the app is down, as the registry takes it: empty while it is up or not probed.
@@ -67,6 +69,7 @@ pub(crate) async fn keep_registered(
                     address: instance.address.to_string(),
                     version: instance.version.clone(),
                     app_down: app_down(app.as_ref()),
+                    admin_address: instance.admin_address.to_string(),
                 }),
             }),
         )

@@ -63,9 +63,11 @@
 //! is labelled `destination="unknown"`, so callers cannot grow the label set without bound.
 //!
 //! This file holds the registry and the families; the label sets and their encoding are in
-//! `metrics/labels.rs`.
+//! `metrics/labels.rs`. `metrics/window.rs` keeps the last minutes of each edge's traffic
+//! second by second, for `/stats` (`meshctl stat`, the dashboard).
 
 mod labels;
+pub mod window;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -175,6 +177,10 @@ pub struct Metrics {
     pub control: ControlMetrics,
     /// 1 while the app answers its health probe (always 1 without `app_health`).
     pub app_healthy: Gauge,
+    /// Each edge's recent traffic, for `/stats`.
+    pub window: window::Windows,
+    /// Open taps (`/tap`): shared here because every request's recorder holds this handle.
+    pub(crate) taps: std::sync::Arc<crate::telemetry::tap::Taps>,
 }
 
 /// Control-plane and certificate state, as handles.
@@ -437,6 +443,8 @@ impl Metrics {
             route_latency,
             open_connections,
             app_healthy,
+            window: window::Windows::default(),
+            taps: std::sync::Arc::default(),
             tls_failures,
             untrusted,
             span_export,

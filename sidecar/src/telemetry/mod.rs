@@ -4,12 +4,14 @@
 //! CLIENT span, or starts one when the parent-based ratio sampler says so, and passes its own
 //! span on to the next hop. Inbound, it makes a SERVER span as the caller's child and hands the
 //! app a `traceparent` naming that span, so the app's own calls continue the trace. Spans go to
-//! an OTLP collector (gRPC or HTTP/protobuf) through a bounded queue ([`export`]).
+//! an OTLP collector (gRPC or HTTP/protobuf) through a bounded queue ([`export`]). `tap` streams
+//! the requests themselves to operators who ask (`meshctl tap`).
 
 pub mod access_log;
 pub mod export;
 pub mod propagation;
 pub mod spans;
+pub(crate) mod tap;
 
 use std::time::Duration;
 

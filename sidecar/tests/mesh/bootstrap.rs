@@ -103,3 +103,68 @@ fn a_wildcard_inbound_without_advertise_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn every_unknown_field_is_reported_and_the_file_is_named() {
+    let yaml = BAD_VALUES
+        .replace("127.0.0.1:x", "127.0.0.1:17006")
+        .replace("  payments:\n    endpoints: []\n", "")
+        .replace(
+            "drain_timeout: forever",
+            "colour: red\nlisten: { shape: round }",
+        );
+    let (code, stderr) = run_sidecar(&yaml);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("\n  colour: "), "{stderr}");
+    assert!(
+        stderr.contains("\n  listen.shape: unknown field `shape`"),
+        "{stderr}"
+    );
+    // The excerpt names the file, not the parser's `<input>`.
+    assert!(!stderr.contains("<input>"), "{stderr}");
+    assert!(stderr.contains("sidecar.yaml:"), "{stderr}");
+}
+
+#[tokio::test]
+async fn ready_says_what_start_up_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, admin) = (mesh_testkit::free_port(), mesh_testkit::free_port());
+    std::fs::write(dir.path().join("token"), "t").unwrap();
+    let ca = mesh_control_plane::ca::DevCa::load_or_generate(dir.path(), "mesh.local").unwrap();
+    ca.write_to(dir.path()).unwrap();
+    let path = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "service: orders\ntrust_domain: mesh.local\napp: 127.0.0.1:1\n\
+             listen: {{ outbound: 127.0.0.1:0, inbound: 127.0.0.1:0, admin: {admin} }}\n\
+             control_plane: {{ address: {cp}, trust_anchor: ca.pem, token_file: token }}\n"
+        ),
+    )
+    .unwrap();
+    let _sidecar = mesh_testkit::process::KillOnDrop::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sidecar"))
+            .arg("--config")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let body = mesh_testkit::eventually(
+        "the admin endpoint to answer",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (status, body) =
+                mesh_control_plane::admin_client::request(admin, http::Method::GET, "/ready")
+                    .await
+                    .map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+        },
+    )
+    .await;
+    assert_eq!(body.0, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body.1,
+        format!("not ready: waiting for a certificate from the control plane at {cp}\n")
+    );
+}
