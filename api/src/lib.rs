@@ -6,8 +6,9 @@
 //! - [`policy`]: resilience policy of a destination, with its defaults and validation.
 //! - [`retry`]: retries, their backoff and budget, shared by a destination's policy and its
 //!   routes.
-//! - [`route`]: routes within a destination, by method and path, with their own timeout and
-//!   retries.
+//! - [`route`]: routes within a destination in the shape of Gateway API HTTPRoute rules, with
+//!   their own timeout, retries and backends; [`route_match`] their matches and precedence,
+//!   [`route_filter`] their filters.
 //! - [`authorization`]: who may call a service.
 //! - [`tcp`]: `protocol: tcp` destinations, their local listener and their app's port.
 //! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
@@ -28,6 +29,8 @@ pub mod policy;
 pub mod proto;
 pub mod retry;
 pub mod route;
+pub mod route_filter;
+pub mod route_match;
 pub mod spiffe;
 pub mod tcp;
 pub mod tls;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use crate::authorization::{AuthorizationPolicy, Decision, Principal};
 use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
 use crate::retry::{Backoff, Budget, RetryOn, RetryPolicy};
-use crate::route::{MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
+use crate::route::{BackendRef, MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
+use crate::route_filter::{Filter, Header, HeaderModifier, PathModifier, Redirect, UrlRewrite};
+use crate::route_match::{Pattern, Value, ValueMatch};
 use crate::tcp::TcpDestination;
 
 /// Generated messages, clients and servers of `mesh.v1`.
@@ -133,17 +135,101 @@ fn retries_to_wire(r: &RetryPolicy) -> v1::Retries {
 }
 
 fn route_to_wire(r: &RoutePolicy) -> v1::Route {
-    let (path_exact, path_prefix) = match &r.matches.path {
-        PathMatch::Exact(path) => (path.clone(), String::new()),
-        PathMatch::Prefix(prefix) => (String::new(), prefix.clone()),
-    };
     v1::Route {
         name: r.name.clone(),
-        methods: r.matches.methods.clone(),
-        path_exact,
-        path_prefix,
         timeout_ms: optional_ms(r.timeout),
         retries: Some(retries_to_wire(&r.retries)),
+        matches: r.matches.iter().map(match_to_wire).collect(),
+        filters: r.filters.iter().map(filter_to_wire).collect(),
+        backend_refs: r
+            .backend_refs
+            .iter()
+            .map(|b| v1::BackendRef {
+                service: b.service.clone(),
+                version: b.version.clone().unwrap_or_default(),
+                weight: b.weight,
+            })
+            .collect(),
+        ..v1::Route::default()
+    }
+}
+
+fn match_to_wire(m: &RouteMatch) -> v1::RouteMatch {
+    let (path_type, path) = match &m.path {
+        PathMatch::Exact(p) => (v1::PathMatchType::Exact, p.clone()),
+        PathMatch::PathPrefix(p) => (v1::PathMatchType::Prefix, p.clone()),
+        PathMatch::RegularExpression(p) => {
+            (v1::PathMatchType::RegularExpression, p.as_str().to_owned())
+        }
+    };
+    let values = |list: &[ValueMatch]| {
+        list.iter()
+            .map(|v| {
+                let (regular_expression, value) = match &v.value {
+                    Value::Exact(value) => (false, value.clone()),
+                    Value::RegularExpression(p) => (true, p.as_str().to_owned()),
+                };
+                v1::ValueMatch {
+                    name: v.name.clone(),
+                    regular_expression,
+                    value,
+                }
+            })
+            .collect()
+    };
+    v1::RouteMatch {
+        path_type: path_type as i32,
+        path,
+        method: m.method.clone().unwrap_or_default(),
+        headers: values(&m.headers),
+        query_params: values(&m.query_params),
+    }
+}
+
+fn filter_to_wire(f: &Filter) -> v1::RouteFilter {
+    use v1::route_filter::Filter as F;
+    let headers = |m: &HeaderModifier| {
+        let list = |l: &[Header]| {
+            l.iter()
+                .map(|h| v1::Header {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect()
+        };
+        v1::HeaderModifier {
+            set: list(&m.set),
+            add: list(&m.add),
+            remove: m.remove.clone(),
+        }
+    };
+    let path = |p: &PathModifier| match p {
+        PathModifier::ReplaceFullPath { path } => v1::PathModifier {
+            replace_prefix: false,
+            value: path.clone(),
+        },
+        PathModifier::ReplacePrefixMatch { prefix } => v1::PathModifier {
+            replace_prefix: true,
+            value: prefix.clone(),
+        },
+    };
+    let filter = match f {
+        Filter::RequestHeaderModifier { modifier } => F::RequestHeaderModifier(headers(modifier)),
+        Filter::ResponseHeaderModifier { modifier } => F::ResponseHeaderModifier(headers(modifier)),
+        Filter::UrlRewrite { rewrite } => F::UrlRewrite(v1::UrlRewrite {
+            hostname: rewrite.hostname.clone().unwrap_or_default(),
+            path: rewrite.path.as_ref().map(path),
+        }),
+        Filter::RequestRedirect { redirect } => F::RequestRedirect(v1::RequestRedirect {
+            scheme: redirect.scheme.clone().unwrap_or_default(),
+            hostname: redirect.hostname.clone().unwrap_or_default(),
+            path: redirect.path.as_ref().map(path),
+            port: redirect.port.map_or(0, u32::from),
+            status_code: redirect.status_code.into(),
+        }),
+    };
+    v1::RouteFilter {
+        filter: Some(filter),
     }
 }
 
@@ -211,28 +297,168 @@ fn route_from_wire(r: &v1::Route, at: &str) -> Result<RoutePolicy, InvalidMessag
     if r.name.is_empty() {
         return Err(invalid(&field("name"), "missing"));
     }
-    let path = match (r.path_exact.is_empty(), r.path_prefix.is_empty()) {
-        (false, true) => PathMatch::Exact(r.path_exact.clone()),
-        (true, false) => PathMatch::Prefix(r.path_prefix.clone()),
-        _ => {
-            return Err(invalid(
-                &field("path_exact"),
-                "exactly one of path_exact and path_prefix must be set",
-            ));
-        }
+    let matches = if r.matches.is_empty() {
+        legacy_match_from_wire(r, at)?
+    } else {
+        r.matches
+            .iter()
+            .enumerate()
+            .map(|(i, m)| match_from_wire(m, &format!("{at}.matches[{i}]")))
+            .collect::<Result<_, _>>()?
     };
+    let filters = r
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| filter_from_wire(f, &format!("{at}.filters[{i}]")))
+        .collect::<Result<_, _>>()?;
+    let backend_refs = r
+        .backend_refs
+        .iter()
+        .map(|b| BackendRef {
+            service: b.service.clone(),
+            version: Some(b.version.clone()).filter(|v| !v.is_empty()),
+            weight: b.weight,
+        })
+        .collect();
     let retries = r
         .retries
         .as_ref()
         .ok_or_else(|| invalid(&field("retries"), "missing"))?;
     Ok(RoutePolicy {
         name: r.name.clone(),
-        matches: RouteMatch {
-            methods: r.methods.clone(),
-            path,
-        },
+        matches,
+        filters,
+        backend_refs,
         timeout: from_optional_ms(r.timeout_ms),
         retries: retries_from_wire(retries, &field("retries"))?,
+    })
+}
+
+fn legacy_match_from_wire(r: &v1::Route, at: &str) -> Result<Vec<RouteMatch>, InvalidMessage> {
+    let path = match (r.path_exact.is_empty(), r.path_prefix.is_empty()) {
+        (false, true) => PathMatch::Exact(r.path_exact.clone()),
+        (true, false) => PathMatch::PathPrefix(r.path_prefix.clone()),
+        _ => {
+            return Err(invalid(
+                &format!("{at}.matches"),
+                "no matches, and not exactly one of path_exact and path_prefix",
+            ));
+        }
+    };
+    let one = |method: Option<String>| RouteMatch {
+        path: path.clone(),
+        method,
+        ..RouteMatch::any()
+    };
+    Ok(if r.methods.is_empty() {
+        vec![one(None)]
+    } else {
+        r.methods.iter().map(|m| one(Some(m.clone()))).collect()
+    })
+}
+
+fn pattern(source: &str, at: &str) -> Result<Pattern, InvalidMessage> {
+    Pattern::new(source).map_err(|e| invalid(at, e))
+}
+
+fn match_from_wire(m: &v1::RouteMatch, at: &str) -> Result<RouteMatch, InvalidMessage> {
+    let path = match v1::PathMatchType::try_from(m.path_type) {
+        Ok(v1::PathMatchType::Exact) => PathMatch::Exact(m.path.clone()),
+        Ok(v1::PathMatchType::Prefix) => PathMatch::PathPrefix(m.path.clone()),
+        Ok(v1::PathMatchType::RegularExpression) => {
+            PathMatch::RegularExpression(pattern(&m.path, &format!("{at}.path"))?)
+        }
+        Err(_) => {
+            return Err(invalid(
+                &format!("{at}.path_type"),
+                format!("unknown value {}", m.path_type),
+            ));
+        }
+    };
+    let values = |list: &[v1::ValueMatch], field: &str| {
+        list.iter()
+            .map(|v| {
+                let value = if v.regular_expression {
+                    Value::RegularExpression(pattern(&v.value, &format!("{at}.{field}"))?)
+                } else {
+                    Value::Exact(v.value.clone())
+                };
+                Ok(ValueMatch {
+                    name: v.name.clone(),
+                    value,
+                })
+            })
+            .collect::<Result<Vec<_>, InvalidMessage>>()
+    };
+    Ok(RouteMatch {
+        path,
+        method: Some(m.method.clone()).filter(|m| !m.is_empty()),
+        headers: values(&m.headers, "headers")?,
+        query_params: values(&m.query_params, "query_params")?,
+    })
+}
+
+fn filter_from_wire(f: &v1::RouteFilter, at: &str) -> Result<Filter, InvalidMessage> {
+    use v1::route_filter::Filter as F;
+    let headers = |m: &v1::HeaderModifier| {
+        let list = |l: &[v1::Header]| {
+            l.iter()
+                .map(|h| Header {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect()
+        };
+        HeaderModifier {
+            set: list(&m.set),
+            add: list(&m.add),
+            remove: m.remove.clone(),
+        }
+    };
+    let path = |p: &v1::PathModifier| {
+        if p.replace_prefix {
+            PathModifier::ReplacePrefixMatch {
+                prefix: p.value.clone(),
+            }
+        } else {
+            PathModifier::ReplaceFullPath {
+                path: p.value.clone(),
+            }
+        }
+    };
+    let text = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+    Ok(match &f.filter {
+        Some(F::RequestHeaderModifier(m)) => Filter::RequestHeaderModifier {
+            modifier: headers(m),
+        },
+        Some(F::ResponseHeaderModifier(m)) => Filter::ResponseHeaderModifier {
+            modifier: headers(m),
+        },
+        Some(F::UrlRewrite(u)) => Filter::UrlRewrite {
+            rewrite: UrlRewrite {
+                hostname: text(&u.hostname),
+                path: u.path.as_ref().map(path),
+            },
+        },
+        Some(F::RequestRedirect(r)) => Filter::RequestRedirect {
+            redirect: Redirect {
+                scheme: text(&r.scheme),
+                hostname: text(&r.hostname),
+                path: r.path.as_ref().map(path),
+                port: u16::try_from(r.port).ok().filter(|p| *p > 0),
+                status_code: u16::try_from(r.status_code)
+                    .ok()
+                    .filter(|c| (300..=399).contains(c))
+                    .ok_or_else(|| {
+                        invalid(
+                            &format!("{at}.status_code"),
+                            format!("{} is not a redirect", r.status_code),
+                        )
+                    })?,
+            },
+        },
+        None => return Err(invalid(at, "no filter set")),
     })
 }
 
@@ -391,22 +617,82 @@ mod tests {
         let mut reads = policy.retries.clone();
         reads.attempts = 4;
         reads.per_try_timeout = Some(Duration::from_millis(150));
+        let get = |method: &str, path: PathMatch| RouteMatch {
+            path,
+            method: Some(method.into()),
+            ..RouteMatch::any()
+        };
         policy.routes = vec![
             RoutePolicy {
                 name: "reads".into(),
-                matches: RouteMatch {
-                    methods: vec!["GET".into(), "HEAD".into()],
-                    path: PathMatch::Prefix("/stock".into()),
-                },
+                matches: vec![
+                    get("GET", PathMatch::PathPrefix("/stock".into())),
+                    RouteMatch {
+                        headers: vec![ValueMatch {
+                            name: "x-tester".into(),
+                            value: Value::RegularExpression(Pattern::new("y.*").unwrap()),
+                        }],
+                        query_params: vec![ValueMatch {
+                            name: "debug".into(),
+                            value: Value::Exact("1".into()),
+                        }],
+                        ..get(
+                            "HEAD",
+                            PathMatch::RegularExpression(Pattern::new("/s/[0-9]+").unwrap()),
+                        )
+                    },
+                ],
+                filters: vec![
+                    Filter::RequestHeaderModifier {
+                        modifier: HeaderModifier {
+                            set: vec![Header {
+                                name: "x-a".into(),
+                                value: "1".into(),
+                            }],
+                            add: vec![],
+                            remove: vec!["x-b".into()],
+                        },
+                    },
+                    Filter::UrlRewrite {
+                        rewrite: UrlRewrite {
+                            hostname: Some("inventory.internal".into()),
+                            path: Some(PathModifier::ReplacePrefixMatch {
+                                prefix: "/v2".into(),
+                            }),
+                        },
+                    },
+                ],
+                backend_refs: vec![
+                    BackendRef {
+                        service: "inventory".into(),
+                        version: Some("v2".into()),
+                        weight: 3,
+                    },
+                    BackendRef {
+                        service: "inventory-next".into(),
+                        version: None,
+                        weight: 1,
+                    },
+                ],
                 timeout: Some(Duration::from_millis(500)),
                 retries: reads,
             },
             RoutePolicy {
                 name: "export".into(),
-                matches: RouteMatch {
-                    methods: vec![],
+                matches: vec![RouteMatch {
                     path: PathMatch::Exact("/export".into()),
-                },
+                    ..RouteMatch::any()
+                }],
+                filters: vec![Filter::RequestRedirect {
+                    redirect: Redirect {
+                        scheme: Some("https".into()),
+                        hostname: None,
+                        path: Some(PathModifier::ReplaceFullPath { path: "/x".into() }),
+                        port: Some(8443),
+                        status_code: 301,
+                    },
+                }],
+                backend_refs: vec![],
                 timeout: None,
                 retries: policy.retries.clone(),
             },
@@ -414,11 +700,22 @@ mod tests {
         let wire = v1::Policy::from(&policy);
         assert_eq!(DestinationPolicy::try_from(&wire).unwrap(), policy);
 
-        let mut bad = wire.clone();
-        bad.routes[1].path_prefix = "/also".into();
+        // A route in the earlier form, from an older control plane.
+        let mut old = wire.clone();
+        old.routes[1].matches.clear();
+        old.routes[1].path_exact = "/export".into();
+        old.routes[1].methods = vec!["GET".into(), "HEAD".into()];
+        let read = DestinationPolicy::try_from(&old).unwrap();
+        let methods: Vec<_> = read.routes[1]
+            .matches
+            .iter()
+            .map(|m| m.method.clone())
+            .collect();
+        assert_eq!(methods, [Some("GET".into()), Some("HEAD".into())]);
+        old.routes[1].path_prefix = "/also".into();
         assert_eq!(
-            DestinationPolicy::try_from(&bad).unwrap_err().field,
-            "policy.routes[1].path_exact"
+            DestinationPolicy::try_from(&old).unwrap_err().field,
+            "policy.routes[1].matches"
         );
         let mut bad = wire;
         if let Some(r) = bad.routes[0].retries.as_mut() {

@@ -402,6 +402,7 @@ fn validate(
             services.insert(config.name.clone(), config);
         }
     }
+    check_backend_refs(&services, out);
     // Every caller of a TCP service listens at its address, so two must not share one.
     let mut listens: BTreeMap<std::net::SocketAddr, &ServiceConfig> = BTreeMap::new();
     for service in services.values() {
@@ -424,6 +425,48 @@ fn validate(
         registry,
         default_authorization,
         services,
+    }
+}
+
+/// A route's `backendRefs` name declared HTTP services, and versions those services split
+/// into.
+fn check_backend_refs(services: &BTreeMap<String, ServiceConfig>, out: &mut Vec<FileError>) {
+    for service in services.values() {
+        for (i, route) in service.policy.routes.iter().enumerate() {
+            for (j, backend) in route.backend_refs.iter().enumerate() {
+                let at = format!("routes[{i}].backendRefs[{j}]");
+                let Some(target) = services.get(&backend.service) else {
+                    out.push(file_error(
+                        &service.file,
+                        &format!("{at}.name"),
+                        format!("service {:?} is not declared", backend.service),
+                    ));
+                    continue;
+                };
+                if target.tcp.as_ref().is_some_and(|t| !t.detect) {
+                    out.push(file_error(
+                        &service.file,
+                        &format!("{at}.name"),
+                        format!("{:?} is a tcp service: routes send requests", target.name),
+                    ));
+                }
+                let Some(version) = &backend.version else {
+                    continue;
+                };
+                let split = target.traffic_split.as_ref();
+                if !split.is_some_and(|s| s.contains_key(version)) {
+                    out.push(file_error(
+                        &service.file,
+                        &format!("{at}.version"),
+                        format!(
+                            "{version:?} is not in {}'s traffic_split: add it there (weight 0 \
+                             sends it only the requests of routes that name it)",
+                            target.name
+                        ),
+                    ));
+                }
+            }
+        }
     }
 }
 

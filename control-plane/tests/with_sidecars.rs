@@ -820,6 +820,92 @@ async fn a_90_10_traffic_split_is_observed() {
     cp.stop().await.unwrap();
 }
 
+/// GET /whoami from `sidecar` to inventory with `headers`: the echo app's `service`.
+async fn whoami(sidecar: &Sidecar, headers: &[(&str, &str)]) -> String {
+    let mut req = http::Request::get(format!("{}/whoami", sidecar.outbound_url()))
+        .header("host", "inventory");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let rsp = client::http1()
+        .request(req.body(Default::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    client::json(rsp).await["service"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_route_sends_testers_to_v2_within_a_second_of_the_edit() {
+    let split = "name: inventory\ntraffic_split: { v1: 100, v2: 0 }\n";
+    let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", split)]).await;
+    let _v1 = cluster
+        .sidecar(
+            "inventory",
+            app::echo("inventory-v1").await,
+            "version: v1\n",
+        )
+        .await;
+    let _v2 = cluster
+        .sidecar(
+            "inventory",
+            app::echo("inventory-v2").await,
+            "version: v2\n",
+        )
+        .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    eventually("both versions in orders' snapshot", PATIENCE, || async {
+        let backends = snapshot(&orders).await["destinations"]["inventory"]["backends"].clone();
+        let full = backends
+            .as_array()?
+            .iter()
+            .all(|b| b["endpoints"].as_array().is_some_and(|e| e.len() == 1));
+        (full && backends.as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    // v2 has no weight: nobody gets it, testers included.
+    for _ in 0..20 {
+        assert_eq!(
+            whoami(&orders, &[("x-tester", "yes")]).await,
+            "inventory-v1"
+        );
+    }
+
+    cluster.dirs.write_service(
+        "inventory",
+        &format!(
+            "{split}routes:\n\
+             - name: testers\n\
+             \x20 matches: [{{ headers: [{{ name: x-tester, value: 'yes' }}] }}]\n\
+             \x20 backendRefs: [{{ name: inventory, version: v2 }}]\n"
+        ),
+    );
+    let edited = tokio::time::Instant::now();
+    eventually("testers reach v2", PATIENCE, || async {
+        (whoami(&orders, &[("x-tester", "yes")]).await == "inventory-v2").then_some(())
+    })
+    .await;
+    let applied = edited.elapsed();
+    assert!(
+        applied < Duration::from_secs(1),
+        "applied after {applied:?}"
+    );
+    for _ in 0..50 {
+        assert_eq!(
+            whoami(&orders, &[("x-tester", "yes")]).await,
+            "inventory-v2"
+        );
+        assert_eq!(whoami(&orders, &[("x-tester", "no")]).await, "inventory-v1");
+        assert_eq!(whoami(&orders, &[]).await, "inventory-v1");
+    }
+    cp.stop().await.unwrap();
+}
+
 fn spawn_binary(cluster: &Cluster) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
         .arg("--config-dir")

@@ -171,11 +171,12 @@ fn routes_take_the_services_policy_and_replace_what_they_set() {
         panic!("{:?}", policy.routes)
     };
     assert_eq!(reads.name, "reads");
+    assert_eq!(reads.matches.len(), 1);
     assert_eq!(
-        reads.matches.path,
-        mesh_api::route::PathMatch::Prefix("/stock".into())
+        reads.matches[0].path,
+        mesh_api::route::PathMatch::PathPrefix("/stock".into())
     );
-    assert_eq!(reads.matches.methods, ["GET"]);
+    assert_eq!(reads.matches[0].method.as_deref(), Some("GET"));
     assert_eq!(reads.timeout, Some(Duration::from_secs(2)));
     assert_eq!(reads.retries.attempts, 4);
     assert_eq!(
@@ -188,8 +189,8 @@ fn routes_take_the_services_policy_and_replace_what_they_set() {
     assert_eq!(export.retries, policy.retries);
     assert_eq!(checkout.timeout, Some(Duration::from_secs(5)));
     assert_eq!(
-        checkout.matches.path,
-        mesh_api::route::PathMatch::Prefix("/".into())
+        checkout.matches[0].path,
+        mesh_api::route::PathMatch::PathPrefix("/".into())
     );
 }
 
@@ -204,7 +205,7 @@ fn route_errors_name_the_route_and_field_and_inherited_ones_are_reported_once() 
              - { name: Reads, match: { methods: [get], path_prefix: stock } }\n\
              - { name: dup, match: { path: /a, path_prefix: /b }, timeout: soon }\n\
              - { name: dup, match: { path: \"/a?b=1\" }, retries: { budget: { ratio: 1.0 } } }\n\
-             - { name: no-match }\n\
+             - { name: both, match: {}, matches: [] }\n\
              - { name: bad-retries, match: {}, retries: { attempts: 11 } }\n",
         )],
     );
@@ -219,7 +220,7 @@ fn route_errors_name_the_route_and_field_and_inherited_ones_are_reported_once() 
         "services/inventory.yaml: routes[2].name: \"dup\" names two routes",
         "services/inventory.yaml: routes[2].match.path: \"/a?b=1\" contains '?': a path is matched without query or fragment",
         "services/inventory.yaml: routes[2].retries.budget: the retry budget is the destination's",
-        "services/inventory.yaml: routes[3].match: missing",
+        "services/inventory.yaml: routes[3].match: set matches or the earlier match, not both",
         "services/inventory.yaml: routes[4].retries.attempts: must be between 1 and 10",
     ];
     for e in expected {
@@ -321,4 +322,39 @@ fn an_http_service_may_have_a_listener_whose_port_is_optional() {
             .any(|e| e.contains("port") && e.contains("only a destination with listen")),
         "{errors:?}"
     );
+}
+
+#[test]
+fn backend_refs_name_declared_services_and_versions_of_their_split() {
+    let errs = errors(
+        "trust_domain: mesh.local\n",
+        &[
+            (
+                "inventory",
+                "name: inventory\ntraffic_split: { v1: 100, v2: 0 }\n\
+                 routes:\n\
+                 - { name: ok, backendRefs: [{ name: inventory, version: v2 }, { name: next }] }\n\
+                 - { name: bad, backendRefs: [{ name: nowhere }, { name: inventory, version: v3 }, \
+                     { name: next, version: v2 }, { name: cache }] }\n",
+            ),
+            ("next", "name: next\n"),
+            (
+                "cache",
+                "name: cache\nprotocol: tcp\nlisten: 127.0.0.1:6380\nport: 6379\n",
+            ),
+        ],
+    );
+    let expected = [
+        "services/inventory.yaml: routes[1].backendRefs[0].name: service \"nowhere\" is not declared",
+        "services/inventory.yaml: routes[1].backendRefs[1].version: \"v3\" is not in inventory's traffic_split",
+        "services/inventory.yaml: routes[1].backendRefs[2].version: \"v2\" is not in next's traffic_split",
+        "services/inventory.yaml: routes[1].backendRefs[3].name: \"cache\" is a tcp service",
+    ];
+    for e in expected {
+        assert!(
+            errs.iter().any(|err| err.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
 }

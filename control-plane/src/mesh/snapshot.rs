@@ -27,9 +27,22 @@ pub(super) fn snapshot(
     let Some(svc) = config.services.get(service) else {
         return v1::Snapshot::default();
     };
-    let destinations = svc
-        .calls
+    // What it calls, and the services their routes send requests to in their stead.
+    let mut names: Vec<&str> = svc.calls.iter().map(String::as_str).collect();
+    let routed: Vec<&str> = names
         .iter()
+        .filter_map(|name| config.services.get(*name))
+        .flat_map(|dest| &dest.policy.routes)
+        .flat_map(|route| &route.backend_refs)
+        .map(|backend| backend.service.as_str())
+        .collect();
+    for name in routed {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let destinations = names
+        .into_iter()
         .filter_map(|name| config.services.get(name))
         .map(|dest| v1::Destination {
             name: dest.name.clone(),
@@ -188,6 +201,27 @@ mod tests {
         assert_eq!(route.path_prefix, "/stock");
         assert_eq!(route.timeout_ms, 500);
         assert_eq!(route.retries.as_ref().unwrap().attempts, 3);
+    }
+
+    #[test]
+    fn services_a_route_sends_requests_to_are_destinations_of_its_callers() {
+        let config = config(&[
+            ("orders", "name: orders\ncalls: [inventory]\n"),
+            (
+                "inventory",
+                "name: inventory\nroutes: [{ name: next, backendRefs: [{ name: next }] }]\n",
+            ),
+            ("next", "name: next\n"),
+        ]);
+        let orders = snapshot(&config, &trust(), &Registry::default(), "orders");
+        let names: Vec<&str> = orders
+            .destinations
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, ["inventory", "next"]);
+        let route = &orders.destinations[0].policy.as_ref().unwrap().routes[0];
+        assert_eq!(route.backend_refs[0].service, "next");
     }
 
     #[test]

@@ -146,6 +146,32 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         }
     }
 
+    // A route's backends are destinations of this file; versions come from a control plane's
+    // traffic split, which a bootstrap file has none of.
+    for (name, dest) in &destinations {
+        for (i, route) in dest.policy.routes.iter().enumerate() {
+            for (j, backend) in route.backend_refs.iter().enumerate() {
+                let at = format!("destinations.{name}.routes[{i}].backendRefs[{j}]");
+                if !destinations.contains_key(&backend.service) {
+                    errors.push(
+                        format!("{at}.name"),
+                        format!(
+                            "{:?} is not a destination of this sidecar: add it to destinations",
+                            backend.service
+                        ),
+                    );
+                }
+                if backend.version.is_some() {
+                    errors.push(
+                        format!("{at}.version"),
+                        "versions come from the control plane's traffic_split; a bootstrap \
+                         destination has one set of endpoints",
+                    );
+                }
+            }
+        }
+    }
+
     let mut tcp_listens: Vec<(&str, SocketAddr)> = Vec::new();
     for (name, dest) in &destinations {
         let Some(tcp) = &dest.tcp else { continue };

@@ -52,8 +52,11 @@ pub(crate) struct Balance {
 struct Shared {
     destination: Arc<str>,
     slots: Vec<Slot>,
-    /// Weighted ranges of `slots`, one per backend that has endpoints.
+    /// Weighted ranges of `slots`, one per backend that has endpoints (weight 0 included: a
+    /// route may still pin requests to it).
     backends: Vec<(u32, Range<usize>)>,
+    /// The version of each of `backends`.
+    versions: Vec<String>,
     total_weight: u32,
     algorithm: LoadBalancer,
     next: AtomicUsize,
@@ -83,6 +86,8 @@ struct InFlight<'a> {
 
 /// The endpoints of one backend (one version of the destination) and its weight.
 pub(crate) struct Backend {
+    /// Its version (empty without a split).
+    pub(crate) version: String,
     pub(crate) weight: u32,
     pub(crate) endpoints: Vec<(Arc<Endpoint>, EndpointMetrics)>,
 }
@@ -103,6 +108,7 @@ impl Balance {
         Self::split(
             destination,
             vec![Backend {
+                version: String::new(),
                 weight: 1,
                 endpoints,
             }],
@@ -112,8 +118,8 @@ impl Balance {
         )
     }
 
-    /// A balancer over weighted backends. Backends without endpoints or weight get no
-    /// requests.
+    /// A balancer over weighted backends. Backends without endpoints get no requests, nor do
+    /// those without weight unless a route pins a request to them.
     ///
     /// Endpoints it shares with `previous` (the balancer it replaces when the destination
     /// changes) keep what that one learnt of them: latency estimate, failures in a row, and any
@@ -144,6 +150,7 @@ impl Balance {
             .unwrap_or_default();
         let mut slots = Vec::new();
         let mut ranges = Vec::new();
+        let mut versions = Vec::new();
         for backend in backends {
             let start = slots.len();
             slots.extend(backend.endpoints.into_iter().map(|(endpoint, metrics)| {
@@ -165,8 +172,9 @@ impl Balance {
                     },
                 }
             }));
-            if backend.weight > 0 && slots.len() > start {
+            if slots.len() > start {
                 ranges.push((backend.weight, start..slots.len()));
+                versions.push(backend.version);
             }
         }
         outlier.adopt(slots.iter().map(|slot| &slot.health));
@@ -176,6 +184,7 @@ impl Balance {
                 destination,
                 slots,
                 backends: ranges,
+                versions,
                 total_weight,
                 algorithm,
                 next: AtomicUsize::new(0),
@@ -183,6 +192,12 @@ impl Balance {
                 epoch,
             }),
         }
+    }
+
+    /// The index of the backend of `version`, to pin a request to it; `None` when that
+    /// version has no endpoints.
+    pub(crate) fn backend_of(&self, version: &str) -> Option<usize> {
+        self.shared.versions.iter().position(|v| v == version)
     }
 
     /// The endpoints ejected right now.
@@ -310,12 +325,21 @@ impl Shared {
 
     /// The slots of the backend this request goes to: chosen by weight on its first try.
     fn backend(&self, attempts: Option<&Attempts>) -> Option<Range<usize>> {
+        let pinned = attempts.and_then(Attempts::pinned);
         match self.backends.as_slice() {
             [] => None,
-            [(_, only)] => Some(only.clone()),
+            [(weight, only)] => match pinned {
+                Some(0) => Some(only.clone()),
+                Some(_) => None,
+                None => (*weight > 0).then(|| only.clone()),
+            },
             backends => {
+                // Out of range when nothing has weight: no backend.
                 let by_weight = || {
-                    let mut ticket = fastrand::u32(0..self.total_weight.max(1));
+                    if self.total_weight == 0 {
+                        return backends.len();
+                    }
+                    let mut ticket = fastrand::u32(0..self.total_weight);
                     backends
                         .iter()
                         .position(|(weight, _)| {

@@ -3,8 +3,9 @@
 //! The request path, one module per step:
 //! 1. accept, detect HTTP/1.1 or HTTP/2 ([`accept`], over `serve.rs`)
 //! 2. name the destination service from Host / :authority ([`destination`])
-//! 3. look up the destination's stack in the current table, or the stack of the first of its
-//!    routes that matches the request's method and path ([`policy`]); a stack is:
+//! 3. look up the destination's stack in the current table ([`policy`]), or the stack of the
+//!    route the request matches first in the Gateway API's precedence ([`route_match`]); apply
+//!    the route's filters ([`filters`]) and pick one of its `backendRefs`; a stack is:
 //!    - 5a the overall timeout ([`timeout`])
 //!    - 7a concurrency limits that shed excess load ([`shed`])
 //!    - 5b budgeted retries with backoff and a replayable body ([`retry`], [`replay`])
@@ -32,9 +33,11 @@ pub(crate) mod breaker;
 pub(crate) mod connect;
 pub(crate) mod destination;
 pub(crate) mod ewma;
+pub(crate) mod filters;
 pub(crate) mod policy;
 pub(crate) mod replay;
 pub(crate) mod retry;
+pub(crate) mod route_match;
 pub(crate) mod shed;
 pub(crate) mod stack;
 pub(crate) mod tcp_listen;
@@ -67,9 +70,11 @@ use opentelemetry::trace::TraceContextExt;
 
 use self::attempts::Attempts;
 use self::balance::Balance;
-use self::policy::{DestinationService, Destinations};
+use self::filters::Filtered;
+use self::policy::{DestinationService, Destinations, RouteTarget};
 use self::stack::call;
 use self::upgrade::Upgrade;
+use mesh_api::route::{Filter, PathMatch};
 
 /// Label used for requests whose destination is not known, to bound metric cardinality.
 const UNKNOWN: &str = "unknown";
@@ -80,6 +85,10 @@ struct Routed {
     destination: Label,
     /// The destination's named route the request matched, if any.
     route: Option<Label>,
+    /// The route's filters and the path match that took the request, when it has filters.
+    filters: Option<(Arc<[Filter]>, PathMatch)>,
+    /// The backend of the balancer the route's `backendRefs` pinned the request to.
+    pin: Option<usize>,
     /// The route's stack, or the destination's.
     service: DestinationService,
     /// The destination's balancer alone, for upgrades and tunnels.
@@ -185,14 +194,11 @@ impl Outbound {
                 upgrade::forward(peer, upgrade, req, prepare, metrics).await
             }
             (Ok(routed), None) => {
-                self.forward(
-                    routed.service,
-                    routed.authority,
-                    req,
-                    attempts.clone(),
-                    request.b3,
-                )
-                .await
+                if let Some(pin) = routed.pin {
+                    attempts.pin_backend(pin);
+                }
+                self.forward(routed, req, attempts.clone(), request.b3)
+                    .await
             }
             (Err(err), _) => Err(err),
         };
@@ -228,32 +234,74 @@ impl Outbound {
         }
         let route = match upgrade {
             Some(_) => None,
-            None => stack.route(req.method(), req.uri().path()),
+            None => stack.route(req.method(), req.uri(), req.headers()),
         };
-        Ok(Routed {
+        let mut routed = Routed {
             destination: stack.name.clone(),
-            route: route.map(|r| r.name.clone()),
-            service: route.map_or(&stack.service, |r| &r.service).clone(),
+            route: route.map(|(r, _)| r.name.clone()),
+            filters: route
+                .filter(|(r, _)| !r.filters.is_empty())
+                .map(|(r, matched)| (r.filters.clone(), matched.path.clone())),
+            pin: None,
+            service: route.map_or(&stack.service, |(r, _)| &r.service).clone(),
             balance: stack.balance().clone(),
             timeout: stack.timeout(),
             authority,
-        })
+        };
+        match route.map(|(r, _)| r.target()) {
+            None | Some(RouteTarget::Split) => {}
+            Some(RouteTarget::Backend(index)) => routed.pin = Some(*index),
+            Some(RouteTarget::Service { name, version }) => {
+                // Another service's request: its own stack and policy.
+                let other = self
+                    .destinations
+                    .borrow()
+                    .get(name)
+                    .ok_or_else(|| NoRoute {
+                        destination: name.clone(),
+                    })?;
+                routed.pin = version
+                    .as_ref()
+                    .map(|v| other.balance().backend_of(v).unwrap_or(usize::MAX));
+                routed.service = other.service.clone();
+                routed.balance = other.balance().clone();
+            }
+        }
+        Ok(routed)
     }
 
-    /// Steps 5 to 8: through the destination's stack.
+    /// Steps 5 to 8: the route's filters, then through the stack.
     async fn forward(
         &self,
-        service: DestinationService,
-        authority: Authority,
+        routed: Routed,
         req: Request<Incoming>,
         attempts: Arc<Attempts>,
         b3: Option<propagation::B3>,
     ) -> Result<Response<Body>, BoxError> {
-        let mut req = to_peer_request(req, authority)?;
+        let mut authority = routed.authority;
+        let (mut parts, body) = req.into_parts();
+        if let Some((filters, matched)) = &routed.filters {
+            let filtered = filters::request(
+                filters,
+                matched,
+                &mut parts.uri,
+                &mut parts.headers,
+                &mut authority,
+            )?;
+            if let Filtered::Answer(mut rsp) = filtered {
+                filters::response(filters, &mut rsp)?;
+                return Ok(rsp);
+            }
+        }
+        let mut req = to_peer_request(Request::from_parts(parts, body), authority)?;
         // The next hop's parent is this sidecar's CLIENT span.
         propagation::inject(attempts.context(), b3, req.headers_mut());
         req.extensions_mut().insert(attempts);
-        call(service, req).await
+        let mut rsp = call(routed.service, req).await?;
+        if let Some((filters, _)) = &routed.filters {
+            filters::response(filters, &mut rsp)?;
+        }
+        Ok(rsp)
     }
 }
 

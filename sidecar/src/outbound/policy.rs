@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
-use mesh_api::route::RouteMatch;
+use http::{HeaderMap, Method, Uri};
+use mesh_api::route::{BackendRef, Filter};
 use tower::ServiceBuilder;
 
 use crate::config::{Config, Destination, DestinationPolicy, TcpDestination};
@@ -29,6 +29,7 @@ use super::balance::{Backend, Balance};
 use super::breaker::Outlier;
 use super::connect::Endpoint;
 use super::retry::{Retry, RetryLayer};
+use super::route_match::{Matched, RouteTable};
 use super::shed::{Shed, ShedLayer};
 use super::timeout::{self, Timeout, TimeoutLayer};
 
@@ -89,8 +90,9 @@ pub(crate) struct DestinationStack {
     pub(crate) name: Label,
     /// For requests that match none of `routes`.
     pub(crate) service: DestinationService,
-    /// In policy order: the first that matches a request takes it.
+    /// In the order written; `table` finds the one a request takes.
     routes: Box<[RouteStack]>,
+    table: RouteTable,
     spec: DestinationSpec,
     balance: Balance,
 }
@@ -100,8 +102,66 @@ pub(crate) struct DestinationStack {
 pub(crate) struct RouteStack {
     /// The route's name, its metric label.
     pub(crate) name: Label,
-    matches: RouteMatch,
     pub(crate) service: DestinationService,
+    /// Its filters, in order; shared with the requests that take it.
+    pub(crate) filters: Arc<[Filter]>,
+    /// Its `backendRefs`, resolved where they can be; empty: the destination's own split.
+    backends: Box<[(RouteTarget, u32)]>,
+    total_weight: u32,
+}
+
+/// Where a route sends a request.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RouteTarget {
+    /// Through the route's stack, to the destination split as it splits itself.
+    Split,
+    /// Through the route's stack, to this backend of the destination's balancer (out of range
+    /// when the version has no endpoints, which fails the request as having none).
+    Backend(usize),
+    /// To another destination, through that destination's own stack.
+    Service {
+        name: String,
+        version: Option<String>,
+    },
+}
+
+// === impl RouteStack ===
+
+impl RouteStack {
+    /// Where this request goes: one of the route's backends by weight.
+    pub(crate) fn target(&self) -> &RouteTarget {
+        match &*self.backends {
+            [] => &RouteTarget::Split,
+            [(only, _)] => only,
+            backends => {
+                let mut ticket = fastrand::u32(0..self.total_weight.max(1));
+                backends
+                    .iter()
+                    .find(|(_, weight)| {
+                        let hit = ticket < *weight;
+                        ticket = ticket.saturating_sub(*weight);
+                        hit
+                    })
+                    .map_or(&RouteTarget::Split, |(target, _)| target)
+            }
+        }
+    }
+}
+
+impl RouteTarget {
+    /// `backend` of a route of the destination `own`, whose balancer is `balance`.
+    fn of(backend: &BackendRef, own: &str, balance: &Balance) -> Self {
+        match (&backend.version, backend.service == own) {
+            (None, true) => Self::Split,
+            (Some(version), true) => {
+                Self::Backend(balance.backend_of(version).unwrap_or(usize::MAX))
+            }
+            (version, false) => Self::Service {
+                name: backend.service.clone(),
+                version: version.clone(),
+            },
+        }
+    }
 }
 
 /// What stacks are built with.
@@ -207,11 +267,15 @@ impl DestinationStack {
         &self.balance
     }
 
-    /// The route a request with this method and path takes, if any matches.
-    pub(crate) fn route(&self, method: &Method, path: &str) -> Option<&RouteStack> {
-        self.routes
-            .iter()
-            .find(|route| route.matches.matches(method.as_str(), path))
+    /// The route a request takes, if any matches, and the match that took it.
+    pub(crate) fn route(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<(&RouteStack, Matched<'_>)> {
+        let matched = self.table.find(method, uri, headers)?;
+        Some((self.routes.get(matched.route)?, matched))
     }
 
     /// The stack of one destination, layers in request order. Endpoints of `previous` that
@@ -239,6 +303,7 @@ impl DestinationStack {
             .backends
             .iter()
             .map(|backend| Backend {
+                version: backend.version.clone(),
                 weight: backend.weight,
                 endpoints: backend
                     .endpoints
@@ -303,21 +368,32 @@ impl DestinationStack {
         let routes = policy
             .routes
             .iter()
-            .map(|route| RouteStack {
-                name: route.name.as_str().into(),
-                matches: route.matches.clone(),
-                service: stack(
-                    route.timeout,
-                    retry.for_route(route.retries.clone()),
-                    route.retries.per_try_timeout,
-                ),
+            .map(|route| {
+                let backends: Box<[(RouteTarget, u32)]> = route
+                    .backend_refs
+                    .iter()
+                    .map(|b| (RouteTarget::of(b, name, &balance), b.weight))
+                    .collect();
+                RouteStack {
+                    name: route.name.as_str().into(),
+                    service: stack(
+                        route.timeout,
+                        retry.for_route(route.retries.clone()),
+                        route.retries.per_try_timeout,
+                    ),
+                    filters: route.filters.clone().into(),
+                    total_weight: backends.iter().map(|(_, w)| *w).sum(),
+                    backends,
+                }
             })
             .collect();
+        let table = RouteTable::new(&policy.routes);
         let service = stack(policy.timeout, retry, policy.retries.per_try_timeout);
         Ok(Self {
             name: name.into(),
             service,
             routes,
+            table,
             spec,
             balance,
         })
