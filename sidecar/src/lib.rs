@@ -15,6 +15,8 @@
 //!    1  serve.rs, outbound/accept    accept; HTTP/1.1 or HTTP/2 detected (detect.rs)
 //!    2  outbound/destination         Host / :authority -> service name
 //!    3  outbound/policy              the destination's stack, or its matching route's
+//!       outbound/route_match         which route: Gateway API precedence over its matches
+//!       outbound/filters             the route's filters; a backendRef by weight
 //!    4  outbound/balance             traffic split: a backend (version) by weight
 //!   5a  outbound/timeout             the whole request -> 504
 //!   7a  outbound/shed                max_requests in flight, max_pending waiting -> 503

@@ -358,3 +358,54 @@ fn backend_refs_name_declared_services_and_versions_of_their_split() {
     }
     assert_eq!(errs.len(), expected.len(), "{errs:#?}");
 }
+
+/// The YAML block that follows `marker` in `doc`.
+fn doc_block<'a>(doc: &'a str, marker: &str) -> &'a str {
+    let at = doc
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in the docs"));
+    let section = &doc[at..];
+    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+    &section[start..start + section[start..].find("```").unwrap()]
+}
+
+/// The routes the docs tell operators to write are valid service files.
+#[test]
+fn the_documented_routes_are_valid() {
+    let resilience = include_str!("../../../docs/resilience.md");
+    let control_plane = include_str!("../../../docs/control-plane.md");
+    let split = "traffic_split: { v1: 100, v2: 0 }\n";
+    let reference: String = doc_block(resilience, "**Routes.**")
+        .lines()
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    for (what, body) in [
+        ("the reference", format!("{split}{reference}")),
+        (
+            "the run-pair routes",
+            doc_block(
+                resilience,
+                "these routes to `config/mesh/services/inventory.yaml`",
+            )
+            .into(),
+        ),
+        (
+            "the testers route",
+            doc_block(
+                control_plane,
+                "give `config/mesh/services/inventory.yaml` a split",
+            )
+            .into(),
+        ),
+    ] {
+        let config = parse(&files(
+            "trust_domain: mesh.local\n",
+            &[("inventory", &format!("name: inventory\n{body}"))],
+        ))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            !config.services["inventory"].policy.routes.is_empty(),
+            "{what}"
+        );
+    }
+}
