@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::authorization::{AuthorizationPolicy, Decision, Principal};
+use crate::authorization::{AuthorizationPolicy, AuthorizationRule, Decision, Principal};
 use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
 use crate::retry::{Backoff, Budget, RetryOn, RetryPolicy};
 use crate::route::{BackendRef, MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
@@ -537,15 +537,39 @@ fn principal_text(p: &Principal) -> String {
     }
 }
 
+fn decision_to_wire(d: Decision) -> i32 {
+    let wire = match d {
+        Decision::Allow => v1::Decision::Allow,
+        Decision::Deny => v1::Decision::Deny,
+    };
+    wire as i32
+}
+
+fn decision_from_wire(d: i32, at: &str) -> Result<Decision, InvalidMessage> {
+    match v1::Decision::try_from(d) {
+        Ok(v1::Decision::Allow) => Ok(Decision::Allow),
+        Ok(v1::Decision::Deny) => Ok(Decision::Deny),
+        Err(_) => Err(invalid(at, format!("unknown value {d}"))),
+    }
+}
+
 impl From<&AuthorizationPolicy> for v1::Authorization {
     fn from(a: &AuthorizationPolicy) -> Self {
         Self {
-            default: match a.default {
-                Decision::Allow => v1::Decision::Allow,
-                Decision::Deny => v1::Decision::Deny,
-            } as i32,
+            default: decision_to_wire(a.default),
             allow: a.allow.iter().map(principal_text).collect(),
             deny: a.deny.iter().map(principal_text).collect(),
+            rules: a
+                .rules
+                .iter()
+                .map(|r| v1::AuthorizationRule {
+                    name: r.name.clone(),
+                    matches: r.matches.iter().map(match_to_wire).collect(),
+                    default: decision_to_wire(r.default),
+                    allow: r.allow.iter().map(principal_text).collect(),
+                    deny: r.deny.iter().map(principal_text).collect(),
+                })
+                .collect(),
         }
     }
 }
@@ -569,23 +593,50 @@ impl TryFrom<&v1::Authorization> for AuthorizationPolicy {
         };
         let allow = principals(&a.allow, "allow");
         let deny = principals(&a.deny, "deny");
+        let rule_principals: Vec<(Vec<Principal>, Vec<Principal>)> = a
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    principals(&r.allow, &format!("rules[{i}].allow")),
+                    principals(&r.deny, &format!("rules[{i}].deny")),
+                )
+            })
+            .collect();
         if let Some(e) = errors.into_vec().into_iter().next() {
             return Err(invalid(&e.path, e.message));
         }
-        let default = match v1::Decision::try_from(a.default) {
-            Ok(v1::Decision::Allow) => Decision::Allow,
-            Ok(v1::Decision::Deny) => Decision::Deny,
-            Err(_) => {
-                return Err(invalid(
-                    "authorization.default",
-                    format!("unknown value {}", a.default),
-                ));
-            }
-        };
+        let default = decision_from_wire(a.default, "authorization.default")?;
+        let rules = a
+            .rules
+            .iter()
+            .zip(rule_principals)
+            .enumerate()
+            .map(|(i, (r, (allow, deny)))| {
+                let at = format!("authorization.rules[{i}]");
+                if r.name.is_empty() {
+                    return Err(invalid(&format!("{at}.name"), "missing"));
+                }
+                Ok(AuthorizationRule {
+                    name: r.name.clone(),
+                    matches: r
+                        .matches
+                        .iter()
+                        .enumerate()
+                        .map(|(j, m)| match_from_wire(m, &format!("{at}.matches[{j}]")))
+                        .collect::<Result<_, _>>()?,
+                    default: decision_from_wire(r.default, &format!("{at}.default"))?,
+                    allow,
+                    deny,
+                })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             default,
             allow,
             deny,
+            rules,
         })
     }
 }
@@ -751,6 +802,17 @@ mod tests {
                 Principal::Id("spiffe://mesh.local/ns/ops/sa/admin".parse().unwrap()),
             ],
             deny: vec![Principal::Service("storefront".into())],
+            rules: vec![AuthorizationRule {
+                name: "product-writes".into(),
+                matches: vec![RouteMatch {
+                    method: Some("POST".into()),
+                    path: PathMatch::PathPrefix("/products".into()),
+                    ..RouteMatch::any()
+                }],
+                default: Decision::Deny,
+                allow: vec![Principal::Service("orders".into())],
+                deny: vec![],
+            }],
         };
         let wire = v1::Authorization::from(&policy);
         assert_eq!(AuthorizationPolicy::try_from(&wire).unwrap(), policy);

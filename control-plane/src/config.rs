@@ -537,18 +537,13 @@ fn validate_service(
     }
 
     let authorization_file = file.authorization.unwrap_or_default();
-    for (list, entries) in [
-        ("allow", &authorization_file.allow),
-        ("deny", &authorization_file.deny),
-    ] {
-        for (i, entry) in entries.iter().enumerate() {
-            let is_label = spiffe::check_label(entry).is_ok();
-            if !entry.starts_with("spiffe://") && is_label && !declared.contains_key(entry) {
-                errors.push(
-                    format!("authorization.{list}[{i}]"),
-                    format!("service {entry:?} is not declared"),
-                );
-            }
+    for (at, entry) in authorization_file.principals() {
+        let is_label = spiffe::check_label(entry).is_ok();
+        if !entry.starts_with("spiffe://") && is_label && !declared.contains_key(entry) {
+            errors.push(
+                format!("authorization.{at}"),
+                format!("service {entry:?} is not declared"),
+            );
         }
     }
     let authorization = authorization::validate(

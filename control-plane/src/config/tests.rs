@@ -409,3 +409,26 @@ fn the_documented_routes_are_valid() {
         );
     }
 }
+
+#[test]
+fn authorization_rules_name_declared_services() {
+    let errs = errors(
+        "trust_domain: mesh.local\n",
+        &[
+            (
+                "inventory",
+                "name: inventory\nauthorization:\n  rules:\n\
+                 \x20   - { name: writes, matches: [{ method: POST }], allow: [orders, ordres] }\n\
+                 \x20   - { name: writes, deny: [spiffe://other/ns/x/sa/y] }\n",
+            ),
+            ("orders", "name: orders\n"),
+        ],
+    );
+    assert_eq!(
+        errs,
+        [
+            "services/inventory.yaml: authorization.rules[0].allow[1]: service \"ordres\" is not declared",
+            "services/inventory.yaml: authorization.rules[1].name: \"writes\" names two rules",
+        ]
+    );
+}

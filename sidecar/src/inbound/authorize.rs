@@ -1,10 +1,12 @@
 //! Step 10: is this caller allowed to call this service? The policy and its rules live in
 //! `mesh_api::authorization`, shared with the control plane that validates and pushes it; here
-//! is the check each inbound request passes before it is forwarded.
+//! is the check each inbound request passes before it is forwarded: the caller, and the
+//! method and path of its request for the policy's `rules`.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::{Method, Request};
 
 use super::identify::Caller;
 use crate::metrics::Metrics;
@@ -34,16 +36,28 @@ impl Authorization {
         self.policy.store(Arc::new(policy));
     }
 
-    /// Refuses a caller the policy does not let call `service`; refusals are counted by caller.
-    pub(crate) fn check(
+    /// Refuses a caller the policy does not let make this request to `service`; refusals are
+    /// counted by caller. A CONNECT tunnel (no `:protocol`) has no path: its rules are those
+    /// for CONNECT.
+    pub(crate) fn check<B>(
         &self,
         caller: &Caller,
         service: &str,
+        req: &Request<B>,
         metrics: &Metrics,
     ) -> Result<(), Unauthorized> {
+        let tunnel = req.method() == Method::CONNECT
+            && req.extensions().get::<hyper::ext::Protocol>().is_none();
+        let path = if tunnel { "" } else { req.uri().path() };
         self.policy
             .load()
-            .check(&caller.id, service, &self.trust_domain)
+            .check(
+                &caller.id,
+                service,
+                &self.trust_domain,
+                req.method().as_str(),
+                path,
+            )
             .inspect_err(|_| metrics.authorization_denied(&caller.label))
     }
 }

@@ -116,7 +116,7 @@ impl Inbound {
         let outcome: Result<Response<Body>, BoxError> =
             match self
                 .authorization
-                .check(&caller, self.service.as_str(), &self.metrics)
+                .check(&caller, self.service.as_str(), &req, &self.metrics)
             {
                 Ok(()) if req.method() == Method::CONNECT => {
                     let metrics =
