@@ -9,7 +9,8 @@
 //! - [`route`]: routes within a destination in the shape of Gateway API HTTPRoute rules, with
 //!   their own timeout, retries and backends; [`route_match`] their matches and precedence,
 //!   [`route_filter`] their filters.
-//! - [`authorization`]: who may call a service.
+//! - [`authorization`]: who may call a service, and by method and path.
+//! - [`fault`]: delays and aborts the caller's sidecar injects.
 //! - [`tcp`]: `protocol: tcp` destinations, their local listener and their app's port.
 //! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
 //! - [`tls`]: SPIFFE verification and live certificates and bundles, for both ends.
@@ -25,6 +26,7 @@
 pub mod authorization;
 pub mod certify;
 pub mod channel;
+pub mod fault;
 pub mod policy;
 pub mod proto;
 pub mod retry;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::authorization::{AuthorizationPolicy, AuthorizationRule, Decision, Principal};
+use crate::fault::{Abort, AbortStatus, Delay, FaultPolicy};
 use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
 use crate::retry::{Backoff, Budget, RetryOn, RetryPolicy};
 use crate::route::{BackendRef, MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
@@ -104,8 +105,76 @@ impl From<&DestinationPolicy> for v1::Policy {
                 LoadBalancer::RoundRobin => v1::LoadBalancer::RoundRobin,
             } as i32,
             routes: p.routes.iter().map(route_to_wire).collect(),
+            fault: fault_to_wire(&p.fault),
         }
     }
+}
+
+fn fault_to_wire(f: &FaultPolicy) -> Option<v1::Fault> {
+    use v1::fault_abort::Status;
+    (!f.is_empty()).then(|| v1::Fault {
+        delay: f.delay.as_ref().map(|d| v1::FaultDelay {
+            fixed_delay_ms: ms(d.fixed_delay),
+            percentage: d.percentage,
+        }),
+        abort: f.abort.as_ref().map(|a| v1::FaultAbort {
+            status: Some(match a.status {
+                AbortStatus::Http(code) => Status::HttpStatus(code.into()),
+                AbortStatus::Grpc(code) => Status::GrpcStatus(code.into()),
+            }),
+            percentage: a.percentage,
+        }),
+    })
+}
+
+fn fault_from_wire(f: Option<&v1::Fault>, at: &str) -> Result<FaultPolicy, InvalidMessage> {
+    use v1::fault_abort::Status;
+    let Some(f) = f else {
+        return Ok(FaultPolicy::default());
+    };
+    let percentage = |p: f64, field: &str| {
+        if (0.0..=100.0).contains(&p) {
+            Ok(p)
+        } else {
+            Err(invalid(
+                &format!("{at}.{field}"),
+                format!("{p} is not a percentage"),
+            ))
+        }
+    };
+    let delay = f
+        .delay
+        .as_ref()
+        .map(|d| {
+            Ok::<_, InvalidMessage>(Delay {
+                fixed_delay: Duration::from_millis(d.fixed_delay_ms),
+                percentage: percentage(d.percentage, "delay.percentage")?,
+            })
+        })
+        .transpose()?;
+    let abort = f
+        .abort
+        .as_ref()
+        .map(|a| {
+            let status = match a.status {
+                Some(Status::HttpStatus(code)) => u16::try_from(code)
+                    .ok()
+                    .filter(|c| (200..=599).contains(c))
+                    .map(AbortStatus::Http),
+                Some(Status::GrpcStatus(code)) => u8::try_from(code)
+                    .ok()
+                    .filter(|c| (1..=16).contains(c))
+                    .map(AbortStatus::Grpc),
+                None => None,
+            }
+            .ok_or_else(|| invalid(&format!("{at}.abort.status"), "missing or out of range"))?;
+            Ok::<_, InvalidMessage>(Abort {
+                status,
+                percentage: percentage(a.percentage, "abort.percentage")?,
+            })
+        })
+        .transpose()?;
+    Ok(FaultPolicy { delay, abort })
 }
 
 fn retries_to_wire(r: &RetryPolicy) -> v1::Retries {
@@ -139,6 +208,7 @@ fn route_to_wire(r: &RoutePolicy) -> v1::Route {
         name: r.name.clone(),
         timeout_ms: optional_ms(r.timeout),
         retries: Some(retries_to_wire(&r.retries)),
+        fault: fault_to_wire(&r.fault),
         matches: r.matches.iter().map(match_to_wire).collect(),
         filters: r.filters.iter().map(filter_to_wire).collect(),
         backend_refs: r
@@ -288,6 +358,7 @@ impl TryFrom<&v1::Policy> for DestinationPolicy {
                 }
             },
             routes,
+            fault: fault_from_wire(p.fault.as_ref(), "policy.fault")?,
         })
     }
 }
@@ -332,6 +403,7 @@ fn route_from_wire(r: &v1::Route, at: &str) -> Result<RoutePolicy, InvalidMessag
         backend_refs,
         timeout: from_optional_ms(r.timeout_ms),
         retries: retries_from_wire(retries, &field("retries"))?,
+        fault: fault_from_wire(r.fault.as_ref(), &field("fault"))?,
     })
 }
 
@@ -727,6 +799,16 @@ mod tests {
                 ],
                 timeout: Some(Duration::from_millis(500)),
                 retries: reads,
+                fault: FaultPolicy {
+                    delay: Some(Delay {
+                        fixed_delay: Duration::from_millis(200),
+                        percentage: 50.0,
+                    }),
+                    abort: Some(Abort {
+                        status: AbortStatus::Grpc(14),
+                        percentage: 1.5,
+                    }),
+                },
             },
             RoutePolicy {
                 name: "export".into(),
@@ -746,6 +828,13 @@ mod tests {
                 backend_refs: vec![],
                 timeout: None,
                 retries: policy.retries.clone(),
+                fault: FaultPolicy {
+                    delay: None,
+                    abort: Some(Abort {
+                        status: AbortStatus::Http(503),
+                        percentage: 100.0,
+                    }),
+                },
             },
         ];
         let wire = v1::Policy::from(&policy);

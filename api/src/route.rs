@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{self, FaultFile, FaultPolicy};
 use crate::retry::{self, RetriesFile, RetryPolicy};
 pub use crate::route_filter::Filter;
 use crate::route_filter::FilterFile;
@@ -71,6 +72,9 @@ pub struct RoutePolicy {
     /// Its retries: the destination's, with the fields the route sets replaced. The budget is
     /// always the destination's.
     pub retries: RetryPolicy,
+    /// Faults injected into its requests: its own, or else the destination's.
+    #[serde(skip_serializing_if = "FaultPolicy::is_empty")]
+    pub fault: FaultPolicy,
 }
 
 /// A backend of a route: a service, or one version of it, and its share of requests.
@@ -102,6 +106,7 @@ pub struct RouteFile {
     backend_refs: Option<Vec<BackendRefFile>>,
     timeout: Option<String>,
     retries: Option<RetriesFile>,
+    fault: Option<FaultFile>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -141,6 +146,7 @@ pub(crate) fn validate(
     path: &str,
     timeout: Option<Duration>,
     retries: &RetriesFile,
+    fault: &FaultPolicy,
     errors: &mut Errors,
 ) -> Vec<RoutePolicy> {
     if files.len() > MAX_ROUTES {
@@ -226,6 +232,10 @@ pub(crate) fn validate(
                 errors.push(e.path, e.message);
             }
         }
+        let fault = match file.fault {
+            Some(own) => fault::validate(own, &at("fault"), errors),
+            None => fault.clone(),
+        };
         routes.push(RoutePolicy {
             name,
             matches,
@@ -233,6 +243,7 @@ pub(crate) fn validate(
             backend_refs,
             timeout,
             retries,
+            fault,
         });
     }
     routes
@@ -336,6 +347,7 @@ mod tests {
             "routes",
             None,
             &RetriesFile::default(),
+            &FaultPolicy::default(),
             &mut errors,
         );
         let errors = errors

@@ -179,6 +179,8 @@ struct ServiceFile {
     #[serde(default)]
     routes: Option<Vec<RouteFile>>,
     #[serde(default)]
+    fault: Option<mesh_api::fault::FaultFile>,
+    #[serde(default)]
     protocol: Option<String>,
     #[serde(default)]
     listen: Option<String>,
@@ -365,6 +367,12 @@ fn validate(
     );
     // The defaults are checked once, here; a service inherits only fields it does not set.
     policy::validate(mesh.defaults.clone(), "defaults", &mut errors);
+    if mesh.defaults.fault.is_some() {
+        errors.push(
+            "defaults.fault",
+            "faults are an experiment on one service: put them in that service's file",
+        );
+    }
     if mesh.defaults.routes.is_some() {
         errors.push(
             "defaults.routes",
@@ -487,6 +495,7 @@ fn validate_service(
             routes: file.routes.is_some(),
             retries: file.retries.is_some(),
             timeout: file.timeout.is_some(),
+            fault: file.fault.is_some(),
         },
         "",
         errors,
@@ -509,6 +518,7 @@ fn validate_service(
         ("circuit_breaker", file.circuit_breaker.is_some()),
         ("load_balancer", file.load_balancer.is_some()),
         ("routes", file.routes.is_some()),
+        ("fault", file.fault.is_some()),
     ]
     .into_iter()
     .filter_map(|(field, set)| set.then_some(field))
@@ -524,6 +534,8 @@ fn validate_service(
             .or_else(|| defaults.load_balancer.clone()),
         // A route names paths of one service; there are no mesh-wide routes.
         routes: file.routes,
+        // Faults are an experiment on one service, never a mesh-wide default.
+        fault: file.fault,
     };
     let mut policy_errors = Errors::default();
     let policy = policy::validate(merged, "", &mut policy_errors);

@@ -151,6 +151,7 @@ fn routing(c: &mut Criterion) {
             backend_refs: Vec::new(),
             timeout: None,
             retries: retries.clone(),
+            fault: Default::default(),
         };
     let get = |path: PathMatch| RouteMatch {
         path,

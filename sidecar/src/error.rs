@@ -197,6 +197,24 @@ pub struct AppConnectFailed {
     pub source: io::Error,
 }
 
+/// A request answered by an injected fault instead of being sent.
+#[derive(Debug, thiserror::Error)]
+#[error("fault injected by the mesh: {}", describe_abort(*.status))]
+pub struct FaultAborted {
+    /// What it is answered with.
+    pub status: mesh_api::fault::AbortStatus,
+}
+
+fn describe_abort(status: mesh_api::fault::AbortStatus) -> String {
+    match status {
+        mesh_api::fault::AbortStatus::Http(code) => format!("abort with {code}"),
+        mesh_api::fault::AbortStatus::Grpc(code) => format!(
+            "abort with gRPC status {code} ({})",
+            mesh_api::fault::grpc_name(code)
+        ),
+    }
+}
+
 /// Machine-readable reason of a response the mesh made itself, sent in `x-mesh-error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -240,6 +258,8 @@ pub enum Reason {
     AppUnavailable,
     /// The local app failed mid-request.
     AppError,
+    /// A fault injected by the route's or destination's `fault` policy.
+    FaultInjected,
     /// Something else inside the proxy.
     Internal,
 }
@@ -270,6 +290,7 @@ impl Reason {
             Reason::UpstreamReset => "upstream-reset",
             Reason::AppUnavailable => "app-unavailable",
             Reason::AppError => "app-error",
+            Reason::FaultInjected => "fault-injected",
             Reason::Internal => "internal",
         }
     }
@@ -287,6 +308,8 @@ impl Reason {
             | Reason::ConnectRefused
             | Reason::ConnectTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            // The fault's own status replaces it (`rescue`).
+            Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -306,6 +329,9 @@ impl Reason {
 
 /// Classifies an error by its cause chain.
 pub fn reason(err: &(dyn Error + 'static)) -> Reason {
+    if find_cause::<FaultAborted>(err).is_some() {
+        return Reason::FaultInjected;
+    }
     if find_cause::<NoAuthority>(err).is_some() {
         return Reason::NoAuthority;
     }
@@ -402,7 +428,27 @@ pub(crate) fn is_tls_alert(err: &io::Error) -> bool {
 /// Builds the response for an error: status, `x-mesh-error`, and a one-line text body.
 pub fn rescue(err: &(dyn Error + 'static)) -> (Reason, Response<Body>) {
     let reason = reason(err);
-    (reason, synthetic(reason, err.to_string()))
+    let mut rsp = synthetic(reason, err.to_string());
+    if let Some(fault) = find_cause::<FaultAborted>(err) {
+        match fault.status {
+            mesh_api::fault::AbortStatus::Http(code) => {
+                *rsp.status_mut() = StatusCode::from_u16(code).unwrap_or(reason.status());
+            }
+            // A trailers-only gRPC answer: 200, the status in the headers, no body.
+            mesh_api::fault::AbortStatus::Grpc(code) => {
+                *rsp.status_mut() = StatusCode::OK;
+                *rsp.body_mut() = crate::body::empty();
+                let headers = rsp.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+                headers.insert(
+                    "grpc-message",
+                    HeaderValue::from_static("fault%20injected%20by%20the%20mesh"),
+                );
+            }
+        }
+    }
+    (reason, rsp)
 }
 
 /// A fixed body.

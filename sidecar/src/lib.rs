@@ -17,6 +17,7 @@
 //!    3  outbound/policy              the destination's stack, or its matching route's
 //!       outbound/route_match         which route: Gateway API precedence over its matches
 //!       outbound/filters             the route's filters; a backendRef by weight
+//!       outbound/fault               the route's injected delay or abort
 //!    4  outbound/balance             traffic split: a backend (version) by weight
 //!   5a  outbound/timeout             the whole request -> 504
 //!   7a  outbound/shed                max_requests in flight, max_pending waiting -> 503

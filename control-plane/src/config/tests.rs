@@ -390,6 +390,10 @@ fn the_documented_routes_are_valid() {
             .into(),
         ),
         (
+            "the chaos route",
+            doc_block(resilience, "add to `config/mesh/services/inventory.yaml`:").into(),
+        ),
+        (
             "the testers route",
             doc_block(
                 control_plane,
@@ -431,4 +435,36 @@ fn authorization_rules_name_declared_services() {
             "services/inventory.yaml: authorization.rules[1].name: \"writes\" names two rules",
         ]
     );
+}
+
+#[test]
+fn faults_belong_to_one_http_service() {
+    let errs = errors(
+        "trust_domain: mesh.local\ndefaults:\n  fault: { abort: { httpStatus: 503 } }\n",
+        &[
+            (
+                "inventory",
+                "name: inventory\nfault: { delay: { fixedDelay: soon } }\n\
+                 routes: [{ name: r, fault: { abort: { grpcStatus: NOPE } } }]\n",
+            ),
+            (
+                "cache",
+                "name: cache\nprotocol: tcp\nlisten: 127.0.0.1:6380\nport: 6379\n\
+                 fault: { abort: { httpStatus: 503 } }\n",
+            ),
+        ],
+    );
+    let expected = [
+        "mesh.yaml: defaults.fault: faults are an experiment on one service",
+        "services/inventory.yaml: fault.delay.fixedDelay: invalid duration \"soon\"",
+        "services/inventory.yaml: routes[0].fault.abort.grpcStatus: \"NOPE\" is not a gRPC error status",
+        "services/cache.yaml: fault: not allowed on a protocol: tcp destination",
+    ];
+    for e in expected {
+        assert!(
+            errs.iter().any(|err| err.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
 }

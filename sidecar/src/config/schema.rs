@@ -103,6 +103,8 @@ pub(super) struct DestinationFile {
     pub(super) load_balancer: Option<String>,
     #[serde(default)]
     pub(super) routes: Option<Vec<mesh_api::route::RouteFile>>,
+    #[serde(default)]
+    pub(super) fault: Option<mesh_api::fault::FaultFile>,
     /// `http` (the default) or `tcp`.
     #[serde(default)]
     pub(super) protocol: Option<String>,

@@ -129,6 +129,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
                 circuit_breaker: dest.circuit_breaker,
                 load_balancer: dest.load_balancer,
                 routes: dest.routes,
+                fault: dest.fault,
             },
             &path,
             errors,
@@ -254,6 +255,7 @@ fn tcp_destination(
         routes: dest.routes.is_some(),
         retries: dest.retries.is_some(),
         timeout: dest.timeout.is_some(),
+        fault: dest.fault.is_some(),
     };
     let tcp = mesh_api::tcp::validate(&fields, path, errors)?;
     if [listen.outbound, listen.inbound, listen.admin].contains(&tcp.listen) {

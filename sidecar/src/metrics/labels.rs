@@ -250,6 +250,17 @@ pub(crate) struct ResultLabels {
     pub(crate) result: &'static str,
 }
 
+/// Labels of the injected-fault counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct FaultLabels {
+    /// The destination service.
+    pub(super) destination: String,
+    /// The route (empty for requests that take none).
+    pub(super) route: String,
+    /// `delay` or `abort`.
+    pub(super) kind: &'static str,
+}
+
 /// Labels of the authorization counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {

@@ -41,6 +41,9 @@
 //!
 //! Authorization: `authorization_denied_total{source}`, inbound requests and tunnels refused.
 //!
+//! Fault injection: `faults_injected_total{destination, route, kind}`, requests the caller's
+//! sidecar delayed (`kind="delay"`) or answered itself (`kind="abort"`) by a `fault` policy.
+//!
 //! Control plane and identity:
 //! - `control_plane_connected`: 1 while the snapshot stream is open;
 //! - `snapshot_version`: version of the snapshot applied (0 before the first);
@@ -75,7 +78,7 @@ pub use self::labels::{
     RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels, SourceLabels,
     SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
-use self::labels::{DetectionLabels, ResultLabels, status_class};
+use self::labels::{DetectionLabels, FaultLabels, ResultLabels, status_class};
 
 /// Pre-resolved series of one destination.
 #[derive(Clone, Debug)]
@@ -162,6 +165,7 @@ pub struct Metrics {
     ejected_endpoints: Family<DestinationLabels, Gauge>,
     span_export: crate::telemetry::export::ExportMetrics,
     denied: Family<SourceLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
     tcp: TcpFamilies,
     detections: Family<DetectionLabels, Counter>,
     /// Control-plane and certificate state.
@@ -325,6 +329,12 @@ impl Metrics {
             "Inbound requests refused by the authorization policy, by caller",
             denied.clone(),
         );
+        let faults = Family::default();
+        registry.register(
+            "faults_injected",
+            "Outbound requests delayed or aborted by a fault policy",
+            faults.clone(),
+        );
         let tcp = TcpFamilies {
             opened: Family::default(),
             closed: Family::default(),
@@ -420,6 +430,7 @@ impl Metrics {
             tls_failures,
             span_export,
             denied,
+            faults,
             tcp,
             detections,
             retries,
@@ -508,6 +519,20 @@ impl Metrics {
             shed: self.shed.get_or_create(&d).clone(),
             ejected_endpoints: self.ejected_endpoints.get_or_create(&d).clone(),
         }
+    }
+
+    /// Resolves the delay and abort counters of a fault policy of `destination`'s `route`
+    /// (empty: requests that take no route).
+    pub fn faults(&self, destination: &str, route: &str) -> [Counter; 2] {
+        ["delay", "abort"].map(|kind| {
+            self.faults
+                .get_or_create(&FaultLabels {
+                    destination: destination.to_owned(),
+                    route: route.to_owned(),
+                    kind,
+                })
+                .clone()
+        })
     }
 
     /// Resolves the series of one endpoint of `destination`.

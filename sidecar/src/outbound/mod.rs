@@ -5,7 +5,8 @@
 //! 2. name the destination service from Host / :authority ([`destination`])
 //! 3. look up the destination's stack in the current table ([`policy`]), or the stack of the
 //!    route the request matches first in the Gateway API's precedence ([`route_match`]); apply
-//!    the route's filters ([`filters`]) and pick one of its `backendRefs`; a stack is:
+//!    the route's filters ([`filters`]), pick one of its `backendRefs`, and inject its faults
+//!    ([`fault`]); a stack is:
 //!    - 5a the overall timeout ([`timeout`])
 //!    - 7a concurrency limits that shed excess load ([`shed`])
 //!    - 5b budgeted retries with backoff and a replayable body ([`retry`], [`replay`])
@@ -33,6 +34,7 @@ pub(crate) mod breaker;
 pub(crate) mod connect;
 pub(crate) mod destination;
 pub(crate) mod ewma;
+pub(crate) mod fault;
 pub(crate) mod filters;
 pub(crate) mod policy;
 pub(crate) mod replay;
@@ -70,6 +72,7 @@ use opentelemetry::trace::TraceContextExt;
 
 use self::attempts::Attempts;
 use self::balance::Balance;
+use self::fault::Faults;
 use self::filters::Filtered;
 use self::policy::{DestinationService, Destinations, RouteTarget};
 use self::stack::call;
@@ -89,6 +92,8 @@ struct Routed {
     filters: Option<(Arc<[Filter]>, PathMatch)>,
     /// The backend of the balancer the route's `backendRefs` pinned the request to.
     pin: Option<usize>,
+    /// The faults the route, or else the destination, injects.
+    faults: Option<Arc<Faults>>,
     /// The route's stack, or the destination's.
     service: DestinationService,
     /// The destination's balancer alone, for upgrades and tunnels.
@@ -243,6 +248,7 @@ impl Outbound {
                 .filter(|(r, _)| !r.filters.is_empty())
                 .map(|(r, matched)| (r.filters.clone(), matched.path.clone())),
             pin: None,
+            faults: route.map_or(&stack.faults, |(r, _)| &r.faults).clone(),
             service: route.map_or(&stack.service, |(r, _)| &r.service).clone(),
             balance: stack.balance().clone(),
             timeout: stack.timeout(),
@@ -292,6 +298,9 @@ impl Outbound {
                 filters::response(filters, &mut rsp)?;
                 return Ok(rsp);
             }
+        }
+        if let Some(faults) = &routed.faults {
+            faults.inject(&attempts).await?;
         }
         let mut req = to_peer_request(Request::from_parts(parts, body), authority)?;
         // The next hop's parent is this sidecar's CLIENT span.

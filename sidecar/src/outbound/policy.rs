@@ -28,6 +28,7 @@ use crate::metrics::{Label, Metrics};
 use super::balance::{Backend, Balance};
 use super::breaker::Outlier;
 use super::connect::Endpoint;
+use super::fault::Faults;
 use super::retry::{Retry, RetryLayer};
 use super::route_match::{Matched, RouteTable};
 use super::shed::{Shed, ShedLayer};
@@ -90,6 +91,8 @@ pub(crate) struct DestinationStack {
     pub(crate) name: Label,
     /// For requests that match none of `routes`.
     pub(crate) service: DestinationService,
+    /// Faults injected into requests that match none of `routes`.
+    pub(crate) faults: Option<Arc<Faults>>,
     /// In the order written; `table` finds the one a request takes.
     routes: Box<[RouteStack]>,
     table: RouteTable,
@@ -105,6 +108,8 @@ pub(crate) struct RouteStack {
     pub(crate) service: DestinationService,
     /// Its filters, in order; shared with the requests that take it.
     pub(crate) filters: Arc<[Filter]>,
+    /// The faults it injects.
+    pub(crate) faults: Option<Arc<Faults>>,
     /// Its `backendRefs`, resolved where they can be; empty: the destination's own split.
     backends: Box<[(RouteTarget, u32)]>,
     total_weight: u32,
@@ -382,6 +387,7 @@ impl DestinationStack {
                         route.retries.per_try_timeout,
                     ),
                     filters: route.filters.clone().into(),
+                    faults: Faults::new(&route.fault, cx.metrics, name, &route.name),
                     total_weight: backends.iter().map(|(_, w)| *w).sum(),
                     backends,
                 }
@@ -392,6 +398,7 @@ impl DestinationStack {
         Ok(Self {
             name: name.into(),
             service,
+            faults: Faults::new(&policy.fault, cx.metrics, name, ""),
             routes,
             table,
             spec,

@@ -9,6 +9,7 @@ mod authorization;
 mod bootstrap;
 mod detect;
 mod errors;
+mod faults;
 mod grpc;
 mod mtls;
 mod postgres;
