@@ -288,6 +288,20 @@ fn rules(files: Vec<RuleFile>, path: &str, errors: &mut Errors) -> Vec<Authoriza
         .collect()
 }
 
+// === impl Principal ===
+
+impl Principal {
+    /// Whether this names `caller`; a service name names only callers of `trust_domain`.
+    pub fn names(&self, caller: &SpiffeId, trust_domain: &str) -> bool {
+        match self {
+            Principal::Id(id) => id == caller,
+            Principal::Service(name) => {
+                caller.trust_domain() == trust_domain && caller.service() == Some(name.as_str())
+            }
+        }
+    }
+}
+
 // === impl AuthorizationPolicy ===
 
 impl AuthorizationPolicy {
@@ -301,12 +315,7 @@ impl AuthorizationPolicy {
         method: &str,
         path: &str,
     ) -> Result<(), Unauthorized> {
-        let names = |p: &Principal| match p {
-            Principal::Id(id) => id == caller,
-            Principal::Service(name) => {
-                caller.trust_domain() == trust_domain && caller.service() == Some(name.as_str())
-            }
-        };
+        let names = |p: &Principal| p.names(caller, trust_domain);
         let refuse = |rule: String| {
             Err(Unauthorized {
                 caller: caller.clone(),

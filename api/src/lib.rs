@@ -11,6 +11,7 @@
 //!   [`route_filter`] their filters.
 //! - [`authorization`]: who may call a service, and by method and path.
 //! - [`fault`]: delays and aborts the caller's sidecar injects.
+//! - [`rate_limit`]: how many requests a service's sidecars let in, in all and per caller.
 //! - [`tcp`]: `protocol: tcp` destinations, their local listener and their app's port.
 //! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
 //! - [`tls`]: SPIFFE verification and live certificates and bundles, for both ends.
@@ -29,6 +30,7 @@ pub mod channel;
 pub mod fault;
 pub mod policy;
 pub mod proto;
+pub mod rate_limit;
 pub mod retry;
 pub mod route;
 pub mod route_filter;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::authorization::{AuthorizationPolicy, AuthorizationRule, Decision, Principal};
 use crate::fault::{Abort, AbortStatus, Delay, FaultPolicy};
 use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
+use crate::rate_limit::{Rate, RateLimitPolicy};
 use crate::retry::{Backoff, Budget, RetryOn, RetryPolicy};
 use crate::route::{BackendRef, MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
 use crate::route_filter::{Filter, Header, HeaderModifier, PathModifier, Redirect, UrlRewrite};
@@ -713,6 +714,73 @@ impl TryFrom<&v1::Authorization> for AuthorizationPolicy {
     }
 }
 
+// === rate limit ===
+
+fn rate_to_wire(r: &Rate) -> v1::Rate {
+    v1::Rate {
+        requests_per_second: r.requests_per_second,
+        burst: r.burst,
+    }
+}
+
+fn rate_from_wire(r: Option<&v1::Rate>, at: &str) -> Result<Rate, InvalidMessage> {
+    let r = r.ok_or_else(|| invalid(at, "missing"))?;
+    if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) || r.burst == 0 {
+        return Err(invalid(
+            at,
+            "requests_per_second must be positive and burst at least 1",
+        ));
+    }
+    Ok(Rate {
+        requests_per_second: r.requests_per_second,
+        burst: r.burst,
+    })
+}
+
+impl From<&RateLimitPolicy> for v1::RateLimit {
+    fn from(p: &RateLimitPolicy) -> Self {
+        Self {
+            total: p.total.as_ref().map(rate_to_wire),
+            callers: p
+                .callers
+                .iter()
+                .map(|(who, rate)| v1::CallerRate {
+                    caller: principal_text(who),
+                    rate: Some(rate_to_wire(rate)),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<&v1::RateLimit> for RateLimitPolicy {
+    type Error = InvalidMessage;
+
+    fn try_from(p: &v1::RateLimit) -> Result<Self, InvalidMessage> {
+        let total = p
+            .total
+            .as_ref()
+            .map(|r| rate_from_wire(Some(r), "rate_limit.total"))
+            .transpose()?;
+        let callers = p
+            .callers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let at = format!("rate_limit.callers[{i}]");
+                let mut errors = crate::validate::Errors::default();
+                let who = crate::authorization::principal(&mut errors, &at, &c.caller);
+                match (who, errors.into_vec().into_iter().next()) {
+                    (Some(who), None) => Ok((who, rate_from_wire(c.rate.as_ref(), &at)?)),
+                    (_, Some(e)) => Err(invalid(&e.path, e.message)),
+                    (None, None) => Err(invalid(&at, "invalid caller")),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { total, callers })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,6 +947,43 @@ mod tests {
         assert_eq!(
             DestinationPolicy::try_from(&wire).unwrap_err().field,
             "policy.retries"
+        );
+    }
+
+    #[test]
+    fn rate_limits_survive_the_wire() {
+        let policy = RateLimitPolicy {
+            total: Some(Rate {
+                requests_per_second: 50.0,
+                burst: 50,
+            }),
+            callers: vec![
+                (
+                    Principal::Service("orders".into()),
+                    Rate {
+                        requests_per_second: 0.5,
+                        burst: 1,
+                    },
+                ),
+                (
+                    Principal::Id("spiffe://mesh.local/ns/x/sa/y".parse().unwrap()),
+                    Rate {
+                        requests_per_second: 10.0,
+                        burst: 3,
+                    },
+                ),
+            ],
+        };
+        let wire = v1::RateLimit::from(&policy);
+        assert_eq!(RateLimitPolicy::try_from(&wire).unwrap(), policy);
+        let mut bad = wire;
+        bad.callers[1].rate = Some(v1::Rate {
+            requests_per_second: 1.0,
+            burst: 0,
+        });
+        assert_eq!(
+            RateLimitPolicy::try_from(&bad).unwrap_err().field,
+            "rate_limit.callers[1]"
         );
     }
 

@@ -99,6 +99,8 @@ pub struct ServiceConfig {
     pub policy: DestinationPolicy,
     /// Who may call it.
     pub authorization: AuthorizationPolicy,
+    /// How many requests each of its instances lets in.
+    pub rate_limit: mesh_api::rate_limit::RateLimitPolicy,
     /// Weights between its versions, when split.
     pub traffic_split: Option<BTreeMap<String, u32>>,
     /// For a `protocol: tcp` service, where its callers' apps connect and its app's port.
@@ -174,6 +176,8 @@ struct ServiceFile {
     load_balancer: Option<String>,
     #[serde(default)]
     authorization: Option<AuthorizationFile>,
+    #[serde(default)]
+    rate_limit: Option<mesh_api::rate_limit::RateLimitFile>,
     #[serde(default)]
     traffic_split: Option<BTreeMap<String, u32>>,
     #[serde(default)]
@@ -565,6 +569,18 @@ fn validate_service(
         errors,
     );
 
+    let rate_limit_file = file.rate_limit.unwrap_or_default();
+    for caller in rate_limit_file.caller_names() {
+        let is_label = spiffe::check_label(caller).is_ok();
+        if !caller.starts_with("spiffe://") && is_label && !declared.contains_key(caller) {
+            errors.push(
+                format!("rate_limit.callers.{caller}"),
+                format!("service {caller:?} is not declared"),
+            );
+        }
+    }
+    let rate_limit = mesh_api::rate_limit::validate(rate_limit_file, "rate_limit", errors);
+
     if let Some(split) = &file.traffic_split {
         if split.is_empty() {
             errors.push("traffic_split", "must list at least one version");
@@ -588,6 +604,7 @@ fn validate_service(
         calls: file.calls,
         policy,
         authorization,
+        rate_limit,
         traffic_split: file.traffic_split,
         tcp,
     }

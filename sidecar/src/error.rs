@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
@@ -197,6 +197,24 @@ pub struct AppConnectFailed {
     pub source: io::Error,
 }
 
+/// A request over its service's rate limit.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "caller {caller} may not call {service} more often: over {limit}; retry after {retry_after:?}"
+)]
+pub struct RateLimited {
+    /// The caller's identity.
+    pub caller: crate::identity::SpiffeId,
+    /// This service.
+    pub service: String,
+    /// The limit it is over.
+    pub limit: String,
+    /// How long until a request would fit.
+    pub retry_after: Duration,
+    /// Whether to answer as a gRPC server (`RESOURCE_EXHAUSTED`).
+    pub grpc: bool,
+}
+
 /// A request answered by an injected fault instead of being sent.
 #[derive(Debug, thiserror::Error)]
 #[error("fault injected by the mesh: {}", describe_abort(*.status))]
@@ -260,6 +278,8 @@ pub enum Reason {
     AppError,
     /// A fault injected by the route's or destination's `fault` policy.
     FaultInjected,
+    /// Over the service's rate limit.
+    RateLimited,
     /// Something else inside the proxy.
     Internal,
 }
@@ -291,6 +311,7 @@ impl Reason {
             Reason::AppUnavailable => "app-unavailable",
             Reason::AppError => "app-error",
             Reason::FaultInjected => "fault-injected",
+            Reason::RateLimited => "rate-limited",
             Reason::Internal => "internal",
         }
     }
@@ -310,6 +331,7 @@ impl Reason {
             Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             // The fault's own status replaces it (`rescue`).
             Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -331,6 +353,9 @@ impl Reason {
 pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     if find_cause::<FaultAborted>(err).is_some() {
         return Reason::FaultInjected;
+    }
+    if find_cause::<RateLimited>(err).is_some() {
+        return Reason::RateLimited;
     }
     if find_cause::<NoAuthority>(err).is_some() {
         return Reason::NoAuthority;
@@ -434,21 +459,32 @@ pub fn rescue(err: &(dyn Error + 'static)) -> (Reason, Response<Body>) {
             mesh_api::fault::AbortStatus::Http(code) => {
                 *rsp.status_mut() = StatusCode::from_u16(code).unwrap_or(reason.status());
             }
-            // A trailers-only gRPC answer: 200, the status in the headers, no body.
             mesh_api::fault::AbortStatus::Grpc(code) => {
-                *rsp.status_mut() = StatusCode::OK;
-                *rsp.body_mut() = crate::body::empty();
-                let headers = rsp.headers_mut();
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-                headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
-                headers.insert(
-                    "grpc-message",
-                    HeaderValue::from_static("fault%20injected%20by%20the%20mesh"),
-                );
+                grpc_answer(&mut rsp, code, "fault%20injected%20by%20the%20mesh");
             }
         }
     }
+    if let Some(limited) = find_cause::<RateLimited>(err) {
+        // Whole seconds, rounded up: a caller that waits that long fits.
+        let secs =
+            limited.retry_after.as_secs() + u64::from(limited.retry_after.subsec_nanos() > 0);
+        rsp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        if limited.grpc {
+            grpc_answer(&mut rsp, 8, "rate%20limited%20by%20the%20mesh");
+        }
+    }
     (reason, rsp)
+}
+
+/// Makes `rsp` a trailers-only gRPC answer: 200, `grpc-status` in the headers, no body.
+fn grpc_answer(rsp: &mut Response<Body>, code: u8, message: &'static str) {
+    *rsp.status_mut() = StatusCode::OK;
+    *rsp.body_mut() = crate::body::empty();
+    let headers = rsp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    headers.insert("grpc-message", HeaderValue::from_static(message));
 }
 
 /// A fixed body.

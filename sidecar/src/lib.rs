@@ -31,6 +31,7 @@
 //!    1  serve.rs, inbound/accept     accept
 //!    9  inbound/identify             TLS accept, client certificate; caller = its SPIFFE ID
 //!   10  inbound/authorize            the caller against the AuthorizationPolicy -> 403
+//!       inbound/rate_limit           the caller's own rate and the total -> 429
 //!   11  inbound/forward              to the app, in the protocol the caller's app spoke
 //! ```
 //! A `protocol: tcp` destination has a listener of its own (`outbound/tcp_listen`); each

@@ -468,3 +468,36 @@ fn faults_belong_to_one_http_service() {
     }
     assert_eq!(errs.len(), expected.len(), "{errs:#?}");
 }
+
+#[test]
+fn a_rate_limit_names_declared_callers_and_reaches_the_snapshot() {
+    let errs = errors(
+        "trust_domain: mesh.local\n",
+        &[(
+            "inventory",
+            "name: inventory\nrate_limit:\n  requests_per_second: 0\n  \
+             callers: { ordres: { requests_per_second: 10 } }\n",
+        )],
+    );
+    assert_eq!(
+        errs,
+        [
+            "services/inventory.yaml: rate_limit.callers.ordres: service \"ordres\" is not declared",
+            "services/inventory.yaml: rate_limit.requests_per_second: 0: must be greater than 0 and at most 1000000",
+        ]
+    );
+    let config = parse(&files(
+        "trust_domain: mesh.local\n",
+        &[
+            (
+                "inventory",
+                "name: inventory\nrate_limit: { requests_per_second: 50, callers: { orders: { requests_per_second: 10 } } }\n",
+            ),
+            ("orders", "name: orders\n"),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let limit = &config.services["inventory"].rate_limit;
+    assert_eq!(limit.total.map(|t| t.burst), Some(50));
+    assert_eq!(limit.callers.len(), 1);
+}

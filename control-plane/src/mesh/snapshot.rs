@@ -59,6 +59,7 @@ pub(super) fn snapshot(
         trust_bundle_der: trust.bundle_der.clone(),
         issuer_sha256: trust.issuer_sha256.clone(),
         authorization: Some(v1::Authorization::from(&svc.authorization)),
+        rate_limit: (!svc.rate_limit.is_empty()).then(|| v1::RateLimit::from(&svc.rate_limit)),
         destinations,
         certificate_lifetime_secs: config.certificate_lifetime.as_secs(),
     }
@@ -222,6 +223,23 @@ mod tests {
         assert_eq!(names, ["inventory", "next"]);
         let route = &orders.destinations[0].policy.as_ref().unwrap().routes[0];
         assert_eq!(route.backend_refs[0].service, "next");
+    }
+
+    #[test]
+    fn a_services_rate_limit_is_in_its_own_snapshot_only() {
+        let config = config(&[
+            ("orders", "name: orders\ncalls: [inventory]\n"),
+            (
+                "inventory",
+                "name: inventory\nrate_limit: { requests_per_second: 50, callers: { orders: { requests_per_second: 10 } } }\n",
+            ),
+        ]);
+        let inventory = snapshot(&config, &trust(), &Registry::default(), "inventory");
+        let limit = inventory.rate_limit.unwrap();
+        assert_eq!(limit.total.unwrap().requests_per_second, 50.0);
+        assert_eq!(limit.callers[0].caller, "orders");
+        let orders = snapshot(&config, &trust(), &Registry::default(), "orders");
+        assert!(orders.rate_limit.is_none());
     }
 
     #[test]

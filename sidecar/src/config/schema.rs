@@ -39,6 +39,8 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) authorization: AuthorizationFile,
     #[serde(default)]
+    pub(super) rate_limit: Option<mesh_api::rate_limit::RateLimitFile>,
+    #[serde(default)]
     pub(super) app_health: Option<AppHealthFile>,
 }
 

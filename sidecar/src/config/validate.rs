@@ -216,9 +216,14 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
     let app_health = file.app_health.map(|f| app_health_config(f, errors));
     let authorization =
         authorization::validate(file.authorization, "authorization", Decision::Allow, errors);
+    let rate_limit = file
+        .rate_limit
+        .map(|r| mesh_api::rate_limit::validate(r, "rate_limit", errors))
+        .unwrap_or_default();
     Some(Config {
         app_health,
         authorization,
+        rate_limit,
         tracing,
         access_log: file.access_log,
         service: file.service,

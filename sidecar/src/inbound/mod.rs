@@ -18,6 +18,7 @@ pub(crate) mod accept;
 pub mod authorize;
 pub(crate) mod forward;
 pub(crate) mod identify;
+pub(crate) mod rate_limit;
 pub(crate) mod tunnel;
 pub(crate) mod upgrade;
 
@@ -41,6 +42,7 @@ use crate::telemetry::spans::Spans;
 use self::authorize::{Authorization, AuthorizationPolicy};
 use self::forward::AppClients;
 use self::identify::Caller;
+use self::rate_limit::RateLimit;
 use self::tunnel::AppTunnels;
 use self::upgrade::AppUpgrades;
 
@@ -49,6 +51,7 @@ use self::upgrade::AppUpgrades;
 pub(crate) struct Inbound {
     service: Label,
     authorization: Authorization,
+    rate_limit: RateLimit,
     clients: AppClients,
     tunnels: AppTunnels,
     upgrades: AppUpgrades,
@@ -66,6 +69,7 @@ impl Inbound {
                 config.authorization.clone(),
                 config.trust_domain.clone(),
             ),
+            rate_limit: RateLimit::new(config.rate_limit.clone(), config.trust_domain.clone()),
             clients: AppClients::new(config.app),
             tunnels: AppTunnels::new(config.app),
             upgrades: AppUpgrades::new(config.app),
@@ -82,6 +86,11 @@ impl Inbound {
     /// Replaces who may call this service; requests already authorized are not affected.
     pub(crate) fn set_authorization(&self, policy: AuthorizationPolicy) {
         self.authorization.set(policy);
+    }
+
+    /// Replaces the rate limit; an unchanged one keeps its state.
+    pub(crate) fn set_rate_limit(&self, policy: mesh_api::rate_limit::RateLimitPolicy) {
+        self.rate_limit.set(policy);
     }
 
     /// Forwards one request from an identified caller; failures become responses.
@@ -113,30 +122,38 @@ impl Inbound {
                 }
             }
         }
-        let outcome: Result<Response<Body>, BoxError> =
-            match self
-                .authorization
-                .check(&caller, self.service.as_str(), &req, &self.metrics)
-            {
-                Ok(()) if req.method() == Method::CONNECT => {
-                    let metrics =
-                        self.metrics
-                            .tcp(Direction::Inbound, &caller.label, &self.service);
-                    if AppUpgrades::protocol(&req).is_some() {
-                        self.upgrades
-                            .open(&caller.id, req, &request.trace, request.b3, metrics)
-                            .await
-                    } else {
-                        self.tunnels.open(req, metrics).await
-                    }
+        let outcome: Result<Response<Body>, BoxError> = match self
+            .authorization
+            .check(&caller, self.service.as_str(), &req, &self.metrics)
+            .map_err(BoxError::from)
+            .and_then(|()| {
+                let grpc = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+                self.rate_limit
+                    .check(&caller, self.service.as_str(), grpc, &self.metrics)
+                    .map_err(BoxError::from)
+            }) {
+            Ok(()) if req.method() == Method::CONNECT => {
+                let metrics = self
+                    .metrics
+                    .tcp(Direction::Inbound, &caller.label, &self.service);
+                if AppUpgrades::protocol(&req).is_some() {
+                    self.upgrades
+                        .open(&caller.id, req, &request.trace, request.b3, metrics)
+                        .await
+                } else {
+                    self.tunnels.open(req, metrics).await
                 }
-                Ok(()) => self
-                    .clients
-                    .forward(&caller.id, req, &request.trace, request.b3)
-                    .await
-                    .map(forwarded_response),
-                Err(refused) => Err(refused.into()),
-            };
+            }
+            Ok(()) => self
+                .clients
+                .forward(&caller.id, req, &request.trace, request.b3)
+                .await
+                .map(forwarded_response),
+            Err(refused) => Err(refused),
+        };
         let parties = Parties {
             source: &caller.label,
             source_id: caller.id.as_str(),

@@ -41,6 +41,8 @@
 //!
 //! Authorization: `authorization_denied_total{source}`, inbound requests and tunnels refused.
 //!
+//! Rate limiting: `rate_limited_total{source}`, inbound requests refused with 429, by caller.
+//!
 //! Fault injection: `faults_injected_total{destination, route, kind}`, requests the caller's
 //! sidecar delayed (`kind="delay"`) or answered itself (`kind="abort"`) by a `fault` policy.
 //!
@@ -165,6 +167,7 @@ pub struct Metrics {
     ejected_endpoints: Family<DestinationLabels, Gauge>,
     span_export: crate::telemetry::export::ExportMetrics,
     denied: Family<SourceLabels, Counter>,
+    rate_limited: Family<SourceLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
     tcp: TcpFamilies,
     detections: Family<DetectionLabels, Counter>,
@@ -329,6 +332,12 @@ impl Metrics {
             "Inbound requests refused by the authorization policy, by caller",
             denied.clone(),
         );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Inbound requests refused by the rate limit, by caller",
+            rate_limited.clone(),
+        );
         let faults = Family::default();
         registry.register(
             "faults_injected",
@@ -430,6 +439,7 @@ impl Metrics {
             tls_failures,
             span_export,
             denied,
+            rate_limited,
             faults,
             tcp,
             detections,
@@ -446,6 +456,15 @@ impl Metrics {
     /// Counts a caller refused by the authorization policy.
     pub fn authorization_denied(&self, source: &Label) {
         self.denied
+            .get_or_create(&SourceLabels {
+                source: source.clone(),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused by the rate limit.
+    pub fn rate_limited(&self, source: &Label) {
+        self.rate_limited
             .get_or_create(&SourceLabels {
                 source: source.clone(),
             })

@@ -450,7 +450,10 @@ impl<'a> InFlight<'a> {
         let now = self.shared.now();
         let slot = self.slot();
         let failed = class.is_endpoint_failure();
-        slot.load.finish(now, self.started.elapsed(), failed);
+        // A 429 is the endpoint asking for less: it weighs on its load like a failure, so p2c
+        // sends elsewhere, but never counts towards ejecting it.
+        let slow = failed || class.is_load_signal();
+        slot.load.finish(now, self.started.elapsed(), slow);
         let transition = self.shared.outlier.record(&slot.health, failed, now);
         match transition {
             Transition::Ejected(time) => {

@@ -13,6 +13,7 @@ mod faults;
 mod grpc;
 mod mtls;
 mod postgres;
+mod rate_limit;
 mod resilience;
 mod routes;
 mod shutdown;
