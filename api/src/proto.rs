@@ -9,7 +9,9 @@ use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
 use crate::rate_limit::{Rate, RateLimitPolicy};
 use crate::retry::{Backoff, Budget, RetryOn, RetryPolicy};
 use crate::route::{BackendRef, MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
-use crate::route_filter::{Filter, Header, HeaderModifier, PathModifier, Redirect, UrlRewrite};
+use crate::route_filter::{
+    Filter, Header, HeaderModifier, Mirror, PathModifier, Redirect, UrlRewrite,
+};
 use crate::route_match::{Pattern, Value, ValueMatch};
 use crate::tcp::TcpDestination;
 
@@ -212,16 +214,24 @@ fn route_to_wire(r: &RoutePolicy) -> v1::Route {
         fault: fault_to_wire(&r.fault),
         matches: r.matches.iter().map(match_to_wire).collect(),
         filters: r.filters.iter().map(filter_to_wire).collect(),
-        backend_refs: r
-            .backend_refs
-            .iter()
-            .map(|b| v1::BackendRef {
-                service: b.service.clone(),
-                version: b.version.clone().unwrap_or_default(),
-                weight: b.weight,
-            })
-            .collect(),
+        backend_refs: r.backend_refs.iter().map(backend_ref_to_wire).collect(),
         ..v1::Route::default()
+    }
+}
+
+fn backend_ref_to_wire(b: &BackendRef) -> v1::BackendRef {
+    v1::BackendRef {
+        service: b.service.clone(),
+        version: b.version.clone().unwrap_or_default(),
+        weight: b.weight,
+    }
+}
+
+fn backend_ref_from_wire(b: &v1::BackendRef) -> BackendRef {
+    BackendRef {
+        service: b.service.clone(),
+        version: Some(b.version.clone()).filter(|v| !v.is_empty()),
+        weight: b.weight,
     }
 }
 
@@ -297,6 +307,10 @@ fn filter_to_wire(f: &Filter) -> v1::RouteFilter {
             path: redirect.path.as_ref().map(path),
             port: redirect.port.map_or(0, u32::from),
             status_code: redirect.status_code.into(),
+        }),
+        Filter::RequestMirror { mirror } => F::RequestMirror(v1::RequestMirror {
+            backend_ref: Some(backend_ref_to_wire(&mirror.backend_ref)),
+            percent: mirror.percent,
         }),
     };
     v1::RouteFilter {
@@ -384,15 +398,7 @@ fn route_from_wire(r: &v1::Route, at: &str) -> Result<RoutePolicy, InvalidMessag
         .enumerate()
         .map(|(i, f)| filter_from_wire(f, &format!("{at}.filters[{i}]")))
         .collect::<Result<_, _>>()?;
-    let backend_refs = r
-        .backend_refs
-        .iter()
-        .map(|b| BackendRef {
-            service: b.service.clone(),
-            version: Some(b.version.clone()).filter(|v| !v.is_empty()),
-            weight: b.weight,
-        })
-        .collect();
+    let backend_refs = r.backend_refs.iter().map(backend_ref_from_wire).collect();
     let retries = r
         .retries
         .as_ref()
@@ -529,6 +535,23 @@ fn filter_from_wire(f: &v1::RouteFilter, at: &str) -> Result<Filter, InvalidMess
                             format!("{} is not a redirect", r.status_code),
                         )
                     })?,
+            },
+        },
+        Some(F::RequestMirror(m)) => Filter::RequestMirror {
+            mirror: Mirror {
+                backend_ref: m
+                    .backend_ref
+                    .as_ref()
+                    .map(backend_ref_from_wire)
+                    .ok_or_else(|| invalid(&format!("{at}.backend_ref"), "missing"))?,
+                percent: if (0.0..=100.0).contains(&m.percent) {
+                    m.percent
+                } else {
+                    return Err(invalid(
+                        &format!("{at}.percent"),
+                        format!("{} is not a percentage", m.percent),
+                    ));
+                },
             },
         },
         None => return Err(invalid(at, "no filter set")),
@@ -842,6 +865,16 @@ mod tests {
                             }],
                             add: vec![],
                             remove: vec!["x-b".into()],
+                        },
+                    },
+                    Filter::RequestMirror {
+                        mirror: Mirror {
+                            backend_ref: BackendRef {
+                                service: "shadow".into(),
+                                version: None,
+                                weight: 1,
+                            },
+                            percent: 12.5,
                         },
                     },
                     Filter::UrlRewrite {

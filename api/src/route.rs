@@ -117,9 +117,10 @@ struct LegacyMatchFile {
     path_prefix: Option<String>,
 }
 
+/// One entry of `backendRefs` (or a mirror's `backendRef`), as written.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BackendRefFile {
+pub(crate) struct BackendRefFile {
     name: Option<String>,
     version: Option<String>,
     weight: Option<u32>,
@@ -127,13 +128,31 @@ struct BackendRefFile {
 
 // === impl RouteFile ===
 
-impl RouteFile {
-    /// The services its `backendRefs` name, as written.
-    pub fn backend_services(&self) -> impl Iterator<Item = &str> {
-        self.backend_refs
+impl RouteFile {}
+
+// === impl RoutePolicy ===
+
+impl RoutePolicy {
+    /// Every backend it sends requests or copies to, with its field path within the route:
+    /// its `backendRefs`, then its mirrors'.
+    pub fn backends(&self) -> impl Iterator<Item = (String, &BackendRef)> {
+        let refs = self
+            .backend_refs
             .iter()
-            .flatten()
-            .filter_map(|b| b.name.as_deref())
+            .enumerate()
+            .map(|(j, b)| (format!("backendRefs[{j}]"), b));
+        let mirrors = self
+            .filters
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| match f {
+                Filter::RequestMirror { mirror } => Some((
+                    format!("filters[{k}].requestMirror.backendRef"),
+                    &mirror.backend_ref,
+                )),
+                _ => None,
+            });
+        refs.chain(mirrors)
     }
 }
 
@@ -292,31 +311,38 @@ fn backend_refs(files: Vec<BackendRefFile>, path: &str, errors: &mut Errors) -> 
     let refs: Vec<BackendRef> = files
         .into_iter()
         .enumerate()
-        .filter_map(|(i, file)| {
-            let at = |field: &str| format!("{path}[{i}].{field}");
-            let Some(service) = file.name else {
-                errors.push(at("name"), "missing: the service to send requests to");
-                return None;
-            };
-            check_label(errors, &at("name"), &service);
-            if let Some(version) = &file.version {
-                check_label(errors, &at("version"), version);
-            }
-            let weight = file.weight.unwrap_or(1);
-            if weight > MAX_WEIGHT {
-                errors.push(at("weight"), format!("must be at most {MAX_WEIGHT}"));
-            }
-            Some(BackendRef {
-                service,
-                version: file.version,
-                weight,
-            })
-        })
+        .filter_map(|(i, file)| backend_ref(file, &format!("{path}[{i}]"), errors))
         .collect();
     if !refs.is_empty() && refs.iter().all(|b| b.weight == 0) {
         errors.push(path, "at least one weight must be greater than 0");
     }
     refs
+}
+
+/// One backend reference at `path`.
+pub(crate) fn backend_ref(
+    file: BackendRefFile,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<BackendRef> {
+    let at = |field: &str| format!("{path}.{field}");
+    let Some(service) = file.name else {
+        errors.push(at("name"), "missing: the service to send requests to");
+        return None;
+    };
+    check_label(errors, &at("name"), &service);
+    if let Some(version) = &file.version {
+        check_label(errors, &at("version"), version);
+    }
+    let weight = file.weight.unwrap_or(1);
+    if weight > MAX_WEIGHT {
+        errors.push(at("weight"), format!("must be at most {MAX_WEIGHT}"));
+    }
+    Some(BackendRef {
+        service,
+        version: file.version,
+        weight,
+    })
 }
 
 fn check_name(name: &str) -> Result<(), String> {

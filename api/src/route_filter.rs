@@ -16,6 +16,8 @@
 //!       path: { type: ReplacePrefixMatch, replacePrefixMatch: /v2 }   # or ReplaceFullPath
 //!   - type: RequestRedirect                        # answered by the sidecar, not forwarded
 //!     requestRedirect: { scheme: https, hostname: shop.example, port: 443, statusCode: 301 }
+//!   - type: RequestMirror                          # a copy to another service, answer discarded
+//!     requestMirror: { backendRef: { name: inventory-shadow }, percent: 10 }
 //! ```
 //!
 //! `ReplacePrefixMatch` replaces the part of the path the route's `PathPrefix` matched, so a
@@ -69,7 +71,25 @@ pub enum Filter {
         #[serde(rename = "requestRedirect")]
         redirect: Redirect,
     },
+    /// Sends a copy of some requests elsewhere, fire and forget.
+    RequestMirror {
+        /// Where to, and how many.
+        #[serde(rename = "requestMirror")]
+        mirror: Mirror,
+    },
 }
+
+/// A copy of a share of a route's requests, sent to a backend; its answer is discarded.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Mirror {
+    /// Where copies go (its weight is unused).
+    #[serde(rename = "backendRef")]
+    pub backend_ref: crate::route::BackendRef,
+    /// Of the route's requests, 0 to 100.
+    pub percent: f64,
+}
+
+impl Eq for Mirror {}
 
 /// Header changes: `remove`, then `set`, then `add`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -187,6 +207,16 @@ pub struct FilterFile {
     url_rewrite: Option<UrlRewriteFile>,
     #[serde(rename = "requestRedirect")]
     request_redirect: Option<RedirectFile>,
+    #[serde(rename = "requestMirror")]
+    request_mirror: Option<MirrorFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorFile {
+    #[serde(rename = "backendRef")]
+    backend_ref: Option<crate::route::BackendRefFile>,
+    percent: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -247,12 +277,12 @@ pub(crate) fn validate(
         let Some(kind) = file.kind.clone() else {
             errors.push(
                 format!("{at}.type"),
-                "missing: RequestHeaderModifier, ResponseHeaderModifier, URLRewrite or \
-                 RequestRedirect",
+                "missing: RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, \
+                 RequestRedirect or RequestMirror",
             );
             continue;
         };
-        if !seen.insert(kind.clone()) {
+        if !seen.insert(kind.clone()) && kind != "RequestMirror" {
             errors.push(format!("{at}.type"), format!("{kind} appears twice"));
         }
         if let Some(filter) = filter(file, &kind, &at, matches, errors) {
@@ -264,6 +294,12 @@ pub(crate) fn validate(
         .any(|f| matches!(f, Filter::RequestRedirect { .. }));
     if redirects && seen.contains("URLRewrite") {
         errors.push(path, "a route either redirects or rewrites: not both");
+    }
+    if redirects && seen.contains("RequestMirror") {
+        errors.push(
+            path,
+            "a redirecting route forwards nothing: it has nothing to mirror",
+        );
     }
     if redirects && has_backends {
         errors.push(
@@ -293,18 +329,20 @@ fn filter(
         ),
         ("urlRewrite", file.url_rewrite.is_some()),
         ("requestRedirect", file.request_redirect.is_some()),
+        ("requestMirror", file.request_mirror.is_some()),
     ];
     let wanted = match kind {
         "RequestHeaderModifier" => "requestHeaderModifier",
         "ResponseHeaderModifier" => "responseHeaderModifier",
         "URLRewrite" => "urlRewrite",
         "RequestRedirect" => "requestRedirect",
+        "RequestMirror" => "requestMirror",
         other => {
             errors.push(
                 field("type"),
                 format!(
-                    "{other:?}: use RequestHeaderModifier, ResponseHeaderModifier, URLRewrite \
-                     or RequestRedirect"
+                    "{other:?}: use RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, \
+                     RequestRedirect or RequestMirror"
                 ),
             );
             return None;
@@ -350,6 +388,35 @@ fn filter(
             }
             Some(Filter::UrlRewrite {
                 rewrite: UrlRewrite { hostname, path },
+            })
+        }
+        "RequestMirror" => {
+            let at = field(wanted);
+            let Some(file) = file.request_mirror else {
+                errors.push(&at, "missing for type RequestMirror");
+                return None;
+            };
+            let Some(backend) = file.backend_ref else {
+                errors.push(
+                    format!("{at}.backendRef"),
+                    "missing: the service copies go to, e.g. { name: inventory-shadow }",
+                );
+                return None;
+            };
+            let backend_ref =
+                crate::route::backend_ref(backend, &format!("{at}.backendRef"), errors)?;
+            let percent = file.percent.unwrap_or(100.0);
+            if !(0.0..=100.0).contains(&percent) {
+                errors.push(
+                    format!("{at}.percent"),
+                    format!("{percent} is not a percentage (0 to 100)"),
+                );
+            }
+            Some(Filter::RequestMirror {
+                mirror: Mirror {
+                    backend_ref,
+                    percent: percent.clamp(0.0, 100.0),
+                },
             })
         }
         _ => {

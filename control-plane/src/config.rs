@@ -445,8 +445,8 @@ fn validate(
 fn check_backend_refs(services: &BTreeMap<String, ServiceConfig>, out: &mut Vec<FileError>) {
     for service in services.values() {
         for (i, route) in service.policy.routes.iter().enumerate() {
-            for (j, backend) in route.backend_refs.iter().enumerate() {
-                let at = format!("routes[{i}].backendRefs[{j}]");
+            for (field, backend) in route.backends() {
+                let at = format!("routes[{i}].{field}");
                 let Some(target) = services.get(&backend.service) else {
                     out.push(file_error(
                         &service.file,

@@ -22,6 +22,8 @@ pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-mesh-attempts");
 /// Sidecars always speak HTTP/2 to each other; this records that the app spoke HTTP/1.x, so
 /// the destination's sidecar forwards in the app's own protocol.
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-mesh-orig-proto");
+/// Marks a copy a route's `RequestMirror` sent; the mirror's app sees it.
+pub const MIRROR: HeaderName = HeaderName::from_static("x-mesh-mirror");
 /// Value of [`ORIG_PROTO`] for HTTP/1.x requests.
 pub const ORIG_PROTO_HTTP1: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 

@@ -18,6 +18,7 @@
 //!       outbound/route_match         which route: Gateway API precedence over its matches
 //!       outbound/filters             the route's filters; a backendRef by weight
 //!       outbound/fault               the route's injected delay or abort
+//!       outbound/mirror              copies of the route's requests, fire and forget
 //!    4  outbound/balance             traffic split: a backend (version) by weight
 //!   5a  outbound/timeout             the whole request -> 504
 //!   7a  outbound/shed                max_requests in flight, max_pending waiting -> 503

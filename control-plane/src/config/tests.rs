@@ -390,6 +390,10 @@ fn the_documented_routes_are_valid() {
             .into(),
         ),
         (
+            "the mirror route",
+            doc_block(resilience, "mirror inventory's `/api` requests").into(),
+        ),
+        (
             "the chaos route",
             doc_block(resilience, "add to `config/mesh/services/inventory.yaml`:").into(),
         ),
@@ -500,4 +504,44 @@ fn a_rate_limit_names_declared_callers_and_reaches_the_snapshot() {
     let limit = &config.services["inventory"].rate_limit;
     assert_eq!(limit.total.map(|t| t.burst), Some(50));
     assert_eq!(limit.callers.len(), 1);
+}
+
+#[test]
+fn a_mirror_names_a_declared_service_which_callers_get_as_a_destination() {
+    let mirror = |to: &str| {
+        format!(
+            "name: inventory\nroutes:\n  - name: stock\n    filters: [{{ type: RequestMirror, \
+             requestMirror: {{ backendRef: {{ name: {to} }}, percent: 10 }} }}]\n"
+        )
+    };
+    let errs = errors(
+        "trust_domain: mesh.local\n",
+        &[("inventory", &mirror("nowhere"))],
+    );
+    assert_eq!(
+        errs,
+        [
+            "services/inventory.yaml: routes[0].filters[0].requestMirror.backendRef.name: service \"nowhere\" is not declared"
+        ]
+    );
+    let config = parse(&files(
+        "trust_domain: mesh.local\n",
+        &[
+            ("inventory", &mirror("shadow")),
+            ("shadow", "name: shadow\n"),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let route = &config.services["inventory"].policy.routes[0];
+    let backends: Vec<_> = route
+        .backends()
+        .map(|(at, b)| (at, b.service.clone()))
+        .collect();
+    assert_eq!(
+        backends,
+        [(
+            "filters[0].requestMirror.backendRef".to_owned(),
+            "shadow".to_owned()
+        )]
+    );
 }

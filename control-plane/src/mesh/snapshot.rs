@@ -33,8 +33,8 @@ pub(super) fn snapshot(
         .iter()
         .filter_map(|name| config.services.get(*name))
         .flat_map(|dest| &dest.policy.routes)
-        .flat_map(|route| &route.backend_refs)
-        .map(|backend| backend.service.as_str())
+        .flat_map(|route| route.backends())
+        .map(|(_, backend)| backend.service.as_str())
         .collect();
     for name in routed {
         if !names.contains(&name) {

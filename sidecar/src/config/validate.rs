@@ -151,8 +151,8 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
     // traffic split, which a bootstrap file has none of.
     for (name, dest) in &destinations {
         for (i, route) in dest.policy.routes.iter().enumerate() {
-            for (j, backend) in route.backend_refs.iter().enumerate() {
-                let at = format!("destinations.{name}.routes[{i}].backendRefs[{j}]");
+            for (field, backend) in route.backends() {
+                let at = format!("destinations.{name}.routes[{i}].{field}");
                 if !destinations.contains_key(&backend.service) {
                     errors.push(
                         format!("{at}.name"),

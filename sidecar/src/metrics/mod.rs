@@ -43,6 +43,10 @@
 //!
 //! Rate limiting: `rate_limited_total{source}`, inbound requests refused with 429, by caller.
 //!
+//! Mirroring: `mirrored_requests_total{destination, route, mirror, result}`, copies a route's
+//! `RequestMirror` sent, by the copy's status class, `error`, or why none was sent (`busy`,
+//! `body-not-copied`).
+//!
 //! Fault injection: `faults_injected_total{destination, route, kind}`, requests the caller's
 //! sidecar delayed (`kind="delay"`) or answered itself (`kind="abort"`) by a `fault` policy.
 //!
@@ -80,7 +84,7 @@ pub use self::labels::{
     RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels, SourceLabels,
     SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
-use self::labels::{DetectionLabels, FaultLabels, ResultLabels, status_class};
+use self::labels::{DetectionLabels, FaultLabels, MirrorLabels, ResultLabels, status_class};
 
 /// Pre-resolved series of one destination.
 #[derive(Clone, Debug)]
@@ -169,6 +173,7 @@ pub struct Metrics {
     denied: Family<SourceLabels, Counter>,
     rate_limited: Family<SourceLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
+    mirrored: Family<MirrorLabels, Counter>,
     tcp: TcpFamilies,
     detections: Family<DetectionLabels, Counter>,
     /// Control-plane and certificate state.
@@ -338,6 +343,12 @@ impl Metrics {
             "Inbound requests refused by the rate limit, by caller",
             rate_limited.clone(),
         );
+        let mirrored = Family::default();
+        registry.register(
+            "mirrored_requests",
+            "Copies of outbound requests a route mirrored, by result",
+            mirrored.clone(),
+        );
         let faults = Family::default();
         registry.register(
             "faults_injected",
@@ -441,6 +452,7 @@ impl Metrics {
             denied,
             rate_limited,
             faults,
+            mirrored,
             tcp,
             detections,
             retries,
@@ -458,6 +470,24 @@ impl Metrics {
         self.denied
             .get_or_create(&SourceLabels {
                 source: source.clone(),
+            })
+            .inc();
+    }
+
+    /// Counts a copy `destination`'s `route` sent (or skipped) to `mirror`.
+    pub fn mirrored(
+        &self,
+        destination: &Label,
+        route: &Label,
+        mirror: &Label,
+        result: &'static str,
+    ) {
+        self.mirrored
+            .get_or_create(&MirrorLabels {
+                destination: destination.clone(),
+                route: route.clone(),
+                mirror: mirror.clone(),
+                result,
             })
             .inc();
     }

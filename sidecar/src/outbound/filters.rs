@@ -48,7 +48,7 @@ pub(crate) fn request(
                     redirect, matched, uri, authority,
                 )?));
             }
-            Filter::ResponseHeaderModifier { .. } => {}
+            Filter::ResponseHeaderModifier { .. } | Filter::RequestMirror { .. } => {}
         }
     }
     Ok(Filtered::Forward)

@@ -36,6 +36,7 @@ pub(crate) mod destination;
 pub(crate) mod ewma;
 pub(crate) mod fault;
 pub(crate) mod filters;
+pub(crate) mod mirror;
 pub(crate) mod policy;
 pub(crate) mod replay;
 pub(crate) mod retry;
@@ -61,7 +62,7 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 use crate::config::Config;
 use crate::error::{NoAuthority, NoRoute, TcpOnly};
-use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
+use crate::headers::{MIRROR, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::proxy_request::{Parties, Recorder};
@@ -74,6 +75,7 @@ use self::attempts::Attempts;
 use self::balance::Balance;
 use self::fault::Faults;
 use self::filters::Filtered;
+use self::mirror::{MirrorLabels, MirrorTarget};
 use self::policy::{DestinationService, Destinations, RouteTarget};
 use self::stack::call;
 use self::upgrade::Upgrade;
@@ -94,6 +96,10 @@ struct Routed {
     pin: Option<usize>,
     /// The faults the route, or else the destination, injects.
     faults: Option<Arc<Faults>>,
+    /// Where the route's mirrors send copies, resolved; empty without mirrors.
+    mirrors: Vec<MirrorTarget>,
+    /// The route's replay buffer, the longest body a mirror copies.
+    max_body: u64,
     /// The route's stack, or the destination's.
     service: DestinationService,
     /// The destination's balancer alone, for upgrades and tunnels.
@@ -113,8 +119,10 @@ pub(crate) struct Outbound {
     unknown: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
     recorder: Recorder,
-    /// For the byte counts of upgraded streams.
+    /// For the byte counts of upgraded streams, and mirrored copies.
     metrics: Arc<Metrics>,
+    /// For the spans of mirrored copies.
+    spans: Spans,
 }
 
 // === impl Outbound ===
@@ -134,11 +142,12 @@ impl Outbound {
             destinations,
             recorder: Recorder::new(
                 Direction::Outbound,
-                spans,
+                spans.clone(),
                 config.access_log,
                 metrics.clone(),
             ),
             metrics,
+            spans,
         }
     }
 
@@ -249,11 +258,53 @@ impl Outbound {
                 .map(|(r, matched)| (r.filters.clone(), matched.path.clone())),
             pin: None,
             faults: route.map_or(&stack.faults, |(r, _)| &r.faults).clone(),
+            mirrors: Vec::new(),
+            max_body: route.map_or(0, |(r, _)| r.max_body),
             service: route.map_or(&stack.service, |(r, _)| &r.service).clone(),
             balance: stack.balance().clone(),
             timeout: stack.timeout(),
             authority,
         };
+        if let Some((r, _)) = route
+            && !r.mirrors.is_empty()
+        {
+            let table = self.destinations.borrow();
+            routed.mirrors = r
+                .mirrors
+                .iter()
+                .filter_map(|m| {
+                    let (balance, pin) = match &m.target {
+                        RouteTarget::Split => (stack.balance().clone(), None),
+                        RouteTarget::Backend(index) => (stack.balance().clone(), Some(*index)),
+                        RouteTarget::Service { name, version } => {
+                            // A target missing from the table is skipped: the caller's request
+                            // must not fail for its mirror.
+                            let other = table.get(name)?;
+                            let pin = version
+                                .as_ref()
+                                .map(|v| other.balance().backend_of(v).unwrap_or(usize::MAX));
+                            (other.balance().clone(), pin)
+                        }
+                    };
+                    let authority = match &m.target {
+                        RouteTarget::Service { name, .. } => name.parse().ok()?,
+                        _ => routed.authority.clone(),
+                    };
+                    Some(MirrorTarget {
+                        balance,
+                        pin,
+                        authority,
+                        labels: MirrorLabels {
+                            destination: stack.name.clone(),
+                            route: r.name.clone(),
+                            mirror: m.service.clone(),
+                        },
+                        percent: m.percent,
+                        in_flight: m.in_flight.clone(),
+                    })
+                })
+                .collect();
+        }
         match route.map(|(r, _)| r.target()) {
             None | Some(RouteTarget::Split) => {}
             Some(RouteTarget::Backend(index)) => routed.pin = Some(*index),
@@ -303,6 +354,17 @@ impl Outbound {
             faults.inject(&attempts).await?;
         }
         let mut req = to_peer_request(Request::from_parts(parts, body), authority)?;
+        if !routed.mirrors.is_empty() {
+            let (parts, body) = req.into_parts();
+            let recording = mirror::Recording {
+                parent: attempts.context(),
+                b3,
+                spans: &self.spans,
+                metrics: &self.metrics,
+            };
+            let body = mirror::start(routed.mirrors, &parts, body, routed.max_body, &recording);
+            req = Request::from_parts(parts, body);
+        }
         // The next hop's parent is this sidecar's CLIENT span.
         propagation::inject(attempts.context(), b3, req.headers_mut());
         req.extensions_mut().insert(attempts);
@@ -328,8 +390,9 @@ fn to_peer_request(
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.remove(HOST);
     parts.headers.remove(EXPECT);
-    // Only a sidecar may say what the app spoke.
+    // Only a sidecar may say what the app spoke, or that a request is a mirror's copy.
     parts.headers.remove(ORIG_PROTO);
+    parts.headers.remove(MIRROR);
     if http1 {
         parts.headers.insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
     }

@@ -110,9 +110,24 @@ pub(crate) struct RouteStack {
     pub(crate) filters: Arc<[Filter]>,
     /// The faults it injects.
     pub(crate) faults: Option<Arc<Faults>>,
+    /// Where its `RequestMirror` filters send copies.
+    pub(crate) mirrors: Box<[RouteMirror]>,
+    /// Its replay buffer: the longest body a retry, or a mirror, copies.
+    pub(crate) max_body: u64,
     /// Its `backendRefs`, resolved where they can be; empty: the destination's own split.
     backends: Box<[(RouteTarget, u32)]>,
     total_weight: u32,
+}
+
+/// One `RequestMirror` of a route.
+#[derive(Debug)]
+pub(crate) struct RouteMirror {
+    pub(crate) target: RouteTarget,
+    /// The service copies go to.
+    pub(crate) service: Label,
+    pub(crate) percent: f64,
+    /// Copies in flight from this route to it.
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where a route sends a request.
@@ -388,6 +403,22 @@ impl DestinationStack {
                     ),
                     filters: route.filters.clone().into(),
                     faults: Faults::new(&route.fault, cx.metrics, name, &route.name),
+                    mirrors: route
+                        .filters
+                        .iter()
+                        .filter_map(|f| match f {
+                            Filter::RequestMirror { mirror } => Some(RouteMirror {
+                                target: RouteTarget::of(&mirror.backend_ref, name, &balance),
+                                service: mirror.backend_ref.service.as_str().into(),
+                                percent: mirror.percent,
+                                in_flight: Arc::new(tokio::sync::Semaphore::new(
+                                    super::mirror::MAX_IN_FLIGHT,
+                                )),
+                            }),
+                            _ => None,
+                        })
+                        .collect(),
+                    max_body: route.retries.max_buffered_body,
                     total_weight: backends.iter().map(|(_, w)| *w).sum(),
                     backends,
                 }
