@@ -6,6 +6,7 @@
 //! - [`policy`]: resilience policy of a destination, with its defaults and validation.
 //! - [`retry`]: retries, their backoff and budget, shared by a destination's policy and its
 //!   routes.
+//! - [`backend_ref`]: where a route sends requests or copies: a service or one of its versions.
 //! - [`route`]: routes within a destination in the shape of Gateway API HTTPRoute rules, with
 //!   their own timeout, retries and backends; [`route_match`] their matches and precedence,
 //!   [`route_filter`] their filters.
@@ -25,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod authorization;
+pub mod backend_ref;
 pub mod certify;
 pub mod channel;
 pub mod fault;

@@ -36,13 +36,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::backend_ref::BackendRef;
+use crate::backend_ref::{BackendRefFile, backend_ref};
 use crate::fault::{self, FaultFile, FaultPolicy};
 use crate::retry::{self, RetriesFile, RetryPolicy};
 pub use crate::route_filter::Filter;
 use crate::route_filter::FilterFile;
 use crate::route_match::{MatchFile, check_method, check_path};
 pub use crate::route_match::{PathMatch, RouteMatch};
-use crate::validate::{Errors, check_label};
+use crate::validate::Errors;
 
 /// Most routes one destination may have; each is a metric label value, so they are bounded.
 pub const MAX_ROUTES: usize = 128;
@@ -50,8 +52,6 @@ pub const MAX_ROUTES: usize = 128;
 pub const MAX_MATCHES: usize = 64;
 /// Most backends of one route (the Gateway API's limit).
 pub const MAX_BACKENDS: usize = 16;
-/// Largest weight of a backend.
-pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// One route, validated.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -75,19 +75,6 @@ pub struct RoutePolicy {
     /// Faults injected into its requests: its own, or else the destination's.
     #[serde(skip_serializing_if = "FaultPolicy::is_empty")]
     pub fault: FaultPolicy,
-}
-
-/// A backend of a route: a service, or one version of it, and its share of requests.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BackendRef {
-    /// The service.
-    #[serde(rename = "name")]
-    pub service: String,
-    /// One version of it (from its traffic split); `None`: the service as it splits itself.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// Share of the route's requests relative to the other backends.
-    pub weight: u32,
 }
 
 // === schema ===
@@ -115,15 +102,6 @@ struct LegacyMatchFile {
     methods: Option<Vec<String>>,
     path: Option<String>,
     path_prefix: Option<String>,
-}
-
-/// One entry of `backendRefs` (or a mirror's `backendRef`), as written.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BackendRefFile {
-    name: Option<String>,
-    version: Option<String>,
-    weight: Option<u32>,
 }
 
 // === impl RouteFile ===
@@ -317,32 +295,6 @@ fn backend_refs(files: Vec<BackendRefFile>, path: &str, errors: &mut Errors) -> 
         errors.push(path, "at least one weight must be greater than 0");
     }
     refs
-}
-
-/// One backend reference at `path`.
-pub(crate) fn backend_ref(
-    file: BackendRefFile,
-    path: &str,
-    errors: &mut Errors,
-) -> Option<BackendRef> {
-    let at = |field: &str| format!("{path}.{field}");
-    let Some(service) = file.name else {
-        errors.push(at("name"), "missing: the service to send requests to");
-        return None;
-    };
-    check_label(errors, &at("name"), &service);
-    if let Some(version) = &file.version {
-        check_label(errors, &at("version"), version);
-    }
-    let weight = file.weight.unwrap_or(1);
-    if weight > MAX_WEIGHT {
-        errors.push(at("weight"), format!("must be at most {MAX_WEIGHT}"));
-    }
-    Some(BackendRef {
-        service,
-        version: file.version,
-        weight,
-    })
 }
 
 fn check_name(name: &str) -> Result<(), String> {

@@ -84,7 +84,7 @@ pub enum Filter {
 pub struct Mirror {
     /// Where copies go (its weight is unused).
     #[serde(rename = "backendRef")]
-    pub backend_ref: crate::route::BackendRef,
+    pub backend_ref: crate::backend_ref::BackendRef,
     /// Of the route's requests, 0 to 100.
     pub percent: f64,
 }
@@ -215,7 +215,7 @@ pub struct FilterFile {
 #[serde(deny_unknown_fields)]
 struct MirrorFile {
     #[serde(rename = "backendRef")]
-    backend_ref: Option<crate::route::BackendRefFile>,
+    backend_ref: Option<crate::backend_ref::BackendRefFile>,
     percent: Option<f64>,
 }
 
@@ -404,7 +404,7 @@ fn filter(
                 return None;
             };
             let backend_ref =
-                crate::route::backend_ref(backend, &format!("{at}.backendRef"), errors)?;
+                crate::backend_ref::backend_ref(backend, &format!("{at}.backendRef"), errors)?;
             let percent = file.percent.unwrap_or(100.0);
             if !(0.0..=100.0).contains(&percent) {
                 errors.push(
