@@ -519,11 +519,7 @@ mod tests {
         };
         let mut errors = Errors::default();
         validate(file, "authorization", Decision::Allow, &mut errors);
-        let errors: Vec<String> = errors
-            .into_vec()
-            .into_iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
-            .collect();
+        let errors: Vec<String> = errors.lines();
         assert_eq!(
             errors,
             [

@@ -235,11 +235,7 @@ mod tests {
         let file: FaultFile = serde_saphyr::from_str(yaml).unwrap();
         let mut errors = Errors::default();
         let policy = validate(file, "fault", &mut errors);
-        let errors = errors
-            .into_vec()
-            .into_iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
-            .collect();
+        let errors = errors.lines();
         (policy, errors)
     }
 

@@ -153,11 +153,7 @@ mod tests {
         let file: RateLimitFile = serde_saphyr::from_str(yaml).unwrap();
         let mut errors = Errors::default();
         let policy = validate(file, "rate_limit", &mut errors);
-        let errors = errors
-            .into_vec()
-            .into_iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
-            .collect();
+        let errors = errors.lines();
         (policy, errors)
     }
 

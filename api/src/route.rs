@@ -328,11 +328,7 @@ mod tests {
             &FaultPolicy::default(),
             &mut errors,
         );
-        let errors = errors
-            .into_vec()
-            .into_iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
-            .collect();
+        let errors = errors.lines();
         (out, errors)
     }
 

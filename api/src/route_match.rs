@@ -439,11 +439,7 @@ mod tests {
     fn parse(yaml_like: MatchFile) -> (RouteMatch, Vec<String>) {
         let mut errors = Errors::default();
         let m = validate(yaml_like, "m", &mut errors);
-        let errors = errors
-            .into_vec()
-            .into_iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
-            .collect();
+        let errors = errors.lines();
         (m, errors)
     }
 

@@ -767,27 +767,17 @@ async fn a_sidecar_that_shuts_down_leaves_at_once_and_no_request_fails() {
     cp.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_90_10_traffic_split_is_observed() {
-    let (cluster, cp) = Cluster::start(
-        "1h",
-        &[
-            ("orders", ORDERS),
-            (
-                "inventory",
-                "name: inventory\ntraffic_split: { v1: 90, v2: 10 }\n",
-            ),
-        ],
-    )
-    .await;
-    let _v1 = cluster
+/// Inventory instances of versions v1 and v2 (echo apps saying which), and orders calling
+/// inventory, once orders' snapshot has both versions' endpoints.
+async fn two_versions(cluster: &Cluster) -> (Sidecar, Sidecar, Sidecar) {
+    let v1 = cluster
         .sidecar(
             "inventory",
             app::echo("inventory-v1").await,
             "version: v1\n",
         )
         .await;
-    let _v2 = cluster
+    let v2 = cluster
         .sidecar(
             "inventory",
             app::echo("inventory-v2").await,
@@ -806,6 +796,23 @@ async fn a_90_10_traffic_split_is_observed() {
         (full && backends.as_array()?.len() == 2).then_some(())
     })
     .await;
+    (v1, v2, orders)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_90_10_traffic_split_is_observed() {
+    let (cluster, cp) = Cluster::start(
+        "1h",
+        &[
+            ("orders", ORDERS),
+            (
+                "inventory",
+                "name: inventory\ntraffic_split: { v1: 90, v2: 10 }\n",
+            ),
+        ],
+    )
+    .await;
+    let (_v1, _v2, orders) = two_versions(&cluster).await;
     let n = 2000;
     let mut v2 = 0;
     for _ in 0..n {
@@ -842,32 +849,7 @@ async fn whoami(sidecar: &Sidecar, headers: &[(&str, &str)]) -> String {
 async fn a_header_route_sends_testers_to_v2_within_a_second_of_the_edit() {
     let split = "name: inventory\ntraffic_split: { v1: 100, v2: 0 }\n";
     let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", split)]).await;
-    let _v1 = cluster
-        .sidecar(
-            "inventory",
-            app::echo("inventory-v1").await,
-            "version: v1\n",
-        )
-        .await;
-    let _v2 = cluster
-        .sidecar(
-            "inventory",
-            app::echo("inventory-v2").await,
-            "version: v2\n",
-        )
-        .await;
-    let orders = cluster
-        .sidecar("orders", app::echo("orders").await, "")
-        .await;
-    eventually("both versions in orders' snapshot", PATIENCE, || async {
-        let backends = snapshot(&orders).await["destinations"]["inventory"]["backends"].clone();
-        let full = backends
-            .as_array()?
-            .iter()
-            .all(|b| b["endpoints"].as_array().is_some_and(|e| e.len() == 1));
-        (full && backends.as_array()?.len() == 2).then_some(())
-    })
-    .await;
+    let (_v1, _v2, orders) = two_versions(&cluster).await;
     // v2 has no weight: nobody gets it, testers included.
     for _ in 0..20 {
         assert_eq!(

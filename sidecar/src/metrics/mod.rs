@@ -79,12 +79,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub(crate) use self::labels::status_class;
 pub use self::labels::{
     DestinationLabels, Direction, DirectionLabels, EndpointLabels, Label, LatencyLabels,
     RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels, SourceLabels,
     SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
-use self::labels::{DetectionLabels, FaultLabels, MirrorLabels, ResultLabels, status_class};
+use self::labels::{DetectionLabels, FaultLabels, MirrorLabels, ResultLabels};
 
 /// Pre-resolved series of one destination.
 #[derive(Clone, Debug)]

@@ -41,6 +41,7 @@ use super::breaker::{Health, Outlier, State, Transition};
 use super::connect::Endpoint;
 use super::ewma::PeakEwma;
 use super::stack::{Req, ResponseFuture, Rsp};
+use super::weighted;
 
 /// Picks an endpoint and sends the try there.
 #[derive(Clone, Debug)]
@@ -336,18 +337,8 @@ impl Shared {
             backends => {
                 // Out of range when nothing has weight: no backend.
                 let by_weight = || {
-                    if self.total_weight == 0 {
-                        return backends.len();
-                    }
-                    let mut ticket = fastrand::u32(0..self.total_weight);
-                    backends
-                        .iter()
-                        .position(|(weight, _)| {
-                            let hit = ticket < *weight;
-                            ticket = ticket.saturating_sub(*weight);
-                            hit
-                        })
-                        .unwrap_or(0)
+                    weighted::draw(backends.iter().map(|(w, _)| *w), self.total_weight)
+                        .unwrap_or(backends.len())
                 };
                 let chosen = match attempts {
                     Some(attempts) => attempts.backend(by_weight),

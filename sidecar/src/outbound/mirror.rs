@@ -31,7 +31,7 @@ use super::stack::call;
 use crate::body::{Body, BoxError};
 use crate::error;
 use crate::headers::{MIRROR, absolute_uri};
-use crate::metrics::{Label, Metrics};
+use crate::metrics::{Label, Metrics, status_class};
 use crate::telemetry::spans::Spans;
 use crate::telemetry::{attr, end_span, propagation};
 
@@ -213,16 +213,6 @@ async fn send(
     };
     metrics.mirrored(&labels.destination, &labels.route, &labels.mirror, result);
     end_span(trace.span(), status, mesh_error, attempts.count());
-}
-
-fn status_class(code: u16) -> &'static str {
-    match code {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
 }
 
 /// The caller's body, passed on as it is while a copy of it is kept for the mirrors, up to

@@ -47,6 +47,7 @@ pub(crate) mod tcp_listen;
 pub(crate) mod timeout;
 pub(crate) mod tunnel;
 pub(crate) mod upgrade;
+pub(crate) mod weighted;
 
 use std::convert::Infallible;
 use std::sync::Arc;

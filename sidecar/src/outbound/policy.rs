@@ -33,6 +33,7 @@ use super::retry::{Retry, RetryLayer};
 use super::route_match::{Matched, RouteTable};
 use super::shed::{Shed, ShedLayer};
 use super::timeout::{self, Timeout, TimeoutLayer};
+use super::weighted;
 
 /// Steps 5a to 8 of one destination, as one service type. Every layer clones by `Arc`, so a
 /// request takes its own copy of the stack without allocating.
@@ -153,17 +154,9 @@ impl RouteStack {
         match &*self.backends {
             [] => &RouteTarget::Split,
             [(only, _)] => only,
-            backends => {
-                let mut ticket = fastrand::u32(0..self.total_weight.max(1));
-                backends
-                    .iter()
-                    .find(|(_, weight)| {
-                        let hit = ticket < *weight;
-                        ticket = ticket.saturating_sub(*weight);
-                        hit
-                    })
-                    .map_or(&RouteTarget::Split, |(target, _)| target)
-            }
+            backends => weighted::draw(backends.iter().map(|(_, w)| *w), self.total_weight)
+                .and_then(|i| backends.get(i))
+                .map_or(&RouteTarget::Split, |(target, _)| target),
         }
     }
 }
