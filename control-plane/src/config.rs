@@ -18,8 +18,11 @@
 //! name: inventory
 //! calls: [payments]               # its dependencies, each a declared service
 //! timeout: 2s                     # policy fields; each replaces the same field of `defaults`
-//! authorization: { default: deny, allow: [orders], deny: [] }
+//! authorization: { default: deny, allow: [orders], deny: [], rules: [...] }
 //! traffic_split: { v1: 90, v2: 10 }
+//! routes: [...]                   # HTTPRoute-shaped rules: matches, filters, backendRefs
+//! fault: { delay: {...}, abort: {...} }
+//! rate_limit: { requests_per_second: 50, callers: { orders: { requests_per_second: 10 } } }
 //!
 //! # services/redis.yaml: a TCP service
 //! name: redis
