@@ -198,8 +198,12 @@ mod tests {
         assert_eq!(policy.routes.len(), 1);
         let route = &policy.routes[0];
         assert_eq!(route.name, "stock");
-        assert_eq!(route.methods, ["GET"]);
-        assert_eq!(route.path_prefix, "/stock");
+        // Sent as matches; the earlier fields stay empty.
+        assert!(route.methods.is_empty() && route.path_prefix.is_empty());
+        assert_eq!(route.matches.len(), 1);
+        assert_eq!(route.matches[0].method, "GET");
+        assert_eq!(route.matches[0].path, "/stock");
+        assert_eq!(route.matches[0].path_type, v1::PathMatchType::Prefix as i32);
         assert_eq!(route.timeout_ms, 500);
         assert_eq!(route.retries.as_ref().unwrap().attempts, 3);
     }
