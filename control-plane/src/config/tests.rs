@@ -83,6 +83,17 @@ fn every_error_has_its_file_and_path() {
     }
 }
 
+/// `errs` are exactly the `expected` errors, each given by how it starts.
+fn assert_errors(errs: &[String], expected: &[&str]) {
+    for e in expected {
+        assert!(
+            errs.iter().any(|err| err.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+}
+
 /// The YAML block after `marker` in the README.
 fn readme_block(marker: &str) -> &'static str {
     let readme = include_str!("../../../docs/control-plane.md");
@@ -223,13 +234,7 @@ fn route_errors_name_the_route_and_field_and_inherited_ones_are_reported_once() 
         "services/inventory.yaml: routes[3].match: set matches or the earlier match, not both",
         "services/inventory.yaml: routes[4].retries.attempts: must be between 1 and 10",
     ];
-    for e in expected {
-        assert!(
-            errs.iter().any(|err| err.starts_with(e)),
-            "missing {e:?} in {errs:#?}"
-        );
-    }
-    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    assert_errors(&errs, &expected);
 }
 
 #[test]
@@ -350,13 +355,7 @@ fn backend_refs_name_declared_services_and_versions_of_their_split() {
         "services/inventory.yaml: routes[1].backendRefs[2].version: \"v2\" is not in next's traffic_split",
         "services/inventory.yaml: routes[1].backendRefs[3].name: \"cache\" is a tcp service",
     ];
-    for e in expected {
-        assert!(
-            errs.iter().any(|err| err.starts_with(e)),
-            "missing {e:?} in {errs:#?}"
-        );
-    }
-    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    assert_errors(&errs, &expected);
 }
 
 /// The YAML block that follows `marker` in `doc`.
@@ -464,13 +463,7 @@ fn faults_belong_to_one_http_service() {
         "services/inventory.yaml: routes[0].fault.abort.grpcStatus: \"NOPE\" is not a gRPC error status",
         "services/cache.yaml: fault: not allowed on a protocol: tcp destination",
     ];
-    for e in expected {
-        assert!(
-            errs.iter().any(|err| err.starts_with(e)),
-            "missing {e:?} in {errs:#?}"
-        );
-    }
-    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    assert_errors(&errs, &expected);
 }
 
 #[test]
