@@ -888,6 +888,60 @@ async fn a_header_route_sends_testers_to_v2_within_a_second_of_the_edit() {
     cp.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_rules_and_rate_limits_apply_within_a_second_of_the_edit() {
+    let (cluster, cp, _inventory, orders) = Cluster::shop("1h").await;
+    let post = || async {
+        let rsp = client::http1()
+            .request(
+                http::Request::post(format!("{}/products", orders.outbound_url()))
+                    .header("host", "inventory")
+                    .body(Default::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = rsp.status();
+        (status, client::text(rsp).await)
+    };
+    assert_eq!(post().await.0, StatusCode::OK);
+
+    cluster.dirs.write_service(
+        "inventory",
+        "name: inventory\n\
+         authorization:\n\
+         \x20 rules:\n\
+         \x20   - { name: product-writes, matches: [{ method: POST, path: { value: /products } }], allow: [storefront] }\n\
+         rate_limit: { requests_per_second: 1000, callers: { orders: { requests_per_second: 5, burst: 5 } } }\n",
+    );
+    let edited = tokio::time::Instant::now();
+    eventually("the rule refuses orders' POST", PATIENCE, || async {
+        (post().await.0 == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await;
+    let applied = edited.elapsed();
+    assert!(
+        applied < Duration::from_secs(1),
+        "applied after {applied:?}"
+    );
+    let (_, body) = post().await;
+    assert!(
+        body.contains("authorization.rules[product-writes].allow"),
+        "{body}"
+    );
+    // Reads are let in, up to orders' own limit.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(call(&orders, "inventory", "/products").await.0);
+    }
+    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    cp.stop().await.unwrap();
+}
+
 fn spawn_binary(cluster: &Cluster) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
         .arg("--config-dir")
