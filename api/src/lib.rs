@@ -6,9 +6,13 @@
 //! - [`policy`]: resilience policy of a destination, with its defaults and validation.
 //! - [`retry`]: retries, their backoff and budget, shared by a destination's policy and its
 //!   routes.
-//! - [`route`]: routes within a destination, by method and path, with their own timeout and
-//!   retries.
-//! - [`authorization`]: who may call a service.
+//! - [`backend_ref`]: where a route sends requests or copies: a service or one of its versions.
+//! - [`route`]: routes within a destination in the shape of Gateway API HTTPRoute rules, with
+//!   their own timeout, retries and backends; [`route_match`] their matches and precedence,
+//!   [`route_filter`] their filters.
+//! - [`authorization`]: who may call a service, and by method and path.
+//! - [`fault`]: delays and aborts the caller's sidecar injects.
+//! - [`rate_limit`]: how many requests a service's sidecars let in, in all and per caller.
 //! - [`tcp`]: `protocol: tcp` destinations, their local listener and their app's port.
 //! - [`proto`]: the gRPC API (`proto/mesh/v1/mesh.proto`) and its mapping to policy types.
 //! - [`tls`]: SPIFFE verification and live certificates and bundles, for both ends.
@@ -23,12 +27,17 @@
 #![deny(missing_docs)]
 
 pub mod authorization;
+pub mod backend_ref;
 pub mod certify;
 pub mod channel;
+pub mod fault;
 pub mod policy;
 pub mod proto;
+pub mod rate_limit;
 pub mod retry;
 pub mod route;
+pub mod route_filter;
+pub mod route_match;
 pub mod spiffe;
 pub mod stats;
 pub mod tcp;

@@ -21,6 +21,7 @@
 //! | `circuit_breaker.max_pending` | 256 |
 //! | `load_balancer` | `p2c-ewma` |
 //! | `routes` | none: every request gets the fields above |
+//! | `fault` | none: see [`crate::fault`] |
 //!
 //! `routes` give requests picked out by method and path their own timeout and retries; see
 //! [`crate::route`]. The retry types live in [`crate::retry`], shared with routes, and are
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{self, FaultFile, FaultPolicy};
 use crate::retry::retries;
 pub use crate::retry::{Backoff, Budget, RetriesFile, RetryOn, RetryPolicy};
 use crate::route::{self, RouteFile, RoutePolicy};
@@ -47,9 +49,12 @@ pub struct DestinationPolicy {
     pub circuit_breaker: BreakerPolicy,
     /// How an endpoint is chosen.
     pub load_balancer: LoadBalancer,
-    /// Routes in order; the first that matches a request sets its timeout and retries.
+    /// Routes; the one a request takes sets its timeout, retries, filters and backends.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RoutePolicy>,
+    /// Faults injected into requests that take no route (a route has its own).
+    #[serde(skip_serializing_if = "FaultPolicy::is_empty")]
+    pub fault: FaultPolicy,
 }
 
 /// Outlier ejection and load shedding.
@@ -103,6 +108,9 @@ pub struct PolicyFile {
     /// `routes`
     #[serde(default)]
     pub routes: Option<Vec<RouteFile>>,
+    /// `fault`
+    #[serde(default)]
+    pub fault: Option<FaultFile>,
 }
 
 /// The `circuit_breaker` block, as written.
@@ -133,11 +141,16 @@ pub fn validate(file: PolicyFile, path: &str, errors: &mut Errors) -> Destinatio
         .timeout
         .and_then(|t| validate::limit(errors, &format!("{path}.timeout"), t));
     let retries_file = file.retries.unwrap_or_default();
+    let fault = file
+        .fault
+        .map(|f| fault::validate(f, &format!("{path}.fault"), errors))
+        .unwrap_or_default();
     let routes = route::validate(
         file.routes.unwrap_or_default(),
         &format!("{path}.routes"),
         timeout,
         &retries_file,
+        &fault,
         errors,
     );
     let retries = retries(retries_file, &format!("{path}.retries"), errors);
@@ -163,6 +176,7 @@ pub fn validate(file: PolicyFile, path: &str, errors: &mut Errors) -> Destinatio
         circuit_breaker,
         load_balancer,
         routes,
+        fault,
     }
 }
 

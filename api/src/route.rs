@@ -1,19 +1,25 @@
-//! Routes of a destination: requests picked out by method and path that get their own timeout
-//! and retries.
+//! Routes of a destination: requests picked out by path, method, headers and query that get
+//! their own timeout and retries, filters, and backends.
 //!
 //! A destination's policy applies to every request to it; a route narrows it for some of them.
-//! Reads may be retried three times under a 500 ms limit while a checkout POST gets 5 s and no
-//! retry, on the same service. Routes are tried in order and the first whose `match` fits
-//! the request applies; a request no route matches gets the destination's own policy.
+//! Routes take the shape of the Gateway API's HTTPRoute rules: `matches`
+//! ([`crate::route_match`]), `filters` ([`crate::route_filter`]) and `backendRefs`, with the
+//! Gateway API's field names, and the Gateway API's precedence decides which route a request
+//! takes (exact path, longest prefix, regular expression, then method, header and query
+//! matches; see [`crate::route_match`]). A request no route matches gets the destination's
+//! own policy.
 //!
 //! ```yaml
 //! routes:
+//!   - name: testers
+//!     matches: [{ headers: [{ name: x-tester, value: "yes" }] }]
+//!     backendRefs: [{ name: inventory, version: v2 }]
 //!   - name: stock-lookup
-//!     match: { methods: [GET], path_prefix: /stock }
+//!     matches: [{ method: GET, path: { type: PathPrefix, value: /stock } }]
 //!     timeout: 500ms
 //!     retries: { attempts: 3, per_try_timeout: 150ms }
 //!   - name: export
-//!     match: { path: /export }
+//!     match: { path: /export }       # the earlier form: methods, path or path_prefix
 //!     timeout: none                  # no overall limit for this route
 //! ```
 //!
@@ -23,82 +29,52 @@
 //! calling the service, not a separate set of endpoints, and a budget split per route would
 //! let an outage multiply load once per route.
 //!
-//! Paths match as written, before any decoding. `path_prefix` matches whole segments:
-//! `/stock` matches `/stock` and `/stock/abc`, not `/stockpile`.
+//! `backendRefs` send the route's requests, by weight, to a version of the destination (which
+//! must be in its traffic split) or to another service, whose own policy then applies.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::backend_ref::BackendRef;
+use crate::backend_ref::{BackendRefFile, backend_ref};
+use crate::fault::{self, FaultFile, FaultPolicy};
 use crate::retry::{self, RetriesFile, RetryPolicy};
+pub use crate::route_filter::Filter;
+use crate::route_filter::FilterFile;
+use crate::route_match::{MatchFile, check_method, check_path};
+pub use crate::route_match::{PathMatch, RouteMatch};
 use crate::validate::Errors;
 
 /// Most routes one destination may have; each is a metric label value, so they are bounded.
-pub const MAX_ROUTES: usize = 64;
+pub const MAX_ROUTES: usize = 128;
+/// Most matches of one route (the Gateway API's limit).
+pub const MAX_MATCHES: usize = 64;
+/// Most backends of one route (the Gateway API's limit).
+pub const MAX_BACKENDS: usize = 16;
 
 /// One route, validated.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RoutePolicy {
     /// Its name: unique within the destination, and the `route` label of its metrics.
     pub name: String,
-    /// Which requests it applies to.
-    #[serde(rename = "match")]
-    pub matches: RouteMatch,
+    /// The requests it applies to: those that fit any one of these.
+    pub matches: Vec<RouteMatch>,
+    /// What is done to its requests and responses, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// Where its requests go, by weight; empty: the destination, split as the destination is.
+    #[serde(rename = "backendRefs", skip_serializing_if = "Vec::is_empty")]
+    pub backend_refs: Vec<BackendRef>,
     /// Limit on the whole request, all tries included (504 when exceeded); `None`: no limit.
     #[serde(serialize_with = "crate::validate::serialize_optional_duration")]
     pub timeout: Option<Duration>,
     /// Its retries: the destination's, with the fields the route sets replaced. The budget is
     /// always the destination's.
     pub retries: RetryPolicy,
-}
-
-/// Which requests a route applies to: all of its conditions hold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RouteMatch {
-    /// Request methods, as sent (HTTP methods are case-sensitive); empty: any method.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// The request path.
-    #[serde(flatten)]
-    pub path: PathMatch,
-}
-
-/// How a route matches the request path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum PathMatch {
-    /// The path is exactly this (the query is not part of it).
-    #[serde(rename = "path")]
-    Exact(String),
-    /// The path is this or starts with it followed by `/`. Stored without a trailing `/`,
-    /// except the root `/`, which matches every path.
-    #[serde(rename = "path_prefix")]
-    Prefix(String),
-}
-
-// === impl RouteMatch ===
-
-impl RouteMatch {
-    /// Whether a request with this method and path (without query) is on the route.
-    pub fn matches(&self, method: &str, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && self.path.matches(path)
-    }
-}
-
-// === impl PathMatch ===
-
-impl PathMatch {
-    /// Whether `path` (without query) matches.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            Self::Exact(exact) => path == exact,
-            Self::Prefix(prefix) if prefix == "/" => true,
-            Self::Prefix(prefix) => match path.strip_prefix(prefix.as_str()) {
-                Some(rest) => rest.is_empty() || rest.starts_with('/'),
-                None => false,
-            },
-        }
-    }
+    /// Faults injected into its requests: its own, or else the destination's.
+    #[serde(skip_serializing_if = "FaultPolicy::is_empty")]
+    pub fault: FaultPolicy,
 }
 
 // === schema ===
@@ -108,18 +84,54 @@ impl PathMatch {
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     name: Option<String>,
+    /// The earlier form of `matches`, still read: `{ methods, path | path_prefix }`.
     #[serde(rename = "match")]
-    matches: Option<MatchFile>,
+    legacy_match: Option<LegacyMatchFile>,
+    matches: Option<Vec<MatchFile>>,
+    filters: Option<Vec<FilterFile>>,
+    #[serde(rename = "backendRefs")]
+    backend_refs: Option<Vec<BackendRefFile>>,
     timeout: Option<String>,
     retries: Option<RetriesFile>,
+    fault: Option<FaultFile>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MatchFile {
+struct LegacyMatchFile {
     methods: Option<Vec<String>>,
     path: Option<String>,
     path_prefix: Option<String>,
+}
+
+// === impl RouteFile ===
+
+impl RouteFile {}
+
+// === impl RoutePolicy ===
+
+impl RoutePolicy {
+    /// Every backend it sends requests or copies to, with its field path within the route:
+    /// its `backendRefs`, then its mirrors'.
+    pub fn backends(&self) -> impl Iterator<Item = (String, &BackendRef)> {
+        let refs = self
+            .backend_refs
+            .iter()
+            .enumerate()
+            .map(|(j, b)| (format!("backendRefs[{j}]"), b));
+        let mirrors = self
+            .filters
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| match f {
+                Filter::RequestMirror { mirror } => Some((
+                    format!("filters[{k}].requestMirror.backendRef"),
+                    &mirror.backend_ref,
+                )),
+                _ => None,
+            });
+        refs.chain(mirrors)
+    }
 }
 
 // === validation ===
@@ -131,6 +143,7 @@ pub(crate) fn validate(
     path: &str,
     timeout: Option<Duration>,
     retries: &RetriesFile,
+    fault: &FaultPolicy,
     errors: &mut Errors,
 ) -> Vec<RoutePolicy> {
     if files.len() > MAX_ROUTES {
@@ -146,15 +159,49 @@ pub(crate) fn validate(
         } else if !names.insert(name.clone()) {
             errors.push(at("name"), format!("{name:?} names two routes"));
         }
-        let Some(matches) = file.matches else {
-            errors.push(
-                at("match"),
-                "missing: say which requests the route is for, e.g. \
-                 { methods: [GET], path_prefix: /stock }",
-            );
-            continue;
+        let matches = match (file.legacy_match, file.matches) {
+            (Some(_), Some(_)) => {
+                errors.push(
+                    at("match"),
+                    "set matches or the earlier match, not both: \
+                     move its methods and path into matches",
+                );
+                vec![RouteMatch::any()]
+            }
+            (Some(legacy), None) => legacy_match(legacy, &at("match"), errors),
+            (None, Some(list)) => {
+                if list.len() > MAX_MATCHES {
+                    errors.push(at("matches"), format!("at most {MAX_MATCHES}"));
+                }
+                if list.is_empty() {
+                    vec![RouteMatch::any()]
+                } else {
+                    list.into_iter()
+                        .enumerate()
+                        .map(|(j, m)| {
+                            crate::route_match::validate(
+                                m,
+                                &format!("{path}[{i}].matches[{j}]"),
+                                errors,
+                            )
+                        })
+                        .collect()
+                }
+            }
+            (None, None) => vec![RouteMatch::any()],
         };
-        let matches = route_match(matches, &at("match"), errors);
+        let backend_refs = backend_refs(
+            file.backend_refs.unwrap_or_default(),
+            &at("backendRefs"),
+            errors,
+        );
+        let filters = crate::route_filter::validate(
+            file.filters.unwrap_or_default(),
+            &at("filters"),
+            &matches,
+            !backend_refs.is_empty(),
+            errors,
+        );
         let timeout = match file.timeout {
             None => timeout,
             Some(text) => crate::validate::limit(errors, &at("timeout"), text),
@@ -182,43 +229,36 @@ pub(crate) fn validate(
                 errors.push(e.path, e.message);
             }
         }
+        let fault = match file.fault {
+            Some(own) => fault::validate(own, &at("fault"), errors),
+            None => fault.clone(),
+        };
         routes.push(RoutePolicy {
             name,
             matches,
+            filters,
+            backend_refs,
             timeout,
             retries,
+            fault,
         });
     }
     routes
 }
 
-fn route_match(file: MatchFile, path: &str, errors: &mut Errors) -> RouteMatch {
+/// The earlier `match` as the matches it stands for: one per method, each with its path.
+fn legacy_match(file: LegacyMatchFile, path: &str, errors: &mut Errors) -> Vec<RouteMatch> {
     let methods = file.methods.unwrap_or_default();
-    for (i, method) in methods.iter().enumerate() {
-        let token = !method.is_empty()
-            && method
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !token {
-            errors.push(
-                format!("{path}.methods[{i}]"),
-                format!("{method:?} is not an HTTP method"),
-            );
-        } else if method.bytes().any(|b| b.is_ascii_lowercase()) {
-            errors.push(
-                format!("{path}.methods[{i}]"),
-                format!(
-                    "methods are case-sensitive and {method:?} would match no standard one: \
-                     write {:?}",
-                    method.to_ascii_uppercase()
-                ),
-            );
-        }
-    }
+    let methods: Vec<String> = methods
+        .into_iter()
+        .enumerate()
+        .filter(|(i, m)| check_method(m, &format!("{path}.methods[{i}]"), errors))
+        .map(|(_, m)| m)
+        .collect();
     let path_match = match (file.path, file.path_prefix) {
         (Some(_), Some(_)) => {
             errors.push(path, "set one of path and path_prefix, not both");
-            PathMatch::Prefix("/".to_owned())
+            PathMatch::PathPrefix("/".to_owned())
         }
         (Some(exact), None) => {
             check_path(&exact, &format!("{path}.path"), errors);
@@ -226,33 +266,35 @@ fn route_match(file: MatchFile, path: &str, errors: &mut Errors) -> RouteMatch {
         }
         (None, Some(prefix)) => {
             check_path(&prefix, &format!("{path}.path_prefix"), errors);
-            let trimmed = prefix.trim_end_matches('/');
-            PathMatch::Prefix(if trimmed.is_empty() {
-                "/".to_owned()
-            } else {
-                trimmed.to_owned()
-            })
+            crate::route_match::prefix(&prefix)
         }
-        (None, None) => PathMatch::Prefix("/".to_owned()),
+        (None, None) => PathMatch::PathPrefix("/".to_owned()),
     };
-    RouteMatch {
-        methods,
-        path: path_match,
+    let one = |method: Option<String>| RouteMatch {
+        path: path_match.clone(),
+        method,
+        ..RouteMatch::any()
+    };
+    if methods.is_empty() {
+        vec![one(None)]
+    } else {
+        methods.into_iter().map(|m| one(Some(m))).collect()
     }
 }
 
-fn check_path(value: &str, path: &str, errors: &mut Errors) {
-    if !value.starts_with('/') {
-        errors.push(path, format!("{value:?} must start with '/'"));
-    } else if let Some(c) = value
-        .chars()
-        .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
-    {
-        errors.push(
-            path,
-            format!("{value:?} contains {c:?}: a path is matched without query or fragment"),
-        );
+fn backend_refs(files: Vec<BackendRefFile>, path: &str, errors: &mut Errors) -> Vec<BackendRef> {
+    if files.len() > MAX_BACKENDS {
+        errors.push(path, format!("at most {MAX_BACKENDS}"));
     }
+    let refs: Vec<BackendRef> = files
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, file)| backend_ref(file, &format!("{path}[{i}]"), errors))
+        .collect();
+    if !refs.is_empty() && refs.iter().all(|b| b.weight == 0) {
+        errors.push(path, "at least one weight must be greater than 0");
+    }
+    refs
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -276,37 +318,69 @@ fn check_name(name: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn prefix(p: &str) -> PathMatch {
-        PathMatch::Prefix(p.to_owned())
+    fn routes(yaml_routes: Vec<RouteFile>) -> (Vec<RoutePolicy>, Vec<String>) {
+        let mut errors = Errors::default();
+        let out = validate(
+            yaml_routes,
+            "routes",
+            None,
+            &RetriesFile::default(),
+            &FaultPolicy::default(),
+            &mut errors,
+        );
+        let errors = errors.lines();
+        (out, errors)
     }
 
     #[test]
-    fn prefix_matches_whole_segments() {
-        let stock = prefix("/stock");
-        assert!(stock.matches("/stock"));
-        assert!(stock.matches("/stock/"));
-        assert!(stock.matches("/stock/abc"));
-        assert!(!stock.matches("/stockpile"));
-        assert!(!stock.matches("/"));
-        assert!(!stock.matches("/Stock"));
-        assert!(prefix("/").matches("/anything/at/all"));
+    fn the_earlier_match_is_one_match_per_method() {
+        let (out, errors) = routes(vec![RouteFile {
+            name: Some("reads".into()),
+            legacy_match: Some(LegacyMatchFile {
+                methods: Some(vec!["GET".into(), "HEAD".into()]),
+                path: None,
+                path_prefix: Some("/stock/".into()),
+            }),
+            ..RouteFile::default()
+        }]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let m = &out[0].matches;
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].method.as_deref(), Some("GET"));
+        assert_eq!(m[1].method.as_deref(), Some("HEAD"));
+        assert_eq!(m[0].path, PathMatch::PathPrefix("/stock".into()));
+        let none = |_: &str| None;
+        assert!(m[1].matches("HEAD", "/stock/1", none, None));
+        assert!(!m[1].matches("HEAD", "/stockpile", none, None));
     }
 
     #[test]
-    fn exact_path_and_methods() {
-        let m = RouteMatch {
-            methods: vec!["POST".into(), "PUT".into()],
-            path: PathMatch::Exact("/orders".into()),
-        };
-        assert!(m.matches("POST", "/orders"));
-        assert!(m.matches("PUT", "/orders"));
-        assert!(!m.matches("GET", "/orders"));
-        assert!(!m.matches("POST", "/orders/1"));
-        assert!(!m.matches("post", "/orders"));
-        let any = RouteMatch {
-            methods: vec![],
-            path: prefix("/"),
-        };
-        assert!(any.matches("PATCH", "/x"));
+    fn backend_refs_are_checked() {
+        let (out, errors) = routes(vec![RouteFile {
+            name: Some("split".into()),
+            matches: Some(vec![]),
+            backend_refs: Some(vec![
+                BackendRefFile {
+                    name: Some("inventory".into()),
+                    version: Some("V2".into()),
+                    weight: Some(0),
+                },
+                BackendRefFile {
+                    name: None,
+                    version: None,
+                    weight: None,
+                },
+            ]),
+            ..RouteFile::default()
+        }]);
+        assert_eq!(out[0].matches, [RouteMatch::any()]);
+        let text = errors.join("\n");
+        for expected in [
+            "routes[0].backendRefs[0].version: ",
+            "routes[0].backendRefs[1].name: missing",
+            "routes[0].backendRefs: at least one weight must be greater than 0",
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
     }
 }

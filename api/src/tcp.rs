@@ -41,6 +41,8 @@ pub struct TcpFields<'a> {
     pub retries: bool,
     /// Whether `timeout` is set.
     pub timeout: bool,
+    /// Whether `fault` is set.
+    pub fault: bool,
 }
 
 /// The listener of a destination at `path` (empty for a service file's top level): `None`
@@ -100,6 +102,11 @@ pub fn validate(fields: &TcpFields<'_>, path: &str, errors: &mut Errors) -> Opti
             "timeout",
             fields.timeout,
             "a TCP stream has no request to time out; connect_timeout limits its connect",
+        ),
+        (
+            "fault",
+            fields.fault,
+            "faults are injected into requests, and a TCP stream is not one",
         ),
     ];
     for (field, set, why) in refused {
@@ -214,6 +221,7 @@ mod tests {
             routes: true,
             retries: true,
             timeout: true,
+            fault: false,
             ..TcpFields::default()
         });
         assert!(errors.is_empty(), "{errors:?}");
@@ -249,6 +257,7 @@ mod tests {
             routes: true,
             retries: true,
             timeout: true,
+            fault: false,
         });
         let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(

@@ -36,6 +36,15 @@ impl Errors {
     pub fn into_vec(self) -> Vec<ConfigError> {
         self.0
     }
+
+    /// The problems as `path: message` lines, for tests.
+    #[cfg(test)]
+    pub(crate) fn lines(self) -> Vec<String> {
+        self.0
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect()
+    }
 }
 
 /// Checks that a service, namespace or destination name is a DNS label.

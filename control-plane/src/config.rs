@@ -18,8 +18,11 @@
 //! name: inventory
 //! calls: [payments]               # its dependencies, each a declared service
 //! timeout: 2s                     # policy fields; each replaces the same field of `defaults`
-//! authorization: { default: deny, allow: [orders], deny: [] }
+//! authorization: { default: deny, allow: [orders], deny: [], rules: [...] }
 //! traffic_split: { v1: 90, v2: 10 }
+//! routes: [...]                   # HTTPRoute-shaped rules: matches, filters, backendRefs
+//! fault: { delay: {...}, abort: {...} }
+//! rate_limit: { requests_per_second: 50, callers: { orders: { requests_per_second: 10 } } }
 //!
 //! # services/redis.yaml: a TCP service
 //! name: redis
@@ -100,6 +103,8 @@ pub struct ServiceConfig {
     pub policy: DestinationPolicy,
     /// Who may call it.
     pub authorization: AuthorizationPolicy,
+    /// How many requests each of its instances lets in.
+    pub rate_limit: mesh_api::rate_limit::RateLimitPolicy,
     /// Weights between its versions, when split.
     pub traffic_split: Option<BTreeMap<String, u32>>,
     /// For a `protocol: tcp` service, where its callers' apps connect and its app's port.
@@ -176,9 +181,13 @@ struct ServiceFile {
     #[serde(default)]
     authorization: Option<AuthorizationFile>,
     #[serde(default)]
+    rate_limit: Option<mesh_api::rate_limit::RateLimitFile>,
+    #[serde(default)]
     traffic_split: Option<BTreeMap<String, u32>>,
     #[serde(default)]
     routes: Option<Vec<RouteFile>>,
+    #[serde(default)]
+    fault: Option<mesh_api::fault::FaultFile>,
     #[serde(default)]
     protocol: Option<String>,
     #[serde(default)]
@@ -374,6 +383,12 @@ fn validate(
     );
     // The defaults are checked once, here; a service inherits only fields it does not set.
     policy::validate(mesh.defaults.clone(), "defaults", &mut errors);
+    if mesh.defaults.fault.is_some() {
+        errors.push(
+            "defaults.fault",
+            "faults are an experiment on one service: put them in that service's file",
+        );
+    }
     if mesh.defaults.routes.is_some() {
         errors.push(
             "defaults.routes",
@@ -411,6 +426,7 @@ fn validate(
             services.insert(config.name.clone(), config);
         }
     }
+    check_backend_refs(&services, out);
     // Every caller of a TCP service listens at its address, so two must not share one.
     let mut listens: BTreeMap<std::net::SocketAddr, &ServiceConfig> = BTreeMap::new();
     for service in services.values() {
@@ -436,6 +452,48 @@ fn validate(
     }
 }
 
+/// A route's `backendRefs` name declared HTTP services, and versions those services split
+/// into.
+fn check_backend_refs(services: &BTreeMap<String, ServiceConfig>, out: &mut Vec<FileError>) {
+    for service in services.values() {
+        for (i, route) in service.policy.routes.iter().enumerate() {
+            for (field, backend) in route.backends() {
+                let at = format!("routes[{i}].{field}");
+                let Some(target) = services.get(&backend.service) else {
+                    out.push(file_error(
+                        &service.file,
+                        &format!("{at}.name"),
+                        format!("service {:?} is not declared", backend.service),
+                    ));
+                    continue;
+                };
+                if target.tcp.as_ref().is_some_and(|t| !t.detect) {
+                    out.push(file_error(
+                        &service.file,
+                        &format!("{at}.name"),
+                        format!("{:?} is a tcp service: routes send requests", target.name),
+                    ));
+                }
+                let Some(version) = &backend.version else {
+                    continue;
+                };
+                let split = target.traffic_split.as_ref();
+                if !split.is_some_and(|s| s.contains_key(version)) {
+                    out.push(file_error(
+                        &service.file,
+                        &format!("{at}.version"),
+                        format!(
+                            "{version:?} is not in {}'s traffic_split: add it there (weight 0 \
+                             sends it only the requests of routes that name it)",
+                            target.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
 fn validate_service(
     file: ServiceFile,
     file_name: &str,
@@ -453,6 +511,7 @@ fn validate_service(
             routes: file.routes.is_some(),
             retries: file.retries.is_some(),
             timeout: file.timeout.is_some(),
+            fault: file.fault.is_some(),
         },
         "",
         errors,
@@ -475,6 +534,7 @@ fn validate_service(
         ("circuit_breaker", file.circuit_breaker.is_some()),
         ("load_balancer", file.load_balancer.is_some()),
         ("routes", file.routes.is_some()),
+        ("fault", file.fault.is_some()),
     ]
     .into_iter()
     .filter_map(|(field, set)| set.then_some(field))
@@ -490,6 +550,8 @@ fn validate_service(
             .or_else(|| defaults.load_balancer.clone()),
         // A route names paths of one service; there are no mesh-wide routes.
         routes: file.routes,
+        // Faults are an experiment on one service, never a mesh-wide default.
+        fault: file.fault,
     };
     let mut policy_errors = Errors::default();
     let policy = policy::validate(merged, "", &mut policy_errors);
@@ -503,18 +565,13 @@ fn validate_service(
     }
 
     let authorization_file = file.authorization.unwrap_or_default();
-    for (list, entries) in [
-        ("allow", &authorization_file.allow),
-        ("deny", &authorization_file.deny),
-    ] {
-        for (i, entry) in entries.iter().enumerate() {
-            let is_label = spiffe::check_label(entry).is_ok();
-            if !entry.starts_with("spiffe://") && is_label && !declared.contains_key(entry) {
-                errors.push(
-                    format!("authorization.{list}[{i}]"),
-                    format!("service {entry:?} is not declared"),
-                );
-            }
+    for (at, entry) in authorization_file.principals() {
+        let is_label = spiffe::check_label(entry).is_ok();
+        if !entry.starts_with("spiffe://") && is_label && !declared.contains_key(entry) {
+            errors.push(
+                format!("authorization.{at}"),
+                format!("service {entry:?} is not declared"),
+            );
         }
     }
     let authorization = authorization::validate(
@@ -523,6 +580,18 @@ fn validate_service(
         default_decision,
         errors,
     );
+
+    let rate_limit_file = file.rate_limit.unwrap_or_default();
+    for caller in rate_limit_file.caller_names() {
+        let is_label = spiffe::check_label(caller).is_ok();
+        if !caller.starts_with("spiffe://") && is_label && !declared.contains_key(caller) {
+            errors.push(
+                format!("rate_limit.callers.{caller}"),
+                format!("service {caller:?} is not declared"),
+            );
+        }
+    }
+    let rate_limit = mesh_api::rate_limit::validate(rate_limit_file, "rate_limit", errors);
 
     if let Some(split) = &file.traffic_split {
         if split.is_empty() {
@@ -547,6 +616,7 @@ fn validate_service(
         calls: file.calls,
         policy,
         authorization,
+        rate_limit,
         traffic_split: file.traffic_split,
         tcp,
     }

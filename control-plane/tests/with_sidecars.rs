@@ -779,27 +779,17 @@ async fn a_sidecar_that_shuts_down_leaves_at_once_and_no_request_fails() {
     cp.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_90_10_traffic_split_is_observed() {
-    let (cluster, cp) = Cluster::start(
-        "1h",
-        &[
-            ("orders", ORDERS),
-            (
-                "inventory",
-                "name: inventory\ntraffic_split: { v1: 90, v2: 10 }\n",
-            ),
-        ],
-    )
-    .await;
-    let _v1 = cluster
+/// Inventory instances of versions v1 and v2 (echo apps saying which), and orders calling
+/// inventory, once orders' snapshot has both versions' endpoints.
+async fn two_versions(cluster: &Cluster) -> (Sidecar, Sidecar, Sidecar) {
+    let v1 = cluster
         .sidecar(
             "inventory",
             app::echo("inventory-v1").await,
             "version: v1\n",
         )
         .await;
-    let _v2 = cluster
+    let v2 = cluster
         .sidecar(
             "inventory",
             app::echo("inventory-v2").await,
@@ -818,6 +808,23 @@ async fn a_90_10_traffic_split_is_observed() {
         (full && backends.as_array()?.len() == 2).then_some(())
     })
     .await;
+    (v1, v2, orders)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_90_10_traffic_split_is_observed() {
+    let (cluster, cp) = Cluster::start(
+        "1h",
+        &[
+            ("orders", ORDERS),
+            (
+                "inventory",
+                "name: inventory\ntraffic_split: { v1: 90, v2: 10 }\n",
+            ),
+        ],
+    )
+    .await;
+    let (_v1, _v2, orders) = two_versions(&cluster).await;
     let n = 2000;
     let mut v2 = 0;
     for _ in 0..n {
@@ -829,6 +836,121 @@ async fn a_90_10_traffic_split_is_observed() {
     }
     // 10% of 2000 is 200, with a standard deviation of about 13: ±60 is over 4 of them.
     assert!((140..=260).contains(&v2), "v2 got {v2} of {n}");
+    cp.stop().await.unwrap();
+}
+
+/// GET /whoami from `sidecar` to inventory with `headers`: the echo app's `service`.
+async fn whoami(sidecar: &Sidecar, headers: &[(&str, &str)]) -> String {
+    let mut req = http::Request::get(format!("{}/whoami", sidecar.outbound_url()))
+        .header("host", "inventory");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let rsp = client::http1()
+        .request(req.body(Default::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    client::json(rsp).await["service"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_route_sends_testers_to_v2_within_a_second_of_the_edit() {
+    let split = "name: inventory\ntraffic_split: { v1: 100, v2: 0 }\n";
+    let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", split)]).await;
+    let (_v1, _v2, orders) = two_versions(&cluster).await;
+    // v2 has no weight: nobody gets it, testers included.
+    for _ in 0..20 {
+        assert_eq!(
+            whoami(&orders, &[("x-tester", "yes")]).await,
+            "inventory-v1"
+        );
+    }
+
+    cluster.dirs.write_service(
+        "inventory",
+        &format!(
+            "{split}routes:\n\
+             - name: testers\n\
+             \x20 matches: [{{ headers: [{{ name: x-tester, value: 'yes' }}] }}]\n\
+             \x20 backendRefs: [{{ name: inventory, version: v2 }}]\n"
+        ),
+    );
+    let edited = tokio::time::Instant::now();
+    eventually("testers reach v2", PATIENCE, || async {
+        (whoami(&orders, &[("x-tester", "yes")]).await == "inventory-v2").then_some(())
+    })
+    .await;
+    let applied = edited.elapsed();
+    assert!(
+        applied < Duration::from_secs(1),
+        "applied after {applied:?}"
+    );
+    for _ in 0..50 {
+        assert_eq!(
+            whoami(&orders, &[("x-tester", "yes")]).await,
+            "inventory-v2"
+        );
+        assert_eq!(whoami(&orders, &[("x-tester", "no")]).await, "inventory-v1");
+        assert_eq!(whoami(&orders, &[]).await, "inventory-v1");
+    }
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_rules_and_rate_limits_apply_within_a_second_of_the_edit() {
+    let (cluster, cp, _inventory, orders) = Cluster::shop("1h").await;
+    let post = || async {
+        let rsp = client::http1()
+            .request(
+                http::Request::post(format!("{}/products", orders.outbound_url()))
+                    .header("host", "inventory")
+                    .body(Default::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = rsp.status();
+        (status, client::text(rsp).await)
+    };
+    assert_eq!(post().await.0, StatusCode::OK);
+
+    cluster.dirs.write_service(
+        "inventory",
+        "name: inventory\n\
+         authorization:\n\
+         \x20 rules:\n\
+         \x20   - { name: product-writes, matches: [{ method: POST, path: { value: /products } }], allow: [storefront] }\n\
+         rate_limit: { requests_per_second: 1000, callers: { orders: { requests_per_second: 5, burst: 5 } } }\n",
+    );
+    let edited = tokio::time::Instant::now();
+    eventually("the rule refuses orders' POST", PATIENCE, || async {
+        (post().await.0 == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await;
+    let applied = edited.elapsed();
+    assert!(
+        applied < Duration::from_secs(1),
+        "applied after {applied:?}"
+    );
+    let (_, body) = post().await;
+    assert!(
+        body.contains("authorization.rules[product-writes].allow"),
+        "{body}"
+    );
+    // Reads are let in, up to orders' own limit.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(call(&orders, "inventory", "/products").await.0);
+    }
+    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
     cp.stop().await.unwrap();
 }
 

@@ -2,7 +2,8 @@
 //! input and without a network:
 //! - `routing`: naming the destination from a `Host` header (step 2) and looking it up in the
 //!   current table (step 3), with 10 and 1,000 destinations; and finding the request's route
-//!   within its destination, with 0, 1, 10 and 64 routes and the matching one last;
+//!   within its destination, with 0, 1, 10 and 100 routes by path, and 1, 10 and 100 routes on
+//!   one path told apart by a header, the matching one last each time;
 //! - `balance`: picking an endpoint (step 6), p2c-ewma and round-robin over 3 and 100
 //!   endpoints, on the first try and on a retry, and under a 90/10 traffic split;
 //! - `retry`: the retry budget as the retry layer uses it, and the classification of a try's
@@ -21,6 +22,8 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method, Request, StatusCode};
+use mesh_api::route::{PathMatch, RouteMatch};
+use mesh_api::route_match::{Value, ValueMatch};
 use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 use mesh_sidecar::bench_support::{
     self, Attempts, Balancer, RetryBudget, Table, authority, service_name,
@@ -140,29 +143,98 @@ fn routing(c: &mut Criterion) {
     // Finding the route: the whole lookup, destination and route, with `routes` routes on the
     // destination and the request matching the last (the most a request can cost); 0 is a
     // destination without routes.
-    for routes in [0, 1, 10, 64] {
+    let route =
+        |i: usize, matches, retries: &mesh_api::policy::RetryPolicy| mesh_api::route::RoutePolicy {
+            name: format!("route-{i}"),
+            matches,
+            filters: Vec::new(),
+            backend_refs: Vec::new(),
+            timeout: None,
+            retries: retries.clone(),
+            fault: Default::default(),
+        };
+    let get = |path: PathMatch| RouteMatch {
+        path,
+        method: Some("GET".into()),
+        ..RouteMatch::any()
+    };
+    for routes in [0, 1, 10, 100] {
         let mut destinations = destinations(10);
         let inventory = destinations.get_mut("inventory").unwrap();
+        let retries = inventory.policy.retries.clone();
         inventory.policy.routes = (0..routes)
-            .map(|i| mesh_api::route::RoutePolicy {
-                name: format!("route-{i}"),
-                matches: mesh_api::route::RouteMatch {
-                    methods: vec!["GET".into(), "HEAD".into()],
-                    path: mesh_api::route::PathMatch::Prefix(format!("/api/v{i}")),
-                },
-                timeout: None,
-                retries: inventory.policy.retries.clone(),
+            .map(|i| {
+                let prefix = || PathMatch::PathPrefix(format!("/api/v{i}"));
+                let head = RouteMatch {
+                    method: Some("HEAD".into()),
+                    ..get(prefix())
+                };
+                route(i, vec![get(prefix()), head], &retries)
             })
             .collect();
-        let path = format!("/api/v{}/stock/sku-1234", routes.max(1) - 1);
+        let uri: http::Uri = format!("/api/v{}/stock/sku-1234", routes.max(1) - 1)
+            .parse()
+            .unwrap();
         let table = Table::build(&identity, &metrics, &destinations).unwrap();
+        let headers = req.headers().clone();
         assert_eq!(
-            table.route("inventory", &Method::GET, &path).is_some(),
+            table
+                .route("inventory", &Method::GET, &uri, &headers)
+                .is_some(),
             routes > 0
         );
         group.bench_with_input(BenchmarkId::new("route", routes), &table, |b, table| {
-            b.iter(|| table.route("inventory", &Method::GET, black_box(&path)));
+            b.iter(|| table.route("inventory", &Method::GET, black_box(&uri), &headers));
         });
+    }
+    // Routes on one path told apart by a header (a tenant, a tester), as a header-based
+    // canary or A/B split writes them; the request carries a browser's headers and matches
+    // the last route.
+    for routes in [1, 10, 100] {
+        let mut destinations = destinations(10);
+        let inventory = destinations.get_mut("inventory").unwrap();
+        let retries = inventory.policy.retries.clone();
+        inventory.policy.routes = (0..routes)
+            .map(|i| {
+                let by_tenant = RouteMatch {
+                    headers: vec![ValueMatch {
+                        name: "x-tenant".into(),
+                        value: Value::Exact(format!("tenant-{i}")),
+                    }],
+                    ..get(PathMatch::PathPrefix("/api".into()))
+                };
+                route(i, vec![by_tenant], &retries)
+            })
+            .collect();
+        let uri: http::Uri = "/api/stock/sku-1234?page=2".parse().unwrap();
+        let mut headers = req.headers().clone();
+        for (name, value) in [
+            ("accept-language", "en-GB,en;q=0.9"),
+            ("accept-encoding", "gzip, deflate, br"),
+            ("cookie", "session=0123456789abcdef"),
+            ("traceparent", TRACEPARENT),
+            ("x-request-id", "7d3f2a1e-5c4b-4e8a-9f10-2b6c8d4e0a11"),
+        ] {
+            headers.insert(name, value.parse().unwrap());
+        }
+        headers.insert(
+            "x-tenant",
+            format!("tenant-{}", routes - 1).parse().unwrap(),
+        );
+        let table = Table::build(&identity, &metrics, &destinations).unwrap();
+        assert_eq!(
+            table
+                .route("inventory", &Method::GET, &uri, &headers)
+                .map(|r| r.to_string()),
+            Some(format!("route-{}", routes - 1))
+        );
+        group.bench_with_input(
+            BenchmarkId::new("route_by_header", routes),
+            &table,
+            |b, table| {
+                b.iter(|| table.route("inventory", &Method::GET, black_box(&uri), &headers));
+            },
+        );
     }
     group.finish();
 }

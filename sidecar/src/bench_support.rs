@@ -65,11 +65,19 @@ impl Table {
         self.0.get(name)
     }
 
-    /// Step 3 in full: the destination called `name`, then the name of its first route that
-    /// matches `method` and `path` (`None` when none does), as the outbound handler finds it.
-    pub fn route(&self, name: &str, method: &http::Method, path: &str) -> Option<Label> {
+    /// Step 3 in full: the destination called `name`, then the name of the route the request
+    /// takes (`None` when none matches), as the outbound handler finds it.
+    pub fn route(
+        &self,
+        name: &str,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Option<Label> {
         let stack = self.0.get(name)?;
-        stack.route(method, path).map(|route| route.name.clone())
+        stack
+            .route(method, uri, headers)
+            .map(|(route, _)| route.name.clone())
     }
 }
 
@@ -103,6 +111,7 @@ impl Balancer {
         let backends: Vec<Backend> = backends
             .iter()
             .map(|(weight, addrs)| Backend {
+                version: String::new(),
                 weight: *weight,
                 endpoints: addrs
                     .iter()

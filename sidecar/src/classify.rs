@@ -69,6 +69,12 @@ impl Class {
         Class::Other
     }
 
+    /// Whether the endpoint asked for less traffic (429 Too Many Requests): for the load
+    /// balancer a load signal, never a failure.
+    pub fn is_load_signal(self) -> bool {
+        self == Class::Success(StatusCode::TOO_MANY_REQUESTS)
+    }
+
     /// Whether the endpoint failed, for outlier ejection: 5xx, connect failures and resets.
     /// A refused stream is the peer shedding load, not failing; a per-try timeout is judged by
     /// the latency it adds, not as a failure.

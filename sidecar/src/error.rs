@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
@@ -198,6 +198,42 @@ pub struct AppConnectFailed {
     pub source: io::Error,
 }
 
+/// A request over its service's rate limit.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "caller {caller} may not call {service} more often: over {limit}; retry after {retry_after:?}"
+)]
+pub struct RateLimited {
+    /// The caller's identity.
+    pub caller: crate::identity::SpiffeId,
+    /// This service.
+    pub service: String,
+    /// The limit it is over.
+    pub limit: String,
+    /// How long until a request would fit.
+    pub retry_after: Duration,
+    /// Whether to answer as a gRPC server (`RESOURCE_EXHAUSTED`).
+    pub grpc: bool,
+}
+
+/// A request answered by an injected fault instead of being sent.
+#[derive(Debug, thiserror::Error)]
+#[error("fault injected by the mesh: {}", describe_abort(*.status))]
+pub struct FaultAborted {
+    /// What it is answered with.
+    pub status: mesh_api::fault::AbortStatus,
+}
+
+fn describe_abort(status: mesh_api::fault::AbortStatus) -> String {
+    match status {
+        mesh_api::fault::AbortStatus::Http(code) => format!("abort with {code}"),
+        mesh_api::fault::AbortStatus::Grpc(code) => format!(
+            "abort with gRPC status {code} ({})",
+            mesh_api::fault::grpc_name(code)
+        ),
+    }
+}
+
 /// Machine-readable reason of a response the mesh made itself, sent in `x-mesh-error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -241,6 +277,10 @@ pub enum Reason {
     AppUnavailable,
     /// The local app failed mid-request.
     AppError,
+    /// A fault injected by the route's or destination's `fault` policy.
+    FaultInjected,
+    /// Over the service's rate limit.
+    RateLimited,
     /// Something else inside the proxy.
     Internal,
 }
@@ -271,6 +311,8 @@ impl Reason {
             Reason::UpstreamReset => "upstream-reset",
             Reason::AppUnavailable => "app-unavailable",
             Reason::AppError => "app-error",
+            Reason::FaultInjected => "fault-injected",
+            Reason::RateLimited => "rate-limited",
             Reason::Internal => "internal",
         }
     }
@@ -288,6 +330,9 @@ impl Reason {
             | Reason::ConnectRefused
             | Reason::ConnectTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            // The fault's own status replaces it (`rescue`).
+            Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -307,6 +352,12 @@ impl Reason {
 
 /// Classifies an error by its cause chain.
 pub fn reason(err: &(dyn Error + 'static)) -> Reason {
+    if find_cause::<FaultAborted>(err).is_some() {
+        return Reason::FaultInjected;
+    }
+    if find_cause::<RateLimited>(err).is_some() {
+        return Reason::RateLimited;
+    }
     if find_cause::<NoAuthority>(err).is_some() {
         return Reason::NoAuthority;
     }
@@ -404,7 +455,38 @@ pub(crate) fn is_tls_alert(err: &io::Error) -> bool {
 /// Builds the response for an error: status, `x-mesh-error`, and a one-line text body.
 pub fn rescue(err: &(dyn Error + 'static)) -> (Reason, Response<Body>) {
     let reason = reason(err);
-    (reason, synthetic(reason, err.to_string()))
+    let mut rsp = synthetic(reason, err.to_string());
+    if let Some(fault) = find_cause::<FaultAborted>(err) {
+        match fault.status {
+            mesh_api::fault::AbortStatus::Http(code) => {
+                *rsp.status_mut() = StatusCode::from_u16(code).unwrap_or(reason.status());
+            }
+            mesh_api::fault::AbortStatus::Grpc(code) => {
+                grpc_answer(&mut rsp, code, "fault%20injected%20by%20the%20mesh");
+            }
+        }
+    }
+    if let Some(limited) = find_cause::<RateLimited>(err) {
+        // Whole seconds, rounded up: a caller that waits that long fits.
+        let secs =
+            limited.retry_after.as_secs() + u64::from(limited.retry_after.subsec_nanos() > 0);
+        rsp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        if limited.grpc {
+            grpc_answer(&mut rsp, 8, "rate%20limited%20by%20the%20mesh");
+        }
+    }
+    (reason, rsp)
+}
+
+/// Makes `rsp` a trailers-only gRPC answer: 200, `grpc-status` in the headers, no body.
+fn grpc_answer(rsp: &mut Response<Body>, code: u8, message: &'static str) {
+    *rsp.status_mut() = StatusCode::OK;
+    *rsp.body_mut() = crate::body::empty();
+    let headers = rsp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    headers.insert("grpc-message", HeaderValue::from_static(message));
 }
 
 /// A fixed body.

@@ -28,6 +28,8 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-mesh-orig-proto");
 pub const TUNNEL: HeaderName = HeaderName::from_static("x-mesh-tunnel");
 /// The value of [`TUNNEL`].
 pub const TUNNEL_TCP: HeaderValue = HeaderValue::from_static("tcp");
+/// Marks a copy a route's `RequestMirror` sent; the mirror's app sees it.
+pub const MIRROR: HeaderName = HeaderName::from_static("x-mesh-mirror");
 /// Value of [`ORIG_PROTO`] for HTTP/1.x requests.
 pub const ORIG_PROTO_HTTP1: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 

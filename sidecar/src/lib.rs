@@ -15,6 +15,10 @@
 //!    1  serve.rs, outbound/accept    accept; HTTP/1.1 or HTTP/2 detected (detect.rs)
 //!    2  outbound/destination         Host / :authority -> service name
 //!    3  outbound/policy              the destination's stack, or its matching route's
+//!       outbound/route_match         which route: Gateway API precedence over its matches
+//!       outbound/filters             the route's filters; a backendRef by weight
+//!       outbound/fault               the route's injected delay or abort
+//!       outbound/mirror              copies of the route's requests, fire and forget
 //!    4  outbound/balance             traffic split: a backend (version) by weight
 //!   5a  outbound/timeout             the whole request -> 504
 //!   7a  outbound/shed                max_requests in flight, max_pending waiting -> 503
@@ -28,6 +32,7 @@
 //!    1  serve.rs, inbound/accept     accept
 //!    9  inbound/identify             TLS accept, client certificate; caller = its SPIFFE ID
 //!   10  inbound/authorize            the caller against the AuthorizationPolicy -> 403
+//!       inbound/rate_limit           the caller's own rate and the total -> 429
 //!   11  inbound/forward              to the app, in the protocol the caller's app spoke
 //! ```
 //! A `protocol: tcp` destination has a listener of its own (`outbound/tcp_listen`); each

@@ -109,6 +109,17 @@ fn a_certificate_lifetime_past_what_dates_hold_is_an_error_not_a_crash() {
     );
 }
 
+/// `errs` are exactly the `expected` errors, each given by how it starts.
+fn assert_errors(errs: &[String], expected: &[&str]) {
+    for e in expected {
+        assert!(
+            errs.iter().any(|err| err.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+}
+
 /// The YAML block after `marker` in the README.
 fn readme_block(marker: &str) -> &'static str {
     let readme = include_str!("../../../docs/control-plane.md");
@@ -197,11 +208,12 @@ fn routes_take_the_services_policy_and_replace_what_they_set() {
         panic!("{:?}", policy.routes)
     };
     assert_eq!(reads.name, "reads");
+    assert_eq!(reads.matches.len(), 1);
     assert_eq!(
-        reads.matches.path,
-        mesh_api::route::PathMatch::Prefix("/stock".into())
+        reads.matches[0].path,
+        mesh_api::route::PathMatch::PathPrefix("/stock".into())
     );
-    assert_eq!(reads.matches.methods, ["GET"]);
+    assert_eq!(reads.matches[0].method.as_deref(), Some("GET"));
     assert_eq!(reads.timeout, Some(Duration::from_secs(2)));
     assert_eq!(reads.retries.attempts, 4);
     assert_eq!(
@@ -214,8 +226,8 @@ fn routes_take_the_services_policy_and_replace_what_they_set() {
     assert_eq!(export.retries, policy.retries);
     assert_eq!(checkout.timeout, Some(Duration::from_secs(5)));
     assert_eq!(
-        checkout.matches.path,
-        mesh_api::route::PathMatch::Prefix("/".into())
+        checkout.matches[0].path,
+        mesh_api::route::PathMatch::PathPrefix("/".into())
     );
 }
 
@@ -230,7 +242,7 @@ fn route_errors_name_the_route_and_field_and_inherited_ones_are_reported_once() 
              - { name: Reads, match: { methods: [get], path_prefix: stock } }\n\
              - { name: dup, match: { path: /a, path_prefix: /b }, timeout: soon }\n\
              - { name: dup, match: { path: \"/a?b=1\" }, retries: { budget: { ratio: 1.0 } } }\n\
-             - { name: no-match }\n\
+             - { name: both, match: {}, matches: [] }\n\
              - { name: bad-retries, match: {}, retries: { attempts: 11 } }\n",
         )],
     );
@@ -245,16 +257,10 @@ fn route_errors_name_the_route_and_field_and_inherited_ones_are_reported_once() 
         "services/inventory.yaml: routes[2].name: \"dup\" names two routes",
         "services/inventory.yaml: routes[2].match.path: \"/a?b=1\" contains '?': a path is matched without query or fragment",
         "services/inventory.yaml: routes[2].retries.budget: the retry budget is the destination's",
-        "services/inventory.yaml: routes[3].match: missing",
+        "services/inventory.yaml: routes[3].match: set matches or the earlier match, not both",
         "services/inventory.yaml: routes[4].retries.attempts: must be between 1 and 10",
     ];
-    for e in expected {
-        assert!(
-            errs.iter().any(|err| err.starts_with(e)),
-            "missing {e:?} in {errs:#?}"
-        );
-    }
-    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    assert_errors(&errs, &expected);
 }
 
 #[test]
@@ -346,5 +352,215 @@ fn an_http_service_may_have_a_listener_whose_port_is_optional() {
             .iter()
             .any(|e| e.contains("port") && e.contains("only a destination with listen")),
         "{errors:?}"
+    );
+}
+
+#[test]
+fn backend_refs_name_declared_services_and_versions_of_their_split() {
+    let errs = errors(
+        "trust_domain: mesh.local\n",
+        &[
+            (
+                "inventory",
+                "name: inventory\ntraffic_split: { v1: 100, v2: 0 }\n\
+                 routes:\n\
+                 - { name: ok, backendRefs: [{ name: inventory, version: v2 }, { name: next }] }\n\
+                 - { name: bad, backendRefs: [{ name: nowhere }, { name: inventory, version: v3 }, \
+                     { name: next, version: v2 }, { name: cache }] }\n",
+            ),
+            ("next", "name: next\n"),
+            (
+                "cache",
+                "name: cache\nprotocol: tcp\nlisten: 127.0.0.1:6380\nport: 6379\n",
+            ),
+        ],
+    );
+    let expected = [
+        "services/inventory.yaml: routes[1].backendRefs[0].name: service \"nowhere\" is not declared",
+        "services/inventory.yaml: routes[1].backendRefs[1].version: \"v3\" is not in inventory's traffic_split",
+        "services/inventory.yaml: routes[1].backendRefs[2].version: \"v2\" is not in next's traffic_split",
+        "services/inventory.yaml: routes[1].backendRefs[3].name: \"cache\" is a tcp service",
+    ];
+    assert_errors(&errs, &expected);
+}
+
+/// The YAML block that follows `marker` in `doc`.
+fn doc_block<'a>(doc: &'a str, marker: &str) -> &'a str {
+    let at = doc
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in the docs"));
+    let section = &doc[at..];
+    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+    &section[start..start + section[start..].find("```").unwrap()]
+}
+
+/// The routes the docs tell operators to write are valid service files.
+#[test]
+fn the_documented_routes_are_valid() {
+    let resilience = include_str!("../../../docs/resilience.md");
+    let control_plane = include_str!("../../../docs/control-plane.md");
+    let split = "traffic_split: { v1: 100, v2: 0 }\n";
+    let reference: String = doc_block(resilience, "**Routes.**")
+        .lines()
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    for (what, body) in [
+        ("the reference", format!("{split}{reference}")),
+        (
+            "the run-pair routes",
+            doc_block(
+                resilience,
+                "these routes to `config/mesh/services/inventory.yaml`",
+            )
+            .into(),
+        ),
+        (
+            "the mirror route",
+            doc_block(resilience, "mirror inventory's `/api` requests").into(),
+        ),
+        (
+            "the chaos route",
+            doc_block(resilience, "add to `config/mesh/services/inventory.yaml`:").into(),
+        ),
+        (
+            "the testers route",
+            doc_block(
+                control_plane,
+                "give `config/mesh/services/inventory.yaml` a split",
+            )
+            .into(),
+        ),
+    ] {
+        let config = parse(&files(
+            "trust_domain: mesh.local\n",
+            &[("inventory", &format!("name: inventory\n{body}"))],
+        ))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            !config.services["inventory"].policy.routes.is_empty(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn authorization_rules_name_declared_services() {
+    let errs = errors(
+        "trust_domain: mesh.local\n",
+        &[
+            (
+                "inventory",
+                "name: inventory\nauthorization:\n  rules:\n\
+                 \x20   - { name: writes, matches: [{ method: POST }], allow: [orders, ordres] }\n\
+                 \x20   - { name: writes, deny: [spiffe://other/ns/x/sa/y] }\n",
+            ),
+            ("orders", "name: orders\n"),
+        ],
+    );
+    assert_eq!(
+        errs,
+        [
+            "services/inventory.yaml: authorization.rules[0].allow[1]: service \"ordres\" is not declared",
+            "services/inventory.yaml: authorization.rules[1].name: \"writes\" names two rules",
+        ]
+    );
+}
+
+#[test]
+fn faults_belong_to_one_http_service() {
+    let errs = errors(
+        "trust_domain: mesh.local\ndefaults:\n  fault: { abort: { httpStatus: 503 } }\n",
+        &[
+            (
+                "inventory",
+                "name: inventory\nfault: { delay: { fixedDelay: soon } }\n\
+                 routes: [{ name: r, fault: { abort: { grpcStatus: NOPE } } }]\n",
+            ),
+            (
+                "cache",
+                "name: cache\nprotocol: tcp\nlisten: 127.0.0.1:6380\nport: 6379\n\
+                 fault: { abort: { httpStatus: 503 } }\n",
+            ),
+        ],
+    );
+    let expected = [
+        "mesh.yaml: defaults.fault: faults are an experiment on one service",
+        "services/inventory.yaml: fault.delay.fixedDelay: invalid duration \"soon\"",
+        "services/inventory.yaml: routes[0].fault.abort.grpcStatus: \"NOPE\" is not a gRPC error status",
+        "services/cache.yaml: fault: not allowed on a protocol: tcp destination",
+    ];
+    assert_errors(&errs, &expected);
+}
+
+#[test]
+fn a_rate_limit_names_declared_callers_and_reaches_the_snapshot() {
+    let errs = errors(
+        "trust_domain: mesh.local\n",
+        &[(
+            "inventory",
+            "name: inventory\nrate_limit:\n  requests_per_second: 0\n  \
+             callers: { ordres: { requests_per_second: 10 } }\n",
+        )],
+    );
+    assert_eq!(
+        errs,
+        [
+            "services/inventory.yaml: rate_limit.callers.ordres: service \"ordres\" is not declared",
+            "services/inventory.yaml: rate_limit.requests_per_second: 0: must be greater than 0 and at most 1000000",
+        ]
+    );
+    let config = parse(&files(
+        "trust_domain: mesh.local\n",
+        &[
+            (
+                "inventory",
+                "name: inventory\nrate_limit: { requests_per_second: 50, callers: { orders: { requests_per_second: 10 } } }\n",
+            ),
+            ("orders", "name: orders\n"),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let limit = &config.services["inventory"].rate_limit;
+    assert_eq!(limit.total.map(|t| t.burst), Some(50));
+    assert_eq!(limit.callers.len(), 1);
+}
+
+#[test]
+fn a_mirror_names_a_declared_service_which_callers_get_as_a_destination() {
+    let mirror = |to: &str| {
+        format!(
+            "name: inventory\nroutes:\n  - name: stock\n    filters: [{{ type: RequestMirror, \
+             requestMirror: {{ backendRef: {{ name: {to} }}, percent: 10 }} }}]\n"
+        )
+    };
+    let errs = errors(
+        "trust_domain: mesh.local\n",
+        &[("inventory", &mirror("nowhere"))],
+    );
+    assert_eq!(
+        errs,
+        [
+            "services/inventory.yaml: routes[0].filters[0].requestMirror.backendRef.name: service \"nowhere\" is not declared"
+        ]
+    );
+    let config = parse(&files(
+        "trust_domain: mesh.local\n",
+        &[
+            ("inventory", &mirror("shadow")),
+            ("shadow", "name: shadow\n"),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let route = &config.services["inventory"].policy.routes[0];
+    let backends: Vec<_> = route
+        .backends()
+        .map(|(at, b)| (at, b.service.clone()))
+        .collect();
+    assert_eq!(
+        backends,
+        [(
+            "filters[0].requestMirror.backendRef".to_owned(),
+            "shadow".to_owned()
+        )]
     );
 }

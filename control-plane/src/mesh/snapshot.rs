@@ -27,9 +27,22 @@ pub(super) fn snapshot(
     let Some(svc) = config.services.get(service) else {
         return v1::Snapshot::default();
     };
-    let destinations = svc
-        .calls
+    // What it calls, and the services their routes send requests to in their stead.
+    let mut names: Vec<&str> = svc.calls.iter().map(String::as_str).collect();
+    let routed: Vec<&str> = names
         .iter()
+        .filter_map(|name| config.services.get(*name))
+        .flat_map(|dest| &dest.policy.routes)
+        .flat_map(|route| route.backends())
+        .map(|(_, backend)| backend.service.as_str())
+        .collect();
+    for name in routed {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let destinations = names
+        .into_iter()
         .filter_map(|name| config.services.get(name))
         .map(|dest| v1::Destination {
             name: dest.name.clone(),
@@ -46,6 +59,7 @@ pub(super) fn snapshot(
         trust_bundle_der: trust.bundle_der.clone(),
         issuer_sha256: trust.issuer_sha256.clone(),
         authorization: Some(v1::Authorization::from(&svc.authorization)),
+        rate_limit: (!svc.rate_limit.is_empty()).then(|| v1::RateLimit::from(&svc.rate_limit)),
         destinations,
         certificate_lifetime_secs: config.certificate_lifetime.as_secs(),
     }
@@ -185,10 +199,52 @@ mod tests {
         assert_eq!(policy.routes.len(), 1);
         let route = &policy.routes[0];
         assert_eq!(route.name, "stock");
-        assert_eq!(route.methods, ["GET"]);
-        assert_eq!(route.path_prefix, "/stock");
+        // Sent as matches; the earlier fields stay empty.
+        assert!(route.methods.is_empty() && route.path_prefix.is_empty());
+        assert_eq!(route.matches.len(), 1);
+        assert_eq!(route.matches[0].method, "GET");
+        assert_eq!(route.matches[0].path, "/stock");
+        assert_eq!(route.matches[0].path_type, v1::PathMatchType::Prefix as i32);
         assert_eq!(route.timeout_ms, 500);
         assert_eq!(route.retries.as_ref().unwrap().attempts, 3);
+    }
+
+    #[test]
+    fn services_a_route_sends_requests_to_are_destinations_of_its_callers() {
+        let config = config(&[
+            ("orders", "name: orders\ncalls: [inventory]\n"),
+            (
+                "inventory",
+                "name: inventory\nroutes: [{ name: next, backendRefs: [{ name: next }] }]\n",
+            ),
+            ("next", "name: next\n"),
+        ]);
+        let orders = snapshot(&config, &trust(), &Registry::default(), "orders");
+        let names: Vec<&str> = orders
+            .destinations
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, ["inventory", "next"]);
+        let route = &orders.destinations[0].policy.as_ref().unwrap().routes[0];
+        assert_eq!(route.backend_refs[0].service, "next");
+    }
+
+    #[test]
+    fn a_services_rate_limit_is_in_its_own_snapshot_only() {
+        let config = config(&[
+            ("orders", "name: orders\ncalls: [inventory]\n"),
+            (
+                "inventory",
+                "name: inventory\nrate_limit: { requests_per_second: 50, callers: { orders: { requests_per_second: 10 } } }\n",
+            ),
+        ]);
+        let inventory = snapshot(&config, &trust(), &Registry::default(), "inventory");
+        let limit = inventory.rate_limit.unwrap();
+        assert_eq!(limit.total.unwrap().requests_per_second, 50.0);
+        assert_eq!(limit.callers[0].caller, "orders");
+        let orders = snapshot(&config, &trust(), &Registry::default(), "orders");
+        assert!(orders.rate_limit.is_none());
     }
 
     #[test]

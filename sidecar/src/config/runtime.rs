@@ -76,6 +76,8 @@ pub struct Config {
     pub access_log: bool,
     /// Who may call this service.
     pub authorization: AuthorizationPolicy,
+    /// How many requests this instance lets in.
+    pub rate_limit: mesh_api::rate_limit::RateLimitPolicy,
     /// How the sidecar probes its app; `None`: it does not, and the app is taken to be up.
     pub app_health: Option<AppHealthConfig>,
 }

@@ -43,6 +43,8 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) authorization: AuthorizationFile,
     #[serde(default)]
+    pub(super) rate_limit: Option<mesh_api::rate_limit::RateLimitFile>,
+    #[serde(default)]
     pub(super) app_health: Option<AppHealthFile>,
 }
 
@@ -107,6 +109,8 @@ pub(super) struct DestinationFile {
     pub(super) load_balancer: Option<String>,
     #[serde(default)]
     pub(super) routes: Option<Vec<mesh_api::route::RouteFile>>,
+    #[serde(default)]
+    pub(super) fault: Option<mesh_api::fault::FaultFile>,
     /// `http` (the default) or `tcp`.
     #[serde(default)]
     pub(super) protocol: Option<String>,

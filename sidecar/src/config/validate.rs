@@ -132,6 +132,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
                 circuit_breaker: dest.circuit_breaker,
                 load_balancer: dest.load_balancer,
                 routes: dest.routes,
+                fault: dest.fault,
             },
             &path,
             errors,
@@ -146,6 +147,32 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
                     tcp,
                 },
             );
+        }
+    }
+
+    // A route's backends are destinations of this file; versions come from a control plane's
+    // traffic split, which a bootstrap file has none of.
+    for (name, dest) in &destinations {
+        for (i, route) in dest.policy.routes.iter().enumerate() {
+            for (field, backend) in route.backends() {
+                let at = format!("destinations.{name}.routes[{i}].{field}");
+                if !destinations.contains_key(&backend.service) {
+                    errors.push(
+                        format!("{at}.name"),
+                        format!(
+                            "{:?} is not a destination of this sidecar: add it to destinations",
+                            backend.service
+                        ),
+                    );
+                }
+                if backend.version.is_some() {
+                    errors.push(
+                        format!("{at}.version"),
+                        "versions come from the control plane's traffic_split; a bootstrap \
+                         destination has one set of endpoints",
+                    );
+                }
+            }
         }
     }
 
@@ -214,9 +241,14 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
     let app_health = file.app_health.map(|f| app_health_config(f, errors));
     let authorization =
         authorization::validate(file.authorization, "authorization", Decision::Allow, errors);
+    let rate_limit = file
+        .rate_limit
+        .map(|r| mesh_api::rate_limit::validate(r, "rate_limit", errors))
+        .unwrap_or_default();
     Some(Config {
         app_health,
         authorization,
+        rate_limit,
         tracing,
         access_log: file.access_log,
         service: file.service,
@@ -258,6 +290,7 @@ fn tcp_destination(
         routes: dest.routes.is_some(),
         retries: dest.retries.is_some(),
         timeout: dest.timeout.is_some(),
+        fault: dest.fault.is_some(),
     };
     let tcp = mesh_api::tcp::validate(&fields, path, errors)?;
     if [listen.outbound, listen.inbound, listen.admin].contains(&tcp.listen) {

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use mesh_api::authorization::AuthorizationPolicy;
 use mesh_api::proto::InvalidMessage;
 use mesh_api::proto::v1;
+use mesh_api::rate_limit::RateLimitPolicy;
 use rustls::pki_types::CertificateDer;
 use std::sync::RwLock;
 use tokio::sync::{Notify, watch};
@@ -60,6 +61,7 @@ pub(crate) struct Applier {
 struct Checked {
     bundle: Option<Vec<CertificateDer<'static>>>,
     authorization: AuthorizationPolicy,
+    rate_limit: RateLimitPolicy,
     destinations: Vec<(String, DestinationSpec)>,
 }
 
@@ -121,6 +123,7 @@ impl Applier {
             .map_err(Rejected::Build)?;
         self.destinations.send_replace(Arc::new(table));
         self.inbound.set_authorization(checked.authorization);
+        self.inbound.set_rate_limit(checked.rate_limit);
         self.applied.store(snapshot.version, Ordering::Release);
         self.control()
             .snapshot_version
@@ -169,6 +172,7 @@ impl Applier {
             "version": snapshot.version,
             "destinations": destinations,
             "authorization": checked.authorization,
+            "rate_limit": checked.rate_limit,
             "trust_bundle_sha256": roots,
             "issuer_sha256": snapshot.issuer_sha256,
         });
@@ -216,6 +220,10 @@ impl Applier {
             Some(a) => AuthorizationPolicy::try_from(a)?,
             None => AuthorizationPolicy::default(),
         };
+        let rate_limit = match &snapshot.rate_limit {
+            Some(r) => RateLimitPolicy::try_from(r)?,
+            None => RateLimitPolicy::default(),
+        };
         let destinations = snapshot
             .destinations
             .iter()
@@ -224,6 +232,7 @@ impl Applier {
         Ok(Checked {
             bundle,
             authorization,
+            rate_limit,
             destinations,
         })
     }

@@ -18,6 +18,7 @@ pub(crate) mod accept;
 pub mod authorize;
 pub(crate) mod forward;
 pub(crate) mod identify;
+pub(crate) mod rate_limit;
 pub(crate) mod tunnel;
 pub(crate) mod upgrade;
 
@@ -42,6 +43,7 @@ use crate::telemetry::spans::Spans;
 use self::authorize::{Authorization, AuthorizationPolicy};
 use self::forward::AppClients;
 use self::identify::Caller;
+use self::rate_limit::RateLimit;
 use self::tunnel::AppTunnels;
 use self::upgrade::AppUpgrades;
 
@@ -50,6 +52,7 @@ use self::upgrade::AppUpgrades;
 pub(crate) struct Inbound {
     service: Label,
     authorization: Authorization,
+    rate_limit: RateLimit,
     clients: AppClients,
     tunnels: AppTunnels,
     upgrades: AppUpgrades,
@@ -67,6 +70,7 @@ impl Inbound {
                 config.authorization.clone(),
                 config.trust_domain.clone(),
             ),
+            rate_limit: RateLimit::new(config.rate_limit.clone(), config.trust_domain.clone()),
             clients: AppClients::new(config.app),
             tunnels: AppTunnels::new(config.app, config.idle_timeout),
             upgrades: AppUpgrades::new(config.app, config.idle_timeout),
@@ -83,6 +87,11 @@ impl Inbound {
     /// Replaces who may call this service; requests already authorized are not affected.
     pub(crate) fn set_authorization(&self, policy: AuthorizationPolicy) {
         self.authorization.set(policy);
+    }
+
+    /// Replaces the rate limit; an unchanged one keeps its state.
+    pub(crate) fn set_rate_limit(&self, policy: mesh_api::rate_limit::RateLimitPolicy) {
+        self.rate_limit.set(policy);
     }
 
     /// Forwards one request from an identified caller; failures become responses.
@@ -114,37 +123,45 @@ impl Inbound {
                 }
             }
         }
-        let outcome: Result<Response<Body>, BoxError> =
-            match self
-                .authorization
-                .check(&caller, self.service.as_str(), &self.metrics)
-            {
-                Ok(()) if AppTunnels::asked(&req) => {
-                    let metrics =
-                        self.metrics
-                            .tcp(Direction::Inbound, &caller.label, &self.service);
-                    self.tunnels.open(req, metrics).await
-                }
-                Ok(()) if AppUpgrades::protocol(&req).is_some() => {
-                    let metrics =
-                        self.metrics
-                            .tcp(Direction::Inbound, &caller.label, &self.service);
-                    self.upgrades
-                        .open(&caller.id, req, &request.trace, request.b3, metrics)
-                        .await
-                }
-                // Sidecars send TCP streams as `x-mesh-tunnel` requests, never as a bare CONNECT.
-                Ok(()) if req.method() == Method::CONNECT => Err(Unsupported {
-                    method: Method::CONNECT,
-                }
-                .into()),
-                Ok(()) => self
-                    .clients
-                    .forward(&caller.id, req, &request.trace, request.b3)
+        let outcome: Result<Response<Body>, BoxError> = match self
+            .authorization
+            .check(&caller, self.service.as_str(), &req, &self.metrics)
+            .map_err(BoxError::from)
+            .and_then(|()| {
+                let grpc = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+                self.rate_limit
+                    .check(&caller, self.service.as_str(), grpc, &self.metrics)
+                    .map_err(BoxError::from)
+            }) {
+            Ok(()) if AppTunnels::asked(&req) => {
+                let metrics = self
+                    .metrics
+                    .tcp(Direction::Inbound, &caller.label, &self.service);
+                self.tunnels.open(req, metrics).await
+            }
+            Ok(()) if AppUpgrades::protocol(&req).is_some() => {
+                let metrics = self
+                    .metrics
+                    .tcp(Direction::Inbound, &caller.label, &self.service);
+                self.upgrades
+                    .open(&caller.id, req, &request.trace, request.b3, metrics)
                     .await
-                    .map(forwarded_response),
-                Err(refused) => Err(refused.into()),
-            };
+            }
+            // Sidecars send TCP streams as `x-mesh-tunnel` requests, never as a bare CONNECT.
+            Ok(()) if req.method() == Method::CONNECT => Err(Unsupported {
+                method: Method::CONNECT,
+            }
+            .into()),
+            Ok(()) => self
+                .clients
+                .forward(&caller.id, req, &request.trace, request.b3)
+                .await
+                .map(forwarded_response),
+            Err(refused) => Err(refused),
+        };
         let parties = Parties {
             source: &caller.label,
             source_id: caller.id.as_str(),

@@ -250,6 +250,30 @@ pub(crate) struct ResultLabels {
     pub(crate) result: &'static str,
 }
 
+/// Labels of the mirrored-request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct MirrorLabels {
+    /// The destination whose route mirrors.
+    pub(super) destination: Label,
+    /// The route.
+    pub(super) route: Label,
+    /// The service copies go to.
+    pub(super) mirror: Label,
+    /// The copy's status class, `error`, `busy` (too many in flight) or `body-not-copied`.
+    pub(super) result: &'static str,
+}
+
+/// Labels of the injected-fault counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct FaultLabels {
+    /// The destination service.
+    pub(super) destination: String,
+    /// The route (empty for requests that take none).
+    pub(super) route: String,
+    /// `delay` or `abort`.
+    pub(super) kind: &'static str,
+}
+
 /// Labels of the authorization counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {

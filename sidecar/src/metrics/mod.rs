@@ -44,6 +44,15 @@
 //!
 //! Authorization: `authorization_denied_total{source}`, inbound requests and tunnels refused.
 //!
+//! Rate limiting: `rate_limited_total{source}`, inbound requests refused with 429, by caller.
+//!
+//! Mirroring: `mirrored_requests_total{destination, route, mirror, result}`, copies a route's
+//! `RequestMirror` sent, by the copy's status class, `error`, or why none was sent (`busy`,
+//! `body-not-copied`).
+//!
+//! Fault injection: `faults_injected_total{destination, route, kind}`, requests the caller's
+//! sidecar delayed (`kind="delay"`) or answered itself (`kind="abort"`) by a `fault` policy.
+//!
 //! Control plane and identity:
 //! - `control_plane_connected`: 1 while the snapshot stream is open;
 //! - `snapshot_version`: version of the snapshot applied (0 before the first);
@@ -75,12 +84,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub(crate) use self::labels::status_class;
 pub use self::labels::{
     DestinationLabels, Direction, DirectionLabels, EndpointLabels, Label, LatencyLabels,
     RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels, SourceLabels,
     SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
-use self::labels::{DetectionLabels, ResultLabels, status_class};
+use self::labels::{DetectionLabels, FaultLabels, MirrorLabels, ResultLabels};
 
 /// Pre-resolved series of one destination.
 #[derive(Clone, Debug)]
@@ -171,6 +181,9 @@ pub struct Metrics {
     ejected_endpoints: Family<DestinationLabels, Gauge>,
     span_export: crate::telemetry::export::ExportMetrics,
     denied: Family<SourceLabels, Counter>,
+    rate_limited: Family<SourceLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
+    mirrored: Family<MirrorLabels, Counter>,
     tcp: TcpFamilies,
     detections: Family<DetectionLabels, Counter>,
     /// Control-plane and certificate state.
@@ -345,6 +358,24 @@ impl Metrics {
             "Inbound requests refused by the authorization policy, by caller",
             denied.clone(),
         );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Inbound requests refused by the rate limit, by caller",
+            rate_limited.clone(),
+        );
+        let mirrored = Family::default();
+        registry.register(
+            "mirrored_requests",
+            "Copies of outbound requests a route mirrored, by result",
+            mirrored.clone(),
+        );
+        let faults = Family::default();
+        registry.register(
+            "faults_injected",
+            "Outbound requests delayed or aborted by a fault policy",
+            faults.clone(),
+        );
         let tcp = TcpFamilies {
             opened: Family::default(),
             closed: Family::default(),
@@ -449,6 +480,9 @@ impl Metrics {
             untrusted,
             span_export,
             denied,
+            rate_limited,
+            faults,
+            mirrored,
             tcp,
             detections,
             retries,
@@ -464,6 +498,33 @@ impl Metrics {
     /// Counts a caller refused by the authorization policy.
     pub fn authorization_denied(&self, source: &Label) {
         self.denied
+            .get_or_create(&SourceLabels {
+                source: source.clone(),
+            })
+            .inc();
+    }
+
+    /// Counts a copy `destination`'s `route` sent (or skipped) to `mirror`.
+    pub fn mirrored(
+        &self,
+        destination: &Label,
+        route: &Label,
+        mirror: &Label,
+        result: &'static str,
+    ) {
+        self.mirrored
+            .get_or_create(&MirrorLabels {
+                destination: destination.clone(),
+                route: route.clone(),
+                mirror: mirror.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts a request refused by the rate limit.
+    pub fn rate_limited(&self, source: &Label) {
+        self.rate_limited
             .get_or_create(&SourceLabels {
                 source: source.clone(),
             })
@@ -538,6 +599,20 @@ impl Metrics {
             shed: self.shed.get_or_create(&d).clone(),
             ejected_endpoints: self.ejected_endpoints.get_or_create(&d).clone(),
         }
+    }
+
+    /// Resolves the delay and abort counters of a fault policy of `destination`'s `route`
+    /// (empty: requests that take no route).
+    pub fn faults(&self, destination: &str, route: &str) -> [Counter; 2] {
+        ["delay", "abort"].map(|kind| {
+            self.faults
+                .get_or_create(&FaultLabels {
+                    destination: destination.to_owned(),
+                    route: route.to_owned(),
+                    kind,
+                })
+                .clone()
+        })
     }
 
     /// Resolves the series of one endpoint of `destination`.

@@ -60,6 +60,18 @@ impl Attempts {
         self.tried.fetch_or(1 << (index % 64), Ordering::Relaxed);
     }
 
+    /// Sends every try of this request to backend `index` of the balancer (a route's
+    /// `backendRefs` chose it), whatever the destination's own split says.
+    pub(crate) fn pin_backend(&self, index: usize) {
+        self.backend
+            .store(index.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// The backend this request was pinned to or given, if any yet.
+    pub(crate) fn pinned(&self) -> Option<usize> {
+        self.backend.load(Ordering::Relaxed).checked_sub(1)
+    }
+
     /// Tries made.
     pub(crate) fn count(&self) -> u32 {
         self.count.load(Ordering::Relaxed)
@@ -70,7 +82,8 @@ impl Attempts {
         match self.backend.load(Ordering::Relaxed) {
             0 => {
                 let chosen = choose();
-                self.backend.store(chosen + 1, Ordering::Relaxed);
+                self.backend
+                    .store(chosen.saturating_add(1), Ordering::Relaxed);
                 chosen
             }
             n => n - 1,

@@ -41,6 +41,7 @@ use super::breaker::{Health, Outlier, State, Transition};
 use super::connect::Endpoint;
 use super::ewma::PeakEwma;
 use super::stack::{Req, ResponseFuture, Rsp};
+use super::weighted;
 
 /// Picks an endpoint and sends the try there.
 #[derive(Clone, Debug)]
@@ -52,8 +53,11 @@ pub(crate) struct Balance {
 struct Shared {
     destination: Arc<str>,
     slots: Vec<Slot>,
-    /// Weighted ranges of `slots`, one per backend that has endpoints.
+    /// Weighted ranges of `slots`, one per backend that has endpoints (weight 0 included: a
+    /// route may still pin requests to it).
     backends: Vec<(u32, Range<usize>)>,
+    /// The version of each of `backends`.
+    versions: Vec<String>,
     total_weight: u32,
     algorithm: LoadBalancer,
     next: AtomicUsize,
@@ -83,6 +87,8 @@ struct InFlight<'a> {
 
 /// The endpoints of one backend (one version of the destination) and its weight.
 pub(crate) struct Backend {
+    /// Its version (empty without a split).
+    pub(crate) version: String,
     pub(crate) weight: u32,
     pub(crate) endpoints: Vec<(Arc<Endpoint>, EndpointMetrics)>,
 }
@@ -103,6 +109,7 @@ impl Balance {
         Self::split(
             destination,
             vec![Backend {
+                version: String::new(),
                 weight: 1,
                 endpoints,
             }],
@@ -112,8 +119,8 @@ impl Balance {
         )
     }
 
-    /// A balancer over weighted backends. Backends without endpoints or weight get no
-    /// requests.
+    /// A balancer over weighted backends. Backends without endpoints get no requests, nor do
+    /// those without weight unless a route pins a request to them.
     ///
     /// Endpoints it shares with `previous` (the balancer it replaces when the destination
     /// changes) keep what that one learnt of them: latency estimate, failures in a row, and any
@@ -144,6 +151,7 @@ impl Balance {
             .unwrap_or_default();
         let mut slots = Vec::new();
         let mut ranges = Vec::new();
+        let mut versions = Vec::new();
         for backend in backends {
             let start = slots.len();
             slots.extend(backend.endpoints.into_iter().map(|(endpoint, metrics)| {
@@ -165,8 +173,9 @@ impl Balance {
                     },
                 }
             }));
-            if backend.weight > 0 && slots.len() > start {
+            if slots.len() > start {
                 ranges.push((backend.weight, start..slots.len()));
+                versions.push(backend.version);
             }
         }
         outlier.adopt(slots.iter().map(|slot| &slot.health));
@@ -176,6 +185,7 @@ impl Balance {
                 destination,
                 slots,
                 backends: ranges,
+                versions,
                 total_weight,
                 algorithm,
                 next: AtomicUsize::new(0),
@@ -183,6 +193,12 @@ impl Balance {
                 epoch,
             }),
         }
+    }
+
+    /// The index of the backend of `version`, to pin a request to it; `None` when that
+    /// version has no endpoints.
+    pub(crate) fn backend_of(&self, version: &str) -> Option<usize> {
+        self.shared.versions.iter().position(|v| v == version)
     }
 
     /// The endpoints ejected right now.
@@ -310,20 +326,19 @@ impl Shared {
 
     /// The slots of the backend this request goes to: chosen by weight on its first try.
     fn backend(&self, attempts: Option<&Attempts>) -> Option<Range<usize>> {
+        let pinned = attempts.and_then(Attempts::pinned);
         match self.backends.as_slice() {
             [] => None,
-            [(_, only)] => Some(only.clone()),
+            [(weight, only)] => match pinned {
+                Some(0) => Some(only.clone()),
+                Some(_) => None,
+                None => (*weight > 0).then(|| only.clone()),
+            },
             backends => {
+                // Out of range when nothing has weight: no backend.
                 let by_weight = || {
-                    let mut ticket = fastrand::u32(0..self.total_weight.max(1));
-                    backends
-                        .iter()
-                        .position(|(weight, _)| {
-                            let hit = ticket < *weight;
-                            ticket = ticket.saturating_sub(*weight);
-                            hit
-                        })
-                        .unwrap_or(0)
+                    weighted::draw(backends.iter().map(|(w, _)| *w), self.total_weight)
+                        .unwrap_or(backends.len())
                 };
                 let chosen = match attempts {
                     Some(attempts) => attempts.backend(by_weight),
@@ -426,7 +441,10 @@ impl<'a> InFlight<'a> {
         let now = self.shared.now();
         let slot = self.slot();
         let failed = class.is_endpoint_failure();
-        slot.load.finish(now, self.started.elapsed(), failed);
+        // A 429 is the endpoint asking for less: it weighs on its load like a failure, so p2c
+        // sends elsewhere, but never counts towards ejecting it.
+        let slow = failed || class.is_load_signal();
+        slot.load.finish(now, self.started.elapsed(), slow);
         let transition = self.shared.outlier.record(&slot.health, failed, now);
         match transition {
             Transition::Ejected(time) => {

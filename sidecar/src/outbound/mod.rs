@@ -3,8 +3,10 @@
 //! The request path, one module per step:
 //! 1. accept, detect HTTP/1.1 or HTTP/2 ([`accept`], over `serve.rs`)
 //! 2. name the destination service from Host / :authority ([`destination`])
-//! 3. look up the destination's stack in the current table, or the stack of the first of its
-//!    routes that matches the request's method and path ([`policy`]); a stack is:
+//! 3. look up the destination's stack in the current table ([`policy`]), or the stack of the
+//!    route the request matches first in the Gateway API's precedence ([`route_match`]); apply
+//!    the route's filters ([`filters`]), pick one of its `backendRefs`, and inject its faults
+//!    ([`fault`]); a stack is:
 //!    - 5a the overall timeout ([`timeout`])
 //!    - 7a concurrency limits that shed excess load ([`shed`])
 //!    - 5b budgeted retries with backoff and a replayable body ([`retry`], [`replay`])
@@ -32,15 +34,20 @@ pub(crate) mod breaker;
 pub(crate) mod connect;
 pub(crate) mod destination;
 pub(crate) mod ewma;
+pub(crate) mod fault;
+pub(crate) mod filters;
+pub(crate) mod mirror;
 pub(crate) mod policy;
 pub(crate) mod replay;
 pub(crate) mod retry;
+pub(crate) mod route_match;
 pub(crate) mod shed;
 pub(crate) mod stack;
 pub(crate) mod tcp_listen;
 pub(crate) mod timeout;
 pub(crate) mod tunnel;
 pub(crate) mod upgrade;
+pub(crate) mod weighted;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -57,7 +64,9 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 use crate::config::Config;
 use crate::error::{NoAuthority, NoRoute, TcpOnly};
-use crate::headers::{ORIG_PROTO, ORIG_PROTO_HTTP1, TUNNEL, absolute_uri, remove_hop_by_hop};
+use crate::headers::{
+    MIRROR, ORIG_PROTO, ORIG_PROTO_HTTP1, TUNNEL, absolute_uri, remove_hop_by_hop,
+};
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::proxy_request::{Parties, Recorder};
@@ -69,9 +78,13 @@ use opentelemetry::trace::TraceContextExt;
 
 use self::attempts::Attempts;
 use self::balance::Balance;
-use self::policy::{DestinationService, Destinations};
+use self::fault::Faults;
+use self::filters::Filtered;
+use self::mirror::{MirrorLabels, MirrorTarget};
+use self::policy::{DestinationService, Destinations, RouteTarget};
 use self::stack::call;
 use self::upgrade::Upgrade;
+use mesh_api::route::{Filter, PathMatch};
 
 /// Label used for requests whose destination is not known, to bound metric cardinality.
 const UNKNOWN: &str = "unknown";
@@ -82,6 +95,16 @@ struct Routed {
     destination: Label,
     /// The destination's named route the request matched, if any.
     route: Option<Label>,
+    /// The route's filters and the path match that took the request, when it has filters.
+    filters: Option<(Arc<[Filter]>, PathMatch)>,
+    /// The backend of the balancer the route's `backendRefs` pinned the request to.
+    pin: Option<usize>,
+    /// The faults the route, or else the destination, injects.
+    faults: Option<Arc<Faults>>,
+    /// Where the route's mirrors send copies, resolved; empty without mirrors.
+    mirrors: Vec<MirrorTarget>,
+    /// The route's replay buffer, the longest body a mirror copies.
+    max_body: u64,
     /// The route's stack, or the destination's.
     service: DestinationService,
     /// The destination's balancer alone, for upgrades and tunnels.
@@ -101,12 +124,14 @@ pub(crate) struct Outbound {
     unknown: Label,
     destinations: watch::Receiver<Arc<Destinations>>,
     recorder: Recorder,
-    /// For the byte counts of upgraded streams.
+    /// For the byte counts of upgraded streams, and mirrored copies.
     metrics: Arc<Metrics>,
     /// How long an upgraded stream may be quiet.
     idle_timeout: Duration,
     /// Where upgraded streams are counted, for the drain.
     streams: OpenStreams,
+    /// For the spans of mirrored copies.
+    spans: Spans,
 }
 
 // === impl Outbound ===
@@ -127,13 +152,14 @@ impl Outbound {
             destinations,
             recorder: Recorder::new(
                 Direction::Outbound,
-                spans,
+                spans.clone(),
                 config.access_log,
                 metrics.clone(),
             ),
             metrics,
             idle_timeout: config.idle_timeout,
             streams,
+            spans,
         }
     }
 
@@ -199,14 +225,11 @@ impl Outbound {
                 upgrade::forward(peer, upgrade, req, prepare, how, &self.streams).await
             }
             (Ok(routed), None) => {
-                self.forward(
-                    routed.service,
-                    routed.authority,
-                    req,
-                    attempts.clone(),
-                    request.b3,
-                )
-                .await
+                if let Some(pin) = routed.pin {
+                    attempts.pin_backend(pin);
+                }
+                self.forward(routed, req, attempts.clone(), request.b3)
+                    .await
             }
             (Err(err), _) => Err(err),
         };
@@ -242,32 +265,131 @@ impl Outbound {
         }
         let route = match upgrade {
             Some(_) => None,
-            None => stack.route(req.method(), req.uri().path()),
+            None => stack.route(req.method(), req.uri(), req.headers()),
         };
-        Ok(Routed {
+        let mut routed = Routed {
             destination: stack.name.clone(),
-            route: route.map(|r| r.name.clone()),
-            service: route.map_or(&stack.service, |r| &r.service).clone(),
+            route: route.map(|(r, _)| r.name.clone()),
+            filters: route
+                .filter(|(r, _)| !r.filters.is_empty())
+                .map(|(r, matched)| (r.filters.clone(), matched.path.clone())),
+            pin: None,
+            faults: route.map_or(&stack.faults, |(r, _)| &r.faults).clone(),
+            mirrors: Vec::new(),
+            max_body: route.map_or(0, |(r, _)| r.max_body),
+            service: route.map_or(&stack.service, |(r, _)| &r.service).clone(),
             balance: stack.balance().clone(),
             timeout: stack.timeout(),
             authority,
-        })
+        };
+        if let Some((r, _)) = route
+            && !r.mirrors.is_empty()
+        {
+            let table = self.destinations.borrow();
+            routed.mirrors = r
+                .mirrors
+                .iter()
+                .filter_map(|m| {
+                    let (balance, pin) = match &m.target {
+                        RouteTarget::Split => (stack.balance().clone(), None),
+                        RouteTarget::Backend(index) => (stack.balance().clone(), Some(*index)),
+                        RouteTarget::Service { name, version } => {
+                            // A target missing from the table is skipped: the caller's request
+                            // must not fail for its mirror.
+                            let other = table.get(name)?;
+                            let pin = version
+                                .as_ref()
+                                .map(|v| other.balance().backend_of(v).unwrap_or(usize::MAX));
+                            (other.balance().clone(), pin)
+                        }
+                    };
+                    let authority = match &m.target {
+                        RouteTarget::Service { name, .. } => name.parse().ok()?,
+                        _ => routed.authority.clone(),
+                    };
+                    Some(MirrorTarget {
+                        balance,
+                        pin,
+                        authority,
+                        labels: MirrorLabels {
+                            destination: stack.name.clone(),
+                            route: r.name.clone(),
+                            mirror: m.service.clone(),
+                        },
+                        percent: m.percent,
+                        in_flight: m.in_flight.clone(),
+                    })
+                })
+                .collect();
+        }
+        match route.map(|(r, _)| r.target()) {
+            None | Some(RouteTarget::Split) => {}
+            Some(RouteTarget::Backend(index)) => routed.pin = Some(*index),
+            Some(RouteTarget::Service { name, version }) => {
+                // Another service's request: its own stack and policy.
+                let other = self
+                    .destinations
+                    .borrow()
+                    .get(name)
+                    .ok_or_else(|| NoRoute {
+                        destination: name.clone(),
+                    })?;
+                routed.pin = version
+                    .as_ref()
+                    .map(|v| other.balance().backend_of(v).unwrap_or(usize::MAX));
+                routed.service = other.service.clone();
+                routed.balance = other.balance().clone();
+            }
+        }
+        Ok(routed)
     }
 
-    /// Steps 5 to 8: through the destination's stack.
+    /// Steps 5 to 8: the route's filters, then through the stack.
     async fn forward(
         &self,
-        service: DestinationService,
-        authority: Authority,
+        routed: Routed,
         req: Request<Incoming>,
         attempts: Arc<Attempts>,
         b3: Option<propagation::B3>,
     ) -> Result<Response<Body>, BoxError> {
-        let mut req = to_peer_request(req, authority)?;
+        let mut authority = routed.authority;
+        let (mut parts, body) = req.into_parts();
+        if let Some((filters, matched)) = &routed.filters {
+            let filtered = filters::request(
+                filters,
+                matched,
+                &mut parts.uri,
+                &mut parts.headers,
+                &mut authority,
+            )?;
+            if let Filtered::Answer(mut rsp) = filtered {
+                filters::response(filters, &mut rsp)?;
+                return Ok(rsp);
+            }
+        }
+        if let Some(faults) = &routed.faults {
+            faults.inject(&attempts).await?;
+        }
+        let mut req = to_peer_request(Request::from_parts(parts, body), authority)?;
+        if !routed.mirrors.is_empty() {
+            let (parts, body) = req.into_parts();
+            let recording = mirror::Recording {
+                parent: attempts.context(),
+                b3,
+                spans: &self.spans,
+                metrics: &self.metrics,
+            };
+            let body = mirror::start(routed.mirrors, &parts, body, routed.max_body, &recording);
+            req = Request::from_parts(parts, body);
+        }
         // The next hop's parent is this sidecar's CLIENT span.
         propagation::inject(attempts.context(), b3, req.headers_mut());
         req.extensions_mut().insert(attempts);
-        call(service, req).await
+        let mut rsp = call(routed.service, req).await?;
+        if let Some((filters, _)) = &routed.filters {
+            filters::response(filters, &mut rsp)?;
+        }
+        Ok(rsp)
     }
 }
 
@@ -285,9 +407,10 @@ fn to_peer_request(
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.remove(HOST);
     parts.headers.remove(EXPECT);
-    // Only a sidecar may say what the app spoke.
+    // Only a sidecar may say what the app spoke, or that a request is a mirror's copy.
     parts.headers.remove(ORIG_PROTO);
     parts.headers.remove(TUNNEL);
+    parts.headers.remove(MIRROR);
     if http1 {
         parts.headers.insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
     }

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
-use mesh_api::route::RouteMatch;
+use http::{HeaderMap, Method, Uri};
+use mesh_api::route::{BackendRef, Filter};
 use tower::ServiceBuilder;
 
 use crate::config::{Config, Destination, DestinationPolicy, TcpDestination};
@@ -28,9 +28,12 @@ use crate::metrics::{Label, Metrics};
 use super::balance::{Backend, Balance};
 use super::breaker::Outlier;
 use super::connect::Endpoint;
+use super::fault::Faults;
 use super::retry::{Retry, RetryLayer};
+use super::route_match::{Matched, RouteTable};
 use super::shed::{Shed, ShedLayer};
 use super::timeout::{self, Timeout, TimeoutLayer};
+use super::weighted;
 
 /// Steps 5a to 8 of one destination, as one service type. Every layer clones by `Arc`, so a
 /// request takes its own copy of the stack without allocating.
@@ -89,8 +92,11 @@ pub(crate) struct DestinationStack {
     pub(crate) name: Label,
     /// For requests that match none of `routes`.
     pub(crate) service: DestinationService,
-    /// In policy order: the first that matches a request takes it.
+    /// Faults injected into requests that match none of `routes`.
+    pub(crate) faults: Option<Arc<Faults>>,
+    /// In the order written; `table` finds the one a request takes.
     routes: Box<[RouteStack]>,
+    table: RouteTable,
     spec: DestinationSpec,
     balance: Balance,
 }
@@ -100,8 +106,75 @@ pub(crate) struct DestinationStack {
 pub(crate) struct RouteStack {
     /// The route's name, its metric label.
     pub(crate) name: Label,
-    matches: RouteMatch,
     pub(crate) service: DestinationService,
+    /// Its filters, in order; shared with the requests that take it.
+    pub(crate) filters: Arc<[Filter]>,
+    /// The faults it injects.
+    pub(crate) faults: Option<Arc<Faults>>,
+    /// Where its `RequestMirror` filters send copies.
+    pub(crate) mirrors: Box<[RouteMirror]>,
+    /// Its replay buffer: the longest body a retry, or a mirror, copies.
+    pub(crate) max_body: u64,
+    /// Its `backendRefs`, resolved where they can be; empty: the destination's own split.
+    backends: Box<[(RouteTarget, u32)]>,
+    total_weight: u32,
+}
+
+/// One `RequestMirror` of a route.
+#[derive(Debug)]
+pub(crate) struct RouteMirror {
+    pub(crate) target: RouteTarget,
+    /// The service copies go to.
+    pub(crate) service: Label,
+    pub(crate) percent: f64,
+    /// Copies in flight from this route to it.
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Where a route sends a request.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RouteTarget {
+    /// Through the route's stack, to the destination split as it splits itself.
+    Split,
+    /// Through the route's stack, to this backend of the destination's balancer (out of range
+    /// when the version has no endpoints, which fails the request as having none).
+    Backend(usize),
+    /// To another destination, through that destination's own stack.
+    Service {
+        name: String,
+        version: Option<String>,
+    },
+}
+
+// === impl RouteStack ===
+
+impl RouteStack {
+    /// Where this request goes: one of the route's backends by weight.
+    pub(crate) fn target(&self) -> &RouteTarget {
+        match &*self.backends {
+            [] => &RouteTarget::Split,
+            [(only, _)] => only,
+            backends => weighted::draw(backends.iter().map(|(_, w)| *w), self.total_weight)
+                .and_then(|i| backends.get(i))
+                .map_or(&RouteTarget::Split, |(target, _)| target),
+        }
+    }
+}
+
+impl RouteTarget {
+    /// `backend` of a route of the destination `own`, whose balancer is `balance`.
+    fn of(backend: &BackendRef, own: &str, balance: &Balance) -> Self {
+        match (&backend.version, backend.service == own) {
+            (None, true) => Self::Split,
+            (Some(version), true) => {
+                Self::Backend(balance.backend_of(version).unwrap_or(usize::MAX))
+            }
+            (version, false) => Self::Service {
+                name: backend.service.clone(),
+                version: version.clone(),
+            },
+        }
+    }
 }
 
 /// What stacks are built with.
@@ -207,11 +280,15 @@ impl DestinationStack {
         &self.balance
     }
 
-    /// The route a request with this method and path takes, if any matches.
-    pub(crate) fn route(&self, method: &Method, path: &str) -> Option<&RouteStack> {
-        self.routes
-            .iter()
-            .find(|route| route.matches.matches(method.as_str(), path))
+    /// The route a request takes, if any matches, and the match that took it.
+    pub(crate) fn route(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<(&RouteStack, Matched<'_>)> {
+        let matched = self.table.find(method, uri, headers)?;
+        Some((self.routes.get(matched.route)?, matched))
     }
 
     /// The stack of one destination, layers in request order. Endpoints of `previous` that
@@ -239,6 +316,7 @@ impl DestinationStack {
             .backends
             .iter()
             .map(|backend| Backend {
+                version: backend.version.clone(),
                 weight: backend.weight,
                 endpoints: backend
                     .endpoints
@@ -306,21 +384,50 @@ impl DestinationStack {
         let routes = policy
             .routes
             .iter()
-            .map(|route| RouteStack {
-                name: route.name.as_str().into(),
-                matches: route.matches.clone(),
-                service: stack(
-                    route.timeout,
-                    retry.for_route(route.retries.clone()),
-                    route.retries.per_try_timeout,
-                ),
+            .map(|route| {
+                let backends: Box<[(RouteTarget, u32)]> = route
+                    .backend_refs
+                    .iter()
+                    .map(|b| (RouteTarget::of(b, name, &balance), b.weight))
+                    .collect();
+                RouteStack {
+                    name: route.name.as_str().into(),
+                    service: stack(
+                        route.timeout,
+                        retry.for_route(route.retries.clone()),
+                        route.retries.per_try_timeout,
+                    ),
+                    filters: route.filters.clone().into(),
+                    faults: Faults::new(&route.fault, cx.metrics, name, &route.name),
+                    mirrors: route
+                        .filters
+                        .iter()
+                        .filter_map(|f| match f {
+                            Filter::RequestMirror { mirror } => Some(RouteMirror {
+                                target: RouteTarget::of(&mirror.backend_ref, name, &balance),
+                                service: mirror.backend_ref.service.as_str().into(),
+                                percent: mirror.percent,
+                                in_flight: Arc::new(tokio::sync::Semaphore::new(
+                                    super::mirror::MAX_IN_FLIGHT,
+                                )),
+                            }),
+                            _ => None,
+                        })
+                        .collect(),
+                    max_body: route.retries.max_buffered_body,
+                    total_weight: backends.iter().map(|(_, w)| *w).sum(),
+                    backends,
+                }
             })
             .collect();
+        let table = RouteTable::new(&policy.routes);
         let service = stack(policy.timeout, retry, policy.retries.per_try_timeout);
         Ok(Self {
             name: name.into(),
             service,
+            faults: Faults::new(&policy.fault, cx.metrics, name, ""),
             routes,
+            table,
             spec,
             balance,
         })

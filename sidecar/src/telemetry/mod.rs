@@ -52,6 +52,12 @@ pub mod attr {
     pub const ROUTE: &str = "mesh.route";
     /// The protocol an upgrade asked for (`websocket`), or `CONNECT` for a tunnel.
     pub const UPGRADE: &str = "mesh.upgrade";
+    /// Set on the span of a mirrored copy.
+    pub const MIRROR: &str = "mesh.mirror";
+    /// A delay injected by a fault policy, in milliseconds.
+    pub const FAULT_DELAY: &str = "mesh.fault.delay_ms";
+    /// The status an injected abort answered with (`503`, or `grpc:14`).
+    pub const FAULT_ABORT: &str = "mesh.fault.abort";
 }
 
 /// Ends a request's span with its outcome: status code, tries, and on failure `error.type` and

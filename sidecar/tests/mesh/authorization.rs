@@ -42,3 +42,74 @@ async fn only_allowed_callers_reach_the_app() {
         "{metrics}"
     );
 }
+
+/// `method` `path` from `caller` to inventory: the status and the body.
+async fn call(
+    caller: &mesh_testkit::Sidecar,
+    method: http::Method,
+    path: &str,
+) -> (StatusCode, String) {
+    let rsp = client::http1()
+        .request(
+            http::Request::builder()
+                .method(method)
+                .uri(format!("{}{path}", caller.outbound_url()))
+                .header("host", "inventory")
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = rsp.status();
+    (status, client::text(rsp).await)
+}
+
+#[tokio::test]
+async fn a_rule_lets_a_caller_read_products_but_not_write_them() {
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .app(app::echo("inventory").await)
+        .extra_yaml(
+            "authorization:\n\
+             \x20 default: deny\n\
+             \x20 allow: [orders, storefront]\n\
+             \x20 rules:\n\
+             \x20   - name: product-writes\n\
+             \x20     matches: [{ method: POST, path: { type: PathPrefix, value: /products } }]\n\
+             \x20     allow: [orders]\n",
+        )
+        .start()
+        .await;
+    let storefront = mesh
+        .sidecar("storefront")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await;
+
+    let (status, body) = call(&storefront, http::Method::GET, "/products").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(&storefront, http::Method::POST, "/products").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body.trim_end(),
+        "caller spiffe://mesh.local/ns/default/sa/storefront may not call inventory: \
+         POST /products is only for callers on authorization.rules[product-writes].allow"
+    );
+    // Off the rule's paths the service-wide lists decide.
+    let (status, _) = call(&storefront, http::Method::POST, "/orders").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(&orders, http::Method::POST, "/products/7").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let metrics = inventory.metrics().await;
+    assert!(
+        metrics.contains(r#"mesh_authorization_denied_total{source="storefront"} 1"#),
+        "{metrics}"
+    );
+}

@@ -175,6 +175,7 @@ fn split_90_10() -> Balance {
     let endpoints: Vec<_> = single.endpoints().cloned().collect();
     let metrics = Metrics::new();
     let backend = |weight, range: std::ops::Range<usize>| Backend {
+        version: String::new(),
         weight,
         endpoints: endpoints[range]
             .iter()
@@ -250,6 +251,7 @@ fn rebuilt(previous: &Balance, keep: &[usize], ports: &[u16], policy: BreakerPol
     Balance::split(
         "x".into(),
         vec![Backend {
+            version: String::new(),
             weight: 1,
             endpoints,
         }],
