@@ -3,6 +3,8 @@
 use http::StatusCode;
 use mesh_testkit::{TestMesh, app, client};
 
+use crate::calling_inventory;
+
 #[tokio::test]
 async fn only_allowed_callers_reach_the_app() {
     let mesh = TestMesh::new();
@@ -12,16 +14,8 @@ async fn only_allowed_callers_reach_the_app() {
         .extra_yaml("authorization: { default: deny, allow: [orders] }\n")
         .start()
         .await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
-    let payments = mesh
-        .sidecar("payments")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let orders = calling_inventory(&mesh, "orders", &inventory).await;
+    let payments = calling_inventory(&mesh, "payments", &inventory).await;
 
     let rsp = client::get(&format!("{}/stock", orders.outbound_url()), "inventory").await;
     assert_eq!(rsp.status(), StatusCode::OK);
@@ -81,16 +75,8 @@ async fn a_rule_lets_a_caller_read_products_but_not_write_them() {
         )
         .start()
         .await;
-    let storefront = mesh
-        .sidecar("storefront")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let storefront = calling_inventory(&mesh, "storefront", &inventory).await;
+    let orders = calling_inventory(&mesh, "orders", &inventory).await;
 
     let (status, body) = call(&storefront, http::Method::GET, "/products").await;
     assert_eq!(status, StatusCode::OK, "{body}");

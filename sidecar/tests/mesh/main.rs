@@ -45,6 +45,18 @@ impl Pair {
     }
 }
 
+/// A `service` sidecar whose one destination is `inventory`.
+pub(crate) async fn calling_inventory(
+    mesh: &TestMesh,
+    service: &str,
+    inventory: &Sidecar,
+) -> Sidecar {
+    mesh.sidecar(service)
+        .destination("inventory", &[inventory.inbound])
+        .start()
+        .await
+}
+
 pub(crate) const ORDERS_ID: &str = "spiffe://mesh.local/ns/default/sa/orders";
 
 /// The tries a response says it took (`x-mesh-attempts`).

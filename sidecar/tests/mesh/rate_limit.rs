@@ -9,6 +9,8 @@ use http_body_util::Full;
 use mesh_testkit::{Sidecar, TestMesh, app, client, metrics};
 use tokio::time::Instant;
 
+use crate::calling_inventory;
+
 /// GET /stock from `caller` to inventory: the status, `Retry-After` and `x-mesh-error`.
 async fn call(caller: &Sidecar) -> (StatusCode, Option<String>, Option<String>, Duration) {
     let started = Instant::now();
@@ -41,16 +43,8 @@ async fn a_caller_over_its_own_limit_gets_429_while_the_others_pass() {
         )
         .start()
         .await;
-    let orders = mesh
-        .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
-    let storefront = mesh
-        .sidecar("storefront")
-        .destination("inventory", &[inventory.inbound])
-        .start()
-        .await;
+    let orders = calling_inventory(&mesh, "orders", &inventory).await;
+    let storefront = calling_inventory(&mesh, "storefront", &inventory).await;
 
     // For two seconds orders asks 40 times a second and storefront 15 times a second, side by
     // side: 110 requests, within the total's 50 at once plus 50 a second.
