@@ -401,3 +401,50 @@ fn cli_errors_say_what_to_do() {
     assert!(!ok);
     assert!(stderr.contains("--error-rate"), "{stderr}");
 }
+
+#[test]
+fn the_last_instances_run_the_versions_demo_yaml_names() {
+    let config = parse(&MINIMAL.replace(
+        "orders: { instances: 2 }",
+        "orders: { instances: 4, versions: { v2: 1, canary: 1 } }",
+    ))
+    .unwrap();
+    let plan = plan::allocate(&config, |_| true).unwrap();
+    let versions: Vec<(&str, &str)> = plan
+        .instances
+        .iter()
+        .map(|i| (i.name.as_str(), i.version.as_str()))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("storefront-1", "v1"),
+            ("orders-1", "v1"),
+            ("orders-2", "v1"),
+            ("orders-3", "canary"),
+            ("orders-4", "v2"),
+        ]
+    );
+    let v2 = &plan.instances[4];
+    let text = plan::sidecar_bootstrap(v2, "mesh.local", &cp(), Path::new("/state"), None);
+    let sidecar = mesh_sidecar::config::Config::from_yaml(&text, Path::new("/")).unwrap();
+    assert_eq!(sidecar.version, "v2");
+
+    for (versions, field, says) in [
+        ("{ v2: 3 }", "services.orders.versions", "names 3 instances"),
+        ("{ v2: 0 }", "services.orders.versions.v2", "at least 1"),
+        ("{ v1: 1 }", "services.orders.versions.v1", "other than v1"),
+        ("{ V2: 1 }", "services.orders.versions.V2", "not a version"),
+    ] {
+        let errors = field_errors(&MINIMAL.replace(
+            "{ instances: 2 }",
+            &format!("{{ instances: 2, versions: {versions} }}"),
+        ));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("{field}: ")) && e.contains(says)),
+            "{versions}: {errors:?}"
+        );
+    }
+}

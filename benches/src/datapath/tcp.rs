@@ -336,7 +336,9 @@ fn summarize(config: &Config) -> TcpResult {
 fn path(topology: Topology) -> &'static str {
     match topology {
         Topology::Direct => "client → target",
-        Topology::Ours => "client → sidecar tcp listener ⇒ CONNECT over h2+mTLS ⇒ sidecar → target",
+        Topology::Ours => {
+            "client → sidecar tcp listener ⇒ one HTTP/2 stream over mTLS ⇒ sidecar → target"
+        }
         Topology::Envoy => "client → envoy tcp_proxy ⇒ mTLS ⇒ envoy tcp_proxy → target",
         Topology::OursMultiThread => "not offered",
     }

@@ -7,7 +7,9 @@
 //! ports_from: 18000
 //! services:
 //!   storefront: { instances: 1 }
+//!   inventory: { instances: 3, versions: { v2: 1 } }   # optional: the last one runs v2
 //! ```
+//! Instances run version `v1` unless `versions` names another for some of them (the last ones).
 //! Relative paths are relative to the file. `control_plane.api` and `admin` may be left out:
 //! they are then handed out from `ports_from` like every other port.
 
@@ -69,6 +71,8 @@ pub struct ServiceSpec {
     pub name: String,
     /// How many instances run (at least 1).
     pub instances: u16,
+    /// How many of them run a version other than `v1`, by version: the last instances do.
+    pub versions: BTreeMap<String, u16>,
 }
 
 /// One problem in `demo.yaml`, with the field it is about.
@@ -160,6 +164,8 @@ struct TracingFile {
 #[serde(deny_unknown_fields)]
 struct ServiceFile {
     instances: u16,
+    #[serde(default)]
+    versions: BTreeMap<String, u16>,
 }
 
 impl DemoConfig {
@@ -286,9 +292,35 @@ fn validate(file: File, base: &Path) -> Result<DemoConfig, Vec<FieldError>> {
         if service.instances == 0 {
             error(&format!("{field}.instances"), "must be at least 1".into());
         }
+        for (version, count) in &service.versions {
+            let at = format!("{field}.versions.{version}");
+            if !is_dns_label(version) || version == "v1" {
+                error(
+                    &at,
+                    format!(
+                        "{version:?} is not a version for some instances: a label (a-z, 0-9, \
+                         '-') other than v1, which the other instances run"
+                    ),
+                );
+            }
+            if *count == 0 {
+                error(&at, "must be at least 1".into());
+            }
+        }
+        let versioned: u32 = service.versions.values().map(|&n| u32::from(n)).sum();
+        if versioned > u32::from(service.instances) {
+            error(
+                &format!("{field}.versions"),
+                format!(
+                    "names {versioned} instances, but the service has {}",
+                    service.instances
+                ),
+            );
+        }
         services.push(ServiceSpec {
             name,
             instances: service.instances,
+            versions: service.versions,
         });
     }
     services.sort_by_key(|s| {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{DemoConfig, TracingSpec};
+use super::config::{DemoConfig, ServiceSpec, TracingSpec};
 
 /// The control plane's listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,9 @@ pub struct Instance {
     pub index: u16,
     /// `<service>-<index>`, the app's `--instance` name.
     pub name: String,
+    /// The version its sidecar registers (`v1` unless `versions` in demo.yaml says otherwise).
+    #[serde(default = "first_version")]
+    pub version: String,
     /// The app's own listener.
     pub app: SocketAddr,
     /// The sidecar's outbound listener, where the app sends its calls.
@@ -175,11 +178,13 @@ pub fn allocate(
     };
     let mut instances = Vec::new();
     for service in &config.services {
-        for index in 1..=service.instances {
+        let versions = instance_versions(service);
+        for (index, version) in (1..=service.instances).zip(versions) {
             instances.push(Instance {
                 service: service.name.clone(),
                 index,
                 name: format!("{}-{index}", service.name),
+                version,
                 app: take()?,
                 outbound: take()?,
                 inbound: take()?,
@@ -194,6 +199,24 @@ pub fn allocate(
         instances,
         skipped,
     })
+}
+
+fn first_version() -> String {
+    "v1".to_owned()
+}
+
+/// The version of each of `service`'s instances, in order: `v1` first, then each version of
+/// `versions` for as many instances as it names.
+fn instance_versions(service: &ServiceSpec) -> Vec<String> {
+    let named: Vec<String> = service
+        .versions
+        .iter()
+        .flat_map(|(version, &count)| std::iter::repeat_n(version.clone(), usize::from(count)))
+        .collect();
+    let first = usize::from(service.instances).saturating_sub(named.len());
+    std::iter::repeat_n(first_version(), first)
+        .chain(named)
+        .collect()
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -271,7 +294,7 @@ pub fn sidecar_bootstrap(
          instance: {name}\n\
          trust_domain: {trust_domain}\n\
          app: {app}\n\
-         version: v1\n\
+         version: {version}\n\
          listen: {{ outbound: {outbound}, inbound: {inbound}, admin: {admin} }}\n\
          control_plane:\n  \
            address: {cp}\n  \
@@ -280,6 +303,7 @@ pub fn sidecar_bootstrap(
          access_log: false\n",
         name = instance.name,
         service = instance.service,
+        version = instance.version,
         app = instance.app,
         outbound = instance.outbound,
         inbound = instance.inbound,

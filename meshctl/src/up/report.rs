@@ -57,12 +57,15 @@ pub(super) fn render(
             );
         }
         (Some(t), None) => {
+            // Built but not started: the user said --no-jaeger.
+            let why = match jaeger::find_binary() {
+                Some(_) => "Jaeger is built but was not started (--no-jaeger)".to_owned(),
+                None => jaeger::how_to_build(),
+            };
             let _ = writeln!(
                 out,
-                "Traces         OTLP {} to {}; nothing started there.\n               {}",
-                t.protocol,
-                t.otlp_endpoint,
-                jaeger::how_to_build()
+                "Traces         OTLP {} to {}; nothing started there.\n               {why}",
+                t.protocol, t.otlp_endpoint,
             );
         }
         (None, _) => {

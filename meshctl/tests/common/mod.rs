@@ -44,6 +44,7 @@ pub fn service(name: &str, instances: u16) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
         instances,
+        versions: Default::default(),
     }
 }
 
