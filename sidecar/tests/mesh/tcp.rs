@@ -370,6 +370,62 @@ async fn a_stream_quiet_for_the_idle_timeout_is_reset_at_both_ends_and_counted()
     assert_eq!(metrics::value(&server.metrics().await, series), Some(1.0));
 }
 
+#[tokio::test]
+async fn with_authorization_rules_a_tcp_stream_takes_a_connect_rule() {
+    let mesh = TestMesh::new();
+    // orders may only read products over HTTP; payments may open streams (CONNECT).
+    let rules = "authorization:\n\
+         \x20 default: deny\n\
+         \x20 rules:\n\
+         \x20   - name: reads\n\
+         \x20     matches: [{ method: GET, path: { type: PathPrefix, value: / } }]\n\
+         \x20     allow: [orders]\n\
+         \x20   - name: streams\n\
+         \x20     matches: [{ method: CONNECT }]\n\
+         \x20     allow: [payments]\n";
+    let (app, _seen) = tcp::reply_at_eof().await;
+    let server = mesh
+        .sidecar("redis")
+        .app(app)
+        .extra_yaml(rules)
+        .start()
+        .await;
+    let caller = |service: &'static str| {
+        let server = &server;
+        let mesh = &mesh;
+        async move {
+            let listen = free_port();
+            let sidecar = mesh
+                .sidecar(service)
+                .destination_with_policy(
+                    "redis",
+                    &[server.inbound],
+                    &tcp_destination(listen, app.port()),
+                )
+                .start()
+                .await;
+            wait_for_listener(listen).await;
+            (sidecar, listen)
+        }
+    };
+    let (_payments, payments_listen) = caller("payments").await;
+    let reply = tcp::round_trip(payments_listen, b"allowed", PATIENCE).await;
+    assert_eq!(reply.unwrap(), b"allowed");
+
+    // A GET rule does not open a stream: the stream is a CONNECT to the rules.
+    let (_orders, orders_listen) = caller("orders").await;
+    let refused = tcp::round_trip(orders_listen, b"refused", PATIENCE).await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.is_empty()),
+        "{refused:?}"
+    );
+    let denied = r#"mesh_authorization_denied_total{source="orders"}"#;
+    eventually("the refusal counted", PATIENCE, || async {
+        (metrics::value(&server.metrics().await, denied)? >= 1.0).then_some(())
+    })
+    .await;
+}
+
 /// Open file descriptors of this process (the sidecars run in it).
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
