@@ -251,6 +251,9 @@ fn bootstrap_files_are_valid_sidecar_configurations() {
     assert_eq!(sidecar.listen.inbound, orders.inbound);
     assert_eq!(sidecar.listen.admin, orders.admin);
     assert!(!sidecar.access_log);
+    let probe = sidecar.app_health.as_ref().unwrap();
+    assert_eq!(probe.path.as_deref(), Some("/health"));
+    assert_eq!(probe.interval, std::time::Duration::from_secs(1));
     let control = sidecar.control_plane.as_ref().unwrap();
     assert_eq!(control.address, cp().api);
     assert_eq!(control.trust_anchor, state.join("ca.pem"));

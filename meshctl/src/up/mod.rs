@@ -1,8 +1,9 @@
 //! `meshctl up`: the demo mesh on this machine, as child processes.
 //!
 //! [`up`] starts the control plane, waits for it to be ready, then for every instance its
-//! sidecar, waits for the sidecar to be ready (certificate and first snapshot), and only then
-//! its app, so an app's first call already finds a working mesh. Sidecars start together, then
+//! sidecar, waits for the sidecar to have its certificate and first snapshot, and only then
+//! its app, so an app's first call already finds a working mesh; then it waits for each
+//! sidecar's `/ready`, which holds until the sidecar's probe of its app succeeds. Sidecars start together, then
 //! apps together. If any child exits or does not get ready in time, everything started is
 //! stopped and the error names the child and shows the end of its log.
 //!
@@ -428,7 +429,7 @@ impl RunningMesh {
         )
         .await?;
 
-        let mut probes = Vec::new();
+        let (mut probes, mut sidecars_ready) = (Vec::new(), Vec::new());
         for i in 0..self.instances.len() {
             let instance = &self.instances[i];
             let (name, bootstrap, admin) = (
@@ -451,7 +452,14 @@ impl RunningMesh {
                 ],
             )?;
             self.instances[i].sidecar_pid = Some(self.procs[index].pid);
+            // Certified and configured: the snapshot is there. `/ready` also waits for the
+            // app, which the sidecar probes and which starts next.
             probes.push(Probe {
+                proc_index: index,
+                addr: admin,
+                path: "/snapshot",
+            });
+            sidecars_ready.push(Probe {
                 proc_index: index,
                 addr: admin,
                 path: "/ready",
@@ -488,6 +496,8 @@ impl RunningMesh {
             });
         }
         self.wait_ready(probes, ready_timeout).await?;
+        // Each sidecar has seen its app answer its probe: the instance takes traffic.
+        self.wait_ready(sidecars_ready, ready_timeout).await?;
         let manifest = self.manifest();
         let text = serde_json::to_string_pretty(&manifest).map_err(|e| UpError::Io {
             path: self.run_dir.manifest(),

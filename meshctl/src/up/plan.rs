@@ -280,7 +280,8 @@ fn quoted(text: &str) -> String {
 }
 
 /// The bootstrap file of `instance`'s sidecar: its ports, the control plane that certifies and
-/// configures it, and where its spans go.
+/// configures it, where its spans go, and its probe of the app (`/health` every second), so an
+/// instance whose app died leaves its callers' endpoints within seconds.
 pub fn sidecar_bootstrap(
     instance: &Instance,
     trust_domain: &str,
@@ -300,7 +301,8 @@ pub fn sidecar_bootstrap(
            address: {cp}\n  \
            trust_anchor: {anchor}\n  \
            token_file: {token}\n\
-         access_log: false\n",
+         access_log: false\n\
+         app_health: {{ path: /health, interval: 1s }}\n",
         name = instance.name,
         service = instance.service,
         version = instance.version,

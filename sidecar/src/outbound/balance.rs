@@ -30,8 +30,8 @@ use tower::Service;
 use crate::body::BoxError;
 use crate::classify::Class;
 use crate::config::LoadBalancer;
-use crate::error::NoEndpoints;
-use crate::headers::forwarded_response;
+use crate::error::{NoEndpoints, Reason};
+use crate::headers::{MESH_ERROR, forwarded_response};
 use crate::metrics::EndpointMetrics;
 use crate::telemetry::attr;
 use opentelemetry::KeyValue;
@@ -268,7 +268,8 @@ impl Service<Req> for Balance {
                 Ok(rsp) => Class::of_status(rsp.status()),
                 Err(err) => Class::of_error(err.as_ref()),
             };
-            if let Transition::Ejected(time) = in_flight.finish(class)
+            let app_down = result.as_ref().is_ok_and(app_unavailable);
+            if let Transition::Ejected(time) = in_flight.finish(class, app_down)
                 && let Some(attempts) = &attempts
             {
                 attempts.event("endpoint ejected", || {
@@ -436,7 +437,8 @@ impl<'a> InFlight<'a> {
         &self.shared.slots[self.index]
     }
 
-    fn finish(&mut self, class: Class) -> Transition {
+    /// Records how the try went; `app_down`: the endpoint's sidecar said its app is down.
+    fn finish(&mut self, class: Class, app_down: bool) -> Transition {
         self.done = true;
         let now = self.shared.now();
         let slot = self.slot();
@@ -445,7 +447,11 @@ impl<'a> InFlight<'a> {
         // sends elsewhere, but never counts towards ejecting it.
         let slow = failed || class.is_load_signal();
         slot.load.finish(now, self.started.elapsed(), slow);
-        let transition = self.shared.outlier.record(&slot.health, failed, now);
+        let transition = if app_down {
+            self.shared.outlier.record_app_down(&slot.health, now)
+        } else {
+            self.shared.outlier.record(&slot.health, failed, now)
+        };
         match transition {
             Transition::Ejected(time) => {
                 slot.metrics.ejections.inc();
@@ -485,3 +491,15 @@ impl Drop for InFlight<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a peer sidecar answered that its app is down: a 502 or 503 it made itself, saying
+/// `app-unavailable`.
+fn app_unavailable<B>(rsp: &http::Response<B>) -> bool {
+    matches!(
+        rsp.status(),
+        http::StatusCode::BAD_GATEWAY | http::StatusCode::SERVICE_UNAVAILABLE
+    ) && rsp
+        .headers()
+        .get(MESH_ERROR)
+        .is_some_and(|reason| reason == Reason::AppUnavailable.as_str())
+}

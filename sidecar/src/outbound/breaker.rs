@@ -97,8 +97,20 @@ impl Outlier {
 
     /// Records a result of `health`'s endpoint at `now`.
     pub(crate) fn record(&self, health: &Health, failed: bool, now: u64) -> Transition {
+        self.record_failures(health, u32::from(failed), now)
+    }
+
+    /// Records an answer from the endpoint's sidecar that its app is down (`x-mesh-error:
+    /// app-unavailable`). The peer knows, so it needs no repeating: it counts as
+    /// `consecutive_failures` failures at once. Repeating it would take long, because the load
+    /// balancer sends a failing endpoint so little that failures in a row come slowly.
+    pub(crate) fn record_app_down(&self, health: &Health, now: u64) -> Transition {
+        self.record_failures(health, self.policy.consecutive_failures.max(1), now)
+    }
+
+    fn record_failures(&self, health: &Health, failures: u32, now: u64) -> Transition {
         let ejected = health.ejected_until.load(Ordering::Acquire) != 0;
-        if !failed {
+        if failures == 0 {
             health.consecutive.store(0, Ordering::Relaxed);
             if ejected && health.probing.swap(false, Ordering::AcqRel) {
                 health.ejected_until.store(0, Ordering::Release);
@@ -115,7 +127,7 @@ impl Outlier {
             }
             return Transition::None;
         }
-        let failures = health.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+        let failures = health.consecutive.fetch_add(failures, Ordering::AcqRel) + failures;
         if failures < self.policy.consecutive_failures || !self.take_ejection_slot() {
             return Transition::None;
         }
@@ -232,6 +244,13 @@ mod tests {
         gauge.set(2);
         let _outlier = Outlier::new(policy(), 3, gauge.clone());
         assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn an_app_that_is_down_ejects_at_once() {
+        let o = outlier(3);
+        let h = Health::default();
+        assert!(matches!(o.record_app_down(&h, 0), Transition::Ejected(_)));
     }
 
     #[test]

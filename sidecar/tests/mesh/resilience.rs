@@ -430,3 +430,36 @@ async fn p2c_ewma_avoids_a_slow_endpoint_and_round_robin_spreads_evenly() {
         .collect();
     assert_eq!(spread, [50, 50, 50]);
 }
+
+#[tokio::test]
+async fn a_dead_app_behind_a_live_sidecar_is_ejected_by_its_callers() {
+    let mesh = TestMesh::new();
+    let (_faults, _inv, mut endpoints) = inventories(&mesh, 2).await;
+    // The sidecar is up; its app is not: every request gets 502 app-unavailable from it.
+    let dead_app = mesh.sidecar("inventory").app(free_port()).start().await;
+    endpoints.push(dead_app.inbound);
+    let orders = orders(
+        &mesh,
+        &endpoints,
+        "retries: { attempts: 3, retry_on: [gateway-error], backoff: { base: 1ms, max: 5ms } }\n\
+         circuit_breaker: { consecutive_failures: 3, base_ejection_time: 30s }",
+    )
+    .await;
+    let dead = format!(
+        r#"mesh_ejections_total{{destination="inventory",endpoint="{}"}}"#,
+        dead_app.inbound
+    );
+    // Bounded: p2c sends the slow, failing instance less and less, but it is still picked now
+    // and then; three of those in a row eject it.
+    for _ in 0..300 {
+        let rsp = client::get(&format!("{}/x", orders.outbound_url()), "inventory").await;
+        assert_eq!(rsp.status(), StatusCode::OK, "retried onto a live instance");
+        if value(&orders.metrics().await, &dead) >= 1.0 {
+            return;
+        }
+    }
+    panic!(
+        "not ejected after 300 requests:\n{}",
+        orders.metrics().await
+    );
+}
