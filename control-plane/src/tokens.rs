@@ -1,8 +1,8 @@
 //! Join tokens: `tokens/<service>` in the state directory, one per declared service.
 //!
 //! A token is 32 random bytes, hex, in a file of mode 0600 (directory 0700). Tokens are created
-//! when a service is first declared and never overwritten, so an operator can hand them out
-//! once; to rotate one, replace the file. They are read at each request, so a replaced file
+//! when a service is first declared, whole or not at all, and never overwritten, so an operator
+//! can hand them out once; to rotate one, replace the file. They are read at each request, so a replaced file
 //! takes effect at once.
 
 use std::io::{self, Write};
@@ -57,23 +57,44 @@ impl Tokens {
         let mut created = Vec::new();
         for service in services {
             let path = self.path(service);
-            let token = hex(&random_bytes::<32>());
-            let made = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .and_then(|mut f| {
-                    f.write_all(format!("{token}\n").as_bytes())?;
-                    f.sync_all()
-                });
-            match made {
+            // An empty file is what a crash while creating one left: it holds no token.
+            let holds_token = std::fs::read_to_string(&path).is_ok_and(|t| !t.trim().is_empty());
+            if holds_token {
+                continue;
+            }
+            match self.create(&path) {
                 Ok(()) => created.push(service.clone()),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(source) => return Err(TokenError { path, source }),
             }
         }
         Ok(created)
+    }
+
+    /// Writes a new token to `path` whole or not at all: into a temporary file first (mode
+    /// 0600), then linked into place, which fails rather than overwrite a token that appeared
+    /// meanwhile. An empty file at `path` is replaced.
+    fn create(&self, path: &Path) -> io::Result<()> {
+        let token = hex(&random_bytes::<32>());
+        let tmp = self.dir.join(format!(".new-{}", hex(&random_bytes::<8>())));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(format!("{token}\n").as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| {
+                if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                    std::fs::rename(&tmp, path)
+                } else {
+                    std::fs::hard_link(&tmp, path)
+                }
+            });
+        let _ = std::fs::remove_file(&tmp);
+        written
     }
 
     /// Whether `presented` is `service`'s token, compared in constant time.
@@ -122,5 +143,24 @@ mod tests {
         assert!(tokens.check("orders", first.trim()));
         assert!(!tokens.check("orders", "nope"));
         assert!(!tokens.check("payments", first.trim()));
+    }
+
+    #[test]
+    fn an_empty_token_file_left_by_a_crash_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::open(dir.path()).unwrap();
+        std::fs::write(tokens.path("orders"), "").unwrap();
+        let services = vec!["orders".to_owned()];
+        assert_eq!(tokens.ensure(&services).unwrap(), ["orders"]);
+        let token = std::fs::read_to_string(tokens.path("orders")).unwrap();
+        assert_eq!(token.trim().len(), 64);
+        assert!(tokens.check("orders", token.trim()));
+        // Only the token is left in the directory.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tokens"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 }

@@ -14,18 +14,15 @@ pub(super) fn read(path: &Path) -> Result<String, CertError> {
     })
 }
 
-/// Writes a file, readable by its owner only when `private`.
+/// Writes a file, readable by its owner only when `private`. The file is a new one, created with
+/// its final mode and renamed into place: a private key is never, even for a moment, in a file
+/// others may read (as it would be if an existing file were truncated and then its mode set).
 pub(super) fn write(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
-    let io_err = |source| CertError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    fs::write(path, contents).map_err(io_err)?;
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
-    }
-    Ok(())
+    write_atomic(
+        path,
+        contents.as_bytes(),
+        if private { 0o600 } else { 0o644 },
+    )
 }
 
 /// Writes `path` so that readers see the old or the new contents, never a mix: a temporary file
@@ -56,4 +53,27 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn a_private_file_is_written_as_a_new_private_file_not_over_an_open_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca-key.pem");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let before = fs::metadata(&path).unwrap().ino();
+        write(&path, "-----BEGIN PRIVATE KEY-----\n", true).unwrap();
+        let after = fs::metadata(&path).unwrap();
+        // A new file, made 0600 before the key went in, renamed over the old one.
+        assert_ne!(after.ino(), before);
+        assert_eq!(after.permissions().mode() & 0o777, 0o600);
+        assert_eq!(read(&path).unwrap(), "-----BEGIN PRIVATE KEY-----\n");
+        // Nothing is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }
