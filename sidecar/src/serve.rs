@@ -81,6 +81,14 @@ pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// microseconds at most.
 pub(crate) const PEER_MAX_FRAME_SIZE: u32 = 64 << 10;
 
+/// The most header bytes a request from an app may carry (Envoy's default is 60 KiB). Larger
+/// ones are refused at the edge with 431, by hyper, instead of failing later between sidecars.
+pub(crate) const MAX_APP_HEADER_BYTES: u32 = 64 << 10;
+
+/// The most header bytes a message between sidecars may carry: an app's largest plus room for
+/// what the mesh adds (identity, trace context).
+pub(crate) const MAX_PEER_HEADER_BYTES: u32 = MAX_APP_HEADER_BYTES + (32 << 10);
+
 /// The HTTP/1.1 + HTTP/2 server of the outbound and inbound listeners. The timer drives
 /// HTTP/1.1's header-read timeout (a client that never finishes its headers is dropped) and
 /// HTTP/2 keep-alive pings.
@@ -88,10 +96,12 @@ pub(crate) fn http_server() -> auto::Builder<TokioExecutor> {
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_APP_HEADER_BYTES as usize);
     http.http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(20)));
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .max_header_list_size(MAX_APP_HEADER_BYTES);
     http
 }
 

@@ -21,7 +21,10 @@ use crate::body::Body;
 use crate::identity::TrustChanges;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, Drain, Draining, MaxAge, PEER_MAX_FRAME_SIZE, Untrusted, http_server};
+use crate::serve::{
+    self, Drain, Draining, MAX_PEER_HEADER_BYTES, MaxAge, PEER_MAX_FRAME_SIZE, Untrusted,
+    http_server,
+};
 
 /// Streams one peer connection may have open at once. TCP tunnels are streams that last as long
 /// as their connection, so the usual HTTP/2 limit of a few hundred would let one caller's pool
@@ -135,6 +138,7 @@ where
         http.http2()
             .max_concurrent_streams(MAX_PEER_STREAMS)
             .max_frame_size(PEER_MAX_FRAME_SIZE)
+            .max_header_list_size(MAX_PEER_HEADER_BYTES)
             .enable_connect_protocol();
         let conn = http.serve_connection(
             TokioIo::new(tls),

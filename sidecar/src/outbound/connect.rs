@@ -27,7 +27,7 @@ use crate::body::{Body, BoxError};
 use crate::error::{ConnectFailed, ConnectTimeout, TlsFailed, UpstreamFailed};
 use crate::identity::SpiffeId;
 use crate::identity::TrustChanges;
-use crate::serve::{PEER_MAX_FRAME_SIZE, UNTRUSTED_GRACE};
+use crate::serve::{MAX_PEER_HEADER_BYTES, PEER_MAX_FRAME_SIZE, UNTRUSTED_GRACE};
 
 /// Interval of HTTP/2 PINGs on an idle peer connection, so a dead peer is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -203,6 +203,7 @@ impl Endpoint {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(PEER_MAX_FRAME_SIZE)
+            .max_header_list_size(MAX_PEER_HEADER_BYTES)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|source| UpstreamFailed {

@@ -306,3 +306,37 @@ async fn a_caller_identity_in_request_trailers_does_not_reach_the_app() {
     // Other trailers pass; only the sidecar's header may name the caller.
     assert_eq!(std::str::from_utf8(&seen).unwrap(), "x-checksum=abc\n");
 }
+
+#[tokio::test]
+async fn a_header_too_large_for_the_mesh_is_refused_at_the_edge_with_431() {
+    let pair = Pair::start().await;
+    let url = format!("{}/big", pair.orders.outbound_url());
+    let send = |header_bytes: usize| {
+        let url = url.clone();
+        async move {
+            let req = Request::get(url)
+                .header("host", "inventory")
+                .header("x-big", "a".repeat(header_bytes))
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            client::http1().request(req).await.unwrap()
+        }
+    };
+    // 40 KiB of headers cross both sidecars and reach the app whole.
+    let rsp = send(40 << 10).await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let seen = client::json(rsp).await;
+    assert_eq!(
+        seen["headers"]["x-big"][0].as_str().unwrap().len(),
+        40 << 10
+    );
+    // 100 KiB do not fit the mesh: the calling app's own sidecar says so, before any hop.
+    let rsp = send(100 << 10).await;
+    assert_eq!(rsp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let inbound = r#"mesh_requests_total{direction="inbound",source="orders",destination="inventory",status_code="200"}"#;
+    assert_eq!(
+        mesh_testkit::metrics::value(&pair.inventory.metrics().await, inbound),
+        Some(1.0),
+        "only the first request reached inventory"
+    );
+}
