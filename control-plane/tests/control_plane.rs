@@ -643,3 +643,54 @@ async fn restart_keeps_ca_tokens_and_increasing_versions() {
     .await;
     cp.stop().await.unwrap();
 }
+
+/// Connects to the control plane's API with `config`, reads its first bytes (the HTTP/2
+/// SETTINGS, after any session ticket) and says how the handshake went.
+async fn handshake_kind(
+    config: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+) -> rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("control-plane").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut first = [0u8; 9];
+    tls.read_exact(&mut first).await.unwrap();
+    tls.get_ref().1.handshake_kind().unwrap()
+}
+
+#[tokio::test]
+async fn the_api_never_resumes_a_tls_session() {
+    let dirs = Dirs::new("trust_domain: mesh.local\n", &[]);
+    let cp = dirs.start().await;
+    let roots = client::roots_from_pem(&dirs.bundle_pem()).unwrap();
+    let verifier = mesh_api::tls::SpiffeServerVerifier::fixed(
+        Arc::new(roots),
+        mesh_api::spiffe::SpiffeId::control_plane("mesh.local").unwrap(),
+    );
+    // rustls's client keeps sessions and resumes them by default: this one would.
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(verifier))
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = Arc::new(config);
+    for attempt in 0..3 {
+        assert_eq!(
+            handshake_kind(config.clone(), cp.api_addr()).await,
+            rustls::HandshakeKind::Full,
+            "connection {attempt}"
+        );
+    }
+    cp.stop().await.unwrap();
+}
