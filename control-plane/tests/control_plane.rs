@@ -646,6 +646,7 @@ async fn restart_keeps_ca_tokens_and_increasing_versions() {
 
 /// Connects to the control plane's API with `config`, reads its first bytes (the HTTP/2
 /// SETTINGS, after any session ticket) and says how the handshake went.
+#[allow(clippy::unwrap_used)]
 async fn handshake_kind(
     config: Arc<rustls::ClientConfig>,
     addr: std::net::SocketAddr,
