@@ -71,8 +71,9 @@ function render() {
 
 // === the graph ===
 
-// Layers by longest path from the services nobody calls; within a layer, by name. Works for
-// fifty services: the SVG grows and scrolls.
+// Layers by longest path from the services nobody calls; within a layer, by the mean place of
+// its callers (fewer crossings), then by name. Boxes are as wide as the longest name, and the
+// SVG grows and scrolls: fifty services stay apart and readable.
 function layout(names, edges) {
   const depth = Object.fromEntries(names.map((n) => [n, 0]));
   for (let i = 0; i < names.length; i++) {
@@ -87,12 +88,45 @@ function layout(names, edges) {
   }
   const layers = [];
   for (const n of [...names].sort()) (layers[depth[n]] ??= []).push(n);
+  const place = {};
+  layers.forEach((layer, x) => {
+    if (x > 0) {
+      const mean = (n) => {
+        const ys = edges.filter((e) => e.destination === n && depth[e.source] < x && e.source in place).map((e) => place[e.source]);
+        return ys.length ? ys.reduce((a, b) => a + b, 0) / ys.length : Infinity;
+      };
+      const key = Object.fromEntries(layer.map((n) => [n, mean(n)]));
+      layer.sort((a, b) => key[a] - key[b] || (a < b ? -1 : 1));
+    }
+    layer.forEach((n, y) => (place[n] = y));
+  });
+  const longest = Math.max(0, ...names.map((n) => n.length));
+  const W = Math.max(170, 24 + 8 * longest), H = 58, GX = 250, GY = 40;
+  // Each layer centred on the tallest, so edges between short and tall layers stay short.
+  const tallest = Math.max(0, ...layers.map((l) => l.length));
   const pos = {};
-  const W = 170, H = 58, GX = 250, GY = 40;
-  layers.forEach((layer, x) => layer.forEach((n, y) => (pos[n] = { x: 20 + x * (W + GX), y: 60 + y * (H + GY), w: W, h: H })));
-  const width = 40 + layers.length * (W + GX);
-  const height = 60 + Math.max(...layers.map((l) => l.length)) * (H + GY);
+  layers.forEach((layer, x) => {
+    const top = 60 + ((tallest - layer.length) * (H + GY)) / 2;
+    layer.forEach((n, y) => (pos[n] = { x: 20 + x * (W + GX), y: top + y * (H + GY), w: W, h: H }));
+  });
+  const width = 40 + layers.length * (W + GX) - GX;
+  const height = 60 + tallest * (H + GY);
   return { pos, width, height, depth };
+}
+
+// The edges to draw: those with traffic in the window, and each declared `calls` edge without
+// traffic as idle, so the graph has its shape before any load.
+function graphEdges(o) {
+  const live = o.stat.edges;
+  const seen = new Set(live.map((e) => `${e.source}\n${e.destination}`));
+  const declared = [];
+  for (const [source, callees] of Object.entries(o.calls || {})) {
+    for (const destination of callees) {
+      if (seen.has(`${source}\n${destination}`)) continue;
+      declared.push({ source, destination, rps: 0, requests: 0, success_rate: null, p99_ms: null, retries: 0, declared: true });
+    }
+  }
+  return [...live, ...declared];
 }
 
 function renderGraph() {
@@ -101,7 +135,7 @@ function renderGraph() {
   const byName = Object.fromEntries(services.map((s) => [s.destination, s]));
   const status = (o.status && o.status.services) || {};
   const names = [...new Set([...Object.keys(status), ...services.map((s) => s.destination)])];
-  const edges = o.stat.edges;
+  const edges = graphEdges(o);
   const { pos, width, height, depth } = layout(names, edges);
   let svg = `<svg id="graph" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">`;
   svg += `<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="10" markerHeight="10" markerUnits="userSpaceOnUse" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#56627a"/></marker></defs>`;
@@ -112,17 +146,21 @@ function renderGraph() {
     const mx = (x1 + x2) / 2;
     // An edge that skips a layer arcs over the nodes between.
     const skip = (depth[e.destination] ?? 0) - (depth[e.source] ?? 0) > 1;
-    const lift = skip ? Math.min(y1, y2) - 30 - a.h : null;
+    const lift = skip ? Math.max(8, Math.min(y1, y2) - 30 - a.h) : null;
     const label = `${rps(e.rps)} · ${pct(e.success_rate)} · p99 ${ms(e.p99_ms)}`;
-    svg += `<g class="edge ${health(e)}" data-source="${esc(e.source)}" data-destination="${esc(e.destination)}" data-rps="${e.rps}" data-success-rate="${e.success_rate ?? ""}" data-p99-ms="${e.p99_ms ?? ""}">`;
-    svg += `<title>${esc(e.source)} → ${esc(e.destination)}: ${esc(label)}, ${e.retries} retries</title>`;
+    svg += `<g class="edge ${health(e)}" data-source="${esc(e.source)}" data-destination="${esc(e.destination)}" data-rps="${e.rps}" data-success-rate="${e.success_rate ?? ""}" data-p99-ms="${e.p99_ms ?? ""}"${e.declared ? ` data-declared="true"` : ""}>`;
+    svg += `<title>${esc(e.source)} → ${esc(e.destination)}: ${e.declared ? "declared, no calls in the window" : `${esc(label)}, ${e.retries} retries`}</title>`;
     const d = skip
       ? `M ${x1} ${y1} C ${x1 + 60} ${lift}, ${x2 - 60} ${lift}, ${x2 - 2} ${y2}`
       : `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2 - 2} ${y2}`;
-    // The label sits near the callee's end, where edges into one node are apart.
-    const lx = skip ? mx : x2 - 8, ly = skip ? lift + 20 : y2 - 7;
     svg += `<path d="${d}" marker-end="url(#arrow)"/>`;
-    svg += `<text x="${lx}" y="${ly}" text-anchor="${skip ? "middle" : "end"}">${esc(label)}</text></g>`;
+    // The label sits near the callee's end, where edges into one node are apart; an idle
+    // declared edge has no numbers to show.
+    if (!e.declared) {
+      const lx = skip ? mx : x2 - 8, ly = skip ? lift + 20 : y2 - 7;
+      svg += `<text x="${lx}" y="${ly}" text-anchor="${skip ? "middle" : "end"}">${esc(label)}</text>`;
+    }
+    svg += `</g>`;
   }
   for (const n of names) {
     const p = pos[n];
@@ -135,9 +173,21 @@ function renderGraph() {
   }
   svg += `</svg>`;
   $("view").innerHTML = `<h1>Services</h1>
-    <p class="legend"><span><i style="background:#2e8b57"></i>≥ 99.5 % success</span><span><i style="background:#d98e04"></i>≥ 95 %</span><span><i style="background:#c62828"></i>below</span><span><i style="background:#b8bfcc"></i>no calls</span> Edge labels: rate · success rate · p99, over the window, as callers see them.</p>
+    <p class="legend"><span><i style="background:#2e8b57"></i>≥ 99.5 % success</span><span><i style="background:#d98e04"></i>≥ 95 %</span><span><i style="background:#c62828"></i>below</span><span><i style="background:#b8bfcc"></i>declared, no calls</span> Edge labels: rate · success rate · p99, over the window, as callers see them.</p>
     <div class="graph">${svg}</div>
-    <h2>Edges</h2>${edgeTable(edges)}`;
+    <h2>Edges</h2>${edgeTable(o.stat.edges)}`;
+  measureNodes();
+}
+
+// Each node's box and name as the browser laid them out, as data attributes: what a check of
+// the page (overlaps, clipped names) reads without running a script of its own.
+function measureNodes() {
+  for (const g of document.querySelectorAll("#graph .node")) {
+    const box = g.querySelector("rect").getBBox();
+    const name = g.querySelector("text.name");
+    g.dataset.box = [box.x, box.y, box.width, box.height].map((v) => v.toFixed(1)).join(",");
+    g.dataset.labelWidth = name.getComputedTextLength().toFixed(1);
+  }
 }
 
 function edgeTable(edges) {

@@ -1,14 +1,17 @@
 //! `meshctl dashboard`: the mesh in a browser. A small HTTP server serves one page (HTML, CSS
 //! and JavaScript embedded in the binary) and the JSON it polls:
 //!
-//! - `GET /api/overview?window=10`: every service's and edge's traffic (as `meshctl stat`) and
-//!   every instance (as `meshctl status`), stamped with when they were read;
+//! - `GET /api/overview?window=10`: every service's and edge's traffic (as `meshctl stat`),
+//!   every instance (as `meshctl status`) and every declared `calls` edge (the control plane's
+//!   `/config`), stamped with when they were read;
 //! - `GET /api/service/NAME`: who may call the service and its routes (from the sidecars'
 //!   snapshots), and the requests of the last second with their trace IDs (from a tap).
 //!
-//! The page draws the service graph, with each edge coloured by its success rate, and a page
+//! The page draws the service graph, with each edge coloured by its success rate (a declared
+//! edge without traffic dashed grey, so the graph has its shape before any load), and a page
 //! per service; it says when its data is stale rather than showing old numbers as live.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +58,8 @@ struct Overview {
     jaeger_url: Option<String>,
     stat: Option<Report>,
     status: Option<serde_json::Value>,
+    /// Each declared service's `calls`, by caller (`None`: the configuration was unreadable).
+    calls: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// `/api/service/NAME`.
@@ -159,6 +164,7 @@ async fn overview(options: &DashboardOptions, window: Duration) -> Overview {
         jaeger_url: options.jaeger_url.clone(),
         stat: None,
         status: None,
+        calls: None,
     };
     let status = match admin_client::request(options.admin, Method::GET, "/status").await {
         Ok((code, body)) if code.is_success() => serde_json::from_slice(&body).ok(),
@@ -182,8 +188,36 @@ async fn overview(options: &DashboardOptions, window: Duration) -> Overview {
         Err(e) => overview.error = Some(e.to_string()),
     }
     overview.status = status;
+    overview.calls = declared_calls(options.admin).await;
     overview.read_unix_ms = now_unix_ms();
     overview
+}
+
+/// Each declared service's `calls`, from the control plane's `/config`.
+async fn declared_calls(admin: SocketAddr) -> Option<BTreeMap<String, Vec<String>>> {
+    let (code, body) = admin_client::request(admin, Method::GET, "/config")
+        .await
+        .ok()?;
+    if !code.is_success() {
+        return None;
+    }
+    let config: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let services = config.get("services")?.as_object()?;
+    Some(
+        services
+            .iter()
+            .map(|(name, service)| {
+                let calls = service
+                    .get("calls")
+                    .and_then(|c| c.as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect();
+                (name.clone(), calls)
+            })
+            .collect(),
+    )
 }
 
 async fn snapshot(admin: SocketAddr) -> Option<serde_json::Value> {
