@@ -158,7 +158,7 @@ async fn call(sidecar: &Sidecar, destination: &str, path: &str) -> (StatusCode, 
 
 /// The `version` of the sidecar's `/snapshot`.
 async fn snapshot(sidecar: &Sidecar) -> serde_json::Value {
-    let rsp = client::get(&sidecar.admin_url("/snapshot"), "admin").await;
+    let rsp = client::get_url(&sidecar.admin_url("/snapshot")).await;
     assert_eq!(rsp.status(), StatusCode::OK);
     client::json(rsp).await
 }
@@ -327,9 +327,9 @@ async fn a_sidecar_with_a_wrong_token_gets_no_certificate_and_is_never_ready() {
         (refused >= 2.0).then_some(())
     })
     .await;
-    let ready = client::get(&sidecar.admin_url("/ready"), "admin").await;
+    let ready = client::get_url(&sidecar.admin_url("/ready")).await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let live = client::get(&sidecar.admin_url("/live"), "admin").await;
+    let live = client::get_url(&sidecar.admin_url("/live")).await;
     assert_eq!(live.status(), StatusCode::OK);
     sidecar.shutdown().await.unwrap();
     cp.stop().await.unwrap();

@@ -18,12 +18,13 @@
 //! - `POST /shutdown`: drain and exit, as on SIGTERM; lets a batch job end its sidecar.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -142,6 +143,7 @@ impl Admin {
         http.timer(TokioTimer::new());
         let stop = CancellationToken::new();
         let metrics = self.metrics.clone();
+        let port = listener.local_addr().map_or(0, |a| a.port());
         let task = tokio::spawn(serve::serve(
             Direction::Admin,
             listener,
@@ -150,11 +152,23 @@ impl Admin {
                 timeout: config.drain_timeout,
             },
             metrics,
-            move |tcp, _peer, draining: Draining| {
+            move |tcp, peer: SocketAddr, draining: Draining| {
                 let admin = self.clone();
                 let conn = http.serve_connection(
                     TokioIo::new(tcp),
-                    service_fn(move |req| admin.clone().handle(req)),
+                    service_fn(move |req| {
+                        let admin = admin.clone();
+                        async move {
+                            if !host_names_this_listener(req.headers().get(HOST), port) {
+                                return Ok(text(
+                                    StatusCode::MISDIRECTED_REQUEST,
+                                    "the admin endpoint answers only requests addressed to an IP \
+                                     address or localhost\n",
+                                ));
+                            }
+                            admin.handle(req, peer).await
+                        }
+                    }),
                 );
                 async move {
                     let _ = draining.serve(conn, None, None).await;
@@ -167,6 +181,7 @@ impl Admin {
     pub(crate) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         Ok(match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
@@ -245,6 +260,17 @@ impl Admin {
                 ),
             },
             (&Method::POST, "/shutdown") => {
+                let confirmed = req
+                    .headers()
+                    .get(SHUTDOWN_CONFIRM)
+                    .is_some_and(|v| v == "shutdown");
+                if !peer.ip().is_loopback() || !confirmed {
+                    return Ok(text(
+                        StatusCode::FORBIDDEN,
+                        "POST /shutdown is taken only from this machine, with the header \
+                         x-mesh-confirm: shutdown\n",
+                    ));
+                }
                 tracing::info!("shutdown requested on the admin endpoint");
                 self.shutdown.cancel();
                 text(StatusCode::ACCEPTED, "shutting down\n")
@@ -429,6 +455,33 @@ fn with_type(
     rsp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     rsp
+}
+
+/// The header `POST /shutdown` needs. A web page can send a POST to a local port, but not one
+/// with a header of its own without a CORS preflight, which this endpoint never grants.
+const SHUTDOWN_CONFIRM: HeaderName = HeaderName::from_static("x-mesh-confirm");
+
+/// Whether the request's `Host` addresses this listener by an IP address or `localhost` (at its
+/// port). A page on a DNS name that was pointed at this machine (DNS rebinding) sends its own
+/// name, so it can neither read nor drive the endpoint. A request without `Host` (HTTP/1.0, no
+/// browser) is let through.
+fn host_names_this_listener(host: Option<&HeaderValue>, port: u16) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let Some(authority) = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+    else {
+        return false;
+    };
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let named = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+    named && authority.port_u16().is_none_or(|p| p == port)
 }
 
 #[cfg(test)]

@@ -20,6 +20,14 @@ pub fn http2() -> Client<HttpConnector, Full<Bytes>> {
         .build_http()
 }
 
+/// GET `url` over HTTP/1.1, its `Host` the URL's authority (as an admin endpoint wants it).
+pub async fn get_url(url: &str) -> Response<Incoming> {
+    http1()
+        .request(Request::get(url).body(Full::default()).expect("request"))
+        .await
+        .expect("request to an admin endpoint")
+}
+
 /// GET `url` with `Host: host` over HTTP/1.1.
 pub async fn get(url: &str, host: &str) -> Response<Incoming> {
     http1()

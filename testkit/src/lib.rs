@@ -427,7 +427,7 @@ impl Sidecar {
 
     /// The Prometheus text of its admin `/metrics`.
     pub async fn metrics(&self) -> String {
-        client::text(client::get(&self.admin_url("/metrics"), "admin").await).await
+        client::text(client::get_url(&self.admin_url("/metrics")).await).await
     }
 
     /// Takes the run task, to await its end after a shutdown triggered elsewhere.

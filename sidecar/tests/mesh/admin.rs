@@ -9,19 +9,19 @@ async fn live_ready_config_and_metrics() {
     let admin = |path: &str| pair.orders.admin_url(path);
 
     assert_eq!(
-        client::get(&admin("/live"), "a").await.status(),
+        client::get_url(&admin("/live")).await.status(),
         StatusCode::OK
     );
     assert_eq!(
-        client::get(&admin("/ready"), "a").await.status(),
+        client::get_url(&admin("/ready")).await.status(),
         StatusCode::OK
     );
     assert_eq!(
-        client::get(&admin("/nope"), "a").await.status(),
+        client::get_url(&admin("/nope")).await.status(),
         StatusCode::NOT_FOUND
     );
 
-    let config = client::text(client::get(&admin("/config"), "a").await).await;
+    let config = client::text(client::get_url(&admin("/config")).await).await;
     let json: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert_eq!(json["service"], "orders");
     assert_eq!(json["identity"], crate::ORDERS_ID);
@@ -38,7 +38,7 @@ async fn live_ready_config_and_metrics() {
     let rsp = client::get(&format!("{}/x", pair.orders.outbound_url()), "elsewhere").await;
     assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
 
-    let orders = client::text(client::get(&admin("/metrics"), "a").await).await;
+    let orders = client::text(client::get_url(&admin("/metrics")).await).await;
     for line in [
         r#"mesh_requests_total{direction="outbound",source="orders",destination="inventory",status_code="200"} 1"#,
         r#"mesh_requests_total{direction="outbound",source="orders",destination="unknown",status_code="503"} 1"#,
@@ -48,7 +48,7 @@ async fn live_ready_config_and_metrics() {
         assert!(orders.contains(line), "missing {line} in\n{orders}");
     }
     let inventory =
-        client::text(client::get(&pair.inventory.admin_url("/metrics"), "a").await).await;
+        client::text(client::get_url(&pair.inventory.admin_url("/metrics")).await).await;
     let line = r#"mesh_requests_total{direction="inbound",source="orders",destination="inventory",status_code="200"} 1"#;
     assert!(inventory.contains(line), "missing {line} in\n{inventory}");
     assert!(
@@ -67,10 +67,55 @@ async fn wrong_method_is_405() {
     assert_eq!(rsp.status(), StatusCode::METHOD_NOT_ALLOWED);
     // Still running.
     assert_eq!(
-        client::get(&pair.orders.admin_url("/ready"), "a")
+        client::get_url(&pair.orders.admin_url("/ready"))
             .await
             .status(),
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_web_page_can_neither_shut_the_sidecar_down_nor_read_it_by_another_name() {
+    let pair = crate::Pair::start().await;
+    let post = |confirm: Option<&str>| {
+        let mut req = http::Request::post(pair.orders.admin_url("/shutdown"));
+        if let Some(confirm) = confirm {
+            req = req.header("x-mesh-confirm", confirm);
+        }
+        client::http1().request(req.body(http_body_util::Full::default()).unwrap())
+    };
+    // A form post (what a page can send without asking) is refused, and nothing stops.
+    let rsp = post(None).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::FORBIDDEN);
+    assert!(client::text(rsp).await.contains("x-mesh-confirm: shutdown"));
+    assert_eq!(
+        post(Some("yes")).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        client::get_url(&pair.orders.admin_url("/ready"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // A DNS name pointed at this machine is not this listener's name.
+    for host in ["attacker.example", "attacker.example:80", "localhost:1"] {
+        let rsp = client::get(&pair.orders.admin_url("/metrics"), host).await;
+        assert_eq!(rsp.status(), StatusCode::MISDIRECTED_REQUEST, "{host}");
+    }
+    let port = pair.orders.admin.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".into(),
+    ] {
+        let rsp = client::get(&pair.orders.admin_url("/live"), &host).await;
+        assert_eq!(rsp.status(), StatusCode::OK, "{host}");
+    }
+    // The admin's own client confirms, from this machine.
+    assert_eq!(
+        post(Some("shutdown")).await.unwrap().status(),
+        StatusCode::ACCEPTED
     );
 }
 

@@ -8,7 +8,7 @@ use mesh_testkit::{Sidecar, TestMesh, app, client, eventually, free_port};
 
 /// `/ready`'s status and body.
 async fn ready(sidecar: &Sidecar) -> (StatusCode, String) {
-    let rsp = client::get(&sidecar.admin_url("/ready"), "admin").await;
+    let rsp = client::get_url(&sidecar.admin_url("/ready")).await;
     let status = rsp.status();
     (status, client::text(rsp).await)
 }
@@ -24,7 +24,7 @@ async fn get(url: &str) -> Option<(StatusCode, String)> {
 }
 
 async fn app_healthy(sidecar: &Sidecar) -> bool {
-    let m = client::text(client::get(&sidecar.admin_url("/metrics"), "admin").await).await;
+    let m = client::text(client::get_url(&sidecar.admin_url("/metrics")).await).await;
     m.lines().any(|l| l == "mesh_app_healthy 1")
 }
 

@@ -30,7 +30,7 @@ async fn only_allowed_callers_reach_the_app() {
     );
     assert!(body.contains("authorization.allow"), "{body}");
 
-    let metrics = client::text(client::get(&inventory.admin_url("/metrics"), "a").await).await;
+    let metrics = client::text(client::get_url(&inventory.admin_url("/metrics")).await).await;
     assert!(
         metrics.contains(r#"mesh_authorization_denied_total{source="payments"} 1"#),
         "{metrics}"

@@ -68,7 +68,7 @@ async fn a_route_retries_its_requests_and_the_rest_keep_the_destinations_retries
         assert_eq!(attempts(&rsp), 1, "{method} {path}");
     }
 
-    let m = client::text(client::get(&orders.admin_url("/metrics"), "admin").await).await;
+    let m = client::text(client::get_url(&orders.admin_url("/metrics")).await).await;
     assert!(
         m.contains(
             r#"mesh_route_requests_total{destination="inventory",route="reads",status_code="503"} 1"#
@@ -117,7 +117,7 @@ async fn a_route_timeout_answers_504_while_the_destinations_lets_the_same_latenc
         assert_eq!(rsp.status(), StatusCode::OK, "{path}");
     }
 
-    let config = client::json(client::get(&orders.admin_url("/config"), "admin").await).await;
+    let config = client::json(client::get_url(&orders.admin_url("/config")).await).await;
     let routes = &config["destinations"]["inventory"]["routes"];
     assert_eq!(routes[0]["name"], "quote", "{config}");
     // Shown in the Gateway API's shape, whichever form was written.

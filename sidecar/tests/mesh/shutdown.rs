@@ -43,6 +43,7 @@ async fn admin_shutdown_lets_the_in_flight_request_finish() {
     gate.arrived().await;
 
     let req = http::Request::post(orders.admin_url("/shutdown"))
+        .header("x-mesh-confirm", "shutdown")
         .body(Full::default())
         .unwrap();
     let rsp = client::http1().request(req).await.unwrap();

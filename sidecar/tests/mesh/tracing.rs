@@ -68,7 +68,7 @@ async fn one_trace_across_three_services_with_a_retry_event() {
         .await;
     a_next.set(a.outbound).unwrap();
 
-    let rsp = client::get(&format!("http://{a_app}/order/7"), "a").await;
+    let rsp = client::get_url(&format!("http://{a_app}/order/7")).await;
     assert_eq!(rsp.status(), StatusCode::OK);
 
     let spans = collector.wait_for(5, Duration::from_secs(15)).await;
@@ -205,7 +205,7 @@ async fn a_collector_that_is_down_costs_spans_not_requests() {
         || {
             let url = url.clone();
             async move {
-                let text = client::text(client::get(&url, "admin").await).await;
+                let text = client::text(client::get_url(&url).await).await;
                 let dropped: f64 = text
                     .lines()
                     .filter(|l| l.starts_with("mesh_spans_dropped_total"))

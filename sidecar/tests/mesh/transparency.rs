@@ -41,8 +41,7 @@ async fn keep_alive_connection_carries_many_requests() {
         assert_eq!(client::json(rsp).await["path"], format!("/item/{i}"));
     }
     // One app connection to the outbound listener, reused for every request.
-    let metrics =
-        client::text(client::get(&pair.orders.admin_url("/metrics"), "admin").await).await;
+    let metrics = client::text(client::get_url(&pair.orders.admin_url("/metrics")).await).await;
     assert!(
         metrics.contains(r#"mesh_requests_total{direction="outbound",source="orders",destination="inventory",status_code="200"} 20"#),
         "{metrics}"
