@@ -33,12 +33,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::mesh::{AdminError, Mesh};
+use crate::tokens::{ADMIN_TOKEN_NAME, Tokens};
 
 /// What the admin server reads.
 #[derive(Debug)]
 pub(crate) struct Admin {
     pub(crate) mesh: Arc<Mesh>,
     pub(crate) ready: AtomicBool,
+    /// Holds the admin token that changes to the CA need.
+    pub(crate) tokens: Tokens,
+    /// The admin listener's port, for the `Host` check.
+    pub(crate) port: u16,
 }
 
 type Reply = http::Response<Full<Bytes>>;
@@ -81,7 +86,23 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Ca
 }
 
 async fn handle(admin: &Admin, request: http::Request<Incoming>) -> Reply {
+    if !host_names_this_listener(request.headers().get(header::HOST), admin.port) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "the admin endpoint answers only requests addressed to an IP address or localhost"
+                .to_owned(),
+        );
+    }
     let method = request.method().clone();
+    if method != Method::GET && !authorized(admin, &request) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{method} needs the admin token: `Authorization: Bearer <token>`, the token being \
+                 the file admin/tokens/control-plane in the state directory (meshctl reads it)"
+            ),
+        );
+    }
     let force = request
         .uri()
         .query()
@@ -139,6 +160,38 @@ async fn handle(admin: &Admin, request: http::Request<Incoming>) -> Reply {
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such path {path}")),
     }
+}
+
+/// Whether `request` carries the admin token.
+fn authorized(admin: &Admin, request: &http::Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| admin.tokens.check(ADMIN_TOKEN_NAME, token))
+}
+
+/// Whether the request's `Host` addresses this listener by an IP address or `localhost` (at its
+/// port), so a web page on a DNS name pointed at this machine (DNS rebinding) cannot use it.
+/// A request without `Host` (HTTP/1.0, no browser) is let through.
+fn host_names_this_listener(host: Option<&http::HeaderValue>, port: u16) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let Some(authority) = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+    else {
+        return false;
+    };
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let named = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+    named && authority.port_u16().is_none_or(|p| p == port)
 }
 
 fn admin_error(e: &AdminError) -> Reply {

@@ -36,7 +36,17 @@ pub async fn request(
     method: Method,
     path: &str,
 ) -> Result<(StatusCode, Bytes), AdminClientError> {
-    tokio::time::timeout(Duration::from_secs(30), exchange(addr, method, path))
+    request_with_token(addr, method, path, None).await
+}
+
+/// As [`request`], with the admin token that changes to the CA need.
+pub async fn request_with_token(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(StatusCode, Bytes), AdminClientError> {
+    tokio::time::timeout(Duration::from_secs(30), exchange(addr, method, path, token))
         .await
         .map_err(|_| AdminClientError::Timeout(addr))?
 }
@@ -45,17 +55,24 @@ async fn exchange(
     addr: SocketAddr,
     method: Method,
     path: &str,
+    token: Option<&str>,
 ) -> Result<(StatusCode, Bytes), AdminClientError> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|source| AdminClientError::Connect { addr, source })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let conn = tokio::spawn(conn);
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())?;
+        .header(http::header::HOST, addr.to_string());
+    if let Some(token) = token {
+        request = request.header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.trim()),
+        );
+    }
+    let request = request.body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();

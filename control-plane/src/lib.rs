@@ -65,7 +65,7 @@ pub use crate::ca::CertError;
 pub use crate::config::{InvalidConfig, MeshConfig};
 pub use crate::mesh::{InstanceStatus, ServiceStatus, Status};
 pub use crate::tls::{PeerInfo, TlsError, control_plane_id};
-pub use crate::tokens::{TokenError, Tokens};
+pub use crate::tokens::{TokenError, Tokens, admin_token_path};
 
 /// The API's default listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15010";
@@ -204,6 +204,11 @@ impl ControlPlane {
         self.state_dir.join("tokens").join(service)
     }
 
+    /// The file of the admin token, which the admin endpoint's changes to the CA need.
+    pub fn admin_token_path(&self) -> PathBuf {
+        admin_token_path(&self.state_dir)
+    }
+
     /// Completes when the API server stops on its own (an error); never on a healthy server.
     pub async fn failed(&mut self) -> Result<(), Error> {
         match (&mut self.server).await {
@@ -287,9 +292,14 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(sweep(mesh.clone(), shutdown.clone())));
+    // The admin credential: a token only the control plane's user can read, which changing the
+    // CA needs (`meshctl` reads it from the state directory).
+    let admin_tokens = tokens::admin_tokens(&options.state_dir)?;
     let admin = Arc::new(admin::Admin {
         mesh: mesh.clone(),
         ready: AtomicBool::new(false),
+        tokens: admin_tokens,
+        port: admin_addr.port(),
     });
     tasks.push(tokio::spawn(admin::serve(
         admin.clone(),

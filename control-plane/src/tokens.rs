@@ -107,6 +107,26 @@ impl Tokens {
     }
 }
 
+/// Under the state directory: the admin credential's directory.
+const ADMIN_DIR: &str = "admin";
+/// The admin token's name among the admin tokens.
+pub(crate) const ADMIN_TOKEN_NAME: &str = "control-plane";
+
+/// The admin token's file in `state_dir`: `admin/tokens/control-plane` (mode 0600).
+pub fn admin_token_path(state_dir: &Path) -> PathBuf {
+    state_dir
+        .join(ADMIN_DIR)
+        .join("tokens")
+        .join(ADMIN_TOKEN_NAME)
+}
+
+/// The admin token, created on first start like a join token.
+pub(crate) fn admin_tokens(state_dir: &Path) -> Result<Tokens, TokenError> {
+    let tokens = Tokens::open(&state_dir.join(ADMIN_DIR))?;
+    tokens.ensure([&ADMIN_TOKEN_NAME.to_owned()])?;
+    Ok(tokens)
+}
+
 /// Compares the SHA-256 digests of both sides with a branch-free fold: the time taken does not
 /// depend on where the inputs differ, nor (beyond hashing) on their lengths.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -695,3 +695,55 @@ async fn the_api_never_resumes_a_tls_session() {
     }
     cp.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn changing_the_ca_needs_the_admin_token_and_no_page_can_reach_the_admin() {
+    let dirs = Dirs::new("trust_domain: mesh.local\n", &[]);
+    let cp = dirs.start().await;
+    let token_file = cp.admin_token_path();
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Without the token, or with a wrong one: 401, and the bundle is unchanged.
+    for token in [None, Some("not-the-token")] {
+        let (status, body) = mesh_control_plane::admin_client::request_with_token(
+            cp.admin_addr(),
+            Method::POST,
+            "/ca/roots",
+            token,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert!(String::from_utf8_lossy(&body).contains("admin/tokens/control-plane"));
+    }
+    assert_eq!(cp.trust_bundle_der().len(), 1);
+    // Reading needs no token; with it, the change is made.
+    assert_eq!(admin(&cp, Method::GET, "/ca/roots").await.0, StatusCode::OK);
+    assert_eq!(
+        admin(&cp, Method::POST, "/ca/roots").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(cp.trust_bundle_der().len(), 2);
+    // A DNS name pointed at this machine is refused, whatever the request.
+    let rebound = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(cp.admin_addr())
+            .await
+            .unwrap();
+        tcp.write_all(
+            b"GET /status HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), rebound)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    cp.stop().await.unwrap();
+}

@@ -140,9 +140,17 @@ impl Cluster {
     }
 
     async fn admin(&self, method: Method, path: &str) -> (StatusCode, serde_json::Value) {
-        let (status, body) = mesh_control_plane::admin_client::request(self.admin, method, path)
-            .await
-            .unwrap();
+        let token =
+            std::fs::read_to_string(mesh_control_plane::admin_token_path(self.dirs.state()))
+                .unwrap();
+        let (status, body) = mesh_control_plane::admin_client::request_with_token(
+            self.admin,
+            method,
+            path,
+            Some(&token),
+        )
+        .await
+        .unwrap();
         let json = serde_json::from_slice(&body)
             .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
         (status, json)

@@ -1,7 +1,7 @@
 //! `meshctl`: the operator's command line for the mesh.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -189,6 +189,10 @@ enum Command {
         /// The control plane's admin address.
         #[arg(long, global = true, default_value = mesh_control_plane::DEFAULT_ADMIN)]
         admin: SocketAddr,
+        /// The control plane's state directory, which holds the admin token that changing the
+        /// CA needs (`admin/tokens/control-plane`; the demo's is target/demo/state).
+        #[arg(long, global = true, default_value = "target/demo/state")]
+        state_dir: PathBuf,
         #[command(subcommand)]
         command: CaCommand,
     },
@@ -340,7 +344,11 @@ fn main() -> ExitCode {
             },
             output == "json",
         ),
-        Command::Ca { admin, command } => ca(admin, command),
+        Command::Ca {
+            admin,
+            state_dir,
+            command,
+        } => ca(admin, &state_dir, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -378,11 +386,21 @@ fn dev_certs(
 
 /// Sends one admin request and returns the body, or the server's error message.
 fn admin(addr: SocketAddr, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+    admin_with_token(addr, method, path, None)
+}
+
+/// As [`admin`], with the admin token.
+fn admin_with_token(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (status, body) = runtime
-        .block_on(admin_client::request(addr, method, path))
+        .block_on(admin_client::request_with_token(addr, method, path, token))
         .map_err(|e| meshctl::stat::ViewError::ControlPlaneDown {
             addr,
             reason: meshctl::stat::short_reason(&e),
@@ -409,8 +427,16 @@ fn status(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ca(addr: SocketAddr, command: CaCommand) -> anyhow::Result<()> {
+fn ca(addr: SocketAddr, state_dir: &Path, command: CaCommand) -> anyhow::Result<()> {
     let query = |force: bool| if force { "?force=true" } else { "" };
+    let token_file = mesh_control_plane::admin_token_path(state_dir);
+    let token = std::fs::read_to_string(&token_file).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the admin token {}: {e} (pass the control plane's --state-dir)",
+            token_file.display()
+        )
+    })?;
+    let admin = |addr, method, path: &str| admin_with_token(addr, method, path, Some(&token));
     match command {
         CaCommand::AddRoot => {
             let value = admin(addr, Method::POST, "/ca/roots")?;

@@ -45,6 +45,7 @@ async fn status_and_ca_commands_talk_to_the_admin_server() {
     .await
     .unwrap();
     let admin = cp.admin_addr().to_string();
+    let state_dir = state.path().display().to_string();
 
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
@@ -63,9 +64,29 @@ async fn status_and_ca_commands_talk_to_the_admin_server() {
     );
     assert!(stdout.contains("SNAPSHOT"), "{stdout}");
 
-    let (ok, stdout, stderr) = run(args(&["ca", "add-root", "--admin", &admin]))
-        .await
-        .unwrap();
+    // Changing the CA needs the admin token, read from the state directory.
+    let (ok, _, stderr) = run(args(&[
+        "ca",
+        "add-root",
+        "--admin",
+        &admin,
+        "--state-dir",
+        "/nonexistent",
+    ]))
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("cannot read the admin token"), "{stderr}");
+    let (ok, stdout, stderr) = run(args(&[
+        "ca",
+        "add-root",
+        "--admin",
+        &admin,
+        "--state-dir",
+        &state_dir,
+    ]))
+    .await
+    .unwrap();
     assert!(ok, "{stderr}");
     assert!(stdout.contains("added root"), "{stdout}");
     assert_eq!(cp.trust_bundle_der().len(), 2);
@@ -77,15 +98,25 @@ async fn status_and_ca_commands_talk_to_the_admin_server() {
         "0000000000000000",
         "--admin",
         &admin,
+        "--state-dir",
+        &state_dir,
     ]))
     .await
     .unwrap();
     assert!(!ok);
     assert!(stderr.contains("no root 0000000000000000"), "{stderr}");
     let signer = cp.status().signer.unwrap();
-    let (ok, _, stderr) = run(args(&["ca", "remove-root", &signer, "--admin", &admin]))
-        .await
-        .unwrap();
+    let (ok, _, stderr) = run(args(&[
+        "ca",
+        "remove-root",
+        &signer,
+        "--admin",
+        &admin,
+        "--state-dir",
+        &state_dir,
+    ]))
+    .await
+    .unwrap();
     assert!(!ok);
     assert!(stderr.contains("409"), "{stderr}");
 

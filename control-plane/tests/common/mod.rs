@@ -224,9 +224,11 @@ pub async fn admin(
     method: Method,
     path: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let (status, body) = admin_client::request(cp.admin_addr(), method, path)
-        .await
-        .unwrap();
+    let token = std::fs::read_to_string(cp.admin_token_path()).unwrap();
+    let (status, body) =
+        admin_client::request_with_token(cp.admin_addr(), method, path, Some(&token))
+            .await
+            .unwrap();
     let value = serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
     (status, value)
