@@ -112,8 +112,10 @@ impl Pair {
         for _ in 0..200 {
             if let Ok(mut tcp) = tokio::net::TcpStream::connect(admin).await {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                tcp.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                    .await?;
+                tcp.write_all(
+                    b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )
+                .await?;
                 let mut rsp = String::new();
                 tcp.read_to_string(&mut rsp).await?;
                 if rsp.starts_with("HTTP/1.1 200") {

@@ -95,7 +95,8 @@ async fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
     let attempt = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await?;
         let mut rsp = Vec::new();
