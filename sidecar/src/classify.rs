@@ -54,10 +54,15 @@ impl Class {
         {
             return Class::ConnectFailure;
         }
-        if find_cause::<h2::Error>(err).and_then(h2::Error::reason)
-            == Some(h2::Reason::REFUSED_STREAM)
-        {
-            return Class::RefusedStream;
+        if let Some(h2) = find_cause::<h2::Error>(err) {
+            // A graceful GOAWAY (NO_ERROR: the peer drains, or the connection reached its
+            // maximum age) refuses the streams it did not take, as REFUSED_STREAM does: the
+            // request was not processed, so another connection may carry it.
+            let refused = h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
+            if refused {
+                return Class::RefusedStream;
+            }
         }
         if find_cause::<std::io::Error>(err).is_some_and(crate::error::is_tls_alert) {
             // The peer refused our certificate before reading the request.
