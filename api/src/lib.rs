@@ -26,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin_host;
 pub mod authorization;
 pub mod backend_ref;
 pub mod certify;

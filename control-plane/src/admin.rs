@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mesh::{AdminError, Mesh};
 use crate::tokens::{ADMIN_TOKEN_NAME, Tokens};
+use mesh_api::admin_host::names_admin_listener;
 
 /// What the admin server reads.
 #[derive(Debug)]
@@ -86,7 +87,7 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Ca
 }
 
 async fn handle(admin: &Admin, request: http::Request<Incoming>) -> Reply {
-    if !host_names_this_listener(request.headers().get(header::HOST), admin.port) {
+    if !names_admin_listener(request.headers().get(header::HOST), admin.port) {
         return error(
             StatusCode::MISDIRECTED_REQUEST,
             "the admin endpoint answers only requests addressed to an IP address or localhost"
@@ -170,28 +171,6 @@ fn authorized(admin: &Admin, request: &http::Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|token| admin.tokens.check(ADMIN_TOKEN_NAME, token))
-}
-
-/// Whether the request's `Host` addresses this listener by an IP address or `localhost` (at its
-/// port), so a web page on a DNS name pointed at this machine (DNS rebinding) cannot use it.
-/// A request without `Host` (HTTP/1.0, no browser) is let through.
-fn host_names_this_listener(host: Option<&http::HeaderValue>, port: u16) -> bool {
-    let Some(host) = host else {
-        return true;
-    };
-    let Some(authority) = host
-        .to_str()
-        .ok()
-        .and_then(|h| h.parse::<http::uri::Authority>().ok())
-    else {
-        return false;
-    };
-    let name = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let named = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
-    named && authority.port_u16().is_none_or(|p| p == port)
 }
 
 fn admin_error(e: &AdminError) -> Reply {

@@ -38,6 +38,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use mesh_api::admin_host::names_admin_listener;
+
 use crate::app_health::AppStatus;
 use crate::body::{Body, BoxError};
 use crate::config::Config;
@@ -159,7 +161,7 @@ impl Admin {
                     service_fn(move |req| {
                         let admin = admin.clone();
                         async move {
-                            if !host_names_this_listener(req.headers().get(HOST), port) {
+                            if !names_admin_listener(req.headers().get(HOST), port) {
                                 return Ok(text(
                                     StatusCode::MISDIRECTED_REQUEST,
                                     "the admin endpoint answers only requests addressed to an IP \
@@ -460,29 +462,6 @@ fn with_type(
 /// The header `POST /shutdown` needs. A web page can send a POST to a local port, but not one
 /// with a header of its own without a CORS preflight, which this endpoint never grants.
 const SHUTDOWN_CONFIRM: HeaderName = HeaderName::from_static("x-mesh-confirm");
-
-/// Whether the request's `Host` addresses this listener by an IP address or `localhost` (at its
-/// port). A page on a DNS name that was pointed at this machine (DNS rebinding) sends its own
-/// name, so it can neither read nor drive the endpoint. A request without `Host` (HTTP/1.0, no
-/// browser) is let through.
-fn host_names_this_listener(host: Option<&HeaderValue>, port: u16) -> bool {
-    let Some(host) = host else {
-        return true;
-    };
-    let Some(authority) = host
-        .to_str()
-        .ok()
-        .and_then(|h| h.parse::<http::uri::Authority>().ok())
-    else {
-        return false;
-    };
-    let name = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let named = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
-    named && authority.port_u16().is_none_or(|p| p == port)
-}
 
 #[cfg(test)]
 mod tests {
