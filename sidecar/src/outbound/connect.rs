@@ -136,7 +136,19 @@ impl Endpoint {
             sender = self.sender().await?;
             sender.ready().await.map_err(upstream)?;
         }
-        Ok(sender.send_request(req).await.map_err(upstream)?)
+        match sender.try_send_request(req).await {
+            Ok(rsp) => Ok(rsp),
+            Err(mut failed) => match failed.take_message() {
+                // Never sent: the connection closed under it (a GOAWAY, its maximum age), so
+                // one new connection may carry it.
+                Some(req) => {
+                    let mut sender = self.sender().await?;
+                    sender.ready().await.map_err(upstream)?;
+                    Ok(sender.send_request(req).await.map_err(upstream)?)
+                }
+                None => Err(upstream(failed.into_error()).into()),
+            },
+        }
     }
 
     async fn sender(&self) -> Result<http2::SendRequest<Body>, BoxError> {
