@@ -14,6 +14,12 @@
 //! | `DELETE /ca/roots/<id>[?force=true]` | remove a root (409 while it signs or a live instance holds a certificate from it) |
 //!
 //! Errors are JSON `{"error": "..."}`.
+//!
+//! Changes need the admin token (`Authorization: Bearer <token>`), always. On a listener that
+//! is not a loopback address, so do the reads that show the mesh's layout (`/status`,
+//! `/config`, `/ca/roots`); `/live`, `/ready` and `/metrics` stay open for probes and
+//! scrapers. The listener keeps at most `admin.max_connections` open and closes a connection
+//! whose request headers take longer than `admin.header_timeout`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,12 +32,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::AdminLimits;
+use crate::log_limit::LogLimit;
 use crate::mesh::{AdminError, Mesh};
 use crate::tokens::{ADMIN_TOKEN_NAME, Tokens};
 use mesh_api::admin_host::names_admin_listener;
@@ -45,15 +54,28 @@ pub(crate) struct Admin {
     pub(crate) tokens: Tokens,
     /// The admin listener's port, for the `Host` check.
     pub(crate) port: u16,
+    /// Whether the listener is on a loopback address; if not, reads of the mesh's layout need
+    /// the token too.
+    pub(crate) loopback: bool,
 }
 
 type Reply = http::Response<Full<Bytes>>;
 
 /// Serves until `shutdown`, then lets requests in flight finish (for up to 5 s).
-pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    admin: Arc<Admin>,
+    listener: TcpListener,
+    limits: AdminLimits,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let log_limit = LogLimit::new(5);
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -64,17 +86,25 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Ca
                 }
             },
         };
-        let admin = admin.clone();
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            admin.mesh.metrics().limited("admin.max_connections");
+            if log_limit.allow() {
+                tracing::warn!(%remote, max_connections = limits.max_connections, "admin connection closed: admin.max_connections open already");
+            }
+            continue;
+        };
+        let handler = admin.clone();
         let service = service_fn(move |request| {
-            let admin = admin.clone();
+            let admin = handler.clone();
             async move { Ok::<_, Infallible>(handle(&admin, request).await) }
         });
-        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+        let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection failed");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -95,11 +125,17 @@ async fn handle(admin: &Admin, request: http::Request<Incoming>) -> Reply {
         );
     }
     let method = request.method().clone();
-    if method != Method::GET && !authorized(admin, &request) {
+    let path = request.uri().path().to_owned();
+    if needs_token(admin, &method, &path) && !authorized(admin, &request) {
+        let what = if method == Method::GET {
+            format!("GET {path} on an admin listener that is not a loopback address")
+        } else {
+            method.to_string()
+        };
         return error(
             StatusCode::UNAUTHORIZED,
             format!(
-                "{method} needs the admin token: `Authorization: Bearer <token>`, the token being \
+                "{what} needs the admin token: `Authorization: Bearer <token>`, the token being \
                  the file admin/tokens/control-plane in the state directory (meshctl reads it)"
             ),
         );
@@ -108,7 +144,6 @@ async fn handle(admin: &Admin, request: http::Request<Incoming>) -> Reply {
         .uri()
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
-    let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let mesh = &admin.mesh;
     match (segments.as_slice(), &method) {
@@ -161,6 +196,16 @@ async fn handle(admin: &Admin, request: http::Request<Incoming>) -> Reply {
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such path {path}")),
     }
+}
+
+/// Whether a request needs the admin token: every change, and on a listener other than
+/// loopback every read but health and metrics.
+fn needs_token(admin: &Admin, method: &Method, path: &str) -> bool {
+    if method != Method::GET {
+        return true;
+    }
+    let open = matches!(path.trim_end_matches('/'), "/live" | "/ready" | "/metrics");
+    !admin.loopback && !open
 }
 
 /// Whether `request` carries the admin token.

@@ -13,6 +13,9 @@
 //! registry: { heartbeat_interval: 5s, lease: 15s }   # lease must exceed the interval
 //! authorization: { default: allow }                   # allow | deny
 //! defaults: { timeout: 10s, retries: {...}, circuit_breaker: {...}, load_balancer: p2c-ewma }
+//! api: { max_connections: 1024, rate_limits: {...}, ... }   # listener limits, see `limits`
+//! registration: { allowed_addresses: [10.0.0.0/8], max_instances_per_service: 1000 }
+//! admin: { max_connections: 64, header_timeout: 5s }
 //!
 //! # services/inventory.yaml
 //! name: inventory
@@ -49,6 +52,10 @@ use mesh_api::validate::{Errors, check_label, duration};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
+pub use self::limits::{AdminLimits, ApiLimits, Cidr, RateLimits, RegistrationSettings};
+
+mod limits;
+
 /// The mesh file's name in the configuration directory.
 pub const MESH_FILE: &str = "mesh.yaml";
 /// The directory of service files.
@@ -77,6 +84,12 @@ pub struct MeshConfig {
     pub default_authorization: Decision,
     /// The declared services, by name.
     pub services: BTreeMap<String, ServiceConfig>,
+    /// The gRPC listener's limits (fixed at start).
+    pub api: ApiLimits,
+    /// What instances may register.
+    pub registration: RegistrationSettings,
+    /// The admin listener's limits (fixed at start).
+    pub admin: AdminLimits,
 }
 
 /// How the registry keeps instances.
@@ -149,6 +162,12 @@ struct MeshFile {
     authorization: MeshAuthorizationFile,
     #[serde(default)]
     defaults: PolicyFile,
+    #[serde(default)]
+    api: limits::ApiFile,
+    #[serde(default)]
+    registration: limits::RegistrationFile,
+    #[serde(default)]
+    admin: limits::AdminFile,
 }
 
 #[derive(Default, Deserialize)]
@@ -270,6 +289,9 @@ pub fn parse(files: &ConfigFiles) -> Result<MeshConfig, InvalidConfig> {
                 registry: RegistryFile::default(),
                 authorization: MeshAuthorizationFile::default(),
                 defaults: PolicyFile::default(),
+                api: limits::ApiFile::default(),
+                registration: limits::RegistrationFile::default(),
+                admin: limits::AdminFile::default(),
             };
             let partial = validate(placeholder, service_files, &mut ignored);
             errors.extend(ignored.into_iter().filter(|e| e.file != MESH_FILE));
@@ -395,6 +417,9 @@ fn validate(
             "routes name paths of one service: put them in that service's file",
         );
     }
+    let api = limits::api(mesh.api, &mut errors);
+    let registration = limits::registration(mesh.registration, &mut errors);
+    let admin = limits::admin(mesh.admin, &mut errors);
     drain(MESH_FILE, errors, out);
 
     let mut declared: BTreeMap<String, String> = BTreeMap::new();
@@ -449,6 +474,9 @@ fn validate(
         registry,
         default_authorization,
         services,
+        api,
+        registration,
+        admin,
     }
 }
 

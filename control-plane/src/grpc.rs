@@ -1,5 +1,6 @@
 //! The gRPC services of `mesh.v1`: Identity, Registry and Discovery.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,28 +12,71 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ca::CertError;
+use crate::config::ApiLimits;
+use crate::listener::{InFlight, PeerInfo};
+use crate::log_limit::{LogLimit, escaped};
 use crate::mesh::{Mesh, RegistryError};
-use crate::tls::PeerInfo;
+use crate::rate_limit::KeyedLimit;
 use crate::tokens::Tokens;
 
 /// How long a new watch stream may take to name its instance.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Warnings about refused callers per second.
+const REFUSALS_LOGGED_PER_SECOND: u64 = 5;
 
 /// The API's handlers, over the shared state.
 #[derive(Clone, Debug)]
 pub(crate) struct Api {
     mesh: Arc<Mesh>,
     tokens: Tokens,
+    limits: Arc<CallLimits>,
     shutdown: CancellationToken,
 }
 
+/// The per-caller rates of `api.rate_limits`, and the cap on warnings about refusals.
+#[derive(Debug)]
+struct CallLimits {
+    certify_per_source_ip: KeyedLimit<IpAddr>,
+    certify_per_service: KeyedLimit<String>,
+    register_per_caller: KeyedLimit<String>,
+    rates: crate::config::RateLimits,
+    refusals: LogLimit,
+}
+
 impl Api {
-    pub(crate) fn new(mesh: Arc<Mesh>, tokens: Tokens, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(
+        mesh: Arc<Mesh>,
+        tokens: Tokens,
+        limits: &ApiLimits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let rates = limits.rate_limits;
+        let limits = CallLimits {
+            certify_per_source_ip: KeyedLimit::new(rates.certify_per_source_ip),
+            certify_per_service: KeyedLimit::new(rates.certify_per_service),
+            register_per_caller: KeyedLimit::new(rates.register_per_caller),
+            rates,
+            refusals: LogLimit::new(REFUSALS_LOGGED_PER_SECOND),
+        };
         Self {
             mesh,
             tokens,
+            limits: Arc::new(limits),
             shutdown,
         }
+    }
+
+    /// Counts and refuses a call over the limit at `field`.
+    fn limited(&self, field: &'static str, rate: mesh_api::rate_limit::Rate, who: &str) -> Status {
+        self.mesh.metrics().limited(field);
+        if self.limits.refusals.allow() {
+            tracing::warn!(limit = field, caller = %who, "call refused: over its rate limit");
+        }
+        Status::resource_exhausted(format!(
+            "too many calls from {who}: {field} allows {} per second (burst {}); retry later",
+            rate.requests_per_second, rate.burst
+        ))
     }
 
     /// The caller's service, from its verified client certificate.
@@ -59,21 +103,63 @@ impl Api {
     }
 }
 
+/// Who sent a request, as the connection it came on says.
+fn peer<T>(request: &Request<T>) -> Option<&PeerInfo> {
+    request.extensions().get::<PeerInfo>()
+}
+
+/// Marks the call in flight on its connection (which is not idle meanwhile).
+fn in_flight<T>(request: &Request<T>) -> Option<InFlight> {
+    peer(request).map(PeerInfo::call)
+}
+
+/// The request's source address (IPv4-mapped IPv6 as IPv4).
+fn source_ip<T>(request: &Request<T>) -> Option<IpAddr> {
+    peer(request)
+        .and_then(|p| p.remote_addr)
+        .map(|a| a.ip().to_canonical())
+}
+
 #[tonic::async_trait]
 impl v1::identity_server::Identity for Api {
     async fn certify(
         &self,
         request: Request<v1::CertifyRequest>,
     ) -> Result<Response<v1::CertifyResponse>, Status> {
+        let _call = in_flight(&request);
+        let source = source_ip(&request);
         let request = request.into_inner();
         let config = self.mesh.config();
         let metrics = self.mesh.metrics();
+        let rates = &self.limits.rates;
+        if let Some(ip) = source
+            && !self.limits.certify_per_source_ip.allow(ip)
+        {
+            let who = ip.to_string();
+            return Err(self.limited(
+                "api.rate_limits.certify_per_source_ip",
+                rates.certify_per_source_ip,
+                &who,
+            ));
+        }
         let service = request.service;
-        if !config.services.contains_key(&service) || !self.tokens.check(&service, &request.token) {
+        let declared = config.services.contains_key(&service);
+        // Only declared services get a bucket: a caller cannot grow the map with made-up names.
+        if declared && !self.limits.certify_per_service.allow(service.clone()) {
+            return Err(self.limited(
+                "api.rate_limits.certify_per_service",
+                rates.certify_per_service,
+                &format!("service {service}"),
+            ));
+        }
+        if !declared || !self.tokens.check(&service, &request.token) {
             metrics.refused("unauthenticated");
-            tracing::warn!(%service, "certificate refused: unknown service or wrong join token");
+            let service = escaped(&service);
+            if self.limits.refusals.allow() {
+                tracing::warn!(%service, source = ?source, "certificate refused: unknown service or wrong join token");
+            }
             return Err(Status::unauthenticated(format!(
-                "the token is not the join token of service {service:?}"
+                "the token is not the join token of service \"{service}\""
             )));
         }
         let id = SpiffeId::for_service(&config.trust_domain, &config.namespace, &service)
@@ -113,12 +199,21 @@ impl v1::registry_server::Registry for Api {
         &self,
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let _call = in_flight(&request);
         let caller = self.caller(&request)?;
+        if !self.limits.register_per_caller.allow(caller.clone()) {
+            return Err(self.limited(
+                "api.rate_limits.register_per_caller",
+                self.limits.rates.register_per_caller,
+                &format!("service {caller}"),
+            ));
+        }
+        let source = source_ip(&request);
         let instance = request
             .into_inner()
             .instance
             .ok_or_else(|| Status::invalid_argument("instance is missing"))?;
-        match self.mesh.register(&caller, &instance) {
+        match self.mesh.register(&caller, &instance, source) {
             Ok((heartbeat, lease)) => {
                 tracing::info!(
                     service = %caller,
@@ -139,6 +234,15 @@ impl v1::registry_server::Registry for Api {
                 Err(Status::failed_precondition(e.to_string()))
             }
             Err(e @ RegistryError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e @ RegistryError::NotSourceAddress { .. }) => {
+                Err(Status::permission_denied(e.to_string()))
+            }
+            Err(e @ RegistryError::TooManyInstances { .. }) => {
+                self.mesh
+                    .metrics()
+                    .limited("registration.max_instances_per_service");
+                Err(Status::resource_exhausted(e.to_string()))
+            }
         }
     }
 
@@ -146,6 +250,7 @@ impl v1::registry_server::Registry for Api {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let _call = in_flight(&request);
         let caller = self.caller(&request)?;
         let known = self.mesh.heartbeat(&caller, request.get_ref());
         Ok(Response::new(v1::HeartbeatResponse { known }))
@@ -155,6 +260,7 @@ impl v1::registry_server::Registry for Api {
         &self,
         request: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        let _call = in_flight(&request);
         let caller = self.caller(&request)?;
         let removed = self
             .mesh
@@ -171,6 +277,7 @@ impl v1::discovery_server::Discovery for Api {
         &self,
         request: Request<Streaming<v1::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let call = in_flight(&request);
         let service = self.caller(&request)?;
         let snapshots = self.mesh.subscribe(&service).ok_or_else(|| {
             Status::failed_precondition(format!(
@@ -187,6 +294,7 @@ impl v1::discovery_server::Discovery for Api {
             requests: request.into_inner(),
             tx,
             shutdown: self.shutdown.clone(),
+            _call: call,
         };
         tokio::spawn(watch.run());
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -205,6 +313,8 @@ struct Watch {
     requests: Streaming<v1::WatchRequest>,
     tx: mpsc::Sender<Result<v1::Snapshot, Status>>,
     shutdown: CancellationToken,
+    /// The stream is a call in flight on its connection for as long as it lives.
+    _call: Option<InFlight>,
 }
 
 /// Counts an open stream for as long as it lives.

@@ -10,7 +10,9 @@
 //!   acknowledgements (`registry.rs`), the per-service snapshots computed from configuration
 //!   and registry (`snapshot.rs`), root-rotation gating (`rotation.rs`) and `/status`
 //!   (`status.rs`).
-//! - `grpc`: the `mesh.v1` services; `tls`: the API's TLS with live certificates.
+//! - `grpc`: the `mesh.v1` services; `tls`: the API's TLS with live certificates;
+//!   `listener`: the API's connections within their limits; `rate_limit`: per-caller call
+//!   rates; `log_limit`: warnings about refused callers, capped.
 //! - `admin`: the admin HTTP server; [`admin_client`]: a small client for it (meshctl, tests).
 //! - [`client`]: the sidecar's side of the API (CSR, SPIFFE-verified connection), for tests and
 //!   tools; the work is `mesh_api::certify` and `mesh_api::channel`, which sidecars use too.
@@ -43,8 +45,11 @@ pub mod ca;
 pub mod client;
 pub mod config;
 mod grpc;
+mod listener;
+mod log_limit;
 mod mesh;
 pub mod metrics;
+mod rate_limit;
 mod tls;
 mod tokens;
 
@@ -63,8 +68,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::ca::CertError;
 pub use crate::config::{InvalidConfig, MeshConfig};
+pub use crate::listener::PeerInfo;
 pub use crate::mesh::{InstanceStatus, ServiceStatus, Status};
-pub use crate::tls::{PeerInfo, TlsError, control_plane_id};
+pub use crate::tls::{TlsError, control_plane_id};
 pub use crate::tokens::{TokenError, Tokens, admin_token_path};
 
 /// The API's default listener.
@@ -260,8 +266,10 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     }
     let first_version = first_version(&options.state_dir);
     let metrics = Arc::new(metrics::Metrics::new());
+    let limits = config.api.clone();
+    let admin_limits = config.admin.clone();
     let watched_files = config::read_files(&options.config_dir)?;
-    let mesh = Arc::new(mesh::Mesh::new(config, ca, metrics, first_version));
+    let mesh = Arc::new(mesh::Mesh::new(config, ca, metrics.clone(), first_version));
 
     let api_addr = local_addr(&listeners.api)?;
     let admin_addr = local_addr(&listeners.admin)?;
@@ -272,12 +280,25 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         let (tls, mesh, shutdown) = (server_tls.clone(), mesh.clone(), shutdown.clone());
         async move { tls.maintain(mesh, shutdown).await }
     }));
-    let incoming = server_tls.incoming(listeners.api, shutdown.clone());
-    let api = grpc::Api::new(mesh.clone(), tokens.clone(), shutdown.clone());
+    let incoming = listener::incoming(
+        server_tls.acceptor(),
+        listeners.api,
+        &limits,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let api = grpc::Api::new(mesh.clone(), tokens.clone(), &limits, shutdown.clone());
+    // Set explicitly, every one: tonic's defaults leave the streams per connection unbounded
+    // and lift hyper's cap on streams reset for errors (the rapid-reset class of attacks).
+    // The timeout covers a call until its response starts, so a Watch stream is not cut.
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_reset_streams))
+            .http2_max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
+            .timeout(limits.request_timeout)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .add_service(v1::identity_server::IdentityServer::new(api.clone()))
             .add_service(v1::registry_server::RegistryServer::new(api.clone()))
             .add_service(v1::discovery_server::DiscoveryServer::new(api))
@@ -292,6 +313,9 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(sweep(mesh.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(
+        mesh.clone().rebuild_on_change(shutdown.clone()),
+    ));
     // The admin credential: a token only the control plane's user can read, which changing the
     // CA needs (`meshctl` reads it from the state directory).
     let admin_tokens = tokens::admin_tokens(&options.state_dir)?;
@@ -300,10 +324,12 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         ready: AtomicBool::new(false),
         tokens: admin_tokens,
         port: admin_addr.port(),
+        loopback: admin_addr.ip().is_loopback(),
     });
     tasks.push(tokio::spawn(admin::serve(
         admin.clone(),
         listeners.admin,
+        admin_limits,
         shutdown.clone(),
     )));
     admin.ready.store(true, Ordering::Release);
@@ -444,20 +470,34 @@ async fn watch_config(
 }
 
 /// Identities derive from the trust domain and namespace; changing them would invalidate every
-/// certificate at once, so that takes a restart.
+/// certificate at once, so that takes a restart. The listeners' limits are set when they
+/// start, so changing them takes a restart too.
 fn check_fixed(current: &MeshConfig, next: MeshConfig) -> Result<MeshConfig, InvalidConfig> {
     let mut errors = Vec::new();
+    let fixed = |field: &str, message: String| config::FileError {
+        file: config::MESH_FILE.to_owned(),
+        path: field.to_owned(),
+        message,
+    };
     for (field, now, then) in [
         ("trust_domain", &current.trust_domain, &next.trust_domain),
         ("namespace", &current.namespace, &next.namespace),
     ] {
         if now != then {
-            errors.push(config::FileError {
-                file: config::MESH_FILE.to_owned(),
-                path: field.to_owned(),
-                message: format!("cannot change from {now:?} to {then:?} while running; restart"),
-            });
+            errors.push(fixed(
+                field,
+                format!("cannot change from {now:?} to {then:?} while running; restart"),
+            ));
         }
+    }
+    if current.api != next.api {
+        errors.push(fixed("api", "cannot change while running; restart".into()));
+    }
+    if current.admin != next.admin {
+        errors.push(fixed(
+            "admin",
+            "cannot change while running; restart".into(),
+        ));
     }
     if errors.is_empty() {
         Ok(next)

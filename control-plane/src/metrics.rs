@@ -30,7 +30,22 @@ pub struct Metrics {
     pub lease_expirations: Counter,
     /// The current snapshot version.
     pub snapshot_version: Gauge,
+    /// Calls and connections refused for being over a limit, by limit.
+    pub limited: Family<Labels, Counter>,
 }
+
+/// The limits counted in `limited`, each named after its configuration field.
+pub const LIMITS: [&str; 9] = [
+    "api.max_connections",
+    "api.max_handshakes",
+    "api.handshake_timeout",
+    "api.idle_timeout",
+    "api.rate_limits.certify_per_source_ip",
+    "api.rate_limits.certify_per_service",
+    "api.rate_limits.register_per_caller",
+    "registration.max_instances_per_service",
+    "admin.max_connections",
+];
 
 impl Metrics {
     /// Creates and registers the metrics.
@@ -86,6 +101,15 @@ impl Metrics {
             "The latest snapshot version",
             snapshot_version.clone(),
         );
+        let limited = Family::<Labels, Counter>::default();
+        registry.register(
+            "limited",
+            "Calls and connections refused or closed by a limit, by the limit's field",
+            limited.clone(),
+        );
+        for limit in LIMITS {
+            let _ = limited.get_or_create(&[("limit", limit)]);
+        }
         // Show both results from the start, so a dashboard can tell zero from missing.
         for result in ["ok", "failed"] {
             let _ = config_reloads.get_or_create(&[("result", result)]);
@@ -101,7 +125,13 @@ impl Metrics {
             registered_instances,
             lease_expirations,
             snapshot_version,
+            limited,
         }
+    }
+
+    /// Counts a call or connection refused (or closed) by `limit`, one of [`LIMITS`].
+    pub fn limited(&self, limit: &'static str) {
+        self.limited.get_or_create(&[("limit", limit)]).inc();
     }
 
     /// Counts a refused certificate request.

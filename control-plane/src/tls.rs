@@ -3,17 +3,12 @@
 //!
 //! Identity.Certify needs no client certificate (the join token proves the service), so client
 //! certificates are optional at the TLS layer; every other call checks the caller's identity,
-//! which the accepted connection carries as [`PeerInfo`] in each request's extensions.
+//! which the accepted connection carries (see `listener`) in each request's extensions.
 
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh_api::spiffe::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE, format_service_id};
-use mesh_api::spiffe::{SpiffeId, id_in_certificate};
 use mesh_api::tls::{LiveCertificate, LiveClientVerifier, no_resumption};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
@@ -21,35 +16,11 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca::{Authority, CertError};
 use crate::mesh::Mesh;
-
-/// How long a client may take to complete the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Who is on the other end of an API connection.
-#[derive(Clone, Debug)]
-pub struct PeerInfo {
-    /// The peer's address.
-    pub remote_addr: Option<SocketAddr>,
-    /// The SPIFFE ID of its verified client certificate, if it presented one.
-    pub identity: Option<SpiffeId>,
-}
-
-/// An accepted TLS connection that tells tonic who the peer is.
-#[derive(Debug)]
-pub(crate) struct TlsConnection {
-    inner: TlsStream<TcpStream>,
-    info: PeerInfo,
-}
 
 /// Errors setting up TLS.
 #[derive(Debug, thiserror::Error)]
@@ -151,60 +122,9 @@ impl ServerTls {
         }
     }
 
-    /// Accepts TCP connections and completes handshakes concurrently, so one slow client never
-    /// holds up the rest; yields finished connections to the gRPC server.
-    pub(crate) fn incoming(
-        &self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
-        let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(self.config.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let (tcp, remote) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let tls =
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%remote, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let identity = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .and_then(|leaf| id_in_certificate(leaf).ok());
-                    let info = PeerInfo {
-                        remote_addr: Some(remote),
-                        identity,
-                    };
-                    let _ = tx.send(Ok(TlsConnection { inner: tls, info })).await;
-                });
-            }
-        });
-        ReceiverStream::new(rx)
+    /// Accepts TLS on the API's connections, with the live certificate and verifier.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.clone())
     }
 }
 
@@ -240,54 +160,4 @@ fn client_verifier(
             .allow_unauthenticated()
             .build()?,
     )
-}
-
-// === impl TlsConnection ===
-
-impl tonic::transport::server::Connected for TlsConnection {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }

@@ -7,12 +7,20 @@
 //! a sidecar. One immutable `Arc<Snapshot>` per service is shared through a `watch` channel by
 //! all of its watchers; a slow watcher skips straight to the latest.
 //!
+//! Snapshots are built off the state's lock: a rebuild copies what it reads (configuration,
+//! trust, the instances) under a read lock, builds without any lock, and publishes under the
+//! publisher's own lock only if no rebuild of a newer state published first. Registry changes
+//! only mark the state changed and wake one rebuild task ([`Mesh::rebuild_on_change`]), so a
+//! burst of registrations and heartbeats costs one rebuild, and never waits for one.
+//! Configuration and CA changes rebuild at once, so their callers know the version that
+//! carries them.
+//!
 //! - `registry`: instances, leases, heartbeats and acknowledgements.
 //! - `snapshot`: the pure function from configuration, trust and registry to snapshots.
 //! - `rotation`: when a root may become the signer or leave the bundle.
 //! - `status`: the `/status` document.
 //!
-//! This module holds the [`Mesh`] type: one lock over the state, and the version stamping.
+//! This module holds the [`Mesh`] type: the state's lock, the publisher, and version stamping.
 
 mod registry;
 mod rotation;
@@ -20,12 +28,14 @@ mod snapshot;
 mod status;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use mesh_api::proto::v1;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::registry::RegistryError;
 use self::registry::{Beat, Registry};
@@ -41,6 +51,10 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub(crate) struct Mesh {
     state: RwLock<State>,
+    /// The snapshots in force; rebuilds publish here.
+    publisher: Mutex<Publisher>,
+    /// Wakes the rebuild task after a registry change.
+    changed: Notify,
     /// The CA, for the TLS layer (server certificate and client verifier follow it).
     ca_tx: watch::Sender<Arc<Authority>>,
     metrics: Arc<Metrics>,
@@ -52,12 +66,30 @@ pub(crate) struct Mesh {
 #[derive(Debug)]
 struct State {
     config: Arc<MeshConfig>,
-    config_version: u64,
     ca: Arc<Authority>,
-    version: u64,
     registry: Registry,
-    published: BTreeMap<String, watch::Sender<Arc<v1::Snapshot>>>,
     root_since: RootsSince,
+    /// Counts changes that snapshots depend on, so a rebuild knows which state it saw.
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Publisher {
+    /// The latest snapshot version.
+    version: u64,
+    /// The version that first carried the configuration in force.
+    config_version: u64,
+    /// The state generation the published snapshots were built from.
+    generation: u64,
+    published: BTreeMap<String, watch::Sender<Arc<v1::Snapshot>>>,
+}
+
+/// What a rebuild reads, copied out of the state.
+struct Inputs {
+    config: Arc<MeshConfig>,
+    trust: Trust,
+    registry: Registry,
+    generation: u64,
 }
 
 // === impl Mesh ===
@@ -72,25 +104,34 @@ impl Mesh {
     ) -> Self {
         let ca = Arc::new(ca);
         let root_since = RootsSince::new(ca.roots(), first_version);
-        let mut state = State {
+        let state = State {
             config: Arc::new(config),
-            config_version: first_version,
             ca: ca.clone(),
-            version: first_version.saturating_sub(1),
             registry: Registry::default(),
-            published: BTreeMap::new(),
             root_since,
+            generation: 0,
         };
-        state.republish(&metrics);
-        state.version = state.version.max(first_version);
+        let publisher = Publisher {
+            version: first_version.saturating_sub(1),
+            config_version: first_version,
+            generation: 0,
+            published: BTreeMap::new(),
+        };
         let (ca_tx, _) = watch::channel(ca);
-        Self {
+        let mesh = Self {
             state: RwLock::new(state),
+            publisher: Mutex::new(publisher),
+            changed: Notify::new(),
             ca_tx,
             metrics,
             started: Instant::now(),
             rotation: tokio::sync::Mutex::new(()),
-        }
+        };
+        mesh.rebuild();
+        let mut publisher = mesh.publish_lock();
+        publisher.version = publisher.version.max(first_version);
+        drop(publisher);
+        mesh
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -99,6 +140,66 @@ impl Mesh {
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish_lock(&self) -> MutexGuard<'_, Publisher> {
+        self.publisher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Rebuilds every snapshot from the state as it is now and publishes those that changed;
+    /// returns the latest version. The state's lock is held only to copy the inputs.
+    fn rebuild(&self) -> u64 {
+        let inputs = {
+            let state = self.read();
+            Inputs {
+                config: state.config.clone(),
+                trust: Trust {
+                    bundle_der: state.ca.trust_bundle_der(),
+                    issuer_sha256: state.ca.issuer_sha256().to_owned(),
+                },
+                registry: state.registry.for_snapshots(),
+                generation: state.generation,
+            }
+        };
+        let built: Vec<(String, v1::Snapshot)> = inputs
+            .config
+            .services
+            .keys()
+            .map(|name| {
+                let next =
+                    snapshot::snapshot(&inputs.config, &inputs.trust, &inputs.registry, name);
+                (name.clone(), next)
+            })
+            .collect();
+        let mut publisher = self.publish_lock();
+        // A rebuild that read a newer state published first: this one is out of date.
+        if inputs.generation < publisher.generation {
+            return publisher.version;
+        }
+        publisher.generation = inputs.generation;
+        publisher.publish(&inputs.config, built, &self.metrics)
+    }
+
+    /// Notes a change snapshots depend on; the caller rebuilds, or wakes the rebuild task.
+    fn mark_changed(state: &mut State) {
+        state.generation += 1;
+    }
+
+    /// Rebuilds after registry changes until `shutdown`: changes that arrive during a rebuild
+    /// are coalesced into the next one.
+    pub(crate) async fn rebuild_on_change(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.changed.notified() => {}
+            }
+            let mesh = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || mesh.rebuild()).await {
+                tracing::error!(error = %e, "snapshot rebuild failed");
+            }
+        }
     }
 
     /// The metrics.
@@ -123,36 +224,46 @@ impl Mesh {
 
     /// The latest snapshot version.
     pub(crate) fn version(&self) -> u64 {
-        self.read().version
+        self.publish_lock().version
     }
 
     /// Puts a validated configuration in force.
     pub(crate) fn apply_config(&self, config: MeshConfig) {
         let mut state = self.write();
         state.config = Arc::new(config);
-        state.republish(&self.metrics);
-        state.config_version = state.version;
+        Self::mark_changed(&mut state);
+        drop(state);
+        let version = self.rebuild();
+        self.publish_lock().config_version = version;
     }
 
     // === registry ===
 
-    /// Adds or replaces an instance of the caller's service.
+    /// Adds or replaces an instance of the caller's service, sent from `source`: its address
+    /// must be `source`'s or in `registration.allowed_addresses`, and a new instance must fit
+    /// under `registration.max_instances_per_service`.
     pub(crate) fn register(
         &self,
         caller: &str,
         instance: &v1::Instance,
+        source: Option<IpAddr>,
     ) -> Result<(Duration, Duration), RegistryError> {
         let address = registry::check(caller, instance)?;
         let mut state = self.write();
         if !state.config.services.contains_key(caller) {
             return Err(RegistryError::Undeclared(caller.to_owned()));
         }
+        let registration = &state.config.registration;
+        registry::check_source(address, source, registration)?;
+        let max = registration.max_instances_per_service;
         state
             .registry
-            .register(caller, instance, address, Instant::now());
+            .register(caller, instance, address, Instant::now(), max)?;
         self.count_instances(&state);
-        state.republish(&self.metrics);
+        Self::mark_changed(&mut state);
         let registry = state.config.registry;
+        drop(state);
+        self.changed.notify_one();
         Ok((registry.heartbeat_interval, registry.lease))
     }
 
@@ -167,7 +278,9 @@ impl Mesh {
             Beat::Unknown => false,
             Beat::Renewed => true,
             Beat::AppChanged => {
-                state.republish(&self.metrics);
+                Self::mark_changed(&mut state);
+                drop(state);
+                self.changed.notify_one();
                 true
             }
         }
@@ -181,7 +294,9 @@ impl Mesh {
         };
         tracing::info!(service = %caller, instance = %instance_id, address = %record.address, "deregistered");
         self.count_instances(&state);
-        state.republish(&self.metrics);
+        Self::mark_changed(&mut state);
+        drop(state);
+        self.changed.notify_one();
         true
     }
 
@@ -193,7 +308,9 @@ impl Mesh {
         if removed > 0 {
             self.metrics.lease_expirations.inc_by(removed as u64);
             self.count_instances(&state);
-            state.republish(&self.metrics);
+            Self::mark_changed(&mut state);
+            drop(state);
+            self.changed.notify_one();
         }
         removed
     }
@@ -208,7 +325,7 @@ impl Mesh {
 
     /// The snapshots of `service`, or `None` when it is not declared.
     pub(crate) fn subscribe(&self, service: &str) -> Option<watch::Receiver<Arc<v1::Snapshot>>> {
-        self.read()
+        self.publish_lock()
             .published
             .get(service)
             .map(watch::Sender::subscribe)
@@ -306,9 +423,11 @@ impl Mesh {
         let ca = Arc::new(ca);
         let mut state = self.write();
         state.ca = ca.clone();
-        state.republish(&self.metrics);
+        Self::mark_changed(&mut state);
+        drop(state);
+        let version = self.rebuild();
+        let mut state = self.write();
         if let Some(id) = added {
-            let version = state.version;
             state.root_since.added(id, version);
         }
         state.root_since.keep(&ca.roots());
@@ -320,15 +439,20 @@ impl Mesh {
 
     /// The `/status` document.
     pub(crate) fn status(&self) -> Status {
-        let state = self.read();
-        let services = state
-            .published
-            .iter()
-            .map(|(name, tx)| (name.clone(), tx.borrow().version, tx.receiver_count()));
-        let versions = status::Versions {
-            latest: state.version,
-            config: state.config_version,
+        let (services, versions): (Vec<_>, _) = {
+            let publisher = self.publish_lock();
+            let services = publisher
+                .published
+                .iter()
+                .map(|(name, tx)| (name.clone(), tx.borrow().version, tx.receiver_count()))
+                .collect();
+            let versions = status::Versions {
+                latest: publisher.version,
+                config: publisher.config_version,
+            };
+            (services, versions)
         };
+        let state = self.read();
         status::status(
             versions,
             &state.ca,
@@ -350,33 +474,31 @@ async fn off_thread<T: Send + 'static>(
         .map_err(AdminError::from)
 }
 
-// === impl State ===
+// === impl Publisher ===
 
-impl State {
-    /// Recomputes every service's snapshot; those that changed get the next version.
-    fn republish(&mut self, metrics: &Metrics) {
-        let trust = Trust {
-            bundle_der: self.ca.trust_bundle_der(),
-            issuer_sha256: self.ca.issuer_sha256().to_owned(),
-        };
-        let mut changed = Vec::new();
-        for name in self.config.services.keys() {
-            let next = snapshot::snapshot(&self.config, &trust, &self.registry, name);
-            let same = self.published.get(name).is_some_and(|tx| {
-                let current = tx.borrow();
-                let mut unversioned = (**current).clone();
-                unversioned.version = 0;
-                unversioned == next
-            });
-            if !same {
-                changed.push((name.clone(), next));
-            }
-        }
+impl Publisher {
+    /// Publishes the snapshots that changed, stamped with the next version; drops the channels
+    /// of services no longer declared. Returns the latest version.
+    fn publish(
+        &mut self,
+        config: &MeshConfig,
+        built: Vec<(String, v1::Snapshot)>,
+        metrics: &Metrics,
+    ) -> u64 {
+        let changed: Vec<(String, v1::Snapshot)> = built
+            .into_iter()
+            .filter(|(name, next)| {
+                !self.published.get(name).is_some_and(|tx| {
+                    let current = tx.borrow();
+                    same_content(&current, next)
+                })
+            })
+            .collect();
         // Dropping a removed service's channel ends its watch streams.
-        let declared = &self.config.services;
-        self.published.retain(|name, _| declared.contains_key(name));
+        self.published
+            .retain(|name, _| config.services.contains_key(name));
         if changed.is_empty() {
-            return;
+            return self.version;
         }
         self.version += 1;
         metrics
@@ -394,5 +516,26 @@ impl State {
                 }
             }
         }
+        self.version
     }
+}
+
+/// Whether two snapshots say the same, their versions aside.
+fn same_content(current: &v1::Snapshot, next: &v1::Snapshot) -> bool {
+    // Spelled out field by field, so a new field cannot be left out of the comparison.
+    let v1::Snapshot {
+        version: _,
+        trust_bundle_der,
+        issuer_sha256,
+        authorization,
+        rate_limit,
+        destinations,
+        certificate_lifetime_secs,
+    } = current;
+    *trust_bundle_der == next.trust_bundle_der
+        && *issuer_sha256 == next.issuer_sha256
+        && *authorization == next.authorization
+        && *rate_limit == next.rate_limit
+        && *destinations == next.destinations
+        && *certificate_lifetime_secs == next.certificate_lifetime_secs
 }

@@ -4,11 +4,13 @@
 //! It holds records only; `Mesh` decides when a change needs new snapshots.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use mesh_api::proto::v1;
 use tokio::time::Instant;
+
+use crate::config::RegistrationSettings;
 
 /// Instances are keyed by service, then instance id, so one service can never replace
 /// another's instance.
@@ -55,6 +57,28 @@ pub(crate) enum RegistryError {
     /// A field is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// The instance's address is neither the connection's source nor in an allowed range.
+    #[error(
+        "address {address} is not where this connection comes from ({from}): an instance \
+         registers its own address, unless registration.allowed_addresses holds it"
+    )]
+    NotSourceAddress {
+        /// The address in the request.
+        address: SocketAddr,
+        /// The connection's source address.
+        from: String,
+    },
+    /// The service has as many instances as it may.
+    #[error(
+        "service {service} has {max} instances registered, registration.max_instances_per_service; \
+         deregister one or raise the limit"
+    )]
+    TooManyInstances {
+        /// The service.
+        service: String,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// What a heartbeat changed.
@@ -108,6 +132,23 @@ pub(super) fn check(caller: &str, instance: &v1::Instance) -> Result<SocketAddr,
     Ok(address)
 }
 
+/// Checks that an instance registers from its own address, or an address in the allowed
+/// ranges. An IPv4-mapped IPv6 address counts as its IPv4 address.
+pub(super) fn check_source(
+    address: SocketAddr,
+    source: Option<IpAddr>,
+    settings: &RegistrationSettings,
+) -> Result<(), RegistryError> {
+    let ip = address.ip().to_canonical();
+    if source.map(|s| s.to_canonical()) == Some(ip) || settings.allows(ip) {
+        return Ok(());
+    }
+    Err(RegistryError::NotSourceAddress {
+        address,
+        from: source.map_or_else(|| "unknown".to_owned(), |s| s.to_string()),
+    })
+}
+
 // === impl Registry ===
 
 impl Registry {
@@ -148,17 +189,37 @@ impl Registry {
         self.acks.get(key)
     }
 
+    /// A copy of the instances, for building snapshots away from the lock over this registry.
+    pub(super) fn for_snapshots(&self) -> Self {
+        Self {
+            instances: self.instances.clone(),
+            acks: HashMap::new(),
+        }
+    }
+
     /// Adds or replaces an instance checked by [`check`], keeping what its heartbeats reported
-    /// so far.
+    /// so far; a new instance only while its service has fewer than `max`.
     pub(super) fn register(
         &mut self,
         service: &str,
         instance: &v1::Instance,
         address: SocketAddr,
         now: Instant,
-    ) {
+        max: usize,
+    ) -> Result<(), RegistryError> {
         let key = (service.to_owned(), instance.instance_id.clone());
         let previous = self.instances.get(&key);
+        if previous.is_none()
+            && self
+                .instances_of(service)
+                .nth(max.saturating_sub(1))
+                .is_some()
+        {
+            return Err(RegistryError::TooManyInstances {
+                service: service.to_owned(),
+                max,
+            });
+        }
         let record = InstanceRecord {
             address,
             version: instance.version.clone(),
@@ -173,6 +234,7 @@ impl Registry {
             admin_address: instance.admin_address.clone(),
         };
         self.instances.insert(key, record);
+        Ok(())
     }
 
     /// Renews an instance's lease and records what it reports.
@@ -306,7 +368,15 @@ mod tests {
         let now = Instant::now();
         let mut registry = Registry::default();
         let first = instance("o-1", "127.0.0.1:15006");
-        registry.register("orders", &first, "127.0.0.1:15006".parse().unwrap(), now);
+        registry
+            .register(
+                "orders",
+                &first,
+                "127.0.0.1:15006".parse().unwrap(),
+                now,
+                10,
+            )
+            .unwrap();
         let beat = v1::HeartbeatRequest {
             instance_id: "o-1".into(),
             applied_version: 9,
@@ -316,7 +386,15 @@ mod tests {
         };
         assert_eq!(registry.heartbeat("orders", &beat, now), Beat::Renewed);
         let moved = instance("o-1", "127.0.0.1:16006");
-        registry.register("orders", &moved, "127.0.0.1:16006".parse().unwrap(), now);
+        registry
+            .register(
+                "orders",
+                &moved,
+                "127.0.0.1:16006".parse().unwrap(),
+                now,
+                10,
+            )
+            .unwrap();
         let (_, record) = registry.instances_of("orders").next().unwrap();
         assert_eq!(record.address, "127.0.0.1:16006".parse().unwrap());
         assert_eq!(record.applied_version, 9);
@@ -335,7 +413,15 @@ mod tests {
         };
         assert_eq!(registry.heartbeat("orders", &beat(""), now), Beat::Unknown);
         let first = instance("o-1", "127.0.0.1:15006");
-        registry.register("orders", &first, "127.0.0.1:15006".parse().unwrap(), now);
+        registry
+            .register(
+                "orders",
+                &first,
+                "127.0.0.1:15006".parse().unwrap(),
+                now,
+                10,
+            )
+            .unwrap();
         let seen: Vec<Beat> = ["", "503", "503", ""]
             .into_iter()
             .map(|app_down| registry.heartbeat("orders", &beat(app_down), now))
@@ -356,7 +442,9 @@ mod tests {
         let mut registry = Registry::default();
         for id in ["o-1", "o-2"] {
             let i = instance(id, "127.0.0.1:15006");
-            registry.register("orders", &i, "127.0.0.1:15006".parse().unwrap(), now);
+            registry
+                .register("orders", &i, "127.0.0.1:15006".parse().unwrap(), now, 10)
+                .unwrap();
         }
         let later = now + Duration::from_secs(6);
         let o2 = v1::HeartbeatRequest {

@@ -148,7 +148,15 @@ mod tests {
             address: "127.0.0.1:15006".into(),
             ..Default::default()
         };
-        registry.register("orders", &instance, "127.0.0.1:15006".parse().unwrap(), now);
+        registry
+            .register(
+                "orders",
+                &instance,
+                "127.0.0.1:15006".parse().unwrap(),
+                now,
+                10,
+            )
+            .unwrap();
         let beat = v1::HeartbeatRequest {
             instance_id: "o-1".into(),
             applied_version: applied,

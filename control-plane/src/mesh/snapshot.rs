@@ -143,7 +143,9 @@ mod tests {
             admin_address: String::new(),
         };
         let address = check(service, &instance).unwrap();
-        registry.register(service, &instance, address, Instant::now());
+        registry
+            .register(service, &instance, address, Instant::now(), 100)
+            .unwrap();
     }
 
     fn endpoints(backend: &v1::Backend) -> Vec<(&str, &str)> {
