@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use mesh_api::rate_limit::Rate;
@@ -25,7 +25,7 @@ pub(crate) struct KeyedLimit<K> {
     /// How far ahead of now a bucket's "full again" time may be: the burst's worth, less one.
     tolerance: Duration,
     /// When each key's bucket is full again.
-    full_at: Mutex<HashMap<K, Instant>>,
+    full_at: RwLock<HashMap<K, Instant>>,
 }
 
 impl<K: Eq + Hash> KeyedLimit<K> {
@@ -34,14 +34,14 @@ impl<K: Eq + Hash> KeyedLimit<K> {
         Self {
             interval,
             tolerance: interval.saturating_mul(rate.burst.saturating_sub(1)),
-            full_at: Mutex::new(HashMap::new()),
+            full_at: RwLock::new(HashMap::new()),
         }
     }
 
     /// Whether `key` may make a call now; a call let in uses up its share.
     pub(crate) fn allow(&self, key: K) -> bool {
         let now = Instant::now();
-        let mut full_at = self.full_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut full_at = self.full_at.write().unwrap_or_else(PoisonError::into_inner);
         if full_at.len() >= MAX_KEYS && !full_at.contains_key(&key) {
             full_at.retain(|_, at| *at > now);
             if full_at.len() >= MAX_KEYS {

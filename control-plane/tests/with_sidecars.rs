@@ -275,7 +275,14 @@ async fn sidecars_get_certificates_and_endpoints_from_the_control_plane() {
 /// through loopback; `across_hosts.rs` does the same between two hosts.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_dial_the_address_a_sidecar_advertises() {
-    let (cluster, cp) = Cluster::start("1h", &[("orders", ORDERS), ("inventory", INVENTORY)]).await;
+    // The sidecar reaches the control plane from 127.0.0.1 and advertises 127.0.0.2, which
+    // registration therefore allows.
+    let mesh = format!(
+        "{}registration: {{ allowed_addresses: [127.0.0.2/32] }}\n",
+        mesh_yaml("1h")
+    );
+    let (cluster, cp) =
+        Cluster::start_with(&mesh, &[("orders", ORDERS), ("inventory", INVENTORY)]).await;
     let builder = cluster
         .mesh
         .sidecar("inventory")

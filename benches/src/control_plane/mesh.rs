@@ -52,6 +52,12 @@ struct Published {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// The bench drives the control plane from one address far past what one caller may ask
+/// in production: many streams per connection and a Certify flood.
+const BENCH_LIMITS: &str = "api:\n  max_concurrent_streams: 4096\n  rate_limits:\n    \
+    certify_per_source_ip: { requests_per_second: 1000000, burst: 1000000 }\n    \
+    certify_per_service: { requests_per_second: 1000000, burst: 1000000 }\n";
+
 impl Mesh {
     /// Writes the configuration (`frontends` frontends calling `backend`) and starts the control
     /// plane, polling its configuration every `config_poll`.
@@ -64,7 +70,8 @@ impl Mesh {
         std::fs::write(
             config.join("mesh.yaml"),
             format!(
-                "trust_domain: {TRUST_DOMAIN}\nnamespace: {NAMESPACE}\ncertificate_lifetime: 1h\n"
+                "trust_domain: {TRUST_DOMAIN}\nnamespace: {NAMESPACE}\ncertificate_lifetime: 1h\n\
+                 {BENCH_LIMITS}"
             ),
         )
         .map_err(io("write mesh.yaml"))?;

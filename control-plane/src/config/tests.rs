@@ -564,3 +564,67 @@ fn a_mirror_names_a_declared_service_which_callers_get_as_a_destination() {
         )]
     );
 }
+
+#[test]
+fn limits_have_defaults_and_bad_ones_name_their_field() {
+    let config = parse(&files("trust_domain: mesh.local\n", &[])).unwrap();
+    assert_eq!(config.api, ApiLimits::default());
+    assert_eq!(config.registration, RegistrationSettings::default());
+    assert_eq!(config.admin, AdminLimits::default());
+
+    let config = parse(&files(
+        "trust_domain: mesh.local\napi:\n  max_connections: 10\n  max_handshakes: 5\n  \
+         request_timeout: 2s\n  rate_limits:\n    register_per_caller: { requests_per_second: 2 }\n\
+         registration:\n  allowed_addresses: [10.0.0.0/8, \"fd00::1\"]\n  max_instances_per_service: 3\n\
+         admin: { max_connections: 4, header_timeout: 1s }\n",
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(config.api.max_connections, 10);
+    assert_eq!(config.api.request_timeout, Duration::from_secs(2));
+    assert_eq!(config.api.rate_limits.register_per_caller.burst, 2);
+    assert_eq!(
+        config.registration.allowed_addresses,
+        [
+            "10.0.0.0/8".parse::<Cidr>().unwrap(),
+            "fd00::1/128".parse().unwrap()
+        ]
+    );
+    assert_eq!(config.registration.max_instances_per_service, 3);
+    assert_eq!(config.admin.header_timeout, Duration::from_secs(1));
+
+    let unknown = errors(
+        "trust_domain: mesh.local\napi:\n  rate_limits:\n    nope: {}\n",
+        &[],
+    );
+    assert!(
+        unknown[0].starts_with("mesh.yaml: api.rate_limits.nope: "),
+        "{unknown:#?}"
+    );
+    let errors = errors(
+        "trust_domain: mesh.local\napi:\n  max_connections: 0\n  max_handshakes: 2000\n  \
+         max_concurrent_streams: 0\n  idle_timeout: soon\n  rate_limits:\n    \
+         certify_per_source_ip: { requests_per_second: 0 }\n    \
+         certify_per_service: { requests_per_second: 1, burst: 0 }\n\
+         registration:\n  allowed_addresses: [10.0.0.0/40, example.com]\n  max_instances_per_service: 0\n\
+         admin: { max_connections: 0 }\n",
+        &[],
+    );
+    for expected in [
+        "mesh.yaml: api.max_connections: must be at least 1",
+        "mesh.yaml: api.max_handshakes: 2000 exceeds api.max_connections",
+        "mesh.yaml: api.max_concurrent_streams: must be at least 1",
+        "mesh.yaml: api.idle_timeout: invalid duration \"soon\"",
+        "mesh.yaml: api.rate_limits.certify_per_source_ip.requests_per_second: 0: must be greater than 0",
+        "mesh.yaml: api.rate_limits.certify_per_service.burst: must be at least 1",
+        "mesh.yaml: registration.allowed_addresses[0]: \"10.0.0.0/40\": the prefix length must be 0 to 32",
+        "mesh.yaml: registration.allowed_addresses[1]: \"example.com\" is not an IP address",
+        "mesh.yaml: registration.max_instances_per_service: must be at least 1",
+        "mesh.yaml: admin.max_connections: must be at least 1",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "missing {expected:?} in {errors:#?}"
+        );
+    }
+}

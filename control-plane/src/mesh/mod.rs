@@ -29,7 +29,7 @@ mod status;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use mesh_api::proto::v1;
@@ -52,7 +52,7 @@ use crate::metrics::Metrics;
 pub(crate) struct Mesh {
     state: RwLock<State>,
     /// The snapshots in force; rebuilds publish here.
-    publisher: Mutex<Publisher>,
+    publisher: RwLock<Publisher>,
     /// Wakes the rebuild task after a registry change.
     changed: Notify,
     /// The CA, for the TLS layer (server certificate and client verifier follow it).
@@ -120,7 +120,7 @@ impl Mesh {
         let (ca_tx, _) = watch::channel(ca);
         let mesh = Self {
             state: RwLock::new(state),
-            publisher: Mutex::new(publisher),
+            publisher: RwLock::new(publisher),
             changed: Notify::new(),
             ca_tx,
             metrics,
@@ -142,9 +142,15 @@ impl Mesh {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn publish_lock(&self) -> MutexGuard<'_, Publisher> {
+    fn published(&self) -> RwLockReadGuard<'_, Publisher> {
         self.publisher
-            .lock()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish_lock(&self) -> RwLockWriteGuard<'_, Publisher> {
+        self.publisher
+            .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -224,7 +230,7 @@ impl Mesh {
 
     /// The latest snapshot version.
     pub(crate) fn version(&self) -> u64 {
-        self.publish_lock().version
+        self.published().version
     }
 
     /// Puts a validated configuration in force.
@@ -325,7 +331,7 @@ impl Mesh {
 
     /// The snapshots of `service`, or `None` when it is not declared.
     pub(crate) fn subscribe(&self, service: &str) -> Option<watch::Receiver<Arc<v1::Snapshot>>> {
-        self.publish_lock()
+        self.published()
             .published
             .get(service)
             .map(watch::Sender::subscribe)
@@ -440,7 +446,7 @@ impl Mesh {
     /// The `/status` document.
     pub(crate) fn status(&self) -> Status {
         let (services, versions): (Vec<_>, _) = {
-            let publisher = self.publish_lock();
+            let publisher = self.published();
             let services = publisher
                 .published
                 .iter()
@@ -538,4 +544,92 @@ fn same_content(current: &v1::Snapshot, next: &v1::Snapshot) -> bool {
         && *rate_limit == next.rate_limit
         && *destinations == next.destinations
         && *certificate_lifetime_secs == next.certificate_lifetime_secs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(dir: &std::path::Path) -> Arc<Mesh> {
+        let mut files = crate::config::ConfigFiles::new();
+        files.insert("mesh.yaml".into(), b"trust_domain: mesh.local\n".to_vec());
+        for (name, text) in [
+            ("orders", "name: orders\ncalls: [inventory]\n"),
+            ("inventory", "name: inventory\n"),
+        ] {
+            files.insert(format!("services/{name}.yaml"), text.as_bytes().to_vec());
+        }
+        let config = crate::config::parse(&files).unwrap();
+        let ca = Authority::open(dir, "mesh.local").unwrap();
+        Arc::new(Mesh::new(config, ca, Arc::new(Metrics::new()), 1))
+    }
+
+    fn inventory(id: &str) -> v1::Instance {
+        v1::Instance {
+            instance_id: id.into(),
+            service: "inventory".into(),
+            address: "127.0.0.1:7101".into(),
+            ..Default::default()
+        }
+    }
+
+    /// A rebuild publishing (here, held at that step) never holds up registry calls, and the
+    /// next rebuild carries what they changed.
+    #[test]
+    fn registry_calls_never_wait_for_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = mesh(dir.path());
+        let mut orders = mesh.subscribe("orders").unwrap();
+        let first = orders.borrow_and_update().version;
+        let publishing = mesh.publish_lock();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let caller = mesh.clone();
+        let thread = std::thread::spawn(move || {
+            let source = Some("127.0.0.1".parse().unwrap());
+            let registered = caller.register("inventory", &inventory("i-1"), source);
+            let beat = v1::HeartbeatRequest {
+                instance_id: "i-1".into(),
+                ..Default::default()
+            };
+            let renewed = caller.heartbeat("inventory", &beat);
+            let _ = done_tx.send(registered.is_ok() && renewed);
+        });
+        let finished = done.recv_timeout(Duration::from_secs(10));
+        drop(publishing);
+        thread.join().unwrap();
+        assert_eq!(
+            finished,
+            Ok(true),
+            "registry calls waited for the publisher"
+        );
+        assert_eq!(orders.borrow().version, first, "nothing published yet");
+
+        let version = mesh.rebuild();
+        assert!(version > first);
+        let snapshot = orders.borrow_and_update().clone();
+        assert_eq!(snapshot.version, version);
+        let endpoints: Vec<&str> = snapshot.destinations[0].backends[0]
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        assert_eq!(endpoints, ["127.0.0.1:7101"]);
+    }
+
+    /// A rebuild that read an older state than one already published does not replace it.
+    #[test]
+    fn an_out_of_date_rebuild_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = mesh(dir.path());
+        let source = Some("127.0.0.1".parse().unwrap());
+        mesh.register("inventory", &inventory("i-1"), source)
+            .unwrap();
+        let version = mesh.rebuild();
+        // As if a rebuild that started before the registration finished now.
+        mesh.publish_lock().generation += 1;
+        mesh.deregister("inventory", "i-1");
+        mesh.publish_lock().generation += 1;
+        assert_eq!(mesh.rebuild(), version, "an older state is not published");
+        assert_eq!(mesh.version(), version);
+    }
 }

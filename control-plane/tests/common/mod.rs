@@ -3,8 +3,9 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -86,6 +87,84 @@ pub async fn anonymous(cp: &ControlPlane, dirs: &Dirs) -> Channel {
         .unwrap()
 }
 
+/// TLS to the control plane of `dirs` as its sidecars speak it, with `client_cert` if given.
+pub fn client_tls(
+    dirs: &Dirs,
+    client_cert: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Arc<rustls::ClientConfig> {
+    let roots = client::roots_from_pem(&dirs.bundle_pem()).unwrap();
+    mesh_api::channel::client_config(roots, TD, client_cert).unwrap()
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+pub async fn tcp_from(from: IpAddr, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// A TLS connection to the control plane's API from `from`.
+pub async fn tls_from(
+    from: IpAddr,
+    cp: &ControlPlane,
+    tls: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tcp_from(from, cp.api_addr()).await;
+    let name = rustls::pki_types::ServerName::try_from("control-plane").unwrap();
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// A gRPC channel to the control plane whose connections come from `from`.
+pub async fn channel_from(
+    from: IpAddr,
+    cp: &ControlPlane,
+    tls: Arc<rustls::ClientConfig>,
+) -> Channel {
+    try_channel_from(from, cp, tls).await.unwrap()
+}
+
+/// As [`channel_from`]; an error when the connection fails.
+pub async fn try_channel_from(
+    from: IpAddr,
+    cp: &ControlPlane,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let addr = cp.api_addr();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(from, 0))?;
+            let tcp = socket.connect(addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("control-plane").unwrap();
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    tonic::transport::Endpoint::from_static("http://control-plane")
+        .connect_with_connector(connector)
+        .await
+}
+
+/// The control plane's `mesh_control_plane_limited_total` for one limit.
+pub async fn limited(cp: &ControlPlane, limit: &str) -> f64 {
+    let (_, body) = admin_client::request(cp.admin_addr(), Method::GET, "/metrics")
+        .await
+        .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let series = format!("mesh_control_plane_limited_total{{limit=\"{limit}\"}}");
+    mesh_testkit::metrics::value(&text, &series)
+        .unwrap_or_else(|| panic!("{series} is missing from /metrics"))
+}
+
 /// A sidecar of `service`: certified with its join token, then connected with that certificate.
 pub struct Sidecar {
     pub service: String,
@@ -113,6 +192,46 @@ impl Sidecar {
             workload,
             channel,
         }
+    }
+
+    /// A sidecar whose connections (Certify, then the rest) come from the loopback address
+    /// `from`.
+    pub async fn from(cp: &ControlPlane, dirs: &Dirs, service: &str, from: IpAddr) -> Self {
+        let workload = client::certify(
+            channel_from(from, cp, client_tls(dirs, None)).await,
+            TD,
+            "default",
+            service,
+            &dirs.token(service),
+        )
+        .await
+        .unwrap();
+        let tls = client_tls(dirs, Some(workload.client_cert()));
+        let channel = channel_from(from, cp, tls).await;
+        Self {
+            service: service.to_owned(),
+            workload,
+            channel,
+        }
+    }
+
+    /// Registers an instance; the status when refused.
+    pub async fn try_register(
+        &self,
+        instance_id: &str,
+        address: &str,
+    ) -> Result<(), tonic::Status> {
+        self.registry()
+            .register(v1::RegisterRequest {
+                instance: Some(v1::Instance {
+                    instance_id: instance_id.into(),
+                    service: self.service.clone(),
+                    address: address.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(drop)
     }
 
     pub fn registry(&self) -> v1::registry_client::RegistryClient<Channel> {
