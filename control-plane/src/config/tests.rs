@@ -628,3 +628,14 @@ fn limits_have_defaults_and_bad_ones_name_their_field() {
         );
     }
 }
+
+/// The limits block in the docs is valid and is the defaults, as it says.
+#[test]
+fn the_documented_limits_are_the_defaults() {
+    let block = readme_block("```yaml\n# mesh.yaml: limits, the defaults\n");
+    let config = parse(&files(&format!("trust_domain: mesh.local\n{block}"), &[]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.api, ApiLimits::default());
+    assert_eq!(config.registration, RegistrationSettings::default());
+    assert_eq!(config.admin, AdminLimits::default());
+}
