@@ -390,8 +390,8 @@ async fn an_idle_connection_is_closed_and_one_with_a_watch_stream_is_kept() {
 /// HTTP/2 frames written by hand, so a whole attack goes out in one write: a client library
 /// writes as it goes, and would be writing into the closed connection when the GOAWAY comes.
 mod frames {
-    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+    pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
     const CANCEL: u32 = 0x8;
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -402,13 +402,13 @@ mod frames {
         out
     }
 
-    pub fn settings() -> Vec<u8> {
+    pub(crate) fn settings() -> Vec<u8> {
         frame(0x4, 0, 0, &[])
     }
 
     /// HEADERS of `POST /` (HPACK static table), with `content-length` when given; the stream
     /// stays open for a body.
-    pub fn post(stream: u32, content_length: Option<u8>) -> Vec<u8> {
+    pub(crate) fn post(stream: u32, content_length: Option<u8>) -> Vec<u8> {
         let mut block = vec![0x83, 0x86, 0x84];
         if let Some(length) = content_length {
             // Literal without indexing, name `content-length` (static index 28).
@@ -417,16 +417,16 @@ mod frames {
         frame(0x1, 0x4, stream, &block)
     }
 
-    pub fn data(stream: u32, body: &[u8]) -> Vec<u8> {
+    pub(crate) fn data(stream: u32, body: &[u8]) -> Vec<u8> {
         frame(0x0, 0x1, stream, body)
     }
 
-    pub fn cancel(stream: u32) -> Vec<u8> {
+    pub(crate) fn cancel(stream: u32) -> Vec<u8> {
         frame(0x3, 0, stream, &CANCEL.to_be_bytes())
     }
 
     /// The error code of the first GOAWAY in `bytes`, the server's side of a connection.
-    pub fn goaway(bytes: &[u8]) -> Option<u32> {
+    pub(crate) fn goaway(bytes: &[u8]) -> Option<u32> {
         let mut at = 0;
         while at + 9 <= bytes.len() {
             let len = usize::from(bytes[at]) << 16
