@@ -777,8 +777,15 @@ async fn a_sidecar_that_shuts_down_leaves_at_once_and_no_request_fails() {
         .sidecar("orders", app::echo("orders").await, "")
         .await;
     wait_for_inventory_endpoints(&orders, 2).await;
+    let b_inbound = b.inbound;
     let traffic = Traffic::start(orders.outbound_url());
     let leaving = tokio::time::Instant::now();
+    assert!(
+        orders
+            .metrics()
+            .await
+            .contains(&format!("endpoint=\"{b_inbound}\""))
+    );
     b.shutdown().await.unwrap();
     assert_eq!(
         inventory_endpoints(&snapshot(&orders).await),
@@ -791,6 +798,11 @@ async fn a_sidecar_that_shuts_down_leaves_at_once_and_no_request_fails() {
         assert_eq!(call(&orders, "inventory", "/echo").await.0, StatusCode::OK);
     }
     traffic.finish_without_failures(20).await;
+    // b's per-endpoint series left with it; a's are still there.
+    let series = |addr: SocketAddr| format!("endpoint=\"{addr}\"");
+    let m = orders.metrics().await;
+    assert!(m.contains(&series(a.inbound)), "{m}");
+    assert!(!m.contains(&series(b_inbound)), "{m}");
     cp.stop().await.unwrap();
 }
 

@@ -23,7 +23,8 @@
 //! - `timeouts_total{destination, kind}`: `request` (the overall timeout) or `per-try`;
 //! - `shed_requests_total{destination}`: requests answered 503 because `max_requests` and
 //!   `max_pending` were full;
-//! - `endpoint_requests_total{destination, endpoint}`: the load balancer's choices;
+//! - `endpoint_requests_total{destination, endpoint}`: the load balancer's choices (an
+//!   endpoint's series leave with it, when a new destination table no longer has it);
 //! - `ejections_total{destination, endpoint}`: outlier ejections;
 //! - `ejected_endpoints{destination}`: endpoints ejected now.
 //!
@@ -625,6 +626,18 @@ impl Metrics {
             requests: self.endpoint_requests.get_or_create(&labels).clone(),
             ejections: self.ejections.get_or_create(&labels).clone(),
         }
+    }
+
+    /// Removes the series of an endpoint `destination` no longer has, so that endpoints that
+    /// come and go (every restart of a peer on a new port) do not grow `/metrics` forever. Should
+    /// it come back, its counters start again from zero, which Prometheus reads as a reset.
+    pub fn forget_endpoint(&self, destination: &str, endpoint: std::net::SocketAddr) {
+        let labels = EndpointLabels {
+            destination: destination.to_owned(),
+            endpoint: endpoint.to_string(),
+        };
+        self.endpoint_requests.remove(&labels);
+        self.ejections.remove(&labels);
     }
 
     /// Counts a newly accepted connection until the returned guard drops.

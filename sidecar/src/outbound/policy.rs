@@ -221,7 +221,32 @@ impl Destinations {
             };
             by_name.insert(name, stack);
         }
-        Ok(Self { by_name })
+        let table = Self { by_name };
+        if let Some(previous) = previous {
+            for (name, addr) in previous.endpoint_addrs() {
+                if !table.has_endpoint(name, addr) {
+                    cx.metrics.forget_endpoint(name, addr);
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// Every endpoint of every destination, as `(destination, address)`.
+    fn endpoint_addrs(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
+        self.by_name.iter().flat_map(|(name, stack)| {
+            stack
+                .balance
+                .endpoints()
+                .map(move |endpoint| (name.as_str(), endpoint.addr()))
+        })
+    }
+
+    /// Whether `destination` has an endpoint at `addr`.
+    fn has_endpoint(&self, destination: &str, addr: SocketAddr) -> bool {
+        self.by_name
+            .get(destination)
+            .is_some_and(|stack| stack.balance.endpoints().any(|e| e.addr() == addr))
     }
 
     /// The destination called `name`, if this sidecar may call it.
