@@ -75,6 +75,7 @@ mod admin;
 mod app_health;
 mod control;
 mod detect;
+mod http_limits;
 pub mod inbound;
 mod log_limit;
 mod outbound;
@@ -102,7 +103,7 @@ use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::outbound::policy::Destinations;
-use crate::serve::Drain;
+use crate::serve::{ConnectionCap, Drain};
 use crate::splice::OpenStreams;
 use crate::telemetry::Tracing;
 
@@ -226,6 +227,8 @@ pub async fn run(
         app = %config.app,
         "sidecar serving"
     );
+    // One connection budget for the outbound listener and destinations' `listen` addresses.
+    let outbound_cap = ConnectionCap::new(config.limits.outbound.max_connections);
     let detected_http = outbound::tcp_listen::DetectedHttp {
         handle: {
             let outbound = outbound.clone();
@@ -233,6 +236,8 @@ pub async fn run(
         },
         detect_timeout: config.detect_timeout,
         idle_timeout: config.idle_timeout,
+        limits: config.limits.outbound.clone(),
+        cap: outbound_cap.clone(),
     };
     let tcp_task = outbound::tcp_listen::spawn(
         tcp_listeners,
@@ -247,6 +252,7 @@ pub async fn run(
         listeners.outbound,
         move |req| outbound.clone().handle(req),
         config.detect_timeout,
+        (&config.limits.outbound, outbound_cap),
         drain.clone(),
         metrics.clone(),
     );
@@ -255,6 +261,7 @@ pub async fn run(
         acceptor,
         move |caller, req| inbound.clone().handle(caller, req),
         config.max_connection_age,
+        &config.limits.inbound,
         identity.trust_changes(),
         drain.clone(),
         metrics.clone(),
