@@ -160,7 +160,7 @@ pub struct UpstreamFailed {
 
 /// Forwarding to the local application failed.
 #[derive(Debug, thiserror::Error)]
-#[error("local app at {app} failed: {source}")]
+#[error("local app at {app} failed: {}", with_causes(source))]
 pub struct AppFailed {
     /// The app's address.
     pub app: SocketAddr,
@@ -179,6 +179,19 @@ pub struct AppConcurrencyLimit {
     pub app: SocketAddr,
     /// The limit.
     pub max: u32,
+}
+
+/// An error and its causes on one line: hyper's own message ("client error (Connect)") names
+/// no cause, and the cause (refused, timed out) is what an operator needs.
+fn with_causes(err: &(dyn Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        line.push_str(": ");
+        line.push_str(&next.to_string());
+        cause = next.source();
+    }
+    line
 }
 
 /// Sending an upgrade request to the local app failed.

@@ -294,7 +294,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn limits(yaml: &str) -> (Limits, Vec<(String, String)>) {
+    fn read(yaml: &str) -> (Limits, Vec<(String, String)>) {
         let file: LimitsFile = serde_saphyr::from_str(yaml).unwrap();
         let mut errors = Errors::default();
         let limits = validate(file, &mut errors);
@@ -308,7 +308,7 @@ mod tests {
 
     #[test]
     fn defaults_keep_the_limits_the_sidecar_had() {
-        let (limits, errors) = limits("{}");
+        let (limits, errors) = read("{}");
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(limits, Limits::default());
         assert_eq!(limits.outbound.max_header_bytes, 64 << 10);
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn fields_are_read_and_bad_ones_named_by_path() {
-        let (limits, errors) = limits(
+        let (limits, errors) = read(
             "outbound: { max_connections: 5, http2: { idle_timeout: 2s } }\n\
              inbound: { max_handshakes: 3, first_bytes_timeout: 200ms }\n\
              app: { max_concurrent_requests: 7, max_idle_connections: 0 }\n",
@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(limits.app.max_concurrent_requests, 7);
         assert_eq!(limits.app.max_idle_connections, 0);
 
-        let (_, errors) = limits(
+        let (_, errors) = read(
             "outbound: { max_connections: 0, max_header_bytes: 100 }\n\
              inbound: { http2: { keep_alive_timeout: soon, max_pending_accept_reset_streams: 0 } }\n\
              admin: { max_headers: 0 }\napp: { connect_timeout: 0s }\n",
