@@ -489,7 +489,9 @@ async fn requests_over_the_apps_concurrency_limit_are_refused_with_503() {
         held.spawn(async move { client::get(&url, "inventory").await.status() });
         gate.arrived().await;
     }
-    let rsp = client::get(&url, "inventory").await;
+    let rsp = tokio::time::timeout(PATIENCE, client::get(&url, "inventory"))
+        .await
+        .expect("the request over the limit is answered at once, not queued");
     assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(rsp.headers()["x-mesh-error"], "app-concurrency-limit");
     let text = inventory.metrics().await;
@@ -498,12 +500,17 @@ async fn requests_over_the_apps_concurrency_limit_are_refused_with_503() {
         "{text}"
     );
     gate.release(2);
-    while let Some(status) = held.join_next().await {
+    while let Some(status) = tokio::time::timeout(PATIENCE, held.join_next())
+        .await
+        .expect("the held requests end once released")
+    {
         assert_eq!(status.unwrap(), StatusCode::OK);
     }
     // The places are free again.
     gate.release(1);
-    let rsp = client::get(&url, "inventory").await;
+    let rsp = tokio::time::timeout(PATIENCE, client::get(&url, "inventory"))
+        .await
+        .expect("an answer");
     assert_eq!(rsp.status(), StatusCode::OK);
 }
 
