@@ -36,13 +36,13 @@ use crate::serve::{
 };
 
 /// Serves the inbound listener until `drain`, then drains its connections. Each connection
-/// lives at most `max_age` (see [`max_connection_age`]), then gets the drain time to finish.
+/// lives at most `max_age` (see [`max_connection_age`]), then gets the drain time to finish;
+/// `limits` bound connections, handshakes and requests.
 pub(crate) fn spawn<H, F>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handle: H,
-    max_age: Option<Duration>,
-    limits: &InboundLimits,
+    (max_age, limits): (Option<Duration>, &InboundLimits),
     trust: TrustChanges,
     drain: Drain,
     metrics: Arc<Metrics>,

@@ -375,11 +375,10 @@ async fn goaway_after(addr: SocketAddr, burst: Vec<u8>) -> Option<u32> {
             }
         }
     };
-    match tokio::time::timeout(Duration::from_secs(3), read).await {
-        Ok(goaway) => goaway,
-        // Still open: whatever came, the sidecar did not close the connection.
-        Err(_) => None,
-    }
+    // Still open after the wait: whatever came, the sidecar did not close the connection.
+    tokio::time::timeout(Duration::from_secs(3), read)
+        .await
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -553,4 +552,82 @@ async fn a_connect_to_an_app_that_never_answers_times_out() {
     assert_eq!(rsp.headers()["x-mesh-error"], "app-unavailable");
     let body = client::text(rsp).await;
     assert!(body.contains("connect timed out after 300ms"), "{body}");
+}
+
+/// An HTTP/1.1 app that holds each request until `gate` has a permit for it, and counts its
+/// open connections.
+async fn counting_app(
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = open.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (open, gate) = (counted.clone(), gate.clone());
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let gate = gate.clone();
+                    async move {
+                        if let Ok(permit) = gate.acquire().await {
+                            permit.forget();
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"released"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+#[tokio::test]
+async fn idle_connections_to_the_app_are_kept_up_to_max_idle_connections() {
+    use std::sync::atomic::Ordering;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let (app, open) = counting_app(gate.clone()).await;
+    let mesh = TestMesh::new();
+    let inventory = mesh
+        .sidecar("inventory")
+        .app(app)
+        .extra_yaml("limits: { app: { max_idle_connections: 1 } }\n")
+        .start()
+        .await;
+    let orders = crate::calling_inventory(&mesh, "orders", &inventory).await;
+    // Three requests at once (HTTP/1.1, so HTTP/1.1 to the app): three connections.
+    let mut requests = JoinSet::new();
+    for i in 0..3 {
+        let url = format!("{}/{i}", orders.outbound_url());
+        requests.spawn(async move { client::get(&url, "inventory").await.status() });
+    }
+    eventually("three connections to the app", PATIENCE, || async {
+        (open.load(Ordering::SeqCst) == 3).then_some(())
+    })
+    .await;
+    gate.add_permits(3);
+    while let Some(status) = tokio::time::timeout(PATIENCE, requests.join_next())
+        .await
+        .expect("the requests end once released")
+    {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    // One stays in the pool; the others are closed.
+    eventually("one idle connection left to the app", PATIENCE, || async {
+        let now = open.load(Ordering::SeqCst);
+        if now == 1 {
+            Ok(())
+        } else {
+            Err(format!("{now} open"))
+        }
+    })
+    .await;
 }
