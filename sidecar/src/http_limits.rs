@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,18 +21,20 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 use crate::error::synthetic_body;
 use crate::serve::Idle;
 
-/// Requests in flight on one connection, and how many have started: a request that starts and
-/// ends between two looks of the idle timer still counts as activity.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Requests in flight on one connection, and when one last started or ended. Kept in atomics
+/// that the idle timer reads when it fires, so a request costs no wake-up of the timer.
+#[derive(Debug)]
 struct Activity {
-    in_flight: usize,
-    started: u64,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `epoch` to the last start or end of a request.
+    last: AtomicU64,
+    epoch: Instant,
 }
 
 /// The limits of one connection's requests.
@@ -39,12 +42,12 @@ struct Activity {
 pub(crate) struct Limited {
     max_headers: usize,
     idle_timeout: Duration,
-    activity: Arc<watch::Sender<Activity>>,
+    activity: Arc<Activity>,
 }
 
 /// Holds a request in flight until dropped (with the response body that carries it).
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<watch::Sender<Activity>>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 /// A response body that holds a guard until it ends or is dropped.
 pub(crate) struct Guarded<G> {
@@ -59,7 +62,11 @@ impl Limited {
         Self {
             max_headers: max_headers as usize,
             idle_timeout,
-            activity: Arc::new(watch::Sender::new(Activity::default())),
+            activity: Arc::new(Activity {
+                in_flight: AtomicUsize::new(0),
+                last: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
         }
     }
 
@@ -94,35 +101,41 @@ impl Limited {
 
     /// Counts a request in flight until the returned guard drops.
     fn start(&self) -> InFlight {
-        self.activity.send_modify(|a| {
-            a.in_flight += 1;
-            a.started += 1;
-        });
+        self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.activity.touch();
         InFlight(self.activity.clone())
     }
 
     /// Completes once no request has been in flight for the idle timeout.
     pub(crate) fn idle(&self) -> Idle {
-        let mut activity = self.activity.subscribe();
+        let activity = self.activity.clone();
         let timeout = self.idle_timeout;
         Box::pin(async move {
             loop {
-                let started = match activity.wait_for(|a| a.in_flight == 0).await {
-                    Ok(now) => now.started,
-                    // The connection's handler is gone: nothing more will run on it.
-                    Err(_) => return,
-                };
-                if tokio::time::timeout(timeout, activity.changed())
-                    .await
-                    .is_err()
-                {
-                    let now = *activity.borrow();
-                    if now.in_flight == 0 && now.started == started {
-                        return;
-                    }
+                let due = activity.last_change() + timeout;
+                if Instant::now() < due {
+                    tokio::time::sleep_until(due).await;
+                } else if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                } else {
+                    // Busy: look again a timeout later, or when the last request ends.
+                    tokio::time::sleep(timeout).await;
                 }
             }
         })
+    }
+}
+
+// === impl Activity ===
+
+impl Activity {
+    fn touch(&self) {
+        let since = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(since, Ordering::AcqRel);
+    }
+
+    fn last_change(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last.load(Ordering::Acquire))
     }
 }
 
@@ -139,8 +152,8 @@ fn too_many_headers(max: usize) -> Response<Body> {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .send_modify(|a| a.in_flight = a.in_flight.saturating_sub(1));
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
