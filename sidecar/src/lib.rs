@@ -55,6 +55,9 @@
 //! - `control/`: the control-plane client (certificate, snapshots, registration);
 //! - [`telemetry`]: trace propagation, spans, export, access log; [`metrics`]: Prometheus;
 //! - `admin.rs` and `app_health.rs`: the admin endpoint and the app's health probe;
+//! - `serve.rs` and `http_limits.rs`: each listener's `limits` (connection caps, header count,
+//!   the HTTP idle timeout); `inbound/accept.rs` and `inbound/forward.rs` hold the handshake
+//!   and app limits;
 //! - [`error`]: typed errors and the one place they become responses; [`classify`]: how a
 //!   try ended; [`headers`]: hop-by-hop and mesh headers; [`body`]: the body and error types.
 

@@ -230,8 +230,9 @@ pub(crate) const DEFAULT_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10)
 /// Scrapes, a few taps and `meshctl` use a handful; the cap keeps a runaway scraper from
 /// taking descriptors the data path needs.
 pub(crate) const DEFAULT_MAX_ADMIN_CONNECTIONS: u32 = 100;
-/// Admin clients are local tools that send their request at once.
-pub(crate) const DEFAULT_ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's default, as on the other listeners: shorter would close the keep-alive connections
+/// of dashboards and scrapers that poll less often, and make them race the close.
+pub(crate) const DEFAULT_ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Admin requests are a path and a few headers.
 pub(crate) const DEFAULT_MAX_ADMIN_HEADER_BYTES: u32 = 16 << 10;
 pub(crate) const DEFAULT_MAX_ADMIN_HEADERS: u32 = 64;
