@@ -165,6 +165,33 @@ async fn admin_connections_over_the_cap_are_closed() {
 }
 
 #[tokio::test]
+async fn inbound_connections_over_the_cap_are_closed_and_counted() {
+    let (_mesh, orders, inventory) =
+        pair("", "limits: { inbound: { max_connections: 2 } }\n").await;
+    // orders' pooled connection takes one place.
+    let rsp = client::get(&format!("{}/a", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let mut held = TcpStream::connect(inventory.inbound).await.unwrap();
+    open_connections(&inventory, "inbound", 2.0).await;
+    let mut over = TcpStream::connect(inventory.inbound).await.unwrap();
+    closed_within(
+        &mut over,
+        PATIENCE,
+        "an inbound connection over max_connections",
+    )
+    .await;
+    assert!(
+        still_open(&mut held).await,
+        "a connection under the cap was closed"
+    );
+    let text = inventory.metrics().await;
+    assert_eq!(refused(&text, "inbound", "max-connections"), 1.0, "{text}");
+    // The established peer connection is still served.
+    let rsp = client::get(&format!("{}/b", orders.outbound_url()), "inventory").await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn two_hundred_slow_header_connections_are_closed_by_the_header_read_timeout() {
     let (_mesh, orders, _inventory) =
         pair("limits: { outbound: { header_read_timeout: 500ms } }\n", "").await;
