@@ -44,7 +44,7 @@ use crate::app_health::AppStatus;
 use crate::body::{Body, BoxError};
 use crate::config::Config;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, Drain, Draining};
+use crate::serve::{self, ConnectionCap, Drain, Draining};
 use crate::telemetry::tap::{self, TapFilter};
 
 /// Shared state the admin endpoint reports on.
@@ -141,8 +141,15 @@ impl Admin {
 
     /// Serves the admin endpoint (HTTP/1.1) on `listener` until [`AdminServer::stop`].
     pub(crate) fn serve(self: Arc<Self>, listener: TcpListener, config: &Config) -> AdminServer {
+        // Header bytes and count past the limits are refused with 431 by hyper; the header
+        // read timeout runs from the connection's start, so it also closes a silent client.
+        let limits = &config.limits.admin;
         let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new());
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes as usize)
+            .max_header_size(limits.max_header_bytes as usize)
+            .max_headers(limits.max_headers as usize);
         let stop = CancellationToken::new();
         let metrics = self.metrics.clone();
         let port = listener.local_addr().map_or(0, |a| a.port());
@@ -154,6 +161,7 @@ impl Admin {
                 timeout: config.drain_timeout,
             },
             metrics,
+            ConnectionCap::new(limits.max_connections),
             move |tcp, peer: SocketAddr, draining: Draining| {
                 let admin = self.clone();
                 let conn = http.serve_connection(
@@ -173,7 +181,7 @@ impl Admin {
                     }),
                 );
                 async move {
-                    let _ = draining.serve(conn, None, None).await;
+                    let _ = draining.serve(conn, None, None, None).await;
                 }
             },
         ));

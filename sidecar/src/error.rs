@@ -160,12 +160,38 @@ pub struct UpstreamFailed {
 
 /// Forwarding to the local application failed.
 #[derive(Debug, thiserror::Error)]
-#[error("local app at {app} failed: {source}")]
+#[error("local app at {app} failed: {}", with_causes(source))]
 pub struct AppFailed {
     /// The app's address.
     pub app: SocketAddr,
     /// The client error.
     pub source: hyper_util::client::legacy::Error,
+}
+
+/// `limits.app.max_concurrent_requests` are in flight to the local app.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the local app at {app} has {max} requests in flight, its limit \
+     (limits.app.max_concurrent_requests)"
+)]
+pub struct AppConcurrencyLimit {
+    /// The app's address.
+    pub app: SocketAddr,
+    /// The limit.
+    pub max: u32,
+}
+
+/// An error and its causes on one line: hyper's own message ("client error (Connect)") names
+/// no cause, and the cause (refused, timed out) is what an operator needs.
+fn with_causes(err: &(dyn Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        line.push_str(": ");
+        line.push_str(&next.to_string());
+        cause = next.source();
+    }
+    line
 }
 
 /// Sending an upgrade request to the local app failed.
@@ -277,6 +303,8 @@ pub enum Reason {
     AppUnavailable,
     /// The local app failed mid-request.
     AppError,
+    /// The app's concurrency limit (`limits.app.max_concurrent_requests`) is reached.
+    AppConcurrencyLimit,
     /// A fault injected by the route's or destination's `fault` policy.
     FaultInjected,
     /// Over the service's rate limit.
@@ -311,6 +339,7 @@ impl Reason {
             Reason::UpstreamReset => "upstream-reset",
             Reason::AppUnavailable => "app-unavailable",
             Reason::AppError => "app-error",
+            Reason::AppConcurrencyLimit => "app-concurrency-limit",
             Reason::FaultInjected => "fault-injected",
             Reason::RateLimited => "rate-limited",
             Reason::Internal => "internal",
@@ -322,7 +351,7 @@ impl Reason {
         match self {
             Reason::NoAuthority | Reason::RequestBody => StatusCode::BAD_REQUEST,
             Reason::Unauthorized | Reason::TunnelPortRefused => StatusCode::FORBIDDEN,
-            Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Overloaded | Reason::AppConcurrencyLimit => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Timeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::Unsupported => StatusCode::NOT_IMPLEMENTED,
             Reason::NoRoute
@@ -411,6 +440,9 @@ pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     }
     if find_cause::<AppUpgradeFailed>(err).is_some() {
         return Reason::AppError;
+    }
+    if find_cause::<AppConcurrencyLimit>(err).is_some() {
+        return Reason::AppConcurrencyLimit;
     }
     if let Some(app) = find_cause::<AppFailed>(err) {
         return if app.source.is_connect() {

@@ -55,6 +55,9 @@
 //! - `control/`: the control-plane client (certificate, snapshots, registration);
 //! - [`telemetry`]: trace propagation, spans, export, access log; [`metrics`]: Prometheus;
 //! - `admin.rs` and `app_health.rs`: the admin endpoint and the app's health probe;
+//! - `serve.rs` and `http_limits.rs`: each listener's `limits` (connection caps, header count,
+//!   the HTTP idle timeout); `inbound/accept.rs` and `inbound/forward.rs` hold the handshake
+//!   and app limits;
 //! - [`error`]: typed errors and the one place they become responses; [`classify`]: how a
 //!   try ended; [`headers`]: hop-by-hop and mesh headers; [`body`]: the body and error types.
 
@@ -75,6 +78,7 @@ mod admin;
 mod app_health;
 mod control;
 mod detect;
+mod http_limits;
 pub mod inbound;
 mod log_limit;
 mod outbound;
@@ -102,7 +106,7 @@ use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::outbound::policy::Destinations;
-use crate::serve::Drain;
+use crate::serve::{ConnectionCap, Drain};
 use crate::splice::OpenStreams;
 use crate::telemetry::Tracing;
 
@@ -226,6 +230,8 @@ pub async fn run(
         app = %config.app,
         "sidecar serving"
     );
+    // One connection budget for the outbound listener and destinations' `listen` addresses.
+    let outbound_cap = ConnectionCap::new(config.limits.outbound.max_connections);
     let detected_http = outbound::tcp_listen::DetectedHttp {
         handle: {
             let outbound = outbound.clone();
@@ -233,6 +239,8 @@ pub async fn run(
         },
         detect_timeout: config.detect_timeout,
         idle_timeout: config.idle_timeout,
+        limits: config.limits.outbound.clone(),
+        cap: outbound_cap.clone(),
     };
     let tcp_task = outbound::tcp_listen::spawn(
         tcp_listeners,
@@ -247,6 +255,7 @@ pub async fn run(
         listeners.outbound,
         move |req| outbound.clone().handle(req),
         config.detect_timeout,
+        (&config.limits.outbound, outbound_cap),
         drain.clone(),
         metrics.clone(),
     );
@@ -254,7 +263,7 @@ pub async fn run(
         listeners.inbound,
         acceptor,
         move |caller, req| inbound.clone().handle(caller, req),
-        config.max_connection_age,
+        (config.max_connection_age, &config.limits.inbound),
         identity.trust_changes(),
         drain.clone(),
         metrics.clone(),

@@ -14,6 +14,7 @@
 //! `destinations`), or from the control plane (`control_plane`), which issues the certificate
 //! from a CSR and pushes destinations, policy and authorization as they change.
 
+mod limits;
 mod parse;
 mod runtime;
 mod schema;
@@ -32,8 +33,9 @@ pub use self::policy::{
 #[cfg(test)]
 use self::runtime::DEFAULT_CONNECT_TIMEOUT;
 pub use self::runtime::{
-    Advertise, AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_INBOUND,
-    DEFAULT_OUTBOUND, Destination, ListenAddrs, NotDialable, TcpDestination, TlsPaths,
+    AdminLimits, Advertise, AppHealthConfig, AppLimits, Config, ControlPlaneConfig, DEFAULT_ADMIN,
+    DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination, Http2Limits, HttpListenerLimits, InboundLimits,
+    Limits, ListenAddrs, NotDialable, TcpDestination, TlsPaths,
 };
 use self::schema::File;
 use self::validate::validate;

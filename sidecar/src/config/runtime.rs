@@ -80,7 +80,170 @@ pub struct Config {
     pub rate_limit: mesh_api::rate_limit::RateLimitPolicy,
     /// How the sidecar probes its app; `None`: it does not, and the app is taken to be up.
     pub app_health: Option<AppHealthConfig>,
+    /// Caps and timeouts of every listener and of requests to the app.
+    pub limits: Limits,
 }
+
+/// Caps and timeouts of every listener and of requests to the app (`limits:`). The defaults
+/// suit a production sidecar: each bounds what one misbehaving client can hold, and none is
+/// reached by a healthy app or peer.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Limits {
+    /// The outbound listener and the `listen` addresses of destinations (together).
+    pub outbound: HttpListenerLimits,
+    /// The inbound listener, where peer sidecars connect.
+    pub inbound: InboundLimits,
+    /// The admin listener.
+    pub admin: AdminLimits,
+    /// Requests forwarded to the local app.
+    pub app: AppLimits,
+}
+
+/// Limits of a listener that serves HTTP/1.1 and HTTP/2.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HttpListenerLimits {
+    /// Connections open at once; one more is closed as it is accepted.
+    pub max_connections: u32,
+    /// How long an HTTP/1.1 client may take to send a request's headers, counted from the
+    /// connection's start or the end of its previous response (so it also closes idle
+    /// keep-alive connections).
+    #[serde(serialize_with = "human_duration")]
+    pub header_read_timeout: Duration,
+    /// The most header bytes a request may carry (431 past it).
+    pub max_header_bytes: u32,
+    /// The most header fields a request may carry (431 past it).
+    pub max_headers: u32,
+    /// HTTP/2 connections.
+    pub http2: Http2Limits,
+}
+
+/// Limits of the inbound listener: those of any HTTP listener, and the TLS handshake's.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct InboundLimits {
+    /// Connections, headers and HTTP/2.
+    #[serde(flatten)]
+    pub http: HttpListenerLimits,
+    /// TLS handshakes in progress at once; a connection past it is closed as it is accepted.
+    pub max_handshakes: u32,
+    /// A peer that has not finished its TLS handshake by then is dropped.
+    #[serde(serialize_with = "human_duration")]
+    pub tls_handshake_timeout: Duration,
+    /// A peer that has sent no HTTP/2 preface this long after its handshake is dropped.
+    #[serde(serialize_with = "human_duration")]
+    pub first_bytes_timeout: Duration,
+}
+
+/// Limits of HTTP/2 connections on a listener.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Streams one connection may have open at once (the SETTINGS value it is sent).
+    pub max_concurrent_streams: u32,
+    /// Streams the client may reset before the sidecar has accepted them; past it the
+    /// connection gets GOAWAY `ENHANCE_YOUR_CALM` (the "rapid reset" attack, CVE-2023-44487).
+    pub max_pending_accept_reset_streams: u32,
+    /// Streams the sidecar may reset because the client broke the protocol on them; past it,
+    /// GOAWAY `ENHANCE_YOUR_CALM` (the "made you reset" attack, CVE-2025-8671).
+    pub max_local_error_reset_streams: u32,
+    /// A connection with no request in flight for this long gets GOAWAY and closes.
+    #[serde(serialize_with = "human_duration")]
+    pub idle_timeout: Duration,
+    /// How often a PING checks that the client is still there.
+    #[serde(serialize_with = "human_duration")]
+    pub keep_alive_interval: Duration,
+    /// A client that has not answered a PING within this is closed.
+    #[serde(serialize_with = "human_duration")]
+    pub keep_alive_timeout: Duration,
+}
+
+/// Limits of the admin listener (HTTP/1.1 only).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Connections open at once (scrapes, taps, `meshctl`); one more is closed as it is
+    /// accepted.
+    pub max_connections: u32,
+    /// How long a client may take to send a request's headers, from its connection's start
+    /// (so a silent client is closed too) or the end of its previous response.
+    #[serde(serialize_with = "human_duration")]
+    pub header_read_timeout: Duration,
+    /// The most header bytes a request may carry (431 past it).
+    pub max_header_bytes: u32,
+    /// The most header fields a request may carry (431 past it).
+    pub max_headers: u32,
+}
+
+/// Limits of what the inbound side sends to the local app.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AppLimits {
+    /// HTTP requests in flight to the app at once (until each response's body ends); one more
+    /// is answered 503 with `x-mesh-error: app-concurrency-limit` at once, without waiting.
+    pub max_concurrent_requests: u32,
+    /// How long a TCP connect to the app may take; past it the request fails with 502
+    /// `app-unavailable`.
+    #[serde(serialize_with = "human_duration")]
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections kept open to the app, per protocol.
+    pub max_idle_connections: u32,
+}
+
+/// Connections per listener. Envoy sets no cap unless its overload manager is configured (and
+/// warns); a cap well above what one app or its callers open still stops a leak or a flood
+/// from taking every file descriptor.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// hyper's default, written out; Envoy's `request_headers_timeout` is off by default.
+pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Envoy's default is 60 KiB.
+pub(crate) const DEFAULT_MAX_APP_HEADER_BYTES: u32 = 64 << 10;
+/// An app's largest plus room for what the mesh adds (identity, trace context).
+pub(crate) const DEFAULT_MAX_PEER_HEADER_BYTES: u32 = DEFAULT_MAX_APP_HEADER_BYTES + (32 << 10);
+/// Envoy's `max_headers_count` default, and hyper's.
+pub(crate) const DEFAULT_MAX_APP_HEADERS: u32 = 100;
+/// An app's most, plus the mesh's own headers.
+pub(crate) const DEFAULT_MAX_PEER_HEADERS: u32 = DEFAULT_MAX_APP_HEADERS + 28;
+/// Streams per connection from the app: hyper's default is 200, Envoy's is unlimited; a gRPC
+/// client multiplexes its calls on one connection, so allow more than hyper does.
+pub(crate) const DEFAULT_MAX_APP_STREAMS: u32 = 1_000;
+/// Streams per connection from a peer sidecar. TCP tunnels are streams that last as long as
+/// their connection, so the usual HTTP/2 limit of a few hundred would let one caller's pool of
+/// long-lived connections hold every stream and queue its HTTP requests behind them. What an
+/// idle stream costs is a few hundred bytes; what streams can make the sidecar buffer is bounded
+/// by the connection's flow-control window, not by their number.
+pub(crate) const DEFAULT_MAX_PEER_STREAMS: u32 = 10_000;
+/// The h2 crate's default (20), which it chose when fixing the rapid-reset attack.
+pub(crate) const DEFAULT_MAX_PENDING_ACCEPT_RESETS: u32 = 20;
+/// The h2 crate's default (1024).
+pub(crate) const DEFAULT_MAX_LOCAL_ERROR_RESETS: u32 = 1024;
+/// Envoy's default `idle_timeout` of HTTP connections.
+pub(crate) const DEFAULT_HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Often enough to keep NAT and load-balancer state alive (they drop flows after a minute or
+/// more), rarely enough to cost nothing.
+pub(crate) const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// hyper's default.
+pub(crate) const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A handshake takes a round trip or two and microseconds of CPU; hundreds in progress at once
+/// means a flood of clients that never finish, which then waits for the cap instead of
+/// holding sockets and memory without bound.
+pub(crate) const DEFAULT_MAX_HANDSHAKES: u32 = 256;
+/// Generous for a peer across a slow link, short enough that a silent client goes.
+pub(crate) const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer sends its HTTP/2 preface in the same flight as its last handshake message.
+pub(crate) const DEFAULT_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes, a few taps and `meshctl` use a handful; the cap keeps a runaway scraper from
+/// taking descriptors the data path needs.
+pub(crate) const DEFAULT_MAX_ADMIN_CONNECTIONS: u32 = 100;
+/// hyper's default, as on the other listeners: shorter would close the keep-alive connections
+/// of dashboards and scrapers that poll less often, and make them race the close.
+pub(crate) const DEFAULT_ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Admin requests are a path and a few headers.
+pub(crate) const DEFAULT_MAX_ADMIN_HEADER_BYTES: u32 = 16 << 10;
+pub(crate) const DEFAULT_MAX_ADMIN_HEADERS: u32 = 64;
+/// Requests in flight to the app: Envoy's circuit breaker allows 1024 by default, a common
+/// source of surprise 503s under load; Linkerd allows 100 000. Ten thousand refuses a flood
+/// long before the app runs out of threads or memory in most runtimes.
+pub(crate) const DEFAULT_MAX_APP_REQUESTS: u32 = 10_000;
+/// The app is on this host: a connect takes microseconds unless its backlog is full.
+pub(crate) const DEFAULT_APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Enough keep-alive connections for bursts of HTTP/1.1 requests without one per request.
+pub(crate) const DEFAULT_MAX_APP_IDLE_CONNECTIONS: u32 = 100;
 
 /// How the sidecar probes its app: an HTTP GET or a TCP connect every `interval`; after
 /// `unhealthy_after` failures in a row its instance leaves its callers' endpoints.

@@ -46,6 +46,75 @@ pub(super) struct File {
     pub(super) rate_limit: Option<mesh_api::rate_limit::RateLimitFile>,
     #[serde(default)]
     pub(super) app_health: Option<AppHealthFile>,
+    #[serde(default)]
+    pub(super) limits: LimitsFile,
+}
+
+/// `limits:`, every field optional (the defaults are in `runtime.rs`).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsFile {
+    #[serde(default)]
+    pub(super) outbound: HttpListenerLimitsFile,
+    #[serde(default)]
+    pub(super) inbound: InboundLimitsFile,
+    #[serde(default)]
+    pub(super) admin: AdminLimitsFile,
+    #[serde(default)]
+    pub(super) app: AppLimitsFile,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpListenerLimitsFile {
+    pub(super) max_connections: Option<u32>,
+    pub(super) header_read_timeout: Option<String>,
+    pub(super) max_header_bytes: Option<u32>,
+    pub(super) max_headers: Option<u32>,
+    #[serde(default)]
+    pub(super) http2: Http2LimitsFile,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InboundLimitsFile {
+    pub(super) max_connections: Option<u32>,
+    pub(super) max_handshakes: Option<u32>,
+    pub(super) tls_handshake_timeout: Option<String>,
+    pub(super) first_bytes_timeout: Option<String>,
+    pub(super) header_read_timeout: Option<String>,
+    pub(super) max_header_bytes: Option<u32>,
+    pub(super) max_headers: Option<u32>,
+    #[serde(default)]
+    pub(super) http2: Http2LimitsFile,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Http2LimitsFile {
+    pub(super) max_concurrent_streams: Option<u32>,
+    pub(super) max_pending_accept_reset_streams: Option<u32>,
+    pub(super) max_local_error_reset_streams: Option<u32>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) keep_alive_interval: Option<String>,
+    pub(super) keep_alive_timeout: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminLimitsFile {
+    pub(super) max_connections: Option<u32>,
+    pub(super) header_read_timeout: Option<String>,
+    pub(super) max_header_bytes: Option<u32>,
+    pub(super) max_headers: Option<u32>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AppLimitsFile {
+    pub(super) max_concurrent_requests: Option<u32>,
+    pub(super) connect_timeout: Option<String>,
+    pub(super) max_idle_connections: Option<u32>,
 }
 
 #[derive(Default, Deserialize)]

@@ -621,3 +621,35 @@ fn an_http_destination_may_listen_and_detect_timeout_is_checked() {
         assert_eq!(errors[0].path, "detect_timeout", "{bad}: {errors:?}");
     }
 }
+
+#[test]
+fn limits_are_read_shown_and_checked_by_path() {
+    let base = GOOD.split("destinations:").next().unwrap();
+    let rest = &GOOD[base.len()..];
+    let config = Config::from_yaml(
+        &format!("{base}limits: {{ inbound: {{ max_handshakes: 8 }}, app: {{ connect_timeout: 250ms }} }}\n{rest}"),
+        Path::new("/base"),
+    )
+    .unwrap();
+    assert_eq!(config.limits.inbound.max_handshakes, 8);
+    assert_eq!(
+        config.limits.app.connect_timeout,
+        Duration::from_millis(250)
+    );
+    let shown = serde_json::to_value(&config).unwrap();
+    assert_eq!(shown["limits"]["inbound"]["max_handshakes"], 8);
+    assert_eq!(shown["limits"]["inbound"]["max_connections"], 10_000);
+    assert_eq!(shown["limits"]["app"]["connect_timeout"], "250ms");
+    assert_eq!(
+        paths(&format!(
+            "{base}limits: {{ outbound: {{ max_conections: 1 }} }}\n{rest}"
+        )),
+        ["limits.outbound.max_conections"]
+    );
+    assert_eq!(
+        paths(&format!(
+            "{base}limits: {{ admin: {{ max_connections: 0 }} }}\n{rest}"
+        )),
+        ["limits.admin.max_connections"]
+    );
+}

@@ -239,6 +239,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
     });
     let tracing = tracing_config(file.tracing, errors);
     let app_health = file.app_health.map(|f| app_health_config(f, errors));
+    let limits = super::limits::validate(file.limits, errors);
     let authorization =
         authorization::validate(file.authorization, "authorization", Decision::Allow, errors);
     let rate_limit = file
@@ -267,6 +268,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         detect_timeout,
         idle_timeout,
         max_connection_age,
+        limits,
     })
 }
 

@@ -1,6 +1,12 @@
 //! Step 1 on the inbound listener: each connection from a peer sidecar is identified (step 9,
 //! [`identify`](super::identify)) and then served as HTTP/2, every request handed to the
 //! inbound handler (`Inbound::handle`, passed in) with the caller it came from.
+//!
+//! Limits (`limits.inbound`): at most `max_connections` open and `max_handshakes` TLS
+//! handshakes in progress (one more connection is closed as it is accepted, so a flood of
+//! clients that never finish their handshake holds a bounded number of sockets, each for
+//! `tls_handshake_timeout` at most); after the handshake the peer has `first_bytes_timeout` to
+//! start speaking HTTP (hyper would wait for ever); then the listener's HTTP limits apply.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,36 +19,30 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::identify::{Caller, identify, max_connection_age};
 use crate::body::Body;
+use crate::config::InboundLimits;
+use crate::detect::{Outcome, Protocol, detect};
+use crate::http_limits::Limited;
 use crate::identity::TrustChanges;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
 use crate::serve::{
-    self, Drain, Draining, MAX_PEER_HEADER_BYTES, MaxAge, PEER_MAX_FRAME_SIZE, Untrusted,
-    http_server,
+    self, ConnectionCap, Drain, Draining, MaxAge, PEER_MAX_FRAME_SIZE, Untrusted, http_server,
 };
 
-/// Streams one peer connection may have open at once. TCP tunnels are streams that last as long
-/// as their connection, so the usual HTTP/2 limit of a few hundred would let one caller's pool
-/// of long-lived connections hold every stream and queue its HTTP requests behind them. What an
-/// idle stream costs is a few hundred bytes; what streams can make the sidecar buffer is bounded
-/// by the connection's flow-control window, not by their number.
-const MAX_PEER_STREAMS: u32 = 10_000;
-
-/// A peer that has not finished its TLS handshake by then is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves the inbound listener until `drain`, then drains its connections. Each connection
-/// lives at most `max_age` (see [`max_connection_age`]), then gets the drain time to finish.
+/// lives at most `max_age` (see [`max_connection_age`]), then gets the drain time to finish;
+/// `limits` bound connections, handshakes and requests.
 pub(crate) fn spawn<H, F>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handle: H,
-    max_age: Option<Duration>,
+    (max_age, limits): (Option<Duration>, &InboundLimits),
     trust: TrustChanges,
     drain: Drain,
     metrics: Arc<Metrics>,
@@ -54,15 +54,27 @@ where
     let handshake_log_limit = Arc::new(LogLimit::new(10));
     let connection_metrics = metrics.clone();
     let grace = drain.timeout;
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes as usize));
+    let limits = Arc::new(limits.clone());
+    let mut http = http_server(&limits.http);
+    // Extended CONNECT (RFC 8441) carries the HTTP/1.1 upgrades (WebSockets) of apps.
+    http.http2()
+        .max_frame_size(PEER_MAX_FRAME_SIZE)
+        .enable_connect_protocol();
+    let http = Arc::new(http);
     tokio::spawn(serve::serve(
         Direction::Inbound,
         listener,
         drain,
         metrics,
+        ConnectionCap::new(limits.http.max_connections),
         move |tcp, peer, draining| {
             let connection = Connection {
                 handle: handle.clone(),
                 acceptor: acceptor.clone(),
+                http: http.clone(),
+                handshakes: handshakes.clone(),
+                limits: limits.clone(),
                 metrics: connection_metrics.clone(),
                 log_limit: handshake_log_limit.clone(),
                 max_age,
@@ -78,6 +90,11 @@ where
 struct Connection<H> {
     handle: H,
     acceptor: TlsAcceptor,
+    /// The listener's HTTP server.
+    http: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    /// Places for handshakes in progress (`max_handshakes`).
+    handshakes: Arc<Semaphore>,
+    limits: Arc<InboundLimits>,
     metrics: Arc<Metrics>,
     /// Caps refused-handshake warnings (a port scan should not flood the logs).
     log_limit: Arc<LogLimit>,
@@ -98,7 +115,17 @@ where
 {
     /// Terminates mTLS and identifies the caller (step 9), then serves its requests.
     async fn serve(self, tcp: TcpStream, peer: SocketAddr, draining: Draining) {
-        let (tls, caller) = match identify(&self.acceptor, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+        let Ok(handshaking) = self.handshakes.clone().try_acquire_owned() else {
+            self.refuse(
+                peer,
+                "max-handshakes",
+                "max_handshakes TLS handshakes are in progress",
+            );
+            return;
+        };
+        let identified = identify(&self.acceptor, tcp, self.limits.tls_handshake_timeout).await;
+        drop(handshaking);
+        let (tls, caller) = match identified {
             Ok(identified) => identified,
             Err(error) => {
                 self.metrics.tls_failure(Direction::Inbound, error.reason());
@@ -119,9 +146,10 @@ where
                 age,
                 grace: self.grace,
             });
+        let trust = self.trust.clone();
         let untrusted = tls.get_ref().1.peer_certificates().map(|chain| {
             let chain = chain.iter().map(|c| c.clone().into_owned()).collect();
-            let (became, metrics) = (self.trust.client_untrusted(chain), self.metrics.clone());
+            let (became, metrics) = (trust.client_untrusted(chain), self.metrics.clone());
             let caller = caller.clone();
             Box::pin(async move {
                 became.await;
@@ -131,21 +159,51 @@ where
                      against the trust bundle");
             }) as Untrusted
         });
+        // hyper reads the first bytes to tell HTTP/1.1 from HTTP/2 with no time limit.
+        let io = match detect(tls, self.limits.first_bytes_timeout).await {
+            Ok((outcome, io)) if outcome.protocol() != Protocol::Tcp => io,
+            Ok((Outcome::Tcp, _)) => {
+                ::tracing::debug!(%peer, "inbound connection closed: not HTTP");
+                return;
+            }
+            Ok(_) => {
+                self.refuse(
+                    peer,
+                    "first-bytes-timeout",
+                    "no HTTP within first_bytes_timeout of the handshake",
+                );
+                return;
+            }
+            Err(error) => {
+                ::tracing::debug!(%peer, %error, "inbound connection failed before it spoke");
+                return;
+            }
+        };
         let caller = Arc::new(Caller::new(caller, peer));
         let handle = self.handle;
-        let mut http = http_server();
-        // Extended CONNECT (RFC 8441) carries the HTTP/1.1 upgrades (WebSockets) of apps.
-        http.http2()
-            .max_concurrent_streams(MAX_PEER_STREAMS)
-            .max_frame_size(PEER_MAX_FRAME_SIZE)
-            .max_header_list_size(MAX_PEER_HEADER_BYTES)
-            .enable_connect_protocol();
-        let conn = http.serve_connection(
-            TokioIo::new(tls),
-            service_fn(move |req| handle(caller.clone(), req)),
+        let limited = Limited::new(
+            self.limits.http.max_headers,
+            self.limits.http.http2.idle_timeout,
         );
-        if let Err(error) = draining.serve(conn.into_owned(), max_age, untrusted).await {
+        let conn = self.http.serve_connection(
+            TokioIo::new(io),
+            service_fn(limited.wrap(move |req| handle(caller.clone(), req))),
+        );
+        let idle = Some(limited.idle());
+        if let Err(error) = draining
+            .serve(conn.into_owned(), max_age, untrusted, idle)
+            .await
+        {
             ::tracing::debug!(%peer, %error, "inbound connection closed with error");
+        }
+    }
+
+    /// Closes a connection a limit does not let in: counted, and logged at most ten times a
+    /// second.
+    fn refuse(&self, peer: SocketAddr, reason: &'static str, why: &str) {
+        self.metrics.connection_refused(Direction::Inbound, reason);
+        if self.log_limit.allow("refused inbound connections") {
+            ::tracing::warn!(%peer, reason, "inbound connection closed: {why}");
         }
     }
 }

@@ -8,11 +8,19 @@
 //! keep-alive HTTP/1.1 pool, the rest over HTTP/2 (prior knowledge), so an HTTP/1.1 app never
 //! receives HTTP/2 and gRPC keeps its trailers. The request URI keeps the original authority,
 //! which becomes the app's `Host`; the connector ignores it and always dials the app.
+//!
+//! Limits (`limits.app`): at most `max_concurrent_requests` in flight to the app, each from
+//! when it is sent until its response body ends; one more is answered 503 `x-mesh-error:
+//! app-concurrency-limit` at once rather than queued, so the caller's sidecar can try another
+//! instance while this one is saturated. A connect to the app that takes longer than
+//! `connect_timeout` fails the request (502 `app-unavailable`), and at most
+//! `max_idle_connections` keep-alive connections per protocol wait in the pools.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,11 +31,17 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 use crate::body::{Body, BoxError};
-use crate::error::AppFailed;
-use crate::headers::{CLIENT_ID, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, remove_hop_by_hop};
+use crate::config::AppLimits;
+use crate::error::{AppConcurrencyLimit, AppFailed};
+use crate::headers::{
+    CLIENT_ID, ORIG_PROTO, ORIG_PROTO_HTTP1, absolute_uri, forwarded_response, remove_hop_by_hop,
+};
+use crate::http_limits::guarded;
 use crate::identity::SpiffeId;
 use crate::telemetry::propagation::{self, B3};
 
@@ -40,30 +54,49 @@ pub(crate) struct AppClients {
     app: SocketAddr,
     http1: Client<AppConnector, Body>,
     http2: Client<AppConnector, Body>,
+    /// Places for requests in flight (`max_concurrent_requests`).
+    in_flight: Arc<Semaphore>,
+    max_in_flight: u32,
+    /// Counts requests refused at the limit.
+    refused: Counter,
 }
 
-/// Dials the local app, whatever the request's authority.
+/// Dials the local app, whatever the request's authority, within `connect_timeout`.
 #[derive(Clone, Debug)]
 pub(crate) struct AppConnector {
     app: SocketAddr,
+    connect_timeout: Duration,
 }
 
 // === impl AppClients ===
 
 impl AppClients {
-    pub(crate) fn new(app: SocketAddr) -> Self {
-        let connector = AppConnector { app };
+    pub(crate) fn new(app: SocketAddr, limits: &AppLimits, refused: Counter) -> Self {
+        let connector = AppConnector {
+            app,
+            connect_timeout: limits.connect_timeout,
+        };
+        let idle = limits.max_idle_connections as usize;
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(idle)
             .pool_timer(TokioTimer::new())
             .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
             .build(connector);
-        Self { app, http1, http2 }
+        Self {
+            app,
+            http1,
+            http2,
+            in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests as usize)),
+            max_in_flight: limits.max_concurrent_requests,
+            refused,
+        }
     }
 
     /// Sends an authorized caller's request to the app, over the pool of the protocol the
@@ -74,7 +107,15 @@ impl AppClients {
         req: Request<Incoming>,
         trace: &opentelemetry::Context,
         b3: Option<B3>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    ) -> Result<Response<Body>, BoxError> {
+        let Ok(in_flight) = self.in_flight.clone().try_acquire_owned() else {
+            self.refused.inc();
+            return Err(AppConcurrencyLimit {
+                app: self.app,
+                max: self.max_in_flight,
+            }
+            .into());
+        };
         let (mut parts, body) = req.into_parts();
         let http1 = parts.version < Version::HTTP_2
             || parts
@@ -102,12 +143,14 @@ impl AppClients {
             .map_err(BoxError::from)
             .boxed_unsync();
         let req = Request::from_parts(parts, body);
-        client.request(req).await.map_err(|source| {
+        let rsp = client.request(req).await.map_err(|source| {
             BoxError::from(AppFailed {
                 app: self.app,
                 source,
             })
-        })
+        })?;
+        // In flight until the response body ends: a streaming answer still occupies the app.
+        Ok(forwarded_response(rsp).map(|body| guarded(body, in_flight)))
     }
 }
 
@@ -149,9 +192,16 @@ impl tower::Service<Uri> for AppConnector {
     }
 
     fn call(&mut self, _authority: Uri) -> Self::Future {
-        let app = self.app;
+        let (app, timeout) = (self.app, self.connect_timeout);
         Box::pin(async move {
-            let tcp = TcpStream::connect(app).await?;
+            let tcp = tokio::time::timeout(timeout, TcpStream::connect(app))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect timed out after {timeout:?} (limits.app.connect_timeout)"),
+                    )
+                })??;
             let _ = tcp.set_nodelay(true);
             Ok(TokioIo::new(tcp))
         })

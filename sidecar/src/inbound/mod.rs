@@ -34,7 +34,6 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 use crate::config::Config;
 use crate::error::Unsupported;
-use crate::headers::forwarded_response;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::proxy_request::{Parties, Recorder};
 use crate::telemetry::attr;
@@ -71,7 +70,11 @@ impl Inbound {
                 config.trust_domain.clone(),
             ),
             rate_limit: RateLimit::new(config.rate_limit.clone(), config.trust_domain.clone()),
-            clients: AppClients::new(config.app),
+            clients: AppClients::new(
+                config.app,
+                &config.limits.app,
+                metrics.app_requests_refused.clone(),
+            ),
             tunnels: AppTunnels::new(config.app, config.idle_timeout),
             upgrades: AppUpgrades::new(config.app, config.idle_timeout),
             recorder: Recorder::new(
@@ -155,11 +158,11 @@ impl Inbound {
                 method: Method::CONNECT,
             }
             .into()),
-            Ok(()) => self
-                .clients
-                .forward(&caller.id, req, &request.trace, request.b3)
-                .await
-                .map(forwarded_response),
+            Ok(()) => {
+                self.clients
+                    .forward(&caller.id, req, &request.trace, request.b3)
+                    .await
+            }
             Err(refused) => Err(refused),
         };
         let parties = Parties {

@@ -159,6 +159,16 @@ pub struct TlsFailureLabels {
     pub reason: String,
 }
 
+/// Labels of the refused-connection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The listener.
+    pub direction: Direction,
+    /// The limit that closed the connection: `max-connections`, `max-handshakes`,
+    /// `first-bytes-timeout`.
+    pub reason: &'static str,
+}
+
 /// Labels of per-destination series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestinationLabels {

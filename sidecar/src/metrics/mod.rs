@@ -13,7 +13,12 @@
 //! - `connections_untrusted_total{direction}`: open mesh connections closed because the peer's
 //!   certificate stopped verifying against a changed trust bundle;
 //! - `tls_handshake_failures_total{direction, reason}`: failed mTLS handshakes, inbound as
-//!   server, outbound as client, by the reason sent in `x-mesh-error`.
+//!   server, outbound as client, by the reason sent in `x-mesh-error`;
+//! - `connections_refused_total{direction, reason}`: connections a listener closed at once
+//!   because a limit was reached (`max-connections`, `max-handshakes`) or that were closed for
+//!   sending nothing after their handshake (`first-bytes-timeout`);
+//! - `app_requests_refused_total`: inbound requests answered 503 because
+//!   `limits.app.max_concurrent_requests` were in flight to the app.
 //!
 //! Resilience, per destination (`destination`) and endpoint (`endpoint`, a peer's address):
 //! - `retries_total{destination, reason}`: retries made, by the failure that caused them
@@ -88,8 +93,8 @@ use prometheus_client::registry::Registry;
 pub(crate) use self::labels::status_class;
 pub use self::labels::{
     DestinationLabels, Direction, DirectionLabels, EndpointLabels, Label, LatencyLabels,
-    RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels, SourceLabels,
-    SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
+    RefusedLabels, RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels,
+    SourceLabels, SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
 use self::labels::{DetectionLabels, FaultLabels, MirrorLabels, ResultLabels};
 
@@ -173,6 +178,9 @@ pub struct Metrics {
     /// Failed mTLS handshakes.
     pub tls_failures: Family<TlsFailureLabels, Counter>,
     untrusted: Family<DirectionLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
+    /// Inbound requests refused because the app's concurrency limit was reached.
+    pub app_requests_refused: Counter,
     retries: Family<RetryLabels, Counter>,
     budget_exhausted: Family<DestinationLabels, Counter>,
     timeouts: Family<TimeoutLabels, Counter>,
@@ -269,6 +277,18 @@ impl Metrics {
             "tls_handshake_failures",
             "Failed mutual TLS handshakes, by direction and reason",
             tls_failures.clone(),
+        );
+        let refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Connections a listener closed because a limit was reached, by direction and reason",
+            refused.clone(),
+        );
+        let app_requests_refused = Counter::default();
+        registry.register(
+            "app_requests_refused",
+            "Inbound requests answered 503 because max_concurrent_requests were in flight to the app",
+            app_requests_refused.clone(),
         );
         let untrusted = Family::default();
         registry.register(
@@ -479,6 +499,8 @@ impl Metrics {
             taps: std::sync::Arc::default(),
             tls_failures,
             untrusted,
+            refused,
+            app_requests_refused,
             span_export,
             denied,
             rate_limited,
@@ -657,6 +679,13 @@ impl Metrics {
                 direction,
                 reason: reason.to_owned(),
             })
+            .inc();
+    }
+
+    /// Counts a connection closed by a listener's limit.
+    pub fn connection_refused(&self, direction: Direction, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels { direction, reason })
             .inc();
     }
 

@@ -21,9 +21,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::body::Body;
+use crate::config::HttpListenerLimits;
 use crate::detect::{Protocol, detect};
+use crate::http_limits::Limited;
 use crate::metrics::{Direction, Metrics};
-use crate::serve::{self, Drain, Draining, http_server};
+use crate::serve::{self, ConnectionCap, Drain, Draining, http_server};
 
 /// The outbound handler behind a pointer, for the listeners of destinations, which hold it
 /// beside other state.
@@ -33,11 +35,13 @@ pub(crate) type Handler = Arc<dyn Fn(Request<Incoming>) -> HandlerFuture + Send 
 pub(crate) type HandlerFuture =
     Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-/// Serves the outbound listener until `drain`, then drains its connections.
+/// Serves the outbound listener until `drain`, then drains its connections. `cap` is shared
+/// with the listeners of destinations.
 pub(crate) fn spawn<H, F>(
     listener: TcpListener,
     handle: H,
     detect_timeout: Duration,
+    (limits, cap): (&HttpListenerLimits, ConnectionCap),
     drain: Drain,
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()>
@@ -45,15 +49,17 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let http = Arc::new(http_server());
+    let http = Arc::new(http_server(limits));
+    let limits = limits.clone();
     tokio::spawn(serve::serve(
         Direction::Outbound,
         listener,
         drain,
         metrics.clone(),
+        cap,
         move |tcp, peer, draining| {
             connection(
-                http.clone(),
+                (http.clone(), limits.clone()),
                 handle.clone(),
                 (tcp, peer),
                 draining,
@@ -68,7 +74,7 @@ where
 /// HTTP/1.1 upgrade or a CONNECT the peer accepts turns the connection into a byte stream);
 /// anything else is closed.
 async fn connection<H, F>(
-    http: Arc<auto::Builder<TokioExecutor>>,
+    (http, limits): (Arc<auto::Builder<TokioExecutor>>, HttpListenerLimits),
     handle: H,
     (tcp, peer): (TcpStream, SocketAddr),
     draining: Draining,
@@ -95,12 +101,14 @@ async fn connection<H, F>(
         );
         return;
     }
-    serve_http(&http, io, handle, draining).await;
+    serve_http(&http, &limits, io, handle, draining).await;
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on `io` until it closes, every request to `handle`.
+/// Serves HTTP/1.1 or HTTP/2 on `io` until it closes or stays idle for the idle timeout, every
+/// request within `limits` to `handle`.
 pub(crate) async fn serve_http<I, H, F>(
     http: &auto::Builder<TokioExecutor>,
+    limits: &HttpListenerLimits,
     io: I,
     handle: H,
     draining: Draining,
@@ -109,10 +117,11 @@ pub(crate) async fn serve_http<I, H, F>(
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
+    let limited = Limited::new(limits.max_headers, limits.http2.idle_timeout);
     let conn = http
-        .serve_connection_with_upgrades(TokioIo::new(io), service_fn(handle))
+        .serve_connection_with_upgrades(TokioIo::new(io), service_fn(limited.wrap(handle)))
         .into_owned();
-    if let Err(error) = draining.serve(conn, None, None).await {
+    if let Err(error) = draining.serve(conn, None, None, Some(limited.idle())).await {
         ::tracing::debug!(%error, "outbound connection closed with error");
     }
 }
@@ -121,8 +130,8 @@ pub(crate) async fn serve_http<I, H, F>(
 mod tests {
     use super::*;
     use crate::body::empty;
+    use crate::config::Limits;
     use crate::detect::Outcome;
-    use crate::serve::HEADER_READ_TIMEOUT;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
 
@@ -137,12 +146,18 @@ mod tests {
         assert_eq!(outcome, Outcome::Http1);
         let started = Instant::now();
         let answer = |_req| async { Ok::<_, Infallible>(Response::new(empty())) };
-        serve_http(&http_server(), io, answer, Draining::never()).await;
+        let limits = Limits::default().outbound;
+        serve_http(
+            &http_server(&limits),
+            &limits,
+            io,
+            answer,
+            Draining::never(),
+        )
+        .await;
         let waited = started.elapsed();
-        assert!(
-            waited >= HEADER_READ_TIMEOUT && waited < HEADER_READ_TIMEOUT * 2,
-            "{waited:?}"
-        );
+        let timeout = limits.header_read_timeout;
+        assert!(waited >= timeout && waited < timeout * 2, "{waited:?}");
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(!rest.starts_with(b"HTTP/1.1 200"), "{rest:?}");

@@ -27,10 +27,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, HttpListenerLimits};
 use crate::detect::{Protocol, Rewind, detect};
 use crate::metrics::{Direction, Label, Metrics};
-use crate::serve::{self, Drain, Draining, http_server};
+use crate::serve::{self, ConnectionCap, Drain, Draining, http_server};
 use crate::splice::{AppStream, OpenStreams};
 
 use super::accept::{Handler, serve_http};
@@ -67,13 +67,16 @@ pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, TcpListenError> 
     Ok(listeners)
 }
 
-/// What the listeners hand detected HTTP to, how long they wait for a client to speak, and how
-/// long a stream may then be quiet.
+/// What the listeners hand detected HTTP to, how long they wait for a client to speak, how
+/// long a stream may then be quiet, and the outbound listener's limits, which apply here too
+/// (its connection cap is shared).
 pub(crate) struct DetectedHttp {
     /// The outbound handler.
     pub(crate) handle: Handler,
     pub(crate) detect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) limits: HttpListenerLimits,
+    pub(crate) cap: ConnectionCap,
 }
 
 /// Serves the listeners of destinations with `listen` until `drain`: `bound` first (the
@@ -96,8 +99,8 @@ pub(crate) fn spawn(
             streams,
             source,
             destinations: destinations.clone(),
+            server: Arc::new(http_server(&http.limits)),
             http: Arc::new(http),
-            server: Arc::new(http_server()),
             drain: drain.clone(),
             metrics,
         };
@@ -206,6 +209,7 @@ impl Listeners {
             listener,
             drain,
             self.metrics.clone(),
+            self.http.cap.clone(),
             move |tcp, peer, draining| accepted.clone().serve(tcp, peer, draining),
         ));
         tracing::info!(%destination, listen = %addr, "tcp listener open");
@@ -288,6 +292,7 @@ impl Accepted {
         let handle = self.http.handle.clone();
         let authority = self.authority.clone();
         let server = self.server.clone();
+        let http = self.http.clone();
         async move {
             let service = move |mut req: Request<Incoming>| {
                 if let Some(authority) = authority.clone() {
@@ -295,7 +300,7 @@ impl Accepted {
                 }
                 handle(req)
             };
-            serve_http(&server, io, service, draining).await;
+            serve_http(&server, &http.limits, io, service, draining).await;
         }
     }
 }

@@ -11,6 +11,7 @@ mod detect;
 mod errors;
 mod faults;
 mod grpc;
+mod limits;
 mod mirror;
 mod mtls;
 mod postgres;

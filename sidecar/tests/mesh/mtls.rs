@@ -325,7 +325,11 @@ async fn handshake(
 
 /// A rustls client (sessions kept and resumed, rustls's default) that presents `leaf`, trusts
 /// the mesh's bundle and expects the inventory sidecar.
-fn client_config(mesh: &TestMesh, leaf: &Leaf, name: &str) -> std::sync::Arc<rustls::ClientConfig> {
+pub(crate) fn client_config(
+    mesh: &TestMesh,
+    leaf: &Leaf,
+    name: &str,
+) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let (cert, key) = leaf.write_to(mesh.dir(), name).unwrap();
     let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
