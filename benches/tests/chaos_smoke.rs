@@ -24,6 +24,7 @@ async fn quick_run_applies_every_fault_and_counts_every_request() {
     };
     let report = chaos::run(options).await.unwrap();
     let md = report.markdown();
+    println!("{md}");
 
     // Every fault was applied, in the schedule's order, and the policy edits landed.
     assert!(report.faults_applied(), "{md}");
