@@ -10,7 +10,7 @@ use http::Method;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::Error;
+use super::error::Error;
 use super::mesh::{self, DESTINATION, Mesh, admin_json};
 
 /// One change to the running mesh.
@@ -317,7 +317,7 @@ fn write_atomically(services: &Path, yaml: &str) -> std::io::Result<()> {
 pub(crate) async fn wait_for_edit(mesh: &Mesh, edit: u32, limit: Duration) -> bool {
     let ms = mesh::edit_timeout_ms(edit);
     // As the sidecar writes durations (humantime): "2s 100ms", or "2s".
-    let expected = if ms % 1000 == 0 {
+    let expected = if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{}s {}ms", ms / 1000, ms % 1000)

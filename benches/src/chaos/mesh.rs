@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use mesh_control_plane::admin_client;
 use mesh_testkit::free_port;
 
-use super::Error;
+use super::error::Error;
 use crate::datapath::procs::Proc;
 
 /// The service whose sidecar the load goes through.

@@ -5,11 +5,13 @@
 //! Every request's outcome and latency is kept; the target is that no idempotent request
 //! fails. [`run`] is the entry point; `bin/chaos.rs` prints and saves its [`Report`].
 //!
+//! - [`error`]: what stops a run before it has a report.
 //! - [`mesh`]: the processes, their files, and how each is killed and started again.
 //! - [`load`]: the open-loop load and each request's outcome.
 //! - [`faults`]: the schedule, the root rotation and the policy edits.
 //! - [`report`]: totals, failures by cause, latency, the faults and a timeline.
 
+mod error;
 mod faults;
 mod load;
 mod mesh;
@@ -20,33 +22,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use self::error::Error;
 pub use self::faults::{Event, PolicyEdits};
 pub use self::load::{Outcome, Sample};
 pub use self::report::{Cause, Report, Slice, TIMELINE_STEP};
 
 use crate::datapath::{Machine, load_average};
-
-/// What stops the run before it has a report.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Process(#[from] crate::datapath::Error),
-    #[error(
-        "{} not found; build it first: cargo build --release -p mesh-sidecar \
-         -p mesh-control-plane -p mesh-testkit -p mesh-benches",
-        .0.display()
-    )]
-    MissingBinary(PathBuf),
-    #[error("admin API: {0}")]
-    Admin(String),
-    #[error("setup: {0}")]
-    Setup(String),
-}
 
 /// How hard and how long.
 #[derive(Debug, Clone, Copy)]

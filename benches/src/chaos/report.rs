@@ -76,7 +76,7 @@ impl Report {
         self.harness_errors.is_empty()
             && self.events.iter().all(|e| e.error.is_none())
             && self.edits.errors.is_empty()
-            && self.edits.last_in_force == Some(true)
+            && (self.edits.written == 0 || self.edits.last_in_force == Some(true))
     }
 
     /// Failed requests grouped by cause, the most frequent first.
