@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Method;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use super::error::Error;
@@ -44,7 +43,7 @@ const EDITS_FROM: f64 = 0.04;
 const EDITS_TO: f64 = 0.96;
 
 /// A fault or a step of one, as it happened.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Event {
     /// When it began, since the load started.
     pub at: Duration,
@@ -73,10 +72,6 @@ pub(crate) async fn run_schedule(
     let mut events = Vec::new();
     for (fraction, step) in SCHEDULE {
         tokio::time::sleep_until(start + duration.mul_f64(fraction)).await;
-        if let Step::RotateRoot = step {
-            rotate_root(mesh, start, deadline, &mut events).await;
-            continue;
-        }
         let began = Instant::now();
         let (what, result) = match step {
             Step::KillSidecar(i) => {
@@ -112,7 +107,11 @@ pub(crate) async fn run_schedule(
                 "restart the control plane, same state directory (until /ready)".to_owned(),
                 mesh.start_control_plane().await,
             ),
-            Step::RotateRoot => continue,
+            Step::RotateRoot => {
+                // Several steps, each noted on its own.
+                rotate_root(mesh, start, deadline, &mut events).await;
+                continue;
+            }
         };
         events.push(Event {
             at: began.duration_since(start),
@@ -262,7 +261,7 @@ fn text(value: &serde_json::Value, what: &str) -> Result<String, Error> {
 }
 
 /// What the policy edits did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PolicyEdits {
     pub written: u32,
     pub first_at: Option<Duration>,
