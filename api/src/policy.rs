@@ -7,7 +7,7 @@
 //! | `timeout` | none: a request may take as long as the app allows (`none` says so) |
 //! | `retries.attempts` | 2 (one retry) |
 //! | `retries.per_try_timeout` | none (`none` says so) |
-//! | `retries.retry_on` | `[connect-failure, refused-stream, gateway-error]` |
+//! | `retries.retry_on` | `[connect-failure, refused-stream, reset, gateway-error]` |
 //! | `retries.retriable_status_codes` | `[]` |
 //! | `retries.backoff` | `{ base: 25ms, max: 250ms }`, exponential with full jitter |
 //! | `retries.budget` | `{ ratio: 0.2, min_per_second: 10, window: 10s }` |
@@ -235,6 +235,7 @@ mod tests {
             [
                 RetryOn::ConnectFailure,
                 RetryOn::RefusedStream,
+                RetryOn::Reset,
                 RetryOn::GatewayError
             ]
         );

@@ -153,9 +153,13 @@ pub(crate) fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> Ret
         .per_try_timeout
         .and_then(|t| validate::limit(errors, &at("per_try_timeout"), t));
     let retry_on = match file.retry_on {
+        // `reset` is a default because only requests that are safe to send again (idempotent
+        // methods, or bodies the caller marked `non_idempotent`) are retried on it: a peer
+        // sidecar that dies mid-request then costs no GET, just as a 502 from it would not.
         None => vec![
             RetryOn::ConnectFailure,
             RetryOn::RefusedStream,
+            RetryOn::Reset,
             RetryOn::GatewayError,
         ],
         Some(list) => list

@@ -33,7 +33,7 @@ struct Args {
     /// Policy edits over the run instead of 100.
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     edits: Option<u32>,
-    /// The destination's retries.retry_on (default: the mesh's default conditions and `reset`).
+    /// The destination's retries.retry_on (default: the mesh's default conditions).
     #[arg(long, value_delimiter = ',')]
     retry_on: Option<Vec<String>>,
     /// Exit 0 even when requests failed (still 1 when a fault could not be applied).

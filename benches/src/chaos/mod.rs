@@ -75,14 +75,14 @@ pub struct Options {
     pub command: String,
 }
 
-/// What the destination's retries are for: besides the mesh's defaults, `reset`, since every
-/// request of the load is an idempotent GET, which may be sent again when the connection it
-/// was sent on breaks (a peer killed mid-request) without doing anything twice.
+/// What the destination's retries are for: the mesh's default conditions, written out so that a
+/// run can be told apart from one with `--retry-on`. With `reset`, an idempotent GET whose
+/// connection breaks (a peer killed mid-request) is sent again elsewhere.
 pub const RETRY_ON: [&str; 4] = [
     "connect-failure",
     "refused-stream",
-    "gateway-error",
     "reset",
+    "gateway-error",
 ];
 
 /// How long root rotation steps may go on after the load ended.
