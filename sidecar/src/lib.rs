@@ -55,6 +55,8 @@
 //! - `control/`: the control-plane client (certificate, snapshots, registration);
 //! - [`telemetry`]: trace propagation, spans, export, access log; [`metrics`]: Prometheus;
 //! - `admin.rs` and `app_health.rs`: the admin endpoint and the app's health probe;
+//! - [`redirect`]: `sidecar redirect`, the nftables rules that send an unmodified app's TCP
+//!   through the sidecar; [`original_dst`]: where such a connection was going;
 //! - [`error`]: typed errors and the one place they become responses; [`classify`]: how a
 //!   try ended; [`headers`]: hop-by-hop and mesh headers; [`body`]: the body and error types.
 
@@ -69,6 +71,8 @@ pub mod error;
 pub mod headers;
 pub mod identity;
 pub mod metrics;
+pub mod original_dst;
+pub mod redirect;
 pub mod telemetry;
 
 mod admin;
