@@ -58,6 +58,8 @@
 //! - `serve.rs` and `http_limits.rs`: each listener's `limits` (connection caps, header count,
 //!   the HTTP idle timeout); `inbound/accept.rs` and `inbound/forward.rs` hold the handshake
 //!   and app limits;
+//! - [`redirect`]: `sidecar redirect`, the nftables rules that send an unmodified app's TCP
+//!   through the sidecar; [`original_dst`]: where such a connection was going;
 //! - [`error`]: typed errors and the one place they become responses; [`classify`]: how a
 //!   try ended; [`headers`]: hop-by-hop and mesh headers; [`body`]: the body and error types.
 
@@ -72,6 +74,8 @@ pub mod error;
 pub mod headers;
 pub mod identity;
 pub mod metrics;
+pub mod original_dst;
+pub mod redirect;
 pub mod telemetry;
 
 mod admin;

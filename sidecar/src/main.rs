@@ -1,14 +1,17 @@
 //! `sidecar --config FILE`: runs one sidecar from a bootstrap file.
+//! `sidecar redirect ...`: installs the nftables rules that send the app's TCP through the
+//! sidecar (see `mesh_sidecar::redirect`).
 //!
-//! Exit codes: 0 after a clean drain, 2 for a bad configuration (every error is printed with
-//! its field path), 1 for anything else that stops the process.
+//! Exit codes: 0 after a clean drain, 2 for a bad configuration or flag (every error is printed
+//! with its field path or flag), 1 for anything else that stops the process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use mesh_sidecar::Listeners;
 use mesh_sidecar::config::Config;
+use mesh_sidecar::redirect::{self, Done, RedirectError};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than glibc's allocator: a TCP stream's chunks are allocated on one task and
@@ -18,11 +21,19 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "sidecar", version, about = "The mesh's per-instance proxy")]
+#[command(
+    name = "sidecar",
+    version,
+    about = "The mesh's per-instance proxy",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Bootstrap file (YAML).
-    #[arg(long, short, env = "MESH_SIDECAR_CONFIG")]
-    config: PathBuf,
+    #[arg(long, short, env = "MESH_SIDECAR_CONFIG", required = true)]
+    config: Option<PathBuf>,
     /// Log filter, e.g. `info` or `mesh_sidecar=debug`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     log: String,
@@ -35,8 +46,23 @@ struct Args {
     workers: Option<u16>,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// Sends this network namespace's TCP through the sidecar with nftables rules (one table,
+    /// `inet mesh_redirect`, replaced as a whole); needs root or NET_ADMIN.
+    Redirect(redirect::Options),
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    let config_file = match (args.command, args.config) {
+        (Some(Command::Redirect(options)), _) => return run_redirect(&options),
+        (None, Some(config_file)) => config_file,
+        (None, None) => {
+            eprintln!("sidecar: --config is required (or MESH_SIDECAR_CONFIG)");
+            return ExitCode::from(2);
+        }
+    };
     let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr, coloured only when a person is watching.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -50,7 +76,7 @@ fn main() -> ExitCode {
         logs.init();
     }
 
-    let mut config = match Config::from_file(&args.config) {
+    let mut config = match Config::from_file(&config_file) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("sidecar: {err}");
@@ -62,7 +88,7 @@ fn main() -> ExitCode {
     let credentials = match config.load_credentials() {
         Ok(credentials) => credentials,
         Err(mut err) => {
-            err.file = Some(args.config);
+            err.file = Some(config_file);
             eprintln!("sidecar: {err}");
             return ExitCode::from(2);
         }
@@ -82,6 +108,37 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("sidecar: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sidecar redirect`: the script on stdout for `--dry-run`, a line on stderr otherwise.
+fn run_redirect(options: &redirect::Options) -> ExitCode {
+    match redirect::run(options) {
+        Ok(Done::Printed(script)) => {
+            print!("{script}");
+            ExitCode::SUCCESS
+        }
+        Ok(Done::Installed) => {
+            eprintln!(
+                "sidecar redirect: table {} installed: outbound TCP to port {}, inbound to port {}",
+                redirect::TABLE,
+                options.outbound_port,
+                options.inbound_port
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Done::Removed) => {
+            eprintln!("sidecar redirect: table {} removed", redirect::TABLE);
+            ExitCode::SUCCESS
+        }
+        Err(err @ RedirectError::Flag(_)) => {
+            eprintln!("sidecar redirect: {err}");
+            ExitCode::from(2)
+        }
+        Err(err @ RedirectError::Nft(_)) => {
+            eprintln!("sidecar redirect: {err}");
             ExitCode::FAILURE
         }
     }

@@ -15,7 +15,8 @@
 //! - [`metrics`]: the value of one series in Prometheus text.
 //! - [`otlp`]: an OTLP trace collector (gRPC and HTTP/protobuf) that keeps what it receives.
 //! - [`process`]: spawned binaries, killed and reaped when the test ends.
-//! - [`netns`]: two hosts on one machine, network namespaces joined by a veth pair (root).
+//! - [`netns`]: two hosts on one machine, network namespaces joined by a veth pair, or one
+//!   namespace alone (root).
 //! - [`tcp`]: a TCP app that replies once its client has finished sending, and a client round
 //!   trip, for `protocol: tcp` destinations.
 //! - [`eventually`]: bounded polling for conditions that become true asynchronously.
@@ -155,6 +156,7 @@ impl TestMesh {
             extra: String::new(),
             control_plane: None,
             advertise: None,
+            outbound_listener: None,
         }
     }
 }
@@ -186,6 +188,7 @@ pub struct SidecarBuilder<'a> {
     extra: String,
     control_plane: Option<ControlPlaneRef>,
     advertise: Option<String>,
+    outbound_listener: Option<TcpListener>,
 }
 
 /// Where a sidecar finds its control plane.
@@ -265,6 +268,13 @@ impl SidecarBuilder<'_> {
     /// Trust this bundle instead of the mesh's.
     pub fn trust_bundle(mut self, path: PathBuf) -> Self {
         self.trust_bundle = Some(path);
+        self
+    }
+
+    /// Serves the outbound side on `listener` instead of a fresh one on 127.0.0.1 (one bound
+    /// inside a network namespace, say).
+    pub fn outbound_listener(mut self, listener: TcpListener) -> Self {
+        self.outbound_listener = Some(listener);
         self
     }
 
@@ -363,7 +373,7 @@ impl SidecarBuilder<'_> {
     }
 
     /// Binds listeners on port 0, writes the bootstrap file, and runs the sidecar.
-    pub async fn start(self) -> Sidecar {
+    pub async fn start(mut self) -> Sidecar {
         let bind = || async {
             TcpListener::bind("127.0.0.1:0")
                 .await
@@ -375,8 +385,12 @@ impl SidecarBuilder<'_> {
                 .expect("bind the inbound address"),
             None => bind().await,
         };
+        let outbound = match self.outbound_listener.take() {
+            Some(listener) => listener,
+            None => bind().await,
+        };
         let listeners = Listeners {
-            outbound: bind().await,
+            outbound,
             inbound,
             admin: bind().await,
         };

@@ -5,15 +5,22 @@
 //! through `ip netns exec`, which enters it and then execs the program, so the child a test
 //! holds is the program itself and [`crate::process::KillOnDrop`] stops it.
 //!
+//! [`Namespace`] is one namespace alone, for what happens inside a single instance's network.
+//! [`enter`] runs code on a thread inside a namespace: a socket it makes stays there, so a test
+//! can listen inside a namespace without a child process.
+//!
 //! Addresses come from 198.18.0.0/15, the range set aside for network benchmark tests, so they
 //! never clash with a real network. Each namespace has its own ports, so programs inside may
 //! listen on fixed ones.
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sched::{CloneFlags, setns};
 
 use crate::process::effective_uid;
 
@@ -46,10 +53,86 @@ pub struct Host {
 impl Host {
     /// `program` to be run inside this namespace; add its arguments.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        command
+        command(&self.name, program)
     }
+
+    /// Runs `f` inside this namespace (see [`enter`]).
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        enter(&self.name, f)
+    }
+}
+
+/// One namespace with `lo` up and nothing else, deleted on drop (stop the processes running
+/// inside first: declare this before them, so it drops after them).
+#[derive(Debug)]
+pub struct Namespace {
+    /// The namespace's name, as `ip netns` knows it.
+    pub name: String,
+}
+
+impl Namespace {
+    /// Creates the namespace; panics with `ip`'s own message when a step fails. Its name
+    /// carries the process ID and a counter, so parallel tests do not clash.
+    pub fn create() -> Self {
+        remove_orphans();
+        // Made before the namespace exists, so that a failure part way still cleans up.
+        let namespace = Self {
+            name: format!("mesh-{}-solo", next_tag()),
+        };
+        ip(&["netns", "add", &namespace.name]);
+        ip(&["-n", &namespace.name, "link", "set", "lo", "up"]);
+        namespace
+    }
+
+    /// `program` to be run inside this namespace; add its arguments.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        command(&self.name, program)
+    }
+
+    /// Runs `f` inside this namespace (see [`enter`]).
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        enter(&self.name, f)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+/// Runs `f` on a thread that has joined the network namespace `name`, and returns what it
+/// returns. Sockets keep the namespace they were made in, so a listener bound here serves
+/// inside the namespace from any thread; the test's own threads never leave theirs.
+pub fn enter<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            let namespace = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            setns(&namespace, CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("enter the network namespace {name}: {e}"));
+            f()
+        });
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// `ip netns exec NAME PROGRAM`.
+fn command(name: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", name]).arg(program);
+    command
+}
+
+/// `<pid>x<n>`: unique among this machine's running test processes.
+fn next_tag() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}x{n}", std::process::id())
 }
 
 /// Two namespaces, `a` (198.18.0.1/30) and `b` (198.18.0.2/30), joined by a veth pair, with
@@ -68,9 +151,7 @@ impl TwoHosts {
     /// Names carry the process ID and a counter, so parallel tests do not clash.
     pub fn create() -> Self {
         remove_orphans();
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}x{n}", std::process::id());
+        let tag = next_tag();
         let host = |end: &str, ip: [u8; 4]| Host {
             name: format!("mesh-{tag}-{end}"),
             // Interface names are at most 15 bytes: "mv" + pid (at most 7 digits) + ...

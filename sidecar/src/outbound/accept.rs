@@ -2,7 +2,8 @@
 //! detected (`detect.rs`); HTTP/1.1 and HTTP/2 are served, every request handed to the outbound
 //! handler (`Outbound::handle`, passed in so this module needs nothing from the one above it).
 //! A connection that is not HTTP, or says nothing within `detect_timeout`, names no destination
-//! and is closed.
+//! and is closed. A connection that `sidecar redirect`'s rules brought here carries the address
+//! the app dialled (`original_dst.rs`) on each of its requests, as an [`OriginalDst`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +26,7 @@ use crate::config::HttpListenerLimits;
 use crate::detect::{Protocol, detect};
 use crate::http_limits::Limited;
 use crate::metrics::{Direction, Metrics};
+use crate::original_dst::{OriginalDst, original_dst};
 use crate::serve::{self, ConnectionCap, Drain, Draining, http_server};
 
 /// The outbound handler behind a pointer, for the listeners of destinations, which hold it
@@ -84,6 +86,7 @@ async fn connection<H, F>(
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
+    let original = redirected_to(&tcp, peer);
     let (outcome, io) = match detect(tcp, detect_timeout).await {
         Ok(detected) => detected,
         Err(error) => {
@@ -95,13 +98,35 @@ async fn connection<H, F>(
     if outcome.protocol() == Protocol::Tcp {
         ::tracing::debug!(
             %peer,
+            original_dst = ?original.map(|dst| dst.0),
             outcome = outcome.as_str(),
             "outbound connection closed: this listener serves HTTP, and a connection that is \
              not HTTP names no destination (give the destination a listen address)"
         );
         return;
     }
+    let handle = move |mut req: Request<Incoming>| {
+        if let Some(original) = original {
+            req.extensions_mut().insert(original);
+        }
+        handle(req)
+    };
     serve_http(&http, &limits, io, handle, draining).await;
+}
+
+/// The address the app dialled, when the redirect rules sent the connection here.
+fn redirected_to(tcp: &TcpStream, peer: SocketAddr) -> Option<OriginalDst> {
+    match original_dst(tcp) {
+        Ok(Some(dst)) => {
+            ::tracing::debug!(%peer, original_dst = %dst, "redirected outbound connection");
+            Some(OriginalDst(dst))
+        }
+        Ok(None) => None,
+        Err(error) => {
+            ::tracing::debug!(%peer, %error, "cannot read the original destination");
+            None
+        }
+    }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on `io` until it closes or stays idle for the idle timeout, every

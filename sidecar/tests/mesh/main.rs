@@ -16,6 +16,7 @@ mod mirror;
 mod mtls;
 mod postgres;
 mod rate_limit;
+mod redirect;
 mod resilience;
 mod routes;
 mod shutdown;
