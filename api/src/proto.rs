@@ -7,7 +7,9 @@ use crate::authorization::{AuthorizationPolicy, AuthorizationRule, Decision, Pri
 use crate::fault::{Abort, AbortStatus, Delay, FaultPolicy};
 use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
 use crate::rate_limit::{Rate, RateLimitPolicy};
-use crate::retry::{Backoff, Budget, RetryOn, RetryPolicy};
+use crate::retry::{
+    Backoff, Budget, MAX_BUDGET_MIN_PER_SECOND, MAX_BUDGET_RATIO, RetryOn, RetryPolicy,
+};
 use crate::route::{BackendRef, MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
 use crate::route_filter::{
     Filter, Header, HeaderModifier, Mirror, PathModifier, Redirect, UrlRewrite,
@@ -572,10 +574,17 @@ fn retries_from_wire(r: &v1::Retries, at: &str) -> Result<RetryPolicy, InvalidMe
             "must be between 1s and 60s",
         ));
     }
-    if !r.budget_ratio.is_finite() || r.budget_ratio < 0.0 {
+    // The bounds the YAML is held to: the retry budget cannot be built outside them.
+    if !(0.0..=MAX_BUDGET_RATIO).contains(&r.budget_ratio) {
         return Err(invalid(
             &field("budget_ratio"),
-            "must be a non-negative number",
+            format!("must be between 0 and {MAX_BUDGET_RATIO}"),
+        ));
+    }
+    if r.budget_min_per_second > MAX_BUDGET_MIN_PER_SECOND {
+        return Err(invalid(
+            &field("budget_min_per_second"),
+            format!("must be at most {MAX_BUDGET_MIN_PER_SECOND}"),
         ));
     }
     let retry_on = r
@@ -981,6 +990,35 @@ mod tests {
             DestinationPolicy::try_from(&wire).unwrap_err().field,
             "policy.retries"
         );
+    }
+
+    /// The sidecar's retry budget cannot be built outside the bounds the YAML is held to; a
+    /// snapshot past them is refused, naming the field, instead of reaching it.
+    #[test]
+    fn a_retry_budget_out_of_bounds_is_refused() {
+        let budget = |ratio: f32, min_per_second: u32| {
+            let mut wire = v1::Policy::from(&DestinationPolicy::default());
+            if let Some(r) = wire.retries.as_mut() {
+                r.budget_ratio = ratio;
+                r.budget_min_per_second = min_per_second;
+            }
+            DestinationPolicy::try_from(&wire).map_err(|e| e.field)
+        };
+        for ratio in [1000.5, f32::INFINITY, f32::NAN, -0.1] {
+            assert_eq!(
+                budget(ratio, 10).unwrap_err(),
+                "policy.retries.budget_ratio",
+                "{ratio}"
+            );
+        }
+        assert_eq!(
+            budget(0.2, 1_000_001).unwrap_err(),
+            "policy.retries.budget_min_per_second"
+        );
+        let edges = budget(1000.0, 1_000_000).unwrap();
+        assert_eq!(edges.retries.budget.ratio, 1000.0);
+        assert_eq!(edges.retries.budget.min_per_second, 1_000_000);
+        assert!(budget(0.0, 0).is_ok());
     }
 
     #[test]

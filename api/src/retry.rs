@@ -60,6 +60,11 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+/// The largest `ratio` of a budget; the retry budget refuses to be built with more.
+pub const MAX_BUDGET_RATIO: f32 = 1000.0;
+/// The largest `min_per_second` of a budget.
+pub const MAX_BUDGET_MIN_PER_SECOND: u32 = 1_000_000;
+
 /// Retries may be at most `ratio` of the requests of the last `window`, plus `min_per_second`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Budget {
@@ -222,11 +227,17 @@ pub(crate) fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> Ret
             Duration::from_secs(10),
         ),
     };
-    if !(0.0..=1000.0).contains(&budget.ratio) {
-        errors.push(at("budget.ratio"), "must be between 0 and 1000");
+    if !(0.0..=MAX_BUDGET_RATIO).contains(&budget.ratio) {
+        errors.push(
+            at("budget.ratio"),
+            format!("must be between 0 and {MAX_BUDGET_RATIO}"),
+        );
     }
-    if budget.min_per_second > 1_000_000 {
-        errors.push(at("budget.min_per_second"), "must be at most 1000000");
+    if budget.min_per_second > MAX_BUDGET_MIN_PER_SECOND {
+        errors.push(
+            at("budget.min_per_second"),
+            format!("must be at most {MAX_BUDGET_MIN_PER_SECOND}"),
+        );
     }
     if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&budget.window) {
         errors.push(at("budget.window"), "must be between 1s and 60s");

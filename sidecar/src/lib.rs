@@ -71,6 +71,10 @@ pub mod body;
 pub mod classify;
 pub mod config;
 pub mod error;
+// Exists for the fuzz targets in `fuzz/` only: thin wrappers over crate-private parsers. Not a
+// stable API; nothing else should use it.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod identity;
 pub mod metrics;

@@ -179,7 +179,10 @@ impl Balance {
             }
         }
         outlier.adopt(slots.iter().map(|slot| &slot.health));
-        let total_weight = ranges.iter().map(|(w, _)| *w).sum();
+        // Saturating: a snapshot's weights are not bounded, and a sum past u32 must not panic.
+        let total_weight = ranges
+            .iter()
+            .fold(0, |sum: u32, (w, _)| sum.saturating_add(*w));
         Self {
             shared: Arc::new(Shared {
                 destination,

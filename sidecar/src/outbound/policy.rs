@@ -440,7 +440,10 @@ impl DestinationStack {
                         })
                         .collect(),
                     max_body: route.retries.max_buffered_body,
-                    total_weight: backends.iter().map(|(_, w)| *w).sum(),
+                    // Saturating, as the traffic split's: weights on the wire are not bounded.
+                    total_weight: backends
+                        .iter()
+                        .fold(0, |sum: u32, (_, w)| sum.saturating_add(*w)),
                     backends,
                 }
             })

@@ -215,7 +215,7 @@ fn b3_format(headers: &HeaderMap) -> Option<B3> {
 fn parse_single(value: &str) -> Option<SpanContext> {
     let mut parts = value.trim().split('-');
     let trace_id = parse_trace_id(parts.next()?)?;
-    let span_id = SpanId::from_hex(parts.next()?).ok()?;
+    let span_id = parse_span_id(parts.next()?)?;
     let sampled = match parts.next() {
         None => true,
         Some("1" | "d" | "true") => true,
@@ -228,21 +228,34 @@ fn parse_single(value: &str) -> Option<SpanContext> {
 fn parse_multi(headers: &HeaderMap) -> Option<SpanContext> {
     let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let trace_id = parse_trace_id(get(&B3_TRACE_ID)?)?;
-    let span_id = SpanId::from_hex(get(&B3_SPAN_ID)?).ok()?;
+    let span_id = parse_span_id(get(&B3_SPAN_ID)?)?;
     let debug = get(&B3_FLAGS) == Some("1");
     let sampled = debug || !matches!(get(&B3_SAMPLED), Some("0" | "false"));
     Some(remote(trace_id, span_id, sampled))
 }
 
-/// B3 trace IDs may be 64-bit (16 hex digits); they are widened with leading zeros.
+/// A B3 trace ID: 32 lowercase hex digits, or 16 (64-bit), widened with leading zeros. Only
+/// hex digits: an integer parser would also take a sign, or fewer digits.
 fn parse_trace_id(hex: &str) -> Option<TraceId> {
-    let id = match hex.len() {
-        16 => TraceId::from_hex(&format!("{hex:0>32}")),
-        32 => TraceId::from_hex(hex),
+    let mut bytes = [0u8; 16];
+    match hex.len() {
+        16 => hex_decode(hex.as_bytes(), &mut bytes[8..])?,
+        32 => hex_decode(hex.as_bytes(), &mut bytes)?,
         _ => return None,
     }
-    .ok()?;
+    let id = TraceId::from_bytes(bytes);
     (id != TraceId::INVALID).then_some(id)
+}
+
+/// A B3 span ID: exactly 16 lowercase hex digits.
+fn parse_span_id(hex: &str) -> Option<SpanId> {
+    let mut bytes = [0u8; 8];
+    if hex.len() != 16 {
+        return None;
+    }
+    hex_decode(hex.as_bytes(), &mut bytes)?;
+    let id = SpanId::from_bytes(bytes);
+    (id != SpanId::INVALID).then_some(id)
 }
 
 fn remote(trace_id: TraceId, span_id: SpanId, sampled: bool) -> SpanContext {
@@ -329,6 +342,40 @@ mod tests {
             let e = extract(&headers(&[bad, ("x-b3-spanid", "00f067aa0ba902b7")]));
             assert!(!context(&e).is_valid(), "{bad:?}");
         }
+    }
+
+    /// B3 IDs are hex digits of their exact length: a short span ID, a sign or an uppercase
+    /// digit is no context, not an ID an integer parser made of it.
+    #[test]
+    fn b3_ids_are_lowercase_hex_of_their_exact_length() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let span = "00f067aa0ba902b7";
+        let bad_ids = [
+            (id.to_owned(), "00f00".to_owned()),
+            (id.to_owned(), format!("+{}", &span[1..])),
+            (id.to_owned(), span.to_uppercase()),
+            (id.to_owned(), "0".repeat(16)),
+            (format!("+{}", &id[1..]), span.to_owned()),
+            (id[..20].to_owned(), span.to_owned()),
+            (id.to_uppercase(), span.to_owned()),
+        ];
+        for (trace, span) in bad_ids {
+            let single = format!("{trace}-{span}-1");
+            let e = extract(&headers(&[("b3", &single)]));
+            assert!(!context(&e).is_valid(), "b3: {single:?}");
+            let e = extract(&headers(&[
+                ("x-b3-traceid", &trace),
+                ("x-b3-spanid", &span),
+            ]));
+            assert!(!context(&e).is_valid(), "x-b3: {trace:?} {span:?}");
+        }
+        let e = extract(&headers(&[
+            ("x-b3-traceid", &id[16..]),
+            ("x-b3-spanid", span),
+        ]));
+        let sc = context(&e);
+        assert_eq!(sc.trace_id().to_string(), format!("{:0>32}", &id[16..]));
+        assert_eq!(sc.span_id().to_string(), span);
     }
 
     #[test]

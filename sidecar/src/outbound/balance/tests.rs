@@ -230,6 +230,33 @@ fn a_backend_without_endpoints_gets_nothing_and_no_endpoints_at_all_is_none() {
     assert_eq!(empty.shared.pick(1, None), None);
 }
 
+/// Weights whose sum does not fit a u32 (nothing bounds a snapshot's) build a balancer that
+/// still gives every request an endpoint, instead of overflowing.
+#[test]
+fn weights_summing_past_u32_still_split() {
+    let single = balance(2, LoadBalancer::RoundRobin, breaker());
+    let endpoints: Vec<_> = single.endpoints().cloned().collect();
+    let metrics = Metrics::new();
+    let backends = endpoints
+        .iter()
+        .map(|e| Backend {
+            version: String::new(),
+            weight: u32::MAX,
+            endpoints: vec![(e.clone(), metrics.endpoint("x", e.addr()))],
+        })
+        .collect();
+    let b = Balance::split(
+        "x".into(),
+        backends,
+        LoadBalancer::RoundRobin,
+        Outlier::new(breaker(), 2, Default::default()),
+        None,
+    );
+    for _ in 0..1000 {
+        assert!(b.shared.pick(1, Some(&Attempts::default())).is_some());
+    }
+}
+
 /// A balancer replacing `previous`, as when the destination's endpoint list changes: it keeps
 /// `previous`'s endpoints at `keep` and adds new ones at `ports`.
 fn rebuilt(previous: &Balance, keep: &[usize], ports: &[u16], policy: BreakerPolicy) -> Balance {
