@@ -127,7 +127,7 @@ impl Inbound {
             .authorization
             .admits_plain_tcp(&caller, service, &self.metrics)
         {
-            ::tracing::debug!(peer = %caller.addr, "plain TCP connection refused: authorization.unauthenticated is deny");
+            ::tracing::debug!(peer = %caller.addr, "plain TCP connection refused by authorization");
             return None;
         }
         Some(async move {
