@@ -26,6 +26,12 @@
 //! default. Rules match method and path only, never headers, which a caller chooses. A CONNECT
 //! tunnel has no path: when a service has rules, only a rule for `method: CONNECT` (or one with
 //! neither method nor path) lets one in, so a tunnel to the app's port cannot get around them.
+//!
+//! `unauthenticated` decides for plain (non-TLS) connections from outside the mesh, which have
+//! no identity: `deny` (the default: zero trust) refuses them with `x-mesh-error:
+//! unauthenticated`; `allow` (Linkerd's `all-unauthenticated`) lets them in. Such a caller is on
+//! no list, since lists name identities: the service-wide `allow` and `deny` never apply to it,
+//! and a rule that matches its request lets it in only when the rule's `default` is `allow`.
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +54,8 @@ pub struct AuthorizationPolicy {
     /// Who may make the requests of some methods and paths.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<AuthorizationRule>,
+    /// What plain connections from outside the mesh, with no identity, get.
+    pub unauthenticated: Decision,
 }
 
 /// Who may make the requests one rule matches.
@@ -89,13 +97,27 @@ pub enum Principal {
 #[derive(Debug, thiserror::Error)]
 #[error("caller {caller} may not call {service}: {rule}")]
 pub struct Unauthorized {
-    /// The caller's identity.
-    pub caller: SpiffeId,
+    /// The caller's identity, or `unauthenticated`.
+    pub caller: String,
     /// This service.
     pub service: String,
     /// The rule that refused.
     pub rule: String,
 }
+
+/// Why a plain connection from outside the mesh was refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{service} takes only mesh mTLS: this connection is plain, with no client certificate; \
+     to let in clients outside the mesh, set authorization.unauthenticated: allow"
+)]
+pub struct Unauthenticated {
+    /// This service.
+    pub service: String,
+}
+
+/// The name an unauthenticated caller goes by in refusals and metrics.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
 
 impl Default for AuthorizationPolicy {
     /// Everyone in the mesh may call, as before any policy is written.
@@ -105,6 +127,7 @@ impl Default for AuthorizationPolicy {
             allow: Vec::new(),
             deny: Vec::new(),
             rules: Vec::new(),
+            unauthenticated: Decision::Deny,
         }
     }
 }
@@ -125,6 +148,9 @@ pub struct AuthorizationFile {
     /// Rules by method and path.
     #[serde(default)]
     pub rules: Vec<RuleFile>,
+    /// `allow` or `deny` (the default): plain connections from outside the mesh.
+    #[serde(default)]
+    pub unauthenticated: Option<String>,
 }
 
 /// One entry of `rules`, as written.
@@ -215,11 +241,18 @@ pub fn validate(
     let allow = principals(file.allow, "allow");
     let deny = principals(file.deny, "deny");
     let rules = rules(file.rules, &format!("{path}.rules"), errors);
+    let unauthenticated = decision(
+        errors,
+        &format!("{path}.unauthenticated"),
+        file.unauthenticated.as_deref(),
+        Decision::Deny,
+    );
     AuthorizationPolicy {
         default,
         allow,
         deny,
         rules,
+        unauthenticated,
     }
 }
 
@@ -318,7 +351,7 @@ impl AuthorizationPolicy {
         let names = |p: &Principal| p.names(caller, trust_domain);
         let refuse = |rule: String| {
             Err(Unauthorized {
-                caller: caller.clone(),
+                caller: caller.to_string(),
                 service: service.to_owned(),
                 rule,
             })
@@ -326,10 +359,69 @@ impl AuthorizationPolicy {
         if self.deny.iter().any(names) {
             return refuse("it is on authorization.deny".to_owned());
         }
+        match self.rule(method, path) {
+            Some(rule) => {
+                let at = format!("authorization.rules[{}]", rule.name);
+                if rule.deny.iter().any(names) {
+                    refuse(format!("it is on {at}.deny"))
+                } else if rule.allow.iter().any(names) || rule.default == Decision::Allow {
+                    Ok(())
+                } else {
+                    refuse(only_for(method, path, &at))
+                }
+            }
+            None if path.is_empty() && !self.rules.is_empty() => {
+                refuse(TUNNEL_NEEDS_RULE.to_owned())
+            }
+            None if self.allow.iter().any(names) => Ok(()),
+            None => match self.default {
+                Decision::Allow => Ok(()),
+                Decision::Deny => {
+                    refuse("it is not on authorization.allow and the default is deny".to_owned())
+                }
+            },
+        }
+    }
+
+    /// Decides for a plain connection from outside the mesh, which has no identity:
+    /// `unauthenticated` first, then a matching rule's `default` (no list can name it).
+    pub fn check_unauthenticated(
+        &self,
+        service: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<(), UnauthenticatedRefused> {
+        if self.unauthenticated == Decision::Deny {
+            return Err(UnauthenticatedRefused::Plain(Unauthenticated {
+                service: service.to_owned(),
+            }));
+        }
+        let refuse = |rule: String| {
+            Err(UnauthenticatedRefused::Rule(Unauthorized {
+                caller: UNAUTHENTICATED.to_owned(),
+                service: service.to_owned(),
+                rule,
+            }))
+        };
+        match self.rule(method, path) {
+            Some(rule) if rule.default == Decision::Allow => Ok(()),
+            Some(rule) => refuse(only_for(
+                method,
+                path,
+                &format!("authorization.rules[{}]", rule.name),
+            )),
+            None if path.is_empty() && !self.rules.is_empty() => {
+                refuse(TUNNEL_NEEDS_RULE.to_owned())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The rule that decides a request of `method` to `path` (empty for a tunnel), if any.
+    fn rule(&self, method: &str, path: &str) -> Option<&AuthorizationRule> {
         let tunnel = path.is_empty();
         let none = |_: &str| None;
-        let rule = self
-            .rules
+        self.rules
             .iter()
             .flat_map(|rule| rule.matches.iter().map(move |m| (rule, m)))
             .filter(|(_, m)| {
@@ -346,37 +438,33 @@ impl AuthorizationPolicy {
                 }
             })
             .min_by(|(_, a), (_, b)| a.precedence(b))
-            .map(|(rule, _)| rule);
-        match rule {
-            Some(rule) => {
-                let at = format!("authorization.rules[{}]", rule.name);
-                if rule.deny.iter().any(names) {
-                    refuse(format!("it is on {at}.deny"))
-                } else if rule.allow.iter().any(names) || rule.default == Decision::Allow {
-                    Ok(())
-                } else {
-                    let what = if tunnel {
-                        "a tunnel".to_owned()
-                    } else {
-                        format!("{method} {path}")
-                    };
-                    refuse(format!("{what} is only for callers on {at}.allow"))
-                }
-            }
-            None if tunnel && !self.rules.is_empty() => refuse(
-                "authorization.rules restrict paths and a tunnel has none: a rule for \
-                 method CONNECT may let it in"
-                    .to_owned(),
-            ),
-            None if self.allow.iter().any(names) => Ok(()),
-            None => match self.default {
-                Decision::Allow => Ok(()),
-                Decision::Deny => {
-                    refuse("it is not on authorization.allow and the default is deny".to_owned())
-                }
-            },
-        }
+            .map(|(rule, _)| rule)
     }
+}
+
+/// Why a plain connection's request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UnauthenticatedRefused {
+    /// The service takes no plain connections.
+    #[error(transparent)]
+    Plain(Unauthenticated),
+    /// It does, but a rule keeps this request for callers it names.
+    #[error(transparent)]
+    Rule(Unauthorized),
+}
+
+/// Why a tunnel is refused when a service has rules and none is for tunnels.
+const TUNNEL_NEEDS_RULE: &str = "authorization.rules restrict paths and a tunnel has none: a rule \
+                                 for method CONNECT may let it in";
+
+/// A refusal by the rule at `at`, which keeps the request for the callers it names.
+fn only_for(method: &str, path: &str, at: &str) -> String {
+    let what = if path.is_empty() {
+        "a tunnel".to_owned()
+    } else {
+        format!("{method} {path}")
+    };
+    format!("{what} is only for callers on {at}.allow")
 }
 
 #[cfg(test)]
@@ -400,6 +488,7 @@ mod tests {
             allow: allow.iter().map(principal).collect(),
             deny: deny.iter().map(principal).collect(),
             rules: Vec::new(),
+            unauthenticated: Decision::Deny,
         }
     }
 
@@ -459,6 +548,7 @@ mod tests {
             allow: vec!["orders".into(), "storefront".into()],
             deny: vec![],
             rules: serde_saphyr::from_str(yaml_rules).unwrap(),
+            unauthenticated: Some("allow".into()),
         };
         let mut errors = Errors::default();
         let policy = validate(file, "authorization", Decision::Allow, &mut errors);
@@ -527,6 +617,70 @@ mod tests {
                 "authorization.rules[1].name: missing: a refusal names the rule",
                 "authorization.rules[1].matches[0].method: methods are case-sensitive and \"post\" would match no standard one: write \"POST\"",
             ]
+        );
+    }
+
+    #[test]
+    fn unauthenticated_callers_are_refused_unless_allowed_and_no_list_names_them() {
+        // Denied by default, whatever the service-wide default says.
+        let p = policy(Decision::Allow, &[], &[]);
+        let err = p
+            .check_unauthenticated("inventory", "GET", "/")
+            .unwrap_err();
+        assert!(matches!(err, UnauthenticatedRefused::Plain(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("set authorization.unauthenticated: allow"),
+            "{err}"
+        );
+        // Allowed: in, even though the service-wide default is deny.
+        let mut p = policy(Decision::Deny, &["orders"], &[]);
+        p.unauthenticated = Decision::Allow;
+        assert!(p.check_unauthenticated("inventory", "GET", "/").is_ok());
+        // A rule that names callers keeps its requests for them; one whose default is allow
+        // lets an unauthenticated caller in too.
+        let p = with_rules(
+            "- { name: product-writes, matches: [{ method: POST, path: { value: /products } }], allow: [orders] }\n\
+             - { name: public, matches: [{ path: { value: /public } }], default: allow }\n",
+        );
+        let err = p
+            .check_unauthenticated("inventory", "POST", "/products")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "caller unauthenticated may not call inventory: POST /products is only for callers \
+             on authorization.rules[product-writes].allow"
+        );
+        assert!(
+            p.check_unauthenticated("inventory", "GET", "/public/x")
+                .is_ok()
+        );
+        assert!(
+            p.check_unauthenticated("inventory", "GET", "/other")
+                .is_ok()
+        );
+        // A tunnel needs a rule for CONNECT when there are rules.
+        assert!(p.check_unauthenticated("inventory", "CONNECT", "").is_err());
+    }
+
+    #[test]
+    fn unauthenticated_is_allow_or_deny_and_deny_by_default() {
+        let mut errors = Errors::default();
+        let p = validate(
+            AuthorizationFile::default(),
+            "authorization",
+            Decision::Allow,
+            &mut errors,
+        );
+        assert_eq!(p.unauthenticated, Decision::Deny);
+        let file = AuthorizationFile {
+            unauthenticated: Some("yes".into()),
+            ..AuthorizationFile::default()
+        };
+        validate(file, "authorization", Decision::Allow, &mut errors);
+        assert_eq!(
+            errors.lines(),
+            ["authorization.unauthenticated: \"yes\": use allow or deny"]
         );
     }
 }

@@ -675,6 +675,7 @@ impl From<&AuthorizationPolicy> for v1::Authorization {
                     deny: r.deny.iter().map(principal_text).collect(),
                 })
                 .collect(),
+            allow_unauthenticated: a.unauthenticated == Decision::Allow,
         }
     }
 }
@@ -742,6 +743,11 @@ impl TryFrom<&v1::Authorization> for AuthorizationPolicy {
             allow,
             deny,
             rules,
+            unauthenticated: if a.allow_unauthenticated {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            },
         })
     }
 }
@@ -1078,9 +1084,28 @@ mod tests {
                 allow: vec![Principal::Service("orders".into())],
                 deny: vec![],
             }],
+            unauthenticated: Decision::Allow,
         };
         let wire = v1::Authorization::from(&policy);
+        assert!(wire.allow_unauthenticated);
         assert_eq!(AuthorizationPolicy::try_from(&wire).unwrap(), policy);
+        // A snapshot that does not carry the field keeps plain connections out.
+        let without = v1::Authorization {
+            allow_unauthenticated: false,
+            ..wire.clone()
+        };
+        assert_eq!(
+            AuthorizationPolicy::try_from(&without)
+                .unwrap()
+                .unauthenticated,
+            Decision::Deny
+        );
+        assert_eq!(
+            AuthorizationPolicy::try_from(&<v1::Authorization as Default>::default())
+                .unwrap()
+                .unauthenticated,
+            Decision::Deny
+        );
         let bad = v1::Authorization {
             allow: vec!["Not A Label".into()],
             ..wire

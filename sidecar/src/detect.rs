@@ -6,6 +6,11 @@
 //! neither. A client that has sent nothing decisive when `detect_timeout` fires is decided on
 //! with what is there: opaque TCP, outcome `timeout`. The bytes read are not lost: [`Rewind`]
 //! replays them to whoever handles the connection next.
+//!
+//! The inbound listener asks one more thing first ([`detect_inbound`]): does the connection
+//! open with a TLS handshake record (type 0x16, then major version 3)? That is a peer sidecar's
+//! mTLS; anything else is a plain client from outside the mesh, detected as above. Neither a
+//! method token nor the HTTP/2 preface can start with 0x16, so the two questions never overlap.
 
 use std::io;
 use std::pin::Pin;
@@ -65,9 +70,67 @@ impl Outcome {
     }
 }
 
+/// What an inbound connection opens with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// A TLS handshake record: a peer sidecar's mTLS.
+    Tls,
+    /// Anything else: a plain client from outside the mesh, and what it speaks.
+    Plain(Outcome),
+}
+
 /// Reads what `io` sends first until its protocol is known, for at most `timeout`; returns the
 /// outcome and the connection with those bytes put back in front.
-pub(crate) async fn detect<S>(mut io: S, timeout: Duration) -> io::Result<(Outcome, Rewind<S>)>
+pub(crate) async fn detect<S>(io: S, timeout: Duration) -> io::Result<(Outcome, Rewind<S>)>
+where
+    S: AsyncRead + Unpin,
+{
+    let undecided = (Outcome::Timeout, Outcome::Tcp);
+    read_until(io, timeout, undecided, |buf| classify(buf).map(decided)).await
+}
+
+/// As [`detect`], for the inbound listener: a TLS handshake record first, else a plain
+/// connection's protocol.
+pub(crate) async fn detect_inbound<S>(io: S, timeout: Duration) -> io::Result<(Inbound, Rewind<S>)>
+where
+    S: AsyncRead + Unpin,
+{
+    let undecided = (
+        Inbound::Plain(Outcome::Timeout),
+        Inbound::Plain(Outcome::Tcp),
+    );
+    read_until(io, timeout, undecided, |buf| match buf {
+        [TLS_HANDSHAKE, TLS_MAJOR_VERSION, ..] => Some(Inbound::Tls),
+        [TLS_HANDSHAKE] => None,
+        _ => classify(buf).map(|p| Inbound::Plain(decided(p))),
+    })
+    .await
+}
+
+/// The content type of a TLS handshake record, what a ClientHello arrives in.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The record's major version: 3 for every TLS from 1.0 to 1.3.
+const TLS_MAJOR_VERSION: u8 = 0x03;
+
+/// The outcome of a decided protocol.
+fn decided(protocol: Protocol) -> Outcome {
+    match protocol {
+        Protocol::Http1 => Outcome::Http1,
+        Protocol::H2 => Outcome::H2,
+        Protocol::Tcp => Outcome::Tcp,
+    }
+}
+
+/// Reads `io` until `decide` says what its first bytes are, for at most `timeout`. Undecided,
+/// it ends with `on_timeout` when the time is up, or `on_close` when the client closed (or
+/// filled the buffer with nothing decisive).
+async fn read_until<S, T>(
+    mut io: S,
+    timeout: Duration,
+    (on_timeout, on_close): (T, T),
+    decide: impl Fn(&[u8]) -> Option<T>,
+) -> io::Result<(T, Rewind<S>)>
 where
     S: AsyncRead + Unpin,
 {
@@ -77,18 +140,15 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     let outcome = loop {
         let Some(free) = buf.get_mut(len..).filter(|free| !free.is_empty()) else {
-            break Outcome::Tcp;
+            break on_close;
         };
         match tokio::time::timeout_at(deadline, io.read(free)).await {
-            Err(_) => break Outcome::Timeout,
-            Ok(Ok(0)) => break Outcome::Tcp,
+            Err(_) => break on_timeout,
+            Ok(Ok(0)) => break on_close,
             Ok(Ok(n)) => {
                 len += n;
-                match classify(&buf[..len]) {
-                    Some(Protocol::Http1) => break Outcome::Http1,
-                    Some(Protocol::H2) => break Outcome::H2,
-                    Some(Protocol::Tcp) => break Outcome::Tcp,
-                    None => {}
+                if let Some(decision) = decide(&buf[..len]) {
+                    break decision;
                 }
             }
             Ok(Err(error)) => return Err(error),
@@ -281,6 +341,52 @@ mod tests {
         let (outcome, seen) = detect_chunks(&[b"\x16", b"\x03\x01"], PATIENCE).await;
         assert_eq!(outcome, Outcome::Tcp);
         assert_eq!(seen, b"\x16\x03\x01|after");
+    }
+
+    #[tokio::test]
+    async fn inbound_tells_a_tls_handshake_from_plain_bytes() {
+        for (chunks, want) in [
+            (&[&b"\x16"[..], b"\x03\x01\x02\x00"][..], Inbound::Tls),
+            (&[&b"\x16\x03\x03"[..]], Inbound::Tls),
+            (&[&b"\x16\x09"[..]], Inbound::Plain(Outcome::Tcp)),
+            (
+                &[&b"GET / HTTP/1.1\r\n"[..]],
+                Inbound::Plain(Outcome::Http1),
+            ),
+            (
+                &[&H2_PREFACE[..5], &H2_PREFACE[5..]],
+                Inbound::Plain(Outcome::H2),
+            ),
+            (&[&b"SSH-2.0-x\r\n"[..]], Inbound::Plain(Outcome::Tcp)),
+            (&[&b"\x16"[..]], Inbound::Plain(Outcome::Tcp)),
+        ] {
+            let (client, server) = tokio::io::duplex(1024);
+            let mut reader: Box<dyn AsyncRead + Unpin + Send> = Box::new(tokio::io::empty());
+            let mut sent = Vec::new();
+            for chunk in chunks {
+                sent.extend_from_slice(chunk);
+                reader = Box::new(reader.chain(std::io::Cursor::new(chunk.to_vec())));
+            }
+            drop(client);
+            let detected =
+                tokio::time::timeout(PATIENCE, detect_inbound(reader.chain(server), PATIENCE))
+                    .await
+                    .expect("detection must end by its timeout");
+            let (got, mut io) = detected.unwrap();
+            assert_eq!(got, want, "{sent:?}");
+            let mut seen = Vec::new();
+            io.read_to_end(&mut seen).await.unwrap();
+            assert_eq!(seen, sent, "no byte is lost");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_inbound_connection_is_a_plain_timeout() {
+        let (_client, server) = tokio::io::duplex(1024);
+        let (got, _) = detect_inbound(server, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(got, Inbound::Plain(Outcome::Timeout));
     }
 
     #[tokio::test(start_paused = true)]

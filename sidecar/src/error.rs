@@ -24,7 +24,7 @@ use crate::body::Body;
 pub use crate::body::BoxError;
 use crate::headers::{MESH_ERROR, OVERLOADED};
 use crate::identity::{PeerIdentityMismatch, SpiffeId};
-use mesh_api::authorization::Unauthorized;
+use mesh_api::authorization::{Unauthenticated, Unauthorized};
 use mesh_api::tls::ForeignClient;
 
 /// The request names no authority (no `Host` header, no `:authority`).
@@ -230,8 +230,8 @@ pub struct AppConnectFailed {
     "caller {caller} may not call {service} more often: over {limit}; retry after {retry_after:?}"
 )]
 pub struct RateLimited {
-    /// The caller's identity.
-    pub caller: crate::identity::SpiffeId,
+    /// The caller's identity, or `unauthenticated`.
+    pub caller: String,
     /// This service.
     pub service: String,
     /// The limit it is over.
@@ -271,6 +271,8 @@ pub enum Reason {
     NoRoute,
     /// The caller is not allowed to call this service.
     Unauthorized,
+    /// A plain connection from outside the mesh, and the service takes only mesh mTLS.
+    Unauthenticated,
     /// A tunnel asked for a port other than the app's.
     TunnelPortRefused,
     /// Known destination without endpoints.
@@ -323,6 +325,7 @@ impl Reason {
             Reason::Unsupported => "unsupported",
             Reason::NoRoute => "no-route",
             Reason::Unauthorized => "unauthorized",
+            Reason::Unauthenticated => "unauthenticated",
             Reason::TunnelPortRefused => "tunnel-port-refused",
             Reason::NoEndpoints => "no-endpoints",
             Reason::Overloaded => "overloaded",
@@ -350,7 +353,9 @@ impl Reason {
     pub fn status(self) -> StatusCode {
         match self {
             Reason::NoAuthority | Reason::RequestBody => StatusCode::BAD_REQUEST,
-            Reason::Unauthorized | Reason::TunnelPortRefused => StatusCode::FORBIDDEN,
+            Reason::Unauthorized | Reason::Unauthenticated | Reason::TunnelPortRefused => {
+                StatusCode::FORBIDDEN
+            }
             Reason::Overloaded | Reason::AppConcurrencyLimit => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Timeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::Unsupported => StatusCode::NOT_IMPLEMENTED,
@@ -395,6 +400,9 @@ pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     }
     if find_cause::<Unauthorized>(err).is_some() {
         return Reason::Unauthorized;
+    }
+    if find_cause::<Unauthenticated>(err).is_some() {
+        return Reason::Unauthenticated;
     }
     if find_cause::<TunnelPortRefused>(err).is_some() {
         return Reason::TunnelPortRefused;

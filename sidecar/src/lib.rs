@@ -270,7 +270,13 @@ pub async fn run(
     let inbound_task = inbound::accept::spawn(
         listeners.inbound,
         acceptor,
-        move |caller, req| inbound.clone().handle(caller, req),
+        (
+            {
+                let inbound = inbound.clone();
+                move |caller, req| inbound.clone().handle(caller, req)
+            },
+            move |caller, tcp| inbound.clone().plain_tcp(caller, tcp),
+        ),
         (config.max_connection_age, &config.limits.inbound),
         identity.trust_changes(),
         drain.clone(),

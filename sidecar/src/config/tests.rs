@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
+use mesh_api::authorization::Decision;
 
 const GOOD: &str = r#"
 service: orders
@@ -227,6 +228,13 @@ fn authorization_entries_are_services_or_spiffe_ids() {
     let yaml = format!("{GOOD}authorization: {{ default: deny, allow: [storefront] }}\n");
     let config = Config::from_yaml(&yaml, Path::new("/")).unwrap();
     assert_eq!(config.authorization.allow.len(), 1);
+    // Plain connections from outside the mesh: deny unless written.
+    assert_eq!(config.authorization.unauthenticated, Decision::Deny);
+    let yaml = format!("{GOOD}authorization: {{ unauthenticated: allow }}\n");
+    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap();
+    assert_eq!(config.authorization.unauthenticated, Decision::Allow);
+    let yaml = format!("{GOOD}authorization: {{ unauthenticated: yes }}\n");
+    assert_eq!(paths(&yaml), ["authorization.unauthenticated"]);
 }
 
 /// The YAML block that follows `heading` in the README, completed into a configuration.

@@ -1,12 +1,21 @@
-//! Step 1 on the inbound listener: each connection from a peer sidecar is identified (step 9,
+//! Step 1 on the inbound listener: the first bytes of each connection say what it is
+//! ([`detect_inbound`]). A TLS handshake is a peer sidecar: it is identified (step 9,
 //! [`identify`](super::identify)) and then served as HTTP/2, every request handed to the
-//! inbound handler (`Inbound::handle`, passed in) with the caller it came from.
+//! inbound handler (`Inbound::handle`, passed in) with the caller it came from. Anything else is
+//! a plain client from outside the mesh, with no identity: HTTP/1.x or HTTP/2 prior knowledge
+//! is served the same way with an unauthenticated caller, and other bytes go to the plain TCP
+//! handler (`Inbound::plain_tcp`, passed in), which joins them to the app if the policy's
+//! `unauthenticated` lets them in.
 //!
 //! Limits (`limits.inbound`): at most `max_connections` open and `max_handshakes` TLS
 //! handshakes in progress (one more connection is closed as it is accepted, so a flood of
 //! clients that never finish their handshake holds a bounded number of sockets, each for
-//! `tls_handshake_timeout` at most); after the handshake the peer has `first_bytes_timeout` to
-//! start speaking HTTP (hyper would wait for ever); then the listener's HTTP limits apply.
+//! `tls_handshake_timeout` at most). A connection holds a handshake place from its accept until
+//! its first bytes show it plain or its handshake ends, all within `tls_handshake_timeout`; one
+//! that says nothing in that time is a plain connection whose detection timed out, and counts
+//! as a TLS timeout too when it is not let in. After the handshake the peer has
+//! `first_bytes_timeout` to start speaking HTTP (hyper would wait for ever); then the
+//! listener's HTTP limits apply.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,14 +28,16 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::identify::{Caller, identify, max_connection_age};
 use crate::body::Body;
 use crate::config::InboundLimits;
-use crate::detect::{Outcome, Protocol, detect};
+use crate::detect::{Inbound, Outcome, Protocol, Rewind, detect, detect_inbound};
 use crate::http_limits::Limited;
 use crate::identity::TrustChanges;
 use crate::log_limit::LogLimit;
@@ -38,10 +49,10 @@ use crate::serve::{
 /// Serves the inbound listener until `drain`, then drains its connections. Each connection
 /// lives at most `max_age` (see [`max_connection_age`]), then gets the drain time to finish;
 /// `limits` bound connections, handshakes and requests.
-pub(crate) fn spawn<H, F>(
+pub(crate) fn spawn<H, F, P, G>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    handle: H,
+    (handle, plain_tcp): (H, P),
     (max_age, limits): (Option<Duration>, &InboundLimits),
     trust: TrustChanges,
     drain: Drain,
@@ -50,6 +61,8 @@ pub(crate) fn spawn<H, F>(
 where
     H: Fn(Arc<Caller>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    P: Fn(Arc<Caller>, Rewind<TcpStream>) -> Option<G> + Clone + Send + Sync + 'static,
+    G: Future<Output = ()> + Send + 'static,
 {
     let handshake_log_limit = Arc::new(LogLimit::new(10));
     let connection_metrics = metrics.clone();
@@ -71,6 +84,7 @@ where
         move |tcp, peer, draining| {
             let connection = Connection {
                 handle: handle.clone(),
+                plain_tcp: plain_tcp.clone(),
                 acceptor: acceptor.clone(),
                 http: http.clone(),
                 handshakes: handshakes.clone(),
@@ -86,9 +100,11 @@ where
     ))
 }
 
-/// What one connection from a peer sidecar needs.
-struct Connection<H> {
+/// What one inbound connection needs.
+struct Connection<H, P> {
     handle: H,
+    /// Joins a plain connection that is not HTTP to the app, or says no (`None`).
+    plain_tcp: P,
     acceptor: TlsAcceptor,
     /// The listener's HTTP server.
     http: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
@@ -108,12 +124,14 @@ struct Connection<H> {
 
 // === impl Connection ===
 
-impl<H, F> Connection<H>
+impl<H, F, P, G> Connection<H, P>
 where
     H: Fn(Arc<Caller>, Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    P: Fn(Arc<Caller>, Rewind<TcpStream>) -> Option<G> + Send + Sync + 'static,
+    G: Future<Output = ()> + Send + 'static,
 {
-    /// Terminates mTLS and identifies the caller (step 9), then serves its requests.
+    /// Tells mTLS from a plain connection by its first bytes, then serves it as such.
     async fn serve(self, tcp: TcpStream, peer: SocketAddr, draining: Draining) {
         let Ok(handshaking) = self.handshakes.clone().try_acquire_owned() else {
             self.refuse(
@@ -123,7 +141,33 @@ where
             );
             return;
         };
-        let identified = identify(&self.acceptor, tcp, self.limits.tls_handshake_timeout).await;
+        let deadline = Instant::now() + self.limits.tls_handshake_timeout;
+        match detect_inbound(tcp, self.limits.tls_handshake_timeout).await {
+            Ok((Inbound::Tls, io)) => {
+                self.serve_mtls(io, peer, draining, handshaking, deadline)
+                    .await
+            }
+            Ok((Inbound::Plain(outcome), io)) => {
+                drop(handshaking);
+                self.serve_plain(outcome, io, peer, draining).await;
+            }
+            Err(error) => {
+                ::tracing::debug!(%peer, %error, "inbound connection failed before it spoke");
+            }
+        }
+    }
+
+    /// Terminates mTLS and identifies the caller (step 9), then serves its requests.
+    async fn serve_mtls(
+        self,
+        tcp: Rewind<TcpStream>,
+        peer: SocketAddr,
+        draining: Draining,
+        handshaking: OwnedSemaphorePermit,
+        deadline: Instant,
+    ) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let identified = identify(&self.acceptor, tcp, left).await;
         drop(handshaking);
         let (tls, caller) = match identified {
             Ok(identified) => identified,
@@ -180,6 +224,50 @@ where
             }
         };
         let caller = Arc::new(Caller::new(caller, peer));
+        self.serve_http(io, caller, draining, max_age, untrusted)
+            .await;
+    }
+
+    /// Serves a plain connection from outside the mesh: HTTP with an unauthenticated caller,
+    /// whose requests the policy's `unauthenticated` decides; other bytes to the plain TCP
+    /// handler, or closed if it says no.
+    async fn serve_plain(
+        self,
+        outcome: Outcome,
+        io: Rewind<TcpStream>,
+        peer: SocketAddr,
+        draining: Draining,
+    ) {
+        let caller = Arc::new(Caller::unauthenticated(peer));
+        if outcome.protocol() != Protocol::Tcp {
+            ::tracing::debug!(%peer, protocol = outcome.as_str(), "plain inbound connection");
+            self.serve_http(io, caller, draining, None, None).await;
+            return;
+        }
+        match (self.plain_tcp)(caller, io) {
+            Some(joined) => joined.await,
+            None if outcome == Outcome::Timeout => {
+                // It said nothing: as likely a TLS client that never sent its ClientHello.
+                self.metrics.tls_failure(Direction::Inbound, "tls-timeout");
+                ::tracing::debug!(%peer, "inbound connection closed: silent past tls_handshake_timeout");
+            }
+            None => ::tracing::debug!(%peer, "plain inbound connection closed: not let in"),
+        }
+    }
+
+    /// Serves HTTP on `io` until it closes, every request handed to the inbound handler with
+    /// `caller`.
+    async fn serve_http<S>(
+        self,
+        io: S,
+        caller: Arc<Caller>,
+        draining: Draining,
+        max_age: Option<MaxAge>,
+        untrusted: Option<Untrusted>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = caller.addr;
         let handle = self.handle;
         let limited = Limited::new(
             self.limits.http.max_headers,

@@ -1,7 +1,9 @@
 //! Step 10: is this caller allowed to call this service? The policy and its rules live in
 //! `mesh_api::authorization`, shared with the control plane that validates and pushes it; here
 //! is the check each inbound request passes before it is forwarded: the caller, and the
-//! method and path of its request for the policy's `rules`.
+//! method and path of its request for the policy's `rules`. A plain caller from outside the
+//! mesh, with no identity, is checked against `unauthenticated` instead (see
+//! `mesh_api::authorization`).
 
 use std::sync::Arc;
 
@@ -9,10 +11,13 @@ use arc_swap::ArcSwap;
 use http::{Method, Request};
 
 use super::identify::Caller;
+use crate::body::BoxError;
 use crate::headers::TUNNEL;
 use crate::metrics::Metrics;
 
-pub use mesh_api::authorization::{AuthorizationPolicy, Decision, Principal, Unauthorized};
+pub use mesh_api::authorization::{
+    AuthorizationPolicy, Decision, Principal, Unauthenticated, UnauthenticatedRefused, Unauthorized,
+};
 
 /// Who may call this service.
 #[derive(Debug)]
@@ -46,7 +51,7 @@ impl Authorization {
         service: &str,
         req: &Request<B>,
         metrics: &Metrics,
-    ) -> Result<(), Unauthorized> {
+    ) -> Result<(), BoxError> {
         let tunnel = req.headers().contains_key(TUNNEL)
             || (req.method() == Method::CONNECT
                 && req.extensions().get::<hyper::ext::Protocol>().is_none());
@@ -55,9 +60,38 @@ impl Authorization {
         } else {
             (req.method().as_str(), req.uri().path())
         };
-        self.policy
+        let policy = self.policy.load();
+        let checked = match &caller.id {
+            Some(id) => policy
+                .check(id, service, &self.trust_domain, method, path)
+                .map_err(BoxError::from),
+            None => policy
+                .check_unauthenticated(service, method, path)
+                .map_err(|refused| match refused {
+                    UnauthenticatedRefused::Plain(e) => BoxError::from(e),
+                    UnauthenticatedRefused::Rule(e) => BoxError::from(e),
+                }),
+        };
+        checked.inspect_err(|_| metrics.authorization_denied(&caller.label))
+    }
+
+    /// Whether a plain connection that is not HTTP may be joined to the app: only when
+    /// `unauthenticated` is allow and no rule keeps tunnels for callers it names. A refusal is
+    /// counted as the caller `unauthenticated`.
+    pub(crate) fn admits_plain_tcp(
+        &self,
+        caller: &Caller,
+        service: &str,
+        metrics: &Metrics,
+    ) -> bool {
+        let admitted = self
+            .policy
             .load()
-            .check(&caller.id, service, &self.trust_domain, method, path)
-            .inspect_err(|_| metrics.authorization_denied(&caller.label))
+            .check_unauthenticated(service, Method::CONNECT.as_str(), "")
+            .is_ok();
+        if !admitted {
+            metrics.authorization_denied(&caller.label);
+        }
+        admitted
     }
 }

@@ -103,7 +103,7 @@ impl AppClients {
     /// caller's app spoke.
     pub(crate) async fn forward(
         &self,
-        caller: &SpiffeId,
+        caller: Option<&SpiffeId>,
         req: Request<Incoming>,
         trace: &opentelemetry::Context,
         b3: Option<B3>,
@@ -155,18 +155,21 @@ impl AppClients {
 }
 
 /// Rewrites a caller's headers for the app: hop-by-hop and `x-mesh-orig-proto` removed, the
-/// caller's verified ID in `x-mesh-client-id` (replacing any the calling app sent), and the
+/// caller's verified ID in `x-mesh-client-id` (replacing any the calling app sent; a plain
+/// caller from outside the mesh has none, so the app gets no `x-mesh-client-id` at all), and the
 /// trace continued as a child of this sidecar's SERVER span, so the app's own calls join it.
 pub(crate) fn headers_for_app(
     headers: &mut HeaderMap,
-    caller: &SpiffeId,
+    caller: Option<&SpiffeId>,
     trace: &opentelemetry::Context,
     b3: Option<B3>,
 ) -> Result<(), http::header::InvalidHeaderValue> {
     remove_hop_by_hop(headers);
     headers.remove(ORIG_PROTO);
     headers.remove(CLIENT_ID);
-    headers.insert(CLIENT_ID, HeaderValue::from_str(caller.as_str())?);
+    if let Some(caller) = caller {
+        headers.insert(CLIENT_ID, HeaderValue::from_str(caller.as_str())?);
+    }
     propagation::inject(trace, b3, headers);
     Ok(())
 }

@@ -1,28 +1,31 @@
 //! Step 9: terminate mutual TLS and identify the caller.
 //!
 //! The handshake requires a client certificate chaining to the trust bundle; the caller's
-//! identity is the SPIFFE ID in its URI SAN. A connection that fails the handshake (plain TCP,
-//! plain HTTP, an unknown CA, an expired certificate) or whose certificate carries no SPIFFE ID
-//! is closed before any HTTP is read. An identified connection's requests carry its
+//! identity is the SPIFFE ID in its URI SAN. A connection that fails the handshake (an unknown
+//! CA, an expired certificate, no client certificate) or whose certificate carries no SPIFFE ID
+//! is closed before any HTTP is read. Plain connections never get here: detection sends them
+//! the unauthenticated way (`accept.rs`). An identified connection's requests carry its
 //! [`Caller`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::{find_cause, tls_reason};
 use crate::identity::{SpiffeId, id_in_certificate};
 use crate::metrics::Label;
+use mesh_api::authorization::UNAUTHENTICATED;
 
-/// The identified peer of one inbound connection.
+/// The peer of one inbound connection: a peer sidecar identified by mTLS, or a plain client
+/// from outside the mesh.
 #[derive(Debug)]
 pub(crate) struct Caller {
-    /// Its SPIFFE ID.
-    pub(crate) id: SpiffeId,
+    /// Its SPIFFE ID; `None` for a plain connection, which has none.
+    pub(crate) id: Option<SpiffeId>,
     /// Its service name (or whole ID) as a metric label.
     pub(crate) label: Label,
     /// Its socket address.
@@ -48,7 +51,25 @@ pub(crate) enum IdentifyError {
 impl Caller {
     pub(crate) fn new(id: SpiffeId, addr: SocketAddr) -> Self {
         let label = id.service().unwrap_or(id.as_str()).into();
-        Self { id, label, addr }
+        Self {
+            id: Some(id),
+            label,
+            addr,
+        }
+    }
+
+    /// A plain client from outside the mesh: labelled `unauthenticated`.
+    pub(crate) fn unauthenticated(addr: SocketAddr) -> Self {
+        Self {
+            id: None,
+            label: UNAUTHENTICATED.into(),
+            addr,
+        }
+    }
+
+    /// Its SPIFFE ID, or `unauthenticated`, for logs, spans and refusals.
+    pub(crate) fn name(&self) -> &str {
+        self.id.as_ref().map_or(UNAUTHENTICATED, SpiffeId::as_str)
     }
 }
 
@@ -73,11 +94,14 @@ impl IdentifyError {
 }
 
 /// Completes the handshake and returns the stream with the caller's identity.
-pub(crate) async fn identify(
+pub(crate) async fn identify<S>(
     acceptor: &TlsAcceptor,
-    tcp: TcpStream,
+    tcp: S,
     timeout: Duration,
-) -> Result<(TlsStream<TcpStream>, SpiffeId), IdentifyError> {
+) -> Result<(TlsStream<S>, SpiffeId), IdentifyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| IdentifyError::Timeout(timeout))?

@@ -13,6 +13,11 @@
 //!
 //! The caller's identity reaches the app in `x-mesh-client-id`. Any header of that name already
 //! on the request is deleted first: it came from the calling app and proves nothing.
+//!
+//! A plain connection from outside the mesh (no TLS) has no identity: its requests take the
+//! same steps with the caller `unauthenticated`, which the policy's `unauthenticated` decides
+//! (default deny), and reach the app with no `x-mesh-client-id` at all. If it speaks no HTTP it
+//! is joined to the app as it is ([`Inbound::plain_tcp`]), or closed.
 
 pub(crate) mod accept;
 pub mod authorize;
@@ -23,19 +28,26 @@ pub(crate) mod tunnel;
 pub(crate) mod upgrade;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 use crate::config::Config;
+use crate::detect::Rewind;
 use crate::error::Unsupported;
+use crate::headers::TUNNEL;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::proxy_request::{Parties, Recorder};
+use crate::splice::{Splice, TcpSide, splice_plain};
 use crate::telemetry::attr;
 use crate::telemetry::spans::Spans;
 
@@ -43,7 +55,7 @@ use self::authorize::{Authorization, AuthorizationPolicy};
 use self::forward::AppClients;
 use self::identify::Caller;
 use self::rate_limit::RateLimit;
-use self::tunnel::AppTunnels;
+use self::tunnel::{AppTunnels, connect_app};
 use self::upgrade::AppUpgrades;
 
 /// The inbound proxy of one sidecar.
@@ -57,6 +69,10 @@ pub(crate) struct Inbound {
     upgrades: AppUpgrades,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    /// The app's address, for plain connections joined to it as they are.
+    app: SocketAddr,
+    /// How long a plain TCP connection may carry no byte either way.
+    idle_timeout: Duration,
 }
 
 // === impl Inbound ===
@@ -84,6 +100,8 @@ impl Inbound {
                 metrics.clone(),
             ),
             metrics,
+            app: config.app,
+            idle_timeout: config.idle_timeout,
         }
     }
 
@@ -97,12 +115,50 @@ impl Inbound {
         self.rate_limit.set(policy);
     }
 
-    /// Forwards one request from an identified caller; failures become responses.
+    /// Joins a plain connection that speaks no HTTP to a new connection to the app, if the
+    /// policy lets unauthenticated callers in; `None` (the connection is closed) if not.
+    pub(crate) fn plain_tcp(
+        self: Arc<Self>,
+        caller: Arc<Caller>,
+        client: Rewind<TcpStream>,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let service = self.service.as_str();
+        if !self
+            .authorization
+            .admits_plain_tcp(&caller, service, &self.metrics)
+        {
+            ::tracing::debug!(peer = %caller.addr, "plain TCP connection refused by authorization");
+            return None;
+        }
+        Some(async move {
+            let app = match connect_app(self.app).await {
+                Ok(app) => app,
+                Err(error) => {
+                    ::tracing::debug!(peer = %caller.addr, %error, "plain TCP connection closed");
+                    return;
+                }
+            };
+            let how = Splice {
+                side: TcpSide::Destination,
+                metrics: self
+                    .metrics
+                    .tcp(Direction::Inbound, &caller.label, &self.service),
+                idle_timeout: self.idle_timeout,
+            };
+            splice_plain(app, client, how).await;
+        })
+    }
+
+    /// Forwards one request from a caller; failures become responses.
     pub(crate) async fn handle(
         self: Arc<Self>,
         caller: Arc<Caller>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
+        if caller.id.is_none() {
+            // Tunnels are how peer sidecars carry TCP; a plain client's request is only HTTP.
+            req.headers_mut().remove(TUNNEL);
+        }
         let request = self.recorder.start(Instant::now(), &req, |method| {
             format!("{method} {}", self.service)
         });
@@ -114,7 +170,7 @@ impl Inbound {
                     KeyValue::new(attr::METHOD, req.method().to_string()),
                     KeyValue::new(attr::URL_PATH, req.uri().path().to_owned()),
                     KeyValue::new(attr::PEER_ADDRESS, caller.addr.ip().to_string()),
-                    KeyValue::new(attr::SOURCE_IDENTITY, caller.id.to_string()),
+                    KeyValue::new(attr::SOURCE_IDENTITY, caller.name().to_owned()),
                     KeyValue::new(attr::DESTINATION, self.service.to_string()),
                 ]);
                 if let Some(host) = host {
@@ -129,7 +185,6 @@ impl Inbound {
         let outcome: Result<Response<Body>, BoxError> = match self
             .authorization
             .check(&caller, self.service.as_str(), &req, &self.metrics)
-            .map_err(BoxError::from)
             .and_then(|()| {
                 let grpc = req
                     .headers()
@@ -150,7 +205,7 @@ impl Inbound {
                     .metrics
                     .tcp(Direction::Inbound, &caller.label, &self.service);
                 self.upgrades
-                    .open(&caller.id, req, &request.trace, request.b3, metrics)
+                    .open(caller.id.as_ref(), req, &request.trace, request.b3, metrics)
                     .await
             }
             // Sidecars send TCP streams as `x-mesh-tunnel` requests, never as a bare CONNECT.
@@ -160,14 +215,14 @@ impl Inbound {
             .into()),
             Ok(()) => {
                 self.clients
-                    .forward(&caller.id, req, &request.trace, request.b3)
+                    .forward(caller.id.as_ref(), req, &request.trace, request.b3)
                     .await
             }
             Err(refused) => Err(refused),
         };
         let parties = Parties {
             source: &caller.label,
-            source_id: caller.id.as_str(),
+            source_id: caller.name(),
             destination: &self.service,
             route: None,
         };

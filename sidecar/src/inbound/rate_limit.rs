@@ -82,14 +82,17 @@ impl RateLimit {
             return Ok(());
         }
         let now = u64::try_from(limits.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let own = limits
-            .callers
-            .iter()
-            .find(|(who, _)| who.names(&caller.id, &self.trust_domain));
+        let own = limits.callers.iter().find(|(who, _)| {
+            // A plain caller has no identity for a per-caller limit to name: only the total.
+            caller
+                .id
+                .as_ref()
+                .is_some_and(|id| who.names(id, &self.trust_domain))
+        });
         let refused = |limit: String, retry_after: Duration| {
             metrics.rate_limited(&caller.label);
             RateLimited {
-                caller: caller.id.clone(),
+                caller: caller.name().to_owned(),
                 service: service.to_owned(),
                 limit,
                 retry_after,

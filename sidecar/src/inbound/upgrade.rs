@@ -52,7 +52,7 @@ impl AppUpgrades {
     /// Sends the upgrade `req` to the app; on its 101, answers 200 and joins the streams.
     pub(crate) async fn open(
         &self,
-        caller: &SpiffeId,
+        caller: Option<&SpiffeId>,
         mut req: Request<Incoming>,
         trace: &opentelemetry::Context,
         b3: Option<B3>,
@@ -101,7 +101,7 @@ impl AppUpgrades {
     /// The HTTP/1.1 upgrade request the calling app made, rebuilt from the extended CONNECT.
     fn to_app(
         &self,
-        caller: &SpiffeId,
+        caller: Option<&SpiffeId>,
         req: Request<Incoming>,
         trace: &opentelemetry::Context,
         b3: Option<B3>,

@@ -84,7 +84,11 @@ impl Splice {
 
 /// Copies between `tcp` and `tunnel` until both directions end, counting bytes as they pass.
 /// The stream counts as closed when this ends, or when it is dropped (a drain cut it short).
-async fn splice(tcp: impl AppStream, tunnel: Upgraded, how: Splice) {
+async fn splice(
+    tcp: impl AppStream,
+    tunnel: impl AsyncRead + AsyncWrite + Unpin + Send,
+    how: Splice,
+) {
     let (tcp_reads, tunnel_reads) = how.counters();
     let _open = Open::new(how.metrics.clone());
     let idle = Idle::new(how.idle_timeout);
@@ -94,7 +98,7 @@ async fn splice(tcp: impl AppStream, tunnel: Upgraded, how: Splice) {
         idle: &idle,
     };
     let mut tunnel = Counted {
-        inner: TokioIo::new(tunnel),
+        inner: tunnel,
         read: tunnel_reads,
         idle: &idle,
     };
@@ -162,9 +166,16 @@ pub(crate) async fn splice_upgraded_stream(app: OnUpgrade, mesh: MeshStream, how
 /// (after the responses that switch them are sent): a future for a task of its own.
 pub(crate) async fn splice_upgraded(app: OnUpgrade, tunnel: OnUpgrade, how: Splice) {
     match tokio::try_join!(app, tunnel) {
-        Ok((app, tunnel)) => splice(TokioIo::new(app), tunnel, how).await,
+        Ok((app, tunnel)) => splice(TokioIo::new(app), TokioIo::new(tunnel), how).await,
         Err(error) => tracing::debug!(%error, "upgrade closed before it opened"),
     }
+}
+
+/// Joins a new connection to the app and a plain client's connection from outside the mesh
+/// (the bytes detection read from it replayed first), until both directions end: a future for
+/// a task of its own.
+pub(crate) async fn splice_plain(app: TcpStream, client: impl AppStream, how: Splice) {
+    splice(app, client, how).await;
 }
 
 /// Counts a stream open from creation, and closed with its duration when dropped.

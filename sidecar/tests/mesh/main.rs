@@ -23,6 +23,7 @@ mod shutdown;
 mod tcp;
 mod tracing;
 mod transparency;
+mod unauthenticated;
 mod upgrade;
 
 use mesh_testkit::{Sidecar, TestMesh};

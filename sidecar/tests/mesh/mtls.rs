@@ -128,27 +128,28 @@ async fn identity_override_accepts_the_named_identity() {
 }
 
 #[tokio::test]
-async fn plain_http_to_the_inbound_port_is_refused_at_the_handshake() {
+async fn plain_http_to_the_inbound_port_is_refused_as_unauthenticated() {
     let pair = crate::Pair::start().await;
     let mut tcp = tokio::net::TcpStream::connect(pair.inventory.inbound)
         .await
         .unwrap();
-    tcp.write_all(b"GET /x HTTP/1.1\r\nHost: inventory\r\n\r\n")
+    tcp.write_all(b"GET /x HTTP/1.1\r\nHost: inventory\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut got = Vec::new();
-    // The sidecar closes the connection; bounded in case it does not.
-    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
         .await
-        .expect("inbound closed the plain-HTTP connection within 10s");
-    assert!(
-        !String::from_utf8_lossy(&got).contains("HTTP/"),
-        "plain HTTP got an HTTP answer: {:?}",
-        String::from_utf8_lossy(&got)
-    );
+        .expect("inbound answered and closed the plain-HTTP connection within 10s")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    // Not a handshake failure: an HTTP answer the client can read, saying why.
+    assert!(got.starts_with("HTTP/1.1 403"), "{got:?}");
+    assert!(got.contains("x-mesh-error: unauthenticated"), "{got:?}");
+    assert!(got.contains("takes only mesh mTLS"), "{got:?}");
+    assert!(!got.contains("\"caller\""), "the app answered: {got:?}");
     metric_appears(
         &pair.inventory,
-        r#"mesh_tls_handshake_failures_total{direction="inbound",reason="tls-not-tls"}"#,
+        r#"mesh_authorization_denied_total{source="unauthenticated"}"#,
     )
     .await;
 }
