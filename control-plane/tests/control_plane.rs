@@ -396,26 +396,32 @@ async fn traffic_split_groups_instances_by_version() {
     inventory.register("i-a", "127.0.0.1:7201", "").await;
     inventory.register("i-b", "127.0.0.1:7202", "v2").await;
     inventory.register("i-c", "127.0.0.1:7203", "v3").await;
+    // Registrations reach snapshots through the next rebuild, so the first snapshot may come
+    // before them: wait (bounded) for one that has all three.
+    let shape = |snapshot: &v1::Snapshot| -> Vec<(String, u32, Vec<String>)> {
+        snapshot.destinations[0]
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    b.version.clone(),
+                    b.weight,
+                    b.endpoints.iter().map(|e| e.instance_id.clone()).collect(),
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        ("v1".to_owned(), 90, vec!["i-a".to_owned()]),
+        ("v2".to_owned(), 10, vec!["i-b".to_owned()]),
+    ];
     let mut watch = orders.watch("o-1").await;
-    let snapshot = watch.next(Duration::from_secs(2)).await.unwrap();
-    let backends = &snapshot.destinations[0].backends;
-    let shape: Vec<(String, u32, Vec<String>)> = backends
-        .iter()
-        .map(|b| {
-            (
-                b.version.clone(),
-                b.weight,
-                b.endpoints.iter().map(|e| e.instance_id.clone()).collect(),
-            )
+    let snapshot = watch
+        .until(Duration::from_secs(5), |s| {
+            s.destinations.first().is_some_and(|_| shape(s) == expected)
         })
-        .collect();
-    assert_eq!(
-        shape,
-        [
-            ("v1".to_owned(), 90, vec!["i-a".to_owned()]),
-            ("v2".to_owned(), 10, vec!["i-b".to_owned()]),
-        ]
-    );
+        .await;
+    assert_eq!(shape(&snapshot), expected);
     cp.stop().await.unwrap();
 }
 
