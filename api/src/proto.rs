@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use crate::authorization::{AuthorizationPolicy, AuthorizationRule, Decision, Principal};
+use crate::backend_ref::MAX_WEIGHT;
 use crate::fault::{Abort, AbortStatus, Delay, FaultPolicy};
 use crate::policy::{BreakerPolicy, DestinationPolicy, LoadBalancer};
 use crate::rate_limit::{Rate, RateLimitPolicy};
 use crate::retry::{
     Backoff, Budget, MAX_BUDGET_MIN_PER_SECOND, MAX_BUDGET_RATIO, RetryOn, RetryPolicy,
 };
-use crate::route::{BackendRef, MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
+use crate::route::{BackendRef, MAX_BACKENDS, MAX_ROUTES, PathMatch, RouteMatch, RoutePolicy};
 use crate::route_filter::{
     Filter, Header, HeaderModifier, Mirror, PathModifier, Redirect, UrlRewrite,
 };
@@ -229,12 +230,20 @@ fn backend_ref_to_wire(b: &BackendRef) -> v1::BackendRef {
     }
 }
 
-fn backend_ref_from_wire(b: &v1::BackendRef) -> BackendRef {
-    BackendRef {
+/// A backendRef as the YAML path allows it: a weight of at most [`MAX_WEIGHT`], so the sums a
+/// sidecar makes of them stay meaningful.
+fn backend_ref_from_wire(b: &v1::BackendRef, at: &str) -> Result<BackendRef, InvalidMessage> {
+    if b.weight > MAX_WEIGHT {
+        return Err(invalid(
+            &format!("{at}.weight"),
+            format!("{}, more than {MAX_WEIGHT}", b.weight),
+        ));
+    }
+    Ok(BackendRef {
         service: b.service.clone(),
         version: Some(b.version.clone()).filter(|v| !v.is_empty()),
         weight: b.weight,
-    }
+    })
 }
 
 fn match_to_wire(m: &RouteMatch) -> v1::RouteMatch {
@@ -400,7 +409,21 @@ fn route_from_wire(r: &v1::Route, at: &str) -> Result<RoutePolicy, InvalidMessag
         .enumerate()
         .map(|(i, f)| filter_from_wire(f, &format!("{at}.filters[{i}]")))
         .collect::<Result<_, _>>()?;
-    let backend_refs = r.backend_refs.iter().map(backend_ref_from_wire).collect();
+    if r.backend_refs.len() > MAX_BACKENDS {
+        return Err(invalid(
+            &field("backend_refs"),
+            format!(
+                "{} backends, more than {MAX_BACKENDS}",
+                r.backend_refs.len()
+            ),
+        ));
+    }
+    let backend_refs = r
+        .backend_refs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| backend_ref_from_wire(b, &format!("{at}.backend_refs[{i}]")))
+        .collect::<Result<_, _>>()?;
     let retries = r
         .retries
         .as_ref()
@@ -541,11 +564,12 @@ fn filter_from_wire(f: &v1::RouteFilter, at: &str) -> Result<Filter, InvalidMess
         },
         Some(F::RequestMirror(m)) => Filter::RequestMirror {
             mirror: Mirror {
-                backend_ref: m
-                    .backend_ref
-                    .as_ref()
-                    .map(backend_ref_from_wire)
-                    .ok_or_else(|| invalid(&format!("{at}.backend_ref"), "missing"))?,
+                backend_ref: backend_ref_from_wire(
+                    m.backend_ref
+                        .as_ref()
+                        .ok_or_else(|| invalid(&format!("{at}.backend_ref"), "missing"))?,
+                    &format!("{at}.backend_ref"),
+                )?,
                 percent: if (0.0..=100.0).contains(&m.percent) {
                     m.percent
                 } else {
@@ -981,6 +1005,27 @@ mod tests {
             DestinationPolicy::try_from(&bad).unwrap_err().field,
             "policy.routes[0].retries.attempts"
         );
+        // backendRefs are held to the YAML's bounds: a weight past MAX_WEIGHT, or more than
+        // MAX_BACKENDS of them.
+        let backend = |weight| v1::BackendRef {
+            service: "inventory".into(),
+            version: String::new(),
+            weight,
+        };
+        let mut heavy = old.clone();
+        heavy.routes[1].path_prefix.clear();
+        heavy.routes[0].backend_refs = vec![backend(1), backend(MAX_WEIGHT + 1)];
+        assert_eq!(
+            DestinationPolicy::try_from(&heavy).unwrap_err().field,
+            "policy.routes[0].backend_refs[1].weight"
+        );
+        heavy.routes[0].backend_refs = vec![backend(1); MAX_BACKENDS + 1];
+        assert_eq!(
+            DestinationPolicy::try_from(&heavy).unwrap_err().field,
+            "policy.routes[0].backend_refs"
+        );
+        heavy.routes[0].backend_refs = vec![backend(MAX_WEIGHT); MAX_BACKENDS];
+        assert!(DestinationPolicy::try_from(&heavy).is_ok());
     }
 
     #[test]
