@@ -482,7 +482,18 @@ fn validate(
             ));
         }
     }
-    virtual_addresses::check_services(&virtual_addresses, &services, out);
+    let addresses: Vec<_> = services
+        .values()
+        .map(|s| virtual_addresses::ServiceAddresses {
+            file: &s.file,
+            name: &s.name,
+            listen: s.tcp.as_ref().map(|t| t.listen),
+            pinned: s.virtual_address,
+        })
+        .collect();
+    for (file, path, message) in virtual_addresses::check_services(&virtual_addresses, &addresses) {
+        out.push(file_error(file.unwrap_or(MESH_FILE), path, message));
+    }
     MeshConfig {
         trust_domain: mesh.trust_domain,
         namespace,

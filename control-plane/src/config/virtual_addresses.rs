@@ -7,13 +7,12 @@
 //! when nothing redirects it, and clear of 127.0.0.1, where apps and sidecars listen.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use mesh_api::validate::Errors;
 use serde::{Deserialize, Serialize};
 
-use super::{FileError, ServiceConfig, file_error};
-use crate::config::Cidr;
+use super::limits::Cidr;
 
 /// The range virtual addresses come from when `mesh.yaml` does not say: 127.240.0.0/12.
 pub const DEFAULT_RANGE: Cidr = Cidr::v4([127, 240, 0, 0], 12);
@@ -70,30 +69,43 @@ pub(super) fn settings(file: VirtualAddressesFile, errors: &mut Errors) -> Virtu
     VirtualAddressSettings { range }
 }
 
-/// Checks every service's pinned address (usable in the range, held by no other service) and
-/// that the range has an address for every service. Errors name the service's file.
-pub(super) fn check_services(
+/// What the checks read of one declared service.
+pub(super) struct ServiceAddresses<'a> {
+    /// Its file, which its errors name.
+    pub(super) file: &'a str,
+    pub(super) name: &'a str,
+    /// Its own listener, if it has one.
+    pub(super) listen: Option<SocketAddr>,
+    /// Its pinned virtual address.
+    pub(super) pinned: Option<IpAddr>,
+}
+
+/// A problem found: the service's file (`None`: `mesh.yaml`), the field, what is wrong.
+pub(super) type Problem<'a> = (Option<&'a str>, &'static str, String);
+
+/// Checks every service's pinned address (usable in the range, held by no other service), that
+/// no listener sits in the range, and that the range has an address for every service.
+pub(super) fn check_services<'a>(
     settings: &VirtualAddressSettings,
-    services: &BTreeMap<String, ServiceConfig>,
-    out: &mut Vec<FileError>,
-) {
+    services: &[ServiceAddresses<'a>],
+) -> Vec<Problem<'a>> {
     let range = settings.range;
+    let mut out = Vec::new();
     let mut pinned: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    for service in services.values() {
-        if let Some(tcp) = &service.tcp
-            && range.contains(tcp.listen.ip())
+    for service in services {
+        if let Some(listen) = service.listen
+            && range.contains(listen.ip())
         {
-            out.push(file_error(
-                &service.file,
+            out.push((
+                Some(service.file),
                 "listen",
                 format!(
-                    "{} is inside virtual_addresses.range {range}: a listener there would \
+                    "{listen} is inside virtual_addresses.range {range}: a listener there would \
                      take connections meant for a service's virtual address",
-                    tcp.listen
                 ),
             ));
         }
-        let Some(ip) = service.virtual_address else {
+        let Some(ip) = service.pinned else {
             continue;
         };
         if !range.usable(ip) {
@@ -102,14 +114,14 @@ pub(super) fn check_services(
             } else {
                 "is outside"
             };
-            out.push(file_error(
-                &service.file,
+            out.push((
+                Some(service.file),
                 "virtual_address",
                 format!("{ip} {why} virtual_addresses.range {range}"),
             ));
-        } else if let Some(first) = pinned.insert(ip, &service.name) {
-            out.push(file_error(
-                &service.file,
+        } else if let Some(first) = pinned.insert(ip, service.name) {
+            out.push((
+                Some(service.file),
                 "virtual_address",
                 format!("{ip} is already the virtual address of {first}"),
             ));
@@ -117,8 +129,8 @@ pub(super) fn check_services(
     }
     let capacity = range.usable_count();
     if u128::try_from(services.len()).unwrap_or(u128::MAX) > capacity {
-        out.push(file_error(
-            super::MESH_FILE,
+        out.push((
+            None,
             "virtual_addresses.range",
             format!(
                 "{range} holds {capacity} usable addresses, fewer than the {} declared \
@@ -127,6 +139,7 @@ pub(super) fn check_services(
             ),
         ));
     }
+    out
 }
 
 /// Reads a service file's `virtual_address`.
