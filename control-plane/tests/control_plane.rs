@@ -752,9 +752,10 @@ async fn changing_the_ca_needs_the_admin_token_and_no_page_can_reach_the_admin()
 async fn virtual_addresses(cp: &mesh_control_plane::ControlPlane) -> Vec<(String, String)> {
     let (status, body) = admin(cp, Method::GET, "/status").await;
     assert_eq!(status, StatusCode::OK);
-    body["services"]
-        .as_object()
-        .unwrap()
+    let Some(services) = body["services"].as_object() else {
+        panic!("/status has no services: {body:#}");
+    };
+    services
         .iter()
         .map(|(name, s)| {
             let ip = s["virtual_address"].as_str().unwrap_or_default().to_owned();
