@@ -260,8 +260,6 @@ impl ControlPlane {
 /// once it is ready.
 pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlane, Error> {
     let mut config = config::load(&options.config_dir)?;
-    let mut addresses = virtual_addresses::AddressTable::open(&options.state_dir)?;
-    addresses.assign(&mut config)?;
     let state_dir = options.state_dir.clone();
     let trust_domain = config.trust_domain.clone();
     let ca = tokio::task::spawn_blocking(move || ca::Authority::open(&state_dir, &trust_domain))
@@ -271,6 +269,9 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
             source: io::Error::other(e),
         })??;
     let tokens = Tokens::open(&options.state_dir)?;
+    // After the CA, which creates the state directory on a first start.
+    let mut addresses = virtual_addresses::AddressTable::open(&options.state_dir)?;
+    addresses.assign(&mut config)?;
     for service in tokens.ensure(config.services.keys())? {
         tracing::info!(%service, path = %tokens.path(&service).display(), "created a join token");
     }
