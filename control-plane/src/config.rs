@@ -16,6 +16,7 @@
 //! api: { max_connections: 1024, rate_limits: {...}, ... }   # listener limits, see `limits`
 //! registration: { allowed_addresses: [10.0.0.0/8], max_instances_per_service: 1000 }
 //! admin: { max_connections: 64, header_timeout: 5s }
+//! virtual_addresses: { range: 127.240.0.0/12 }       # where services' virtual addresses come from
 //!
 //! # services/inventory.yaml
 //! name: inventory
@@ -26,6 +27,7 @@
 //! routes: [...]                   # HTTPRoute-shaped rules: matches, filters, backendRefs
 //! fault: { delay: {...}, abort: {...} }
 //! rate_limit: { requests_per_second: 50, callers: { orders: { requests_per_second: 10 } } }
+//! virtual_address: 127.240.0.10   # optional: pins its address, inside virtual_addresses.range
 //!
 //! # services/redis.yaml: a TCP service
 //! name: redis
@@ -53,8 +55,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use self::limits::{AdminLimits, ApiLimits, Cidr, RateLimits, RegistrationSettings};
+pub use self::virtual_addresses::{DEFAULT_RANGE, VirtualAddressSettings};
 
 mod limits;
+mod virtual_addresses;
 
 /// The mesh file's name in the configuration directory.
 pub const MESH_FILE: &str = "mesh.yaml";
@@ -90,6 +94,8 @@ pub struct MeshConfig {
     pub registration: RegistrationSettings,
     /// The admin listener's limits (fixed at start).
     pub admin: AdminLimits,
+    /// Where services' virtual addresses come from.
+    pub virtual_addresses: VirtualAddressSettings,
 }
 
 /// How the registry keeps instances.
@@ -122,6 +128,9 @@ pub struct ServiceConfig {
     pub traffic_split: Option<BTreeMap<String, u32>>,
     /// For a `protocol: tcp` service, where its callers' apps connect and its app's port.
     pub tcp: Option<TcpDestination>,
+    /// The IP its callers' apps reach it at: pinned by its file, or, once the control plane
+    /// puts the configuration in force, allocated from `virtual_addresses.range`.
+    pub virtual_address: Option<std::net::IpAddr>,
 }
 
 /// One problem, at a file and a field path.
@@ -168,6 +177,8 @@ struct MeshFile {
     registration: limits::RegistrationFile,
     #[serde(default)]
     admin: limits::AdminFile,
+    #[serde(default)]
+    virtual_addresses: virtual_addresses::VirtualAddressesFile,
 }
 
 #[derive(Default, Deserialize)]
@@ -213,6 +224,8 @@ struct ServiceFile {
     listen: Option<String>,
     #[serde(default)]
     port: Option<u16>,
+    #[serde(default)]
+    virtual_address: Option<String>,
 }
 
 // === reading ===
@@ -292,6 +305,7 @@ pub fn parse(files: &ConfigFiles) -> Result<MeshConfig, InvalidConfig> {
                 api: limits::ApiFile::default(),
                 registration: limits::RegistrationFile::default(),
                 admin: limits::AdminFile::default(),
+                virtual_addresses: virtual_addresses::VirtualAddressesFile::default(),
             };
             let partial = validate(placeholder, service_files, &mut ignored);
             errors.extend(ignored.into_iter().filter(|e| e.file != MESH_FILE));
@@ -420,6 +434,7 @@ fn validate(
     let api = limits::api(mesh.api, &mut errors);
     let registration = limits::registration(mesh.registration, &mut errors);
     let admin = limits::admin(mesh.admin, &mut errors);
+    let virtual_addresses = virtual_addresses::settings(mesh.virtual_addresses, &mut errors);
     drain(MESH_FILE, errors, out);
 
     let mut declared: BTreeMap<String, String> = BTreeMap::new();
@@ -467,6 +482,18 @@ fn validate(
             ));
         }
     }
+    let addresses: Vec<_> = services
+        .values()
+        .map(|s| virtual_addresses::ServiceAddresses {
+            file: &s.file,
+            name: &s.name,
+            listen: s.tcp.as_ref().map(|t| t.listen),
+            pinned: s.virtual_address,
+        })
+        .collect();
+    for (file, path, message) in virtual_addresses::check_services(&virtual_addresses, &addresses) {
+        out.push(file_error(file.unwrap_or(MESH_FILE), path, message));
+    }
     MeshConfig {
         trust_domain: mesh.trust_domain,
         namespace,
@@ -477,6 +504,7 @@ fn validate(
         api,
         registration,
         admin,
+        virtual_addresses,
     }
 }
 
@@ -638,6 +666,7 @@ fn validate_service(
             }
         }
     }
+    let virtual_address = virtual_addresses::pinned(file.virtual_address.as_deref(), errors);
     ServiceConfig {
         name: file.name,
         file: file_name.to_owned(),
@@ -647,6 +676,7 @@ fn validate_service(
         rate_limit,
         traffic_split: file.traffic_split,
         tcp,
+        virtual_address,
     }
 }
 

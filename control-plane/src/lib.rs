@@ -13,6 +13,7 @@
 //! - `grpc`: the `mesh.v1` services; `tls`: the API's TLS with live certificates;
 //!   `listener`: the API's connections within their limits; `rate_limit`: per-caller call
 //!   rates; `log_limit`: warnings about refused callers, capped.
+//! - `virtual_addresses`: the table of services' virtual addresses in the state directory.
 //! - `admin`: the admin HTTP server; [`admin_client`]: a small client for it (meshctl, tests).
 //! - [`client`]: the sidecar's side of the API (CSR, SPIFFE-verified connection), for tests and
 //!   tools; the work is `mesh_api::certify` and `mesh_api::channel`, which sidecars use too.
@@ -23,6 +24,8 @@
 //! - `ca.pem`, `roots/`, `signer`, and optionally an operator's `ca-key.pem` or
 //!   `intermediate.pem` + `intermediate-key.pem`: the CA (see [`ca::Authority`]).
 //! - `tokens/<service>`: join tokens (see [`Tokens`]).
+//! - `virtual-addresses`: each service's virtual address, kept so it never moves (see
+//!   `virtual_addresses.rs`).
 //! - `version`: the last snapshot version, written on stop; the next start continues above it
 //!   and above the clock in milliseconds, so versions only ever increase.
 //!
@@ -52,6 +55,7 @@ pub mod metrics;
 mod rate_limit;
 mod tls;
 mod tokens;
+mod virtual_addresses;
 
 use std::future::Future;
 use std::io;
@@ -72,6 +76,7 @@ pub use crate::listener::PeerInfo;
 pub use crate::mesh::{InstanceStatus, ServiceStatus, Status};
 pub use crate::tls::{TlsError, control_plane_id};
 pub use crate::tokens::{TokenError, Tokens, admin_token_path};
+pub use crate::virtual_addresses::{AddressError, TABLE_FILE as VIRTUAL_ADDRESS_FILE};
 
 /// The API's default listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15010";
@@ -138,6 +143,9 @@ pub enum Error {
     /// Join tokens could not be created.
     #[error("join tokens: {0}")]
     Tokens(#[from] TokenError),
+    /// Virtual addresses could not be allocated or recorded.
+    #[error("virtual addresses: {0}")]
+    VirtualAddresses(#[from] AddressError),
     /// TLS could not be set up.
     #[error("{0}")]
     Tls(#[from] TlsError),
@@ -251,7 +259,7 @@ impl ControlPlane {
 /// loads or creates the CA and join tokens, then serves the API and the admin server. Returns
 /// once it is ready.
 pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlane, Error> {
-    let config = config::load(&options.config_dir)?;
+    let mut config = config::load(&options.config_dir)?;
     let state_dir = options.state_dir.clone();
     let trust_domain = config.trust_domain.clone();
     let ca = tokio::task::spawn_blocking(move || ca::Authority::open(&state_dir, &trust_domain))
@@ -261,6 +269,9 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
             source: io::Error::other(e),
         })??;
     let tokens = Tokens::open(&options.state_dir)?;
+    // After the CA, which creates the state directory on a first start.
+    let mut addresses = virtual_addresses::AddressTable::open(&options.state_dir)?;
+    addresses.assign(&mut config)?;
     for service in tokens.ensure(config.services.keys())? {
         tracing::info!(%service, path = %tokens.path(&service).display(), "created a join token");
     }
@@ -307,6 +318,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     tasks.push(tokio::spawn(watch_config(
         mesh.clone(),
         tokens,
+        addresses,
         options.config_dir.clone(),
         options.config_poll,
         watched_files,
@@ -402,6 +414,7 @@ fn save_version(state_dir: &Path, version: u64) {
 async fn watch_config(
     mesh: Arc<mesh::Mesh>,
     tokens: Tokens,
+    mut addresses: virtual_addresses::AddressTable,
     dir: PathBuf,
     every: Duration,
     mut last: config::ConfigFiles,
@@ -436,7 +449,14 @@ async fn watch_config(
         });
         match result {
             Ok(None) => {}
-            Ok(Some(config)) => {
+            Ok(Some(mut config)) => {
+                // Before the comparison below, so a change that moves no address compares
+                // equal; a table that cannot be written keeps the configuration in force.
+                if let Err(e) = addresses.assign(&mut config) {
+                    tracing::error!(error = %e, "configuration change refused: virtual addresses");
+                    mesh.metrics().reloaded(false);
+                    continue;
+                }
                 last_failure = None;
                 match tokens.ensure(config.services.keys()) {
                     Ok(created) => {

@@ -753,3 +753,107 @@ async fn changing_the_ca_needs_the_admin_token_and_no_page_can_reach_the_admin()
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
     cp.stop().await.unwrap();
 }
+
+/// Each service's virtual address in `/status`, by name.
+async fn virtual_addresses(cp: &mesh_control_plane::ControlPlane) -> Vec<(String, String)> {
+    let (status, body) = admin(cp, Method::GET, "/status").await;
+    assert_eq!(status, StatusCode::OK);
+    let Some(services) = body["services"].as_object() else {
+        panic!("/status has no services: {body:#}");
+    };
+    services
+        .iter()
+        .map(|(name, s)| {
+            let ip = s["virtual_address"].as_str().unwrap_or_default().to_owned();
+            (name.clone(), ip)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn virtual_addresses_stay_across_a_restart_and_when_a_service_is_added() {
+    let dirs = Dirs::new(
+        MESH,
+        &[
+            ("orders", "name: orders\ncalls: [inventory]\n"),
+            ("inventory", "name: inventory\n"),
+            ("payments", "name: payments\nvirtual_address: 127.240.0.7\n"),
+        ],
+    );
+    let cp = dirs.start().await;
+    let first = virtual_addresses(&cp).await;
+    assert_eq!(first.len(), 3, "{first:?}");
+    let range: mesh_control_plane::config::Cidr = "127.240.0.0/12".parse().unwrap();
+    for (name, ip) in &first {
+        let ip: std::net::IpAddr = ip.parse().unwrap_or_else(|_| panic!("{name}: {ip:?}"));
+        assert!(range.contains(ip), "{name}: {ip}");
+    }
+    assert!(first.contains(&("payments".into(), "127.240.0.7".into())));
+    let table =
+        std::fs::read_to_string(dirs.state().join(mesh_control_plane::VIRTUAL_ADDRESS_FILE))
+            .unwrap();
+    for (name, ip) in &first {
+        assert!(table.contains(&format!("{name} {ip}\n")), "{table}");
+    }
+    cp.stop().await.unwrap();
+
+    // The same state directory after a restart: the same addresses.
+    let cp = dirs.start().await;
+    assert_eq!(virtual_addresses(&cp).await, first);
+
+    // A service added while running gets one of its own; the others keep theirs.
+    dirs.write_service("audit", "name: audit\n");
+    let added = eventually(
+        "audit's virtual address",
+        Duration::from_secs(3),
+        || async {
+            let now = virtual_addresses(&cp).await;
+            (now.len() == 4).then_some(now)
+        },
+    )
+    .await;
+    for entry in &first {
+        assert!(added.contains(entry), "{entry:?} moved: {added:?}");
+    }
+    let audit = &added.iter().find(|(name, _)| name == "audit").unwrap().1;
+    assert!(first.iter().all(|(_, ip)| ip != audit), "{added:?}");
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_duplicate_or_out_of_range_virtual_address_is_refused_naming_the_field() {
+    let dirs = Dirs::new(
+        "trust_domain: mesh.local\nvirtual_addresses: { range: 127.241.0.0/16 }\n",
+        &[
+            (
+                "inventory",
+                "name: inventory\nvirtual_address: 127.241.0.9\n",
+            ),
+            ("payments", "name: payments\nvirtual_address: 127.241.0.9\n"),
+            ("audit", "name: audit\nvirtual_address: 127.242.0.1\n"),
+        ],
+    );
+    let err = mesh_control_plane::start(dirs.options(), listeners().await)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "services/payments.yaml: virtual_address: 127.241.0.9 is already the virtual address of inventory"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "services/audit.yaml: virtual_address: 127.242.0.1 is outside virtual_addresses.range 127.241.0.0/16"
+        ),
+        "{err}"
+    );
+    // Nothing was allocated for a configuration that was refused.
+    assert!(
+        !dirs
+            .state()
+            .join(mesh_control_plane::VIRTUAL_ADDRESS_FILE)
+            .exists()
+    );
+}

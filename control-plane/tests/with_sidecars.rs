@@ -1191,3 +1191,35 @@ async fn an_http_service_with_a_listener_serves_http_there_and_tunnels_the_rest(
     assert_eq!(metrics::value(&text, tunnelled), Some(1.0), "{text}");
     cp.stop().await.unwrap();
 }
+
+/// A sidecar's snapshot carries each destination's virtual address, the one `/status` shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecars_snapshot_carries_its_destinations_virtual_addresses() {
+    let (cluster, cp) = Cluster::start(
+        "1h",
+        &[
+            ("orders", "name: orders\ncalls: [inventory, payments]\n"),
+            ("inventory", INVENTORY),
+            ("payments", "name: payments\nvirtual_address: 127.240.0.7\n"),
+        ],
+    )
+    .await;
+    let orders = cluster
+        .sidecar("orders", app::echo("orders").await, "")
+        .await;
+    let snapshot = snapshot(&orders).await;
+    let status = cluster.status().await;
+    let inventory = status["services"]["inventory"]["virtual_address"]
+        .as_str()
+        .unwrap();
+    assert!(inventory.starts_with("127."), "{status:#}");
+    assert_eq!(
+        snapshot["destinations"]["inventory"]["virtual_address"], inventory,
+        "{snapshot:#}"
+    );
+    assert_eq!(
+        snapshot["destinations"]["payments"]["virtual_address"], "127.240.0.7",
+        "{snapshot:#}"
+    );
+    cp.stop().await.unwrap();
+}

@@ -102,6 +102,7 @@ fn destinations(n: usize) -> BTreeMap<String, Destination> {
                 identity: peer(&name),
                 policy: DestinationPolicy::default(),
                 tcp: None,
+                virtual_address: None,
             };
             (name, destination)
         })

@@ -430,6 +430,92 @@ impl Cidr {
             _ => false,
         }
     }
+
+    /// An IPv4 range, for constants.
+    pub(crate) const fn v4(octets: [u8; 4], prefix: u8) -> Self {
+        Self {
+            network: IpAddr::V4(std::net::Ipv4Addr::new(
+                octets[0], octets[1], octets[2], octets[3],
+            )),
+            prefix,
+        }
+    }
+
+    /// The address as written, host bits and all.
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    fn bits(&self) -> u32 {
+        if self.network.is_ipv4() { 32 } else { 128 }
+    }
+
+    fn base(&self) -> u128 {
+        let raw = match self.network {
+            IpAddr::V4(ip) => u128::from(u32::from(ip)),
+            IpAddr::V6(ip) => u128::from(ip),
+        };
+        let host_bits = self.bits() - u32::from(self.prefix);
+        raw.checked_shr(host_bits)
+            .and_then(|n| n.checked_shl(host_bits))
+            .unwrap_or(0)
+    }
+
+    /// The range's first address (the network address, host bits cleared).
+    pub fn first(&self) -> IpAddr {
+        self.at(0)
+    }
+
+    /// The address `offset` past the first; wraps within the address family.
+    pub(crate) fn at(&self, offset: u128) -> IpAddr {
+        let n = self.base().wrapping_add(offset);
+        match self.network {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(n as u32)),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(n)),
+        }
+    }
+
+    /// The offsets of the addresses a host may hold, first and last: all but the network
+    /// address, and for IPv4 the broadcast address, when the range has room for them.
+    pub(crate) fn usable_offsets(&self) -> (u128, u128) {
+        let host_bits = self.bits() - u32::from(self.prefix);
+        let last = 1u128
+            .checked_shl(host_bits)
+            .map_or(u128::MAX, |size| size - 1);
+        match (self.network, last) {
+            (_, 0) | (IpAddr::V4(_), 1) => (0, last),
+            (IpAddr::V4(_), _) => (1, last - 1),
+            (IpAddr::V6(_), _) => (1, last),
+        }
+    }
+
+    /// How many addresses a host may hold.
+    pub fn usable_count(&self) -> u128 {
+        let (first, last) = self.usable_offsets();
+        (last - first).saturating_add(1)
+    }
+
+    /// `ip`'s offset from the first address, when in the range.
+    pub(crate) fn offset_of(&self, ip: IpAddr) -> Option<u128> {
+        let n = match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(_), IpAddr::V4(ip)) => u128::from(u32::from(ip)),
+            (IpAddr::V6(_), IpAddr::V6(ip)) => u128::from(ip),
+            _ => return None,
+        };
+        self.contains(ip).then(|| n - self.base())
+    }
+
+    /// Whether `ip` is in the range and a host may hold it.
+    pub fn usable(&self, ip: IpAddr) -> bool {
+        let (first, last) = self.usable_offsets();
+        self.offset_of(ip)
+            .is_some_and(|o| (first..=last).contains(&o))
+    }
 }
 
 impl std::str::FromStr for Cidr {

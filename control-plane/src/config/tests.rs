@@ -639,3 +639,89 @@ fn the_documented_limits_are_the_defaults() {
     assert_eq!(config.registration, RegistrationSettings::default());
     assert_eq!(config.admin, AdminLimits::default());
 }
+
+#[test]
+fn virtual_addresses_default_to_a_loopback_range_clear_of_127_0_0_1() {
+    let config = parse(&files(
+        "trust_domain: mesh.local\n",
+        &[
+            ("a", "name: a\nvirtual_address: 127.240.0.9\n"),
+            ("b", "name: b\n"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(config.virtual_addresses.range.to_string(), "127.240.0.0/12");
+    assert_eq!(
+        config.services["a"].virtual_address,
+        Some("127.240.0.9".parse().unwrap())
+    );
+    assert_eq!(config.services["b"].virtual_address, None);
+}
+
+#[test]
+fn bad_virtual_address_ranges_name_the_field() {
+    for (range, expected) in [
+        ("nonsense", "is not an IP address or range"),
+        ("127.240.0.0/40", "the prefix length must be 0 to 32"),
+        (
+            "127.240.0.1/12",
+            "bits set past its prefix: the range is 127.240.0.0/12",
+        ),
+        ("127.0.0.0/8", "contains 127.0.0.1"),
+        ("0.0.0.0/4", "contains the unspecified address"),
+    ] {
+        let errors = errors(
+            &format!("trust_domain: mesh.local\nvirtual_addresses: {{ range: {range:?} }}\n"),
+            &[],
+        );
+        assert_eq!(errors.len(), 1, "{range}: {errors:?}");
+        assert!(
+            errors[0].starts_with("mesh.yaml: virtual_addresses.range: ")
+                && errors[0].contains(expected),
+            "{range}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn a_range_too_small_for_the_services_is_refused() {
+    let errors = errors(
+        "trust_domain: mesh.local\nvirtual_addresses: { range: 127.240.0.0/31 }\n",
+        &[("a", "name: a\n"), ("b", "name: b\n"), ("c", "name: c\n")],
+    );
+    assert_eq!(
+        errors,
+        [
+            "mesh.yaml: virtual_addresses.range: 127.240.0.0/31 holds 2 usable addresses, fewer \
+          than the 3 declared services: use a larger range"
+        ]
+    );
+}
+
+#[test]
+fn pinned_virtual_addresses_must_be_usable_in_the_range_and_unique() {
+    let errors = errors(
+        "trust_domain: mesh.local\nvirtual_addresses: { range: 127.240.0.0/24 }\n",
+        &[
+            ("a", "name: a\nvirtual_address: 127.240.0.7\n"),
+            ("b", "name: b\nvirtual_address: 127.240.0.7\n"),
+            ("c", "name: c\nvirtual_address: 127.9.0.1\n"),
+            ("d", "name: d\nvirtual_address: 127.240.0.255\n"),
+            ("e", "name: e\nvirtual_address: inventory\n"),
+            (
+                "f",
+                "name: f\nprotocol: tcp\nlisten: 127.240.0.20:6380\nport: 6379\n",
+            ),
+        ],
+    );
+    assert_eq!(
+        errors,
+        [
+            "services/e.yaml: virtual_address: \"inventory\" is not an IP address (e.g. 127.240.0.10)",
+            "services/b.yaml: virtual_address: 127.240.0.7 is already the virtual address of a",
+            "services/c.yaml: virtual_address: 127.9.0.1 is outside virtual_addresses.range 127.240.0.0/24",
+            "services/d.yaml: virtual_address: 127.240.0.255 is the network or broadcast address of virtual_addresses.range 127.240.0.0/24",
+            "services/f.yaml: listen: 127.240.0.20:6380 is inside virtual_addresses.range 127.240.0.0/24: a listener there would take connections meant for a service's virtual address",
+        ]
+    );
+}

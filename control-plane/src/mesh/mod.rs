@@ -462,6 +462,7 @@ impl Mesh {
         status::status(
             versions,
             &state.ca,
+            &state.config,
             services,
             &state.registry,
             Instant::now(),

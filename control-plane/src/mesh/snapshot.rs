@@ -52,6 +52,10 @@ pub(super) fn snapshot(
             policy: Some(v1::Policy::from(&dest.policy)),
             backends: backends(dest, registry),
             tcp: dest.tcp.as_ref().map(v1::TcpDestination::from),
+            virtual_address: dest
+                .virtual_address
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
         })
         .collect();
     v1::Snapshot {

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::registry::Registry;
 use crate::ca::{Authority, RootInfo};
+use crate::config::MeshConfig;
 
 /// The `/status` document.
 #[derive(Debug, Serialize)]
@@ -33,6 +34,8 @@ pub struct ServiceStatus {
     pub snapshot_version: u64,
     /// Open watch streams.
     pub watchers: usize,
+    /// The IP its callers' apps reach it at, for hosts files.
+    pub virtual_address: Option<String>,
     /// Registered instances.
     pub instances: Vec<InstanceStatus>,
 }
@@ -85,6 +88,7 @@ pub(super) struct Versions {
 pub(super) fn status(
     versions: Versions,
     ca: &Authority,
+    config: &MeshConfig,
     services: impl IntoIterator<Item = (String, u64, usize)>,
     registry: &Registry,
     now: Instant,
@@ -92,11 +96,17 @@ pub(super) fn status(
     let mut services: BTreeMap<String, ServiceStatus> = services
         .into_iter()
         .map(|(name, snapshot_version, watchers)| {
+            let virtual_address = config
+                .services
+                .get(&name)
+                .and_then(|s| s.virtual_address)
+                .map(|ip| ip.to_string());
             (
                 name,
                 ServiceStatus {
                     snapshot_version,
                     watchers,
+                    virtual_address,
                     instances: Vec::new(),
                 },
             )

@@ -359,6 +359,10 @@ pub struct Destination {
     /// the outbound listener only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpDestination>,
+    /// The IP the local app reaches it at (a hosts file names it there); a redirected
+    /// connection to it is mapped back to this destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_address: Option<IpAddr>,
 }
 
 fn display_option<T: fmt::Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {

@@ -189,4 +189,7 @@ pub(super) struct DestinationFile {
     /// The port the destination's app serves a `tcp` destination on.
     #[serde(default)]
     pub(super) port: Option<u16>,
+    /// The IP the local app reaches the destination at, when its connections are redirected.
+    #[serde(default)]
+    pub(super) virtual_address: Option<String>,
 }

@@ -661,3 +661,52 @@ fn limits_are_read_shown_and_checked_by_path() {
         ["limits.admin.max_connections"]
     );
 }
+
+#[test]
+fn a_destination_may_set_its_virtual_address() {
+    let yaml = GOOD.replace(
+        "    endpoints: [127.0.0.1:18006]\n",
+        "    endpoints: [127.0.0.1:18006]\n    virtual_address: 127.240.0.11\n",
+    );
+    let config = Config::from_yaml(&yaml, Path::new("/base")).unwrap();
+    assert_eq!(
+        config.destinations["payments"].virtual_address,
+        Some("127.240.0.11".parse().unwrap())
+    );
+    assert_eq!(config.destinations["inventory"].virtual_address, None);
+}
+
+#[test]
+fn bad_or_shared_virtual_addresses_name_the_destination() {
+    let yaml = GOOD
+        .replace(
+            "    endpoints: [127.0.0.1:16006, 127.0.0.1:17006]\n",
+            "    endpoints: [127.0.0.1:16006, 127.0.0.1:17006]\n    virtual_address: 127.240.0.11\n",
+        )
+        .replace(
+            "    endpoints: [127.0.0.1:18006]\n",
+            "    endpoints: [127.0.0.1:18006]\n    virtual_address: 127.240.0.11\n",
+        );
+    let errors: Vec<String> = errors(&yaml)
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("destinations.payments.virtual_address")
+            && errors[0]
+                .contains("127.240.0.11 is already the virtual address of destinations.inventory"),
+        "{errors:?}"
+    );
+    for bad in ["inventory", "0.0.0.0"] {
+        let yaml = GOOD.replace(
+            "    endpoints: [127.0.0.1:18006]\n",
+            &format!("    endpoints: [127.0.0.1:18006]\n    virtual_address: {bad:?}\n"),
+        );
+        assert_eq!(
+            paths(&yaml),
+            ["destinations.payments.virtual_address"],
+            "{bad}"
+        );
+    }
+}

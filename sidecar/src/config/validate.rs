@@ -118,6 +118,23 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
             .filter_map(|(i, e)| socket_addr(errors, &format!("{path}.endpoints[{i}]"), e))
             .collect();
         let tcp = tcp_destination(&dest, &path, &listen, errors);
+        let virtual_address = dest.virtual_address.as_deref().and_then(|text| {
+            let field = format!("{path}.virtual_address");
+            match text.parse::<IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => {
+                    errors.push(field, format!("{ip} is the unspecified address"));
+                    None
+                }
+                Ok(ip) => Some(ip.to_canonical()),
+                Err(_) => {
+                    errors.push(
+                        field,
+                        format!("{text:?} is not an IP address (e.g. 127.240.0.10)"),
+                    );
+                    None
+                }
+            }
+        });
         let identity = match dest.identity {
             Some(id) => id
                 .parse::<SpiffeId>()
@@ -145,6 +162,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
                     identity,
                     policy,
                     tcp,
+                    virtual_address,
                 },
             );
         }
@@ -173,6 +191,20 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
                     );
                 }
             }
+        }
+    }
+
+    // A redirected connection to a virtual address must map to one destination.
+    let mut virtual_addresses: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    for (name, dest) in &destinations {
+        let Some(ip) = dest.virtual_address else {
+            continue;
+        };
+        if let Some(other) = virtual_addresses.insert(ip, name) {
+            errors.push(
+                format!("destinations.{name}.virtual_address"),
+                format!("{ip} is already the virtual address of destinations.{other}"),
+            );
         }
     }
 

@@ -4,7 +4,7 @@
 //! anything changes, and the sidecar keeps running on the previous one. Requests in flight keep
 //! the destination stack they started with; new requests see the new table.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -154,6 +154,7 @@ impl Applier {
                     .collect();
                 let mut value = serde_json::json!({
                     "identity": spec.identity,
+                    "virtual_address": spec.virtual_address,
                     "policy": spec.policy,
                     "backends": backends,
                 });
@@ -278,10 +279,19 @@ fn destination(d: &v1::Destination) -> Result<DestinationSpec, Rejected> {
         .as_ref()
         .map(|t| TcpDestination::try_from(t).map_err(|e| fail(e.to_string())))
         .transpose()?;
+    let virtual_address = match d.virtual_address.as_str() {
+        "" => None,
+        text => Some(
+            text.parse::<IpAddr>()
+                .map_err(|_| fail(format!("invalid virtual address {text:?}")))?
+                .to_canonical(),
+        ),
+    };
     Ok(DestinationSpec {
         identity,
         policy,
         backends,
         tcp,
+        virtual_address,
     })
 }

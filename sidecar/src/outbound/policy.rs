@@ -13,7 +13,7 @@
 //! one keeps the pooled connections of the endpoints it still has.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ pub(crate) struct DestinationSpec {
     pub(crate) backends: Vec<BackendSpec>,
     /// For a destination with a listener of its own, the listener and its app's port.
     pub(crate) tcp: Option<TcpDestination>,
+    /// The IP the local app reaches it at, when its connections are redirected here.
+    pub(crate) virtual_address: Option<IpAddr>,
 }
 
 /// The endpoints of one version of a destination, and its share of requests.
@@ -75,6 +77,7 @@ impl From<&Destination> for DestinationSpec {
                 endpoints: dest.endpoints.clone(),
             }],
             tcp: dest.tcp,
+            virtual_address: dest.virtual_address,
         }
     }
 }
@@ -83,6 +86,10 @@ impl From<&Destination> for DestinationSpec {
 #[derive(Debug, Default)]
 pub(crate) struct Destinations {
     by_name: HashMap<String, Arc<DestinationStack>>,
+    /// Destination names by virtual address, then by endpoint: a redirected connection's
+    /// original destination is one or the other.
+    by_virtual_address: HashMap<IpAddr, String>,
+    by_endpoint: HashMap<SocketAddr, String>,
 }
 
 /// One destination service and the stacks that reach it.
@@ -221,7 +228,12 @@ impl Destinations {
             };
             by_name.insert(name, stack);
         }
-        let table = Self { by_name };
+        let (by_virtual_address, by_endpoint) = address_index(&by_name);
+        let table = Self {
+            by_name,
+            by_virtual_address,
+            by_endpoint,
+        };
         if let Some(previous) = previous {
             for (name, addr) in previous.endpoint_addrs() {
                 if !table.has_endpoint(name, addr) {
@@ -254,6 +266,23 @@ impl Destinations {
         self.by_name.get(name).cloned()
     }
 
+    /// The destination a connection redirected here was sent to, by its original destination:
+    /// a destination's virtual address (any port), else the `ip:port` of one of its
+    /// endpoints (an app that dialled an instance directly). Two hash lookups, no allocation.
+    ///
+    /// For the outbound listener's redirected connections; an endpoint shared by two
+    /// destinations maps to the first by name.
+    #[allow(dead_code)] // the outbound listener calls it once it reads original destinations
+    pub(crate) fn by_address(&self, addr: SocketAddr) -> Option<(&str, Arc<DestinationStack>)> {
+        let ip = addr.ip().to_canonical();
+        let name = self
+            .by_virtual_address
+            .get(&ip)
+            .or_else(|| self.by_endpoint.get(&SocketAddr::new(ip, addr.port())))?;
+        let (name, stack) = self.by_name.get_key_value(name)?;
+        Some((name.as_str(), stack.clone()))
+    }
+
     /// The destinations with a listener of their own (`protocol: tcp`, or `http` with
     /// `listen`), by name.
     pub(crate) fn listeners(&self) -> impl Iterator<Item = (&str, TcpDestination)> {
@@ -278,6 +307,28 @@ impl Destinations {
         ejected.sort();
         ejected
     }
+}
+
+/// The address indexes of a table, built once with it. Names are visited in order, so when
+/// two destinations claim one address the first by name keeps it, on every build.
+fn address_index(
+    by_name: &HashMap<String, Arc<DestinationStack>>,
+) -> (HashMap<IpAddr, String>, HashMap<SocketAddr, String>) {
+    let mut stacks: Vec<(&String, &Arc<DestinationStack>)> = by_name.iter().collect();
+    stacks.sort_by_key(|(name, _)| *name);
+    let mut virtual_addresses = HashMap::new();
+    let mut endpoints = HashMap::new();
+    for (name, stack) in stacks {
+        let spec = &stack.spec;
+        if let Some(ip) = spec.virtual_address {
+            virtual_addresses.entry(ip).or_insert_with(|| name.clone());
+        }
+        for addr in spec.backends.iter().flat_map(|b| &b.endpoints) {
+            let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+            endpoints.entry(addr).or_insert_with(|| name.clone());
+        }
+    }
+    (virtual_addresses, endpoints)
 }
 
 // === impl DestinationStack ===
@@ -461,3 +512,6 @@ impl DestinationStack {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
