@@ -69,6 +69,7 @@ use crate::headers::{
 };
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Label, Metrics};
+use crate::original_dst::OriginalDst;
 use crate::proxy_request::{Parties, Recorder};
 use crate::splice::{OpenStreams, Splice, TcpSide};
 use crate::telemetry::spans::Spans;
@@ -247,13 +248,26 @@ impl Outbound {
     /// forward. An upgrade or a CONNECT takes no route: routes set timeouts and retries, which
     /// a stream does not have.
     fn route<B>(&self, req: &Request<B>, upgrade: Option<&Upgrade>) -> Result<Routed, BoxError> {
-        let authority = destination::authority(req).ok_or(NoAuthority)?;
+        let original = req.extensions().get::<OriginalDst>().map(|dst| dst.0);
+        let authority = match destination::authority(req) {
+            Some(authority) => authority,
+            None => original
+                .and_then(|dst| Authority::try_from(dst.to_string()).ok())
+                .ok_or(NoAuthority)?,
+        };
         let name = destination::service_name(&authority);
-        let stack = self
-            .destinations
-            .borrow()
-            .get(&name)
-            .ok_or(NoRoute { destination: name })?;
+        let stack = {
+            let table = self.destinations.borrow();
+            match table.get(&name) {
+                Some(stack) => stack,
+                // A redirected connection names its service by the address the app dialled (a
+                // service's virtual address, or one of its endpoints) when its Host does not.
+                None => original
+                    .and_then(|dst| table.by_address(dst))
+                    .map(|(_, stack)| stack)
+                    .ok_or(NoRoute { destination: name })?,
+            }
+        };
         if let Some(tcp) = stack.tcp()
             && upgrade != Some(&Upgrade::Connect)
         {

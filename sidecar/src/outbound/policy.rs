@@ -272,7 +272,6 @@ impl Destinations {
     ///
     /// For the outbound listener's redirected connections; an endpoint shared by two
     /// destinations maps to the first by name.
-    #[allow(dead_code)] // the outbound listener calls it once it reads original destinations
     pub(crate) fn by_address(&self, addr: SocketAddr) -> Option<(&str, Arc<DestinationStack>)> {
         let ip = addr.ip().to_canonical();
         let name = self

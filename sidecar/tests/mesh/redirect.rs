@@ -358,7 +358,11 @@ async fn a_real_sidecar_serves_the_apps_redirected_http() {
     let outbound = listen(&ns.name, &format!("127.0.0.1:{OUTBOUND}"));
     let orders = mesh
         .sidecar("orders")
-        .destination("inventory", &[inventory.inbound])
+        .destination_with_policy(
+            "inventory",
+            &[inventory.inbound],
+            &format!("virtual_address: {INVENTORY_VIP}"),
+        )
         .outbound_listener(outbound)
         .start()
         .await;
@@ -385,8 +389,29 @@ async fn a_real_sidecar_serves_the_apps_redirected_http() {
     assert_eq!(seen["service"], "inventory", "{seen}");
     assert_eq!(seen["path"], "/api/stock", "{seen}");
     assert_eq!(seen["caller"], ORDERS_ID, "{seen}");
+
+    // An app that dials the service's virtual address, with no Host naming it, reaches it too:
+    // the sidecar names the service by the original destination.
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "setpriv"])
+        .arg(format!("--reuid={APP_UID}"))
+        .arg(format!("--regid={APP_UID}"))
+        .args(["--clear-groups", "curl", "-sS", "--max-time", "10"])
+        .arg(format!("http://{INVENTORY_VIP}/api/stock/42"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert_success(&out);
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["service"], "inventory", "{seen}");
+    assert_eq!(seen["path"], "/api/stock/42", "{seen}");
+    assert_eq!(seen["caller"], ORDERS_ID, "{seen}");
     drop(orders);
 }
+
+/// Inventory's virtual address in the test above: in the default range, where nothing listens.
+const INVENTORY_VIP: &str = "127.240.0.9";
 
 #[test]
 fn a_namespace_is_deleted_when_its_guard_drops() {
