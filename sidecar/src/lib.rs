@@ -256,12 +256,19 @@ pub async fn run(
         destinations_rx.clone(),
         detected_http,
         drain.clone(),
-        streams,
+        streams.clone(),
         metrics.clone(),
     );
+    let redirected = Arc::new(outbound::redirected::RedirectedTcp {
+        source: config.service.as_str().into(),
+        destinations: destinations_rx.clone(),
+        metrics: metrics.clone(),
+        idle_timeout: config.idle_timeout,
+        streams,
+    });
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,
-        move |req| outbound.clone().handle(req),
+        (move |req| outbound.clone().handle(req), redirected),
         config.detect_timeout,
         (&config.limits.outbound, outbound_cap),
         drain.clone(),

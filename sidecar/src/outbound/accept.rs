@@ -2,8 +2,10 @@
 //! detected (`detect.rs`); HTTP/1.1 and HTTP/2 are served, every request handed to the outbound
 //! handler (`Outbound::handle`, passed in so this module needs nothing from the one above it).
 //! A connection that is not HTTP, or says nothing within `detect_timeout`, names no destination
-//! and is closed. A connection that `sidecar redirect`'s rules brought here carries the address
-//! the app dialled (`original_dst.rs`) on each of its requests, as an [`OriginalDst`].
+//! and is closed, unless `sidecar redirect`'s rules brought it here: then the address the app
+//! dialled (`original_dst.rs`) names its destination and it is tunnelled (`redirected.rs`),
+//! before detection for a `protocol: tcp` destination. Such a connection's requests carry that
+//! address too, as an [`OriginalDst`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +31,8 @@ use crate::metrics::{Direction, Metrics};
 use crate::original_dst::{OriginalDst, original_dst};
 use crate::serve::{self, ConnectionCap, Drain, Draining, http_server};
 
+use super::redirected::RedirectedTcp;
+
 /// The outbound handler behind a pointer, for the listeners of destinations, which hold it
 /// beside other state.
 pub(crate) type Handler = Arc<dyn Fn(Request<Incoming>) -> HandlerFuture + Send + Sync>;
@@ -38,10 +42,11 @@ pub(crate) type HandlerFuture =
     Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// Serves the outbound listener until `drain`, then drains its connections. `cap` is shared
-/// with the listeners of destinations.
+/// with the listeners of destinations; `redirected` tunnels the opaque TCP the redirect rules
+/// send here.
 pub(crate) fn spawn<H, F>(
     listener: TcpListener,
-    handle: H,
+    (handle, redirected): (H, Arc<RedirectedTcp>),
     detect_timeout: Duration,
     (limits, cap): (&HttpListenerLimits, ConnectionCap),
     drain: Drain,
@@ -62,7 +67,7 @@ where
         move |tcp, peer, draining| {
             connection(
                 (http.clone(), limits.clone()),
-                handle.clone(),
+                (handle.clone(), redirected.clone()),
                 (tcp, peer),
                 draining,
                 detect_timeout,
@@ -77,7 +82,7 @@ where
 /// anything else is closed.
 async fn connection<H, F>(
     (http, limits): (Arc<auto::Builder<TokioExecutor>>, HttpListenerLimits),
-    handle: H,
+    (handle, redirected): (H, Arc<RedirectedTcp>),
     (tcp, peer): (TcpStream, SocketAddr),
     draining: Draining,
     detect_timeout: Duration,
@@ -87,6 +92,11 @@ async fn connection<H, F>(
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let original = redirected_to(&tcp, peer);
+    if let Some(OriginalDst(dst)) = original
+        && redirected.skips_detection(dst)
+    {
+        return redirected.forward(tcp, dst, peer).await;
+    }
     let (outcome, io) = match detect(tcp, detect_timeout).await {
         Ok(detected) => detected,
         Err(error) => {
@@ -96,9 +106,11 @@ async fn connection<H, F>(
     };
     metrics.protocol_detected(outcome.as_str());
     if outcome.protocol() == Protocol::Tcp {
+        if let Some(OriginalDst(dst)) = original {
+            return redirected.forward(io, dst, peer).await;
+        }
         ::tracing::debug!(
             %peer,
-            original_dst = ?original.map(|dst| dst.0),
             outcome = outcome.as_str(),
             "outbound connection closed: this listener serves HTTP, and a connection that is \
              not HTTP names no destination (give the destination a listen address)"

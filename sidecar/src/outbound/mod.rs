@@ -38,6 +38,7 @@ pub(crate) mod fault;
 pub(crate) mod filters;
 pub(crate) mod mirror;
 pub(crate) mod policy;
+pub(crate) mod redirected;
 pub(crate) mod replay;
 pub(crate) mod retry;
 pub(crate) mod route_match;

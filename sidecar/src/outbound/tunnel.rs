@@ -31,7 +31,7 @@ use super::policy::Destinations;
 /// A tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
 enum TunnelError {
-    #[error("destination is no longer a tcp destination of this sidecar")]
+    #[error("destination is no longer a destination of this sidecar")]
     Gone,
     #[error("peer refused the tunnel with {status} ({reason})")]
     Refused { status: StatusCode, reason: String },
@@ -131,7 +131,9 @@ impl Tunnels {
             .borrow()
             .get(&self.destination)
             .ok_or(TunnelError::Gone)?;
-        let port = stack.listener().ok_or(TunnelError::Gone)?.port;
+        // A destination reached by a redirected connection may have no listener of its own:
+        // then, as for an `http` destination without `port`, each peer's own app port.
+        let port = stack.listener().and_then(|listener| listener.port);
         let failed = |e: BoxError| TunnelError::Failed(e);
         // Without a port, the peer joins the tunnel to its own app's port.
         let authority = match port {

@@ -413,6 +413,82 @@ async fn a_real_sidecar_serves_the_apps_redirected_http() {
 /// Inventory's virtual address in the test above: in the default range, where nothing listens.
 const INVENTORY_VIP: &str = "127.240.0.9";
 
+/// An unmodified redis-cli, as another user in the namespace, dials redis by its virtual
+/// address; the redirect brings the connection to the sidecar, which names the `protocol: tcp`
+/// destination by that address and tunnels it over mTLS to redis-server behind its own sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_reaches_redis_by_its_virtual_address_through_both_sidecars() {
+    if !netns::available("redis_cli_reaches_redis") {
+        return;
+    }
+    let Some(redis) = crate::tcp::Redis::start().await else {
+        return;
+    };
+    let ns = Namespace::create();
+    let mesh = TestMesh::new();
+    let server = mesh.sidecar("redis").app(redis.addr).start().await;
+    let outbound = listen(&ns.name, &format!("127.0.0.1:{OUTBOUND}"));
+    let listen_addr = mesh_testkit::free_port();
+    let caller = mesh
+        .sidecar("orders")
+        .destination_with_policy(
+            "redis",
+            &[server.inbound],
+            &format!(
+                "protocol: tcp\nlisten: \"{listen_addr}\"\nport: {}\nvirtual_address: {REDIS_VIP}",
+                redis.addr.port()
+            ),
+        )
+        .outbound_listener(outbound)
+        .start()
+        .await;
+    assert_success(&redirect(
+        &ns.name,
+        &["--proxy-uid", &PROXY_UID.to_string()],
+    ));
+
+    let cli = |args: &[&str]| {
+        tokio::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "setpriv"])
+            .arg(format!("--reuid={APP_UID}"))
+            .arg(format!("--regid={APP_UID}"))
+            .args(["--clear-groups", "timeout", "10", "redis-cli"])
+            .args(["-h", REDIS_VIP, "-p", "6379"])
+            .args(args)
+            .kill_on_drop(true)
+            .output()
+    };
+    let set = cli(&["SET", "greeting", "through the mesh"]).await.unwrap();
+    assert_success(&set);
+    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
+    let get = cli(&["GET", "greeting"]).await.unwrap();
+    assert_success(&get);
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout).trim(),
+        "through the mesh"
+    );
+    // Both sidecars counted the stream: it crossed the mesh, not a direct path.
+    let opened = |direction: &str, source: &str| {
+        format!(
+            "mesh_tcp_connections_opened_total{{direction=\"{direction}\",source=\"{source}\",destination=\"redis\"}}"
+        )
+    };
+    let caller_metrics = caller.metrics().await;
+    assert!(
+        mesh_testkit::metrics::value(&caller_metrics, &opened("outbound", "orders")) >= Some(2.0),
+        "{caller_metrics}"
+    );
+    let server_metrics = server.metrics().await;
+    assert!(
+        mesh_testkit::metrics::value(&server_metrics, &opened("inbound", "orders")) >= Some(2.0),
+        "{server_metrics}"
+    );
+    drop(caller);
+}
+
+/// Redis's virtual address in the test above.
+const REDIS_VIP: &str = "127.240.0.10";
+
 #[test]
 fn a_namespace_is_deleted_when_its_guard_drops() {
     if !netns::available("a_namespace_is_deleted") {

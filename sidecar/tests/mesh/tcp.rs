@@ -19,15 +19,15 @@ use tokio::sync::mpsc;
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A redis-server on a port of its own, without persistence.
-struct Redis {
+pub(crate) struct Redis {
     _process: KillOnDrop,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Redis {
     /// Starts redis-server and waits until it answers PING; `None` (the test skips) when it is
     /// not installed outside CI.
-    async fn start() -> Option<Self> {
+    pub(crate) async fn start() -> Option<Self> {
         let addr = free_port();
         let spawned = Command::new("redis-server")
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
