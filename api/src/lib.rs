@@ -32,6 +32,7 @@ pub mod backend_ref;
 pub mod certify;
 pub mod channel;
 pub mod fault;
+pub mod log_limit;
 pub mod policy;
 pub mod proto;
 pub mod rate_limit;

@@ -88,7 +88,7 @@ pub(crate) async fn serve(
         };
         let Ok(slot) = connections.clone().try_acquire_owned() else {
             admin.mesh.metrics().limited("admin.max_connections");
-            if log_limit.allow() {
+            if log_limit.allow("refused admin connections") {
                 tracing::warn!(%remote, max_connections = limits.max_connections, "admin connection closed: admin.max_connections open already");
             }
             continue;

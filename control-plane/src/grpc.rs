@@ -70,7 +70,7 @@ impl Api {
     /// Counts and refuses a call over the limit at `field`.
     fn limited(&self, field: &'static str, rate: mesh_api::rate_limit::Rate, who: &str) -> Status {
         self.mesh.metrics().limited(field);
-        if self.limits.refusals.allow() {
+        if self.limits.refusals.allow("refused calls") {
             tracing::warn!(limit = field, caller = %who, "call refused: over its rate limit");
         }
         Status::resource_exhausted(format!(
@@ -155,7 +155,7 @@ impl v1::identity_server::Identity for Api {
         if !declared || !self.tokens.check(&service, &request.token) {
             metrics.refused("unauthenticated");
             let service = escaped(&service);
-            if self.limits.refusals.allow() {
+            if self.limits.refusals.allow("refused calls") {
                 tracing::warn!(%service, source = ?source, "certificate refused: unknown service or wrong join token");
             }
             return Err(Status::unauthenticated(format!(

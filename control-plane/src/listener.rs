@@ -105,14 +105,14 @@ pub(crate) fn incoming(
             };
             let Ok(slot) = connections.clone().try_acquire_owned() else {
                 metrics.limited("api.max_connections");
-                if log_limit.allow() {
+                if log_limit.allow("refused API connections") {
                     tracing::warn!(%remote, max_connections, "connection closed: api.max_connections open already");
                 }
                 continue;
             };
             let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
                 metrics.limited("api.max_handshakes");
-                if log_limit.allow() {
+                if log_limit.allow("refused API connections") {
                     tracing::warn!(%remote, max_handshakes, "connection closed: api.max_handshakes in progress already");
                 }
                 continue;

@@ -88,7 +88,6 @@ mod control;
 mod detect;
 mod http_limits;
 pub mod inbound;
-mod log_limit;
 mod outbound;
 mod proxy_request;
 mod serve;

@@ -13,12 +13,12 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 use crate::error;
 use crate::headers::ATTEMPTS;
-use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::telemetry::propagation::{self, B3};
 use crate::telemetry::spans::Spans;
 use crate::telemetry::tap::{self, TapEvent};
 use crate::telemetry::{access_log, end_span, trace_id};
+use mesh_api::log_limit::LogLimit;
 
 /// Failed-request warnings logged per second at most; the rest are counted.
 const LOG_LIMIT: u64 = 10;

@@ -32,8 +32,8 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::config::{HttpListenerLimits, ListenAddrs};
-use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
+use mesh_api::log_limit::LogLimit;
 
 /// The first pause after a failed `accept` (e.g. out of file descriptors), doubled after each
 /// failure in a row up to [`MAX_ACCEPT_BACKOFF`], so the loop neither spins nor sleeps long

@@ -40,11 +40,11 @@ use crate::config::InboundLimits;
 use crate::detect::{Inbound, Outcome, Protocol, Rewind, detect, detect_inbound};
 use crate::http_limits::Limited;
 use crate::identity::TrustChanges;
-use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Metrics};
 use crate::serve::{
     self, ConnectionCap, Drain, Draining, MaxAge, PEER_MAX_FRAME_SIZE, Untrusted, http_server,
 };
+use mesh_api::log_limit::LogLimit;
 
 /// Serves the inbound listener until `drain`, then drains its connections. Each connection
 /// lives at most `max_age` (see [`max_connection_age`]), then gets the drain time to finish;

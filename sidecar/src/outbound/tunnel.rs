@@ -22,9 +22,9 @@ use tower::Service;
 use crate::body::BoxError;
 use crate::error::Reason;
 use crate::headers::{MESH_ERROR, TUNNEL, TUNNEL_TCP};
-use crate::log_limit::LogLimit;
 use crate::metrics::{Direction, Label, Metrics};
 use crate::splice::{AppStream, MeshStream, Splice, TcpSide, splice_stream, stream_body};
+use mesh_api::log_limit::LogLimit;
 
 use super::policy::Destinations;
 

@@ -1,8 +1,9 @@
-//! A cap on warnings per second, so that an outage does not flood the logs.
+//! A cap on warnings per second, so that an outage or a flood of bad callers does not flood the
+//! logs; shared by the sidecar and the control plane.
 //!
-//! Every failed request is counted in metrics and marked on its span; its warning line is for
-//! the operator reading logs, who needs examples, not ten thousand copies a second. Past the cap,
-//! warnings are counted and one line says how many were left out.
+//! Every failure is counted in metrics (a failed request is also marked on its span); its
+//! warning line is for the operator reading logs, who needs examples, not ten thousand copies a
+//! second. Past the cap, warnings are counted and one line says how many were left out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +11,7 @@ use tokio::time::Instant;
 
 /// Allows at most `per_second` warnings in each second.
 #[derive(Debug)]
-pub(crate) struct LogLimit {
+pub struct LogLimit {
     per_second: u64,
     epoch: Instant,
     /// The second (since `epoch`) being counted, and how many warnings it has had.
@@ -22,7 +23,8 @@ pub(crate) struct LogLimit {
 // === impl LogLimit ===
 
 impl LogLimit {
-    pub(crate) fn new(per_second: u64) -> Self {
+    /// At most `per_second` warnings in each second.
+    pub fn new(per_second: u64) -> Self {
         Self {
             per_second,
             epoch: Instant::now(),
@@ -34,7 +36,7 @@ impl LogLimit {
 
     /// Whether a warning may be logged now. When a new second starts after warnings were
     /// suppressed, says how many.
-    pub(crate) fn allow(&self, what: &'static str) -> bool {
+    pub fn allow(&self, what: &'static str) -> bool {
         let second = self.epoch.elapsed().as_secs();
         let window = self.window.load(Ordering::Acquire);
         if second != window
