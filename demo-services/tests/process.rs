@@ -7,11 +7,10 @@ mod common;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use common::{WAIT, call};
+use common::{WAIT, call, spawn_service};
 use demo_services::shop::Service;
 use http::{Method, StatusCode};
 use mesh_testkit::process::{KillOnDrop, Signal};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A running `demo-service`; killed when dropped.
 struct Running {
@@ -20,31 +19,33 @@ struct Running {
 }
 
 async fn start(service: Service, data_dir: &std::path::Path) -> Running {
-    let child = Command::new(env!("CARGO_BIN_EXE_demo-service"))
+    start_calling(service, data_dir, &["--outbound", "127.0.0.1:9"]).await
+}
+
+/// Like [`start`], with `calls` saying where calls to other services go.
+async fn start_calling(service: Service, data_dir: &std::path::Path, calls: &[&str]) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_demo-service"));
+    command
         .arg(service.name())
-        .args(["--listen", "127.0.0.1:0", "--outbound", "127.0.0.1:9"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(calls)
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--instance", &format!("{service}-1")])
-        .env("MESH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop::new(child);
-    let stdout = tokio::process::ChildStdout::from_std(child.stdout.take().unwrap()).unwrap();
-    let line = tokio::time::timeout(WAIT, async {
-        BufReader::new(stdout).lines().next_line().await.unwrap()
-    })
-    .await
-    .expect("the service reports its address in time")
-    .expect("a line on stdout");
-    let addr = line
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+        .env("MESH_LOG", "warn");
+    let (child, addr) = spawn_service(command).await;
     Running { child, addr }
+}
+
+/// `demo-service ARGS` run to its end within [`WAIT`].
+async fn run_with(args: &[&str]) -> std::process::Output {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_demo-service"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(WAIT, output).await.unwrap().unwrap()
 }
 
 impl Running {
@@ -162,4 +163,58 @@ async fn bad_flags_fail_to_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("error_rate"), "{stderr}");
+}
+
+#[tokio::test]
+async fn transparent_mode_starts_without_an_outbound_address() {
+    let data = tempfile::tempdir().unwrap();
+    let mut app = start_calling(Service::Storefront, data.path(), &["--transparent"]).await;
+    let rsp = call(Method::GET, &app.url("/health"), None).await;
+    assert_eq!(rsp.status, StatusCode::OK);
+    assert_eq!(rsp.headers["x-demo-instance"], "storefront-1");
+    app.terminate();
+    assert_eq!(app.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn outbound_and_transparent_are_one_or_the_other() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let base = ["orders", "--listen", "127.0.0.1:0", "--data-dir", dir];
+
+    let both = [&base[..], &["--outbound", "127.0.0.1:9", "--transparent"]].concat();
+    let output = run_with(&both).await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--outbound"), "{stderr}");
+    assert!(stderr.contains("--transparent"), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+
+    let neither = run_with(&base).await;
+    assert_eq!(neither.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&neither.stderr);
+    assert!(stderr.contains("--outbound"), "{stderr}");
+    assert!(stderr.contains("required"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_bad_outbound_address_is_named() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let output = run_with(&[
+        "orders",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir,
+        "--outbound",
+        "no such/address",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(r#"invalid outbound address "no such/address""#),
+        "{stderr}"
+    );
 }

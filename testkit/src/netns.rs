@@ -7,7 +7,8 @@
 //!
 //! [`Namespace`] is one namespace alone, for what happens inside a single instance's network.
 //! [`enter`] runs code on a thread inside a namespace: a socket it makes stays there, so a test
-//! can listen inside a namespace without a child process.
+//! can listen inside a namespace without a child process. [`HostsFile`] gives the programs run
+//! inside a namespace their own `/etc/hosts`.
 //!
 //! Addresses come from 198.18.0.0/15, the range set aside for network benchmark tests, so they
 //! never clash with a real network. Each namespace has its own ports, so programs inside may
@@ -16,7 +17,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -209,9 +210,19 @@ impl Drop for TwoHosts {
     }
 }
 
-/// Deletes the namespaces of test processes that no longer exist (killed before their guard
-/// could run), so that runs cut short do not pile up.
+/// Deletes the namespaces (and their `/etc/netns` files) of test processes that no longer exist
+/// (killed before their guard could run), so that runs cut short do not pile up.
 fn remove_orphans() {
+    if let Ok(entries) = std::fs::read_dir(ETC_NETNS) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if let Some(pid) = test_pid(&name.to_string_lossy())
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
@@ -220,15 +231,54 @@ fn remove_orphans() {
         let Some(name) = line.split_whitespace().next() else {
             continue;
         };
-        let pid = name
-            .strip_prefix("mesh-")
-            .and_then(|rest| rest.split_once('x'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        if let Some(pid) = pid
+        if let Some(pid) = test_pid(name)
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             let _ = Command::new("ip").args(["netns", "delete", name]).output();
         }
+    }
+}
+
+/// The process ID in a test namespace's name, `mesh-<pid>x<n>-<end>`.
+fn test_pid(name: &str) -> Option<u32> {
+    name.strip_prefix("mesh-")
+        .and_then(|rest| rest.split_once('x'))
+        .and_then(|(pid, _)| pid.parse().ok())
+}
+
+/// Where `ip netns exec NAME` finds files to mount over `/etc`: `/etc/netns/NAME/`.
+const ETC_NETNS: &str = "/etc/netns";
+
+/// `/etc/netns/<namespace>/hosts`, which `ip netns exec` mounts over `/etc/hosts` for the
+/// programs it runs: the names they resolve inside the namespace, the way a transparent mesh
+/// maps service names to virtual addresses. Removed, with its directory, on drop.
+#[derive(Debug)]
+pub struct HostsFile {
+    dir: PathBuf,
+}
+
+impl HostsFile {
+    /// Writes one line per `(address, name)` for `namespace`; panics naming the path if it
+    /// cannot. Programs started with `ip netns exec` from now on see it.
+    pub fn write(namespace: &str, entries: &[(&str, &str)]) -> Self {
+        let guard = Self {
+            dir: Path::new(ETC_NETNS).join(namespace),
+        };
+        std::fs::create_dir_all(&guard.dir)
+            .unwrap_or_else(|e| panic!("create {}: {e}", guard.dir.display()));
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (address, name) in entries {
+            text.push_str(&format!("{address} {name}\n"));
+        }
+        let path = guard.dir.join("hosts");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        guard
+    }
+}
+
+impl Drop for HostsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

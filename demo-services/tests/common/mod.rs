@@ -17,7 +17,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use mesh_testkit::process::KillOnDrop;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
@@ -253,4 +255,28 @@ async fn send(req: Request<Full<Bytes>>) -> Reply {
     })
     .await
     .expect("an answer within the wait")
+}
+
+/// Spawns `command` (a `demo-service`, perhaps behind `ip netns exec`) with its stdout piped,
+/// and waits within [`WAIT`] for the line that reports its bound address.
+pub async fn spawn_service(mut command: std::process::Command) -> (KillOnDrop, SocketAddr) {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop::new(child);
+    let stdout = tokio::process::ChildStdout::from_std(child.stdout.take().unwrap()).unwrap();
+    let line = tokio::time::timeout(WAIT, async {
+        BufReader::new(stdout).lines().next_line().await.unwrap()
+    })
+    .await
+    .expect("the service reports its address in time")
+    .expect("a line on stdout");
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (child, addr)
 }
