@@ -11,6 +11,9 @@
 //! - [`stat`]: each service's and edge's recent traffic, from the sidecars (`meshctl stat`).
 //! - [`table`]: the plain-text tables those print.
 //! - [`tap`]: the live stream of a service's requests, from its sidecars (`meshctl tap`).
+//! - [`netns`]: a network namespace per instance on a shared host bridge, with its hosts file.
+//! - [`run`]: any local process in the mesh, in its own namespace behind its sidecar
+//!   (`meshctl run`).
 
 #![deny(missing_docs)]
 
@@ -18,6 +21,8 @@ pub mod dashboard;
 pub mod fault;
 pub mod http;
 pub mod loadgen;
+pub mod netns;
+pub mod run;
 pub mod stat;
 pub mod status;
 pub mod table;
