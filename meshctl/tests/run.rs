@@ -414,7 +414,7 @@ async fn bad_input_fails_with_exit_code_2_naming_the_fix_and_leaves_nothing() {
     run.args(["--reuid=65534", "--regid=65534", "--clear-groups", MESHCTL])
         .args(["run", "--service", "echo", "--", "true"]);
     let (out, _) = finish(run).await;
-    expect_refusal(&out, &["needs root", "network namespace"]);
+    expect_refusal(&out, &["root is needed", "network namespace"]);
     let empty = tempfile::tempdir().unwrap();
     let mut run = meshctl_run(&cp, &net, "echo");
     run.env("PATH", empty.path()).args(["--", "true"]);

@@ -21,7 +21,7 @@ pub const TOOLS: [(&str, &str); 3] = [
 pub enum CheckError {
     /// Not root.
     #[error(
-        "meshctl run needs root: it creates a network namespace, a veth pair and a bridge, \
+        "root is needed: meshctl run creates a network namespace, a veth pair and a bridge, \
          and installs nftables rules in the namespace (run it with sudo)"
     )]
     NotRoot,
