@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Shop, WAIT, call, call_raw, call_with};
+use demo_services::shop::Calls;
 use demo_services::shop::Service::{Inventory, Notifications, Orders, Payments, Storefront};
 use http::{Method, StatusCode};
 use mesh_testkit::eventually;
@@ -608,7 +609,12 @@ async fn storefront_answers_502_when_upstreams_are_unreachable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let shop = Shop::start_with(&[Storefront], |c| c.outbound = closed.to_string()).await;
+    let shop = Shop::start_with(&[Storefront], |c| {
+        c.calls = Calls::Sidecar {
+            outbound: closed.to_string(),
+        }
+    })
+    .await;
     for path in ["/api/products", "/api/orders"] {
         let rsp = call(Method::GET, &shop.url(Storefront, path), None).await;
         assert_eq!(rsp.status, StatusCode::BAD_GATEWAY, "{path}");

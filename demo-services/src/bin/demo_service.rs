@@ -1,5 +1,7 @@
 //! `demo-service SERVICE --listen ADDR --outbound ADDR --data-dir DIR`: one instance of a
-//! commerce demo service, run behind its sidecar by `meshctl up`.
+//! commerce demo service, run behind its sidecar by `meshctl up`. With `--transparent` instead
+//! of `--outbound`, it calls other services by name (`http://inventory/...`) and knows of no
+//! sidecar: the transparent mesh's hosts file and netfilter rules bring the calls to it.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use demo_services::shop::faults::Faults;
-use demo_services::shop::{App, Config, Service, serve_until};
+use demo_services::shop::{App, Calls, Config, Service, serve_until};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -22,8 +24,16 @@ struct Args {
     #[arg(long)]
     listen: String,
     /// The sidecar's outbound listener (`host:port`): every call to another service goes there.
+    #[arg(
+        long,
+        required_unless_present = "transparent",
+        conflicts_with = "transparent"
+    )]
+    outbound: Option<String>,
+    /// Call other services at `http://<service>/`, the name resolved by the system resolver
+    /// (the hosts file maps it to the service's virtual address), with no sidecar address.
     #[arg(long)]
-    outbound: String,
+    transparent: bool,
     /// Directory of the service's SQLite file, `<data-dir>/<service>.sqlite`.
     #[arg(long)]
     data_dir: PathBuf,
@@ -62,7 +72,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut config = Config::new(args.service, args.outbound, args.data_dir);
+    // clap lets exactly one of `--outbound` and `--transparent` through.
+    let calls = match args.outbound {
+        Some(outbound) => Calls::Sidecar { outbound },
+        None => Calls::Transparent,
+    };
+    let mut config = Config::new(args.service, calls, args.data_dir);
     if let Some(instance) = args.instance {
         config.instance = instance;
     }

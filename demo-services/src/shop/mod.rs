@@ -4,6 +4,7 @@
 //! injected faults in front of the business endpoints, and the `x-demo-instance` header on
 //! every response, so the mesh's load balancing is visible from outside.
 
+pub mod dial;
 pub mod faults;
 pub mod http;
 pub mod input;
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 
 use self::faults::{FaultState, Faults, FaultsPatch};
 use self::http::{ApiError, Reply, bytes_response, read_json, reply};
+pub use self::upstream::Calls;
 use self::upstream::Upstream;
 
 pub use self::input::{Item, MAX_ITEMS, MAX_QTY, check_id, check_items, check_text};
@@ -85,8 +87,8 @@ pub struct Config {
     pub service: Service,
     /// Shown in `x-demo-instance` and logs.
     pub instance: String,
-    /// `host:port` of the sidecar's outbound listener.
-    pub outbound: String,
+    /// Where calls to other services go.
+    pub calls: Calls,
     /// Holds `<service>.sqlite`.
     pub data_dir: PathBuf,
     pub faults: Faults,
@@ -98,15 +100,11 @@ pub struct Config {
 
 impl Config {
     /// Defaults for everything but what each instance must be told.
-    pub fn new(
-        service: Service,
-        outbound: impl Into<String>,
-        data_dir: impl Into<PathBuf>,
-    ) -> Self {
+    pub fn new(service: Service, calls: Calls, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             service,
             instance: service.name().to_owned(),
-            outbound: outbound.into(),
+            calls,
             data_dir: data_dir.into(),
             faults: Faults::default(),
             upstream_timeout: Duration::from_secs(10),
@@ -119,11 +117,8 @@ impl Config {
 pub enum StartError {
     #[error("invalid instance name {0:?}")]
     Instance(String),
-    #[error("invalid outbound address {address:?}: {source}")]
-    Outbound {
-        address: String,
-        source: ::http::uri::InvalidUri,
-    },
+    #[error(transparent)]
+    Outbound(#[from] upstream::InvalidOutbound),
     #[error("invalid initial faults: {0}")]
     Faults(ApiError),
     #[error(transparent)]
@@ -169,13 +164,7 @@ impl App {
                 fail_next: Some(config.faults.fail_next),
             })
             .map_err(StartError::Faults)?;
-        let upstream =
-            Upstream::new(&config.outbound, config.upstream_timeout).map_err(|source| {
-                StartError::Outbound {
-                    address: config.outbound.clone(),
-                    source,
-                }
-            })?;
+        let upstream = Upstream::new(&config.calls, config.upstream_timeout)?;
         let dir = &config.data_dir;
         let logic = match config.service {
             Service::Storefront => Logic::Storefront(storefront::Storefront::new(upstream)),

@@ -1,20 +1,23 @@
-//! Calls to other services. Every call goes to the sidecar's outbound listener with
-//! `Host: <service>`, never to another app directly, and carries the caller's trace headers so
-//! the sidecars can stitch the spans into one trace.
+//! Calls to other services. Every call carries `Host: <service>` and the caller's trace headers,
+//! so the sidecars can route it and stitch the spans into one trace. Where it is sent depends
+//! on [`Calls`]: to the sidecar's outbound listener, or, in the transparent mesh, to
+//! `http://<service>/` as any app would, never knowing of a sidecar.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use http::uri::Authority;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use mesh_api::trace_context::PROPAGATED_HEADERS;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use super::dial::Dialer;
 
 /// Upstream answers larger than this are treated as broken.
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
@@ -101,28 +104,87 @@ impl Answer {
     }
 }
 
-/// The HTTP/1.1 keep-alive client towards the sidecar's outbound listener.
+/// Where an instance sends its calls to other services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Calls {
+    /// To the sidecar's outbound listener, `host:port`, naming the service in `Host`.
+    Sidecar { outbound: String },
+    /// To `http://<service>/`, the name resolved by the system resolver: in the transparent
+    /// mesh the hosts file maps it to the service's virtual address and netfilter rules bring
+    /// the connection to the sidecar.
+    Transparent,
+}
+
+/// An outbound listener address that is no `host:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid outbound address {address:?}: {source}")]
+pub struct InvalidOutbound {
+    pub address: String,
+    pub source: http::uri::InvalidUri,
+}
+
+/// The keep-alive client of one [`Calls`] mode. Connections are pooled per authority: one
+/// pool towards the outbound listener, or one per service.
+#[derive(Clone)]
+enum Route {
+    Sidecar {
+        client: Client<HttpConnector, Full<Bytes>>,
+        outbound: Authority,
+    },
+    Transparent {
+        client: Client<Dialer, Full<Bytes>>,
+    },
+}
+
+/// The HTTP/1.1 keep-alive client towards other services.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
-    outbound: Authority,
+    route: Route,
     timeout: Duration,
 }
 
 impl Upstream {
-    /// `outbound` is `host:port` of the sidecar's outbound listener; each call (connect,
-    /// answer and body) is bounded by `timeout`.
-    pub fn new(outbound: &str, timeout: Duration) -> Result<Self, http::uri::InvalidUri> {
-        let outbound: Authority = outbound.parse()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self {
-            client,
-            outbound,
-            timeout,
-        })
+    /// A client for `calls`; each call (connect, answer and body) is bounded by `timeout`.
+    pub fn new(calls: &Calls, timeout: Duration) -> Result<Self, InvalidOutbound> {
+        let route = match calls {
+            Calls::Sidecar { outbound: address } => {
+                let outbound: Authority = address.parse().map_err(|source| InvalidOutbound {
+                    address: address.clone(),
+                    source,
+                })?;
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(timeout));
+                Route::Sidecar {
+                    client: Client::builder(TokioExecutor::new()).build(connector),
+                    outbound,
+                }
+            }
+            Calls::Transparent => Route::Transparent {
+                client: Client::builder(TokioExecutor::new()).build(Dialer),
+            },
+        };
+        Ok(Self { route, timeout })
+    }
+
+    /// The URL a call to `service` at `path` (with its query) is sent to.
+    pub fn url(&self, service: &'static str, path: &str) -> Result<Uri, http::Error> {
+        let authority = match &self.route {
+            Route::Sidecar { outbound, .. } => outbound.clone(),
+            Route::Transparent { .. } => Authority::try_from(service)?,
+        };
+        Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+    }
+
+    fn request(&self, req: Request<Full<Bytes>>) -> ResponseFuture {
+        match &self.route {
+            Route::Sidecar { client, .. } => client.request(req),
+            Route::Transparent { client } => client.request(req),
+        }
     }
 
     pub async fn get(
@@ -168,11 +230,8 @@ impl Upstream {
         trace: &TraceHeaders,
     ) -> Result<Answer, UpstreamError> {
         let request_error = |message: String| UpstreamError::Request { service, message };
-        let uri = http::Uri::builder()
-            .scheme("http")
-            .authority(self.outbound.clone())
-            .path_and_query(path)
-            .build()
+        let uri = self
+            .url(service, path)
             .map_err(|err| request_error(err.to_string()))?;
         let has_body = body.is_some();
         let mut req = Request::builder()
@@ -189,7 +248,6 @@ impl Upstream {
 
         let call = async {
             let rsp = self
-                .client
                 .request(req)
                 .await
                 .map_err(|err| UpstreamError::Transport {

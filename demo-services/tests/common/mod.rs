@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use demo_services::server::{Body, serve};
-use demo_services::shop::{self, App, Config, Service};
+use demo_services::shop::{self, App, Calls, Config, Service};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -57,7 +57,8 @@ impl Shop {
         let mut apps = HashMap::new();
         let mut routes = HashMap::new();
         for &service in services {
-            let mut config = Config::new(service, router.to_string(), data_dir.path());
+            let outbound = router.to_string();
+            let mut config = Config::new(service, Calls::Sidecar { outbound }, data_dir.path());
             config.upstream_timeout = Duration::from_secs(5);
             adjust(&mut config);
             let app = App::open(config).await.unwrap();
