@@ -48,6 +48,11 @@ enum Command {
         /// Where Jaeger's UI and query API listen.
         #[arg(long, default_value = meshctl::up::jaeger::DEFAULT_QUERY)]
         jaeger_query: SocketAddr,
+        /// Each instance in a network namespace of its own on the bridge mesh0
+        /// (198.19.0.0/24), its app calling services by name with its traffic redirected
+        /// through its sidecar, as `meshctl run` does. Needs root.
+        #[arg(long)]
+        transparent: bool,
     },
     /// Put a local process in the mesh: a network namespace on a host bridge, the service's
     /// sidecar, netfilter rules that send the process's TCP through it, and a hosts file that
@@ -341,10 +346,12 @@ fn main() -> ExitCode {
             no_jaeger,
             jaeger_bin,
             jaeger_query,
+            transparent,
         } => demo::up(
             &config,
             bin_dir,
             load,
+            transparent,
             demo::JaegerChoice {
                 wanted: if jaeger {
                     Some(true)

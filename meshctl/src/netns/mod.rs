@@ -66,16 +66,16 @@ impl Instance {
         (format!("meshctl-{service}-{pid}"), format!("mr{pid}"))
     }
 
-    /// Makes the namespace of `service` for this process on `bridge`, pushing each undo step
-    /// onto `teardown` as it goes; `services` are the hosts file's first entries.
+    /// Makes the namespace `namespace` on `bridge`, joined by the veth whose host end is
+    /// `veth`, pushing each undo step onto `teardown` as it goes; `services` are the hosts
+    /// file's first entries.
     pub fn create(
         bridge: &Bridge,
-        service: &str,
+        (namespace, veth): (String, String),
         services: &BTreeMap<String, String>,
         teardown: &mut Teardown,
     ) -> Result<Self, NetnsError> {
         let pid = std::process::id();
-        let (namespace, veth) = Self::names(service, pid);
         let address = bridge.join(&Member {
             pid,
             namespace: namespace.clone(),

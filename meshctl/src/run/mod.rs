@@ -322,7 +322,8 @@ async fn session(
     stop: &mut Stop,
 ) -> Result<i32, RunError> {
     let users = users(options);
-    let instance = Instance::create(bridge, &options.service, &view.addresses(), teardown)?;
+    let names = Instance::names(&options.service, std::process::id());
+    let instance = Instance::create(bridge, names, &view.addresses(), teardown)?;
     stop.pending().await?;
 
     let control_plane = match options.control_plane {
