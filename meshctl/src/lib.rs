@@ -1,6 +1,7 @@
 //! Operator tooling for the mesh.
 //!
 //! # Layout
+//! - [`addresses`]: the services and virtual addresses the control plane's `/status` lists.
 //! - [`up`]: the demo mesh as local processes (`meshctl up`): `demo.yaml`, ports, sidecar
 //!   bootstrap files, start-up order, and stopping without leaving a process behind.
 //! - [`loadgen`]: orders through the storefront at a fixed rate (`meshctl loadgen`).
@@ -17,6 +18,7 @@
 
 #![deny(missing_docs)]
 
+pub mod addresses;
 pub mod dashboard;
 pub mod fault;
 pub mod http;

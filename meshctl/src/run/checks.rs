@@ -9,6 +9,8 @@ use http::Method;
 use mesh_control_plane::admin_client;
 use serde::Deserialize;
 
+use crate::addresses::AddressesError;
+
 /// A program `meshctl run` needs, and the Debian package that has it.
 pub const TOOLS: [(&str, &str); 3] = [
     ("ip", "iproute2"),
@@ -113,10 +115,7 @@ pub struct MeshView {
 impl MeshView {
     /// The services with a virtual address: the hosts file's entries.
     pub fn addresses(&self) -> BTreeMap<String, String> {
-        self.services
-            .iter()
-            .filter_map(|(name, addr)| Some((name.clone(), addr.clone()?)))
-            .collect()
+        crate::addresses::with_address(self.services.clone())
     }
 
     /// Fails unless `service` is declared.
@@ -134,18 +133,6 @@ impl MeshView {
             },
         })
     }
-}
-
-#[derive(Deserialize)]
-struct StatusDoc {
-    #[serde(default)]
-    services: BTreeMap<String, ServiceDoc>,
-}
-
-#[derive(Deserialize)]
-struct ServiceDoc {
-    #[serde(default)]
-    virtual_address: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -190,12 +177,16 @@ pub async fn mesh_view(admin: SocketAddr) -> Result<MeshView, CheckError> {
 
 /// The declared services and their virtual addresses, from `/status`.
 pub async fn services(admin: SocketAddr) -> Result<BTreeMap<String, Option<String>>, CheckError> {
-    let status: StatusDoc = get(admin, "/status").await?;
-    Ok(status
-        .services
-        .into_iter()
-        .map(|(name, s)| (name, s.virtual_address))
-        .collect())
+    crate::addresses::services(admin)
+        .await
+        .map_err(|e| match e {
+            AddressesError::Down { addr, reason } => CheckError::ControlPlaneDown { addr, reason },
+            AddressesError::Answer { addr, what } => CheckError::ControlPlaneAnswer {
+                addr,
+                path: "/status",
+                what,
+            },
+        })
 }
 
 /// Reads a file of the control plane's state directory.

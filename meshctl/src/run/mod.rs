@@ -40,7 +40,7 @@ use crate::netns::{Instance, NetnsError, hosts};
 /// The control plane's API port when `--control-plane` is not given.
 pub const DEFAULT_API_PORT: u16 = 15010;
 /// The proxy's UID when there is no `mesh-proxy` user and `--proxy-uid` is not given.
-pub const DEFAULT_PROXY_UID: u32 = 65532;
+pub const DEFAULT_PROXY_UID: u32 = crate::up::transparent::DEFAULT_PROXY_UID;
 /// `nobody`: the app's UID when neither `--uid` nor `SUDO_UID` is given.
 pub const NOBODY: u32 = 65534;
 /// How often the hosts file is refreshed from the control plane.

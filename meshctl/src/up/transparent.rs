@@ -21,6 +21,8 @@ use crate::netns::cidr::Ipv4Net;
 use crate::up::config::TracingSpec;
 use crate::up::plan::Instance;
 
+/// The sidecars' UID when no other is given (`meshctl run` uses it too).
+pub const DEFAULT_PROXY_UID: u32 = 65532;
 /// Where each app listens, inside its namespace.
 pub const APP_PORT: u16 = 8080;
 /// The sidecar's listeners inside a namespace (those `sidecar redirect` assumes).
@@ -53,7 +55,7 @@ impl TransparentSpec {
                 .parse()
                 .unwrap_or_else(|_| Ipv4Net::containing(Ipv4Addr::new(198, 19, 0, 0), 24)),
             state_root: PathBuf::from(STATE_ROOT),
-            proxy_uid: crate::run::DEFAULT_PROXY_UID,
+            proxy_uid: DEFAULT_PROXY_UID,
         }
     }
 }
