@@ -3,12 +3,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-/// The sidecar's listeners inside the namespace: the ports `sidecar redirect` assumes.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// See [`OUTBOUND_PORT`].
-pub const INBOUND_PORT: u16 = 15006;
-/// See [`OUTBOUND_PORT`].
-pub const ADMIN_PORT: u16 = 15000;
+/// The sidecar's listeners inside the namespace: the ports `sidecar redirect` assumes, as in
+/// `meshctl up --transparent`.
+pub use crate::up::transparent::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
 /// The app's port when `--app-port` is not given: nothing listens there, so the instance
 /// takes no calls.
 pub const NO_APP_PORT: u16 = 80;
