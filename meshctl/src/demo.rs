@@ -58,6 +58,7 @@ pub(crate) fn up(
     config_path: &Path,
     bin_dir: Option<PathBuf>,
     load: f64,
+    transparent: bool,
     jaeger: JaegerChoice,
 ) -> anyhow::Result<()> {
     if !(load >= 0.0 && load.is_finite()) {
@@ -75,6 +76,7 @@ pub(crate) fn up(
     };
     let mut options = UpOptions::new(bin_dir);
     options.jaeger = jaeger.resolve()?;
+    options.transparent = transparent.then(meshctl::up::TransparentSpec::new);
     runtime()?.block_on(async move {
         // Installed before anything starts, so Ctrl-C during start-up also stops cleanly.
         let mut interrupt = signal(SignalKind::interrupt())?;

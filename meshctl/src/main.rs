@@ -48,6 +48,57 @@ enum Command {
         /// Where Jaeger's UI and query API listen.
         #[arg(long, default_value = meshctl::up::jaeger::DEFAULT_QUERY)]
         jaeger_query: SocketAddr,
+        /// Each instance in a network namespace of its own on the bridge mesh0
+        /// (198.19.0.0/24), its app calling services by name with its traffic redirected
+        /// through its sidecar, as `meshctl run` does. Needs root.
+        #[arg(long)]
+        transparent: bool,
+    },
+    /// Put a local process in the mesh: a network namespace on a host bridge, the service's
+    /// sidecar, netfilter rules that send the process's TCP through it, and a hosts file that
+    /// resolves every service; then COMMAND as an unprivileged user. Needs root. Ctrl-C, or the
+    /// command's exit, removes it all; meshctl exits with the command's code.
+    Run {
+        /// The service the process is an instance of (declared in the control plane).
+        #[arg(long)]
+        service: String,
+        /// The port COMMAND listens on at 127.0.0.1, if it takes calls.
+        #[arg(long)]
+        app_port: Option<u16>,
+        /// COMMAND's user (default: SUDO_UID when run through sudo, else 65534, nobody).
+        #[arg(long)]
+        uid: Option<u32>,
+        /// The sidecar's user (default: the user mesh-proxy if it exists, else 65532).
+        #[arg(long)]
+        proxy_uid: Option<u32>,
+        /// The instance's name (default: <service>-<pid>).
+        #[arg(long)]
+        instance: Option<String>,
+        /// The control plane's admin address, from this host.
+        #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// The control plane's API, as the namespace reaches it (default: port 15010 at the
+        /// bridge's address; 0.0.0.0:PORT means PORT there).
+        #[arg(long)]
+        control_plane: Option<SocketAddr>,
+        /// The control plane's state directory: its ca.pem and tokens/<service>.
+        #[arg(long, default_value = "target/demo/state")]
+        state_dir: PathBuf,
+        /// Where instances' addresses come from; the bridge has the first.
+        #[arg(long, default_value = meshctl::netns::bridge::DEFAULT_RANGE)]
+        network: meshctl::netns::cidr::Ipv4Net,
+        /// The host bridge the namespaces join.
+        #[arg(long, default_value = meshctl::netns::bridge::DEFAULT_BRIDGE)]
+        bridge: String,
+        /// Where the sidecar binary is (default: beside meshctl).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// How long the sidecar may take to be ready.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        ready_timeout: Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
     },
     /// Place orders through the storefront at a fixed rate and summarize what happened:
     /// successes, failures by status, latency percentiles, and the retries the mesh made.
@@ -248,6 +299,45 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run {
+            service,
+            app_port,
+            uid,
+            proxy_uid,
+            instance,
+            admin,
+            control_plane,
+            state_dir,
+            network,
+            bridge,
+            bin_dir,
+            ready_timeout,
+            command,
+        } => {
+            let bin_dir = match bin_dir.map_or_else(meshctl::up::UpOptions::default_bin_dir, Ok) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    eprintln!("meshctl run: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            return ExitCode::from(meshctl::run::run_to_exit(meshctl::run::RunOptions {
+                service,
+                command,
+                app_port,
+                uid,
+                proxy_uid,
+                instance,
+                admin,
+                control_plane,
+                state_dir,
+                network,
+                bridge,
+                state_root: meshctl::netns::bridge::STATE_ROOT.into(),
+                sidecar_bin: bin_dir.join("sidecar"),
+                ready_timeout,
+            }));
+        }
         Command::Up {
             config,
             bin_dir,
@@ -256,10 +346,12 @@ fn main() -> ExitCode {
             no_jaeger,
             jaeger_bin,
             jaeger_query,
+            transparent,
         } => demo::up(
             &config,
             bin_dir,
             load,
+            transparent,
             demo::JaegerChoice {
                 wanted: if jaeger {
                     Some(true)

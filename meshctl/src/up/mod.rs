@@ -15,6 +15,7 @@ pub mod jaeger;
 pub mod plan;
 mod process;
 mod report;
+pub mod transparent;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -33,6 +34,10 @@ pub use self::jaeger::JaegerSpec;
 pub use self::plan::{ControlPlaneAddrs, Instance, Manifest, ManifestError, Plan, RunDir};
 use self::process::Proc;
 pub use self::process::{Role, log_tail};
+pub use self::transparent::TransparentSpec;
+use crate::netns::bridge::Bridge;
+use crate::netns::teardown::{Teardown, Undo};
+use crate::netns::{self, NetnsError, hosts};
 
 /// The binaries a demo run needs.
 pub const BINARIES: [&str; 3] = ["control-plane", "sidecar", "demo-service"];
@@ -48,6 +53,9 @@ pub struct UpOptions {
     pub stop_timeout: Duration,
     /// A Jaeger to run beside the mesh, receiving every sidecar's spans; `None`: none.
     pub jaeger: Option<JaegerSpec>,
+    /// Each instance in a network namespace of its own, its traffic redirected through its
+    /// sidecar (`--transparent`); `None`: every process on the host's loopback.
+    pub transparent: Option<TransparentSpec>,
 }
 
 impl UpOptions {
@@ -58,6 +66,7 @@ impl UpOptions {
             ready_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
             jaeger: None,
+            transparent: None,
         }
     }
 
@@ -157,6 +166,32 @@ pub enum UpError {
         /// The log's last lines.
         tail: String,
     },
+    /// `--transparent` without root.
+    #[error(
+        "meshctl up --transparent needs root: it creates a network namespace per instance, veth \
+         pairs and a bridge, and installs nftables rules (run it with sudo, or leave out \
+         --transparent)"
+    )]
+    NotRoot,
+    /// A namespace, the bridge, or their files.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// `sidecar redirect` failed in a namespace.
+    #[error("`sidecar redirect` in {namespace} failed: {message}")]
+    Redirect {
+        /// The namespace.
+        namespace: String,
+        /// What it said.
+        message: String,
+    },
+    /// The control plane's `/status`, for the virtual addresses, could not be read.
+    #[error("cannot read the virtual addresses from the control plane at {admin}: {reason}")]
+    VirtualAddresses {
+        /// Its admin address.
+        admin: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// A process did not become ready in time.
     #[error(
         "{name} was not ready at {url} after {}s; the end of {}:\n{tail}",
@@ -207,6 +242,18 @@ pub struct RunningMesh {
     /// Exits already reported by [`RunningMesh::next_exit`].
     reported: Vec<u32>,
     stop_timeout: Duration,
+    /// With `--transparent`: the namespaces, in the order of `instances`.
+    net: Option<Net>,
+    /// What was made for the namespaces, undone after every process stopped (or on drop,
+    /// after [`Drop`] killed them).
+    teardown: Teardown,
+}
+
+/// The namespaces of a transparent run.
+#[derive(Debug)]
+struct Net {
+    spec: TransparentSpec,
+    namespaces: Vec<netns::Instance>,
 }
 
 /// What `meshctl up` prints once the mesh runs: every instance's addresses, and where to look.
@@ -254,12 +301,27 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
     }
     let plan = plan::allocate(config, plan::port_is_free)?;
     // With a Jaeger and no tracing in the file, spans go where Jaeger listens by default.
-    let tracing = config.tracing.clone().or_else(|| {
+    let mut plan = plan;
+    let mut tracing = config.tracing.clone().or_else(|| {
         options.jaeger.as_ref().map(|_| TracingSpec {
             otlp_endpoint: "http://127.0.0.1:4317".into(),
             protocol: "grpc".into(),
         })
     });
+    // Made before anything starts: Jaeger and the control plane listen on the bridge.
+    let mut teardown = Teardown::default();
+    let net = match &options.transparent {
+        Some(spec) => {
+            let net = make_namespaces(spec, &mut plan.instances, &mut teardown)?;
+            let gateway = std::net::IpAddr::V4(net.gateway());
+            plan.control_plane.api = SocketAddr::new(gateway, plan.control_plane.api.port());
+            if let (Some(t), std::net::IpAddr::V4(gateway)) = (&tracing, gateway) {
+                tracing = Some(transparent::tracing_at(t, gateway));
+            }
+            Some(net)
+        }
+        None => None,
+    };
     if let (Some(spec), Some(tracing)) = (&options.jaeger, &tracing) {
         let otlp = jaeger::otlp_listen(tracing)?;
         for (field, addr) in [
@@ -276,14 +338,23 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
         )?;
     }
     let state = run_dir.state();
-    for instance in &plan.instances {
-        let text = plan::sidecar_bootstrap(
-            instance,
-            &mesh.trust_domain,
-            &plan.control_plane,
-            &state,
-            tracing.as_ref(),
-        );
+    for (i, instance) in plan.instances.iter().enumerate() {
+        let text = match &net {
+            Some(net) => transparent::sidecar_bootstrap(
+                instance,
+                &mesh.trust_domain,
+                plan.control_plane.api,
+                &net.namespaces[i].dir,
+                tracing.as_ref(),
+            ),
+            None => plan::sidecar_bootstrap(
+                instance,
+                &mesh.trust_domain,
+                &plan.control_plane,
+                &state,
+                tracing.as_ref(),
+            ),
+        };
         write(&run_dir.bootstrap(instance), &text)?;
     }
     write(
@@ -301,6 +372,8 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
         procs: Vec::new(),
         reported: Vec::new(),
         stop_timeout: options.stop_timeout,
+        net,
+        teardown,
     };
     match running.start(config, &bins, options.ready_timeout).await {
         Ok(()) => Ok(running),
@@ -309,6 +382,40 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
             Err(e)
         }
     }
+}
+
+impl Net {
+    fn gateway(&self) -> std::net::Ipv4Addr {
+        self.namespaces
+            .first()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED, |n| n.gateway)
+    }
+}
+
+/// Checks root and the range, then makes a namespace on the bridge for every instance and
+/// points the instance at it.
+fn make_namespaces(
+    spec: &TransparentSpec,
+    instances: &mut [Instance],
+    teardown: &mut Teardown,
+) -> Result<Net, UpError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(UpError::NotRoot);
+    }
+    let bridge = Bridge::new(&spec.bridge, spec.network, spec.state_root.clone())
+        .map_err(NetnsError::from)?;
+    bridge.check_routes().map_err(NetnsError::from)?;
+    let mut namespaces = Vec::new();
+    for (i, instance) in instances.iter_mut().enumerate() {
+        let names = transparent::names(instance, i);
+        let made = netns::Instance::create(&bridge, names, &Default::default(), teardown)?;
+        transparent::place(instance, &made.namespace, made.address);
+        namespaces.push(made);
+    }
+    Ok(Net {
+        spec: spec.clone(),
+        namespaces,
+    })
 }
 
 struct Binaries {
@@ -428,6 +535,9 @@ impl RunningMesh {
             ready_timeout,
         )
         .await?;
+        if self.net.is_some() {
+            self.prepare_namespaces(&bins.sidecar).await?;
+        }
 
         let (mut probes, mut sidecars_ready) = (Vec::new(), Vec::new());
         for i in 0..self.instances.len() {
@@ -438,19 +548,21 @@ impl RunningMesh {
                 instance.admin,
             );
             let log = format!("{}-sidecar", instance.name);
-            let index = self.spawn_logged(
-                &name,
-                &log,
-                Role::Sidecar,
-                &bins.sidecar,
-                // Many sidecars share the machine: one thread each is the cheapest.
-                vec![
-                    "--config".into(),
-                    path_arg(&bootstrap),
-                    "--workers".into(),
-                    "1".into(),
-                ],
-            )?;
+            // Many sidecars share the machine: one thread each is the cheapest.
+            let args = vec![
+                "--config".into(),
+                path_arg(&bootstrap),
+                "--workers".into(),
+                "1".into(),
+            ];
+            let (bin, args) = match (&self.net, &instance.namespace) {
+                (Some(net), Some(ns)) => (
+                    PathBuf::from("ip"),
+                    transparent::in_namespace(ns, Some(net.spec.proxy_uid), &bins.sidecar, args),
+                ),
+                _ => (bins.sidecar.clone(), args),
+            };
+            let index = self.spawn_logged(&name, &log, Role::Sidecar, &bin, args)?;
             self.instances[i].sidecar_pid = Some(self.procs[index].pid);
             // Certified and configured: the snapshot is there. `/ready` also waits for the
             // app, which the sidecar probes and which starts next.
@@ -471,29 +583,52 @@ impl RunningMesh {
         let data = path_arg(&self.run_dir.data());
         for i in 0..self.instances.len() {
             let instance = &self.instances[i];
-            let args = vec![
-                instance.service.clone().into(),
-                "--listen".into(),
-                instance.app.to_string().into(),
-                "--outbound".into(),
-                instance.outbound.to_string().into(),
-                "--data-dir".into(),
-                data.clone(),
-                "--instance".into(),
-                instance.name.clone().into(),
-            ];
             let (name, log, app) = (
                 format!("{} app", instance.name),
                 format!("{}-app", instance.name),
                 instance.app,
             );
-            let index = self.spawn_logged(&name, &log, Role::App, &bins.app, args)?;
+            let index = match &instance.namespace {
+                // The app calls services by name and knows no sidecar. It runs as root, whose
+                // connections the redirect sends to the sidecar. Its `/health` is not probed
+                // from here (the redirect would bring the probe to the sidecar as a caller
+                // outside the mesh): its sidecar's `/ready` waits for its own probe of it.
+                Some(ns) => {
+                    let args = vec![
+                        instance.service.clone().into(),
+                        "--listen".into(),
+                        format!("127.0.0.1:{}", transparent::APP_PORT).into(),
+                        "--transparent".into(),
+                        "--data-dir".into(),
+                        data.clone(),
+                        "--instance".into(),
+                        instance.name.clone().into(),
+                    ];
+                    let args = transparent::in_namespace(ns, None, &bins.app, args);
+                    self.spawn_logged(&name, &log, Role::App, Path::new("ip"), args)?
+                }
+                None => {
+                    let args = vec![
+                        instance.service.clone().into(),
+                        "--listen".into(),
+                        instance.app.to_string().into(),
+                        "--outbound".into(),
+                        instance.outbound.to_string().into(),
+                        "--data-dir".into(),
+                        data.clone(),
+                        "--instance".into(),
+                        instance.name.clone().into(),
+                    ];
+                    let index = self.spawn_logged(&name, &log, Role::App, &bins.app, args)?;
+                    probes.push(Probe {
+                        proc_index: index,
+                        addr: app,
+                        path: "/health",
+                    });
+                    index
+                }
+            };
             self.instances[i].app_pid = Some(self.procs[index].pid);
-            probes.push(Probe {
-                proc_index: index,
-                addr: app,
-                path: "/health",
-            });
         }
         self.wait_ready(probes, ready_timeout).await?;
         // Each sidecar has seen its app answer its probe: the instance takes traffic.
@@ -687,7 +822,78 @@ impl RunningMesh {
             }
         }
         self.remove_manifest();
+        for failure in self.teardown.run() {
+            eprintln!("meshctl: clean-up: {failure}");
+        }
         killed
+    }
+
+    /// With the control plane up: each namespace's hosts file from the virtual addresses in
+    /// its `/status`, the sidecar's trust anchor and join token copied where its user reads
+    /// them, and the redirect installed.
+    async fn prepare_namespaces(&mut self, sidecar: &Path) -> Result<(), UpError> {
+        let admin = self.control_plane.admin;
+        let addresses =
+            crate::run::checks::services(admin)
+                .await
+                .map_err(|e| UpError::VirtualAddresses {
+                    admin,
+                    reason: e.to_string(),
+                })?;
+        let addresses: std::collections::BTreeMap<String, String> = addresses
+            .into_iter()
+            .filter_map(|(name, addr)| Some((name, addr?)))
+            .collect();
+        let state = self.run_dir.state();
+        let Some(net) = &self.net else {
+            return Ok(());
+        };
+        let (uid, gid) = (net.spec.proxy_uid, net.spec.proxy_uid);
+        for (instance, ns) in self.instances.iter().zip(&net.namespaces) {
+            let hosts_text = hosts::render(&ns.namespace, &addresses);
+            hosts::write_in_place(&ns.hosts_file, &hosts_text).map_err(|source| UpError::Io {
+                path: ns.hosts_file.clone(),
+                source,
+            })?;
+            for (from, to, mode) in [
+                (state.join("ca.pem"), ns.dir.join("ca.pem"), 0o644),
+                (
+                    state.join("tokens").join(&instance.service),
+                    ns.dir.join("token"),
+                    0o600,
+                ),
+            ] {
+                copy_owned(&from, &to, mode, uid, gid)?;
+            }
+            std::os::unix::fs::chown(&ns.dir, Some(uid), Some(gid)).map_err(|source| {
+                UpError::Io {
+                    path: ns.dir.clone(),
+                    source,
+                }
+            })?;
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns.namespace])
+                .arg(sidecar)
+                .args(["redirect", "--proxy-uid", &uid.to_string()])
+                .args(["--inbound-ports", &transparent::APP_PORT.to_string()])
+                .output()
+                .map_err(|source| UpError::Spawn {
+                    name: "sidecar redirect".to_owned(),
+                    bin: sidecar.to_owned(),
+                    source,
+                })?;
+            if !out.status.success() {
+                return Err(UpError::Redirect {
+                    namespace: ns.namespace.clone(),
+                    message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+            self.teardown.push(Undo::Redirect {
+                namespace: ns.namespace.clone(),
+                sidecar: sidecar.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     fn remove_manifest(&self) {
@@ -715,6 +921,21 @@ impl Drop for RunningMesh {
         }
         self.remove_manifest();
     }
+}
+
+/// Copies `from` to `to` with `mode`, owned by `uid`:`gid`.
+fn copy_owned(from: &Path, to: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), UpError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| UpError::Io {
+        path: to.to_owned(),
+        source,
+    };
+    std::fs::copy(from, to).map_err(|source| UpError::Io {
+        path: from.to_owned(),
+        source,
+    })?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    std::os::unix::fs::chown(to, Some(uid), Some(gid)).map_err(io)
 }
 
 fn path_arg(path: &Path) -> OsString {

@@ -46,6 +46,9 @@ pub struct Instance {
     /// The sidecar's process id, once started.
     #[serde(default)]
     pub sidecar_pid: Option<u32>,
+    /// Its network namespace (`meshctl up --transparent`); `None`: the host's, on loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl Instance {
@@ -191,6 +194,7 @@ pub fn allocate(
                 admin: take()?,
                 app_pid: None,
                 sidecar_pid: None,
+                namespace: None,
             });
         }
     }
