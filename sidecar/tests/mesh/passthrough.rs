@@ -29,6 +29,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// Where the servers outside the mesh listen, in namespace B.
 const OUTSIDE_HTTP: &str = "198.18.0.2:8080";
 const OUTSIDE_TCP: &str = "198.18.0.2:7000";
+const OUTSIDE_WEBSOCKET: &str = "198.18.0.2:9000";
 /// In B, where nothing listens.
 const OUTSIDE_CLOSED: &str = "198.18.0.2:8081";
 /// Inventory's virtual address: a destination of the sidecar in A.
@@ -217,6 +218,26 @@ fn greet_and_echo(namespace: &str, addr: &str) {
     });
 }
 
+/// A WebSocket server in `namespace` that echoes every message.
+fn websocket_echo(namespace: &str, addr: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = listen(namespace, addr);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
 /// Nothing has connected to `listener`.
 fn saw_no_connection(listener: TcpListener) {
     let listener = listener.into_std().unwrap();
@@ -250,6 +271,7 @@ async fn passthrough_reaches_servers_outside_the_mesh_by_the_address_the_app_dia
         .await;
     let outside_http = echo_server(b, &format!("0.0.0.0:{}", port(OUTSIDE_HTTP)));
     greet_and_echo(b, &format!("0.0.0.0:{}", port(OUTSIDE_TCP)));
+    websocket_echo(b, &format!("0.0.0.0:{}", port(OUTSIDE_WEBSOCKET)));
     // No `outbound:` section: passthrough is the default.
     let orders = mesh
         .sidecar("orders")
@@ -338,6 +360,33 @@ async fn passthrough_reaches_servers_outside_the_mesh_by_the_address_the_app_dia
         format!("{GREETING}|pong")
     );
 
+    // A WebSocket: the upgrade is passed through, then its frames. The client's socket is made
+    // in A by this test (root, a user the rules redirect).
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let to: SocketAddr = OUTSIDE_WEBSOCKET.parse().unwrap();
+        let tcp = netns::enter(a, || std::net::TcpStream::connect(to)).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+        let url = format!("ws://{OUTSIDE_WEBSOCKET}/chat");
+        let (mut ws, rsp) =
+            tokio::time::timeout(PATIENCE, tokio_tungstenite::client_async(url, tcp))
+                .await
+                .expect("the WebSocket handshake in time")
+                .expect("the WebSocket handshake");
+        assert_eq!(rsp.status(), 101);
+        ws.send(Message::text("over the passthrough"))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap();
+        assert_eq!(
+            echoed.unwrap().unwrap(),
+            Message::text("over the passthrough")
+        );
+        ws.close(None).await.unwrap();
+    }
+
     // A destination of the sidecar is reached through the mesh as before, by its virtual
     // address, with the caller's identity.
     let out = curl(a, &[&format!("http://{INVENTORY_VIP}/api/stock")]).await;
@@ -357,7 +406,7 @@ async fn passthrough_reaches_servers_outside_the_mesh_by_the_address_the_app_dia
             &format!("mesh_outbound_passthrough_total{{protocol=\"{protocol}\"}}"),
         )
     };
-    assert_eq!(passthrough("http"), Some(5.0), "{metrics}");
+    assert_eq!(passthrough("http"), Some(6.0), "{metrics}");
     assert_eq!(passthrough("tcp"), Some(2.0), "{metrics}");
     let requests = |status: u16| {
         metric(
@@ -370,13 +419,14 @@ async fn passthrough_reaches_servers_outside_the_mesh_by_the_address_the_app_dia
     };
     assert_eq!(requests(200), Some(4.0), "{metrics}");
     assert_eq!(requests(502), Some(1.0), "{metrics}");
+    assert_eq!(requests(101), Some(1.0), "{metrics}");
     assert_eq!(
         metric(
             &metrics,
             "mesh_tcp_connections_opened_total{direction=\"outbound\",source=\"orders\",\
              destination=\"passthrough\"}"
         ),
-        Some(2.0),
+        Some(3.0),
         "{metrics}"
     );
     drop(sidecar);
