@@ -59,6 +59,30 @@ pub struct NoRoute {
     pub destination: String,
 }
 
+/// A redirected request to an address outside the mesh, refused by `outbound.unknown: deny`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{address} (Host {host:?}) is not a destination of this sidecar, and outbound.unknown: deny \
+     refuses addresses outside the mesh"
+)]
+pub struct OutboundDenied {
+    /// The address the app dialled.
+    pub address: SocketAddr,
+    /// The authority the request named.
+    pub host: String,
+}
+
+/// A redirected request to an address outside the mesh could not be sent there
+/// (`outbound.unknown: passthrough`).
+#[derive(Debug, thiserror::Error)]
+#[error("passthrough to {address} failed: {}", with_causes(source.as_ref()))]
+pub struct PassthroughFailed {
+    /// The address the app dialled.
+    pub address: SocketAddr,
+    /// What failed: the connect, or the exchange.
+    pub source: BoxError,
+}
+
 /// The destination is known but has no endpoints to send to.
 #[derive(Debug, thiserror::Error)]
 #[error("destination {destination:?} has no endpoints")]
@@ -275,6 +299,10 @@ pub enum Reason {
     Unauthenticated,
     /// A tunnel asked for a port other than the app's.
     TunnelPortRefused,
+    /// An address outside the mesh, refused by `outbound.unknown: deny`.
+    OutboundDenied,
+    /// An address outside the mesh could not be reached directly.
+    PassthroughFailed,
     /// Known destination without endpoints.
     NoEndpoints,
     /// The destination's concurrency limits are full.
@@ -327,6 +355,8 @@ impl Reason {
             Reason::Unauthorized => "unauthorized",
             Reason::Unauthenticated => "unauthenticated",
             Reason::TunnelPortRefused => "tunnel-port-refused",
+            Reason::OutboundDenied => "outbound-denied",
+            Reason::PassthroughFailed => "passthrough-failed",
             Reason::NoEndpoints => "no-endpoints",
             Reason::Overloaded => "overloaded",
             Reason::Timeout => "timeout",
@@ -353,9 +383,10 @@ impl Reason {
     pub fn status(self) -> StatusCode {
         match self {
             Reason::NoAuthority | Reason::RequestBody => StatusCode::BAD_REQUEST,
-            Reason::Unauthorized | Reason::Unauthenticated | Reason::TunnelPortRefused => {
-                StatusCode::FORBIDDEN
-            }
+            Reason::Unauthorized
+            | Reason::Unauthenticated
+            | Reason::TunnelPortRefused
+            | Reason::OutboundDenied => StatusCode::FORBIDDEN,
             Reason::Overloaded | Reason::AppConcurrencyLimit => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Timeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::Unsupported => StatusCode::NOT_IMPLEMENTED,
@@ -412,6 +443,12 @@ pub fn reason(err: &(dyn Error + 'static)) -> Reason {
     }
     if find_cause::<NoRoute>(err).is_some() {
         return Reason::NoRoute;
+    }
+    if find_cause::<OutboundDenied>(err).is_some() {
+        return Reason::OutboundDenied;
+    }
+    if find_cause::<PassthroughFailed>(err).is_some() {
+        return Reason::PassthroughFailed;
     }
     if find_cause::<RequestTimeout>(err).is_some() {
         return Reason::Timeout;
@@ -656,6 +693,25 @@ mod tests {
         assert_eq!(reason(err.as_ref()), Reason::TlsRejectedByPeer);
         let other: BoxError = Box::new(io::Error::new(io::ErrorKind::InvalidData, "bad frame"));
         assert_eq!(reason(other.as_ref()), Reason::Internal);
+    }
+
+    #[test]
+    fn outside_the_mesh_deny_is_403_and_a_failed_passthrough_502() {
+        let err: BoxError = Box::new(OutboundDenied {
+            address: "198.18.0.2:8080".parse().unwrap(),
+            host: "198.18.0.2:8080".into(),
+        });
+        let (reason, rsp) = rescue(err.as_ref());
+        assert_eq!(reason, Reason::OutboundDenied);
+        assert_eq!(rsp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(rsp.headers()[MESH_ERROR], "outbound-denied");
+        let err: BoxError = Box::new(PassthroughFailed {
+            address: "198.18.0.2:8080".parse().unwrap(),
+            source: Box::new(io::Error::from(io::ErrorKind::ConnectionRefused)),
+        });
+        let (reason, rsp) = rescue(err.as_ref());
+        assert_eq!(reason, Reason::PassthroughFailed);
+        assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
     }
 
     #[test]

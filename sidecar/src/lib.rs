@@ -264,6 +264,9 @@ pub async fn run(
         metrics: metrics.clone(),
         idle_timeout: config.idle_timeout,
         streams,
+        outside: config.outbound.unknown,
+        connect_timeout: config.connect_timeout,
+        log_limit: mesh_api::log_limit::LogLimit::new(10),
     });
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,

@@ -157,6 +157,7 @@ impl TestMesh {
             control_plane: None,
             advertise: None,
             outbound_listener: None,
+            inbound_listener: None,
         }
     }
 }
@@ -189,6 +190,7 @@ pub struct SidecarBuilder<'a> {
     control_plane: Option<ControlPlaneRef>,
     advertise: Option<String>,
     outbound_listener: Option<TcpListener>,
+    inbound_listener: Option<TcpListener>,
 }
 
 /// Where a sidecar finds its control plane.
@@ -275,6 +277,13 @@ impl SidecarBuilder<'_> {
     /// inside a network namespace, say).
     pub fn outbound_listener(mut self, listener: TcpListener) -> Self {
         self.outbound_listener = Some(listener);
+        self
+    }
+
+    /// Serves the inbound side on `listener` instead of a fresh one on 127.0.0.1 (one bound
+    /// inside a network namespace, for peers there).
+    pub fn inbound_listener(mut self, listener: TcpListener) -> Self {
+        self.inbound_listener = Some(listener);
         self
     }
 
@@ -379,11 +388,12 @@ impl SidecarBuilder<'_> {
                 .await
                 .expect("bind 127.0.0.1:0")
         };
-        let inbound = match self.inbound_at {
-            Some(addr) => TcpListener::bind(addr)
+        let inbound = match (self.inbound_listener.take(), self.inbound_at) {
+            (Some(listener), _) => listener,
+            (None, Some(addr)) => TcpListener::bind(addr)
                 .await
                 .expect("bind the inbound address"),
-            None => bind().await,
+            (None, None) => bind().await,
         };
         let outbound = match self.outbound_listener.take() {
             Some(listener) => listener,

@@ -35,7 +35,7 @@ use self::runtime::DEFAULT_CONNECT_TIMEOUT;
 pub use self::runtime::{
     AdminLimits, Advertise, AppHealthConfig, AppLimits, Config, ControlPlaneConfig, DEFAULT_ADMIN,
     DEFAULT_INBOUND, DEFAULT_OUTBOUND, Destination, Http2Limits, HttpListenerLimits, InboundLimits,
-    Limits, ListenAddrs, NotDialable, TcpDestination, TlsPaths,
+    Limits, ListenAddrs, NotDialable, OutboundConfig, TcpDestination, TlsPaths, UnknownDestination,
 };
 use self::schema::File;
 use self::validate::validate;

@@ -82,6 +82,38 @@ pub struct Config {
     pub app_health: Option<AppHealthConfig>,
     /// Caps and timeouts of every listener and of requests to the app.
     pub limits: Limits,
+    /// How the outbound listener treats redirected connections outside the mesh.
+    pub outbound: OutboundConfig,
+}
+
+/// `outbound:`, the outbound listener's policy.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct OutboundConfig {
+    /// What happens to a redirected connection whose original destination (and, for HTTP,
+    /// whose Host) names no destination of this sidecar.
+    pub unknown: UnknownDestination,
+}
+
+/// `outbound.unknown`: what the redirect rules' connections to addresses outside the mesh get.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownDestination {
+    /// Connected straight to the address the app dialled, in plain TCP: apps keep reaching
+    /// what is outside the mesh, as they did before the redirect.
+    #[default]
+    Passthrough,
+    /// Refused: TCP is reset, HTTP answered 403.
+    Deny,
+}
+
+impl UnknownDestination {
+    /// The value as written in the bootstrap file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownDestination::Passthrough => "passthrough",
+            UnknownDestination::Deny => "deny",
+        }
+    }
 }
 
 /// Caps and timeouts of every listener and of requests to the app (`limits:`). The defaults

@@ -48,6 +48,16 @@ pub(super) struct File {
     pub(super) app_health: Option<AppHealthFile>,
     #[serde(default)]
     pub(super) limits: LimitsFile,
+    #[serde(default)]
+    pub(super) outbound: OutboundFile,
+}
+
+/// `outbound:`, how the outbound listener treats what names no destination.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OutboundFile {
+    /// `passthrough` (the default) or `deny`.
+    pub(super) unknown: Option<String>,
 }
 
 /// `limits:`, every field optional (the defaults are in `runtime.rs`).

@@ -710,3 +710,36 @@ fn bad_or_shared_virtual_addresses_name_the_destination() {
         );
     }
 }
+
+#[test]
+fn outbound_unknown_is_passthrough_unless_set_and_shown() {
+    let config = Config::from_yaml(GOOD, Path::new("/base")).unwrap();
+    assert_eq!(config.outbound.unknown, UnknownDestination::Passthrough);
+    let shown = serde_json::to_value(&config).unwrap();
+    assert_eq!(shown["outbound"]["unknown"], "passthrough");
+
+    let config = Config::from_yaml(
+        &format!("{GOOD}outbound: {{ unknown: deny }}\n"),
+        Path::new("/base"),
+    )
+    .unwrap();
+    assert_eq!(config.outbound.unknown, UnknownDestination::Deny);
+    let shown = serde_json::to_value(&config).unwrap();
+    assert_eq!(shown["outbound"]["unknown"], "deny");
+}
+
+#[test]
+fn a_bad_outbound_unknown_names_the_field_and_the_choices() {
+    let errors = errors(&format!("{GOOD}outbound: {{ unknown: allow_any }}\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "outbound.unknown");
+    assert!(
+        errors[0].message.contains("\"allow_any\"")
+            && errors[0].message.contains("passthrough or deny"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        paths(&format!("{GOOD}outbound: {{ unknwon: deny }}\n")),
+        ["outbound.unknwon"]
+    );
+}

@@ -14,9 +14,10 @@ use mesh_api::validate::{Errors, check_label, duration};
 use super::runtime::{
     Advertise, AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DETECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INBOUND,
-    DEFAULT_OUTBOUND, Destination, ListenAddrs, TcpDestination, TlsPaths,
+    DEFAULT_OUTBOUND, Destination, ListenAddrs, OutboundConfig, TcpDestination, TlsPaths,
+    UnknownDestination,
 };
-use super::schema::{AppHealthFile, DestinationFile, File, TracingFile};
+use super::schema::{AppHealthFile, DestinationFile, File, OutboundFile, TracingFile};
 use crate::identity::SpiffeId;
 use crate::telemetry::{OtlpProtocol, TracingConfig};
 
@@ -272,6 +273,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
     let tracing = tracing_config(file.tracing, errors);
     let app_health = file.app_health.map(|f| app_health_config(f, errors));
     let limits = super::limits::validate(file.limits, errors);
+    let outbound = outbound_config(file.outbound, errors);
     let authorization =
         authorization::validate(file.authorization, "authorization", Decision::Allow, errors);
     let rate_limit = file
@@ -301,7 +303,24 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         idle_timeout,
         max_connection_age,
         limits,
+        outbound,
     })
+}
+
+/// `outbound:`; `unknown` is passthrough unless set.
+fn outbound_config(file: OutboundFile, errors: &mut Errors) -> OutboundConfig {
+    let unknown = match file.unknown.as_deref() {
+        None | Some("passthrough") => UnknownDestination::Passthrough,
+        Some("deny") => UnknownDestination::Deny,
+        Some(other) => {
+            errors.push(
+                "outbound.unknown",
+                format!("unknown policy {other:?}: use passthrough or deny"),
+            );
+            UnknownDestination::Passthrough
+        }
+    };
+    OutboundConfig { unknown }
 }
 
 /// A client that sends nothing is held this long at most before it is decided on.

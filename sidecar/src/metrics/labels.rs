@@ -127,6 +127,13 @@ pub struct TcpLabels {
     pub destination: Label,
 }
 
+/// Labels of the counters of redirected connections outside the mesh.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct OutsideLabels {
+    /// `http` (one request) or `tcp` (one connection).
+    pub(super) protocol: &'static str,
+}
+
 /// Labels of the protocol detection counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct DetectionLabels {

@@ -48,6 +48,15 @@
 //! their first bytes were: `http1`, `h2`, `tcp` (anything else, a TLS ClientHello included) or
 //! `timeout` (nothing decisive within `detect_timeout`). Four values, so the label is bounded.
 //!
+//! Redirected connections whose original destination (and, for HTTP, whose Host) names no
+//! destination, by `outbound.unknown`, with `protocol` `http` (a request) or `tcp` (a
+//! connection):
+//! - `outbound_passthrough_total{protocol}`: sent straight to the address the app dialled;
+//! - `outbound_denied_total{protocol}`: refused.
+//!
+//! HTTP passthrough requests are also in `requests_total` and `request_duration_seconds`, and
+//! TCP passthrough streams in the `tcp_*` families, with `destination="passthrough"`.
+//!
 //! Authorization: `authorization_denied_total{source}`, inbound requests and tunnels refused.
 //!
 //! Rate limiting: `rate_limited_total{source}`, inbound requests refused with 429, by caller.
@@ -96,7 +105,7 @@ pub use self::labels::{
     RefusedLabels, RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels,
     SourceLabels, SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
-use self::labels::{DetectionLabels, FaultLabels, MirrorLabels, ResultLabels};
+use self::labels::{DetectionLabels, FaultLabels, MirrorLabels, OutsideLabels, ResultLabels};
 
 /// Pre-resolved series of one destination.
 #[derive(Clone, Debug)]
@@ -195,6 +204,8 @@ pub struct Metrics {
     mirrored: Family<MirrorLabels, Counter>,
     tcp: TcpFamilies,
     detections: Family<DetectionLabels, Counter>,
+    passthrough: Family<OutsideLabels, Counter>,
+    outbound_denied: Family<OutsideLabels, Counter>,
     /// Control-plane and certificate state.
     pub control: ControlMetrics,
     /// 1 while the app answers its health probe (always 1 without `app_health`).
@@ -452,6 +463,20 @@ impl Metrics {
              (anything else, TLS included), timeout (nothing sent within detect_timeout)",
             detections.clone(),
         );
+        let passthrough = Family::default();
+        registry.register(
+            "outbound_passthrough",
+            "Redirected HTTP requests and TCP connections to an address outside the mesh, sent \
+             straight to it (outbound.unknown: passthrough), by protocol",
+            passthrough.clone(),
+        );
+        let outbound_denied = Family::default();
+        registry.register(
+            "outbound_denied",
+            "Redirected HTTP requests and TCP connections to an address outside the mesh, \
+             refused (outbound.unknown: deny), by protocol",
+            outbound_denied.clone(),
+        );
         let snapshots = Family::<ResultLabels, Counter>::default();
         let renewals = Family::<ResultLabels, Counter>::default();
         let control = ControlMetrics {
@@ -508,6 +533,8 @@ impl Metrics {
             mirrored,
             tcp,
             detections,
+            passthrough,
+            outbound_denied,
             retries,
             budget_exhausted,
             timeouts,
@@ -575,6 +602,22 @@ impl Metrics {
     pub fn protocol_detected(&self, outcome: &'static str) {
         self.detections
             .get_or_create(&DetectionLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a redirected request (`http`) or connection (`tcp`) sent straight to an address
+    /// outside the mesh.
+    pub fn outbound_passthrough(&self, protocol: &'static str) {
+        self.passthrough
+            .get_or_create(&OutsideLabels { protocol })
+            .inc();
+    }
+
+    /// Counts a redirected request (`http`) or connection (`tcp`) to an address outside the
+    /// mesh that `outbound.unknown: deny` refused.
+    pub fn outbound_denied(&self, protocol: &'static str) {
+        self.outbound_denied
+            .get_or_create(&OutsideLabels { protocol })
             .inc();
     }
 

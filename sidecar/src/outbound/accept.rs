@@ -3,9 +3,10 @@
 //! handler (`Outbound::handle`, passed in so this module needs nothing from the one above it).
 //! A connection that is not HTTP, or says nothing within `detect_timeout`, names no destination
 //! and is closed, unless `sidecar redirect`'s rules brought it here: then the address the app
-//! dialled (`original_dst.rs`) names its destination and it is tunnelled (`redirected.rs`),
-//! before detection for a `protocol: tcp` destination. Such a connection's requests carry that
-//! address too, as an [`OriginalDst`].
+//! dialled (`original_dst.rs`) names its destination and it is tunnelled, or else passed
+//! through or refused by `outbound.unknown` (`redirected.rs`), before detection for a
+//! `protocol: tcp` destination. Such a connection's requests carry that address too, as an
+//! [`OriginalDst`], and the connection's own way to it for a passthrough ([`Upstream`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +32,7 @@ use crate::metrics::{Direction, Metrics};
 use crate::original_dst::{OriginalDst, original_dst};
 use crate::serve::{self, ConnectionCap, Drain, Draining, http_server};
 
+use super::passthrough::Upstream;
 use super::redirected::RedirectedTcp;
 
 /// The outbound handler behind a pointer, for the listeners of destinations, which hold it
@@ -117,9 +119,14 @@ async fn connection<H, F>(
         );
         return;
     }
+    // The connection's own way to its original destination, for requests outside the mesh.
+    let upstream = original.map(|OriginalDst(dst)| Arc::new(Upstream::new(dst)));
     let handle = move |mut req: Request<Incoming>| {
         if let Some(original) = original {
             req.extensions_mut().insert(original);
+        }
+        if let Some(upstream) = &upstream {
+            req.extensions_mut().insert(upstream.clone());
         }
         handle(req)
     };

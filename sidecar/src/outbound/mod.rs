@@ -22,6 +22,10 @@
 //! ([`tunnel`]). An HTTP/1.1 upgrade (WebSocket) or a CONNECT takes steps 2 and 3 here, then
 //! goes straight to the balancer as a CONNECT stream ([`upgrade`]).
 //!
+//! A redirected request whose Host and original destination name no destination leaves this
+//! path after step 3: `outbound.unknown: passthrough` sends it straight to the address the app
+//! dialled ([`passthrough`]), `deny` answers 403.
+//!
 //! The layers share the request, response and future types of [`stack`]. This file is the
 //! handler that strings steps 2 to 8 together; `proxy_request.rs` records each request. Errors
 //! at any step become one synthetic response in `error::rescue`; every response carries
@@ -37,6 +41,7 @@ pub(crate) mod ewma;
 pub(crate) mod fault;
 pub(crate) mod filters;
 pub(crate) mod mirror;
+pub(crate) mod passthrough;
 pub(crate) mod policy;
 pub(crate) mod redirected;
 pub(crate) mod replay;
@@ -51,6 +56,7 @@ pub(crate) mod upgrade;
 pub(crate) mod weighted;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,8 +69,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
-use crate::config::Config;
-use crate::error::{NoAuthority, NoRoute, TcpOnly};
+use crate::config::{Config, UnknownDestination};
+use crate::error::{NoAuthority, NoRoute, OutboundDenied, TcpOnly};
 use crate::headers::{
     MIRROR, ORIG_PROTO, ORIG_PROTO_HTTP1, TUNNEL, absolute_uri, remove_hop_by_hop,
 };
@@ -83,6 +89,7 @@ use self::balance::Balance;
 use self::fault::Faults;
 use self::filters::Filtered;
 use self::mirror::{MirrorLabels, MirrorTarget};
+use self::passthrough::Upstream;
 use self::policy::{DestinationService, Destinations, RouteTarget};
 use self::stack::call;
 use self::upgrade::Upgrade;
@@ -90,6 +97,20 @@ use mesh_api::route::{Filter, PathMatch};
 
 /// Label used for requests whose destination is not known, to bound metric cardinality.
 const UNKNOWN: &str = "unknown";
+
+/// Where a request goes after step 3.
+enum Target {
+    /// To a destination of this sidecar, through the mesh (boxed: the other is small).
+    Mesh(Box<Routed>),
+    /// Straight to the address the app dialled, outside the mesh.
+    Passthrough(SocketAddr),
+}
+
+/// A redirected request whose Host and original destination name no destination: the
+/// address, for `outbound.unknown` to decide on. Never leaves this module.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is outside the mesh")]
+struct Outside(SocketAddr);
 
 /// Where step 3 sends a request.
 struct Routed {
@@ -134,6 +155,12 @@ pub(crate) struct Outbound {
     streams: OpenStreams,
     /// For the spans of mirrored copies.
     spans: Spans,
+    /// What redirected requests outside the mesh get (`outbound.unknown`).
+    outside: UnknownDestination,
+    /// The destination label of passthrough requests.
+    passthrough: Label,
+    /// How long a passthrough connection may take to open.
+    connect_timeout: Duration,
 }
 
 // === impl Outbound ===
@@ -162,6 +189,9 @@ impl Outbound {
             idle_timeout: config.idle_timeout,
             streams,
             spans,
+            outside: config.outbound.unknown,
+            passthrough: passthrough::DESTINATION.into(),
+            connect_timeout: config.connect_timeout,
         }
     }
 
@@ -172,9 +202,10 @@ impl Outbound {
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let upgrade = Upgrade::of(&req);
-        let routed = self.route(&req, upgrade.as_ref());
-        let (destination, route) = match &routed {
-            Ok(routed) => (routed.destination.clone(), routed.route.clone()),
+        let target = self.target(&req, upgrade.as_ref());
+        let (destination, route) = match &target {
+            Ok(Target::Mesh(routed)) => (routed.destination.clone(), routed.route.clone()),
+            Ok(Target::Passthrough(_)) => (self.passthrough.clone(), None),
             Err(_) => (self.unknown.clone(), None),
         };
         let request = self
@@ -189,7 +220,7 @@ impl Outbound {
                     KeyValue::new(attr::SOURCE_IDENTITY, self.identity.clone()),
                     KeyValue::new(attr::DESTINATION, destination.to_string()),
                 ]);
-                if let Ok(routed) = &routed {
+                if let Ok(Target::Mesh(routed)) = &target {
                     span.set_attribute(KeyValue::new(
                         attr::SERVER_ADDRESS,
                         routed.authority.host().to_owned(),
@@ -204,8 +235,29 @@ impl Outbound {
             }
         }
         let attempts = Arc::new(Attempts::new(request.trace.clone()));
-        let outcome = match (routed, upgrade) {
-            (Ok(routed), Some(upgrade)) => {
+        let outcome = match (target, upgrade) {
+            (Ok(Target::Passthrough(address)), upgrade) => {
+                self.metrics.outbound_passthrough("http");
+                // Each redirected connection has its own; a request without one gets a
+                // connection of its own.
+                let upstream = req
+                    .extensions()
+                    .get::<Arc<Upstream>>()
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Upstream::new(address)));
+                let how = Splice {
+                    side: TcpSide::Source,
+                    metrics: self.metrics.tcp(
+                        Direction::Outbound,
+                        &self.service,
+                        &self.passthrough,
+                    ),
+                    idle_timeout: self.idle_timeout,
+                };
+                let settings = (self.connect_timeout, how);
+                passthrough::forward(&upstream, req, upgrade, settings, &self.streams).await
+            }
+            (Ok(Target::Mesh(routed)), Some(upgrade)) => {
                 let metrics =
                     self.metrics
                         .tcp(Direction::Outbound, &self.service, &routed.destination);
@@ -226,11 +278,11 @@ impl Outbound {
                 };
                 upgrade::forward(peer, upgrade, req, prepare, how, &self.streams).await
             }
-            (Ok(routed), None) => {
+            (Ok(Target::Mesh(routed)), None) => {
                 if let Some(pin) = routed.pin {
                     attempts.pin_backend(pin);
                 }
-                self.forward(routed, req, attempts.clone(), request.b3)
+                self.forward(*routed, req, attempts.clone(), request.b3)
                     .await
             }
             (Err(err), _) => Err(err),
@@ -243,6 +295,27 @@ impl Outbound {
         };
         let tries = attempts.count();
         Ok(self.recorder.finish(request, outcome, &parties, tries))
+    }
+
+    /// Steps 2 and 3, and for a redirected request outside the mesh, what `outbound.unknown`
+    /// says.
+    fn target<B>(&self, req: &Request<B>, upgrade: Option<&Upgrade>) -> Result<Target, BoxError> {
+        let err = match self.route(req, upgrade) {
+            Ok(routed) => return Ok(Target::Mesh(Box::new(routed))),
+            Err(err) => err,
+        };
+        let Some(&Outside(address)) = err.downcast_ref::<Outside>() else {
+            return Err(err);
+        };
+        match self.outside {
+            UnknownDestination::Passthrough => Ok(Target::Passthrough(address)),
+            UnknownDestination::Deny => {
+                self.metrics.outbound_denied("http");
+                let host = destination::authority(req)
+                    .map_or_else(|| address.to_string(), |a| a.to_string());
+                Err(OutboundDenied { address, host }.into())
+            }
+        }
     }
 
     /// Steps 2 and 3: the destination, the stack of the request's route, and the authority to
@@ -263,10 +336,13 @@ impl Outbound {
                 Some(stack) => stack,
                 // A redirected connection names its service by the address the app dialled (a
                 // service's virtual address, or one of its endpoints) when its Host does not.
-                None => original
-                    .and_then(|dst| table.by_address(dst))
-                    .map(|(_, stack)| stack)
-                    .ok_or(NoRoute { destination: name })?,
+                None => match original {
+                    Some(dst) => table
+                        .by_address(dst)
+                        .map(|(_, stack)| stack)
+                        .ok_or(Outside(dst))?,
+                    None => return Err(NoRoute { destination: name }.into()),
+                },
             }
         };
         if let Some(tcp) = stack.tcp()

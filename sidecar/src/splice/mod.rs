@@ -178,6 +178,12 @@ pub(crate) async fn splice_plain(app: TcpStream, client: impl AppStream, how: Sp
     splice(app, client, how).await;
 }
 
+/// Joins a redirected app's connection (the bytes detection read from it replayed first) and a
+/// plain connection to the address it dialled, outside the mesh, until both directions end.
+pub(crate) async fn splice_passthrough(app: impl AppStream, upstream: TcpStream, how: Splice) {
+    splice(app, upstream, how).await;
+}
+
 /// Counts a stream open from creation, and closed with its duration when dropped.
 struct Open {
     metrics: TcpMetrics,

@@ -14,6 +14,7 @@ mod grpc;
 mod limits;
 mod mirror;
 mod mtls;
+mod passthrough;
 mod postgres;
 mod rate_limit;
 mod redirect;

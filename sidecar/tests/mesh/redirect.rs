@@ -17,11 +17,11 @@ use tokio::net::TcpListener;
 
 use crate::ORDERS_ID;
 
-const SIDECAR: &str = env!("CARGO_BIN_EXE_sidecar");
+pub(crate) const SIDECAR: &str = env!("CARGO_BIN_EXE_sidecar");
 /// The app's user: `nobody`.
-const APP_UID: u32 = 65534;
+pub(crate) const APP_UID: u32 = 65534;
 /// The sidecar's user in these tests.
-const PROXY_UID: u32 = 65532;
+pub(crate) const PROXY_UID: u32 = 65532;
 /// Each namespace has its own ports, so the defaults serve.
 const OUTBOUND: u16 = 15001;
 const INBOUND: u16 = 15006;
@@ -30,7 +30,7 @@ const ADMIN: u16 = 15000;
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// `sidecar redirect ARGS`, run inside `namespace`.
-fn redirect(namespace: &str, args: &[&str]) -> Output {
+pub(crate) fn redirect(namespace: &str, args: &[&str]) -> Output {
     Command::new("ip")
         .args(["netns", "exec", namespace, SIDECAR, "redirect"])
         .args(args)
@@ -38,7 +38,7 @@ fn redirect(namespace: &str, args: &[&str]) -> Output {
         .expect("run sidecar redirect")
 }
 
-fn assert_success(out: &Output) {
+pub(crate) fn assert_success(out: &Output) {
     assert!(
         out.status.success(),
         "{}: {}",
@@ -61,7 +61,7 @@ fn tables(namespace: &str) -> Vec<String> {
 }
 
 /// A listener bound inside `namespace`.
-fn listen(namespace: &str, addr: &str) -> TcpListener {
+pub(crate) fn listen(namespace: &str, addr: &str) -> TcpListener {
     let listener = netns::enter(namespace, || std::net::TcpListener::bind(addr))
         .unwrap_or_else(|e| panic!("bind {addr} in {namespace}: {e}"));
     listener.set_nonblocking(true).unwrap();
