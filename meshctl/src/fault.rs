@@ -1,12 +1,17 @@
 //! `meshctl fault`: the demo apps' fault knobs (`/admin/faults`, `/admin/crash`), for every
 //! instance of a service at once, so the mesh's retries, ejections and failovers can be watched.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-use crate::http::HttpClient;
+use crate::http::{HttpClient, Response};
+use crate::netns::dial;
 use crate::up::Instance;
+
+/// How long one instance may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What to do to each instance.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -60,6 +65,14 @@ pub enum FaultError {
         /// The app's message.
         message: String,
     },
+    /// Its namespace could not be entered.
+    #[error("{instance}: {source}")]
+    NoPath {
+        /// The instance.
+        instance: String,
+        /// What failed.
+        source: dial::DialError,
+    },
     /// No answer.
     #[error("{instance}: {source}")]
     Unreachable {
@@ -101,13 +114,18 @@ pub async fn apply(
             None => (Method::GET, format!("{base}/admin/faults"), None),
         }
     };
-    let response = client
-        .send(method, &url, body.as_ref(), &[])
-        .await
-        .map_err(|source| FaultError::Unreachable {
-            instance: instance.name.clone(),
-            source,
-        })?;
+    let response = match (&instance.namespace, instance.proxy_uid) {
+        (Some(namespace), Some(uid)) => {
+            in_namespace(instance, namespace, uid, method, &url, body.as_ref()).await?
+        }
+        _ => client
+            .send(method, &url, body.as_ref(), &[])
+            .await
+            .map_err(|source| FaultError::Unreachable {
+                instance: instance.name.clone(),
+                source,
+            })?,
+    };
     if !response.status.is_success() {
         let json = response.json();
         let message = json
@@ -131,7 +149,34 @@ pub async fn apply(
     })
 }
 
+/// The knob of an app in its own namespace (`meshctl up --transparent`), reached from inside
+/// that namespace as its sidecar's user, the path the sidecar's own forwarding takes: from the
+/// host the redirect would bring the call to the sidecar as a caller outside the mesh.
+async fn in_namespace(
+    instance: &Instance,
+    namespace: &str,
+    uid: u32,
+    method: Method,
+    url: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<Response, FaultError> {
+    // The app listens on its namespace's loopback; `instance.app` is where the host sees it.
+    let app = SocketAddr::from((Ipv4Addr::LOCALHOST, instance.app.port()));
+    let io = dial::connect_as(namespace, uid, app, TIMEOUT)
+        .await
+        .map_err(|source| FaultError::NoPath {
+            instance: instance.name.clone(),
+            source,
+        })?;
+    crate::http::send_on(io, method, url, body, TIMEOUT)
+        .await
+        .map_err(|source| FaultError::Unreachable {
+            instance: instance.name.clone(),
+            source,
+        })
+}
+
 /// The client the fault commands use.
 pub fn client() -> HttpClient {
-    HttpClient::new(Duration::from_secs(5))
+    HttpClient::new(TIMEOUT)
 }

@@ -112,65 +112,146 @@ impl HttpClient {
         body: Option<&serde_json::Value>,
         headers: &[(&str, &str)],
     ) -> Result<Response, HttpError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| HttpError::Url {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
-        if uri.scheme_str() != Some("http") {
-            return Err(HttpError::Url {
-                url: url.to_owned(),
-                message: "only http:// URLs are supported".into(),
-            });
-        }
-        let mut builder = http::Request::builder().method(method.clone()).uri(uri);
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let payload = match body {
-            Some(json) => {
-                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(json.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let request = builder
-            .body(Full::new(payload))
-            .map_err(|e| HttpError::Url {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
-        let transport = |message: String| HttpError::Transport {
-            method: method.clone(),
-            url: url.to_owned(),
-            message,
-        };
+        let request = request(&method, url, body, headers)?;
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| transport(error_chain(&e)))?;
-            let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| transport(error_chain(&e)))?
-                .to_bytes();
-            Ok(Response {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            })
+                .map_err(|e| transport(&method, url, &e))?;
+            collect(response, &method, url).await
         };
-        tokio::time::timeout(self.timeout, exchange)
+        within(self.timeout, exchange, &method, url).await
+    }
+}
+
+/// `method url` with an optional JSON body on `io`, a connection the caller opened (such as
+/// one from inside an instance's namespace, [`crate::netns::dial`]); the URL's host is only the
+/// `Host` header. The exchange must finish within `timeout`.
+pub async fn send_on(
+    io: tokio::net::TcpStream,
+    method: Method,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    let mut request = request(&method, url, body, &[])?;
+    if let Some(authority) = request.uri().authority().cloned() {
+        let host = http::HeaderValue::from_str(authority.as_str()).map_err(|e| HttpError::Url {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?;
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+    // HTTP/1.1 on the wire takes the path, not the whole URL.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str)
+        .parse::<Uri>()
+        .map_err(|e| HttpError::Url {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?;
+    *request.uri_mut() = path;
+    let exchange = async {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| transport(&method, url, &e))?;
+        let conn = tokio::spawn(conn);
+        let response = sender
+            .send_request(request)
             .await
-            .map_err(|_| HttpError::Timeout {
-                method: method.clone(),
-                url: url.to_owned(),
-                timeout: self.timeout,
-            })?
+            .map_err(|e| transport(&method, url, &e));
+        let response = match response {
+            Ok(response) => collect(response, &method, url).await,
+            Err(e) => Err(e),
+        };
+        conn.abort();
+        response
+    };
+    within(timeout, exchange, &method, url).await
+}
+
+/// The request `send` and `send_on` make.
+fn request(
+    method: &Method,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    headers: &[(&str, &str)],
+) -> Result<http::Request<Full<Bytes>>, HttpError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| HttpError::Url {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?;
+    if uri.scheme_str() != Some("http") {
+        return Err(HttpError::Url {
+            url: url.to_owned(),
+            message: "only http:// URLs are supported".into(),
+        });
+    }
+    let mut builder = http::Request::builder().method(method.clone()).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let payload = match body {
+        Some(json) => {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            Bytes::from(json.to_string())
+        }
+        None => Bytes::new(),
+    };
+    builder
+        .body(Full::new(payload))
+        .map_err(|e| HttpError::Url {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// The whole response.
+async fn collect(
+    response: http::Response<hyper::body::Incoming>,
+    method: &Method,
+    url: &str,
+) -> Result<Response, HttpError> {
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| transport(method, url, &e))?
+        .to_bytes();
+    Ok(Response {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `exchange`, or a timeout error after `timeout`.
+async fn within(
+    timeout: Duration,
+    exchange: impl Future<Output = Result<Response, HttpError>>,
+    method: &Method,
+    url: &str,
+) -> Result<Response, HttpError> {
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| HttpError::Timeout {
+            method: method.clone(),
+            url: url.to_owned(),
+            timeout,
+        })?
+}
+
+fn transport(method: &Method, url: &str, error: &(dyn std::error::Error + 'static)) -> HttpError {
+    HttpError::Transport {
+        method: method.clone(),
+        url: url.to_owned(),
+        message: error_chain(error),
     }
 }
 

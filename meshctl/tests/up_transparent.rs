@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use mesh_testkit::{eventually, metrics, netns};
+use meshctl::fault::FaultChange;
 use meshctl::http::HttpClient;
 use meshctl::up::{TransparentSpec, UpOptions};
 
@@ -125,6 +126,36 @@ async fn an_order_crosses_every_hop_over_mtls_and_stopping_leaves_nothing() {
         )
         .await;
     }
+
+    // `meshctl fault` reaches an app that refuses callers from outside the mesh: from inside
+    // its namespace, as its sidecar's user, past the redirect.
+    let payments = mesh.instances_of("payments").next().unwrap().clone();
+    let direct = client
+        .get(&format!("{}/admin/faults", payments.app_url()))
+        .await
+        .unwrap();
+    assert_eq!(direct.status, StatusCode::FORBIDDEN, "{}", direct.text());
+    let knobs = meshctl::fault::client();
+    let set = FaultChange {
+        latency_ms: Some(7),
+        ..FaultChange::default()
+    };
+    let line = meshctl::fault::apply(&knobs, &payments, &set)
+        .await
+        .unwrap();
+    assert!(line.contains("latency 7ms"), "{line}");
+    let clear = FaultChange {
+        clear: true,
+        ..FaultChange::default()
+    };
+    let line = meshctl::fault::apply(&knobs, &payments, &clear)
+        .await
+        .unwrap();
+    assert_eq!(line, "payments-1: no faults");
+    // Past the redirect, not through it: the sidecar passed nothing through to its own app.
+    let text = client.get(&payments.metrics_url()).await.unwrap().text();
+    let passed = metrics::value(&text, "mesh_outbound_passthrough_total{protocol=\"http\"}");
+    assert_eq!(passed.unwrap_or(0.0), 0.0, "{text}");
 
     let pids = mesh.pids();
     let killed = mesh.stop().await;

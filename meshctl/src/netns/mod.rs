@@ -9,10 +9,12 @@
 //! - [`ip`]: running `ip`, reading routes.
 //! - [`bridge`]: the shared bridge, its lock and address records.
 //! - [`hosts`]: the namespace's hosts file.
+//! - [`dial`]: a connection from inside a namespace, past its redirect.
 //! - [`teardown`]: the undo list.
 
 pub mod bridge;
 pub mod cidr;
+pub mod dial;
 pub mod hosts;
 pub mod ip;
 pub mod teardown;

@@ -409,7 +409,7 @@ fn make_namespaces(
     for (i, instance) in instances.iter_mut().enumerate() {
         let names = transparent::names(instance, i);
         let made = netns::Instance::create(&bridge, names, &Default::default(), teardown)?;
-        transparent::place(instance, &made.namespace, made.address);
+        transparent::place(instance, &made.namespace, made.address, spec.proxy_uid);
         namespaces.push(made);
     }
     Ok(Net {

@@ -49,6 +49,10 @@ pub struct Instance {
     /// Its network namespace (`meshctl up --transparent`); `None`: the host's, on loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Its sidecar's user in that namespace: what meshctl acts as to reach the app past the
+    /// redirect (`meshctl fault`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_uid: Option<u32>,
 }
 
 impl Instance {
@@ -195,6 +199,7 @@ pub fn allocate(
                 app_pid: None,
                 sidecar_pid: None,
                 namespace: None,
+                proxy_uid: None,
             });
         }
     }

@@ -76,14 +76,16 @@ pub fn names(instance: &Instance, index: usize) -> (String, String) {
 }
 
 /// Points `instance` at its namespace: the app and the sidecar's inbound and admin listeners
-/// on `address`, the outbound listener on the namespace's loopback.
-pub fn place(instance: &mut Instance, namespace: &str, address: Ipv4Addr) {
+/// on `address`, the outbound listener on the namespace's loopback; its sidecar runs as
+/// `proxy_uid`.
+pub fn place(instance: &mut Instance, namespace: &str, address: Ipv4Addr, proxy_uid: u32) {
     let at = |port| SocketAddr::new(IpAddr::V4(address), port);
     instance.app = at(APP_PORT);
     instance.inbound = at(INBOUND_PORT);
     instance.admin = at(ADMIN_PORT);
     instance.outbound = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), OUTBOUND_PORT);
     instance.namespace = Some(namespace.to_owned());
+    instance.proxy_uid = Some(proxy_uid);
 }
 
 /// `tracing` with its endpoint's host moved to `gateway`, where the namespaces reach Jaeger.
