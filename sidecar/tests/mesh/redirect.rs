@@ -11,7 +11,7 @@ use std::time::Duration;
 use mesh_sidecar::original_dst::original_dst;
 use mesh_testkit::netns::{self, Namespace, TwoHosts};
 use mesh_testkit::process::KillOnDrop;
-use mesh_testkit::{TestMesh, app};
+use mesh_testkit::{TestMesh, app, metrics};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -408,6 +408,85 @@ async fn a_real_sidecar_serves_the_apps_redirected_http() {
     assert_eq!(seen["path"], "/api/stock/42", "{seen}");
     assert_eq!(seen["caller"], ORDERS_ID, "{seen}");
     drop(orders);
+}
+
+/// A plain client on another host dials the app's port straight: the redirect brings it to the
+/// sidecar's inbound listener, where `authorization.unauthenticated` decides (refused by
+/// default, served with no identity when allowed), and a caller identity the client forges
+/// never reaches the app.
+#[tokio::test]
+async fn a_plain_client_dialling_the_apps_port_meets_the_sidecars_unauthenticated_policy() {
+    if !netns::available("a_plain_client_dialling_the_apps_port") {
+        return;
+    }
+    let hosts = TwoHosts::create();
+    let (a, b) = (&hosts.a.name, &hosts.b.name);
+    let mesh = TestMesh::new();
+    let app = app::echo("inventory").await;
+    // Two sidecars for the same app, one per policy, each with its inbound listener in B; the
+    // redirect is pointed at one, then the other.
+    let denying = mesh
+        .sidecar("inventory")
+        .app(app)
+        .inbound_listener(listen(b, &format!("0.0.0.0:{INBOUND}")))
+        .start()
+        .await;
+    let allowing = mesh
+        .sidecar("inventory")
+        .app(app)
+        .extra_yaml("authorization: { unauthenticated: allow }\n")
+        .inbound_listener(listen(b, "0.0.0.0:15016"))
+        .start()
+        .await;
+    let uid = PROXY_UID.to_string();
+    // The client in A: curl with a forged identity, printing the body, then the status.
+    let call = || async {
+        let out = tokio::process::Command::new("ip")
+            .args(["netns", "exec", a, "curl", "-sS", "--max-time", "10"])
+            .args([
+                "-H",
+                "x-mesh-client-id: spiffe://mesh.local/ns/default/sa/payments",
+            ])
+            .args(["-w", "\n%{http_code}", "http://198.18.0.2:8080/api/stock"])
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        assert_success(&out);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.to_owned(), body.to_owned())
+    };
+
+    assert_success(&redirect(
+        b,
+        &["--proxy-uid", &uid, "--inbound-ports", "8080"],
+    ));
+    let (status, body) = call().await;
+    assert_eq!(status, "403", "{body}");
+    assert!(body.contains("takes only mesh mTLS"), "{body}");
+    let refused = r#"mesh_requests_total{direction="inbound",source="unauthenticated",destination="inventory",status_code="403"}"#;
+    assert_eq!(metrics::value(&denying.metrics().await, refused), Some(1.0));
+
+    assert_success(&redirect(
+        b,
+        &[
+            "--proxy-uid",
+            &uid,
+            "--inbound-ports",
+            "8080",
+            "--inbound-port",
+            "15016",
+        ],
+    ));
+    let (status, body) = call().await;
+    assert_eq!(status, "200", "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["path"], "/api/stock", "{seen}");
+    assert_eq!(seen["caller"], serde_json::Value::Null, "{seen}");
+    assert!(seen["headers"].get("x-mesh-client-id").is_none(), "{seen}");
+    let served = r#"mesh_requests_total{direction="inbound",source="unauthenticated",destination="inventory",status_code="200"}"#;
+    assert_eq!(metrics::value(&allowing.metrics().await, served), Some(1.0));
 }
 
 /// Inventory's virtual address in the test above: in the default range, where nothing listens.
