@@ -36,6 +36,9 @@ pub struct Service {
     /// Its instances.
     #[serde(default)]
     pub instances: Vec<Instance>,
+    /// The address a redirected app dials for it, allocated by the control plane.
+    #[serde(default)]
+    pub virtual_address: Option<String>,
 }
 
 /// One instance.
@@ -149,7 +152,25 @@ pub fn render(status: &Status, now_unix: i64) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..9)
+    write_rows(&mut out, &rows);
+    // Where apps whose traffic is redirected reach each service (docs/transparent.md).
+    let addressed: Vec<[String; 2]> = status
+        .services
+        .iter()
+        .filter_map(|(name, s)| Some([name.clone(), s.virtual_address.clone()?]))
+        .collect();
+    if !addressed.is_empty() {
+        out.push('\n');
+        let mut rows = vec![["SERVICE".to_owned(), "VIRTUAL ADDRESS".to_owned()]];
+        rows.extend(addressed);
+        write_rows(&mut out, &rows);
+    }
+    out
+}
+
+/// `rows` as columns padded to their widest cell.
+fn write_rows<const N: usize>(out: &mut String, rows: &[[String; N]]) {
+    let widths: Vec<usize> = (0..N)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     for row in rows {
@@ -161,7 +182,6 @@ pub fn render(status: &Status, now_unix: i64) -> String {
             .join("  ");
         let _ = writeln!(out, "{}", line.trim_end());
     }
-    out
 }
 
 /// Each instance's name by its registered (inbound) address.
@@ -213,7 +233,8 @@ mod tests {
                      "ejected_endpoints": ["inventory/127.0.0.1:9", "payments/127.0.0.1:2"],
                      "app_down": "GET /healthz answered 503 Service Unavailable"}
                 ]},
-                "payments": {"snapshot_version": 10, "instances": []}
+                "payments": {"snapshot_version": 10, "instances": [],
+                             "virtual_address": "127.240.0.3"}
             }
         }))
         .unwrap();
@@ -228,5 +249,8 @@ mod tests {
         );
         assert!(table.lines().nth(3).unwrap().ends_with("  up"), "{table}");
         assert!(table.lines().any(|l| l.starts_with("payments")), "{table}");
+        // Virtual addresses, for the services that have one.
+        let tail: Vec<&str> = table.lines().rev().take(2).collect();
+        assert_eq!(tail, ["payments  127.240.0.3", "SERVICE   VIRTUAL ADDRESS"]);
     }
 }
