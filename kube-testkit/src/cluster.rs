@@ -106,7 +106,10 @@ impl TestCluster {
                 .arg(flag("--client-ca-file", &pki.client_ca_file))
                 .arg("--authorization-mode=Node,RBAC")
                 .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-                .arg(flag("--service-account-key-file", &pki.service_account_key))
+                .arg(flag(
+                    "--service-account-key-file",
+                    &pki.service_account_public,
+                ))
                 .arg(flag(
                     "--service-account-signing-key-file",
                     &pki.service_account_key,
@@ -325,5 +328,48 @@ mod tests {
         remove_orphans(temp.path());
         assert!(!dead.exists(), "the dead owner's directory is gone");
         assert!(live.exists(), "this process's directory stays");
+    }
+
+    #[test]
+    fn a_process_left_using_a_dead_owners_directory_is_killed() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dead = temp.path().join("mesh-kube-4999999-dead");
+        std::fs::create_dir_all(&dead).expect("make dir");
+        let log = dead.join("etcd.log");
+        std::fs::write(&log, "").expect("make log");
+        // Stands in for an etcd whose test was killed: it runs until killed, naming the
+        // directory on its command line.
+        let mut orphan = KillOnDrop::new(
+            Command::new("tail")
+                .arg("-f")
+                .arg(&log)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn tail"),
+        );
+        // Until it has exec'd, the child's command line is still the test's.
+        let pid = Pid::from_raw(i32::try_from(orphan.id()).expect("pid"));
+        for _ in 0..250 {
+            if processes_using(&dead).contains(&pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        remove_orphans(temp.path());
+        let mut status = None;
+        for _ in 0..250 {
+            status = orphan.try_wait().expect("poll the process");
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = status.expect("the orphan exits within 5 s");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "killed"
+        );
+        assert!(!dead.exists());
     }
 }

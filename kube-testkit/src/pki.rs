@@ -35,8 +35,10 @@ pub(crate) struct ClusterPki {
     pub(crate) client_ca_file: PathBuf,
     /// The API server's serving certificate, for 127.0.0.1 and `localhost`.
     pub(crate) serving: PemPair,
-    /// The service-account signing key; its public half is read from the same file.
+    /// The service-account signing key.
     pub(crate) service_account_key: PathBuf,
+    /// Its public half, which checks the tokens.
+    pub(crate) service_account_public: PathBuf,
 }
 
 impl ClusterPki {
@@ -70,6 +72,13 @@ impl ClusterPki {
         let service_account = KeyPair::generate().map_err(|e| pki("service-account key", e))?;
         let service_account_key =
             write(dir, "service-account.key", &service_account.serialize_pem())?;
+        // kube-apiserver reads verification keys as public keys or RSA/EC private keys, not
+        // PKCS#8: the public half goes in a file of its own.
+        let service_account_public = write(
+            dir,
+            "service-account.pub",
+            &service_account.public_key_pem(),
+        )?;
 
         Ok(Self {
             dir: dir.to_owned(),
@@ -78,6 +87,7 @@ impl ClusterPki {
             client_ca_file,
             serving,
             service_account_key,
+            service_account_public,
         })
     }
 

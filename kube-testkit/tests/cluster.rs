@@ -63,6 +63,12 @@ async fn a_namespace_and_a_config_map_are_stored_and_read_back() {
         return;
     };
     let admin = cluster.admin().expect("admin client");
+    let version = admin.apiserver_version().await.expect("GET /version");
+    assert_eq!(
+        version.git_version,
+        mesh_kube_testkit::binaries::KUBE_VERSION,
+        "the server is the pinned build"
+    );
     create_namespace(&admin, "shop").await;
 
     let namespace = Api::<Namespace>::all(admin.clone())
