@@ -24,6 +24,10 @@ const READY_PATIENCE: Duration = Duration::from_secs(60);
 /// Between readiness checks.
 const POLL: Duration = Duration::from_millis(100);
 
+/// How long one readiness check may take, so a server that accepts but never answers cannot
+/// stretch the wait past its patience.
+const POLL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the admin's client certificate says: `system:masters` is the group Kubernetes grants
 /// every permission without any binding.
 const ADMIN: (&str, &[&str]) = ("admin", &["system:masters"]);
@@ -100,7 +104,6 @@ impl TestCluster {
                 .arg("--bind-address=127.0.0.1")
                 .arg("--advertise-address=127.0.0.1")
                 .arg(format!("--secure-port={secure_port}"))
-                .arg(flag("--cert-dir", &dir.path().join("serving")))
                 .arg(flag("--tls-cert-file", &pki.serving.cert))
                 .arg(flag("--tls-private-key-file", &pki.serving.key))
                 .arg(flag("--client-ca-file", &pki.client_ca_file))
@@ -197,11 +200,14 @@ impl TestCluster {
                 }
             }
             let last = match http::Request::get("/readyz").body(Vec::new()) {
-                Ok(request) => match client.request_text(request).await {
-                    Ok(body) if body.trim() == "ok" => return Ok(()),
-                    Ok(body) => body,
-                    Err(e) => e.to_string(),
-                },
+                Ok(request) => {
+                    match tokio::time::timeout(POLL_TIMEOUT, client.request_text(request)).await {
+                        Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+                        Ok(Ok(body)) => body,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no answer within {POLL_TIMEOUT:?}"),
+                    }
+                }
                 Err(e) => e.to_string(),
             };
             if started.elapsed() >= READY_PATIENCE {
