@@ -53,3 +53,78 @@ async fn quick_run_direct_and_ours() {
     assert!(ours.added_p50_us.is_some(), "{markdown}");
     assert!(markdown.contains("| ours |"), "{markdown}");
 }
+
+/// `ours-transparent` and its baseline `ours-explicit`, each in two network namespaces joined by
+/// a veth link: every request must succeed through the redirect (the app listens on its
+/// namespace's loopback only, and the client dials an address where nothing listens, so only
+/// both redirects and both sidecars can answer). Needs root and nft; checks no timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_run_transparent_and_explicit() {
+    if !mesh_testkit::netns::available("quick_run_transparent_and_explicit") {
+        return;
+    }
+    let nft = std::process::Command::new("nft").arg("--version").output();
+    if !nft.is_ok_and(|out| out.status.success()) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nft missing under CI (Debian: nftables)"
+        );
+        eprintln!(
+            "quick_run_transparent_and_explicit: skipped: nft not installed (Debian: nftables)"
+        );
+        return;
+    }
+    let harness = PathBuf::from(env!("CARGO_BIN_EXE_datapath"));
+    let bin_dir = harness.parent().unwrap().to_owned();
+    datapath::build_sidecar_if_missing(&bin_dir).unwrap();
+    let options = Options {
+        mode: "quick".to_owned(),
+        plan: Plan::quick(),
+        topologies: vec![
+            Topology::Direct,
+            Topology::OursExplicit,
+            Topology::OursTransparent,
+        ],
+        harness,
+        bin_dir,
+        envoy: EnvoySource::Path(PathBuf::from("/nonexistent/envoy")),
+        command: "datapath_smoke".to_owned(),
+    };
+    let report = datapath::run(options).await.unwrap();
+    let markdown = report.markdown();
+    // The run deleted its namespaces (and with them the veth links) when it ended.
+    let listed = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let ours = format!("mesh-{}x", std::process::id());
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(!listed.contains(&ours), "left behind: {listed}");
+    assert!(report.skipped.is_empty(), "{markdown}");
+    assert_eq!(report.results.len(), 3, "{markdown}");
+    assert!(!report.has_failures(), "{markdown}");
+    for result in &report.results[1..] {
+        let t = result.throughput.as_ref().unwrap();
+        assert!(t.requests > 0 && t.errors == 0, "{markdown}");
+        let l = result.latency.as_ref().unwrap();
+        assert_eq!(l.errors, 0, "{markdown}");
+        assert_eq!(l.recorded, l.scheduled, "{markdown}");
+        assert_eq!(result.proxies.len(), 2, "{markdown}");
+        assert!(
+            result.proxies.iter().all(|p| p.peak_rss_kib > 0),
+            "{markdown}"
+        );
+    }
+    // Both sides measured, so both redirect targets are judged (whatever the verdict).
+    let redirect = report.redirect.as_ref().unwrap();
+    assert_eq!(redirect.targets.len(), 2, "{markdown}");
+    assert!(
+        redirect.targets.iter().all(|t| t.met.is_some()),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| ours-transparent |"), "{markdown}");
+    assert!(
+        markdown.contains("## Transparent (redirect) against explicit"),
+        "{markdown}"
+    );
+}

@@ -1,4 +1,5 @@
-//! Data-path comparison: direct vs our sidecar pair vs an Envoy pair, in one run.
+//! Data-path comparison: direct vs our sidecar pair vs an Envoy pair, and our pair across a
+//! link between network namespaces with and without `sidecar redirect`, in one run.
 //!
 //! Run: `cargo build --release -p mesh-sidecar -p mesh-benches &&
 //!       target/release/datapath [--quick] [--out benches/results] [--envoy PATH]`
@@ -29,8 +30,13 @@ struct Args {
     /// The Envoy binary to use instead of the one in target/bench-venv.
     #[arg(long)]
     envoy: Option<PathBuf>,
-    /// Configurations to measure, in round order.
-    #[arg(long, value_delimiter = ',', default_value = "direct,ours,envoy")]
+    /// Configurations to measure, in round order: direct, ours, envoy, ours-mt, ours-explicit,
+    /// ours-transparent (the last two need root; without it they are skipped, saying so).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,ours,envoy,ours-explicit,ours-transparent"
+    )]
     only: Vec<String>,
     /// Rounds instead of the plan's (more rounds give a steadier tail).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]

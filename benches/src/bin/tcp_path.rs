@@ -61,8 +61,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| t.parse::<Topology>())
         .collect::<Result<Vec<_>, _>>()?;
-    if topologies.contains(&Topology::OursMultiThread) {
-        anyhow::bail!("ours-mt is not offered by tcp-path: use direct, ours, envoy");
+    if let Some(other) = topologies
+        .iter()
+        .find(|t| !matches!(t, Topology::Direct | Topology::Ours | Topology::Envoy))
+    {
+        anyhow::bail!(
+            "{} is not offered by tcp-path: use direct, ours, envoy",
+            other.name()
+        );
     }
     let mut plan = if args.quick {
         TcpPlan::quick()

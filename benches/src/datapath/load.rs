@@ -1,7 +1,6 @@
 //! The load client: HTTP/1.1 keep-alive connections written with hyper's connection API, so
 //! no pool or extra task sits between the timer and the socket.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +15,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Error;
+use super::dial::Dial;
 
-/// The `Host` every request carries: our outbound sidecar routes on it; the others ignore it.
+/// The `Host` requests carry, unless a configuration's client dials an address as an
+/// unmodified app would: our outbound sidecar routes on it; the others ignore it.
 pub(crate) const AUTHORITY: &str = "inventory";
 /// A request that takes longer than this counts as an error (and its connection is replaced).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,10 +28,11 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 type Sender = SendRequest<Empty<Bytes>>;
 
 /// Opens one keep-alive connection.
-async fn connect(addr: SocketAddr) -> Result<Sender, Error> {
-    let tcp = tokio::net::TcpStream::connect(addr)
+async fn connect(dial: &Dial) -> Result<Sender, Error> {
+    let tcp = dial
+        .connect()
         .await
-        .map_err(|e| Error::io(format!("connect to {addr}"), e))?;
+        .map_err(|e| Error::io(format!("connect to {}", dial.addr), e))?;
     tcp.set_nodelay(true)
         .map_err(|e| Error::io("set TCP_NODELAY", e))?;
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
@@ -40,12 +42,12 @@ async fn connect(addr: SocketAddr) -> Result<Sender, Error> {
     Ok(send)
 }
 
-/// One `GET /`; `Ok(true)` when it answered 200 with the whole body read.
-async fn request(send: &mut Sender) -> Result<bool, Error> {
+/// One `GET /` with `Host: authority`; `Ok(true)` when it answered 200 with the whole body read.
+async fn request(send: &mut Sender, authority: &'static str) -> Result<bool, Error> {
     let once = async {
         send.ready().await?;
         let req = Request::get("/")
-            .header(HOST, AUTHORITY)
+            .header(HOST, authority)
             .body(Empty::new())?;
         let rsp = send.send_request(req).await?;
         let ok = rsp.status().is_success();
@@ -58,12 +60,12 @@ async fn request(send: &mut Sender) -> Result<bool, Error> {
 }
 
 /// Sends requests until one succeeds, for at most `limit`: proves a path works end to end.
-pub(crate) async fn probe(addr: SocketAddr, limit: Duration) -> Result<(), Error> {
+pub(crate) async fn probe(dial: &Dial, limit: Duration) -> Result<(), Error> {
     let deadline = Instant::now() + limit;
     let mut last = Error::Timeout;
     while Instant::now() < deadline {
-        match connect(addr).await {
-            Ok(mut send) => match request(&mut send).await {
+        match connect(dial).await {
+            Ok(mut send) => match request(&mut send, dial.authority).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => last = Error::Status,
                 Err(e) => last = e,
@@ -77,8 +79,8 @@ pub(crate) async fn probe(addr: SocketAddr, limit: Duration) -> Result<(), Error
 
 /// After a failure, a connection is replaced; a refused connect waits a little so a dead
 /// target does not make the client spin.
-async fn replace(addr: SocketAddr, send: &mut Sender) {
-    match connect(addr).await {
+async fn replace(dial: &Dial, send: &mut Sender) {
+    match connect(dial).await {
         Ok(fresh) => *send = fresh,
         Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
     }
@@ -94,17 +96,20 @@ pub(crate) struct Closed {
 
 /// Opened connections, ready for a measured run; opening them is not measured.
 pub(crate) struct Connections {
-    addr: SocketAddr,
+    dial: Dial,
     senders: Vec<Sender>,
 }
 
 impl Connections {
-    pub(crate) async fn open(addr: SocketAddr, count: usize) -> Result<Self, Error> {
+    pub(crate) async fn open(dial: &Dial, count: usize) -> Result<Self, Error> {
         let mut senders = Vec::with_capacity(count);
         for _ in 0..count {
-            senders.push(connect(addr).await?);
+            senders.push(connect(dial).await?);
         }
-        Ok(Self { addr, senders })
+        Ok(Self {
+            dial: dial.clone(),
+            senders,
+        })
     }
 
     /// Max throughput: each connection sends its next request as soon as the last answered,
@@ -112,20 +117,21 @@ impl Connections {
     pub(crate) async fn closed_loop(self, duration: Duration) -> Closed {
         let started = Instant::now();
         let deadline = started + duration;
-        let addr = self.addr;
+        let dial = self.dial;
         let tasks: Vec<_> = self
             .senders
             .into_iter()
             .map(|mut send| {
+                let dial = dial.clone();
                 tokio::spawn(async move {
                     let mut out = Closed::default();
                     while Instant::now() < deadline {
-                        match request(&mut send).await {
+                        match request(&mut send, dial.authority).await {
                             Ok(true) => out.ok += 1,
                             Ok(false) => out.errors += 1,
                             Err(_) => {
                                 out.errors += 1;
-                                replace(addr, &mut send).await;
+                                replace(&dial, &mut send).await;
                             }
                         }
                     }
@@ -155,20 +161,21 @@ impl Connections {
         let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
         let (tx, rx) = mpsc::unbounded_channel::<Instant>();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let addr = self.addr;
+        let dial = self.dial;
         let started = Instant::now();
         let tasks: Vec<_> = self
             .senders
             .into_iter()
             .map(|mut send| {
                 let rx = rx.clone();
+                let dial = dial.clone();
                 tokio::spawn(async move {
                     let mut hist = new_histogram()?;
                     let mut errors = 0;
                     loop {
                         let next = rx.lock().await.recv().await;
                         let Some(intended) = next else { break };
-                        match request(&mut send).await {
+                        match request(&mut send, dial.authority).await {
                             Ok(true) => {
                                 let us = intended.elapsed().as_micros();
                                 hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
@@ -176,7 +183,7 @@ impl Connections {
                             Ok(false) => errors += 1,
                             Err(_) => {
                                 errors += 1;
-                                replace(addr, &mut send).await;
+                                replace(&dial, &mut send).await;
                             }
                         }
                     }

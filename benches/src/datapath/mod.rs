@@ -8,8 +8,11 @@
 //! `datapath` binary renders its [`Report`].
 
 mod app;
+mod dial;
 mod load;
+mod namespaced;
 pub(crate) mod procs;
+mod redirect_cost;
 mod report;
 pub mod tcp;
 mod topology;
@@ -22,8 +25,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use self::app::{BODY, serve_blocking as serve_app};
+pub use self::redirect_cost::RedirectCost;
 pub use self::report::{
-    LatencyResult, Machine, PlanReport, ProxyResult, Report, Target, ThroughputResult,
+    LatencyResult, Machine, PlanReport, ProxyResult, Report, Skipped, Target, ThroughputResult,
     TopologyResult,
 };
 pub use self::topology::{ENVOY_WHEEL, find_or_install_envoy};
@@ -80,8 +84,14 @@ pub enum Error {
     Interrupted,
     #[error("TCP load: {0}")]
     Tcp(String),
-    #[error("unknown configuration {0:?}: use direct, ours, envoy or ours-mt")]
+    #[error(
+        "unknown configuration {0:?}: use direct, ours, envoy, ours-mt, ours-explicit or ours-transparent"
+    )]
     UnknownTopology(String),
+    #[error("network namespaces: {0}")]
+    Namespaces(String),
+    #[error("sidecar redirect in the network namespace {namespace}: {message}")]
+    Redirect { namespace: String, message: String },
 }
 
 impl Error {
@@ -108,10 +118,25 @@ pub enum Topology {
     /// the runtime choice costs.
     #[serde(rename = "ours-mt")]
     OursMultiThread,
+    /// Ours across a veth link between two network namespaces, the client calling its
+    /// sidecar's outbound listener: the baseline of `ours-transparent` (needs root).
+    #[serde(rename = "ours-explicit")]
+    OursExplicit,
+    /// `ours-explicit` with `sidecar redirect` in both namespaces and a client that dials the
+    /// server's virtual address, knowing nothing of the mesh (needs root).
+    #[serde(rename = "ours-transparent")]
+    OursTransparent,
 }
 
 impl Topology {
-    pub const ALL: [Self; 4] = [Self::Direct, Self::Ours, Self::Envoy, Self::OursMultiThread];
+    pub const ALL: [Self; 6] = [
+        Self::Direct,
+        Self::Ours,
+        Self::Envoy,
+        Self::OursMultiThread,
+        Self::OursExplicit,
+        Self::OursTransparent,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -119,6 +144,8 @@ impl Topology {
             Self::Ours => "ours",
             Self::Envoy => "envoy",
             Self::OursMultiThread => "ours-mt",
+            Self::OursExplicit => "ours-explicit",
+            Self::OursTransparent => "ours-transparent",
         }
     }
 
@@ -130,7 +157,25 @@ impl Topology {
             Self::OursMultiThread => {
                 "as ours, each sidecar on a multi-threaded runtime with one worker"
             }
+            Self::OursExplicit => {
+                "namespace A: client → 127.0.0.1:15001 with Host: inventory → sidecar (UID 65532) \
+                 ⇒ h2+mTLS over a veth link to 198.18.0.2:15006 ⇒ namespace B: sidecar (UID 65532) \
+                 → app on 127.0.0.1:8080; no redirect rules"
+            }
+            Self::OursTransparent => {
+                "namespace A, with `sidecar redirect --proxy-uid 65532`: client dials inventory's \
+                 virtual address 127.240.0.9:80 with Host: 127.240.0.9 → redirected to the \
+                 sidecar (UID 65532) on 127.0.0.1:15001, which routes by that address ⇒ h2+mTLS \
+                 over a veth link to the app's address 198.18.0.2:8080 ⇒ namespace B, with \
+                 `sidecar redirect --proxy-uid 65532 --inbound-ports 8080`: redirected to the \
+                 sidecar (UID 65532) on :15006 → app on 127.0.0.1:8080"
+            }
         }
+    }
+
+    /// Runs in network namespaces of its own, which needs root.
+    fn namespaced(self) -> bool {
+        matches!(self, Self::OursExplicit | Self::OursTransparent)
     }
 }
 
@@ -360,9 +405,9 @@ async fn measure_round(tally: &mut Tally, plan: &Plan) -> Result<(), Error> {
         return Ok(());
     };
     let pids = running.pids();
-    let entry = running.entry;
+    let dial = running.dial();
 
-    let conns = Connections::open(entry, plan.connections).await?;
+    let conns = Connections::open(&dial, plan.connections).await?;
     let before = proxy_ticks(&pids)?;
     let closed = conns.closed_loop(plan.throughput_phase).await;
     let after = proxy_ticks(&pids)?;
@@ -375,7 +420,7 @@ async fn measure_round(tally: &mut Tally, plan: &Plan) -> Result<(), Error> {
 
     // A short pause so the open loop starts on an idle machine, not on the closed loop's tail.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let conns = Connections::open(entry, plan.rate_connections).await?;
+    let conns = Connections::open(&dial, plan.rate_connections).await?;
     let before = proxy_ticks(&pids)?;
     let open = conns.open_loop(plan.rate, plan.latency_phase).await?;
     let after = proxy_ticks(&pids)?;
@@ -412,7 +457,17 @@ pub async fn run(options: Options) -> Result<Report, Error> {
 
     let mut envoy_version = None;
     let mut tallies = Vec::new();
+    let mut skipped = Vec::new();
+    let cannot_namespace = namespaced::unavailable();
     for &topology in &options.topologies {
+        if let Some(why) = cannot_namespace.as_ref().filter(|_| topology.namespaced()) {
+            eprintln!("{}: skipped: {why}", topology.name());
+            skipped.push(Skipped {
+                name: topology,
+                why: why.clone(),
+            });
+            continue;
+        }
         let started = match topology {
             Topology::Direct => Ok(Running::direct(app_addr)),
             Topology::Ours => {
@@ -436,6 +491,14 @@ pub async fn run(options: Options) -> Result<Report, Error> {
                     Err(e) => Err(e),
                 }
             }
+            Topology::OursExplicit => {
+                let explicit = namespaced::Interception::Explicit;
+                namespaced::start(&options.bin_dir, &options.harness, dir.path(), explicit).await
+            }
+            Topology::OursTransparent => {
+                let redirect = namespaced::Interception::Redirect;
+                namespaced::start(&options.bin_dir, &options.harness, dir.path(), redirect).await
+            }
         };
         if let Err(e) = &started {
             eprintln!("{}: failed to start: {e}", topology.name());
@@ -445,7 +508,7 @@ pub async fn run(options: Options) -> Result<Report, Error> {
 
     for tally in &mut tallies {
         if let Some(running) = &tally.running {
-            match Connections::open(running.entry, options.plan.connections).await {
+            match Connections::open(&running.dial(), options.plan.connections).await {
                 Ok(conns) => {
                     conns.closed_loop(options.plan.warmup).await;
                 }
@@ -509,5 +572,5 @@ pub async fn run(options: Options) -> Result<Report, Error> {
     );
     drop(tallies);
     drop(app);
-    Ok(Report::new(options, machine, results))
+    Ok(Report::new(options, machine, results, skipped))
 }

@@ -9,6 +9,7 @@ use mesh_testkit::process::KillOnDrop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Error;
+use super::dial::connect_in;
 
 /// Linux reports utime and stime in USER_HZ ticks, which is 100 on every mainstream
 /// architecture (it is fixed at compile time of the kernel ABI, unlike CONFIG_HZ).
@@ -75,10 +76,22 @@ impl Proc {
         path: &str,
         limit: Duration,
     ) -> Result<(), Error> {
+        self.wait_ready_in(None, admin, path, limit).await
+    }
+
+    /// [`Proc::wait_ready`] for a process in the network namespace `namespace`, where `admin`
+    /// is reachable only from inside.
+    pub(crate) async fn wait_ready_in(
+        &mut self,
+        namespace: Option<&str>,
+        admin: SocketAddr,
+        path: &str,
+        limit: Duration,
+    ) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
             self.check_alive()?;
-            if http_get_ok(admin, path).await {
+            if http_get_ok(namespace, admin, path).await {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -90,10 +103,10 @@ impl Proc {
     }
 }
 
-/// One `GET` with `Connection: close`; true on a 200 answer.
-async fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
+/// One `GET` with `Connection: close`, from `namespace`; true on a 200 answer.
+async fn http_get_ok(namespace: Option<&str>, addr: SocketAddr, path: &str) -> bool {
     let attempt = async {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut tcp = connect_in(namespace, addr).await?;
         tcp.write_all(
             format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 .as_bytes(),

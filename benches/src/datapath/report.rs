@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::procs::TICKS_PER_SEC;
 use super::procs::thread_count;
+use super::redirect_cost::RedirectCost;
 use super::{Error, Options, Plan, Tally, Topology, peak_rss_kib};
 
 /// Where and when the numbers were taken.
@@ -146,6 +147,13 @@ pub struct Target {
     pub detail: String,
 }
 
+/// A configuration asked for that this machine cannot run, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub name: Topology,
+    pub why: String,
+}
+
 /// Everything one run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -156,7 +164,11 @@ pub struct Report {
     pub results: Vec<TopologyResult>,
     /// ours ÷ envoy.
     pub ratios: Ratios,
+    /// ours-transparent against ours-explicit, when the run included them.
+    pub redirect: Option<RedirectCost>,
+    /// Ours against Envoy, then the redirect's.
     pub targets: Vec<Target>,
+    pub skipped: Vec<Skipped>,
     pub notes: Vec<String>,
 }
 
@@ -253,7 +265,7 @@ pub(crate) fn add_differences(results: &mut [TopologyResult]) {
     }
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     match n {
@@ -419,7 +431,12 @@ fn targets(
 }
 
 impl Report {
-    pub(crate) fn new(options: Options, machine: Machine, results: Vec<TopologyResult>) -> Self {
+    pub(crate) fn new(
+        options: Options,
+        machine: Machine,
+        results: Vec<TopologyResult>,
+        skipped: Vec<Skipped>,
+    ) -> Self {
         let plan = &options.plan;
         let find = |t| results.iter().find(|r| r.name == t && r.failure.is_none());
         let (ours, envoy) = (find(Topology::Ours), find(Topology::Envoy));
@@ -435,7 +452,11 @@ impl Report {
             peak_rss: ours_over_envoy(|r| r.max_rss_kib().map(|k| k as f64)),
             throughput: ours_over_envoy(|r| r.throughput.as_ref().map(|t| t.requests_per_second)),
         };
-        let targets = targets(ours, envoy, &ratios);
+        let mut targets = targets(ours, envoy, &ratios);
+        let redirect = RedirectCost::compare(&results);
+        if let Some(redirect) = &redirect {
+            targets.extend(redirect.targets.iter().cloned());
+        }
         let mut notes = vec![
             format!(
                 "All processes share the machine's {} cores: the load client (this harness, a \
@@ -493,6 +514,16 @@ impl Report {
                 machine.load_after
             ));
         }
+        if redirect.is_some() {
+            notes.push(
+                "ours-explicit and ours-transparent run in network namespaces of their own, \
+                 joined by a veth link, with their own app, sidecars under UID 65532 and the \
+                 load client's sockets made in the client's namespace; they differ only in the \
+                 redirect. Their added latency over direct (on loopback) includes the link, so \
+                 compare them with each other, not with ours or Envoy."
+                    .to_owned(),
+            );
+        }
         Self {
             command: options.command.clone(),
             mode: options.mode.clone(),
@@ -508,7 +539,9 @@ impl Report {
             machine,
             results,
             ratios,
+            redirect,
             targets,
+            skipped,
             notes,
         }
     }
@@ -657,6 +690,12 @@ impl Report {
                 let _ = writeln!(md, "- {name}: {}", f.replace('\n', "\n  "));
             }
         }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(md, "\n## Skipped\n");
+            for s in &self.skipped {
+                let _ = writeln!(md, "- {}: {}", s.name.name(), s.why);
+            }
+        }
         let ra = &self.ratios;
         let _ = writeln!(md, "\n## Ours ÷ Envoy\n");
         let _ = writeln!(md, "| quantity | ratio |\n|---|---:|");
@@ -682,6 +721,9 @@ impl Report {
             ("max throughput", ra.throughput),
         ] {
             let _ = writeln!(md, "| {name} | {} |", times(v));
+        }
+        if let Some(redirect) = &self.redirect {
+            redirect.markdown(&mut md);
         }
         let _ = writeln!(md, "\n## Targets\n");
         for t in &self.targets {

@@ -253,9 +253,9 @@ async fn start(
             let stem = format!("tcp-{target_name}-envoy");
             start_envoy_pair(&envoy, dir, target, Carry::Tcp, &stem).await
         }
-        Topology::OursMultiThread => Err(Error::UnknownTopology(
-            "ours-mt (not offered for TCP)".to_owned(),
-        )),
+        Topology::OursMultiThread | Topology::OursExplicit | Topology::OursTransparent => Err(
+            Error::UnknownTopology(format!("{} (not offered for TCP)", topology.name())),
+        ),
     }
 }
 
@@ -340,7 +340,9 @@ fn path(topology: Topology) -> &'static str {
             "client → sidecar tcp listener ⇒ one HTTP/2 stream over mTLS ⇒ sidecar → target"
         }
         Topology::Envoy => "client → envoy tcp_proxy ⇒ mTLS ⇒ envoy tcp_proxy → target",
-        Topology::OursMultiThread => "not offered",
+        Topology::OursMultiThread | Topology::OursExplicit | Topology::OursTransparent => {
+            "not offered"
+        }
     }
 }
 
@@ -703,6 +705,7 @@ async fn start_ours(
     Ok(Running {
         entry: tcp_listen,
         proxies,
+        namespaced: None,
     })
 }
 

@@ -10,6 +10,8 @@ use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 
 use mesh_testkit::free_port;
 
+use super::dial::Dial;
+use super::namespaced::Namespaced;
 use super::procs::Proc;
 use super::{Error, load};
 
@@ -28,6 +30,9 @@ pub(crate) struct Running {
     pub(crate) entry: SocketAddr,
     /// Client-side proxy first, then server-side.
     pub(crate) proxies: Vec<(&'static str, Proc)>,
+    /// A configuration in network namespaces of its own: where its client runs, its app and
+    /// the namespaces. Declared after the proxies, so it drops after them.
+    pub(crate) namespaced: Option<Namespaced>,
 }
 
 impl Running {
@@ -35,6 +40,19 @@ impl Running {
         Self {
             entry: app,
             proxies: Vec::new(),
+            namespaced: None,
+        }
+    }
+
+    /// Where the load client takes this configuration's requests.
+    pub(crate) fn dial(&self) -> Dial {
+        match &self.namespaced {
+            Some(namespaced) => namespaced.dial(self.entry),
+            None => Dial {
+                addr: self.entry,
+                namespace: None,
+                authority: load::AUTHORITY,
+            },
         }
     }
 
@@ -112,8 +130,9 @@ pub(crate) async fn start_ours(
     let running = Running {
         entry: o_out,
         proxies,
+        namespaced: None,
     };
-    load::probe(running.entry, READY_LIMIT).await?;
+    load::probe(&running.dial(), READY_LIMIT).await?;
     Ok(running)
 }
 
@@ -155,18 +174,7 @@ pub(crate) async fn start_proxy(
     let command = match proxy {
         Proxy::Sidecar(binary, runtime) => {
             let mut command = Command::new(binary);
-            command
-                .arg("--config")
-                .arg(&config)
-                .args(["--log", "warn"])
-                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .env_remove("MESH_SIDECAR_CONFIG")
-                .env_remove("MESH_SIDECAR_WORKERS");
-            // One worker, as Envoy's `--concurrency 1`.
-            match runtime {
-                Runtime::OneThread => command.args(["--workers", "1"]),
-                Runtime::OneWorker => command.env("TOKIO_WORKER_THREADS", "1"),
-            };
+            sidecar_args(&mut command, &config, runtime);
             command
         }
         Proxy::Envoy(binary) => {
@@ -185,6 +193,23 @@ pub(crate) async fn start_proxy(
     Ok(proc)
 }
 
+/// Adds a benchmarked sidecar's arguments and environment to `command`, which runs the
+/// sidecar binary (directly, or through programs that exec it).
+pub(crate) fn sidecar_args(command: &mut Command, config: &Path, runtime: Runtime) {
+    command
+        .arg("--config")
+        .arg(config)
+        .args(["--log", "warn"])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("MESH_SIDECAR_CONFIG")
+        .env_remove("MESH_SIDECAR_WORKERS");
+    // One worker, as Envoy's `--concurrency 1`.
+    match runtime {
+        Runtime::OneThread => command.args(["--workers", "1"]),
+        Runtime::OneWorker => command.env("TOKIO_WORKER_THREADS", "1"),
+    };
+}
+
 /// Starts two Envoys: HTTP/1.1 in, HTTP/2 with mutual TLS between them, HTTP/1.1 to the app.
 pub(crate) async fn start_envoy(
     envoy: &Path,
@@ -192,7 +217,7 @@ pub(crate) async fn start_envoy(
     app: SocketAddr,
 ) -> Result<Running, Error> {
     let running = start_envoy_pair(envoy, dir, app, Carry::Http, "envoy").await?;
-    load::probe(running.entry, READY_LIMIT).await?;
+    load::probe(&running.dial(), READY_LIMIT).await?;
     Ok(running)
 }
 
@@ -239,6 +264,7 @@ pub(crate) async fn start_envoy_pair(
     Ok(Running {
         entry: c_listen,
         proxies,
+        namespaced: None,
     })
 }
 
