@@ -1,7 +1,7 @@
 //! Mirroring: a route's `RequestMirror` copies requests to a shadow service, fire and forget.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,21 +9,29 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mesh_testkit::otlp::Collector;
 use mesh_testkit::{Sidecar, TestMesh, app, client, eventually, metrics};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{mpsc, watch};
 
 /// What the shadow app saw of one request: its path, `x-mesh-mirror`, and its body's length.
 type Seen = (String, Option<String>, usize);
 
 /// How the shadow app behaves, changeable while it runs.
-#[derive(Default)]
 struct Shadow {
-    delay_ms: AtomicU64,
+    /// While `true`, the shadow holds each answer until this turns `false`.
+    held: watch::Sender<bool>,
     failing: AtomicBool,
 }
 
-/// A shadow app that reports what it sees, waits `delay_ms` and fails with 500 while
-/// `failing`.
+impl Default for Shadow {
+    fn default() -> Self {
+        Self {
+            held: watch::channel(false).0,
+            failing: AtomicBool::default(),
+        }
+    }
+}
+
+/// A shadow app that reports what it sees, holds its answer while `held` and fails with 500
+/// while `failing`.
 async fn shadow_app(shadow: Arc<Shadow>) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let addr = app::start(move |req: Request<hyper::body::Incoming>| {
@@ -46,10 +54,7 @@ async fn shadow_app(shadow: Arc<Shadow>) -> (std::net::SocketAddr, mpsc::Unbound
             } else {
                 StatusCode::OK
             };
-            tokio::time::sleep(Duration::from_millis(
-                shadow.delay_ms.load(Ordering::SeqCst),
-            ))
-            .await;
+            let _ = shadow.held.subscribe().wait_for(|held| !held).await;
             let mut rsp = Response::new(
                 Full::new(Bytes::from_static(b"shadow\n"))
                     .map_err(|never| match never {})
@@ -63,29 +68,32 @@ async fn shadow_app(shadow: Arc<Shadow>) -> (std::net::SocketAddr, mpsc::Unbound
     (addr, rx)
 }
 
-/// Sends `method` `path` with `body` from orders to inventory: the status, the body and the
-/// time it took.
+/// Sends `method` `path` with `body` from orders to inventory: the status and the body, within
+/// 10 s (a caller that waited for a held mirror copy would not answer in time).
 async fn call(
     orders: &Sidecar,
     method: Method,
     path: &str,
     body: &'static [u8],
-) -> (StatusCode, String, Duration) {
-    let started = Instant::now();
-    let rsp = client::http1()
-        .request(
-            Request::builder()
-                .method(method)
-                .uri(format!("{}{path}", orders.outbound_url()))
-                .header("host", "inventory")
-                .body(Full::new(Bytes::from_static(body)))
-                .unwrap(),
-        )
+) -> (StatusCode, String) {
+    let exchange = async {
+        let rsp = client::http1()
+            .request(
+                Request::builder()
+                    .method(method)
+                    .uri(format!("{}{path}", orders.outbound_url()))
+                    .header("host", "inventory")
+                    .body(Full::new(Bytes::from_static(body)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = rsp.status();
+        (status, client::text(rsp).await)
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .unwrap();
-    let status = rsp.status();
-    let text = client::text(rsp).await;
-    (status, text, started.elapsed())
+        .unwrap_or_else(|_| panic!("{path}: no answer within 10 s"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,11 +134,11 @@ async fn a_mirror_copies_every_request_and_its_latency_and_failures_never_reach_
 
     // Every request reaches the shadow, marked, with its body when it fits the replay buffer.
     for i in 0..10 {
-        let (status, body, _) = call(&orders, Method::GET, &format!("/stock/{i}"), b"").await;
+        let (status, body) = call(&orders, Method::GET, &format!("/stock/{i}"), b"").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("\"service\": \"inventory\""), "{body}");
     }
-    let (status, _, _) = call(&orders, Method::POST, "/stock/post", b"twelve bytes").await;
+    let (status, _) = call(&orders, Method::POST, "/stock/post", b"twelve bytes").await;
     assert_eq!(status, StatusCode::OK);
     let mut copies = Vec::new();
     for _ in 0..11 {
@@ -153,26 +161,29 @@ async fn a_mirror_copies_every_request_and_its_latency_and_failures_never_reach_
     );
     // A body longer than the buffer reaches the destination, and no copy goes out.
     let big: &'static [u8] = Box::leak(vec![b'x'; 4096].into_boxed_slice());
-    let (status, body, _) = call(&orders, Method::POST, "/stock/big", big).await;
+    let (status, body) = call(&orders, Method::POST, "/stock/big", big).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("\"body_bytes\": 4096"), "{body}");
     // Off the route, nothing is copied.
     call(&orders, Method::GET, "/other", b"").await;
 
-    // A shadow that takes 2 s: the caller does not wait for it.
-    shadow.delay_ms.store(2000, Ordering::SeqCst);
+    // A shadow that does not answer until the test lets it: every call is answered while all
+    // the copies are held, so the caller does not wait for them.
+    shadow.held.send_replace(true);
     for _ in 0..5 {
-        let (status, _, took) = call(&orders, Method::GET, "/stock/slow", b"").await;
+        let (status, _) = call(&orders, Method::GET, "/stock/slow", b"").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(took < Duration::from_millis(500), "took {took:?}");
     }
+    for _ in 0..5 {
+        let copy = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await;
+        assert_eq!(copy.unwrap().unwrap().0, "/stock/slow");
+    }
+    shadow.held.send_replace(false);
     // A failing shadow: the caller sees nothing of it either.
-    shadow.delay_ms.store(0, Ordering::SeqCst);
     shadow.failing.store(true, Ordering::SeqCst);
     for _ in 0..10 {
-        let (status, _, took) = call(&orders, Method::GET, "/stock/fail", b"").await;
+        let (status, _) = call(&orders, Method::GET, "/stock/fail", b"").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(took < Duration::from_millis(500), "took {took:?}");
     }
 
     let labels = r#"destination="inventory",route="stock",mirror="inventory-shadow""#;
