@@ -22,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::ORDERS_ID;
-use crate::redirect::{APP_UID, PROXY_UID, SIDECAR, assert_success, listen, redirect};
+use crate::redirect::{PROXY_UID, SIDECAR, as_app, assert_success, listen, redirect};
 
 /// How long a step may take.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -119,21 +119,6 @@ impl SidecarInA {
         assert_success(&out);
         String::from_utf8(out.stdout).unwrap()
     }
-}
-
-/// `program ARGS` in `namespace` as the app's user; what it printed, once it is done.
-async fn as_app(namespace: &str, program: &[&str]) -> Output {
-    tokio::process::Command::new("ip")
-        .args(["netns", "exec", namespace, "setpriv"])
-        .arg(format!("--reuid={APP_UID}"))
-        .arg(format!("--regid={APP_UID}"))
-        .args(["--clear-groups", "timeout", "15"])
-        .args(program)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run the app's client")
 }
 
 /// curl with `args`, as the app: the response with its headers (`-i`).

@@ -60,6 +60,21 @@ fn tables(namespace: &str) -> Vec<String> {
         .collect()
 }
 
+/// `program ARGS` in `namespace` as the app's user; what it printed, once it is done.
+pub(crate) async fn as_app(namespace: &str, program: &[&str]) -> Output {
+    tokio::process::Command::new("ip")
+        .args(["netns", "exec", namespace, "setpriv"])
+        .arg(format!("--reuid={APP_UID}"))
+        .arg(format!("--regid={APP_UID}"))
+        .args(["--clear-groups", "timeout", "15"])
+        .args(program)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the app's client")
+}
+
 /// A listener bound inside `namespace`.
 pub(crate) fn listen(namespace: &str, addr: &str) -> TcpListener {
     let listener = netns::enter(namespace, || std::net::TcpListener::bind(addr))
@@ -374,16 +389,19 @@ async fn a_real_sidecar_serves_the_apps_redirected_http() {
     // The app calls inventory at an address where nothing listens; only the redirect to the
     // sidecar can answer.
     // Awaited, not blocked on: the sidecar serves on this test's runtime.
-    let out = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, "setpriv"])
-        .arg(format!("--reuid={APP_UID}"))
-        .arg(format!("--regid={APP_UID}"))
-        .args(["--clear-groups", "curl", "-sS", "--max-time", "10"])
-        .args(["-H", "Host: inventory", "http://127.0.0.1:9000/api/stock"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
+    let out = as_app(
+        &ns.name,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "Host: inventory",
+            "http://127.0.0.1:9000/api/stock",
+        ],
+    )
+    .await;
     assert_success(&out);
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen["service"], "inventory", "{seen}");
@@ -392,16 +410,8 @@ async fn a_real_sidecar_serves_the_apps_redirected_http() {
 
     // An app that dials the service's virtual address, with no Host naming it, reaches it too:
     // the sidecar names the service by the original destination.
-    let out = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, "setpriv"])
-        .arg(format!("--reuid={APP_UID}"))
-        .arg(format!("--regid={APP_UID}"))
-        .args(["--clear-groups", "curl", "-sS", "--max-time", "10"])
-        .arg(format!("http://{INVENTORY_VIP}/api/stock/42"))
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
+    let url = format!("http://{INVENTORY_VIP}/api/stock/42");
+    let out = as_app(&ns.name, &["curl", "-sS", "--max-time", "10", &url]).await;
     assert_success(&out);
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen["service"], "inventory", "{seen}");
@@ -526,21 +536,15 @@ async fn redis_cli_reaches_redis_by_its_virtual_address_through_both_sidecars() 
         &["--proxy-uid", &PROXY_UID.to_string()],
     ));
 
-    let cli = |args: &[&str]| {
-        tokio::process::Command::new("ip")
-            .args(["netns", "exec", &ns.name, "setpriv"])
-            .arg(format!("--reuid={APP_UID}"))
-            .arg(format!("--regid={APP_UID}"))
-            .args(["--clear-groups", "timeout", "10", "redis-cli"])
-            .args(["-h", REDIS_VIP, "-p", "6379"])
-            .args(args)
-            .kill_on_drop(true)
-            .output()
-    };
-    let set = cli(&["SET", "greeting", "through the mesh"]).await.unwrap();
+    let cli = ["redis-cli", "-h", REDIS_VIP, "-p", "6379"];
+    let set = as_app(
+        &ns.name,
+        &[&cli[..], &["SET", "greeting", "through the mesh"]].concat(),
+    )
+    .await;
     assert_success(&set);
     assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
-    let get = cli(&["GET", "greeting"]).await.unwrap();
+    let get = as_app(&ns.name, &[&cli[..], &["GET", "greeting"]].concat()).await;
     assert_success(&get);
     assert_eq!(
         String::from_utf8_lossy(&get.stdout).trim(),
