@@ -30,7 +30,7 @@ pub struct InjectOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum InjectCommandError {
     /// The input or the trust anchor could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file, or `-` for stdin.
         path: String,
