@@ -273,11 +273,15 @@ impl<'de> Visitor<'de> for NodeVisitor {
                     ));
                 }
             };
-            let value = map.next_value::<Node>()?;
-            match entries.iter_mut().find(|(k, _)| *k == key) {
-                Some(entry) => entry.1 = value,
-                None => entries.push((key, value)),
+            // Kubernetes' own readers refuse a repeated key; keeping either value would
+            // silently drop the other (`yes:` and `on:` are both the key `true`).
+            if entries.iter().any(|(k, _)| *k == key) {
+                return Err(de::Error::custom(format!(
+                    "the key {key:?} appears twice in one mapping"
+                )));
             }
+            let value = map.next_value::<Node>()?;
+            entries.push((key, value));
         }
         Ok(Node::Map(entries))
     }

@@ -626,6 +626,13 @@ fn input_that_is_not_yaml_is_refused_with_its_line() {
 }
 
 #[test]
+fn a_key_written_twice_is_refused_with_its_line() {
+    let message = error("kind: ConfigMap\nmetadata: { name: a }\ndata:\n  yes: a\n  on: b\n");
+    assert!(message.contains("\"true\" appears twice"), "{message}");
+    assert!(message.contains("line 4"), "the mapping's line: {message}");
+}
+
+#[test]
 fn a_document_that_is_not_an_object_is_refused() {
     let message = error("kind: ConfigMap\nmetadata: { name: a }\n---\njust text\n");
     assert_eq!(
