@@ -28,6 +28,8 @@ pub(crate) struct PodOptions {
     pub(crate) opaque_ports: Vec<u16>,
     /// The sidecar's log filter, when the pod sets one.
     pub(crate) log_level: Option<String>,
+    /// The app's health path the sidecar probes, when the pod names one.
+    pub(crate) app_health_path: Option<String>,
 }
 
 /// Where a pod's metadata and spec are, for messages: the object and the path prefix of its
@@ -157,6 +159,12 @@ pub(crate) fn read(
                 .map_err(|problem| annotations.bad(names::LOG_LEVEL_ANNOTATION, text, problem))?,
         ),
     };
+    let app_health_path = match annotations.get(names::APP_HEALTH_PATH_ANNOTATION)? {
+        None => None,
+        Some(text) => Some(check_health_path(text).map_err(|problem| {
+            annotations.bad(names::APP_HEALTH_PATH_ANNOTATION, text, problem)
+        })?),
+    };
 
     Ok(PodOptions {
         service,
@@ -167,6 +175,7 @@ pub(crate) fn read(
         skip_outbound_cidrs,
         opaque_ports,
         log_level,
+        app_health_path,
     })
 }
 
@@ -328,6 +337,15 @@ fn parse_cidr(text: &str) -> Result<String, String> {
             _ => Err(format!("prefix /{prefix} is not between /0 and /{max}")),
         },
     }
+}
+
+/// An HTTP path: starts with `/`, visible ASCII only (the sidecar sends it as it is).
+fn check_health_path(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if !text.starts_with('/') || !text.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("is not an HTTP path: write one such as /health".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 /// A log filter: one token of letters, digits and the filter's punctuation.

@@ -26,6 +26,9 @@ pub const SKIP_OUTBOUND_CIDRS_ANNOTATION: &str = "mesh.local/skip-outbound-cidrs
 pub const OPAQUE_PORTS_ANNOTATION: &str = "mesh.local/opaque-ports";
 /// Annotation setting the sidecar's log filter.
 pub const LOG_LEVEL_ANNOTATION: &str = "mesh.local/log-level";
+/// Annotation naming the app's health path, which the sidecar probes: its `/ready`, which the
+/// kubelet probes, then follows the app's health.
+pub const APP_HEALTH_PATH_ANNOTATION: &str = "mesh.local/app-health-path";
 
 /// Labels the service name falls back to, in order, when [`SERVICE_ANNOTATION`] is not set.
 pub const SERVICE_LABELS: [&str; 2] = ["app.kubernetes.io/name", "app"];

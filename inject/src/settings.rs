@@ -22,6 +22,9 @@ pub struct Settings {
     pub log_level: String,
     /// The mesh's version, written into `mesh.local/injected`.
     pub version: String,
+    /// An OTLP endpoint (such as `http://jaeger.observability.svc:4317`) the sidecars export
+    /// spans to, given to them as `OTEL_EXPORTER_OTLP_ENDPOINT`; none exports nothing.
+    pub tracing_endpoint: Option<String>,
 }
 
 impl Settings {
@@ -37,6 +40,7 @@ impl Settings {
             proxy_uid: names::DEFAULT_PROXY_UID,
             log_level: "info".to_owned(),
             version: names::MESH_VERSION.to_owned(),
+            tracing_endpoint: None,
         }
     }
 }

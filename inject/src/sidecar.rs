@@ -84,6 +84,11 @@ pub(crate) fn proxy_container(settings: &Settings, options: &PodOptions) -> Valu
         ],
     });
     pull_policy(&mut container, settings);
+    if let (Some(endpoint), Some(Value::Array(env))) =
+        (&settings.tracing_endpoint, container.get_mut("env"))
+    {
+        env.push(json!({ "name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": endpoint }));
+    }
     container
 }
 
@@ -125,6 +130,9 @@ pub(crate) fn bootstrap(settings: &Settings, options: &PodOptions) -> String {
         quoted(&settings.trust_domain),
         options.app_port.unwrap_or(80),
     ));
+    if let Some(path) = &options.app_health_path {
+        yaml.push_str(&format!("app_health: {{ path: {} }}\n", quoted(path)));
+    }
     if !options.opaque_ports.is_empty() {
         let ports: Vec<String> = options.opaque_ports.iter().map(u16::to_string).collect();
         yaml.push_str(&format!(

@@ -377,6 +377,35 @@ fn opaque_ports_and_log_level_reach_the_sidecar() {
 }
 
 #[test]
+fn the_app_health_path_reaches_the_bootstrap_and_the_tracing_endpoint_the_env() {
+    let pod = injected_pod(
+        "  labels: { app: a }\n  annotations:\n    mesh.local/app-health-path: /health",
+        ONE_CONTAINER,
+    );
+    assert_eq!(bootstrap(&pod)["app_health"], json!({ "path": "/health" }));
+    let proxy = &pod["spec"]["initContainers"][1];
+    assert!(
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "no endpoint set, none given: {proxy}"
+    );
+
+    let mut with_tracing = settings();
+    with_tracing.tracing_endpoint = Some("http://jaeger.observability.svc:4317".to_owned());
+    let text = pod_with("  labels: { app: a }", ONE_CONTAINER);
+    let injection = inject_yaml(&text, &with_tracing).unwrap();
+    let pod = &parse(&injection.output)[0];
+    assert_eq!(
+        env(pod, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "http://jaeger.observability.svc:4317"
+    );
+    assert!(bootstrap(pod).get("app_health").is_none());
+}
+
+#[test]
 fn existing_init_containers_and_volumes_stay_after_the_mesh_ones() {
     let spec = "  initContainers:\n  - name: migrate\n    image: m:1\n  containers:\n  - name: app\n  volumes:\n  - name: data\n    emptyDir: {}";
     let pod = injected_pod("  labels: { app: a }", spec);
@@ -738,6 +767,11 @@ fn bad_annotation_values_are_refused_by_name() {
             "is not a log filter",
         ),
         ("mesh.local/service", "\"Orders\"", "a service name is"),
+        (
+            "mesh.local/app-health-path",
+            "\"health\"",
+            "is not an HTTP path",
+        ),
     ];
     for (annotation, value, problem) in cases {
         let input = format!(

@@ -24,6 +24,8 @@ pub struct InjectOptions {
     pub proxy_uid: Option<u32>,
     /// The sidecar's log filter for pods that do not set `mesh.local/log-level`.
     pub log_level: Option<String>,
+    /// The OTLP endpoint sidecars export spans to.
+    pub tracing_endpoint: Option<String>,
 }
 
 /// Why `meshctl inject` or `uninject` wrote nothing.
@@ -110,6 +112,17 @@ pub fn settings(options: &InjectOptions) -> Result<Settings, InjectCommandError>
     if let Some(level) = &options.log_level {
         check_token("log-level", level)?;
         settings.log_level = level.clone();
+    }
+    if let Some(endpoint) = &options.tracing_endpoint {
+        check_token("tracing-endpoint", endpoint)?;
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(InjectCommandError::BadFlag {
+                flag: "tracing-endpoint",
+                value: endpoint.clone(),
+                problem: "is not a URL: write one such as http://jaeger.observability.svc:4317",
+            });
+        }
+        settings.tracing_endpoint = Some(endpoint.clone());
     }
     Ok(settings)
 }

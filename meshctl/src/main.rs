@@ -264,6 +264,10 @@ enum Command {
         /// (default: info).
         #[arg(long, value_name = "FILTER")]
         log_level: Option<String>,
+        /// The OTLP endpoint sidecars export spans to, e.g.
+        /// http://jaeger.observability.svc:4317 (default: none, no spans exported).
+        #[arg(long, value_name = "URL")]
+        tracing_endpoint: Option<String>,
     },
     /// Remove what `meshctl inject` added (containers, volume, annotation) from manifests: the
     /// result on stdout.
@@ -487,6 +491,7 @@ fn main() -> ExitCode {
             control_plane,
             proxy_uid,
             log_level,
+            tracing_endpoint,
         } => inject(
             &meshctl::inject::InjectOptions {
                 trust_anchor,
@@ -496,6 +501,7 @@ fn main() -> ExitCode {
                 control_plane,
                 proxy_uid,
                 log_level,
+                tracing_endpoint,
             },
             file.as_deref(),
         ),
