@@ -836,7 +836,10 @@ mod tests {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         assert_eq!(ca.trust_bundle_der(), [root[0].to_vec()]);
-        assert_eq!(ca.trust_bundle_pem(), fs::read_to_string(dir.join("ca.pem")).unwrap());
+        assert_eq!(
+            ca.trust_bundle_pem(),
+            fs::read_to_string(dir.join("ca.pem")).unwrap()
+        );
         // The state directory has a CA now: another root offered later is not taken.
         let other = tempfile::tempdir().unwrap();
         super::super::DevCa::generate("mesh.local")
@@ -875,12 +878,16 @@ mod tests {
         let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap();
         let text = format!("{:?}", san.value.general_names);
-        assert!(text.contains("mesh-control-plane.mesh-system.svc"), "{text}");
+        assert!(
+            text.contains("mesh-control-plane.mesh-system.svc"),
+            "{text}"
+        );
         assert!(text.contains("IPAddress([127, 0, 0, 1])"), "{text}");
         assert!(!text.contains("spiffe"), "{text}");
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && !eku.client_auth);
-        let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        let lifetime =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert!(lifetime <= 3600 + 300, "{lifetime}");
     }
 

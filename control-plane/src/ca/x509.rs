@@ -113,9 +113,14 @@ impl ServingName {
         }
         for label in text.split('.') {
             if label.is_empty() || label.len() > 63 {
-                return Err(invalid("has a label that is empty or longer than 63 characters"));
+                return Err(invalid(
+                    "has a label that is empty or longer than 63 characters",
+                ));
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err(invalid(
                     "may hold only letters, digits, '-' and '.' (or be an IP address)",
                 ));
