@@ -2,9 +2,9 @@
 //!
 //! webpki checks server names as DNS names or IP addresses only, so the control plane's
 //! URI-SAN-only certificate is checked by [`SpiffeServerVerifier`]: the chain through webpki,
-//! then the URI SAN. The TLS server name sent only fills SNI.
+//! then the URI SAN. The TLS server name sent only fills SNI, and a control plane dialled by
+//! name ([`HostPort::Name`]) is still verified by its SPIFFE ID, never by that name.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::host_port::HostPort;
 use crate::spiffe::{InvalidSpiffeId, SpiffeId};
 use crate::tls::SpiffeServerVerifier;
 
@@ -46,7 +47,7 @@ pub enum ChannelError {
     #[error("control plane at {address}: {source}")]
     Connect {
         /// Where it was dialled.
-        address: SocketAddr,
+        address: HostPort,
         /// What failed.
         source: tonic::transport::Error,
     },
@@ -101,15 +102,20 @@ pub fn client_config(
 }
 
 /// A channel that connects on first use, and again after the connection drops, each time
-/// with `tls`: a sidecar's, whose `tls` follows its live certificate and bundle.
-pub fn lazy(address: SocketAddr, tls: Arc<ClientConfig>) -> Channel {
-    endpoint().connect_with_connector_lazy(connector(address, tls))
+/// with `tls`: a sidecar's, whose `tls` follows its live certificate and bundle. A name is
+/// resolved again at each connect.
+pub fn lazy(address: impl Into<HostPort>, tls: Arc<ClientConfig>) -> Channel {
+    endpoint().connect_with_connector_lazy(connector(address.into(), tls))
 }
 
 /// A channel connected now with `tls`, so a wrong address or identity fails here.
-pub async fn connect(address: SocketAddr, tls: Arc<ClientConfig>) -> Result<Channel, ChannelError> {
+pub async fn connect(
+    address: impl Into<HostPort>,
+    tls: Arc<ClientConfig>,
+) -> Result<Channel, ChannelError> {
+    let address = address.into();
     endpoint()
-        .connect_with_connector(connector(address, tls))
+        .connect_with_connector(connector(address.clone(), tls))
         .await
         .map_err(|source| ChannelError::Connect { address, source })
 }
@@ -121,9 +127,9 @@ fn endpoint() -> Endpoint {
         .keep_alive_timeout(Duration::from_secs(10))
 }
 
-/// TCP then TLS to `address`, within [`CONNECT_TIMEOUT`].
+/// TCP then TLS to `address` (a name looked up first), within [`CONNECT_TIMEOUT`].
 fn connector(
-    address: SocketAddr,
+    address: HostPort,
     tls: Arc<ClientConfig>,
 ) -> impl tower::Service<
     http::Uri,
@@ -134,9 +140,10 @@ fn connector(
 + 'static {
     tower::service_fn(move |_: http::Uri| {
         let tls = TlsConnector::from(tls.clone());
+        let address = address.clone();
         async move {
             let connect = async {
-                let tcp = TcpStream::connect(address).await?;
+                let tcp = address.connect().await?;
                 // Small request-response calls: without this each waits out a delayed ACK.
                 tcp.set_nodelay(true)?;
                 // Identity is checked by SPIFFE ID; the name only fills SNI.
@@ -204,6 +211,27 @@ mod tests {
             err.to_string()
                 .starts_with(&format!("control plane at {address}: ")),
             "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_control_plane_name_that_does_not_resolve_is_named() {
+        let tls = client_config(some_roots(), "mesh.local", None).unwrap();
+        let address: HostPort = "no-such-control-plane.invalid:15010".parse().unwrap();
+        let err = connect(address, tls).await.unwrap_err();
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        assert!(
+            text.starts_with("control plane at no-such-control-plane.invalid:15010: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("cannot resolve no-such-control-plane.invalid"),
+            "{text}"
         );
     }
 }

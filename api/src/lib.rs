@@ -18,7 +18,8 @@
 //! - [`tls`]: SPIFFE verification and live certificates and bundles, for both ends.
 //! - [`certify`]: a key pair and CSR made locally, and `Identity.Certify` with a join token:
 //!   how a sidecar (or a test acting as one) gets its certificate.
-//! - [`channel`]: gRPC channels to the control plane, verified by its SPIFFE ID.
+//! - [`channel`]: gRPC channels to the control plane, verified by its SPIFFE ID;
+//!   [`host_port`]: the address they dial, an IP or a name resolved at each connect.
 //! - [`trace_context`]: the trace headers an app copies from the request it serves onto the
 //!   calls it makes.
 //! - [`validate`]: errors collected with their field paths.
@@ -32,6 +33,7 @@ pub mod backend_ref;
 pub mod certify;
 pub mod channel;
 pub mod fault;
+pub mod host_port;
 pub mod log_limit;
 pub mod policy;
 pub mod proto;

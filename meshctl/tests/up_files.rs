@@ -255,8 +255,11 @@ fn bootstrap_files_are_valid_sidecar_configurations() {
     assert_eq!(probe.path.as_deref(), Some("/health"));
     assert_eq!(probe.interval, std::time::Duration::from_secs(1));
     let control = sidecar.control_plane.as_ref().unwrap();
-    assert_eq!(control.address, cp().api);
-    assert_eq!(control.trust_anchor, state.join("ca.pem"));
+    assert_eq!(control.address, cp().api.into());
+    assert_eq!(
+        control.trust_anchor,
+        mesh_sidecar::config::TrustAnchor::File(state.join("ca.pem"))
+    );
     assert_eq!(control.token_file, state.join("tokens/orders"));
     assert_eq!(
         sidecar.tracing.otlp_endpoint.as_deref(),

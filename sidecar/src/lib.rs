@@ -286,7 +286,11 @@ pub async fn run(
             },
             move |caller, tcp| inbound.clone().plain_tcp(caller, tcp),
         ),
-        (config.max_connection_age, &config.limits.inbound),
+        (
+            config.max_connection_age,
+            &config.limits.inbound,
+            &config.inbound,
+        ),
         identity.trust_changes(),
         drain.clone(),
         metrics.clone(),

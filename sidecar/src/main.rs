@@ -1,16 +1,19 @@
-//! `sidecar --config FILE`: runs one sidecar from a bootstrap file.
+//! `sidecar --config FILE`: runs one sidecar from a bootstrap file; or, with
+//! `MESH_SIDECAR_BOOTSTRAP` set to the bootstrap YAML itself (what a Kubernetes pod spec sets),
+//! from that.
 //! `sidecar redirect ...`: installs the nftables rules that send the app's TCP through the
 //! sidecar (see `mesh_sidecar::redirect`).
 //!
 //! Exit codes: 0 after a clean drain, 2 for a bad configuration or flag (every error is printed
 //! with its field path or flag), 1 for anything else that stops the process.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mesh_sidecar::Listeners;
-use mesh_sidecar::config::Config;
+use mesh_sidecar::config::{Config, InvalidConfig, Origin};
 use mesh_sidecar::redirect::{self, Done, RedirectError};
 use tracing_subscriber::EnvFilter;
 
@@ -31,8 +34,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Bootstrap file (YAML).
-    #[arg(long, short, env = "MESH_SIDECAR_CONFIG", required = true)]
+    /// Bootstrap file (YAML). Instead, MESH_SIDECAR_BOOTSTRAP may hold the YAML itself.
+    #[arg(long, short, env = "MESH_SIDECAR_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter, e.g. `info` or `mesh_sidecar=debug`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
@@ -55,11 +58,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config_file = match (args.command, args.config) {
-        (Some(Command::Redirect(options)), _) => return run_redirect(&options),
-        (None, Some(config_file)) => config_file,
-        (None, None) => {
-            eprintln!("sidecar: --config is required (or MESH_SIDECAR_CONFIG)");
+    if let Some(Command::Redirect(options)) = &args.command {
+        return run_redirect(options);
+    }
+    let bootstrap = match Bootstrap::choose(args.config, std::env::var_os(BOOTSTRAP_VARIABLE)) {
+        Ok(bootstrap) => bootstrap,
+        Err(why) => {
+            eprintln!("sidecar: {why}");
             return ExitCode::from(2);
         }
     };
@@ -76,7 +81,7 @@ fn main() -> ExitCode {
         logs.init();
     }
 
-    let mut config = match Config::from_file(&config_file) {
+    let mut config = match bootstrap.load() {
         Ok(config) => config,
         Err(err) => {
             eprintln!("sidecar: {err}");
@@ -88,7 +93,7 @@ fn main() -> ExitCode {
     let credentials = match config.load_credentials() {
         Ok(credentials) => credentials,
         Err(mut err) => {
-            err.file = Some(config_file);
+            err.origin = Some(bootstrap.origin());
             eprintln!("sidecar: {err}");
             return ExitCode::from(2);
         }
@@ -109,6 +114,51 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("sidecar: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The environment variable that may hold the bootstrap YAML itself.
+const BOOTSTRAP_VARIABLE: &str = "MESH_SIDECAR_BOOTSTRAP";
+
+/// Where this sidecar's bootstrap comes from: a file, or the YAML in `MESH_SIDECAR_BOOTSTRAP`.
+enum Bootstrap {
+    File(PathBuf),
+    Inline(String),
+}
+
+impl Bootstrap {
+    /// The one bootstrap given; both, neither, or a variable that is not UTF-8 is an error
+    /// naming what to set.
+    fn choose(file: Option<PathBuf>, inline: Option<OsString>) -> Result<Self, String> {
+        match (file, inline) {
+            (Some(_), Some(_)) => Err(format!(
+                "both --config (or MESH_SIDECAR_CONFIG) and {BOOTSTRAP_VARIABLE} are set: \
+                 give the bootstrap one way"
+            )),
+            (Some(file), None) => Ok(Bootstrap::File(file)),
+            (None, Some(inline)) => inline
+                .into_string()
+                .map(Bootstrap::Inline)
+                .map_err(|_| format!("{BOOTSTRAP_VARIABLE} is not UTF-8 text")),
+            (None, None) => Err(format!(
+                "--config FILE (or MESH_SIDECAR_CONFIG) is required, or the bootstrap YAML \
+                 itself in {BOOTSTRAP_VARIABLE}"
+            )),
+        }
+    }
+
+    fn load(&self) -> Result<Config, InvalidConfig> {
+        match self {
+            Bootstrap::File(path) => Config::from_file(path),
+            Bootstrap::Inline(text) => Config::from_variable(BOOTSTRAP_VARIABLE, text),
+        }
+    }
+
+    fn origin(&self) -> Origin {
+        match self {
+            Bootstrap::File(path) => Origin::File(path.clone()),
+            Bootstrap::Inline(_) => Origin::Variable(BOOTSTRAP_VARIABLE),
         }
     }
 }

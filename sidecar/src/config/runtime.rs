@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_api::authorization::AuthorizationPolicy;
+use mesh_api::host_port::HostPort;
 use mesh_api::policy::DestinationPolicy;
 pub use mesh_api::tcp::TcpDestination;
 use serde::{Serialize, Serializer};
 
 use crate::identity::SpiffeId;
+use crate::redirect::PortRange;
 use crate::telemetry::TracingConfig;
 
 /// Default outbound listener, where the local app sends plain HTTP.
@@ -84,6 +86,27 @@ pub struct Config {
     pub limits: Limits,
     /// How the outbound listener treats redirected connections outside the mesh.
     pub outbound: OutboundConfig,
+    /// How the inbound listener treats plain connections.
+    pub inbound: InboundConfig,
+}
+
+/// `inbound:`, the inbound listener's policy.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct InboundConfig {
+    /// Ports of the app whose redirected connections are opaque TCP, joined to the app without
+    /// protocol detection: a server that speaks first (MySQL, SMTP) would otherwise wait for
+    /// the detection to time out.
+    #[serde(serialize_with = "display_list")]
+    pub opaque_ports: Vec<PortRange>,
+}
+
+impl InboundConfig {
+    /// Whether a connection dialled to `port` skips detection.
+    pub fn is_opaque(&self, port: u16) -> bool {
+        self.opaque_ports
+            .iter()
+            .any(|range| (range.first..=range.last).contains(&port))
+    }
 }
 
 /// `outbound:`, the outbound listener's policy.
@@ -368,12 +391,25 @@ pub struct TlsPaths {
 /// Where the control plane is and how to prove who this sidecar speaks for.
 #[derive(Clone, Debug, Serialize)]
 pub struct ControlPlaneConfig {
-    /// Its API address.
-    pub address: SocketAddr,
+    /// Its API address: an IP, or a name resolved at each connect.
+    pub address: HostPort,
     /// The CA certificate(s) its certificate must chain to (the state directory's `ca.pem`).
-    pub trust_anchor: PathBuf,
+    #[serde(flatten)]
+    pub trust_anchor: TrustAnchor,
     /// The file holding this service's join token.
     pub token_file: PathBuf,
+}
+
+/// The control plane's trust anchor: a file, or its PEM text given inline (a bootstrap in an
+/// environment variable needs no file beside it).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub enum TrustAnchor {
+    /// `trust_anchor`: a PEM file, read at start.
+    #[serde(rename = "trust_anchor")]
+    File(PathBuf),
+    /// `trust_anchor_pem`: the PEM itself.
+    #[serde(rename = "trust_anchor_pem")]
+    Pem(String),
 }
 
 /// A service this sidecar may send requests to.
@@ -402,6 +438,10 @@ fn display_option<T: fmt::Display, S: Serializer>(v: &Option<T>, s: S) -> Result
         Some(v) => s.collect_str(v),
         None => s.serialize_none(),
     }
+}
+
+fn display_list<T: fmt::Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(ToString::to_string))
 }
 
 fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

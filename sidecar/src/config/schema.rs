@@ -50,6 +50,43 @@ pub(super) struct File {
     pub(super) limits: LimitsFile,
     #[serde(default)]
     pub(super) outbound: OutboundFile,
+    #[serde(default)]
+    pub(super) inbound: InboundFile,
+}
+
+/// `inbound:`, how the inbound listener treats plain connections.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InboundFile {
+    /// Ports (`3306`) or ranges (`"8000-8099"`) whose redirected connections skip detection.
+    #[serde(default)]
+    pub(super) opaque_ports: Vec<PortText>,
+}
+
+/// A port written as a number or as text (a range); kept as text so that validation reports
+/// every bad one with its index.
+pub(super) struct PortText(pub(super) String);
+
+impl<'de> Deserialize<'de> for PortText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port (3306) or a range of ports (\"8000-8099\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortText, E> {
+                Ok(PortText(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortText, E> {
+                Ok(PortText(v.to_string()))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortText, E> {
+                Ok(PortText(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `outbound:`, how the outbound listener treats what names no destination.
@@ -168,7 +205,12 @@ pub(super) struct TlsFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct ControlPlaneFile {
     pub(super) address: String,
-    pub(super) trust_anchor: PathBuf,
+    /// A PEM file; exactly one of this and `trust_anchor_pem`.
+    #[serde(default)]
+    pub(super) trust_anchor: Option<PathBuf>,
+    /// The PEM text itself, for a bootstrap given inline.
+    #[serde(default)]
+    pub(super) trust_anchor_pem: Option<String>,
     pub(super) token_file: PathBuf,
 }
 

@@ -289,8 +289,14 @@ control_plane:
 fn control_plane_replaces_tls_and_destinations() {
     let config = Config::from_yaml(WITH_CONTROL_PLANE, Path::new("/base")).unwrap();
     let cp = config.control_plane.as_ref().unwrap();
-    assert_eq!(cp.address, "127.0.0.1:15010".parse().unwrap());
-    assert_eq!(cp.trust_anchor, Path::new("/base/state/ca.pem"));
+    assert_eq!(
+        cp.address,
+        mesh_api::host_port::HostPort::Ip("127.0.0.1:15010".parse().unwrap())
+    );
+    assert_eq!(
+        cp.trust_anchor,
+        TrustAnchor::File("/base/state/ca.pem".into())
+    );
     assert_eq!(cp.token_file, Path::new("/var/lib/mesh/tokens/orders"));
     assert_eq!(config.version, "v2");
     assert!(config.tls.is_none());
@@ -313,9 +319,119 @@ fn control_plane_with_tls_or_destinations_or_neither_is_an_error() {
     let errs = errors(&neither);
     assert!(errs[0].message.contains("control_plane"), "{errs:?}");
     let bad = WITH_CONTROL_PLANE.replace("127.0.0.1:15010", "nowhere");
-    assert_eq!(errors(&bad)[0].path, "control_plane.address");
+    let errs = errors(&bad);
+    assert_eq!(errs[0].path, "control_plane.address");
+    assert!(errs[0].message.contains("write host:port"), "{errs:?}");
+    // Only the address is blamed: the control plane is set, just not valid.
+    assert_eq!(errs.len(), 1, "{errs:?}");
     let bad_version = WITH_CONTROL_PLANE.replace("version: v2", "version: V_2");
     assert_eq!(errors(&bad_version)[0].path, "version");
+}
+
+#[test]
+fn a_control_plane_address_may_be_a_name() {
+    let yaml = WITH_CONTROL_PLANE.replace(
+        "127.0.0.1:15010",
+        "mesh-control-plane.mesh-system.svc:15010",
+    );
+    let config = Config::from_yaml(&yaml, Path::new("/")).unwrap();
+    assert_eq!(
+        config.control_plane.unwrap().address.to_string(),
+        "mesh-control-plane.mesh-system.svc:15010"
+    );
+    for bad in ["mesh_cp:15010", "localhost", "localhost:0"] {
+        let errs = errors(&WITH_CONTROL_PLANE.replace("127.0.0.1:15010", bad));
+        assert_eq!(errs[0].path, "control_plane.address", "{bad}: {errs:?}");
+        assert!(errs[0].message.contains(&format!("{bad:?}")), "{errs:?}");
+    }
+}
+
+/// A self-signed CA certificate as PEM, indented for a YAML block under `trust_anchor_pem`.
+fn ca_pem_block() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let pem = params.self_signed(&key).unwrap().pem();
+    pem.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+#[test]
+fn the_trust_anchor_may_be_inline_pem_and_exactly_one_is_required() {
+    let inline = WITH_CONTROL_PLANE.replace(
+        "  trust_anchor: state/ca.pem\n",
+        &format!("  trust_anchor_pem: |\n{}", ca_pem_block()),
+    );
+    let config = Config::from_yaml(&inline, Path::new("/base")).unwrap();
+    let TrustAnchor::Pem(pem) = config.control_plane.unwrap().trust_anchor else {
+        panic!("not inline");
+    };
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+
+    let both = WITH_CONTROL_PLANE.replace(
+        "  trust_anchor: state/ca.pem\n",
+        &format!(
+            "  trust_anchor: state/ca.pem\n  trust_anchor_pem: |\n{}",
+            ca_pem_block()
+        ),
+    );
+    let errs = errors(&both);
+    assert_eq!(errs[0].path, "control_plane.trust_anchor_pem", "{errs:?}");
+    assert!(errs[0].message.contains("not both"), "{errs:?}");
+
+    let neither = WITH_CONTROL_PLANE.replace("  trust_anchor: state/ca.pem\n", "");
+    let errs = errors(&neither);
+    assert_eq!(errs[0].path, "control_plane", "{errs:?}");
+    assert!(errs[0].message.contains("trust_anchor_pem"), "{errs:?}");
+
+    let garbage = WITH_CONTROL_PLANE.replace(
+        "  trust_anchor: state/ca.pem\n",
+        "  trust_anchor_pem: not a certificate\n",
+    );
+    let errs = errors(&garbage);
+    assert_eq!(errs[0].path, "control_plane.trust_anchor_pem", "{errs:?}");
+    assert!(
+        errs[0].message.contains("no usable certificate"),
+        "{errs:?}"
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+}
+
+#[test]
+fn opaque_ports_are_ports_or_ranges_and_bad_ones_are_named() {
+    let config = Config::from_yaml(
+        &format!(
+            "{WITH_CONTROL_PLANE}inbound: {{ opaque_ports: [3306, \"25\", \"8000-8099\"] }}\n"
+        ),
+        Path::new("/"),
+    )
+    .unwrap();
+    for port in [3306, 25, 8000, 8050, 8099] {
+        assert!(config.inbound.is_opaque(port), "{port}");
+    }
+    for port in [80, 3307, 7999, 8100] {
+        assert!(!config.inbound.is_opaque(port), "{port}");
+    }
+    let none = Config::from_yaml(WITH_CONTROL_PLANE, Path::new("/")).unwrap();
+    assert!(none.inbound.opaque_ports.is_empty());
+
+    let errs = errors(&format!(
+        "{WITH_CONTROL_PLANE}inbound: {{ opaque_ports: [3306, 0, 70000, \"9-8\", mysql] }}\n"
+    ));
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "inbound.opaque_ports[1]",
+            "inbound.opaque_ports[2]",
+            "inbound.opaque_ports[3]",
+            "inbound.opaque_ports[4]"
+        ],
+        "{errs:?}"
+    );
+    let errs = errors(&format!(
+        "{WITH_CONTROL_PLANE}inbound: {{ opaque_port: [3306] }}\n"
+    ));
+    assert_eq!(errs[0].path, "inbound.opaque_port", "{errs:?}");
 }
 
 /// The README's bootstrap file with a control plane is valid as it stands.

@@ -8,17 +8,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mesh_api::authorization::{self, Decision};
+use mesh_api::host_port::HostPort;
 use mesh_api::tcp::TcpFields;
 use mesh_api::validate::{Errors, check_label, duration};
 
 use super::runtime::{
     Advertise, AppHealthConfig, Config, ControlPlaneConfig, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DETECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INBOUND,
-    DEFAULT_OUTBOUND, Destination, ListenAddrs, OutboundConfig, TcpDestination, TlsPaths,
-    UnknownDestination,
+    DEFAULT_OUTBOUND, Destination, InboundConfig, ListenAddrs, OutboundConfig, TcpDestination,
+    TlsPaths, TrustAnchor, UnknownDestination,
 };
-use super::schema::{AppHealthFile, DestinationFile, File, OutboundFile, TracingFile};
+use super::schema::{
+    AppHealthFile, ControlPlaneFile, DestinationFile, File, InboundFile, OutboundFile, TracingFile,
+};
 use crate::identity::SpiffeId;
+use crate::redirect::PortRange;
 use crate::telemetry::{OtlpProtocol, TracingConfig};
 
 pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<Config> {
@@ -64,33 +68,26 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         key: resolve(tls.key),
         trust_bundle: resolve(tls.trust_bundle),
     });
-    let control_plane = file.control_plane.and_then(|cp| {
-        Some(ControlPlaneConfig {
-            address: socket_addr(errors, "control_plane.address", &cp.address)?,
-            trust_anchor: resolve(cp.trust_anchor),
-            token_file: resolve(cp.token_file),
-        })
-    });
-    match (&tls, &control_plane) {
-        (None, None) => errors.push(
+    // Set, even when invalid: its own errors say what is wrong with it.
+    let registers = file.control_plane.is_some();
+    let control_plane = file
+        .control_plane
+        .and_then(|cp| control_plane_config(cp, &resolve, errors));
+    match (tls.is_some(), registers) {
+        (false, false) => errors.push(
             "",
             "set either tls (certificate files) or control_plane (certificates from the control plane)",
         ),
-        (Some(_), Some(_)) => errors.push(
+        (true, true) => errors.push(
             "control_plane",
             "the control plane issues the certificate: remove tls",
         ),
         _ => {}
     }
     if let Some(inbound) = inbound {
-        listen.advertise = advertise(
-            errors,
-            file.listen.advertise.as_deref(),
-            inbound,
-            control_plane.is_some(),
-        );
+        listen.advertise = advertise(errors, file.listen.advertise.as_deref(), inbound, registers);
     }
-    if control_plane.is_some() && !file.destinations.is_empty() {
+    if registers && !file.destinations.is_empty() {
         errors.push(
             "destinations",
             "the control plane pushes destinations: remove them, or remove control_plane",
@@ -274,6 +271,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
     let app_health = file.app_health.map(|f| app_health_config(f, errors));
     let limits = super::limits::validate(file.limits, errors);
     let outbound = outbound_config(file.outbound, errors);
+    let inbound = inbound_config(file.inbound, errors);
     let authorization =
         authorization::validate(file.authorization, "authorization", Decision::Allow, errors);
     let rate_limit = file
@@ -304,7 +302,66 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         max_connection_age,
         limits,
         outbound,
+        inbound,
     })
+}
+
+/// `control_plane:`: an address to dial (an IP or a name), and exactly one trust anchor, whose
+/// inline PEM is checked here as a file's is when it is read.
+fn control_plane_config(
+    cp: ControlPlaneFile,
+    resolve: &impl Fn(PathBuf) -> PathBuf,
+    errors: &mut Errors,
+) -> Option<ControlPlaneConfig> {
+    let address = cp
+        .address
+        .parse::<HostPort>()
+        .map_err(|e| errors.push("control_plane.address", e.to_string()))
+        .ok();
+    let trust_anchor = match (cp.trust_anchor, cp.trust_anchor_pem) {
+        (Some(path), None) => Some(TrustAnchor::File(resolve(path))),
+        (None, Some(pem)) => match mesh_api::channel::roots_from_pem(pem.as_bytes()) {
+            Ok(_) => Some(TrustAnchor::Pem(pem)),
+            Err(e) => {
+                errors.push(
+                    "control_plane.trust_anchor_pem",
+                    format!("{e}: write the mesh's CA certificate (ca.pem) as PEM"),
+                );
+                None
+            }
+        },
+        (None, None) => {
+            errors.push(
+                "control_plane",
+                "set trust_anchor (a PEM file) or trust_anchor_pem (the PEM itself)",
+            );
+            None
+        }
+        (Some(_), Some(_)) => {
+            errors.push(
+                "control_plane.trust_anchor_pem",
+                "set trust_anchor or trust_anchor_pem, not both",
+            );
+            None
+        }
+    };
+    Some(ControlPlaneConfig {
+        address: address?,
+        trust_anchor: trust_anchor?,
+        token_file: resolve(cp.token_file),
+    })
+}
+
+/// `inbound:`; no opaque ports unless listed.
+fn inbound_config(file: InboundFile, errors: &mut Errors) -> InboundConfig {
+    let mut opaque_ports = Vec::new();
+    for (i, port) in file.opaque_ports.iter().enumerate() {
+        match port.0.parse::<PortRange>() {
+            Ok(range) => opaque_ports.push(range),
+            Err(why) => errors.push(format!("inbound.opaque_ports[{i}]"), why),
+        }
+    }
+    InboundConfig { opaque_ports }
 }
 
 /// `outbound:`; `unknown` is passthrough unless set.

@@ -6,9 +6,9 @@
 //! certificate and the current trust bundle, so rotations apply to the next connection. The
 //! channel itself is `mesh_api::channel`'s, shared with the control plane's test client.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use mesh_api::host_port::HostPort;
 use rustls::ClientConfig;
 use tonic::transport::Channel;
 
@@ -23,7 +23,7 @@ pub(crate) fn control_plane_id(trust_domain: &str) -> Result<SpiffeId, Credentia
 }
 
 /// A lazily connected channel: it connects on first use and again after the connection
-/// drops, each time with `tls`.
-pub(crate) fn channel(address: SocketAddr, tls: Arc<ClientConfig>) -> Channel {
+/// drops, each time with `tls` (and a name resolved again).
+pub(crate) fn channel(address: HostPort, tls: Arc<ClientConfig>) -> Channel {
     mesh_api::channel::lazy(address, tls)
 }

@@ -36,7 +36,7 @@ use self::apply::Applier;
 use self::certify::Certifier;
 use self::register::InstanceInfo;
 use crate::app_health::AppStatus;
-use crate::config::{Config, ControlPlaneConfig};
+use crate::config::{Config, ControlPlaneConfig, TrustAnchor};
 use crate::identity::{self, Credentials, Identity};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
@@ -110,22 +110,7 @@ async fn enroll(
     cp: &ControlPlaneConfig,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<(Credentials, Client)>> {
-    let anchor = std::fs::read(&cp.trust_anchor).with_context(|| {
-        format!(
-            "control_plane.trust_anchor: cannot read {}",
-            cp.trust_anchor.display()
-        )
-    })?;
-    let roots = rustls::pki_types::CertificateDer::pem_slice_iter(&anchor)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| {
-            format!(
-                "control_plane.trust_anchor: bad PEM in {}",
-                cp.trust_anchor.display()
-            )
-        })?;
-    let roots = identity::trust_store(&roots)
-        .with_context(|| format!("control_plane.trust_anchor {}", cp.trust_anchor.display()))?;
+    let roots = anchor_roots(&cp.trust_anchor)?;
     let tls = identity::anonymous_client_config(
         Arc::new(roots),
         channel::control_plane_id(&config.trust_domain)?,
@@ -135,7 +120,7 @@ async fn enroll(
         id: config.identity.clone(),
         token_file: cp.token_file.clone(),
     };
-    let channel = channel::channel(cp.address, tls);
+    let channel = channel::channel(cp.address.clone(), tls);
     ::tracing::info!(control_plane = %cp.address, identity = %config.identity, "requesting a certificate");
     Ok(certifier
         .certify_until_ok(&channel, stop)
@@ -147,6 +132,32 @@ async fn enroll(
             };
             (credentials, client)
         }))
+}
+
+/// The certificates the control plane's must chain to, from the file or the inline PEM; errors
+/// name the field.
+fn anchor_roots(anchor: &TrustAnchor) -> anyhow::Result<rustls::RootCertStore> {
+    let (field, pem, from) = match anchor {
+        TrustAnchor::File(path) => {
+            let pem = std::fs::read(path).with_context(|| {
+                format!("control_plane.trust_anchor: cannot read {}", path.display())
+            })?;
+            (
+                "control_plane.trust_anchor",
+                pem,
+                format!(" in {}", path.display()),
+            )
+        }
+        TrustAnchor::Pem(pem) => (
+            "control_plane.trust_anchor_pem",
+            pem.clone().into_bytes(),
+            String::new(),
+        ),
+    };
+    let roots = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{field}: bad PEM{from}"))?;
+    identity::trust_store(&roots).with_context(|| format!("{field}{from}"))
 }
 
 /// With a control plane, follows its snapshots, waits for the first one to be applied, then
@@ -176,7 +187,7 @@ pub(crate) async fn start(
         admin_addr: admin_address,
     } = controlled;
     let cp_tls = identity.client_config(&channel::control_plane_id(&config.trust_domain)?)?;
-    let channel = channel::channel(client.config.address, cp_tls);
+    let channel = channel::channel(client.config.address.clone(), cp_tls);
     let applier = Arc::new(Applier::new(
         identity.clone(),
         destinations,

@@ -5,7 +5,9 @@
 //! a plain client from outside the mesh, with no identity: HTTP/1.x or HTTP/2 prior knowledge
 //! is served the same way with an unauthenticated caller, and other bytes go to the plain TCP
 //! handler (`Inbound::plain_tcp`, passed in), which joins them to the app if the policy's
-//! `unauthenticated` lets them in.
+//! `unauthenticated` lets them in. A connection the redirect rules brought here from one of
+//! `inbound.opaque_ports` goes to that handler at once, nothing read: its app may be a server
+//! that speaks first (MySQL, SMTP), whose client would wait as long as detection does.
 //!
 //! Limits (`limits.inbound`): at most `max_connections` open and `max_handshakes` TLS
 //! handshakes in progress (one more connection is closed as it is accepted, so a flood of
@@ -36,11 +38,12 @@ use tokio_rustls::TlsAcceptor;
 
 use super::identify::{Caller, identify, max_connection_age};
 use crate::body::Body;
-use crate::config::InboundLimits;
+use crate::config::{InboundConfig, InboundLimits};
 use crate::detect::{Inbound, Outcome, Protocol, Rewind, detect, detect_inbound};
 use crate::http_limits::Limited;
 use crate::identity::TrustChanges;
 use crate::metrics::{Direction, Metrics};
+use crate::original_dst::original_dst;
 use crate::serve::{
     self, ConnectionCap, Drain, Draining, MaxAge, PEER_MAX_FRAME_SIZE, Untrusted, http_server,
 };
@@ -48,12 +51,12 @@ use mesh_api::log_limit::LogLimit;
 
 /// Serves the inbound listener until `drain`, then drains its connections. Each connection
 /// lives at most `max_age` (see [`max_connection_age`]), then gets the drain time to finish;
-/// `limits` bound connections, handshakes and requests.
+/// `limits` bound connections, handshakes and requests; `policy` names the opaque ports.
 pub(crate) fn spawn<H, F, P, G>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     (handle, plain_tcp): (H, P),
-    (max_age, limits): (Option<Duration>, &InboundLimits),
+    (max_age, limits, policy): (Option<Duration>, &InboundLimits, &InboundConfig),
     trust: TrustChanges,
     drain: Drain,
     metrics: Arc<Metrics>,
@@ -69,6 +72,7 @@ where
     let grace = drain.timeout;
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes as usize));
     let limits = Arc::new(limits.clone());
+    let policy = Arc::new(policy.clone());
     let mut http = http_server(&limits.http);
     // Extended CONNECT (RFC 8441) carries the HTTP/1.1 upgrades (WebSockets) of apps.
     http.http2()
@@ -89,6 +93,7 @@ where
                 http: http.clone(),
                 handshakes: handshakes.clone(),
                 limits: limits.clone(),
+                policy: policy.clone(),
                 metrics: connection_metrics.clone(),
                 log_limit: handshake_log_limit.clone(),
                 max_age,
@@ -111,6 +116,8 @@ struct Connection<H, P> {
     /// Places for handshakes in progress (`max_handshakes`).
     handshakes: Arc<Semaphore>,
     limits: Arc<InboundLimits>,
+    /// `inbound:`, whose opaque ports skip detection.
+    policy: Arc<InboundConfig>,
     metrics: Arc<Metrics>,
     /// Caps refused-handshake warnings (a port scan should not flood the logs).
     log_limit: Arc<LogLimit>,
@@ -131,8 +138,14 @@ where
     P: Fn(Arc<Caller>, Rewind<TcpStream>) -> Option<G> + Send + Sync + 'static,
     G: Future<Output = ()> + Send + 'static,
 {
-    /// Tells mTLS from a plain connection by its first bytes, then serves it as such.
+    /// Tells mTLS from a plain connection by its first bytes, then serves it as such; a
+    /// connection to an opaque port is plain TCP without a byte read.
     async fn serve(self, tcp: TcpStream, peer: SocketAddr, draining: Draining) {
+        if self.to_opaque_port(&tcp, peer) {
+            let io = Rewind::new(Vec::new(), tcp);
+            self.serve_plain(Outcome::Tcp, io, peer, draining).await;
+            return;
+        }
         let Ok(handshaking) = self.handshakes.clone().try_acquire_owned() else {
             self.refuse(
                 peer,
@@ -153,6 +166,25 @@ where
             }
             Err(error) => {
                 ::tracing::debug!(%peer, %error, "inbound connection failed before it spoke");
+            }
+        }
+    }
+
+    /// Whether the redirect rules brought `tcp` here from one of `inbound.opaque_ports` (only
+    /// looked up when there are some).
+    fn to_opaque_port(&self, tcp: &TcpStream, peer: SocketAddr) -> bool {
+        if self.policy.opaque_ports.is_empty() {
+            return false;
+        }
+        match original_dst(tcp) {
+            Ok(Some(dst)) if self.policy.is_opaque(dst.port()) => {
+                ::tracing::debug!(%peer, original_dst = %dst, "inbound connection to an opaque port");
+                true
+            }
+            Ok(_) => false,
+            Err(error) => {
+                ::tracing::debug!(%peer, %error, "cannot read the original destination");
+                false
             }
         }
     }

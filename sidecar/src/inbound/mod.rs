@@ -17,7 +17,8 @@
 //! A plain connection from outside the mesh (no TLS) has no identity: its requests take the
 //! same steps with the caller `unauthenticated`, which the policy's `unauthenticated` decides
 //! (default deny), and reach the app with no `x-mesh-client-id` at all. If it speaks no HTTP it
-//! is joined to the app as it is ([`Inbound::plain_tcp`]), or closed.
+//! is joined to the app as it is ([`Inbound::plain_tcp`]), or closed; so is one redirected from
+//! an `inbound.opaque_ports` port, before any byte is read (`accept.rs`).
 
 pub(crate) mod accept;
 pub mod authorize;

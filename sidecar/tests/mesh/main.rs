@@ -11,6 +11,7 @@ mod detect;
 mod errors;
 mod faults;
 mod grpc;
+mod inline_bootstrap;
 mod limits;
 mod mirror;
 mod mtls;

@@ -572,6 +572,77 @@ async fn redis_cli_reaches_redis_by_its_virtual_address_through_both_sidecars() 
 /// Redis's virtual address in the test above.
 const REDIS_VIP: &str = "127.240.0.10";
 
+/// A server that speaks first (an SMTP-like greeting) behind a port listed in
+/// `inbound.opaque_ports`: a plain client on another host dials the app's port, the redirect
+/// brings it to the inbound listener, and the greeting reaches it though it sends nothing.
+/// Detection would wait 30 s here (`detect_timeout` and the plain-connection wait,
+/// `tls_handshake_timeout`), three times longer than the client waits, so only the opaque path
+/// can pass.
+#[tokio::test]
+async fn a_server_that_speaks_first_is_reached_through_an_opaque_port_without_detection() {
+    if !netns::available("a_server_that_speaks_first") {
+        return;
+    }
+    const GREETING: &[u8] = b"220 mail.example ESMTP ready\r\n";
+    let hosts = TwoHosts::create();
+    let (a, b) = (&hosts.a.name, &hosts.b.name);
+    let mesh = TestMesh::new();
+    // The app greets each client first, then holds the connection until the client closes.
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let greeter = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = app.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                conn.write_all(GREETING).await.unwrap();
+                let mut rest = Vec::new();
+                let _ = conn.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    let sidecar = mesh
+        .sidecar("mail")
+        .app(app_addr)
+        .extra_yaml(
+            "authorization: { unauthenticated: allow }\n\
+             inbound: { opaque_ports: [\"2525-2526\", 3306] }\n\
+             detect_timeout: 30s\n\
+             limits: { inbound: { tls_handshake_timeout: 30s } }\n",
+        )
+        .inbound_listener(listen(b, &format!("0.0.0.0:{INBOUND}")))
+        .start()
+        .await;
+    assert_success(&redirect(
+        b,
+        &[
+            "--proxy-uid",
+            &PROXY_UID.to_string(),
+            "--inbound-ports",
+            "2525",
+        ],
+    ));
+
+    let client = netns::enter(a, || {
+        std::net::TcpStream::connect_timeout(&addr("198.18.0.2:2525"), PATIENCE)
+    })
+    .expect("connect to the app's port");
+    client.set_nonblocking(true).unwrap();
+    let mut client = tokio::net::TcpStream::from_std(client).unwrap();
+    let mut greeting = vec![0; GREETING.len()];
+    tokio::time::timeout(PATIENCE, client.read_exact(&mut greeting))
+        .await
+        .expect("the greeting arrives without the client speaking")
+        .expect("read the greeting");
+    assert_eq!(greeting, GREETING);
+    // It came through the sidecar's plain TCP path, as an unauthenticated caller.
+    let opened = r#"mesh_tcp_connections_opened_total{direction="inbound",source="unauthenticated",destination="mail"}"#;
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics::value(&metrics, opened), Some(1.0), "{metrics}");
+    drop(client);
+    greeter.abort();
+}
+
 #[test]
 fn a_namespace_is_deleted_when_its_guard_drops() {
     if !netns::available("a_namespace_is_deleted") {
