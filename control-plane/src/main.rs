@@ -55,10 +55,25 @@ struct Cli {
         value_parser = parse_host_port
     )]
     sidecar_control_plane: String,
+    /// The OTLP endpoint injected sidecars export spans to, such as
+    /// http://jaeger.observability.svc:4317 [default: none, no spans exported].
+    #[arg(long, value_name = "URL", env = "MESH_TRACING_ENDPOINT", value_parser = parse_url)]
+    tracing_endpoint: Option<String>,
     /// A directory holding ca.pem and ca-key.pem (such as a mounted Secret): on a start whose
     /// state directory has no CA yet, that root becomes the mesh's.
     #[arg(long, value_name = "DIR")]
     ca_dir: Option<PathBuf>,
+}
+
+fn parse_url(text: &str) -> Result<String, String> {
+    let scheme = text.starts_with("http://") || text.starts_with("https://");
+    if scheme && !text.contains(char::is_whitespace) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an http(s) URL (such as http://jaeger.observability.svc:4317)"
+        ))
+    }
 }
 
 fn parse_host_port(text: &str) -> Result<String, String> {
@@ -117,6 +132,7 @@ fn main() -> ExitCode {
         names: cli.webhook_names,
         proxy_image: cli.proxy_image,
         sidecar_control_plane: cli.sidecar_control_plane,
+        tracing_endpoint: cli.tracing_endpoint,
     };
     let result = runtime.block_on(async {
         let mut listeners = Listeners::bind(cli.listen, cli.admin).await?;

@@ -399,6 +399,7 @@ fn refusal(result: Result<Pod, kube::Error>) -> (u16, String) {
 
 #[tokio::test]
 async fn the_api_server_injects_opted_in_pods_through_the_webhook_and_fails_closed_without_it() {
+    const TRACING_ENDPOINT: &str = "http://jaeger.observability.svc:4317";
     let test =
         "the_api_server_injects_opted_in_pods_through_the_webhook_and_fails_closed_without_it";
     let Some(cluster) = cluster(test).await else {
@@ -414,6 +415,8 @@ async fn the_api_server_injects_opted_in_pods_through_the_webhook_and_fails_clos
             PROXY_IMAGE,
             "--sidecar-control-plane",
             SIDECAR_CONTROL_PLANE,
+            "--tracing-endpoint",
+            TRACING_ENDPOINT,
         ],
     );
     let admin = cluster.admin().unwrap();
@@ -485,6 +488,13 @@ async fn the_api_server_injects_opted_in_pods_through_the_webhook_and_fails_clos
         .and_then(|e| e.value.clone())
         .expect("the bootstrap variable");
     assert!(bootstrap.contains(SIDECAR_CONTROL_PLANE), "{bootstrap}");
+    let tracing = proxy
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT")
+        .and_then(|e| e.value.clone());
+    assert_eq!(tracing.as_deref(), Some(TRACING_ENDPOINT));
     assert!(bootstrap.contains("service: \"orders\""), "{bootstrap}");
     let anchor = String::from_utf8(dirs.bundle_pem()).unwrap();
     let anchor_line = anchor.lines().nth(1).unwrap();

@@ -59,6 +59,8 @@ pub struct WebhookOptions {
     pub proxy_image: Option<String>,
     /// The control plane address (`host:port`) injected sidecars dial.
     pub sidecar_control_plane: String,
+    /// The OTLP endpoint injected sidecars export spans to; none exports nothing.
+    pub tracing_endpoint: Option<String>,
 }
 
 impl Default for WebhookOptions {
@@ -67,6 +69,7 @@ impl Default for WebhookOptions {
             names: vec![ServingName::Dns(DEFAULT_NAMES.to_owned())],
             proxy_image: None,
             sidecar_control_plane: mesh_inject::DEFAULT_CONTROL_PLANE.to_owned(),
+            tracing_endpoint: None,
         }
     }
 }
@@ -105,6 +108,9 @@ impl Webhook {
         settings
             .control_plane
             .clone_from(&self.options.sidecar_control_plane);
+        settings
+            .tracing_endpoint
+            .clone_from(&self.options.tracing_endpoint);
         settings
     }
 
