@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
-use kube_common::{apply_all, cluster, install, meshctl, resource_versions};
+use kube_common::{apply_all, cluster, install, meshctl, read_all, resource_versions};
 use mesh_testkit::eventually;
 use serde_json::{Value, json};
 
@@ -53,10 +54,34 @@ async fn install_output_is_applied_server_side_and_a_second_apply_changes_nothin
         ]
     );
 
-    let first = apply_all(&admin, &objects).await;
+    apply_all(&admin, &objects).await;
+    // The CRD's status is the API server's to write: once it is established, nothing but an
+    // apply would change a stored object.
+    eventually("the CRD to be established", Duration::from_secs(20), || {
+        let crds = Api::<CustomResourceDefinition>::all(admin.clone());
+        async move {
+            let crd = crds
+                .get("meshservices.mesh.local")
+                .await
+                .map_err(|e| e.to_string())?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                Ok(())
+            } else {
+                Err("not established yet".to_owned())
+            }
+        }
+    })
+    .await;
+    let before = read_all(&admin, &objects).await;
     let again = apply_all(&admin, &objects).await;
     assert_eq!(
-        resource_versions(&first),
+        resource_versions(&before),
         resource_versions(&again),
         "a second apply of the same manifests changes nothing"
     );
@@ -258,29 +283,49 @@ async fn every_service_file_is_a_mesh_service_the_api_server_keeps_whole() {
         );
     }
 
-    // A field the file format does not have is pruned; a wrong type is refused, naming it.
-    let stored = services
+    // A field the file format does not have: server-side apply refuses it, naming it; a plain
+    // create (kubectl create, or apply without --server-side) has it pruned.
+    let unknown = json!({
+        "apiVersion": "mesh.local/v1alpha1", "kind": "MeshService",
+        "metadata": { "name": "pruned" },
+        "spec": { "timeout": "1s", "timeuot": "2s" },
+    });
+    match services
         .patch(
             "pruned",
             &PatchParams::apply("meshctl-test"),
-            &Patch::Apply(json!({
-                "apiVersion": "mesh.local/v1alpha1", "kind": "MeshService",
-                "metadata": { "name": "pruned" },
-                "spec": { "timeout": "1s", "timeuot": "2s" },
-            })),
+            &Patch::Apply(unknown.clone()),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert!(
+                status.message.contains(".spec.timeuot"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("server-side apply of an unknown field must be refused: {other:?}"),
+    }
+    let stored = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(unknown).unwrap(),
         )
         .await
         .unwrap();
     assert_eq!(stored.data["spec"], json!({ "timeout": "1s" }));
+    // A wrong type is refused, naming the field (server-side apply says so with a 500, a
+    // create with a 422).
     let refused = services
-        .patch(
-            "wrong",
-            &PatchParams::apply("meshctl-test"),
-            &Patch::Apply(json!({
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
                 "apiVersion": "mesh.local/v1alpha1", "kind": "MeshService",
                 "metadata": { "name": "wrong" },
                 "spec": { "port": "eighty" },
-            })),
+            }))
+            .unwrap(),
         )
         .await;
     match refused {

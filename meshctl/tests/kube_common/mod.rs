@@ -79,29 +79,49 @@ async fn resource_of(client: &kube::Client, object: &Value) -> (ApiResource, Sco
     (resource, capabilities.scope)
 }
 
+/// The API and name of an object of the manifests.
+async fn api_for(client: &kube::Client, object: &Value) -> (Api<DynamicObject>, String) {
+    let (resource, scope) = resource_of(client, object).await;
+    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+    let api = match (scope, object["metadata"]["namespace"].as_str()) {
+        (Scope::Namespaced, Some(namespace)) => {
+            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
+        }
+        (Scope::Namespaced, None) => panic!("{name}: a namespaced object without a namespace"),
+        (Scope::Cluster, _) => Api::<DynamicObject>::all_with(client.clone(), &resource),
+    };
+    (api, name)
+}
+
 /// Applies each object server-side as the field manager kubectl uses, in order; returns them
 /// as stored.
 pub async fn apply_all(client: &kube::Client, objects: &[Value]) -> Vec<DynamicObject> {
     let mut stored = Vec::new();
     for object in objects {
-        let (resource, scope) = resource_of(client, object).await;
-        let name = object["metadata"]["name"].as_str().unwrap();
-        let api = match (scope, object["metadata"]["namespace"].as_str()) {
-            (Scope::Namespaced, Some(namespace)) => {
-                Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
-            }
-            (Scope::Namespaced, None) => panic!("{name}: a namespaced object without a namespace"),
-            (Scope::Cluster, _) => Api::<DynamicObject>::all_with(client.clone(), &resource),
-        };
+        let (api, name) = api_for(client, object).await;
         let applied = api
             .patch(
-                name,
+                &name,
                 &PatchParams::apply("kubectl"),
                 &Patch::Apply(object.clone()),
             )
             .await
-            .unwrap_or_else(|e| panic!("apply {} {name}: {e}", resource.kind));
+            .unwrap_or_else(|e| panic!("apply {} {name}: {e}", object["kind"]));
         stored.push(applied);
+    }
+    stored
+}
+
+/// Each object as stored now.
+pub async fn read_all(client: &kube::Client, objects: &[Value]) -> Vec<DynamicObject> {
+    let mut stored = Vec::new();
+    for object in objects {
+        let (api, name) = api_for(client, object).await;
+        stored.push(
+            api.get(&name)
+                .await
+                .unwrap_or_else(|e| panic!("get {} {name}: {e}", object["kind"])),
+        );
     }
     stored
 }
