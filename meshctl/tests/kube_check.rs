@@ -143,7 +143,7 @@ async fn check_names_each_failure_with_its_fix() {
     assert_eq!(code, Some(1), "a failed check exits 1:\n{out}");
     for title in [
         "the API server is reachable",
-        "its version is supported (>= 1.29) (v1.37.2)",
+        "its version is 1.29 or newer (v1.37.2)",
         "the caller may do what check needs",
         "namespace mesh-system exists",
         "the control plane's ServiceAccount exists",

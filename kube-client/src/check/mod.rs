@@ -49,7 +49,7 @@ pub async fn run(client: &kube::Client, options: &CheckOptions) -> Report {
 
     let reachable_title = "the API server is reachable";
     let version_title = format!(
-        "its version is supported (>= {}.{})",
+        "its version is {}.{} or newer",
         MIN_VERSION.0, MIN_VERSION.1
     );
     let reachable = match version::reachable(client).await {
@@ -100,7 +100,8 @@ pub async fn run(client: &kube::Client, options: &CheckOptions) -> Report {
         (CONTROL_PLANE, "the webhook is registered".to_owned()),
         (
             CONTROL_PLANE,
-            "CA healthy: the webhook trusts the mesh's root, valid 30 days more".to_owned(),
+            "CA healthy: the webhook trusts the mesh's root, not expiring within 30 days"
+                .to_owned(),
         ),
         (CONTROL_PLANE, "the webhook injects pods".to_owned()),
         (PODS, "every injected pod's proxy is ready".to_owned()),

@@ -147,7 +147,7 @@ fn validity(der: &[u8]) -> Outcome {
     }
     match validity.time_to_expiration() {
         Some(left) if left.whole_seconds() >= ROOT_MARGIN.as_secs().cast_signed() => {
-            Outcome::passed(format!("the root is valid until {until}"))
+            Outcome::passed(format!("valid until {until}"))
         }
         left => Outcome::failed(
             format!(
