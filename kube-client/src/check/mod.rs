@@ -43,161 +43,113 @@ impl Default for CheckOptions {
     }
 }
 
+const REACHABLE: &str = "the API server is reachable";
+const CALLER: &str = "the caller may do what check needs";
+const NAMESPACE: &str = "namespace mesh-system exists";
+const ACCOUNT: &str = "the control plane's ServiceAccount exists";
+const RIGHTS: &str = "the control plane has the rights it needs";
+const CRD: &str = "the policy CRD is established";
+const READY: &str = "the control plane is ready";
+const REGISTERED: &str = "the webhook is registered";
+const CA: &str = "CA healthy: the webhook trusts the mesh's root, not expiring within 30 days";
+const INJECTS: &str = "the webhook injects pods";
+const PROXIES: &str = "every injected pod's proxy is ready";
+
+/// The checks after the caller's rights, all skipped when those fail.
+const AFTER_CALLER: [(&str, &str); 9] = [
+    (RESOURCES, NAMESPACE),
+    (RESOURCES, ACCOUNT),
+    (RESOURCES, RIGHTS),
+    (RESOURCES, CRD),
+    (CONTROL_PLANE, READY),
+    (CONTROL_PLANE, REGISTERED),
+    (CONTROL_PLANE, CA),
+    (CONTROL_PLANE, INJECTS),
+    (PODS, PROXIES),
+];
+
 /// Runs every check against `client`'s cluster.
 pub async fn run(client: &kube::Client, options: &CheckOptions) -> Report {
     let mut report = Report::default();
-
-    let reachable_title = "the API server is reachable";
-    let version_title = format!(
+    let version = format!(
         "its version is {}.{} or newer",
         MIN_VERSION.0, MIN_VERSION.1
     );
-    let reachable = match version::reachable(client).await {
+    let skipped = |why: &str| Outcome::Skipped(why.to_owned());
+
+    let allowed = match version::reachable(client).await {
         Ok(info) => {
-            report.record(CLUSTER, reachable_title, Outcome::Passed(None));
-            report.record(CLUSTER, version_title, version::supported(&info));
-            true
+            report.record(CLUSTER, REACHABLE, Outcome::Passed(None));
+            report.record(CLUSTER, version, version::supported(&info));
+            let rights = caller::needed(&options.namespace);
+            report.record(CLUSTER, CALLER, caller::check(client, &rights).await)
         }
         Err(failure) => {
-            report.record(CLUSTER, reachable_title, failure);
-            report.record(
-                CLUSTER,
-                version_title,
-                Outcome::Skipped("the API server is not reachable".to_owned()),
-            );
-            false
+            let why = "the API server is not reachable";
+            report.record(CLUSTER, REACHABLE, failure);
+            report.record(CLUSTER, version, skipped(why));
+            report.record(CLUSTER, CALLER, skipped(why));
+            for (section, title) in AFTER_CALLER {
+                report.record(section, title, skipped(why));
+            }
+            return report;
         }
     };
-    let rights_title = "the caller may do what check needs";
-    let allowed = reachable
-        && report.record(
-            CLUSTER,
-            rights_title,
-            caller::check(client, &caller::needed(&options.namespace)).await,
-        );
-    if !reachable {
-        report.record(
-            CLUSTER,
-            rights_title,
-            Outcome::Skipped("the API server is not reachable".to_owned()),
-        );
-    }
-    let later = [
-        (
-            RESOURCES,
-            format!("namespace {} exists", crate::names::NAMESPACE),
-        ),
-        (
-            RESOURCES,
-            "the control plane's ServiceAccount exists".to_owned(),
-        ),
-        (
-            RESOURCES,
-            "the control plane has the rights it needs".to_owned(),
-        ),
-        (RESOURCES, "the policy CRD is established".to_owned()),
-        (CONTROL_PLANE, "the control plane is ready".to_owned()),
-        (CONTROL_PLANE, "the webhook is registered".to_owned()),
-        (
-            CONTROL_PLANE,
-            "CA healthy: the webhook trusts the mesh's root, not expiring within 30 days"
-                .to_owned(),
-        ),
-        (CONTROL_PLANE, "the webhook injects pods".to_owned()),
-        (PODS, "every injected pod's proxy is ready".to_owned()),
-    ];
     if !allowed {
-        let why = if reachable {
-            "the caller lacks rights check needs"
-        } else {
-            "the API server is not reachable"
-        };
-        for (section, title) in later {
-            report.record(section, title, Outcome::Skipped(why.to_owned()));
+        for (section, title) in AFTER_CALLER {
+            report.record(
+                section,
+                title,
+                skipped("the caller lacks rights check needs"),
+            );
         }
         return report;
     }
-    let [
-        namespace_title,
-        account_title,
-        rights_title,
-        crd_title,
-        ready_title,
-        registered_title,
-        ca_title,
-        answers_title,
-        pods_title,
-    ] = later.map(|(_, title)| title);
 
-    let namespace = report.record(
-        RESOURCES,
-        namespace_title,
-        resources::namespace(client).await,
-    );
-    let missing_namespace = || {
-        Outcome::Skipped(format!(
-            "namespace {} does not exist",
-            crate::names::NAMESPACE
-        ))
-    };
-    if namespace {
-        report.record(
-            RESOURCES,
-            account_title,
-            resources::service_account(client).await,
-        );
+    let namespace = report.record(RESOURCES, NAMESPACE, resources::namespace(client).await);
+    let no_namespace = "namespace mesh-system does not exist";
+    let account = if namespace {
+        resources::service_account(client).await
     } else {
-        report.record(RESOURCES, account_title, missing_namespace());
-    }
+        skipped(no_namespace)
+    };
+    report.record(RESOURCES, ACCOUNT, account);
     report.record(
         RESOURCES,
-        rights_title,
+        RIGHTS,
         resources::control_plane_rights(client).await,
     );
-    report.record(RESOURCES, crd_title, resources::policy_crd(client).await);
+    report.record(RESOURCES, CRD, resources::policy_crd(client).await);
 
     let ready = if namespace {
-        report.record(CONTROL_PLANE, ready_title, deployment::ready(client).await)
+        deployment::ready(client).await
     } else {
-        report.record(CONTROL_PLANE, ready_title, missing_namespace())
+        skipped(no_namespace)
     };
+    let ready = report.record(CONTROL_PLANE, READY, ready);
     match webhook::configuration(client).await {
         Ok(config) => {
-            report.record(CONTROL_PLANE, registered_title, Outcome::Passed(None));
-            if namespace {
-                report.record(
-                    CONTROL_PLANE,
-                    ca_title,
-                    webhook::ca_healthy(client, &config).await,
-                );
+            report.record(CONTROL_PLANE, REGISTERED, Outcome::Passed(None));
+            let ca = if namespace {
+                webhook::ca_healthy(client, &config).await
             } else {
-                report.record(CONTROL_PLANE, ca_title, missing_namespace());
-            }
-            if ready {
-                report.record(
-                    CONTROL_PLANE,
-                    answers_title,
-                    webhook::answers(client, &options.namespace).await,
-                );
+                skipped(no_namespace)
+            };
+            report.record(CONTROL_PLANE, CA, ca);
+            let injects = if ready {
+                webhook::answers(client, &options.namespace).await
             } else {
-                report.record(
-                    CONTROL_PLANE,
-                    answers_title,
-                    Outcome::Skipped("the control plane is not ready".to_owned()),
-                );
-            }
+                skipped("the control plane is not ready")
+            };
+            report.record(CONTROL_PLANE, INJECTS, injects);
         }
         Err(failure) => {
-            report.record(CONTROL_PLANE, registered_title, failure);
             let why = "the webhook is not registered";
-            report.record(CONTROL_PLANE, ca_title, Outcome::Skipped(why.to_owned()));
-            report.record(
-                CONTROL_PLANE,
-                answers_title,
-                Outcome::Skipped(why.to_owned()),
-            );
+            report.record(CONTROL_PLANE, REGISTERED, failure);
+            report.record(CONTROL_PLANE, CA, skipped(why));
+            report.record(CONTROL_PLANE, INJECTS, skipped(why));
         }
     }
-    report.record(PODS, pods_title, pods::proxies_ready(client).await);
+    report.record(PODS, PROXIES, pods::proxies_ready(client).await);
     report
 }
