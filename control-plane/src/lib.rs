@@ -15,6 +15,8 @@
 //!   rates; `log_limit`: warnings about refused callers, capped.
 //! - `virtual_addresses`: the table of services' virtual addresses in the state directory.
 //! - `admin`: the admin HTTP server; [`admin_client`]: a small client for it (meshctl, tests).
+//! - `webhook`: the Kubernetes admission webhook that injects the sidecar into pods
+//!   (`mesh_inject` makes the change), served over HTTPS with a certificate from the CA.
 //! - [`client`]: the sidecar's side of the API (CSR, SPIFFE-verified connection), for tests and
 //!   tools; the work is `mesh_api::certify` and `mesh_api::channel`, which sidecars use too.
 //!
@@ -56,6 +58,7 @@ mod rate_limit;
 mod tls;
 mod tokens;
 mod virtual_addresses;
+mod webhook;
 
 use std::future::Future;
 use std::io;
@@ -77,6 +80,9 @@ pub use crate::mesh::{InstanceStatus, ServiceStatus, Status};
 pub use crate::tls::{TlsError, control_plane_id};
 pub use crate::tokens::{TokenError, Tokens, admin_token_path};
 pub use crate::virtual_addresses::{AddressError, TABLE_FILE as VIRTUAL_ADDRESS_FILE};
+pub use crate::webhook::{
+    DEFAULT_NAMES as DEFAULT_WEBHOOK_NAMES, PATH as WEBHOOK_PATH, WebhookOptions,
+};
 
 /// The API's default listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15010";
@@ -94,6 +100,11 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// How often to look for configuration changes.
     pub config_poll: Duration,
+    /// A directory holding `ca.pem` and `ca-key.pem` (such as a mounted Secret): on a first
+    /// start, that root is the CA's, as if the files had been put in the state directory.
+    pub ca_dir: Option<PathBuf>,
+    /// How the webhook injects pods, when [`Listeners::webhook`] is bound.
+    pub webhook: WebhookOptions,
 }
 
 impl Options {
@@ -103,6 +114,8 @@ impl Options {
             config_dir: config_dir.into(),
             state_dir: state_dir.into(),
             config_poll: DEFAULT_CONFIG_POLL,
+            ca_dir: None,
+            webhook: WebhookOptions::default(),
         }
     }
 }
@@ -114,6 +127,8 @@ pub struct Listeners {
     pub api: TcpListener,
     /// The admin HTTP server.
     pub admin: TcpListener,
+    /// The injecting webhook (HTTPS), if it is served.
+    pub webhook: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -127,7 +142,18 @@ impl Listeners {
         Ok(Self {
             api: bind(api).await?,
             admin: bind(admin).await?,
+            webhook: None,
         })
+    }
+
+    /// Binds the webhook's listener too.
+    pub async fn bind_webhook(mut self, addr: SocketAddr) -> Result<Self, Error> {
+        self.webhook = Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })?,
+        );
+        Ok(self)
     }
 }
 
@@ -175,6 +201,7 @@ pub enum Error {
 pub struct ControlPlane {
     api_addr: SocketAddr,
     admin_addr: SocketAddr,
+    webhook_addr: Option<SocketAddr>,
     state_dir: PathBuf,
     mesh: Arc<mesh::Mesh>,
     shutdown: CancellationToken,
@@ -191,6 +218,11 @@ impl ControlPlane {
     /// Where the admin server listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where the webhook listens, if it is served.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_addr
     }
 
     /// The configuration in force.
@@ -262,12 +294,18 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let mut config = config::load(&options.config_dir)?;
     let state_dir = options.state_dir.clone();
     let trust_domain = config.trust_domain.clone();
-    let ca = tokio::task::spawn_blocking(move || ca::Authority::open(&state_dir, &trust_domain))
-        .await
-        .map_err(|e| Error::Io {
-            path: options.state_dir.clone(),
-            source: io::Error::other(e),
-        })??;
+    let import = options.ca_dir.clone();
+    let ca = tokio::task::spawn_blocking(move || {
+        if let Some(from) = import {
+            ca::Authority::import_root(&state_dir, &from)?;
+        }
+        ca::Authority::open(&state_dir, &trust_domain)
+    })
+    .await
+    .map_err(|e| Error::Io {
+        path: options.state_dir.clone(),
+        source: io::Error::other(e),
+    })??;
     let tokens = Tokens::open(&options.state_dir)?;
     // After the CA, which creates the state directory on a first start.
     let mut addresses = virtual_addresses::AddressTable::open(&options.state_dir)?;
@@ -344,11 +382,25 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         admin_limits,
         shutdown.clone(),
     )));
+    let webhook_addr = match listeners.webhook {
+        Some(listener) => {
+            let addr = local_addr(&listener)?;
+            let webhook = Arc::new(webhook::Webhook::new(
+                mesh.clone(),
+                options.webhook.clone(),
+            )?);
+            tasks.push(tokio::spawn(webhook.clone().maintain(shutdown.clone())));
+            tasks.push(tokio::spawn(webhook.serve(listener, shutdown.clone())));
+            Some(addr)
+        }
+        None => None,
+    };
     admin.ready.store(true, Ordering::Release);
     let status = mesh.status();
     tracing::info!(
         api = %api_addr,
         admin = %admin_addr,
+        webhook = ?webhook_addr,
         version = status.version,
         signer = status.signer.as_deref().unwrap_or("intermediate"),
         services = status.services.len(),
@@ -357,6 +409,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     Ok(ControlPlane {
         api_addr,
         admin_addr,
+        webhook_addr,
         state_dir: options.state_dir,
         mesh,
         shutdown,

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_control_plane::{Listeners, Options, config};
+use mesh_control_plane::ca::ServingName;
+use mesh_control_plane::{Listeners, Options, WebhookOptions, config};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,50 @@ struct Cli {
     /// The admin HTTP server's address.
     #[arg(long, default_value = mesh_control_plane::DEFAULT_ADMIN)]
     admin: SocketAddr,
+    /// Serve the injecting admission webhook over HTTPS on this address (path /inject).
+    #[arg(long, value_name = "ADDR")]
+    webhook: Option<SocketAddr>,
+    /// The webhook certificate's names, comma-separated: DNS names, and IP addresses (the
+    /// host the API server dials must be among them).
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        default_value = mesh_control_plane::DEFAULT_WEBHOOK_NAMES,
+        value_parser = parse_serving_name
+    )]
+    webhook_names: Vec<ServingName>,
+    /// The sidecar image the webhook injects [default: ghcr.io/mesh-rs/sidecar:<version>].
+    #[arg(long, value_name = "IMAGE")]
+    proxy_image: Option<String>,
+    /// The control plane address (HOST:PORT) injected sidecars dial.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = mesh_inject::DEFAULT_CONTROL_PLANE,
+        value_parser = parse_host_port
+    )]
+    sidecar_control_plane: String,
+    /// A directory holding ca.pem and ca-key.pem (such as a mounted Secret): on a start whose
+    /// state directory has no CA yet, that root becomes the mesh's.
+    #[arg(long, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+}
+
+fn parse_host_port(text: &str) -> Result<String, String> {
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "{text:?} is not HOST:PORT (such as {})",
+            mesh_inject::DEFAULT_CONTROL_PLANE
+        )),
+    }
+}
+
+fn parse_serving_name(text: &str) -> Result<ServingName, String> {
+    ServingName::parse(text.trim()).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -66,15 +111,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut options = Options::new(config_dir.clone(), state_dir);
+    options.ca_dir = cli.ca_dir;
+    options.webhook = WebhookOptions {
+        names: cli.webhook_names,
+        proxy_image: cli.proxy_image,
+        sidecar_control_plane: cli.sidecar_control_plane,
+    };
     let result = runtime.block_on(async {
-        let listeners = Listeners::bind(cli.listen, cli.admin).await?;
-        let (api, admin) = (listeners.api.local_addr(), listeners.admin.local_addr());
-        let mut cp =
-            mesh_control_plane::start(Options::new(config_dir.clone(), state_dir), listeners)
-                .await?;
-        if let (Ok(api), Ok(admin)) = (api, admin) {
-            println!("control-plane listening api={api} admin={admin}");
+        let mut listeners = Listeners::bind(cli.listen, cli.admin).await?;
+        if let Some(addr) = cli.webhook {
+            listeners = listeners.bind_webhook(addr).await?;
         }
+        let mut cp = mesh_control_plane::start(options, listeners).await?;
+        let mut line = format!(
+            "control-plane listening api={} admin={}",
+            cp.api_addr(),
+            cp.admin_addr()
+        );
+        if let Some(webhook) = cp.webhook_addr() {
+            line.push_str(&format!(" webhook={webhook}"));
+        }
+        println!("{line}");
         tokio::select! {
             () = signal() => cp.stop().await,
             failed = cp.failed() => {

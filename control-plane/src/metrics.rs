@@ -32,7 +32,14 @@ pub struct Metrics {
     pub snapshot_version: Gauge,
     /// Calls and connections refused for being over a limit, by limit.
     pub limited: Family<Labels, Counter>,
+    /// Admission reviews the webhook answered, by outcome (one of [`WEBHOOK_OUTCOMES`]).
+    pub webhook_requests: Family<Labels, Counter>,
 }
+
+/// The outcomes counted in `webhook_requests`: a pod patched, a pod let through unchanged
+/// (already injected, opted out, not a pod creation), a pod refused (it cannot be injected),
+/// and a request that was not a readable AdmissionReview.
+pub const WEBHOOK_OUTCOMES: [&str; 4] = ["injected", "skipped", "refused", "bad_request"];
 
 /// The limits counted in `limited`, each named after its configuration field.
 pub const LIMITS: [&str; 9] = [
@@ -107,6 +114,15 @@ impl Metrics {
             "Calls and connections refused or closed by a limit, by the limit's field",
             limited.clone(),
         );
+        let webhook_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Admission reviews the injecting webhook answered, by outcome",
+            webhook_requests.clone(),
+        );
+        for outcome in WEBHOOK_OUTCOMES {
+            let _ = webhook_requests.get_or_create(&[("outcome", outcome)]);
+        }
         for limit in LIMITS {
             let _ = limited.get_or_create(&[("limit", limit)]);
         }
@@ -126,7 +142,15 @@ impl Metrics {
             lease_expirations,
             snapshot_version,
             limited,
+            webhook_requests,
         }
+    }
+
+    /// Counts an admission review by its outcome, one of [`WEBHOOK_OUTCOMES`].
+    pub fn webhook_request(&self, outcome: &'static str) {
+        self.webhook_requests
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
     }
 
     /// Counts a call or connection refused (or closed) by `limit`, one of [`LIMITS`].

@@ -39,7 +39,8 @@ use time::OffsetDateTime;
 use super::error::CertError;
 use super::files::{read, write_atomic};
 use super::x509::{
-    hex, random_bytes, root_id, root_params, sha256_hex, sign_request, validate_trust_domain,
+    BACKDATE, ServingName, hex, random_bytes, root_id, root_params, serving_params, sha256_hex,
+    sign_request, validate_trust_domain,
 };
 
 const BUNDLE: &str = "ca.pem";
@@ -156,6 +157,29 @@ impl Authority {
         };
         authority.check_chain()?;
         Ok(authority)
+    }
+
+    /// Copies an operator's root (`ca.pem` and `ca-key.pem` in `from`, such as a mounted
+    /// Secret) into the state directory `dir` when `dir` holds no CA yet, so that [`open`]
+    /// adopts it as if the operator had put the files there. Returns whether it copied; a
+    /// state directory with a CA keeps it (its roots may have rotated since).
+    ///
+    /// [`open`]: Self::open
+    pub fn import_root(dir: &Path, from: &Path) -> Result<bool, CertError> {
+        let has_ca = [BUNDLE, SIGNER, INTERMEDIATE]
+            .iter()
+            .any(|name| dir.join(name).exists());
+        if has_ca {
+            return Ok(false);
+        }
+        let bundle = read(&from.join(BUNDLE))?;
+        let key = read(&from.join(OPERATOR_ROOT_KEY))?;
+        create_private_dir(dir)?;
+        // The key first: a bundle without its key would make `open` refuse the directory.
+        write_atomic(&dir.join(OPERATOR_ROOT_KEY), key.as_bytes(), 0o600)?;
+        write_atomic(&dir.join(BUNDLE), bundle.as_bytes(), 0o644)?;
+        tracing::info!(from = %from.display(), "imported the operator's root CA");
+        Ok(true)
     }
 
     fn generate(dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
@@ -450,6 +474,44 @@ impl Authority {
         Ok((issued, key))
     }
 
+    /// Issues a serving certificate for `names` (DNS and IP SANs) with a key made here: the
+    /// webhook's, which the API server verifies by host name against `ca.pem`. Valid from now
+    /// for `lifetime`, but never beyond the signing CA.
+    pub fn issue_serving(
+        &self,
+        names: &[ServingName],
+        lifetime: Duration,
+    ) -> Result<(Issued, PrivateKeyDer<'static>), CertError> {
+        let (issuer, above, ca_not_after) =
+            self.signing().ok_or_else(|| CertError::InvalidState {
+                path: self.dir.join(SIGNER),
+                message: "the signer has no key".into(),
+            })?;
+        let now = OffsetDateTime::now_utc();
+        let ca_not_after = OffsetDateTime::from_unix_timestamp(ca_not_after).unwrap_or(now);
+        let not_after = (now + lifetime).min(ca_not_after);
+        let key = KeyPair::generate()?;
+        let cert = serving_params(names, now - BACKDATE, not_after)?.signed_by(&key, issuer)?;
+        let mut chain_der = vec![cert.der().to_vec()];
+        chain_der.extend(above);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((
+            Issued {
+                chain_der,
+                not_after_unix: not_after.unix_timestamp(),
+            },
+            key,
+        ))
+    }
+
+    /// The trust bundle as PEM, exactly as `ca.pem` holds it.
+    pub fn trust_bundle_pem(&self) -> String {
+        self.roots
+            .iter()
+            .map(|r| pem("CERTIFICATE", &r.der))
+            .collect()
+    }
+
     // === rotation ===
 
     /// Generates a new root and adds it to the bundle (not yet signing). Returns the new CA and
@@ -513,12 +575,11 @@ impl Authority {
     }
 
     fn write_bundle(&self) -> Result<(), CertError> {
-        let text: String = self
-            .roots
-            .iter()
-            .map(|r| pem("CERTIFICATE", &r.der))
-            .collect();
-        write_atomic(&self.dir.join(BUNDLE), text.as_bytes(), 0o644)
+        write_atomic(
+            &self.dir.join(BUNDLE),
+            self.trust_bundle_pem().as_bytes(),
+            0o644,
+        )
     }
 
     fn write_signer(&self) -> Result<(), CertError> {
@@ -760,6 +821,90 @@ mod tests {
         .unwrap();
         let err = Authority::open(other.path(), "mesh.local").unwrap_err();
         assert!(err.to_string().contains("does not chain"), "{err}");
+    }
+
+    #[test]
+    fn an_imported_root_signs_on_a_first_start_only() {
+        let from = tempfile::tempdir().unwrap();
+        let dev = super::super::DevCa::generate("mesh.local").unwrap();
+        dev.write_to(from.path()).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("state");
+        assert!(Authority::import_root(&dir, from.path()).unwrap());
+        let ca = Authority::open(&dir, "mesh.local").unwrap();
+        let root = CertificateDer::pem_slice_iter(dev.cert_pem().as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        assert_eq!(ca.trust_bundle_der(), [root[0].to_vec()]);
+        assert_eq!(
+            ca.trust_bundle_pem(),
+            fs::read_to_string(dir.join("ca.pem")).unwrap()
+        );
+        // The state directory has a CA now: another root offered later is not taken.
+        let other = tempfile::tempdir().unwrap();
+        super::super::DevCa::generate("mesh.local")
+            .unwrap()
+            .write_to(other.path())
+            .unwrap();
+        assert!(!Authority::import_root(&dir, other.path()).unwrap());
+        let again = Authority::open(&dir, "mesh.local").unwrap();
+        assert_eq!(again.trust_bundle_der(), ca.trust_bundle_der());
+        // A directory without the key is named.
+        let empty = tempfile::tempdir().unwrap();
+        let err = Authority::import_root(&state.path().join("new"), empty.path()).unwrap_err();
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_serving_certificate_names_its_hosts_and_chains_to_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::open(dir.path(), "mesh.local").unwrap();
+        let names = [
+            ServingName::parse("mesh-control-plane.mesh-system.svc").unwrap(),
+            ServingName::parse("127.0.0.1").unwrap(),
+        ];
+        let (issued, _) = ca.issue_serving(&names, Duration::from_secs(3600)).unwrap();
+        let leaf = CertificateDer::from(issued.chain_der[0].clone());
+        let parsed = ParsedCertificate::try_from(&leaf).unwrap();
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &ca.root_store(),
+            &[],
+            UnixTime::now(),
+            algorithms.all,
+        )
+        .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let text = format!("{:?}", san.value.general_names);
+        assert!(
+            text.contains("mesh-control-plane.mesh-system.svc"),
+            "{text}"
+        );
+        assert!(text.contains("IPAddress([127, 0, 0, 1])"), "{text}");
+        assert!(!text.contains("spiffe"), "{text}");
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        let lifetime =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert!(lifetime <= 3600 + 300, "{lifetime}");
+    }
+
+    #[test]
+    fn serving_names_are_checked() {
+        assert_eq!(
+            ServingName::parse("::1").unwrap(),
+            ServingName::Ip("::1".parse().unwrap())
+        );
+        assert_eq!(
+            ServingName::parse("Webhook.Example").unwrap(),
+            ServingName::Dns("webhook.example".into())
+        );
+        for bad in ["", "a..b", "-a.b", "a_b.c", "a b", &"x".repeat(64)] {
+            let err = ServingName::parse(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
     }
 
     struct DevCaLike;

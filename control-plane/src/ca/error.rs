@@ -30,6 +30,14 @@ pub enum CertError {
         /// The identity the caller proved.
         allowed: String,
     },
+    /// A name a serving certificate cannot carry.
+    #[error("serving certificate name {name:?} {reason}")]
+    InvalidServingName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The names do not make a valid SPIFFE ID.
     #[error("invalid identity: {0}")]
     Identity(#[from] spiffe::InvalidSpiffeId),

@@ -6,7 +6,9 @@
 //!
 //! - [`DevCa`]: one root that also makes key pairs, for development files and tests.
 //! - [`Authority`]: the control plane's CA, kept in its state directory, with several trusted
-//!   roots (for rotation) or an operator's intermediate; it only signs CSRs for workloads.
+//!   roots (for rotation) or an operator's intermediate; it signs CSRs for workloads, and the
+//!   control plane's own certificates: its API's SPIFFE one and the webhook's serving one
+//!   (DNS and IP SANs, a [`ServingName`] each, the one kind of leaf without a SPIFFE ID).
 //!
 //! - `x509`: the fields of roots and leaves, and signing a CSR; `files`: the state directory's
 //!   files; `error`: [`CertError`].
@@ -21,5 +23,5 @@ pub use self::authority::{Authority, Issued, RootInfo, RotationError};
 pub use self::dev::DevCa;
 pub use self::error::CertError;
 pub(crate) use self::files::write_atomic;
-pub use self::x509::{DEFAULT_LEAF_LIFETIME, Leaf, LeafSpec, root_id, sha256_hex};
+pub use self::x509::{DEFAULT_LEAF_LIFETIME, Leaf, LeafSpec, ServingName, root_id, sha256_hex};
 pub(crate) use self::x509::{hex, random_bytes};

@@ -1,5 +1,8 @@
-//! The fields of roots and workload certificates, and signing a CSR for exactly one SPIFFE ID.
+//! The fields of roots, workload certificates and serving certificates, and signing a CSR for
+//! exactly one SPIFFE ID.
 
+use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use mesh_api::spiffe;
@@ -78,6 +81,99 @@ pub(super) fn leaf_params(spec: &LeafSpec) -> Result<CertificateParams, CertErro
     params.not_before = spec.not_before;
     params.not_after = spec.not_after;
     params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// A name a serving certificate is for. Kubernetes' API server dials its webhooks by DNS name
+/// (a Service) or by IP address, and checks the name against the certificate's SANs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServingName {
+    /// A DNS name, such as `mesh-control-plane.mesh-system.svc`.
+    Dns(String),
+    /// An IP address, carried as an IP SAN.
+    Ip(IpAddr),
+}
+
+impl ServingName {
+    /// An IP address if `text` is one, else a DNS name: labels of letters, digits and `-`,
+    /// separated by dots, at most 253 characters.
+    pub fn parse(text: &str) -> Result<Self, CertError> {
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(Self::Ip(ip));
+        }
+        let invalid = |reason: &str| CertError::InvalidServingName {
+            name: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if text.is_empty() {
+            return Err(invalid("is empty"));
+        }
+        if text.len() > 253 {
+            return Err(invalid("is longer than 253 characters"));
+        }
+        for label in text.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return Err(invalid(
+                    "has a label that is empty or longer than 63 characters",
+                ));
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(invalid(
+                    "may hold only letters, digits, '-' and '.' (or be an IP address)",
+                ));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(invalid("has a label that starts or ends with '-'"));
+            }
+        }
+        Ok(Self::Dns(text.to_ascii_lowercase()))
+    }
+}
+
+impl fmt::Display for ServingName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dns(name) => f.write_str(name),
+            Self::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// The fields of a serving certificate (the webhook's): the names as DNS and IP SANs, server
+/// authentication only, no SPIFFE ID (its clients verify host names, not workload identities).
+pub(super) fn serving_params(
+    names: &[ServingName],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, CertError> {
+    let Some(first) = names.first() else {
+        return Err(CertError::InvalidServingName {
+            name: String::new(),
+            reason: "a serving certificate needs at least one name".to_owned(),
+        });
+    };
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "mesh");
+    dn.push(DnType::CommonName, first.to_string());
+    params.distinguished_name = dn;
+    params.subject_alt_names = names
+        .iter()
+        .map(|name| match name {
+            ServingName::Dns(dns) => Ok(SanType::DnsName(dns.clone().try_into()?)),
+            ServingName::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
     Ok(params)
 }
 
