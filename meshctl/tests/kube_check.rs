@@ -1,8 +1,9 @@
 //! `meshctl check` against a real kube-apiserver (mesh-kube-testkit) where `meshctl install`
 //! was applied. No pods run there, so the test does what the controllers and kubelet would:
-//! it sets the Deployment's and pods' status through the status subresource. Each failure is
-//! made for real (nothing listening at the webhook's URL, a binding deleted, a user without
-//! rights, a replica not ready, a proxy not ready) and must be named with its fix.
+//! it sets the Deployment's and pods' status through the status subresource. The webhook is
+//! the real `control-plane --webhook` on loopback, which the API server calls at its URL. Each
+//! failure is made for real (nothing listening at the webhook's URL, a binding deleted, a user
+//! without rights, a replica not ready, a proxy not ready) and must be named with its fix.
 //!
 //! Needs the binaries `scripts/build-kube.sh` builds: without them a test prints why it skips,
 //! and under `CI=true` it fails naming the script.
@@ -308,6 +309,185 @@ async fn check_names_each_failure_with_its_fix() {
         "{rights}"
     );
     drop(cluster);
+}
+
+/// The `control-plane` binary, with its webhook on a loopback port.
+struct ControlPlane {
+    _process: mesh_testkit::process::KillOnDrop,
+    webhook: String,
+}
+
+/// Starts the control plane beside meshctl's binary, its root taken from `ca_dir` as from the
+/// mounted Secret, its webhook certificate naming 127.0.0.1.
+fn start_control_plane(config: &Path, state: &Path, ca_dir: &Path) -> ControlPlane {
+    use std::io::BufRead as _;
+
+    let binary = Path::new(env!("CARGO_BIN_EXE_meshctl"))
+        .parent()
+        .unwrap()
+        .join("control-plane");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it first (cargo build -p mesh-control-plane)",
+        binary.display()
+    );
+    let mut child = std::process::Command::new(binary)
+        .arg("--config-dir")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--webhook", "127.0.0.1:0", "--webhook-names", "127.0.0.1"])
+        .arg("--ca-dir")
+        .arg(ca_dir)
+        .args(["--proxy-image", "registry.test/mesh/sidecar:test"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let process = mesh_testkit::process::KillOnDrop::new(child);
+    // Its first line says where it listens, once it does.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the control plane's start line within 30 s");
+    let webhook = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("webhook="))
+        .unwrap_or_else(|| panic!("no webhook= in {line:?}"))
+        .to_owned();
+    ControlPlane {
+        _process: process,
+        webhook,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_against_the_control_planes_webhook_and_follows_an_injected_pod() {
+    let Some(cluster) =
+        cluster("check_passes_against_the_control_planes_webhook_and_follows_an_injected_pod")
+            .await
+    else {
+        return;
+    };
+    let admin = cluster.admin().unwrap();
+    let kubeconfig = cluster.admin_kubeconfig().unwrap();
+
+    // One root for the Secret, the webhook configuration and the control plane (--ca-dir).
+    let secret = tempfile::tempdir().unwrap();
+    mesh_control_plane::ca::DevCa::generate("mesh.local")
+        .unwrap()
+        .write_to(secret.path())
+        .unwrap();
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("mesh.yaml"),
+        "trust_domain: mesh.local\n",
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let control_plane = start_control_plane(config.path(), state.path(), secret.path());
+
+    let webhook_url = format!("https://{}/inject", control_plane.webhook);
+    let cert = secret.path().join("ca.pem");
+    let key = secret.path().join("ca-key.pem");
+    let objects = install(&[
+        "--webhook-url",
+        &webhook_url,
+        "--ca-cert",
+        cert.to_str().unwrap(),
+        "--ca-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    apply_all(&admin, &objects).await;
+    create_service_account(&admin, "default").await;
+    set_ready_replicas(&admin, 1).await;
+
+    let (code, out) = check_until(&kubeconfig, |out| out.ends_with("all checks passed\n")).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        has(
+            &out,
+            "ok",
+            "the webhook injects pods (a dry-run pod in default got mesh-proxy)"
+        ),
+        "{out}"
+    );
+
+    // A pod that opts in is injected by the webhook for real; until the kubelet reports its
+    // proxy, check names it.
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": "shop" } })).unwrap(),
+        )
+        .await
+        .unwrap();
+    create_service_account(&admin, "shop").await;
+    let pods = Api::<Pod>::namespaced(admin.clone(), "shop");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "orders-1",
+            "labels": { "mesh.local/inject": "enabled", "app": "orders" },
+        },
+        "spec": { "containers": [{ "name": "app", "image": "example.test/orders:1" }] },
+    }))
+    .unwrap();
+    let created = mesh_testkit::eventually("the pod to be admitted", SETTLE, || {
+        let pods = pods.clone();
+        let pod = pod.clone();
+        async move { pods.create(&PostParams::default(), &pod).await }
+    })
+    .await;
+    assert!(
+        created
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("mesh.local/injected"),
+        "the webhook injected it"
+    );
+    let (code, out) = check_until(&kubeconfig, |out| {
+        has(out, "FAIL", "every injected pod's proxy is ready")
+    })
+    .await;
+    assert_eq!(code, Some(1));
+    let entry = entry(&out, "FAIL", "every injected pod's proxy is ready").unwrap();
+    assert!(
+        entry.contains("shop/orders-1 (mesh-proxy has no status yet)"),
+        "{entry}"
+    );
+    pods.patch_status(
+        "orders-1",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({
+            "status": {
+                "initContainerStatuses": [{
+                    "name": "mesh-proxy", "ready": true, "started": true, "restartCount": 0,
+                    "image": "registry.test/mesh/sidecar:test", "imageID": "",
+                    "state": { "running": { "startedAt": "2026-01-01T00:00:00Z" } },
+                }]
+            }
+        })),
+    )
+    .await
+    .unwrap();
+    let (code, out) = check_until(&kubeconfig, |out| out.ends_with("all checks passed\n")).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        has(
+            &out,
+            "ok",
+            "every injected pod's proxy is ready (1 injected pod)"
+        ),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
