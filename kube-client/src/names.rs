@@ -22,12 +22,12 @@ pub const WEBHOOK_CONFIGURATION: &str = "mesh-sidecar-injector";
 pub const NAMESPACE_WEBHOOK: &str = "namespace.inject.mesh.local";
 /// The webhook for opted-in pods of other namespaces.
 pub const POD_WEBHOOK: &str = "pod.inject.mesh.local";
-/// The label that opts a namespace or a pod in (`enabled`) or a pod out (`disabled`).
-pub const INJECT_LABEL: &str = "mesh.local/inject";
-/// The annotation an injected pod carries, valued with the mesh's version.
-pub const INJECTED_ANNOTATION: &str = "mesh.local/injected";
-/// The sidecar's (native sidecar) init container.
-pub const PROXY_CONTAINER: &str = "mesh-proxy";
+// What injection writes into pods and which images it names: one definition, injection's, so
+// what `meshctl check` looks for is what the webhook and `meshctl inject` write.
+pub use mesh_inject::names::{
+    CONTROL_PLANE_IMAGE_REPOSITORY, INJECT_LABEL, INJECTED_ANNOTATION, MESH_VERSION,
+    PROXY_CONTAINER, PROXY_IMAGE_REPOSITORY,
+};
 
 /// The API group of the mesh's policy objects.
 pub const POLICY_GROUP: &str = "mesh.local";

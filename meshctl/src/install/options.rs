@@ -2,17 +2,17 @@
 
 use std::path::PathBuf;
 
-/// The mesh's version, which tags its images and marks injected pods.
-pub const MESH_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use mesh_kube::names::MESH_VERSION;
+use mesh_kube::names::{CONTROL_PLANE_IMAGE_REPOSITORY, PROXY_IMAGE_REPOSITORY};
 
 /// The default control plane image.
 pub fn default_control_plane_image() -> String {
-    format!("ghcr.io/mesh-rs/control-plane:{MESH_VERSION}")
+    format!("{CONTROL_PLANE_IMAGE_REPOSITORY}:{MESH_VERSION}")
 }
 
 /// The default proxy image (the `sidecar` binary as entrypoint, with nft for `redirect`).
 pub fn default_proxy_image() -> String {
-    format!("ghcr.io/mesh-rs/sidecar:{MESH_VERSION}")
+    format!("{PROXY_IMAGE_REPOSITORY}:{MESH_VERSION}")
 }
 
 /// Everything the manifests depend on.
