@@ -15,6 +15,7 @@ mod kube_common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
@@ -307,6 +308,37 @@ async fn check_names_each_failure_with_its_fix() {
     assert!(
         rights.contains("meshctl install --ca-cert ca.pem --ca-key ca-key.pem"),
         "{rights}"
+    );
+
+    // One webhook trusts another root than the mesh's.
+    let stranger = mesh_control_plane::ca::DevCa::generate("mesh.local").unwrap();
+    Api::<MutatingWebhookConfiguration>::all(admin.clone())
+        .patch(
+            "mesh-sidecar-injector",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({
+                "webhooks": [{
+                    "name": "pod.inject.mesh.local",
+                    "clientConfig": {
+                        "caBundle": base64::Engine::encode(
+                            &base64::engine::general_purpose::STANDARD,
+                            stranger.cert_pem(),
+                        ),
+                    },
+                }]
+            })),
+        )
+        .await
+        .unwrap();
+    let (_, out) = check_until(&kubeconfig, |out| has(out, "FAIL", "CA healthy")).await;
+    let ca = entry(&out, "FAIL", "CA healthy").unwrap();
+    assert!(
+        ca.contains("the caBundle of webhook pod.inject.mesh.local does not hold the mesh's root"),
+        "{ca}"
+    );
+    assert!(
+        ca.contains("fix: re-apply the install, keeping the mesh's root"),
+        "{ca}"
     );
     drop(cluster);
 }
