@@ -23,8 +23,7 @@ pub enum InjectError {
     InDocument {
         /// 1-based number of the document among the stream's non-empty ones.
         document: usize,
-        /// What is wrong in it.
-        #[source]
+        /// What is wrong in it (shown in the message, so not also a source).
         error: Box<InjectError>,
     },
     /// A field is missing or has the wrong shape, e.g. a Deployment without `spec.template`.

@@ -45,7 +45,8 @@ pub(crate) fn init_container(settings: &Settings, options: &PodOptions) -> Value
 
 /// `mesh-proxy`: the sidecar as a native sidecar, its bootstrap inline in the environment.
 pub(crate) fn proxy_container(settings: &Settings, options: &PodOptions) -> Value {
-    let field = |path: &str| json!({ "fieldRef": { "fieldPath": path } });
+    // apiVersion as the server would default it, so stored pods equal what was written.
+    let field = |path: &str| json!({ "fieldRef": { "apiVersion": "v1", "fieldPath": path } });
     let log_level = options.log_level.as_deref().unwrap_or(&settings.log_level);
     let probe = |path: &str| json!({ "httpGet": { "path": path, "port": names::ADMIN_PORT } });
     let mut container = json!({

@@ -7,6 +7,8 @@
 //! - [`loadgen`]: orders through the storefront at a fixed rate (`meshctl loadgen`).
 //! - [`fault`]: the demo apps' fault knobs (`meshctl fault`).
 //! - [`http`]: the small HTTP client those use.
+//! - [`inject`]: the sidecar added to Kubernetes manifests, and removed (`meshctl inject`,
+//!   `meshctl uninject`).
 //! - [`status`]: the control plane's `/status` as a table (`meshctl status`).
 //! - [`dashboard`]: the mesh in a browser (`meshctl dashboard`).
 //! - [`stat`]: each service's and edge's recent traffic, from the sidecars (`meshctl stat`).
@@ -25,6 +27,7 @@ pub mod check;
 pub mod dashboard;
 pub mod fault;
 pub mod http;
+pub mod inject;
 pub mod install;
 pub mod loadgen;
 pub mod netns;

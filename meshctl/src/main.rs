@@ -281,6 +281,43 @@ enum Command {
         #[arg(long, default_value = "default")]
         namespace: String,
     },
+    /// Add the mesh's sidecar to every pod template of Kubernetes manifests (Pods,
+    /// Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs, Lists): the
+    /// injected manifests on stdout, what was done to each object on stderr. Pods labelled
+    /// mesh.local/inject: disabled are left alone, and so are pods injected already.
+    Inject {
+        /// The manifests (YAML or JSON, any number of documents); `-` or none for stdin.
+        file: Option<PathBuf>,
+        /// The mesh's trust anchor (its ca.pem), which sidecars verify the control plane by.
+        #[arg(long, value_name = "FILE")]
+        trust_anchor: PathBuf,
+        /// The trust domain of the mesh's identities.
+        #[arg(long, default_value = "mesh.local")]
+        trust_domain: String,
+        /// The sidecar image (default: ghcr.io/mesh-rs/sidecar:<this version>).
+        #[arg(long, value_name = "IMAGE")]
+        proxy_image: Option<String>,
+        /// imagePullPolicy of the mesh's containers (default: Kubernetes').
+        #[arg(long, value_parser = ["Always", "IfNotPresent", "Never"])]
+        image_pull_policy: Option<String>,
+        /// The control plane's API as pods reach it
+        /// (default: mesh-control-plane.mesh-system.svc:15010).
+        #[arg(long, value_name = "HOST:PORT")]
+        control_plane: Option<String>,
+        /// The sidecar's UID, whose connections the redirect leaves alone (default: 65532).
+        #[arg(long, value_name = "UID")]
+        proxy_uid: Option<u32>,
+        /// The sidecar's log filter, for pods without the mesh.local/log-level annotation
+        /// (default: info).
+        #[arg(long, value_name = "FILTER")]
+        log_level: Option<String>,
+    },
+    /// Remove what `meshctl inject` added (containers, volume, annotation) from manifests: the
+    /// result on stdout.
+    Uninject {
+        /// The manifests (YAML or JSON, any number of documents); `-` or none for stdin.
+        file: Option<PathBuf>,
+    },
     /// Rotate the mesh's root CA: add-root, then use-root once every sidecar trusts it, then
     /// remove-root of the old one once every sidecar renewed its certificate.
     Ca {
@@ -524,6 +561,30 @@ fn main() -> ExitCode {
                 mesh_kube::check::CheckOptions { namespace },
             );
         }
+        Command::Inject {
+            file,
+            trust_anchor,
+            trust_domain,
+            proxy_image,
+            image_pull_policy,
+            control_plane,
+            proxy_uid,
+            log_level,
+        } => inject(
+            &meshctl::inject::InjectOptions {
+                trust_anchor,
+                trust_domain,
+                proxy_image,
+                image_pull_policy,
+                control_plane,
+                proxy_uid,
+                log_level,
+            },
+            file.as_deref(),
+        ),
+        Command::Uninject { file } => meshctl::inject::uninject(file.as_deref())
+            .map(|output| print!("{output}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -532,6 +593,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the injected manifests, then the report; nothing at all when injection fails.
+fn inject(options: &meshctl::inject::InjectOptions, file: Option<&Path>) -> anyhow::Result<()> {
+    let injection = meshctl::inject::inject(options, file)?;
+    print!("{}", injection.output);
+    eprint!("{}", injection.report());
+    Ok(())
 }
 
 fn dev_certs(

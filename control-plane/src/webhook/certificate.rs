@@ -108,3 +108,54 @@ fn issue(
     let key = provider.key_provider.load_private_key(key)?;
     Ok(Arc::new(CertifiedKey::new(chain, key)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::Authority;
+    use crate::metrics::Metrics;
+
+    fn mesh(dir: &std::path::Path) -> Arc<Mesh> {
+        let mut files = crate::config::ConfigFiles::new();
+        files.insert("mesh.yaml".into(), b"trust_domain: mesh.local\n".to_vec());
+        let config = crate::config::parse(&files).unwrap();
+        let ca = Authority::open(dir, "mesh.local").unwrap();
+        Arc::new(Mesh::new(config, ca, Arc::new(Metrics::new()), 1))
+    }
+
+    /// The certificate a client handshaking now is served, verified against the bundle.
+    async fn served(tls: &ServingTls, mesh: &Mesh) -> CertificateDer<'static> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(mesh.authority().root_store())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("webhook.test").unwrap();
+        let connect = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, client);
+        let (client, server) = tokio::join!(connect, tls.acceptor().accept(server));
+        server.unwrap();
+        client.unwrap().get_ref().1.peer_certificates().unwrap()[0].clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_certificate_is_renewed_before_it_expires_and_served_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = mesh(dir.path());
+        let names = vec![ServingName::parse("webhook.test").unwrap()];
+        let tls = Arc::new(ServingTls::new(&mesh.authority(), names).unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (tls, mesh, shutdown) = (tls.clone(), mesh.clone(), shutdown.clone());
+            async move { tls.maintain(mesh, shutdown).await }
+        });
+        let first = served(&tls, &mesh).await;
+        // Past two thirds of its life (16 h): the same listener serves a new one.
+        tokio::time::advance(LIFETIME.mul_f64(0.7)).await;
+        tokio::task::yield_now().await;
+        let second = served(&tls, &mesh).await;
+        assert_ne!(first, second, "renewed");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}
