@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod demo;
-mod kube;
+mod kubernetes;
 mod views;
 
 use clap::{Parser, Subcommand};
@@ -534,7 +534,7 @@ fn main() -> ExitCode {
             ca_key,
             output_trust_anchor,
             webhook_url,
-        } => kube::install(
+        } => kubernetes::install(
             &meshctl::install::InstallOptions {
                 control_plane_image,
                 proxy_image,
@@ -553,7 +553,7 @@ fn main() -> ExitCode {
             context,
             namespace,
         } => {
-            return kube::check(
+            return kubernetes::check(
                 mesh_kube::connect::Target {
                     kubeconfig,
                     context,
