@@ -4,7 +4,7 @@
 //! next cluster to start.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -179,6 +179,48 @@ impl TestCluster {
         config.auth_info.client_certificate = Some(pair.cert.display().to_string());
         config.auth_info.client_key = Some(pair.key.display().to_string());
         kube::Client::try_from(config).map_err(error)
+    }
+
+    /// Writes a kubeconfig for `user` in `groups` (a fresh client certificate, as
+    /// [`TestCluster::client_as`] makes) into the cluster's directory, for programs that take a
+    /// `--kubeconfig`: one cluster, one user, one context named `user`, current. The file goes
+    /// when the cluster does.
+    pub fn kubeconfig_as(&self, user: &str, groups: &[&str]) -> Result<PathBuf, ClusterError> {
+        let pair = self.pki.client(user, groups)?;
+        let stem: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = self.dir.path().join(format!("kubeconfig-{stem}"));
+        // JSON is YAML: every kubeconfig reader takes it.
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{
+                "name": "test",
+                "cluster": {
+                    "server": self.url,
+                    "certificate-authority": self.pki.serving_ca.display().to_string(),
+                },
+            }],
+            "users": [{
+                "name": user,
+                "user": {
+                    "client-certificate": pair.cert.display().to_string(),
+                    "client-key": pair.key.display().to_string(),
+                },
+            }],
+            "contexts": [{ "name": user, "context": { "cluster": "test", "user": user } }],
+            "current-context": user,
+        });
+        std::fs::write(&path, config.to_string())
+            .map_err(|e| ClusterError::io("write", &path, e))?;
+        Ok(path)
+    }
+
+    /// A kubeconfig for the admin (`system:masters`), as [`TestCluster::kubeconfig_as`].
+    pub fn admin_kubeconfig(&self) -> Result<PathBuf, ClusterError> {
+        self.kubeconfig_as(ADMIN.0, ADMIN.1)
     }
 
     /// Polls `/readyz` as the admin until it answers `ok`; fails early, with its log, when

@@ -17,14 +17,18 @@
 //! - [`netns`]: a network namespace per instance on a shared host bridge, with its hosts file.
 //! - [`run`]: any local process in the mesh, in its own namespace behind its sidecar
 //!   (`meshctl run`).
+//! - [`install`]: the control plane's manifests for a Kubernetes cluster (`meshctl install`).
+//! - [`check`]: the printed report of the cluster's checks (`meshctl check`).
 
 #![deny(missing_docs)]
 
 pub mod addresses;
+pub mod check;
 pub mod dashboard;
 pub mod fault;
 pub mod http;
 pub mod inject;
+pub mod install;
 pub mod loadgen;
 pub mod netns;
 pub mod run;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod demo;
+mod kubernetes;
 mod views;
 
 use clap::{Parser, Subcommand};
@@ -233,6 +234,52 @@ enum Command {
         /// The demo's run directory (where `meshctl up` wrote mesh.json), for its Jaeger.
         #[arg(long, default_value = "target/demo")]
         run_dir: PathBuf,
+    },
+    /// Print the control plane's manifests for a Kubernetes cluster, as YAML for
+    /// `kubectl apply -f -`: namespace mesh-system, its RBAC, the mesh's root (made for this
+    /// install unless --ca-cert/--ca-key), configuration, Deployment, Service, the injecting
+    /// webhook and the MeshService CRD.
+    Install {
+        /// The control plane's image.
+        #[arg(long, default_value_t = meshctl::install::options::default_control_plane_image())]
+        control_plane_image: String,
+        /// The image injected sidecars run.
+        #[arg(long, default_value_t = meshctl::install::options::default_proxy_image())]
+        proxy_image: String,
+        /// Control plane replicas.
+        #[arg(long, default_value_t = 1)]
+        replicas: u16,
+        /// The trust domain of every identity.
+        #[arg(long, default_value = "mesh.local")]
+        trust_domain: String,
+        /// An existing root's certificate (PEM), instead of a new one: keep the mesh's root
+        /// when installing again (it is in Secret mesh-system/mesh-ca).
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// That root's private key (PEM).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Also write the root's certificate here: the trust anchor `meshctl inject` takes.
+        #[arg(long)]
+        output_trust_anchor: Option<PathBuf>,
+        /// The URL the API server calls the webhook at, instead of the control plane's Service
+        /// (for an API server that cannot reach Services). https:// only.
+        #[arg(long)]
+        webhook_url: Option<String>,
+    },
+    /// Check the mesh on a Kubernetes cluster: the API server, your rights, the control plane's
+    /// resources and readiness, its webhook and CA, and every injected pod's proxy. Each
+    /// failure comes with its fix; exits 1 when any check fails.
+    Check {
+        /// The kubeconfig (default: KUBECONFIG, else ~/.kube/config, else in-cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The kubeconfig's context (default: its current context).
+        #[arg(long)]
+        context: Option<String>,
+        /// The namespace of the webhook's dry-run pod: one you may create pods in.
+        #[arg(long, default_value = "default")]
+        namespace: String,
     },
     /// Add the mesh's sidecar to every pod template of Kubernetes manifests (Pods,
     /// Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs, Lists): the
@@ -482,6 +529,42 @@ fn main() -> ExitCode {
             state_dir,
             command,
         } => ca(admin, &state_dir, command),
+        Command::Install {
+            control_plane_image,
+            proxy_image,
+            replicas,
+            trust_domain,
+            ca_cert,
+            ca_key,
+            output_trust_anchor,
+            webhook_url,
+        } => kubernetes::install(
+            &meshctl::install::InstallOptions {
+                control_plane_image,
+                proxy_image,
+                replicas,
+                trust_domain,
+                root: match (ca_cert, ca_key) {
+                    (Some(cert), Some(key)) => meshctl::install::RootSource::Files { cert, key },
+                    _ => meshctl::install::RootSource::Generate,
+                },
+            },
+            webhook_url,
+            output_trust_anchor.as_deref(),
+        ),
+        Command::Check {
+            kubeconfig,
+            context,
+            namespace,
+        } => {
+            return kubernetes::check(
+                mesh_kube::connect::Target {
+                    kubeconfig,
+                    context,
+                },
+                mesh_kube::check::CheckOptions { namespace },
+            );
+        }
         Command::Inject {
             file,
             trust_anchor,
