@@ -235,8 +235,22 @@ pub fn load(dir: &Path) -> Result<MeshConfig, InvalidConfig> {
     parse(&read_files(dir)?)
 }
 
+/// Reads and validates `dir`'s `mesh.yaml` with the service files of `services` (such as a
+/// second ConfigMap's mount).
+pub fn load_in(dir: &Path, services: &Path) -> Result<MeshConfig, InvalidConfig> {
+    parse(&read_files_in(dir, services)?)
+}
+
 /// Reads `mesh.yaml` and every `services/*.yaml` (or `.yml`; hidden files are skipped).
 pub fn read_files(dir: &Path) -> Result<ConfigFiles, InvalidConfig> {
+    read_files_in(dir, &dir.join(SERVICES_DIR))
+}
+
+/// Reads `dir/mesh.yaml` and every `*.yaml` of `services`; the files are named
+/// `services/<name>` in errors wherever the directory is. A Kubernetes ConfigMap mounted as
+/// `services` works: its files are symlinks, which are followed, and its `..data` entries are
+/// hidden.
+pub fn read_files_in(dir: &Path, services: &Path) -> Result<ConfigFiles, InvalidConfig> {
     let mut files = ConfigFiles::new();
     let mut errors = Vec::new();
     let mut read = |name: String, path: &Path| match std::fs::read(path) {
@@ -246,8 +260,7 @@ pub fn read_files(dir: &Path) -> Result<ConfigFiles, InvalidConfig> {
         Err(e) => errors.push(file_error(&name, "", format!("cannot read file: {e}"))),
     };
     read(MESH_FILE.to_owned(), &dir.join(MESH_FILE));
-    let services = dir.join(SERVICES_DIR);
-    match std::fs::read_dir(&services) {
+    match std::fs::read_dir(services) {
         Ok(entries) => {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();

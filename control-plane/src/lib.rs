@@ -96,6 +96,8 @@ pub const DEFAULT_CONFIG_POLL: Duration = Duration::from_millis(200);
 pub struct Options {
     /// The configuration directory (`mesh.yaml`, `services/`).
     pub config_dir: PathBuf,
+    /// Where the service files are, when not `config_dir/services`.
+    pub services_dir: Option<PathBuf>,
     /// The state directory (CA, tokens).
     pub state_dir: PathBuf,
     /// How often to look for configuration changes.
@@ -112,6 +114,7 @@ impl Options {
     pub fn new(config_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
         Self {
             config_dir: config_dir.into(),
+            services_dir: None,
             state_dir: state_dir.into(),
             config_poll: DEFAULT_CONFIG_POLL,
             ca_dir: None,
@@ -291,7 +294,11 @@ impl ControlPlane {
 /// loads or creates the CA and join tokens, then serves the API and the admin server. Returns
 /// once it is ready.
 pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlane, Error> {
-    let mut config = config::load(&options.config_dir)?;
+    let services_dir = options
+        .services_dir
+        .clone()
+        .unwrap_or_else(|| options.config_dir.join(config::SERVICES_DIR));
+    let mut config = config::load_in(&options.config_dir, &services_dir)?;
     let state_dir = options.state_dir.clone();
     let trust_domain = config.trust_domain.clone();
     let import = options.ca_dir.clone();
@@ -317,7 +324,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let metrics = Arc::new(metrics::Metrics::new());
     let limits = config.api.clone();
     let admin_limits = config.admin.clone();
-    let watched_files = config::read_files(&options.config_dir)?;
+    let watched_files = config::read_files_in(&options.config_dir, &services_dir)?;
     let mesh = Arc::new(mesh::Mesh::new(config, ca, metrics.clone(), first_version));
 
     let api_addr = local_addr(&listeners.api)?;
@@ -357,7 +364,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         mesh.clone(),
         tokens,
         addresses,
-        options.config_dir.clone(),
+        (options.config_dir.clone(), services_dir),
         options.config_poll,
         watched_files,
         shutdown.clone(),
@@ -468,7 +475,7 @@ async fn watch_config(
     mesh: Arc<mesh::Mesh>,
     tokens: Tokens,
     mut addresses: virtual_addresses::AddressTable,
-    dir: PathBuf,
+    (dir, services_dir): (PathBuf, PathBuf),
     every: Duration,
     mut last: config::ConfigFiles,
     shutdown: CancellationToken,
@@ -481,8 +488,12 @@ async fn watch_config(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let read_dir = dir.clone();
-        let files = match tokio::task::spawn_blocking(move || config::read_files(&read_dir)).await {
+        let (read_dir, read_services) = (dir.clone(), services_dir.clone());
+        let files = match tokio::task::spawn_blocking(move || {
+            config::read_files_in(&read_dir, &read_services)
+        })
+        .await
+        {
             Ok(files) => files,
             Err(e) => {
                 tracing::warn!(error = %e, "configuration read task failed");

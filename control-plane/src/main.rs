@@ -22,6 +22,10 @@ struct Cli {
     /// The configuration directory: mesh.yaml and services/*.yaml.
     #[arg(long, required = true)]
     config_dir: Option<PathBuf>,
+    /// The service files' directory, when not CONFIG_DIR/services (such as a second
+    /// ConfigMap's mount in Kubernetes).
+    #[arg(long, value_name = "DIR")]
+    services_dir: Option<PathBuf>,
     /// The state directory: CA, trust bundle (ca.pem) and join tokens.
     #[arg(long, required = true)]
     state_dir: Option<PathBuf>,
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
     };
     let mut options = Options::new(config_dir.clone(), state_dir);
     options.ca_dir = cli.ca_dir;
+    options.services_dir = cli.services_dir;
     options.webhook = WebhookOptions {
         names: cli.webhook_names,
         proxy_image: cli.proxy_image,

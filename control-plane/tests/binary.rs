@@ -173,3 +173,74 @@ fn a_bad_configuration_directory_is_named() {
     );
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
+
+/// Lays out `files` the way the kubelet writes a ConfigMap volume: the files in a hidden
+/// timestamped directory, `..data` a symlink to it, and each file a symlink through `..data`;
+/// an update writes a new directory and swaps `..data` in one rename.
+fn write_config_map_volume(dir: &std::path::Path, generation: u32, files: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let data = format!("..2026_12_02_{generation}");
+    std::fs::create_dir(dir.join(&data)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&data).join(name), text).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    symlink(&data, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if link.symlink_metadata().is_err() {
+            symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+#[test]
+fn services_are_read_from_their_own_directory_laid_out_as_a_config_map_and_followed() {
+    let dirs = Dirs::new("trust_domain: mesh.local\n", &[]);
+    let services = tempfile::tempdir().unwrap();
+    write_config_map_volume(services.path(), 1, &[("orders.yaml", "name: orders\n")]);
+    let child = Command::new(BIN)
+        .arg("--config-dir")
+        .arg(dirs.config.path())
+        .arg("--services-dir")
+        .arg(services.path())
+        .arg("--state-dir")
+        .arg(dirs.state())
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("MESH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _process = KillOnDrop::new(child);
+    let token = |service: &str| dirs.state().join("tokens").join(service);
+    let appears = |path: std::path::PathBuf| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if path.exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    assert!(
+        appears(token("orders")),
+        "orders, from --services-dir, is declared"
+    );
+    assert!(!token("payments").exists());
+    // The kubelet's update of the ConfigMap: a new generation with one more file.
+    write_config_map_volume(
+        services.path(),
+        2,
+        &[
+            ("orders.yaml", "name: orders\n"),
+            ("payments.yaml", "name: payments\n"),
+        ],
+    );
+    assert!(
+        appears(token("payments")),
+        "the update is followed without a restart"
+    );
+}
