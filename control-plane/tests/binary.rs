@@ -177,6 +177,7 @@ fn a_bad_configuration_directory_is_named() {
 /// Lays out `files` the way the kubelet writes a ConfigMap volume: the files in a hidden
 /// timestamped directory, `..data` a symlink to it, and each file a symlink through `..data`;
 /// an update writes a new directory and swaps `..data` in one rename.
+#[allow(clippy::unwrap_used)]
 fn write_config_map_volume(dir: &std::path::Path, generation: u32, files: &[(&str, &str)]) {
     use std::os::unix::fs::symlink;
     let data = format!("..2026_12_02_{generation}");
