@@ -216,19 +216,20 @@ fn services_are_read_from_their_own_directory_laid_out_as_a_config_map_and_follo
         .unwrap();
     let _process = KillOnDrop::new(child);
     let token = |service: &str| dirs.state().join("tokens").join(service);
-    let appears = |path: std::path::PathBuf| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            if path.exists() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let appears = |path: std::path::PathBuf, what: &str| {
+        runtime.block_on(mesh_testkit::eventually(
+            what,
+            Duration::from_secs(20),
+            || {
+                let exists = path.exists();
+                async move { exists.then_some(()) }
+            },
+        ));
     };
-    assert!(
-        appears(token("orders")),
-        "orders, from --services-dir, is declared"
+    appears(
+        token("orders"),
+        "orders, from --services-dir, to be declared",
     );
     assert!(!token("payments").exists());
     // The kubelet's update of the ConfigMap: a new generation with one more file.
@@ -240,8 +241,8 @@ fn services_are_read_from_their_own_directory_laid_out_as_a_config_map_and_follo
             ("payments.yaml", "name: payments\n"),
         ],
     );
-    assert!(
-        appears(token("payments")),
-        "the update is followed without a restart"
+    appears(
+        token("payments"),
+        "payments, added by the update, to be declared without a restart",
     );
 }
