@@ -36,11 +36,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::CappedListener;
 use crate::config::AdminLimits;
-use crate::log_limit::LogLimit;
 use crate::mesh::{AdminError, Mesh};
 use crate::tokens::{ADMIN_TOKEN_NAME, Tokens};
 use mesh_api::admin_host::names_admin_listener;
@@ -69,30 +68,15 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let log_limit = LogLimit::new(5);
+    let listener = CappedListener::new(listener, limits.max_connections, "admin");
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    loop {
-        let (stream, remote) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = connections.clone().try_acquire_owned() else {
-            admin.mesh.metrics().limited("admin.max_connections");
-            if log_limit.allow("refused admin connections") {
-                tracing::warn!(%remote, max_connections = limits.max_connections, "admin connection closed: admin.max_connections open already");
-            }
-            continue;
-        };
+    let metrics = admin.mesh.metrics();
+    while let Some((stream, _, slot)) = listener
+        .next(&shutdown, || metrics.limited("admin.max_connections"))
+        .await
+    {
         let handler = admin.clone();
         let service = service_fn(move |request| {
             let admin = handler.clone();

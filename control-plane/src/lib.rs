@@ -44,6 +44,7 @@
 
 #![deny(missing_docs)]
 
+mod accept;
 mod admin;
 pub mod admin_client;
 pub mod ca;

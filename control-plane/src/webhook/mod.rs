@@ -29,11 +29,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mesh_inject::Settings;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::CappedListener;
 use crate::ca::ServingName;
-use crate::log_limit::{LogLimit, escaped};
+use crate::log_limit::escaped;
 use crate::mesh::Mesh;
 use crate::tls::TlsError;
 
@@ -117,31 +117,13 @@ impl Webhook {
     /// Serves until `shutdown`, then lets requests in flight finish (for up to 5 s).
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let graceful = GracefulShutdown::new();
-        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let log_limit = LogLimit::new(5);
+        let listener = CappedListener::new(listener, MAX_CONNECTIONS, "webhook");
         let acceptor = self.tls.acceptor();
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(REQUEST_TIMEOUT)
             .keep_alive(true);
-        loop {
-            let (stream, remote) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhook accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(slot) = connections.clone().try_acquire_owned() else {
-                if log_limit.allow("refused webhook connections") {
-                    tracing::warn!(%remote, max_connections = MAX_CONNECTIONS, "webhook connection closed: too many open");
-                }
-                continue;
-            };
+        while let Some((stream, remote, slot)) = listener.next(&shutdown, || {}).await {
             let handshake = tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(stream));
             let webhook = self.clone();
             let http = http.clone();
