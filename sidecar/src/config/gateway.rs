@@ -1,0 +1,314 @@
+//! The `gateway:` section, shaped after the Gateway API: listeners (like a Gateway's), routes
+//! (like HTTPRoutes, attached to listeners by name) and what outside clients may send. As
+//! written (serde types that reject unknown fields) and as run, validated with field paths.
+
+use std::net::SocketAddr;
+
+use mesh_api::backend_ref::{BackendRef, BackendRefFile, backend_ref};
+use mesh_api::route_match::{self, MatchFile, RouteMatch};
+use mesh_api::validate::{Errors, check_label};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Most listeners, routes per gateway, and hostnames or rules per route: bounds the work of
+/// routing one request.
+const MAX_LISTENERS: usize = 16;
+const MAX_ROUTES: usize = 256;
+const MAX_HOSTNAMES: usize = 16;
+const MAX_RULES: usize = 64;
+
+// === schema ===
+
+/// `gateway:` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GatewayFile {
+    listeners: Vec<ListenerFile>,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerFile {
+    name: String,
+    address: String,
+    protocol: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    name: String,
+    #[serde(rename = "parentRefs")]
+    parent_refs: Vec<ParentRefFile>,
+    #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
+    rules: Vec<RuleFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParentRefFile {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    matches: Vec<MatchFile>,
+    #[serde(default, rename = "backendRefs")]
+    backend_refs: Vec<BackendRefFile>,
+}
+
+// === runtime ===
+
+/// A sidecar in gateway mode: outside clients' HTTP, routed to mesh destinations.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatewayConfig {
+    pub listeners: Vec<GatewayListener>,
+    pub routes: Vec<GatewayRoute>,
+}
+
+/// Where outside clients connect.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatewayListener {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+/// An HTTPRoute: the listeners it is attached to, the hosts it serves, its rules.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatewayRoute {
+    pub name: String,
+    /// Indices into [`GatewayConfig::listeners`].
+    pub listeners: Vec<usize>,
+    /// Empty: any host.
+    pub hostnames: Vec<Hostname>,
+    pub rules: Vec<GatewayRule>,
+}
+
+/// A route's host name: exact, or `*.` and a suffix (which matches one label or more).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hostname {
+    Exact(String),
+    /// The suffix, with its leading dot (`.example.com`).
+    Wildcard(String),
+}
+
+/// A rule: any of its matches (all requests when none are written) to one of its backends.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatewayRule {
+    pub matches: Vec<RouteMatch>,
+    pub backends: Vec<BackendRef>,
+}
+
+// === impl Hostname ===
+
+impl Serialize for Hostname {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Hostname::Exact(name) => s.serialize_str(name),
+            Hostname::Wildcard(suffix) => s.serialize_str(&format!("*{suffix}")),
+        }
+    }
+}
+
+impl Hostname {
+    /// Whether `host` (lowercase, without port) is this name.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Hostname::Exact(name) => name == host,
+            Hostname::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        }
+    }
+}
+
+// === validation ===
+
+/// Validates `gateway:`.
+pub(super) fn validate(file: GatewayFile, errors: &mut Errors) -> GatewayConfig {
+    if file.listeners.is_empty() {
+        errors.push("gateway.listeners", "at least one listener is needed");
+    }
+    if file.listeners.len() > MAX_LISTENERS {
+        errors.push(
+            "gateway.listeners",
+            format!("at most {MAX_LISTENERS} listeners"),
+        );
+    }
+    let mut listeners: Vec<GatewayListener> = Vec::new();
+    for (i, listener) in file.listeners.into_iter().enumerate() {
+        let at = format!("gateway.listeners[{i}]");
+        check_label(errors, &format!("{at}.name"), &listener.name);
+        if listeners.iter().any(|l| l.name == listener.name) {
+            errors.push(
+                format!("{at}.name"),
+                format!("{:?}: another listener has this name", listener.name),
+            );
+        }
+        let address = match listener.address.parse::<SocketAddr>() {
+            Ok(address) => address,
+            Err(e) => {
+                errors.push(
+                    format!("{at}.address"),
+                    format!("invalid socket address {:?}: {e}", listener.address),
+                );
+                continue;
+            }
+        };
+        if address.port() != 0 && listeners.iter().any(|l| l.address == address) {
+            errors.push(
+                format!("{at}.address"),
+                format!("{address}: another listener listens there"),
+            );
+        }
+        if listener.protocol != "HTTP" {
+            errors.push(
+                format!("{at}.protocol"),
+                format!("{:?}: use HTTP", listener.protocol),
+            );
+        }
+        listeners.push(GatewayListener {
+            name: listener.name,
+            address,
+        });
+    }
+    if file.routes.len() > MAX_ROUTES {
+        errors.push("gateway.routes", format!("at most {MAX_ROUTES} routes"));
+    }
+    let mut routes: Vec<GatewayRoute> = Vec::new();
+    for (i, route) in file.routes.into_iter().enumerate() {
+        let at = format!("gateway.routes[{i}]");
+        check_label(errors, &format!("{at}.name"), &route.name);
+        if routes.iter().any(|r| r.name == route.name) {
+            errors.push(
+                format!("{at}.name"),
+                format!("{:?}: another route has this name", route.name),
+            );
+        }
+        if route.parent_refs.is_empty() {
+            errors.push(
+                format!("{at}.parentRefs"),
+                "at least one listener to attach the route to",
+            );
+        }
+        let mut attached = Vec::new();
+        for (j, parent) in route.parent_refs.iter().enumerate() {
+            match listeners.iter().position(|l| l.name == parent.name) {
+                Some(index) if !attached.contains(&index) => attached.push(index),
+                Some(_) => {}
+                None => errors.push(
+                    format!("{at}.parentRefs[{j}].name"),
+                    format!("no listener named {:?}", parent.name),
+                ),
+            }
+        }
+        if route.hostnames.len() > MAX_HOSTNAMES {
+            errors.push(
+                format!("{at}.hostnames"),
+                format!("at most {MAX_HOSTNAMES} hostnames"),
+            );
+        }
+        let hostnames = route
+            .hostnames
+            .iter()
+            .enumerate()
+            .filter_map(|(j, name)| hostname(name, &format!("{at}.hostnames[{j}]"), errors))
+            .collect();
+        if route.rules.is_empty() {
+            errors.push(format!("{at}.rules"), "at least one rule");
+        }
+        if route.rules.len() > MAX_RULES {
+            errors.push(format!("{at}.rules"), format!("at most {MAX_RULES} rules"));
+        }
+        let rules = route
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(j, rule)| self::rule(rule, &format!("{at}.rules[{j}]"), errors))
+            .collect();
+        routes.push(GatewayRoute {
+            name: route.name,
+            listeners: attached,
+            hostnames,
+            rules,
+        });
+    }
+    GatewayConfig { listeners, routes }
+}
+
+/// A route's host name at `path`: a DNS name, lowercase, or `*.` and one.
+fn hostname(name: &str, path: &str, errors: &mut Errors) -> Option<Hostname> {
+    let (wildcard, rest) = match name.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, name),
+    };
+    let valid = !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if !valid {
+        errors.push(
+            path,
+            format!(
+                "{name:?}: not a host name (lowercase DNS labels, optionally after `*.`; no port, \
+                 no IP address)"
+            ),
+        );
+        return None;
+    }
+    Some(if wildcard {
+        Hostname::Wildcard(format!(".{rest}"))
+    } else {
+        Hostname::Exact(rest.to_owned())
+    })
+}
+
+/// One rule at `path`.
+fn rule(file: RuleFile, path: &str, errors: &mut Errors) -> GatewayRule {
+    let matches = if file.matches.is_empty() {
+        vec![RouteMatch::any()]
+    } else {
+        file.matches
+            .into_iter()
+            .enumerate()
+            .map(|(k, m)| route_match::validate(m, &format!("{path}.matches[{k}]"), errors))
+            .collect()
+    };
+    if file.backend_refs.is_empty() {
+        errors.push(
+            format!("{path}.backendRefs"),
+            "at least one mesh service to send the requests to",
+        );
+    }
+    let mut backends = Vec::new();
+    for (k, file) in file.backend_refs.into_iter().enumerate() {
+        let at = format!("{path}.backendRefs[{k}]");
+        let Some(backend) = backend_ref(file, &at, errors) else {
+            continue;
+        };
+        if backend.version.is_some() {
+            errors.push(
+                format!("{at}.version"),
+                "not taken by a gateway: give the destination a route that splits by version",
+            );
+        }
+        backends.push(backend);
+    }
+    if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
+        errors.push(
+            format!("{path}.backendRefs"),
+            "every weight is 0: no request could be sent",
+        );
+    }
+    GatewayRule { matches, backends }
+}

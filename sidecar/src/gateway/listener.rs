@@ -1,0 +1,124 @@
+//! One gateway listener's requests: routed, readdressed to the mesh service, handed on.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use http::header::HOST;
+use http::uri::{Authority, Uri};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::config::GatewayConfig;
+use crate::error::{Reason, synthetic};
+use crate::outbound::destination;
+
+use super::routes::{ListenerRoutes, Routing};
+
+/// The host the outside client asked for, kept for the service behind the gateway.
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// One gateway listener's request handler: routes, then the outbound proxy (`forward`).
+#[derive(Debug)]
+pub(crate) struct GatewayListener<F> {
+    /// The listener's name, for logs.
+    name: String,
+    routes: ListenerRoutes,
+    forward: F,
+}
+
+// === impl GatewayListener ===
+
+impl<F, Fut> GatewayListener<F>
+where
+    F: Fn(Request<Incoming>) -> Fut,
+    Fut: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    /// The handler of listener `index` of `config`.
+    pub(crate) fn new(config: &GatewayConfig, index: usize, forward: F) -> Self {
+        Self {
+            name: config.listeners[index].name.clone(),
+            routes: ListenerRoutes::new(config, index),
+            forward,
+        }
+    }
+
+    /// Routes one request; every failure becomes a response.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let Some(authority) = destination::authority(&req) else {
+            return Ok(not_found(
+                "the request names no host (Host or :authority)".into(),
+            ));
+        };
+        let host = destination::service_name(&authority);
+        let service = match self.routes.route(&host, &req) {
+            Routing::To { service, .. } => service.to_owned(),
+            Routing::NoHost => {
+                return Ok(not_found(format!(
+                    "no route of gateway listener {:?} serves host {host:?}",
+                    self.name
+                )));
+            }
+            Routing::NoRule => {
+                return Ok(not_found(format!(
+                    "no rule of the routes for host {host:?} on gateway listener {:?} matches \
+                     {} {}",
+                    self.name,
+                    req.method(),
+                    req.uri().path()
+                )));
+            }
+        };
+        if let Err(message) = address_to(&mut req, &authority, &service) {
+            return Ok(synthetic(Reason::Internal, message));
+        }
+        (self.forward)(req).await
+    }
+}
+
+/// Readdresses `req` to the mesh `service`, keeping the host asked for in `x-forwarded-host`.
+fn address_to<B>(req: &mut Request<B>, asked: &Authority, service: &str) -> Result<(), String> {
+    let to = Authority::try_from(service)
+        .map_err(|e| format!("{service:?} is not a service name: {e}"))?;
+    let asked = HeaderValue::from_str(asked.as_str())
+        .map_err(|e| format!("the host {asked} cannot be forwarded: {e}"))?;
+    req.headers_mut().insert(X_FORWARDED_HOST, asked);
+    let host = HeaderValue::from_str(service)
+        .map_err(|e| format!("{service:?} is not a service name: {e}"))?;
+    req.headers_mut().insert(HOST, host);
+    if req.uri().authority().is_some() {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(to);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| format!("cannot readdress: {e}"))?;
+    }
+    Ok(())
+}
+
+/// 404 with `x-mesh-error: no-route`: the gateway has no route for the request.
+fn not_found(message: String) -> Response<Body> {
+    let mut rsp = synthetic(Reason::NoRoute, message);
+    *rsp.status_mut() = StatusCode::NOT_FOUND;
+    rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_readdressed_to_the_service_keeping_the_host_asked_for() {
+        let mut req = Request::get("https://shop.example.com:8443/api?q=1")
+            .header(HOST, "shop.example.com:8443")
+            .body(())
+            .unwrap();
+        let asked = destination::authority(&req).unwrap();
+        address_to(&mut req, &asked, "orders").unwrap();
+        assert_eq!(req.uri().to_string(), "https://orders/api?q=1");
+        assert_eq!(req.headers()[HOST], "orders");
+        assert_eq!(req.headers()[X_FORWARDED_HOST], "shop.example.com:8443");
+    }
+}
