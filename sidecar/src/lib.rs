@@ -271,7 +271,7 @@ pub async fn run(
     });
     let gateway_tasks = match &config.gateway {
         Some(gateway) => {
-            let bound = gateway::accept::bind(gateway).await?;
+            let bound = gateway::accept::bind(gateway, &drain.token).await?;
             let outbound = outbound.clone();
             gateway::accept::spawn(
                 gateway,

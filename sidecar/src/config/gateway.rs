@@ -3,6 +3,7 @@
 //! written (serde types that reject unknown fields) and as run, validated with field paths.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use mesh_api::backend_ref::{BackendRef, BackendRefFile, backend_ref};
 use mesh_api::route_match::{self, MatchFile, RouteMatch};
@@ -15,6 +16,8 @@ const MAX_LISTENERS: usize = 16;
 const MAX_ROUTES: usize = 256;
 const MAX_HOSTNAMES: usize = 16;
 const MAX_RULES: usize = 64;
+/// Most certificates of one HTTPS listener.
+const MAX_CERTIFICATES: usize = 64;
 
 // === schema ===
 
@@ -33,6 +36,21 @@ struct ListenerFile {
     name: String,
     address: String,
     protocol: String,
+    #[serde(default)]
+    tls: Option<ListenerTlsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerTlsFile {
+    certificates: Vec<CertificateFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateFile {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +94,15 @@ pub struct GatewayConfig {
 pub struct GatewayListener {
     pub name: String,
     pub address: SocketAddr,
+    /// `HTTPS`: the certificates to serve, chosen by SNI; `None`: plain `HTTP`.
+    pub tls: Option<Vec<CertificatePaths>>,
+}
+
+/// A certificate chain and its key, PEM files watched for changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertificatePaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// An HTTPRoute: the listeners it is attached to, the hosts it serves, its rules.
@@ -127,8 +154,8 @@ impl Hostname {
 
 // === validation ===
 
-/// Validates `gateway:`.
-pub(super) fn validate(file: GatewayFile, errors: &mut Errors) -> GatewayConfig {
+/// Validates `gateway:`; relative certificate paths are relative to `base`.
+pub(super) fn validate(file: GatewayFile, base: &Path, errors: &mut Errors) -> GatewayConfig {
     if file.listeners.is_empty() {
         errors.push("gateway.listeners", "at least one listener is needed");
     }
@@ -164,15 +191,51 @@ pub(super) fn validate(file: GatewayFile, errors: &mut Errors) -> GatewayConfig 
                 format!("{address}: another listener listens there"),
             );
         }
-        if listener.protocol != "HTTP" {
-            errors.push(
-                format!("{at}.protocol"),
-                format!("{:?}: use HTTP", listener.protocol),
-            );
-        }
+        let tls = match (listener.protocol.as_str(), listener.tls) {
+            ("HTTP", None) => None,
+            ("HTTP", Some(_)) => {
+                errors.push(format!("{at}.tls"), "only an HTTPS listener takes tls");
+                None
+            }
+            ("HTTPS", None) => {
+                errors.push(
+                    format!("{at}.tls"),
+                    "missing: an HTTPS listener needs tls.certificates",
+                );
+                None
+            }
+            ("HTTPS", Some(tls)) => {
+                if tls.certificates.is_empty() {
+                    errors.push(format!("{at}.tls.certificates"), "at least one certificate");
+                }
+                if tls.certificates.len() > MAX_CERTIFICATES {
+                    errors.push(
+                        format!("{at}.tls.certificates"),
+                        format!("at most {MAX_CERTIFICATES} certificates"),
+                    );
+                }
+                Some(
+                    tls.certificates
+                        .into_iter()
+                        .map(|c| CertificatePaths {
+                            cert: base.join(c.cert),
+                            key: base.join(c.key),
+                        })
+                        .collect(),
+                )
+            }
+            (other, _) => {
+                errors.push(
+                    format!("{at}.protocol"),
+                    format!("{other:?}: use HTTP or HTTPS"),
+                );
+                None
+            }
+        };
         listeners.push(GatewayListener {
             name: listener.name,
             address,
+            tls,
         });
     }
     if file.routes.len() > MAX_ROUTES {

@@ -30,7 +30,9 @@ pub use mesh_api::policy;
 pub use mesh_api::validate::ConfigError;
 use mesh_api::validate::Errors;
 
-pub use self::gateway::{GatewayConfig, GatewayListener, GatewayRoute, GatewayRule, Hostname};
+pub use self::gateway::{
+    CertificatePaths, GatewayConfig, GatewayListener, GatewayRoute, GatewayRule, Hostname,
+};
 pub use self::policy::{
     Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
 };

@@ -916,7 +916,7 @@ fn gateway_mistakes_are_reported_by_field() {
         .collect();
     let expect = [
         "app: not allowed with gateway",
-        "gateway.listeners[0].protocol: \"UDP\": use HTTP",
+        "gateway.listeners[0].protocol: \"UDP\": use HTTP or HTTPS",
         "gateway.routes[0].parentRefs[1].name: no listener named \"websecure\"",
         "gateway.routes[0].hostnames[1]: \"Shop.example.com:443\": not a host name",
         "gateway.routes[0].rules[0].matches[0].path.type: \"Glob\"",

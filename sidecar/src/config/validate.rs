@@ -42,7 +42,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
     };
     let gateway = file
         .gateway
-        .map(|gateway| super::gateway::validate(gateway, errors));
+        .map(|gateway| super::gateway::validate(gateway, base, errors));
     let app = match (&file.app, &gateway) {
         (Some(app), None) => socket_addr(errors, "app", app),
         (None, None) => {

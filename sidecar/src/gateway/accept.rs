@@ -8,8 +8,12 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
 use crate::config::{GatewayConfig, HttpListenerLimits};
@@ -17,34 +21,86 @@ use crate::metrics::{Direction, Metrics};
 use crate::outbound::accept::serve_http;
 use crate::serve::{self, ConnectionCap, Drain, http_server};
 
+use super::certificates::{CertificateError, SniCertificates};
 use super::listener::GatewayListener;
 
-/// A gateway listener could not be bound.
+/// How long an outside client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A gateway listener could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on gateway.listeners[{index}] ({name:?}) {address}: {source}")]
-pub(crate) struct GatewayBindError {
-    index: usize,
-    name: String,
-    address: SocketAddr,
-    source: std::io::Error,
+pub(crate) enum GatewayStartError {
+    #[error("cannot listen on gateway.listeners[{index}] ({name:?}) {address}: {source}")]
+    Bind {
+        index: usize,
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gateway.listeners[{index}] ({name:?}).tls: {source}")]
+    Certificate {
+        index: usize,
+        name: String,
+        source: CertificateError,
+    },
+    #[error("gateway.listeners[{index}] ({name:?}).tls: {source}")]
+    Tls {
+        index: usize,
+        name: String,
+        source: rustls::Error,
+    },
 }
 
-/// Binds every listener of `config`, in order.
-pub(crate) async fn bind(config: &GatewayConfig) -> Result<Vec<TcpListener>, GatewayBindError> {
+/// A bound listener, and for HTTPS its TLS acceptor.
+pub(crate) struct Bound {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+/// Binds every listener of `config`, in order, loading HTTPS listeners' certificates, which
+/// are then watched until `stop`.
+pub(crate) async fn bind(
+    config: &GatewayConfig,
+    stop: &CancellationToken,
+) -> Result<Vec<Bound>, GatewayStartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for (index, listener) in config.listeners.iter().enumerate() {
+        let name = || listener.name.clone();
+        let tls = match &listener.tls {
+            Some(paths) => {
+                let certificates = SniCertificates::load(paths).map_err(|source| {
+                    GatewayStartError::Certificate {
+                        index,
+                        name: name(),
+                        source,
+                    }
+                })?;
+                let server =
+                    certificates
+                        .server_config()
+                        .map_err(|source| GatewayStartError::Tls {
+                            index,
+                            name: name(),
+                            source,
+                        })?;
+                certificates.watch(stop.clone());
+                Some(TlsAcceptor::from(server))
+            }
+            None => None,
+        };
         let tcp = TcpListener::bind(listener.address)
             .await
-            .map_err(|source| GatewayBindError {
+            .map_err(|source| GatewayStartError::Bind {
                 index,
-                name: listener.name.clone(),
+                name: name(),
                 address: listener.address,
                 source,
             })?;
         if let Ok(address) = tcp.local_addr() {
-            ::tracing::info!(listener = %listener.name, %address, "gateway listening");
+            ::tracing::info!(listener = %listener.name, %address, https = tls.is_some(),
+                "gateway listening");
         }
-        bound.push(tcp);
+        bound.push(Bound { tcp, tls });
     }
     Ok(bound)
 }
@@ -53,7 +109,7 @@ pub(crate) async fn bind(config: &GatewayConfig) -> Result<Vec<TcpListener>, Gat
 /// `forward` (the outbound proxy).
 pub(crate) fn spawn<F, Fut>(
     config: &GatewayConfig,
-    bound: Vec<TcpListener>,
+    bound: Vec<Bound>,
     forward: F,
     (limits, cap): (&HttpListenerLimits, ConnectionCap),
     drain: Drain,
@@ -67,7 +123,7 @@ where
     bound
         .into_iter()
         .enumerate()
-        .map(|(index, tcp)| {
+        .map(|(index, Bound { tcp, tls })| {
             let listener = Arc::new(GatewayListener::new(config, index, forward.clone()));
             let (http, limits) = (http.clone(), limits.clone());
             tokio::spawn(serve::serve(
@@ -76,11 +132,23 @@ where
                 drain.clone(),
                 metrics.clone(),
                 cap.clone(),
-                move |tcp, _peer, draining| {
+                move |tcp, peer, draining| {
                     let (http, limits, listener) = (http.clone(), limits.clone(), listener.clone());
+                    let tls = tls.clone();
                     async move {
                         let handle = move |req| listener.clone().handle(req);
-                        serve_http(&http, &limits, tcp, handle, draining).await;
+                        let Some(tls) = tls else {
+                            return serve_http(&http, &limits, tcp, handle, draining).await;
+                        };
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                serve_http(&http, &limits, stream, handle, draining).await;
+                            }
+                            Ok(Err(error)) => {
+                                ::tracing::debug!(%peer, %error, "gateway TLS handshake failed");
+                            }
+                            Err(_) => ::tracing::debug!(%peer, "gateway TLS handshake timed out"),
+                        }
                     }
                 },
             ))

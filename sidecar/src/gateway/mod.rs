@@ -9,5 +9,6 @@
 //! `x-forwarded-host`.
 
 pub(crate) mod accept;
+pub(crate) mod certificates;
 pub(crate) mod listener;
 pub(crate) mod routes;

@@ -27,6 +27,11 @@ struct Edge {
     gateway: KillOnDrop,
     /// The gateway's `web` listener.
     web: SocketAddr,
+    /// The gateway's `websecure` listener.
+    websecure: SocketAddr,
+    /// `other.pem` (`*.example.org`, listed first) and `shop.pem` (`shop.example.com`) with
+    /// their keys.
+    certs: tempfile::TempDir,
 }
 
 impl Edge {
@@ -74,7 +79,10 @@ impl Edge {
                     .await,
             );
         }
-        let web = free_port();
+        let certs = tempfile::tempdir().unwrap();
+        self_signed(certs.path(), "other", "*.example.org").await;
+        self_signed(certs.path(), "shop", "shop.example.com").await;
+        let (web, websecure) = (free_port(), free_port());
         let (outbound, inbound, admin) = (free_port(), free_port(), free_port());
         let bootstrap = format!(
             "service: gateway\ntrust_domain: mesh.local\n\
@@ -84,19 +92,27 @@ impl Edge {
              gateway:\n\
              \x20 listeners:\n\
              \x20   - {{ name: web, address: \"{web}\", protocol: HTTP }}\n\
+             \x20   - name: websecure\n\
+             \x20     address: \"{websecure}\"\n\
+             \x20     protocol: HTTPS\n\
+             \x20     tls:\n\
+             \x20       certificates:\n\
+             \x20         - {{ cert: {dir}/other.pem, key: {dir}/other-key.pem }}\n\
+             \x20         - {{ cert: {dir}/shop.pem, key: {dir}/shop-key.pem }}\n\
              \x20 routes:\n\
              \x20   - name: shop\n\
-             \x20     parentRefs: [{{ name: web }}]\n\
+             \x20     parentRefs: [{{ name: websecure }}, {{ name: web }}]\n\
              \x20     hostnames: [shop.example.com]\n\
              \x20     rules:\n\
              \x20       - matches: [{{ path: {{ type: PathPrefix, value: /api/orders }} }}]\n\
              \x20         backendRefs: [{{ name: orders }}]\n\
              \x20       - backendRefs: [{{ name: storefront }}]\n\
              \x20   - name: admin-site\n\
-             \x20     parentRefs: [{{ name: web }}]\n\
+             \x20     parentRefs: [{{ name: web }}, {{ name: websecure }}]\n\
              \x20     hostnames: [admin.example.org]\n\
              \x20     rules: [{{ backendRefs: [{{ name: orders }}] }}]\n",
             cp = control_plane.api_addr(),
+            dir = certs.path().display(),
         );
         let file = state.path().join("gateway.yaml");
         std::fs::write(&file, bootstrap).unwrap();
@@ -109,6 +125,8 @@ impl Edge {
             _services: sidecars,
             gateway,
             web,
+            websecure,
+            certs,
         };
         edge.wait_ready(admin).await;
         edge
@@ -116,13 +134,11 @@ impl Edge {
 
     async fn wait_ready(&mut self, admin: SocketAddr) {
         let ready = format!("http://{admin}/ready");
+        let log = self.state().join("gateway.log");
         let gateway = &mut self.gateway;
         eventually("the gateway to be ready", PATIENCE, || {
             if let Some(status) = gateway.try_wait().unwrap() {
-                let mut log = String::new();
-                if let Some(mut stderr) = gateway.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
-                }
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
                 panic!("the gateway exited ({status}) before it was ready:\n{log}");
             }
             let ready = ready.clone();
@@ -161,6 +177,59 @@ impl Edge {
     fn state(&self) -> &Path {
         self.state.path()
     }
+
+    /// The gateway's log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// `curl` over TLS to `host` on the `websecure` listener, trusting `ca`: the status, or
+    /// curl's error.
+    async fn curl(&self, host: &str, path: &str, ca: &Path) -> Result<String, String> {
+        let port = self.websecure.port();
+        let out = tokio::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "5"])
+            .arg("--resolve")
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .arg("--cacert")
+            .arg(ca)
+            .arg(format!("https://{host}:{port}{path}"))
+            .output()
+            .await
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// A self-signed certificate for `dns` in `dir`: `name.pem` and `name-key.pem`.
+async fn self_signed(dir: &Path, name: &str, dns: &str) {
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={dns}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{dns}")])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}-key.pem")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.pem")))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `sidecar --config file`, run in `dir`, its log on a pipe.
@@ -174,7 +243,8 @@ fn spawn_gateway(file: &Path, dir: &Path) -> KillOnDrop {
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap())
             .spawn()
             .unwrap(),
     )
@@ -242,4 +312,82 @@ fn a_gateway_with_an_app_or_an_unknown_listener_exits_2_naming_the_field() {
         stderr.contains("gateway.routes[0].parentRefs[0].name: no listener named \"websecure\""),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn https_picks_the_certificate_by_sni_and_reloads_it_without_a_restart() {
+    let edge = Edge::start().await;
+    let dir = edge.certs.path().to_owned();
+    let (shop_ca, other_ca) = (dir.join("shop.pem"), dir.join("other.pem"));
+    // Each host gets its own certificate: each is trusted alone.
+    let seen = eventually("orders over HTTPS", PATIENCE, || {
+        edge.curl("shop.example.com", "/api/orders/1", &shop_ca)
+    })
+    .await;
+    assert!(seen.contains("\"service\": \"orders\""), "{seen}");
+    assert!(seen.contains(GATEWAY_ID), "{seen}");
+    let seen = edge
+        .curl("admin.example.org", "/", &other_ca)
+        .await
+        .unwrap();
+    assert!(seen.contains("\"service\": \"orders\""), "{seen}");
+    let wrong = edge.curl("shop.example.com", "/", &other_ca).await;
+    assert!(wrong.is_err(), "{wrong:?}");
+
+    // New files for shop.example.com: served within seconds, and no request fails meanwhile
+    // (the client trusts both the old and the new certificate).
+    let next = tempfile::tempdir().unwrap();
+    self_signed(next.path(), "shop", "shop.example.com").await;
+    let both = dir.join("both.pem");
+    let mut pems = std::fs::read(&shop_ca).unwrap();
+    pems.extend(std::fs::read(next.path().join("shop.pem")).unwrap());
+    std::fs::write(&both, pems).unwrap();
+    for name in ["shop-key.pem", "shop.pem"] {
+        let staged = dir.join(format!("{name}.new"));
+        std::fs::copy(next.path().join(name), &staged).unwrap();
+        std::fs::rename(&staged, dir.join(name)).unwrap();
+    }
+    let new_ca = next.path().join("shop.pem");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut swapped = false;
+    for _ in 0..200 {
+        let during = edge.curl("shop.example.com", "/cart", &both).await;
+        assert!(
+            during.is_ok(),
+            "a request failed during the swap: {during:?}"
+        );
+        if edge
+            .curl("shop.example.com", "/cart", &new_ca)
+            .await
+            .is_ok()
+        {
+            swapped = true;
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reloaded:\n{}",
+            edge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(swapped, "not reloaded:\n{}", edge.log());
+
+    // A bad file is refused, named in the log, and the certificate served stays.
+    std::fs::write(dir.join("shop.pem"), "not a certificate\n").unwrap();
+    let refused = eventually("the bad file to be refused", PATIENCE, || {
+        let log = edge.log();
+        async move {
+            log.lines()
+                .find(|l| l.contains("new gateway certificate refused"))
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    assert!(
+        refused.contains(&dir.join("shop.pem").display().to_string()),
+        "{refused}"
+    );
+    let still = edge.curl("shop.example.com", "/cart", &new_ca).await;
+    assert!(still.is_ok(), "{still:?}");
 }
