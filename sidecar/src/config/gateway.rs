@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mesh_api::backend_ref::{BackendRef, BackendRefFile, backend_ref};
+use mesh_api::rate_limit::Rate;
+use mesh_api::retry::parse_size;
 use mesh_api::route_match::{self, MatchFile, RouteMatch};
 use mesh_api::validate::{Errors, check_label};
 use serde::{Deserialize, Serialize, Serializer};
@@ -28,6 +30,24 @@ pub(super) struct GatewayFile {
     listeners: Vec<ListenerFile>,
     #[serde(default)]
     routes: Vec<RouteFile>,
+    #[serde(default)]
+    clients: ClientsFile,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsFile {
+    trusted_hops: Option<u32>,
+    max_request_bytes: Option<String>,
+    max_header_bytes: Option<String>,
+    rate_limit: Option<ClientRateFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientRateFile {
+    requests_per_second: f64,
+    burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +107,20 @@ struct RuleFile {
 pub struct GatewayConfig {
     pub listeners: Vec<GatewayListener>,
     pub routes: Vec<GatewayRoute>,
+    pub clients: GatewayClients,
+}
+
+/// What outside clients may send, and whose word on their address is taken.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatewayClients {
+    /// Proxies in front whose `x-forwarded-for` entries are believed; 0: only the peer.
+    pub trusted_hops: u32,
+    /// Longest request body (by its `content-length`): 413 beyond.
+    pub max_request_bytes: u64,
+    /// Most request header bytes: 431 beyond.
+    pub max_header_bytes: u32,
+    /// Requests per client address: 429 beyond.
+    pub rate_limit: Option<Rate>,
 }
 
 /// Where outside clients connect.
@@ -299,7 +333,80 @@ pub(super) fn validate(file: GatewayFile, base: &Path, errors: &mut Errors) -> G
             rules,
         });
     }
-    GatewayConfig { listeners, routes }
+    let clients = clients(file.clients, errors);
+    GatewayConfig {
+        listeners,
+        routes,
+        clients,
+    }
+}
+
+/// The request body a gateway takes unless told otherwise.
+const DEFAULT_MAX_REQUEST_BYTES: u64 = 10 << 20;
+/// The header bytes a gateway takes unless told otherwise (hyper's smallest buffer is 8 KiB).
+const DEFAULT_MAX_HEADER_BYTES: u32 = 64 << 10;
+const MIN_HEADER_BYTES: u64 = 8 << 10;
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+/// Most proxies in front whose word is taken.
+const MAX_TRUSTED_HOPS: u32 = 16;
+
+/// `gateway.clients`.
+fn clients(file: ClientsFile, errors: &mut Errors) -> GatewayClients {
+    let at = |field: &str| format!("gateway.clients.{field}");
+    let trusted_hops = file.trusted_hops.unwrap_or(0);
+    if trusted_hops > MAX_TRUSTED_HOPS {
+        errors.push(at("trusted_hops"), format!("at most {MAX_TRUSTED_HOPS}"));
+    }
+    let size = |field: &str, text: Option<String>, default: u64, errors: &mut Errors| match text {
+        None => default,
+        Some(text) => parse_size(&text).unwrap_or_else(|| {
+            errors.push(
+                at(field),
+                format!("invalid size {text:?}: write e.g. 16KiB, 1MiB or 4096"),
+            );
+            default
+        }),
+    };
+    let max_request_bytes = size(
+        "max_request_bytes",
+        file.max_request_bytes,
+        DEFAULT_MAX_REQUEST_BYTES,
+        errors,
+    );
+    let header_bytes = size(
+        "max_header_bytes",
+        file.max_header_bytes,
+        u64::from(DEFAULT_MAX_HEADER_BYTES),
+        errors,
+    );
+    let max_header_bytes = if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&header_bytes) {
+        u32::try_from(header_bytes).unwrap_or(DEFAULT_MAX_HEADER_BYTES)
+    } else {
+        errors.push(at("max_header_bytes"), "must be between 8KiB and 1MiB");
+        DEFAULT_MAX_HEADER_BYTES
+    };
+    let rate_limit = file.rate_limit.and_then(|rate| {
+        let rps = rate.requests_per_second;
+        if !(rps.is_finite() && rps > 0.0 && rps <= 1_000_000.0) {
+            errors.push(
+                at("rate_limit.requests_per_second"),
+                "must be above 0 and at most 1000000",
+            );
+            return None;
+        }
+        // One second's worth unless told.
+        let burst = rate.burst.unwrap_or_else(|| rps.ceil() as u32).max(1);
+        Some(Rate {
+            requests_per_second: rps,
+            burst,
+        })
+    });
+    GatewayClients {
+        trusted_hops,
+        max_request_bytes,
+        max_header_bytes,
+        rate_limit,
+    }
 }
 
 /// A route's host name at `path`: a DNS name, lowercase, or `*.` and one.

@@ -31,7 +31,8 @@ pub use mesh_api::validate::ConfigError;
 use mesh_api::validate::Errors;
 
 pub use self::gateway::{
-    CertificatePaths, GatewayConfig, GatewayListener, GatewayRoute, GatewayRule, Hostname,
+    CertificatePaths, GatewayClients, GatewayConfig, GatewayListener, GatewayRoute, GatewayRule,
+    Hostname,
 };
 pub use self::policy::{
     Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,

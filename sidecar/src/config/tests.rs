@@ -930,3 +930,29 @@ fn gateway_mistakes_are_reported_by_field() {
     }
     assert_eq!(found.len(), expect.len(), "{found:#?}");
 }
+
+#[test]
+fn gateway_client_limits_are_read_and_checked() {
+    let good = format!(
+        "{GATEWAY}  clients: {{ trusted_hops: 1, max_request_bytes: 1MiB, max_header_bytes: 16KiB, \
+         rate_limit: {{ requests_per_second: 50, burst: 100 }} }}\n"
+    );
+    let config = Config::from_yaml(&good, Path::new("/base")).unwrap();
+    let clients = &config.gateway.as_ref().unwrap().clients;
+    assert_eq!(clients.trusted_hops, 1);
+    assert_eq!(clients.max_request_bytes, 1 << 20);
+    assert_eq!(clients.max_header_bytes, 16 << 10);
+    assert_eq!(clients.rate_limit.unwrap().burst, 100);
+    let bad = good
+        .replace("1MiB", "lots")
+        .replace("16KiB", "1KiB")
+        .replace("requests_per_second: 50", "requests_per_second: 0");
+    assert_eq!(
+        paths(&bad),
+        [
+            "gateway.clients.max_request_bytes",
+            "gateway.clients.max_header_bytes",
+            "gateway.clients.rate_limit.requests_per_second"
+        ]
+    );
+}

@@ -119,6 +119,11 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
+    // The clients' header limit, which hyper enforces on HTTP/1.1 with 431 itself.
+    let limits = &HttpListenerLimits {
+        max_header_bytes: config.clients.max_header_bytes,
+        ..limits.clone()
+    };
     let http = Arc::new(http_server(limits));
     bound
         .into_iter()
@@ -136,7 +141,7 @@ where
                     let (http, limits, listener) = (http.clone(), limits.clone(), listener.clone());
                     let tls = tls.clone();
                     async move {
-                        let handle = move |req| listener.clone().handle(req);
+                        let handle = move |req| listener.clone().handle(peer, req);
                         let Some(tls) = tls else {
                             return serve_http(&http, &limits, tcp, handle, draining).await;
                         };

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::HOST;
@@ -10,10 +11,11 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::config::GatewayConfig;
-use crate::error::{Reason, synthetic};
+use crate::config::{GatewayClients, GatewayConfig};
+use crate::error::{RateLimited, Reason, rescue, synthetic};
 use crate::outbound::destination;
 
+use super::edge::{ClientRates, Refusal, check_sizes, forwarding};
 use super::routes::{ListenerRoutes, Routing};
 
 /// The host the outside client asked for, kept for the service behind the gateway.
@@ -24,7 +26,12 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 pub(crate) struct GatewayListener<F> {
     /// The listener's name, for logs.
     name: String,
+    /// `http` or `https`, for `x-forwarded-proto`.
+    proto: &'static str,
     routes: ListenerRoutes,
+    clients: GatewayClients,
+    /// Per client address, when `clients.rate_limit` is set.
+    rates: Option<ClientRates>,
     forward: F,
 }
 
@@ -37,18 +44,53 @@ where
 {
     /// The handler of listener `index` of `config`.
     pub(crate) fn new(config: &GatewayConfig, index: usize, forward: F) -> Self {
+        let listener = &config.listeners[index];
         Self {
-            name: config.listeners[index].name.clone(),
+            name: listener.name.clone(),
+            proto: if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             routes: ListenerRoutes::new(config, index),
+            clients: config.clients.clone(),
+            rates: config.clients.rate_limit.map(ClientRates::new),
             forward,
         }
     }
 
-    /// Routes one request; every failure becomes a response.
+    /// Checks, then routes one request from `peer`; every failure becomes a response.
     pub(crate) async fn handle(
         self: Arc<Self>,
+        peer: SocketAddr,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
+        let clients = &self.clients;
+        if let Err(refusal) = check_sizes(
+            req.headers(),
+            clients.max_request_bytes,
+            clients.max_header_bytes,
+        ) {
+            return Ok(refused(refusal));
+        }
+        let client = forwarding(
+            req.headers_mut(),
+            peer.ip(),
+            self.proto,
+            clients.trusted_hops,
+        );
+        if let Some(rates) = &self.rates
+            && let Err(retry_after) = rates.acquire(client).await
+        {
+            let limited = RateLimited {
+                caller: client.to_string(),
+                service: format!("gateway listener {:?}", self.name),
+                limit: rates.describe(),
+                retry_after,
+                grpc: false,
+            };
+            return Ok(rescue(&limited).1);
+        }
         let Some(authority) = destination::authority(&req) else {
             return Ok(not_found(
                 "the request names no host (Host or :authority)".into(),
@@ -96,6 +138,23 @@ fn address_to<B>(req: &mut Request<B>, asked: &Authority, service: &str) -> Resu
         *req.uri_mut() = Uri::from_parts(parts).map_err(|e| format!("cannot readdress: {e}"))?;
     }
     Ok(())
+}
+
+/// 413 or 431, with `x-mesh-error: request-body` or `unsupported` and the limit.
+fn refused(refusal: Refusal) -> Response<Body> {
+    let (status, message) = match refusal {
+        Refusal::BodyTooLarge { length, max } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body ({length} bytes) is over the gateway's {max}"),
+        ),
+        Refusal::HeadersTooLarge { bytes, max } => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request headers ({bytes} bytes) are over the gateway's {max}"),
+        ),
+    };
+    let mut rsp = synthetic(Reason::RequestBody, message);
+    *rsp.status_mut() = status;
+    rsp
 }
 
 /// 404 with `x-mesh-error: no-route`: the gateway has no route for the request.

@@ -10,5 +10,6 @@
 
 pub(crate) mod accept;
 pub(crate) mod certificates;
+pub(crate) mod edge;
 pub(crate) mod listener;
 pub(crate) mod routes;

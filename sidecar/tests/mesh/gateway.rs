@@ -35,7 +35,8 @@ struct Edge {
 }
 
 impl Edge {
-    async fn start() -> Self {
+    /// `clients` is YAML under `gateway.clients`, or empty.
+    async fn start(clients: &str) -> Self {
         let (config, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         std::fs::write(
             config.path().join("mesh.yaml"),
@@ -110,9 +111,15 @@ impl Edge {
              \x20   - name: admin-site\n\
              \x20     parentRefs: [{{ name: web }}, {{ name: websecure }}]\n\
              \x20     hostnames: [admin.example.org]\n\
-             \x20     rules: [{{ backendRefs: [{{ name: orders }}] }}]\n",
+             \x20     rules: [{{ backendRefs: [{{ name: orders }}] }}]\n\
+             {clients}",
             cp = control_plane.api_addr(),
             dir = certs.path().display(),
+            clients = if clients.is_empty() {
+                String::new()
+            } else {
+                format!("  clients: {clients}\n")
+            },
         );
         let file = state.path().join("gateway.yaml");
         std::fs::write(&file, bootstrap).unwrap();
@@ -252,7 +259,7 @@ fn spawn_gateway(file: &Path, dir: &Path) -> KillOnDrop {
 
 #[tokio::test]
 async fn outside_requests_reach_services_by_host_and_path_as_the_gateway() {
-    let edge = Edge::start().await;
+    let edge = Edge::start("").await;
     assert!(edge.state().join("gateway.yaml").exists());
 
     let rsp = edge.get("shop.example.com", "/api/orders/7").await;
@@ -316,7 +323,7 @@ fn a_gateway_with_an_app_or_an_unknown_listener_exits_2_naming_the_field() {
 
 #[tokio::test]
 async fn https_picks_the_certificate_by_sni_and_reloads_it_without_a_restart() {
-    let edge = Edge::start().await;
+    let edge = Edge::start("").await;
     let dir = edge.certs.path().to_owned();
     let (shop_ca, other_ca) = (dir.join("shop.pem"), dir.join("other.pem"));
     // Each host gets its own certificate: each is trusted alone.
@@ -390,4 +397,71 @@ async fn https_picks_the_certificate_by_sni_and_reloads_it_without_a_restart() {
     );
     let still = edge.curl("shop.example.com", "/cart", &new_ca).await;
     assert!(still.is_ok(), "{still:?}");
+}
+
+#[tokio::test]
+async fn outside_clients_cannot_forge_their_address_or_exceed_their_limits() {
+    let edge = Edge::start(
+        "{ max_request_bytes: 1KiB, max_header_bytes: 8KiB, \
+         rate_limit: { requests_per_second: 1, burst: 20 } }",
+    )
+    .await;
+    let send = |req: http::Request<http_body_util::Full<bytes::Bytes>>| async move {
+        client::http1().request(req).await.unwrap()
+    };
+    let url = format!("http://{}/api/orders/1", edge.web);
+    // Wait for the endpoints, then a forged address: the app sees only the real peer.
+    let _ = edge.get("shop.example.com", "/api/orders/1").await;
+    let rsp = send(
+        http::Request::get(&url)
+            .header("host", "shop.example.com")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-real-ip", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let seen = client::json(rsp).await;
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-forwarded-for"][0], "127.0.0.1", "{seen}");
+    assert_eq!(
+        headers["forwarded"][0], "for=127.0.0.1;proto=http",
+        "{seen}"
+    );
+    assert_eq!(headers["x-forwarded-proto"][0], "http", "{seen}");
+    assert!(headers.get("x-real-ip").is_none(), "{seen}");
+
+    let rsp = send(
+        http::Request::post(&url)
+            .header("host", "shop.example.com")
+            .body(vec![b'x'; 2000].into())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rsp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let rsp = send(
+        http::Request::get(&url)
+            .header("host", "shop.example.com")
+            .header("x-big", "a".repeat(9000))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rsp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    // At one a second after a burst of 20, a quick series is cut off.
+    let mut limited = None;
+    for _ in 0..40 {
+        let rsp = client::get(&url, "shop.example.com").await;
+        if rsp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(rsp);
+            break;
+        }
+        assert_eq!(rsp.status(), StatusCode::OK);
+    }
+    let rsp = limited.expect("no 429 within 40 requests");
+    assert_eq!(rsp.headers()["x-mesh-error"], "rate-limited");
+    assert!(rsp.headers().contains_key("retry-after"));
 }
