@@ -30,24 +30,25 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A gateway listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum GatewayStartError {
-    #[error("cannot listen on gateway.listeners[{index}] ({name:?}) {address}: {source}")]
+    // Causes are part of the message, not `source`: the log prints a chain in full.
+    #[error("cannot listen on gateway.listeners[{index}] ({name:?}) {address}: {cause}")]
     Bind {
         index: usize,
         name: String,
         address: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("gateway.listeners[{index}] ({name:?}).tls: {source}")]
+    #[error("gateway.listeners[{index}] ({name:?}).tls: {cause}")]
     Certificate {
         index: usize,
         name: String,
-        source: CertificateError,
+        cause: CertificateError,
     },
-    #[error("gateway.listeners[{index}] ({name:?}).tls: {source}")]
+    #[error("gateway.listeners[{index}] ({name:?}).tls: {cause}")]
     Tls {
         index: usize,
         name: String,
-        source: rustls::Error,
+        cause: rustls::Error,
     },
 }
 
@@ -68,34 +69,35 @@ pub(crate) async fn bind(
         let name = || listener.name.clone();
         let tls = match &listener.tls {
             Some(paths) => {
-                let certificates = SniCertificates::load(paths).map_err(|source| {
+                let certificates = SniCertificates::load(paths).map_err(|cause| {
                     GatewayStartError::Certificate {
                         index,
                         name: name(),
-                        source,
+                        cause,
                     }
                 })?;
                 let server =
                     certificates
                         .server_config()
-                        .map_err(|source| GatewayStartError::Tls {
+                        .map_err(|cause| GatewayStartError::Tls {
                             index,
                             name: name(),
-                            source,
+                            cause,
                         })?;
                 certificates.watch(stop.clone());
                 Some(TlsAcceptor::from(server))
             }
             None => None,
         };
-        let tcp = TcpListener::bind(listener.address)
-            .await
-            .map_err(|source| GatewayStartError::Bind {
-                index,
-                name: name(),
-                address: listener.address,
-                source,
-            })?;
+        let tcp =
+            TcpListener::bind(listener.address)
+                .await
+                .map_err(|cause| GatewayStartError::Bind {
+                    index,
+                    name: name(),
+                    address: listener.address,
+                    cause,
+                })?;
         if let Ok(address) = tcp.local_addr() {
             ::tracing::info!(listener = %listener.name, %address, https = tls.is_some(),
                 "gateway listening");

@@ -25,11 +25,8 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// A certificate file pair that cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CertificateError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -160,9 +157,9 @@ impl ResolvesServerCert for SniCertificates {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertificateError> {
-    std::fs::read(path).map_err(|source| CertificateError::Read {
+    std::fs::read(path).map_err(|cause| CertificateError::Read {
         path: path.display().to_string(),
-        source,
+        cause,
     })
 }
 
