@@ -131,7 +131,12 @@ where
         .into_iter()
         .enumerate()
         .map(|(index, Bound { tcp, tls })| {
-            let listener = Arc::new(GatewayListener::new(config, index, forward.clone()));
+            let listener = Arc::new(GatewayListener::new(
+                config,
+                index,
+                forward.clone(),
+                metrics.clone(),
+            ));
             let (http, limits) = (http.clone(), limits.clone());
             tokio::spawn(serve::serve(
                 Direction::Outbound,

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::config::{GatewayClients, GatewayConfig};
 use crate::error::{RateLimited, Reason, rescue, synthetic};
+use crate::metrics::{Label, Metrics};
 use crate::outbound::destination;
 
 use super::edge::{ClientRates, Refusal, check_sizes, forwarding};
@@ -24,8 +25,11 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// One gateway listener's request handler: routes, then the outbound proxy (`forward`).
 #[derive(Debug)]
 pub(crate) struct GatewayListener<F> {
-    /// The listener's name, for logs.
-    name: String,
+    /// The listener's name, for logs and metrics.
+    name: Label,
+    /// The routes' names, by index, for metrics.
+    route_names: Vec<Label>,
+    metrics: Arc<Metrics>,
     /// `http` or `https`, for `x-forwarded-proto`.
     proto: &'static str,
     routes: ListenerRoutes,
@@ -43,10 +47,21 @@ where
     Fut: Future<Output = Result<Response<Body>, Infallible>>,
 {
     /// The handler of listener `index` of `config`.
-    pub(crate) fn new(config: &GatewayConfig, index: usize, forward: F) -> Self {
+    pub(crate) fn new(
+        config: &GatewayConfig,
+        index: usize,
+        forward: F,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let listener = &config.listeners[index];
         Self {
-            name: listener.name.clone(),
+            name: listener.name.as_str().into(),
+            route_names: config
+                .routes
+                .iter()
+                .map(|r| r.name.as_str().into())
+                .collect(),
+            metrics,
             proto: if listener.tls.is_some() {
                 "https"
             } else {
@@ -71,6 +86,11 @@ where
             clients.max_request_bytes,
             clients.max_header_bytes,
         ) {
+            let reason = match refusal {
+                Refusal::BodyTooLarge { .. } => "body-too-large",
+                Refusal::HeadersTooLarge { .. } => "headers-too-large",
+            };
+            self.metrics.gateway_refused(&self.name, reason);
             return Ok(refused(refusal));
         }
         let client = forwarding(
@@ -84,11 +104,12 @@ where
         {
             let limited = RateLimited {
                 caller: client.to_string(),
-                service: format!("gateway listener {:?}", self.name),
+                service: format!("gateway listener {:?}", self.name.as_str()),
                 limit: rates.describe(),
                 retry_after,
                 grpc: false,
             };
+            self.metrics.gateway_refused(&self.name, "rate-limited");
             return Ok(rescue(&limited).1);
         }
         let Some(authority) = destination::authority(&req) else {
@@ -98,18 +119,25 @@ where
         };
         let host = destination::service_name(&authority);
         let service = match self.routes.route(&host, &req) {
-            Routing::To { service, .. } => service.to_owned(),
+            Routing::To { route, service } => {
+                if let Some(route) = self.route_names.get(route) {
+                    self.metrics.gateway_routed(&self.name, route);
+                }
+                service.to_owned()
+            }
             Routing::NoHost => {
+                self.metrics.gateway_refused(&self.name, "no-route");
                 return Ok(not_found(format!(
                     "no route of gateway listener {:?} serves host {host:?}",
-                    self.name
+                    self.name.as_str()
                 )));
             }
             Routing::NoRule => {
+                self.metrics.gateway_refused(&self.name, "no-route");
                 return Ok(not_found(format!(
                     "no rule of the routes for host {host:?} on gateway listener {:?} matches \
                      {} {}",
-                    self.name,
+                    self.name.as_str(),
                     req.method(),
                     req.uri().path()
                 )));

@@ -29,6 +29,8 @@ struct Edge {
     web: SocketAddr,
     /// The gateway's `websecure` listener.
     websecure: SocketAddr,
+    /// The gateway's admin endpoint.
+    admin: SocketAddr,
     /// `other.pem` (`*.example.org`, listed first) and `shop.pem` (`shop.example.com`) with
     /// their keys.
     certs: tempfile::TempDir,
@@ -133,6 +135,7 @@ impl Edge {
             gateway,
             web,
             websecure,
+            admin,
             certs,
         };
         edge.wait_ready(admin).await;
@@ -183,6 +186,12 @@ impl Edge {
 
     fn state(&self) -> &Path {
         self.state.path()
+    }
+
+    /// The value of the gateway's metric `series` (name and labels); 0 when absent.
+    async fn metric(&self, series: &str) -> f64 {
+        let rsp = client::get_url(&format!("http://{}/metrics", self.admin)).await;
+        mesh_testkit::metrics::value(&client::text(rsp).await, series).unwrap_or(0.0)
     }
 
     /// The gateway's log so far.
@@ -290,6 +299,11 @@ async fn outside_requests_reach_services_by_host_and_path_as_the_gateway() {
     let rsp = edge.get("admin.example.org", "/").await;
     assert_eq!(rsp.status(), StatusCode::OK);
     assert_eq!(client::json(rsp).await["service"], "orders");
+
+    let routed = r#"mesh_gateway_requests_total{listener="web",route="shop"}"#;
+    assert!(edge.metric(routed).await >= 2.0);
+    let refused = r#"mesh_gateway_refused_total{listener="web",reason="no-route"}"#;
+    assert!(edge.metric(refused).await >= 1.0);
 }
 
 /// A gateway's bootstrap mistakes stop the binary, naming the field.
@@ -464,4 +478,8 @@ async fn outside_clients_cannot_forge_their_address_or_exceed_their_limits() {
     let rsp = limited.expect("no 429 within 40 requests");
     assert_eq!(rsp.headers()["x-mesh-error"], "rate-limited");
     assert!(rsp.headers().contains_key("retry-after"));
+    for reason in ["body-too-large", "rate-limited"] {
+        let series = format!(r#"mesh_gateway_refused_total{{listener="web",reason="{reason}"}}"#);
+        assert!(edge.metric(&series).await >= 1.0, "{series}");
+    }
 }
