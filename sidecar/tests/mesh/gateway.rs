@@ -483,3 +483,47 @@ async fn outside_clients_cannot_forge_their_address_or_exceed_their_limits() {
         assert!(edge.metric(&series).await >= 1.0, "{series}");
     }
 }
+
+/// A certificate that cannot be read stops the gateway at start, naming the listener and file.
+#[test]
+fn a_missing_certificate_stops_the_gateway_naming_the_file() {
+    let mesh = TestMesh::new();
+    let (cert, key) = mesh
+        .leaf("gateway")
+        .write_to(mesh.dir(), "gateway")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "service: gateway\ntrust_domain: mesh.local\n\
+             listen: {{ outbound: \"{}\", inbound: \"{}\", admin: \"{}\" }}\n\
+             tls: {{ cert: {}, key: {}, trust_bundle: {} }}\n\
+             gateway:\n  listeners:\n    - name: websecure\n      address: \"127.0.0.1:0\"\n      \
+             protocol: HTTPS\n      tls: {{ certificates: [{{ cert: shop.pem, key: shop-key.pem }}] }}\n",
+            free_port(),
+            free_port(),
+            free_port(),
+            cert.display(),
+            key.display(),
+            mesh.trust_bundle().display(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(SIDECAR)
+        .arg("--config")
+        .arg(&file)
+        .env_remove("MESH_SIDECAR_CONFIG")
+        .env_remove("MESH_SIDECAR_BOOTSTRAP")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let shop = dir.path().join("shop.pem");
+    let expected = format!(
+        "gateway.listeners[0] (\"websecure\").tls: cannot read {}",
+        shop.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
