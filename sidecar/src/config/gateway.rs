@@ -105,8 +105,11 @@ struct RuleFile {
 /// A sidecar in gateway mode: outside clients' HTTP, routed to mesh destinations.
 #[derive(Clone, Debug, Serialize)]
 pub struct GatewayConfig {
+    /// Where outside clients connect, in the order written.
     pub listeners: Vec<GatewayListener>,
+    /// The routes, in the order written (ties in precedence go to the earlier).
     pub routes: Vec<GatewayRoute>,
+    /// What outside clients may send.
     pub clients: GatewayClients,
 }
 
@@ -126,7 +129,9 @@ pub struct GatewayClients {
 /// Where outside clients connect.
 #[derive(Clone, Debug, Serialize)]
 pub struct GatewayListener {
+    /// What routes' `parentRefs` name it by.
     pub name: String,
+    /// Where it listens.
     pub address: SocketAddr,
     /// `HTTPS`: the certificates to serve, chosen by SNI; `None`: plain `HTTP`.
     pub tls: Option<Vec<CertificatePaths>>,
@@ -135,24 +140,29 @@ pub struct GatewayListener {
 /// A certificate chain and its key, PEM files watched for changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CertificatePaths {
+    /// The chain, leaf first.
     pub cert: PathBuf,
+    /// The leaf's private key.
     pub key: PathBuf,
 }
 
 /// An HTTPRoute: the listeners it is attached to, the hosts it serves, its rules.
 #[derive(Clone, Debug, Serialize)]
 pub struct GatewayRoute {
+    /// Its name, in metrics.
     pub name: String,
     /// Indices into [`GatewayConfig::listeners`].
     pub listeners: Vec<usize>,
     /// Empty: any host.
     pub hostnames: Vec<Hostname>,
+    /// Its rules, in the order written.
     pub rules: Vec<GatewayRule>,
 }
 
 /// A route's host name: exact, or `*.` and a suffix (which matches one label or more).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hostname {
+    /// This name only.
     Exact(String),
     /// The suffix, with its leading dot (`.example.com`).
     Wildcard(String),
@@ -161,7 +171,9 @@ pub enum Hostname {
 /// A rule: any of its matches (all requests when none are written) to one of its backends.
 #[derive(Clone, Debug, Serialize)]
 pub struct GatewayRule {
+    /// Any of these; [`RouteMatch::any`] when none were written.
     pub matches: Vec<RouteMatch>,
+    /// Mesh services by weight (no version: a destination's own routes split by version).
     pub backends: Vec<BackendRef>,
 }
 
