@@ -438,6 +438,12 @@ fn hostname(name: &str, path: &str, errors: &mut Errors) -> Option<Hostname> {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         });
+    // An IP address is no host name (the Gateway API's rule): a name's last label has a letter.
+    let valid = valid
+        && rest
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().any(|b| b.is_ascii_lowercase()));
     if !valid {
         errors.push(
             path,

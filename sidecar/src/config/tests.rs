@@ -906,7 +906,7 @@ fn gateway_mistakes_are_reported_by_field() {
         )
         .replace("protocol: HTTP", "protocol: UDP")
         .replace("[{ name: web }]", "[{ name: web }, { name: websecure }]")
-        .replace("*.shop.example.com", "Shop.example.com:443")
+        .replace("*.shop.example.com\"]", "Shop.example.com:443\", 10.0.0.1]")
         .replace("type: PathPrefix", "type: Glob")
         .replace("{ name: storefront-next }", "{ name: orders, version: v2 }");
     let errors = errors(&bad);
@@ -919,6 +919,7 @@ fn gateway_mistakes_are_reported_by_field() {
         "gateway.listeners[0].protocol: \"UDP\": use HTTP or HTTPS",
         "gateway.routes[0].parentRefs[1].name: no listener named \"websecure\"",
         "gateway.routes[0].hostnames[1]: \"Shop.example.com:443\": not a host name",
+        "gateway.routes[0].hostnames[2]: \"10.0.0.1\": not a host name",
         "gateway.routes[0].rules[0].matches[0].path.type: \"Glob\"",
         "gateway.routes[0].rules[1].backendRefs[1].version: not taken by a gateway",
     ];
