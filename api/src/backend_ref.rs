@@ -26,7 +26,7 @@ pub struct BackendRef {
 /// One entry of `backendRefs` (or a mirror's `backendRef`), as written.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct BackendRefFile {
+pub struct BackendRefFile {
     pub(crate) name: Option<String>,
     pub(crate) version: Option<String>,
     pub(crate) weight: Option<u32>,
@@ -35,11 +35,7 @@ pub(crate) struct BackendRefFile {
 // === validation ===
 
 /// One backend reference at `path`.
-pub(crate) fn backend_ref(
-    file: BackendRefFile,
-    path: &str,
-    errors: &mut Errors,
-) -> Option<BackendRef> {
+pub fn backend_ref(file: BackendRefFile, path: &str, errors: &mut Errors) -> Option<BackendRef> {
     let at = |field: &str| format!("{path}.{field}");
     let Some(service) = file.name else {
         errors.push(at("name"), "missing: the service to send requests to");

@@ -272,7 +272,7 @@ pub(crate) fn retries(file: RetriesFile, path: &str, errors: &mut Errors) -> Ret
 }
 
 /// Parses `4096`, `64KiB`, `1MiB`, `10KB`, `1MB` (KB and MB are decimal).
-fn parse_size(text: &str) -> Option<u64> {
+pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

@@ -276,7 +276,7 @@ struct ValueFile {
 // === validation ===
 
 /// Validates one entry of `matches` at `path`.
-pub(crate) fn validate(file: MatchFile, path: &str, errors: &mut Errors) -> RouteMatch {
+pub fn validate(file: MatchFile, path: &str, errors: &mut Errors) -> RouteMatch {
     let path_file = file.path.unwrap_or_default();
     let path_at = format!("{path}.path");
     let value = path_file.value.unwrap_or_else(|| "/".to_owned());

@@ -86,6 +86,7 @@ mod admin;
 mod app_health;
 mod control;
 mod detect;
+mod gateway;
 mod http_limits;
 pub mod inbound;
 mod outbound;
@@ -268,6 +269,21 @@ pub async fn run(
         connect_timeout: config.connect_timeout,
         log_limit: mesh_api::log_limit::LogLimit::new(10),
     });
+    let gateway_tasks = match &config.gateway {
+        Some(gateway) => {
+            let bound = gateway::accept::bind(gateway, &drain.token).await?;
+            let outbound = outbound.clone();
+            gateway::accept::spawn(
+                gateway,
+                bound,
+                move |req| outbound.clone().handle(req),
+                (&config.limits.outbound, outbound_cap.clone()),
+                drain.clone(),
+                metrics.clone(),
+            )
+        }
+        None => Vec::new(),
+    };
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,
         (move |req| outbound.clone().handle(req), redirected),
@@ -313,6 +329,9 @@ pub async fn run(
     outbound_done?;
     inbound_done?;
     tcp_task.await?;
+    for task in gateway_tasks {
+        task.await?;
+    }
     admin_server.stop().await;
     // Every request is done: send the spans still queued.
     tracing.shutdown(Duration::from_secs(5)).await;

@@ -16,6 +16,7 @@
 //! `destinations`), or from the control plane (`control_plane`), which issues the certificate
 //! from a CSR and pushes destinations, policy and authorization as they change.
 
+mod gateway;
 mod limits;
 mod parse;
 mod runtime;
@@ -29,6 +30,10 @@ pub use mesh_api::policy;
 pub use mesh_api::validate::ConfigError;
 use mesh_api::validate::Errors;
 
+pub use self::gateway::{
+    CertificatePaths, GatewayClients, GatewayConfig, GatewayListener, GatewayRoute, GatewayRule,
+    Hostname,
+};
 pub use self::policy::{
     Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
 };

@@ -12,6 +12,7 @@ use mesh_api::policy::DestinationPolicy;
 pub use mesh_api::tcp::TcpDestination;
 use serde::{Serialize, Serializer};
 
+use super::gateway::GatewayConfig;
 use crate::identity::SpiffeId;
 use crate::redirect::PortRange;
 use crate::telemetry::TracingConfig;
@@ -41,6 +42,8 @@ pub struct Config {
     pub identity: SpiffeId,
     /// The local application, where inbound requests are forwarded.
     pub app: SocketAddr,
+    /// Gateway mode: outside clients' HTTP routed to destinations; then there is no app.
+    pub gateway: Option<GatewayConfig>,
     /// Listener addresses.
     pub listen: ListenAddrs,
     /// The version of the app, for traffic splits (`v1` unless set).

@@ -15,7 +15,9 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) namespace: Option<String>,
     pub(super) trust_domain: String,
-    pub(super) app: String,
+    /// Required, except for a gateway, which has no app.
+    #[serde(default)]
+    pub(super) app: Option<String>,
     #[serde(default)]
     pub(super) listen: ListenFile,
     #[serde(default)]
@@ -52,6 +54,8 @@ pub(super) struct File {
     pub(super) outbound: OutboundFile,
     #[serde(default)]
     pub(super) inbound: InboundFile,
+    #[serde(default)]
+    pub(super) gateway: Option<super::gateway::GatewayFile>,
 }
 
 /// `inbound:`, how the inbound listener treats plain connections.

@@ -859,3 +859,101 @@ fn a_bad_outbound_unknown_names_the_field_and_the_choices() {
         ["outbound.unknwon"]
     );
 }
+
+const GATEWAY: &str = r#"
+service: gateway
+trust_domain: mesh.local
+control_plane: { address: "127.0.0.1:15010", trust_anchor: ca.pem, token_file: token }
+gateway:
+  listeners:
+    - { name: web, address: "0.0.0.0:8080", protocol: HTTP }
+  routes:
+    - name: shop
+      parentRefs: [{ name: web }]
+      hostnames: [shop.example.com, "*.shop.example.com"]
+      rules:
+        - matches: [{ path: { type: PathPrefix, value: /api/orders } }]
+          backendRefs: [{ name: orders }]
+        - backendRefs: [{ name: storefront, weight: 3 }, { name: storefront-next }]
+"#;
+
+#[test]
+fn a_gateway_needs_no_app_and_its_routes_name_listeners() {
+    let config = Config::from_yaml(GATEWAY, Path::new("/base")).unwrap();
+    let gateway = config.gateway.as_ref().unwrap();
+    assert_eq!(gateway.listeners[0].name, "web");
+    let shop = &gateway.routes[0];
+    assert_eq!(shop.listeners, [0]);
+    assert_eq!(
+        shop.hostnames,
+        [
+            Hostname::Exact("shop.example.com".into()),
+            Hostname::Wildcard(".shop.example.com".into())
+        ]
+    );
+    assert_eq!(shop.rules[1].backends[0].weight, 3);
+    // Without `gateway:`, `app` is required.
+    let without = GOOD.replace("app: 127.0.0.1:8080\n", "");
+    assert_eq!(paths(&without), ["app"]);
+}
+
+#[test]
+fn gateway_mistakes_are_reported_by_field() {
+    let bad = GATEWAY
+        .replace(
+            "trust_domain: mesh.local\n",
+            "trust_domain: mesh.local\napp: 127.0.0.1:1\n",
+        )
+        .replace("protocol: HTTP", "protocol: UDP")
+        .replace("[{ name: web }]", "[{ name: web }, { name: websecure }]")
+        .replace("*.shop.example.com\"]", "Shop.example.com:443\", 10.0.0.1]")
+        .replace("type: PathPrefix", "type: Glob")
+        .replace("{ name: storefront-next }", "{ name: orders, version: v2 }");
+    let errors = errors(&bad);
+    let found: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
+    let expect = [
+        "app: not allowed with gateway",
+        "gateway.listeners[0].protocol: \"UDP\": use HTTP or HTTPS",
+        "gateway.routes[0].parentRefs[1].name: no listener named \"websecure\"",
+        "gateway.routes[0].hostnames[1]: \"Shop.example.com:443\": not a host name",
+        "gateway.routes[0].hostnames[2]: \"10.0.0.1\": not a host name",
+        "gateway.routes[0].rules[0].matches[0].path.type: \"Glob\"",
+        "gateway.routes[0].rules[1].backendRefs[1].version: not taken by a gateway",
+    ];
+    for expected in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(expected)),
+            "{expected} not in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+}
+
+#[test]
+fn gateway_client_limits_are_read_and_checked() {
+    let good = format!(
+        "{GATEWAY}  clients: {{ trusted_hops: 1, max_request_bytes: 1MiB, max_header_bytes: 16KiB, \
+         rate_limit: {{ requests_per_second: 50, burst: 100 }} }}\n"
+    );
+    let config = Config::from_yaml(&good, Path::new("/base")).unwrap();
+    let clients = &config.gateway.as_ref().unwrap().clients;
+    assert_eq!(clients.trusted_hops, 1);
+    assert_eq!(clients.max_request_bytes, 1 << 20);
+    assert_eq!(clients.max_header_bytes, 16 << 10);
+    assert_eq!(clients.rate_limit.unwrap().burst, 100);
+    let bad = good
+        .replace("1MiB", "lots")
+        .replace("16KiB", "1KiB")
+        .replace("requests_per_second: 50", "requests_per_second: 0");
+    assert_eq!(
+        paths(&bad),
+        [
+            "gateway.clients.max_request_bytes",
+            "gateway.clients.max_header_bytes",
+            "gateway.clients.rate_limit.requests_per_second"
+        ]
+    );
+}

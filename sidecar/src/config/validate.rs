@@ -40,7 +40,25 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
             None
         }
     };
-    let app = socket_addr(errors, "app", &file.app);
+    let gateway = file
+        .gateway
+        .map(|gateway| super::gateway::validate(gateway, base, errors));
+    let app = match (&file.app, &gateway) {
+        (Some(app), None) => socket_addr(errors, "app", app),
+        (None, None) => {
+            errors.push("app", "missing: the address of the local app");
+            None
+        }
+        (Some(_), Some(_)) => {
+            errors.push(
+                "app",
+                "not allowed with gateway: a gateway has no local app",
+            );
+            None
+        }
+        // Nothing listens on port 0: a peer that calls a gateway gets `app-unavailable`.
+        (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+    };
     let inbound = listen_addr(errors, "inbound", file.listen.inbound, DEFAULT_INBOUND);
     let unbound = || SocketAddr::from(([127, 0, 0, 1], 0));
     let mut listen = ListenAddrs {
@@ -289,6 +307,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         trust_domain: file.trust_domain,
         identity: identity?,
         app: app?,
+        gateway,
         listen,
         version,
         instance: file.instance,

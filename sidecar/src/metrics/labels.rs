@@ -134,6 +134,25 @@ pub(super) struct OutsideLabels {
     pub(super) protocol: &'static str,
 }
 
+/// Labels of the gateway's routed requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct GatewayRouteLabels {
+    /// The gateway listener's name.
+    pub(super) listener: Label,
+    /// The route's name.
+    pub(super) route: Label,
+}
+
+/// Labels of the gateway's refused requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct GatewayRefusedLabels {
+    /// The gateway listener's name.
+    pub(super) listener: Label,
+    /// `no-route` (404), `body-too-large` (413), `headers-too-large` (431), `rate-limited`
+    /// (429).
+    pub(super) reason: &'static str,
+}
+
 /// Labels of the protocol detection counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct DetectionLabels {

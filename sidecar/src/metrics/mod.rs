@@ -57,6 +57,12 @@
 //! HTTP passthrough requests are also in `requests_total` and `request_duration_seconds`, and
 //! TCP passthrough streams in the `tcp_*` families, with `destination="passthrough"`.
 //!
+//! Gateway mode: `gateway_requests_total{listener, route}`, outside requests routed, and
+//! `gateway_refused_total{listener, reason}`, outside requests answered by the gateway itself:
+//! `no-route` (404), `body-too-large` (413), `headers-too-large` (431; on HTTP/1.1 headers over
+//! the listener's buffer are refused by the HTTP server before they are counted),
+//! `rate-limited` (429). Routed requests are in `requests_total` by destination too.
+//!
 //! Authorization: `authorization_denied_total{source}`, inbound requests and tunnels refused.
 //!
 //! Rate limiting: `rate_limited_total{source}`, inbound requests refused with 429, by caller.
@@ -105,7 +111,10 @@ pub use self::labels::{
     RefusedLabels, RequestLabels, RetryLabels, RetryReason, RouteLatencyLabels, RouteRequestLabels,
     SourceLabels, SpanDropLabels, TcpFailureLabels, TcpLabels, TimeoutLabels, TlsFailureLabels,
 };
-use self::labels::{DetectionLabels, FaultLabels, MirrorLabels, OutsideLabels, ResultLabels};
+use self::labels::{
+    DetectionLabels, FaultLabels, GatewayRefusedLabels, GatewayRouteLabels, MirrorLabels,
+    OutsideLabels, ResultLabels,
+};
 
 /// Pre-resolved series of one destination.
 #[derive(Clone, Debug)]
@@ -205,6 +214,8 @@ pub struct Metrics {
     tcp: TcpFamilies,
     detections: Family<DetectionLabels, Counter>,
     passthrough: Family<OutsideLabels, Counter>,
+    gateway_requests: Family<GatewayRouteLabels, Counter>,
+    gateway_refused: Family<GatewayRefusedLabels, Counter>,
     outbound_denied: Family<OutsideLabels, Counter>,
     /// Control-plane and certificate state.
     pub control: ControlMetrics,
@@ -470,6 +481,19 @@ impl Metrics {
              straight to it (outbound.unknown: passthrough), by protocol",
             passthrough.clone(),
         );
+        let gateway_requests = Family::default();
+        registry.register(
+            "gateway_requests",
+            "Outside requests a gateway routed, by listener and route",
+            gateway_requests.clone(),
+        );
+        let gateway_refused = Family::default();
+        registry.register(
+            "gateway_refused",
+            "Outside requests a gateway answered itself, by listener and reason: no-route (404), \
+             body-too-large (413), headers-too-large (431), rate-limited (429)",
+            gateway_refused.clone(),
+        );
         let outbound_denied = Family::default();
         registry.register(
             "outbound_denied",
@@ -534,6 +558,8 @@ impl Metrics {
             tcp,
             detections,
             passthrough,
+            gateway_requests,
+            gateway_refused,
             outbound_denied,
             retries,
             budget_exhausted,
@@ -610,6 +636,26 @@ impl Metrics {
     pub fn outbound_passthrough(&self, protocol: &'static str) {
         self.passthrough
             .get_or_create(&OutsideLabels { protocol })
+            .inc();
+    }
+
+    /// Counts an outside request a gateway listener routed by `route`.
+    pub fn gateway_routed(&self, listener: &Label, route: &Label) {
+        self.gateway_requests
+            .get_or_create(&GatewayRouteLabels {
+                listener: listener.clone(),
+                route: route.clone(),
+            })
+            .inc();
+    }
+
+    /// Counts an outside request a gateway listener answered itself, by `reason`.
+    pub fn gateway_refused(&self, listener: &Label, reason: &'static str) {
+        self.gateway_refused
+            .get_or_create(&GatewayRefusedLabels {
+                listener: listener.clone(),
+                reason,
+            })
             .inc();
     }
 

@@ -10,6 +10,7 @@ mod bootstrap;
 mod detect;
 mod errors;
 mod faults;
+mod gateway;
 mod grpc;
 mod inline_bootstrap;
 mod limits;
