@@ -99,7 +99,7 @@ pub(crate) fn up(
         let status = ProgressBar::new_spinner();
         let load_task = (load > 0.0).then(|| {
             let sidecars = mesh.instances().iter().map(|i| i.admin).collect();
-            let target = mesh.storefront_url();
+            let target = Some(mesh.gateway_url());
             tokio::spawn(steady_load(target, load, sidecars, status.clone()))
         });
         loop {
@@ -114,6 +114,7 @@ pub(crate) fn up(
                         Role::ControlPlane => "; sidecars keep their last configuration",
                         Role::Sidecar => "; its app is cut off from the mesh",
                         Role::App => "; callers fail over to other instances",
+                        Role::Gateway => "; the shop is no longer reachable from outside the mesh",
                     };
                     status.suspend(|| eprintln!(
                         "meshctl: {} (pid {}) exited unexpectedly ({}){what}; see {}",
@@ -221,10 +222,9 @@ pub(crate) fn loadgen(
     let target = match (target, &manifest) {
         (Some(target), _) => target,
         (None, Ok(m)) => m
-            .storefront
-            .clone()
-            .context("the running demo has no storefront; pass --target")?,
-        (None, Err(e)) => bail!("{e}\n(or name the storefront with --target URL)"),
+            .entry_url()
+            .context("the running demo has no gateway or storefront; pass --target")?,
+        (None, Err(e)) => bail!("{e}\n(or name the shop's URL with --target URL)"),
     };
     let sidecars = manifest
         .as_ref()

@@ -104,7 +104,7 @@ enum Command {
     /// Place orders through the storefront at a fixed rate and summarize what happened:
     /// successes, failures by status, latency percentiles, and the retries the mesh made.
     Loadgen {
-        /// The storefront's URL (default: from the running demo's mesh.json).
+        /// The shop's URL (default: the gateway's, from the running demo's mesh.json).
         #[arg(long)]
         target: Option<String>,
         /// Orders per second.

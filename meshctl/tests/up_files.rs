@@ -276,7 +276,7 @@ fn bootstrap_files_are_valid_sidecar_configurations() {
 fn prometheus_config_scrapes_every_sidecar_and_the_control_plane() {
     let config = parse(MINIMAL).unwrap();
     let plan = plan::allocate(&config, |_| true).unwrap();
-    let text = plan::prometheus_config(&plan.control_plane, &plan.instances);
+    let text = plan::prometheus_config(&plan.control_plane, &plan.instances, &plan.gateway);
     assert_eq!(text.matches("job_name").count(), 1, "{text}");
     assert!(text.contains("targets: [\"127.0.0.1:20001\"]"), "{text}");
     assert!(text.contains("service: \"control-plane\""), "{text}");
@@ -453,4 +453,70 @@ fn the_last_instances_run_the_versions_demo_yaml_names() {
             "{versions}: {errors:?}"
         );
     }
+}
+
+#[test]
+fn the_gateway_gets_ports_after_every_instance_and_a_bootstrap_routing_to_the_storefront() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.gateway.listen, None);
+    let plan = plan::allocate(&config, |_| true).unwrap();
+    let g = &plan.gateway;
+    // After the control plane's two and three instances' four: no instance's port moved.
+    assert_eq!(
+        [g.http, g.outbound, g.inbound, g.admin].map(|a| a.port()),
+        [20014, 20015, 20016, 20017]
+    );
+    assert_eq!(g.url(), "http://127.0.0.1:20014");
+
+    let named = parse(&MINIMAL.replace(
+        "run_dir: run",
+        "run_dir: run\ngateway: { listen: 127.0.0.1:20003 }",
+    ))
+    .unwrap();
+    let plan = plan::allocate(&named, |_| true).unwrap();
+    assert_eq!(plan.gateway.http.port(), 20003);
+    assert!(plan.instances.iter().all(|i| i.app.port() != 20003));
+    let err = plan::allocate(&named, |p| p != 20003).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PortError::InUse {
+                field: "gateway.listen",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let errors =
+        parse(&MINIMAL.replace("run_dir: run", "run_dir: run\ngateway: { listen: nowhere }"))
+            .unwrap_err();
+    assert_eq!(errors[0].field, "gateway.listen", "{errors:?}");
+
+    let state = Path::new("/run dir/state");
+    let tracing = TracingSpec {
+        otlp_endpoint: "http://127.0.0.1:4317".into(),
+        protocol: "grpc".into(),
+    };
+    let text =
+        plan::gateway_bootstrap(&plan.gateway, "mesh.local", cp().api, state, Some(&tracing));
+    let sidecar = mesh_sidecar::config::Config::from_yaml(&text, Path::new("/elsewhere"))
+        .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    assert_eq!(sidecar.service, "gateway");
+    assert_eq!(sidecar.listen.admin, plan.gateway.admin);
+    let control = sidecar.control_plane.as_ref().unwrap();
+    assert_eq!(control.token_file, state.join("tokens/gateway"));
+    assert_eq!(sidecar.tracing.service_name.as_deref(), Some("gateway"));
+    let gateway = sidecar.gateway.as_ref().unwrap();
+    assert_eq!(gateway.listeners.len(), 1);
+    assert_eq!(gateway.listeners[0].address, plan.gateway.http);
+    let [route] = gateway.routes.as_slice() else {
+        panic!("{:?}", gateway.routes)
+    };
+    assert!(route.hostnames.is_empty(), "every host: {route:?}");
+    let backends: Vec<&str> = route.rules[0]
+        .backends
+        .iter()
+        .map(|b| b.service.as_str())
+        .collect();
+    assert_eq!(backends, ["storefront"]);
 }

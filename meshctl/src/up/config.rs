@@ -5,6 +5,7 @@
 //! run_dir: ../target/demo
 //! tracing: { otlp_endpoint: http://127.0.0.1:4317 }   # optional; protocol: grpc | http/protobuf
 //! ports_from: 18000
+//! gateway: { listen: 127.0.0.1:18080 }   # optional; left out: handed out from ports_from
 //! services:
 //!   storefront: { instances: 1 }
 //!   inventory: { instances: 3, versions: { v2: 1 } }   # optional: the last one runs v2
@@ -40,6 +41,8 @@ pub struct DemoConfig {
     pub tracing: Option<TracingSpec>,
     /// The first port handed out.
     pub ports_from: u16,
+    /// The gateway in front of the storefront, where users enter the mesh.
+    pub gateway: GatewaySpec,
     /// The services to run, callers first.
     pub services: Vec<ServiceSpec>,
 }
@@ -53,6 +56,13 @@ pub struct ControlPlaneSpec {
     pub api: Option<SocketAddr>,
     /// Its admin address; `None`: allocated from `ports_from`.
     pub admin: Option<SocketAddr>,
+}
+
+/// The gateway's part of `demo.yaml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewaySpec {
+    /// Its HTTP listener, the URL users open; `None`: allocated from `ports_from`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Where spans go.
@@ -139,7 +149,16 @@ struct File {
     #[serde(default)]
     tracing: Option<TracingFile>,
     ports_from: u16,
+    #[serde(default)]
+    gateway: Option<GatewayFile>,
     services: BTreeMap<String, ServiceFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    #[serde(default)]
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -237,10 +256,22 @@ fn validate(file: File, base: &Path) -> Result<DemoConfig, Vec<FieldError>> {
     };
     let api = address("control_plane.api", file.control_plane.api);
     let admin = address("control_plane.admin", file.control_plane.admin);
+    let gateway_listen = address("gateway.listen", file.gateway.and_then(|g| g.listen));
     if api.is_some() && api == admin {
         error(
             "control_plane.admin",
             "must differ from control_plane.api".into(),
+        );
+    }
+    if let Some(listen) = gateway_listen
+        && [api, admin]
+            .iter()
+            .flatten()
+            .any(|a| a.port() == listen.port())
+    {
+        error(
+            "gateway.listen",
+            format!("port {} is already the control plane's", listen.port()),
         );
     }
     if file.ports_from < 1024 {
@@ -342,6 +373,9 @@ fn validate(file: File, base: &Path) -> Result<DemoConfig, Vec<FieldError>> {
         run_dir: base.join(file.run_dir),
         tracing,
         ports_from: file.ports_from,
+        gateway: GatewaySpec {
+            listen: gateway_listen,
+        },
         services,
     })
 }

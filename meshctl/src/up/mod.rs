@@ -4,7 +4,7 @@
 //! sidecar, waits for the sidecar to have its certificate and first snapshot, and only then
 //! its app, so an app's first call already finds a working mesh; then it waits for each
 //! sidecar's `/ready`, which holds until the sidecar's probe of its app succeeds. Sidecars start together, then
-//! apps together. If any child exits or does not get ready in time, everything started is
+//! apps together, then the gateway in front of the storefront, where users enter. If any child exits or does not get ready in time, everything started is
 //! stopped and the error names the child and shows the end of its log.
 //!
 //! The CLI and the tests use this same code; tests pass their own run directory, ports and
@@ -28,10 +28,11 @@ use mesh_control_plane::admin_client;
 use nix::sys::signal::Signal;
 
 pub use self::config::{
-    ControlPlaneSpec, DemoConfig, DemoConfigError, FieldError, ServiceSpec, TracingSpec,
+    ControlPlaneSpec, DemoConfig, DemoConfigError, FieldError, GatewaySpec, ServiceSpec,
+    TracingSpec,
 };
 pub use self::jaeger::JaegerSpec;
-pub use self::plan::{ControlPlaneAddrs, Instance, Manifest, ManifestError, Plan, RunDir};
+pub use self::plan::{ControlPlaneAddrs, Gateway, Instance, Manifest, ManifestError, Plan, RunDir};
 use self::process::Proc;
 pub use self::process::{Role, log_tail};
 pub use self::transparent::TransparentSpec;
@@ -234,6 +235,7 @@ pub struct RunningMesh {
     run_dir: RunDir,
     control_plane: ControlPlaneAddrs,
     instances: Vec<Instance>,
+    gateway: Gateway,
     tracing: Option<TracingSpec>,
     jaeger: Option<JaegerSpec>,
     /// Ports that were in use and skipped.
@@ -264,7 +266,7 @@ pub fn report(mesh: &RunningMesh) -> String {
     warning
         + &report::render(
             mesh.instances(),
-            mesh.storefront_url(),
+            mesh.gateway(),
             mesh.control_plane(),
             mesh.tracing(),
             mesh.jaeger(),
@@ -281,10 +283,11 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
             dir: mesh_dir.clone(),
             source,
         })?;
-    for service in &config.services {
-        if !mesh.services.contains_key(&service.name) {
+    let names = config.services.iter().map(|s| s.name.as_str());
+    for service in names.chain([Gateway::SERVICE]) {
+        if !mesh.services.contains_key(service) {
             return Err(UpError::Undeclared {
-                service: service.name.clone(),
+                service: service.to_owned(),
                 dir: mesh_dir.clone(),
             });
         }
@@ -357,15 +360,28 @@ pub async fn up(config: &DemoConfig, options: &UpOptions) -> Result<RunningMesh,
         };
         write(&run_dir.bootstrap(instance), &text)?;
     }
+    // With --transparent too the gateway runs on the host: it has no app to redirect, and it
+    // reaches the control plane and the storefront's namespace over the bridge.
+    write(
+        &run_dir.gateway_bootstrap(),
+        &plan::gateway_bootstrap(
+            &plan.gateway,
+            &mesh.trust_domain,
+            plan.control_plane.api,
+            &state,
+            tracing.as_ref(),
+        ),
+    )?;
     write(
         &run_dir.prometheus(),
-        &plan::prometheus_config(&plan.control_plane, &plan.instances),
+        &plan::prometheus_config(&plan.control_plane, &plan.instances, &plan.gateway),
     )?;
 
     let mut running = RunningMesh {
         run_dir,
         control_plane: plan.control_plane,
         instances: plan.instances,
+        gateway: plan.gateway,
         tracing,
         jaeger: options.jaeger.clone(),
         skipped: plan.skipped.clone(),
@@ -633,12 +649,38 @@ impl RunningMesh {
         self.wait_ready(probes, ready_timeout).await?;
         // Each sidecar has seen its app answer its probe: the instance takes traffic.
         self.wait_ready(sidecars_ready, ready_timeout).await?;
+        self.start_gateway(bins, ready_timeout).await?;
         let manifest = self.manifest();
         let text = serde_json::to_string_pretty(&manifest).map_err(|e| UpError::Io {
             path: self.run_dir.manifest(),
             source: std::io::Error::other(e),
         })?;
         write(&self.run_dir.manifest(), &text)
+    }
+
+    /// Starts the gateway and waits for its `/ready`: certified, configured, listening.
+    async fn start_gateway(
+        &mut self,
+        bins: &Binaries,
+        ready_timeout: Duration,
+    ) -> Result<(), UpError> {
+        let args = vec![
+            "--config".into(),
+            path_arg(&self.run_dir.gateway_bootstrap()),
+            "--workers".into(),
+            "1".into(),
+        ];
+        let index = self.spawn(Gateway::SERVICE, Role::Gateway, &bins.sidecar, args)?;
+        self.gateway.pid = Some(self.procs[index].pid);
+        self.wait_ready(
+            vec![Probe {
+                proc_index: index,
+                addr: self.gateway.admin,
+                path: "/ready",
+            }],
+            ready_timeout,
+        )
+        .await
     }
 
     fn spawn(
@@ -722,6 +764,7 @@ impl RunningMesh {
             pid: std::process::id(),
             run_dir: self.run_dir.root.clone(),
             storefront: self.storefront_url(),
+            gateway: Some(self.gateway.clone()),
             control_plane: self.control_plane,
             control_plane_pid: self
                 .procs
@@ -744,7 +787,18 @@ impl RunningMesh {
         self.instances.iter().filter(move |i| i.service == service)
     }
 
-    /// The URL users open: the first storefront instance's app.
+    /// The gateway in front of the storefront.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// The URL users open: the gateway's.
+    pub fn gateway_url(&self) -> String {
+        self.gateway.url()
+    }
+
+    /// The first storefront instance's app (with `--transparent`, reachable only through the
+    /// mesh: open [`RunningMesh::gateway_url`]).
     pub fn storefront_url(&self) -> Option<String> {
         self.instances_of("storefront")
             .next()
@@ -799,12 +853,18 @@ impl RunningMesh {
         }
     }
 
-    /// Stops every child in reverse start order: apps, then sidecars, then the control plane;
+    /// Stops every child in reverse start order: the gateway, apps, sidecars, the control plane;
     /// each stage gets SIGTERM and `stop_timeout` to exit, then SIGKILL. Every child is reaped.
     /// Returns the names of those that had to be killed. Removes `mesh.json`.
     pub async fn stop(&mut self) -> Vec<String> {
         let mut killed = Vec::new();
-        for role in [Role::App, Role::Sidecar, Role::ControlPlane, Role::Tracing] {
+        for role in [
+            Role::Gateway,
+            Role::App,
+            Role::Sidecar,
+            Role::ControlPlane,
+            Role::Tracing,
+        ] {
             let stage = self.procs.iter_mut().filter(|p| p.role == role);
             let stage: Vec<&mut Proc> = stage.collect();
             if stage.is_empty() {

@@ -1,4 +1,4 @@
-//! What `meshctl up` is about to run: ports, sidecar bootstrap files, the Prometheus scrape
+//! What `meshctl up` is about to run: ports, sidecar and gateway bootstrap files, the Prometheus scrape
 //! configuration, and `mesh.json`, the record of a running demo that `loadgen` and `fault` read.
 //!
 //! Everything here is plain data and text, so it is tested without starting a process.
@@ -72,13 +72,47 @@ impl Instance {
     }
 }
 
-/// Ports for the control plane and every instance.
+/// The gateway in front of the storefront: the sidecar binary with no app, whose HTTP listener
+/// is where users and `meshctl loadgen` enter the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gateway {
+    /// Its HTTP listener, routing every host to the storefront.
+    pub http: SocketAddr,
+    /// Its outbound listener (unused by any app; the gateway hands its requests to it).
+    pub outbound: SocketAddr,
+    /// Its inbound listener (no service calls the gateway).
+    pub inbound: SocketAddr,
+    /// Its admin listener (`/ready`, `/metrics`).
+    pub admin: SocketAddr,
+    /// Its process id, once started.
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+impl Gateway {
+    /// The service name it runs as, declared in the mesh configuration.
+    pub const SERVICE: &'static str = "gateway";
+
+    /// The URL users open.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Its admin base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+}
+
+/// Ports for the control plane, every instance and the gateway.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// The control plane's listeners.
     pub control_plane: ControlPlaneAddrs,
     /// Every instance, callers first, in start order.
     pub instances: Vec<Instance>,
+    /// The gateway's listeners.
+    pub gateway: Gateway,
     /// Ports from `ports_from` on that were in use and skipped, so every later port moved up:
     /// `meshctl up` says so, since the usual addresses (the README's) are then not the ones in
     /// use.
@@ -132,27 +166,29 @@ pub enum PortError {
 
 /// Hands out ports from `config.ports_from` upwards, skipping those `is_free` rejects: four
 /// per instance (app, outbound, inbound, admin), after the control plane's two when the file
-/// does not name them.
+/// does not name them, then the gateway's (HTTP unless named, outbound, inbound, admin), last
+/// so that adding it moved no instance's port.
 pub fn allocate(
     config: &DemoConfig,
     mut is_free: impl FnMut(u16) -> bool,
 ) -> Result<Plan, PortError> {
-    let fixed: Vec<u16> = [config.control_plane.api, config.control_plane.admin]
-        .into_iter()
-        .flatten()
-        .map(|a| a.port())
-        .collect();
-    for (field, addr) in [
+    let named = [
         ("control_plane.api", config.control_plane.api),
         ("control_plane.admin", config.control_plane.admin),
-    ] {
+        ("gateway.listen", config.gateway.listen),
+    ];
+    let fixed: Vec<u16> = named
+        .iter()
+        .filter_map(|(_, addr)| addr.map(|a| a.port()))
+        .collect();
+    for (field, addr) in named {
         if let Some(addr) = addr
             && !is_free(addr.port())
         {
             return Err(PortError::InUse { field, addr });
         }
     }
-    let needed = config.instance_count() * 4 + 2;
+    let needed = config.instance_count() * 4 + 2 + 4;
     let mut next = u32::from(config.ports_from);
     let mut skipped = Vec::new();
     let mut take = || -> Result<SocketAddr, PortError> {
@@ -203,9 +239,21 @@ pub fn allocate(
             });
         }
     }
+    let http = match config.gateway.listen {
+        Some(addr) => addr,
+        None => take()?,
+    };
+    let gateway = Gateway {
+        http,
+        outbound: take()?,
+        inbound: take()?,
+        admin: take()?,
+        pid: None,
+    };
     Ok(Plan {
         control_plane: ControlPlaneAddrs { api, admin },
         instances,
+        gateway,
         skipped,
     })
 }
@@ -277,6 +325,10 @@ impl RunDir {
     pub fn bootstrap(&self, instance: &Instance) -> PathBuf {
         self.sidecars().join(format!("{}.yaml", instance.name))
     }
+    /// The gateway's bootstrap file.
+    pub fn gateway_bootstrap(&self) -> PathBuf {
+        self.sidecars().join(format!("{}.yaml", Gateway::SERVICE))
+    }
 }
 
 /// The file name of the record of a running mesh, in its run directory.
@@ -340,9 +392,67 @@ pub fn sidecar_bootstrap(
     out
 }
 
+/// The gateway's bootstrap file: one HTTP listener routing every host to the storefront, its
+/// certificate and destinations from the control plane at `control_plane_api` (on the host's
+/// side of the bridge with `--transparent`, where the gateway runs too), its spans where the
+/// sidecars' go, so an order's trace starts at the gateway.
+pub fn gateway_bootstrap(
+    gateway: &Gateway,
+    trust_domain: &str,
+    control_plane_api: SocketAddr,
+    state_dir: &Path,
+    tracing: Option<&TracingSpec>,
+) -> String {
+    let mut out = format!(
+        "# Written by `meshctl up` for the gateway; rewritten on every run.\n\
+         service: {service}\n\
+         instance: {service}\n\
+         trust_domain: {trust_domain}\n\
+         listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+         control_plane:\n  \
+           address: \"{cp}\"\n  \
+           trust_anchor: {anchor}\n  \
+           token_file: {token}\n\
+         access_log: false\n\
+         gateway:\n  \
+           listeners: [{{ name: web, address: \"{http}\", protocol: HTTP }}]\n  \
+           routes:\n    \
+             - name: shop\n      \
+               parentRefs: [{{ name: web }}]\n      \
+               rules: [{{ backendRefs: [{{ name: storefront }}] }}]   # every host, every path\n",
+        service = Gateway::SERVICE,
+        outbound = gateway.outbound,
+        inbound = gateway.inbound,
+        admin = gateway.admin,
+        http = gateway.http,
+        cp = control_plane_api,
+        anchor = quoted(&state_dir.join("ca.pem").to_string_lossy()),
+        token = quoted(
+            &state_dir
+                .join("tokens")
+                .join(Gateway::SERVICE)
+                .to_string_lossy()
+        ),
+    );
+    if let Some(tracing) = tracing {
+        let _ = write!(
+            out,
+            "tracing:\n  otlp_endpoint: {}\n  protocol: {}\n  service_name: {}\n",
+            quoted(&tracing.otlp_endpoint),
+            tracing.protocol,
+            Gateway::SERVICE,
+        );
+    }
+    out
+}
+
 /// A Prometheus configuration with one job scraping the control plane's and every sidecar's
 /// admin `/metrics`, labelled by service and instance.
-pub fn prometheus_config(control_plane: &ControlPlaneAddrs, instances: &[Instance]) -> String {
+pub fn prometheus_config(
+    control_plane: &ControlPlaneAddrs,
+    instances: &[Instance],
+    gateway: &Gateway,
+) -> String {
     let mut out = String::from(
         "# Written by `meshctl up`: prometheus --config.file=<this file>\n\
          global:\n  \
@@ -365,6 +475,7 @@ pub fn prometheus_config(control_plane: &ControlPlaneAddrs, instances: &[Instanc
     for i in instances {
         target(i.admin, &i.service, &i.name);
     }
+    target(gateway.admin, Gateway::SERVICE, Gateway::SERVICE);
     out
 }
 
@@ -375,8 +486,11 @@ pub struct Manifest {
     pub pid: u32,
     /// The run directory.
     pub run_dir: PathBuf,
-    /// The storefront's URL, where users and `meshctl loadgen` go.
+    /// The storefront app's own URL (with `--transparent`, reachable only through the mesh).
     pub storefront: Option<String>,
+    /// The gateway in front of the storefront: where users and `meshctl loadgen` go.
+    #[serde(default)]
+    pub gateway: Option<Gateway>,
     /// The control plane.
     pub control_plane: ControlPlaneAddrs,
     /// The control plane's process id.
@@ -437,5 +551,14 @@ impl Manifest {
     /// The instances of `service`.
     pub fn instances_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Instance> {
         self.instances.iter().filter(move |i| i.service == service)
+    }
+
+    /// Where users enter the demo: the gateway's URL, or the storefront's for a mesh recorded
+    /// without one.
+    pub fn entry_url(&self) -> Option<String> {
+        self.gateway
+            .as_ref()
+            .map(Gateway::url)
+            .or_else(|| self.storefront.clone())
     }
 }

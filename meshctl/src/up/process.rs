@@ -31,8 +31,10 @@ pub enum Role {
     ControlPlane,
     /// A sidecar: stopped after the apps.
     Sidecar,
-    /// An app: stopped first.
+    /// An app: stopped right after the gateway.
     App,
+    /// The gateway: stopped first, so no outside request comes in while the mesh stops.
+    Gateway,
 }
 
 /// A child process of the run.

@@ -4,12 +4,13 @@ use std::fmt::Write as _;
 
 use super::config::TracingSpec;
 use super::jaeger::{self, JaegerSpec};
-use super::plan::{ControlPlaneAddrs, Instance, RunDir};
+use super::plan::{ControlPlaneAddrs, Gateway, Instance, RunDir};
 
-/// The table of instances and the pointers (storefront, control plane, traces, Prometheus).
+/// The table of instances and the gateway, and the pointers (the gateway's URL, control plane,
+/// traces, Prometheus).
 pub(super) fn render(
     instances: &[Instance],
-    storefront_url: Option<String>,
+    gateway: &Gateway,
     cp: ControlPlaneAddrs,
     tracing: Option<&TracingSpec>,
     jaeger: Option<&JaegerSpec>,
@@ -29,12 +30,21 @@ pub(super) fn render(
             i.metrics_url(),
         ]);
     }
+    rows.push(vec![
+        Gateway::SERVICE.to_owned(),
+        Gateway::SERVICE.to_owned(),
+        gateway.url(),
+        gateway.admin_url(),
+        format!("{}/metrics", gateway.admin_url()),
+    ]);
     let mut out = String::new();
     crate::table::write(&mut out, &rows);
     out.push('\n');
-    if let Some(url) = storefront_url {
-        let _ = writeln!(out, "Storefront     {url}/   <- open this");
-    }
+    let _ = writeln!(
+        out,
+        "Shop           {}/   <- open this (the gateway, in front of the storefront)",
+        gateway.url()
+    );
     let status = if cp.admin.to_string() == mesh_control_plane::DEFAULT_ADMIN {
         "meshctl status".to_owned()
     } else {

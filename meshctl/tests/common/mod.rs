@@ -95,6 +95,7 @@ pub fn demo_config(
         run_dir: run_dir.to_owned(),
         tracing,
         ports_from: ports_from(),
+        gateway: meshctl::up::GatewaySpec::default(),
         services,
     }
 }
