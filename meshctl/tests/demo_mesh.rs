@@ -1,7 +1,7 @@
 //! The demo mesh end to end, as `meshctl up` runs it: real control plane, sidecars and
 //! demo-service apps as child processes, an OTLP collector in this test.
 //!
-//! Orders go through the storefront while an inventory instance dies, while payments fails
+//! Orders go through the gateway to the storefront while an inventory instance dies, while payments fails
 //! 30 % of the time, and while payments fails always; one order's trace spans every service;
 //! and after `stop()` no process of the run is left.
 
@@ -97,7 +97,11 @@ async fn the_demo_mesh_survives_failures_traces_orders_and_leaves_nothing_behind
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("the demo mesh started in {:?}", started.elapsed());
     let pids = mesh.pids();
-    assert_eq!(pids.len(), 1 + 2 * 7);
+    assert_eq!(
+        pids.len(),
+        1 + 2 * 7 + 1,
+        "the control plane, 7 instances, the gateway"
+    );
     let manifest = meshctl::up::Manifest::load(run_dir.path()).unwrap();
     assert_eq!(manifest.instances.len(), 7);
     assert!(
@@ -110,8 +114,14 @@ async fn the_demo_mesh_survives_failures_traces_orders_and_leaves_nothing_behind
     assert!(report.contains("inventory-2"), "{report}");
 
     let client = HttpClient::new(Duration::from_secs(15));
-    let storefront = mesh.storefront_url().unwrap();
-    assert_eq!(storefront, manifest.storefront.clone().unwrap());
+    // Users enter through the gateway, which mesh.json records and the report points at.
+    let storefront = mesh.gateway_url();
+    assert_eq!(manifest.entry_url(), Some(storefront.clone()));
+    assert!(manifest.gateway.as_ref().is_some_and(|g| g.pid.is_some()));
+    assert!(
+        report.contains(&format!("{storefront}/   <- open this")),
+        "{report}"
+    );
     let inventory_app = mesh.instances_of("inventory").nth(1).unwrap().app_url();
 
     // A product with plenty of stock, so no order fails for lack of it.
@@ -232,8 +242,10 @@ async fn the_demo_mesh_survives_failures_traces_orders_and_leaves_nothing_behind
     )
     .await;
 
-    // (e) The traced order is one trace across storefront, orders, inventory and payments.
-    let wanted: BTreeSet<&str> = ["storefront", "orders", "inventory", "payments"].into();
+    // (e) The traced order is one trace across the gateway, storefront, orders, inventory and
+    // payments.
+    let wanted: BTreeSet<&str> =
+        ["gateway", "storefront", "orders", "inventory", "payments"].into();
     let what = format!("trace {trace_id} to have spans from {wanted:?}");
     let services = eventually(&what, Duration::from_secs(15), || async {
         let services: BTreeSet<String> = collector
@@ -404,12 +416,18 @@ async fn the_cli_runs_the_demo_takes_load_and_faults_and_stops_on_ctrl_c() {
     assert!(text.contains("SERVICE"), "{text}");
     assert!(text.contains("payments-2"), "{text}");
     assert!(text.contains("stopped"), "{text}");
+    let gateway = manifest.gateway.clone().unwrap();
+    assert!(
+        text.contains(&format!("{}/   <- open this", gateway.url())),
+        "{text}"
+    );
     let mut pids: Vec<u32> = manifest.control_plane_pid.into_iter().collect();
+    pids.extend(gateway.pid);
     for i in &manifest.instances {
         pids.extend(i.app_pid);
         pids.extend(i.sidecar_pid);
     }
-    assert_eq!(pids.len(), 13);
+    assert_eq!(pids.len(), 14);
     for p in pids {
         assert_eq!(
             kill(pid(p), None),

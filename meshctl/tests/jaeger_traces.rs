@@ -1,6 +1,7 @@
 //! The demo mesh with a real Jaeger (built by `scripts/build-jaeger.sh`), as `meshctl up
-//! --jaeger` runs it: one order, while payments fails exactly once, is one trace in Jaeger's
-//! query API with spans from every service on the order's path, each span the child of the
+//! --jaeger` runs it: one order placed through the gateway, while payments fails exactly once,
+//! is one trace in Jaeger's query API, rooted at the gateway, with spans from every service on
+//! the order's path, each span the child of the
 //! one before it, the mesh's attributes on them, and the retry as a span event.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,9 +19,10 @@ use serde_json::Value;
 
 use self::common::{require_binaries, required_in_ci, service};
 
-/// Every service an order passes through: the storefront calls orders, which reserves stock
-/// (inventory), charges (payments) and notifies (notifications).
-const ORDER_PATH: [&str; 5] = [
+/// Every service an order passes through: the gateway calls the storefront, which calls
+/// orders, which reserves stock (inventory), charges (payments) and notifies (notifications).
+const ORDER_PATH: [&str; 6] = [
+    "gateway",
     "storefront",
     "orders",
     "inventory",
@@ -55,7 +57,7 @@ async fn one_order_is_one_trace_in_jaeger_with_every_hop_and_its_retry() {
             otlp_endpoint: format!("http://{}", free_port()),
             protocol: "grpc".into(),
         }),
-        ORDER_PATH.iter().map(|s| service(s, 1)).collect(),
+        ORDER_PATH[1..].iter().map(|s| service(s, 1)).collect(),
     );
     let mut options = UpOptions::new(&bins);
     options.jaeger = Some(JaegerSpec {
@@ -75,16 +77,14 @@ async fn one_order_is_one_trace_in_jaeger_with_every_hop_and_its_retry() {
     let client = HttpClient::new(Duration::from_secs(15));
     let payments = mesh.instances_of("payments").next().unwrap().app_url();
     common::set_faults(&client, &payments, serde_json::json!({"fail_next": 1})).await;
-    let storefront = mesh.storefront_url().unwrap();
-    let products = client
-        .get(&format!("{storefront}/api/products"))
-        .await
-        .unwrap();
+    let shop = mesh.gateway_url();
+    assert_eq!(manifest.entry_url().as_deref(), Some(shop.as_str()));
+    let products = client.get(&format!("{shop}/api/products")).await.unwrap();
     let sku = products.json()[0]["sku"].as_str().unwrap().to_owned();
     let order = client
         .json(
             Method::POST,
-            &format!("{storefront}/api/orders"),
+            &format!("{shop}/api/orders"),
             &serde_json::json!({"customer": "traced", "items": [{"sku": sku, "qty": 1}]}),
         )
         .await
@@ -154,8 +154,8 @@ async fn one_order_is_one_trace_in_jaeger_with_every_hop_and_its_retry() {
         .iter()
         .map(|s| (s["spanID"].as_str().unwrap(), s))
         .collect();
-    // One root: the storefront sidecar's CLIENT span for the app's call to orders. Every other
-    // span names a parent in the same trace.
+    // One root: the gateway's CLIENT span for its call to the storefront. Every other span
+    // names a parent in the same trace.
     let mut roots = Vec::new();
     for span in spans {
         assert_eq!(span["traceID"], trace_id);
@@ -181,10 +181,14 @@ async fn one_order_is_one_trace_in_jaeger_with_every_hop_and_its_retry() {
         }
     }
     assert_eq!(roots.len(), 1, "roots: {roots:#?}");
-    assert_eq!(process_service(roots[0]), "storefront");
+    assert_eq!(process_service(roots[0]), "gateway");
     assert_eq!(
         tag(roots[0], "span.kind").and_then(Value::as_str),
         Some("client")
+    );
+    assert_eq!(
+        tag(roots[0], "mesh.destination.service").and_then(Value::as_str),
+        Some("storefront")
     );
 
     // Each inbound (SERVER) span is the child of the caller's outbound (CLIENT) span, which

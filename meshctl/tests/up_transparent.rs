@@ -1,8 +1,9 @@
 //! `meshctl up --transparent` end to end, as root: the demo mesh with every instance in its own
 //! network namespace on a bridge of this test's own, apps calling each other by name through
-//! the redirect. An order placed at the storefront's namespace address crosses every hop over
-//! mTLS, which each callee's sidecar shows by counting the request under its caller's
-//! identity; and stopping leaves nothing behind.
+//! the redirect. An order placed through the gateway on the host crosses every hop over mTLS,
+//! which each callee's sidecar shows by counting the request under its caller's identity; the
+//! storefront's own namespace address serves nothing to a plain client; and stopping leaves
+//! nothing behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -85,20 +86,30 @@ async fn an_order_crosses_every_hop_over_mtls_and_stopping_leaves_nothing() {
             .unwrap();
     assert!(hosts.lines().any(|l| l.ends_with("\tinventory")), "{hosts}");
 
-    // The storefront, from the host, as a browser: a plain connection the redirect brings to
-    // its sidecar, which lets it in (unauthenticated: allow).
+    // The storefront's app port, from the host: a plain connection the redirect brings to its
+    // sidecar, which lets in only the gateway.
     let client = HttpClient::new(Duration::from_secs(10));
-    let products = client
+    let direct = client
         .get(&format!("{storefront}/api/products"))
         .await
         .unwrap();
+    assert_eq!(direct.status, StatusCode::FORBIDDEN, "{}", direct.text());
+    assert!(!direct.text().contains("sku"), "{}", direct.text());
+
+    // The gateway, on the host's loopback, as a browser: it calls the storefront's namespace
+    // address over mTLS.
+    let shop = mesh.gateway_url();
+    assert!(shop.starts_with("http://127.0.0.1:"), "{shop}");
+    let manifest = meshctl::up::Manifest::load(run_dir.path()).unwrap();
+    assert_eq!(manifest.entry_url().as_deref(), Some(shop.as_str()));
+    let products = client.get(&format!("{shop}/api/products")).await.unwrap();
     assert_eq!(products.status, StatusCode::OK, "{}", products.text());
     let products: serde_json::Value = serde_json::from_str(&products.text()).unwrap();
     let sku = products[0]["sku"].as_str().unwrap().to_owned();
     let order = client
         .json(
             Method::POST,
-            &format!("{storefront}/api/orders"),
+            &format!("{shop}/api/orders"),
             &serde_json::json!({"customer": "test", "items": [{"sku": sku, "qty": 1}]}),
         )
         .await
@@ -109,7 +120,7 @@ async fn an_order_crosses_every_hop_over_mtls_and_stopping_leaves_nothing() {
     // identity.
     let admin = |service: &str| mesh.instances_of(service).next().unwrap().metrics_url();
     for (caller, callee, status) in [
-        ("unauthenticated", "storefront", 201),
+        ("gateway", "storefront", 201),
         ("storefront", "orders", 201),
         ("orders", "inventory", 200),
         ("orders", "payments", 201),

@@ -6,9 +6,9 @@
 //! namespace's hosts file maps to inventory's virtual address and `sidecar redirect` sends to
 //! its sidecar. The control plane's API and Jaeger's OTLP receiver listen on the bridge's
 //! address, where the namespaces reach the host; the control plane's admin endpoint and
-//! Jaeger's UI stay on loopback. The storefront is reached from the host at its namespace's
-//! address: the redirect sends that plain connection to its sidecar's inbound listener, which
-//! lets it in because storefront's policy says `authorization.unauthenticated: allow`.
+//! Jaeger's UI stay on loopback. Users reach the storefront through the gateway, which runs on
+//! the host and calls the storefront's namespace address over mTLS; a plain connection to that
+//! address is brought by the redirect to the storefront's sidecar, which refuses it.
 //!
 //! Here: the settings, names, and files; `up` does the starting and stopping.
 
