@@ -83,7 +83,7 @@ pub(crate) fn up(
         let mut terminate = signal(SignalKind::terminate())?;
         let mut hangup = signal(SignalKind::hangup())?;
         println!(
-            "starting a control plane and {} instances from {}",
+            "starting a control plane, {} instances and a gateway from {}",
             config.instance_count(),
             config_path.display(),
         );
@@ -130,7 +130,7 @@ pub(crate) fn up(
             task.abort();
         }
         status.finish();
-        println!("\nstopping: apps, then sidecars, then the control plane...");
+        println!("\nstopping: the gateway, apps, then sidecars, then the control plane...");
         let killed = mesh.stop().await;
         if killed.is_empty() {
             println!("stopped");
