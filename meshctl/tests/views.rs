@@ -141,7 +141,9 @@ async fn stat_shows_every_edge_at_the_rate_sent_and_tap_streams_requests() {
     assert!(!ok, "{out}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("no service \"billing\" in the mesh (services: inventory, notifications"),
+        err.contains(
+            "no service \"billing\" in the mesh (services: gateway, inventory, notifications"
+        ),
         "{err}"
     );
 
