@@ -52,6 +52,11 @@ fn the_repository_demo_file_parses_as_the_contract_says() {
         })
     );
     assert_eq!(config.ports_from, 18000);
+    // The shop's URL in the README and the tour.
+    assert_eq!(
+        config.gateway.listen,
+        Some("127.0.0.1:18080".parse().unwrap())
+    );
     let services: Vec<(&str, u16)> = config
         .services
         .iter()
