@@ -84,6 +84,7 @@ pub mod telemetry;
 
 mod admin;
 mod app_health;
+mod body_limit;
 mod control;
 mod detect;
 mod gateway;

@@ -527,3 +527,63 @@ fn a_missing_certificate_stops_the_gateway_naming_the_file() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
 }
+
+/// A request body of `chunks` bytes each, its length not declared (chunked on HTTP/1.1).
+fn streamed(
+    chunks: &[usize],
+) -> http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = chunks
+        .iter()
+        .map(|n| Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; *n]))))
+        .collect();
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+#[tokio::test]
+async fn bodies_of_undeclared_length_are_held_to_the_clients_request_limit() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let edge = Edge::start("{ max_request_bytes: 1KiB }").await;
+    let _ = edge.get("shop.example.com", "/api/orders/1").await;
+    let url = format!("http://{}/api/orders/1", edge.web);
+    let http1 = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let post = |chunks: &[usize]| {
+        http::Request::post(&url)
+            .header("host", "shop.example.com")
+            .body(streamed(chunks))
+            .unwrap()
+    };
+
+    // Under the limit, chunked: the app gets it whole.
+    let req = post(&[300, 300, 300]);
+    assert!(!req.headers().contains_key("content-length"));
+    let rsp = http1.request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let seen = client::json(rsp).await;
+    assert_eq!(seen["body_bytes"], 900, "{seen}");
+
+    // Over it: refused with 413 and the same code as a declared length over it; the app
+    // never gets the whole body (it would answer 200 with its length).
+    let rsp = http1.request(post(&[512; 8])).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(rsp.headers()["x-mesh-error"], "request-body");
+    let text = client::text(rsp).await;
+    assert!(text.contains("1024"), "the answer names the limit: {text}");
+
+    // HTTP/2 without content-length: refused too.
+    let tcp = tokio::net::TcpStream::connect(edge.web).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://shop.example.com/api/orders/1")
+        .body(streamed(&[512; 8]))
+        .unwrap();
+    let rsp = h2.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(rsp.headers()["x-mesh-error"], "request-body");
+
+    let series = r#"mesh_gateway_refused_total{listener="web",reason="body-too-large"}"#;
+    assert!(edge.metric(series).await >= 2.0, "{series}");
+}
