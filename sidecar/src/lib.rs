@@ -238,7 +238,7 @@ pub async fn run(
     ::tracing::info!(
         identity = %identity.id(),
         outbound = %listeners.outbound.local_addr()?,
-        inbound = ?inbound_addr,
+        inbound = %inbound_addr.map_or_else(|| "none (gateway)".to_owned(), |a| a.to_string()),
         admin = %admin_addr,
         app = %config.app,
         "sidecar serving"
