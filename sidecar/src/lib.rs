@@ -84,6 +84,7 @@ pub mod telemetry;
 
 mod admin;
 mod app_health;
+mod body_limit;
 mod control;
 mod detect;
 mod gateway;
@@ -192,6 +193,10 @@ pub async fn run(
     let acceptor = TlsAcceptor::from(identity.server_config()?);
 
     // The control plane: snapshots, renewal and registration, once the first snapshot is in.
+    let inbound_addr = match &listeners.inbound {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
     let controlled = Controlled {
         identity: identity.clone(),
         destinations: destinations_tx.clone(),
@@ -199,7 +204,7 @@ pub async fn run(
         metrics: metrics.clone(),
         snapshot_json: admin.snapshot_json.clone(),
         app_health,
-        inbound_addr: listeners.inbound.local_addr()?,
+        inbound_addr,
         admin_addr,
     };
     if let Some(address) = &cp_address {
@@ -233,7 +238,7 @@ pub async fn run(
     ::tracing::info!(
         identity = %identity.id(),
         outbound = %listeners.outbound.local_addr()?,
-        inbound = %listeners.inbound.local_addr()?,
+        inbound = %inbound_addr.map_or_else(|| "none (gateway)".to_owned(), |a| a.to_string()),
         admin = %admin_addr,
         app = %config.app,
         "sidecar serving"
@@ -292,25 +297,28 @@ pub async fn run(
         drain.clone(),
         metrics.clone(),
     );
-    let inbound_task = inbound::accept::spawn(
-        listeners.inbound,
-        acceptor,
-        (
-            {
-                let inbound = inbound.clone();
-                move |caller, req| inbound.clone().handle(caller, req)
-            },
-            move |caller, tcp| inbound.clone().plain_tcp(caller, tcp),
-        ),
-        (
-            config.max_connection_age,
-            &config.limits.inbound,
-            &config.inbound,
-        ),
-        identity.trust_changes(),
-        drain.clone(),
-        metrics.clone(),
-    );
+    // A gateway has no inbound listener: nothing in the mesh calls it.
+    let inbound_task = listeners.inbound.map(|listener| {
+        inbound::accept::spawn(
+            listener,
+            acceptor,
+            (
+                {
+                    let inbound = inbound.clone();
+                    move |caller, req| inbound.clone().handle(caller, req)
+                },
+                move |caller, tcp| inbound.clone().plain_tcp(caller, tcp),
+            ),
+            (
+                config.max_connection_age,
+                &config.limits.inbound,
+                &config.inbound,
+            ),
+            identity.trust_changes(),
+            drain.clone(),
+            metrics.clone(),
+        )
+    });
     admin.waiting_for(None);
     admin.ready.store(true, Ordering::Release);
 
@@ -325,6 +333,12 @@ pub async fn run(
         registration.leave().await;
     }
     drain.token.cancel();
+    let inbound_task = async {
+        match inbound_task {
+            Some(task) => task.await,
+            None => Ok(()),
+        }
+    };
     let (outbound_done, inbound_done) = tokio::join!(outbound_task, inbound_task);
     outbound_done?;
     inbound_done?;

@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listeners = Listeners::bind(&config.listen).await?;
+        let listeners = Listeners::bind(&config.listen, config.gateway.is_none()).await?;
         mesh_sidecar::run(config, credentials, listeners, shutdown_signal()).await
     });
     match result {

@@ -81,8 +81,8 @@ fn accept_backoff(failures: u32) -> Duration {
 pub struct Listeners {
     /// Plain HTTP from the local app.
     pub outbound: TcpListener,
-    /// Mutual TLS from peer sidecars.
-    pub inbound: TcpListener,
+    /// Mutual TLS from peer sidecars; none for a gateway, which is no destination.
+    pub inbound: Option<TcpListener>,
     /// Admin endpoint.
     pub admin: TcpListener,
 }
@@ -99,8 +99,8 @@ pub struct BindError {
 // === impl Listeners ===
 
 impl Listeners {
-    /// Binds the three addresses of `listen`.
-    pub async fn bind(listen: &ListenAddrs) -> Result<Self, BindError> {
+    /// Binds the addresses of `listen`: all three, or without `inbound` (a gateway's).
+    pub async fn bind(listen: &ListenAddrs, inbound: bool) -> Result<Self, BindError> {
         async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
             TcpListener::bind(addr)
                 .await
@@ -108,7 +108,10 @@ impl Listeners {
         }
         Ok(Self {
             outbound: bind("outbound", listen.outbound).await?,
-            inbound: bind("inbound", listen.inbound).await?,
+            inbound: match inbound {
+                true => Some(bind("inbound", listen.inbound).await?),
+                false => None,
+            },
             admin: bind("admin", listen.admin).await?,
         })
     }

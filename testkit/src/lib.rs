@@ -399,17 +399,15 @@ impl SidecarBuilder<'_> {
             Some(listener) => listener,
             None => bind().await,
         };
+        let admin = bind().await;
+        let addr = |l: &TcpListener| l.local_addr().expect("bound address");
+        let addresses = (addr(&outbound), addr(&inbound), addr(&admin));
         let listeners = Listeners {
             outbound,
-            inbound,
-            admin: bind().await,
+            inbound: Some(inbound),
+            admin,
         };
-        let addr = |l: &TcpListener| l.local_addr().expect("bound address");
-        let (outbound, inbound, admin) = (
-            addr(&listeners.outbound),
-            addr(&listeners.inbound),
-            addr(&listeners.admin),
-        );
+        let (outbound, inbound, admin) = addresses;
         let path = self.write_config(outbound, inbound, admin);
         let config = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
         let credentials = config.load_credentials().unwrap_or_else(|e| panic!("{e}"));

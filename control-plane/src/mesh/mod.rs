@@ -298,7 +298,7 @@ impl Mesh {
         let Some(record) = state.registry.deregister(caller, instance_id) else {
             return false;
         };
-        tracing::info!(service = %caller, instance = %instance_id, address = %record.address, "deregistered");
+        tracing::info!(service = %caller, instance = %instance_id, address = ?record.address, "deregistered");
         self.count_instances(&state);
         Self::mark_changed(&mut state);
         drop(state);

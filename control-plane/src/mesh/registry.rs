@@ -19,7 +19,9 @@ pub(super) type InstanceKey = (String, String);
 /// One registered instance.
 #[derive(Debug, Clone)]
 pub(super) struct InstanceRecord {
-    pub(super) address: SocketAddr,
+    /// Where callers reach it; none for an instance that is no destination (a gateway): it is
+    /// tracked for its lease and status, and left out of every snapshot's endpoints.
+    pub(super) address: Option<SocketAddr>,
     pub(super) version: String,
     pub(super) last_seen: Instant,
     pub(super) applied_version: u64,
@@ -100,8 +102,11 @@ pub(super) struct Registry {
     acks: HashMap<InstanceKey, WatchAck>,
 }
 
-/// Checks an instance sent by `caller` and returns its address.
-pub(super) fn check(caller: &str, instance: &v1::Instance) -> Result<SocketAddr, RegistryError> {
+/// Checks an instance sent by `caller` and returns its address; none when it sent none.
+pub(super) fn check(
+    caller: &str,
+    instance: &v1::Instance,
+) -> Result<Option<SocketAddr>, RegistryError> {
     if instance.service != caller {
         return Err(RegistryError::WrongService {
             caller: caller.to_owned(),
@@ -113,6 +118,15 @@ pub(super) fn check(caller: &str, instance: &v1::Instance) -> Result<SocketAddr,
             "instance_id must be 1 to 256 characters".into(),
         ));
     }
+    if !instance.version.is_empty() && mesh_api::spiffe::check_label(&instance.version).is_err() {
+        return Err(RegistryError::Invalid(format!(
+            "version {:?} is not a DNS label",
+            instance.version
+        )));
+    }
+    if instance.address.is_empty() {
+        return Ok(None);
+    }
     let address: SocketAddr = instance.address.parse().map_err(|_| {
         RegistryError::Invalid(format!("address {:?} is not an ip:port", instance.address))
     })?;
@@ -123,22 +137,20 @@ pub(super) fn check(caller: &str, instance: &v1::Instance) -> Result<SocketAddr,
              instance (the sidecar's listen.advertise)"
         )));
     }
-    if !instance.version.is_empty() && mesh_api::spiffe::check_label(&instance.version).is_err() {
-        return Err(RegistryError::Invalid(format!(
-            "version {:?} is not a DNS label",
-            instance.version
-        )));
-    }
-    Ok(address)
+    Ok(Some(address))
 }
 
 /// Checks that an instance registers from its own address, or an address in the allowed
-/// ranges. An IPv4-mapped IPv6 address counts as its IPv4 address.
+/// ranges. An IPv4-mapped IPv6 address counts as its IPv4 address. An instance without an
+/// address sends no caller anywhere, so there is nothing to check.
 pub(super) fn check_source(
-    address: SocketAddr,
+    address: Option<SocketAddr>,
     source: Option<IpAddr>,
     settings: &RegistrationSettings,
 ) -> Result<(), RegistryError> {
+    let Some(address) = address else {
+        return Ok(());
+    };
     let ip = address.ip().to_canonical();
     if source.map(|s| s.to_canonical()) == Some(ip) || settings.allows(ip) {
         return Ok(());
@@ -203,7 +215,7 @@ impl Registry {
         &mut self,
         service: &str,
         instance: &v1::Instance,
-        address: SocketAddr,
+        address: Option<SocketAddr>,
         now: Instant,
         max: usize,
     ) -> Result<(), RegistryError> {
@@ -281,7 +293,7 @@ impl Registry {
         self.instances.retain(|(service, id), record| {
             let live = now.duration_since(record.last_seen) < lease;
             if !live {
-                tracing::info!(%service, instance = %id, address = %record.address, "lease expired");
+                tracing::info!(%service, instance = %id, address = ?record.address, "lease expired");
             }
             live
         });
@@ -331,8 +343,10 @@ mod tests {
         let ok = instance("o-1", "127.0.0.1:15006");
         assert_eq!(
             check("orders", &ok).unwrap(),
-            "127.0.0.1:15006".parse().unwrap()
+            Some("127.0.0.1:15006".parse().unwrap())
         );
+        // No address: an instance no caller is sent to (a gateway).
+        assert_eq!(check("orders", &instance("o-1", "")).unwrap(), None);
         let err = check("payments", &ok).unwrap_err().to_string();
         assert_eq!(
             err,
@@ -355,7 +369,7 @@ mod tests {
         let elsewhere = instance("o-1", "198.18.0.2:15006");
         assert_eq!(
             check("orders", &elsewhere).unwrap(),
-            "198.18.0.2:15006".parse().unwrap()
+            Some("198.18.0.2:15006".parse().unwrap())
         );
         let mut bad_version = ok.clone();
         bad_version.version = "V2".into();
@@ -372,7 +386,7 @@ mod tests {
             .register(
                 "orders",
                 &first,
-                "127.0.0.1:15006".parse().unwrap(),
+                Some("127.0.0.1:15006".parse().unwrap()),
                 now,
                 10,
             )
@@ -390,13 +404,13 @@ mod tests {
             .register(
                 "orders",
                 &moved,
-                "127.0.0.1:16006".parse().unwrap(),
+                Some("127.0.0.1:16006".parse().unwrap()),
                 now,
                 10,
             )
             .unwrap();
         let (_, record) = registry.instances_of("orders").next().unwrap();
-        assert_eq!(record.address, "127.0.0.1:16006".parse().unwrap());
+        assert_eq!(record.address, Some("127.0.0.1:16006".parse().unwrap()));
         assert_eq!(record.applied_version, 9);
         assert_eq!(record.issuer_sha256, "aa");
         assert_eq!(record.ejected, ["inventory/10.0.0.1:15006"]);
@@ -417,7 +431,7 @@ mod tests {
             .register(
                 "orders",
                 &first,
-                "127.0.0.1:15006".parse().unwrap(),
+                Some("127.0.0.1:15006".parse().unwrap()),
                 now,
                 10,
             )
@@ -443,7 +457,7 @@ mod tests {
         for id in ["o-1", "o-2"] {
             let i = instance(id, "127.0.0.1:15006");
             registry
-                .register("orders", &i, "127.0.0.1:15006".parse().unwrap(), now, 10)
+                .register("orders", &i, "127.0.0.1:15006".parse().ok(), now, 10)
                 .unwrap();
         }
         let later = now + Duration::from_secs(6);

@@ -152,7 +152,7 @@ mod tests {
             .register(
                 "orders",
                 &instance,
-                "127.0.0.1:15006".parse().unwrap(),
+                Some("127.0.0.1:15006".parse().unwrap()),
                 now,
                 10,
             )

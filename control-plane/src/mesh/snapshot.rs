@@ -2,6 +2,8 @@
 //! the registry. Pure: the same inputs give the same snapshots, unversioned; `Mesh` stamps
 //! versions on the ones that changed.
 
+use std::net::SocketAddr;
+
 use mesh_api::proto::v1;
 use mesh_api::spiffe::SpiffeId;
 
@@ -71,13 +73,15 @@ pub(super) fn snapshot(
 
 /// The endpoints of `dest`: one backend, or one per version of its traffic split.
 fn backends(dest: &ServiceConfig, registry: &Registry) -> Vec<v1::Backend> {
-    let instances: Vec<(&String, &InstanceRecord)> = registry
+    let instances: Vec<(&String, &InstanceRecord, SocketAddr)> = registry
         .instances_of(&dest.name)
-        // An instance whose app is down gets no traffic until its sidecar says it is up.
+        // An instance whose app is down gets no traffic until its sidecar says it is up; one
+        // without an address (a gateway) never does.
         .filter(|(_, record)| record.app_down.is_empty())
+        .filter_map(|(id, record)| Some((id, record, record.address?)))
         .collect();
-    let endpoint = |(id, record): &(&String, &InstanceRecord)| v1::Endpoint {
-        address: record.address.to_string(),
+    let endpoint = |(id, _, address): &(&String, &InstanceRecord, SocketAddr)| v1::Endpoint {
+        address: address.to_string(),
         instance_id: (*id).clone(),
     };
     match &dest.traffic_split {
@@ -93,7 +97,7 @@ fn backends(dest: &ServiceConfig, registry: &Registry) -> Vec<v1::Backend> {
                 weight: *weight,
                 endpoints: instances
                     .iter()
-                    .filter(|(_, r)| {
+                    .filter(|(_, r, _)| {
                         let v = if r.version.is_empty() {
                             "v1"
                         } else {
@@ -361,6 +365,19 @@ mod tests {
             endpoints(&up.destinations[0].backends[0]),
             [("a", "10.0.0.1:15006"), ("b", "10.0.0.2:15006")]
         );
+    }
+
+    #[test]
+    fn an_instance_without_an_address_is_no_endpoint() {
+        let config = config(&[
+            ("orders", "name: orders\ncalls: [gateway]\n"),
+            ("gateway", "name: gateway\n"),
+        ]);
+        let mut registry = Registry::default();
+        register(&mut registry, "gateway", "g", "", "");
+        assert_eq!(registry.instances_of("gateway").count(), 1);
+        let orders = snapshot(&config, &trust(), &registry, "orders");
+        assert!(endpoints(&orders.destinations[0].backends[0]).is_empty());
     }
 
     #[test]

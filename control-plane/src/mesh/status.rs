@@ -45,7 +45,8 @@ pub struct ServiceStatus {
 pub struct InstanceStatus {
     /// Chosen by the sidecar.
     pub instance_id: String,
-    /// The address it registered (its sidecar's advertised address), where callers dial it.
+    /// The address it registered (its sidecar's advertised address), where callers dial it;
+    /// empty for a gateway, which no caller is sent to.
     pub address: String,
     /// App version ("" means v1).
     pub version: String,
@@ -122,7 +123,7 @@ pub(super) fn status(
         let current = entry.snapshot_version;
         entry.instances.push(InstanceStatus {
             instance_id: id.clone(),
-            address: record.address.to_string(),
+            address: record.address.map(|a| a.to_string()).unwrap_or_default(),
             version: record.version.clone(),
             last_heartbeat_ms: u64::try_from(now.duration_since(record.last_seen).as_millis())
                 .unwrap_or(u64::MAX),

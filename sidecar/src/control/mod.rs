@@ -58,8 +58,9 @@ pub(crate) struct Controlled {
     pub(crate) snapshot_json: Arc<ArcSwapOption<Bytes>>,
     pub(crate) app_health: Option<tokio::sync::watch::Receiver<AppStatus>>,
     /// The inbound listener's bound address; what is registered is `listen.advertise`,
-    /// defaulting to this.
-    pub(crate) inbound_addr: SocketAddr,
+    /// defaulting to this. None for a gateway: it registers no address, so no caller is sent
+    /// to it.
+    pub(crate) inbound_addr: Option<SocketAddr>,
     /// The admin listener's bound address, registered for operator tools.
     pub(crate) admin_addr: SocketAddr,
 }
@@ -206,7 +207,10 @@ pub(crate) async fn start(
             )
         }),
         service: config.service.clone(),
-        address: config.listen.advertised(inbound_addr)?,
+        address: match inbound_addr {
+            Some(bound) => Some(config.listen.advertised(bound)?),
+            None => None,
+        },
         version: config.version.clone(),
         admin_address,
     };

@@ -24,7 +24,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct InstanceInfo {
     pub(crate) id: String,
     pub(crate) service: String,
-    pub(crate) address: SocketAddr,
+    /// Where peers reach it; none for an instance that is no destination (a gateway).
+    pub(crate) address: Option<SocketAddr>,
     pub(crate) version: String,
     /// The admin listener, for operator tools.
     pub(crate) admin_address: SocketAddr,
@@ -66,7 +67,7 @@ pub(crate) async fn keep_registered(
                 instance: Some(Instance {
                     instance_id: instance.id.clone(),
                     service: instance.service.clone(),
-                    address: instance.address.to_string(),
+                    address: instance.address.map(|a| a.to_string()).unwrap_or_default(),
                     version: instance.version.clone(),
                     app_down: app_down(app.as_ref()),
                     admin_address: instance.admin_address.to_string(),
@@ -80,7 +81,7 @@ pub(crate) async fn keep_registered(
                     .into_inner()
                     .heartbeat_interval_ms
                     .clamp(100, 60_000);
-                tracing::info!(instance = %instance.id, address = %instance.address, "registered with the control plane");
+                tracing::info!(instance = %instance.id, address = ?instance.address, "registered with the control plane");
                 backoff.reset();
                 Duration::from_millis(ms)
             }

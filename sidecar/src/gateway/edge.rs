@@ -76,16 +76,19 @@ pub(crate) fn forwarding(
 pub(crate) enum Refusal {
     /// 413: its `content-length` is over `max_request_bytes`.
     BodyTooLarge { length: u64, max: u64 },
+    /// 413: its body, of undeclared length, went over `max_request_bytes` as it streamed.
+    BodyOverLimit { max: u64 },
     /// 431: its headers are over `max_header_bytes`.
     HeadersTooLarge { bytes: usize, max: u32 },
 }
 
-/// Checks a request's declared body length and its header bytes.
+/// Checks a request's declared body length and its header bytes; `Ok(true)` when the body's
+/// length is not declared, so it must be counted as it streams.
 pub(crate) fn check_sizes(
     headers: &HeaderMap,
     max_request_bytes: u64,
     max_header_bytes: u32,
-) -> Result<(), Refusal> {
+) -> Result<bool, Refusal> {
     let bytes: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
@@ -105,7 +108,8 @@ pub(crate) fn check_sizes(
             length,
             max: max_request_bytes,
         }),
-        _ => Ok(()),
+        Some(_) => Ok(false),
+        None => Ok(true),
     }
 }
 
@@ -212,7 +216,8 @@ mod tests {
                 max: 1000
             })
         );
-        assert_eq!(check_sizes(&headers, 2000, 8192), Ok(()));
+        assert_eq!(check_sizes(&headers, 2000, 8192), Ok(false));
+        assert_eq!(check_sizes(&HeaderMap::new(), 2000, 8192), Ok(true));
         headers.insert("x-big", HeaderValue::from_str(&"a".repeat(9000)).unwrap());
         assert!(matches!(
             check_sizes(&headers, 2000, 8192),

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use http::header::HOST;
 use http::uri::{Authority, Uri};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::body::Body;
+use crate::body_limit::BodyLimit;
 use crate::config::{GatewayClients, GatewayConfig};
 use crate::error::{RateLimited, Reason, rescue, synthetic};
 use crate::metrics::{Label, Metrics};
@@ -81,18 +82,14 @@ where
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let clients = &self.clients;
-        if let Err(refusal) = check_sizes(
+        let undeclared = match check_sizes(
             req.headers(),
             clients.max_request_bytes,
             clients.max_header_bytes,
         ) {
-            let reason = match refusal {
-                Refusal::BodyTooLarge { .. } => "body-too-large",
-                Refusal::HeadersTooLarge { .. } => "headers-too-large",
-            };
-            self.metrics.gateway_refused(&self.name, reason);
-            return Ok(refused(refusal));
-        }
+            Ok(undeclared) => undeclared,
+            Err(refusal) => return Ok(self.refuse(refusal)),
+        };
         let client = forwarding(
             req.headers_mut(),
             peer.ip(),
@@ -146,7 +143,28 @@ where
         if let Err(message) = address_to(&mut req, &authority, &service) {
             return Ok(synthetic(Reason::Internal, message));
         }
-        (self.forward)(req).await
+        // A declared length was checked above and is held to by the HTTP server; only a body
+        // of undeclared length is counted as it streams (see `BodyLimit`).
+        let counted = undeclared && !req.body().is_end_stream();
+        let Some(limit) = counted.then(|| BodyLimit::new(clients.max_request_bytes)) else {
+            return (self.forward)(req).await;
+        };
+        req.extensions_mut().insert(limit.clone());
+        let rsp = (self.forward)(req).await;
+        if limit.exceeded() {
+            return Ok(self.refuse(Refusal::BodyOverLimit { max: limit.max() }));
+        }
+        rsp
+    }
+
+    /// Counts `refusal` and answers it.
+    fn refuse(&self, refusal: Refusal) -> Response<Body> {
+        let reason = match refusal {
+            Refusal::BodyTooLarge { .. } | Refusal::BodyOverLimit { .. } => "body-too-large",
+            Refusal::HeadersTooLarge { .. } => "headers-too-large",
+        };
+        self.metrics.gateway_refused(&self.name, reason);
+        refused(refusal)
     }
 }
 
@@ -174,6 +192,10 @@ fn refused(refusal: Refusal) -> Response<Body> {
         Refusal::BodyTooLarge { length, max } => (
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the request body ({length} bytes) is over the gateway's {max}"),
+        ),
+        Refusal::BodyOverLimit { max } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body went over the gateway's {max} bytes"),
         ),
         Refusal::HeadersTooLarge { bytes, max } => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -69,6 +69,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
+use crate::body_limit::BodyLimit;
 use crate::config::{Config, UnknownDestination};
 use crate::error::{NoAuthority, NoRoute, OutboundDenied, TcpOnly};
 use crate::headers::{
@@ -488,7 +489,8 @@ impl Outbound {
 ///
 /// The body is passed through as a stream, never buffered. `Expect: 100-continue` is answered by
 /// our own HTTP/1.1 server (it sends `100 Continue` when the body is first read), so it is not
-/// forwarded; HTTP/2 has no use for it on the mesh hop.
+/// forwarded; HTTP/2 has no use for it on the mesh hop. A [`BodyLimit`] extension (set by the
+/// gateway on bodies of undeclared length) is enforced here, as the body streams.
 fn to_peer_request(
     req: Request<Incoming>,
     authority: Authority,
@@ -507,6 +509,9 @@ fn to_peer_request(
     }
     parts.uri = absolute_uri(&parts.uri, authority.as_str())?;
     parts.version = Version::HTTP_2;
-    let body = body.map_err(BoxError::from).boxed_unsync();
+    let mut body = body.map_err(BoxError::from).boxed_unsync();
+    if let Some(limit) = parts.extensions.remove::<BodyLimit>() {
+        body = limit.apply(body);
+    }
     Ok(Request::from_parts(parts, body))
 }

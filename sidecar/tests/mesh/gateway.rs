@@ -21,9 +21,10 @@ const GATEWAY_ID: &str = "spiffe://mesh.local/ns/default/sa/gateway";
 struct Edge {
     _config: tempfile::TempDir,
     state: tempfile::TempDir,
-    _control_plane: ControlPlane,
+    control_plane: ControlPlane,
     _mesh: TestMesh,
-    _services: Vec<Sidecar>,
+    /// `orders` (which calls `gateway`) and `storefront`.
+    services: Vec<Sidecar>,
     gateway: KillOnDrop,
     /// The gateway's `web` listener.
     web: SocketAddr,
@@ -31,6 +32,8 @@ struct Edge {
     websecure: SocketAddr,
     /// The gateway's admin endpoint.
     admin: SocketAddr,
+    /// `listen.inbound` of the gateway's bootstrap, which it does not bind.
+    inbound: SocketAddr,
     /// `other.pem` (`*.example.org`, listed first) and `shop.pem` (`shop.example.com`) with
     /// their keys.
     certs: tempfile::TempDir,
@@ -52,7 +55,7 @@ impl Edge {
             "gateway.yaml",
             "name: gateway\ncalls: [orders, storefront]\n",
         );
-        write("orders.yaml", "name: orders\n");
+        write("orders.yaml", "name: orders\ncalls: [gateway]\n");
         write("storefront.yaml", "name: storefront\n");
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let listeners = Listeners::bind(any, any).await.unwrap();
@@ -129,13 +132,14 @@ impl Edge {
         let mut edge = Self {
             _config: config,
             state,
-            _control_plane: control_plane,
+            control_plane,
             _mesh: mesh,
-            _services: sidecars,
+            services: sidecars,
             gateway,
             web,
             websecure,
             admin,
+            inbound,
             certs,
         };
         edge.wait_ready(admin).await;
@@ -526,4 +530,112 @@ fn a_missing_certificate_stops_the_gateway_naming_the_file() {
         shop.display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
+}
+
+/// A request body of `chunks` bytes each, its length not declared (chunked on HTTP/1.1).
+fn streamed(
+    chunks: &[usize],
+) -> http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = chunks
+        .iter()
+        .map(|n| Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; *n]))))
+        .collect();
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+#[tokio::test]
+async fn bodies_of_undeclared_length_are_held_to_the_clients_request_limit() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let edge = Edge::start("{ max_request_bytes: 1KiB }").await;
+    let _ = edge.get("shop.example.com", "/api/orders/1").await;
+    let url = format!("http://{}/api/orders/1", edge.web);
+    let http1 = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let post = |chunks: &[usize]| {
+        http::Request::post(&url)
+            .header("host", "shop.example.com")
+            .body(streamed(chunks))
+            .unwrap()
+    };
+
+    // Under the limit, chunked: the app gets it whole.
+    let req = post(&[300, 300, 300]);
+    assert!(!req.headers().contains_key("content-length"));
+    let rsp = http1.request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let seen = client::json(rsp).await;
+    assert_eq!(seen["body_bytes"], 900, "{seen}");
+
+    // Over it: refused with 413 and the same code as a declared length over it; the app
+    // never gets the whole body (it would answer 200 with its length).
+    let rsp = http1.request(post(&[512; 8])).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(rsp.headers()["x-mesh-error"], "request-body");
+    let text = client::text(rsp).await;
+    assert!(text.contains("1024"), "the answer names the limit: {text}");
+
+    // HTTP/2 without content-length: refused too.
+    let tcp = tokio::net::TcpStream::connect(edge.web).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://shop.example.com/api/orders/1")
+        .body(streamed(&[512; 8]))
+        .unwrap();
+    let rsp = h2.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(rsp.headers()["x-mesh-error"], "request-body");
+
+    let series = r#"mesh_gateway_refused_total{listener="web",reason="body-too-large"}"#;
+    assert!(edge.metric(series).await >= 2.0, "{series}");
+}
+
+#[tokio::test]
+async fn a_gateway_is_no_destination_so_callers_naming_it_get_no_endpoints() {
+    let edge = Edge::start("").await;
+    let _ = edge.get("shop.example.com", "/api/orders/1").await;
+    // No inbound listener: its address is free.
+    drop(std::net::TcpListener::bind(edge.inbound).expect("the gateway bound listen.inbound"));
+    // Registered all the same, without an address.
+    let addresses = eventually("the gateway to register", PATIENCE, || {
+        let addresses: Vec<String> = edge
+            .control_plane
+            .status()
+            .services
+            .get("gateway")
+            .map(|s| s.instances.iter().map(|i| i.address.clone()).collect())
+            .unwrap_or_default();
+        async move {
+            if addresses.is_empty() {
+                Err("not registered".to_owned())
+            } else {
+                Ok(addresses)
+            }
+        }
+    })
+    .await;
+    assert_eq!(addresses, [""]);
+
+    // `orders` calls `gateway`: once its snapshot has the destination, the answer is the one
+    // for a destination without instances.
+    let orders = format!("http://{}/", edge.services[0].outbound);
+    let rsp = eventually("orders to know the gateway destination", PATIENCE, || {
+        let orders = orders.clone();
+        async move {
+            let rsp = client::get(&orders, "gateway").await;
+            let code = rsp
+                .headers()
+                .get("x-mesh-error")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            match code.as_deref() {
+                Some("no-route") => Err(client::text(rsp).await),
+                _ => Ok(rsp),
+            }
+        }
+    })
+    .await;
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(rsp.headers()["x-mesh-error"], "no-endpoints");
 }
