@@ -51,7 +51,7 @@ impl Store {
             })?;
             let mut conn = Connection::open(&path)?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
-            let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            enable_wal(&conn)?;
             conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
             migrate(&mut conn, migrations)?;
             Ok(conn)
@@ -74,6 +74,27 @@ impl Store {
             f(&mut conn)
         })
         .await?
+    }
+}
+
+/// How often switching to WAL is tried while other instances hold the file.
+const WAL_ATTEMPTS: u32 = 250;
+
+/// Puts the file in WAL mode. The switch needs the file to itself for a moment, and SQLite
+/// answers BUSY at once, without the busy handler, while another instance of the service is
+/// opening the same file: so it is tried again every 20 ms, for 5 s at most.
+fn enable_wal(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let mut attempt = 1;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && attempt < WAL_ATTEMPTS =>
+            {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result.map(drop),
+        }
     }
 }
 
@@ -105,4 +126,35 @@ pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 /// A random id such as `ord-3f9a0c6e1b2d4a57`.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{:016x}", fastrand::u64(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Instances of one service start together on one file (as `meshctl up` starts them): every
+    /// one of them opens it, in WAL mode, with the schema applied once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn instances_opening_one_file_together_all_open_it() {
+        const MIGRATIONS: &[&str] = &["CREATE TABLE charges (id INTEGER PRIMARY KEY)"];
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..5 {
+            let service = format!("payments{round}");
+            let opens = (0..8).map(|_| {
+                let (dir, service) = (dir.path().to_owned(), service.clone());
+                tokio::spawn(async move { Store::open(&dir, &service, MIGRATIONS).await })
+            });
+            for open in opens.collect::<Vec<_>>() {
+                let store = open
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                let mode: String = store
+                    .call(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+                    .await
+                    .unwrap();
+                assert_eq!(mode, "wal");
+            }
+        }
+    }
 }
