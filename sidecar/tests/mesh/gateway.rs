@@ -8,9 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::StatusCode;
-use mesh_control_plane::{ControlPlane, Listeners, Options};
 use mesh_testkit::process::KillOnDrop;
-use mesh_testkit::{ControlPlaneRef, Sidecar, TestMesh, app, client, eventually, free_port};
+use mesh_testkit::{Sidecar, TestMesh, app, client, eventually, free_port};
+
+use crate::{LocalControlPlane, until_ready};
 
 const SIDECAR: &str = env!("CARGO_BIN_EXE_sidecar");
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -19,9 +20,7 @@ const GATEWAY_ID: &str = "spiffe://mesh.local/ns/default/sa/gateway";
 /// A control plane on port 0 in this process for a `gateway` calling `orders` and
 /// `storefront`, those two services' sidecars and echo apps, and the gateway process.
 struct Edge {
-    _config: tempfile::TempDir,
-    state: tempfile::TempDir,
-    control_plane: ControlPlane,
+    cluster: LocalControlPlane,
     _mesh: TestMesh,
     /// `orders` (which calls `gateway`) and `storefront`.
     services: Vec<Sidecar>,
@@ -42,32 +41,12 @@ struct Edge {
 impl Edge {
     /// `clients` is YAML under `gateway.clients`, or empty.
     async fn start(clients: &str) -> Self {
-        let (config, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        std::fs::write(
-            config.path().join("mesh.yaml"),
-            "trust_domain: mesh.local\nregistry: { heartbeat_interval: 200ms, lease: 1500ms }\n",
-        )
-        .unwrap();
-        let services = config.path().join("services");
-        std::fs::create_dir(&services).unwrap();
-        let write = |name: &str, text: &str| std::fs::write(services.join(name), text).unwrap();
-        write(
-            "gateway.yaml",
-            "name: gateway\ncalls: [orders, storefront]\n",
-        );
-        write("orders.yaml", "name: orders\ncalls: [gateway]\n");
-        write("storefront.yaml", "name: storefront\n");
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let listeners = Listeners::bind(any, any).await.unwrap();
-        let control_plane =
-            mesh_control_plane::start(Options::new(config.path(), state.path()), listeners)
-                .await
-                .unwrap();
-        let cp = |service: &str| ControlPlaneRef {
-            address: control_plane.api_addr(),
-            trust_anchor: state.path().join("ca.pem"),
-            token_file: state.path().join(format!("tokens/{service}")),
-        };
+        let cluster = LocalControlPlane::start(&[
+            ("gateway", "name: gateway\ncalls: [orders, storefront]\n"),
+            ("orders", "name: orders\ncalls: [gateway]\n"),
+            ("storefront", "name: storefront\n"),
+        ])
+        .await;
         let mesh = TestMesh::new();
         let mut sidecars = Vec::new();
         for service in ["orders", "storefront"] {
@@ -80,7 +59,7 @@ impl Edge {
             sidecars.push(
                 mesh.sidecar(service)
                     .app(echo)
-                    .control_plane(cp(service))
+                    .control_plane(cluster.for_service(service))
                     .start()
                     .await,
             );
@@ -118,7 +97,7 @@ impl Edge {
              \x20     hostnames: [admin.example.org]\n\
              \x20     rules: [{{ backendRefs: [{{ name: orders }}] }}]\n\
              {clients}",
-            cp = control_plane.api_addr(),
+            cp = cluster.control_plane.api_addr(),
             dir = certs.path().display(),
             clients = if clients.is_empty() {
                 String::new()
@@ -126,13 +105,11 @@ impl Edge {
                 format!("  clients: {clients}\n")
             },
         );
-        let file = state.path().join("gateway.yaml");
+        let file = cluster.state().join("gateway.yaml");
         std::fs::write(&file, bootstrap).unwrap();
-        let gateway = spawn_gateway(&file, state.path());
+        let gateway = spawn_gateway(&file, cluster.state());
         let mut edge = Self {
-            _config: config,
-            state,
-            control_plane,
+            cluster,
             _mesh: mesh,
             services: sidecars,
             gateway,
@@ -147,27 +124,14 @@ impl Edge {
     }
 
     async fn wait_ready(&mut self, admin: SocketAddr) {
-        let ready = format!("http://{admin}/ready");
         let log = self.state().join("gateway.log");
-        let gateway = &mut self.gateway;
-        eventually("the gateway to be ready", PATIENCE, || {
-            if let Some(status) = gateway.try_wait().unwrap() {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("the gateway exited ({status}) before it was ready:\n{log}");
-            }
-            let ready = ready.clone();
-            async move {
-                let rsp = client::http1()
-                    .request(http::Request::get(&ready).body(Default::default()).unwrap())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if rsp.status() == StatusCode::OK {
-                    Ok(())
-                } else {
-                    Err(client::text(rsp).await)
-                }
-            }
-        })
+        until_ready(
+            "the gateway to be ready",
+            &mut self.gateway,
+            admin,
+            PATIENCE,
+            |_| std::fs::read_to_string(&log).unwrap_or_default(),
+        )
         .await;
     }
 
@@ -189,7 +153,7 @@ impl Edge {
     }
 
     fn state(&self) -> &Path {
-        self.state.path()
+        self.cluster.state()
     }
 
     /// The value of the gateway's metric `series` (name and labels); 0 when absent.
@@ -601,6 +565,7 @@ async fn a_gateway_is_no_destination_so_callers_naming_it_get_no_endpoints() {
     // Registered all the same, without an address.
     let addresses = eventually("the gateway to register", PATIENCE, || {
         let addresses: Vec<String> = edge
+            .cluster
             .control_plane
             .status()
             .services

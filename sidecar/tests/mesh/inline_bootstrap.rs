@@ -1,62 +1,27 @@
 //! The sidecar started as a Kubernetes pod starts it: no bootstrap file, the YAML itself in
 //! `MESH_SIDECAR_BOOTSTRAP`, the control plane dialled by name, its trust anchor inline.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::StatusCode;
-use mesh_control_plane::{ControlPlane, Listeners, Options};
 use mesh_testkit::process::KillOnDrop;
-use mesh_testkit::{ControlPlaneRef, TestMesh, app, client, eventually, free_port};
+use mesh_testkit::{TestMesh, app, client, eventually, free_port};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::ORDERS_ID;
+use crate::{LocalControlPlane, ORDERS_ID, until_ready};
 
 const SIDECAR: &str = env!("CARGO_BIN_EXE_sidecar");
 const PATIENCE: Duration = Duration::from_secs(15);
 
-/// A control plane in this process on port 0, for `orders` calling `inventory`.
-struct Cluster {
-    /// Read by the control plane for as long as it runs.
-    _config: tempfile::TempDir,
-    state: tempfile::TempDir,
-    control_plane: ControlPlane,
-}
-
-impl Cluster {
-    async fn start() -> Self {
-        let (config, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        std::fs::write(
-            config.path().join("mesh.yaml"),
-            "trust_domain: mesh.local\nregistry: { heartbeat_interval: 200ms, lease: 1500ms }\n",
-        )
-        .unwrap();
-        let services = config.path().join("services");
-        std::fs::create_dir(&services).unwrap();
-        std::fs::write(
-            services.join("orders.yaml"),
-            "name: orders\ncalls: [inventory]\n",
-        )
-        .unwrap();
-        std::fs::write(services.join("inventory.yaml"), "name: inventory\n").unwrap();
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let listeners = Listeners::bind(any, any).await.unwrap();
-        let control_plane =
-            mesh_control_plane::start(Options::new(config.path(), state.path()), listeners)
-                .await
-                .unwrap();
-        Self {
-            _config: config,
-            state,
-            control_plane,
-        }
-    }
-
-    fn state(&self) -> &Path {
-        self.state.path()
-    }
+/// A control plane in this process for `orders` calling `inventory`.
+async fn cluster() -> LocalControlPlane {
+    LocalControlPlane::start(&[
+        ("orders", "name: orders\ncalls: [inventory]\n"),
+        ("inventory", "name: inventory\n"),
+    ])
+    .await
 }
 
 /// `sidecar` with no arguments and `bootstrap` as its only configuration, run in `dir`, its
@@ -86,16 +51,12 @@ fn indented(pem: &str) -> String {
 /// snapshot, and carries a call to inventory over mTLS.
 #[tokio::test]
 async fn a_sidecar_given_only_inline_yaml_enrols_by_name_and_serves() {
-    let cluster = Cluster::start().await;
+    let cluster = cluster().await;
     let mesh = TestMesh::new();
     let inventory = mesh
         .sidecar("inventory")
         .app(app::echo("inventory").await)
-        .control_plane(ControlPlaneRef {
-            address: cluster.control_plane.api_addr(),
-            trust_anchor: cluster.state().join("ca.pem"),
-            token_file: cluster.state().join("tokens/inventory"),
-        })
+        .control_plane(cluster.for_service("inventory"))
         .start()
         .await;
 
@@ -111,28 +72,19 @@ async fn a_sidecar_given_only_inline_yaml_enrols_by_name_and_serves() {
         pem = indented(&anchor),
     );
     let mut orders = spawn_inline(&bootstrap, cluster.state());
-    let ready = format!("http://{admin}/ready");
-    eventually("orders to be ready", PATIENCE, || {
-        if let Some(status) = orders.try_wait().unwrap() {
+    until_ready(
+        "orders to be ready",
+        &mut orders,
+        admin,
+        PATIENCE,
+        |orders| {
             let mut log = String::new();
             if let Some(mut stderr) = orders.stderr.take() {
                 let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
             }
-            panic!("the sidecar exited ({status}) before it was ready:\n{log}");
-        }
-        let ready = ready.clone();
-        async move {
-            let rsp = client::http1()
-                .request(http::Request::get(&ready).body(Default::default()).unwrap())
-                .await
-                .map_err(|e| e.to_string())?;
-            if rsp.status() == StatusCode::OK {
-                Ok(())
-            } else {
-                Err(client::text(rsp).await)
-            }
-        }
-    })
+            log
+        },
+    )
     .await;
 
     // The certificate is orders', issued by the control plane: inventory's app sees it.
