@@ -251,6 +251,15 @@ pub fn read_files(dir: &Path) -> Result<ConfigFiles, InvalidConfig> {
 /// `services` works: its files are symlinks, which are followed, and its `..data` entries are
 /// hidden.
 pub fn read_files_in(dir: &Path, services: &Path) -> Result<ConfigFiles, InvalidConfig> {
+    read_some(dir, Some(services))
+}
+
+/// Reads `dir/mesh.yaml` alone, for services declared elsewhere (MeshService objects).
+pub fn read_mesh_file(dir: &Path) -> Result<ConfigFiles, InvalidConfig> {
+    read_some(dir, None)
+}
+
+fn read_some(dir: &Path, services: Option<&Path>) -> Result<ConfigFiles, InvalidConfig> {
     let mut files = ConfigFiles::new();
     let mut errors = Vec::new();
     let mut read = |name: String, path: &Path| match std::fs::read(path) {
@@ -260,6 +269,13 @@ pub fn read_files_in(dir: &Path, services: &Path) -> Result<ConfigFiles, Invalid
         Err(e) => errors.push(file_error(&name, "", format!("cannot read file: {e}"))),
     };
     read(MESH_FILE.to_owned(), &dir.join(MESH_FILE));
+    let Some(services) = services else {
+        return if errors.is_empty() {
+            Ok(files)
+        } else {
+            Err(InvalidConfig { errors })
+        };
+    };
     match std::fs::read_dir(services) {
         Ok(entries) => {
             for entry in entries.flatten() {

@@ -51,6 +51,7 @@ pub mod ca;
 pub mod client;
 pub mod config;
 mod grpc;
+mod kubernetes;
 mod listener;
 mod log_limit;
 mod mesh;
@@ -77,6 +78,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::ca::CertError;
 pub use crate::config::{InvalidConfig, MeshConfig};
 pub use crate::listener::PeerInfo;
+pub use crate::kubernetes::{KubernetesError, KubernetesOptions};
 pub use crate::mesh::{InstanceStatus, ServiceStatus, Status};
 pub use crate::tls::{TlsError, control_plane_id};
 pub use crate::tokens::{TokenError, Tokens, admin_token_path};
@@ -108,6 +110,9 @@ pub struct Options {
     pub ca_dir: Option<PathBuf>,
     /// How the webhook injects pods, when [`Listeners::webhook`] is bound.
     pub webhook: WebhookOptions,
+    /// Kubernetes mode: the cluster declares the services (MeshService objects) instead of
+    /// the service files.
+    pub kubernetes: Option<KubernetesOptions>,
 }
 
 impl Options {
@@ -120,6 +125,7 @@ impl Options {
             config_poll: DEFAULT_CONFIG_POLL,
             ca_dir: None,
             webhook: WebhookOptions::default(),
+            kubernetes: None,
         }
     }
 }
@@ -195,6 +201,9 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// Kubernetes mode could not start.
+    #[error("kubernetes: {0}")]
+    Kubernetes(#[from] KubernetesError),
     /// The gRPC server failed.
     #[error("API server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -295,11 +304,35 @@ impl ControlPlane {
 /// loads or creates the CA and join tokens, then serves the API and the admin server. Returns
 /// once it is ready.
 pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlane, Error> {
-    let services_dir = options
-        .services_dir
-        .clone()
-        .unwrap_or_else(|| options.config_dir.join(config::SERVICES_DIR));
-    let mut config = config::load_in(&options.config_dir, &services_dir)?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let source = match &options.kubernetes {
+        None => ConfigSource::Files {
+            dir: options.config_dir.clone(),
+            services: options
+                .services_dir
+                .clone()
+                .unwrap_or_else(|| options.config_dir.join(config::SERVICES_DIR)),
+        },
+        Some(kubernetes) => {
+            // The mesh file names the namespace whose MeshService objects declare services.
+            let mesh_only = config::parse(&config::read_mesh_file(&options.config_dir)?)?;
+            let client = kubernetes::client(kubernetes).await?;
+            let (mut services, task) = kubernetes::MeshServices::watch(
+                client,
+                &mesh_only.namespace,
+                shutdown.clone(),
+            );
+            tasks.push(task);
+            services.first().await;
+            ConfigSource::Cluster {
+                dir: options.config_dir.clone(),
+                services,
+            }
+        }
+    };
+    let watched_files = source.read().await?;
+    let mut config = config::parse(&watched_files)?;
     let state_dir = options.state_dir.clone();
     let trust_domain = config.trust_domain.clone();
     let import = options.ca_dir.clone();
@@ -325,14 +358,11 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let metrics = Arc::new(metrics::Metrics::new());
     let limits = config.api.clone();
     let admin_limits = config.admin.clone();
-    let watched_files = config::read_files_in(&options.config_dir, &services_dir)?;
     let mesh = Arc::new(mesh::Mesh::new(config, ca, metrics.clone(), first_version));
 
     let api_addr = local_addr(&listeners.api)?;
     let admin_addr = local_addr(&listeners.admin)?;
-    let shutdown = CancellationToken::new();
     let server_tls = Arc::new(tls::ServerTls::new(&mesh)?);
-    let mut tasks = Vec::new();
     tasks.push(tokio::spawn({
         let (tls, mesh, shutdown) = (server_tls.clone(), mesh.clone(), shutdown.clone());
         async move { tls.maintain(mesh, shutdown).await }
@@ -365,7 +395,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         mesh.clone(),
         tokens,
         addresses,
-        (options.config_dir.clone(), services_dir),
+        source,
         options.config_poll,
         watched_files,
         shutdown.clone(),
@@ -470,13 +500,47 @@ fn save_version(state_dir: &Path, version: u64) {
     }
 }
 
-/// Polls the configuration directory; applies a valid change, and keeps the configuration in
-/// force when a change is invalid (each error logged once, and counted).
+/// Where the configuration comes from: `mesh.yaml` always from its directory, the services
+/// from their files or, in Kubernetes mode, from MeshService objects.
+enum ConfigSource {
+    Files { dir: PathBuf, services: PathBuf },
+    Cluster { dir: PathBuf, services: kubernetes::MeshServices },
+}
+
+impl ConfigSource {
+    /// The configuration's files as they are now.
+    async fn read(&self) -> Result<config::ConfigFiles, InvalidConfig> {
+        let (dir, services) = match self {
+            Self::Files { dir, services } => (dir.clone(), Some(services.clone())),
+            Self::Cluster { dir, .. } => (dir.clone(), None),
+        };
+        let read = tokio::task::spawn_blocking(move || match services {
+            Some(services) => config::read_files_in(&dir, &services),
+            None => config::read_mesh_file(&dir),
+        })
+        .await
+        .map_err(|e| InvalidConfig {
+            errors: vec![config::FileError {
+                file: String::new(),
+                path: String::new(),
+                message: format!("configuration read task failed: {e}"),
+            }],
+        })?;
+        let mut files = read?;
+        if let Self::Cluster { services, .. } = self {
+            files.extend(services.current());
+        }
+        Ok(files)
+    }
+}
+
+/// Polls the configuration; applies a valid change, and keeps the configuration in force when
+/// a change is invalid (each error logged once, and counted).
 async fn watch_config(
     mesh: Arc<mesh::Mesh>,
     tokens: Tokens,
     mut addresses: virtual_addresses::AddressTable,
-    (dir, services_dir): (PathBuf, PathBuf),
+    source: ConfigSource,
     every: Duration,
     mut last: config::ConfigFiles,
     shutdown: CancellationToken,
@@ -489,18 +553,7 @@ async fn watch_config(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let (read_dir, read_services) = (dir.clone(), services_dir.clone());
-        let files = match tokio::task::spawn_blocking(move || {
-            config::read_files_in(&read_dir, &read_services)
-        })
-        .await
-        {
-            Ok(files) => files,
-            Err(e) => {
-                tracing::warn!(error = %e, "configuration read task failed");
-                continue;
-            }
-        };
+        let files = source.read().await;
         let parsed = files.and_then(|files| {
             if files == last {
                 return Ok(None);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mesh_control_plane::ca::ServingName;
-use mesh_control_plane::{Listeners, Options, WebhookOptions, config};
+use mesh_control_plane::{KubernetesOptions, Listeners, Options, WebhookOptions, config};
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +67,26 @@ struct Cli {
     /// state directory has no CA yet, that root becomes the mesh's.
     #[arg(long, value_name = "DIR")]
     ca_dir: Option<PathBuf>,
+    /// Kubernetes mode: services are declared by MeshService objects of the mesh's namespace,
+    /// instead of service files.
+    #[arg(long, conflicts_with = "services_dir")]
+    kubernetes: bool,
+    /// The cluster's kubeconfig in Kubernetes mode [default: the in-cluster ServiceAccount, else
+    /// KUBECONFIG or ~/.kube/config].
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// A context of the kubeconfig [default: its current context].
+    #[arg(long, value_name = "NAME", requires = "kubernetes")]
+    kube_context: Option<String>,
+    /// The control plane's own namespace, where its CA Secret and Lease are.
+    #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE", default_value = mesh_kube::names::NAMESPACE)]
+    kube_namespace: String,
+    /// This replica's name, the Lease's holder when it leads [default: the host name].
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    replica: Option<String>,
+    /// The audience sidecars' service-account tokens must be issued for.
+    #[arg(long, value_name = "AUDIENCE", default_value = mesh_inject::names::TOKEN_AUDIENCE)]
+    token_audience: String,
 }
 
 fn parse_url(text: &str) -> Result<String, String> {
@@ -133,6 +153,16 @@ fn main() -> ExitCode {
     let mut options = Options::new(config_dir.clone(), state_dir);
     options.ca_dir = cli.ca_dir;
     options.services_dir = cli.services_dir;
+    if cli.kubernetes {
+        let mut kubernetes = KubernetesOptions::new(cli.kubeconfig);
+        kubernetes.context = cli.kube_context;
+        kubernetes.namespace = cli.kube_namespace;
+        if let Some(replica) = cli.replica {
+            kubernetes.replica = replica;
+        }
+        kubernetes.audience = cli.token_audience;
+        options.kubernetes = Some(kubernetes);
+    }
     options.webhook = WebhookOptions {
         names: cli.webhook_names,
         proxy_image: cli.proxy_image,

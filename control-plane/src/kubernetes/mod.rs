@@ -1,0 +1,78 @@
+//! Kubernetes mode (`control-plane --kubernetes`): the cluster's API server takes the place of
+//! the local mode's files and memory where the cluster already does the job.
+//!
+//! - `mesh_services`: the services' policy from MeshService objects instead of service files,
+//!   fed to the same validation as the files.
+//!
+//! The mesh's namespace (`namespace` in `mesh.yaml`) is where its services, their
+//! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
+//! ([`KubernetesOptions::namespace`]) holds its shared state.
+
+mod mesh_services;
+
+use std::path::PathBuf;
+
+pub(crate) use self::mesh_services::MeshServices;
+
+/// How the control plane finds and uses its cluster.
+#[derive(Clone, Debug)]
+pub struct KubernetesOptions {
+    /// A kubeconfig file; `None` for the in-cluster ServiceAccount (or kubectl's search).
+    pub kubeconfig: Option<PathBuf>,
+    /// A context of that kubeconfig; `None` for its current one.
+    pub context: Option<String>,
+    /// The control plane's own namespace: its CA Secret and its Lease live there.
+    pub namespace: String,
+    /// This replica's name (the pod's name in a cluster): the Lease's holder when it leads.
+    pub replica: String,
+    /// The audience sidecars' projected tokens must be issued for.
+    pub audience: String,
+}
+
+impl KubernetesOptions {
+    /// Options for the cluster a kubeconfig names (`None`: in-cluster), with the defaults of
+    /// an installed mesh.
+    pub fn new(kubeconfig: Option<PathBuf>) -> Self {
+        Self {
+            kubeconfig,
+            context: None,
+            namespace: mesh_kube::names::NAMESPACE.to_owned(),
+            replica: default_replica(),
+            audience: mesh_inject::names::TOKEN_AUDIENCE.to_owned(),
+        }
+    }
+}
+
+/// The host's name, else the process id: unique among replicas on one machine or cluster.
+fn default_replica() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("control-plane-{}", std::process::id()))
+}
+
+/// Why Kubernetes mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    /// No client could be made for the cluster.
+    #[error("{0}")]
+    Connect(#[from] mesh_kube::connect::ConnectError),
+    /// A call to the API server failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// The API server's answer.
+        source: kube::Error,
+    },
+}
+
+/// A client for the cluster `options` name.
+pub(crate) async fn client(options: &KubernetesOptions) -> Result<kube::Client, KubernetesError> {
+    let target = mesh_kube::connect::Target {
+        kubeconfig: options.kubeconfig.clone(),
+        context: options.context.clone(),
+    };
+    Ok(mesh_kube::connect::client(&target).await?)
+}
