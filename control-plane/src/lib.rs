@@ -77,8 +77,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::ca::CertError;
 pub use crate::config::{InvalidConfig, MeshConfig};
-pub use crate::listener::PeerInfo;
 pub use crate::kubernetes::{KubernetesError, KubernetesOptions};
+pub use crate::listener::PeerInfo;
 pub use crate::mesh::{InstanceStatus, ServiceStatus, Status};
 pub use crate::tls::{TlsError, control_plane_id};
 pub use crate::tokens::{TokenError, Tokens, admin_token_path};
@@ -318,11 +318,8 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
             // The mesh file names the namespace whose MeshService objects declare services.
             let mesh_only = config::parse(&config::read_mesh_file(&options.config_dir)?)?;
             let client = kubernetes::client(kubernetes).await?;
-            let (mut services, task) = kubernetes::MeshServices::watch(
-                client,
-                &mesh_only.namespace,
-                shutdown.clone(),
-            );
+            let (mut services, task) =
+                kubernetes::MeshServices::watch(client, &mesh_only.namespace, shutdown.clone());
             tasks.push(task);
             services.first().await;
             ConfigSource::Cluster {
@@ -503,8 +500,14 @@ fn save_version(state_dir: &Path, version: u64) {
 /// Where the configuration comes from: `mesh.yaml` always from its directory, the services
 /// from their files or, in Kubernetes mode, from MeshService objects.
 enum ConfigSource {
-    Files { dir: PathBuf, services: PathBuf },
-    Cluster { dir: PathBuf, services: kubernetes::MeshServices },
+    Files {
+        dir: PathBuf,
+        services: PathBuf,
+    },
+    Cluster {
+        dir: PathBuf,
+        services: kubernetes::MeshServices,
+    },
 }
 
 impl ConfigSource {

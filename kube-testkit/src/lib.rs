@@ -5,6 +5,8 @@
 //! - [`binaries`]: where `scripts/build-kube.sh` puts the two programs, and the skip-or-fail rule
 //!   when they are missing.
 //! - [`TestCluster`]: the running pair; stops both and removes its directory on drop.
+//! - [`apply`]: manifests applied server-side as kubectl does, and read back.
+//! - [`mesh`]: the mesh's namespace, CRD and RBAC, and the control plane's kubeconfig.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -15,9 +17,11 @@
 //! # }
 //! ```
 
+pub mod apply;
 pub mod binaries;
 mod cluster;
 mod error;
+pub mod mesh;
 mod pki;
 
 pub use cluster::TestCluster;

@@ -4,28 +4,20 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use mesh_kube::names::{
-    CA_CERT_KEY, CA_KEY_KEY, CA_SECRET, CONFIG_MAP, CONTROL_PLANE, NAMESPACE, SERVICES_CONFIG_MAP,
+    CA_CERT_KEY, CA_KEY_KEY, CA_SECRET, CONFIG_MAP, CONTROL_PLANE, SERVICES_CONFIG_MAP,
 };
 use serde_json::{Value, json};
 
 use super::error::InstallError;
 use super::layout::{
     ADMIN_PORT, CA_DIR, CONFIG_DIR, CONTROL_PLANE_UID, GRPC_PORT, SERVICES_DIR, STATE_DIR,
-    WEBHOOK_PORT, WEBHOOK_SERVICE_PORT, cluster_meta, labels, meta, selector,
+    WEBHOOK_PORT, WEBHOOK_SERVICE_PORT, labels, meta, selector,
 };
 use super::options::InstallOptions;
 use super::root::Root;
 
 /// Mode of the CA files in the pod: readable by the control plane's group only.
 const CA_FILE_MODE: i64 = 0o440;
-
-/// Namespace mesh-system, under the `restricted` Pod Security Standard (the control plane
-/// meets it, and nothing else should run there).
-pub(super) fn namespace() -> Value {
-    let mut metadata = cluster_meta(NAMESPACE);
-    metadata["labels"]["pod-security.kubernetes.io/enforce"] = json!("restricted");
-    json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": metadata })
-}
 
 /// Secret mesh-ca: the root the control plane signs with (`--ca-dir`).
 pub(super) fn ca_secret(root: &Root) -> Value {

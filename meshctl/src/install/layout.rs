@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::options::MESH_VERSION;
+pub use mesh_kube::objects::{cluster_meta, labels, meta};
 
 /// The gRPC API sidecars dial.
 pub const GRPC_PORT: u16 = 15010;
@@ -28,26 +28,7 @@ pub const CA_DIR: &str = "/var/run/mesh/ca";
 /// The control plane's user and group: not root.
 pub const CONTROL_PLANE_UID: i64 = 65532;
 
-/// The labels of every object of the install.
-pub fn labels() -> Value {
-    json!({
-        "app.kubernetes.io/name": mesh_kube::names::CONTROL_PLANE,
-        "app.kubernetes.io/part-of": "mesh",
-        "app.kubernetes.io/version": MESH_VERSION,
-    })
-}
-
 /// The labels that select the control plane's pods.
 pub fn selector() -> Value {
     json!({ "app.kubernetes.io/name": mesh_kube::names::CONTROL_PLANE })
-}
-
-/// `metadata` for a cluster-scoped object.
-pub fn cluster_meta(name: &str) -> Value {
-    json!({ "name": name, "labels": labels() })
-}
-
-/// `metadata` for an object in mesh-system.
-pub fn meta(name: &str) -> Value {
-    json!({ "name": name, "namespace": mesh_kube::names::NAMESPACE, "labels": labels() })
 }

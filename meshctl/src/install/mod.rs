@@ -4,15 +4,12 @@
 //! - `options`: the flags; `root`: the mesh's root, made or read and checked;
 //! - `layout`: ports, mounts and labels of the control plane's pod;
 //! - one module per part: `rbac`, `control_plane` (namespace, Secret, ConfigMap, Deployment,
-//!   Service), `webhook`, `crd` with `crd_schema`; `error`: [`InstallError`].
+//!   Service), `webhook`; the CRD and RBAC come from `mesh_kube::objects`; `error`: [`InstallError`].
 
 mod control_plane;
-mod crd;
-mod crd_schema;
 mod error;
 pub mod layout;
 pub mod options;
-mod rbac;
 mod root;
 mod webhook;
 
@@ -65,8 +62,11 @@ pub fn manifests(
         });
     }
     let root = root::root(&options.root, &options.trust_domain)?;
-    let mut objects = vec![control_plane::namespace(), crd::definition()];
-    objects.extend(rbac::objects());
+    let mut objects = vec![
+        mesh_kube::objects::namespace(),
+        mesh_kube::objects::mesh_service_crd(),
+    ];
+    objects.extend(mesh_kube::objects::control_plane_rbac());
     objects.extend([
         control_plane::ca_secret(&root),
         control_plane::config_map(options)?,

@@ -1,15 +1,14 @@
 //! What the Kubernetes tests of meshctl share: a test cluster, running meshctl, and applying
 //! its manifests server-side as kubectl would.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::Api;
-use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::discovery::{ApiResource, Scope};
+use kube::api::DynamicObject;
 use mesh_kube_testkit::TestCluster;
+pub use mesh_kube_testkit::apply::{apply_all, read_all};
 use serde_json::Value;
 
 /// How long one meshctl run may take.
@@ -57,73 +56,6 @@ pub async fn install(args: &[&str]) -> Vec<Value> {
     serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&stdout).unwrap_or_else(|e| {
         panic!("meshctl install printed YAML that does not parse: {e}\n{stdout}")
     })
-}
-
-/// The API resource of an object's kind, asked of the server (a CRD's kind is served a moment
-/// after the CRD is stored, so this waits for it).
-async fn resource_of(client: &kube::Client, object: &Value) -> (ApiResource, Scope) {
-    let api_version = object["apiVersion"].as_str().unwrap();
-    let kind = object["kind"].as_str().unwrap();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (resource, capabilities) = mesh_testkit::eventually(
-        &format!("{api_version} {kind} to be served"),
-        Duration::from_secs(20),
-        || {
-            let client = client.clone();
-            let gvk = gvk.clone();
-            async move { kube::discovery::pinned_kind(&client, &gvk).await }
-        },
-    )
-    .await;
-    (resource, capabilities.scope)
-}
-
-/// The API and name of an object of the manifests.
-async fn api_for(client: &kube::Client, object: &Value) -> (Api<DynamicObject>, String) {
-    let (resource, scope) = resource_of(client, object).await;
-    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-    let api = match (scope, object["metadata"]["namespace"].as_str()) {
-        (Scope::Namespaced, Some(namespace)) => {
-            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
-        }
-        (Scope::Namespaced, None) => panic!("{name}: a namespaced object without a namespace"),
-        (Scope::Cluster, _) => Api::<DynamicObject>::all_with(client.clone(), &resource),
-    };
-    (api, name)
-}
-
-/// Applies each object server-side as the field manager kubectl uses, in order; returns them
-/// as stored.
-pub async fn apply_all(client: &kube::Client, objects: &[Value]) -> Vec<DynamicObject> {
-    let mut stored = Vec::new();
-    for object in objects {
-        let (api, name) = api_for(client, object).await;
-        let applied = api
-            .patch(
-                &name,
-                &PatchParams::apply("kubectl"),
-                &Patch::Apply(object.clone()),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("apply {} {name}: {e}", object["kind"]));
-        stored.push(applied);
-    }
-    stored
-}
-
-/// Each object as stored now.
-pub async fn read_all(client: &kube::Client, objects: &[Value]) -> Vec<DynamicObject> {
-    let mut stored = Vec::new();
-    for object in objects {
-        let (api, name) = api_for(client, object).await;
-        stored.push(
-            api.get(&name)
-                .await
-                .unwrap_or_else(|e| panic!("get {} {name}: {e}", object["kind"])),
-        );
-    }
-    stored
 }
 
 /// Each object's kind/name and resource version.

@@ -1,14 +1,14 @@
 //! The CustomResourceDefinition of MeshService: one namespaced object per service of the mesh,
 //! its spec a control-plane service file, its status the control plane's verdict on it.
 
-use mesh_kube::names::{POLICY_CRD, POLICY_GROUP, POLICY_KIND, POLICY_PLURAL, POLICY_VERSION};
+use crate::names::{POLICY_CRD, POLICY_GROUP, POLICY_KIND, POLICY_PLURAL, POLICY_VERSION};
 use serde_json::{Value, json};
 
+use super::cluster_meta;
 use super::crd_schema;
-use super::layout::cluster_meta;
 
 /// The CRD.
-pub(super) fn definition() -> Value {
+pub fn definition() -> Value {
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

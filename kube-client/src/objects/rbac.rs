@@ -1,14 +1,14 @@
 //! The control plane's identity and rights: its ServiceAccount, a ClusterRole and a Role made
-//! from `mesh_kube::access` (the list `meshctl check` verifies), and their bindings.
+//! from [`crate::access`] (the list `meshctl check` verifies), and their bindings.
 
-use mesh_kube::access::{CONTROL_PLANE_CLUSTER_RULES, CONTROL_PLANE_NAMESPACE_RULES, Rule};
-use mesh_kube::names::{CONTROL_PLANE, NAMESPACE};
+use crate::access::{CONTROL_PLANE_CLUSTER_RULES, CONTROL_PLANE_NAMESPACE_RULES, Rule};
+use crate::names::{CONTROL_PLANE, NAMESPACE};
 use serde_json::{Value, json};
 
-use super::layout::{cluster_meta, meta};
+use super::{cluster_meta, meta};
 
 /// ServiceAccount, ClusterRole, ClusterRoleBinding, Role, RoleBinding.
-pub(super) fn objects() -> Vec<Value> {
+pub fn rbac() -> Vec<Value> {
     let subject =
         json!([{ "kind": "ServiceAccount", "name": CONTROL_PLANE, "namespace": NAMESPACE }]);
     vec![
