@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::kube::KubeMesh;
+use common::kube_mesh::KubeMesh;
 use serde_json::json;
 
 const MESH: &str = "trust_domain: mesh.local\ncertificate_lifetime: 1h\n";

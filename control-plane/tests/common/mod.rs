@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-pub mod kube;
+pub mod kube_mesh;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
