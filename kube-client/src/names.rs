@@ -14,8 +14,6 @@ pub const CA_CERT_KEY: &str = "ca.pem";
 pub const CA_KEY_KEY: &str = "ca-key.pem";
 /// The ConfigMap holding the control plane's configuration directory.
 pub const CONFIG_MAP: &str = "mesh-config";
-/// The ConfigMap holding the service files, one key `<name>.yaml` per service.
-pub const SERVICES_CONFIG_MAP: &str = "mesh-services";
 /// The lease the control plane's replicas elect a leader with.
 pub const LEASE: &str = "mesh-control-plane";
 /// The MutatingWebhookConfiguration that injects sidecars.

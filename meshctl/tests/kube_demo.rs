@@ -1,5 +1,5 @@
-//! The demo's Kubernetes manifests (`config/kubernetes/`): the policy ConfigMaps hold exactly
-//! the demo's files, and every manifest, as written and as `meshctl inject` makes it, is stored
+//! The demo's Kubernetes manifests (`config/kubernetes/`): the mesh ConfigMap and the
+//! MeshService objects hold exactly the demo's files, and every manifest, as written and as `meshctl inject` makes it, is stored
 //! by the real API server after `meshctl install`; each injected bootstrap is one the sidecar
 //! accepts.
 
@@ -30,42 +30,64 @@ fn config_map<'a>(objects: &'a [Value], name: &str) -> &'a serde_json::Map<Strin
         .unwrap_or_else(|| panic!("no ConfigMap {name} with data"))
 }
 
+/// A YAML file of the repository, parsed.
+fn parsed(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_saphyr::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[test]
-fn the_policy_config_maps_hold_the_demos_files() {
-    let objects = manifests("mesh-config.yaml");
+fn the_policy_manifests_hold_the_demos_files() {
     let demo = repo().join("config/demo/mesh");
+    let objects = manifests("mesh-config.yaml");
     let mesh = config_map(&objects, "mesh-config");
+    let mesh_yaml: Value = serde_saphyr::from_str(mesh["mesh.yaml"].as_str().unwrap()).unwrap();
+    let mut expected = parsed(&demo.join("mesh.yaml"));
+    // On a cluster the mesh is the shop's namespace: its pods' ServiceAccounts are the identities.
+    expected["namespace"] = Value::from("shop");
     assert_eq!(
-        mesh["mesh.yaml"].as_str(),
-        Some(
-            std::fs::read_to_string(demo.join("mesh.yaml"))
-                .unwrap()
-                .as_str()
-        ),
+        mesh_yaml, expected,
         "mesh-config's mesh.yaml is config/demo/mesh/mesh.yaml"
     );
-    let services = config_map(&objects, "mesh-services");
+
+    let policy = manifests("shop-policy.yaml");
     let mut files: Vec<String> = std::fs::read_dir(demo.join("services"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    let keys: Vec<&String> = services.keys().collect();
-    assert_eq!(
-        keys,
-        files.iter().collect::<Vec<_>>(),
-        "one key per service file"
-    );
-    for file in &files {
+    let mut names: Vec<String> = policy
+        .iter()
+        .map(|o| {
+            assert_eq!(o["kind"], "MeshService", "{o}");
+            assert_eq!(o["metadata"]["namespace"], "shop", "{o}");
+            format!("{}.yaml", o["metadata"]["name"].as_str().unwrap())
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, files, "one MeshService per service file");
+    for object in &policy {
+        let name = object["metadata"]["name"].as_str().unwrap();
+        let mut spec = object["spec"].clone();
+        spec["name"] = Value::from(name);
         assert_eq!(
-            services[file].as_str(),
-            Some(
-                std::fs::read_to_string(demo.join("services").join(file))
-                    .unwrap()
-                    .as_str()
-            ),
-            "mesh-services' {file}"
+            spec,
+            parsed(&demo.join("services").join(format!("{name}.yaml"))),
+            "MeshService {name} is its service file"
         );
+    }
+}
+
+/// `value` with every number a float: the API server stores `1.0` as `1`, the same number.
+fn numbers_as_floats(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => n.as_f64().map_or_else(|| value.clone(), Value::from),
+        Value::Array(items) => items.iter().map(numbers_as_floats).collect(),
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+            .collect(),
+        other => other.clone(),
     }
 }
 
@@ -101,9 +123,25 @@ async fn the_demo_manifests_are_stored_as_written_and_as_injected() {
     let installed = install(&["--output-trust-anchor", anchor.to_str().unwrap()]).await;
     apply_all(&admin, &installed).await;
 
-    for file in ["mesh-config.yaml", "jaeger.yaml", "shop.yaml"] {
+    for file in [
+        "mesh-config.yaml",
+        "jaeger.yaml",
+        "shop.yaml",
+        "shop-policy.yaml",
+    ] {
         let stored = apply_all(&admin, &manifests(file)).await;
         assert_eq!(stored.len(), manifests(file).len(), "{file}");
+        if file == "shop-policy.yaml" {
+            // The CRD's schema keeps every field the demo's policy uses: nothing is pruned.
+            for (written, stored) in manifests(file).iter().zip(&stored) {
+                assert_eq!(
+                    numbers_as_floats(&stored.data["spec"]),
+                    numbers_as_floats(&written["spec"]),
+                    "MeshService {} as stored",
+                    written["metadata"]["name"]
+                );
+            }
+        }
     }
 
     let shop = repo().join("config/kubernetes/shop.yaml");

@@ -48,7 +48,6 @@ async fn install_output_is_applied_server_side_and_a_second_apply_changes_nothin
             "RoleBinding",
             "Secret",
             "ConfigMap",
-            "ConfigMap",
             "Deployment",
             "Service",
             "MutatingWebhookConfiguration",

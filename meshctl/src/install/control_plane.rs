@@ -3,15 +3,13 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use mesh_kube::names::{
-    CA_CERT_KEY, CA_KEY_KEY, CA_SECRET, CONFIG_MAP, CONTROL_PLANE, SERVICES_CONFIG_MAP,
-};
+use mesh_kube::names::{CA_CERT_KEY, CA_KEY_KEY, CA_SECRET, CONFIG_MAP, CONTROL_PLANE};
 use serde_json::{Value, json};
 
 use super::error::InstallError;
 use super::layout::{
-    ADMIN_PORT, CA_DIR, CONFIG_DIR, CONTROL_PLANE_UID, GRPC_PORT, SERVICES_DIR, STATE_DIR,
-    WEBHOOK_PORT, WEBHOOK_SERVICE_PORT, labels, meta, selector,
+    ADMIN_PORT, CA_DIR, CONFIG_DIR, CONTROL_PLANE_UID, GRPC_PORT, STATE_DIR, WEBHOOK_PORT,
+    WEBHOOK_SERVICE_PORT, labels, meta, selector,
 };
 use super::options::InstallOptions;
 use super::root::Root;
@@ -33,7 +31,7 @@ pub(super) fn ca_secret(root: &Root) -> Value {
     })
 }
 
-/// ConfigMap mesh-config: `mesh.yaml`. The services are ConfigMap mesh-services'.
+/// ConfigMap mesh-config: `mesh.yaml`. The services are MeshService objects.
 pub(super) fn config_map(options: &InstallOptions) -> Result<Value, InstallError> {
     let mesh_yaml = serde_saphyr::to_string(&json!({ "trust_domain": options.trust_domain }))
         .map_err(|e| InstallError::Yaml(e.to_string()))?;
@@ -45,24 +43,12 @@ pub(super) fn config_map(options: &InstallOptions) -> Result<Value, InstallError
     }))
 }
 
-/// ConfigMap mesh-services: one key per service file (`orders.yaml`), none at first. Its data
-/// is left to whoever declares services (`kubectl apply`), so applying the install again keeps
-/// them.
-pub(super) fn services_config_map() -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": meta(SERVICES_CONFIG_MAP),
-    })
-}
-
 /// The control plane's Deployment.
 pub(super) fn deployment(options: &InstallOptions) -> Value {
     let args = [
         "--config-dir".to_owned(),
         CONFIG_DIR.to_owned(),
-        "--services-dir".to_owned(),
-        SERVICES_DIR.to_owned(),
+        "--kubernetes".to_owned(),
         "--state-dir".to_owned(),
         STATE_DIR.to_owned(),
         "--listen".to_owned(),
@@ -99,6 +85,18 @@ pub(super) fn deployment(options: &InstallOptions) -> Value {
                         "name": "control-plane",
                         "image": options.control_plane_image,
                         "args": args,
+                        // The replica's name (its Lease holder identity) and the namespace of
+                        // its CA Secret and Lease.
+                        "env": [
+                            {
+                                "name": "POD_NAME",
+                                "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } },
+                            },
+                            {
+                                "name": "POD_NAMESPACE",
+                                "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } },
+                            },
+                        ],
                         "ports": [
                             { "name": "grpc", "containerPort": GRPC_PORT },
                             { "name": "admin", "containerPort": ADMIN_PORT },
@@ -118,7 +116,6 @@ pub(super) fn deployment(options: &InstallOptions) -> Value {
                         },
                         "volumeMounts": [
                             { "name": "config", "mountPath": CONFIG_DIR, "readOnly": true },
-                            { "name": "services", "mountPath": SERVICES_DIR, "readOnly": true },
                             { "name": "state", "mountPath": STATE_DIR },
                             { "name": "ca", "mountPath": CA_DIR, "readOnly": true },
                         ],
@@ -133,10 +130,6 @@ pub(super) fn deployment(options: &InstallOptions) -> Value {
                                     "path": mesh_control_plane::config::MESH_FILE,
                                 }],
                             },
-                        },
-                        {
-                            "name": "services",
-                            "configMap": { "name": SERVICES_CONFIG_MAP },
                         },
                         { "name": "state", "emptyDir": {} },
                         {

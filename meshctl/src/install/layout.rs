@@ -17,9 +17,6 @@ pub const WEBHOOK_PATH: &str = "/inject";
 
 /// The configuration directory (the ConfigMap).
 pub const CONFIG_DIR: &str = "/etc/mesh";
-/// The service files (the services ConfigMap): a directory of its own, because a volume
-/// mounted inside another ConfigMap's read-only mount would need a mount point created in it.
-pub const SERVICES_DIR: &str = "/etc/mesh-services";
 /// The state directory (an emptyDir: the root comes back from the Secret on each start).
 pub const STATE_DIR: &str = "/var/lib/mesh";
 /// Where the CA Secret is mounted.

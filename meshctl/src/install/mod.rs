@@ -70,7 +70,6 @@ pub fn manifests(
     objects.extend([
         control_plane::ca_secret(&root),
         control_plane::config_map(options)?,
-        control_plane::services_config_map(),
         control_plane::deployment(options),
         control_plane::service(),
         webhook::configuration(&root.cert_pem, webhook_client),
@@ -181,7 +180,7 @@ mod tests {
             .collect();
         assert_eq!(
             args.join(" "),
-            "--config-dir /etc/mesh --services-dir /etc/mesh-services --state-dir /var/lib/mesh \
+            "--config-dir /etc/mesh --kubernetes --state-dir /var/lib/mesh \
              --listen 0.0.0.0:15010 \
              --admin 0.0.0.0:15014 --webhook 0.0.0.0:15017 --ca-dir /var/run/mesh/ca \
              --proxy-image registry.example/proxy:1"
