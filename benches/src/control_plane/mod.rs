@@ -25,6 +25,13 @@ use self::mesh::{FIRST_TIMEOUT_MS, Mesh, frontend};
 use self::report::{Change, Latencies, Machine, Memory, Report, Scale, Used, ms};
 use self::watchers::{Event, Fleet};
 
+/// This process's resident set now, in KiB.
+pub fn rss_kib() -> std::io::Result<u64> {
+    memory::rss()
+        .map(|r| r.now_kib)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Why a run could not complete (as opposed to a target missed, which is in the report).
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
