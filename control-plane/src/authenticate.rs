@@ -15,7 +15,7 @@ pub(crate) enum Authenticator {
     /// Join tokens, `tokens/<service>` in the state directory.
     JoinTokens(Tokens),
     /// Projected service-account tokens, reviewed by the API server.
-    TokenReview(TokenReviewer),
+    TokenReview(Box<TokenReviewer>),
 }
 
 /// Why a certificate request was refused.

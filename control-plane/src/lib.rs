@@ -354,7 +354,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         source: io::Error::other(e),
     })??;
     let authenticator = match token_reviewer {
-        Some(reviewer) => authenticate::Authenticator::TokenReview(reviewer),
+        Some(reviewer) => authenticate::Authenticator::TokenReview(Box::new(reviewer)),
         None => authenticate::Authenticator::JoinTokens(Tokens::open(&options.state_dir)?),
     };
     let tokens = authenticator.join_tokens().cloned();

@@ -99,7 +99,7 @@ async fn tokens_that_prove_another_identity_or_none_are_refused_with_the_reason(
         return;
     };
     let refusal = |status: Result<mesh_control_plane::client::Workload, tonic::Status>| {
-        let status = status.err().expect("refused");
+        let status = status.expect_err("refused");
         (status.code(), status.message().to_owned())
     };
 
@@ -127,9 +127,7 @@ async fn tokens_that_prove_another_identity_or_none_are_refused_with_the_reason(
 
     // An account named like the service, in another namespace.
     mesh.namespace("other").await;
-    let foreign = mesh
-        .token_request("other", "orders", AUDIENCE, None)
-        .await;
+    let foreign = mesh.token_request("other", "orders", AUDIENCE, None).await;
     let (code, message) = refusal(mesh.certify(&cp, "orders", &foreign).await);
     assert_eq!(code, Code::PermissionDenied, "{message}");
     assert!(
@@ -158,7 +156,10 @@ async fn tokens_that_prove_another_identity_or_none_are_refused_with_the_reason(
     )
     .await;
     assert_eq!(code, Code::Unauthenticated, "{message}");
-    assert!(message.contains("not authenticated by the cluster"), "{message}");
+    assert!(
+        message.contains("not authenticated by the cluster"),
+        "{message}"
+    );
 
     // An account named like a service nobody declared.
     let payments = mesh.token("payments", AUDIENCE).await;
@@ -260,7 +261,9 @@ async fn an_expired_token_is_refused_and_the_same_token_unexpired_is_accepted() 
     let status = mesh.certify(&cp, "orders", &expired).await.err().unwrap();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(
-        status.message().contains("not authenticated by the cluster")
+        status
+            .message()
+            .contains("not authenticated by the cluster")
             && status.message().contains("expired"),
         "{status:?}"
     );
@@ -290,7 +293,7 @@ async fn when_the_api_server_cannot_answer_certify_is_unavailable_and_recovers()
     signal("-STOP");
     let stopped = mesh.certify(&cp, "orders", &token).await;
     signal("-CONT");
-    let status = stopped.err().expect("refused while the API server is stopped");
+    let status = stopped.expect_err("refused while the API server is stopped");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("cannot review the token now"),
