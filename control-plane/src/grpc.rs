@@ -11,13 +11,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::authenticate::Authenticator;
 use crate::ca::CertError;
 use crate::config::ApiLimits;
 use crate::listener::{InFlight, PeerInfo};
 use crate::log_limit::{LogLimit, escaped};
 use crate::mesh::{Mesh, RegistryError};
 use crate::rate_limit::KeyedLimit;
-use crate::tokens::Tokens;
 
 /// How long a new watch stream may take to name its instance.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,7 +29,7 @@ const REFUSALS_LOGGED_PER_SECOND: u64 = 5;
 #[derive(Clone, Debug)]
 pub(crate) struct Api {
     mesh: Arc<Mesh>,
-    tokens: Tokens,
+    authenticator: Authenticator,
     limits: Arc<CallLimits>,
     shutdown: CancellationToken,
 }
@@ -47,7 +47,7 @@ struct CallLimits {
 impl Api {
     pub(crate) fn new(
         mesh: Arc<Mesh>,
-        tokens: Tokens,
+        authenticator: Authenticator,
         limits: &ApiLimits,
         shutdown: CancellationToken,
     ) -> Self {
@@ -61,7 +61,7 @@ impl Api {
         };
         Self {
             mesh,
-            tokens,
+            authenticator,
             limits: Arc::new(limits),
             shutdown,
         }
@@ -152,15 +152,17 @@ impl v1::identity_server::Identity for Api {
                 &format!("service {service}"),
             ));
         }
-        if !declared || !self.tokens.check(&service, &request.token) {
-            metrics.refused("unauthenticated");
-            let service = escaped(&service);
+        let checked = self
+            .authenticator
+            .check(&service, declared, &config.namespace, &request.token)
+            .await;
+        if let Err(refused) = checked {
+            metrics.refused(refused.reason());
             if self.limits.refusals.allow("refused calls") {
-                tracing::warn!(%service, source = ?source, "certificate refused: unknown service or wrong join token");
+                let service = escaped(&service);
+                tracing::warn!(%service, source = ?source, reason = %refused, "certificate refused");
             }
-            return Err(Status::unauthenticated(format!(
-                "the token is not the join token of service \"{service}\""
-            )));
+            return Err(refused.status());
         }
         let id = SpiffeId::for_service(&config.trust_domain, &config.namespace, &service)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

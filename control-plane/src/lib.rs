@@ -10,6 +10,8 @@
 //!   acknowledgements (`registry.rs`), the per-service snapshots computed from configuration
 //!   and registry (`snapshot.rs`), root-rotation gating (`rotation.rs`) and `/status`
 //!   (`status.rs`).
+//! - `authenticate`: whose token entitles it to a service's certificate (join tokens, or
+//!   TokenReview in Kubernetes mode).
 //! - `grpc`: the `mesh.v1` services; `tls`: the API's TLS with live certificates;
 //!   `listener`: the API's connections within their limits; `rate_limit`: per-caller call
 //!   rates; `log_limit`: warnings about refused callers, capped.
@@ -25,7 +27,8 @@
 //! # State directory
 //! - `ca.pem`, `roots/`, `signer`, and optionally an operator's `ca-key.pem` or
 //!   `intermediate.pem` + `intermediate-key.pem`: the CA (see [`ca::Authority`]).
-//! - `tokens/<service>`: join tokens (see [`Tokens`]).
+//! - `tokens/<service>`: join tokens (see [`Tokens`]); not in Kubernetes mode, where sidecars
+//!   present their projected service-account tokens.
 //! - `virtual-addresses`: each service's virtual address, kept so it never moves (see
 //!   `virtual_addresses.rs`).
 //! - `version`: the last snapshot version, written on stop; the next start continues above it
@@ -47,6 +50,7 @@
 mod accept;
 mod admin;
 pub mod admin_client;
+mod authenticate;
 pub mod ca;
 pub mod client;
 pub mod config;
@@ -301,11 +305,12 @@ impl ControlPlane {
 }
 
 /// Starts the control plane on bound listeners: loads the configuration (every error reported),
-/// loads or creates the CA and join tokens, then serves the API and the admin server. Returns
+/// loads or creates the CA and (in local mode) join tokens, then serves the API and the admin server. Returns
 /// once it is ready.
 pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlane, Error> {
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
+    let mut token_reviewer = None;
     let source = match &options.kubernetes {
         None => ConfigSource::Files {
             dir: options.config_dir.clone(),
@@ -318,6 +323,10 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
             // The mesh file names the namespace whose MeshService objects declare services.
             let mesh_only = config::parse(&config::read_mesh_file(&options.config_dir)?)?;
             let client = kubernetes::client(kubernetes).await?;
+            token_reviewer = Some(kubernetes::TokenReviewer::new(
+                client.clone(),
+                &kubernetes.audience,
+            ));
             let (mut services, task) =
                 kubernetes::MeshServices::watch(client, &mesh_only.namespace, shutdown.clone());
             tasks.push(task);
@@ -344,12 +353,18 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         path: options.state_dir.clone(),
         source: io::Error::other(e),
     })??;
-    let tokens = Tokens::open(&options.state_dir)?;
+    let authenticator = match token_reviewer {
+        Some(reviewer) => authenticate::Authenticator::TokenReview(Box::new(reviewer)),
+        None => authenticate::Authenticator::JoinTokens(Tokens::open(&options.state_dir)?),
+    };
+    let tokens = authenticator.join_tokens().cloned();
     // After the CA, which creates the state directory on a first start.
     let mut addresses = virtual_addresses::AddressTable::open(&options.state_dir)?;
     addresses.assign(&mut config)?;
-    for service in tokens.ensure(config.services.keys())? {
-        tracing::info!(%service, path = %tokens.path(&service).display(), "created a join token");
+    if let Some(tokens) = &tokens {
+        for service in tokens.ensure(config.services.keys())? {
+            tracing::info!(%service, path = %tokens.path(&service).display(), "created a join token");
+        }
     }
     let first_version = first_version(&options.state_dir);
     let metrics = Arc::new(metrics::Metrics::new());
@@ -371,7 +386,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         metrics.clone(),
         shutdown.clone(),
     );
-    let api = grpc::Api::new(mesh.clone(), tokens.clone(), &limits, shutdown.clone());
+    let api = grpc::Api::new(mesh.clone(), authenticator, &limits, shutdown.clone());
     // Set explicitly, every one: tonic's defaults leave the streams per connection unbounded
     // and lift hyper's cap on streams reset for errors (the rapid-reset class of attacks).
     // The timeout covers a call until its response starts, so a Watch stream is not cut.
@@ -541,7 +556,7 @@ impl ConfigSource {
 /// a change is invalid (each error logged once, and counted).
 async fn watch_config(
     mesh: Arc<mesh::Mesh>,
-    tokens: Tokens,
+    tokens: Option<Tokens>,
     mut addresses: virtual_addresses::AddressTable,
     source: ConfigSource,
     every: Duration,
@@ -579,13 +594,14 @@ async fn watch_config(
                     continue;
                 }
                 last_failure = None;
-                match tokens.ensure(config.services.keys()) {
-                    Ok(created) => {
+                match tokens.as_ref().map(|t| t.ensure(config.services.keys())) {
+                    None => {}
+                    Some(Ok(created)) => {
                         for service in created {
                             tracing::info!(%service, "created a join token");
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot create a join token"),
+                    Some(Err(e)) => tracing::error!(error = %e, "cannot create a join token"),
                 }
                 mesh.metrics().reloaded(true);
                 if *mesh.config() != config {

@@ -36,6 +36,9 @@ const ADMIN: (&str, &[&str]) = ("admin", &["system:masters"]);
 /// whose test process is gone.
 const DIR_PREFIX: &str = "mesh-kube-";
 
+/// The issuer (`iss`) of the service-account tokens the API server signs and accepts.
+pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
 /// How many of a program's last log lines an error shows.
 const LOG_TAIL_LINES: usize = 30;
 
@@ -108,7 +111,7 @@ impl TestCluster {
                 .arg(flag("--tls-private-key-file", &pki.serving.key))
                 .arg(flag("--client-ca-file", &pki.client_ca_file))
                 .arg("--authorization-mode=Node,RBAC")
-                .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+                .arg(format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"))
                 .arg(flag(
                     "--service-account-key-file",
                     &pki.service_account_public,
@@ -150,6 +153,13 @@ impl TestCluster {
     /// The directory holding etcd's data, the certificates and the two logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The key the API server signs service-account tokens with (ECDSA P-256, PKCS#8 PEM):
+    /// a test signs tokens of its own with it, such as an expired one the TokenRequest API
+    /// would never issue. Their issuer is [`SERVICE_ACCOUNT_ISSUER`].
+    pub fn service_account_signing_key(&self) -> &Path {
+        &self.pki.service_account_key
     }
 
     /// The process IDs of etcd and the API server.

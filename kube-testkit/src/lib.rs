@@ -24,5 +24,5 @@ mod error;
 pub mod mesh;
 mod pki;
 
-pub use cluster::TestCluster;
+pub use cluster::{SERVICE_ACCOUNT_ISSUER, TestCluster};
 pub use error::ClusterError;

@@ -3,16 +3,20 @@
 //!
 //! - `mesh_services`: the services' policy from MeshService objects instead of service files,
 //!   fed to the same validation as the files.
+//! - `token_review`: workload identity from projected service-account tokens, reviewed by
+//!   the API server, instead of join tokens.
 //!
 //! The mesh's namespace (`namespace` in `mesh.yaml`) is where its services, their
 //! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
 //! ([`KubernetesOptions::namespace`]) holds its shared state.
 
 mod mesh_services;
+mod token_review;
 
 use std::path::PathBuf;
 
 pub(crate) use self::mesh_services::MeshServices;
+pub(crate) use self::token_review::{ReviewError, TokenReviewer};
 
 /// How the control plane finds and uses its cluster.
 #[derive(Clone, Debug)]

@@ -399,7 +399,8 @@ pub struct ControlPlaneConfig {
     /// The CA certificate(s) its certificate must chain to (the state directory's `ca.pem`).
     #[serde(flatten)]
     pub trust_anchor: TrustAnchor,
-    /// The file holding this service's join token.
+    /// The file holding this service's token: its join token, or in Kubernetes the pod's
+    /// projected service-account token. Read at each certify, so a rotated token is used.
     pub token_file: PathBuf,
 }
 

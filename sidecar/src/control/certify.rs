@@ -25,12 +25,16 @@ const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a certificate could not be obtained.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CertifyError {
-    /// The join token file could not be read.
-    #[error("cannot read join token {path:?}: {source}")]
+    /// The token file (a join token, or the pod's projected service-account token) could
+    /// not be read.
+    #[error("cannot read the token file {path:?}: {source}")]
     Token {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The token file holds no token.
+    #[error("the token file {path:?} is empty")]
+    EmptyToken { path: PathBuf },
     /// The CSR could not be made, or the control plane refused or could not be reached.
     #[error(transparent)]
     Certify(#[from] mesh_api::certify::CertifyError),
@@ -54,12 +58,8 @@ impl Certifier {
     /// One certificate: a new key pair, a CSR for our SPIFFE ID, the token, and the answer
     /// checked to carry our identity.
     pub(crate) async fn certify(&self, channel: Channel) -> Result<Credentials, CertifyError> {
-        let token =
-            std::fs::read_to_string(&self.token_file).map_err(|source| CertifyError::Token {
-                path: self.token_file.clone(),
-                source,
-            })?;
-        let certify = mesh_api::certify::certify(channel, &self.service, &self.id, token.trim());
+        let token = read_token(&self.token_file)?;
+        let certify = mesh_api::certify::certify(channel, &self.service, &self.id, &token);
         let workload = tokio::time::timeout(CERTIFY_TIMEOUT, certify)
             .await
             .map_err(|_| CertifyError::Timeout)??;
@@ -90,6 +90,23 @@ impl Certifier {
             }
         }
     }
+}
+
+/// The token in `path`, read anew at each call: the kubelet rotates a projected token by
+/// swapping the `..data` symlink its file goes through, and an operator replaces a join token
+/// file, both without the path changing.
+fn read_token(path: &std::path::Path) -> Result<String, CertifyError> {
+    let token = std::fs::read_to_string(path).map_err(|source| CertifyError::Token {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(CertifyError::EmptyToken {
+            path: path.to_owned(),
+        });
+    }
+    Ok(token.to_owned())
 }
 
 /// Renews the certificate at about two thirds of its remaining lifetime (60 to 70%, so a fleet
@@ -224,6 +241,53 @@ mod tests {
             })
             .collect();
         assert_eq!(uris, ["spiffe://mesh.local/ns/default/sa/orders"]);
+    }
+
+    /// A projected volume as the kubelet writes it: `token` is a symlink to `..data/token`,
+    /// `..data` a symlink to a timestamped directory; a rotation writes a new directory and
+    /// renames a new `..data` over the old one, so the path never changes and never dangles.
+    fn kubelet_write(volume: &std::path::Path, generation: u32, token: &str) {
+        let data = volume.join(format!("..2026_12_03_0{generation}"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("token"), token).unwrap();
+        let next = volume.join("..data_tmp");
+        std::os::unix::fs::symlink(data.file_name().unwrap(), &next).unwrap();
+        std::fs::rename(&next, volume.join("..data")).unwrap();
+        let link = volume.join("token");
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink("..data/token", &link).unwrap();
+        }
+        if generation > 1 {
+            std::fs::remove_dir_all(volume.join(format!("..2026_12_03_0{}", generation - 1)))
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_token_rotated_by_the_kubelet_is_read_at_the_next_call() {
+        let volume = tempfile::tempdir().unwrap();
+        let path = volume.path().join("token");
+        kubelet_write(volume.path(), 1, "first");
+        assert_eq!(read_token(&path).unwrap(), "first");
+        kubelet_write(volume.path(), 2, "second");
+        assert_eq!(read_token(&path).unwrap(), "second");
+    }
+
+    #[test]
+    fn an_empty_or_unreadable_token_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("token");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = read_token(&empty).unwrap_err();
+        assert!(matches!(err, CertifyError::EmptyToken { .. }), "{err}");
+        assert!(err.to_string().contains(&*empty.to_string_lossy()), "{err}");
+        // A directory where the file should be (a volume mounted at the wrong path).
+        let err = read_token(dir.path()).unwrap_err();
+        assert!(matches!(err, CertifyError::Token { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&*dir.path().to_string_lossy()),
+            "{err}"
+        );
     }
 
     #[tokio::test]
