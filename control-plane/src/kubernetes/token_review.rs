@@ -109,40 +109,39 @@ impl TokenReviewer {
             ))
         })?
         .map_err(|e| ReviewError::Unavailable(format!("TokenReview: {e}")))?;
-        self.verdict(token, answer.status.unwrap_or_default())
+        verdict(&self.audience, token, answer.status.unwrap_or_default())
     }
+}
 
-    /// The API server's answer, checked against the audience.
-    fn verdict(
-        &self,
-        token: &str,
-        status: TokenReviewStatus,
-    ) -> Result<ServiceAccount, ReviewError> {
-        if status.authenticated != Some(true) {
-            // A token for another audience is refused as unauthenticated; say so plainly
-            // when the token's own (unverified) claims show it.
-            if let Some(presented) = claimed_audiences(token)
-                && !presented.contains(&self.audience)
-            {
-                return Err(ReviewError::WrongAudience {
-                    expected: self.audience.clone(),
-                    presented,
-                });
-            }
-            return Err(ReviewError::NotAuthenticated {
-                reason: status.error.unwrap_or_else(|| "no reason given".to_owned()),
-            });
+/// The API server's answer about `token`, checked against `audience`.
+fn verdict(
+    audience: &str,
+    token: &str,
+    status: TokenReviewStatus,
+) -> Result<ServiceAccount, ReviewError> {
+    let wrong_audience = |presented| ReviewError::WrongAudience {
+        expected: audience.to_owned(),
+        presented,
+    };
+    if status.authenticated != Some(true) {
+        // A token for another audience is refused as unauthenticated; say so plainly when the
+        // token's own (unverified) claims show it.
+        if let Some(presented) = claimed_audiences(token)
+            && !presented.iter().any(|a| a == audience)
+        {
+            return Err(wrong_audience(presented));
         }
-        let audiences = status.audiences.unwrap_or_default();
-        if !audiences.contains(&self.audience) {
-            return Err(ReviewError::WrongAudience {
-                expected: self.audience.clone(),
-                presented: audiences,
-            });
-        }
-        let user = status.user.and_then(|u| u.username).unwrap_or_default();
-        service_account(&user).ok_or(ReviewError::NotServiceAccount { user })
+        return Err(ReviewError::NotAuthenticated {
+            reason: status.error.unwrap_or_else(|| "no reason given".to_owned()),
+        });
     }
+    // An authenticator that ignores audiences answers without ours: not for us.
+    let audiences = status.audiences.unwrap_or_default();
+    if !audiences.iter().any(|a| a == audience) {
+        return Err(wrong_audience(audiences));
+    }
+    let user = status.user.and_then(|u| u.username).unwrap_or_default();
+    service_account(&user).ok_or(ReviewError::NotServiceAccount { user })
 }
 
 /// `system:serviceaccount:<namespace>:<name>` as its parts.
@@ -194,6 +193,46 @@ mod tests {
         ] {
             assert_eq!(service_account(user), None, "{user}");
         }
+    }
+
+    fn status(authenticated: bool, audiences: &[&str], user: &str) -> TokenReviewStatus {
+        TokenReviewStatus {
+            authenticated: Some(authenticated),
+            audiences: Some(audiences.iter().map(|a| (*a).to_owned()).collect()),
+            user: Some(k8s_openapi::api::authentication::v1::UserInfo {
+                username: Some(user.to_owned()),
+                ..Default::default()
+            }),
+            error: (!authenticated).then(|| "invalid bearer token".to_owned()),
+        }
+    }
+
+    #[test]
+    fn only_an_authenticated_service_account_for_the_audience_passes() {
+        let orders = "system:serviceaccount:default:orders";
+        assert_eq!(
+            verdict("mesh.local", "t", status(true, &["mesh.local"], orders)).unwrap(),
+            ServiceAccount {
+                namespace: "default".into(),
+                name: "orders".into()
+            }
+        );
+        let err = verdict("mesh.local", "t", status(false, &[], orders)).unwrap_err();
+        assert!(
+            matches!(&err, ReviewError::NotAuthenticated { reason } if reason == "invalid bearer token"),
+            "{err}"
+        );
+        // Authenticated, but not for our audience (an authenticator that ignores audiences).
+        let err = verdict("mesh.local", "t", status(true, &["api"], orders)).unwrap_err();
+        assert!(
+            matches!(&err, ReviewError::WrongAudience { presented, .. } if presented == &["api"]),
+            "{err}"
+        );
+        let err = verdict("mesh.local", "t", status(true, &["mesh.local"], "alice")).unwrap_err();
+        assert!(
+            matches!(&err, ReviewError::NotServiceAccount { user } if user == "alice"),
+            "{err}"
+        );
     }
 
     #[test]
