@@ -200,7 +200,7 @@ pub struct ControlPlaneRef {
     pub address: SocketAddr,
     /// `ca.pem` of the control plane's state directory.
     pub trust_anchor: PathBuf,
-    /// The join token file of the sidecar's service.
+    /// The token file (a join token, or a projected service-account token in Kubernetes mode) of the sidecar's service.
     pub token_file: PathBuf,
 }
 
