@@ -200,7 +200,8 @@ pub struct ControlPlaneRef {
     pub address: SocketAddr,
     /// `ca.pem` of the control plane's state directory.
     pub trust_anchor: PathBuf,
-    /// The token file (a join token, or a projected service-account token in Kubernetes mode) of the sidecar's service.
+    /// The token file of the sidecar's service: a join token, or in Kubernetes mode a projected
+    /// service-account token.
     pub token_file: PathBuf,
 }
 
