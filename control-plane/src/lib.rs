@@ -306,7 +306,7 @@ impl ControlPlane {
 pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlane, Error> {
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
-    let source = match &options.kubernetes {
+    let mut source = match &options.kubernetes {
         None => ConfigSource::Files {
             dir: options.config_dir.clone(),
             services: options
@@ -318,18 +318,22 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
             // The mesh file names the namespace whose MeshService objects declare services.
             let mesh_only = config::parse(&config::read_mesh_file(&options.config_dir)?)?;
             let client = kubernetes::client(kubernetes).await?;
-            let (mut services, task) =
-                kubernetes::MeshServices::watch(client, &mesh_only.namespace, shutdown.clone());
-            tasks.push(task);
-            services.first().await;
+            let (policy, policy_tasks) = kubernetes::ClusterPolicy::start(
+                client,
+                &mesh_only.namespace,
+                &kubernetes.replica,
+                shutdown.clone(),
+            )
+            .await;
+            tasks.extend(policy_tasks);
             ConfigSource::Cluster {
                 dir: options.config_dir.clone(),
-                services,
+                policy,
             }
         }
     };
     let watched_files = source.read().await?;
-    let mut config = config::parse(&watched_files)?;
+    let mut config = source.parse(&watched_files)?;
     let state_dir = options.state_dir.clone();
     let trust_domain = config.trust_domain.clone();
     let import = options.ca_dir.clone();
@@ -356,6 +360,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let limits = config.api.clone();
     let admin_limits = config.admin.clone();
     let mesh = Arc::new(mesh::Mesh::new(config, ca, metrics.clone(), first_version));
+    source.in_force();
 
     let api_addr = local_addr(&listeners.api)?;
     let admin_addr = local_addr(&listeners.admin)?;
@@ -506,7 +511,7 @@ enum ConfigSource {
     },
     Cluster {
         dir: PathBuf,
-        services: kubernetes::MeshServices,
+        policy: kubernetes::ClusterPolicy,
     },
 }
 
@@ -530,10 +535,33 @@ impl ConfigSource {
             }],
         })?;
         let mut files = read?;
-        if let Self::Cluster { services, .. } = self {
-            files.extend(services.current());
+        if let Self::Cluster { policy, .. } = self {
+            files.extend(policy.files());
         }
         Ok(files)
+    }
+
+    /// Validates the files: all or nothing for files; object by object in Kubernetes mode.
+    fn parse(&mut self, files: &config::ConfigFiles) -> Result<MeshConfig, InvalidConfig> {
+        match self {
+            Self::Files { .. } => config::parse(files),
+            Self::Cluster { policy, .. } => policy.judge(files),
+        }
+    }
+
+    /// The last configuration parsed is in force.
+    fn in_force(&mut self) {
+        if let Self::Cluster { policy, .. } = self {
+            policy.in_force();
+        }
+    }
+
+    /// Completes when the source says it changed (MeshService objects); files are polled.
+    async fn changed(&mut self) {
+        match self {
+            Self::Files { .. } => std::future::pending().await,
+            Self::Cluster { policy, .. } => policy.changed().await,
+        }
     }
 }
 
@@ -543,7 +571,7 @@ async fn watch_config(
     mesh: Arc<mesh::Mesh>,
     tokens: Tokens,
     mut addresses: virtual_addresses::AddressTable,
-    source: ConfigSource,
+    mut source: ConfigSource,
     every: Duration,
     mut last: config::ConfigFiles,
     shutdown: CancellationToken,
@@ -555,6 +583,7 @@ async fn watch_config(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+            () = source.changed() => {}
         }
         let files = source.read().await;
         let parsed = files.and_then(|files| {
@@ -562,7 +591,7 @@ async fn watch_config(
                 return Ok(None);
             }
             last = files;
-            config::parse(&last).map(Some)
+            source.parse(&last).map(Some)
         });
         let result = parsed.and_then(|config| match config {
             Some(config) => check_fixed(&mesh.config(), config).map(Some),
@@ -592,6 +621,7 @@ async fn watch_config(
                     mesh.apply_config(config);
                     tracing::info!(version = mesh.version(), "configuration reloaded");
                 }
+                source.in_force();
             }
             Err(invalid) => {
                 if last_failure.as_ref() != Some(&invalid.errors) {

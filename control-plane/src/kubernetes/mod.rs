@@ -3,16 +3,22 @@
 //!
 //! - `mesh_services`: the services' policy from MeshService objects instead of service files,
 //!   fed to the same validation as the files.
+//! - `cluster_policy`: those objects judged one by one (`acceptance`): a refused object keeps
+//!   its last accepted spec while the others' changes apply, and each object's verdict is
+//!   written to its status and events (`verdicts`).
 //!
 //! The mesh's namespace (`namespace` in `mesh.yaml`) is where its services, their
 //! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
 //! ([`KubernetesOptions::namespace`]) holds its shared state.
 
+mod acceptance;
+mod cluster_policy;
 mod mesh_services;
+mod verdicts;
 
 use std::path::PathBuf;
 
-pub(crate) use self::mesh_services::MeshServices;
+pub(crate) use self::cluster_policy::ClusterPolicy;
 
 /// How the control plane finds and uses its cluster.
 #[derive(Clone, Debug)]
