@@ -3,6 +3,8 @@
 //! event), a refused object keeps its last accepted spec while the others' changes apply, and
 //! the control plane rides out an API-server outage.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -104,7 +106,10 @@ async fn a_mesh_service_change_reaches_watchers_within_a_second_and_is_accepted(
 
     let orders = certify(&cp, &mesh, "orders").await;
     let mut watch = orders.watch("o-1").await;
-    let snapshot = watch.next(Duration::from_secs(2)).await.expect("a first snapshot");
+    let snapshot = watch
+        .next(Duration::from_secs(2))
+        .await
+        .expect("a first snapshot");
     assert_eq!(policy_timeout(&snapshot, "inventory"), Some(2000));
 
     let changed_at = tokio::time::Instant::now();
@@ -130,6 +135,25 @@ async fn a_mesh_service_change_reaches_watchers_within_a_second_and_is_accepted(
         now["lastTransitionTime"], first["lastTransitionTime"],
         "still accepted: no transition"
     );
+    let stored = mesh.mesh_services().get("inventory").await.unwrap();
+    let manager = stored
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|m| m.subresource.as_deref() == Some("status"))
+        .and_then(|m| m.manager.clone());
+    assert_eq!(manager.as_deref(), Some("mesh-control-plane"));
+
+    // Another object's change is judged with inventory's unchanged spec: its status, the same
+    // verdict, is not written again.
+    let payments = mesh.apply_mesh_service("payments", json!({})).await;
+    accepted_condition(&mesh, "payments", generation(&payments)).await;
+    let after = mesh.mesh_services().get("inventory").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, stored.metadata.resource_version,
+        "an unchanged verdict is not written"
+    );
     cp.stop().await.unwrap();
 }
 
@@ -148,7 +172,10 @@ async fn an_invalid_mesh_service_is_refused_alone_and_says_why() {
     let cp = mesh.control_plane("replica-a").await;
     let orders = certify(&cp, &mesh, "orders").await;
     let mut watch = orders.watch("o-1").await;
-    let first = watch.next(Duration::from_secs(2)).await.expect("a first snapshot");
+    let first = watch
+        .next(Duration::from_secs(2))
+        .await
+        .expect("a first snapshot");
     assert_eq!(policy_timeout(&first, "inventory"), Some(2000));
     assert_eq!(policy_timeout(&first, "payments"), Some(1000));
 
@@ -162,7 +189,10 @@ async fn an_invalid_mesh_service_is_refused_alone_and_says_why() {
     assert_eq!(refused["reason"], "Invalid", "{refused}");
     let message = refused["message"].as_str().unwrap();
     assert!(message.starts_with("spec.timeout: "), "{message}");
-    assert!(message.contains("last accepted spec stays in force"), "{message}");
+    assert!(
+        message.contains("last accepted spec stays in force"),
+        "{message}"
+    );
     let event = refusal_event(&mesh, "inventory", "spec.timeout").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert_eq!(event.reason.as_deref(), Some("Invalid"));
@@ -245,7 +275,10 @@ async fn the_control_plane_rides_out_an_api_server_outage() {
     let cp = mesh.control_plane("replica-a").await;
     let orders = certify(&cp, &mesh, "orders").await;
     let mut watch = orders.watch("o-1").await;
-    let first = watch.next(Duration::from_secs(2)).await.expect("a first snapshot");
+    let first = watch
+        .next(Duration::from_secs(2))
+        .await
+        .expect("a first snapshot");
     assert_eq!(policy_timeout(&first, "inventory"), Some(2000));
 
     // 30 seconds without an API server: the control plane serves what it knows.

@@ -83,7 +83,11 @@ impl Acceptance {
                 }
                 Err(invalid) => invalid,
             };
-            if invalid.errors.iter().any(|e| !candidate_object(&candidate, e)) {
+            if invalid
+                .errors
+                .iter()
+                .any(|e| !candidate_object(&candidate, e))
+            {
                 return Err(invalid);
             }
             let mut by_object: BTreeMap<String, Vec<FileError>> = BTreeMap::new();
@@ -94,7 +98,9 @@ impl Acceptance {
                 // The first errors found are the spec's own; later ones are its fallback's.
                 refused.entry(file.clone()).or_insert(errors);
                 match self.accepted.get(&file) {
-                    Some(last) if !fell_back.contains(&file) && candidate.get(&file) != Some(last) => {
+                    Some(last)
+                        if !fell_back.contains(&file) && candidate.get(&file) != Some(last) =>
+                    {
                         candidate.insert(file.clone(), last.clone());
                         fell_back.insert(file);
                     }
@@ -192,14 +198,20 @@ mod tests {
     }
 
     fn timeout_ms(config: &MeshConfig, service: &str) -> Option<u128> {
-        config.services[service].policy.timeout.map(|t| t.as_millis())
+        config.services[service]
+            .policy
+            .timeout
+            .map(|t| t.as_millis())
     }
 
     #[test]
     fn an_invalid_object_keeps_its_last_accepted_spec_while_others_change() {
         let mut acceptance = Acceptance::default();
         let (_, verdicts, in_force) = acceptance
-            .judge(&files(&[("orders", "calls: [inventory]\n"), ("inventory", "timeout: 2s\n")]))
+            .judge(&files(&[
+                ("orders", "calls: [inventory]\n"),
+                ("inventory", "timeout: 2s\n"),
+            ]))
             .unwrap();
         assert!(verdicts.values().all(Verdict::accepted));
         acceptance.commit(in_force);
@@ -215,7 +227,11 @@ mod tests {
         let inventory = &verdicts["inventory"];
         assert_eq!(inventory.in_force, InForce::LastAccepted);
         assert_eq!(inventory.errors.len(), 1, "{:?}", inventory.errors);
-        assert!(inventory.errors[0].starts_with("spec.timeout: "), "{:?}", inventory.errors);
+        assert!(
+            inventory.errors[0].starts_with("spec.timeout: "),
+            "{:?}",
+            inventory.errors
+        );
         assert_eq!(verdicts["orders"].in_force, InForce::Spec);
         acceptance.commit(in_force);
     }
@@ -224,9 +240,15 @@ mod tests {
     fn a_cross_object_error_belongs_to_the_object_that_has_it() {
         let acceptance = Acceptance::default();
         let (config, verdicts, _) = acceptance
-            .judge(&files(&[("orders", "calls: [nowhere]\n"), ("inventory", "")]))
+            .judge(&files(&[
+                ("orders", "calls: [nowhere]\n"),
+                ("inventory", ""),
+            ]))
             .unwrap();
-        assert!(!config.services.contains_key("orders"), "never accepted: not in force");
+        assert!(
+            !config.services.contains_key("orders"),
+            "never accepted: not in force"
+        );
         assert!(config.services.contains_key("inventory"));
         assert_eq!(verdicts["orders"].in_force, InForce::Nothing);
         assert!(
@@ -241,7 +263,10 @@ mod tests {
     fn an_accepted_spec_refused_again_is_dropped() {
         let mut acceptance = Acceptance::default();
         let (_, _, in_force) = acceptance
-            .judge(&files(&[("orders", "calls: [inventory]\n"), ("inventory", "")]))
+            .judge(&files(&[
+                ("orders", "calls: [inventory]\n"),
+                ("inventory", ""),
+            ]))
             .unwrap();
         acceptance.commit(in_force);
         let (config, verdicts, _) = acceptance
@@ -256,7 +281,10 @@ mod tests {
     fn a_mesh_file_error_refuses_the_whole_change() {
         let acceptance = Acceptance::default();
         let mut files = files(&[("orders", "")]);
-        files.insert(config::MESH_FILE.to_owned(), b"trust_domain: 'no good'\n".to_vec());
+        files.insert(
+            config::MESH_FILE.to_owned(),
+            b"trust_domain: 'no good'\n".to_vec(),
+        );
         assert!(acceptance.judge(&files).is_err());
     }
 }

@@ -32,7 +32,8 @@ impl ClusterPolicy {
         replica: &str,
         shutdown: CancellationToken,
     ) -> (Self, Vec<JoinHandle<()>>) {
-        let (mut services, watch) = MeshServices::watch(client.clone(), namespace, shutdown.clone());
+        let (mut services, watch) =
+            MeshServices::watch(client.clone(), namespace, shutdown.clone());
         services.first().await;
         let (verdicts, judged) = watch::channel(Verdicts::new());
         let writer = VerdictWriter::new(client, namespace, replica);

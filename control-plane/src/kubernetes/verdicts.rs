@@ -93,7 +93,11 @@ impl VerdictWriter {
                 continue;
             }
             let condition = condition(verdict, object);
-            if object.accepted.as_ref().is_some_and(|c| same(c, &condition)) {
+            if object
+                .accepted
+                .as_ref()
+                .is_some_and(|c| same(c, &condition))
+            {
                 self.written.remove(name);
                 continue;
             }
