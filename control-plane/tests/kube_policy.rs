@@ -99,7 +99,13 @@ async fn a_mesh_service_change_reaches_watchers_within_a_second_and_is_accepted(
     let inventory = mesh
         .apply_mesh_service("inventory", json!({ "timeout": "2s" }))
         .await;
-    let cp = mesh.control_plane("replica-a").await;
+    // Polling the configuration once a minute: only the objects' watch can apply a change
+    // within a second.
+    let mut options = mesh.options("replica-a");
+    options.config_poll = Duration::from_secs(60);
+    let cp = mesh_control_plane::start(options, common::listeners().await)
+        .await
+        .unwrap();
     let first = accepted_condition(&mesh, "inventory", generation(&inventory)).await;
     assert_eq!(first["status"], "True", "{first}");
     assert_eq!(first["reason"], "Accepted", "{first}");
@@ -169,7 +175,17 @@ async fn an_invalid_mesh_service_is_refused_alone_and_says_why() {
         .await;
     mesh.apply_mesh_service("payments", json!({ "timeout": "1s" }))
         .await;
+    // Invalid from the start: the control plane starts without it.
+    let broken = mesh
+        .apply_mesh_service("broken", json!({ "timeout": "soon" }))
+        .await;
     let cp = mesh.control_plane("replica-a").await;
+    assert!(!cp.config().services.contains_key("broken"));
+    let never = accepted_condition(&mesh, "broken", generation(&broken)).await;
+    assert_eq!(never["status"], "False", "{never}");
+    let message = never["message"].as_str().unwrap();
+    assert!(message.starts_with("spec.timeout: "), "{message}");
+    assert!(message.contains("not in the mesh"), "{message}");
     let orders = certify(&cp, &mesh, "orders").await;
     let mut watch = orders.watch("o-1").await;
     let first = watch
@@ -189,6 +205,7 @@ async fn an_invalid_mesh_service_is_refused_alone_and_says_why() {
     assert_eq!(refused["reason"], "Invalid", "{refused}");
     let message = refused["message"].as_str().unwrap();
     assert!(message.starts_with("spec.timeout: "), "{message}");
+    println!("refused: {message}");
     assert!(
         message.contains("last accepted spec stays in force"),
         "{message}"

@@ -82,7 +82,8 @@ pub(crate) fn file_name(object: &str) -> String {
 
 impl MeshServices {
     /// Starts watching `namespace`'s MeshService objects until `shutdown`. The watch retries
-    /// with backoff when the API server is away; the files in force stay until it answers.
+    /// with backoff when the API server is away, at most [`MAX_BACKOFF`] apart; the files in
+    /// force stay until it answers.
     pub(crate) fn watch(
         client: kube::Client,
         namespace: &str,
@@ -206,4 +207,21 @@ fn service_file(object: &DynamicObject) -> Option<(String, Vec<u8>)> {
     // JSON is YAML: the files' parser reads it, and names fields the same way.
     let text = serde_json::to_vec_pretty(&spec).unwrap_or_default();
     Some((name, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_backoff_doubles_to_its_cap_and_resets() {
+        let mut backoff = CappedBackoff { next: MIN_BACKOFF };
+        let waits: Vec<Duration> = backoff.by_ref().take(6).collect();
+        assert_eq!(waits[0], MIN_BACKOFF);
+        assert_eq!(waits[1], MIN_BACKOFF * 2);
+        assert!(waits.iter().all(|w| *w <= MAX_BACKOFF), "{waits:?}");
+        assert_eq!(waits[5], MAX_BACKOFF);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(MIN_BACKOFF));
+    }
 }
