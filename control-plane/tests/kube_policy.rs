@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use common::kube_mesh::{KubeMesh, MESH_NAMESPACE};
 use common::{Sidecar, policy_timeout};
+use http::{Method, StatusCode};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
-use mesh_control_plane::ControlPlane;
+use mesh_control_plane::{ControlPlane, client};
 use serde_json::{Value, json};
+use tonic::transport::Channel;
 
 const MESH: &str = "trust_domain: mesh.local\ncertificate_lifetime: 1h\n";
 /// How long a status or an event may take to be written once the configuration changed.
@@ -25,6 +27,15 @@ const VERDICT_PATIENCE: Duration = Duration::from_secs(10);
 /// identity, so the way it does (a join token today) can change in one place.
 async fn certify(cp: &ControlPlane, mesh: &KubeMesh, service: &str) -> Sidecar {
     Sidecar::new(cp, &mesh.dirs, service).await
+}
+
+/// A new connection of a certified sidecar, with the certificate it has.
+async fn reconnect(cp: &ControlPlane, mesh: &KubeMesh, sidecar: &Sidecar) -> Channel {
+    let roots = client::roots_from_pem(&mesh.dirs.bundle_pem()).unwrap();
+    let certificate = Some(sidecar.workload.client_cert());
+    client::connect(cp.api_addr(), roots, common::TD, certificate)
+        .await
+        .unwrap()
 }
 
 /// The `Accepted` condition of MeshService `name` once it describes `generation`.
@@ -298,6 +309,8 @@ async fn the_control_plane_rides_out_an_api_server_outage() {
         .expect("a first snapshot");
     assert_eq!(policy_timeout(&first, "inventory"), Some(2000));
 
+    let mut inventory = certify(&cp, &mesh, "inventory").await;
+
     // 30 seconds without an API server: the control plane serves what it knows.
     let (_, apiserver) = mesh.cluster.pids();
     let outage = Stopped::process(apiserver);
@@ -311,13 +324,15 @@ async fn the_control_plane_rides_out_an_api_server_outage() {
             Some(Duration::from_secs(2)),
             "the configuration in force stays"
         );
-        // A sidecar starting now is certified and gets its snapshot.
-        let inventory = certify(&cp, &mesh, "inventory").await;
+        // A certified sidecar reconnecting now gets its snapshot.
+        inventory.channel = reconnect(&cp, &mesh, &inventory).await;
         let mut fresh = inventory.watch(&format!("i-{rounds}")).await;
         fresh
             .next(Duration::from_secs(2))
             .await
             .expect("a snapshot during the outage");
+        let (ready, _) = common::admin(&cp, Method::GET, "/ready").await;
+        assert_eq!(ready, StatusCode::OK, "ready during the outage");
         // The watching sidecar's stream stays open (its next snapshot may or may not come).
         let _ = watch.next(Duration::from_secs(3)).await;
     }
@@ -325,7 +340,8 @@ async fn the_control_plane_rides_out_an_api_server_outage() {
     drop(outage);
 
     // Back: a change made now reaches the watching sidecar promptly.
-    mesh.apply_mesh_service("inventory", json!({ "timeout": "7s" }))
+    let changed = mesh
+        .apply_mesh_service("inventory", json!({ "timeout": "7s" }))
         .await;
     let changed_at = tokio::time::Instant::now();
     watch
@@ -337,5 +353,7 @@ async fn the_control_plane_rides_out_an_api_server_outage() {
         "a change after the outage reached the sidecar in {:?}",
         changed_at.elapsed()
     );
+    let verdict = accepted_condition(&mesh, "inventory", generation(&changed)).await;
+    assert_eq!(verdict["status"], "True", "{verdict}");
     cp.stop().await.unwrap();
 }
