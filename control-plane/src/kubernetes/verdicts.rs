@@ -34,8 +34,9 @@ pub(crate) struct VerdictWriter {
     api: Api<DynamicObject>,
     recorder: Recorder,
     namespace: String,
-    /// The condition last written per object, until the watch shows it stored.
-    written: BTreeMap<String, Value>,
+    /// The condition last written per object (by uid: a recreated object is another), until
+    /// the watch shows it stored.
+    written: BTreeMap<String, (Option<String>, Value)>,
 }
 
 impl VerdictWriter {
@@ -63,7 +64,11 @@ impl VerdictWriter {
         loop {
             let now = objects.borrow_and_update().clone().unwrap_or_default();
             let judged = verdicts.borrow_and_update().clone();
-            let failed = self.write_all(&now, &judged).await;
+            // A write waits for an API server that may be away: shutdown must not.
+            let failed = tokio::select! {
+                () = shutdown.cancelled() => return,
+                failed = self.write_all(&now, &judged) => failed,
+            };
             let retry = async {
                 if failed {
                     tokio::time::sleep(RETRY).await;
@@ -101,12 +106,17 @@ impl VerdictWriter {
                 self.written.remove(name);
                 continue;
             }
-            if self.written.get(name).is_some_and(|c| same(c, &condition)) {
+            if self
+                .written
+                .get(name)
+                .is_some_and(|(uid, c)| *uid == object.uid && same(c, &condition))
+            {
                 continue;
             }
             match self.write(name, object, verdict, &condition).await {
                 Ok(()) => {
-                    self.written.insert(name.clone(), condition);
+                    self.written
+                        .insert(name.clone(), (object.uid.clone(), condition));
                 }
                 Err(e) => {
                     tracing::warn!(meshservice = %name, error = %e, "cannot write the MeshService's status; retrying");
