@@ -565,8 +565,10 @@ impl ConfigSource {
     }
 }
 
-/// Polls the configuration; applies a valid change, and keeps the configuration in force when
-/// a change is invalid (each error logged once, and counted).
+/// Polls the configuration (and, in Kubernetes mode, wakes as MeshService objects change);
+/// applies a valid change, and keeps the configuration in force when a change is invalid (each
+/// error logged once, and counted). A refused object is not an invalid change: see
+/// `kubernetes/acceptance.rs`.
 async fn watch_config(
     mesh: Arc<mesh::Mesh>,
     tokens: Tokens,
