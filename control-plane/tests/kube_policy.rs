@@ -224,6 +224,19 @@ async fn an_invalid_mesh_service_is_refused_alone_and_says_why() {
     let event = refusal_event(&mesh, "inventory", "spec.timeout").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert_eq!(event.reason.as_deref(), Some("Invalid"));
+    // Invalid again, differently: a new message, but no transition. (Past the second of the
+    // first refusal, so a new transition time would differ: the times are in seconds.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pear = mesh
+        .apply_mesh_service("inventory", json!({ "timeout": "pear" }))
+        .await;
+    let still = accepted_condition(&mesh, "inventory", generation(&pear)).await;
+    assert_eq!(still["status"], "False", "{still}");
+    assert!(
+        still["message"].as_str().unwrap().contains("\"pear\""),
+        "{still}"
+    );
+    assert_eq!(still["lastTransitionTime"], refused["lastTransitionTime"]);
 
     // Meanwhile another object's valid change applies, and inventory's policy is as it was.
     mesh.apply_mesh_service("payments", json!({ "timeout": "4s" }))
