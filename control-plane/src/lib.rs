@@ -311,7 +311,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let mut token_reviewer = None;
-    let source = match &options.kubernetes {
+    let mut source = match &options.kubernetes {
         None => ConfigSource::Files {
             dir: options.config_dir.clone(),
             services: options
@@ -327,18 +327,22 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
                 client.clone(),
                 &kubernetes.audience,
             ));
-            let (mut services, task) =
-                kubernetes::MeshServices::watch(client, &mesh_only.namespace, shutdown.clone());
-            tasks.push(task);
-            services.first().await;
+            let (policy, policy_tasks) = kubernetes::ClusterPolicy::start(
+                client,
+                &mesh_only.namespace,
+                &kubernetes.replica,
+                shutdown.clone(),
+            )
+            .await;
+            tasks.extend(policy_tasks);
             ConfigSource::Cluster {
                 dir: options.config_dir.clone(),
-                services,
+                policy,
             }
         }
     };
     let watched_files = source.read().await?;
-    let mut config = config::parse(&watched_files)?;
+    let mut config = source.parse(&watched_files)?;
     let state_dir = options.state_dir.clone();
     let trust_domain = config.trust_domain.clone();
     let import = options.ca_dir.clone();
@@ -371,6 +375,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let limits = config.api.clone();
     let admin_limits = config.admin.clone();
     let mesh = Arc::new(mesh::Mesh::new(config, ca, metrics.clone(), first_version));
+    source.in_force();
 
     let api_addr = local_addr(&listeners.api)?;
     let admin_addr = local_addr(&listeners.admin)?;
@@ -521,7 +526,7 @@ enum ConfigSource {
     },
     Cluster {
         dir: PathBuf,
-        services: kubernetes::MeshServices,
+        policy: kubernetes::ClusterPolicy,
     },
 }
 
@@ -545,20 +550,45 @@ impl ConfigSource {
             }],
         })?;
         let mut files = read?;
-        if let Self::Cluster { services, .. } = self {
-            files.extend(services.current());
+        if let Self::Cluster { policy, .. } = self {
+            files.extend(policy.files());
         }
         Ok(files)
     }
+
+    /// Validates the files: all or nothing for files; object by object in Kubernetes mode.
+    fn parse(&mut self, files: &config::ConfigFiles) -> Result<MeshConfig, InvalidConfig> {
+        match self {
+            Self::Files { .. } => config::parse(files),
+            Self::Cluster { policy, .. } => policy.judge(files),
+        }
+    }
+
+    /// The last configuration parsed is in force.
+    fn in_force(&mut self) {
+        if let Self::Cluster { policy, .. } = self {
+            policy.in_force();
+        }
+    }
+
+    /// Completes when the source says it changed (MeshService objects); files are polled.
+    async fn changed(&mut self) {
+        match self {
+            Self::Files { .. } => std::future::pending().await,
+            Self::Cluster { policy, .. } => policy.changed().await,
+        }
+    }
 }
 
-/// Polls the configuration; applies a valid change, and keeps the configuration in force when
-/// a change is invalid (each error logged once, and counted).
+/// Polls the configuration (and, in Kubernetes mode, wakes as MeshService objects change);
+/// applies a valid change, and keeps the configuration in force when a change is invalid (each
+/// error logged once, and counted). A refused object is not an invalid change: see
+/// `kubernetes/acceptance.rs`.
 async fn watch_config(
     mesh: Arc<mesh::Mesh>,
     tokens: Option<Tokens>,
     mut addresses: virtual_addresses::AddressTable,
-    source: ConfigSource,
+    mut source: ConfigSource,
     every: Duration,
     mut last: config::ConfigFiles,
     shutdown: CancellationToken,
@@ -570,6 +600,7 @@ async fn watch_config(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+            () = source.changed() => {}
         }
         let files = source.read().await;
         let parsed = files.and_then(|files| {
@@ -577,7 +608,7 @@ async fn watch_config(
                 return Ok(None);
             }
             last = files;
-            config::parse(&last).map(Some)
+            source.parse(&last).map(Some)
         });
         let result = parsed.and_then(|config| match config {
             Some(config) => check_fixed(&mesh.config(), config).map(Some),
@@ -608,6 +639,7 @@ async fn watch_config(
                     mesh.apply_config(config);
                     tracing::info!(version = mesh.version(), "configuration reloaded");
                 }
+                source.in_force();
             }
             Err(invalid) => {
                 if last_failure.as_ref() != Some(&invalid.errors) {

@@ -3,10 +3,12 @@
 //! cluster's policy passes through the same validation, with the same errors, as the files.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -17,7 +19,50 @@ use crate::config::{ConfigFiles, SERVICES_DIR};
 /// The MeshService objects of one namespace as service files, kept current by a watch.
 #[derive(Clone, Debug)]
 pub(crate) struct MeshServices {
-    files: watch::Receiver<Option<ConfigFiles>>,
+    objects: watch::Receiver<Option<Objects>>,
+}
+
+/// The objects as watched, by name.
+pub(crate) type Objects = BTreeMap<String, MeshService>;
+
+/// One MeshService: its service file, and what its status needs.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MeshService {
+    /// Its spec as the service file `services/<name>.yaml`.
+    pub(crate) file: Vec<u8>,
+    /// `metadata.generation`: which spec a verdict is about.
+    pub(crate) generation: Option<i64>,
+    /// `metadata.uid`, for events about it.
+    pub(crate) uid: Option<String>,
+    /// Its `Accepted` condition as stored, if any.
+    pub(crate) accepted: Option<Value>,
+}
+
+/// The longest wait between attempts to watch: after an API-server outage, changes made once
+/// it is back reach the mesh within this (kube's default grows to 30 s).
+const MAX_BACKOFF: Duration = Duration::from_secs(3);
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Doubling waits from [`MIN_BACKOFF`] to [`MAX_BACKOFF`], reset by a successful watch event.
+#[derive(Debug)]
+struct CappedBackoff {
+    next: Duration,
+}
+
+impl Iterator for CappedBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        Some(wait)
+    }
+}
+
+impl Backoff for CappedBackoff {
+    fn reset(&mut self) {
+        self.next = MIN_BACKOFF;
+    }
 }
 
 /// The MeshService kind as the API serves it.
@@ -37,19 +82,21 @@ pub(crate) fn file_name(object: &str) -> String {
 
 impl MeshServices {
     /// Starts watching `namespace`'s MeshService objects until `shutdown`. The watch retries
-    /// with backoff when the API server is away; the files in force stay until it answers.
+    /// with backoff when the API server is away, at most [`MAX_BACKOFF`] apart; the files in
+    /// force stay until it answers.
     pub(crate) fn watch(
         client: kube::Client,
         namespace: &str,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &resource());
-        let (tx, files) = watch::channel(None);
+        let (tx, objects) = watch::channel(None);
         let task = tokio::spawn(async move {
-            let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+            let backoff = CappedBackoff { next: MIN_BACKOFF };
+            let stream = watcher::watcher(api, watcher::Config::default()).backoff(backoff);
             let mut stream = std::pin::pin!(stream);
-            let mut objects: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-            let mut initial: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            let mut objects = Objects::new();
+            let mut initial = Objects::new();
             loop {
                 let event = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -62,8 +109,8 @@ impl MeshServices {
                     }
                     Some(Ok(Event::Init)) => initial.clear(),
                     Some(Ok(Event::InitApply(object))) => {
-                        if let Some((name, file)) = service_file(&object) {
-                            initial.insert(name, file);
+                        if let Some((name, service)) = mesh_service(&object) {
+                            initial.insert(name, service);
                         }
                     }
                     Some(Ok(Event::InitDone)) => {
@@ -71,30 +118,30 @@ impl MeshServices {
                         tx.send_replace(Some(objects.clone()));
                     }
                     Some(Ok(Event::Apply(object))) => {
-                        if let Some((name, file)) = service_file(&object) {
-                            objects.insert(name, file);
+                        if let Some((name, service)) = mesh_service(&object) {
+                            objects.insert(name, service);
                             tx.send_replace(Some(objects.clone()));
                         }
                     }
                     Some(Ok(Event::Delete(object))) => {
                         if let Some(name) = &object.metadata.name {
-                            objects.remove(&file_name(name));
+                            objects.remove(name);
                             tx.send_replace(Some(objects.clone()));
                         }
                     }
                 }
             }
         });
-        (Self { files }, task)
+        (Self { objects }, task)
     }
 
     /// The service files, once the first list has arrived.
     pub(crate) async fn first(&mut self) -> ConfigFiles {
         loop {
-            if let Some(files) = self.files.borrow_and_update().clone() {
-                return files;
+            if self.objects.borrow_and_update().is_some() {
+                return self.current();
             }
-            if self.files.changed().await.is_err() {
+            if self.objects.changed().await.is_err() {
                 return ConfigFiles::new();
             }
         }
@@ -102,8 +149,48 @@ impl MeshServices {
 
     /// The service files now (empty before the first list).
     pub(crate) fn current(&self) -> ConfigFiles {
-        self.files.borrow().clone().unwrap_or_default()
+        self.objects
+            .borrow()
+            .iter()
+            .flatten()
+            .map(|(name, service)| (file_name(name), service.file.clone()))
+            .collect()
     }
+
+    /// The objects as watched, as they change (`None` before the first list).
+    pub(crate) fn objects(&self) -> watch::Receiver<Option<Objects>> {
+        self.objects.clone()
+    }
+
+    /// Completes when the objects change (never, once the watch has ended).
+    pub(crate) async fn changed(&mut self) {
+        if self.objects.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A MeshService as watched: its service file and the metadata its status needs.
+fn mesh_service(object: &DynamicObject) -> Option<(String, MeshService)> {
+    let (name, file) = service_file(object)?;
+    let accepted = object
+        .data
+        .get("status")
+        .and_then(|status| status.get("conditions"))
+        .and_then(Value::as_array)
+        .and_then(|conditions| {
+            conditions
+                .iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some(super::verdicts::CONDITION))
+        })
+        .cloned();
+    let service = MeshService {
+        file,
+        generation: object.metadata.generation,
+        uid: object.metadata.uid.clone(),
+        accepted,
+    };
+    Some((name, service))
 }
 
 /// A MeshService as its service file: the spec, named after the object.
@@ -119,5 +206,22 @@ fn service_file(object: &DynamicObject) -> Option<(String, Vec<u8>)> {
     }
     // JSON is YAML: the files' parser reads it, and names fields the same way.
     let text = serde_json::to_vec_pretty(&spec).unwrap_or_default();
-    Some((file_name(&name), text))
+    Some((name, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_backoff_doubles_to_its_cap_and_resets() {
+        let mut backoff = CappedBackoff { next: MIN_BACKOFF };
+        let waits: Vec<Duration> = backoff.by_ref().take(6).collect();
+        assert_eq!(waits[0], MIN_BACKOFF);
+        assert_eq!(waits[1], MIN_BACKOFF * 2);
+        assert!(waits.iter().all(|w| *w <= MAX_BACKOFF), "{waits:?}");
+        assert_eq!(waits[5], MAX_BACKOFF);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(MIN_BACKOFF));
+    }
 }

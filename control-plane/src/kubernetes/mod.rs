@@ -3,6 +3,9 @@
 //!
 //! - `mesh_services`: the services' policy from MeshService objects instead of service files,
 //!   fed to the same validation as the files.
+//! - `cluster_policy`: those objects judged one by one (`acceptance`): a refused object keeps
+//!   its last accepted spec while the others' changes apply, and each object's verdict is
+//!   written to its status and events (`verdicts`).
 //! - `token_review`: workload identity from projected service-account tokens, reviewed by
 //!   the API server, instead of join tokens.
 //!
@@ -10,12 +13,15 @@
 //! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
 //! ([`KubernetesOptions::namespace`]) holds its shared state.
 
+mod acceptance;
+mod cluster_policy;
 mod mesh_services;
 mod token_review;
+mod verdicts;
 
 use std::path::PathBuf;
 
-pub(crate) use self::mesh_services::MeshServices;
+pub(crate) use self::cluster_policy::ClusterPolicy;
 pub(crate) use self::token_review::{ReviewError, TokenReviewer};
 
 /// How the control plane finds and uses its cluster.
