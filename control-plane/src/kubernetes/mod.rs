@@ -3,15 +3,18 @@
 //!
 //! - `mesh_services`: the services' policy from MeshService objects instead of service files,
 //!   fed to the same validation as the files.
+//! - `discovery`: where services' instances are, from Services and EndpointSlices.
 //!
 //! The mesh's namespace (`namespace` in `mesh.yaml`) is where its services, their
 //! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
 //! ([`KubernetesOptions::namespace`]) holds its shared state.
 
+mod discovery;
 mod mesh_services;
 
 use std::path::PathBuf;
 
+pub(crate) use self::discovery::start as start_discovery;
 pub(crate) use self::mesh_services::MeshServices;
 
 /// How the control plane finds and uses its cluster.
