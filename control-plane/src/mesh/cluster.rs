@@ -97,3 +97,79 @@ pub(super) fn from_slices<'a>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh_api::proto::v1;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::mesh::registry::check;
+
+    fn register(registry: &mut Registry, id: &str, address: &str, version: &str) {
+        let instance = v1::Instance {
+            instance_id: id.into(),
+            service: "inventory".into(),
+            address: address.into(),
+            version: version.into(),
+            ..Default::default()
+        };
+        let address = check("inventory", &instance).unwrap();
+        registry
+            .register("inventory", &instance, address, Instant::now(), 100)
+            .unwrap();
+    }
+
+    fn service(addresses: &[(&str, &str)]) -> ClusterService {
+        ClusterService {
+            cluster_ip: None,
+            endpoints: addresses
+                .iter()
+                .map(|(ip, pod)| (ip.parse().unwrap(), (*pod).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn summary<'a>(members: &'a [Member<'a>]) -> Vec<(String, String, &'a str)> {
+        members
+            .iter()
+            .map(|m| (m.instance_id.clone(), m.address.to_string(), m.version))
+            .collect()
+    }
+
+    #[test]
+    fn the_slices_say_who_and_registrations_from_their_addresses_say_where_and_which_version() {
+        let mut registry = Registry::default();
+        register(&mut registry, "i-1", "10.244.0.1:16006", "v2");
+        // Registered, but no slice lists its address: no endpoint.
+        register(&mut registry, "gone", "10.244.0.9:15006", "");
+        let cluster = service(&[("10.244.0.1", "inventory-a"), ("10.244.0.2", "inventory-b")]);
+        let members = from_slices(&registry, "inventory", &cluster);
+        assert_eq!(
+            summary(&members),
+            [
+                ("i-1".to_owned(), "10.244.0.1:16006".to_owned(), "v2"),
+                // Not registered (yet): the pod's name, the injected inbound port.
+                ("inventory-b".to_owned(), "10.244.0.2:15006".to_owned(), ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_whose_sidecar_reports_its_app_down_is_left_out() {
+        let mut registry = Registry::default();
+        register(&mut registry, "i-1", "10.244.0.1:15006", "");
+        let beat = v1::HeartbeatRequest {
+            instance_id: "i-1".into(),
+            app_down: "GET /health: 503".into(),
+            ..Default::default()
+        };
+        registry.heartbeat("inventory", &beat, Instant::now());
+        let cluster = service(&[("10.244.0.1", ""), ("10.244.0.2", "")]);
+        let members = from_slices(&registry, "inventory", &cluster);
+        assert_eq!(
+            summary(&members),
+            [("10.244.0.2".to_owned(), "10.244.0.2:15006".to_owned(), "")]
+        );
+    }
+}
