@@ -555,3 +555,171 @@ async fn traffic_follows_the_endpoint_slices_between_sidecars_in_network_namespa
     drop(processes);
     cp.stop().await.unwrap();
 }
+
+// === scale: an #[ignore]d measurement ===
+
+/// The measurement's size: Services (each with one slice), endpoints per slice, caller services
+/// and watch streams per caller (one connection each).
+const SCALE_SERVICES: usize = 1000;
+const SCALE_ENDPOINTS_PER_SERVICE: usize = 10;
+const SCALE_CALLERS: usize = 10;
+const SCALE_WATCHERS_PER_CALLER: usize = 100;
+const SCALE_EDITS: usize = 5;
+
+/// The process's resident memory, KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// 1,000 Services with 10 ready endpoints each (10,000 endpoints), 1,000 watch streams of
+/// sidecars whose service calls the edited one: how long a slice edit takes to reach every
+/// watcher, and the process's memory. Run with
+/// `cargo nextest run -p mesh-control-plane --test kube_discovery --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: minutes of setup, and its numbers are read, not asserted"]
+async fn measure_slice_edit_push_to_a_thousand_watchers() {
+    use futures_util::StreamExt;
+
+    let test = "measure_slice_edit_push_to_a_thousand_watchers";
+    let Some(mesh) = KubeMesh::start(test, MESH).await else {
+        return;
+    };
+    let objects = Objects::new(&mesh);
+    let name = |i: usize| format!("svc-{i:04}");
+    let setup = tokio::time::Instant::now();
+    futures_util::stream::iter(0..SCALE_SERVICES)
+        .map(|i| {
+            let (mesh, objects, service) = (&mesh, &objects, name(i));
+            async move {
+                mesh.apply_mesh_service(&service, json!({})).await;
+                objects
+                    .apply_service(&service, json!([{ "name": "http", "port": 80 }]))
+                    .await;
+                let addresses: Vec<String> = (0..SCALE_ENDPOINTS_PER_SERVICE)
+                    .map(|e| format!("10.{}.{}.{}", 100 + i / 250, i % 250, e + 1))
+                    .collect();
+                let endpoints: Vec<(&str, Option<bool>)> =
+                    addresses.iter().map(|a| (a.as_str(), Some(true))).collect();
+                objects
+                    .apply_slice(&format!("{service}-a"), &service, &endpoints)
+                    .await;
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    // Each caller calls the edited service (svc-0000) and 99 others of its own.
+    let per_caller = SCALE_SERVICES / SCALE_CALLERS;
+    for c in 0..SCALE_CALLERS {
+        let mut calls = vec![name(0)];
+        calls.extend(
+            (c * per_caller..(c + 1) * per_caller)
+                .filter(|i| *i != 0)
+                .map(name)
+                .take(99),
+        );
+        mesh.apply_mesh_service(&format!("caller-{c}"), json!({ "calls": calls }))
+            .await;
+    }
+    eprintln!("setup: {:?}", setup.elapsed());
+
+    let before = rss_kib();
+    let cp = mesh.control_plane("replica-a").await;
+    let idle = rss_kib();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, tokio::time::Instant)>();
+    let mut tasks = Vec::new();
+    for c in 0..SCALE_CALLERS {
+        let caller = certified(&cp, &mesh.dirs, &format!("caller-{c}")).await;
+        for w in 0..SCALE_WATCHERS_PER_CALLER {
+            let mut watcher = caller.watch(&format!("caller-{c}-{w}")).await;
+            watcher.next(Duration::from_secs(30)).await.unwrap();
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seen = 0;
+                while let Some(snapshot) = watcher.next(Duration::from_secs(60)).await {
+                    let hub = endpoint_set(&snapshot, "svc-0000");
+                    while seen < SCALE_EDITS && hub.contains(&format!("10.99.0.{}:15006", seen + 1))
+                    {
+                        seen += 1;
+                        let _ = tx.send((seen, tokio::time::Instant::now()));
+                    }
+                    if seen == SCALE_EDITS {
+                        return;
+                    }
+                }
+            }));
+        }
+    }
+    let watching = rss_kib();
+    let watchers = SCALE_CALLERS * SCALE_WATCHERS_PER_CALLER;
+    eprintln!("{watchers} watchers open");
+
+    let mut hub: Vec<String> = (0..SCALE_ENDPOINTS_PER_SERVICE)
+        .map(|e| format!("10.100.0.{}", e + 1))
+        .collect();
+    let mut report = Vec::new();
+    for edit in 1..=SCALE_EDITS {
+        hub.push(format!("10.99.0.{edit}"));
+        let endpoints: Vec<(&str, Option<bool>)> =
+            hub.iter().map(|a| (a.as_str(), Some(true))).collect();
+        let version = cp.version();
+        let started = tokio::time::Instant::now();
+        objects
+            .apply_slice("svc-0000-a", "svc-0000", &endpoints)
+            .await;
+        let applied = started.elapsed();
+        // When the control plane published the snapshots that carry it.
+        let mut published = Duration::ZERO;
+        for _ in 0..30_000 {
+            if cp.version() != version {
+                published = started.elapsed();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut latencies = Vec::with_capacity(watchers);
+        while latencies.len() < watchers {
+            let (seen, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("every watcher gets the edit within 30 s")
+                .unwrap();
+            assert_eq!(seen, edit);
+            latencies.push(at - started);
+        }
+        latencies.sort();
+        let line = format!(
+            "| {edit} | {watchers} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            applied.as_secs_f64() * 1000.0,
+            published.as_secs_f64() * 1000.0,
+            percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+            percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+            latencies[watchers - 1].as_secs_f64() * 1000.0,
+        );
+        eprintln!("{line}");
+        report.push(line);
+    }
+    eprintln!(
+        "| edit | watchers | API call returned ms | published ms | received p50 ms | p99 ms | max ms |"
+    );
+    for line in &report {
+        eprintln!("{line}");
+    }
+    eprintln!(
+        "RSS KiB: before the control plane {before}, started (10,000 endpoints) {idle}, \
+         with {watchers} watchers (both ends) {watching}"
+    );
+    for task in tasks {
+        task.await.unwrap();
+    }
+    cp.stop().await.unwrap();
+}
