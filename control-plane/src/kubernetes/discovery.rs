@@ -299,6 +299,43 @@ mod tests {
         assert!(read_slice(&slice).is_none());
     }
 
+    /// While a relist is under way (the API server came back), the list in force stays whole;
+    /// the relist replaces it only once complete, dropping what was deleted meanwhile.
+    #[test]
+    fn the_last_complete_list_stays_in_force_until_a_relist_completes() {
+        let service = |name: &str, ip: &str| -> Service {
+            serde_json::from_value(json!({
+                "metadata": { "name": name },
+                "spec": { "clusterIP": ip },
+            }))
+            .unwrap()
+        };
+        let names = |watched: &Watched<Option<IpAddr>>| -> Vec<String> {
+            watched.listed.as_ref().unwrap().keys().cloned().collect()
+        };
+        let mut watched: Watched<Option<IpAddr>> = Watched::default();
+        assert!(!watched.apply(Event::Apply(service("early", "10.96.0.1")), read_service));
+        assert!(!watched.apply(Event::Init, read_service));
+        assert!(!watched.apply(Event::InitApply(service("a", "10.96.0.1")), read_service));
+        assert!(!watched.apply(Event::InitApply(service("b", "10.96.0.2")), read_service));
+        assert!(
+            watched.listed.is_none(),
+            "nothing in force before the first list"
+        );
+        assert!(watched.apply(Event::InitDone, read_service));
+        assert_eq!(names(&watched), ["a", "b"]);
+
+        // The API server is away, then back: a relist starts.
+        assert!(!watched.apply(Event::Init, read_service));
+        assert!(!watched.apply(Event::InitApply(service("b", "10.96.0.2")), read_service));
+        assert_eq!(names(&watched), ["a", "b"], "the last list stays in force");
+        assert!(watched.apply(Event::InitDone, read_service));
+        assert_eq!(names(&watched), ["b"], "a deleted while away");
+
+        assert!(watched.apply(Event::Delete(service("b", "10.96.0.2")), read_service));
+        assert!(names(&watched).is_empty());
+    }
+
     #[test]
     fn a_headless_service_has_no_cluster_ip() {
         let service = |ip: &str| -> Service {
