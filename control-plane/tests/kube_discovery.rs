@@ -446,7 +446,7 @@ async fn traffic_follows_the_endpoint_slices_between_sidecars_in_network_namespa
     mesh.apply_mesh_service("orders", json!({ "calls": ["inventory"] }))
         .await;
     mesh.apply_mesh_service("inventory", json!({})).await;
-    objects
+    let cluster_ip = objects
         .apply_service("inventory", json!([{ "name": "http", "port": 80 }]))
         .await;
     let b_first = b.ip.to_string();
@@ -513,6 +513,52 @@ async fn traffic_follows_the_endpoint_slices_between_sidecars_in_network_namespa
         }
     })
     .await;
+
+    // An app on host A that dials the Service's ClusterIP, with no Host naming inventory, is
+    // redirected to orders' sidecar (which runs as root, the user the redirect lets through),
+    // and routed as inventory: the ClusterIP is its virtual address.
+    // A pod has a default route; without one, connect() to the ClusterIP fails before the
+    // redirect can take it. It points at host B, a namespace of this test.
+    ip(&["-n", &a.name, "route", "add", "default", "via", &b_first]);
+    let redirect = a
+        .command(&sidecar)
+        .args(["redirect", "--proxy-uid", "0", "--inbound-ports", "8080"])
+        .output()
+        .unwrap();
+    assert!(
+        redirect.status.success(),
+        "sidecar redirect: {}",
+        String::from_utf8_lossy(&redirect.stderr)
+    );
+    let url = format!("http://{cluster_ip}/by-cluster-ip");
+    let seen = eventually("the ClusterIP to route as inventory", PATIENCE, || async {
+        let out = tokio::process::Command::from(a.command("setpriv"))
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["curl", "-sS", "-i", "--max-time", "2", &url])
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let body = text.split("\r\n\r\n").last().unwrap_or_default();
+        let seen: Value = serde_json::from_str(body).map_err(|e| {
+            format!(
+                "{}: {text} {}: {e}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok::<Value, String>(seen)
+    })
+    .await;
+    assert!(
+        seen["service"].as_str().unwrap().starts_with("inventory-"),
+        "{seen}"
+    );
+    assert_eq!(seen["path"], "/by-cluster-ip", "{seen}");
+    assert_eq!(
+        seen["caller"], "spiffe://mesh.local/ns/default/sa/orders",
+        "through the mesh, with orders' identity: {seen}"
+    );
 
     // The second leaves the slice (its sidecar stays up and registered): within a second, no
     // call reaches it.
