@@ -376,6 +376,15 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let admin_limits = config.admin.clone();
     let mesh = Arc::new(mesh::Mesh::new(config, ca, metrics.clone(), first_version));
     source.in_force();
+    if let Some(kubernetes) = &options.kubernetes {
+        // Endpoints and virtual addresses from Services and EndpointSlices, before any sidecar
+        // can connect.
+        let client = kubernetes::client(kubernetes).await?;
+        let namespace = mesh.config().namespace.clone();
+        tasks.push(
+            kubernetes::start_discovery(client, &namespace, mesh.clone(), shutdown.clone()).await,
+        );
+    }
 
     let api_addr = local_addr(&listeners.api)?;
     let admin_addr = local_addr(&listeners.admin)?;

@@ -8,6 +8,7 @@
 //!   written to its status and events (`verdicts`).
 //! - `token_review`: workload identity from projected service-account tokens, reviewed by
 //!   the API server, instead of join tokens.
+//! - `discovery`: where services' instances are, from Services and EndpointSlices.
 //!
 //! The mesh's namespace (`namespace` in `mesh.yaml`) is where its services, their
 //! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
@@ -15,6 +16,7 @@
 
 mod acceptance;
 mod cluster_policy;
+mod discovery;
 mod mesh_services;
 mod token_review;
 mod verdicts;
@@ -22,6 +24,7 @@ mod verdicts;
 use std::path::PathBuf;
 
 pub(crate) use self::cluster_policy::ClusterPolicy;
+pub(crate) use self::discovery::start as start_discovery;
 pub(crate) use self::token_review::{ReviewError, TokenReviewer};
 
 /// How the control plane finds and uses its cluster.

@@ -16,12 +16,15 @@
 //! carries them.
 //!
 //! - `registry`: instances, leases, heartbeats and acknowledgements.
+//! - `cluster`: in Kubernetes mode, the Services and EndpointSlices that say where services'
+//!   instances are, and how the registry completes them.
 //! - `snapshot`: the pure function from configuration, trust and registry to snapshots.
 //! - `rotation`: when a root may become the signer or leave the bundle.
 //! - `status`: the `/status` document.
 //!
 //! This module holds the [`Mesh`] type: the state's lock, the publisher, and version stamping.
 
+mod cluster;
 mod registry;
 mod rotation;
 mod snapshot;
@@ -37,6 +40,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use self::cluster::{Cluster, ClusterService};
 pub(crate) use self::registry::RegistryError;
 use self::registry::{Beat, Registry};
 pub(crate) use self::rotation::AdminError;
@@ -68,6 +72,8 @@ struct State {
     config: Arc<MeshConfig>,
     ca: Arc<Authority>,
     registry: Registry,
+    /// What the cluster says of the services (Kubernetes mode, once its first list arrived).
+    cluster: Option<Arc<Cluster>>,
     root_since: RootsSince,
     /// Counts changes that snapshots depend on, so a rebuild knows which state it saw.
     generation: u64,
@@ -89,6 +95,7 @@ struct Inputs {
     config: Arc<MeshConfig>,
     trust: Trust,
     registry: Registry,
+    cluster: Option<Arc<Cluster>>,
     generation: u64,
 }
 
@@ -108,6 +115,7 @@ impl Mesh {
             config: Arc::new(config),
             ca: ca.clone(),
             registry: Registry::default(),
+            cluster: None,
             root_since,
             generation: 0,
         };
@@ -166,6 +174,7 @@ impl Mesh {
                     issuer_sha256: state.ca.issuer_sha256().to_owned(),
                 },
                 registry: state.registry.for_snapshots(),
+                cluster: state.cluster.clone(),
                 generation: state.generation,
             }
         };
@@ -174,8 +183,13 @@ impl Mesh {
             .services
             .keys()
             .map(|name| {
-                let next =
-                    snapshot::snapshot(&inputs.config, &inputs.trust, &inputs.registry, name);
+                let next = snapshot::snapshot(
+                    &inputs.config,
+                    &inputs.trust,
+                    &inputs.registry,
+                    inputs.cluster.as_deref(),
+                    name,
+                );
                 (name.clone(), next)
             })
             .collect();
@@ -241,6 +255,19 @@ impl Mesh {
         drop(state);
         let version = self.rebuild();
         self.publish_lock().config_version = version;
+    }
+
+    /// Puts what the cluster says of the services in force; wakes the rebuild task when it
+    /// changed, so sidecars see it without waiting for anything else.
+    pub(crate) fn set_cluster(&self, cluster: Cluster) {
+        let mut state = self.write();
+        if state.cluster.as_deref() == Some(&cluster) {
+            return;
+        }
+        state.cluster = Some(Arc::new(cluster));
+        Self::mark_changed(&mut state);
+        drop(state);
+        self.changed.notify_one();
     }
 
     // === registry ===

@@ -2,12 +2,11 @@
 //! the registry. Pure: the same inputs give the same snapshots, unversioned; `Mesh` stamps
 //! versions on the ones that changed.
 
-use std::net::SocketAddr;
-
 use mesh_api::proto::v1;
 use mesh_api::spiffe::SpiffeId;
 
-use super::registry::{InstanceRecord, Registry};
+use super::cluster::{self, Cluster, Member};
+use super::registry::Registry;
 use crate::config::{MeshConfig, ServiceConfig};
 
 /// The CA's part of every snapshot.
@@ -19,11 +18,14 @@ pub(super) struct Trust {
     pub(super) issuer_sha256: String,
 }
 
-/// The snapshot of `service`, unversioned; empty when it is not declared.
+/// The snapshot of `service`, unversioned; empty when it is not declared. `cluster` is what
+/// the cluster says of the services in Kubernetes mode (`None` in local mode): a destination
+/// with a Service there has the slices' endpoints and the Service's ClusterIP.
 pub(super) fn snapshot(
     config: &MeshConfig,
     trust: &Trust,
     registry: &Registry,
+    cluster: Option<&Cluster>,
     service: &str,
 ) -> v1::Snapshot {
     let Some(svc) = config.services.get(service) else {
@@ -46,18 +48,31 @@ pub(super) fn snapshot(
     let destinations = names
         .into_iter()
         .filter_map(|name| config.services.get(name))
-        .map(|dest| v1::Destination {
-            name: dest.name.clone(),
-            identity: SpiffeId::for_service(&config.trust_domain, &config.namespace, &dest.name)
+        .map(|dest| {
+            let in_cluster = cluster.and_then(|c| c.get(&dest.name));
+            let members = match in_cluster {
+                Some(service) => cluster::from_slices(registry, &dest.name, service),
+                None => cluster::registered(registry, &dest.name),
+            };
+            // The ClusterIP is where the cluster's DNS sends apps: it takes the place of the
+            // address from `virtual_addresses.range`.
+            let virtual_address = in_cluster
+                .and_then(|s| s.cluster_ip)
+                .or(dest.virtual_address);
+            v1::Destination {
+                name: dest.name.clone(),
+                identity: SpiffeId::for_service(
+                    &config.trust_domain,
+                    &config.namespace,
+                    &dest.name,
+                )
                 .map(|id| id.to_string())
                 .unwrap_or_default(),
-            policy: Some(v1::Policy::from(&dest.policy)),
-            backends: backends(dest, registry),
-            tcp: dest.tcp.as_ref().map(v1::TcpDestination::from),
-            virtual_address: dest
-                .virtual_address
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
+                policy: Some(v1::Policy::from(&dest.policy)),
+                backends: backends(dest, &members),
+                tcp: dest.tcp.as_ref().map(v1::TcpDestination::from),
+                virtual_address: virtual_address.map(|ip| ip.to_string()).unwrap_or_default(),
+            }
         })
         .collect();
     v1::Snapshot {
@@ -71,37 +86,30 @@ pub(super) fn snapshot(
     }
 }
 
-/// The endpoints of `dest`: one backend, or one per version of its traffic split.
-fn backends(dest: &ServiceConfig, registry: &Registry) -> Vec<v1::Backend> {
-    let instances: Vec<(&String, &InstanceRecord, SocketAddr)> = registry
-        .instances_of(&dest.name)
-        // An instance whose app is down gets no traffic until its sidecar says it is up; one
-        // without an address (a gateway) never does.
-        .filter(|(_, record)| record.app_down.is_empty())
-        .filter_map(|(id, record)| Some((id, record, record.address?)))
-        .collect();
-    let endpoint = |(id, _, address): &(&String, &InstanceRecord, SocketAddr)| v1::Endpoint {
-        address: address.to_string(),
-        instance_id: (*id).clone(),
+/// The endpoints of `dest` (`members`): one backend, or one per version of its traffic split.
+fn backends(dest: &ServiceConfig, members: &[Member<'_>]) -> Vec<v1::Backend> {
+    let endpoint = |member: &Member<'_>| v1::Endpoint {
+        address: member.address.to_string(),
+        instance_id: member.instance_id.clone(),
     };
     match &dest.traffic_split {
         None => vec![v1::Backend {
             version: String::new(),
             weight: 1,
-            endpoints: instances.iter().map(endpoint).collect(),
+            endpoints: members.iter().map(endpoint).collect(),
         }],
         Some(split) => split
             .iter()
             .map(|(version, weight)| v1::Backend {
                 version: version.clone(),
                 weight: *weight,
-                endpoints: instances
+                endpoints: members
                     .iter()
-                    .filter(|(_, r, _)| {
-                        let v = if r.version.is_empty() {
+                    .filter(|m| {
+                        let v = if m.version.is_empty() {
                             "v1"
                         } else {
-                            &r.version
+                            m.version
                         };
                         v == version
                     })
@@ -173,14 +181,14 @@ mod tests {
             ("audit", "name: audit\n"),
         ]);
         let registry = Registry::default();
-        let orders = snapshot(&config, &trust(), &registry, "orders");
+        let orders = snapshot(&config, &trust(), &registry, None, "orders");
         let names: Vec<&str> = orders
             .destinations
             .iter()
             .map(|d| d.name.as_str())
             .collect();
         assert_eq!(names, ["inventory", "payments"]);
-        let inventory = snapshot(&config, &trust(), &registry, "inventory");
+        let inventory = snapshot(&config, &trust(), &registry, None, "inventory");
         assert!(inventory.destinations.is_empty());
     }
 
@@ -193,7 +201,7 @@ mod tests {
                 "name: inventory\ntimeout: 2s\nretries: { attempts: 3 }\nroutes:\n  - name: stock\n    match: { methods: [GET], path_prefix: /stock }\n    timeout: 500ms\n",
             ),
         ]);
-        let orders = snapshot(&config, &trust(), &Registry::default(), "orders");
+        let orders = snapshot(&config, &trust(), &Registry::default(), None, "orders");
         let inventory = &orders.destinations[0];
         assert_eq!(
             inventory.identity,
@@ -229,7 +237,7 @@ mod tests {
             ),
             ("next", "name: next\n"),
         ]);
-        let orders = snapshot(&config, &trust(), &Registry::default(), "orders");
+        let orders = snapshot(&config, &trust(), &Registry::default(), None, "orders");
         let names: Vec<&str> = orders
             .destinations
             .iter()
@@ -249,11 +257,11 @@ mod tests {
                 "name: inventory\nrate_limit: { requests_per_second: 50, callers: { orders: { requests_per_second: 10 } } }\n",
             ),
         ]);
-        let inventory = snapshot(&config, &trust(), &Registry::default(), "inventory");
+        let inventory = snapshot(&config, &trust(), &Registry::default(), None, "inventory");
         let limit = inventory.rate_limit.unwrap();
         assert_eq!(limit.total.unwrap().requests_per_second, 50.0);
         assert_eq!(limit.callers[0].caller, "orders");
-        let orders = snapshot(&config, &trust(), &Registry::default(), "orders");
+        let orders = snapshot(&config, &trust(), &Registry::default(), None, "orders");
         assert!(orders.rate_limit.is_none());
     }
 
@@ -266,7 +274,7 @@ mod tests {
                 "name: inventory\nauthorization: { default: deny, allow: [orders] }\n",
             ),
         ]);
-        let inventory = snapshot(&config, &trust(), &Registry::default(), "inventory");
+        let inventory = snapshot(&config, &trust(), &Registry::default(), None, "inventory");
         assert_eq!(inventory.version, 0, "Mesh stamps the version");
         assert_eq!(inventory.trust_bundle_der, trust().bundle_der);
         assert_eq!(inventory.issuer_sha256, trust().issuer_sha256);
@@ -293,7 +301,7 @@ mod tests {
         register(&mut registry, "inventory", "a", "10.0.0.1:15006", "");
         register(&mut registry, "inventory2", "c", "10.0.0.3:15006", "");
         register(&mut registry, "orders", "d", "10.0.0.4:15006", "");
-        let orders = snapshot(&config, &trust(), &registry, "orders");
+        let orders = snapshot(&config, &trust(), &registry, None, "orders");
         let backends = &orders.destinations[0].backends;
         assert_eq!(backends.len(), 1);
         assert_eq!(backends[0].version, "");
@@ -318,7 +326,7 @@ mod tests {
         register(&mut registry, "inventory", "v1", "10.0.0.2:15006", "v1");
         register(&mut registry, "inventory", "new", "10.0.0.3:15006", "v2");
         register(&mut registry, "inventory", "odd", "10.0.0.4:15006", "v9");
-        let orders = snapshot(&config, &trust(), &registry, "orders");
+        let orders = snapshot(&config, &trust(), &registry, None, "orders");
         let backends = &orders.destinations[0].backends;
         let summary: Vec<(&str, u32, Vec<(&str, &str)>)> = backends
             .iter()
@@ -354,13 +362,13 @@ mod tests {
             ..Default::default()
         };
         registry.heartbeat("inventory", &beat("GET /health: 503"), Instant::now());
-        let down = snapshot(&config, &trust(), &registry, "orders");
+        let down = snapshot(&config, &trust(), &registry, None, "orders");
         assert_eq!(
             endpoints(&down.destinations[0].backends[0]),
             [("a", "10.0.0.1:15006")]
         );
         registry.heartbeat("inventory", &beat(""), Instant::now());
-        let up = snapshot(&config, &trust(), &registry, "orders");
+        let up = snapshot(&config, &trust(), &registry, None, "orders");
         assert_eq!(
             endpoints(&up.destinations[0].backends[0]),
             [("a", "10.0.0.1:15006"), ("b", "10.0.0.2:15006")]
@@ -376,7 +384,7 @@ mod tests {
         let mut registry = Registry::default();
         register(&mut registry, "gateway", "g", "", "");
         assert_eq!(registry.instances_of("gateway").count(), 1);
-        let orders = snapshot(&config, &trust(), &registry, "orders");
+        let orders = snapshot(&config, &trust(), &registry, None, "orders");
         assert!(endpoints(&orders.destinations[0].backends[0]).is_empty());
     }
 
@@ -388,7 +396,7 @@ mod tests {
         ]);
         let mut registry = Registry::default();
         register(&mut registry, "inventory", "a", "10.0.0.1:15006", "");
-        let first = snapshot(&config, &trust(), &registry, "orders");
+        let first = snapshot(&config, &trust(), &registry, None, "orders");
         // A lease renewal changes nothing a snapshot shows.
         registry.heartbeat(
             "inventory",
@@ -399,14 +407,17 @@ mod tests {
             },
             Instant::now() + Duration::from_secs(1),
         );
-        assert_eq!(snapshot(&config, &trust(), &registry, "orders"), first);
+        assert_eq!(
+            snapshot(&config, &trust(), &registry, None, "orders"),
+            first
+        );
     }
 
     #[test]
     fn an_undeclared_service_gets_an_empty_snapshot() {
         let config = config(&[("orders", "name: orders\n")]);
         assert_eq!(
-            snapshot(&config, &trust(), &Registry::default(), "ghost"),
+            snapshot(&config, &trust(), &Registry::default(), None, "ghost"),
             v1::Snapshot::default()
         );
     }
