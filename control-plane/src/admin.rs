@@ -204,7 +204,7 @@ fn authorized(admin: &Admin, request: &http::Request<Incoming>) -> bool {
 
 fn admin_error(e: &AdminError) -> Reply {
     let status = match e {
-        AdminError::Conflict(_) => StatusCode::CONFLICT,
+        AdminError::Conflict(_) | AdminError::NotLeader(_) => StatusCode::CONFLICT,
         AdminError::NotFound(_) => StatusCode::NOT_FOUND,
         AdminError::Rotation(crate::ca::RotationError::UnknownRoot(_)) => StatusCode::NOT_FOUND,
         AdminError::Rotation(crate::ca::RotationError::Store(_)) => {

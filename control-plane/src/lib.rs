@@ -77,9 +77,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::ca::CertError;
 pub use crate::config::{InvalidConfig, MeshConfig};
-pub use crate::kubernetes::{KubernetesError, KubernetesOptions};
+pub use crate::kubernetes::{CaSecretError, ElectionOptions, KubernetesError, KubernetesOptions};
 pub use crate::listener::PeerInfo;
-pub use crate::mesh::{InstanceStatus, ServiceStatus, Status};
+pub use crate::mesh::{InstanceStatus, Replicas, ServiceStatus, Status};
 pub use crate::tls::{TlsError, control_plane_id};
 pub use crate::tokens::{TokenError, Tokens, admin_token_path};
 pub use crate::virtual_addresses::{AddressError, TABLE_FILE as VIRTUAL_ADDRESS_FILE};
@@ -279,6 +279,18 @@ impl ControlPlane {
         }
     }
 
+    /// Ends every task at once, without a clean stop's steps (no Lease released, no version
+    /// recorded): what a crash leaves behind, for failover tests.
+    pub fn kill(self) {
+        self.server.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
+        // Only after the aborts, so no task gets to react to it: this ends what the tasks
+        // spawned (connections), which an abort leaves running.
+        self.shutdown.cancel();
+    }
+
     /// Stops serving: ends watch streams, lets calls in flight finish, and records the snapshot
     /// version so the next start continues above it.
     pub async fn stop(self) -> Result<(), Error> {
@@ -333,17 +345,28 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let state_dir = options.state_dir.clone();
     let trust_domain = config.trust_domain.clone();
     let import = options.ca_dir.clone();
-    let ca = tokio::task::spawn_blocking(move || {
-        if let Some(from) = import {
-            ca::Authority::import_root(&state_dir, &from)?;
+    let (ca, replicas) = match &options.kubernetes {
+        // Replicas share the CA through its Secret, which the state directory mirrors.
+        Some(kubernetes) => {
+            let (replicas, ca) =
+                kubernetes::ReplicaSet::open(kubernetes, &state_dir, &trust_domain, import).await?;
+            (ca, Some(replicas))
         }
-        ca::Authority::open(&state_dir, &trust_domain)
-    })
-    .await
-    .map_err(|e| Error::Io {
-        path: options.state_dir.clone(),
-        source: io::Error::other(e),
-    })??;
+        None => {
+            let ca = tokio::task::spawn_blocking(move || {
+                if let Some(from) = import {
+                    ca::Authority::import_root(&state_dir, &from)?;
+                }
+                ca::Authority::open(&state_dir, &trust_domain)
+            })
+            .await
+            .map_err(|e| Error::Io {
+                path: options.state_dir.clone(),
+                source: io::Error::other(e),
+            })??;
+            (ca, None)
+        }
+    };
     let tokens = Tokens::open(&options.state_dir)?;
     // After the CA, which creates the state directory on a first start.
     let mut addresses = virtual_addresses::AddressTable::open(&options.state_dir)?;
@@ -356,6 +379,9 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let limits = config.api.clone();
     let admin_limits = config.admin.clone();
     let mesh = Arc::new(mesh::Mesh::new(config, ca, metrics.clone(), first_version));
+    if let Some(replicas) = replicas {
+        tasks.extend(replicas.start(&mesh, &shutdown));
+    }
 
     let api_addr = local_addr(&listeners.api)?;
     let admin_addr = local_addr(&listeners.admin)?;

@@ -3,16 +3,24 @@
 //!
 //! - `mesh_services`: the services' policy from MeshService objects instead of service files,
 //!   fed to the same validation as the files.
+//! - `replicas`: several control planes side by side: the CA's state in Secret `mesh-ca`
+//!   (`ca_secret`) and leader election with Lease `mesh-control-plane` (`leader`).
 //!
 //! The mesh's namespace (`namespace` in `mesh.yaml`) is where its services, their
 //! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
 //! ([`KubernetesOptions::namespace`]) holds its shared state.
 
+mod ca_secret;
+mod leader;
 mod mesh_services;
+mod replicas;
 
 use std::path::PathBuf;
 
+pub use self::ca_secret::CaSecretError;
+pub use self::leader::ElectionOptions;
 pub(crate) use self::mesh_services::MeshServices;
+pub(crate) use self::replicas::ReplicaSet;
 
 /// How the control plane finds and uses its cluster.
 #[derive(Clone, Debug)]
@@ -27,6 +35,8 @@ pub struct KubernetesOptions {
     pub replica: String,
     /// The audience sidecars' projected tokens must be issued for.
     pub audience: String,
+    /// How the replicas elect their leader with the Lease.
+    pub election: ElectionOptions,
 }
 
 impl KubernetesOptions {
@@ -39,6 +49,7 @@ impl KubernetesOptions {
             namespace: mesh_kube::names::NAMESPACE.to_owned(),
             replica: default_replica(),
             audience: mesh_inject::names::TOKEN_AUDIENCE.to_owned(),
+            election: ElectionOptions::default(),
         }
     }
 }
@@ -66,6 +77,12 @@ pub enum KubernetesError {
         /// The API server's answer.
         source: kube::Error,
     },
+    /// The CA Secret could not be read, created or used.
+    #[error("{0}")]
+    CaSecret(#[from] CaSecretError),
+    /// The election's timing does not work.
+    #[error("leader election: {0}")]
+    Election(String),
 }
 
 /// A client for the cluster `options` name.

@@ -19,17 +19,19 @@
 //! - `snapshot`: the pure function from configuration, trust and registry to snapshots.
 //! - `rotation`: when a root may become the signer or leave the bundle.
 //! - `status`: the `/status` document.
+//! - `shared`: a CA kept with other replicas, and which replica leads (Kubernetes mode).
 //!
 //! This module holds the [`Mesh`] type: the state's lock, the publisher, and version stamping.
 
 mod registry;
 mod rotation;
+mod shared;
 mod snapshot;
 mod status;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use mesh_api::proto::v1;
@@ -41,6 +43,8 @@ pub(crate) use self::registry::RegistryError;
 use self::registry::{Beat, Registry};
 pub(crate) use self::rotation::AdminError;
 use self::rotation::RootsSince;
+pub use self::shared::Replicas;
+pub(crate) use self::shared::{Leadership, SharedCa};
 use self::snapshot::Trust;
 pub use self::status::{InstanceStatus, ServiceStatus, Status};
 use crate::ca::{Authority, RotationError};
@@ -59,8 +63,12 @@ pub(crate) struct Mesh {
     ca_tx: watch::Sender<Arc<Authority>>,
     metrics: Arc<Metrics>,
     started: Instant,
-    /// Serializes rotation steps, which write files.
+    /// Serializes rotation steps, which write files, and reloads of a shared CA.
     rotation: tokio::sync::Mutex<()>,
+    /// Where the CA is kept with other replicas, if it is.
+    shared: OnceLock<Arc<dyn SharedCa>>,
+    /// Which replica may take rotation steps, when there are several.
+    leadership: OnceLock<Arc<dyn Leadership>>,
 }
 
 #[derive(Debug)]
@@ -126,6 +134,8 @@ impl Mesh {
             metrics,
             started: Instant::now(),
             rotation: tokio::sync::Mutex::new(()),
+            shared: OnceLock::new(),
+            leadership: OnceLock::new(),
         };
         mesh.rebuild();
         let mut publisher = mesh.publish_lock();
@@ -351,20 +361,104 @@ impl Mesh {
             .ack(service, instance_id, version, error);
     }
 
+    // === replicas ===
+
+    /// Keeps the CA in `shared` from now on: rotation steps are stored there before they
+    /// take effect. Set once, at start.
+    pub(crate) fn share_ca(&self, shared: Arc<dyn SharedCa>) {
+        if self.shared.set(shared).is_err() {
+            tracing::warn!("the CA's shared store was already set");
+        }
+    }
+
+    /// Lets only the replica `leadership` names the leader take rotation steps. Set once, at
+    /// start.
+    pub(crate) fn follow_leadership(&self, leadership: Arc<dyn Leadership>) {
+        if self.leadership.set(leadership).is_err() {
+            tracing::warn!("the leadership was already set");
+        }
+    }
+
+    /// Who leads, when there are replicas.
+    pub(crate) fn replicas(&self) -> Option<Replicas> {
+        self.leadership.get().map(|l| l.view())
+    }
+
+    /// Reads the shared CA again (another replica changed it) and puts it in force.
+    pub(crate) async fn reload_shared_ca(&self) -> Result<(), String> {
+        let Some(shared) = self.shared.get() else {
+            return Ok(());
+        };
+        let _guard = self.rotation.lock().await;
+        let ca = shared.load().await?;
+        let before = self.authority();
+        if before.trust_bundle_der() != ca.trust_bundle_der()
+            || before.issuer_sha256() != ca.issuer_sha256()
+        {
+            tracing::info!(
+                roots = ?ca.roots().iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+                signer = ?ca.signer_id(),
+                "the shared CA changed; reloaded it"
+            );
+        }
+        self.set_authority(ca, None);
+        Ok(())
+    }
+
+    /// Refuses a rotation step on a replica that does not lead: one replica decides them.
+    fn check_leader(&self) -> Result<(), AdminError> {
+        let Some(view) = self.replicas() else {
+            return Ok(());
+        };
+        if view.leading {
+            return Ok(());
+        }
+        let leader = view.leader.map_or_else(
+            || "no replica leads now; retry once one does".to_owned(),
+            |leader| format!("replica {leader} leads; send it there"),
+        );
+        Err(AdminError::NotLeader(format!(
+            "replica {} does not lead, and only the leader changes the CA: {leader}",
+            view.replica
+        )))
+    }
+
+    /// Puts a rotation step in force: first in the shared store, if there is one. When that
+    /// fails the step is undone (the stored CA read back) and nothing changed.
+    async fn commit(&self, next: Authority, added: Option<&str>) -> Result<(), AdminError> {
+        if let Some(shared) = self.shared.get() {
+            if let Err(e) = shared.store().await {
+                match shared.load().await {
+                    Ok(stored) => self.set_authority(stored, None),
+                    Err(reload) => {
+                        tracing::error!(error = %reload, "cannot read the shared CA back");
+                    }
+                }
+                return Err(AdminError::Conflict(format!(
+                    "the step could not be stored, so nothing changed: {e}"
+                )));
+            }
+        }
+        self.set_authority(next, added);
+        Ok(())
+    }
+
     // === CA rotation ===
 
     /// Generates a new root and adds it to the trust bundle of every snapshot.
     pub(crate) async fn add_root(&self) -> Result<String, AdminError> {
+        self.check_leader()?;
         let _guard = self.rotation.lock().await;
         let ca = self.authority();
         let (next, id) = off_thread("root generation", move || ca.add_root()).await?;
+        self.commit(next, Some(&id)).await?;
         tracing::info!(root = %id, "added a root to the trust bundle");
-        self.set_authority(next, Some(&id));
         Ok(id)
     }
 
     /// Makes root `id` the signer, once every live instance runs a snapshot that trusts it.
     pub(crate) async fn use_root(&self, id: &str, force: bool) -> Result<(), AdminError> {
+        self.check_leader()?;
         let _guard = self.rotation.lock().await;
         let ca = self.authority();
         if !ca.roots().iter().any(|r| r.id == id) {
@@ -381,14 +475,15 @@ impl Mesh {
         }
         let id_owned = id.to_owned();
         let next = off_thread("signer change", move || ca.use_root(&id_owned)).await?;
+        self.commit(next, None).await?;
         tracing::info!(root = %id, force, "root is now the signer");
-        self.set_authority(next, None);
         Ok(())
     }
 
     /// Removes root `id` from the trust bundle, once no live instance holds a certificate it
     /// issued.
     pub(crate) async fn remove_root(&self, id: &str, force: bool) -> Result<(), AdminError> {
+        self.check_leader()?;
         let _guard = self.rotation.lock().await;
         let ca = self.authority();
         let Some(root) = ca.roots().into_iter().find(|r| r.id == id) else {
@@ -409,8 +504,8 @@ impl Mesh {
         }
         let id_owned = id.to_owned();
         let next = off_thread("root removal", move || ca.remove_root(&id_owned)).await?;
+        self.commit(next, None).await?;
         tracing::info!(root = %id, force, "removed a root from the trust bundle");
-        self.set_authority(next, None);
         Ok(())
     }
 
@@ -436,6 +531,12 @@ impl Mesh {
         if let Some(id) = added {
             state.root_since.added(id, version);
         }
+        // Roots another replica added arrive with a reload: trusted from this version on.
+        for root in ca.roots() {
+            if !state.root_since.knows(&root.id) {
+                state.root_since.added(&root.id, version);
+            }
+        }
         state.root_since.keep(&ca.roots());
         drop(state);
         self.ca_tx.send_replace(ca);
@@ -458,15 +559,18 @@ impl Mesh {
             };
             (services, versions)
         };
+        let replicas = self.replicas();
         let state = self.read();
-        status::status(
+        let mut status = status::status(
             versions,
             &state.ca,
             &state.config,
             services,
             &state.registry,
             Instant::now(),
-        )
+        );
+        status.replicas = replicas;
+        status
     }
 }
 

@@ -22,6 +22,9 @@ pub(crate) enum AdminError {
     /// The CA refused.
     #[error("{0}")]
     Rotation(#[from] RotationError),
+    /// This replica does not lead; the message names the one that does.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 /// The first snapshot version whose bundle holds each root.
@@ -42,6 +45,11 @@ impl RootsSince {
     /// Forgets roots no longer in the bundle.
     pub(super) fn keep(&mut self, roots: &[RootInfo]) {
         self.0.retain(|id, _| roots.iter().any(|r| &r.id == id));
+    }
+
+    /// Whether root `id`'s first version is recorded.
+    pub(super) fn knows(&self, id: &str) -> bool {
+        self.0.contains_key(id)
     }
 
     /// The first version trusting root `id` (0 when unknown).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
-use mesh_control_plane::{ControlPlane, KubernetesOptions, Options};
+use mesh_control_plane::{ControlPlane, ElectionOptions, KubernetesOptions, Options};
 use mesh_kube_testkit::TestCluster;
 use serde_json::{Value, json};
 
@@ -54,6 +54,30 @@ impl KubeMesh {
     /// Starts a control plane in Kubernetes mode on port 0.
     pub async fn control_plane(&self, replica: &str) -> ControlPlane {
         mesh_control_plane::start(self.options(replica), listeners().await)
+            .await
+            .unwrap_or_else(|e| panic!("start control plane {replica}: {e}"))
+    }
+
+    /// Directories of one replica among several: the same mesh.yaml, a state directory of its
+    /// own (as each pod of a Deployment has).
+    pub fn replica_dirs(&self) -> Dirs {
+        let mesh_yaml = std::fs::read_to_string(self.dirs.config.path().join("mesh.yaml")).unwrap();
+        Dirs::new(&mesh_yaml, &[])
+    }
+
+    /// Starts replica `replica` in Kubernetes mode with `dirs` and `election`'s timing.
+    pub async fn replica(
+        &self,
+        replica: &str,
+        dirs: &Dirs,
+        election: ElectionOptions,
+    ) -> ControlPlane {
+        let mut options = dirs.options();
+        let mut kubernetes = KubernetesOptions::new(Some(self.kubeconfig.clone()));
+        kubernetes.replica = replica.to_owned();
+        kubernetes.election = election;
+        options.kubernetes = Some(kubernetes);
+        mesh_control_plane::start(options, listeners().await)
             .await
             .unwrap_or_else(|e| panic!("start control plane {replica}: {e}"))
     }

@@ -1,0 +1,394 @@
+//! Two control-plane replicas against a real API server: one CA shared through Secret
+//! `mesh-ca`, one leader elected with Lease `mesh-control-plane`, root rotation decided by the
+//! leader and followed by both replicas and their sidecars.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::kube_mesh::KubeMesh;
+use common::{Dirs, Sidecar, TD, Watcher, admin};
+use http::{Method, StatusCode};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use mesh_api::proto::v1;
+use mesh_control_plane::{ControlPlane, ElectionOptions, client};
+use mesh_testkit::eventually;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::ParsedCertificate;
+use serde_json::json;
+use tokio::time::Instant;
+
+const MESH: &str = "trust_domain: mesh.local\ncertificate_lifetime: 1h\nregistry:\n  heartbeat_interval: 200ms\n  lease: 1s\n";
+
+/// Short, so failover tests take seconds: a leader renews eight times per lease.
+const ELECTION: ElectionOptions = ElectionOptions {
+    lease_duration: Duration::from_secs(2),
+    renew_every: Duration::from_millis(250),
+};
+
+/// Certifies a sidecar of `service` with replica `cp` and connects it there. (How a sidecar
+/// proves who it is lives here alone, so the tests follow when that changes.)
+async fn certify(cp: &ControlPlane, dirs: &Dirs, service: &str) -> Sidecar {
+    Sidecar::new(cp, dirs, service).await
+}
+
+fn leading(cp: &ControlPlane) -> bool {
+    cp.status().replicas.is_some_and(|r| r.leading)
+}
+
+/// Waits until exactly one of `a` and `b` leads and both name it; whether it is `a`.
+async fn one_leader(a: &ControlPlane, b: &ControlPlane) -> bool {
+    eventually(
+        "exactly one replica to lead",
+        ELECTION.lease_duration * 3,
+        || async {
+            let (ra, rb) = (a.status().replicas.unwrap(), b.status().replicas.unwrap());
+            let one = ra.leading != rb.leading;
+            let agreed = ra.leader.is_some() && ra.leader == rb.leader;
+            (one && agreed)
+                .then_some(ra.leading)
+                .ok_or(format!("{ra:?} {rb:?}"))
+        },
+    )
+    .await
+}
+
+async fn lease(mesh: &KubeMesh) -> Lease {
+    Api::<Lease>::namespaced(mesh.admin(), mesh_kube::names::NAMESPACE)
+        .get(mesh_kube::names::LEASE)
+        .await
+        .unwrap()
+}
+
+async fn ca_secret(mesh: &KubeMesh) -> Secret {
+    Api::<Secret>::namespaced(mesh.admin(), mesh_kube::names::NAMESPACE)
+        .get(mesh_kube::names::CA_SECRET)
+        .await
+        .unwrap()
+}
+
+fn holder(lease: &Lease) -> Option<String> {
+    lease.spec.as_ref().and_then(|s| s.holder_identity.clone())
+}
+
+fn verify_chain(chain: &[Vec<u8>], roots: &rustls::RootCertStore) -> Result<(), rustls::Error> {
+    let leaf = CertificateDer::from(chain[0].clone());
+    let intermediates: Vec<_> = chain[1..]
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &ParsedCertificate::try_from(&leaf)?,
+        roots,
+        &intermediates,
+        UnixTime::now(),
+        algorithms.all,
+    )
+}
+
+#[tokio::test]
+async fn replicas_share_one_root_and_hand_over_the_lease() {
+    let test = "replicas_share_one_root_and_hand_over_the_lease";
+    let Some(mesh) = KubeMesh::start(test, MESH).await else {
+        return;
+    };
+    mesh.apply_mesh_service("orders", json!({})).await;
+    let (dirs_a, dirs_b) = (mesh.replica_dirs(), mesh.replica_dirs());
+
+    // Both start at once with no Secret: one root between them.
+    let (a, b) = tokio::join!(
+        mesh.replica("replica-a", &dirs_a, ELECTION),
+        mesh.replica("replica-b", &dirs_b, ELECTION)
+    );
+    assert_eq!(a.trust_bundle_der().len(), 1);
+    assert_eq!(a.trust_bundle_der(), b.trust_bundle_der());
+    assert_eq!(dirs_a.bundle_pem(), dirs_b.bundle_pem());
+    assert_eq!(a.status().signer, b.status().signer);
+    let secret = ca_secret(&mesh).await;
+    let data = secret.data.unwrap();
+    assert_eq!(data["bundle.pem"].0, dirs_a.bundle_pem());
+    let signer = a.status().signer.unwrap();
+    assert_eq!(String::from_utf8_lossy(&data["signer"].0).trim(), signer);
+    assert!(data.contains_key("ca.pem") && data.contains_key("ca-key.pem"));
+    assert!(data.contains_key(&format!("root-{signer}-key.pem")));
+
+    // A certificate one replica signs is good at the other.
+    let orders = certify(&a, &dirs_a, "orders").await;
+    let roots = client::roots_from_pem(&dirs_b.bundle_pem()).unwrap();
+    let at_b = client::connect(b.api_addr(), roots, TD, Some(orders.workload.client_cert()))
+        .await
+        .unwrap();
+    v1::registry_client::RegistryClient::new(at_b)
+        .heartbeat(v1::HeartbeatRequest::default())
+        .await
+        .unwrap();
+
+    // One leader, which the Lease names.
+    let a_leads = one_leader(&a, &b).await;
+    let (leader, follower, leader_name, follower_name, leader_dirs) = if a_leads {
+        (a, b, "replica-a", "replica-b", &dirs_a)
+    } else {
+        (b, a, "replica-b", "replica-a", &dirs_b)
+    };
+    assert_eq!(holder(&lease(&mesh).await).as_deref(), Some(leader_name));
+
+    // A clean stop releases the Lease: the other leads well within a lease duration.
+    let stopped_at = Instant::now();
+    leader.stop().await.unwrap();
+    eventually(
+        "the other replica to lead after a clean stop",
+        ELECTION.lease_duration,
+        || async { leading(&follower).then_some(()).ok_or("not yet") },
+    )
+    .await;
+    assert!(
+        stopped_at.elapsed() < ELECTION.lease_duration,
+        "took {:?}",
+        stopped_at.elapsed()
+    );
+    assert_eq!(holder(&lease(&mesh).await).as_deref(), Some(follower_name));
+
+    // The stopped replica comes back as a follower; then the leader dies without releasing:
+    // the follower takes over once the lease has expired, not before.
+    let back = mesh.replica(leader_name, leader_dirs, ELECTION).await;
+    eventually(
+        "the restarted replica to see the leader",
+        ELECTION.lease_duration,
+        || async {
+            let r = back.status().replicas.unwrap();
+            (!r.leading && r.leader.as_deref() == Some(follower_name))
+                .then_some(())
+                .ok_or(format!("{r:?}"))
+        },
+    )
+    .await;
+    let transitions = lease(&mesh).await.spec.unwrap().lease_transitions;
+    let killed_at = Instant::now();
+    follower.kill();
+    eventually(
+        "the restarted replica to lead after the leader died",
+        ELECTION.lease_duration * 3,
+        || async { leading(&back).then_some(()).ok_or("not yet") },
+    )
+    .await;
+    let waited = killed_at.elapsed();
+    assert!(
+        waited >= ELECTION.lease_duration - ELECTION.renew_every * 2,
+        "took over after {waited:?}, before the lease ran out"
+    );
+    let after = lease(&mesh).await;
+    assert_eq!(holder(&after).as_deref(), Some(leader_name));
+    assert!(after.spec.unwrap().lease_transitions > transitions);
+    back.stop().await.unwrap();
+}
+
+/// A sidecar that heartbeats in the background, reporting its certificate's issuer.
+struct Beating {
+    issuer: tokio::sync::watch::Sender<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn beat(sidecar: Arc<Sidecar>, instance: &str, issuer: String) -> Beating {
+    let (tx, rx) = tokio::sync::watch::channel(issuer);
+    let instance = instance.to_owned();
+    let task = tokio::spawn(async move {
+        loop {
+            let issuer = rx.borrow().clone();
+            let _ = sidecar
+                .registry()
+                .heartbeat(v1::HeartbeatRequest {
+                    instance_id: instance.clone(),
+                    certificate_issuer_sha256: issuer,
+                    ..Default::default()
+                })
+                .await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    Beating { issuer: tx, task }
+}
+
+/// A registered, watching, acknowledging sidecar of one replica.
+async fn serve(
+    cp: &ControlPlane,
+    dirs: &Dirs,
+    service: &str,
+    instance: &str,
+    address: &str,
+) -> (Arc<Sidecar>, Watcher, v1::Snapshot) {
+    let sidecar = Arc::new(certify(cp, dirs, service).await);
+    sidecar.register(instance, address, "").await;
+    let mut watch = sidecar.watch(instance).await;
+    let first = watch.next(Duration::from_secs(5)).await.unwrap();
+    watch.ack(first.version).await;
+    (sidecar, watch, first)
+}
+
+#[tokio::test]
+async fn a_rotation_on_the_leader_reaches_both_replicas_and_survives_a_leader_change() {
+    let test = "a_rotation_on_the_leader_reaches_both_replicas_and_survives_a_leader_change";
+    let Some(mesh) = KubeMesh::start(test, MESH).await else {
+        return;
+    };
+    mesh.apply_mesh_service("orders", json!({ "calls": ["inventory"] }))
+        .await;
+    mesh.apply_mesh_service("inventory", json!({})).await;
+    let (dirs_a, dirs_b) = (mesh.replica_dirs(), mesh.replica_dirs());
+    let (a, b) = tokio::join!(
+        mesh.replica("replica-a", &dirs_a, ELECTION),
+        mesh.replica("replica-b", &dirs_b, ELECTION)
+    );
+    let a_leads = one_leader(&a, &b).await;
+    let (leader, follower, leader_name, leader_dirs, follower_dirs) = if a_leads {
+        (a, b, "replica-a", &dirs_a, &dirs_b)
+    } else {
+        (b, a, "replica-b", &dirs_b, &dirs_a)
+    };
+    let old_root = leader.status().signer.unwrap();
+
+    // orders is served by the leader, inventory by the follower.
+    let (orders, mut orders_watch, first) =
+        serve(&leader, leader_dirs, "orders", "o-1", "127.0.0.1:7301").await;
+    let (inventory, mut inventory_watch, _) = serve(
+        &follower,
+        follower_dirs,
+        "inventory",
+        "i-1",
+        "127.0.0.1:7302",
+    )
+    .await;
+    let old_issuer = first.issuer_sha256.clone();
+    let orders_beat = beat(orders.clone(), "o-1", old_issuer.clone());
+    let inventory_beat = beat(inventory.clone(), "i-1", old_issuer.clone());
+
+    // A follower refuses rotation steps, naming the leader.
+    let (status, body) = admin(&follower, Method::POST, "/ca/roots").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("does not lead") && error.contains(&format!("replica {leader_name} leads")),
+        "{error}"
+    );
+
+    // The leader adds a root: both replicas and their sidecars trust it.
+    let (status, body) = admin(&leader, Method::POST, "/ca/roots").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new_root = body["id"].as_str().unwrap().to_owned();
+    for watch in [&mut orders_watch, &mut inventory_watch] {
+        let two = watch
+            .until(Duration::from_secs(5), |s| s.trust_bundle_der.len() == 2)
+            .await;
+        assert_eq!(two.issuer_sha256, old_issuer, "the old root still signs");
+        watch.ack(two.version).await;
+    }
+    assert_eq!(follower.trust_bundle_der(), leader.trust_bundle_der());
+    assert_eq!(
+        client::roots_from_pem(&follower_dirs.bundle_pem())
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // The new root signs, at both replicas.
+    eventually("use-root accepted", Duration::from_secs(5), || async {
+        let (status, body) = admin(&leader, Method::POST, &format!("/ca/signer/{new_root}")).await;
+        match status {
+            StatusCode::OK => Some(()),
+            StatusCode::CONFLICT => None,
+            other => panic!("{other}: {body}"),
+        }
+    })
+    .await;
+    let mut new_issuer = String::new();
+    for watch in [&mut orders_watch, &mut inventory_watch] {
+        let rotated = watch
+            .until(Duration::from_secs(5), |s| s.issuer_sha256 != old_issuer)
+            .await;
+        watch.ack(rotated.version).await;
+        new_issuer = rotated.issuer_sha256;
+    }
+    assert_eq!(follower.status().signer.as_deref(), Some(new_root.as_str()));
+
+    // Sidecars renew at either replica, with certificates from the new root alone.
+    let bundle = leader.trust_bundle_der();
+    let new_only = client::roots_from_der(&bundle[1..]).unwrap();
+    let old_only = client::roots_from_der(&bundle[..1]).unwrap();
+    for (cp, dirs, service) in [
+        (&leader, leader_dirs, "orders"),
+        (&follower, follower_dirs, "inventory"),
+    ] {
+        let renewed = certify(cp, dirs, service).await;
+        verify_chain(&renewed.workload.chain_der, &new_only).unwrap();
+        assert!(verify_chain(&renewed.workload.chain_der, &old_only).is_err());
+    }
+    orders_beat.issuer.send(new_issuer.clone()).unwrap();
+    inventory_beat.issuer.send(new_issuer.clone()).unwrap();
+
+    // The old root leaves both bundles.
+    eventually("remove-root accepted", Duration::from_secs(5), || async {
+        let (status, _) = admin(&leader, Method::DELETE, &format!("/ca/roots/{old_root}")).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    for watch in [&mut orders_watch, &mut inventory_watch] {
+        let one = watch
+            .until(Duration::from_secs(5), |s| s.trust_bundle_der.len() == 1)
+            .await;
+        assert_eq!(one.trust_bundle_der, bundle[1..]);
+        watch.ack(one.version).await;
+    }
+    eventually(
+        "the follower's bundle to lose the old root",
+        Duration::from_secs(5),
+        || async {
+            (follower.trust_bundle_der() == bundle[1..])
+                .then_some(())
+                .ok_or("not yet")
+        },
+    )
+    .await;
+    let data = ca_secret(&mesh).await.data.unwrap();
+    assert_eq!(String::from_utf8_lossy(&data["signer"].0).trim(), new_root);
+    assert!(data.contains_key(&format!("retired-{old_root}-key.pem")));
+    assert!(!data.contains_key(&format!("root-{old_root}.pem")));
+
+    // The leader stops: the follower leads, its sidecar keeps getting snapshots and renewing,
+    // and the one the leader served moves over.
+    orders_beat.task.abort();
+    drop(orders_watch);
+    leader.stop().await.unwrap();
+    eventually("the follower to lead", ELECTION.lease_duration, || async {
+        leading(&follower).then_some(()).ok_or("not yet")
+    })
+    .await;
+    let (_, mut moved_watch, moved) =
+        serve(&follower, follower_dirs, "orders", "o-1", "127.0.0.1:7301").await;
+    assert_eq!(moved.trust_bundle_der, bundle[1..]);
+    // orders may now call inventory's instance, registered at the surviving replica.
+    assert_eq!(common::endpoints(&moved, "inventory"), ["127.0.0.1:7302"]);
+    mesh.apply_mesh_service("payments", json!({ "calls": ["inventory"] }))
+        .await;
+    let allowed = inventory_watch
+        .until(Duration::from_secs(5), |s| {
+            s.authorization
+                .iter()
+                .any(|a| format!("{a:?}").contains("payments"))
+        })
+        .await;
+    inventory_watch.ack(allowed.version).await;
+    let renewed = certify(&follower, follower_dirs, "inventory").await;
+    verify_chain(&renewed.workload.chain_der, &new_only).unwrap();
+
+    // Rotation is the new leader's to decide now.
+    let (status, body) = admin(&follower, Method::POST, "/ca/roots").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    moved_watch
+        .until(Duration::from_secs(5), |s| s.trust_bundle_der.len() == 2)
+        .await;
+    inventory_beat.task.abort();
+    follower.stop().await.unwrap();
+}
