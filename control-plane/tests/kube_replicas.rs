@@ -370,13 +370,16 @@ async fn a_rotation_on_the_leader_reaches_both_replicas_and_survives_a_leader_ch
     assert_eq!(moved.trust_bundle_der, bundle[1..]);
     // orders may now call inventory's instance, registered at the surviving replica.
     assert_eq!(common::endpoints(&moved, "inventory"), ["127.0.0.1:7302"]);
-    mesh.apply_mesh_service("payments", json!({ "calls": ["inventory"] }))
-        .await;
+    mesh.apply_mesh_service(
+        "inventory",
+        json!({ "authorization": { "default": "deny", "allow": ["orders"] } }),
+    )
+    .await;
     let allowed = inventory_watch
         .until(Duration::from_secs(5), |s| {
             s.authorization
-                .iter()
-                .any(|a| format!("{a:?}").contains("payments"))
+                .as_ref()
+                .is_some_and(|a| a.allow == ["orders"])
         })
         .await;
     inventory_watch.ack(allowed.version).await;
