@@ -45,7 +45,12 @@ async fn one_leader(a: &ControlPlane, b: &ControlPlane) -> bool {
         "exactly one replica to lead",
         ELECTION.lease_duration * 3,
         || async {
-            let (ra, rb) = (a.status().replicas.unwrap(), b.status().replicas.unwrap());
+            let replicas = |cp: &ControlPlane| {
+                cp.status()
+                    .replicas
+                    .unwrap_or_else(|| panic!("no replicas in /status"))
+            };
+            let (ra, rb) = (replicas(a), replicas(b));
             let one = ra.leading != rb.leading;
             let agreed = ra.leader.is_some() && ra.leader == rb.leader;
             (one && agreed)
@@ -60,14 +65,14 @@ async fn lease(mesh: &KubeMesh) -> Lease {
     Api::<Lease>::namespaced(mesh.admin(), mesh_kube::names::NAMESPACE)
         .get(mesh_kube::names::LEASE)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("read the Lease: {e}"))
 }
 
 async fn ca_secret(mesh: &KubeMesh) -> Secret {
     Api::<Secret>::namespaced(mesh.admin(), mesh_kube::names::NAMESPACE)
         .get(mesh_kube::names::CA_SECRET)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("read the CA Secret: {e}"))
 }
 
 fn holder(lease: &Lease) -> Option<String> {
@@ -223,7 +228,10 @@ async fn serve(
     let sidecar = Arc::new(certify(cp, dirs, service).await);
     sidecar.register(instance, address, "").await;
     let mut watch = sidecar.watch(instance).await;
-    let first = watch.next(Duration::from_secs(5)).await.unwrap();
+    let first = watch
+        .next(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("no first snapshot for {service}"));
     watch.ack(first.version).await;
     (sidecar, watch, first)
 }

@@ -349,10 +349,10 @@ fn check_keys(data: &BTreeMap<String, Vec<u8>>) -> Result<(), (String, String)> 
         ));
     }
     for key in data.keys() {
-        if let Some((_, id, _)) = root_key(key) {
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err((key.clone(), "does not name a root id (hex digits)".into()));
-            }
+        if let Some((_, id, _)) = root_key(key)
+            && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err((key.clone(), "does not name a root id (hex digits)".into()));
         }
     }
     Ok(())

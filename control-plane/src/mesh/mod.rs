@@ -426,18 +426,18 @@ impl Mesh {
     /// Puts a rotation step in force: first in the shared store, if there is one. When that
     /// fails the step is undone (the stored CA read back) and nothing changed.
     async fn commit(&self, next: Authority, added: Option<&str>) -> Result<(), AdminError> {
-        if let Some(shared) = self.shared.get() {
-            if let Err(e) = shared.store().await {
-                match shared.load().await {
-                    Ok(stored) => self.set_authority(stored, None),
-                    Err(reload) => {
-                        tracing::error!(error = %reload, "cannot read the shared CA back");
-                    }
+        if let Some(shared) = self.shared.get()
+            && let Err(e) = shared.store().await
+        {
+            match shared.load().await {
+                Ok(stored) => self.set_authority(stored, None),
+                Err(reload) => {
+                    tracing::error!(error = %reload, "cannot read the shared CA back");
                 }
-                return Err(AdminError::Conflict(format!(
-                    "the step could not be stored, so nothing changed: {e}"
-                )));
             }
+            return Err(AdminError::Conflict(format!(
+                "the step could not be stored, so nothing changed: {e}"
+            )));
         }
         self.set_authority(next, added);
         Ok(())
