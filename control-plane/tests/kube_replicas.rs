@@ -286,13 +286,37 @@ async fn a_rotation_on_the_leader_reaches_both_replicas_and_survives_a_leader_ch
     let (status, body) = admin(&leader, Method::POST, "/ca/roots").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let new_root = body["id"].as_str().unwrap().to_owned();
+    let mut trusting = Vec::new();
     for watch in [&mut orders_watch, &mut inventory_watch] {
         let two = watch
             .until(Duration::from_secs(5), |s| s.trust_bundle_der.len() == 2)
             .await;
         assert_eq!(two.issuer_sha256, old_issuer, "the old root still signs");
-        watch.ack(two.version).await;
+        trusting.push(two.version);
     }
+    // Only the leader's sidecar acknowledges: the follower's holds the switch back.
+    orders_watch.ack(trusting[0]).await;
+    let refused = eventually(
+        "use-root refused for the follower's sidecar",
+        Duration::from_secs(5),
+        || async {
+            let (status, body) =
+                admin(&leader, Method::POST, &format!("/ca/signer/{new_root}")).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            let error = body["error"].as_str().unwrap().to_owned();
+            error
+                .contains("inventory/i-1")
+                .then_some(error)
+                .ok_or("other reason")
+        },
+    )
+    .await;
+    let follower_name = if a_leads { "replica-b" } else { "replica-a" };
+    assert!(
+        refused.contains(&format!("replica {follower_name}")),
+        "{refused}"
+    );
+    inventory_watch.ack(trusting[1]).await;
     assert_eq!(follower.trust_bundle_der(), leader.trust_bundle_der());
     assert_eq!(
         client::roots_from_pem(&follower_dirs.bundle_pem())
@@ -334,6 +358,21 @@ async fn a_rotation_on_the_leader_reaches_both_replicas_and_survives_a_leader_ch
         assert!(verify_chain(&renewed.workload.chain_der, &old_only).is_err());
     }
     orders_beat.issuer.send(new_issuer.clone()).unwrap();
+    // The follower's sidecar still reports a certificate from the old root: it stays.
+    eventually(
+        "remove-root refused for the follower's sidecar",
+        Duration::from_secs(5),
+        || async {
+            let (status, body) =
+                admin(&leader, Method::DELETE, &format!("/ca/roots/{old_root}")).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            let error = body["error"].as_str().unwrap().to_owned();
+            (error.contains("inventory/i-1") && error.contains(follower_name))
+                .then_some(())
+                .ok_or(error)
+        },
+    )
+    .await;
     inventory_beat.issuer.send(new_issuer.clone()).unwrap();
 
     // The old root leaves both bundles.

@@ -90,18 +90,19 @@ pub const CONTROL_PLANE_CLUSTER_RULES: &[Rule] = &[
 
 /// The control plane's rights in its own namespace (its Role).
 pub const CONTROL_PLANE_NAMESPACE_RULES: &[Rule] = &[
-    // Leader election: the lease is made once, then read and renewed by name.
+    // Leader election with Lease `mesh-control-plane`, and a Lease per replica
+    // (`mesh-control-plane-<replica>`) summarising its sidecars, which the leader lists.
     Rule {
         group: "coordination.k8s.io",
         resources: &["leases"],
-        verbs: &["create"],
+        verbs: &["create", "list"],
         names: &[],
     },
     Rule {
         group: "coordination.k8s.io",
         resources: &["leases"],
         verbs: &["get", "update"],
-        names: &[names::LEASE],
+        names: &[],
     },
     // Its CA: read at start, watched by every replica, written on rotation by the leader.
     Rule {

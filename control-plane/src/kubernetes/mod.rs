@@ -4,7 +4,9 @@
 //! - `mesh_services`: the services' policy from MeshService objects instead of service files,
 //!   fed to the same validation as the files.
 //! - `replicas`: several control planes side by side: the CA's state in Secret `mesh-ca`
-//!   (`ca_secret`) and leader election with Lease `mesh-control-plane` (`leader`).
+//!   (`ca_secret`), leader election with Lease `mesh-control-plane` (`leader`), and each
+//!   replica's sidecars summarised in a Lease of its own for the leader's rotation checks
+//!   (`peers`).
 //!
 //! The mesh's namespace (`namespace` in `mesh.yaml`) is where its services, their
 //! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
@@ -13,6 +15,7 @@
 mod ca_secret;
 mod leader;
 mod mesh_services;
+mod peers;
 mod replicas;
 
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
-//! Several replicas side by side: the CA shared through its Secret, and the leader elected
-//! with the Lease. This ties `ca_secret` and `leader` to the mesh.
+//! Several replicas side by side: the CA shared through its Secret, the leader elected with
+//! the Lease, and each replica's sidecars summarised for the leader's rotation checks. This
+//! ties `ca_secret`, `leader` and `peers` to the mesh.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ca_secret::CaSecret;
 use super::leader::Election;
+use super::peers::PeerLeases;
 use super::{KubernetesError, KubernetesOptions, client};
 use crate::ca::Authority;
 use crate::mesh::Mesh;
@@ -18,6 +20,7 @@ use crate::mesh::Mesh;
 pub(crate) struct ReplicaSet {
     secret: Arc<CaSecret>,
     election: Arc<Election>,
+    peers: Arc<PeerLeases>,
 }
 
 impl ReplicaSet {
@@ -42,12 +45,25 @@ impl ReplicaSet {
         )
         .await?;
         let election = Election::new(
+            client.clone(),
+            &options.namespace,
+            &options.replica,
+            options.election,
+        );
+        let peers = PeerLeases::new(
             client,
             &options.namespace,
             &options.replica,
             options.election,
         );
-        Ok((Self { secret, election }, ca))
+        Ok((
+            Self {
+                secret,
+                election,
+                peers,
+            },
+            ca,
+        ))
     }
 
     /// Shares the mesh's CA through the Secret, lets only the leader rotate it, and starts
@@ -59,9 +75,11 @@ impl ReplicaSet {
     ) -> Vec<JoinHandle<()>> {
         mesh.share_ca(self.secret.clone());
         mesh.follow_leadership(self.election.clone());
+        mesh.gate_on_peers(self.peers.clone());
         vec![
             tokio::spawn(self.secret.watch(mesh.clone(), shutdown.clone())),
             tokio::spawn(self.election.run(shutdown.clone())),
+            tokio::spawn(self.peers.publish(mesh.clone(), shutdown.clone())),
         ]
     }
 }

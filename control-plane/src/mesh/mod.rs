@@ -43,8 +43,9 @@ pub(crate) use self::registry::RegistryError;
 use self::registry::{Beat, Registry};
 pub(crate) use self::rotation::AdminError;
 use self::rotation::RootsSince;
+pub(crate) use self::rotation::RotationSummary;
 pub use self::shared::Replicas;
-pub(crate) use self::shared::{Leadership, SharedCa};
+pub(crate) use self::shared::{Leadership, Peers, SharedCa};
 use self::snapshot::Trust;
 pub use self::status::{InstanceStatus, ServiceStatus, Status};
 use crate::ca::{Authority, RotationError};
@@ -69,6 +70,8 @@ pub(crate) struct Mesh {
     shared: OnceLock<Arc<dyn SharedCa>>,
     /// Which replica may take rotation steps, when there are several.
     leadership: OnceLock<Arc<dyn Leadership>>,
+    /// The other replicas, whose sidecars gate rotation steps too.
+    peers: OnceLock<Arc<dyn Peers>>,
 }
 
 #[derive(Debug)]
@@ -136,6 +139,7 @@ impl Mesh {
             rotation: tokio::sync::Mutex::new(()),
             shared: OnceLock::new(),
             leadership: OnceLock::new(),
+            peers: OnceLock::new(),
         };
         mesh.rebuild();
         let mut publisher = mesh.publish_lock();
@@ -379,6 +383,39 @@ impl Mesh {
         }
     }
 
+    /// Gates rotation steps on `peers`' sidecars too. Set once, at start.
+    pub(crate) fn gate_on_peers(&self, peers: Arc<dyn Peers>) {
+        if self.peers.set(peers).is_err() {
+            tracing::warn!("the peers were already set");
+        }
+    }
+
+    /// What this replica's live instances say about the roots, for the leader.
+    pub(crate) fn rotation_summary(&self) -> RotationSummary {
+        let warm = self.warming_left().is_none();
+        let state = self.read();
+        rotation::summary(
+            &state.registry,
+            state.config.registry.lease,
+            Instant::now(),
+            &state.ca.roots(),
+            &state.root_since,
+            warm,
+        )
+    }
+
+    /// Each other replica's summary, or an error naming why they cannot be read.
+    async fn peer_summaries(&self) -> Result<Vec<(String, RotationSummary)>, AdminError> {
+        match self.peers.get() {
+            None => Ok(Vec::new()),
+            Some(peers) => peers.summaries().await.map_err(|e| {
+                AdminError::Conflict(format!(
+                    "cannot read the other replicas' sidecars: {e}; retry, or force"
+                ))
+            }),
+        }
+    }
+
     /// Who leads, when there are replicas.
     pub(crate) fn replicas(&self) -> Option<Replicas> {
         self.leadership.get().map(|l| l.view())
@@ -468,6 +505,9 @@ impl Mesh {
         }
         if !force {
             self.warmed_up()?;
+            for (replica, summary) in self.peer_summaries().await? {
+                rotation::check_use_on(&replica, &summary, id)?;
+            }
             let state = self.read();
             let since = state.root_since.since(id);
             let lease = state.config.registry.lease;
@@ -498,6 +538,9 @@ impl Mesh {
         }
         if !force {
             self.warmed_up()?;
+            for (replica, summary) in self.peer_summaries().await? {
+                rotation::check_remove_on(&replica, &summary, &root)?;
+            }
             let state = self.read();
             let lease = state.config.registry.lease;
             rotation::check_remove(&state.registry, lease, Instant::now(), &root)?;

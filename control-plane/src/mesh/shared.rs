@@ -7,6 +7,7 @@ use std::fmt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
+use super::rotation::RotationSummary;
 use crate::ca::Authority;
 
 /// Where a CA shared with other replicas is kept. A rotation step is in force only once stored
@@ -34,4 +35,10 @@ pub struct Replicas {
     pub leading: bool,
     /// The lease's holder as last read, `None` while no one holds it.
     pub leader: Option<String>,
+}
+
+/// The other replicas, as far as rotation needs them: what their sidecars trust and hold.
+pub(crate) trait Peers: Send + Sync + fmt::Debug {
+    /// Each other live replica's name and latest summary.
+    fn summaries(&self) -> BoxFuture<'_, Result<Vec<(String, RotationSummary)>, String>>;
 }
