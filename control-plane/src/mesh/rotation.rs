@@ -195,7 +195,8 @@ pub(super) fn check_use_on(
 ) -> Result<(), AdminError> {
     if !summary.warm {
         return Err(AdminError::Conflict(format!(
-            "replica {replica} started less than a registry lease ago and its sidecars may              still be registering again; retry, or force"
+            "replica {replica} started less than a registry lease ago and its sidecars may \
+             still be registering again; retry, or force"
         )));
     }
     if !summary.roots.iter().any(|r| r == id) {
@@ -205,7 +206,8 @@ pub(super) fn check_use_on(
     }
     match summary.behind.get(id) {
         Some(behind) if !behind.is_empty() => Err(AdminError::Conflict(format!(
-            "{} instance(s) of replica {replica} have not acknowledged a snapshot that trusts              root {id}: {}; wait for them, or force",
+            "{} instance(s) of replica {replica} have not acknowledged a snapshot that trusts \
+             root {id}: {}; wait for them, or force",
             behind.len(),
             sample(behind)
         ))),
@@ -221,12 +223,14 @@ pub(super) fn check_remove_on(
 ) -> Result<(), AdminError> {
     if !summary.warm {
         return Err(AdminError::Conflict(format!(
-            "replica {replica} started less than a registry lease ago and its sidecars may              still be registering again; retry, or force"
+            "replica {replica} started less than a registry lease ago and its sidecars may \
+             still be registering again; retry, or force"
         )));
     }
     match summary.holders.get(&root.sha256) {
         Some(holders) if !holders.is_empty() => Err(AdminError::Conflict(format!(
-            "{} instance(s) of replica {replica} still hold a certificate issued by root {}:              {}; wait for them to renew, or force",
+            "{} instance(s) of replica {replica} still hold a certificate issued by root {}: \
+             {}; wait for them to renew, or force",
             holders.len(),
             root.id,
             sample(holders)
