@@ -10,12 +10,15 @@ use std::time::Duration;
 use common::kube_mesh::KubeMesh;
 use common::{Dirs, Sidecar, TD, Watcher, admin};
 use http::{Method, StatusCode};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::api::PostParams;
 use mesh_api::proto::v1;
 use mesh_control_plane::{ControlPlane, ElectionOptions, client};
 use mesh_testkit::eventually;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::ParsedCertificate;
 use serde_json::json;
@@ -73,6 +76,67 @@ async fn ca_secret(mesh: &KubeMesh) -> Secret {
         .get(mesh_kube::names::CA_SECRET)
         .await
         .unwrap_or_else(|e| panic!("read the CA Secret: {e}"))
+}
+
+fn webhooks(mesh: &KubeMesh) -> Api<MutatingWebhookConfiguration> {
+    Api::all(mesh.admin())
+}
+
+/// A webhook configuration as `meshctl install` makes it, trusting `bundle_pem`; its one
+/// webhook selects no pod.
+async fn install_webhook(mesh: &KubeMesh, bundle_pem: &[u8]) {
+    use base64::Engine as _;
+    let configuration: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": { "name": mesh_kube::names::WEBHOOK_CONFIGURATION },
+        "webhooks": [{
+            "name": mesh_kube::names::POD_WEBHOOK,
+            "clientConfig": {
+                "url": "https://127.0.0.1:9/inject",
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(bundle_pem),
+            },
+            "rules": [{
+                "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["pods"],
+            }],
+            "objectSelector": { "matchLabels": { "selects": "nothing" } },
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Ignore",
+        }],
+    }))
+    .unwrap_or_else(|e| panic!("webhook configuration: {e}"));
+    webhooks(mesh)
+        .create(&PostParams::default(), &configuration)
+        .await
+        .unwrap_or_else(|e| panic!("create the webhook configuration: {e}"));
+}
+
+/// Waits until the webhook configuration's caBundle holds exactly `bundle` (DER roots).
+async fn webhook_trusts(mesh: &KubeMesh, bundle: &[Vec<u8>]) {
+    eventually(
+        "the webhook's caBundle to follow the trust bundle",
+        Duration::from_secs(5),
+        || async {
+            let configuration = webhooks(mesh)
+                .get(mesh_kube::names::WEBHOOK_CONFIGURATION)
+                .await
+                .map_err(|e| e.to_string())?;
+            let pem = configuration.webhooks.unwrap_or_default()[0]
+                .client_config
+                .ca_bundle
+                .clone()
+                .map(|b| b.0)
+                .unwrap_or_default();
+            let ders: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
+                .map(|c| c.map(|c| c.to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            (ders == bundle)
+                .then_some(())
+                .ok_or(format!("{} root(s)", ders.len()))
+        },
+    )
+    .await;
 }
 
 fn holder(lease: &Lease) -> Option<String> {
@@ -257,6 +321,8 @@ async fn a_rotation_on_the_leader_reaches_both_replicas_and_survives_a_leader_ch
         (b, a, "replica-b", &dirs_b, &dirs_a)
     };
     let old_root = leader.status().signer.unwrap();
+    install_webhook(&mesh, b"").await;
+    webhook_trusts(&mesh, &leader.trust_bundle_der()).await;
 
     // orders is served by the leader, inventory by the follower.
     let (orders, mut orders_watch, first) =
@@ -318,6 +384,7 @@ async fn a_rotation_on_the_leader_reaches_both_replicas_and_survives_a_leader_ch
     );
     inventory_watch.ack(trusting[1]).await;
     assert_eq!(follower.trust_bundle_der(), leader.trust_bundle_der());
+    webhook_trusts(&mesh, &leader.trust_bundle_der()).await;
     assert_eq!(
         client::roots_from_pem(&follower_dirs.bundle_pem())
             .unwrap()
@@ -398,6 +465,7 @@ async fn a_rotation_on_the_leader_reaches_both_replicas_and_survives_a_leader_ch
         },
     )
     .await;
+    webhook_trusts(&mesh, &bundle[1..]).await;
     let data = ca_secret(&mesh).await.data.unwrap();
     assert_eq!(String::from_utf8_lossy(&data["signer"].0).trim(), new_root);
     assert!(data.contains_key(&format!("retired-{old_root}-key.pem")));

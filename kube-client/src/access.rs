@@ -86,6 +86,13 @@ pub const CONTROL_PLANE_CLUSTER_RULES: &[Rule] = &[
         verbs: &["create", "patch"],
         names: &[],
     },
+    // The leader keeps the webhook's caBundle the trust bundle through root rotations.
+    Rule {
+        group: "admissionregistration.k8s.io",
+        resources: &["mutatingwebhookconfigurations"],
+        verbs: &["get", "update"],
+        names: &[names::WEBHOOK_CONFIGURATION],
+    },
 ];
 
 /// The control plane's rights in its own namespace (its Role).

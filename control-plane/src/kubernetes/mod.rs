@@ -6,7 +6,8 @@
 //! - `replicas`: several control planes side by side: the CA's state in Secret `mesh-ca`
 //!   (`ca_secret`), leader election with Lease `mesh-control-plane` (`leader`), and each
 //!   replica's sidecars summarised in a Lease of its own for the leader's rotation checks
-//!   (`peers`).
+//!   (`peers`); the leader keeps the webhook configuration's `caBundle` the trust bundle
+//!   (`webhook_bundle`).
 //!
 //! The mesh's namespace (`namespace` in `mesh.yaml`) is where its services, their
 //! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
@@ -17,6 +18,7 @@ mod leader;
 mod mesh_services;
 mod peers;
 mod replicas;
+mod webhook_bundle;
 
 use std::path::PathBuf;
 

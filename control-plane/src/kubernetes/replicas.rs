@@ -1,6 +1,6 @@
 //! Several replicas side by side: the CA shared through its Secret, the leader elected with
 //! the Lease, and each replica's sidecars summarised for the leader's rotation checks. This
-//! ties `ca_secret`, `leader` and `peers` to the mesh.
+//! ties `ca_secret`, `leader`, `peers` and `webhook_bundle` to the mesh.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,16 +11,18 @@ use tokio_util::sync::CancellationToken;
 use super::ca_secret::CaSecret;
 use super::leader::Election;
 use super::peers::PeerLeases;
+use super::webhook_bundle;
 use super::{KubernetesError, KubernetesOptions, client};
 use crate::ca::Authority;
 use crate::mesh::Mesh;
 
 /// This replica's CA Secret and election, before they are tied to the mesh.
-#[derive(Debug)]
 pub(crate) struct ReplicaSet {
     secret: Arc<CaSecret>,
     election: Arc<Election>,
     peers: Arc<PeerLeases>,
+    client: kube::Client,
+    renew_every: std::time::Duration,
 }
 
 impl ReplicaSet {
@@ -51,7 +53,7 @@ impl ReplicaSet {
             options.election,
         );
         let peers = PeerLeases::new(
-            client,
+            client.clone(),
             &options.namespace,
             &options.replica,
             options.election,
@@ -61,6 +63,8 @@ impl ReplicaSet {
                 secret,
                 election,
                 peers,
+                client,
+                renew_every: options.election.renew_every,
             },
             ca,
         ))
@@ -78,8 +82,15 @@ impl ReplicaSet {
         mesh.gate_on_peers(self.peers.clone());
         vec![
             tokio::spawn(self.secret.watch(mesh.clone(), shutdown.clone())),
-            tokio::spawn(self.election.run(shutdown.clone())),
+            tokio::spawn(self.election.clone().run(shutdown.clone())),
             tokio::spawn(self.peers.publish(mesh.clone(), shutdown.clone())),
+            tokio::spawn(webhook_bundle::maintain(
+                self.client,
+                mesh.clone(),
+                self.election.clone(),
+                self.renew_every,
+                shutdown.clone(),
+            )),
         ]
     }
 }
