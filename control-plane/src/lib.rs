@@ -24,7 +24,9 @@
 //!
 //! # State directory
 //! - `ca.pem`, `roots/`, `signer`, and optionally an operator's `ca-key.pem` or
-//!   `intermediate.pem` + `intermediate-key.pem`: the CA (see [`ca::Authority`]).
+//!   `intermediate.pem` + `intermediate-key.pem`: the CA (see [`ca::Authority`]). In
+//!   Kubernetes mode these are a copy of Secret `mesh-ca`, which all replicas share, rewritten
+//!   whenever the Secret changes.
 //! - `tokens/<service>`: join tokens (see [`Tokens`]).
 //! - `virtual-addresses`: each service's virtual address, kept so it never moves (see
 //!   `virtual_addresses.rs`).

@@ -202,7 +202,11 @@ impl Election {
                     None
                 }
             }
-            None => self.write(lease, sent, true).await,
+            None => {
+                // Released: nobody leads until a replica takes it.
+                self.set_seen(Seen::default());
+                self.write(lease, sent, true).await
+            }
         }
     }
 
