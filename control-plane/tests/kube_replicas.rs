@@ -246,7 +246,9 @@ async fn replicas_share_one_root_and_hand_over_the_lease() {
     .await;
     let waited = killed_at.elapsed();
     assert!(
-        waited >= ELECTION.lease_duration - ELECTION.renew_every * 2,
+        // Its last renewal was at most a renew period or so before the crash; a release
+        // would have let the other in within one renew period.
+        waited >= ELECTION.lease_duration / 2,
         "took over after {waited:?}, before the lease ran out"
     );
     let after = lease(&mesh).await;
