@@ -512,3 +512,119 @@ async fn a_rotation_on_the_leader_reaches_both_replicas_and_survives_a_leader_ch
     inventory_beat.task.abort();
     follower.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_installed_secret_is_read_as_is_and_a_broken_one_changes_nothing() {
+    let test = "an_installed_secret_is_read_as_is_and_a_broken_one_changes_nothing";
+    let Some(mesh) = KubeMesh::start(test, MESH).await else {
+        return;
+    };
+    mesh.apply_mesh_service("orders", json!({})).await;
+    // The Secret as `meshctl install` writes it: one root and its key.
+    let root = mesh_control_plane::ca::DevCa::generate(TD).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    root.write_to(dir.path()).unwrap();
+    let installed: Secret = serde_json::from_value(json!({
+        "metadata": { "name": mesh_kube::names::CA_SECRET },
+        "stringData": {
+            "ca.pem": std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+            "ca-key.pem": std::fs::read_to_string(dir.path().join("ca-key.pem")).unwrap(),
+        },
+    }))
+    .unwrap();
+    let secrets = Api::<Secret>::namespaced(mesh.admin(), mesh_kube::names::NAMESPACE);
+    secrets
+        .create(&PostParams::default(), &installed)
+        .await
+        .unwrap();
+
+    let (dirs_a, dirs_b) = (mesh.replica_dirs(), mesh.replica_dirs());
+    let (a, b) = tokio::join!(
+        mesh.replica("replica-a", &dirs_a, ELECTION),
+        mesh.replica("replica-b", &dirs_b, ELECTION)
+    );
+    let installed_root = client::roots_from_pem(root.cert_pem().as_bytes()).unwrap();
+    for (cp, dirs) in [(&a, &dirs_a), (&b, &dirs_b)] {
+        assert_eq!(dirs.bundle_pem(), root.cert_pem().as_bytes());
+        let sidecar = certify(cp, dirs, "orders").await;
+        verify_chain(&sidecar.workload.chain_der, &installed_root).unwrap();
+    }
+    let a_leads = one_leader(&a, &b).await;
+    let (leader, follower) = if a_leads { (&a, &b) } else { (&b, &a) };
+    let bundle = leader.trust_bundle_der();
+
+    // Someone breaks the Secret: both replicas keep their CA, and the leader's rotation steps
+    // are refused, saying why, until it is mended.
+    let mut broken = ca_secret(&mesh).await;
+    broken.data = Some(
+        [(
+            "bundle.pem".to_owned(),
+            k8s_openapi::ByteString(b"not a certificate".to_vec()),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let good = secrets
+        .replace(mesh_kube::names::CA_SECRET, &PostParams::default(), &broken)
+        .await
+        .unwrap();
+    let error = eventually(
+        "the leader to refuse a step on the broken Secret",
+        Duration::from_secs(5),
+        || async {
+            let (status, body) = admin(leader, Method::POST, "/ca/roots").await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            let error = body["error"].as_str().unwrap().to_owned();
+            error
+                .contains("mesh-ca")
+                .then_some(error)
+                .ok_or("another reason")
+        },
+    )
+    .await;
+    assert!(error.contains("nothing changed"), "{error}");
+    assert_eq!(leader.trust_bundle_der(), bundle);
+    assert_eq!(follower.trust_bundle_der(), bundle);
+    for dirs in [&dirs_a, &dirs_b] {
+        assert_eq!(dirs.bundle_pem(), root.cert_pem().as_bytes());
+    }
+    let sidecar = certify(follower, if a_leads { &dirs_b } else { &dirs_a }, "orders").await;
+    verify_chain(&sidecar.workload.chain_der, &installed_root).unwrap();
+
+    // Mended (the installed form again): steps go through, and reach the follower.
+    let mut mended = installed.clone();
+    mended.metadata.resource_version = good.metadata.resource_version.clone();
+    secrets
+        .replace(mesh_kube::names::CA_SECRET, &PostParams::default(), &mended)
+        .await
+        .unwrap();
+    eventually(
+        "a step on the mended Secret",
+        Duration::from_secs(5),
+        || async {
+            let (status, body) = admin(leader, Method::POST, "/ca/roots").await;
+            (status == StatusCode::OK)
+                .then_some(())
+                .ok_or(body.to_string())
+        },
+    )
+    .await;
+    eventually(
+        "the follower to trust two roots",
+        Duration::from_secs(5),
+        || async {
+            (follower.trust_bundle_der().len() == 2)
+                .then_some(())
+                .ok_or("not yet")
+        },
+    )
+    .await;
+    let data = ca_secret(&mesh).await.data.unwrap();
+    assert_eq!(
+        data["ca.pem"].0,
+        root.cert_pem().as_bytes(),
+        "the installed root still signs"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

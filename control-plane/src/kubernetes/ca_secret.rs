@@ -212,6 +212,16 @@ impl CaSecret {
         let dir = self.state_dir.clone();
         let trust_domain = self.trust_domain.clone();
         let ca = tokio::task::spawn_blocking(move || {
+            // Opened in a scratch directory first: a Secret that does not make a CA leaves
+            // the state directory's copy as it was.
+            let scratch = dir.join(format!(
+                ".ca-check-{}",
+                crate::ca::hex(&crate::ca::random_bytes::<4>())
+            ));
+            let checked = write_state(&scratch, &data)
+                .and_then(|()| Authority::open(&scratch, &trust_domain));
+            let _ = fs::remove_dir_all(&scratch);
+            checked?;
             write_state(&dir, &data)?;
             Authority::open(&dir, &trust_domain)
         })
@@ -267,6 +277,16 @@ impl CaSecret {
         self.apply(secret).await.map_err(|e| e.to_string())
     }
 
+    async fn restore_last(&self) -> Result<Authority, String> {
+        let last = self
+            .last
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| format!("Secret {} was never read", self.name()))?;
+        self.apply(last).await.map_err(|e| e.to_string())
+    }
+
     /// Reloads the mesh's CA whenever the Secret changes (a version this replica has not
     /// read or written), until `shutdown`. A Secret that cannot be used keeps the CA in force.
     pub(crate) async fn watch(self: Arc<Self>, mesh: Arc<Mesh>, shutdown: CancellationToken) {
@@ -311,6 +331,10 @@ impl SharedCa for CaSecret {
 
     fn load(&self) -> BoxFuture<'_, Result<Authority, String>> {
         Box::pin(self.load_state())
+    }
+
+    fn restore(&self) -> BoxFuture<'_, Result<Authority, String>> {
+        Box::pin(self.restore_last())
     }
 }
 

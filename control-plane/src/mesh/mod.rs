@@ -466,10 +466,19 @@ impl Mesh {
         if let Some(shared) = self.shared.get()
             && let Err(e) = shared.store().await
         {
-            match shared.load().await {
-                Ok(stored) => self.set_authority(stored, None),
+            // The stored CA (it may have changed), else the last good one: either way the
+            // state directory no longer holds the step.
+            let back = match shared.load().await {
+                Ok(stored) => Ok(stored),
                 Err(reload) => {
-                    tracing::error!(error = %reload, "cannot read the shared CA back");
+                    tracing::warn!(error = %reload, "cannot read the shared CA back; restoring the last good one");
+                    shared.restore().await
+                }
+            };
+            match back {
+                Ok(ca) => self.set_authority(ca, None),
+                Err(restore) => {
+                    tracing::error!(error = %restore, "cannot undo the step in the state directory");
                 }
             }
             return Err(AdminError::Conflict(format!(

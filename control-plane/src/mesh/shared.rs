@@ -18,6 +18,9 @@ pub(crate) trait SharedCa: Send + Sync + fmt::Debug {
     fn store(&self) -> BoxFuture<'_, Result<(), String>>;
     /// Reads the CA as stored, into the state directory, and opens it.
     fn load(&self) -> BoxFuture<'_, Result<Authority, String>>;
+    /// Writes the CA as last read or stored with success into the state directory again, and
+    /// opens it: what undoes a step when the store holds nothing usable.
+    fn restore(&self) -> BoxFuture<'_, Result<Authority, String>>;
 }
 
 /// Which replica may decide the work only one may do.
