@@ -13,6 +13,9 @@
 //! | `POST /ca/signer/<id>[?force=true]` | make a root the signer (409 until every live instance trusts it) |
 //! | `DELETE /ca/roots/<id>[?force=true]` | remove a root (409 while it signs or a live instance holds a certificate from it) |
 //!
+//! With replicas (Kubernetes mode) the three changes to the CA are the leader's: another
+//! replica answers 409 naming the leader, and `/status` says who leads (`replicas`).
+//!
 //! Errors are JSON `{"error": "..."}`.
 //!
 //! Changes need the admin token (`Authorization: Bearer <token>`), always. On a listener that
@@ -204,7 +207,7 @@ fn authorized(admin: &Admin, request: &http::Request<Incoming>) -> bool {
 
 fn admin_error(e: &AdminError) -> Reply {
     let status = match e {
-        AdminError::Conflict(_) => StatusCode::CONFLICT,
+        AdminError::Conflict(_) | AdminError::NotLeader(_) => StatusCode::CONFLICT,
         AdminError::NotFound(_) => StatusCode::NOT_FOUND,
         AdminError::Rotation(crate::ca::RotationError::UnknownRoot(_)) => StatusCode::NOT_FOUND,
         AdminError::Rotation(crate::ca::RotationError::Store(_)) => {

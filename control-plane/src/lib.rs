@@ -26,7 +26,9 @@
 //!
 //! # State directory
 //! - `ca.pem`, `roots/`, `signer`, and optionally an operator's `ca-key.pem` or
-//!   `intermediate.pem` + `intermediate-key.pem`: the CA (see [`ca::Authority`]).
+//!   `intermediate.pem` + `intermediate-key.pem`: the CA (see [`ca::Authority`]). In
+//!   Kubernetes mode these are a copy of Secret `mesh-ca`, which all replicas share, rewritten
+//!   whenever the Secret changes.
 //! - `tokens/<service>`: join tokens (see [`Tokens`]); not in Kubernetes mode, where sidecars
 //!   present their projected service-account tokens.
 //! - `virtual-addresses`: each service's virtual address, kept so it never moves (see
@@ -81,9 +83,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::ca::CertError;
 pub use crate::config::{InvalidConfig, MeshConfig};
-pub use crate::kubernetes::{KubernetesError, KubernetesOptions};
+pub use crate::kubernetes::{CaSecretError, ElectionOptions, KubernetesError, KubernetesOptions};
 pub use crate::listener::PeerInfo;
-pub use crate::mesh::{InstanceStatus, ServiceStatus, Status};
+pub use crate::mesh::{InstanceStatus, Replicas, ServiceStatus, Status};
 pub use crate::tls::{TlsError, control_plane_id};
 pub use crate::tokens::{TokenError, Tokens, admin_token_path};
 pub use crate::virtual_addresses::{AddressError, TABLE_FILE as VIRTUAL_ADDRESS_FILE};
@@ -283,6 +285,18 @@ impl ControlPlane {
         }
     }
 
+    /// Ends every task at once, without a clean stop's steps (no Lease released, no version
+    /// recorded): what a crash leaves behind, for failover tests.
+    pub fn kill(self) {
+        self.server.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
+        // Only after the aborts, so no task gets to react to it: this ends what the tasks
+        // spawned (connections), which an abort leaves running.
+        self.shutdown.cancel();
+    }
+
     /// Stops serving: ends watch streams, lets calls in flight finish, and records the snapshot
     /// version so the next start continues above it.
     pub async fn stop(self) -> Result<(), Error> {
@@ -346,17 +360,28 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
     let state_dir = options.state_dir.clone();
     let trust_domain = config.trust_domain.clone();
     let import = options.ca_dir.clone();
-    let ca = tokio::task::spawn_blocking(move || {
-        if let Some(from) = import {
-            ca::Authority::import_root(&state_dir, &from)?;
+    let (ca, replicas) = match &options.kubernetes {
+        // Replicas share the CA through its Secret, which the state directory mirrors.
+        Some(kubernetes) => {
+            let (replicas, ca) =
+                kubernetes::ReplicaSet::open(kubernetes, &state_dir, &trust_domain, import).await?;
+            (ca, Some(replicas))
         }
-        ca::Authority::open(&state_dir, &trust_domain)
-    })
-    .await
-    .map_err(|e| Error::Io {
-        path: options.state_dir.clone(),
-        source: io::Error::other(e),
-    })??;
+        None => {
+            let ca = tokio::task::spawn_blocking(move || {
+                if let Some(from) = import {
+                    ca::Authority::import_root(&state_dir, &from)?;
+                }
+                ca::Authority::open(&state_dir, &trust_domain)
+            })
+            .await
+            .map_err(|e| Error::Io {
+                path: options.state_dir.clone(),
+                source: io::Error::other(e),
+            })??;
+            (ca, None)
+        }
+    };
     let authenticator = match token_reviewer {
         Some(reviewer) => authenticate::Authenticator::TokenReview(Box::new(reviewer)),
         None => authenticate::Authenticator::JoinTokens(Tokens::open(&options.state_dir)?),
@@ -384,6 +409,9 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
         tasks.push(
             kubernetes::start_discovery(client, &namespace, mesh.clone(), shutdown.clone()).await,
         );
+    }
+    if let Some(replicas) = replicas {
+        tasks.extend(replicas.start(&mesh, &shutdown));
     }
 
     let api_addr = local_addr(&listeners.api)?;

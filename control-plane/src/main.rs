@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mesh_control_plane::ca::ServingName;
@@ -87,6 +88,13 @@ struct Cli {
     /// The audience sidecars' service-account tokens must be issued for.
     #[arg(long, value_name = "AUDIENCE", default_value = mesh_inject::names::TOKEN_AUDIENCE)]
     token_audience: String,
+    /// How long the leader's Lease holds without renewal: how long leader-only work waits
+    /// after a leader dies without releasing it.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How often the leader renews its Lease, and the other replicas look at it.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    lease_renew: Duration,
 }
 
 fn parse_url(text: &str) -> Result<String, String> {
@@ -161,6 +169,10 @@ fn main() -> ExitCode {
             kubernetes.replica = replica;
         }
         kubernetes.audience = cli.token_audience;
+        kubernetes.election = mesh_control_plane::ElectionOptions {
+            lease_duration: cli.lease_duration,
+            renew_every: cli.lease_renew,
+        };
         options.kubernetes = Some(kubernetes);
     }
     options.webhook = WebhookOptions {

@@ -15,8 +15,9 @@ pub struct Rule {
     pub resources: &'static [&'static str],
     /// Verbs.
     pub verbs: &'static [&'static str],
-    /// Object names the rule is limited to; empty for all. Kubernetes cannot limit `create`,
-    /// `list` or `watch` by name.
+    /// Object names the rule is limited to; empty for all. Kubernetes cannot limit `create`
+    /// by name, and limits `list` and `watch` only for requests that select the one name
+    /// (field selector `metadata.name=<name>`).
     pub names: &'static [&'static str],
 }
 
@@ -85,24 +86,32 @@ pub const CONTROL_PLANE_CLUSTER_RULES: &[Rule] = &[
         verbs: &["create", "patch"],
         names: &[],
     },
+    // The leader keeps the webhook's caBundle the trust bundle through root rotations.
+    Rule {
+        group: "admissionregistration.k8s.io",
+        resources: &["mutatingwebhookconfigurations"],
+        verbs: &["get", "update"],
+        names: &[names::WEBHOOK_CONFIGURATION],
+    },
 ];
 
 /// The control plane's rights in its own namespace (its Role).
 pub const CONTROL_PLANE_NAMESPACE_RULES: &[Rule] = &[
-    // Leader election: the lease is made once, then read and renewed by name.
+    // Leader election with Lease `mesh-control-plane`, and a Lease per replica
+    // (`mesh-control-plane-<replica>`) summarising its sidecars, which the leader lists.
     Rule {
         group: "coordination.k8s.io",
         resources: &["leases"],
-        verbs: &["create"],
+        verbs: &["create", "list"],
         names: &[],
     },
     Rule {
         group: "coordination.k8s.io",
         resources: &["leases"],
         verbs: &["get", "update"],
-        names: &[names::LEASE],
+        names: &[],
     },
-    // Its CA: read at start, written on rotation.
+    // Its CA: read at start, watched by every replica, written on rotation by the leader.
     Rule {
         group: "",
         resources: &["secrets"],
@@ -113,6 +122,13 @@ pub const CONTROL_PLANE_NAMESPACE_RULES: &[Rule] = &[
         group: "",
         resources: &["secrets"],
         verbs: &["get", "update"],
+        names: &[names::CA_SECRET],
+    },
+    // A list or watch limited to one name by the field selector `metadata.name=<name>`.
+    Rule {
+        group: "",
+        resources: &["secrets"],
+        verbs: &["list", "watch"],
         names: &[names::CA_SECRET],
     },
 ];
@@ -221,10 +237,7 @@ mod tests {
         {
             if !rule.names.is_empty() {
                 for verb in rule.verbs {
-                    assert!(
-                        !["create", "list", "watch", "deletecollection"].contains(verb),
-                        "{rule:?}"
-                    );
+                    assert!(!["create", "deletecollection"].contains(verb), "{rule:?}");
                 }
             }
         }

@@ -19,6 +19,22 @@ pub struct Status {
     /// Services by name.
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+    /// The replica that answered and the leader it sees (Kubernetes mode only).
+    #[serde(default)]
+    pub replicas: Option<Replicas>,
+}
+
+/// Which replica answered, and which leads.
+#[derive(Debug, Deserialize)]
+pub struct Replicas {
+    /// The replica that answered.
+    pub replica: String,
+    /// Whether it leads.
+    #[serde(default)]
+    pub leading: bool,
+    /// The Lease's holder as that replica last read it.
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 /// One trusted root.
@@ -78,10 +94,11 @@ pub struct Instance {
 pub fn render(status: &Status, now_unix: i64) -> String {
     let roots: Vec<&str> = status.trust_bundle.iter().map(|r| r.id.as_str()).collect();
     let mut out = format!(
-        "snapshot version {}  signer {}  trust bundle [{}]\n\n",
+        "snapshot version {}  signer {}  trust bundle [{}]{}\n\n",
         status.version,
         status.signer.as_deref().unwrap_or("intermediate"),
-        roots.join(", ")
+        roots.join(", "),
+        status.replicas.as_ref().map_or_else(String::new, leader)
     );
     let header = [
         "SERVICE",
@@ -203,6 +220,18 @@ pub fn ejected_name(endpoint: &str, names: &BTreeMap<&str, &str>) -> String {
         .map_or_else(|| endpoint.to_owned(), |name| (*name).to_owned())
 }
 
+/// `  replica <name> (leader)`, or `  replica <name>, leader <name or none>`.
+fn leader(replicas: &Replicas) -> String {
+    if replicas.leading {
+        return format!("  replica {} (leader)", replicas.replica);
+    }
+    format!(
+        "  replica {}, leader {}",
+        replicas.replica,
+        replicas.leader.as_deref().unwrap_or("none")
+    )
+}
+
 fn human_secs(secs: i64) -> String {
     if secs <= 0 {
         return "expired".into();
@@ -252,5 +281,24 @@ mod tests {
         // Virtual addresses, for the services that have one.
         let tail: Vec<&str> = table.lines().rev().take(2).collect();
         assert_eq!(tail, ["payments  127.240.0.3", "SERVICE   VIRTUAL ADDRESS"]);
+        assert!(!table.contains("replica"), "{table}");
+    }
+
+    #[test]
+    fn names_the_replica_and_the_leader() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "version": 3,
+            "replicas": {"replica": "cp-b", "leading": false, "leader": "cp-a"}
+        }))
+        .unwrap();
+        let first = render(&status, 0).lines().next().unwrap().to_owned();
+        assert!(first.ends_with("  replica cp-b, leader cp-a"), "{first}");
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "version": 3,
+            "replicas": {"replica": "cp-a", "leading": true, "leader": "cp-a"}
+        }))
+        .unwrap();
+        let first = render(&status, 0).lines().next().unwrap().to_owned();
+        assert!(first.ends_with("  replica cp-a (leader)"), "{first}");
     }
 }

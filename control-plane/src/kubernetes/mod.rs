@@ -9,22 +9,35 @@
 //! - `token_review`: workload identity from projected service-account tokens, reviewed by
 //!   the API server, instead of join tokens.
 //! - `discovery`: where services' instances are, from Services and EndpointSlices.
+//! - `replicas`: several control planes side by side: the CA's state in Secret `mesh-ca`
+//!   (`ca_secret`), leader election with Lease `mesh-control-plane` (`leader`), and each
+//!   replica's sidecars summarised in a Lease of its own for the leader's rotation checks
+//!   (`peers`); the leader keeps the webhook configuration's `caBundle` the trust bundle
+//!   (`webhook_bundle`).
 //!
 //! The mesh's namespace (`namespace` in `mesh.yaml`) is where its services, their
 //! MeshService objects, Services and EndpointSlices live; the control plane's own namespace
 //! ([`KubernetesOptions::namespace`]) holds its shared state.
 
 mod acceptance;
+mod ca_secret;
 mod cluster_policy;
 mod discovery;
+mod leader;
 mod mesh_services;
+mod peers;
+mod replicas;
 mod token_review;
 mod verdicts;
+mod webhook_bundle;
 
 use std::path::PathBuf;
 
+pub use self::ca_secret::CaSecretError;
 pub(crate) use self::cluster_policy::ClusterPolicy;
 pub(crate) use self::discovery::start as start_discovery;
+pub use self::leader::ElectionOptions;
+pub(crate) use self::replicas::ReplicaSet;
 pub(crate) use self::token_review::{ReviewError, TokenReviewer};
 
 /// How the control plane finds and uses its cluster.
@@ -40,6 +53,8 @@ pub struct KubernetesOptions {
     pub replica: String,
     /// The audience sidecars' projected tokens must be issued for.
     pub audience: String,
+    /// How the replicas elect their leader with the Lease.
+    pub election: ElectionOptions,
 }
 
 impl KubernetesOptions {
@@ -52,6 +67,7 @@ impl KubernetesOptions {
             namespace: mesh_kube::names::NAMESPACE.to_owned(),
             replica: default_replica(),
             audience: mesh_inject::names::TOKEN_AUDIENCE.to_owned(),
+            election: ElectionOptions::default(),
         }
     }
 }
@@ -79,6 +95,12 @@ pub enum KubernetesError {
         /// The API server's answer.
         source: kube::Error,
     },
+    /// The CA Secret could not be read, created or used.
+    #[error("{0}")]
+    CaSecret(#[from] CaSecretError),
+    /// The election's timing does not work.
+    #[error("leader election: {0}")]
+    Election(String),
 }
 
 /// A client for the cluster `options` name.

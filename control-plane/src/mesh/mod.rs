@@ -21,18 +21,20 @@
 //! - `snapshot`: the pure function from configuration, trust and registry to snapshots.
 //! - `rotation`: when a root may become the signer or leave the bundle.
 //! - `status`: the `/status` document.
+//! - `shared`: a CA kept with other replicas, and which replica leads (Kubernetes mode).
 //!
 //! This module holds the [`Mesh`] type: the state's lock, the publisher, and version stamping.
 
 mod cluster;
 mod registry;
 mod rotation;
+mod shared;
 mod snapshot;
 mod status;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use mesh_api::proto::v1;
@@ -45,6 +47,9 @@ pub(crate) use self::registry::RegistryError;
 use self::registry::{Beat, Registry};
 pub(crate) use self::rotation::AdminError;
 use self::rotation::RootsSince;
+pub(crate) use self::rotation::RotationSummary;
+pub use self::shared::Replicas;
+pub(crate) use self::shared::{Leadership, Peers, SharedCa};
 use self::snapshot::Trust;
 pub use self::status::{InstanceStatus, ServiceStatus, Status};
 use crate::ca::{Authority, RotationError};
@@ -63,8 +68,14 @@ pub(crate) struct Mesh {
     ca_tx: watch::Sender<Arc<Authority>>,
     metrics: Arc<Metrics>,
     started: Instant,
-    /// Serializes rotation steps, which write files.
+    /// Serializes rotation steps, which write files, and reloads of a shared CA.
     rotation: tokio::sync::Mutex<()>,
+    /// Where the CA is kept with other replicas, if it is.
+    shared: OnceLock<Arc<dyn SharedCa>>,
+    /// Which replica may take rotation steps, when there are several.
+    leadership: OnceLock<Arc<dyn Leadership>>,
+    /// The other replicas, whose sidecars gate rotation steps too.
+    peers: OnceLock<Arc<dyn Peers>>,
 }
 
 #[derive(Debug)]
@@ -134,6 +145,9 @@ impl Mesh {
             metrics,
             started: Instant::now(),
             rotation: tokio::sync::Mutex::new(()),
+            shared: OnceLock::new(),
+            leadership: OnceLock::new(),
+            peers: OnceLock::new(),
         };
         mesh.rebuild();
         let mut publisher = mesh.publish_lock();
@@ -378,20 +392,146 @@ impl Mesh {
             .ack(service, instance_id, version, error);
     }
 
+    // === replicas ===
+
+    /// Keeps the CA in `shared` from now on: rotation steps are stored there before they
+    /// take effect. Set once, at start.
+    pub(crate) fn share_ca(&self, shared: Arc<dyn SharedCa>) {
+        if self.shared.set(shared).is_err() {
+            tracing::warn!("the CA's shared store was already set");
+        }
+    }
+
+    /// Lets only the replica `leadership` names the leader take rotation steps. Set once, at
+    /// start.
+    pub(crate) fn follow_leadership(&self, leadership: Arc<dyn Leadership>) {
+        if self.leadership.set(leadership).is_err() {
+            tracing::warn!("the leadership was already set");
+        }
+    }
+
+    /// Gates rotation steps on `peers`' sidecars too. Set once, at start.
+    pub(crate) fn gate_on_peers(&self, peers: Arc<dyn Peers>) {
+        if self.peers.set(peers).is_err() {
+            tracing::warn!("the peers were already set");
+        }
+    }
+
+    /// What this replica's live instances say about the roots, for the leader.
+    pub(crate) fn rotation_summary(&self) -> RotationSummary {
+        let warm = self.warming_left().is_none();
+        let state = self.read();
+        rotation::summary(
+            &state.registry,
+            state.config.registry.lease,
+            Instant::now(),
+            &state.ca.roots(),
+            &state.root_since,
+            warm,
+        )
+    }
+
+    /// Each other replica's summary, or an error naming why they cannot be read.
+    async fn peer_summaries(&self) -> Result<Vec<(String, RotationSummary)>, AdminError> {
+        match self.peers.get() {
+            None => Ok(Vec::new()),
+            Some(peers) => peers.summaries().await.map_err(|e| {
+                AdminError::Conflict(format!(
+                    "cannot read the other replicas' sidecars: {e}; retry, or force"
+                ))
+            }),
+        }
+    }
+
+    /// Who leads, when there are replicas.
+    pub(crate) fn replicas(&self) -> Option<Replicas> {
+        self.leadership.get().map(|l| l.view())
+    }
+
+    /// Reads the shared CA again (another replica changed it) and puts it in force.
+    pub(crate) async fn reload_shared_ca(&self) -> Result<(), String> {
+        let Some(shared) = self.shared.get() else {
+            return Ok(());
+        };
+        let _guard = self.rotation.lock().await;
+        let ca = shared.load().await?;
+        let before = self.authority();
+        if before.trust_bundle_der() != ca.trust_bundle_der()
+            || before.issuer_sha256() != ca.issuer_sha256()
+        {
+            tracing::info!(
+                roots = ?ca.roots().iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+                signer = ?ca.signer_id(),
+                "the shared CA changed; reloaded it"
+            );
+        }
+        self.set_authority(ca, None);
+        Ok(())
+    }
+
+    /// Refuses a rotation step on a replica that does not lead: one replica decides them.
+    fn check_leader(&self) -> Result<(), AdminError> {
+        let Some(view) = self.replicas() else {
+            return Ok(());
+        };
+        if view.leading {
+            return Ok(());
+        }
+        let leader = view.leader.map_or_else(
+            || "no replica leads now; retry once one does".to_owned(),
+            |leader| format!("replica {leader} leads; send it there"),
+        );
+        Err(AdminError::NotLeader(format!(
+            "replica {} does not lead, and only the leader changes the CA: {leader}",
+            view.replica
+        )))
+    }
+
+    /// Puts a rotation step in force: first in the shared store, if there is one. When that
+    /// fails the step is undone (the stored CA read back) and nothing changed.
+    async fn commit(&self, next: Authority, added: Option<&str>) -> Result<(), AdminError> {
+        if let Some(shared) = self.shared.get()
+            && let Err(e) = shared.store().await
+        {
+            // The stored CA (it may have changed), else the last good one: either way the
+            // state directory no longer holds the step.
+            let back = match shared.load().await {
+                Ok(stored) => Ok(stored),
+                Err(reload) => {
+                    tracing::warn!(error = %reload, "cannot read the shared CA back; restoring the last good one");
+                    shared.restore().await
+                }
+            };
+            match back {
+                Ok(ca) => self.set_authority(ca, None),
+                Err(restore) => {
+                    tracing::error!(error = %restore, "cannot undo the step in the state directory");
+                }
+            }
+            return Err(AdminError::Conflict(format!(
+                "the step could not be stored, so nothing changed: {e}"
+            )));
+        }
+        self.set_authority(next, added);
+        Ok(())
+    }
+
     // === CA rotation ===
 
     /// Generates a new root and adds it to the trust bundle of every snapshot.
     pub(crate) async fn add_root(&self) -> Result<String, AdminError> {
+        self.check_leader()?;
         let _guard = self.rotation.lock().await;
         let ca = self.authority();
         let (next, id) = off_thread("root generation", move || ca.add_root()).await?;
+        self.commit(next, Some(&id)).await?;
         tracing::info!(root = %id, "added a root to the trust bundle");
-        self.set_authority(next, Some(&id));
         Ok(id)
     }
 
     /// Makes root `id` the signer, once every live instance runs a snapshot that trusts it.
     pub(crate) async fn use_root(&self, id: &str, force: bool) -> Result<(), AdminError> {
+        self.check_leader()?;
         let _guard = self.rotation.lock().await;
         let ca = self.authority();
         if !ca.roots().iter().any(|r| r.id == id) {
@@ -401,6 +541,9 @@ impl Mesh {
         }
         if !force {
             self.warmed_up()?;
+            for (replica, summary) in self.peer_summaries().await? {
+                rotation::check_use_on(&replica, &summary, id)?;
+            }
             let state = self.read();
             let since = state.root_since.since(id);
             let lease = state.config.registry.lease;
@@ -408,14 +551,15 @@ impl Mesh {
         }
         let id_owned = id.to_owned();
         let next = off_thread("signer change", move || ca.use_root(&id_owned)).await?;
+        self.commit(next, None).await?;
         tracing::info!(root = %id, force, "root is now the signer");
-        self.set_authority(next, None);
         Ok(())
     }
 
     /// Removes root `id` from the trust bundle, once no live instance holds a certificate it
     /// issued.
     pub(crate) async fn remove_root(&self, id: &str, force: bool) -> Result<(), AdminError> {
+        self.check_leader()?;
         let _guard = self.rotation.lock().await;
         let ca = self.authority();
         let Some(root) = ca.roots().into_iter().find(|r| r.id == id) else {
@@ -430,14 +574,17 @@ impl Mesh {
         }
         if !force {
             self.warmed_up()?;
+            for (replica, summary) in self.peer_summaries().await? {
+                rotation::check_remove_on(&replica, &summary, &root)?;
+            }
             let state = self.read();
             let lease = state.config.registry.lease;
             rotation::check_remove(&state.registry, lease, Instant::now(), &root)?;
         }
         let id_owned = id.to_owned();
         let next = off_thread("root removal", move || ca.remove_root(&id_owned)).await?;
+        self.commit(next, None).await?;
         tracing::info!(root = %id, force, "removed a root from the trust bundle");
-        self.set_authority(next, None);
         Ok(())
     }
 
@@ -463,6 +610,12 @@ impl Mesh {
         if let Some(id) = added {
             state.root_since.added(id, version);
         }
+        // Roots another replica added arrive with a reload: trusted from this version on.
+        for root in ca.roots() {
+            if !state.root_since.knows(&root.id) {
+                state.root_since.added(&root.id, version);
+            }
+        }
         state.root_since.keep(&ca.roots());
         drop(state);
         self.ca_tx.send_replace(ca);
@@ -485,15 +638,18 @@ impl Mesh {
             };
             (services, versions)
         };
+        let replicas = self.replicas();
         let state = self.read();
-        status::status(
+        let mut status = status::status(
             versions,
             &state.ca,
             &state.config,
             services,
             &state.registry,
             Instant::now(),
-        )
+        );
+        status.replicas = replicas;
+        status
     }
 }
 

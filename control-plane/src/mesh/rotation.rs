@@ -2,7 +2,7 @@
 //! snapshot that trusts it, and leaves the bundle only once no live instance holds a certificate
 //! it issued. Until a lease has passed after a start, the registry cannot say either.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,6 +22,9 @@ pub(crate) enum AdminError {
     /// The CA refused.
     #[error("{0}")]
     Rotation(#[from] RotationError),
+    /// This replica does not lead; the message names the one that does.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 /// The first snapshot version whose bundle holds each root.
@@ -42,6 +45,11 @@ impl RootsSince {
     /// Forgets roots no longer in the bundle.
     pub(super) fn keep(&mut self, roots: &[RootInfo]) {
         self.0.retain(|id, _| roots.iter().any(|r| &r.id == id));
+    }
+
+    /// Whether root `id`'s first version is recorded.
+    pub(super) fn knows(&self, id: &str) -> bool {
+        self.0.contains_key(id)
     }
 
     /// The first version trusting root `id` (0 when unknown).
@@ -120,6 +128,115 @@ pub(super) fn check_remove(
         )));
     }
     Ok(())
+}
+
+/// What one replica's live instances say about the roots, for the leader of several to gate
+/// rotation on sidecars connected to any replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RotationSummary {
+    /// Whether a registry lease has passed since the replica started (before, its sidecars
+    /// may still be registering again).
+    pub(crate) warm: bool,
+    /// The roots of the replica's trust bundle.
+    #[serde(default)]
+    pub(crate) roots: Vec<String>,
+    /// For each root, the live instances that have not acknowledged a snapshot trusting it.
+    #[serde(default)]
+    pub(crate) behind: BTreeMap<String, Vec<String>>,
+    /// For each issuer (hex SHA-256), the live instances holding a certificate from it.
+    #[serde(default)]
+    pub(crate) holders: BTreeMap<String, Vec<String>>,
+}
+
+/// The summary of `registry`'s live instances against `roots` (each trusted since the version
+/// `since` gives).
+pub(super) fn summary(
+    registry: &Registry,
+    lease: Duration,
+    now: Instant,
+    roots: &[RootInfo],
+    since: &RootsSince,
+    warm: bool,
+) -> RotationSummary {
+    let mut summary = RotationSummary {
+        warm,
+        roots: roots.iter().map(|r| r.id.clone()).collect(),
+        ..RotationSummary::default()
+    };
+    for (key, record) in registry.live(lease, now) {
+        let name = format!("{}/{}", key.0, key.1);
+        let ack = registry.ack_of(key).map_or(0, |a| a.acked_version);
+        let applied = ack.max(record.applied_version);
+        for root in roots {
+            if applied < since.since(&root.id) {
+                summary
+                    .behind
+                    .entry(root.id.clone())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        if !record.issuer_sha256.is_empty() {
+            summary
+                .holders
+                .entry(record.issuer_sha256.clone())
+                .or_default()
+                .push(name);
+        }
+    }
+    summary
+}
+
+/// Refuses to make root `id` the signer while another replica's sidecars do not all trust it.
+pub(super) fn check_use_on(
+    replica: &str,
+    summary: &RotationSummary,
+    id: &str,
+) -> Result<(), AdminError> {
+    if !summary.warm {
+        return Err(AdminError::Conflict(format!(
+            "replica {replica} started less than a registry lease ago and its sidecars may \
+             still be registering again; retry, or force"
+        )));
+    }
+    if !summary.roots.iter().any(|r| r == id) {
+        return Err(AdminError::Conflict(format!(
+            "replica {replica} does not trust root {id} yet; retry, or force"
+        )));
+    }
+    match summary.behind.get(id) {
+        Some(behind) if !behind.is_empty() => Err(AdminError::Conflict(format!(
+            "{} instance(s) of replica {replica} have not acknowledged a snapshot that trusts \
+             root {id}: {}; wait for them, or force",
+            behind.len(),
+            sample(behind)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses to remove `root` while another replica's sidecars hold certificates it issued.
+pub(super) fn check_remove_on(
+    replica: &str,
+    summary: &RotationSummary,
+    root: &RootInfo,
+) -> Result<(), AdminError> {
+    if !summary.warm {
+        return Err(AdminError::Conflict(format!(
+            "replica {replica} started less than a registry lease ago and its sidecars may \
+             still be registering again; retry, or force"
+        )));
+    }
+    match summary.holders.get(&root.sha256) {
+        Some(holders) if !holders.is_empty() => Err(AdminError::Conflict(format!(
+            "{} instance(s) of replica {replica} still hold a certificate issued by root {}: \
+             {}; wait for them to renew, or force",
+            holders.len(),
+            root.id,
+            sample(holders)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The first five items, for a message.
@@ -232,6 +349,39 @@ mod tests {
         assert_eq!((since.since("r1"), since.since("r2")), (100, 140));
         since.keep(&[root("r2", "bb")]);
         assert_eq!((since.since("r1"), since.since("r2")), (0, 140));
+    }
+
+    #[test]
+    fn another_replicas_sidecars_gate_the_steps_too() {
+        let now = Instant::now();
+        let mut since = RootsSince::new(vec![root("r1", "aa")], 5);
+        since.added("r2", 6);
+        let roots = [root("r1", "aa"), root("r2", "bb")];
+        let behind = summary(&registry(now, 5, "aa"), LEASE, now, &roots, &since, true);
+        let err = check_use_on("cp-b", &behind, "r2").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "1 instance(s) of replica cp-b have not acknowledged a snapshot that trusts root \
+             r2: orders/o-1; wait for them, or force"
+        );
+        let err = check_remove_on("cp-b", &behind, &roots[0]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("still hold a certificate issued by root r1: orders/o-1"),
+            "{err}"
+        );
+        let caught_up = summary(&registry(now, 6, "bb"), LEASE, now, &roots, &since, true);
+        assert!(check_use_on("cp-b", &caught_up, "r2").is_ok());
+        assert!(check_remove_on("cp-b", &caught_up, &roots[0]).is_ok());
+        // A replica that has not loaded the root, or has just started, holds the step back.
+        let err = check_use_on("cp-b", &caught_up, "r3").unwrap_err();
+        assert!(
+            err.to_string().contains("does not trust root r3 yet"),
+            "{err}"
+        );
+        let cold = summary(&registry(now, 6, "bb"), LEASE, now, &roots, &since, false);
+        assert!(check_use_on("cp-b", &cold, "r2").is_err());
+        assert!(check_remove_on("cp-b", &cold, &roots[0]).is_err());
     }
 
     #[test]

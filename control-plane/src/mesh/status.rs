@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::Replicas;
 use super::registry::Registry;
 use crate::ca::{Authority, RootInfo};
 use crate::config::MeshConfig;
@@ -25,6 +26,10 @@ pub struct Status {
     pub issuer_sha256: String,
     /// Every declared service.
     pub services: BTreeMap<String, ServiceStatus>,
+    /// This replica and the leader, when replicas share the CA (Kubernetes mode); absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
 }
 
 /// One service in `/status`.
@@ -148,5 +153,6 @@ pub(super) fn status(
         signer: ca.signer_id().map(str::to_owned),
         issuer_sha256: ca.issuer_sha256().to_owned(),
         services,
+        replicas: None,
     }
 }

@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use mesh_api::certify::CertifyError;
 use mesh_control_plane::client::{self, ClientError, Workload};
-use mesh_control_plane::{ControlPlane, KubernetesOptions, Options};
+use mesh_control_plane::{ControlPlane, ElectionOptions, KubernetesOptions, Options};
 use mesh_kube_testkit::TestCluster;
 use mesh_testkit::ControlPlaneRef;
 use serde_json::{Value, json};
@@ -65,6 +65,30 @@ impl KubeMesh {
     /// Starts a control plane in Kubernetes mode on port 0.
     pub async fn control_plane(&self, replica: &str) -> ControlPlane {
         mesh_control_plane::start(self.options(replica), listeners().await)
+            .await
+            .unwrap_or_else(|e| panic!("start control plane {replica}: {e}"))
+    }
+
+    /// Directories of one replica among several: the same mesh.yaml, a state directory of its
+    /// own (as each pod of a Deployment has).
+    pub fn replica_dirs(&self) -> Dirs {
+        let mesh_yaml = std::fs::read_to_string(self.dirs.config.path().join("mesh.yaml")).unwrap();
+        Dirs::new(&mesh_yaml, &[])
+    }
+
+    /// Starts replica `replica` in Kubernetes mode with `dirs` and `election`'s timing.
+    pub async fn replica(
+        &self,
+        replica: &str,
+        dirs: &Dirs,
+        election: ElectionOptions,
+    ) -> ControlPlane {
+        let mut options = dirs.options();
+        let mut kubernetes = KubernetesOptions::new(Some(self.kubeconfig.clone()));
+        kubernetes.replica = replica.to_owned();
+        kubernetes.election = election;
+        options.kubernetes = Some(kubernetes);
+        mesh_control_plane::start(options, listeners().await)
             .await
             .unwrap_or_else(|e| panic!("start control plane {replica}: {e}"))
     }
@@ -194,7 +218,18 @@ impl KubeMesh {
         service: &str,
         token: &str,
     ) -> Result<Workload, tonic::Status> {
-        let channel = anonymous(cp, &self.dirs).await;
+        self.certify_at(cp, &self.dirs, service, token).await
+    }
+
+    /// [`KubeMesh::certify`] with control plane `cp` of state directory `dirs` (a replica).
+    pub async fn certify_at(
+        &self,
+        cp: &ControlPlane,
+        dirs: &Dirs,
+        service: &str,
+        token: &str,
+    ) -> Result<Workload, tonic::Status> {
+        let channel = anonymous(cp, dirs).await;
         match client::certify(channel, TD, MESH_NAMESPACE, service, token).await {
             Ok(workload) => Ok(workload),
             Err(ClientError::Certify(CertifyError::Refused(status))) => Err(status),
@@ -205,12 +240,17 @@ impl KubeMesh {
     /// A sidecar of `service`: its ServiceAccount (same name) made, a token of it for the
     /// mesh's audience, a certificate for that token, and a channel with that certificate.
     pub async fn sidecar(&self, cp: &ControlPlane, service: &str) -> Sidecar {
+        self.sidecar_at(cp, &self.dirs, service).await
+    }
+
+    /// [`KubeMesh::sidecar`] with control plane `cp` of state directory `dirs` (a replica).
+    pub async fn sidecar_at(&self, cp: &ControlPlane, dirs: &Dirs, service: &str) -> Sidecar {
         let token = self.token(service, AUDIENCE).await;
         let workload = self
-            .certify(cp, service, &token)
+            .certify_at(cp, dirs, service, &token)
             .await
             .unwrap_or_else(|status| panic!("certify {service}: {status:?}"));
-        let roots = client::roots_from_pem(&self.dirs.bundle_pem()).unwrap();
+        let roots = client::roots_from_pem(&dirs.bundle_pem()).unwrap();
         let channel = client::connect(cp.api_addr(), roots, TD, Some(workload.client_cert()))
             .await
             .unwrap();
