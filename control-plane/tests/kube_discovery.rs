@@ -160,7 +160,10 @@ async fn endpoint_slices_say_where_a_services_instances_are_and_edits_reach_side
     let cluster_ip = objects
         .apply_service(
             "inventory",
-            json!([{ "name": "http", "port": 80, "targetPort": 8080 }]),
+            json!([
+                { "name": "http", "port": 80, "targetPort": 8080 },
+                { "name": "cache", "port": 6379, "appProtocol": "redis" },
+            ]),
         )
         .await;
     // Two slices: one address in both, one not ready, one with no condition at all.
@@ -209,6 +212,11 @@ async fn endpoint_slices_say_where_a_services_instances_are_and_edits_reach_side
     assert_eq!(
         inventory.virtual_address, cluster_ip,
         "the ClusterIP is the virtual address"
+    );
+    assert_eq!(
+        inventory.opaque_ports,
+        [6379],
+        "a port whose appProtocol is not HTTP's is opaque TCP"
     );
     let names: Vec<&str> = first.destinations.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["inventory", "payments"]);

@@ -7,7 +7,7 @@
 //! is handed to the mesh at once, which rebuilds the snapshots it changes (coalesced with any
 //! other change) without waiting for the configuration's poll.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -135,7 +135,7 @@ fn run(
         .default_backoff();
         let mut services = std::pin::pin!(services);
         let mut slices = std::pin::pin!(slices);
-        let mut known_services: Watched<Option<IpAddr>> = Watched::default();
+        let mut known_services: Watched<ServiceFacts> = Watched::default();
         let mut known_slices: Watched<Slice> = Watched::default();
         loop {
             let changed = tokio::select! {
@@ -172,15 +172,13 @@ fn run(
 
 /// What the mesh needs of the Services and slices: per Service, its ClusterIP and the ready
 /// addresses of all its slices (an address in two slices counts once).
-fn cluster(
-    services: &BTreeMap<String, Option<IpAddr>>,
-    slices: &BTreeMap<String, Slice>,
-) -> Cluster {
+fn cluster(services: &BTreeMap<String, ServiceFacts>, slices: &BTreeMap<String, Slice>) -> Cluster {
     let mut cluster: Cluster = services
         .iter()
-        .map(|(name, cluster_ip)| {
+        .map(|(name, facts)| {
             let service = ClusterService {
-                cluster_ip: *cluster_ip,
+                cluster_ip: facts.cluster_ip,
+                opaque_ports: facts.opaque_ports.clone(),
                 endpoints: BTreeMap::new(),
             };
             (name.clone(), service)
@@ -196,16 +194,59 @@ fn cluster(
     cluster
 }
 
-/// A Service's name and ClusterIP (`None` for a headless Service, or one without an IP yet).
-fn read_service(service: &Service) -> Option<(String, Option<IpAddr>)> {
+/// What the mesh needs of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ServiceFacts {
+    /// `None` for a headless Service, or one without an IP yet.
+    cluster_ip: Option<IpAddr>,
+    /// Its ports that carry opaque TCP (see [`is_opaque`]).
+    opaque_ports: BTreeSet<u16>,
+}
+
+/// A Service's name, ClusterIP and opaque ports.
+fn read_service(service: &Service) -> Option<(String, ServiceFacts)> {
     let name = service.metadata.name.clone()?;
-    let cluster_ip = service
-        .spec
-        .as_ref()
+    let spec = service.spec.as_ref();
+    let cluster_ip = spec
         .and_then(|spec| spec.cluster_ip.as_deref())
         .and_then(|ip| ip.parse::<IpAddr>().ok())
         .filter(|ip| !ip.is_unspecified());
-    Some((name, cluster_ip))
+    let opaque_ports = spec
+        .and_then(|spec| spec.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|port| is_opaque(port.app_protocol.as_deref(), port.name.as_deref()))
+        .filter_map(|port| u16::try_from(port.port).ok())
+        .collect();
+    Some((
+        name,
+        ServiceFacts {
+            cluster_ip,
+            opaque_ports,
+        },
+    ))
+}
+
+/// Whether a Service port carries opaque TCP rather than HTTP: its `appProtocol` says a
+/// protocol other than HTTP's (`tcp`, `mysql`, `redis`, ...), or, without one, its name is
+/// `tcp` or starts with `tcp-` (the naming convention meshes read). Anything else is detected
+/// per connection: HTTP is served as requests, the rest tunnelled.
+fn is_opaque(app_protocol: Option<&str>, name: Option<&str>) -> bool {
+    const HTTP: [&str; 9] = [
+        "http",
+        "https",
+        "http2",
+        "h2c",
+        "grpc",
+        "kubernetes.io/h2c",
+        "kubernetes.io/ws",
+        "kubernetes.io/wss",
+        "grpc-web",
+    ];
+    match app_protocol.map(str::to_ascii_lowercase) {
+        Some(protocol) if !protocol.is_empty() => !HTTP.contains(&protocol.as_str()),
+        _ => name.is_some_and(|name| name == "tcp" || name.starts_with("tcp-")),
+    }
 }
 
 /// A slice's name, its Service, and its ready addresses. An endpoint is ready unless its
@@ -310,10 +351,10 @@ mod tests {
             }))
             .unwrap()
         };
-        let names = |watched: &Watched<Option<IpAddr>>| -> Vec<String> {
+        let names = |watched: &Watched<ServiceFacts>| -> Vec<String> {
             watched.listed.as_ref().unwrap().keys().cloned().collect()
         };
-        let mut watched: Watched<Option<IpAddr>> = Watched::default();
+        let mut watched: Watched<ServiceFacts> = Watched::default();
         assert!(!watched.apply(Event::Apply(service("early", "10.96.0.1")), read_service));
         assert!(!watched.apply(Event::Init, read_service));
         assert!(!watched.apply(Event::InitApply(service("a", "10.96.0.1")), read_service));
@@ -345,14 +386,38 @@ mod tests {
             }))
             .unwrap()
         };
-        assert_eq!(read_service(&service("None")).unwrap().1, None);
+        assert_eq!(read_service(&service("None")).unwrap().1.cluster_ip, None);
         assert_eq!(
-            read_service(&service("fd00::10")).unwrap().1,
+            read_service(&service("fd00::10")).unwrap().1.cluster_ip,
             Some("fd00::10".parse().unwrap())
         );
         assert_eq!(
-            read_service(&service("10.96.0.10")).unwrap().1,
+            read_service(&service("10.96.0.10")).unwrap().1.cluster_ip,
             Some("10.96.0.10".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn ports_whose_app_protocol_is_not_https_are_opaque() {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": { "name": "cache" },
+            "spec": {
+                "clusterIP": "10.96.0.20",
+                "ports": [
+                    { "name": "http", "port": 80, "appProtocol": "http" },
+                    { "name": "grpc", "port": 9090, "appProtocol": "kubernetes.io/h2c" },
+                    { "name": "redis", "port": 6379, "appProtocol": "redis" },
+                    { "name": "tcp-db", "port": 5432 },
+                    { "name": "web", "port": 8080 },
+                    { "name": "raw", "port": 7000, "appProtocol": "TCP" },
+                ],
+            },
+        }))
+        .unwrap();
+        let facts = read_service(&service).unwrap().1;
+        assert_eq!(
+            facts.opaque_ports.into_iter().collect::<Vec<_>>(),
+            [5432, 6379, 7000]
         );
     }
 
@@ -363,7 +428,7 @@ mod tests {
                 .map(|ip| (ip.parse().unwrap(), String::new()))
                 .collect()
         };
-        let services = BTreeMap::from([("inventory".to_owned(), None)]);
+        let services = BTreeMap::from([("inventory".to_owned(), ServiceFacts::default())]);
         let slices = BTreeMap::from([
             (
                 "a".to_owned(),

@@ -7,7 +7,7 @@
 //! and its instance id. An address whose sidecar has not registered (yet) is dialled at the
 //! injected sidecar's inbound port, so a pod is reachable as soon as the cluster marks it ready.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use super::registry::Registry;
@@ -25,6 +25,8 @@ pub(crate) type Cluster = BTreeMap<String, ClusterService>;
 pub(crate) struct ClusterService {
     /// Its ClusterIP, when it has one (not a headless Service).
     pub(crate) cluster_ip: Option<IpAddr>,
+    /// Its ports that carry opaque TCP (by `appProtocol`), tunnelled without detection.
+    pub(crate) opaque_ports: BTreeSet<u16>,
     /// The ready addresses of its slices, deduplicated, each with the name of the pod behind it
     /// (empty when the slice names none).
     pub(crate) endpoints: BTreeMap<IpAddr, String>,
@@ -123,6 +125,7 @@ mod tests {
     fn service(addresses: &[(&str, &str)]) -> ClusterService {
         ClusterService {
             cluster_ip: None,
+            opaque_ports: BTreeSet::new(),
             endpoints: addresses
                 .iter()
                 .map(|(ip, pod)| (ip.parse().unwrap(), (*pod).to_owned()))

@@ -72,6 +72,9 @@ pub(super) fn snapshot(
                 backends: backends(dest, &members),
                 tcp: dest.tcp.as_ref().map(v1::TcpDestination::from),
                 virtual_address: virtual_address.map(|ip| ip.to_string()).unwrap_or_default(),
+                opaque_ports: in_cluster
+                    .map(|s| s.opaque_ports.iter().copied().map(u32::from).collect())
+                    .unwrap_or_default(),
             }
         })
         .collect();

@@ -155,6 +155,7 @@ impl Applier {
                 let mut value = serde_json::json!({
                     "identity": spec.identity,
                     "virtual_address": spec.virtual_address,
+                    "opaque_ports": spec.opaque_ports,
                     "policy": spec.policy,
                     "backends": backends,
                 });
@@ -287,11 +288,22 @@ fn destination(d: &v1::Destination) -> Result<DestinationSpec, Rejected> {
                 .to_canonical(),
         ),
     };
+    let opaque_ports = d
+        .opaque_ports
+        .iter()
+        .map(|&port| {
+            u16::try_from(port)
+                .ok()
+                .filter(|&port| port != 0)
+                .ok_or_else(|| fail(format!("invalid opaque port {port}")))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(DestinationSpec {
         identity,
         policy,
         backends,
         tcp,
         virtual_address,
+        opaque_ports,
     })
 }

@@ -53,6 +53,8 @@ pub(crate) struct DestinationSpec {
     pub(crate) tcp: Option<TcpDestination>,
     /// The IP the local app reaches it at, when its connections are redirected here.
     pub(crate) virtual_address: Option<IpAddr>,
+    /// Ports of `virtual_address` that carry opaque TCP: tunnelled without detection.
+    pub(crate) opaque_ports: Vec<u16>,
 }
 
 /// The endpoints of one version of a destination, and its share of requests.
@@ -78,6 +80,7 @@ impl From<&Destination> for DestinationSpec {
             }],
             tcp: dest.tcp,
             virtual_address: dest.virtual_address,
+            opaque_ports: Vec::new(),
         }
     }
 }
@@ -337,6 +340,12 @@ impl DestinationStack {
     /// HTTP destination, with or without a listener.
     pub(crate) fn tcp(&self) -> Option<TcpDestination> {
         self.spec.tcp.filter(|tcp| !tcp.detect)
+    }
+
+    /// Whether a connection redirected to `port` of the destination is tunnelled at once,
+    /// without detection: a `protocol: tcp` destination, or an opaque port of its Service.
+    pub(crate) fn skips_detection(&self, port: u16) -> bool {
+        self.tcp().is_some() || self.spec.opaque_ports.contains(&port)
     }
 
     /// The destination's own listener, whether it detects or only tunnels.

@@ -1,9 +1,10 @@
 //! Opaque TCP the redirect rules sent to the outbound listener: the address the app dialled (its
 //! original destination) names the destination, a service's virtual address or one of its
 //! endpoints, and the connection is tunnelled to it as a destination's listener would tunnel
-//! it (`tunnel.rs`). A destination declared `protocol: tcp` is tunnelled before any byte is
-//! read, since its server may speak first; others only once detection found no HTTP (or heard
-//! nothing within `detect_timeout`: a server that speaks first).
+//! it (`tunnel.rs`). A destination declared `protocol: tcp`, or a port its Service marks as
+//! opaque (`opaque_ports`), is tunnelled before any byte is read, since its server may speak
+//! first; others only once detection found no HTTP (or heard nothing within `detect_timeout`:
+//! a server that speaks first).
 //!
 //! A connection whose original destination is no destination of this sidecar is outside the
 //! mesh, and `outbound.unknown` decides: `passthrough` connects to that address directly, in
@@ -46,13 +47,14 @@ pub(crate) struct RedirectedTcp {
 // === impl RedirectedTcp ===
 
 impl RedirectedTcp {
-    /// Whether a connection dialled to `original` goes to a `protocol: tcp` destination, to be
-    /// tunnelled without waiting for the client to speak.
+    /// Whether a connection dialled to `original` goes to a `protocol: tcp` destination or an
+    /// opaque port of one (its Service's `appProtocol`), to be tunnelled without waiting for
+    /// the client to speak.
     pub(crate) fn skips_detection(&self, original: SocketAddr) -> bool {
         self.destinations
             .borrow()
             .by_address(original)
-            .is_some_and(|(_, stack)| stack.tcp().is_some())
+            .is_some_and(|(_, stack)| stack.skips_detection(original.port()))
     }
 
     /// Tunnels `io` to the destination at `original`; when there is none, passes it through

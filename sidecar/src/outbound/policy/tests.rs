@@ -39,6 +39,7 @@ fn spec(
         }],
         tcp: None,
         virtual_address: virtual_address.map(|ip| ip.parse().unwrap()),
+        opaque_ports: Vec::new(),
     };
     (name.to_owned(), spec)
 }
@@ -166,4 +167,19 @@ fn a_new_table_indexes_its_own_addresses() {
     assert_eq!(lookup(&new, "127.240.0.10:80"), None);
     assert_eq!(lookup(&new, "127.0.0.1:4001"), None);
     assert_eq!(lookup(&new, "127.0.0.1:4005").as_deref(), Some("inventory"));
+}
+
+#[test]
+fn opaque_ports_skip_detection_and_other_ports_do_not() {
+    let (name, mut cache) = spec("cache", Some("127.240.0.20"), &["127.0.0.1:16006"]);
+    cache.opaque_ports = vec![6379];
+    let table = table(vec![(name, cache)]);
+    let (_, stack) = table
+        .by_address("127.240.0.20:6379".parse().unwrap())
+        .unwrap();
+    assert!(stack.skips_detection(6379), "the opaque port");
+    assert!(
+        !stack.skips_detection(80),
+        "another port of the same address"
+    );
 }
