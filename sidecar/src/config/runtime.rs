@@ -12,10 +12,10 @@ use mesh_api::policy::DestinationPolicy;
 pub use mesh_api::tcp::TcpDestination;
 use serde::{Serialize, Serializer};
 
-use super::gateway::GatewayConfig;
 use crate::identity::SpiffeId;
 use crate::redirect::PortRange;
 use crate::telemetry::TracingConfig;
+use mesh_api::gateway::GatewayConfig;
 
 /// Default outbound listener, where the local app sends plain HTTP.
 pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:15001";
