@@ -227,6 +227,23 @@ impl Hostname {
 // === impl GatewayFile ===
 
 impl GatewayFile {
+    /// The service names of every route's `backendRefs`, each with its field path (relative to
+    /// the file), for checks only the writer's context can make.
+    pub fn backend_names(&self) -> Vec<(String, &str)> {
+        let mut names = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            for (j, rule) in route.rules.iter().enumerate() {
+                for (k, backend) in rule.backend_refs.iter().enumerate() {
+                    if let Some(name) = &backend.name {
+                        let path = format!("routes[{i}].rules[{j}].backendRefs[{k}].name");
+                        names.push((path, name.as_str()));
+                    }
+                }
+            }
+        }
+        names
+    }
+
     /// Whether nothing is written (`gateway: {}`): the listeners and routes come from elsewhere.
     pub fn is_empty(&self) -> bool {
         self.listeners.is_empty()
