@@ -44,6 +44,9 @@ pub struct Config {
     pub app: SocketAddr,
     /// Gateway mode: outside clients' HTTP routed to destinations; then there is no app.
     pub gateway: Option<GatewayConfig>,
+    /// What relative paths in configuration pushed later (a gateway's certificate files) are
+    /// relative to: the bootstrap file's directory.
+    pub base_dir: std::path::PathBuf,
     /// Listener addresses.
     pub listen: ListenAddrs,
     /// The version of the app, for traffic splits (`v1` unless set).

@@ -314,6 +314,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         identity: identity?,
         app: app?,
         gateway,
+        base_dir: base.to_path_buf(),
         listen,
         version,
         instance: file.instance,

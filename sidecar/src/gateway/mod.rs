@@ -12,4 +12,5 @@ pub(crate) mod accept;
 pub(crate) mod certificates;
 pub(crate) mod edge;
 pub(crate) mod listener;
+pub(crate) mod live;
 pub(crate) mod routes;
