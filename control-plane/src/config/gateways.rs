@@ -140,6 +140,20 @@ mod tests {
     const WEB: &str = "listeners: [{ name: web, address: \"127.0.0.1:8080\", protocol: HTTP }]\n";
 
     #[test]
+    fn the_example_gateway_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mesh");
+        let config = super::super::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let gateway = &config.gateways["gateway"];
+        let names: Vec<&str> = gateway
+            .config
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(names, ["web", "websecure"]);
+    }
+
+    #[test]
     fn a_gateway_file_is_read_with_its_source() {
         let text = format!(
             "{WEB}routes:\n  - {{ name: shop, parentRefs: [{{ name: web }}], hostnames: [shop.example.com], rules: [{{ backendRefs: [{{ name: storefront }}] }}] }}\n"

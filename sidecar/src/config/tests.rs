@@ -602,6 +602,7 @@ fn the_example_bootstrap_files_parse() {
     for file in [
         "config/sidecars/orders.yaml",
         "config/sidecars/inventory.yaml",
+        "config/sidecars/gateway.yaml",
         "config/examples/orders.yaml",
         "config/examples/inventory.yaml",
     ] {
