@@ -22,7 +22,10 @@ const LIVE: Duration = Duration::from_secs(5);
 /// `storefront`, their sidecars and echo apps, and a gateway process whose bootstrap says only
 /// `gateway: {}`.
 struct PushedEdge {
-    cluster: LocalControlPlane,
+    config: tempfile::TempDir,
+    state: tempfile::TempDir,
+    /// `None` once stopped.
+    control_plane: Option<mesh_control_plane::ControlPlane>,
     _mesh: TestMesh,
     _services: Vec<Sidecar>,
     gateway: KillOnDrop,
@@ -31,8 +34,15 @@ struct PushedEdge {
 }
 
 impl PushedEdge {
-    /// Starts with `gateways/gateway.yaml` = `file` (`{web}` replaced by the `web` address).
+    /// Starts with `gateways/gateway.yaml` = `file` (`{web}` replaced by the `web` address) and
+    /// `gateway: {}` in the gateway's bootstrap.
     async fn start(file: &str) -> Self {
+        Self::start_with(file, "{}").await
+    }
+
+    /// Starts with `gateways/gateway.yaml` = `file`, unless empty, and `gateway: <bootstrap>`
+    /// in the gateway's bootstrap (`{web}` replaced by the `web` address in both).
+    async fn start_with(file: &str, bootstrap: &str) -> Self {
         let cluster = LocalControlPlane::start(&[
             ("gateway", "name: gateway\ncalls: [orders, storefront]\n"),
             ("orders", "name: orders\n"),
@@ -41,11 +51,13 @@ impl PushedEdge {
         .await;
         let web = free_port();
         std::fs::create_dir(cluster.config_dir().join("gateways")).unwrap();
-        std::fs::write(
-            cluster.config_dir().join("gateways/gateway.yaml"),
-            file.replace("{web}", &web.to_string()),
-        )
-        .unwrap();
+        if !file.is_empty() {
+            std::fs::write(
+                cluster.config_dir().join("gateways/gateway.yaml"),
+                file.replace("{web}", &web.to_string()),
+            )
+            .unwrap();
+        }
         let mesh = TestMesh::new();
         let mut services = Vec::new();
         for service in ["orders", "storefront"] {
@@ -61,10 +73,11 @@ impl PushedEdge {
         let bootstrap = format!(
             "service: gateway\ntrust_domain: mesh.local\n\
              listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
-             drain_timeout: 1s\n\
+             drain_timeout: 5s\n\
              control_plane: {{ address: \"{cp}\", trust_anchor: ca.pem, token_file: tokens/gateway }}\n\
-             gateway: {{}}\n",
+             gateway: {gateway}\n",
             cp = cluster.control_plane.api_addr(),
+            gateway = bootstrap.replace("{web}", &web.to_string()),
         );
         let bootstrap_file = cluster.state().join("gateway.yaml");
         std::fs::write(&bootstrap_file, bootstrap).unwrap();
@@ -78,8 +91,15 @@ impl PushedEdge {
             |_| std::fs::read_to_string(&log).unwrap_or_default(),
         )
         .await;
+        let LocalControlPlane {
+            _config: config,
+            state,
+            control_plane,
+        } = cluster;
         Self {
-            cluster,
+            config,
+            state,
+            control_plane: Some(control_plane),
             _mesh: mesh,
             _services: services,
             gateway,
@@ -88,7 +108,11 @@ impl PushedEdge {
     }
 
     fn gateway_file(&self) -> PathBuf {
-        self.cluster.config_dir().join("gateways/gateway.yaml")
+        self.config.path().join("gateways/gateway.yaml")
+    }
+
+    fn control_plane(&self) -> &mesh_control_plane::ControlPlane {
+        self.control_plane.as_ref().unwrap()
     }
 
     /// Replaces the gateway file (`{web}` replaced by the first `web` address).
@@ -100,7 +124,7 @@ impl PushedEdge {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.cluster.state().join("gateway.log")).unwrap_or_default()
+        std::fs::read_to_string(self.state.path().join("gateway.log")).unwrap_or_default()
     }
 
     /// The gateway has not exited (no restart happened behind the test's back).
@@ -124,7 +148,7 @@ impl PushedEdge {
 
     /// The control plane's count of refused configuration changes.
     async fn refused_changes(&self) -> f64 {
-        let url = format!("http://{}/metrics", self.cluster.control_plane.admin_addr());
+        let url = format!("http://{}/metrics", self.control_plane().admin_addr());
         let text = client::text(client::get_url(&url).await).await;
         mesh_testkit::metrics::value(
             &text,
@@ -222,7 +246,7 @@ routes:
         }
     });
     errors.await;
-    let invalid = mesh_control_plane::config::load(edge.cluster.config_dir())
+    let invalid = mesh_control_plane::config::load(edge.config.path())
         .unwrap_err()
         .to_string();
     assert!(
@@ -303,6 +327,66 @@ routes:
     edge.still_running();
     let log = edge.log();
     assert!(log.contains("gateway listener stopping"), "{log}");
+}
+
+#[tokio::test]
+async fn the_control_planes_gateway_wins_over_the_bootstraps_and_outlives_the_control_plane() {
+    let bootstrap = "\
+{ listeners: [{ name: web, address: \"{web}\", protocol: HTTP }], \
+routes: [{ name: shop, parentRefs: [{ name: web }], hostnames: [shop.example.com], \
+rules: [{ backendRefs: [{ name: orders }] }] }] }";
+    // Declared by the bootstrap alone: its routes.
+    let mut edge = PushedEdge::start_with("", bootstrap).await;
+    edge.until_served(edge.web, "shop.example.com", "orders")
+        .await;
+    // Declared by the control plane too: the control plane's.
+    edge.edit(FIRST);
+    edge.until_served(edge.web, "shop.example.com", "storefront")
+        .await;
+    // No longer declared there: the bootstrap's again.
+    std::fs::remove_file(edge.gateway_file()).unwrap();
+    edge.until_served(edge.web, "shop.example.com", "orders")
+        .await;
+    edge.edit(FIRST);
+    edge.until_served(edge.web, "shop.example.com", "storefront")
+        .await;
+
+    // The control plane gone, the gateway keeps what it applied last.
+    edge.control_plane.take().unwrap().stop().await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            served(edge.web, "shop.example.com", "/").await,
+            Ok("storefront".to_owned())
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    edge.still_running();
+}
+
+#[tokio::test]
+async fn a_removed_listener_finishes_the_requests_it_has_open() {
+    let edge = PushedEdge::start(FIRST).await;
+    edge.until_served(edge.web, "shop.example.com", "storefront")
+        .await;
+    let other = free_port();
+    let in_flight = tokio::spawn(served(edge.web, "shop.example.com", "/delay/3000"));
+    // Moved to another address: the old one stops accepting while the request runs.
+    edge.edit(&FIRST.replace("{web}", &other.to_string()));
+    let web = edge.web;
+    eventually("the old address to stop accepting", LIVE, || async move {
+        match tokio::net::TcpStream::connect(web).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the request ended before the listener stopped"
+    );
+    assert_eq!(in_flight.await.unwrap(), Ok("storefront".to_owned()));
+    edge.until_served(other, "shop.example.com", "storefront")
+        .await;
 }
 
 /// `curl` over TLS to `host` on `listener`, trusting `ca`: the body, or curl's error.
