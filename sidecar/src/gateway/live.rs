@@ -244,3 +244,31 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pushed_gateway_is_held_to_the_bootstraps_rules_with_paths_from_its_directory() {
+        let good = "listeners:\n\
+            \x20 - name: websecure\n\
+            \x20   address: 127.0.0.1:8443\n\
+            \x20   protocol: HTTPS\n\
+            \x20   tls: { certificates: [{ cert: certs/shop.pem, key: /etc/shop-key.pem }] }\n";
+        let config = parse(good, Path::new("/etc/mesh")).unwrap();
+        let certificates = config.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(certificates[0].cert, Path::new("/etc/mesh/certs/shop.pem"));
+        assert_eq!(certificates[0].key, Path::new("/etc/shop-key.pem"));
+
+        let bad =
+            format!("{good}routes: [{{ name: shop, parentRefs: [{{ name: web }}], rules: [] }}]\n");
+        assert_eq!(
+            parse(&bad, Path::new("/")).unwrap_err(),
+            "routes[0].parentRefs[0].name: no listener named \"web\"; \
+             routes[0].rules: at least one rule"
+        );
+        let unknown = parse("listeners: []\nroute: []\n", Path::new("/")).unwrap_err();
+        assert!(unknown.contains("route"), "{unknown}");
+    }
+}
