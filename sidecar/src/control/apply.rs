@@ -192,6 +192,7 @@ impl Applier {
             "rate_limit": checked.rate_limit,
             "trust_bundle_sha256": roots,
             "issuer_sha256": snapshot.issuer_sha256,
+            "gateway": checked.gateway.as_deref(),
         });
         let mut body = serde_json::to_vec_pretty(&json).ok()?;
         body.push(b'\n');

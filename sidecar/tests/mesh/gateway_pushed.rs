@@ -31,6 +31,8 @@ struct PushedEdge {
     gateway: KillOnDrop,
     /// The `web` listener of the first gateway file.
     web: SocketAddr,
+    /// The gateway's admin endpoint.
+    admin: SocketAddr,
 }
 
 impl PushedEdge {
@@ -104,6 +106,7 @@ impl PushedEdge {
             _services: services,
             gateway,
             web,
+            admin,
         }
     }
 
@@ -223,6 +226,12 @@ routes:
     assert_eq!(
         served(edge.web, "shop.example.com", "/").await,
         Ok("storefront".to_owned())
+    );
+    let rsp = client::get_url(&format!("http://{}/snapshot", edge.admin)).await;
+    let snapshot = client::json(rsp).await;
+    assert_eq!(
+        snapshot["gateway"]["routes"][1]["name"], "admin-site",
+        "{snapshot}"
     );
     edge.still_running();
 
