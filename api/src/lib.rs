@@ -33,6 +33,7 @@ pub mod backend_ref;
 pub mod certify;
 pub mod channel;
 pub mod fault;
+pub mod gateway;
 pub mod host_port;
 pub mod log_limit;
 pub mod policy;

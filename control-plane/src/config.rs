@@ -54,9 +54,11 @@ use mesh_api::validate::{Errors, check_label, duration};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
+pub use self::gateways::{DeclaredGateway, GATEWAYS_DIR};
 pub use self::limits::{AdminLimits, ApiLimits, Cidr, RateLimits, RegistrationSettings};
 pub use self::virtual_addresses::{DEFAULT_RANGE, VirtualAddressSettings};
 
+mod gateways;
 mod limits;
 mod virtual_addresses;
 
@@ -96,6 +98,9 @@ pub struct MeshConfig {
     pub admin: AdminLimits,
     /// Where services' virtual addresses come from.
     pub virtual_addresses: VirtualAddressSettings,
+    /// The gateways' listeners and routes (`gateways/<service>.yaml`), by service.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub gateways: BTreeMap<String, DeclaredGateway>,
 }
 
 /// How the registry keeps instances.
@@ -293,6 +298,32 @@ fn read_some(dir: &Path, services: Option<&Path>) -> Result<ConfigFiles, Invalid
             format!("cannot read directory: {e}"),
         )),
     }
+    // Gateways are declared next to mesh.yaml, wherever the services are.
+    match std::fs::read_dir(dir.join(GATEWAYS_DIR)) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+                if yaml && !name.starts_with('.') && entry.path().is_file() {
+                    let name = format!("{GATEWAYS_DIR}/{name}");
+                    match std::fs::read(entry.path()) {
+                        Ok(bytes) => {
+                            files.insert(name, bytes);
+                        }
+                        Err(e) => {
+                            errors.push(file_error(&name, "", format!("cannot read file: {e}")))
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(file_error(
+            GATEWAYS_DIR,
+            "",
+            format!("cannot read directory: {e}"),
+        )),
+    }
     if errors.is_empty() {
         Ok(files)
     } else {
@@ -321,7 +352,11 @@ pub fn parse(files: &ConfigFiles) -> Result<MeshConfig, InvalidConfig> {
     // Without a readable mesh.yaml the services are still checked (against empty defaults), so
     // one run reports everything.
     let config = match mesh {
-        Some(mesh) => Some(validate(mesh, service_files, &mut errors)),
+        Some(mesh) => {
+            let mut config = validate(mesh, service_files, &mut errors);
+            config.gateways = gateways::validate(files, &config.services, &mut errors);
+            Some(config)
+        }
         None => {
             let mut ignored = Vec::new();
             let placeholder = MeshFile {
@@ -534,6 +569,7 @@ fn validate(
         registration,
         admin,
         virtual_addresses,
+        gateways: BTreeMap::new(),
     }
 }
 

@@ -169,6 +169,7 @@ fn snapshots(corpus: &Path) {
                     .then(|| v1::RateLimit::from(&svc.rate_limit)),
                 destinations,
                 certificate_lifetime_secs: mesh.certificate_lifetime.as_secs(),
+                gateway: None,
             };
             write(
                 &dir,

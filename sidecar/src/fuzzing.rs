@@ -58,6 +58,10 @@ impl SnapshotTarget {
             metrics,
             config.connect_timeout,
             Arc::new(ArcSwapOption::empty()),
+            (
+                tokio::sync::watch::channel(None).0,
+                std::path::PathBuf::new(),
+            ),
         );
         Self {
             applier,

@@ -197,6 +197,8 @@ pub async fn run(
         Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
+    // The gateway configuration the control plane declares, if any: it wins over the bootstrap's.
+    let (pushed_gateway_tx, pushed_gateway) = tokio::sync::watch::channel(None);
     let controlled = Controlled {
         identity: identity.clone(),
         destinations: destinations_tx.clone(),
@@ -206,6 +208,7 @@ pub async fn run(
         app_health,
         inbound_addr,
         admin_addr,
+        gateway: pushed_gateway_tx,
     };
     if let Some(address) = &cp_address {
         admin.waiting_for(Some(format!(
@@ -274,20 +277,22 @@ pub async fn run(
         connect_timeout: config.connect_timeout,
         log_limit: mesh_api::log_limit::LogLimit::new(10),
     });
-    let gateway_tasks = match &config.gateway {
+    let gateway_task = match &config.gateway {
         Some(gateway) => {
-            let bound = gateway::accept::bind(gateway, &drain.token).await?;
             let outbound = outbound.clone();
-            gateway::accept::spawn(
-                gateway,
-                bound,
-                move |req| outbound.clone().handle(req),
-                (&config.limits.outbound, outbound_cap.clone()),
-                drain.clone(),
-                metrics.clone(),
+            Some(
+                gateway::live::start(
+                    gateway.clone(),
+                    pushed_gateway,
+                    move |req| outbound.clone().handle(req),
+                    (&config.limits.outbound, outbound_cap.clone()),
+                    drain.clone(),
+                    metrics.clone(),
+                )
+                .await?,
             )
         }
-        None => Vec::new(),
+        None => None,
     };
     let outbound_task = outbound::accept::spawn(
         listeners.outbound,
@@ -343,7 +348,7 @@ pub async fn run(
     outbound_done?;
     inbound_done?;
     tcp_task.await?;
-    for task in gateway_tasks {
+    if let Some(task) = gateway_task {
         task.await?;
     }
     admin_server.stop().await;

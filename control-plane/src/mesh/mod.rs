@@ -721,6 +721,7 @@ fn same_content(current: &v1::Snapshot, next: &v1::Snapshot) -> bool {
         rate_limit,
         destinations,
         certificate_lifetime_secs,
+        gateway,
     } = current;
     *trust_bundle_der == next.trust_bundle_der
         && *issuer_sha256 == next.issuer_sha256
@@ -728,6 +729,7 @@ fn same_content(current: &v1::Snapshot, next: &v1::Snapshot) -> bool {
         && *rate_limit == next.rate_limit
         && *destinations == next.destinations
         && *certificate_lifetime_secs == next.certificate_lifetime_secs
+        && *gateway == next.gateway
 }
 
 #[cfg(test)]

@@ -86,6 +86,9 @@ pub(super) fn snapshot(
         rate_limit: (!svc.rate_limit.is_empty()).then(|| v1::RateLimit::from(&svc.rate_limit)),
         destinations,
         certificate_lifetime_secs: config.certificate_lifetime.as_secs(),
+        gateway: config.gateways.get(service).map(|g| v1::Gateway {
+            yaml: g.source.clone(),
+        }),
     }
 }
 

@@ -16,7 +16,6 @@
 //! `destinations`), or from the control plane (`control_plane`), which issues the certificate
 //! from a CSR and pushes destinations, policy and authorization as they change.
 
-mod gateway;
 mod limits;
 mod parse;
 mod runtime;
@@ -30,10 +29,6 @@ pub use mesh_api::policy;
 pub use mesh_api::validate::ConfigError;
 use mesh_api::validate::Errors;
 
-pub use self::gateway::{
-    CertificatePaths, GatewayClients, GatewayConfig, GatewayListener, GatewayRoute, GatewayRule,
-    Hostname,
-};
 pub use self::policy::{
     Backoff, BreakerPolicy, Budget, DestinationPolicy, LoadBalancer, RetryOn, RetryPolicy,
 };
@@ -48,6 +43,10 @@ pub use self::runtime::{
 use self::schema::File;
 use self::validate::validate;
 use crate::identity::Credentials;
+pub use mesh_api::gateway::{
+    CertificatePaths, GatewayClients, GatewayConfig, GatewayListener, GatewayRoute, GatewayRule,
+    Hostname,
+};
 
 /// Every problem found in a bootstrap.
 #[derive(Debug)]

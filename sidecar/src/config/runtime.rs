@@ -12,10 +12,10 @@ use mesh_api::policy::DestinationPolicy;
 pub use mesh_api::tcp::TcpDestination;
 use serde::{Serialize, Serializer};
 
-use super::gateway::GatewayConfig;
 use crate::identity::SpiffeId;
 use crate::redirect::PortRange;
 use crate::telemetry::TracingConfig;
+use mesh_api::gateway::GatewayConfig;
 
 /// Default outbound listener, where the local app sends plain HTTP.
 pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:15001";
@@ -44,6 +44,9 @@ pub struct Config {
     pub app: SocketAddr,
     /// Gateway mode: outside clients' HTTP routed to destinations; then there is no app.
     pub gateway: Option<GatewayConfig>,
+    /// What relative paths in configuration pushed later (a gateway's certificate files) are
+    /// relative to: the bootstrap file's directory.
+    pub base_dir: std::path::PathBuf,
     /// Listener addresses.
     pub listen: ListenAddrs,
     /// The version of the app, for traffic splits (`v1` unless set).

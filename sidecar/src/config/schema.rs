@@ -55,7 +55,7 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) inbound: InboundFile,
     #[serde(default)]
-    pub(super) gateway: Option<super::gateway::GatewayFile>,
+    pub(super) gateway: Option<mesh_api::gateway::GatewayFile>,
 }
 
 /// `inbound:`, how the inbound listener treats plain connections.

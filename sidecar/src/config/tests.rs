@@ -602,6 +602,7 @@ fn the_example_bootstrap_files_parse() {
     for file in [
         "config/sidecars/orders.yaml",
         "config/sidecars/inventory.yaml",
+        "config/sidecars/gateway.yaml",
         "config/examples/orders.yaml",
         "config/examples/inventory.yaml",
     ] {
@@ -955,5 +956,29 @@ fn gateway_client_limits_are_read_and_checked() {
             "gateway.clients.max_header_bytes",
             "gateway.clients.rate_limit.requests_per_second"
         ]
+    );
+}
+
+#[test]
+fn an_empty_gateway_section_leaves_the_listeners_to_the_control_plane() {
+    let empty = GATEWAY
+        .split_once("gateway:\n")
+        .map(|(head, _)| format!("{head}gateway: {{}}\n"))
+        .unwrap();
+    let config = Config::from_yaml(&empty, Path::new("/base")).unwrap();
+    assert!(config.gateway.as_ref().unwrap().is_unset());
+    assert_eq!(config.base_dir, Path::new("/base"));
+    // Without a control plane nothing would ever declare them.
+    let alone = empty.replace(
+        "control_plane: { address: \"127.0.0.1:15010\", trust_anchor: ca.pem, token_file: token }\n",
+        "tls: { cert: c.pem, key: k.pem, trust_bundle: ca.pem }\n",
+    );
+    let found: Vec<String> = errors(&alone)
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
+    assert_eq!(
+        found,
+        ["gateway.listeners: at least one listener is needed"]
     );
 }

@@ -40,9 +40,15 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
             None
         }
     };
-    let gateway = file
-        .gateway
-        .map(|gateway| super::gateway::validate(gateway, base, errors));
+    // `gateway: {}` with a control plane: the control plane declares the listeners and routes.
+    let from_control_plane = file.control_plane.is_some();
+    let gateway = file.gateway.map(|gateway| {
+        if gateway.is_empty() && from_control_plane {
+            mesh_api::gateway::GatewayConfig::unset()
+        } else {
+            mesh_api::gateway::validate(gateway, "gateway", base, errors)
+        }
+    });
     let app = match (&file.app, &gateway) {
         (Some(app), None) => socket_addr(errors, "app", app),
         (None, None) => {
@@ -308,6 +314,7 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         identity: identity?,
         app: app?,
         gateway,
+        base_dir: base.to_path_buf(),
         listen,
         version,
         instance: file.instance,

@@ -5,6 +5,7 @@
 //! the destination stack they started with; new requests see the new table.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use rustls::pki_types::CertificateDer;
 use std::sync::RwLock;
 use tokio::sync::{Notify, watch};
 
-use crate::config::{DestinationPolicy, TcpDestination};
+use crate::config::{DestinationPolicy, GatewayConfig, TcpDestination};
 use crate::identity::{Identity, SpiffeId, trust_store};
 use crate::inbound::Inbound;
 use crate::metrics::{ControlMetrics, Metrics};
@@ -36,6 +37,8 @@ pub(crate) enum Rejected {
     Destination { name: String, error: String },
     #[error("building destinations: {0}")]
     Build(crate::identity::CredentialsError),
+    #[error("gateway: {0}")]
+    Gateway(String),
 }
 
 /// Everything a snapshot changes.
@@ -51,6 +54,9 @@ pub(crate) struct Applier {
     pub(crate) applied: AtomicU64,
     /// Fires when the first snapshot is in force.
     pub(crate) first: watch::Sender<bool>,
+    /// The gateway configuration the control plane declares, and where its relative
+    /// certificate paths start.
+    pub(crate) gateway: (watch::Sender<Option<Arc<GatewayConfig>>>, PathBuf),
     /// The admin endpoint's `/snapshot`.
     json: Arc<ArcSwapOption<Bytes>>,
     last_bundle: RwLock<Vec<Vec<u8>>>,
@@ -63,6 +69,7 @@ struct Checked {
     authorization: AuthorizationPolicy,
     rate_limit: RateLimitPolicy,
     destinations: Vec<(String, DestinationSpec)>,
+    gateway: Option<Arc<GatewayConfig>>,
 }
 
 impl Applier {
@@ -73,9 +80,11 @@ impl Applier {
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
         json: Arc<ArcSwapOption<Bytes>>,
+        gateway: (watch::Sender<Option<Arc<GatewayConfig>>>, PathBuf),
     ) -> Self {
         Self {
             json,
+            gateway,
             identity,
             destinations,
             inbound,
@@ -124,6 +133,13 @@ impl Applier {
         self.destinations.send_replace(Arc::new(table));
         self.inbound.set_authorization(checked.authorization);
         self.inbound.set_rate_limit(checked.rate_limit);
+        self.gateway.0.send_if_modified(|current| {
+            let changed = *current != checked.gateway;
+            if changed {
+                current.clone_from(&checked.gateway);
+            }
+            changed
+        });
         self.applied.store(snapshot.version, Ordering::Release);
         self.control()
             .snapshot_version
@@ -177,6 +193,7 @@ impl Applier {
             "rate_limit": checked.rate_limit,
             "trust_bundle_sha256": roots,
             "issuer_sha256": snapshot.issuer_sha256,
+            "gateway": checked.gateway.as_deref(),
         });
         let mut body = serde_json::to_vec_pretty(&json).ok()?;
         body.push(b'\n');
@@ -231,11 +248,19 @@ impl Applier {
             .iter()
             .map(|d| destination(d).map(|spec| (d.name.clone(), spec)))
             .collect::<Result<_, _>>()?;
+        let gateway = match &snapshot.gateway {
+            None => None,
+            Some(pushed) => Some(Arc::new(
+                crate::gateway::live::parse(&pushed.yaml, &self.gateway.1)
+                    .map_err(Rejected::Gateway)?,
+            )),
+        };
         Ok(Checked {
             bundle,
             authorization,
             rate_limit,
             destinations,
+            gateway,
         })
     }
 }

@@ -63,6 +63,8 @@ pub(crate) struct Controlled {
     pub(crate) inbound_addr: Option<SocketAddr>,
     /// The admin listener's bound address, registered for operator tools.
     pub(crate) admin_addr: SocketAddr,
+    /// Where the gateway configuration the control plane declares goes.
+    pub(crate) gateway: tokio::sync::watch::Sender<Option<Arc<crate::config::GatewayConfig>>>,
 }
 
 /// How the control plane's part of a sidecar started.
@@ -186,6 +188,7 @@ pub(crate) async fn start(
         app_health,
         inbound_addr,
         admin_addr: admin_address,
+        gateway,
     } = controlled;
     let cp_tls = identity.client_config(&channel::control_plane_id(&config.trust_domain)?)?;
     let channel = channel::channel(client.config.address.clone(), cp_tls);
@@ -196,6 +199,7 @@ pub(crate) async fn start(
         metrics.clone(),
         config.connect_timeout,
         snapshot_json,
+        (gateway, config.base_dir.clone()),
     ));
     let instance = InstanceInfo {
         id: config.instance.clone().unwrap_or_else(|| {

@@ -1,5 +1,6 @@
-//! The gateway's listeners: bound at start, each serving HTTP/1.1 and HTTP/2 from outside
-//! clients under the outbound listener's `limits`, every request to its [`GatewayListener`].
+//! One gateway listener: bound (loading and watching its certificates), then serving HTTP/1.1
+//! and HTTP/2 from outside clients under the outbound listener's `limits`, every request to
+//! the [`GatewayListener`] in force when it arrives.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,13 +11,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
-use crate::config::{GatewayConfig, HttpListenerLimits};
+use crate::config::{GatewayListener as ListenerConfig, HttpListenerLimits};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::accept::serve_http;
 use crate::serve::{self, ConnectionCap, Drain, http_server};
@@ -58,112 +60,90 @@ pub(crate) struct Bound {
     tls: Option<TlsAcceptor>,
 }
 
-/// Binds every listener of `config`, in order, loading HTTPS listeners' certificates, which
-/// are then watched until `stop`.
+/// Binds `listener` (`gateway.listeners[index]`), loading its certificates, which are then
+/// watched until `stop`.
 pub(crate) async fn bind(
-    config: &GatewayConfig,
+    listener: &ListenerConfig,
+    index: usize,
     stop: &CancellationToken,
-) -> Result<Vec<Bound>, GatewayStartError> {
-    let mut bound = Vec::with_capacity(config.listeners.len());
-    for (index, listener) in config.listeners.iter().enumerate() {
-        let name = || listener.name.clone();
-        let tls = match &listener.tls {
-            Some(paths) => {
-                let certificates = SniCertificates::load(paths).map_err(|cause| {
-                    GatewayStartError::Certificate {
-                        index,
-                        name: name(),
-                        cause,
-                    }
-                })?;
-                let server =
-                    certificates
-                        .server_config()
-                        .map_err(|cause| GatewayStartError::Tls {
-                            index,
-                            name: name(),
-                            cause,
-                        })?;
-                certificates.watch(stop.clone());
-                Some(TlsAcceptor::from(server))
-            }
-            None => None,
-        };
-        let tcp =
-            TcpListener::bind(listener.address)
-                .await
-                .map_err(|cause| GatewayStartError::Bind {
+) -> Result<Bound, GatewayStartError> {
+    let name = || listener.name.clone();
+    let tls = match &listener.tls {
+        Some(paths) => {
+            let certificates =
+                SniCertificates::load(paths).map_err(|cause| GatewayStartError::Certificate {
                     index,
                     name: name(),
-                    address: listener.address,
                     cause,
                 })?;
-        if let Ok(address) = tcp.local_addr() {
-            ::tracing::info!(listener = %listener.name, %address, https = tls.is_some(),
-                "gateway listening");
+            let server = certificates
+                .server_config()
+                .map_err(|cause| GatewayStartError::Tls {
+                    index,
+                    name: name(),
+                    cause,
+                })?;
+            certificates.watch(stop.clone());
+            Some(TlsAcceptor::from(server))
         }
-        bound.push(Bound { tcp, tls });
+        None => None,
+    };
+    let tcp =
+        TcpListener::bind(listener.address)
+            .await
+            .map_err(|cause| GatewayStartError::Bind {
+                index,
+                name: name(),
+                address: listener.address,
+                cause,
+            })?;
+    if let Ok(address) = tcp.local_addr() {
+        ::tracing::info!(listener = %listener.name, %address, https = tls.is_some(),
+            "gateway listening");
     }
-    Ok(bound)
+    Ok(Bound { tcp, tls })
 }
 
-/// Serves the `bound` listeners of `config` until `drain`; each request routed, then given to
-/// `forward` (the outbound proxy).
+/// Serves `bound` until `drain`, each request to the handler `handler` holds when it arrives.
+/// `limits.max_header_bytes` is the clients' header limit, which hyper enforces on HTTP/1.1
+/// with 431 itself.
 pub(crate) fn spawn<F, Fut>(
-    config: &GatewayConfig,
-    bound: Vec<Bound>,
-    forward: F,
-    (limits, cap): (&HttpListenerLimits, ConnectionCap),
+    bound: Bound,
+    handler: Arc<ArcSwap<GatewayListener<F>>>,
+    (limits, cap): (HttpListenerLimits, ConnectionCap),
     drain: Drain,
     metrics: Arc<Metrics>,
-) -> Vec<JoinHandle<()>>
+) -> JoinHandle<()>
 where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    // The clients' header limit, which hyper enforces on HTTP/1.1 with 431 itself.
-    let limits = &HttpListenerLimits {
-        max_header_bytes: config.clients.max_header_bytes,
-        ..limits.clone()
-    };
-    let http = Arc::new(http_server(limits));
-    bound
-        .into_iter()
-        .enumerate()
-        .map(|(index, Bound { tcp, tls })| {
-            let listener = Arc::new(GatewayListener::new(
-                config,
-                index,
-                forward.clone(),
-                metrics.clone(),
-            ));
-            let (http, limits) = (http.clone(), limits.clone());
-            tokio::spawn(serve::serve(
-                Direction::Outbound,
-                tcp,
-                drain.clone(),
-                metrics.clone(),
-                cap.clone(),
-                move |tcp, peer, draining| {
-                    let (http, limits, listener) = (http.clone(), limits.clone(), listener.clone());
-                    let tls = tls.clone();
-                    async move {
-                        let handle = move |req| listener.clone().handle(peer, req);
-                        let Some(tls) = tls else {
-                            return serve_http(&http, &limits, tcp, handle, draining).await;
-                        };
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                            Ok(Ok(stream)) => {
-                                serve_http(&http, &limits, stream, handle, draining).await;
-                            }
-                            Ok(Err(error)) => {
-                                ::tracing::debug!(%peer, %error, "gateway TLS handshake failed");
-                            }
-                            Err(_) => ::tracing::debug!(%peer, "gateway TLS handshake timed out"),
-                        }
+    let http = Arc::new(http_server(&limits));
+    let Bound { tcp, tls } = bound;
+    tokio::spawn(serve::serve(
+        Direction::Outbound,
+        tcp,
+        drain,
+        metrics,
+        cap,
+        move |tcp, peer, draining| {
+            let (http, limits, handler) = (http.clone(), limits.clone(), handler.clone());
+            let tls = tls.clone();
+            async move {
+                let handle = move |req| handler.load_full().handle(peer, req);
+                let Some(tls) = tls else {
+                    return serve_http(&http, &limits, tcp, handle, draining).await;
+                };
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        serve_http(&http, &limits, stream, handle, draining).await;
                     }
-                },
-            ))
-        })
-        .collect()
+                    Ok(Err(error)) => {
+                        ::tracing::debug!(%peer, %error, "gateway TLS handshake failed");
+                    }
+                    Err(_) => ::tracing::debug!(%peer, "gateway TLS handshake timed out"),
+                }
+            }
+        },
+    ))
 }

@@ -190,7 +190,7 @@ impl Edge {
 }
 
 /// A self-signed certificate for `dns` in `dir`: `name.pem` and `name-key.pem`.
-async fn self_signed(dir: &Path, name: &str, dns: &str) {
+pub(crate) async fn self_signed(dir: &Path, name: &str, dns: &str) {
     let out = tokio::process::Command::new("openssl")
         .args([
             "req",
@@ -217,7 +217,7 @@ async fn self_signed(dir: &Path, name: &str, dns: &str) {
 }
 
 /// `sidecar --config file`, run in `dir`, its log on a pipe.
-fn spawn_gateway(file: &Path, dir: &Path) -> KillOnDrop {
+pub(crate) fn spawn_gateway(file: &Path, dir: &Path) -> KillOnDrop {
     KillOnDrop::new(
         Command::new(SIDECAR)
             .arg("--config")

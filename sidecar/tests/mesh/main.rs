@@ -11,6 +11,7 @@ mod detect;
 mod errors;
 mod faults;
 mod gateway;
+mod gateway_pushed;
 mod grpc;
 mod inline_bootstrap;
 mod limits;
@@ -106,6 +107,11 @@ impl LocalControlPlane {
             state,
             control_plane,
         }
+    }
+
+    /// The configuration directory it reads (`mesh.yaml`, `services/`, `gateways/`).
+    pub(crate) fn config_dir(&self) -> &std::path::Path {
+        self._config.path()
     }
 
     /// The state directory: `ca.pem`, `tokens/<service>`.

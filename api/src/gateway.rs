@@ -1,15 +1,18 @@
-//! The `gateway:` section, shaped after the Gateway API: listeners (like a Gateway's), routes
+//! A gateway's configuration, shaped after the Gateway API: listeners (like a Gateway's), routes
 //! (like HTTPRoutes, attached to listeners by name) and what outside clients may send. As
 //! written (serde types that reject unknown fields) and as run, validated with field paths.
+//!
+//! One schema for both places it is written: a sidecar bootstrap's `gateway:` section and the
+//! control plane's `gateways/<name>.yaml`, so both are held to the same rules.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use mesh_api::backend_ref::{BackendRef, BackendRefFile, backend_ref};
-use mesh_api::rate_limit::Rate;
-use mesh_api::retry::parse_size;
-use mesh_api::route_match::{self, MatchFile, RouteMatch};
-use mesh_api::validate::{Errors, check_label};
+use crate::backend_ref::{BackendRef, BackendRefFile, backend_ref};
+use crate::rate_limit::Rate;
+use crate::retry::parse_size;
+use crate::route_match::{self, MatchFile, RouteMatch};
+use crate::validate::{Errors, check_label};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Most listeners, routes per gateway, and hostnames or rules per route: bounds the work of
@@ -26,7 +29,8 @@ const MAX_CERTIFICATES: usize = 64;
 /// `gateway:` as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct GatewayFile {
+pub struct GatewayFile {
+    #[serde(default)]
     listeners: Vec<ListenerFile>,
     #[serde(default)]
     routes: Vec<RouteFile>,
@@ -103,7 +107,7 @@ struct RuleFile {
 // === runtime ===
 
 /// A sidecar in gateway mode: outside clients' HTTP, routed to mesh destinations.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GatewayConfig {
     /// Where outside clients connect, in the order written.
     pub listeners: Vec<GatewayListener>,
@@ -114,7 +118,7 @@ pub struct GatewayConfig {
 }
 
 /// What outside clients may send, and whose word on their address is taken.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GatewayClients {
     /// Proxies in front whose `x-forwarded-for` entries are believed; 0: only the peer.
     pub trusted_hops: u32,
@@ -127,7 +131,7 @@ pub struct GatewayClients {
 }
 
 /// Where outside clients connect.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GatewayListener {
     /// What routes' `parentRefs` name it by.
     pub name: String,
@@ -147,7 +151,7 @@ pub struct CertificatePaths {
 }
 
 /// An HTTPRoute: the listeners it is attached to, the hosts it serves, its rules.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GatewayRoute {
     /// Its name, in metrics.
     pub name: String,
@@ -169,12 +173,32 @@ pub enum Hostname {
 }
 
 /// A rule: any of its matches (all requests when none are written) to one of its backends.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GatewayRule {
     /// Any of these; [`RouteMatch::any`] when none were written.
     pub matches: Vec<RouteMatch>,
     /// Mesh services by weight (no version: a destination's own routes split by version).
     pub backends: Vec<BackendRef>,
+}
+
+// === impl GatewayConfig ===
+
+impl GatewayConfig {
+    /// No listeners and no routes, clients at their defaults: a gateway whose configuration is
+    /// yet to come from the control plane.
+    pub fn unset() -> Self {
+        let mut errors = Errors::default();
+        Self {
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            clients: clients(ClientsFile::default(), "clients", &mut errors),
+        }
+    }
+
+    /// Whether it has no listener (see [`GatewayConfig::unset`]).
+    pub fn is_unset(&self) -> bool {
+        self.listeners.is_empty()
+    }
 }
 
 // === impl Hostname ===
@@ -200,20 +224,64 @@ impl Hostname {
 
 // === validation ===
 
-/// Validates `gateway:`; relative certificate paths are relative to `base`.
-pub(super) fn validate(file: GatewayFile, base: &Path, errors: &mut Errors) -> GatewayConfig {
+// === impl GatewayFile ===
+
+impl GatewayFile {
+    /// The service names of every route's `backendRefs`, each with its field path (relative to
+    /// the file), for checks only the writer's context can make.
+    pub fn backend_names(&self) -> Vec<(String, &str)> {
+        let mut names = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            for (j, rule) in route.rules.iter().enumerate() {
+                for (k, backend) in rule.backend_refs.iter().enumerate() {
+                    if let Some(name) = &backend.name {
+                        let path = format!("routes[{i}].rules[{j}].backendRefs[{k}].name");
+                        names.push((path, name.as_str()));
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// Whether nothing is written (`gateway: {}`): the listeners and routes come from elsewhere.
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+            && self.routes.is_empty()
+            && self.clients.trusted_hops.is_none()
+            && self.clients.max_request_bytes.is_none()
+            && self.clients.max_header_bytes.is_none()
+            && self.clients.rate_limit.is_none()
+    }
+}
+
+/// Validates a gateway's file; `prefix` is where it sits in its file (`gateway` in a bootstrap,
+/// empty for a file of its own), and relative certificate paths are relative to `base`.
+pub fn validate(
+    file: GatewayFile,
+    prefix: &str,
+    base: &Path,
+    errors: &mut Errors,
+) -> GatewayConfig {
+    let field = |rest: &str| {
+        if prefix.is_empty() {
+            rest.to_owned()
+        } else {
+            format!("{prefix}.{rest}")
+        }
+    };
     if file.listeners.is_empty() {
-        errors.push("gateway.listeners", "at least one listener is needed");
+        errors.push(field("listeners"), "at least one listener is needed");
     }
     if file.listeners.len() > MAX_LISTENERS {
         errors.push(
-            "gateway.listeners",
+            field("listeners"),
             format!("at most {MAX_LISTENERS} listeners"),
         );
     }
     let mut listeners: Vec<GatewayListener> = Vec::new();
     for (i, listener) in file.listeners.into_iter().enumerate() {
-        let at = format!("gateway.listeners[{i}]");
+        let at = field(&format!("listeners[{i}]"));
         check_label(errors, &format!("{at}.name"), &listener.name);
         if listeners.iter().any(|l| l.name == listener.name) {
             errors.push(
@@ -285,11 +353,11 @@ pub(super) fn validate(file: GatewayFile, base: &Path, errors: &mut Errors) -> G
         });
     }
     if file.routes.len() > MAX_ROUTES {
-        errors.push("gateway.routes", format!("at most {MAX_ROUTES} routes"));
+        errors.push(field("routes"), format!("at most {MAX_ROUTES} routes"));
     }
     let mut routes: Vec<GatewayRoute> = Vec::new();
     for (i, route) in file.routes.into_iter().enumerate() {
-        let at = format!("gateway.routes[{i}]");
+        let at = field(&format!("routes[{i}]"));
         check_label(errors, &format!("{at}.name"), &route.name);
         if routes.iter().any(|r| r.name == route.name) {
             errors.push(
@@ -345,7 +413,7 @@ pub(super) fn validate(file: GatewayFile, base: &Path, errors: &mut Errors) -> G
             rules,
         });
     }
-    let clients = clients(file.clients, errors);
+    let clients = clients(file.clients, &field("clients"), errors);
     GatewayConfig {
         listeners,
         routes,
@@ -362,9 +430,9 @@ const MAX_HEADER_BYTES: u64 = 1 << 20;
 /// Most proxies in front whose word is taken.
 const MAX_TRUSTED_HOPS: u32 = 16;
 
-/// `gateway.clients`.
-fn clients(file: ClientsFile, errors: &mut Errors) -> GatewayClients {
-    let at = |field: &str| format!("gateway.clients.{field}");
+/// The `clients` section, at `path`.
+fn clients(file: ClientsFile, path: &str, errors: &mut Errors) -> GatewayClients {
+    let at = |field: &str| format!("{path}.{field}");
     let trusted_hops = file.trusted_hops.unwrap_or(0);
     if trusted_hops > MAX_TRUSTED_HOPS {
         errors.push(at("trusted_hops"), format!("at most {MAX_TRUSTED_HOPS}"));
