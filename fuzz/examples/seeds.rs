@@ -157,6 +157,7 @@ fn snapshots(corpus: &Path) {
                                 .into(),
                         }],
                         tcp: dest.tcp.as_ref().map(v1::TcpDestination::from),
+                        ..v1::Destination::default()
                     }
                 })
                 .collect();
