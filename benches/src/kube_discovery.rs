@@ -95,6 +95,9 @@ pub struct Settings {
     pub watchers: usize,
     /// Frontend services the watchers are instances of.
     pub frontends: usize,
+    /// Services each frontend calls: `backend` and the first fillers, so each watcher's
+    /// snapshot carries this many destinations.
+    pub calls_per_frontend: usize,
     /// Watch streams per TLS connection.
     pub streams_per_channel: usize,
     /// Slice edits measured.
@@ -119,6 +122,7 @@ impl Settings {
             endpoints_per_service: 10,
             watchers: 1_000,
             frontends: 4,
+            calls_per_frontend: 1,
             streams_per_channel: 250,
             changes: 6,
             writes_in_flight: 16,
@@ -205,7 +209,8 @@ impl Report {
              Services, each with a MeshService and one EndpointSlice of {} ready endpoints \
              ({} endpoints). The control plane runs in-process in Kubernetes mode as its \
              ServiceAccount (the installed RBAC). {} simulated sidecars (instances of {} \
-             frontends that call `backend`, certified with their ServiceAccounts' TokenRequest \
+             frontends that each call {} services, `backend` among them, so each snapshot \
+             carries {} endpoints; certified with their ServiceAccounts' TokenRequest \
              tokens through TokenReview) watch over gRPC+TLS, {} streams per connection. Each \
              change removes or restores one endpoint of `backend`'s slice with a PUT; latency \
              runs from the start of the PUT to each watcher's receipt of a snapshot with the \
@@ -222,6 +227,8 @@ impl Report {
             self.endpoints,
             s.watchers,
             s.frontends,
+            s.calls_per_frontend,
+            s.calls_per_frontend * s.endpoints_per_service,
             s.streams_per_channel,
         );
         out += &format!(
@@ -321,14 +328,19 @@ async fn fill(client: &kube::Client, settings: &Settings) -> Result<(), KubeBenc
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
     let frontends = settings.frontends;
     let per = settings.endpoints_per_service;
+    let calls: Vec<String> = (frontends..settings.services)
+        .take(settings.calls_per_frontend.max(1))
+        .map(|i| service_name(i, frontends))
+        .collect();
     futures_util::stream::iter(0..settings.services)
         .map(|i| {
             let (mesh_services, services, slices) =
                 (mesh_services.clone(), services.clone(), slices.clone());
+            let calls = calls.clone();
             async move {
                 let name = service_name(i, frontends);
                 let spec = if i < frontends {
-                    json!({ "calls": [BACKEND] })
+                    json!({ "calls": calls })
                 } else {
                     json!({})
                 };

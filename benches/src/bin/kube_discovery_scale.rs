@@ -29,6 +29,9 @@ struct Args {
     /// Watching sidecars.
     #[arg(long)]
     watchers: Option<usize>,
+    /// Services each frontend calls (each watcher's snapshot carries their endpoints).
+    #[arg(long)]
+    calls: Option<usize>,
     /// Where to write kube-discovery.md and kube-discovery.json.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -44,6 +47,9 @@ async fn main() -> ExitCode {
     };
     if let Some(n) = args.services {
         settings.services = n.max(settings.frontends + 1);
+    }
+    if let Some(n) = args.calls {
+        settings.calls_per_frontend = n.clamp(1, settings.services - settings.frontends);
     }
     if let Some(n) = args.watchers {
         settings.watchers = n.max(1);
