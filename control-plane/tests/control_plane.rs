@@ -11,8 +11,6 @@ use http::{Method, StatusCode};
 use mesh_api::proto::v1;
 use mesh_control_plane::client;
 use mesh_testkit::{eventually, metrics};
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::ParsedCertificate;
 use tonic::Code;
 
 const MESH: &str = "trust_domain: mesh.local\ncertificate_lifetime: 1h\n";
@@ -25,22 +23,6 @@ fn shop() -> Vec<(&'static str, &'static str)> {
         ("payments", "name: payments\ncalls: [notifications]\n"),
         ("notifications", "name: notifications\n"),
     ]
-}
-
-fn verify_chain(chain: &[Vec<u8>], roots: &rustls::RootCertStore) -> Result<(), rustls::Error> {
-    let leaf = CertificateDer::from(chain[0].clone());
-    let intermediates: Vec<_> = chain[1..]
-        .iter()
-        .map(|c| CertificateDer::from(c.clone()))
-        .collect();
-    let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &ParsedCertificate::try_from(&leaf)?,
-        roots,
-        &intermediates,
-        UnixTime::now(),
-        algorithms.all,
-    )
 }
 
 fn uri_sans(der: &[u8]) -> Vec<String> {

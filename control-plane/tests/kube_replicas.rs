@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::kube_mesh::KubeMesh;
-use common::{Dirs, Sidecar, TD, Watcher, admin};
+use common::{Dirs, Sidecar, TD, Watcher, admin, verify_chain};
 use http::{Method, StatusCode};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -18,9 +18,8 @@ use kube::api::PostParams;
 use mesh_api::proto::v1;
 use mesh_control_plane::{ControlPlane, ElectionOptions, client};
 use mesh_testkit::eventually;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::ParsedCertificate;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -141,22 +140,6 @@ async fn webhook_trusts(mesh: &KubeMesh, bundle: &[Vec<u8>]) {
 
 fn holder(lease: &Lease) -> Option<String> {
     lease.spec.as_ref().and_then(|s| s.holder_identity.clone())
-}
-
-fn verify_chain(chain: &[Vec<u8>], roots: &rustls::RootCertStore) -> Result<(), rustls::Error> {
-    let leaf = CertificateDer::from(chain[0].clone());
-    let intermediates: Vec<_> = chain[1..]
-        .iter()
-        .map(|c| CertificateDer::from(c.clone()))
-        .collect();
-    let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &ParsedCertificate::try_from(&leaf)?,
-        roots,
-        &intermediates,
-        UnixTime::now(),
-        algorithms.all,
-    )
 }
 
 #[tokio::test]

@@ -392,3 +392,21 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     );
     bin
 }
+
+/// Whether `chain` (leaf first) is signed up to one of `roots`, valid now.
+pub fn verify_chain(chain: &[Vec<u8>], roots: &rustls::RootCertStore) -> Result<(), rustls::Error> {
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let leaf = CertificateDer::from(chain[0].clone());
+    let intermediates: Vec<_> = chain[1..]
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &rustls::server::ParsedCertificate::try_from(&leaf)?,
+        roots,
+        &intermediates,
+        UnixTime::now(),
+        algorithms.all,
+    )
+}
