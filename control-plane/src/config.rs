@@ -51,13 +51,15 @@ use mesh_api::route::RouteFile;
 use mesh_api::spiffe;
 use mesh_api::tcp::{TcpDestination, TcpFields};
 use mesh_api::validate::{Errors, check_label, duration};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
+pub use self::file_errors::{ConfigFiles, FileError};
+use self::file_errors::{drain, file_error, yaml};
 pub use self::gateways::{DeclaredGateway, GATEWAYS_DIR};
 pub use self::limits::{AdminLimits, ApiLimits, Cidr, RateLimits, RegistrationSettings};
 pub use self::virtual_addresses::{DEFAULT_RANGE, VirtualAddressSettings};
 
+mod file_errors;
 mod gateways;
 mod limits;
 mod virtual_addresses;
@@ -138,27 +140,12 @@ pub struct ServiceConfig {
     pub virtual_address: Option<std::net::IpAddr>,
 }
 
-/// One problem, at a file and a field path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FileError {
-    /// The file, relative to the configuration directory.
-    pub file: String,
-    /// Dotted field path; empty for the whole file.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
 /// Every problem found in a configuration directory.
 #[derive(Clone, Debug, thiserror::Error)]
 pub struct InvalidConfig {
     /// The problems, file by file.
     pub errors: Vec<FileError>,
 }
-
-/// The raw contents of a configuration directory, file by file: cheap to compare, so the
-/// directory can be polled.
-pub type ConfigFiles = BTreeMap<String, Vec<u8>>;
 
 // === schema: the files as users write them ===
 
@@ -354,7 +341,18 @@ pub fn parse(files: &ConfigFiles) -> Result<MeshConfig, InvalidConfig> {
     let config = match mesh {
         Some(mesh) => {
             let mut config = validate(mesh, service_files, &mut errors);
-            config.gateways = gateways::validate(files, &config.services, &mut errors);
+            let declared = config
+                .services
+                .iter()
+                .map(|(name, service)| {
+                    let declared = gateways::Declared {
+                        file: &service.file,
+                        calls: &service.calls,
+                    };
+                    (name.as_str(), declared)
+                })
+                .collect();
+            config.gateways = gateways::validate(files, &declared, &mut errors);
             Some(config)
         }
         None => {
@@ -381,51 +379,6 @@ pub fn parse(files: &ConfigFiles) -> Result<MeshConfig, InvalidConfig> {
         Some(config) if errors.is_empty() => Ok(config),
         _ => Err(InvalidConfig { errors }),
     }
-}
-
-fn yaml<T: DeserializeOwned>(file: &str, bytes: &[u8], errors: &mut Vec<FileError>) -> Option<T> {
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => {
-            errors.push(file_error(file, "", format!("not UTF-8: {e}")));
-            return None;
-        }
-    };
-    // serde_path_to_error records where a structural error (unknown field, wrong type, missing
-    // field) happened; the YAML error itself carries line and column.
-    let mut failed_at = None;
-    serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            failed_at = Some(e.path().to_string());
-            e.into_inner()
-        })
-    })
-    .map_err(|e| {
-        errors.push(file_error(
-            file,
-            &failed_at.filter(|p| p != ".").unwrap_or_default(),
-            e.to_string(),
-        ))
-    })
-    .ok()
-}
-
-fn file_error(file: &str, path: &str, message: impl Into<String>) -> FileError {
-    FileError {
-        file: file.to_owned(),
-        path: path.to_owned(),
-        message: message.into(),
-    }
-}
-
-/// Moves errors collected for one file into the list, with the file's name.
-fn drain(file: &str, errors: Errors, into: &mut Vec<FileError>) {
-    into.extend(
-        errors
-            .into_vec()
-            .into_iter()
-            .map(|e| file_error(file, &e.path, e.message)),
-    );
 }
 
 // === validation ===

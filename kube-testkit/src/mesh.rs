@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use crate::{ClusterError, TestCluster};
+use crate::cluster::TestCluster;
+use crate::error::ClusterError;
 
 /// Installs the control plane's namespace, the MeshService CRD and the control plane's RBAC;
 /// returns a kubeconfig authenticating as the control plane's ServiceAccount.

@@ -22,7 +22,7 @@ use mesh_api::gateway::{GatewayConfig, GatewayFile};
 use mesh_api::validate::Errors;
 use serde::Serialize;
 
-use super::{ConfigFiles, FileError, ServiceConfig, drain, file_error, yaml};
+use super::file_errors::{ConfigFiles, FileError, drain, file_error, yaml};
 
 /// The directory of gateway files.
 pub const GATEWAYS_DIR: &str = "gateways";
@@ -40,10 +40,16 @@ pub struct DeclaredGateway {
     pub config: GatewayConfig,
 }
 
+/// What a gateway's validation needs of a declared service: its file and its calls.
+pub(super) struct Declared<'a> {
+    pub(super) file: &'a str,
+    pub(super) calls: &'a [String],
+}
+
 /// Validates every `gateways/*.yaml` of `files` against the declared `services`.
 pub(super) fn validate(
     files: &ConfigFiles,
-    services: &BTreeMap<String, ServiceConfig>,
+    services: &BTreeMap<&str, Declared<'_>>,
     out: &mut Vec<FileError>,
 ) -> BTreeMap<String, DeclaredGateway> {
     let mut gateways = BTreeMap::new();

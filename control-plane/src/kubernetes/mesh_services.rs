@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigFiles, SERVICES_DIR};
 
+/// The condition of a MeshService's status that carries the control plane's verdict.
+pub(crate) const CONDITION: &str = "Accepted";
+
 /// The MeshService objects of one namespace as service files, kept current by a watch.
 #[derive(Clone, Debug)]
 pub(crate) struct MeshServices {
@@ -181,7 +184,7 @@ fn mesh_service(object: &DynamicObject) -> Option<(String, MeshService)> {
         .and_then(|conditions| {
             conditions
                 .iter()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some(super::verdicts::CONDITION))
+                .find(|c| c.get("type").and_then(Value::as_str) == Some(CONDITION))
         })
         .cloned();
     let service = MeshService {

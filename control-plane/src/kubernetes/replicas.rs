@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::ca_secret::CaSecret;
 use super::leader::Election;
+use super::options::{KubernetesError, KubernetesOptions, client};
 use super::peers::PeerLeases;
 use super::webhook_bundle;
-use super::{KubernetesError, KubernetesOptions, client};
 use crate::ca::Authority;
 use crate::mesh::Mesh;
 

@@ -18,10 +18,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::acceptance::{InForce, Verdict, Verdicts};
-use super::mesh_services::{MeshService, Objects, resource};
+use super::mesh_services::{CONDITION, MeshService, Objects, resource};
 
-/// The condition's type.
-pub(crate) const CONDITION: &str = "Accepted";
 /// The field manager of the status, and the events' reporting controller.
 const MANAGER: &str = "mesh-control-plane";
 /// How long one write may take before it is retried (the API server may be away).

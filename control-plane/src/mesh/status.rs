@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::Replicas;
 use super::registry::Registry;
+use super::shared::Replicas;
 use crate::ca::{Authority, RootInfo};
 use crate::config::MeshConfig;
 

@@ -4,8 +4,8 @@
 use crate::names::{POLICY_CRD, POLICY_GROUP, POLICY_KIND, POLICY_PLURAL, POLICY_VERSION};
 use serde_json::{Value, json};
 
-use super::cluster_meta;
 use super::crd_schema;
+use super::meta::cluster_meta;
 
 /// The CRD.
 pub fn definition() -> Value {

@@ -5,7 +5,7 @@ use crate::access::{CONTROL_PLANE_CLUSTER_RULES, CONTROL_PLANE_NAMESPACE_RULES, 
 use crate::names::{CONTROL_PLANE, NAMESPACE};
 use serde_json::{Value, json};
 
-use super::{cluster_meta, meta};
+use super::meta::{cluster_meta, meta};
 
 /// ServiceAccount, ClusterRole, ClusterRoleBinding, Role, RoleBinding.
 pub fn rbac() -> Vec<Value> {
