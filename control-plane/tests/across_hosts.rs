@@ -11,13 +11,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Dirs, workspace_binary};
+use common::{Dirs, spawn, workspace_binary};
 use mesh_testkit::eventually;
 use mesh_testkit::netns::{Host, TwoHosts};
-use mesh_testkit::process::KillOnDrop;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -49,18 +47,6 @@ const LOCAL: Local<'static> = Local {
     admin: ADMIN,
     app: APP,
 };
-
-/// `program` run inside `host`, logging warnings to the test's output.
-fn spawn(host: &Host, program: &Path, args: &[&str]) -> KillOnDrop {
-    let child = host
-        .command(program)
-        .args(args)
-        .env("MESH_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {} in {}: {e}", program.display(), host.name));
-    KillOnDrop::new(child)
-}
 
 /// `curl URL` inside `host`: the status code and body, or why there are none (yet).
 async fn curl(host: &Host, url: &str, headers: &[&str]) -> Result<(u16, String), String> {

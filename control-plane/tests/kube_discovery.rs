@@ -11,12 +11,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::kube_mesh::{AUDIENCE, KubeMesh, MESH_NAMESPACE, write_projected_token};
-use common::{Sidecar, endpoints, workspace_binary};
+use common::{Sidecar, endpoints, spawn, workspace_binary};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -25,7 +23,6 @@ use mesh_api::proto::v1;
 use mesh_control_plane::{ControlPlane, Listeners};
 use mesh_testkit::eventually;
 use mesh_testkit::netns::{Host, TwoHosts};
-use mesh_testkit::process::KillOnDrop;
 use serde_json::{Value, json};
 
 /// How soon a slice edit must be in the snapshots sidecars watch.
@@ -328,18 +325,6 @@ const B_SECOND: &str = "198.18.1.2";
 const A_SECOND: &str = "198.18.1.1";
 /// The control plane's API, on host A's address (its socket made inside A).
 const CONTROL_PLANE_PORT: u16 = 15010;
-
-/// `program` run inside `host`, logging warnings to the test's output.
-fn spawn(host: &Host, program: &Path, args: &[&str]) -> KillOnDrop {
-    let child = host
-        .command(program)
-        .args(args)
-        .env("MESH_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {} in {}: {e}", program.display(), host.name));
-    KillOnDrop::new(child)
-}
 
 /// `ip` with `args`, which must succeed.
 fn ip(args: &[&str]) {

@@ -37,7 +37,7 @@ use rustls::server::ParsedCertificate;
 use time::OffsetDateTime;
 
 use super::error::CertError;
-use super::files::{read, write_atomic};
+use super::files::{create_private_dir, read, write_atomic};
 use super::x509::{
     BACKDATE, ServingName, hex, random_bytes, root_id, root_params, serving_params, sha256_hex,
     sign_request, validate_trust_domain,
@@ -640,21 +640,6 @@ fn store_root(dir: &Path, id: &str, cert_pem: &str, key_pem: &str) -> Result<(),
     create_private_dir(&at)?;
     write_atomic(&at.join("key.pem"), key_pem.as_bytes(), 0o600)?;
     write_atomic(&at.join("cert.pem"), cert_pem.as_bytes(), 0o644)
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), CertError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| CertError::Io {
-            path: dir.to_owned(),
-            source,
-        })
 }
 
 fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {

@@ -55,6 +55,23 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
     result.map_err(io_err)
 }
 
+/// Creates `dir` and its parents, readable by the owner only (it holds keys); an existing
+/// directory is left as it is.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), CertError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| CertError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,6 @@ mod x509;
 pub use self::authority::{Authority, Issued, RootInfo, RotationError};
 pub use self::dev::DevCa;
 pub use self::error::CertError;
-pub(crate) use self::files::write_atomic;
+pub(crate) use self::files::{create_private_dir, write_atomic};
 pub use self::x509::{DEFAULT_LEAF_LIFETIME, Leaf, LeafSpec, ServingName, root_id, sha256_hex};
 pub(crate) use self::x509::{hex, random_bytes};

@@ -33,7 +33,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 
-use crate::ca::{Authority, CertError, write_atomic};
+use crate::ca::{Authority, CertError, create_private_dir, write_atomic};
 use crate::mesh::{Mesh, SharedCa};
 
 const BUNDLE_KEY: &str = "bundle.pem";
@@ -424,7 +424,7 @@ fn read_state(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, CertError> {
 /// files there. The trust bundle is written last, over the old one, so a reader of `ca.pem`
 /// always finds a whole bundle.
 fn write_state(dir: &Path, data: &BTreeMap<String, Vec<u8>>) -> Result<(), CertError> {
-    private_dir(dir)?;
+    create_private_dir(dir)?;
     for name in ["signer", SIGNER_KEY_KEY, INTERMEDIATE, INTERMEDIATE_KEY] {
         remove(&dir.join(name), |p| fs::remove_file(p))?;
     }
@@ -440,7 +440,7 @@ fn write_state(dir: &Path, data: &BTreeMap<String, Vec<u8>>) -> Result<(), CertE
             let at = dir
                 .join(if set == "root" { "roots" } else { "retired" })
                 .join(id);
-            private_dir(&at)?;
+            create_private_dir(&at)?;
             let (file, mode) = if is_key {
                 ("key.pem", 0o600)
             } else {
@@ -480,18 +480,6 @@ fn remove(path: &Path, how: fn(&Path) -> io::Result<()>) -> Result<(), CertError
         }),
         _ => Ok(()),
     }
-}
-
-fn private_dir(dir: &Path) -> Result<(), CertError> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| CertError::Io {
-            path: dir.to_owned(),
-            source,
-        })
 }
 
 #[cfg(test)]

@@ -410,3 +410,19 @@ pub fn verify_chain(chain: &[Vec<u8>], roots: &rustls::RootCertStore) -> Result<
         algorithms.all,
     )
 }
+
+/// `program` run inside network namespace `host`, logging warnings to the test's output.
+pub fn spawn(
+    host: &mesh_testkit::netns::Host,
+    program: &Path,
+    args: &[&str],
+) -> mesh_testkit::process::KillOnDrop {
+    let child = host
+        .command(program)
+        .args(args)
+        .env("MESH_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {} in {}: {e}", program.display(), host.name));
+    mesh_testkit::process::KillOnDrop::new(child)
+}
