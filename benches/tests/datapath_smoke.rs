@@ -128,3 +128,48 @@ async fn quick_run_transparent_and_explicit() {
         "{markdown}"
     );
 }
+
+/// `ours-gateway`: every request crosses TLS to the gateway (which verifies nothing of the
+/// client but serves the edge certificate the client checks), is routed by its host name and
+/// goes on over mTLS to the service's sidecar; the comparison section shows ours alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_run_gateway() {
+    let harness = PathBuf::from(env!("CARGO_BIN_EXE_datapath"));
+    let bin_dir = harness.parent().unwrap().to_owned();
+    datapath::build_sidecar_if_missing(&bin_dir).unwrap();
+    let options = Options {
+        mode: "quick".to_owned(),
+        plan: Plan::quick(),
+        topologies: vec![Topology::Direct, Topology::OursGateway],
+        harness,
+        bin_dir,
+        envoy: EnvoySource::Path(PathBuf::from("/nonexistent/envoy")),
+        command: "datapath_smoke".to_owned(),
+    };
+    let report = datapath::run(options).await.unwrap();
+    let markdown = report.markdown();
+    assert!(!report.has_failures(), "{markdown}");
+    let gateway = &report.results[1];
+    assert_eq!(gateway.name, Topology::OursGateway, "{markdown}");
+    let roles: Vec<&str> = gateway.proxies.iter().map(|p| p.role.as_str()).collect();
+    assert_eq!(
+        roles,
+        ["gateway (gateway)", "server side (gateway-inventory)"],
+        "{markdown}"
+    );
+    let t = gateway.throughput.as_ref().unwrap();
+    assert!(t.requests > 0 && t.errors == 0, "{markdown}");
+    let l = gateway.latency.as_ref().unwrap();
+    assert_eq!(l.recorded, l.scheduled, "{markdown}");
+    let comparison = report.gateway.as_ref().unwrap();
+    assert!(comparison.ours_requests_per_second.is_some(), "{markdown}");
+    assert!(comparison.envoy_requests_per_second.is_none(), "{markdown}");
+    assert!(
+        comparison.targets.iter().all(|t| t.met.is_none()),
+        "without Envoy nothing is judged: {markdown}"
+    );
+    assert!(
+        markdown.contains("## Gateway: ours against Envoy's"),
+        "{markdown}"
+    );
+}

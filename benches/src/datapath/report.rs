@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::gateway_cost::GatewayComparison;
 use super::procs::TICKS_PER_SEC;
 use super::procs::thread_count;
 use super::redirect_cost::RedirectCost;
@@ -166,7 +167,9 @@ pub struct Report {
     pub ratios: Ratios,
     /// ours-transparent against ours-explicit, when the run included them.
     pub redirect: Option<RedirectCost>,
-    /// Ours against Envoy, then the redirect's.
+    /// ours-gateway against envoy-gateway, when the run included them.
+    pub gateway: Option<GatewayComparison>,
+    /// Ours against Envoy, then the redirect's, then the gateway's.
     pub targets: Vec<Target>,
     pub skipped: Vec<Skipped>,
     pub notes: Vec<String>,
@@ -275,7 +278,7 @@ pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
     }
 }
 
-fn ratio(ours: Option<f64>, envoy: Option<f64>) -> Option<f64> {
+pub(crate) fn ratio(ours: Option<f64>, envoy: Option<f64>) -> Option<f64> {
     match (ours, envoy) {
         (Some(o), Some(e)) if e > 0.0 => Some(o / e),
         _ => None,
@@ -283,7 +286,7 @@ fn ratio(ours: Option<f64>, envoy: Option<f64>) -> Option<f64> {
 }
 
 /// "missed by 15%" / "met with 20% to spare" for a ratio that must stay at most `limit`.
-fn at_most(
+pub(crate) fn at_most(
     name: &str,
     ours: Option<f64>,
     envoy: Option<f64>,
@@ -315,11 +318,11 @@ fn at_most(
     }
 }
 
-fn num(v: Option<f64>, decimals: usize) -> String {
+pub(crate) fn num(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
-fn times(v: Option<f64>) -> String {
+pub(crate) fn times(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.2}×"))
 }
 
@@ -401,33 +404,52 @@ fn targets(
             times(rss_ratio),
         ),
     });
-    let tput = |r: Option<&TopologyResult>| {
-        r.and_then(|r| r.throughput.as_ref())
-            .map(|t| t.requests_per_second)
-    };
-    let r = ratios.throughput;
+    out.push(at_least(
+        "max throughput ≥ 1.2 × Envoy's",
+        requests_per_second(ours),
+        requests_per_second(envoy),
+        1.2,
+        "req/s",
+    ));
+    out
+}
+
+/// Max-throughput requests per second of a configuration that ran.
+pub(crate) fn requests_per_second(r: Option<&TopologyResult>) -> Option<f64> {
+    r.and_then(|r| r.throughput.as_ref())
+        .map(|t| t.requests_per_second)
+}
+
+/// The verdict on a ratio that must be at least `limit`.
+pub(crate) fn at_least(
+    name: &str,
+    ours: Option<f64>,
+    envoy: Option<f64>,
+    limit: f64,
+    unit: &str,
+) -> Target {
+    let r = ratio(ours, envoy);
     let (met, verdict) = match r {
-        Some(r) if r >= 1.2 => (
+        Some(r) if r >= limit => (
             Some(true),
-            format!("met ({:.0}% over the limit)", (r / 1.2 - 1.0) * 100.0),
+            format!("met ({:.0}% over the limit)", (r / limit - 1.0) * 100.0),
         ),
         Some(r) => (
             Some(false),
-            format!("missed by {:.0}%", (1.0 - r / 1.2) * 100.0),
+            format!("missed by {:.0}%", (1.0 - r / limit) * 100.0),
         ),
         None => (None, "not measured".to_owned()),
     };
-    out.push(Target {
-        name: "max throughput ≥ 1.2 × Envoy's".to_owned(),
+    Target {
+        name: name.to_owned(),
         met,
         detail: format!(
-            "ours {} vs Envoy {} req/s → {} (limit ≥ 1.2×): {verdict}",
-            tput(ours).map_or_else(|| "–".to_owned(), |v| format!("{v:.0}")),
-            tput(envoy).map_or_else(|| "–".to_owned(), |v| format!("{v:.0}")),
+            "ours {} vs Envoy {} {unit} → {} (limit ≥ {limit}×): {verdict}",
+            num(ours, 0),
+            num(envoy, 0),
             times(r),
         ),
-    });
-    out
+    }
 }
 
 impl Report {
@@ -456,6 +478,10 @@ impl Report {
         let redirect = RedirectCost::compare(&results);
         if let Some(redirect) = &redirect {
             targets.extend(redirect.targets.iter().cloned());
+        }
+        let gateway = GatewayComparison::compare(&results);
+        if let Some(gateway) = &gateway {
+            targets.extend(gateway.targets.iter().cloned());
         }
         let mut notes = vec![
             format!(
@@ -540,6 +566,7 @@ impl Report {
             results,
             ratios,
             redirect,
+            gateway,
             targets,
             skipped,
             notes,
@@ -724,6 +751,9 @@ impl Report {
         }
         if let Some(redirect) = &self.redirect {
             redirect.markdown(&mut md);
+        }
+        if let Some(gateway) = &self.gateway {
+            gateway.markdown(&mut md);
         }
         let _ = writeln!(md, "\n## Targets\n");
         for t in &self.targets {

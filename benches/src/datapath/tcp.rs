@@ -253,9 +253,14 @@ async fn start(
             let stem = format!("tcp-{target_name}-envoy");
             start_envoy_pair(&envoy, dir, target, Carry::Tcp, &stem).await
         }
-        Topology::OursMultiThread | Topology::OursExplicit | Topology::OursTransparent => Err(
-            Error::UnknownTopology(format!("{} (not offered for TCP)", topology.name())),
-        ),
+        Topology::OursMultiThread
+        | Topology::OursExplicit
+        | Topology::OursTransparent
+        | Topology::OursGateway
+        | Topology::EnvoyGateway => Err(Error::UnknownTopology(format!(
+            "{} (not offered for TCP)",
+            topology.name()
+        ))),
     }
 }
 
@@ -340,9 +345,11 @@ fn path(topology: Topology) -> &'static str {
             "client → sidecar tcp listener ⇒ one HTTP/2 stream over mTLS ⇒ sidecar → target"
         }
         Topology::Envoy => "client → envoy tcp_proxy ⇒ mTLS ⇒ envoy tcp_proxy → target",
-        Topology::OursMultiThread | Topology::OursExplicit | Topology::OursTransparent => {
-            "not offered"
-        }
+        Topology::OursMultiThread
+        | Topology::OursExplicit
+        | Topology::OursTransparent
+        | Topology::OursGateway
+        | Topology::EnvoyGateway => "not offered",
     }
 }
 
@@ -706,6 +713,7 @@ async fn start_ours(
         entry: tcp_listen,
         proxies,
         namespaced: None,
+        edge: None,
     })
 }
 

@@ -10,7 +10,8 @@ use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa};
 
 use mesh_testkit::free_port;
 
-use super::dial::Dial;
+use super::dial::{Dial, EdgeTls};
+use super::gateway::{EDGE_CERT, EDGE_HOST, EDGE_KEY, GATEWAY};
 use super::namespaced::Namespaced;
 use super::procs::Proc;
 use super::{Error, load};
@@ -33,6 +34,8 @@ pub(crate) struct Running {
     /// A configuration in network namespaces of its own: where its client runs, its app and
     /// the namespaces. Declared after the proxies, so it drops after them.
     pub(crate) namespaced: Option<Namespaced>,
+    /// A gateway configuration's TLS at the entry; its requests carry `Host:` [`EDGE_HOST`].
+    pub(crate) edge: Option<EdgeTls>,
 }
 
 impl Running {
@@ -41,6 +44,7 @@ impl Running {
             entry: app,
             proxies: Vec::new(),
             namespaced: None,
+            edge: None,
         }
     }
 
@@ -51,7 +55,8 @@ impl Running {
             None => Dial {
                 addr: self.entry,
                 namespace: None,
-                authority: load::AUTHORITY,
+                authority: self.edge.as_ref().map_or(load::AUTHORITY, |_| EDGE_HOST),
+                tls: self.edge.clone(),
             },
         }
     }
@@ -61,18 +66,19 @@ impl Running {
     }
 }
 
-/// Writes the CA and both leaves (SPIFFE URI SANs only) into `dir`; both meshes use these.
+/// Writes the CA and the leaves (SPIFFE URI SANs only) of both sides and of the gateway into
+/// `dir`; both meshes use these.
 pub(crate) fn write_certs(dir: &Path) -> Result<(), Error> {
     let cert = |e: mesh_control_plane::ca::CertError| Error::Certs(e.to_string());
     let ca = DevCa::generate(TRUST_DOMAIN).map_err(cert)?;
     ca.write_to(dir).map_err(cert)?;
-    for service in [CLIENT, SERVER] {
+    for service in [CLIENT, SERVER, GATEWAY] {
         ca.issue_service("default", service, DEFAULT_LEAF_LIFETIME)
             .map_err(cert)?
             .write_to(dir, service)
             .map_err(cert)?;
     }
-    Ok(())
+    super::gateway::write_edge_certs(dir)
 }
 
 /// Starts the app process: this same binary with `--serve-app`.
@@ -131,6 +137,7 @@ pub(crate) async fn start_ours(
         entry: o_out,
         proxies,
         namespaced: None,
+        edge: None,
     };
     load::probe(&running.dial(), READY_LIMIT).await?;
     Ok(running)
@@ -221,12 +228,25 @@ pub(crate) async fn start_envoy(
     Ok(running)
 }
 
-/// What an Envoy pair carries: HTTP (HTTP/1.1 at the edges, HTTP/2 between the two) or opaque
-/// TCP (`tcp_proxy` on both, one TLS connection per client connection).
+/// What an Envoy pair carries: HTTP (HTTP/1.1 at the edges, HTTP/2 between the two), opaque
+/// TCP (`tcp_proxy` on both, one TLS connection per client connection), or HTTP from outside
+/// (the client side is a gateway: TLS from the client with the edge certificate, routed by
+/// host name, the gateway's own identity on the mTLS hop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Carry {
     Http,
     Tcp,
+    Edge,
+}
+
+impl Carry {
+    /// The client side's service: the caller's identity on the mTLS hop.
+    fn client(self) -> &'static str {
+        match self {
+            Self::Http | Self::Tcp => CLIENT,
+            Self::Edge => GATEWAY,
+        }
+    }
 }
 
 /// Starts a client-side and a server-side Envoy in front of `target`, with mutual TLS between
@@ -241,8 +261,12 @@ pub(crate) async fn start_envoy_pair(
     let [c_listen, c_admin, s_listen, s_admin] = std::array::from_fn(|_| free_port());
     let configs = [
         (
-            "client side",
-            CLIENT,
+            if carry == Carry::Edge {
+                "gateway"
+            } else {
+                "client side"
+            },
+            carry.client(),
             c_admin,
             envoy_client_config(dir, [c_listen, c_admin], s_listen, carry),
         ),
@@ -250,7 +274,17 @@ pub(crate) async fn start_envoy_pair(
             "server side",
             SERVER,
             s_admin,
-            envoy_server_config(dir, [s_listen, s_admin], target, carry),
+            // Inside the mesh a gateway's request is like any other.
+            envoy_server_config(
+                dir,
+                [s_listen, s_admin],
+                target,
+                if carry == Carry::Edge {
+                    Carry::Http
+                } else {
+                    carry
+                },
+            ),
         ),
     ];
     let mut proxies = Vec::new();
@@ -265,13 +299,15 @@ pub(crate) async fn start_envoy_pair(
         entry: c_listen,
         proxies,
         namespaced: None,
+        edge: None,
     })
 }
 
 /// The listener's filters: an HTTP connection manager or a `tcp_proxy`, to `cluster`.
 fn envoy_filters(carry: Carry, stat_prefix: &str, codec: &str, cluster: &str) -> String {
     match carry {
-        Carry::Http => http_manager(stat_prefix, codec, cluster),
+        Carry::Http => http_manager(stat_prefix, codec, cluster, "*"),
+        Carry::Edge => http_manager(stat_prefix, codec, cluster, EDGE_HOST),
         Carry::Tcp => format!(
             r#"          - name: envoy.filters.network.tcp_proxy
             typed_config:
@@ -286,7 +322,7 @@ fn envoy_filters(carry: Carry, stat_prefix: &str, codec: &str, cluster: &str) ->
 /// ALPN in a TLS context at `indent` spaces: h2 for HTTP, none for opaque TCP.
 fn alpn(carry: Carry, indent: usize) -> String {
     match carry {
-        Carry::Http => format!("{:indent$}alpn_protocols: [\"h2\"]\n", ""),
+        Carry::Http | Carry::Edge => format!("{:indent$}alpn_protocols: [\"h2\"]\n", ""),
         Carry::Tcp => String::new(),
     }
 }
@@ -299,8 +335,8 @@ pub(crate) fn socket(addr: SocketAddr) -> String {
     )
 }
 
-/// The HTTP connection manager both Envoys use, routing everything to `cluster`.
-fn http_manager(stat_prefix: &str, codec: &str, cluster: &str) -> String {
+/// The HTTP connection manager both Envoys use, routing everything for `domain` to `cluster`.
+fn http_manager(stat_prefix: &str, codec: &str, cluster: &str, domain: &str) -> String {
     format!(
         r#"          - name: envoy.filters.network.http_connection_manager
             typed_config:
@@ -311,7 +347,7 @@ fn http_manager(stat_prefix: &str, codec: &str, cluster: &str) -> String {
                 name: local
                 virtual_hosts:
                   - name: all
-                    domains: ["*"]
+                    domains: ["{domain}"]
                     routes:
                       - match: {{ prefix: "/" }}
                         route: {{ cluster: {cluster} }}
@@ -327,8 +363,9 @@ pub(crate) fn pem(dir: &Path, name: &str) -> String {
     format!("{{ filename: \"{}\" }}", dir.join(name).display())
 }
 
-/// Client side: plain HTTP/1.1 from the load client, HTTP/2 over mutual TLS upstream; the
-/// server must chain to the CA and carry inventory's SPIFFE ID as a URI SAN.
+/// Client side: plain HTTP/1.1 from the load client (or, as a gateway, HTTP/1.1 or HTTP/2 over
+/// TLS with the edge certificate), HTTP/2 over mutual TLS upstream; the server must chain to
+/// the CA and carry inventory's SPIFFE ID as a URI SAN.
 fn envoy_client_config(
     dir: &Path,
     [listen, admin]: [SocketAddr; 2],
@@ -336,7 +373,7 @@ fn envoy_client_config(
     carry: Carry,
 ) -> String {
     let h2 = match carry {
-        Carry::Http => {
+        Carry::Http | Carry::Edge => {
             r#"      typed_extension_protocol_options:
         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -347,6 +384,27 @@ fn envoy_client_config(
         Carry::Tcp => "",
     };
     let server_id = mesh_api::spiffe::format_service_id(TRUST_DOMAIN, "default", SERVER);
+    let (downstream_tls, codec) = match carry {
+        Carry::Http | Carry::Tcp => (String::new(), "HTTP1"),
+        Carry::Edge => (
+            format!(
+                r#"          transport_socket:
+            name: envoy.transport_sockets.tls
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+              common_tls_context:
+                alpn_protocols: ["h2", "http/1.1"]
+                tls_certificates:
+                  - certificate_chain: {}
+                    private_key: {}
+"#,
+                pem(dir, EDGE_CERT),
+                pem(dir, EDGE_KEY),
+            ),
+            "AUTO",
+        ),
+    };
+    let client = carry.client();
     format!(
         r#"admin:
   address: {admin}
@@ -356,7 +414,7 @@ static_resources:
       address: {listen}
       filter_chains:
         - filters:
-{manager}  clusters:
+{manager}{downstream_tls}  clusters:
     - name: {SERVER}
       type: STATIC
       connect_timeout: 1s
@@ -382,10 +440,10 @@ static_resources:
         admin = socket(admin),
         listen = socket(listen),
         server = socket(server),
-        manager = envoy_filters(carry, "outbound", "HTTP1", SERVER),
+        manager = envoy_filters(carry, "outbound", codec, SERVER),
         client_alpn = alpn(carry, 12),
-        client_cert = pem(dir, &format!("{CLIENT}.pem")),
-        client_key = pem(dir, &format!("{CLIENT}-key.pem")),
+        client_cert = pem(dir, &format!("{client}.pem")),
+        client_key = pem(dir, &format!("{client}-key.pem")),
         ca = pem(dir, "ca.pem"),
     )
 }
