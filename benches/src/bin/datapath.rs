@@ -31,7 +31,7 @@ struct Args {
     /// The Envoy binary to use instead of the one in target/bench-venv.
     #[arg(long)]
     envoy: Option<PathBuf>,
-    /// Configurations to measure, in round order: direct, ours, envoy, ours-mt, ours-explicit,
+    /// Configurations to measure, in round order: direct, ours, envoy, ours-workers-2, ours-explicit,
     /// ours-transparent (these two need root; without it they are skipped, saying so),
     /// ours-gateway, envoy-gateway.
     #[arg(

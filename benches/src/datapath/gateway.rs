@@ -95,7 +95,7 @@ pub(crate) async fn start_ours(
     if !sidecar.exists() {
         return Err(Error::MissingBinary(sidecar));
     }
-    let binary = Proxy::Sidecar(&sidecar, Runtime::OneThread);
+    let binary = Proxy::Sidecar(&sidecar, Runtime::Default);
     let [i_out, i_in, i_admin] = std::array::from_fn(|_| free_port());
     let inventory = sidecar_yaml(SERVER, app, [i_out, i_in, i_admin], "{}");
     let inventory = start_proxy(binary, dir, "gateway-inventory", &inventory, i_admin).await?;

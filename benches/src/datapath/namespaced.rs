@@ -188,7 +188,7 @@ pub(crate) async fn start(
             .arg(format!("--regid={PROXY_UID}"))
             .arg("--clear-groups")
             .arg(&sidecar);
-        sidecar_args(&mut command, &config, Runtime::OneThread);
+        sidecar_args(&mut command, &config, Runtime::Default);
         let mut proc = Proc::spawn(&stem, command, &dir.join(format!("{stem}.log")))?;
         proc.wait_ready_in(Some(namespace), local(ADMIN), "/ready", READY_LIMIT)
             .await?;

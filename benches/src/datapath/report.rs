@@ -490,7 +490,7 @@ impl Report {
                  and both proxies. Max throughput is that of the whole box, not of a proxy alone.",
                 machine.cores
             ),
-            "Sidecars run with --workers 1 (one thread serves all traffic), Envoys with --concurrency 1 (one worker; \
+            "Sidecars run with their default runtime, one thread (no --workers; one thread serves all traffic), Envoys with --concurrency 1 (one worker; \
              Envoy's main and flush threads come on top). Sidecars log at warn with no access \
              log and no tracing export; Envoys log at warn with no access log and otherwise \
              default settings (x-request-id generation and stats stay on)."

@@ -69,7 +69,7 @@ impl TcpPlan {
 pub struct TcpOptions {
     pub mode: String,
     pub plan: TcpPlan,
-    /// Direct, ours and envoy (ours-mt is not offered here), in round order.
+    /// Direct, ours and envoy (ours-workers-2 is not offered here), in round order.
     pub topologies: Vec<Topology>,
     /// The directory holding the `sidecar` binary.
     pub bin_dir: PathBuf,
@@ -253,7 +253,7 @@ async fn start(
             let stem = format!("tcp-{target_name}-envoy");
             start_envoy_pair(&envoy, dir, target, Carry::Tcp, &stem).await
         }
-        Topology::OursMultiThread
+        Topology::OursTwoWorkers
         | Topology::OursExplicit
         | Topology::OursTransparent
         | Topology::OursGateway
@@ -345,7 +345,7 @@ fn path(topology: Topology) -> &'static str {
             "client → sidecar tcp listener ⇒ one HTTP/2 stream over mTLS ⇒ sidecar → target"
         }
         Topology::Envoy => "client → envoy tcp_proxy ⇒ mTLS ⇒ envoy tcp_proxy → target",
-        Topology::OursMultiThread
+        Topology::OursTwoWorkers
         | Topology::OursExplicit
         | Topology::OursTransparent
         | Topology::OursGateway
@@ -435,7 +435,7 @@ impl TcpReport {
         s.push_str(&format!(
             "Plan: {} rounds, each configuration per round: `redis-benchmark -c {REDIS_CLIENTS} -n {} -t get,set -q` \
              ({} requests), then one {} MiB stream into a sink. Both proxies on one worker \
-             (`--workers 1`, Envoy `--concurrency 1`); a separate proxy pair per target.\n\n",
+             (the sidecar's default single thread, Envoy `--concurrency 1`); a separate proxy pair per target.\n\n",
             self.plan.rounds,
             self.plan.redis_requests,
             2 * self.plan.redis_requests,
@@ -706,7 +706,7 @@ async fn start_ours(
     ] {
         let yaml = sidecar_yaml(service, app, [out, inb, admin], &dest);
         let stem = format!("tcp-{target_name}-sidecar-{service}");
-        let proxy = Proxy::Sidecar(&sidecar, Runtime::OneThread);
+        let proxy = Proxy::Sidecar(&sidecar, Runtime::Default);
         proxies.push((role, start_proxy(proxy, dir, &stem, &yaml, admin).await?));
     }
     Ok(Running {

@@ -94,10 +94,12 @@ pub(crate) async fn start_app(harness: &Path, dir: &Path) -> Result<(Proc, Socke
 /// How a benchmarked sidecar runs its tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Runtime {
-    /// `--workers 1`: a current-thread runtime, as the sidecar is meant to run on one core.
-    OneThread,
-    /// tokio's multi-threaded runtime with one worker (`TOKIO_WORKER_THREADS=1`).
-    OneWorker,
+    /// The sidecar's defaults, as users run it: no `--workers`, so one thread (a current-thread
+    /// runtime), like Envoy's `--concurrency 1` here.
+    Default,
+    /// `--workers 2`: tokio's multi-threaded runtime with a worker per core of this machine,
+    /// the sidecar's default before it was one thread.
+    TwoWorkers,
 }
 
 /// Starts an `orders` sidecar calling an `inventory` sidecar in front of the app.
@@ -108,8 +110,8 @@ pub(crate) async fn start_ours(
     runtime: Runtime,
 ) -> Result<Running, Error> {
     let suffix = match runtime {
-        Runtime::OneThread => "",
-        Runtime::OneWorker => "-mt",
+        Runtime::Default => "",
+        Runtime::TwoWorkers => "-workers-2",
     };
     let sidecar = bin_dir.join("sidecar");
     if !sidecar.exists() {
@@ -210,10 +212,9 @@ pub(crate) fn sidecar_args(command: &mut Command, config: &Path, runtime: Runtim
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("MESH_SIDECAR_CONFIG")
         .env_remove("MESH_SIDECAR_WORKERS");
-    // One worker, as Envoy's `--concurrency 1`.
     match runtime {
-        Runtime::OneThread => command.args(["--workers", "1"]),
-        Runtime::OneWorker => command.env("TOKIO_WORKER_THREADS", "1"),
+        Runtime::Default => command,
+        Runtime::TwoWorkers => command.args(["--workers", "2"]),
     };
 }
 
