@@ -345,6 +345,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
                 client,
                 &mesh_only.namespace,
                 &kubernetes.replica,
+                &kubernetes.gateway_class,
                 shutdown.clone(),
             )
             .await;
@@ -569,7 +570,7 @@ enum ConfigSource {
 
 impl ConfigSource {
     /// The configuration's files as they are now.
-    async fn read(&self) -> Result<config::ConfigFiles, InvalidConfig> {
+    async fn read(&mut self) -> Result<config::ConfigFiles, InvalidConfig> {
         let (dir, services) = match self {
             Self::Files { dir, services } => (dir.clone(), Some(services.clone())),
             Self::Cluster { dir, .. } => (dir.clone(), None),
