@@ -352,7 +352,7 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
             tasks.extend(policy_tasks);
             ConfigSource::Cluster {
                 dir: options.config_dir.clone(),
-                policy,
+                policy: Box::new(policy),
             }
         }
     };
@@ -564,7 +564,7 @@ enum ConfigSource {
     },
     Cluster {
         dir: PathBuf,
-        policy: kubernetes::ClusterPolicy,
+        policy: Box<kubernetes::ClusterPolicy>,
     },
 }
 

@@ -408,7 +408,6 @@ pub(crate) fn map(objects: &Objects, context: &Context<'_>, last: &LastAccepted)
                             && parent["sectionName"].as_str().is_none_or(|s| s == l.name)
                             && parent["port"].as_i64().is_none_or(|p| Some(p) == l.port)
                     })
-                    .map(|x| x)
                     .collect();
                 if candidates.is_empty() {
                     parent_problems.push(Some(Problem::new(

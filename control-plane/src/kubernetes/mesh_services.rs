@@ -69,7 +69,7 @@ impl Backoff for CappedBackoff {
 }
 
 /// A watch's backoff: from [`MIN_BACKOFF`], doubling to [`MAX_BACKOFF`].
-pub(crate) fn capped_backoff() -> impl Backoff + Send {
+pub(crate) fn capped_backoff() -> impl Backoff {
     CappedBackoff { next: MIN_BACKOFF }
 }
 
