@@ -464,3 +464,211 @@ async fn a_gateway_of_another_class_is_not_the_mesh_s_and_an_invalid_gateway_say
     }
     cp.stop().await.unwrap();
 }
+
+/// GET `path` from the gateway's listener `web` with `Host: host`: its status, `x-mesh-error`
+/// and body, or why there is no answer.
+async fn through_gateway(
+    web: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<(http::StatusCode, String, String), String> {
+    let request = http::Request::get(format!("http://{web}{path}"))
+        .header("host", host)
+        .body(http_body_util::Full::default())
+        .map_err(|e| e.to_string())?;
+    let response = mesh_testkit::client::http1()
+        .request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let error = response
+        .headers()
+        .get("x-mesh-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, error, mesh_testkit::client::text(response).await))
+}
+
+/// Which service's echo app answered a body (`{"service": ...}`).
+fn answered_by(body: &str) -> String {
+    serde_json::from_str::<Value>(body).map_or_else(
+        |_| format!("not JSON: {body}"),
+        |v| v["service"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_gateway_routes_outside_requests_over_mtls_as_the_http_routes_say() {
+    let test = "a_real_gateway_routes_outside_requests_over_mtls_as_the_http_routes_say";
+    let Some(mesh) = start(test).await else {
+        return;
+    };
+    mesh.apply_mesh_service("gateway", json!({ "calls": ["storefront", "orders"] }))
+        .await;
+    mesh.apply_mesh_service("storefront", json!({})).await;
+    mesh.apply_mesh_service("orders", json!({})).await;
+    let cp = mesh.control_plane("replica-a").await;
+    let token_file = |service: &str| {
+        let dir = mesh.dirs.config.path().join(format!("token-{service}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    // Storefront and orders: sidecars in this process, certified with their ServiceAccounts'
+    // tokens, their registrations their endpoints (no Service of theirs in the cluster).
+    let services = mesh_testkit::TestMesh::new();
+    let mut sidecars = Vec::new();
+    for service in ["storefront", "orders"] {
+        let token = mesh.token(service, common::kube_mesh::AUDIENCE).await;
+        let file = common::kube_mesh::write_projected_token(&token_file(service), &token);
+        let echo = match service {
+            "storefront" => mesh_testkit::app::echo("storefront").await,
+            _ => mesh_testkit::app::echo("orders").await,
+        };
+        sidecars.push(
+            services
+                .sidecar(service)
+                .app(echo)
+                .control_plane(mesh.control_plane_ref(&cp, &file))
+                .start()
+                .await,
+        );
+    }
+
+    let web = mesh_testkit::free_port();
+    apply(
+        &gateways(&mesh),
+        "Gateway",
+        "gateway",
+        json!({
+            "gatewayClassName": "mesh",
+            "addresses": [{ "type": "IPAddress", "value": "127.0.0.1" }],
+            "listeners": [{ "name": "web", "port": web.port(), "protocol": "HTTP" }],
+        }),
+    )
+    .await;
+    apply(
+        &routes(&mesh),
+        "HTTPRoute",
+        "shop",
+        json!({
+            "parentRefs": [{ "name": "gateway" }],
+            "hostnames": ["shop.example.com"],
+            "rules": [
+                {
+                    "matches": [{ "path": { "type": "PathPrefix", "value": "/api/orders" } }],
+                    "backendRefs": [{ "name": "orders", "port": 80 }],
+                },
+                { "backendRefs": [{ "name": "storefront", "port": 80 }] },
+            ],
+        }),
+    )
+    .await;
+
+    // The gateway: the sidecar binary, its bootstrap saying only `gateway: {}`.
+    let token = mesh.token("gateway", common::kube_mesh::AUDIENCE).await;
+    let gateway_token = common::kube_mesh::write_projected_token(&token_file("gateway"), &token);
+    let (outbound, inbound, admin) = (
+        mesh_testkit::free_port(),
+        mesh_testkit::free_port(),
+        mesh_testkit::free_port(),
+    );
+    let dir = mesh.dirs.config.path();
+    let bootstrap = format!(
+        "service: gateway\ntrust_domain: mesh.local\n\
+         listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+         drain_timeout: 1s\n\
+         control_plane: {{ address: \"{cp}\", trust_anchor: \"{anchor}\", token_file: \"{token}\" }}\n\
+         gateway: {{}}\n",
+        cp = cp.api_addr(),
+        anchor = mesh.dirs.state().join("ca.pem").display(),
+        token = gateway_token.display(),
+    );
+    std::fs::write(dir.join("gateway.yaml"), bootstrap).unwrap();
+    let log = dir.join("gateway.log");
+    let _gateway = mesh_testkit::process::KillOnDrop::new(
+        std::process::Command::new(common::workspace_binary("sidecar"))
+            .arg("--config")
+            .arg(dir.join("gateway.yaml"))
+            .env_remove("MESH_SIDECAR_CONFIG")
+            .env_remove("MESH_SIDECAR_BOOTSTRAP")
+            .env("RUST_LOG", "info")
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let patience = Duration::from_secs(20);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // By path, to each service over mTLS, as the gateway service.
+    for (path, service) in [("/api/orders/7", "orders"), ("/", "storefront")] {
+        mesh_testkit::eventually(
+            &format!("{path} through the gateway to reach {service}"),
+            patience,
+            || async {
+                let (status, error, body) = through_gateway(web, "shop.example.com", path).await?;
+                if status == http::StatusCode::OK && answered_by(&body) == service {
+                    Ok(())
+                } else {
+                    Err(format!("{status} {error} {body}\n{}", log_text()))
+                }
+            },
+        )
+        .await;
+    }
+    // Another host has no route.
+    let (status, error, _) = through_gateway(web, "other.example.com", "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, error.as_str()),
+        (http::StatusCode::NOT_FOUND, "no-route")
+    );
+
+    // An edit sends orders' path to storefront, live.
+    apply(
+        &routes(&mesh),
+        "HTTPRoute",
+        "shop",
+        json!({
+            "parentRefs": [{ "name": "gateway" }],
+            "hostnames": ["shop.example.com"],
+            "rules": [{ "backendRefs": [{ "name": "storefront", "port": 80 }] }],
+        }),
+    )
+    .await;
+    mesh_testkit::eventually("the edit to be served", Duration::from_secs(5), || async {
+        let (status, error, body) =
+            through_gateway(web, "shop.example.com", "/api/orders/7").await?;
+        if status == http::StatusCode::OK && answered_by(&body) == "storefront" {
+            Ok(())
+        } else {
+            Err(format!("{status} {error} {body}"))
+        }
+    })
+    .await;
+
+    // Deleted: no route for the host any more.
+    routes(&mesh)
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap();
+    mesh_testkit::eventually(
+        "the deletion to be served",
+        Duration::from_secs(5),
+        || async {
+            let (status, error, _) = through_gateway(web, "shop.example.com", "/").await?;
+            if status == http::StatusCode::NOT_FOUND && error == "no-route" {
+                Ok(())
+            } else {
+                Err(format!("{status} {error}"))
+            }
+        },
+    )
+    .await;
+    drop(sidecars);
+    cp.stop().await.unwrap();
+}
