@@ -313,6 +313,13 @@ async fn gateway_api_objects_configure_the_gateway_live_with_their_status() {
     );
     route_parent(&mesh, "shop", generation(&shop)).await;
 
+    let shop_version = routes(&mesh)
+        .get("shop")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+
     // A route the gateway cannot serve is refused, with why, while shop keeps working.
     let broken = apply(
         &routes(&mesh),
@@ -341,6 +348,19 @@ async fn gateway_api_objects_configure_the_gateway_live_with_their_status() {
     assert_eq!(
         condition(&parent["conditions"], "ResolvedRefs")["reason"],
         "BackendNotFound"
+    );
+    let in_force: Vec<String> = cp.config().gateways["gateway"]
+        .config
+        .routes
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    assert_eq!(in_force, ["shop"]);
+    // shop's verdict did not change: its status is not written again.
+    let after = routes(&mesh).get("shop").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, shop_version,
+        "an unchanged status is not written"
     );
 
     // shop made invalid: its last accepted version stays in force, its status says why.
