@@ -393,6 +393,24 @@ async fn gateway_api_objects_configure_the_gateway_live_with_their_status() {
             == mesh_api::route_match::RouteMatch::any()
     );
 
+    // Detached from the mesh's Gateway: the mesh's entry leaves its status.
+    apply(
+        &routes(&mesh),
+        "HTTPRoute",
+        "broken",
+        json!({
+            "parentRefs": [{ "name": "someone-elses" }],
+            "rules": [{ "backendRefs": [{ "name": "payments", "port": 80 }] }],
+        }),
+    )
+    .await;
+    status_when(&routes(&mesh), "broken", "no entry of the mesh", |status| {
+        status["parents"]
+            .as_array()
+            .is_some_and(|parents| parents.iter().all(|p| p["controllerName"] != CONTROLLER))
+    })
+    .await;
+
     // A deleted route is gone from the gateway.
     routes(&mesh)
         .delete("shop", &DeleteParams::default())

@@ -170,6 +170,7 @@ impl GatewayApi {
         let mut judged = GatewayVerdicts {
             gateways: mapped.gateways,
             routes: mapped.routes,
+            judged: true,
         };
         for gateway in judged.gateways.values_mut() {
             let Some(verdict) = verdicts.get(object_name(&gateway.file)) else {

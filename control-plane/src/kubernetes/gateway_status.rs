@@ -29,6 +29,9 @@ const MAX_MESSAGE: usize = 8192;
 pub(crate) struct GatewayVerdicts {
     pub(crate) gateways: BTreeMap<String, GatewayVerdict>,
     pub(crate) routes: BTreeMap<String, RouteVerdict>,
+    /// Whether these come from a judgement (not the empty start): only then does a route
+    /// without a verdict lose the mesh's entries of its status.
+    pub(crate) judged: bool,
 }
 
 /// Where the verdicts are written.
@@ -109,6 +112,29 @@ impl StatusWriter {
             {
                 let status = route_status(verdict, object, &self.controller);
                 wanted.push(("HTTPRoute", object, status));
+            }
+        }
+        // Routes no longer attached to a Gateway of the mesh (detached, or their Gateway
+        // gone): the mesh's entries leave their status, others' stay.
+        if verdicts.judged {
+            for (name, object) in routes {
+                let ours = object.data["status"]["parents"]
+                    .as_array()
+                    .is_some_and(|p| {
+                        p.iter()
+                            .any(|p| p["controllerName"] == json!(self.controller))
+                    });
+                if ours && !verdicts.routes.contains_key(name) {
+                    let none = RouteVerdict {
+                        generation: object.metadata.generation,
+                        parents: Vec::new(),
+                    };
+                    wanted.push((
+                        "HTTPRoute",
+                        object,
+                        route_status(&none, object, &self.controller),
+                    ));
+                }
             }
         }
         let mut failed = false;
