@@ -381,6 +381,44 @@ pub(crate) fn map(objects: &Objects, context: &Context<'_>, last: &LastAccepted)
                 }
                 continue;
             };
+            // A refused Gateway serves its last accepted listeners: its routes keep theirs.
+            if mapped
+                .gateways
+                .get(gateway)
+                .is_some_and(|g| !g.accepted.status)
+            {
+                if let Some(entries) = last.routes.get(&key) {
+                    for entry in entries {
+                        for p in entry["parentRefs"].as_array().into_iter().flatten() {
+                            if let Some(listener) = p["name"].as_str() {
+                                *attached
+                                    .entry((gateway.to_owned(), listener.to_owned()))
+                                    .or_default() += 1;
+                            }
+                        }
+                    }
+                    file_routes
+                        .entry(gateway.to_owned())
+                        .or_default()
+                        .extend(entries.iter().cloned());
+                    mapped.accepted.routes.insert(key.clone(), entries.clone());
+                }
+                for (_, parent) in mine {
+                    statuses.push(ParentStatus {
+                        parent_ref: (*parent).clone(),
+                        accepted: Condition::no(
+                            "Accepted",
+                            "Pending",
+                            format!(
+                                "Gateway {gateway} is refused: its last accepted listeners and \
+                                 routes stay in force"
+                            ),
+                        ),
+                        resolved_refs: resolved(&translated.refs),
+                    });
+                }
+                continue;
+            }
             let statuses_of = &listener_statuses[gateway];
             let mut problems = translated.problems.clone();
             let mut refs = translated.refs.clone();
@@ -1181,6 +1219,42 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn a_refused_gateway_keeps_its_last_accepted_listeners_and_routes() {
+        let route = json!({
+            "parentRefs": [{ "name": "gateway" }],
+            "hostnames": ["shop.example.com"],
+            "rules": [{ "backendRefs": [{ "name": "storefront" }] }],
+        });
+        let context = Context {
+            namespace: "default",
+            class: "mesh",
+            calls: &calls,
+        };
+        let first = map(
+            &objects(&[("gateway", gateway())], &[("shop", route.clone())]),
+            &context,
+            &LastAccepted::default(),
+        );
+        let mut refused = gateway();
+        refused["tls"] = json!({});
+        let mapped = map(
+            &objects(&[("gateway", refused)], &[("shop", route)]),
+            &context,
+            &first.accepted,
+        );
+        assert_eq!(file(&mapped, "gateway"), file(&first, "gateway"));
+        let verdict = &mapped.gateways["gateway"];
+        assert_eq!(
+            verdict.accepted.message,
+            "spec.tls: not supported by the mesh's gateways; the last accepted listeners stay \
+             in force"
+        );
+        assert!(verdict.programmed.status);
+        assert_eq!(mapped.routes["shop"].parents[0].accepted.reason, "Pending");
+        assert_eq!(mapped.accepted, first.accepted);
     }
 
     #[test]
