@@ -345,13 +345,14 @@ pub async fn start(options: Options, listeners: Listeners) -> Result<ControlPlan
                 client,
                 &mesh_only.namespace,
                 &kubernetes.replica,
+                &kubernetes.gateway_class,
                 shutdown.clone(),
             )
             .await;
             tasks.extend(policy_tasks);
             ConfigSource::Cluster {
                 dir: options.config_dir.clone(),
-                policy,
+                policy: Box::new(policy),
             }
         }
     };
@@ -563,13 +564,13 @@ enum ConfigSource {
     },
     Cluster {
         dir: PathBuf,
-        policy: kubernetes::ClusterPolicy,
+        policy: Box<kubernetes::ClusterPolicy>,
     },
 }
 
 impl ConfigSource {
     /// The configuration's files as they are now.
-    async fn read(&self) -> Result<config::ConfigFiles, InvalidConfig> {
+    async fn read(&mut self) -> Result<config::ConfigFiles, InvalidConfig> {
         let (dir, services) = match self {
             Self::Files { dir, services } => (dir.clone(), Some(services.clone())),
             Self::Cluster { dir, .. } => (dir.clone(), None),

@@ -95,6 +95,10 @@ struct Cli {
     /// How often the leader renews its Lease, and the other replicas look at it.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     lease_renew: Duration,
+    /// The `gatewayClassName` of the Gateways (gateway.networking.k8s.io/v1) that configure the
+    /// mesh's gateways.
+    #[arg(long, value_name = "NAME", default_value = mesh_kube::names::GATEWAY_CLASS)]
+    gateway_class: String,
 }
 
 fn parse_url(text: &str) -> Result<String, String> {
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
             kubernetes.replica = replica;
         }
         kubernetes.audience = cli.token_audience;
+        kubernetes.gateway_class = cli.gateway_class;
         kubernetes.election = mesh_control_plane::ElectionOptions {
             lease_duration: cli.lease_duration,
             renew_every: cli.lease_renew,

@@ -1,5 +1,5 @@
 //! The rights the control plane needs, as RBAC rules: cluster-wide, to read what it serves
-//! (services, endpoint slices, pods, namespaces, its policy objects), review sidecars' tokens
+//! (services, endpoint slices, pods, namespaces, its policy objects, Gateway API objects), review sidecars' tokens
 //! and report; in its own namespace, to elect a leader and keep its CA. `meshctl install`
 //! writes them into a ClusterRole and a Role, `meshctl check` asks the API server whether the
 //! control plane's ServiceAccount holds each of them.
@@ -70,6 +70,19 @@ pub const CONTROL_PLANE_CLUSTER_RULES: &[Rule] = &[
     Rule {
         group: names::POLICY_GROUP,
         resources: &["meshservices/status"],
+        verbs: &["update", "patch"],
+        names: &[],
+    },
+    // Ingress configuration from the Gateway API, and the status it reports on it.
+    Rule {
+        group: names::GATEWAY_API_GROUP,
+        resources: &["gateways", "httproutes"],
+        verbs: &["get", "list", "watch"],
+        names: &[],
+    },
+    Rule {
+        group: names::GATEWAY_API_GROUP,
+        resources: &["gateways/status", "httproutes/status"],
         verbs: &["update", "patch"],
         names: &[],
     },

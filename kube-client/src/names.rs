@@ -40,6 +40,15 @@ pub const POLICY_PLURAL: &str = "meshservices";
 /// The CustomResourceDefinition's name, `<plural>.<group>`.
 pub const POLICY_CRD: &str = "meshservices.mesh.local";
 
+/// The Gateway API's group: the control plane reads its Gateways and HTTPRoutes (v1).
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+/// The Gateway API version whose CRDs the mesh is tested with (`scripts/gateway-api-crds.sh`).
+pub const GATEWAY_API_VERSION: &str = "v1.6.3";
+/// The `gatewayClassName` of the Gateways the mesh's gateways serve, unless told otherwise.
+pub const GATEWAY_CLASS: &str = "mesh";
+/// The `controllerName` the mesh writes into HTTPRoutes' status.
+pub const GATEWAY_CONTROLLER: &str = "mesh.local/gateway-controller";
+
 /// The control plane's ServiceAccount as an RBAC user.
 pub fn control_plane_user() -> String {
     format!("system:serviceaccount:{NAMESPACE}:{CONTROL_PLANE}")

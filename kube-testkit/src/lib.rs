@@ -7,6 +7,7 @@
 //! - [`TestCluster`]: the running pair; stops both and removes its directory on drop.
 //! - [`apply`]: manifests applied server-side as kubectl does, and read back.
 //! - [`mesh`]: the mesh's namespace, CRD and RBAC, and the control plane's kubeconfig.
+//! - [`gateway_api`]: the Gateway API's CRDs, as `scripts/gateway-api-crds.sh` fetches them.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -21,6 +22,7 @@ pub mod apply;
 pub mod binaries;
 mod cluster;
 mod error;
+pub mod gateway_api;
 pub mod mesh;
 mod pki;
 

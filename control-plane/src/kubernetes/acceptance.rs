@@ -13,7 +13,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{self, ConfigFiles, FileError, InvalidConfig, MeshConfig, SERVICES_DIR};
+use crate::config::{
+    self, ConfigFiles, FileError, GATEWAYS_DIR, InvalidConfig, MeshConfig, SERVICES_DIR,
+};
 
 /// The control plane's verdict on one object's spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,10 +123,13 @@ impl Acceptance {
     }
 }
 
-/// Whether a configuration file is a MeshService's.
+/// Whether a configuration file is an object's: a MeshService's, or a Gateway's (with its
+/// routes), judged the same way.
 fn is_object(file: &str) -> bool {
-    file.strip_prefix(SERVICES_DIR)
-        .is_some_and(|rest| rest.starts_with('/'))
+    [SERVICES_DIR, GATEWAYS_DIR].iter().any(|dir| {
+        file.strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+    })
 }
 
 /// Whether an error belongs to an object still in the candidate configuration.
@@ -132,7 +137,8 @@ fn candidate_object(candidate: &ConfigFiles, error: &FileError) -> bool {
     is_object(&error.file) && candidate.contains_key(&error.file)
 }
 
-/// The object's name from its file's, `services/<name>.yaml`.
+/// The object's name from its file's, `services/<name>.yaml` (a gateway file's verdict goes
+/// by its file's name without `.yaml`, `gateways/<service>`).
 pub(crate) fn object_name(file: &str) -> &str {
     let name = file
         .strip_prefix(SERVICES_DIR)

@@ -68,6 +68,11 @@ impl Backoff for CappedBackoff {
     }
 }
 
+/// A watch's backoff: from [`MIN_BACKOFF`], doubling to [`MAX_BACKOFF`].
+pub(crate) fn capped_backoff() -> impl Backoff {
+    CappedBackoff { next: MIN_BACKOFF }
+}
+
 /// The MeshService kind as the API serves it.
 pub(crate) fn resource() -> ApiResource {
     let gvk = GroupVersionKind::gvk(
@@ -95,8 +100,8 @@ impl MeshServices {
         let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &resource());
         let (tx, objects) = watch::channel(None);
         let task = tokio::spawn(async move {
-            let backoff = CappedBackoff { next: MIN_BACKOFF };
-            let stream = watcher::watcher(api, watcher::Config::default()).backoff(backoff);
+            let stream =
+                watcher::watcher(api, watcher::Config::default()).backoff(capped_backoff());
             let mut stream = std::pin::pin!(stream);
             let mut objects = Objects::new();
             let mut initial = Objects::new();

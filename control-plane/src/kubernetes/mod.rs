@@ -7,6 +7,10 @@
 //! - `cluster_policy`: those objects judged one by one (`acceptance`): a refused object keeps
 //!   its last accepted spec while the others' changes apply, and each object's verdict is
 //!   written to its status and events (`verdicts`).
+//! - `gateway_objects`, `gateway_api`, `gateway_status`: ingress from the Gateway API:
+//!   Gateways of the mesh's class and their HTTPRoutes, watched, mapped onto the gateway files
+//!   of file mode (`gateways/<service>.yaml`) and judged with the MeshServices; each object's
+//!   verdict written to its status as Gateway API controllers do.
 //! - `token_review`: workload identity from projected service-account tokens, reviewed by
 //!   the API server, instead of join tokens.
 //! - `discovery`: where services' instances are, from Services and EndpointSlices.
@@ -24,6 +28,9 @@ mod acceptance;
 mod ca_secret;
 mod cluster_policy;
 mod discovery;
+mod gateway_api;
+mod gateway_objects;
+mod gateway_status;
 mod leader;
 mod mesh_services;
 mod options;

@@ -21,6 +21,8 @@ pub struct KubernetesOptions {
     pub audience: String,
     /// How the replicas elect their leader with the Lease.
     pub election: ElectionOptions,
+    /// The `gatewayClassName` of the Gateways that configure the mesh's gateways.
+    pub gateway_class: String,
 }
 
 impl KubernetesOptions {
@@ -34,6 +36,7 @@ impl KubernetesOptions {
             replica: default_replica(),
             audience: mesh_inject::names::TOKEN_AUDIENCE.to_owned(),
             election: ElectionOptions::default(),
+            gateway_class: mesh_kube::names::GATEWAY_CLASS.to_owned(),
         }
     }
 }

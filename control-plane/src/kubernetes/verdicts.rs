@@ -21,11 +21,11 @@ use super::acceptance::{InForce, Verdict, Verdicts};
 use super::mesh_services::{CONDITION, MeshService, Objects, resource};
 
 /// The field manager of the status, and the events' reporting controller.
-const MANAGER: &str = "mesh-control-plane";
+pub(crate) const MANAGER: &str = "mesh-control-plane";
 /// How long one write may take before it is retried (the API server may be away).
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How soon a failed write is retried.
-const RETRY: Duration = Duration::from_secs(2);
+pub(crate) const RETRY: Duration = Duration::from_secs(2);
 
 /// Where the verdicts are written.
 pub(crate) struct VerdictWriter {
@@ -210,7 +210,7 @@ fn condition(verdict: &Verdict, object: &MeshService) -> Value {
 }
 
 /// The time now as a condition's `lastTransitionTime` (RFC 3339, in seconds).
-fn now() -> String {
+pub(crate) fn now() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
@@ -237,7 +237,7 @@ fn message(verdict: &Verdict) -> String {
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary (events' notes are limited).
-fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
