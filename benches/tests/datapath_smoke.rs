@@ -1,27 +1,17 @@
 //! The data-path harness in quick mode, direct and ours only (Envoy would need a download):
 //! proves the harness starts the processes, loads them and counts sane numbers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use mesh_benches::datapath::{self, EnvoySource, Options, Plan, Topology};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_run_direct_and_ours() {
-    // The directory of this profile's binaries; the sidecar is built there when a narrower
-    // test run (`-p mesh-benches`) did not build it.
-    let harness = PathBuf::from(env!("CARGO_BIN_EXE_datapath"));
-    let bin_dir = harness.parent().unwrap().to_owned();
-    datapath::build_sidecar_if_missing(&bin_dir).unwrap();
-    let options = Options {
-        mode: "quick".to_owned(),
-        plan: Plan::quick(),
-        topologies: vec![Topology::Direct, Topology::Ours],
-        harness,
-        bin_dir,
-        envoy: EnvoySource::Path(PathBuf::from("/nonexistent/envoy")),
-        command: "datapath_smoke".to_owned(),
-    };
-    let report = datapath::run(options).await.unwrap();
+    let report = datapath::run(quick(vec![Topology::Direct, Topology::Ours]))
+        .await
+        .unwrap();
     let markdown = report.markdown();
     assert_eq!(report.results.len(), 2, "{markdown}");
     assert!(!report.has_failures(), "{markdown}");
@@ -74,22 +64,11 @@ async fn quick_run_transparent_and_explicit() {
         );
         return;
     }
-    let harness = PathBuf::from(env!("CARGO_BIN_EXE_datapath"));
-    let bin_dir = harness.parent().unwrap().to_owned();
-    datapath::build_sidecar_if_missing(&bin_dir).unwrap();
-    let options = Options {
-        mode: "quick".to_owned(),
-        plan: Plan::quick(),
-        topologies: vec![
-            Topology::Direct,
-            Topology::OursExplicit,
-            Topology::OursTransparent,
-        ],
-        harness,
-        bin_dir,
-        envoy: EnvoySource::Path(PathBuf::from("/nonexistent/envoy")),
-        command: "datapath_smoke".to_owned(),
-    };
+    let options = quick(vec![
+        Topology::Direct,
+        Topology::OursExplicit,
+        Topology::OursTransparent,
+    ]);
     let report = datapath::run(options).await.unwrap();
     let markdown = report.markdown();
     // The run deleted its namespaces (and with them the veth links) when it ended.
@@ -134,19 +113,9 @@ async fn quick_run_transparent_and_explicit() {
 /// goes on over mTLS to the service's sidecar; the comparison section shows ours alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_run_gateway() {
-    let harness = PathBuf::from(env!("CARGO_BIN_EXE_datapath"));
-    let bin_dir = harness.parent().unwrap().to_owned();
-    datapath::build_sidecar_if_missing(&bin_dir).unwrap();
-    let options = Options {
-        mode: "quick".to_owned(),
-        plan: Plan::quick(),
-        topologies: vec![Topology::Direct, Topology::OursGateway],
-        harness,
-        bin_dir,
-        envoy: EnvoySource::Path(PathBuf::from("/nonexistent/envoy")),
-        command: "datapath_smoke".to_owned(),
-    };
-    let report = datapath::run(options).await.unwrap();
+    let report = datapath::run(quick(vec![Topology::Direct, Topology::OursGateway]))
+        .await
+        .unwrap();
     let markdown = report.markdown();
     assert!(!report.has_failures(), "{markdown}");
     let gateway = &report.results[1];
@@ -172,4 +141,21 @@ async fn quick_run_gateway() {
         markdown.contains("## Gateway: ours against Envoy's"),
         "{markdown}"
     );
+}
+
+/// A quick run of `topologies` with this profile's binaries (the sidecar is built there when a
+/// narrower test run, `-p mesh-benches`, did not build it) and no Envoy.
+fn quick(topologies: Vec<Topology>) -> Options {
+    let harness = PathBuf::from(env!("CARGO_BIN_EXE_datapath"));
+    let bin_dir = harness.parent().unwrap().to_owned();
+    datapath::build_sidecar_if_missing(&bin_dir).unwrap();
+    Options {
+        mode: "quick".to_owned(),
+        plan: Plan::quick(),
+        topologies,
+        harness,
+        bin_dir,
+        envoy: EnvoySource::Path(PathBuf::from("/nonexistent/envoy")),
+        command: "datapath_smoke".to_owned(),
+    }
 }

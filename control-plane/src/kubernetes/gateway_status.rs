@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::gateway_api::{Condition, GatewayVerdict, ParentStatus, RouteVerdict};
 use super::gateway_objects::{self, http_routes};
-use super::verdicts::{CALL_TIMEOUT, MANAGER, RETRY, now, truncate};
+use super::verdicts::{CALL_TIMEOUT, MANAGER, now, retry_if, truncate};
 
 /// The objects of one kind, by name, as watched.
 type Watched = watch::Receiver<Option<BTreeMap<String, DynamicObject>>>;
@@ -70,13 +70,7 @@ impl StatusWriter {
                 () = shutdown.cancelled() => return,
                 failed = self.write_all(&stored_gateways, &stored_routes, &judged) => failed,
             };
-            let retry = async {
-                if failed {
-                    tokio::time::sleep(RETRY).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            };
+            let retry = retry_if(failed);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = gateways.changed() => if changed.is_err() { return },

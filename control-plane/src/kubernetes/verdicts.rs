@@ -67,13 +67,7 @@ impl VerdictWriter {
                 () = shutdown.cancelled() => return,
                 failed = self.write_all(&now, &judged) => failed,
             };
-            let retry = async {
-                if failed {
-                    tokio::time::sleep(RETRY).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            };
+            let retry = retry_if(failed);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = objects.changed() => if changed.is_err() { return },
@@ -243,4 +237,14 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+/// Completes after [`RETRY`] when the last writes `failed`, else never: the status writers
+/// wait on it beside their inputs' changes.
+pub(crate) async fn retry_if(failed: bool) {
+    if failed {
+        tokio::time::sleep(RETRY).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
 }
