@@ -15,6 +15,7 @@ use crate::body_limit::BodyLimit;
 use crate::config::{GatewayClients, GatewayConfig};
 use crate::error::{RateLimited, Reason, rescue, synthetic};
 use crate::metrics::{Label, Metrics};
+use crate::outbound::accept::Ended;
 use crate::outbound::destination;
 
 use super::edge::{ClientRates, Refusal, check_sizes, forwarding};
@@ -155,6 +156,18 @@ where
             return Ok(self.refuse(Refusal::BodyOverLimit { max: limit.max() }));
         }
         rsp
+    }
+
+    /// Counts what hyper refused itself on a connection of this listener, before any request
+    /// reached [`GatewayListener::handle`]: a request head over `max_header_bytes` on HTTP/1.1
+    /// (431), or a URI over hyper's 64 KiB (414).
+    pub(crate) fn count_ended(&self, ended: Ended) {
+        let reason = match ended {
+            Ended::Closed => return,
+            Ended::HeadTooLarge => "headers-too-large",
+            Ended::UriTooLong => "uri-too-long",
+        };
+        self.metrics.gateway_refused(&self.name, reason);
     }
 
     /// Counts `refusal` and answers it.

@@ -432,6 +432,28 @@ async fn outside_clients_cannot_forge_their_address_or_exceed_their_limits() {
     )
     .await;
     assert_eq!(rsp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // Far over the listener's buffer: hyper answers before the gateway sees the request (as it
+    // did the one above, whose head is over the 8 KiB buffer too), and both are counted.
+    let rsp = send(
+        http::Request::get(&url)
+            .header("host", "shop.example.com")
+            .header("x-big", "a".repeat(50_000))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rsp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let series = r#"mesh_gateway_refused_total{listener="web",reason="headers-too-large"}"#;
+    let counted = eventually("both 431s to be counted", PATIENCE, || async {
+        let value = edge.metric(series).await;
+        if value >= 2.0 {
+            Ok(value)
+        } else {
+            Err(format!("{series} {value}"))
+        }
+    })
+    .await;
+    assert_eq!(counted, 2.0, "{series}");
 
     // At one a second after a burst of 20, a quick series is cut off.
     let mut limited = None;
