@@ -934,6 +934,38 @@ fn gateway_mistakes_are_reported_by_field() {
 }
 
 #[test]
+fn a_gateway_refuses_an_inbound_listener_naming_the_field() {
+    let with = |listen: &str| {
+        GATEWAY.replace(
+            "trust_domain: mesh.local\n",
+            &format!("trust_domain: mesh.local\nlisten: {listen}\n"),
+        )
+    };
+    let found: Vec<String> = errors(&with(
+        "{ inbound: \"127.0.0.1:15006\", advertise: 10.0.0.5 }",
+    ))
+    .iter()
+    .map(|e| format!("{}: {}", e.path, e.message))
+    .collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("listen.inbound: not allowed with gateway: a gateway has no inbound"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("listen.advertise: not allowed with gateway"),
+        "{found:#?}"
+    );
+    // Outbound and admin are its own; the inbound default does not stand in their way.
+    let config = Config::from_yaml(
+        &with("{ outbound: \"127.0.0.1:15006\", admin: \"127.0.0.1:15000\" }"),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(config.listen.outbound.port(), 15006);
+}
+
+#[test]
 fn gateway_client_limits_are_read_and_checked() {
     let good = format!(
         "{GATEWAY}  clients: {{ trusted_hops: 1, max_request_bytes: 1MiB, max_header_bytes: 16KiB, \

@@ -71,10 +71,10 @@ impl PushedEdge {
                     .await,
             );
         }
-        let (outbound, inbound, admin) = (free_port(), free_port(), free_port());
+        let (outbound, admin) = (free_port(), free_port());
         let bootstrap = format!(
             "service: gateway\ntrust_domain: mesh.local\n\
-             listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+             listen: {{ outbound: \"{outbound}\", admin: \"{admin}\" }}\n\
              drain_timeout: 5s\n\
              control_plane: {{ address: \"{cp}\", trust_anchor: ca.pem, token_file: tokens/gateway }}\n\
              gateway: {gateway}\n",
