@@ -16,7 +16,7 @@ use crate::config::{GatewayClients, GatewayConfig};
 use crate::error::{RateLimited, Reason, rescue, synthetic};
 use crate::metrics::{Label, Metrics};
 use crate::outbound::accept::Ended;
-use crate::outbound::destination;
+use crate::outbound::destination::{self, PinnedVersion};
 
 use super::edge::{ClientRates, Refusal, check_sizes, forwarding};
 use super::routes::{ListenerRoutes, Routing};
@@ -117,9 +117,17 @@ where
         };
         let host = destination::service_name(&authority);
         let service = match self.routes.route(&host, &req) {
-            Routing::To { route, service } => {
+            Routing::To {
+                route,
+                service,
+                version,
+            } => {
                 if let Some(route) = self.route_names.get(route) {
                     self.metrics.gateway_routed(&self.name, route);
+                }
+                if let Some(version) = version {
+                    req.extensions_mut()
+                        .insert(PinnedVersion(version.to_owned()));
                 }
                 service.to_owned()
             }
