@@ -60,6 +60,15 @@ pub(crate) struct Bound {
     tls: Option<TlsAcceptor>,
 }
 
+// === impl Bound ===
+
+impl Bound {
+    /// The address it is bound to (the port chosen when the configuration says 0).
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// Binds `listener` (`gateway.listeners[index]`), loading its certificates, which are then
 /// watched until `stop`.
 pub(crate) async fn bind(

@@ -608,6 +608,35 @@ async fn a_gateway_is_no_destination_so_callers_naming_it_get_no_endpoints() {
     })
     .await;
     assert_eq!(addresses, [""]);
+    // Its heartbeats report where its listeners are bound instead.
+    let listeners = eventually("the gateway's listeners in the status", PATIENCE, || {
+        let listeners: Vec<(String, String)> = edge
+            .cluster
+            .control_plane
+            .status()
+            .services
+            .get("gateway")
+            .into_iter()
+            .flat_map(|s| &s.instances)
+            .flat_map(|i| &i.gateway_listeners)
+            .map(|l| (l.name.clone(), l.address.clone()))
+            .collect();
+        async move {
+            if listeners.is_empty() {
+                Err("none reported".to_owned())
+            } else {
+                Ok(listeners)
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        listeners,
+        [
+            ("web".to_owned(), edge.web.to_string()),
+            ("websecure".to_owned(), edge.websecure.to_string())
+        ]
+    );
 
     // `orders` calls `gateway`: once its snapshot has the destination, the answer is the one
     // for a destination without instances.
