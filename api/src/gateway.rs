@@ -177,7 +177,7 @@ pub enum Hostname {
 pub struct GatewayRule {
     /// Any of these; [`RouteMatch::any`] when none were written.
     pub matches: Vec<RouteMatch>,
-    /// Mesh services by weight (no version: a destination's own routes split by version).
+    /// Mesh services, or one version of one, by weight.
     pub backends: Vec<BackendRef>,
 }
 
@@ -228,15 +228,16 @@ impl Hostname {
 
 impl GatewayFile {
     /// The service names of every route's `backendRefs`, each with its field path (relative to
-    /// the file), for checks only the writer's context can make.
-    pub fn backend_names(&self) -> Vec<(String, &str)> {
+    /// the file, `...backendRefs[k]`) and the version it names, if any, for checks only the
+    /// writer's context can make.
+    pub fn backend_names(&self) -> Vec<(String, &str, Option<&str>)> {
         let mut names = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
             for (j, rule) in route.rules.iter().enumerate() {
                 for (k, backend) in rule.backend_refs.iter().enumerate() {
                     if let Some(name) = &backend.name {
-                        let path = format!("routes[{i}].rules[{j}].backendRefs[{k}].name");
-                        names.push((path, name.as_str()));
+                        let path = format!("routes[{i}].rules[{j}].backendRefs[{k}]");
+                        names.push((path, name.as_str(), backend.version.as_deref()));
                     }
                 }
             }
@@ -549,16 +550,9 @@ fn rule(file: RuleFile, path: &str, errors: &mut Errors) -> GatewayRule {
     let mut backends = Vec::new();
     for (k, file) in file.backend_refs.into_iter().enumerate() {
         let at = format!("{path}.backendRefs[{k}]");
-        let Some(backend) = backend_ref(file, &at, errors) else {
-            continue;
-        };
-        if backend.version.is_some() {
-            errors.push(
-                format!("{at}.version"),
-                "not taken by a gateway: give the destination a route that splits by version",
-            );
+        if let Some(backend) = backend_ref(file, &at, errors) {
+            backends.push(backend);
         }
-        backends.push(backend);
     }
     if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
         errors.push(

@@ -348,6 +348,7 @@ pub fn parse(files: &ConfigFiles) -> Result<MeshConfig, InvalidConfig> {
                     let declared = gateways::Declared {
                         file: &service.file,
                         calls: &service.calls,
+                        split: service.traffic_split.as_ref(),
                     };
                     (name.as_str(), declared)
                 })

@@ -85,7 +85,7 @@ pub use crate::ca::CertError;
 pub use crate::config::{InvalidConfig, MeshConfig};
 pub use crate::kubernetes::{CaSecretError, ElectionOptions, KubernetesError, KubernetesOptions};
 pub use crate::listener::PeerInfo;
-pub use crate::mesh::{InstanceStatus, Replicas, ServiceStatus, Status};
+pub use crate::mesh::{GatewayListenerStatus, InstanceStatus, Replicas, ServiceStatus, Status};
 pub use crate::tls::{TlsError, control_plane_id};
 pub use crate::tokens::{TokenError, Tokens, admin_token_path};
 pub use crate::virtual_addresses::{AddressError, TABLE_FILE as VIRTUAL_ADDRESS_FILE};

@@ -182,6 +182,7 @@ async fn registry_takes_the_service_from_the_certificate() {
         certificate_issuer_sha256: "ab".repeat(32),
         ejected_endpoints: vec!["inventory/127.0.0.1:9".into()],
         app_down: String::new(),
+        gateway_listeners: Vec::new(),
     };
     assert!(orders.heartbeat(beat("o-1")).await);
     assert!(!orders.heartbeat(beat("o-unknown")).await);
@@ -470,6 +471,7 @@ async fn root_rotation_waits_for_sidecars() {
                         certificate_issuer_sha256: issuer,
                         ejected_endpoints: vec![],
                         app_down: String::new(),
+                        gateway_listeners: vec![],
                     })
                     .await;
                 tokio::time::sleep(Duration::from_millis(150)).await;

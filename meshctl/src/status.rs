@@ -62,8 +62,11 @@ pub struct Service {
 pub struct Instance {
     /// Chosen by the sidecar.
     pub instance_id: String,
-    /// Inbound address.
+    /// Inbound address; empty for a gateway.
     pub address: String,
+    /// A gateway's listeners as bound, where outside clients reach it.
+    #[serde(default)]
+    pub gateway_listeners: Vec<GatewayListener>,
     /// App version.
     #[serde(default)]
     pub version: String,
@@ -88,6 +91,35 @@ pub struct Instance {
     /// Its sidecar's admin listener, where `stat` and `tap` read it.
     #[serde(default)]
     pub admin_address: Option<String>,
+}
+
+/// One listener of a gateway.
+#[derive(Debug, Deserialize)]
+pub struct GatewayListener {
+    /// Its name in the gateway's configuration.
+    pub name: String,
+    /// Where it is bound.
+    pub address: String,
+}
+
+// === impl Instance ===
+
+impl Instance {
+    /// Where it is reached: its inbound address, or a gateway's listeners (`web=ip:port,...`),
+    /// or `-` when it reported neither.
+    fn reached_at(&self) -> String {
+        if !self.address.is_empty() {
+            return self.address.clone();
+        }
+        if self.gateway_listeners.is_empty() {
+            return "-".to_owned();
+        }
+        self.gateway_listeners
+            .iter()
+            .map(|l| format!("{}={}", l.name, l.address))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// Renders the table; `now_unix` is the current time, for certificate expiry.
@@ -144,7 +176,7 @@ pub fn render(status: &Status, now_unix: i64) -> String {
             rows.push([
                 name.clone(),
                 i.instance_id.clone(),
-                i.address.clone(),
+                i.reached_at(),
                 if i.version.is_empty() {
                     "v1".into()
                 } else {
@@ -263,11 +295,24 @@ mod tests {
                      "app_down": "GET /healthz answered 503 Service Unavailable"}
                 ]},
                 "payments": {"snapshot_version": 10, "instances": [],
-                             "virtual_address": "127.240.0.3"}
+                             "virtual_address": "127.240.0.3"},
+                "gateway": {"snapshot_version": 12, "instances": [
+                    {"instance_id": "g-1", "address": "", "applied_version": 12,
+                     "gateway_listeners": [{"name": "web", "address": "0.0.0.0:8080"},
+                                           {"name": "websecure", "address": "0.0.0.0:8443"}]},
+                    {"instance_id": "g-2", "address": "", "applied_version": 12}
+                ]}
             }
         }))
         .unwrap();
         let table = render(&status, 1000);
+        // A gateway has no inbound address: where its listeners are bound, or `-`.
+        let gateway = |id: &str| {
+            let line = table.lines().find(|l| l.contains(id)).unwrap();
+            line.split_whitespace().nth(2).unwrap().to_owned()
+        };
+        assert_eq!(gateway("g-1"), "web=0.0.0.0:8080,websecure=0.0.0.0:8443");
+        assert_eq!(gateway("g-2"), "-");
         assert!(table.contains("11 (stale, current 12)"), "{table}");
         assert!(table.contains("3h0m"), "{table}");
         // An address the control plane knows is shown by its instance's name.

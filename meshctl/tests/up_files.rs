@@ -466,10 +466,11 @@ fn the_gateway_gets_ports_after_every_instance_and_a_bootstrap_routing_to_the_st
     assert_eq!(config.gateway.listen, None);
     let plan = plan::allocate(&config, |_| true).unwrap();
     let g = &plan.gateway;
-    // After the control plane's two and three instances' four: no instance's port moved.
+    // After the control plane's two and three instances' four: no instance's port moved. No
+    // inbound listener: a gateway has none.
     assert_eq!(
-        [g.http, g.outbound, g.inbound, g.admin].map(|a| a.port()),
-        [20014, 20015, 20016, 20017]
+        [g.http, g.outbound, g.admin].map(|a| a.port()),
+        [20014, 20015, 20016]
     );
     assert_eq!(g.url(), "http://127.0.0.1:20014");
 

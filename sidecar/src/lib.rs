@@ -199,6 +199,8 @@ pub async fn run(
     };
     // The gateway configuration the control plane declares, if any: it wins over the bootstrap's.
     let (pushed_gateway_tx, pushed_gateway) = tokio::sync::watch::channel(None);
+    // The gateway's listeners as bound, which its heartbeats report.
+    let (gateway_bound_tx, gateway_bound) = tokio::sync::watch::channel(Vec::new());
     let controlled = Controlled {
         identity: identity.clone(),
         destinations: destinations_tx.clone(),
@@ -209,6 +211,7 @@ pub async fn run(
         inbound_addr,
         admin_addr,
         gateway: pushed_gateway_tx,
+        gateway_bound: config.gateway.is_some().then_some(gateway_bound),
     };
     if let Some(address) = &cp_address {
         admin.waiting_for(Some(format!(
@@ -287,7 +290,7 @@ pub async fn run(
                     move |req| outbound.clone().handle(req),
                     (&config.limits.outbound, outbound_cap.clone()),
                     drain.clone(),
-                    metrics.clone(),
+                    (metrics.clone(), gateway_bound_tx),
                 )
                 .await?,
             )

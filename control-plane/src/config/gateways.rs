@@ -1,7 +1,8 @@
 //! `gateways/<name>.yaml`: the listeners, routes and client limits of the gateway that runs as
 //! service `<name>`, in the schema of a gateway bootstrap's `gateway:` section
 //! ([`mesh_api::gateway`]) and held to the same rules, plus what only the mesh knows: the
-//! service is declared, and every backend is a service it calls (so its snapshot carries it).
+//! service is declared, every backend is a service it calls (so its snapshot carries it), and
+//! a backend's `version` is one that service's `traffic_split` lists (so it has endpoints).
 //!
 //! ```yaml
 //! # gateways/gateway.yaml, for the service declared in services/gateway.yaml
@@ -40,10 +41,12 @@ pub struct DeclaredGateway {
     pub config: GatewayConfig,
 }
 
-/// What a gateway's validation needs of a declared service: its file and its calls.
+/// What a gateway's validation needs of a declared service: its file, its calls, and the
+/// versions it splits into.
 pub(super) struct Declared<'a> {
     pub(super) file: &'a str,
     pub(super) calls: &'a [String],
+    pub(super) split: Option<&'a BTreeMap<String, u32>>,
 }
 
 /// Validates every `gateways/*.yaml` of `files` against the declared `services`.
@@ -85,13 +88,29 @@ pub(super) fn validate(
             continue;
         };
         let mut errors = Errors::default();
-        for (path, backend) in parsed.backend_names() {
+        for (path, backend, version) in parsed.backend_names() {
             if !service.calls.iter().any(|call| call == backend) {
                 errors.push(
-                    path,
+                    format!("{path}.name"),
                     format!(
                         "{backend:?} is not a service {name} calls: add it to the calls of {}",
                         service.file
+                    ),
+                );
+            }
+            let Some((version, target)) = version.zip(services.get(backend)) else {
+                continue;
+            };
+            if !target
+                .split
+                .is_some_and(|split| split.contains_key(version))
+            {
+                errors.push(
+                    format!("{path}.version"),
+                    format!(
+                        "{version:?} is not in {backend}'s traffic_split: add it there in {} \
+                         (weight 0 sends it only the requests of routes that name it)",
+                        target.file
                     ),
                 );
             }
@@ -123,7 +142,10 @@ mod tests {
         files.insert(MESH_FILE.into(), b"trust_domain: mesh.local\n".to_vec());
         for (name, text) in [
             ("gateway", "name: gateway\ncalls: [storefront]\n"),
-            ("storefront", "name: storefront\n"),
+            (
+                "storefront",
+                "name: storefront\ntraffic_split: { v1: 100, v2: 0 }\n",
+            ),
             ("orders", "name: orders\n"),
         ] {
             files.insert(format!("services/{name}.yaml"), text.as_bytes().to_vec());
@@ -198,6 +220,31 @@ mod tests {
                  \"websecure\"",
                 "gateways/gateway.yaml: clients.max_request_bytes: invalid size \"lots\": write \
                  e.g. 16KiB, 1MiB or 4096",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backend_version_is_one_its_service_splits_into() {
+        let route = |backends: &str| {
+            format!(
+                "{WEB}routes:\n  - {{ name: shop, parentRefs: [{{ name: web }}], rules: [{{ backendRefs: {backends} }}] }}\n"
+            )
+        };
+        let good = route("[{ name: storefront, version: v2 }, { name: storefront, weight: 9 }]");
+        let config = parse(&files(&[("gateway.yaml", &good)])).unwrap();
+        let backends = &config.gateways["gateway"].config.routes[0].rules[0].backends;
+        assert_eq!(backends[0].version.as_deref(), Some("v2"));
+        assert_eq!(backends[1].version, None);
+        assert_eq!(
+            errors(&[(
+                "gateway.yaml",
+                &route("[{ name: storefront, version: v3 }]")
+            )]),
+            [
+                "gateways/gateway.yaml: routes[0].rules[0].backendRefs[0].version: \"v3\" is not \
+                 in storefront's traffic_split: add it there in services/storefront.yaml (weight \
+                 0 sends it only the requests of routes that name it)"
             ]
         );
     }

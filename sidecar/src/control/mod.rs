@@ -65,6 +65,8 @@ pub(crate) struct Controlled {
     pub(crate) admin_addr: SocketAddr,
     /// Where the gateway configuration the control plane declares goes.
     pub(crate) gateway: tokio::sync::watch::Sender<Option<Arc<crate::config::GatewayConfig>>>,
+    /// A gateway's listeners as bound (name, address), which its heartbeats report.
+    pub(crate) gateway_bound: Option<tokio::sync::watch::Receiver<Vec<(String, SocketAddr)>>>,
 }
 
 /// How the control plane's part of a sidecar started.
@@ -189,6 +191,7 @@ pub(crate) async fn start(
         inbound_addr,
         admin_addr: admin_address,
         gateway,
+        gateway_bound,
     } = controlled;
     let cp_tls = identity.client_config(&channel::control_plane_id(&config.trust_domain)?)?;
     let channel = channel::channel(client.config.address.clone(), cp_tls);
@@ -248,7 +251,7 @@ pub(crate) async fn start(
         channel.clone(),
         instance,
         applier,
-        app_health,
+        (app_health, gateway_bound),
         stop_heartbeats.clone(),
     ));
     Ok(Started::Registered(Registration {

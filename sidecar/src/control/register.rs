@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mesh_api::proto::v1::registry_client::RegistryClient;
-use mesh_api::proto::v1::{DeregisterRequest, HeartbeatRequest, Instance, RegisterRequest};
+use mesh_api::proto::v1::{
+    DeregisterRequest, GatewayListener, HeartbeatRequest, Instance, RegisterRequest,
+};
 use tokio::sync::watch;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
@@ -37,25 +39,44 @@ fn app_down(app: Option<&watch::Receiver<AppStatus>>) -> String {
         .unwrap_or_default()
 }
 
-/// Resolves when the app's status changes; never without probing.
-async fn app_changed(app: Option<&mut watch::Receiver<AppStatus>>) {
-    let Some(rx) = app else {
+/// Resolves when what `rx` watches (the app's status, a gateway's listeners) changes; never
+/// without one.
+async fn changed<T>(rx: Option<&mut watch::Receiver<T>>) {
+    let Some(rx) = rx else {
         return std::future::pending().await;
     };
     if rx.changed().await.is_err() {
-        // Probing has stopped: nothing more will change.
+        // Its sender is gone (probing has stopped): nothing more will change.
         std::future::pending::<()>().await;
     }
 }
 
+/// A gateway's listeners as the registry takes them: empty for any other instance.
+fn gateway_listeners(
+    bound: Option<&watch::Receiver<Vec<(String, SocketAddr)>>>,
+) -> Vec<GatewayListener> {
+    bound.map_or_else(Vec::new, |rx| {
+        rx.borrow()
+            .iter()
+            .map(|(name, address)| GatewayListener {
+                name: name.clone(),
+                address: address.to_string(),
+            })
+            .collect()
+    })
+}
+
 /// Registers, then sends heartbeats until `stop`; registers again whenever the control plane
 /// has forgotten the instance (it restarted, or a partition outlasted the lease). A change in
-/// the app's health (`app`) is sent at once.
+/// the app's health (`app`) or a gateway's listeners (`bound`) is sent at once.
 pub(crate) async fn keep_registered(
     channel: Channel,
     instance: InstanceInfo,
     applier: Arc<Applier>,
-    mut app: Option<watch::Receiver<AppStatus>>,
+    (mut app, mut bound): (
+        Option<watch::Receiver<AppStatus>>,
+        Option<watch::Receiver<Vec<(String, SocketAddr)>>>,
+    ),
     stop: CancellationToken,
 ) {
     let mut client = RegistryClient::new(channel);
@@ -107,7 +128,8 @@ pub(crate) async fn keep_registered(
             if !std::mem::take(&mut first) {
                 tokio::select! {
                     () = sleep(interval) => {}
-                    () = app_changed(app.as_mut()) => {}
+                    () = changed(app.as_mut()) => {}
+                    () = changed(bound.as_mut()) => {}
                     () = stop.cancelled() => return,
                 }
             }
@@ -118,6 +140,7 @@ pub(crate) async fn keep_registered(
                 certificate_issuer_sha256: applier.identity.issuer_sha256().to_string(),
                 ejected_endpoints: applier.destinations.borrow().ejected(),
                 app_down: app_down(app.as_ref()),
+                gateway_listeners: gateway_listeners(bound.as_ref()),
             };
             match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(beat)).await {
                 Ok(Ok(response)) if response.get_ref().known => {}

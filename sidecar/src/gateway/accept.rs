@@ -60,6 +60,15 @@ pub(crate) struct Bound {
     tls: Option<TlsAcceptor>,
 }
 
+// === impl Bound ===
+
+impl Bound {
+    /// The address it is bound to (the port chosen when the configuration says 0).
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// Binds `listener` (`gateway.listeners[index]`), loading its certificates, which are then
 /// watched until `stop`.
 pub(crate) async fn bind(
@@ -106,7 +115,7 @@ pub(crate) async fn bind(
 
 /// Serves `bound` until `drain`, each request to the handler `handler` holds when it arrives.
 /// `limits.max_header_bytes` is the clients' header limit, which hyper enforces on HTTP/1.1
-/// with 431 itself.
+/// with 431 itself: the connection's end says so, and the handler counts it.
 pub(crate) fn spawn<F, Fut>(
     bound: Bound,
     handler: Arc<ArcSwap<GatewayListener<F>>>,
@@ -130,19 +139,29 @@ where
             let (http, limits, handler) = (http.clone(), limits.clone(), handler.clone());
             let tls = tls.clone();
             async move {
-                let handle = move |req| handler.load_full().handle(peer, req);
-                let Some(tls) = tls else {
-                    return serve_http(&http, &limits, tcp, handle, draining).await;
+                let handle = {
+                    let handler = handler.clone();
+                    move |req| handler.load_full().handle(peer, req)
                 };
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        serve_http(&http, &limits, stream, handle, draining).await;
+                let ended = match tls {
+                    None => serve_http(&http, &limits, tcp, handle, draining).await,
+                    Some(tls) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                serve_http(&http, &limits, stream, handle, draining).await
+                            }
+                            Ok(Err(error)) => {
+                                ::tracing::debug!(%peer, %error, "gateway TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                ::tracing::debug!(%peer, "gateway TLS handshake timed out");
+                                return;
+                            }
+                        }
                     }
-                    Ok(Err(error)) => {
-                        ::tracing::debug!(%peer, %error, "gateway TLS handshake failed");
-                    }
-                    Err(_) => ::tracing::debug!(%peer, "gateway TLS handshake timed out"),
-                }
+                };
+                handler.load().count_ended(ended);
             }
         },
     ))

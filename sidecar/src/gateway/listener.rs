@@ -15,7 +15,8 @@ use crate::body_limit::BodyLimit;
 use crate::config::{GatewayClients, GatewayConfig};
 use crate::error::{RateLimited, Reason, rescue, synthetic};
 use crate::metrics::{Label, Metrics};
-use crate::outbound::destination;
+use crate::outbound::accept::Ended;
+use crate::outbound::destination::{self, PinnedVersion};
 
 use super::edge::{ClientRates, Refusal, check_sizes, forwarding};
 use super::routes::{ListenerRoutes, Routing};
@@ -116,9 +117,17 @@ where
         };
         let host = destination::service_name(&authority);
         let service = match self.routes.route(&host, &req) {
-            Routing::To { route, service } => {
+            Routing::To {
+                route,
+                service,
+                version,
+            } => {
                 if let Some(route) = self.route_names.get(route) {
                     self.metrics.gateway_routed(&self.name, route);
+                }
+                if let Some(version) = version {
+                    req.extensions_mut()
+                        .insert(PinnedVersion(version.to_owned()));
                 }
                 service.to_owned()
             }
@@ -155,6 +164,18 @@ where
             return Ok(self.refuse(Refusal::BodyOverLimit { max: limit.max() }));
         }
         rsp
+    }
+
+    /// Counts what hyper refused itself on a connection of this listener, before any request
+    /// reached [`GatewayListener::handle`]: a request head over `max_header_bytes` on HTTP/1.1
+    /// (431), or a URI over hyper's 64 KiB (414).
+    pub(crate) fn count_ended(&self, ended: Ended) {
+        let reason = match ended {
+            Ended::Closed => return,
+            Ended::HeadTooLarge => "headers-too-large",
+            Ended::UriTooLong => "uri-too-long",
+        };
+        self.metrics.gateway_refused(&self.name, reason);
     }
 
     /// Counts `refusal` and answers it.

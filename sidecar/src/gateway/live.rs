@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,10 @@ use super::listener::GatewayListener;
 
 /// The gateway configuration the control plane declares; `None`: it declares none.
 pub(crate) type Pushed = watch::Receiver<Option<Arc<GatewayConfig>>>;
+
+/// The listeners being served, by name, with the addresses they are bound to: what the
+/// gateway's heartbeats report, so `meshctl status` shows where outside clients reach it.
+pub(crate) type BoundListeners = watch::Sender<Vec<(String, SocketAddr)>>;
 
 /// The gateway configuration a snapshot carries (`gateways/<service>.yaml` as written), held to
 /// the bootstrap's rules; relative certificate paths start at `base`.
@@ -55,6 +60,8 @@ const REBIND_PAUSE: Duration = Duration::from_millis(50);
 /// A listener being served.
 struct Running<F> {
     config: ListenerConfig,
+    /// Where it is bound.
+    address: SocketAddr,
     handler: Arc<ArcSwap<GatewayListener<F>>>,
     /// Stops it accepting; its open connections then drain.
     stop: CancellationToken,
@@ -72,18 +79,20 @@ struct Live<F> {
     running: Vec<Running<F>>,
     /// Listeners removed, still draining.
     stopped: Vec<JoinHandle<()>>,
+    bound: BoundListeners,
 }
 
 /// Binds the listeners of the configuration in force (the control plane's, else `bootstrap`),
 /// then follows `pushed` until `drain`; each request routed, then given to `forward` (the
-/// outbound proxy). The task ends when every listener has drained.
+/// outbound proxy). `bound` always holds the listeners served. The task ends when every
+/// listener has drained.
 pub(crate) async fn start<F, Fut>(
     bootstrap: GatewayConfig,
     mut pushed: Pushed,
     forward: F,
     (limits, cap): (&HttpListenerLimits, ConnectionCap),
     drain: Drain,
-    metrics: Arc<Metrics>,
+    (metrics, bound): (Arc<Metrics>, BoundListeners),
 ) -> Result<JoinHandle<()>, GatewayStartError>
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -98,6 +107,7 @@ where
         metrics,
         running: Vec::new(),
         stopped: Vec::new(),
+        bound,
     };
     let first = live.in_force(&pushed.borrow_and_update());
     // At start a listener that cannot be had stops the gateway, as a bad bootstrap does.
@@ -176,6 +186,17 @@ where
             routes = config.routes.len(),
             "gateway configuration in force"
         );
+        let bound: Vec<(String, SocketAddr)> = config
+            .listeners
+            .iter()
+            .filter_map(|l| self.running.iter().find(|r| r.config == *l))
+            .map(|r| (r.config.name.clone(), r.address))
+            .collect();
+        self.bound.send_if_modified(|current| {
+            let changed = *current != bound;
+            *current = bound;
+            changed
+        });
         errors
     }
 
@@ -204,6 +225,7 @@ where
                 Ok(bound) => break bound,
             }
         };
+        let address = bound.local_addr().unwrap_or(listener.address);
         let limits = HttpListenerLimits {
             max_header_bytes: config.clients.max_header_bytes,
             ..self.limits.clone()
@@ -221,6 +243,7 @@ where
         );
         Ok(Running {
             config: listener.clone(),
+            address,
             handler,
             stop,
             task,

@@ -18,8 +18,17 @@ pub(crate) struct ListenerRoutes {
     hostnames: Vec<(usize, Vec<Hostname>)>,
     /// Every match of the attached routes' rules, in precedence order.
     entries: Vec<Entry>,
-    /// Every rule's backends, by (route, rule).
-    backends: Vec<((usize, usize), Vec<(String, u32)>)>,
+    /// Every rule's backends (service, version, weight), by (route, rule).
+    backends: Vec<((usize, usize), Vec<Backend>)>,
+}
+
+/// One of a rule's `backendRefs`.
+#[derive(Debug)]
+struct Backend {
+    service: String,
+    /// Only this version of it; `None`: the service split as it splits itself.
+    version: Option<String>,
+    weight: u32,
 }
 
 #[derive(Debug)]
@@ -32,8 +41,12 @@ struct Entry {
 /// Where a request goes, or why nowhere.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Routing<'a> {
-    /// The route (by index) and the mesh service its rule picked.
-    To { route: usize, service: &'a str },
+    /// The route (by index) and the mesh service its rule picked, or one version of it.
+    To {
+        route: usize,
+        service: &'a str,
+        version: Option<&'a str>,
+    },
     /// No attached route takes the host.
     NoHost,
     /// Routes take the host, none of their rules the request.
@@ -70,7 +83,11 @@ impl ListenerRoutes {
                 let weights = r
                     .backends
                     .iter()
-                    .map(|b| (b.service.clone(), b.weight))
+                    .map(|b| Backend {
+                        service: b.service.clone(),
+                        version: b.version.clone(),
+                        weight: b.weight,
+                    })
                     .collect();
                 backends.push(((route, rule), weights));
             }
@@ -118,12 +135,13 @@ impl ListenerRoutes {
         };
         let total = weights
             .iter()
-            .map(|(_, w)| *w)
+            .map(|b| b.weight)
             .fold(0u32, u32::saturating_add);
-        match weighted::draw(weights.iter().map(|(_, w)| *w), total) {
+        match weighted::draw(weights.iter().map(|b| b.weight), total) {
             Some(pick) => Routing::To {
                 route: entry.route,
-                service: &weights[pick].0,
+                service: &weights[pick].service,
+                version: weights[pick].version.as_deref(),
             },
             None => Routing::NoRule,
         }
@@ -197,7 +215,24 @@ mod tests {
             to(&table, "shop.example.com", "/x"),
             Routing::To {
                 route: 0,
-                service: "orders"
+                service: "orders",
+                version: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_backend_may_name_one_version_of_a_service() {
+        let table = routes(
+            "  routes:\n\
+             \x20   - { name: shop, parentRefs: [{ name: web }], rules: [{ backendRefs: [{ name: orders, version: v2 }] }] }\n",
+        );
+        assert_eq!(
+            to(&table, "shop.example.com", "/"),
+            Routing::To {
+                route: 0,
+                service: "orders",
+                version: Some("v2"),
             }
         );
     }

@@ -59,9 +59,10 @@
 //!
 //! Gateway mode: `gateway_requests_total{listener, route}`, outside requests routed, and
 //! `gateway_refused_total{listener, reason}`, outside requests answered by the gateway itself:
-//! `no-route` (404), `body-too-large` (413), `headers-too-large` (431; on HTTP/1.1 headers over
-//! the listener's buffer are refused by the HTTP server before they are counted),
-//! `rate-limited` (429). Routed requests are in `requests_total` by destination too.
+//! `no-route` (404), `body-too-large` (413), `headers-too-large` (431, also when the HTTP
+//! server refuses an HTTP/1.1 head over the listener's buffer before the request is seen),
+//! `uri-too-long` (414, the HTTP server's), `rate-limited` (429). Routed requests are in
+//! `requests_total` by destination too.
 //!
 //! Authorization: `authorization_denied_total{source}`, inbound requests and tunnels refused.
 //!
@@ -491,7 +492,7 @@ impl Metrics {
         registry.register(
             "gateway_refused",
             "Outside requests a gateway answered itself, by listener and reason: no-route (404), \
-             body-too-large (413), headers-too-large (431), rate-limited (429)",
+             body-too-large (413), headers-too-large (431), uri-too-long (414), rate-limited (429)",
             gateway_refused.clone(),
         );
         let outbound_denied = Family::default();

@@ -148,15 +148,28 @@ fn redirected_to(tcp: &TcpStream, peer: SocketAddr) -> Option<OriginalDst> {
     }
 }
 
+/// How a connection [`serve_http`] served ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Closed, cleanly or not, with nothing refused by the HTTP server itself.
+    Closed,
+    /// hyper answered an HTTP/1.1 request head over `max_header_bytes` (or with more than
+    /// `max_headers` fields) with 431 itself, before any handler saw the request.
+    HeadTooLarge,
+    /// hyper answered a request whose URI is over its 64 KiB with 414 itself.
+    UriTooLong,
+}
+
 /// Serves HTTP/1.1 or HTTP/2 on `io` until it closes or stays idle for the idle timeout, every
-/// request within `limits` to `handle`.
+/// request within `limits` to `handle`; says whether hyper refused a request itself.
 pub(crate) async fn serve_http<I, H, F>(
     http: &auto::Builder<TokioExecutor>,
     limits: &HttpListenerLimits,
     io: I,
     handle: H,
     draining: Draining,
-) where
+) -> Ended
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
@@ -165,8 +178,23 @@ pub(crate) async fn serve_http<I, H, F>(
     let conn = http
         .serve_connection_with_upgrades(TokioIo::new(io), service_fn(limited.wrap(handle)))
         .into_owned();
-    if let Err(error) = draining.serve(conn, None, None, Some(limited.idle())).await {
-        ::tracing::debug!(%error, "outbound connection closed with error");
+    match draining.serve(conn, None, None, Some(limited.idle())).await {
+        Ok(()) => Ended::Closed,
+        Err(error) => {
+            ::tracing::debug!(%error, "outbound connection closed with error");
+            refused_by_hyper(error.as_ref())
+        }
+    }
+}
+
+/// Whether `error`, which ended a connection, is one hyper answered with a status of its own
+/// (it writes the 431 or 414, then ends the connection with the parse error).
+fn refused_by_hyper(error: &(dyn std::error::Error + 'static)) -> Ended {
+    match error.downcast_ref::<hyper::Error>() {
+        // hyper says only "too large" for both; its message tells the URI apart.
+        Some(e) if e.is_parse_too_large() && e.to_string().contains("URI") => Ended::UriTooLong,
+        Some(e) if e.is_parse_too_large() => Ended::HeadTooLarge,
+        _ => Ended::Closed,
     }
 }
 
@@ -205,5 +233,55 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(!rest.starts_with(b"HTTP/1.1 200"), "{rest:?}");
+    }
+
+    /// Serves `request` under `limits` on an in-memory connection: how it ended, and what the
+    /// client read.
+    async fn served(request: Vec<u8>, limits: HttpListenerLimits) -> (Ended, Vec<u8>) {
+        let (mut client, server) = tokio::io::duplex(256 << 10);
+        let answer = |_req| async { Ok::<_, Infallible>(Response::new(empty())) };
+        let writer = tokio::spawn(async move {
+            // The server may answer and close before reading it all.
+            let _ = client.write_all(&request).await;
+            let mut answer = Vec::new();
+            let _ = client.read_to_end(&mut answer).await;
+            answer
+        });
+        let ended = serve_http(
+            &http_server(&limits),
+            &limits,
+            server,
+            answer,
+            Draining::never(),
+        )
+        .await;
+        (ended, writer.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn hypers_own_refusals_of_a_request_head_are_told_apart() {
+        let mut limits = Limits::default().outbound;
+        limits.max_header_bytes = 8 << 10;
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: inventory\r\nx-big: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
+        let (ended, answer) = served(big.into_bytes(), limits.clone()).await;
+        assert_eq!(ended, Ended::HeadTooLarge);
+        assert!(answer.starts_with(b"HTTP/1.1 431"), "{answer:?}");
+
+        limits.max_header_bytes = 1 << 20;
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nHost: inventory\r\n\r\n",
+            "a".repeat(70_000)
+        );
+        let (ended, answer) = served(long.into_bytes(), limits.clone()).await;
+        assert_eq!(ended, Ended::UriTooLong);
+        assert!(answer.starts_with(b"HTTP/1.1 414"), "{answer:?}");
+
+        let fine = b"GET / HTTP/1.1\r\nHost: inventory\r\nConnection: close\r\n\r\n".to_vec();
+        let (ended, answer) = served(fine, limits).await;
+        assert_eq!(ended, Ended::Closed);
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     }
 }

@@ -9,6 +9,13 @@ use http::Request;
 use http::header::HOST;
 use http::uri::Authority;
 
+/// One version of the destination, chosen in front of the outbound proxy (a gateway route's
+/// `backendRefs` entry with `version`), as a request extension: the request goes only to that
+/// version's endpoints, whatever the destination's split or its route's `backendRefs` say.
+/// Never taken from the request's headers, so no client can choose it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PinnedVersion(pub(crate) String);
+
 /// The authority of a request: the URI's (HTTP/2, absolute-form HTTP/1.1) or the Host header's.
 pub(crate) fn authority<B>(req: &Request<B>) -> Option<Authority> {
     if let Some(authority) = req.uri().authority() {

@@ -87,6 +87,7 @@ use opentelemetry::trace::TraceContextExt;
 
 use self::attempts::Attempts;
 use self::balance::Balance;
+use self::destination::PinnedVersion;
 use self::fault::Faults;
 use self::filters::Filtered;
 use self::mirror::{MirrorLabels, MirrorTarget};
@@ -121,7 +122,8 @@ struct Routed {
     route: Option<Label>,
     /// The route's filters and the path match that took the request, when it has filters.
     filters: Option<(Arc<[Filter]>, PathMatch)>,
-    /// The backend of the balancer the route's `backendRefs` pinned the request to.
+    /// The backend of the balancer the route's `backendRefs`, or a [`PinnedVersion`], pinned
+    /// the request to.
     pin: Option<usize>,
     /// The faults the route, or else the destination, injects.
     faults: Option<Arc<Faults>>,
@@ -266,6 +268,9 @@ impl Outbound {
                     propagation::inject(attempts.context(), request.b3, peer_req.headers_mut());
                     peer_req.extensions_mut().insert(attempts.clone());
                 };
+                if let Some(pin) = routed.pin {
+                    attempts.pin_backend(pin);
+                }
                 let peer = upgrade::Peer {
                     destination: &routed.destination,
                     balance: routed.balance,
@@ -414,10 +419,15 @@ impl Outbound {
                 })
                 .collect();
         }
-        match route.map(|(r, _)| r.target()) {
-            None | Some(RouteTarget::Split) => {}
-            Some(RouteTarget::Backend(index)) => routed.pin = Some(*index),
-            Some(RouteTarget::Service { name, version }) => {
+        let pinned = req.extensions().get::<PinnedVersion>();
+        match (pinned, route.map(|(r, _)| r.target())) {
+            // The destination's own stack and routes, only that version's endpoints.
+            (Some(PinnedVersion(version)), _) => {
+                routed.pin = Some(stack.balance().backend_of(version).unwrap_or(usize::MAX));
+            }
+            (None, None | Some(RouteTarget::Split)) => {}
+            (None, Some(RouteTarget::Backend(index))) => routed.pin = Some(*index),
+            (None, Some(RouteTarget::Service { name, version })) => {
                 // Another service's request: its own stack and policy.
                 let other = self
                     .destinations

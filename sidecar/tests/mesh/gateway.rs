@@ -31,8 +31,6 @@ struct Edge {
     websecure: SocketAddr,
     /// The gateway's admin endpoint.
     admin: SocketAddr,
-    /// `listen.inbound` of the gateway's bootstrap, which it does not bind.
-    inbound: SocketAddr,
     /// `other.pem` (`*.example.org`, listed first) and `shop.pem` (`shop.example.com`) with
     /// their keys.
     certs: tempfile::TempDir,
@@ -68,10 +66,10 @@ impl Edge {
         self_signed(certs.path(), "other", "*.example.org").await;
         self_signed(certs.path(), "shop", "shop.example.com").await;
         let (web, websecure) = (free_port(), free_port());
-        let (outbound, inbound, admin) = (free_port(), free_port(), free_port());
+        let (outbound, admin) = (free_port(), free_port());
         let bootstrap = format!(
             "service: gateway\ntrust_domain: mesh.local\n\
-             listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+             listen: {{ outbound: \"{outbound}\", admin: \"{admin}\" }}\n\
              drain_timeout: 1s\n\
              control_plane: {{ address: \"{cp}\", trust_anchor: ca.pem, token_file: tokens/gateway }}\n\
              gateway:\n\
@@ -116,7 +114,6 @@ impl Edge {
             web,
             websecure,
             admin,
-            inbound,
             certs,
         };
         edge.wait_ready(admin).await;
@@ -276,12 +273,13 @@ async fn outside_requests_reach_services_by_host_and_path_as_the_gateway() {
 
 /// A gateway's bootstrap mistakes stop the binary, naming the field.
 #[test]
-fn a_gateway_with_an_app_or_an_unknown_listener_exits_2_naming_the_field() {
+fn a_gateway_with_an_app_an_inbound_listener_or_an_unknown_listener_exits_2_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.yaml");
     std::fs::write(
         &file,
         "service: gateway\ntrust_domain: mesh.local\napp: 127.0.0.1:8080\n\
+         listen: { inbound: \"127.0.0.1:15006\" }\n\
          control_plane: { address: \"127.0.0.1:1\", trust_anchor: ca.pem, token_file: t }\n\
          gateway:\n  listeners: [{ name: web, address: \"127.0.0.1:0\", protocol: HTTP }]\n  \
          routes: [{ name: shop, parentRefs: [{ name: websecure }], rules: [{ backendRefs: [{ name: orders }] }] }]\n",
@@ -297,6 +295,12 @@ fn a_gateway_with_an_app_or_an_unknown_listener_exits_2_naming_the_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("app: not allowed with gateway"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "listen.inbound: not allowed with gateway: a gateway has no inbound listener"
+        ),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("gateway.routes[0].parentRefs[0].name: no listener named \"websecure\""),
         "{stderr}"
@@ -432,6 +436,28 @@ async fn outside_clients_cannot_forge_their_address_or_exceed_their_limits() {
     )
     .await;
     assert_eq!(rsp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // Far over the listener's buffer: hyper answers before the gateway sees the request (as it
+    // did the one above, whose head is over the 8 KiB buffer too), and both are counted.
+    let rsp = send(
+        http::Request::get(&url)
+            .header("host", "shop.example.com")
+            .header("x-big", "a".repeat(50_000))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rsp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let series = r#"mesh_gateway_refused_total{listener="web",reason="headers-too-large"}"#;
+    let counted = eventually("both 431s to be counted", PATIENCE, || async {
+        let value = edge.metric(series).await;
+        if value >= 2.0 {
+            Ok(value)
+        } else {
+            Err(format!("{series} {value}"))
+        }
+    })
+    .await;
+    assert_eq!(counted, 2.0, "{series}");
 
     // At one a second after a burst of 20, a quick series is cut off.
     let mut limited = None;
@@ -466,11 +492,10 @@ fn a_missing_certificate_stops_the_gateway_naming_the_file() {
         &file,
         format!(
             "service: gateway\ntrust_domain: mesh.local\n\
-             listen: {{ outbound: \"{}\", inbound: \"{}\", admin: \"{}\" }}\n\
+             listen: {{ outbound: \"{}\", admin: \"{}\" }}\n\
              tls: {{ cert: {}, key: {}, trust_bundle: {} }}\n\
              gateway:\n  listeners:\n    - name: websecure\n      address: \"127.0.0.1:0\"\n      \
              protocol: HTTPS\n      tls: {{ certificates: [{{ cert: shop.pem, key: shop-key.pem }}] }}\n",
-            free_port(),
             free_port(),
             free_port(),
             cert.display(),
@@ -560,8 +585,9 @@ async fn bodies_of_undeclared_length_are_held_to_the_clients_request_limit() {
 async fn a_gateway_is_no_destination_so_callers_naming_it_get_no_endpoints() {
     let edge = Edge::start("").await;
     let _ = edge.get("shop.example.com", "/api/orders/1").await;
-    // No inbound listener: its address is free.
-    drop(std::net::TcpListener::bind(edge.inbound).expect("the gateway bound listen.inbound"));
+    // No inbound listener.
+    let serving = edge.log();
+    assert!(serving.contains("inbound=none (gateway)"), "{serving}");
     // Registered all the same, without an address.
     let addresses = eventually("the gateway to register", PATIENCE, || {
         let addresses: Vec<String> = edge
@@ -582,6 +608,35 @@ async fn a_gateway_is_no_destination_so_callers_naming_it_get_no_endpoints() {
     })
     .await;
     assert_eq!(addresses, [""]);
+    // Its heartbeats report where its listeners are bound instead.
+    let listeners = eventually("the gateway's listeners in the status", PATIENCE, || {
+        let listeners: Vec<(String, String)> = edge
+            .cluster
+            .control_plane
+            .status()
+            .services
+            .get("gateway")
+            .into_iter()
+            .flat_map(|s| &s.instances)
+            .flat_map(|i| &i.gateway_listeners)
+            .map(|l| (l.name.clone(), l.address.clone()))
+            .collect();
+        async move {
+            if listeners.is_empty() {
+                Err("none reported".to_owned())
+            } else {
+                Ok(listeners)
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        listeners,
+        [
+            ("web".to_owned(), edge.web.to_string()),
+            ("websecure".to_owned(), edge.websecure.to_string())
+        ]
+    );
 
     // `orders` calls `gateway`: once its snapshot has the destination, the answer is the one
     // for a destination without instances.

@@ -18,16 +18,16 @@ const PATIENCE: Duration = Duration::from_secs(15);
 /// How soon an edit of the gateway file is served.
 const LIVE: Duration = Duration::from_secs(5);
 
-/// A control plane in this process declaring a `gateway` that calls `orders` and
-/// `storefront`, their sidecars and echo apps, and a gateway process whose bootstrap says only
+/// A control plane in this process declaring a `gateway` that calls `orders` (split v1: 100,
+/// v2: 0) and `storefront`, their sidecars (orders' is v1) and echo apps, and a gateway process whose bootstrap says only
 /// `gateway: {}`.
 struct PushedEdge {
     config: tempfile::TempDir,
     state: tempfile::TempDir,
     /// `None` once stopped.
     control_plane: Option<mesh_control_plane::ControlPlane>,
-    _mesh: TestMesh,
-    _services: Vec<Sidecar>,
+    mesh: TestMesh,
+    services: Vec<Sidecar>,
     gateway: KillOnDrop,
     /// The `web` listener of the first gateway file.
     web: SocketAddr,
@@ -47,7 +47,11 @@ impl PushedEdge {
     async fn start_with(file: &str, bootstrap: &str) -> Self {
         let cluster = LocalControlPlane::start(&[
             ("gateway", "name: gateway\ncalls: [orders, storefront]\n"),
-            ("orders", "name: orders\n"),
+            // One instance, v1, unless a test adds a v2, which gets no share of the split.
+            (
+                "orders",
+                "name: orders\ntraffic_split: { v1: 100, v2: 0 }\n",
+            ),
             ("storefront", "name: storefront\n"),
         ])
         .await;
@@ -71,10 +75,10 @@ impl PushedEdge {
                     .await,
             );
         }
-        let (outbound, inbound, admin) = (free_port(), free_port(), free_port());
+        let (outbound, admin) = (free_port(), free_port());
         let bootstrap = format!(
             "service: gateway\ntrust_domain: mesh.local\n\
-             listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+             listen: {{ outbound: \"{outbound}\", admin: \"{admin}\" }}\n\
              drain_timeout: 5s\n\
              control_plane: {{ address: \"{cp}\", trust_anchor: ca.pem, token_file: tokens/gateway }}\n\
              gateway: {gateway}\n",
@@ -102,12 +106,32 @@ impl PushedEdge {
             config,
             state,
             control_plane: Some(control_plane),
-            _mesh: mesh,
-            _services: services,
+            mesh,
+            services,
             gateway,
             web,
             admin,
         }
+    }
+
+    /// Starts one more sidecar of `service`, with `extra` in its bootstrap, in front of an echo
+    /// app that says `echo`.
+    async fn add_instance(&mut self, service: &str, echo: &'static str, extra: &str) {
+        let state = self.state.path();
+        let control_plane = mesh_testkit::ControlPlaneRef {
+            address: self.control_plane().api_addr(),
+            trust_anchor: state.join("ca.pem"),
+            token_file: state.join(format!("tokens/{service}")),
+        };
+        let sidecar = self
+            .mesh
+            .sidecar(service)
+            .app(app::echo(echo).await)
+            .control_plane(control_plane)
+            .extra_yaml(extra)
+            .start()
+            .await;
+        self.services.push(sidecar);
     }
 
     fn gateway_file(&self) -> PathBuf {
@@ -416,4 +440,39 @@ async fn curl(listener: SocketAddr, host: &str, ca: &Path) -> Result<String, Str
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+#[tokio::test]
+async fn a_backend_naming_a_version_sends_only_to_that_versions_instances() {
+    let file = "\
+listeners: [{ name: web, address: \"{web}\", protocol: HTTP }]
+routes:
+  - name: canary
+    parentRefs: [{ name: web }]
+    hostnames: [v2.example.com]
+    rules: [{ backendRefs: [{ name: orders, version: v2 }] }]
+  - name: shop
+    parentRefs: [{ name: web }]
+    hostnames: [shop.example.com]
+    rules: [{ backendRefs: [{ name: orders }] }]
+";
+    let mut edge = PushedEdge::start(file).await;
+    // Only v1 so far: the version has no endpoints, which is the answer for none.
+    edge.until_served(edge.web, "shop.example.com", "orders")
+        .await;
+    let none = served(edge.web, "v2.example.com", "/").await.unwrap_err();
+    assert!(none.starts_with("503"), "{none}");
+
+    edge.add_instance("orders", "orders-v2", "version: v2\n")
+        .await;
+    edge.until_served(edge.web, "v2.example.com", "orders-v2")
+        .await;
+    // v2 has no weight in orders' split: only the route naming it reaches it.
+    for _ in 0..30 {
+        let canary = served(edge.web, "v2.example.com", "/").await;
+        assert_eq!(canary.as_deref(), Ok("orders-v2"));
+        let shop = served(edge.web, "shop.example.com", "/").await;
+        assert_eq!(shop.as_deref(), Ok("orders"));
+    }
+    edge.still_running();
 }
