@@ -606,15 +606,11 @@ async fn a_real_gateway_routes_outside_requests_over_mtls_as_the_http_routes_say
     // The gateway: the sidecar binary, its bootstrap saying only `gateway: {}`.
     let token = mesh.token("gateway", common::kube_mesh::AUDIENCE).await;
     let gateway_token = common::kube_mesh::write_projected_token(&token_file("gateway"), &token);
-    let (outbound, inbound, admin) = (
-        mesh_testkit::free_port(),
-        mesh_testkit::free_port(),
-        mesh_testkit::free_port(),
-    );
+    let (outbound, admin) = (mesh_testkit::free_port(), mesh_testkit::free_port());
     let dir = mesh.dirs.config.path();
     let bootstrap = format!(
         "service: gateway\ntrust_domain: mesh.local\n\
-         listen: {{ outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\" }}\n\
+         listen: {{ outbound: \"{outbound}\", admin: \"{admin}\" }}\n\
          drain_timeout: 1s\n\
          control_plane: {{ address: \"{cp}\", trust_anchor: \"{anchor}\", token_file: \"{token}\" }}\n\
          gateway: {{}}\n",
