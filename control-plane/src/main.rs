@@ -225,12 +225,20 @@ fn main() -> ExitCode {
 fn validate(dir: &std::path::Path) -> ExitCode {
     match config::load(dir) {
         Ok(config) => {
+            let gateways: Vec<&str> = config.gateways.keys().map(String::as_str).collect();
             println!(
-                "{}: valid: trust domain {}, namespace {}, {} services",
+                "{}: valid: trust domain {}, namespace {}, {} services, {} gateway{}{}",
                 dir.display(),
                 config.trust_domain,
                 config.namespace,
-                config.services.len()
+                config.services.len(),
+                gateways.len(),
+                if gateways.len() == 1 { "" } else { "s" },
+                if gateways.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", gateways.join(", "))
+                },
             );
             ExitCode::SUCCESS
         }

@@ -62,6 +62,15 @@ fn validate_prints_every_error_with_file_and_path() {
         "inventory",
         "name: inventory\nauthorization:\n  default: deny\n  allow: [orders]\n",
     );
+    dirs.write_service("gateway", "name: gateway\ncalls: [orders]\n");
+    let gateways = dirs.config.path().join("gateways");
+    std::fs::create_dir_all(&gateways).unwrap();
+    std::fs::write(
+        gateways.join("gateway.yaml"),
+        "listeners: [{ name: web, address: 127.0.0.1:8080, protocol: HTTP }]\n\
+         routes: [{ name: shop, parentRefs: [{ name: web }], rules: [{ backendRefs: [{ name: orders }] }] }]\n",
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .arg("validate")
         .arg(dirs.config.path())
@@ -70,7 +79,10 @@ fn validate_prints_every_error_with_file_and_path() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert!(stdout.contains("2 services"), "{stdout}");
+    assert!(
+        stdout.contains("3 services, 1 gateway (gateway)"),
+        "{stdout}"
+    );
 }
 
 #[test]
