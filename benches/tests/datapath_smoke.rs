@@ -42,6 +42,7 @@ async fn quick_run_direct_and_ours() {
     );
     assert!(ours.added_p50_us.is_some(), "{markdown}");
     assert!(markdown.contains("| ours |"), "{markdown}");
+    assert!(markdown.contains("## Ours ÷ Envoy"), "{markdown}");
 }
 
 /// `ours-transparent` and its baseline `ours-explicit`, each in two network namespaces joined by
@@ -141,6 +142,9 @@ async fn quick_run_gateway() {
         markdown.contains("## Gateway: ours against Envoy's"),
         "{markdown}"
     );
+    // Without our pair or Envoy's in the run, the pair's section and targets are left out.
+    assert!(!markdown.contains("## Ours ÷ Envoy"), "{markdown}");
+    assert_eq!(report.targets.len(), comparison.targets.len(), "{markdown}");
 }
 
 /// A quick run of `topologies` with this profile's binaries (the sidecar is built there when a

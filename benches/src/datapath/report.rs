@@ -414,6 +414,14 @@ fn targets(
     out
 }
 
+/// Whether the run included our sidecar pair or Envoy's, the configurations the main targets
+/// compare; a run of only the gateways or the namespaced pair has no such targets.
+fn includes_pair(results: &[TopologyResult]) -> bool {
+    results
+        .iter()
+        .any(|r| matches!(r.name, Topology::Ours | Topology::Envoy))
+}
+
 /// Max-throughput requests per second of a configuration that ran.
 pub(crate) fn requests_per_second(r: Option<&TopologyResult>) -> Option<f64> {
     r.and_then(|r| r.throughput.as_ref())
@@ -474,7 +482,12 @@ impl Report {
             peak_rss: ours_over_envoy(|r| r.max_rss_kib().map(|k| k as f64)),
             throughput: ours_over_envoy(|r| r.throughput.as_ref().map(|t| t.requests_per_second)),
         };
-        let mut targets = targets(ours, envoy, &ratios);
+        // The pair's targets, when the run included the pair (as n/a when it failed).
+        let mut targets = if includes_pair(&results) {
+            targets(ours, envoy, &ratios)
+        } else {
+            Vec::new()
+        };
         let redirect = RedirectCost::compare(&results);
         if let Some(redirect) = &redirect {
             targets.extend(redirect.targets.iter().cloned());
@@ -724,30 +737,32 @@ impl Report {
             }
         }
         let ra = &self.ratios;
-        let _ = writeln!(md, "\n## Ours ÷ Envoy\n");
-        let _ = writeln!(md, "| quantity | ratio |\n|---|---:|");
-        for (name, v) in [
-            (
-                "proxy CPU per request, max-throughput phase",
-                ra.proxy_cpu_per_request_at_max,
-            ),
-            (
-                "proxy CPU per request, fixed-rate phase",
-                ra.proxy_cpu_per_request_at_rate,
-            ),
-            ("added p50 over direct", ra.added_p50),
-            (
-                "added p99 over direct, median of the rounds' own",
-                ra.added_p99_median_of_rounds,
-            ),
-            (
-                "added p99 over direct, pooled over all rounds",
-                ra.added_p99,
-            ),
-            ("peak RSS (largest proxy)", ra.peak_rss),
-            ("max throughput", ra.throughput),
-        ] {
-            let _ = writeln!(md, "| {name} | {} |", times(v));
+        if includes_pair(&self.results) {
+            let _ = writeln!(md, "\n## Ours ÷ Envoy\n");
+            let _ = writeln!(md, "| quantity | ratio |\n|---|---:|");
+            for (name, v) in [
+                (
+                    "proxy CPU per request, max-throughput phase",
+                    ra.proxy_cpu_per_request_at_max,
+                ),
+                (
+                    "proxy CPU per request, fixed-rate phase",
+                    ra.proxy_cpu_per_request_at_rate,
+                ),
+                ("added p50 over direct", ra.added_p50),
+                (
+                    "added p99 over direct, median of the rounds' own",
+                    ra.added_p99_median_of_rounds,
+                ),
+                (
+                    "added p99 over direct, pooled over all rounds",
+                    ra.added_p99,
+                ),
+                ("peak RSS (largest proxy)", ra.peak_rss),
+                ("max throughput", ra.throughput),
+            ] {
+                let _ = writeln!(md, "| {name} | {} |", times(v));
+            }
         }
         if let Some(redirect) = &self.redirect {
             redirect.markdown(&mut md);
