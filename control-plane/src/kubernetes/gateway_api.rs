@@ -388,19 +388,7 @@ pub(crate) fn map(objects: &Objects, context: &Context<'_>, last: &LastAccepted)
                 .is_some_and(|g| !g.accepted.status)
             {
                 if let Some(entries) = last.routes.get(&key) {
-                    for entry in entries {
-                        for p in entry["parentRefs"].as_array().into_iter().flatten() {
-                            if let Some(listener) = p["name"].as_str() {
-                                *attached
-                                    .entry((gateway.to_owned(), listener.to_owned()))
-                                    .or_default() += 1;
-                            }
-                        }
-                    }
-                    file_routes
-                        .entry(gateway.to_owned())
-                        .or_default()
-                        .extend(entries.iter().cloned());
+                    attach(gateway, entries, &mut attached, &mut file_routes);
                     mapped.accepted.routes.insert(key.clone(), entries.clone());
                 }
                 for (_, parent) in mine {
@@ -538,19 +526,7 @@ pub(crate) fn map(objects: &Objects, context: &Context<'_>, last: &LastAccepted)
             };
             let fallback = !ok && entries.is_some();
             if let Some(entries) = &entries {
-                for entry in entries {
-                    for p in entry["parentRefs"].as_array().into_iter().flatten() {
-                        if let Some(listener) = p["name"].as_str() {
-                            *attached
-                                .entry((gateway.to_owned(), listener.to_owned()))
-                                .or_default() += 1;
-                        }
-                    }
-                }
-                file_routes
-                    .entry(gateway.to_owned())
-                    .or_default()
-                    .extend(entries.iter().cloned());
+                attach(gateway, entries, &mut attached, &mut file_routes);
                 mapped.accepted.routes.insert(key, entries.clone());
             }
             let instead = if fallback {
@@ -626,6 +602,28 @@ pub(crate) fn map(objects: &Objects, context: &Context<'_>, last: &LastAccepted)
             .collect();
     }
     mapped
+}
+
+/// Adds a route's file entries to `gateway`'s file and counts them on each listener they name.
+fn attach(
+    gateway: &str,
+    entries: &[Value],
+    attached: &mut BTreeMap<(String, String), u32>,
+    file_routes: &mut BTreeMap<String, Vec<Value>>,
+) {
+    for entry in entries {
+        for p in entry["parentRefs"].as_array().into_iter().flatten() {
+            if let Some(listener) = p["name"].as_str() {
+                *attached
+                    .entry((gateway.to_owned(), listener.to_owned()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    file_routes
+        .entry(gateway.to_owned())
+        .or_default()
+        .extend(entries.iter().cloned());
 }
 
 /// `ResolvedRefs` of a route's references.
