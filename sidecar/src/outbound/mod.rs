@@ -238,6 +238,13 @@ impl Outbound {
             }
         }
         let attempts = Arc::new(Attempts::new(request.trace.clone()));
+        // A route's `backendRefs` or a gateway's version chose the backend: every try, and an
+        // upgrade's one, goes there.
+        if let Ok(Target::Mesh(routed)) = &target
+            && let Some(pin) = routed.pin
+        {
+            attempts.pin_backend(pin);
+        }
         let outcome = match (target, upgrade) {
             (Ok(Target::Passthrough(address)), upgrade) => {
                 self.metrics.outbound_passthrough("http");
@@ -268,9 +275,6 @@ impl Outbound {
                     propagation::inject(attempts.context(), request.b3, peer_req.headers_mut());
                     peer_req.extensions_mut().insert(attempts.clone());
                 };
-                if let Some(pin) = routed.pin {
-                    attempts.pin_backend(pin);
-                }
                 let peer = upgrade::Peer {
                     destination: &routed.destination,
                     balance: routed.balance,
@@ -285,9 +289,6 @@ impl Outbound {
                 upgrade::forward(peer, upgrade, req, prepare, how, &self.streams).await
             }
             (Ok(Target::Mesh(routed)), None) => {
-                if let Some(pin) = routed.pin {
-                    attempts.pin_backend(pin);
-                }
                 self.forward(*routed, req, attempts.clone(), request.b3)
                     .await
             }
@@ -423,6 +424,7 @@ impl Outbound {
         match (pinned, route.map(|(r, _)| r.target())) {
             // The destination's own stack and routes, only that version's endpoints.
             (Some(PinnedVersion(version)), _) => {
+                // A version with no backend pins none in range: no endpoint, a 503.
                 routed.pin = Some(stack.balance().backend_of(version).unwrap_or(usize::MAX));
             }
             (None, None | Some(RouteTarget::Split)) => {}
