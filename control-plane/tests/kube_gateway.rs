@@ -278,14 +278,10 @@ async fn gateway_api_objects_configure_the_gateway_live_with_their_status() {
                 "message": "every backendRef resolved", "observedGeneration": generation(&shop) })
     );
     let stored = routes(&mesh).get("shop").await.unwrap();
-    let manager = stored
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .find(|m| m.subresource.as_deref() == Some("status"))
-        .and_then(|m| m.manager.clone());
-    assert_eq!(manager.as_deref(), Some("mesh-control-plane"));
+    assert_eq!(
+        common::kube_mesh::status_manager(&stored.metadata).as_deref(),
+        Some("mesh-control-plane")
+    );
 
     // An edit is applied live.
     let edited_at = tokio::time::Instant::now();

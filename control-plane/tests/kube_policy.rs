@@ -152,14 +152,10 @@ async fn a_mesh_service_change_reaches_watchers_within_a_second_and_is_accepted(
         "still accepted: no transition"
     );
     let stored = mesh.mesh_services().get("inventory").await.unwrap();
-    let manager = stored
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .find(|m| m.subresource.as_deref() == Some("status"))
-        .and_then(|m| m.manager.clone());
-    assert_eq!(manager.as_deref(), Some("mesh-control-plane"));
+    assert_eq!(
+        common::kube_mesh::status_manager(&stored.metadata).as_deref(),
+        Some("mesh-control-plane")
+    );
 
     // Another object's change is judged with inventory's unchanged spec: its status, the same
     // verdict, is not written again.

@@ -17,10 +17,11 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::watched::Watched;
 use crate::mesh::{Cluster, ClusterService, Mesh};
 
 /// The label that names a slice's Service.
@@ -33,70 +34,6 @@ struct Slice {
     service: String,
     /// Its ready addresses, each with the name of the pod behind it.
     ready: BTreeMap<IpAddr, String>,
-}
-
-/// A watch of one kind, as the combined loop sees it.
-struct Watched<T> {
-    /// The complete list in force; `None` until the first one.
-    listed: Option<BTreeMap<String, T>>,
-    /// A relist under way.
-    relist: BTreeMap<String, T>,
-}
-
-impl<T> Default for Watched<T> {
-    fn default() -> Self {
-        Self {
-            listed: None,
-            relist: BTreeMap::new(),
-        }
-    }
-}
-
-impl<T> Watched<T> {
-    /// Applies one event of the watch (`read` turns an object into its name and what is kept
-    /// of it; `None`: nothing to keep); true when the list in force changed.
-    fn apply<K>(&mut self, event: Event<K>, read: impl Fn(&K) -> Option<(String, T)>) -> bool
-    where
-        K: kube::Resource,
-    {
-        match event {
-            Event::Init => {
-                self.relist.clear();
-                false
-            }
-            Event::InitApply(object) => {
-                if let Some((name, kept)) = read(&object) {
-                    self.relist.insert(name, kept);
-                }
-                false
-            }
-            Event::InitDone => {
-                self.listed = Some(std::mem::take(&mut self.relist));
-                true
-            }
-            Event::Apply(object) => {
-                let Some(listed) = &mut self.listed else {
-                    return false;
-                };
-                match read(&object) {
-                    Some((name, kept)) => {
-                        listed.insert(name, kept);
-                    }
-                    // An object that no longer qualifies (a slice whose label was removed).
-                    None => {
-                        if let Some(name) = object.meta().name.as_ref() {
-                            listed.remove(name);
-                        }
-                    }
-                }
-                true
-            }
-            Event::Delete(object) => match (&mut self.listed, object.meta().name.as_ref()) {
-                (Some(listed), Some(name)) => listed.remove(name).is_some(),
-                _ => false,
-            },
-        }
-    }
 }
 
 /// Watches the Services and EndpointSlices of `namespace` until `shutdown`, handing the mesh
@@ -291,6 +228,8 @@ fn read_slice(slice: &EndpointSlice) -> Option<(String, Slice)> {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    use kube::runtime::watcher::Event;
 
     use super::*;
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::gateway_api::Objects;
 use super::mesh_services::capped_backoff;
+use super::watched::Watched as Kept;
 
 /// The Gateway API version read.
 const VERSION: &str = "v1";
@@ -109,15 +110,13 @@ fn watch_kind(
     let task = tokio::spawn(async move {
         let stream = watcher::watcher(api, watcher::Config::default()).backoff(capped_backoff());
         let mut stream = std::pin::pin!(stream);
-        let mut objects = BTreeMap::new();
-        let mut initial = BTreeMap::new();
+        let mut watched: Kept<DynamicObject> = Kept::default();
         let mut last_error = None;
         loop {
             let event = tokio::select! {
                 () = shutdown.cancelled() => return,
                 event = stream.next() => event,
             };
-            let name = |object: &DynamicObject| object.metadata.name.clone();
             match event {
                 None => return,
                 Some(Err(e)) => {
@@ -130,27 +129,16 @@ fn watch_kind(
                         tx.send_replace(Some(BTreeMap::new()));
                     }
                 }
-                Some(Ok(Event::Init)) => initial.clear(),
-                Some(Ok(Event::InitApply(object))) => {
-                    if let Some(name) = name(&object) {
-                        initial.insert(name, object);
-                    }
-                }
-                Some(Ok(Event::InitDone)) => {
-                    last_error = None;
-                    objects = std::mem::take(&mut initial);
-                    tx.send_replace(Some(objects.clone()));
-                }
-                Some(Ok(Event::Apply(object))) => {
-                    if let Some(name) = name(&object) {
-                        objects.insert(name, object);
-                        tx.send_replace(Some(objects.clone()));
-                    }
-                }
-                Some(Ok(Event::Delete(object))) => {
-                    if let Some(name) = name(&object) {
-                        objects.remove(&name);
-                        tx.send_replace(Some(objects.clone()));
+                Some(Ok(event)) => {
+                    let listed = matches!(event, Event::InitDone);
+                    let read = |object: &DynamicObject| {
+                        Some((object.metadata.name.clone()?, object.clone()))
+                    };
+                    if watched.apply(event, read) {
+                        if listed {
+                            last_error = None;
+                        }
+                        tx.send_replace(watched.listed.clone());
                     }
                 }
             }

@@ -38,6 +38,7 @@ mod peers;
 mod replicas;
 mod token_review;
 mod verdicts;
+mod watched;
 mod webhook_bundle;
 
 pub use self::ca_secret::CaSecretError;

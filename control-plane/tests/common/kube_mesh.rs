@@ -309,3 +309,12 @@ where
         Err(e) => panic!("create {name}: {e}"),
     }
 }
+
+/// The field manager that wrote an object's status (its `status` subresource's managed fields).
+pub fn status_manager(meta: &ObjectMeta) -> Option<String> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .find(|m| m.subresource.as_deref() == Some("status"))
+        .and_then(|m| m.manager.clone())
+}
