@@ -25,10 +25,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Highest latency the histograms hold, in microseconds (larger values are clamped).
 const MAX_LATENCY_US: u64 = 60_000_000;
 
-type Sender = SendRequest<Empty<Bytes>>;
+pub(crate) type Sender = SendRequest<Empty<Bytes>>;
 
 /// Opens one keep-alive connection.
-async fn connect(dial: &Dial) -> Result<Sender, Error> {
+pub(crate) async fn connect(dial: &Dial) -> Result<Sender, Error> {
     let tcp = dial
         .connect()
         .await
@@ -61,7 +61,7 @@ where
 }
 
 /// One `GET /` with `Host: authority`; `Ok(true)` when it answered 200 with the whole body read.
-async fn request(send: &mut Sender, authority: &'static str) -> Result<bool, Error> {
+pub(crate) async fn request(send: &mut Sender, authority: &'static str) -> Result<bool, Error> {
     let once = async {
         send.ready().await?;
         let req = Request::get("/")

@@ -18,6 +18,7 @@ mod redirect_cost;
 mod report;
 pub mod tcp;
 mod topology;
+pub mod workloads;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -91,6 +92,8 @@ pub enum Error {
         "unknown configuration {0:?}: use direct, ours, envoy, ours-workers-2, ours-explicit, ours-transparent, ours-gateway or envoy-gateway"
     )]
     UnknownTopology(String),
+    #[error("unknown workload {0:?}: use new-connection")]
+    UnknownWorkload(String),
     #[error("network namespaces: {0}")]
     Namespaces(String),
     #[error("sidecar redirect in the network namespace {namespace}: {message}")]

