@@ -1,13 +1,31 @@
 #!/usr/bin/env bash
 # The whole benchmark suite in one command: builds release binaries, then runs the data path
-# against Envoy, opaque TCP against Envoy (needs redis-server and redis-tools), the control
-# plane at scale, the streaming-memory check, and faults under load (chaos). Results go to
-# benches/results/ (and body-memory prints its own). Extra arguments go to datapath.
+# against Envoy (keep-alive, then the other workloads), opaque TCP against Envoy (needs
+# redis-server and redis-tools), the control plane at scale, the streaming-memory check, and
+# faults under load (chaos). Results go to benches/results/, each naming the machine, the load
+# on it and the commit; body-memory prints its own.
+#
+#   bash benches/run.sh            the full plan (about an hour on 2 cores)
+#   bash benches/run.sh --quick    every benchmark's smoke plan, under five minutes once built;
+#                                  exits non-zero when any configuration failed or saw errors
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=()
+if [ "${1:-}" = "--quick" ]; then
+  quick=(--quick)
+  shift
+fi
+if [ $# -gt 0 ]; then
+  echo "usage: bash benches/run.sh [--quick]" >&2
+  exit 2
+fi
 cargo build --release -p mesh-sidecar -p mesh-control-plane -p mesh-testkit -p mesh-benches
-target/release/datapath "$@"
-target/release/tcp-path
-target/release/control-plane-scale
-target/release/body-memory
-target/release/chaos
+target/release/datapath "${quick[@]}"
+target/release/workloads "${quick[@]}"
+target/release/tcp-path "${quick[@]}"
+target/release/control-plane-scale "${quick[@]}"
+if [ ${#quick[@]} -eq 0 ]; then
+  # 100 MiB through a pair: a memory check with no smoke plan (the tests cover streaming).
+  target/release/body-memory
+fi
+target/release/chaos "${quick[@]}"

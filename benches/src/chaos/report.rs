@@ -159,8 +159,14 @@ impl Report {
         let _ = writeln!(md, "`{}`\n", self.command);
         let _ = writeln!(
             md,
-            "{}; {} ({} cores), Linux {}; load average {} before, {} after.\n",
-            m.date_utc, m.cpu_model, m.cores, m.kernel, m.load_before, m.load_after
+            "{}; commit {}; {} ({} cores), Linux {}; load average {} before, {} after.\n",
+            m.date_utc,
+            m.commit.as_deref().unwrap_or("unknown"),
+            m.cpu_model,
+            m.cores,
+            m.kernel,
+            m.load_before,
+            m.load_after
         );
         let _ = writeln!(
             md,

@@ -70,6 +70,8 @@ pub struct Machine {
     pub load_end: String,
     /// `release` or `debug`.
     pub profile: String,
+    /// The commit the binaries were built from, when run from a checkout.
+    pub commit: Option<String>,
 }
 
 impl Machine {
@@ -94,6 +96,7 @@ impl Machine {
             date,
             load_start: load(),
             load_end: String::new(),
+            commit: crate::datapath::commit(),
             profile: if cfg!(debug_assertions) {
                 "debug"
             } else {
@@ -392,9 +395,16 @@ impl Report {
         let _ = writeln!(md, "Command: `{}`\n", self.command);
         let _ = writeln!(
             md,
-            "Machine: {} ({} cores), Linux {}, {} build, {}. Load average (1/5/15 min) {} at the start, {} at the end; \
+            "Machine: {} ({} cores), Linux {}, {} build of {}, {}. Load average (1/5/15 min) {} at the start, {} at the end; \
              the machine is shared, so other work may have competed for the cores.\n",
-            m.cpu, m.cores, m.kernel, m.profile, m.date, m.load_start, m.load_end
+            m.cpu,
+            m.cores,
+            m.kernel,
+            m.profile,
+            m.commit.as_deref().unwrap_or("an unknown commit"),
+            m.date,
+            m.load_start,
+            m.load_end
         );
         let _ = writeln!(
             md,

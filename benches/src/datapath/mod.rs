@@ -36,6 +36,7 @@ pub use self::report::{
 };
 pub use self::topology::{ENVOY_WHEEL, find_or_install_envoy};
 
+pub use self::report::commit;
 pub(crate) use self::report::load_average;
 
 use self::load::{Closed, Connections, Open};

@@ -17,6 +17,9 @@ pub struct Machine {
     pub cores: usize,
     pub kernel: String,
     pub date_utc: String,
+    /// The commit the binaries were built from (`-dirty`: with uncommitted changes), when run
+    /// from a checkout.
+    pub commit: Option<String>,
     /// /proc/loadavg before anything was started and after the last round.
     pub load_before: String,
     pub load_after: String,
@@ -50,6 +53,7 @@ impl Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             kernel,
             date_utc: utc_now(),
+            commit: commit(),
             load_before,
             load_after,
             other_processes_cpu_share,
@@ -601,6 +605,9 @@ impl Report {
         let _ = writeln!(md, "# Data-path benchmark ({} run)\n", self.mode);
         let _ = writeln!(md, "- command: `{}`", self.command);
         let _ = writeln!(md, "- date: {}", m.date_utc);
+        if let Some(commit) = &m.commit {
+            let _ = writeln!(md, "- commit: {commit}");
+        }
         let _ = writeln!(
             md,
             "- CPU: {}, {} cores; kernel {}",
@@ -789,7 +796,7 @@ impl Report {
 
 /// The commit the binaries were built from, as `git describe` names it (`-dirty` when the
 /// working tree differs), when run from a checkout.
-pub(crate) fn commit() -> Option<String> {
+pub fn commit() -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["describe", "--always", "--dirty", "--abbrev=12"])
         .output()

@@ -421,13 +421,14 @@ impl TcpReport {
         let mut s = String::new();
         s.push_str("# Opaque TCP: direct vs our sidecars vs Envoy\n\n");
         s.push_str(&format!(
-            "Command: `{}` ({} mode)\n\nMachine: {} ({} cores), kernel {}, {} UTC; load before {}, after {}; Envoy {}\n\n",
+            "Command: `{}` ({} mode)\n\nMachine: {} ({} cores), kernel {}, {} UTC; commit {}; load before {}, after {}; Envoy {}\n\n",
             self.command,
             self.mode,
             m.cpu_model,
             m.cores,
             m.kernel,
             m.date_utc,
+            m.commit.as_deref().unwrap_or("unknown"),
             m.load_before,
             m.load_after,
             m.envoy_version.as_deref().unwrap_or("not run"),

@@ -257,7 +257,6 @@ impl WorkloadReport {
 pub struct WorkloadsReport {
     pub command: String,
     pub mode: String,
-    pub commit: Option<String>,
     pub machine: Machine,
     pub workloads: Vec<WorkloadReport>,
 }
@@ -271,7 +270,6 @@ impl WorkloadsReport {
         Self {
             command: options.command.clone(),
             mode: options.mode.clone(),
-            commit: super::super::report::commit(),
             machine,
             workloads,
         }
@@ -286,10 +284,10 @@ impl WorkloadsReport {
         let m = &self.machine;
         let _ = writeln!(md, "# Workloads against Envoy ({} run)\n", self.mode);
         let _ = writeln!(md, "- command: `{}`", self.command);
-        if let Some(commit) = &self.commit {
+        let _ = writeln!(md, "- date: {}", m.date_utc);
+        if let Some(commit) = &m.commit {
             let _ = writeln!(md, "- commit: {commit}");
         }
-        let _ = writeln!(md, "- date: {}", m.date_utc);
         let _ = writeln!(
             md,
             "- CPU: {}, {} cores; kernel {}",
