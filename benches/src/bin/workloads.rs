@@ -1,8 +1,9 @@
-//! Workloads beyond keep-alive requests (a new connection per request, ...), each through
+//! Workloads beyond keep-alive requests (a new connection per request, gRPC), each through
 //! direct, our sidecar pair and an Envoy pair in the same run.
 //!
 //! Run: `cargo build --release -p mesh-sidecar -p mesh-benches &&
-//!       target/release/workloads [--quick] [--only new-connection,grpc-unary,grpc-stream] [--out benches/results]`
+//!       target/release/workloads [--quick] [--only grpc-unary,grpc-stream]
+//!       [--out benches/results]`
 //!
 //! The app is the `datapath` binary beside this one (`--serve-app`); Envoy comes from
 //! `target/bench-venv` as for `datapath`. A full run exits 0 (it is a measurement); `--quick`

@@ -382,9 +382,9 @@ const UPSTREAM_H2: &str = r#"      typed_extension_protocol_options:
             http2_protocol_options: {}
 "#;
 
-/// Client side: plain HTTP/1.1 (h2c for gRPC) from the load client (or, as a gateway, HTTP/1.1 or HTTP/2 over
-/// TLS with the edge certificate), HTTP/2 over mutual TLS upstream; the server must chain to
-/// the CA and carry inventory's SPIFFE ID as a URI SAN.
+/// Client side: plain HTTP/1.1 (h2c for gRPC) from the load client (or, as a gateway,
+/// HTTP/1.1 or HTTP/2 over TLS with the edge certificate), HTTP/2 over mutual TLS upstream;
+/// the server must chain to the CA and carry inventory's SPIFFE ID as a URI SAN.
 fn envoy_client_config(
     dir: &Path,
     [listen, admin]: [SocketAddr; 2],
