@@ -93,7 +93,7 @@ async fn serve(addr: SocketAddr) -> Result<(), Error> {
 /// Serves the Echo service. HTTP/1.1 and HTTP/2 share the port (hyper_util's auto builder
 /// tells them apart by the HTTP/2 preface): the readiness check and the proxies' plain probes
 /// speak HTTP/1.1, gRPC arrives as h2c from the load client, our inbound sidecar and Envoy.
-async fn serve_grpc(addr: SocketAddr) -> Result<(), Error> {
+pub(crate) async fn serve_grpc(addr: SocketAddr) -> Result<(), Error> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io(format!("app listen on {addr}"), e))?;

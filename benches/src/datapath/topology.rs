@@ -578,3 +578,40 @@ pub(crate) fn envoy_version(envoy: &Path) -> String {
         })
         .unwrap_or_else(|| "unknown".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// gRPC's Envoy pair takes h2c from the client and speaks HTTP/2 to the app; the HTTP
+    /// pair keeps HTTP/1.1 at both edges.
+    #[test]
+    fn grpc_envoys_speak_http2_at_the_edges() {
+        let dir = Path::new("/certs");
+        let [a, b, c] =
+            std::array::from_fn(|i| SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16)));
+        let client = |carry| envoy_client_config(dir, [a, b], c, carry);
+        let server = |carry| envoy_server_config(dir, [a, b], c, carry);
+        assert!(client(Carry::Grpc).contains("codec_type: AUTO"));
+        assert!(client(Carry::Http).contains("codec_type: HTTP1"));
+        // Upstream HTTP/2: the client side's cluster always, the server side's app only for gRPC.
+        assert_eq!(
+            client(Carry::Grpc)
+                .matches("http2_protocol_options")
+                .count(),
+            1
+        );
+        assert_eq!(
+            server(Carry::Grpc)
+                .matches("http2_protocol_options")
+                .count(),
+            1
+        );
+        assert_eq!(
+            server(Carry::Http)
+                .matches("http2_protocol_options")
+                .count(),
+            0
+        );
+    }
+}

@@ -192,3 +192,51 @@ pub(crate) async fn probe(dial: &Dial, limit: Duration) -> Result<(), Error> {
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn direct(addr: SocketAddr) -> Dial {
+        Dial {
+            addr,
+            namespace: None,
+            authority: super::super::super::load::AUTHORITY,
+            tls: None,
+        }
+    }
+
+    /// The gRPC app on one port: a plain `GET` for readiness checks, unary calls, and streams
+    /// that deliver every message with `grpc-status: 0`.
+    #[tokio::test]
+    async fn app_answers_readiness_unary_and_streams() {
+        let addr = mesh_testkit::free_port();
+        let app = tokio::spawn(super::super::super::app::serve_grpc(addr));
+        let dial = direct(addr);
+        probe(&dial, Duration::from_secs(10)).await.unwrap();
+        assert!(super::super::super::procs::http_get_ok(None, addr, "/").await);
+
+        let mut conn = connect(&dial).await.unwrap();
+        assert_eq!(unary(&mut conn).await.unwrap(), 84);
+        let stream = Stream::new();
+        for _ in 0..3 {
+            let bytes = stream.once(&dial, &mut conn).await.unwrap();
+            assert_eq!(bytes, 101 * 1024);
+        }
+        app.abort();
+    }
+
+    #[test]
+    fn a_call_without_grpc_status_0_fails() {
+        let mut ok = MetadataMap::new();
+        ok.insert("grpc-status", "0".parse().unwrap());
+        assert!(check_ok(Some(&ok)).is_ok());
+        let mut unavailable = MetadataMap::new();
+        unavailable.insert("grpc-status", "14".parse().unwrap());
+        assert!(check_ok(Some(&unavailable)).is_err());
+        assert!(check_ok(Some(&MetadataMap::new())).is_err());
+        assert!(check_ok(None).is_err());
+    }
+}
