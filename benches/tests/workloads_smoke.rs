@@ -53,3 +53,48 @@ async fn quick_run_new_connection() {
     assert_sane(&report.workloads[0], &markdown);
     assert!(markdown.contains("## new-connection"), "{markdown}");
 }
+
+/// Payload bytes per unit, from the closed loop's rates.
+fn bytes_per_unit(row: &workloads::Row) -> f64 {
+    row.mb_per_second.unwrap() * 1e6 / row.units_per_second.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_run_grpc_unary() {
+    let report = workloads::run(quick(vec![Workload::GrpcUnary]))
+        .await
+        .unwrap();
+    let markdown = report.markdown();
+    assert_eq!(report.workloads.len(), 1, "{markdown}");
+    let w = &report.workloads[0];
+    assert_sane(w, &markdown);
+    assert_eq!(w.unit, "RPC", "{markdown}");
+    // Every counted RPC ended with grpc-status 0 and carried its 42-byte message each way.
+    for row in &w.rows {
+        let per_rpc = bytes_per_unit(row);
+        assert!((per_rpc - 84.0).abs() < 0.5, "{per_rpc} B/RPC\n{markdown}");
+    }
+    assert!(markdown.contains("## grpc-unary"), "{markdown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_run_grpc_stream() {
+    let report = workloads::run(quick(vec![Workload::GrpcStream]))
+        .await
+        .unwrap();
+    let markdown = report.markdown();
+    assert_eq!(report.workloads.len(), 1, "{markdown}");
+    let w = &report.workloads[0];
+    assert_sane(w, &markdown);
+    assert_eq!(w.unit, "stream", "{markdown}");
+    // Every counted stream delivered all 100 replies of 1 KiB after its 1 KiB request, in
+    // order, and ended with grpc-status 0.
+    for row in &w.rows {
+        let per_stream = bytes_per_unit(row);
+        assert!(
+            (per_stream - 101.0 * 1024.0).abs() < 1.0,
+            "{per_stream} B/stream\n{markdown}"
+        );
+    }
+    assert!(markdown.contains("## grpc-stream"), "{markdown}");
+}

@@ -49,12 +49,15 @@ struct Args {
     /// Internal: serve the benchmark app on ADDR (the harness starts itself this way).
     #[arg(long, value_name = "ADDR", hide = true)]
     serve_app: Option<SocketAddr>,
+    /// Internal: what the app serves with --serve-app.
+    #[arg(long, value_enum, default_value = "http", hide = true)]
+    app: datapath::AppKind,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(addr) = args.serve_app {
-        return match datapath::serve_app(addr) {
+        return match datapath::serve_app(addr, args.app) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("datapath app: {e}");

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use self::app::{BODY, serve_blocking as serve_app};
+pub use self::app::{AppKind, BODY, serve_blocking as serve_app};
 pub use self::gateway_cost::GatewayComparison;
 pub use self::redirect_cost::RedirectCost;
 pub use self::report::{
@@ -93,7 +93,9 @@ pub enum Error {
         "unknown configuration {0:?}: use direct, ours, envoy, ours-workers-2, ours-explicit, ours-transparent, ours-gateway or envoy-gateway"
     )]
     UnknownTopology(String),
-    #[error("unknown workload {0:?}: use new-connection")]
+    #[error("gRPC: {0}")]
+    Grpc(String),
+    #[error("unknown workload {0:?}: use new-connection, grpc-unary or grpc-stream")]
     UnknownWorkload(String),
     #[error("network namespaces: {0}")]
     Namespaces(String),
@@ -477,7 +479,7 @@ pub async fn run(options: Options) -> Result<Report, Error> {
         .tempdir()
         .map_err(|e| Error::io("temp dir", e))?;
     topology::write_certs(dir.path())?;
-    let (app, app_addr) = topology::start_app(&options.harness, dir.path()).await?;
+    let (app, app_addr) = topology::start_app(&options.harness, dir.path(), AppKind::Http).await?;
 
     let mut envoy_version = None;
     let mut tallies = Vec::new();
@@ -510,7 +512,13 @@ pub async fn run(options: Options) -> Result<Report, Error> {
                     Ok(envoy) => {
                         envoy_version = Some(topology::envoy_version(&envoy));
                         if topology == Topology::Envoy {
-                            topology::start_envoy(&envoy, dir.path(), app_addr).await
+                            topology::start_envoy(
+                                &envoy,
+                                dir.path(),
+                                app_addr,
+                                topology::Carry::Http,
+                            )
+                            .await
                         } else {
                             gateway::start_envoy(&envoy, dir.path(), app_addr).await
                         }

@@ -104,7 +104,7 @@ impl Proc {
 }
 
 /// One `GET` with `Connection: close`, from `namespace`; true on a 200 answer.
-async fn http_get_ok(namespace: Option<&str>, addr: SocketAddr, path: &str) -> bool {
+pub(crate) async fn http_get_ok(namespace: Option<&str>, addr: SocketAddr, path: &str) -> bool {
     let attempt = async {
         let mut tcp = connect_in(namespace, addr).await?;
         tcp.write_all(

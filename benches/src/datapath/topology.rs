@@ -14,7 +14,7 @@ use super::dial::{Dial, EdgeTls};
 use super::gateway::{EDGE_CERT, EDGE_HOST, EDGE_KEY, GATEWAY};
 use super::namespaced::Namespaced;
 use super::procs::Proc;
-use super::{Error, load};
+use super::{AppKind, Error, load};
 
 pub(crate) const TRUST_DOMAIN: &str = "mesh.local";
 /// The calling service (client side) and the called one (server side).
@@ -81,11 +81,15 @@ pub(crate) fn write_certs(dir: &Path) -> Result<(), Error> {
     super::gateway::write_edge_certs(dir)
 }
 
-/// Starts the app process: this same binary with `--serve-app`.
-pub(crate) async fn start_app(harness: &Path, dir: &Path) -> Result<(Proc, SocketAddr), Error> {
+/// Starts the app process: this same binary with `--serve-app` (and `--app kind`).
+pub(crate) async fn start_app(
+    harness: &Path,
+    dir: &Path,
+    kind: AppKind,
+) -> Result<(Proc, SocketAddr), Error> {
     let addr = free_port();
     let mut command = Command::new(harness);
-    command.args(["--serve-app", &addr.to_string()]);
+    command.args(["--serve-app", &addr.to_string(), "--app", kind.name()]);
     let mut app = Proc::spawn("app", command, &dir.join("app.log"))?;
     app.wait_ready(addr, "/", READY_LIMIT).await?;
     Ok((app, addr))
@@ -218,13 +222,15 @@ pub(crate) fn sidecar_args(command: &mut Command, config: &Path, runtime: Runtim
     };
 }
 
-/// Starts two Envoys: HTTP/1.1 in, HTTP/2 with mutual TLS between them, HTTP/1.1 to the app.
+/// Starts two Envoys with HTTP/2 and mutual TLS between them: HTTP/1.1 in and to the app
+/// ([`Carry::Http`]), or h2c in and to the app ([`Carry::Grpc`]).
 pub(crate) async fn start_envoy(
     envoy: &Path,
     dir: &Path,
     app: SocketAddr,
+    carry: Carry,
 ) -> Result<Running, Error> {
-    let running = start_envoy_pair(envoy, dir, app, Carry::Http, "envoy").await?;
+    let running = start_envoy_pair(envoy, dir, app, carry, "envoy").await?;
     load::probe(&running.dial(), READY_LIMIT).await?;
     Ok(running)
 }
@@ -232,19 +238,21 @@ pub(crate) async fn start_envoy(
 /// What an Envoy pair carries: HTTP (HTTP/1.1 at the edges, HTTP/2 between the two), opaque
 /// TCP (`tcp_proxy` on both, one TLS connection per client connection), or HTTP from outside
 /// (the client side is a gateway: TLS from the client with the edge certificate, routed by
-/// host name, the gateway's own identity on the mTLS hop).
+/// host name, the gateway's own identity on the mTLS hop), or gRPC (HTTP/2 end to end: h2c
+/// from the client and to the app, so trailers and streams go through as they are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Carry {
     Http,
     Tcp,
     Edge,
+    Grpc,
 }
 
 impl Carry {
     /// The client side's service: the caller's identity on the mTLS hop.
     fn client(self) -> &'static str {
         match self {
-            Self::Http | Self::Tcp => CLIENT,
+            Self::Http | Self::Tcp | Self::Grpc => CLIENT,
             Self::Edge => GATEWAY,
         }
     }
@@ -307,7 +315,7 @@ pub(crate) async fn start_envoy_pair(
 /// The listener's filters: an HTTP connection manager or a `tcp_proxy`, to `cluster`.
 fn envoy_filters(carry: Carry, stat_prefix: &str, codec: &str, cluster: &str) -> String {
     match carry {
-        Carry::Http => http_manager(stat_prefix, codec, cluster, "*"),
+        Carry::Http | Carry::Grpc => http_manager(stat_prefix, codec, cluster, "*"),
         Carry::Edge => http_manager(stat_prefix, codec, cluster, EDGE_HOST),
         Carry::Tcp => format!(
             r#"          - name: envoy.filters.network.tcp_proxy
@@ -323,7 +331,9 @@ fn envoy_filters(carry: Carry, stat_prefix: &str, codec: &str, cluster: &str) ->
 /// ALPN in a TLS context at `indent` spaces: h2 for HTTP, none for opaque TCP.
 fn alpn(carry: Carry, indent: usize) -> String {
     match carry {
-        Carry::Http | Carry::Edge => format!("{:indent$}alpn_protocols: [\"h2\"]\n", ""),
+        Carry::Http | Carry::Edge | Carry::Grpc => {
+            format!("{:indent$}alpn_protocols: [\"h2\"]\n", "")
+        }
         Carry::Tcp => String::new(),
     }
 }
@@ -364,9 +374,17 @@ pub(crate) fn pem(dir: &Path, name: &str) -> String {
     format!("{{ filename: \"{}\" }}", dir.join(name).display())
 }
 
-/// Client side: plain HTTP/1.1 from the load client (or, as a gateway, HTTP/1.1 or HTTP/2 over
-/// TLS with the edge certificate), HTTP/2 over mutual TLS upstream; the server must chain to
-/// the CA and carry inventory's SPIFFE ID as a URI SAN.
+/// A cluster's upstream protocol: HTTP/2 (at the indent of a cluster's fields).
+const UPSTREAM_H2: &str = r#"      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {}
+"#;
+
+/// Client side: plain HTTP/1.1 (h2c for gRPC) from the load client (or, as a gateway,
+/// HTTP/1.1 or HTTP/2 over TLS with the edge certificate), HTTP/2 over mutual TLS upstream;
+/// the server must chain to the CA and carry inventory's SPIFFE ID as a URI SAN.
 fn envoy_client_config(
     dir: &Path,
     [listen, admin]: [SocketAddr; 2],
@@ -374,19 +392,14 @@ fn envoy_client_config(
     carry: Carry,
 ) -> String {
     let h2 = match carry {
-        Carry::Http | Carry::Edge => {
-            r#"      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config:
-            http2_protocol_options: {}
-"#
-        }
+        Carry::Http | Carry::Edge | Carry::Grpc => UPSTREAM_H2,
         Carry::Tcp => "",
     };
     let server_id = mesh_api::spiffe::format_service_id(TRUST_DOMAIN, "default", SERVER);
     let (downstream_tls, codec) = match carry {
         Carry::Http | Carry::Tcp => (String::new(), "HTTP1"),
+        // Prior-knowledge h2c from gRPC clients, and HTTP/1.1 from the readiness probe.
+        Carry::Grpc => (String::new(), "AUTO"),
         Carry::Edge => (
             format!(
                 r#"          transport_socket:
@@ -450,7 +463,7 @@ static_resources:
 }
 
 /// Server side: mutual TLS required (a client certificate from the CA), HTTP/2, then plain
-/// HTTP/1.1 to the app.
+/// HTTP/1.1 to the app (h2c for gRPC).
 fn envoy_server_config(
     dir: &Path,
     [listen, admin]: [SocketAddr; 2],
@@ -486,7 +499,12 @@ static_resources:
         endpoints:
           - lb_endpoints:
               - endpoint: {{ address: {app} }}
-"#,
+{app_h2}"#,
+        app_h2 = if carry == Carry::Grpc {
+            UPSTREAM_H2
+        } else {
+            ""
+        },
         admin = socket(admin),
         listen = socket(listen),
         app = socket(app),
@@ -559,4 +577,41 @@ pub(crate) fn envoy_version(envoy: &Path) -> String {
             after.split_whitespace().next().map(str::to_owned)
         })
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// gRPC's Envoy pair takes h2c from the client and speaks HTTP/2 to the app; the HTTP
+    /// pair keeps HTTP/1.1 at both edges.
+    #[test]
+    fn grpc_envoys_speak_http2_at_the_edges() {
+        let dir = Path::new("/certs");
+        let [a, b, c] =
+            std::array::from_fn(|i| SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16)));
+        let client = |carry| envoy_client_config(dir, [a, b], c, carry);
+        let server = |carry| envoy_server_config(dir, [a, b], c, carry);
+        assert!(client(Carry::Grpc).contains("codec_type: AUTO"));
+        assert!(client(Carry::Http).contains("codec_type: HTTP1"));
+        // Upstream HTTP/2: the client side's cluster always, the server side's app only for gRPC.
+        assert_eq!(
+            client(Carry::Grpc)
+                .matches("http2_protocol_options")
+                .count(),
+            1
+        );
+        assert_eq!(
+            server(Carry::Grpc)
+                .matches("http2_protocol_options")
+                .count(),
+            1
+        );
+        assert_eq!(
+            server(Carry::Http)
+                .matches("http2_protocol_options")
+                .count(),
+            0
+        );
+    }
 }

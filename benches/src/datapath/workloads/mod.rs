@@ -12,6 +12,7 @@
 //! work on it is (a request, an RPC, a stream). The loops and the report are shared.
 
 mod exchange;
+mod grpc;
 mod new_connection;
 mod report;
 
@@ -28,8 +29,8 @@ use self::exchange::{Loops, Tally};
 use super::dial::Dial;
 use super::procs::cpu_ticks;
 use super::report::Machine;
-use super::topology::{self, Running, Runtime};
-use super::{EnvoySource, Error, Plan, Topology, find_or_install_envoy};
+use super::topology::{self, Carry, Running, Runtime};
+use super::{AppKind, EnvoySource, Error, Plan, Topology, find_or_install_envoy};
 
 /// One kind of traffic the harness can put through every configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,14 +39,21 @@ pub enum Workload {
     /// A new client connection for every request (`Connection: close` clients, scripts,
     /// health checkers): the accept and the connection's setup are on the measured path.
     NewConnection,
+    /// Unary gRPC calls (a few dozen bytes each way) on long-lived HTTP/2 connections.
+    GrpcUnary,
+    /// Server-streaming gRPC calls, each 100 replies of 1 KiB, on long-lived HTTP/2
+    /// connections: the proxies' per-message cost and flow control.
+    GrpcStream,
 }
 
 impl Workload {
-    pub const ALL: [Self; 1] = [Self::NewConnection];
+    pub const ALL: [Self; 3] = [Self::NewConnection, Self::GrpcUnary, Self::GrpcStream];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::NewConnection => "new-connection",
+            Self::GrpcUnary => "grpc-unary",
+            Self::GrpcStream => "grpc-stream",
         }
     }
 
@@ -57,6 +65,17 @@ impl Workload {
                  body), closed by the client after the response; between the proxies the \
                  connection stays pooled"
             }
+            Self::GrpcUnary => {
+                "unary gRPC calls (Echo/Unary, a 42-byte message echoed back) from tonic clients \
+                 over h2c, one HTTP/2 connection per client task, calls one after another on it; \
+                 each call must end with grpc-status 0 in its trailers"
+            }
+            Self::GrpcStream => {
+                "server-streaming gRPC calls (Echo/Stream: a 1 KiB request, 100 replies of \
+                 1 KiB) from tonic clients over h2c, one HTTP/2 connection per client task; a \
+                 unit is a whole stream, which must deliver all 100 replies in order and end \
+                 with grpc-status 0"
+            }
         }
     }
 
@@ -64,6 +83,8 @@ impl Workload {
     pub fn unit(self) -> &'static str {
         match self {
             Self::NewConnection => "request",
+            Self::GrpcUnary => "RPC",
+            Self::GrpcStream => "stream",
         }
     }
 
@@ -71,7 +92,13 @@ impl Workload {
     /// rate (a 1 MiB body at 1,000/s would be 2 GB/s).
     fn plan(self, plan: &Plan) -> Plan {
         match self {
-            Self::NewConnection => plan.clone(),
+            Self::NewConnection | Self::GrpcUnary => plan.clone(),
+            // A stream is ~100 KiB of replies: at the keep-alive rate the open loop would
+            // measure a saturated path, not latency.
+            Self::GrpcStream => Plan {
+                rate: (plan.rate / 5).max(1),
+                ..plan.clone()
+            },
         }
     }
 }
@@ -110,6 +137,9 @@ pub(crate) trait Exchange: Send + Sync + 'static {
     /// What the client keeps between units (a keep-alive connection, or nothing).
     type Conn: Send + 'static;
 
+    /// The app this exchange talks to; a gRPC app also changes what the proxies speak to it.
+    const APP: AppKind = AppKind::Http;
+
     /// Opens what [`Exchange::once`] works on; not measured.
     fn connect(&self, dial: &Dial) -> impl Future<Output = Result<Self::Conn, Error>> + Send;
 
@@ -146,6 +176,14 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadsReport, Error> {
                 let exchange = Arc::new(new_connection::NewConnection);
                 measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
             }
+            Workload::GrpcUnary => {
+                let exchange = Arc::new(grpc::Unary);
+                measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
+            }
+            Workload::GrpcStream => {
+                let exchange = Arc::new(grpc::Stream::new());
+                measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
+            }
         };
         if let Some(share) = other_share {
             other_shares.push(share);
@@ -176,11 +214,37 @@ async fn start_plain(
         Topology::Direct => Ok(Running::direct(app)),
         Topology::Ours => topology::start_ours(&options.bin_dir, dir, app, Runtime::Default).await,
         Topology::Envoy => match envoy {
-            Some(envoy) => topology::start_envoy(envoy, dir, app).await,
+            Some(envoy) => topology::start_envoy(envoy, dir, app, Carry::Http).await,
             None => Err(Error::EnvoySetup("no Envoy binary".to_owned())),
         },
         other => Err(Error::UnknownTopology(other.name().to_owned())),
     }
+}
+
+/// Starts one configuration of a gRPC workload: the app is the Echo service over h2c. Our
+/// sidecars need nothing else (a request that arrives as HTTP/2 goes to the app as HTTP/2);
+/// Envoy's client side must accept h2c and its server side speak HTTP/2 to the app. Each
+/// configuration must then answer a gRPC call, trailers included.
+async fn start_grpc(
+    topology: Topology,
+    options: &WorkloadOptions,
+    envoy: Option<&std::path::Path>,
+    dir: &std::path::Path,
+    app: std::net::SocketAddr,
+) -> Result<Running, Error> {
+    let running = match topology {
+        Topology::Direct => Running::direct(app),
+        Topology::Ours => {
+            topology::start_ours(&options.bin_dir, dir, app, Runtime::Default).await?
+        }
+        Topology::Envoy => match envoy {
+            Some(envoy) => topology::start_envoy(envoy, dir, app, Carry::Grpc).await?,
+            None => return Err(Error::EnvoySetup("no Envoy binary".to_owned())),
+        },
+        other => return Err(Error::UnknownTopology(other.name().to_owned())),
+    };
+    grpc::probe(&running.dial(), topology::READY_LIMIT).await?;
+    Ok(running)
 }
 
 /// Starts the app and every configuration for `workload`, warms them up, measures them in
@@ -198,14 +262,17 @@ async fn measure<E: Exchange>(
         .tempdir()
         .map_err(|e| Error::io("temp dir", e))?;
     topology::write_certs(dir.path())?;
-    let (app, app_addr) = topology::start_app(&options.harness, dir.path()).await?;
+    let (app, app_addr) = topology::start_app(&options.harness, dir.path(), E::APP).await?;
     let loops = Loops {
         exchange,
         plan: plan.clone(),
     };
     let mut tallies = Vec::new();
     for &topology in &options.topologies {
-        let started = start_plain(topology, options, envoy, dir.path(), app_addr).await;
+        let started = match E::APP {
+            AppKind::Http => start_plain(topology, options, envoy, dir.path(), app_addr).await,
+            AppKind::Grpc => start_grpc(topology, options, envoy, dir.path(), app_addr).await,
+        };
         if let Err(e) = &started {
             eprintln!(
                 "{} {}: failed to start: {e}",
