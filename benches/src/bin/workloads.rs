@@ -1,8 +1,9 @@
-//! Workloads beyond keep-alive requests (a new connection per request, ...), each through
-//! direct, our sidecar pair and an Envoy pair in the same run.
+//! Workloads beyond keep-alive requests (a new connection per request, 1 MiB bodies, 1,000
+//! destinations), each through direct, our sidecar pair and an Envoy pair in the same run.
 //!
 //! Run: `cargo build --release -p mesh-sidecar -p mesh-benches &&
-//!       target/release/workloads [--quick] [--only new-connection] [--out benches/results]`
+//!       target/release/workloads [--quick] [--only new-connection,large-bodies,destinations]
+//!       [--out benches/results]`
 //!
 //! The app is the `datapath` binary beside this one (`--serve-app`); Envoy comes from
 //! `target/bench-venv` as for `datapath`. A full run exits 0 (it is a measurement); `--quick`
@@ -30,8 +31,12 @@ struct Args {
     /// The Envoy binary to use instead of the one in target/bench-venv.
     #[arg(long)]
     envoy: Option<PathBuf>,
-    /// Workloads to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "new-connection")]
+    /// Workloads to run, in order: any of new-connection, large-bodies, destinations.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "new-connection,large-bodies,destinations"
+    )]
     only: Vec<String>,
     /// Configurations to measure, in round order: any of direct, ours, envoy.
     #[arg(long, value_delimiter = ',', default_value = "direct,ours,envoy")]

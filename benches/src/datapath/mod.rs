@@ -84,6 +84,8 @@ pub enum Error {
     Timeout,
     #[error("answered with a non-success status")]
     Status,
+    #[error("a body of {received} bytes where {expected} were sent")]
+    BodyLength { expected: usize, received: usize },
     #[error("interrupted")]
     Interrupted,
     #[error("TCP load: {0}")]
@@ -92,7 +94,7 @@ pub enum Error {
         "unknown configuration {0:?}: use direct, ours, envoy, ours-workers-2, ours-explicit, ours-transparent, ours-gateway or envoy-gateway"
     )]
     UnknownTopology(String),
-    #[error("unknown workload {0:?}: use new-connection")]
+    #[error("unknown workload {0:?}: use new-connection, large-bodies or destinations")]
     UnknownWorkload(String),
     #[error("network namespaces: {0}")]
     Namespaces(String),

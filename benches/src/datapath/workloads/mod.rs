@@ -11,12 +11,16 @@
 //! A workload is an [`Exchange`]: how the load client opens a connection and what one unit of
 //! work on it is (a request, an RPC, a stream). The loops and the report are shared.
 
+mod destinations;
 mod exchange;
+mod large_bodies;
 mod new_connection;
 mod report;
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -38,14 +42,31 @@ pub enum Workload {
     /// A new client connection for every request (`Connection: close` clients, scripts,
     /// health checkers): the accept and the connection's setup are on the measured path.
     NewConnection,
+    /// A 1 MiB request body and a 1 MiB response body per request (uploads, downloads, bulk
+    /// APIs): the proxies' cost per byte, with both bodies streamed through them.
+    LargeBodies,
+    /// 1,000 destinations in the client side's table, each request naming another one: the
+    /// cost of a large destination table, in CPU per request, latency and memory.
+    Destinations,
 }
 
 impl Workload {
-    pub const ALL: [Self; 1] = [Self::NewConnection];
+    pub const ALL: [Self; 3] = [Self::NewConnection, Self::LargeBodies, Self::Destinations];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::NewConnection => "new-connection",
+            Self::LargeBodies => "large-bodies",
+            Self::Destinations => "destinations",
+        }
+    }
+
+    /// Judged per byte rather than per unit: CPU per GB and MB/s are its targets' measures,
+    /// and only its report shows them.
+    pub fn judged_by_bytes(self) -> bool {
+        match self {
+            Self::NewConnection | Self::Destinations => false,
+            Self::LargeBodies => true,
         }
     }
 
@@ -57,13 +78,24 @@ impl Workload {
                  body), closed by the client after the response; between the proxies the \
                  connection stays pooled"
             }
+            Self::LargeBodies => {
+                "HTTP/1.1 POST of a 1 MiB body on keep-alive connections from the load client, \
+                 answered with a 1 MiB body; the app checks it received exactly 1 MiB, the client \
+                 that it did; both proxies stream the bodies"
+            }
+            Self::Destinations => {
+                "keep-alive HTTP/1.1 GETs from the load client, each with `Host: svc-N`, N \
+                 cycling over 1,000 destinations that the client-side proxy lists (our sidecar's \
+                 bootstrap, Envoy's clusters and virtual hosts), all served by the same \
+                 server-side proxy; every name is called once after start, before any phase"
+            }
         }
     }
 
     /// What one unit of work is, for the report's columns.
     pub fn unit(self) -> &'static str {
         match self {
-            Self::NewConnection => "request",
+            Self::NewConnection | Self::LargeBodies | Self::Destinations => "request",
         }
     }
 
@@ -71,7 +103,16 @@ impl Workload {
     /// rate (a 1 MiB body at 1,000/s would be 2 GB/s).
     fn plan(self, plan: &Plan) -> Plan {
         match self {
-            Self::NewConnection => plan.clone(),
+            Self::NewConnection | Self::Destinations => plan.clone(),
+            // 2 MiB per request: 8 connections saturate both proxies; the open loop at 20
+            // (quick) to 50 (full) requests/s stays well below that, so it measures latency,
+            // not a queue.
+            Self::LargeBodies => Plan {
+                connections: 8,
+                rate: (plan.rate / 20).clamp(20, 50),
+                rate_connections: 8,
+                ..plan.clone()
+            },
         }
     }
 }
@@ -120,6 +161,29 @@ pub(crate) trait Exchange: Send + Sync + 'static {
         dial: &Dial,
         conn: &mut Self::Conn,
     ) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Starts one configuration: the keep-alive benchmark's paths ([`start_plain`]) unless the
+    /// workload needs other proxies.
+    fn start(
+        &self,
+        topology: Topology,
+        options: &WorkloadOptions,
+        envoy: Option<&Path>,
+        dir: &Path,
+        app: SocketAddr,
+    ) -> impl Future<Output = Result<Running, Error>> + Send {
+        start_plain(topology, options, envoy, dir, app)
+    }
+
+    /// Counts read from a configuration after its rounds (its proxies' admin pages, /proc),
+    /// for its row; none unless the workload has some.
+    fn inspect(
+        &self,
+        _topology: Topology,
+        _running: &Running,
+    ) -> impl Future<Output = BTreeMap<String, u64>> + Send {
+        async { BTreeMap::new() }
+    }
 }
 
 /// Runs each workload in turn, each with its own app and configurations.
@@ -146,6 +210,14 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadsReport, Error> {
                 let exchange = Arc::new(new_connection::NewConnection);
                 measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
             }
+            Workload::LargeBodies => {
+                let exchange = Arc::new(large_bodies::LargeBodies);
+                measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
+            }
+            Workload::Destinations => {
+                let exchange = Arc::new(destinations::Destinations::new());
+                measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
+            }
         };
         if let Some(share) = other_share {
             other_shares.push(share);
@@ -168,9 +240,9 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadsReport, Error> {
 async fn start_plain(
     topology: Topology,
     options: &WorkloadOptions,
-    envoy: Option<&std::path::Path>,
-    dir: &std::path::Path,
-    app: std::net::SocketAddr,
+    envoy: Option<&Path>,
+    dir: &Path,
+    app: SocketAddr,
 ) -> Result<Running, Error> {
     match topology {
         Topology::Direct => Ok(Running::direct(app)),
@@ -190,7 +262,7 @@ async fn measure<E: Exchange>(
     workload: Workload,
     plan: &Plan,
     options: &WorkloadOptions,
-    envoy: Option<&std::path::Path>,
+    envoy: Option<&Path>,
     exchange: Arc<E>,
 ) -> Result<(WorkloadReport, Option<f64>), Error> {
     let dir = tempfile::Builder::new()
@@ -199,13 +271,11 @@ async fn measure<E: Exchange>(
         .map_err(|e| Error::io("temp dir", e))?;
     topology::write_certs(dir.path())?;
     let (app, app_addr) = topology::start_app(&options.harness, dir.path()).await?;
-    let loops = Loops {
-        exchange,
-        plan: plan.clone(),
-    };
     let mut tallies = Vec::new();
     for &topology in &options.topologies {
-        let started = start_plain(topology, options, envoy, dir.path(), app_addr).await;
+        let started = exchange
+            .start(topology, options, envoy, dir.path(), app_addr)
+            .await;
         if let Err(e) = &started {
             eprintln!(
                 "{} {}: failed to start: {e}",
@@ -215,6 +285,10 @@ async fn measure<E: Exchange>(
         }
         tallies.push(Tally::new(topology, started));
     }
+    let loops = Loops {
+        exchange,
+        plan: plan.clone(),
+    };
     for tally in &mut tallies {
         if let Some(running) = &tally.running {
             let dial = running.dial();
@@ -257,6 +331,11 @@ async fn measure<E: Exchange>(
     let total = total_1.saturating_sub(total_0) as f64;
     let other = busy_1.saturating_sub(busy_0).saturating_sub(ours) as f64;
     let other_share = (total > 0.0).then(|| other / total);
+    for tally in &mut tallies {
+        if let Some(running) = &tally.running {
+            tally.details = loops.exchange.inspect(tally.topology, running).await;
+        }
+    }
     let mut rows = Vec::new();
     for tally in &tallies {
         rows.push(report::summarize(tally)?);
