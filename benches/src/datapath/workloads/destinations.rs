@@ -8,9 +8,10 @@
 //! TLS client configuration, checking the destination's identity) per destination, Envoy a
 //! cluster per service. So once every name was called, the client side holds a pooled mTLS
 //! connection per destination to the one peer. The run counts them (`mesh_connections`), with
-//! the server side's connections to the app (`app_connections`).
+//! the server side's connections to the app (`app_connections`): our inbound sidecar pools its
+//! app connections by the request's authority, so 1,000 names can mean up to 1,000 of those.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -50,6 +51,8 @@ struct Watch {
     app_port: u16,
     /// The client-side proxy's RSS once ready, before any request (KiB).
     started_rss_kib: Option<u64>,
+    /// The same once every name was called once, before the measured phases.
+    primed_rss_kib: Option<u64>,
     /// From spawning the client-side proxy to its `/ready` answering 200.
     start_ms: Option<u64>,
 }
@@ -105,24 +108,28 @@ impl Exchange for Destinations {
                     server_port: None,
                     app_port: app.port(),
                     started_rss_kib: None,
+                    primed_rss_kib: None,
                     start_ms: None,
                 };
                 (running, watch)
             }
         };
-        if let Some((_, client)) = running.proxies.first() {
-            watch.started_rss_kib = crate::pair::memory_kib(client.pid())
+        let client_rss = || {
+            let (_, client) = running.proxies.first()?;
+            crate::pair::memory_kib(client.pid())
                 .ok()
-                .map(|(rss, _)| rss);
-        }
+                .map(|(rss, _)| rss)
+        };
+        watch.started_rss_kib = client_rss();
         // Every name once, before any measured phase: proves each route works, and the
         // connection each destination opens on first use is not on the measured path.
         prime(&running.dial(), &self.names).await?;
+        watch.primed_rss_kib = client_rss();
         self.watches.lock().await.insert(topology.name(), watch);
         Ok(running)
     }
 
-    async fn inspect(&self, topology: Topology, _running: &Running) -> BTreeMap<String, u64> {
+    async fn inspect(&self, topology: Topology, running: &Running) -> BTreeMap<String, u64> {
         let mut facts = BTreeMap::new();
         let Some(watch) = self.watches.lock().await.get(topology.name()).copied() else {
             return facts;
@@ -133,12 +140,23 @@ impl Exchange for Destinations {
             }
         };
         put("client_proxy_rss_after_start_kib", watch.started_rss_kib);
+        put(
+            "client_proxy_rss_after_first_calls_kib",
+            watch.primed_rss_kib,
+        );
         put("client_proxy_start_ms", watch.start_ms);
+        let pid = |i: usize| running.proxies.get(i).map(|(_, p)| p.pid());
+        // The client side's connections to the server side, and the server side's to the app.
         put(
             "mesh_connections",
-            watch.server_port.and_then(established_to),
+            pid(0)
+                .zip(watch.server_port)
+                .and_then(|(pid, port)| connections_of(pid, port)),
         );
-        put("app_connections", established_to(watch.app_port));
+        put(
+            "app_connections",
+            pid(1).and_then(|pid| connections_of(pid, watch.app_port)),
+        );
         if let Some(admin) = watch.client_admin {
             let metrics = admin_get(admin, "/metrics").await;
             put(
@@ -261,6 +279,7 @@ async fn start_ours(
         server_port: Some(i_in.port()),
         app_port: app.port(),
         started_rss_kib: None,
+        primed_rss_kib: None,
         start_ms,
     };
     Ok((running, watch))
@@ -307,6 +326,7 @@ async fn start_envoy(
         server_port: Some(s_listen.port()),
         app_port: app.port(),
         started_rss_kib: None,
+        primed_rss_kib: None,
         start_ms,
     };
     Ok((running, watch))
@@ -397,9 +417,23 @@ static_resources:
     )
 }
 
-/// Established TCP connections accepted on `port` (the server end of each, so a connection on
-/// loopback counts once), from /proc/net/tcp and tcp6.
-fn established_to(port: u16) -> Option<u64> {
+/// Established TCP connections of process `pid` to `port` on the other end, from its
+/// descriptors and /proc/net/tcp and tcp6: so each proxy's own connections are counted, not
+/// those of another configuration that dials the same app.
+fn connections_of(pid: u32, port: u16) -> Option<u64> {
+    let inodes: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
     let mut count = 0;
     let mut read_any = false;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -411,13 +445,16 @@ fn established_to(port: u16) -> Option<u64> {
             .lines()
             .skip(1)
             .filter(|line| {
-                let mut fields = line.split_whitespace();
-                let local = fields.nth(1);
-                let state = fields.nth(1);
-                let local_port = local
-                    .and_then(|l| l.rsplit_once(':'))
+                // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let remote_port = fields
+                    .get(2)
+                    .and_then(|r| r.rsplit_once(':'))
                     .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-                local_port == Some(port) && state == Some("01")
+                let inode = fields.get(9).and_then(|i| i.parse::<u64>().ok());
+                fields.get(3) == Some(&"01")
+                    && remote_port == Some(port)
+                    && inode.is_some_and(|i| inodes.contains(&i))
             })
             .count() as u64;
     }
