@@ -98,5 +98,6 @@ async fn quick_run_destinations() {
         "{markdown}"
     );
     assert!(ours.details.contains_key("mesh_connections"), "{markdown}");
+    assert!(ours.details.contains_key("app_connections"), "{markdown}");
     assert!(markdown.contains("## destinations"), "{markdown}");
 }

@@ -266,6 +266,9 @@ impl WorkloadReport {
             let details: Vec<String> = r.details.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(md, "\n{}: {}", r.name.name(), details.join(", "));
         }
+        if let Some(notes) = self.workload.notes() {
+            let _ = writeln!(md, "\n{notes}");
+        }
         for r in self.rows.iter().filter(|r| r.failure.is_some()) {
             let _ = writeln!(
                 md,
