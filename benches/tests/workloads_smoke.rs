@@ -98,3 +98,51 @@ async fn quick_run_grpc_stream() {
     }
     assert!(markdown.contains("## grpc-stream"), "{markdown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_run_large_bodies() {
+    let report = workloads::run(quick(vec![Workload::LargeBodies]))
+        .await
+        .unwrap();
+    let markdown = report.markdown();
+    assert_eq!(report.workloads.len(), 1, "{markdown}");
+    let w = &report.workloads[0];
+    assert_sane(w, &markdown);
+    assert!(w.judged_by_bytes, "{markdown}");
+    for row in &w.rows {
+        // Every counted request carried 1 MiB each way, checked by the app and the client:
+        // bytes / s ÷ requests / s is exactly 2 MiB.
+        let per_request = row.mb_per_second.unwrap() * 1e6 / row.units_per_second.unwrap();
+        assert!(
+            (per_request - 2.0 * 1_048_576.0).abs() < 1.0,
+            "{per_request} bytes per request\n{markdown}"
+        );
+    }
+    assert!(w.rows[1].proxy_cpu_seconds_per_gb.is_some(), "{markdown}");
+    assert!(markdown.contains("## large-bodies"), "{markdown}");
+    assert!(markdown.contains("proxy CPU s / GB"), "{markdown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_run_destinations() {
+    let report = workloads::run(quick(vec![Workload::Destinations]))
+        .await
+        .unwrap();
+    let markdown = report.markdown();
+    assert_eq!(report.workloads.len(), 1, "{markdown}");
+    let w = &report.workloads[0];
+    assert_sane(w, &markdown);
+    assert!(!w.judged_by_bytes, "{markdown}");
+    assert!(!markdown.contains("MB/s"), "{markdown}");
+    let ours = &w.rows[1];
+    // Every name was called once after start, so the client side's metrics hold all of them.
+    let distinct = ours.details["distinct_destinations"];
+    assert!(distinct >= 100, "{distinct} destinations\n{markdown}");
+    assert!(
+        ours.details["client_proxy_rss_after_start_kib"] > 0,
+        "{markdown}"
+    );
+    assert!(ours.details.contains_key("mesh_connections"), "{markdown}");
+    assert!(ours.details.contains_key("app_connections"), "{markdown}");
+    assert!(markdown.contains("## destinations"), "{markdown}");
+}

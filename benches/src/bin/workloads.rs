@@ -1,8 +1,9 @@
-//! Workloads beyond keep-alive requests (a new connection per request, gRPC), each through
-//! direct, our sidecar pair and an Envoy pair in the same run.
+//! Workloads beyond keep-alive requests (a new connection per request, 1 MiB bodies, gRPC,
+//! 1,000 destinations), each through direct, our sidecar pair and an Envoy pair in the same
+//! run.
 //!
 //! Run: `cargo build --release -p mesh-sidecar -p mesh-benches &&
-//!       target/release/workloads [--quick] [--only grpc-unary,grpc-stream]
+//!       target/release/workloads [--quick] [--only new-connection,large-bodies,grpc-unary,grpc-stream,destinations]
 //!       [--out benches/results]`
 //!
 //! The app is the `datapath` binary beside this one (`--serve-app`); Envoy comes from
@@ -31,11 +32,12 @@ struct Args {
     /// The Envoy binary to use instead of the one in target/bench-venv.
     #[arg(long)]
     envoy: Option<PathBuf>,
-    /// Workloads to run, in order: any of new-connection, grpc-unary, grpc-stream.
+    /// Workloads to run, in order: any of new-connection, large-bodies, grpc-unary,
+    /// grpc-stream, destinations.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "new-connection,grpc-unary,grpc-stream"
+        default_value = "new-connection,large-bodies,grpc-unary,grpc-stream,destinations"
     )]
     only: Vec<String>,
     /// Configurations to measure, in round order: any of direct, ours, envoy.

@@ -1,5 +1,6 @@
-//! The app behind every configuration: HTTP/1.1 keep-alive, one fixed small body; or, for
-//! the gRPC workloads, the test Echo service over plaintext HTTP/2.
+//! The app behind every configuration: HTTP/1.1 keep-alive, one fixed small body, and, for the
+//! large-bodies workload, `POST /large`: a 1 MiB request body counted, a 1 MiB body answered;
+//! or, for the gRPC workloads, the test Echo service over plaintext HTTP/2.
 //!
 //! It runs as its own process (`datapath --serve-app ADDR`) on a single-threaded runtime, so it
 //! costs as little as a server can and its CPU never mixes with the load client's. The echo
@@ -11,9 +12,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Response;
 use http::header::{CONTENT_TYPE, HeaderValue};
-use http_body_util::Full;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -48,6 +50,14 @@ impl AppKind {
     }
 }
 
+/// The path of the large-bodies exchange.
+pub(crate) const LARGE_PATH: &str = "/large";
+/// Size of the large-bodies workload's request and response bodies.
+pub(crate) const LARGE_BODY_BYTES: usize = 1 << 20;
+/// The large body both ways, static so that neither the app nor the load client allocates a
+/// payload per request: their cost stays small beside the proxies'.
+pub(crate) static LARGE_BODY: [u8; LARGE_BODY_BYTES] = [b'x'; LARGE_BODY_BYTES];
+
 /// Serves `kind` on `addr` until the process is killed.
 pub fn serve_blocking(addr: SocketAddr, kind: AppKind) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -77,7 +87,10 @@ async fn serve(addr: SocketAddr) -> Result<(), Error> {
         let _ = tcp.set_nodelay(true);
         let conn = http.serve_connection(
             TokioIo::new(tcp),
-            service_fn(|_req| async {
+            service_fn(|req| async {
+                if req.method() == Method::POST && req.uri().path() == LARGE_PATH {
+                    return Ok::<_, Infallible>(large(req).await);
+                }
                 let mut rsp = Response::new(Full::new(Bytes::from_static(BODY)));
                 rsp.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -132,4 +145,33 @@ fn is_grpc<B>(req: &http::Request<B>) -> bool {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// `POST /large`: reads the whole request body frame by frame (counting, not keeping it) and
+/// answers [`LARGE_BODY`]; a body of any other length is answered 400, so a proxy that cut or
+/// padded it is caught.
+async fn large(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut body = req.into_body();
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => received += frame.data_ref().map_or(0, Bytes::len),
+            Err(_) => return status(StatusCode::BAD_REQUEST),
+        }
+    }
+    if received != LARGE_BODY_BYTES {
+        return status(StatusCode::BAD_REQUEST);
+    }
+    let mut rsp = Response::new(Full::new(Bytes::from_static(&LARGE_BODY)));
+    rsp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    rsp
+}
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let mut rsp = Response::new(Full::new(Bytes::new()));
+    *rsp.status_mut() = code;
+    rsp
 }

@@ -85,6 +85,8 @@ pub enum Error {
     Timeout,
     #[error("answered with a non-success status")]
     Status,
+    #[error("a body of {received} bytes where {expected} were sent")]
+    BodyLength { expected: usize, received: usize },
     #[error("interrupted")]
     Interrupted,
     #[error("TCP load: {0}")]
@@ -95,7 +97,9 @@ pub enum Error {
     UnknownTopology(String),
     #[error("gRPC: {0}")]
     Grpc(String),
-    #[error("unknown workload {0:?}: use new-connection, grpc-unary or grpc-stream")]
+    #[error(
+        "unknown workload {0:?}: use new-connection, large-bodies, grpc-unary, grpc-stream or destinations"
+    )]
     UnknownWorkload(String),
     #[error("network namespaces: {0}")]
     Namespaces(String),

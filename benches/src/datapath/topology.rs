@@ -464,7 +464,7 @@ static_resources:
 
 /// Server side: mutual TLS required (a client certificate from the CA), HTTP/2, then plain
 /// HTTP/1.1 to the app (h2c for gRPC).
-fn envoy_server_config(
+pub(crate) fn envoy_server_config(
     dir: &Path,
     [listen, admin]: [SocketAddr; 2],
     app: SocketAddr,

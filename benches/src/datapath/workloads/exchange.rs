@@ -1,6 +1,7 @@
 //! The loops every request-shaped workload shares: a closed loop for throughput and an open
 //! loop at a fixed rate for latency, over any [`Exchange`], and the per-configuration sums.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub(crate) struct Tally {
     pub(crate) round_p99: Vec<u64>,
     /// Per proxy: CPU ticks in the closed-loop phases and in the open-loop phases.
     pub(crate) cpu: Vec<(u64, u64)>,
+    /// What the workload read from the configuration after its rounds ([`Exchange::inspect`]).
+    pub(crate) details: BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -65,6 +68,7 @@ impl Tally {
             hist: None,
             round_p99: Vec::new(),
             cpu: vec![(0, 0); proxies],
+            details: BTreeMap::new(),
         }
     }
 

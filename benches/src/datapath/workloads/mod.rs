@@ -11,13 +11,17 @@
 //! A workload is an [`Exchange`]: how the load client opens a connection and what one unit of
 //! work on it is (a request, an RPC, a stream). The loops and the report are shared.
 
+mod destinations;
 mod exchange;
 mod grpc;
+mod large_bodies;
 mod new_connection;
 mod report;
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -44,17 +48,48 @@ pub enum Workload {
     /// Server-streaming gRPC calls, each 100 replies of 1 KiB, on long-lived HTTP/2
     /// connections: the proxies' per-message cost and flow control.
     GrpcStream,
+    /// A 1 MiB request body and a 1 MiB response body per request (uploads, downloads, bulk
+    /// APIs): the proxies' cost per byte, with both bodies streamed through them.
+    LargeBodies,
+    /// 1,000 destinations in the client side's table, each request naming another one: the
+    /// cost of a large destination table, in CPU per request, latency and memory.
+    Destinations,
 }
 
 impl Workload {
-    pub const ALL: [Self; 3] = [Self::NewConnection, Self::GrpcUnary, Self::GrpcStream];
+    pub const ALL: [Self; 5] = [
+        Self::NewConnection,
+        Self::LargeBodies,
+        Self::GrpcUnary,
+        Self::GrpcStream,
+        Self::Destinations,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::NewConnection => "new-connection",
             Self::GrpcUnary => "grpc-unary",
             Self::GrpcStream => "grpc-stream",
+            Self::LargeBodies => "large-bodies",
+            Self::Destinations => "destinations",
         }
+    }
+
+    /// Judged per byte rather than per unit: CPU per GB and MB/s are its targets' measures,
+    /// and only its report shows them.
+    pub fn judged_by_bytes(self) -> bool {
+        match self {
+            Self::NewConnection | Self::GrpcUnary | Self::Destinations => false,
+            // Streams are judged per stream; their MB/s is shown too.
+            Self::GrpcStream => false,
+            Self::LargeBodies => true,
+        }
+    }
+
+    /// Moves enough bytes per unit that MB/s and CPU per GB are worth showing, though it is
+    /// judged per unit.
+    pub fn moves_bytes(self) -> bool {
+        matches!(self, Self::GrpcStream)
     }
 
     /// What the load client does, for the report.
@@ -76,13 +111,42 @@ impl Workload {
                  unit is a whole stream, which must deliver all 100 replies in order and end \
                  with grpc-status 0"
             }
+            Self::LargeBodies => {
+                "HTTP/1.1 POST of a 1 MiB body on keep-alive connections from the load client, \
+                 answered with a 1 MiB body; the app checks it received exactly 1 MiB, the client \
+                 that it did; both proxies stream the bodies"
+            }
+            Self::Destinations => {
+                "keep-alive HTTP/1.1 GETs from the load client, each with `Host: svc-N`, N \
+                 cycling over 1,000 destinations that the client-side proxy lists (our sidecar's \
+                 bootstrap, Envoy's clusters and virtual hosts), all served by the same \
+                 server-side proxy; every name is called once after start, before any phase"
+            }
+        }
+    }
+
+    /// How to read the counts under the workload's table, for the report.
+    pub fn notes(self) -> Option<&'static str> {
+        match self {
+            Self::NewConnection | Self::LargeBodies | Self::GrpcUnary | Self::GrpcStream => None,
+            Self::Destinations => Some(
+                "`mesh_connections`: the client-side proxy's connections to the server side. Each \
+                 destination has its own endpoint pool in both meshes (ours: an endpoint with its \
+                 own TLS configuration per destination; Envoy: a cluster per service), so after \
+                 every name was called the client side holds a pooled mTLS connection per \
+                 destination to the one peer. `app_connections`: the server side's connections to \
+                 the app; our inbound sidecar pools them by the request's authority, so each name \
+                 keeps its own. The RSS after start and after the first calls show what the table \
+                 costs before and after it is used (ours: also a one-second ring of 301 slots, \
+                 about 59 KiB, per destination for `/stats`).",
+            ),
         }
     }
 
     /// What one unit of work is, for the report's columns.
     pub fn unit(self) -> &'static str {
         match self {
-            Self::NewConnection => "request",
+            Self::NewConnection | Self::LargeBodies | Self::Destinations => "request",
             Self::GrpcUnary => "RPC",
             Self::GrpcStream => "stream",
         }
@@ -92,11 +156,20 @@ impl Workload {
     /// rate (a 1 MiB body at 1,000/s would be 2 GB/s).
     fn plan(self, plan: &Plan) -> Plan {
         match self {
-            Self::NewConnection | Self::GrpcUnary => plan.clone(),
+            Self::NewConnection | Self::GrpcUnary | Self::Destinations => plan.clone(),
             // A stream is ~100 KiB of replies: at the keep-alive rate the open loop would
             // measure a saturated path, not latency.
             Self::GrpcStream => Plan {
                 rate: (plan.rate / 5).max(1),
+                ..plan.clone()
+            },
+            // 2 MiB per request: 8 connections saturate both proxies; the open loop at 20
+            // (quick) to 50 (full) requests/s stays well below that, so it measures latency,
+            // not a queue.
+            Self::LargeBodies => Plan {
+                connections: 8,
+                rate: (plan.rate / 20).clamp(20, 50),
+                rate_connections: 8,
                 ..plan.clone()
             },
         }
@@ -150,6 +223,34 @@ pub(crate) trait Exchange: Send + Sync + 'static {
         dial: &Dial,
         conn: &mut Self::Conn,
     ) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Starts one configuration: the keep-alive benchmark's paths ([`start_plain`]), or the
+    /// gRPC ones for a gRPC app, unless the workload needs other proxies.
+    fn start(
+        &self,
+        topology: Topology,
+        options: &WorkloadOptions,
+        envoy: Option<&Path>,
+        dir: &Path,
+        app: SocketAddr,
+    ) -> impl Future<Output = Result<Running, Error>> + Send {
+        async move {
+            match Self::APP {
+                AppKind::Http => start_plain(topology, options, envoy, dir, app).await,
+                AppKind::Grpc => start_grpc(topology, options, envoy, dir, app).await,
+            }
+        }
+    }
+
+    /// Counts read from a configuration after its rounds (its proxies' admin pages, /proc),
+    /// for its row; none unless the workload has some.
+    fn inspect(
+        &self,
+        _topology: Topology,
+        _running: &Running,
+    ) -> impl Future<Output = BTreeMap<String, u64>> + Send {
+        async { BTreeMap::new() }
+    }
 }
 
 /// Runs each workload in turn, each with its own app and configurations.
@@ -184,6 +285,14 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadsReport, Error> {
                 let exchange = Arc::new(grpc::Stream::new());
                 measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
             }
+            Workload::LargeBodies => {
+                let exchange = Arc::new(large_bodies::LargeBodies);
+                measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
+            }
+            Workload::Destinations => {
+                let exchange = Arc::new(destinations::Destinations::new());
+                measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
+            }
         };
         if let Some(share) = other_share {
             other_shares.push(share);
@@ -206,9 +315,9 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadsReport, Error> {
 async fn start_plain(
     topology: Topology,
     options: &WorkloadOptions,
-    envoy: Option<&std::path::Path>,
-    dir: &std::path::Path,
-    app: std::net::SocketAddr,
+    envoy: Option<&Path>,
+    dir: &Path,
+    app: SocketAddr,
 ) -> Result<Running, Error> {
     match topology {
         Topology::Direct => Ok(Running::direct(app)),
@@ -228,9 +337,9 @@ async fn start_plain(
 async fn start_grpc(
     topology: Topology,
     options: &WorkloadOptions,
-    envoy: Option<&std::path::Path>,
-    dir: &std::path::Path,
-    app: std::net::SocketAddr,
+    envoy: Option<&Path>,
+    dir: &Path,
+    app: SocketAddr,
 ) -> Result<Running, Error> {
     let running = match topology {
         Topology::Direct => Running::direct(app),
@@ -254,7 +363,7 @@ async fn measure<E: Exchange>(
     workload: Workload,
     plan: &Plan,
     options: &WorkloadOptions,
-    envoy: Option<&std::path::Path>,
+    envoy: Option<&Path>,
     exchange: Arc<E>,
 ) -> Result<(WorkloadReport, Option<f64>), Error> {
     let dir = tempfile::Builder::new()
@@ -263,16 +372,11 @@ async fn measure<E: Exchange>(
         .map_err(|e| Error::io("temp dir", e))?;
     topology::write_certs(dir.path())?;
     let (app, app_addr) = topology::start_app(&options.harness, dir.path(), E::APP).await?;
-    let loops = Loops {
-        exchange,
-        plan: plan.clone(),
-    };
     let mut tallies = Vec::new();
     for &topology in &options.topologies {
-        let started = match E::APP {
-            AppKind::Http => start_plain(topology, options, envoy, dir.path(), app_addr).await,
-            AppKind::Grpc => start_grpc(topology, options, envoy, dir.path(), app_addr).await,
-        };
+        let started = exchange
+            .start(topology, options, envoy, dir.path(), app_addr)
+            .await;
         if let Err(e) = &started {
             eprintln!(
                 "{} {}: failed to start: {e}",
@@ -282,6 +386,10 @@ async fn measure<E: Exchange>(
         }
         tallies.push(Tally::new(topology, started));
     }
+    let loops = Loops {
+        exchange,
+        plan: plan.clone(),
+    };
     for tally in &mut tallies {
         if let Some(running) = &tally.running {
             let dial = running.dial();
@@ -324,6 +432,11 @@ async fn measure<E: Exchange>(
     let total = total_1.saturating_sub(total_0) as f64;
     let other = busy_1.saturating_sub(busy_0).saturating_sub(ours) as f64;
     let other_share = (total > 0.0).then(|| other / total);
+    for tally in &mut tallies {
+        if let Some(running) = &tally.running {
+            tally.details = loops.exchange.inspect(tally.topology, running).await;
+        }
+    }
     let mut rows = Vec::new();
     for tally in &tallies {
         rows.push(report::summarize(tally)?);

@@ -1,5 +1,6 @@
 //! Each workload's numbers, its ratios to Envoy, its targets, and the run as markdown and JSON.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -34,6 +35,11 @@ pub struct Row {
     pub proxy_cpu_seconds_per_gb: Option<f64>,
     /// Peak RSS of each proxy, client side first (KiB).
     pub peak_rss_kib: Vec<u64>,
+    /// Counts a workload reads from the configuration after its rounds, by name (the
+    /// destinations workload: distinct destinations in the client side's metrics, connections
+    /// between the proxies and to the app, the client side's RSS after start).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, u64>,
 }
 
 impl Row {
@@ -55,7 +61,13 @@ pub struct WorkloadReport {
     pub rate_connections: usize,
     pub latency_seconds_per_round: f64,
     pub rows: Vec<Row>,
-    /// ours ÷ envoy: CPU per unit, added p99 (median of rounds), throughput, peak RSS.
+    /// Judged per byte: CPU per GB and MB/s instead of per unit ([`Workload::judged_by_bytes`]).
+    pub judged_by_bytes: bool,
+    /// MB/s and CPU per GB in the table: for workloads judged by bytes, and for those that
+    /// move many (streams).
+    pub shows_bytes: bool,
+    /// ours ÷ envoy: CPU per unit (per GB when judged by bytes), added p99 (median of rounds),
+    /// throughput (MB/s when judged by bytes), peak RSS.
     pub cpu_ratio: Option<f64>,
     pub added_p99_ratio: Option<f64>,
     pub throughput_ratio: Option<f64>,
@@ -90,6 +102,7 @@ pub(crate) fn summarize(tally: &Tally) -> Result<Row, Error> {
         proxy_cpu_seconds_per_10k: (proxied && c.ok > 0).then(|| cpu / c.ok as f64 * 10_000.0),
         proxy_cpu_seconds_per_gb: (proxied && c.bytes > 0).then(|| cpu / (c.bytes as f64 / 1e9)),
         peak_rss_kib: peak,
+        details: tally.details.clone(),
     })
 }
 
@@ -115,20 +128,34 @@ impl WorkloadReport {
         let find = |t| rows.iter().find(|r| r.name == t && r.failure.is_none());
         let (ours, envoy) = (find(Topology::Ours), find(Topology::Envoy));
         let get = |r: Option<&Row>, f: fn(&Row) -> Option<f64>| r.and_then(f);
-        let cpu = |r: &Row| r.proxy_cpu_seconds_per_10k;
+        let bytes = workload.judged_by_bytes();
+        let cpu: fn(&Row) -> Option<f64> = if bytes {
+            |r| r.proxy_cpu_seconds_per_gb
+        } else {
+            |r| r.proxy_cpu_seconds_per_10k
+        };
         let p99 = |r: &Row| r.added_p99_median_of_rounds_us;
-        let tput = |r: &Row| r.units_per_second;
+        let tput: fn(&Row) -> Option<f64> = if bytes {
+            |r| r.mb_per_second
+        } else {
+            |r| r.units_per_second
+        };
         let rss = |r: &Row| r.max_rss_kib().map(|k| k as f64);
         let unit = workload.unit();
+        let (per, cpu_unit, tput_unit) = if bytes {
+            ("GB", "CPU s per GB".to_owned(), "MB/s".to_owned())
+        } else {
+            (unit, format!("CPU s per 10k {unit}s"), format!("{unit}s/s"))
+        };
         let mut targets = Vec::new();
         if ours.is_some() || envoy.is_some() {
             targets.push(at_most(
-                &format!("proxy CPU per {unit} ≤ 0.6 × Envoy's (closed loop)"),
+                &format!("proxy CPU per {per} ≤ 0.6 × Envoy's (closed loop)"),
                 get(ours, cpu),
                 get(envoy, cpu),
                 0.6,
-                &format!("CPU s per 10k {unit}s"),
-                3,
+                &cpu_unit,
+                if bytes { 2 } else { 3 },
             ));
             targets.push(at_most(
                 "added p99 over direct ≤ 0.7 × Envoy's (median of the rounds' own)",
@@ -143,7 +170,7 @@ impl WorkloadReport {
                 get(ours, tput),
                 get(envoy, tput),
                 1.2,
-                &format!("{unit}s/s"),
+                &tput_unit,
             ));
         }
         Self {
@@ -156,6 +183,8 @@ impl WorkloadReport {
             rate_per_second: plan.rate,
             rate_connections: plan.rate_connections,
             latency_seconds_per_round: plan.latency_phase.as_secs_f64(),
+            judged_by_bytes: bytes,
+            shows_bytes: bytes || workload.moves_bytes(),
             cpu_ratio: ratio(get(ours, cpu), get(envoy, cpu)),
             added_p99_ratio: ratio(get(ours, p99), get(envoy, p99)),
             throughput_ratio: ratio(get(ours, tput), get(envoy, tput)),
@@ -187,12 +216,22 @@ impl WorkloadReport {
             self.unit,
             self.rate_connections,
         );
+        // MB/s and CPU per GB only where bytes are what the workload moves.
+        let bytes = self.shows_bytes;
+        let (mb_head, gb_head, bytes_align) = if bytes {
+            (" MB/s |", " proxy CPU s / GB |", "---:|")
+        } else {
+            ("", "", "")
+        };
         let _ = writeln!(
             md,
-            "| configuration | max {u}s/s | MB/s | errors | p50 µs | p99 µs | added p99 µs (median of rounds) | proxy CPU s / 10k {u}s | proxy CPU s / GB | peak RSS MiB (client / server proxy) |",
+            "| configuration | max {u}s/s |{mb_head} errors | p50 µs | p99 µs | added p99 µs (median of rounds) | proxy CPU s / 10k {u}s |{gb_head} peak RSS MiB (client / server proxy) |",
             u = self.unit
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            md,
+            "|---|---:|{bytes_align}---:|---:|---:|---:|---:|{bytes_align}---|"
+        );
         for r in &self.rows {
             let name = match &r.failure {
                 Some(_) => format!("{} (FAILED)", r.name.name()),
@@ -208,18 +247,31 @@ impl WorkloadReport {
                     .join(" / ")
             };
             let whole = |v: Option<u64>| v.map_or_else(|| "–".to_owned(), |v| v.to_string());
+            let (mb, gb) = if bytes {
+                (
+                    format!(" {} |", num(r.mb_per_second, 1)),
+                    format!(" {} |", num(r.proxy_cpu_seconds_per_gb, 2)),
+                )
+            } else {
+                (String::new(), String::new())
+            };
             let _ = writeln!(
                 md,
-                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {rss} |",
+                "| {name} | {} |{mb} {} | {} | {} | {} | {} |{gb} {rss} |",
                 num(r.units_per_second, 0),
-                num(r.mb_per_second, 1),
                 r.errors,
                 whole(r.p50_us),
                 whole(r.p99_us),
                 num(r.added_p99_median_of_rounds_us, 0),
                 num(r.proxy_cpu_seconds_per_10k, 3),
-                num(r.proxy_cpu_seconds_per_gb, 2),
             );
+        }
+        for r in self.rows.iter().filter(|r| !r.details.is_empty()) {
+            let details: Vec<String> = r.details.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(md, "\n{}: {}", r.name.name(), details.join(", "));
+        }
+        if let Some(notes) = self.workload.notes() {
+            let _ = writeln!(md, "\n{notes}");
         }
         for r in self.rows.iter().filter(|r| r.failure.is_some()) {
             let _ = writeln!(
@@ -235,7 +287,11 @@ impl WorkloadReport {
         let _ = writeln!(
             md,
             "\nOurs ÷ Envoy: CPU per {} {}, added p99 {}, throughput {}, peak RSS {}.\n",
-            self.unit,
+            if self.judged_by_bytes {
+                "GB"
+            } else {
+                self.unit.as_str()
+            },
             times(self.cpu_ratio),
             times(self.added_p99_ratio),
             times(self.throughput_ratio),
