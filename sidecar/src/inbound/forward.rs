@@ -6,8 +6,11 @@
 //!
 //! Requests arrive over HTTP/2. Those marked `x-mesh-orig-proto: HTTP/1.1` go to the app over a
 //! keep-alive HTTP/1.1 pool, the rest over HTTP/2 (prior knowledge), so an HTTP/1.1 app never
-//! receives HTTP/2 and gRPC keeps its trailers. The request URI keeps the original authority,
-//! which becomes the app's `Host`; the connector ignores it and always dials the app.
+//! receives HTTP/2 and gRPC keeps its trailers. The app sees the original authority: as `Host`
+//! over HTTP/1.1, where the request URI names the app's address instead, so that one keep-alive
+//! pool serves every name the app is called by (pools are keyed by the URI's authority, and a
+//! sidecar reached under 1,000 names would otherwise keep up to 1,000 idle connections to its
+//! one app); as `:authority` over HTTP/2. The connector always dials the app.
 //!
 //! Limits (`limits.app`): at most `max_concurrent_requests` in flight to the app, each from
 //! when it is sent until its response body ends; one more is answered 503 `x-mesh-error:
@@ -52,6 +55,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 #[derive(Clone, Debug)]
 pub(crate) struct AppClients {
     app: SocketAddr,
+    /// `app` as a URI authority: the HTTP/1.1 pool's one key.
+    app_authority: String,
     http1: Client<AppConnector, Body>,
     http2: Client<AppConnector, Body>,
     /// Places for requests in flight (`max_concurrent_requests`).
@@ -91,6 +96,7 @@ impl AppClients {
             .build(connector);
         Self {
             app,
+            app_authority: app.to_string(),
             http1,
             http2,
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests as usize)),
@@ -131,7 +137,16 @@ impl AppClients {
                 None => self.app.to_string(),
             },
         };
-        parts.uri = absolute_uri(&parts.uri, &authority)?;
+        if http1 {
+            if !parts.headers.contains_key(HOST) {
+                parts
+                    .headers
+                    .insert(HOST, HeaderValue::from_str(&authority)?);
+            }
+            parts.uri = absolute_uri(&parts.uri, &self.app_authority)?;
+        } else {
+            parts.uri = absolute_uri(&parts.uri, &authority)?;
+        }
         let (client, version) = if http1 {
             (&self.http1, Version::HTTP_11)
         } else {

@@ -658,3 +658,65 @@ async fn idle_connections_to_the_app_are_kept_up_to_max_idle_connections() {
     })
     .await;
 }
+
+/// An app that answers each request with the `Host` it got, counting the connections it
+/// accepted.
+async fn host_echo_app() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
+                    let host = req.headers().get("host").cloned();
+                    async move {
+                        let host =
+                            host.map_or_else(Bytes::new, |h| Bytes::copy_from_slice(h.as_bytes()));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(host)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn one_pool_to_the_app_whatever_name_it_was_called_by() {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::Ordering;
+    let (app, accepted) = host_echo_app().await;
+    let mesh = TestMesh::new();
+    let inventory = mesh.sidecar("inventory").app(app).start().await;
+    let inventory_id = "spiffe://mesh.local/ns/default/sa/inventory";
+    let orders = mesh
+        .sidecar("orders")
+        .destination("inventory", &[inventory.inbound])
+        .destination_with_identity("shop", &[inventory.inbound], inventory_id)
+        .destination_with_identity("stock", &[inventory.inbound], inventory_id)
+        .start()
+        .await;
+    // One after another, so one idle connection can serve them all.
+    for round in 0..3 {
+        for name in ["inventory", "shop", "stock"] {
+            let url = format!("{}/{round}", orders.outbound_url());
+            let rsp = client::get(&url, name).await;
+            assert_eq!(rsp.status(), StatusCode::OK, "{name}");
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            // The app still sees the name it was called by.
+            assert_eq!(body, name.as_bytes(), "Host at the app");
+        }
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "nine sequential HTTP/1.1 requests under three names share one connection to the app"
+    );
+}
