@@ -46,6 +46,17 @@ struct Args {
     /// Rounds instead of the plan's.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     rounds: Option<u32>,
+    /// Seconds of each phase per configuration and round, instead of the plan's (long phases
+    /// leave time to profile a proxy at the fixed rate).
+    #[arg(long, value_parser = parse_seconds)]
+    phase_seconds: Option<std::time::Duration>,
+}
+
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.1..=600.0).contains(&secs) => Ok(std::time::Duration::from_secs_f64(secs)),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 600")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -83,6 +94,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some(rounds) = args.rounds {
         plan.rounds = rounds;
+    }
+    if let Some(phase) = args.phase_seconds {
+        plan.throughput_phase = phase;
+        plan.latency_phase = phase;
     }
     let harness = setup.bin_dir.join("datapath");
     let options = WorkloadOptions {

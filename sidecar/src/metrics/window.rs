@@ -6,10 +6,16 @@
 //! latency buckets; a request adds to the current slot with a few relaxed atomic adds and no
 //! lock, and a report sums the slots of the last N whole seconds. The buckets have fixed
 //! bounds, so reports from many sidecars add up before percentiles are taken.
+//!
+//! Memory: a sidecar may call a thousand destinations, each an edge. A ring is held in pages of
+//! [`PAGE_SLOTS`] seconds, each allocated when a request first lands in it, with 32-bit counters
+//! (a second's count of one edge fits): an edge called once costs one page (about 3 KiB), an
+//! edge busy for five minutes the whole ring (about 30 KiB), where whole rings of 64-bit
+//! counters cost 59 KiB for every edge ever seen.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -26,21 +32,46 @@ const SLOTS: usize = MAX_WINDOW_SECONDS as usize + 1;
 
 const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
 
+/// Seconds per page of a ring.
+const PAGE_SLOTS: usize = 30;
+/// Pages per ring.
+const PAGES: usize = SLOTS.div_ceil(PAGE_SLOTS);
+
 /// One second of one edge.
 #[derive(Debug, Default)]
 struct Slot {
-    /// Which second (since start, plus one) the counters belong to; 0: never used.
-    second: AtomicU64,
-    requests: AtomicU64,
-    failures: AtomicU64,
-    retries: AtomicU64,
-    latency: [AtomicU64; BUCKETS],
+    /// Which second (since start, plus one) the counters belong to; 0: never used. 32 bits
+    /// last 136 years.
+    second: AtomicU32,
+    requests: AtomicU32,
+    failures: AtomicU32,
+    retries: AtomicU32,
+    latency: [AtomicU32; BUCKETS],
 }
 
-/// One edge's ring.
-#[derive(Debug)]
+/// One edge's ring, in pages allocated on first use.
+#[derive(Debug, Default)]
 struct EdgeWindow {
-    slots: Box<[Slot]>,
+    pages: [OnceLock<Box<[Slot; PAGE_SLOTS]>>; PAGES],
+}
+
+impl EdgeWindow {
+    /// The slot of `second`, its page allocated if it was not yet.
+    fn slot_mut(&self, second: u32) -> Option<&Slot> {
+        let index = slot_index(second);
+        let page = self.pages.get(index / PAGE_SLOTS)?;
+        page.get_or_init(|| Box::new(std::array::from_fn(|_| Slot::default())))
+            .get(index % PAGE_SLOTS)
+    }
+
+    /// The slot of `second`, if its page was ever used.
+    fn slot(&self, second: u32) -> Option<&Slot> {
+        let index = slot_index(second);
+        self.pages
+            .get(index / PAGE_SLOTS)?
+            .get()?
+            .get(index % PAGE_SLOTS)
+    }
 }
 
 /// Which traffic an edge is.
@@ -70,8 +101,8 @@ impl Default for Windows {
 
 impl Windows {
     /// Seconds since start, plus one (so 0 marks an unused slot).
-    fn second(&self) -> u64 {
-        self.start.elapsed().as_secs() + 1
+    fn second(&self) -> u32 {
+        u32::try_from(self.start.elapsed().as_secs() + 1).unwrap_or(u32::MAX)
     }
 
     fn edge(&self, key: EdgeKey) -> Arc<EdgeWindow> {
@@ -83,20 +114,12 @@ impl Windows {
             let mut edges = HashMap::clone(edges);
             let edge = edges
                 .entry(key.clone())
-                .or_insert_with(|| {
-                    Arc::new(EdgeWindow {
-                        slots: (0..SLOTS).map(|_| Slot::default()).collect(),
-                    })
-                })
+                .or_insert_with(|| Arc::new(EdgeWindow::default()))
                 .clone();
             found = Some(edge);
             edges
         });
-        found.unwrap_or_else(|| {
-            Arc::new(EdgeWindow {
-                slots: Box::default(),
-            })
-        })
+        found.unwrap_or_default()
     }
 
     /// Records one answered request of `direction` from `source` to `destination`.
@@ -115,7 +138,7 @@ impl Windows {
             destination: destination.clone(),
         });
         let now = self.second();
-        let Some(slot) = edge.slots.get(slot_index(now)) else {
+        let Some(slot) = edge.slot_mut(now) else {
             return;
         };
         let seen = slot.second.load(Ordering::Acquire);
@@ -140,8 +163,7 @@ impl Windows {
             slot.failures.fetch_add(1, Ordering::Relaxed);
         }
         if tries > 1 {
-            slot.retries
-                .fetch_add(u64::from(tries - 1), Ordering::Relaxed);
+            slot.retries.fetch_add(tries - 1, Ordering::Relaxed);
         }
         let ms = latency.as_secs_f64() * 1000.0;
         let bucket = LATENCY_BOUNDS_MS
@@ -157,10 +179,12 @@ impl Windows {
     /// [`MAX_WINDOW_SECONDS`].
     pub fn report(&self, window: u64) -> StatsReport {
         let window = window.clamp(1, MAX_WINDOW_SECONDS);
+        // At most 300: fits.
+        let window32 = u32::try_from(window).unwrap_or(1);
         let now = self.second();
         // Whole seconds are 1..now-1; the window is the last `window` of them.
         let last = now.saturating_sub(1);
-        let first = last.saturating_sub(window - 1).max(1);
+        let first = last.saturating_sub(window32 - 1).max(1);
         let covered = if last == 0 { 0 } else { last - first + 1 };
         let mut edges = Vec::new();
         for (key, edge) in self.edges.load().iter() {
@@ -174,17 +198,17 @@ impl Windows {
                 latency_buckets: vec![0; BUCKETS],
             };
             for second in first..=last {
-                let Some(slot) = edge.slots.get(slot_index(second)) else {
+                let Some(slot) = edge.slot(second) else {
                     continue;
                 };
                 if covered == 0 || slot.second.load(Ordering::Acquire) != second {
                     continue;
                 }
-                stats.requests += slot.requests.load(Ordering::Relaxed);
-                stats.failures += slot.failures.load(Ordering::Relaxed);
-                stats.retries += slot.retries.load(Ordering::Relaxed);
+                stats.requests += u64::from(slot.requests.load(Ordering::Relaxed));
+                stats.failures += u64::from(slot.failures.load(Ordering::Relaxed));
+                stats.retries += u64::from(slot.retries.load(Ordering::Relaxed));
                 for (sum, bucket) in stats.latency_buckets.iter_mut().zip(&slot.latency) {
-                    *sum += bucket.load(Ordering::Relaxed);
+                    *sum += u64::from(bucket.load(Ordering::Relaxed));
                 }
             }
             if stats.requests > 0 {
@@ -200,15 +224,15 @@ impl Windows {
         });
         StatsReport {
             window_seconds: window,
-            covered_seconds: covered,
+            covered_seconds: u64::from(covered),
             latency_bounds_ms: LATENCY_BOUNDS_MS.to_vec(),
             edges,
         }
     }
 }
 
-fn slot_index(second: u64) -> usize {
-    usize::try_from(second % SLOTS as u64).unwrap_or(0)
+fn slot_index(second: u32) -> usize {
+    usize::try_from(second).unwrap_or(0) % SLOTS
 }
 
 #[cfg(test)]
@@ -217,6 +241,43 @@ mod tests {
 
     fn label(s: &str) -> Label {
         Label::from(s)
+    }
+
+    /// Pages of `edge`'s ring that were allocated.
+    fn pages_in_use(w: &Windows, source: &str, destination: &str) -> usize {
+        let edges = w.edges.load();
+        let edge = edges
+            .get(&EdgeKey {
+                direction: Direction::Outbound,
+                source: label(source),
+                destination: label(destination),
+            })
+            .expect("the edge exists");
+        edge.pages.iter().filter(|p| p.get().is_some()).count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ring_allocates_a_page_only_when_a_request_lands_in_it() {
+        let w = Windows::default();
+        let (orders, payments) = (label("orders"), label("payments"));
+        let ms = Duration::from_millis;
+        w.record(Direction::Outbound, &orders, &payments, 200, ms(1), 1);
+        assert_eq!(pages_in_use(&w, "orders", "payments"), 1);
+        // The rest of the first page's seconds need nothing more.
+        for _ in 1..PAGE_SLOTS - 1 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            w.record(Direction::Outbound, &orders, &payments, 200, ms(1), 1);
+        }
+        assert_eq!(pages_in_use(&w, "orders", "payments"), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        w.record(Direction::Outbound, &orders, &payments, 200, ms(1), 1);
+        assert_eq!(pages_in_use(&w, "orders", "payments"), 2);
+        // A window across both pages counts every request of its seconds.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(w.report(60).edges[0].requests, PAGE_SLOTS as u64);
+        // An unused page reports nothing and allocates nothing.
+        assert_eq!(w.report(300).edges[0].requests, PAGE_SLOTS as u64);
+        assert_eq!(pages_in_use(&w, "orders", "payments"), 2);
     }
 
     #[tokio::test(start_paused = true)]
