@@ -2,7 +2,8 @@
 //! direct, our sidecar pair and an Envoy pair in the same run.
 //!
 //! Run: `cargo build --release -p mesh-sidecar -p mesh-benches &&
-//!       target/release/workloads [--quick] [--only new-connection] [--out benches/results]`
+//!       target/release/workloads [--quick] [--only new-connection,idle-connections]
+//!       [--idle-connections 10000] [--out benches/results]`
 //!
 //! The app is the `datapath` binary beside this one (`--serve-app`); Envoy comes from
 //! `target/bench-venv` as for `datapath`. A full run exits 0 (it is a measurement); `--quick`
@@ -30,8 +31,12 @@ struct Args {
     /// The Envoy binary to use instead of the one in target/bench-venv.
     #[arg(long)]
     envoy: Option<PathBuf>,
-    /// Workloads to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "new-connection")]
+    /// Workloads to run, in order: new-connection, idle-connections.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "new-connection,idle-connections"
+    )]
     only: Vec<String>,
     /// Configurations to measure, in round order: any of direct, ours, envoy.
     #[arg(long, value_delimiter = ',', default_value = "direct,ours,envoy")]
@@ -39,6 +44,9 @@ struct Args {
     /// Rounds instead of the plan's.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     rounds: Option<u32>,
+    /// Connections idle-connections holds open (default 10,000; 1,000 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    idle_connections: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +95,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         bin_dir: setup.bin_dir,
         envoy: setup.envoy,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        idle_connections: args.idle_connections.map(|n| n as usize),
     };
     let report = datapath::run_interruptible(workloads::run(options))?;
     datapath::write_report(

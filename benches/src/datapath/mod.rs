@@ -92,8 +92,10 @@ pub enum Error {
         "unknown configuration {0:?}: use direct, ours, envoy, ours-workers-2, ours-explicit, ours-transparent, ours-gateway or envoy-gateway"
     )]
     UnknownTopology(String),
-    #[error("unknown workload {0:?}: use new-connection")]
+    #[error("unknown workload {0:?}: use new-connection or idle-connections")]
     UnknownWorkload(String),
+    #[error("open files: {0}")]
+    OpenFiles(String),
     #[error("network namespaces: {0}")]
     Namespaces(String),
     #[error("sidecar redirect in the network namespace {namespace}: {message}")]

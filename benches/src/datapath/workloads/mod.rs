@@ -12,6 +12,7 @@
 //! work on it is (a request, an RPC, a stream). The loops and the report are shared.
 
 mod exchange;
+mod idle;
 mod new_connection;
 mod report;
 
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use self::idle::{IdleResult, IdleRow, ProxyMemory};
 pub use self::report::{Row, WorkloadReport, WorkloadsReport};
 
 use self::exchange::{Loops, Tally};
@@ -38,14 +40,18 @@ pub enum Workload {
     /// A new client connection for every request (`Connection: close` clients, scripts,
     /// health checkers): the accept and the connection's setup are on the measured path.
     NewConnection,
+    /// Thousands of keep-alive client connections held open and idle (pooled clients, clients
+    /// between bursts): what each costs a proxy in memory while it waits.
+    IdleConnections,
 }
 
 impl Workload {
-    pub const ALL: [Self; 1] = [Self::NewConnection];
+    pub const ALL: [Self; 2] = [Self::NewConnection, Self::IdleConnections];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::NewConnection => "new-connection",
+            Self::IdleConnections => "idle-connections",
         }
     }
 
@@ -57,6 +63,12 @@ impl Workload {
                  body), closed by the client after the response; between the proxies the \
                  connection stays pooled"
             }
+            Self::IdleConnections => {
+                "keep-alive client connections (10,000; 1,000 in a quick run) opened in batches \
+                 of 200 with one HTTP/1.1 GET each, then held open and idle until the proxies' \
+                 RSS settles; then one more GET on each and all closed. Memory is VmRSS of each \
+                 proxy before, while idle and after closing; one configuration at a time"
+            }
         }
     }
 
@@ -64,6 +76,7 @@ impl Workload {
     pub fn unit(self) -> &'static str {
         match self {
             Self::NewConnection => "request",
+            Self::IdleConnections => "connection",
         }
     }
 
@@ -72,6 +85,11 @@ impl Workload {
     fn plan(self, plan: &Plan) -> Plan {
         match self {
             Self::NewConnection => plan.clone(),
+            // Each round opens and closes every connection: a few rounds show the spread.
+            Self::IdleConnections => Plan {
+                rounds: plan.rounds.min(3),
+                ..plan.clone()
+            },
         }
     }
 }
@@ -103,6 +121,8 @@ pub struct WorkloadOptions {
     pub envoy: EnvoySource,
     /// The command line, for the report.
     pub command: String,
+    /// Connections `idle-connections` holds open; `None`: 10,000, or 1,000 in a quick run.
+    pub idle_connections: Option<usize>,
 }
 
 /// How one unit of work goes: the load client's connection and what it does on it.
@@ -145,6 +165,16 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadsReport, Error> {
             Workload::NewConnection => {
                 let exchange = Arc::new(new_connection::NewConnection);
                 measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
+            }
+            Workload::IdleConnections => {
+                let connections = options
+                    .idle_connections
+                    .unwrap_or(if options.mode == "quick" {
+                        idle::QUICK_CONNECTIONS
+                    } else {
+                        idle::FULL_CONNECTIONS
+                    });
+                idle::measure(workload, &plan, &options, envoy.as_deref(), connections).await?
             }
         };
         if let Some(share) = other_share {
