@@ -5,7 +5,8 @@
 //! Their cost is memory, not CPU, so this workload does not use the request loops: per
 //! configuration and round it reads each proxy's VmRSS (not VmHWM: the peak would hide what
 //! comes back) before, while N connections sit idle after one request each, and after they
-//! are closed. One configuration at a time, so the machine never holds more than N of them.
+//! are closed. One configuration at a time, so the machine never holds more than N of them,
+//! and on fresh proxies every round.
 
 use std::path::Path;
 use std::time::Duration;
@@ -112,7 +113,8 @@ impl Reading {
 /// One configuration's state over the rounds.
 struct Config {
     topology: Topology,
-    running: Option<Running>,
+    /// Its proxies' roles, client side first, once it has started.
+    roles: Vec<&'static str>,
     failure: Option<String>,
     answered_before: u64,
     answered_after: u64,
@@ -123,9 +125,9 @@ struct Config {
 }
 
 impl Config {
+    /// Stops measuring this configuration; the others go on.
     fn fail(&mut self, err: Error) {
         self.failure = Some(err.to_string());
-        self.running = None;
     }
 
     fn error(&mut self, count: u64, first: Option<String>) {
@@ -333,10 +335,7 @@ async fn ask_all(
 
 /// One round of one configuration: baseline, N idle connections, one more request on each,
 /// all closed.
-async fn cycle(config: &mut Config, connections: usize) -> Result<(), Error> {
-    let Some(running) = &config.running else {
-        return Ok(());
-    };
+async fn cycle(config: &mut Config, running: &Running, connections: usize) -> Result<(), Error> {
     let pids = running.pids();
     let dial = running.dial();
     let port = running.entry.port();
@@ -418,12 +417,8 @@ fn median_kib(values: impl Iterator<Item = u64>) -> u64 {
 }
 
 fn row(config: &Config) -> IdleRow {
-    let roles = config
-        .running
-        .as_ref()
-        .map(|r| r.proxies.iter().map(|(role, _)| *role).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let proxies = roles
+    let proxies = config
+        .roles
         .iter()
         .zip(&config.readings)
         .filter(|(_, r)| !r.is_empty())
@@ -468,42 +463,25 @@ pub(super) async fn measure(
         .map_err(|e| Error::io("temp dir", e))?;
     topology::write_certs(dir.path())?;
     let (app, app_addr) = topology::start_app(&options.harness, dir.path()).await?;
-    let mut configs = Vec::new();
-    for &topology in &options.topologies {
-        let started = start(topology, options, envoy, dir.path(), app_addr).await;
-        let (running, failure) = match started {
-            Ok(r) => (Some(r), None),
-            Err(e) => {
-                eprintln!(
-                    "{} {}: failed to start: {e}",
-                    workload.name(),
-                    topology.name()
-                );
-                (None, Some(e.to_string()))
-            }
-        };
-        let proxies = running.as_ref().map_or(0, |r| r.proxies.len());
-        configs.push(Config {
+    let mut configs: Vec<Config> = options
+        .topologies
+        .iter()
+        .map(|&topology| Config {
             topology,
-            running,
-            failure,
+            roles: Vec::new(),
+            failure: None,
             answered_before: 0,
             answered_after: 0,
             errors: 0,
             first_error: None,
-            readings: vec![Vec::new(); proxies],
-        });
-    }
-    for config in &mut configs {
-        if let Some(running) = &config.running
-            && let Err(e) = warm_up(running).await
-        {
-            config.fail(e);
-        }
-    }
+            readings: Vec::new(),
+        })
+        .collect();
+    // Fresh proxies every round: memory a proxy kept from the last round's connections (its
+    // allocator rarely gives it back) would make the next round's cost look small.
     for round in 0..plan.rounds {
         for config in &mut configs {
-            if config.running.is_none() {
+            if config.failure.is_some() {
                 continue;
             }
             eprintln!(
@@ -513,7 +491,27 @@ pub(super) async fn measure(
                 plan.rounds,
                 config.topology.name()
             );
-            if let Err(e) = cycle(config, connections).await {
+            let running = match start(config.topology, options, envoy, dir.path(), app_addr).await {
+                Ok(running) => running,
+                Err(e) => {
+                    eprintln!(
+                        "{} {}: failed to start: {e}",
+                        workload.name(),
+                        config.topology.name()
+                    );
+                    config.fail(e);
+                    continue;
+                }
+            };
+            if config.roles.is_empty() {
+                config.roles = running.proxies.iter().map(|(role, _)| *role).collect();
+                config.readings = vec![Vec::new(); config.roles.len()];
+            }
+            let done = match warm_up(&running).await {
+                Ok(()) => cycle(config, &running, connections).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
                 eprintln!(
                     "{} {}: failed: {e}",
                     workload.name(),
@@ -521,10 +519,10 @@ pub(super) async fn measure(
                 );
                 config.fail(e);
             }
+            drop(running);
         }
     }
     let rows: Vec<IdleRow> = configs.iter().map(row).collect();
-    drop(configs);
     drop(app);
     let result = IdleResult {
         connections,
