@@ -21,6 +21,7 @@ fn quick(workloads: Vec<Workload>) -> WorkloadOptions {
         bin_dir,
         envoy: EnvoySource::Path(PathBuf::from("/nonexistent/envoy")),
         command: "workloads_smoke".to_owned(),
+        idle_connections: None,
     }
 }
 
@@ -145,4 +146,52 @@ async fn quick_run_destinations() {
     assert!(ours.details.contains_key("mesh_connections"), "{markdown}");
     assert!(ours.details.contains_key("app_connections"), "{markdown}");
     assert!(markdown.contains("## destinations"), "{markdown}");
+}
+
+/// 500 keep-alive connections held idle through each configuration: every one answered before
+/// and after idling, and each of our proxies has its memory readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_run_idle_connections() {
+    let mut options = quick(vec![Workload::IdleConnections]);
+    options.idle_connections = Some(500);
+    let report = workloads::run(options).await.unwrap();
+    let markdown = report.markdown();
+    assert_eq!(report.workloads.len(), 1, "{markdown}");
+    let w = &report.workloads[0];
+    assert!(!w.has_failures(), "{markdown}");
+    assert!(markdown.contains("## idle-connections"), "{markdown}");
+    let idle = w.idle.as_ref().unwrap();
+    assert_eq!(idle.connections, 500, "{markdown}");
+    assert!(idle.open_files_limit > 500, "{markdown}");
+    assert_eq!(idle.rows.len(), 2, "{markdown}");
+    let rounds = u64::from(idle.rounds);
+    for row in &idle.rows {
+        assert!(row.failure.is_none(), "{markdown}");
+        assert_eq!(row.errors, 0, "{markdown}");
+        assert_eq!(row.answered_before, 500 * rounds, "{markdown}");
+        assert_eq!(row.answered_after, 500 * rounds, "{markdown}");
+    }
+    assert_eq!(idle.rows[0].name, Topology::Direct, "{markdown}");
+    assert!(idle.rows[0].proxies.is_empty(), "{markdown}");
+    let ours = &idle.rows[1];
+    assert_eq!(ours.name, Topology::Ours, "{markdown}");
+    assert_eq!(ours.proxies.len(), 2, "{markdown}");
+    for p in &ours.proxies {
+        assert!(p.baseline_kib > 0, "{markdown}");
+        assert!(p.idle_kib > 0, "{markdown}");
+        assert!(p.after_close_kib > 0, "{markdown}");
+        assert_eq!(
+            p.bytes_per_connection_by_round.len(),
+            idle.rounds as usize,
+            "{markdown}"
+        );
+    }
+    // 500 connections through the client side cost it something.
+    assert!(
+        ours.proxies[0].idle_kib > ours.proxies[0].baseline_kib,
+        "{markdown}"
+    );
+    // Without Envoy nothing is judged.
+    assert!(w.targets.iter().all(|t| t.met.is_none()), "{markdown}");
+    assert!(idle.bytes_per_connection_ratio.is_none(), "{markdown}");
 }

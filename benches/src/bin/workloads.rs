@@ -1,10 +1,10 @@
 //! Workloads beyond keep-alive requests (a new connection per request, 1 MiB bodies, gRPC,
-//! 1,000 destinations), each through direct, our sidecar pair and an Envoy pair in the same
+//! 1,000 destinations, 10,000 idle connections), each through direct, our sidecar pair and an Envoy pair in the same
 //! run.
 //!
 //! Run: `cargo build --release -p mesh-sidecar -p mesh-benches &&
-//!       target/release/workloads [--quick] [--only new-connection,large-bodies,grpc-unary,grpc-stream,destinations]
-//!       [--out benches/results]`
+//!       target/release/workloads [--quick] [--only new-connection,large-bodies,grpc-unary,grpc-stream,destinations,idle-connections]
+//!       [--idle-connections 10000] [--out benches/results]`
 //!
 //! The app is the `datapath` binary beside this one (`--serve-app`); Envoy comes from
 //! `target/bench-venv` as for `datapath`. A full run exits 0 (it is a measurement); `--quick`
@@ -33,11 +33,11 @@ struct Args {
     #[arg(long)]
     envoy: Option<PathBuf>,
     /// Workloads to run, in order: any of new-connection, large-bodies, grpc-unary,
-    /// grpc-stream, destinations.
+    /// grpc-stream, destinations, idle-connections.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "new-connection,large-bodies,grpc-unary,grpc-stream,destinations"
+        default_value = "new-connection,large-bodies,grpc-unary,grpc-stream,destinations,idle-connections"
     )]
     only: Vec<String>,
     /// Configurations to measure, in round order: any of direct, ours, envoy.
@@ -46,6 +46,9 @@ struct Args {
     /// Rounds instead of the plan's.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     rounds: Option<u32>,
+    /// Connections idle-connections holds open (default 10,000; 1,000 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    idle_connections: Option<u64>,
     /// Seconds of each phase per configuration and round, instead of the plan's (long phases
     /// leave time to profile a proxy at the fixed rate).
     #[arg(long, value_parser = parse_seconds)]
@@ -109,6 +112,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         bin_dir: setup.bin_dir,
         envoy: setup.envoy,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        idle_connections: args.idle_connections.map(|n| n as usize),
     };
     let report = datapath::run_interruptible(workloads::run(options))?;
     datapath::write_report(

@@ -98,9 +98,11 @@ pub enum Error {
     #[error("gRPC: {0}")]
     Grpc(String),
     #[error(
-        "unknown workload {0:?}: use new-connection, large-bodies, grpc-unary, grpc-stream or destinations"
+        "unknown workload {0:?}: use new-connection, large-bodies, grpc-unary, grpc-stream, destinations or idle-connections"
     )]
     UnknownWorkload(String),
+    #[error("open files: {0}")]
+    OpenFiles(String),
     #[error("network namespaces: {0}")]
     Namespaces(String),
     #[error("sidecar redirect in the network namespace {namespace}: {message}")]

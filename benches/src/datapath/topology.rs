@@ -113,6 +113,18 @@ pub(crate) async fn start_ours(
     app: SocketAddr,
     runtime: Runtime,
 ) -> Result<Running, Error> {
+    start_ours_with(bin_dir, dir, app, runtime, "").await
+}
+
+/// [`start_ours`] with `client_extra` (top-level YAML, such as a `limits:` block) added to the
+/// client side's bootstrap file, for a workload that needs more than the defaults allow.
+pub(crate) async fn start_ours_with(
+    bin_dir: &Path,
+    dir: &Path,
+    app: SocketAddr,
+    runtime: Runtime,
+    client_extra: &str,
+) -> Result<Running, Error> {
     let suffix = match runtime {
         Runtime::Default => "",
         Runtime::TwoWorkers => "-workers-2",
@@ -134,7 +146,10 @@ pub(crate) async fn start_ours(
         ),
         ("server side", SERVER, i_out, i_in, i_admin, "{}".to_owned()),
     ] {
-        let yaml = sidecar_yaml(service, app, [out, inb, admin], &dest);
+        let mut yaml = sidecar_yaml(service, app, [out, inb, admin], &dest);
+        if role == "client side" {
+            yaml.push_str(client_extra);
+        }
         let stem = format!("sidecar-{service}{suffix}");
         let proc = start_proxy(Proxy::Sidecar(&sidecar, runtime), dir, &stem, &yaml, admin).await?;
         proxies.push((role, proc));

@@ -14,6 +14,7 @@
 mod destinations;
 mod exchange;
 mod grpc;
+mod idle;
 mod large_bodies;
 mod new_connection;
 mod report;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use self::idle::{IdleResult, IdleRow, ProxyMemory};
 pub use self::report::{Row, WorkloadReport, WorkloadsReport};
 
 use self::exchange::{Loops, Tally};
@@ -54,15 +56,19 @@ pub enum Workload {
     /// 1,000 destinations in the client side's table, each request naming another one: the
     /// cost of a large destination table, in CPU per request, latency and memory.
     Destinations,
+    /// Thousands of keep-alive client connections held open and idle (pooled clients, clients
+    /// between bursts): what each costs a proxy in memory while it waits.
+    IdleConnections,
 }
 
 impl Workload {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::NewConnection,
         Self::LargeBodies,
         Self::GrpcUnary,
         Self::GrpcStream,
         Self::Destinations,
+        Self::IdleConnections,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +78,7 @@ impl Workload {
             Self::GrpcStream => "grpc-stream",
             Self::LargeBodies => "large-bodies",
             Self::Destinations => "destinations",
+            Self::IdleConnections => "idle-connections",
         }
     }
 
@@ -116,6 +123,12 @@ impl Workload {
                  answered with a 1 MiB body; the app checks it received exactly 1 MiB, the client \
                  that it did; both proxies stream the bodies"
             }
+            Self::IdleConnections => {
+                "keep-alive client connections (10,000; 1,000 in a quick run) opened in batches \
+                 of 200 with one HTTP/1.1 GET each, then held open and idle until the proxies' \
+                 RSS settles; then one more GET on each and all closed. Memory is VmRSS of each \
+                 proxy before, while idle and after closing; one configuration at a time"
+            }
             Self::Destinations => {
                 "keep-alive HTTP/1.1 GETs from the load client, each with `Host: svc-N`, N \
                  cycling over 1,000 destinations that the client-side proxy lists (our sidecar's \
@@ -149,6 +162,7 @@ impl Workload {
             Self::NewConnection | Self::LargeBodies | Self::Destinations => "request",
             Self::GrpcUnary => "RPC",
             Self::GrpcStream => "stream",
+            Self::IdleConnections => "connection",
         }
     }
 
@@ -161,6 +175,11 @@ impl Workload {
             // measure a saturated path, not latency.
             Self::GrpcStream => Plan {
                 rate: (plan.rate / 5).max(1),
+                ..plan.clone()
+            },
+            // Each round opens and closes every connection: a few rounds show the spread.
+            Self::IdleConnections => Plan {
+                rounds: plan.rounds.min(3),
                 ..plan.clone()
             },
             // 2 MiB per request: 8 connections saturate both proxies; the open loop at 20
@@ -203,6 +222,8 @@ pub struct WorkloadOptions {
     pub envoy: EnvoySource,
     /// The command line, for the report.
     pub command: String,
+    /// Connections `idle-connections` holds open; `None`: 10,000, or 1,000 in a quick run.
+    pub idle_connections: Option<usize>,
 }
 
 /// How one unit of work goes: the load client's connection and what it does on it.
@@ -284,6 +305,16 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadsReport, Error> {
             Workload::GrpcStream => {
                 let exchange = Arc::new(grpc::Stream::new());
                 measure(workload, &plan, &options, envoy.as_deref(), exchange).await?
+            }
+            Workload::IdleConnections => {
+                let connections = options
+                    .idle_connections
+                    .unwrap_or(if options.mode == "quick" {
+                        idle::QUICK_CONNECTIONS
+                    } else {
+                        idle::FULL_CONNECTIONS
+                    });
+                idle::measure(workload, &plan, &options, envoy.as_deref(), connections).await?
             }
             Workload::LargeBodies => {
                 let exchange = Arc::new(large_bodies::LargeBodies);

@@ -9,6 +9,7 @@ use super::super::procs::TICKS_PER_SEC;
 use super::super::report::{Machine, Target, at_least, at_most, median, num, ratio, times};
 use super::super::{Error, Plan, Topology, peak_rss_kib};
 use super::exchange::Tally;
+use super::idle::IdleResult;
 use super::{Workload, WorkloadOptions};
 
 /// One configuration under one workload.
@@ -73,6 +74,9 @@ pub struct WorkloadReport {
     pub throughput_ratio: Option<f64>,
     pub peak_rss_ratio: Option<f64>,
     pub targets: Vec<Target>,
+    /// `idle-connections`: its own numbers, in place of the request rows (which it leaves
+    /// empty).
+    pub idle: Option<IdleResult>,
 }
 
 pub(crate) fn summarize(tally: &Tally) -> Result<Row, Error> {
@@ -191,11 +195,23 @@ impl WorkloadReport {
             peak_rss_ratio: ratio(get(ours, rss), get(envoy, rss)),
             rows,
             targets,
+            idle: None,
         }
+    }
+
+    /// A workload measured by [`super::idle`]: no request rows, its own table and target.
+    pub(crate) fn idle(workload: Workload, plan: &Plan, mut idle: IdleResult) -> Self {
+        let mut report = Self::new(workload, plan, Vec::new());
+        report.targets.extend(idle.judge());
+        report.idle = Some(idle);
+        report
     }
 
     /// Errors in any phase, or a configuration that failed to start or stopped.
     pub fn has_failures(&self) -> bool {
+        if let Some(idle) = &self.idle {
+            return idle.has_failures();
+        }
         self.rows
             .iter()
             .any(|r| r.failure.is_some() || r.errors > 0 || r.units_per_second.is_none())
@@ -204,6 +220,11 @@ impl WorkloadReport {
     fn markdown(&self, md: &mut String) {
         let _ = writeln!(md, "\n## {}\n", self.workload.name());
         let _ = writeln!(md, "{}.\n", self.description);
+        if let Some(idle) = &self.idle {
+            idle.markdown(md);
+            self.targets_markdown(md);
+            return;
+        }
         let _ = writeln!(
             md,
             "Plan: {} round(s), interleaved; per configuration and round {:.1} s closed loop on \
@@ -297,6 +318,10 @@ impl WorkloadReport {
             times(self.throughput_ratio),
             times(self.peak_rss_ratio),
         );
+        self.targets_markdown(md);
+    }
+
+    fn targets_markdown(&self, md: &mut String) {
         for t in &self.targets {
             let mark = match t.met {
                 Some(true) => "met",
