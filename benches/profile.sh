@@ -18,7 +18,8 @@ command -v perf >/dev/null || { echo "perf is missing (Debian: linux-perf)" >&2;
 work=$(mktemp -d)
 harness_pid=
 cleanup() {
-  [ -n "$harness_pid" ] && kill "$harness_pid" 2>/dev/null || true
+  # SIGINT: the harness stops its app and proxies on Ctrl-C.
+  [ -n "$harness_pid" ] && kill -INT "$harness_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -40,12 +41,15 @@ for _ in $(seq 600); do
 done
 grep -q "round 1/1" "$work/harness.err" || { echo "the round did not start" >&2; exit 1; }
 sleep "$(python3 -c "print($phase + 0.5)")"
-pids=$(pgrep -d, -f "sidecar --config .*/sidecar-(orders|inventory)" || true)
-[ -n "$pids" ] || { echo "no sidecar processes found" >&2; exit 1; }
+client=$(pgrep -n -f "sidecar --config .*/sidecar-orders" || true)
+server=$(pgrep -n -f "sidecar --config .*/sidecar-inventory" || true)
+[ -n "$client" ] && [ -n "$server" ] || { echo "no sidecar processes found" >&2; exit 1; }
+pids="$client,$server"
 record=$(python3 -c "print(max(1.0, $phase - 2))")
 perf record -q -e cpu-clock -F 1999 -p "$pids" -o "$work/perf.data" -- sleep "$record" 2>/dev/null
 wait "$harness_pid" || true
 harness_pid=
 
 perf report -i "$work/perf.data" --no-children --sort comm,pid,dso,sym --stdio 2>/dev/null \
-  | python3 benches/profile_summary.py "$workload"
+  | python3 benches/profile_summary.py "$workload" "$client=client-side sidecar" \
+    "$server=server-side sidecar"

@@ -1,7 +1,8 @@
 """Groups `perf report --no-children --sort comm,pid,dso,sym --stdio` self time by component.
 
-Read from standard input; the argument names the workload, for the heading. Prints, per
-sidecar process, the share of its samples in each component and its ten hottest symbols.
+Read from standard input; the first argument names the workload, for the heading, the others
+are PID=ROLE pairs naming the processes. Prints, per process, the share of its samples in each
+component and its ten hottest symbols.
 """
 
 import re
@@ -25,7 +26,7 @@ COMPONENTS = [
 ]
 
 LINE = re.compile(
-    r"^\s*(?P<pct>[\d.]+)%\s+(?P<comm>\S+)\s+(?P<pid>\d+)\s+(?P<dso>\S+)\s+\[(?P<kind>[k.])\]\s+(?P<sym>.*)$"
+    r"^\s*(?P<pct>[\d.]+)%\s+(?P<comm>\S+)\s+(?P<pid>\d+):\S+\s+(?P<dso>\S+)\s+\[(?P<kind>[k.])\]\s+(?P<sym>.*)$"
 )
 
 
@@ -42,6 +43,7 @@ def component(dso, kind, sym):
 
 def main():
     workload = sys.argv[1] if len(sys.argv) > 1 else "?"
+    roles = dict(arg.split("=", 1) for arg in sys.argv[2:] if "=" in arg)
     per_pid = defaultdict(lambda: defaultdict(float))
     symbols = defaultdict(list)
     for line in sys.stdin:
@@ -59,7 +61,8 @@ def main():
     print(f"# CPU profile: {workload}\n")
     for pid, parts in per_pid.items():
         total = sum(parts.values())
-        print(f"## sidecar pid {pid} ({total:.1f}% of all samples)\n")
+        role = roles.get(pid, "sidecar")
+        print(f"## {role} (pid {pid}, {total:.1f}% of all samples)\n")
         print("| component | share of this sidecar's CPU |\n|---|---:|")
         for name, pct in sorted(parts.items(), key=lambda kv: -kv[1]):
             print(f"| {name} | {100 * pct / total:.1f}% |")

@@ -8,8 +8,8 @@
 //! TLS client configuration, checking the destination's identity) per destination, Envoy a
 //! cluster per service. So once every name was called, the client side holds a pooled mTLS
 //! connection per destination to the one peer. The run counts them (`mesh_connections`), with
-//! the server side's connections to the app (`app_connections`): our inbound sidecar pools its
-//! app connections by the request's authority, so 1,000 names can mean up to 1,000 of those.
+//! the server side's connections to the app (`app_connections`), which stay as many as requests
+//! in flight whatever the names (one pool to the app in each mesh).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
