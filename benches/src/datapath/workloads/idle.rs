@@ -462,7 +462,8 @@ pub(super) async fn measure(
         .tempdir()
         .map_err(|e| Error::io("temp dir", e))?;
     topology::write_certs(dir.path())?;
-    let (app, app_addr) = topology::start_app(&options.harness, dir.path(), super::AppKind::Http).await?;
+    let (app, app_addr) =
+        topology::start_app(&options.harness, dir.path(), super::AppKind::Http).await?;
     let mut configs: Vec<Config> = options
         .topologies
         .iter()
