@@ -209,22 +209,7 @@ impl Connections {
                 })
             })
             .collect();
-        // A thread, not a tokio timer: tokio's timer wheel has millisecond granularity, which
-        // would add up to a millisecond of schedule lag to every sample; nanosleep is within
-        // tens of microseconds, and whatever lag remains is the same in every configuration.
-        let schedule = std::thread::spawn(move || {
-            let start = Instant::now() + Duration::from_millis(5);
-            for i in 0..count {
-                let intended = start + period.mul_f64(i as f64);
-                let now = Instant::now();
-                if intended > now {
-                    std::thread::sleep(intended - now);
-                }
-                if tx.send(intended).is_err() {
-                    break;
-                }
-            }
-        });
+        let schedule = release_on_schedule(count, period, tx);
         let mut out = Open {
             sent: count,
             hist: new_histogram()?,
@@ -247,6 +232,30 @@ impl Connections {
         out.seconds = started.elapsed().as_secs_f64();
         Ok(out)
     }
+}
+
+/// Sends `count` intended send times, `period` apart, each at its time, from a thread of its
+/// own. A thread, not a tokio timer: tokio's timer wheel has millisecond granularity, which
+/// would add up to a millisecond of schedule lag to every sample; nanosleep is within tens of
+/// microseconds, and whatever lag remains is the same in every configuration.
+pub(crate) fn release_on_schedule(
+    count: u64,
+    period: Duration,
+    tx: mpsc::UnboundedSender<Instant>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let start = Instant::now() + Duration::from_millis(5);
+        for i in 0..count {
+            let intended = start + period.mul_f64(i as f64);
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            if tx.send(intended).is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// Result of an open-loop run.

@@ -30,6 +30,30 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The report lines naming when, where, which commit and how busy the machine was.
+    pub(crate) fn markdown(&self, md: &mut String) {
+        let _ = writeln!(md, "- date: {}", self.date_utc);
+        if let Some(commit) = &self.commit {
+            let _ = writeln!(md, "- commit: {commit}");
+        }
+        let _ = writeln!(
+            md,
+            "- CPU: {}, {} cores; kernel {}",
+            self.cpu_model, self.cores, self.kernel
+        );
+        let _ = writeln!(
+            md,
+            "- load average before: {}; after: {}; other processes' share of CPU during the rounds: {}",
+            self.load_before,
+            self.load_after,
+            self.other_processes_cpu_share
+                .map_or_else(|| "–".to_owned(), |s| format!("{:.0}%", s * 100.0))
+        );
+        if let Some(v) = &self.envoy_version {
+            let _ = writeln!(md, "- Envoy: {v}");
+        }
+    }
+
     pub(crate) fn collect(
         load_before: String,
         load_after: String,
@@ -612,26 +636,7 @@ impl Report {
         let p = &self.plan;
         let _ = writeln!(md, "# Data-path benchmark ({} run)\n", self.mode);
         let _ = writeln!(md, "- command: `{}`", self.command);
-        let _ = writeln!(md, "- date: {}", m.date_utc);
-        if let Some(commit) = &m.commit {
-            let _ = writeln!(md, "- commit: {commit}");
-        }
-        let _ = writeln!(
-            md,
-            "- CPU: {}, {} cores; kernel {}",
-            m.cpu_model, m.cores, m.kernel
-        );
-        let _ = writeln!(
-            md,
-            "- load average before: {}; after: {}; other processes' share of CPU during the rounds: {}",
-            m.load_before,
-            m.load_after,
-            m.other_processes_cpu_share
-                .map_or_else(|| "–".to_owned(), |s| format!("{:.0}%", s * 100.0))
-        );
-        if let Some(v) = &m.envoy_version {
-            let _ = writeln!(md, "- Envoy: {v}");
-        }
+        m.markdown(&mut md);
         let _ = writeln!(
             md,
             "- plan: {} round(s), interleaved; per configuration and round {:.1} s closed loop on {} connections, \

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::super::dial::Dial;
-use super::super::load::new_histogram;
+use super::super::load::{new_histogram, release_on_schedule};
 use super::super::procs::cpu_ticks;
 use super::super::topology::Running;
 use super::super::{Error, Plan, Topology};
@@ -182,20 +182,7 @@ impl<E: Exchange> Loops<E> {
                 })
             })
             .collect();
-        // A thread, not a tokio timer: see `load::Connections::open_loop`.
-        let schedule = std::thread::spawn(move || {
-            let start = Instant::now() + Duration::from_millis(5);
-            for i in 0..count {
-                let intended = start + period.mul_f64(i as f64);
-                let now = Instant::now();
-                if intended > now {
-                    std::thread::sleep(intended - now);
-                }
-                if tx.send(intended).is_err() {
-                    break;
-                }
-            }
-        });
+        let schedule = release_on_schedule(count, period, tx);
         let mut total = Counts::default();
         let mut hist = new_histogram()?;
         for task in tasks {

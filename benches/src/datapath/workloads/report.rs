@@ -365,26 +365,7 @@ impl WorkloadsReport {
         let m = &self.machine;
         let _ = writeln!(md, "# Workloads against Envoy ({} run)\n", self.mode);
         let _ = writeln!(md, "- command: `{}`", self.command);
-        let _ = writeln!(md, "- date: {}", m.date_utc);
-        if let Some(commit) = &m.commit {
-            let _ = writeln!(md, "- commit: {commit}");
-        }
-        let _ = writeln!(
-            md,
-            "- CPU: {}, {} cores; kernel {}",
-            m.cpu_model, m.cores, m.kernel
-        );
-        let _ = writeln!(
-            md,
-            "- load average before: {}; after: {}; other processes' share of CPU during the rounds: {}",
-            m.load_before,
-            m.load_after,
-            m.other_processes_cpu_share
-                .map_or_else(|| "–".to_owned(), |s| format!("{:.0}%", s * 100.0))
-        );
-        if let Some(v) = &m.envoy_version {
-            let _ = writeln!(md, "- Envoy: {v}");
-        }
+        m.markdown(&mut md);
         let _ = writeln!(
             md,
             "- sidecars with their defaults (one thread), Envoys with `--concurrency 1`; the \
