@@ -89,6 +89,8 @@ pub enum Error {
     BodyLength { expected: usize, received: usize },
     #[error("interrupted")]
     Interrupted,
+    #[error("load client: {0}")]
+    Load(String),
     #[error("TCP load: {0}")]
     Tcp(String),
     #[error(

@@ -219,7 +219,7 @@ async fn prime(dial: &Dial, names: &[String]) -> Result<(), Error> {
         .collect();
     for task in tasks {
         task.await
-            .map_err(|e| Error::Tcp(format!("priming task: {e}")))??;
+            .map_err(|e| Error::Load(format!("priming task: {e}")))??;
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ impl Exchange for LargeBodies {
         tcp.set_nodelay(true)
             .map_err(|e| Error::io("set TCP_NODELAY", e))?;
         if dial.tls.is_some() {
-            return Err(Error::Tcp(
+            return Err(Error::Load(
                 "large bodies are sent over plain HTTP/1.1 only".to_owned(),
             ));
         }
