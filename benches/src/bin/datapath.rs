@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     rounds: Option<u32>,
     /// Seconds of each phase per configuration and round, instead of the plan's.
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = datapath::parse_phase_seconds)]
     phase_seconds: Option<std::time::Duration>,
     /// Internal: serve the benchmark app on ADDR (the harness starts itself this way).
     #[arg(long, value_name = "ADDR", hide = true)]
@@ -71,13 +71,6 @@ fn main() -> ExitCode {
             eprintln!("datapath: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
-    match s.parse::<f64>() {
-        Ok(secs) if (0.1..=600.0).contains(&secs) => Ok(std::time::Duration::from_secs_f64(secs)),
-        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 600")),
     }
 }
 

@@ -51,15 +51,8 @@ struct Args {
     idle_connections: Option<u64>,
     /// Seconds of each phase per configuration and round, instead of the plan's (long phases
     /// leave time to profile a proxy at the fixed rate).
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = datapath::parse_phase_seconds)]
     phase_seconds: Option<std::time::Duration>,
-}
-
-fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
-    match s.parse::<f64>() {
-        Ok(secs) if (0.1..=600.0).contains(&secs) => Ok(std::time::Duration::from_secs_f64(secs)),
-        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 600")),
-    }
 }
 
 fn main() -> ExitCode {

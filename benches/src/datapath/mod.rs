@@ -272,6 +272,14 @@ impl Plan {
     }
 }
 
+/// A phase length from the command line (`--phase-seconds`): 0.1 to 600 seconds.
+pub fn parse_phase_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.1..=600.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 600")),
+    }
+}
+
 /// Where Envoy comes from.
 #[derive(Debug, Clone)]
 pub enum EnvoySource {
