@@ -9,12 +9,18 @@
 #   bash benches/profile.sh new-connection    (any workload of target/release/workloads)
 #
 # Needs perf (Debian: linux-perf) and release binaries (cargo build --release -p mesh-sidecar
-# -p mesh-benches). Samples go to a temporary directory, removed at the end.
+# -p mesh-benches). The sidecar profiled is the shipped build, target/dist/sidecar (cargo build
+# --profile dist -p mesh-sidecar), when it exists, else the release one; MESH_BENCH_SIDECAR
+# names another. Samples go to a temporary directory, removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workload=${1:?usage: bash benches/profile.sh WORKLOAD [SECONDS]}
 phase=${2:-12}
 command -v perf >/dev/null || { echo "perf is missing (Debian: linux-perf)" >&2; exit 1; }
+if [ -z "${MESH_BENCH_SIDECAR:-}" ] && [ -x target/dist/sidecar ]; then
+  export MESH_BENCH_SIDECAR=target/dist/sidecar
+fi
+echo "profiling ${MESH_BENCH_SIDECAR:-target/release/sidecar}" >&2
 work=$(mktemp -d)
 harness_pid=
 cleanup() {

@@ -52,6 +52,7 @@ impl Pair {
     /// Starts the pair and waits (at most 10 s) until both sidecars are ready.
     pub async fn start() -> anyhow::Result<Self> {
         let bins = bin_dir()?;
+        let sidecar = crate::datapath::sidecar_binary(&bins)?;
         let dir = tempfile::tempdir()?;
         let ca = DevCa::generate("mesh.local")?;
         ca.write_to(dir.path())?;
@@ -88,7 +89,7 @@ impl Pair {
         for config in &configs {
             let log = config.with_extension("log");
             let config = config.to_string_lossy();
-            children.push(spawn(&bins.join("sidecar"), &["--config", &config], &log)?);
+            children.push(spawn(&sidecar, &["--config", &config], &log)?);
         }
         let sidecar_pids = [children[1].id(), children[2].id()];
         let pair = Self {

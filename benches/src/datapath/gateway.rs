@@ -91,10 +91,7 @@ pub(crate) async fn start_ours(
     dir: &Path,
     app: SocketAddr,
 ) -> Result<Running, Error> {
-    let sidecar = bin_dir.join("sidecar");
-    if !sidecar.exists() {
-        return Err(Error::MissingBinary(sidecar));
-    }
+    let sidecar = super::sidecar_binary(bin_dir)?;
     let binary = Proxy::Sidecar(&sidecar, Runtime::Default);
     let [i_out, i_in, i_admin] = std::array::from_fn(|_| free_port());
     let inventory = sidecar_yaml(SERVER, app, [i_out, i_in, i_admin], "{}");

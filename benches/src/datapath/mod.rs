@@ -350,6 +350,25 @@ pub fn run_interruptible<T>(
     })
 }
 
+/// The environment variable naming the sidecar binary to measure, when it is not the one built
+/// beside the harness: `benches/run.sh` points it at `target/dist/sidecar`, the shipped build
+/// (fat LTO), while the harness itself stays a quick `release` build.
+pub const SIDECAR_ENV: &str = "MESH_BENCH_SIDECAR";
+
+/// The sidecar binary a benchmark runs: `$MESH_BENCH_SIDECAR` when set, else `sidecar` in
+/// `bin_dir`; an error naming the path when it is not there.
+pub fn sidecar_binary(bin_dir: &std::path::Path) -> Result<PathBuf, Error> {
+    let path = match std::env::var_os(SIDECAR_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => bin_dir.join("sidecar"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingBinary(path))
+    }
+}
+
 /// Builds the `sidecar` binary with the profile of `bin_dir` when it is not there yet, as after
 /// a test run narrowed to `-p mesh-benches`: the smoke tests run it from beside themselves.
 pub fn build_sidecar_if_missing(bin_dir: &std::path::Path) -> Result<(), Error> {

@@ -95,10 +95,7 @@ pub(crate) async fn start(
     dir: &Path,
     interception: Interception,
 ) -> Result<Running, Error> {
-    let sidecar = bin_dir.join("sidecar");
-    if !sidecar.exists() {
-        return Err(Error::MissingBinary(sidecar));
-    }
+    let sidecar = super::sidecar_binary(bin_dir)?;
     let hosts = std::panic::catch_unwind(TwoHosts::create).map_err(|panic| {
         let why = panic
             .downcast_ref::<String>()

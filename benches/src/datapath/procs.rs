@@ -168,6 +168,24 @@ pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64, Error> {
         .map_err(|e| Error::Proc(e.to_string()))
 }
 
+/// Resident memory of a process now, split as /proc/<pid>/status does: anonymous (its heap and
+/// stacks, its own) and file-backed (mostly its binary's pages, shared with every other process
+/// running the same binary), in KiB.
+pub(crate) fn rss_split_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?))
+}
+
 /// The `Threads:` line of /proc/<pid>/status.
 pub(crate) fn thread_count(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::gateway_cost::GatewayComparison;
 use super::procs::TICKS_PER_SEC;
-use super::procs::thread_count;
+use super::procs::{rss_split_kib, thread_count};
 use super::redirect_cost::RedirectCost;
 use super::{Error, Options, Plan, Tally, Topology, peak_rss_kib};
 
@@ -20,6 +20,9 @@ pub struct Machine {
     /// The commit the binaries were built from (`-dirty`: with uncommitted changes), when run
     /// from a checkout.
     pub commit: Option<String>,
+    /// The sidecar binary measured (`$MESH_BENCH_SIDECAR`, else the one beside the harness),
+    /// relative to the working directory when inside it: its directory names the profile.
+    pub sidecar_binary: Option<String>,
     /// /proc/loadavg before anything was started and after the last round.
     pub load_before: String,
     pub load_after: String,
@@ -35,6 +38,9 @@ impl Machine {
         let _ = writeln!(md, "- date: {}", self.date_utc);
         if let Some(commit) = &self.commit {
             let _ = writeln!(md, "- commit: {commit}");
+        }
+        if let Some(sidecar) = &self.sidecar_binary {
+            let _ = writeln!(md, "- sidecar binary: `{sidecar}`");
         }
         let _ = writeln!(
             md,
@@ -78,6 +84,7 @@ impl Machine {
             kernel,
             date_utc: utc_now(),
             commit: commit(),
+            sidecar_binary: measured_sidecar(),
             load_before,
             load_after,
             other_processes_cpu_share,
@@ -131,6 +138,10 @@ pub struct ProxyResult {
     pub cpu_seconds_throughput: f64,
     pub cpu_seconds_latency: f64,
     pub peak_rss_kib: u64,
+    /// RSS at the end of the run, anonymous and file-backed (the binary's pages, shared by
+    /// every process of the same binary on the host).
+    pub rss_anon_kib_at_end: Option<u64>,
+    pub rss_file_kib_at_end: Option<u64>,
     /// Threads at the end of the run (shows the one-worker settings took effect).
     pub threads: Option<u64>,
 }
@@ -242,6 +253,8 @@ pub(crate) fn summarize(tally: &Tally, plan: &Plan) -> Result<TopologyResult, Er
                 cpu_seconds_throughput: *tp as f64 / TICKS_PER_SEC,
                 cpu_seconds_latency: *lat as f64 / TICKS_PER_SEC,
                 peak_rss_kib: peak_rss_kib(proc.pid())?,
+                rss_anon_kib_at_end: rss_split_kib(proc.pid()).map(|(anon, _)| anon),
+                rss_file_kib_at_end: rss_split_kib(proc.pid()).map(|(_, file)| file),
                 threads: thread_count(proc.pid()),
             });
         }
@@ -430,15 +443,30 @@ fn targets(
         ),
         _ => (None, "not measured".to_owned()),
     };
+    let mut detail = format!(
+        "largest sidecar {} MiB vs largest Envoy {} MiB → {} : {verdict}",
+        our_rss.map_or_else(|| "–".to_owned(), |v| format!("{v:.1}")),
+        envoy_rss.map_or_else(|| "–".to_owned(), |v| format!("{v:.1}")),
+        times(rss_ratio),
+    );
+    // What the peak is made of: a process's own memory, and its binary's pages, which every
+    // sidecar on a host shares through the page cache.
+    for (who, result) in [("sidecar", ours), ("Envoy", envoy)] {
+        let largest = result.and_then(|r| r.proxies.iter().max_by_key(|p| p.peak_rss_kib));
+        if let Some((anon, file)) =
+            largest.and_then(|p| Some((p.rss_anon_kib_at_end?, p.rss_file_kib_at_end?)))
+        {
+            detail.push_str(&format!(
+                "; that {who} at the end: {:.1} MiB anonymous + {:.1} MiB file-backed",
+                anon as f64 / 1024.0,
+                file as f64 / 1024.0
+            ));
+        }
+    }
     out.push(Target {
         name: format!("peak RSS per sidecar ≤ {RSS_LIMIT_MIB} MiB and ≤ 0.5 × Envoy's"),
         met,
-        detail: format!(
-            "largest sidecar {} MiB vs largest Envoy {} MiB → {} : {verdict}",
-            our_rss.map_or_else(|| "–".to_owned(), |v| format!("{v:.1}")),
-            envoy_rss.map_or_else(|| "–".to_owned(), |v| format!("{v:.1}")),
-            times(rss_ratio),
-        ),
+        detail,
     });
     out.push(at_least(
         "max throughput ≥ 2 × Envoy's",
@@ -700,19 +728,23 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "\n| proxy | threads | CPU s, max phases | CPU s, rate phases | peak RSS KiB |\n|---|---:|---:|---:|---:|"
+            "\n| proxy | threads | CPU s, max phases | CPU s, rate phases | peak RSS KiB | RSS at end KiB: anonymous / file-backed |\n|---|---:|---:|---:|---:|---:|"
         );
         for r in &self.results {
             for p in &r.proxies {
                 let _ = writeln!(
                     md,
-                    "| {}: {} | {} | {:.2} | {:.2} | {} |",
+                    "| {}: {} | {} | {:.2} | {:.2} | {} | {} / {} |",
                     r.name.name(),
                     p.role,
                     p.threads.map_or_else(|| "–".to_owned(), |t| t.to_string()),
                     p.cpu_seconds_throughput,
                     p.cpu_seconds_latency,
-                    p.peak_rss_kib
+                    p.peak_rss_kib,
+                    p.rss_anon_kib_at_end
+                        .map_or_else(|| "–".to_owned(), |k| k.to_string()),
+                    p.rss_file_kib_at_end
+                        .map_or_else(|| "–".to_owned(), |k| k.to_string()),
                 );
             }
         }
@@ -816,6 +848,15 @@ pub fn commit() -> Option<String> {
         .ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
     (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+}
+
+/// The sidecar binary this harness runs, as [`super::sidecar_binary`] finds it.
+fn measured_sidecar() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    let path = super::sidecar_binary(exe.parent()?).ok()?;
+    let cwd = std::env::current_dir().ok()?;
+    let shown = path.strip_prefix(&cwd).unwrap_or(&path);
+    Some(shown.display().to_string())
 }
 
 /// The three load averages from /proc/loadavg.

@@ -674,10 +674,7 @@ async fn start_ours(
     target_name: &str,
     target: SocketAddr,
 ) -> Result<Running, Error> {
-    let sidecar = bin_dir.join("sidecar");
-    if !sidecar.exists() {
-        return Err(Error::MissingBinary(sidecar));
-    }
+    let sidecar = super::sidecar_binary(bin_dir)?;
     let [o_out, o_in, o_admin, tcp_listen, i_out, i_in, i_admin] =
         std::array::from_fn(|_| free_port());
     let unused_app = free_port();

@@ -129,10 +129,7 @@ pub(crate) async fn start_ours_with(
         Runtime::Default => "",
         Runtime::TwoWorkers => "-workers-2",
     };
-    let sidecar = bin_dir.join("sidecar");
-    if !sidecar.exists() {
-        return Err(Error::MissingBinary(sidecar));
-    }
+    let sidecar = super::sidecar_binary(bin_dir)?;
     let [o_out, o_in, o_admin, i_out, i_in, i_admin] = std::array::from_fn(|_| free_port());
     let mut proxies = Vec::new();
     for (role, service, out, inb, admin, dest) in [

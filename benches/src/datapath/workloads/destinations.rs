@@ -232,10 +232,7 @@ async fn start_ours(
     app: SocketAddr,
     names: &[String],
 ) -> Result<(Running, Watch), Error> {
-    let sidecar = bin_dir.join("sidecar");
-    if !sidecar.exists() {
-        return Err(Error::MissingBinary(sidecar));
-    }
+    let sidecar = crate::datapath::sidecar_binary(bin_dir)?;
     let [o_out, o_in, o_admin, i_out, i_in, i_admin] = std::array::from_fn(|_| free_port());
     let server_id = mesh_api::spiffe::format_service_id(TRUST_DOMAIN, "default", SERVER);
     let mut table = String::from("{ ");
