@@ -94,10 +94,13 @@ async fn connection<H, F>(
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let original = redirected_to(&tcp, peer);
+    // The byte-stream branches are boxed: a future is as large as its largest branch, and
+    // forwarding (about 6 KiB of state) would otherwise be paid by every HTTP connection, idle
+    // or not, on top of its own 2 KiB.
     if let Some(OriginalDst(dst)) = original
         && redirected.skips_detection(dst)
     {
-        return redirected.forward(tcp, dst, peer).await;
+        return Box::pin(redirected.forward(tcp, dst, peer)).await;
     }
     let (outcome, io) = match detect(tcp, detect_timeout).await {
         Ok(detected) => detected,
@@ -109,7 +112,7 @@ async fn connection<H, F>(
     metrics.protocol_detected(outcome.as_str());
     if outcome.protocol() == Protocol::Tcp {
         if let Some(OriginalDst(dst)) = original {
-            return redirected.forward(io, dst, peer).await;
+            return Box::pin(redirected.forward(io, dst, peer)).await;
         }
         ::tracing::debug!(
             %peer,
