@@ -86,7 +86,7 @@ def main():
                 dates.append(machine["date_utc"])
 
     print(f"# Same-run targets against Envoy over {len(dirs)} consecutive runs\n")
-    print(f"- runs: {', '.join(d.name for d in dirs)} (from `bash benches/repeat.sh {len(dirs)}`)")
+    print(f"- runs: {', '.join(d.name for d in dirs)} in `{root}` (`bash benches/repeat.sh`)")
     if dates:
         print(f"- from {min(dates)} to {max(dates)}")
     if commits:
