@@ -4,7 +4,7 @@
 # each run and whether it held in all of them: a target is claimed only when it holds run after
 # run, not in one lucky run.
 #
-#   bash benches/repeat.sh                      5 runs of both (about 2 hours on 2 cores)
+#   bash benches/repeat.sh                      5 runs of both (about 1.5 hours on 2 cores)
 #   bash benches/repeat.sh 5 --only datapath    5 runs of the keep-alive workload (~20 min)
 #   bash benches/repeat.sh 2 --only workloads --rounds 6
 #                                               2 runs of the workloads, 6 rounds each

@@ -18,6 +18,9 @@ def run_dirs(root):
 
 
 def load(path):
+    """A report, or None when the run has none (`--only`) or it cannot be read (said on stderr)."""
+    if not path.exists():
+        return None
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -95,7 +98,8 @@ def main():
         print(f"- sidecar binary: {', '.join(f'`{s}`' for s in sorted(sidecars))}")
     print(
         "- each cell: ours ÷ Envoy in that run (median of its rounds for added p99); "
-        "**bold** where the target was met\n"
+        "**bold** where the target was met; *no ratio*: a configuration failed in that run, or "
+        "its added latency was not positive (see the run's report)\n"
     )
     header = " | ".join(f"run {i + 1}" for i in range(len(dirs)))
     print(f"| workload | target | limit | {header} | held in every run |")
@@ -112,7 +116,9 @@ def main():
                 continue
             ratio = ratio_of(target.get("detail", ""))
             limit = limit or limit_of(name, target.get("detail", ""))
-            text = f"{ratio:.2f}×" if ratio is not None else "?"
+            # No ratio: a configuration failed (its report says why), or an added latency was
+            # not positive (the direct path's own tail above the proxied ones').
+            text = f"{ratio:.2f}×" if ratio is not None else "no ratio"
             mib = re.search(r"largest sidecar ([0-9.]+) MiB", target.get("detail", ""))
             if mib:
                 text += f", {mib.group(1)} MiB"

@@ -41,6 +41,7 @@ mod wait;
 pub use self::wait::{Progress, eventually};
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -479,13 +480,41 @@ impl Drop for Sidecar {
 ///
 /// The port is chosen below Linux's ephemeral range (32768-60999): every other test binds port 0,
 /// which the kernel serves from that range, so no parallel test can take this port before the
-/// test that picked it binds it again.
+/// test that picked it binds it again. Within one process no port is handed out twice (until
+/// the range is used up): picks step through the range from a random start, so a caller taking
+/// several ports before binding any (a sidecar's three listeners) never gets the same one twice.
 pub fn free_port() -> SocketAddr {
+    let span = u32::from(FREE_PORTS.end - FREE_PORTS.start);
+    let _ = NEXT_PICK.compare_exchange(
+        UNSET,
+        fastrand::u32(0..span),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
     for _ in 0..1000 {
-        let port = fastrand::u16(20_000..32_000);
+        let offset = NEXT_PICK.fetch_add(1, Ordering::Relaxed) % span;
+        let port = FREE_PORTS.start + u16::try_from(offset).expect("offset below the span");
         if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             return listener.local_addr().expect("address");
         }
     }
     panic!("no free port in 20000-32000 after 1000 tries")
+}
+
+/// Where [`free_port`] picks from.
+const FREE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// [`free_port`]'s next pick, an offset into [`FREE_PORTS`]; [`UNSET`] until the first pick.
+static NEXT_PICK: AtomicU32 = AtomicU32::new(UNSET);
+const UNSET: u32 = u32::MAX;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_picked_in_one_process_are_all_different() {
+        // 2,000 random picks out of 12,000 ports would repeat one almost surely.
+        let picked: std::collections::HashSet<u16> =
+            (0..2000).map(|_| super::free_port().port()).collect();
+        assert_eq!(picked.len(), 2000);
+    }
 }

@@ -65,7 +65,8 @@ pub enum Error {
     #[error("{name} not ready in time; its log ends with:\n{log}")]
     NotReady { name: String, log: String },
     #[error(
-        "{} not found; build it first: cargo build --release -p mesh-sidecar -p mesh-benches",
+        "{} not found; build it first: cargo build --release -p mesh-sidecar -p mesh-benches \
+         (a sidecar under target/dist: cargo build --profile dist -p mesh-sidecar)",
         .0.display()
     )]
     MissingBinary(PathBuf),
