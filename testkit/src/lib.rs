@@ -41,8 +41,8 @@ mod wait;
 pub use self::wait::{Progress, eventually};
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use mesh_control_plane::ca::{DEFAULT_LEAF_LIFETIME, DevCa, Leaf};
