@@ -23,11 +23,7 @@ pub(crate) fn rss() -> Result<Rss, BenchError> {
         source,
     })?;
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
+        crate::pair::status_field(&status, name)
             .ok_or(BenchError::Proc(name.trim_end_matches(':').to_owned()))
     };
     Ok(Rss {

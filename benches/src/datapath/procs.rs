@@ -173,26 +173,12 @@ pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64, Error> {
 /// running the same binary), in KiB.
 pub(crate) fn rss_split_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
-    };
+    let field = |name| crate::pair::status_field(&status, name);
     Some((field("RssAnon:")?, field("RssFile:")?))
 }
 
 /// The `Threads:` line of /proc/<pid>/status.
 pub(crate) fn thread_count(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))?
-        .trim()
-        .parse()
-        .ok()
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    crate::pair::status_field(&status, "Threads:")
 }

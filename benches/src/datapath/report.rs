@@ -247,14 +247,15 @@ pub(crate) fn summarize(tally: &Tally, plan: &Plan) -> Result<TopologyResult, Er
     let mut proxies = Vec::new();
     if let Some(running) = &tally.running {
         for ((role, proc), (tp, lat)) in running.proxies.iter().zip(&tally.cpu) {
+            let (rss_anon_kib_at_end, rss_file_kib_at_end) = rss_split_kib(proc.pid()).unzip();
             proxies.push(ProxyResult {
                 role: format!("{role} ({})", proc.name),
                 pid: proc.pid(),
                 cpu_seconds_throughput: *tp as f64 / TICKS_PER_SEC,
                 cpu_seconds_latency: *lat as f64 / TICKS_PER_SEC,
                 peak_rss_kib: peak_rss_kib(proc.pid())?,
-                rss_anon_kib_at_end: rss_split_kib(proc.pid()).map(|(anon, _)| anon),
-                rss_file_kib_at_end: rss_split_kib(proc.pid()).map(|(_, file)| file),
+                rss_anon_kib_at_end,
+                rss_file_kib_at_end,
                 threads: thread_count(proc.pid()),
             });
         }

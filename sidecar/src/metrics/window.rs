@@ -57,7 +57,7 @@ struct EdgeWindow {
 
 impl EdgeWindow {
     /// The slot of `second`, its page allocated if it was not yet.
-    fn slot_mut(&self, second: u32) -> Option<&Slot> {
+    fn slot_or_allocate(&self, second: u32) -> Option<&Slot> {
         let index = slot_index(second);
         let page = self.pages.get(index / PAGE_SLOTS)?;
         page.get_or_init(|| Box::new(std::array::from_fn(|_| Slot::default())))
@@ -138,7 +138,7 @@ impl Windows {
             destination: destination.clone(),
         });
         let now = self.second();
-        let Some(slot) = edge.slot_mut(now) else {
+        let Some(slot) = edge.slot_or_allocate(now) else {
             return;
         };
         let seen = slot.second.load(Ordering::Acquire);
