@@ -85,6 +85,7 @@ pub mod telemetry;
 mod admin;
 mod app_health;
 mod body_limit;
+mod coalesce;
 mod control;
 mod detect;
 mod gateway;

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
+use crate::coalesce::Coalesced;
 use crate::config::{GatewayListener as ListenerConfig, HttpListenerLimits};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::accept::serve_http;
@@ -144,11 +145,16 @@ where
                     move |req| handler.load_full().handle(peer, req)
                 };
                 let ended = match tls {
-                    None => serve_http(&http, &limits, tcp, handle, draining).await,
+                    None => {
+                        let io = Coalesced::passthrough(tcp);
+                        serve_http(&http, &limits, io, handle, draining).await
+                    }
                     Some(tls) => {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
                             Ok(Ok(stream)) => {
-                                serve_http(&http, &limits, stream, handle, draining).await
+                                let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                let io = Coalesced::new(stream, http2);
+                                serve_http(&http, &limits, io, handle, draining).await
                             }
                             Ok(Err(error)) => {
                                 ::tracing::debug!(%peer, %error, "gateway TLS handshake failed");

@@ -38,6 +38,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::identify::{Caller, identify, max_connection_age};
 use crate::body::Body;
+use crate::coalesce::Coalesced;
 use crate::config::{InboundConfig, InboundLimits};
 use crate::detect::{Inbound, Outcome, Protocol, Rewind, detect, detect_inbound};
 use crate::http_limits::Limited;
@@ -236,8 +237,8 @@ where
             }) as Untrusted
         });
         // hyper reads the first bytes to tell HTTP/1.1 from HTTP/2 with no time limit.
-        let io = match detect(tls, self.limits.first_bytes_timeout).await {
-            Ok((outcome, io)) if outcome.protocol() != Protocol::Tcp => io,
+        let (protocol, io) = match detect(tls, self.limits.first_bytes_timeout).await {
+            Ok((outcome, io)) if outcome.protocol() != Protocol::Tcp => (outcome.protocol(), io),
             Ok((Outcome::Tcp, _)) => {
                 ::tracing::debug!(%peer, "inbound connection closed: not HTTP");
                 return;
@@ -256,7 +257,7 @@ where
             }
         };
         let caller = Arc::new(Caller::new(caller, peer));
-        self.serve_http(io, caller, draining, max_age, untrusted)
+        self.serve_http(io, protocol, caller, draining, max_age, untrusted)
             .await;
     }
 
@@ -273,7 +274,8 @@ where
         let caller = Arc::new(Caller::unauthenticated(peer));
         if outcome.protocol() != Protocol::Tcp {
             ::tracing::debug!(%peer, protocol = outcome.as_str(), "plain inbound connection");
-            self.serve_http(io, caller, draining, None, None).await;
+            self.serve_http(io, outcome.protocol(), caller, draining, None, None)
+                .await;
             return;
         }
         match (self.plain_tcp)(caller, io) {
@@ -288,10 +290,11 @@ where
     }
 
     /// Serves HTTP on `io` until it closes, every request handed to the inbound handler with
-    /// `caller`.
+    /// `caller`; an HTTP/2 connection's bursts of writes leave together.
     async fn serve_http<S>(
         self,
         io: S,
+        protocol: Protocol,
         caller: Arc<Caller>,
         draining: Draining,
         max_age: Option<MaxAge>,
@@ -305,6 +308,7 @@ where
             self.limits.http.max_headers,
             self.limits.http.http2.idle_timeout,
         );
+        let io = Coalesced::new(io, protocol == Protocol::H2);
         let conn = self.http.serve_connection(
             TokioIo::new(io),
             service_fn(limited.wrap(move |req| handle(caller.clone(), req))),

@@ -39,6 +39,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::body::{Body, BoxError};
+use crate::coalesce::Coalesced;
 use crate::config::AppLimits;
 use crate::error::{AppConcurrencyLimit, AppFailed};
 use crate::headers::{
@@ -71,6 +72,8 @@ pub(crate) struct AppClients {
 pub(crate) struct AppConnector {
     app: SocketAddr,
     connect_timeout: Duration,
+    /// Its connections carry HTTP/2, whose bursts of writes leave together.
+    http2: bool,
 }
 
 // === impl AppClients ===
@@ -80,6 +83,7 @@ impl AppClients {
         let connector = AppConnector {
             app,
             connect_timeout: limits.connect_timeout,
+            http2: false,
         };
         let idle = limits.max_idle_connections as usize;
         let http1 = Client::builder(TokioExecutor::new())
@@ -93,7 +97,10 @@ impl AppClients {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
-            .build(connector);
+            .build(AppConnector {
+                http2: true,
+                ..connector
+            });
         Self {
             app,
             app_authority: app.to_string(),
@@ -201,7 +208,7 @@ fn without_client_id(mut frame: Frame<Bytes>) -> Frame<Bytes> {
 // === impl AppConnector ===
 
 impl tower::Service<Uri> for AppConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Coalesced<TcpStream>>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -210,7 +217,7 @@ impl tower::Service<Uri> for AppConnector {
     }
 
     fn call(&mut self, _authority: Uri) -> Self::Future {
-        let (app, timeout) = (self.app, self.connect_timeout);
+        let (app, timeout, http2) = (self.app, self.connect_timeout, self.http2);
         Box::pin(async move {
             let tcp = tokio::time::timeout(timeout, TcpStream::connect(app))
                 .await
@@ -221,7 +228,7 @@ impl tower::Service<Uri> for AppConnector {
                     )
                 })??;
             let _ = tcp.set_nodelay(true);
-            Ok(TokioIo::new(tcp))
+            Ok(TokioIo::new(Coalesced::new(tcp, http2)))
         })
     }
 }

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::body::Body;
+use crate::coalesce::Coalesced;
 use crate::config::HttpListenerLimits;
 use crate::detect::{Protocol, detect};
 use crate::http_limits::Limited;
@@ -133,6 +134,7 @@ async fn connection<H, F>(
         }
         handle(req)
     };
+    let io = Coalesced::new(io, outcome.protocol() == Protocol::H2);
     serve_http(&http, &limits, io, handle, draining).await;
 }
 

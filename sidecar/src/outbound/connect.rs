@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::body::{Body, BoxError};
+use crate::coalesce::Coalesced;
 use crate::error::{ConnectFailed, ConnectTimeout, TlsFailed, UpstreamFailed};
 use crate::identity::SpiffeId;
 use crate::identity::TrustChanges;
@@ -216,7 +217,7 @@ impl Endpoint {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(PEER_MAX_FRAME_SIZE)
             .max_header_list_size(MAX_PEER_HEADER_BYTES)
-            .handshake(TokioIo::new(tls))
+            .handshake(TokioIo::new(Coalesced::new(tls, true)))
             .await
             .map_err(|source| UpstreamFailed {
                 endpoint: self.addr,

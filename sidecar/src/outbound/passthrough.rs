@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::body::{Body, BoxError, empty};
+use crate::coalesce::Coalesced;
 use crate::error::{PassthroughFailed, Unsupported};
 use crate::headers::remove_hop_by_hop;
 use crate::splice::{OpenStreams, Splice, splice_upgraded};
@@ -107,7 +108,7 @@ impl Upstream {
             source,
         };
         let tcp = connect(self.address, timeout).await?;
-        let io = TokioIo::new(tcp);
+        let io = TokioIo::new(Coalesced::new(tcp, http2));
         if http2 {
             let (send, conn) = http2::handshake(TokioExecutor::new(), io)
                 .await

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::coalesce::Coalesced;
 use crate::config::{Config, HttpListenerLimits};
 use crate::detect::{Protocol, Rewind, detect};
 use crate::metrics::{Direction, Label, Metrics};
@@ -272,7 +273,11 @@ impl Accepted {
                 "not HTTP: tunnelled as TCP");
             return self.tunnel(io, peer).await;
         }
-        self.serve_http(io, draining).await;
+        self.serve_http(
+            Coalesced::new(io, outcome.protocol() == Protocol::H2),
+            draining,
+        )
+        .await;
     }
 
     /// Tunnels a connection, counted among the open streams until it ends or is cut.
@@ -286,7 +291,7 @@ impl Accepted {
     /// The future owns what it needs, so it holds no borrow of `self` across its awaits.
     fn serve_http(
         &self,
-        io: Rewind<TcpStream>,
+        io: Coalesced<Rewind<TcpStream>>,
         draining: Draining,
     ) -> impl Future<Output = ()> + Send + 'static {
         let handle = self.http.handle.clone();
