@@ -5,7 +5,10 @@
 //! reply, and over TLS one record per reply (a 16 KiB frame as two: 16 KiB and its 9-byte
 //! head). [`Coalesced`] sits under the HTTP/2 codec and gathers a burst into one buffer:
 //! - a write while the connection is quiet goes straight through: no copy, no delay;
-//! - a write within [`BURST`] of the last write-out is copied into the buffer;
+//! - so does a large one ([`LARGE_WRITE`], a full TLS record: a body's or a tunnel's frames),
+//!   after what was gathered before it: copying it would buy no fewer records and cost a copy
+//!   and a delay to a stream that fills its own writes;
+//! - a small write within [`BURST`] of the last write-out is copied into the buffer;
 //! - a flush right after such writes is put off: the task is woken, and the other tasks that
 //!   were ready (the streams handing this connection more frames) run before it flushes
 //!   again. h2 flushes on every turn of its connection task, so what waits leaves on the next.
@@ -31,6 +34,9 @@ const BURST: Duration = Duration::from_micros(50);
 
 /// The most bytes gathered before they are written out: four full TLS records.
 const GATHER_LIMIT: usize = 64 * 1024;
+
+/// A write this large (a full TLS record's plaintext) goes straight through.
+const LARGE_WRITE: usize = 16 * 1024;
 
 /// An HTTP/2 connection's transport, its bursts of writes gathered into one.
 #[derive(Debug)]
@@ -147,7 +153,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
             return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         }
         let now = Instant::now();
-        if this.gathered.is_empty() && !this.in_burst(now) {
+        let large = bufs.iter().map(|buf| buf.len()).sum::<usize>() >= LARGE_WRITE;
+        if large && !this.gathered.is_empty() {
+            ready!(this.poll_write_out(cx))?;
+        }
+        if this.gathered.is_empty() && (large || !this.in_burst(now)) {
             let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
             this.last_write_out = Some(now);
             return Poll::Ready(Ok(n));

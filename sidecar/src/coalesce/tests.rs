@@ -1,6 +1,6 @@
-//! A burst of writes leaves in one write on the flush after it, a quiet write at once; nothing
-//! waits past a full buffer, a stale burst or a shutdown; and HTTP/2 over real sockets carries
-//! every byte of a stream of small messages in far fewer writes than messages.
+//! A burst of small writes leaves in one write on the flush after it, a quiet or a large write
+//! at once; nothing waits past a full buffer, a stale burst or a shutdown; and HTTP/2 over real
+//! sockets carries every byte of a stream of small messages in far fewer writes than messages.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use super::{Coalesced, GATHER_LIMIT};
+use super::{Coalesced, GATHER_LIMIT, LARGE_WRITE};
 
 /// A long burst, so which writes join it does not depend on this machine's speed.
 const LONG_BURST: Duration = Duration::from_secs(30);
@@ -184,29 +184,65 @@ async fn a_burst_older_than_its_window_leaves_at_its_first_flush() {
     assert_eq!(read_exactly(&mut peer, 2).await, b"ab");
 }
 
-#[tokio::test]
-async fn a_full_buffer_is_written_out_before_it_takes_more() {
-    let (counted, writes, mut peer) = socket_pair().await;
-    let mut io = Coalesced::with_burst(counted, true, LONG_BURST);
-    io.write_all(b"a").await.unwrap();
-    let block: Vec<u8> = (0..GATHER_LIMIT + 100).map(|i| (i % 251) as u8).collect();
-
-    io.write_all(&block).await.unwrap();
-
-    assert_eq!(
-        io.gathered.len(),
-        100,
-        "the first GATHER_LIMIT bytes were written out"
-    );
-    assert_eq!(writes.load(Ordering::Relaxed), 2);
-    io.shutdown().await.unwrap();
+/// Reads everything `peer` receives until the writer closes, bounded in time.
+async fn read_to_close(peer: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut got))
         .await
         .expect("all bytes and the close arrive within 10 s")
         .unwrap();
-    assert_eq!(got.len(), 1 + block.len());
-    assert_eq!(&got[1..], &block[..]);
+    got
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn a_full_buffer_is_written_out_before_it_takes_more() {
+    let (counted, writes, mut peer) = socket_pair().await;
+    let mut io = Coalesced::with_burst(counted, true, LONG_BURST);
+    io.write_all(b"a").await.unwrap();
+    let small = 1024;
+    let sent = pattern(GATHER_LIMIT + small);
+
+    for chunk in sent.chunks(small) {
+        io.write_all(chunk).await.unwrap();
+    }
+
+    assert_eq!(
+        io.gathered.len(),
+        small,
+        "the first GATHER_LIMIT bytes were written out"
+    );
+    assert_eq!(writes.load(Ordering::Relaxed), 2);
+    io.shutdown().await.unwrap();
+    let got = read_to_close(&mut peer).await;
+    assert_eq!(got.len(), 1 + sent.len());
+    assert_eq!(&got[1..], &sent[..]);
+}
+
+#[tokio::test]
+async fn a_large_write_goes_straight_through_after_what_was_gathered() {
+    let (counted, writes, mut peer) = socket_pair().await;
+    let mut io = Coalesced::with_burst(counted, true, LONG_BURST);
+    io.write_all(b"a").await.unwrap();
+    io.write_all(b"bb").await.unwrap();
+    let block = pattern(LARGE_WRITE);
+
+    let taken = io.write(&block).await.unwrap();
+
+    assert_eq!(taken, block.len(), "the socket takes it whole");
+    assert!(io.gathered.is_empty(), "nothing of it was copied");
+    assert_eq!(
+        writes.load(Ordering::Relaxed),
+        3,
+        "a, then bb, then the block"
+    );
+    io.shutdown().await.unwrap();
+    let got = read_to_close(&mut peer).await;
+    assert_eq!(&got[..3], b"abb");
+    assert_eq!(&got[3..], &block[..]);
 }
 
 #[tokio::test]
@@ -218,12 +254,7 @@ async fn shutdown_writes_out_what_was_gathered_first() {
 
     io.shutdown().await.unwrap();
 
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut got))
-        .await
-        .expect("the close arrives within 10 s")
-        .unwrap();
-    assert_eq!(got, b"headtail");
+    assert_eq!(read_to_close(&mut peer).await, b"headtail");
 }
 
 #[tokio::test]
