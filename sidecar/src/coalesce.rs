@@ -5,9 +5,9 @@
 //! reply, and over TLS one record per reply (a 16 KiB frame as two: 16 KiB and its 9-byte
 //! head). [`Coalesced`] sits under the HTTP/2 codec and gathers a burst into one buffer:
 //! - a write while the connection is quiet goes straight through: no copy, no delay;
-//! - so does a large one ([`LARGE_WRITE`], a full TLS record: a body's or a tunnel's frames),
-//!   after what was gathered before it: copying it would buy no fewer records and cost a copy
-//!   and a delay to a stream that fills its own writes;
+//! - so does one that would fill the buffer by itself (a tunnel's or a body's 64 KiB frames
+//!   between sidecars), after what was gathered before it: copying it would buy no fewer
+//!   records and cost a copy and a delay to a stream that fills its own writes;
 //! - a small write within [`BURST`] of the last write-out is copied into the buffer;
 //! - a flush right after such writes is put off: the task is woken, and the other tasks that
 //!   were ready (the streams handing this connection more frames) run before it flushes
@@ -34,9 +34,6 @@ const BURST: Duration = Duration::from_micros(50);
 
 /// The most bytes gathered before they are written out: four full TLS records.
 const GATHER_LIMIT: usize = 64 * 1024;
-
-/// A write this large (a full TLS record's plaintext) goes straight through.
-const LARGE_WRITE: usize = 16 * 1024;
 
 /// An HTTP/2 connection's transport, its bursts of writes gathered into one.
 #[derive(Debug)]
@@ -153,7 +150,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
             return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         }
         let now = Instant::now();
-        let large = bufs.iter().map(|buf| buf.len()).sum::<usize>() >= LARGE_WRITE;
+        let large = bufs.iter().map(|buf| buf.len()).sum::<usize>() >= GATHER_LIMIT;
         if large && !this.gathered.is_empty() {
             ready!(this.poll_write_out(cx))?;
         }

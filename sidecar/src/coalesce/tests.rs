@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use super::{Coalesced, GATHER_LIMIT, LARGE_WRITE};
+use super::{Coalesced, GATHER_LIMIT};
 
 /// A long burst, so which writes join it does not depend on this machine's speed.
 const LONG_BURST: Duration = Duration::from_secs(30);
@@ -228,7 +228,7 @@ async fn a_large_write_goes_straight_through_after_what_was_gathered() {
     let mut io = Coalesced::with_burst(counted, true, LONG_BURST);
     io.write_all(b"a").await.unwrap();
     io.write_all(b"bb").await.unwrap();
-    let block = pattern(LARGE_WRITE);
+    let block = pattern(GATHER_LIMIT);
 
     let taken = io.write(&block).await.unwrap();
 
