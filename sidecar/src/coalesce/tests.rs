@@ -232,13 +232,14 @@ async fn a_large_write_goes_straight_through_after_what_was_gathered() {
 
     let taken = io.write(&block).await.unwrap();
 
-    assert_eq!(taken, block.len(), "the socket takes it whole");
     assert!(io.gathered.is_empty(), "nothing of it was copied");
     assert_eq!(
         writes.load(Ordering::Relaxed),
         3,
         "a, then bb, then the block"
     );
+    // A socket may take part of it; the rest follows.
+    io.write_all(&block[taken..]).await.unwrap();
     io.shutdown().await.unwrap();
     let got = read_to_close(&mut peer).await;
     assert_eq!(&got[..3], b"abb");
