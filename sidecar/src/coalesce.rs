@@ -5,10 +5,13 @@
 //! reply, and over TLS one record per reply (a 16 KiB frame as two: 16 KiB and its 9-byte
 //! head). [`Coalesced`] sits under the HTTP/2 codec and gathers a burst into one buffer:
 //! - a write while the connection is quiet goes straight through: no copy, no delay;
+//! - so does a write of one buffer: that is h2's own, its small frames (headers, small DATA,
+//!   window updates) already packed together, so a unary call's answer never waits;
 //! - so does one that would fill the buffer by itself (a tunnel's or a body's 64 KiB frames
 //!   between sidecars), after what was gathered before it: copying it would buy no fewer
 //!   records and cost a copy and a delay to a stream that fills its own writes;
-//! - a small write within [`BURST`] of the last write-out is copied into the buffer;
+//! - a frame written by reference (a DATA frame's head and its payload, two buffers) within
+//!   [`BURST`] of the last write-out is copied into the buffer, and so is anything after it;
 //! - a flush right after such writes is put off: the task is woken, and the other tasks that
 //!   were ready (the streams handing this connection more frames) run before it flushes
 //!   again. h2 flushes on every turn of its connection task, so what waits leaves on the next.
@@ -154,7 +157,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         if large && !this.gathered.is_empty() {
             ready!(this.poll_write_out(cx))?;
         }
-        if this.gathered.is_empty() && (large || !this.in_burst(now)) {
+        let by_reference = bufs.iter().filter(|buf| !buf.is_empty()).count() > 1;
+        if this.gathered.is_empty() && (large || !by_reference || !this.in_burst(now)) {
             let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
             this.last_write_out = Some(now);
             return Poll::Ready(Ok(n));

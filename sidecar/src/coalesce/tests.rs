@@ -1,6 +1,7 @@
-//! A burst of small writes leaves in one write on the flush after it, a quiet or a large write
-//! at once; nothing waits past a full buffer, a stale burst or a shutdown; and HTTP/2 over real
-//! sockets carries every byte of a stream of small messages in far fewer writes than messages.
+//! A burst of frames written by reference leaves in one write on the flush after it; a quiet
+//! write, a large one and h2's own buffer leave at once; nothing waits past a full buffer, a
+//! stale burst or a shutdown; and HTTP/2 over real sockets carries every byte of a stream of
+//! small messages in far fewer writes than messages.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -104,6 +105,17 @@ fn flush_once<T: AsyncWrite + Unpin>(io: &mut Coalesced<T>) -> (bool, usize) {
     (ready, wakes.0.load(Ordering::Relaxed))
 }
 
+/// Writes `bytes` as h2 writes a DATA frame it holds by reference: its head and its payload, two
+/// buffers in one vectored write.
+async fn write_frame<T: AsyncWrite + Unpin>(io: &mut Coalesced<T>, bytes: &[u8]) {
+    let (head, payload) = bytes.split_at(bytes.len() / 2);
+    let taken = io
+        .write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
+        .await
+        .unwrap();
+    assert_eq!(taken, bytes.len(), "a gathered frame is taken whole");
+}
+
 /// Reads exactly `len` bytes from `tcp`, bounded in time.
 async fn read_exactly(tcp: &mut TcpStream, len: usize) -> Vec<u8> {
     let mut got = vec![0u8; len];
@@ -136,7 +148,7 @@ async fn a_burst_leaves_in_one_write_on_the_flush_after_the_task_is_woken() {
     let mut io = Coalesced::with_burst(counted, true, LONG_BURST);
     io.write_all(b"a").await.unwrap();
     for part in [&b"bb"[..], b"ccc", b"dddd"] {
-        io.write_all(part).await.unwrap();
+        write_frame(&mut io, part).await;
     }
     assert_eq!(writes.load(Ordering::Relaxed), 1, "the burst is gathered");
 
@@ -173,7 +185,7 @@ async fn a_burst_older_than_its_window_leaves_at_its_first_flush() {
     let (counted, writes, mut peer) = socket_pair().await;
     let mut io = Coalesced::with_burst(counted, true, LONG_BURST);
     io.write_all(b"a").await.unwrap();
-    io.write_all(b"b").await.unwrap();
+    write_frame(&mut io, b"bc").await;
     io.last_write_out = Instant::now().checked_sub(2 * LONG_BURST);
 
     let (ready, woken) = flush_once(&mut io);
@@ -181,7 +193,7 @@ async fn a_burst_older_than_its_window_leaves_at_its_first_flush() {
     assert!(ready);
     assert_eq!(woken, 0, "nothing is put off");
     assert_eq!(writes.load(Ordering::Relaxed), 2);
-    assert_eq!(read_exactly(&mut peer, 2).await, b"ab");
+    assert_eq!(read_exactly(&mut peer, 3).await, b"abc");
 }
 
 /// Reads everything `peer` receives until the writer closes, bounded in time.
@@ -207,7 +219,7 @@ async fn a_full_buffer_is_written_out_before_it_takes_more() {
     let sent = pattern(GATHER_LIMIT + small);
 
     for chunk in sent.chunks(small) {
-        io.write_all(chunk).await.unwrap();
+        write_frame(&mut io, chunk).await;
     }
 
     assert_eq!(
@@ -227,7 +239,7 @@ async fn a_large_write_goes_straight_through_after_what_was_gathered() {
     let (counted, writes, mut peer) = socket_pair().await;
     let mut io = Coalesced::with_burst(counted, true, LONG_BURST);
     io.write_all(b"a").await.unwrap();
-    io.write_all(b"bb").await.unwrap();
+    write_frame(&mut io, b"bb").await;
     let block = pattern(GATHER_LIMIT);
 
     let taken = io.write(&block).await.unwrap();
@@ -251,11 +263,26 @@ async fn shutdown_writes_out_what_was_gathered_first() {
     let (counted, _, mut peer) = socket_pair().await;
     let mut io = Coalesced::with_burst(counted, true, LONG_BURST);
     io.write_all(b"head").await.unwrap();
-    io.write_all(b"tail").await.unwrap();
+    write_frame(&mut io, b"tail").await;
 
     io.shutdown().await.unwrap();
 
     assert_eq!(read_to_close(&mut peer).await, b"headtail");
+}
+
+#[tokio::test]
+async fn one_buffer_goes_straight_through_in_a_burst_too() {
+    let (counted, writes, mut peer) = socket_pair().await;
+    let mut io = Coalesced::with_burst(counted, true, LONG_BURST);
+    // h2's own buffer: small frames it already packed, such as a unary call's whole answer.
+    for part in [&b"a"[..], b"b", b"c"] {
+        io.write_all(part).await.unwrap();
+    }
+
+    assert_eq!(writes.load(Ordering::Relaxed), 3);
+    let (_, woken) = flush_once(&mut io);
+    assert_eq!(woken, 0, "nothing waits");
+    assert_eq!(read_exactly(&mut peer, 3).await, b"abc");
 }
 
 #[tokio::test]
