@@ -55,6 +55,7 @@
 //! - `control/`: the control-plane client (certificate, snapshots, registration);
 //! - [`telemetry`]: trace propagation, spans, export, access log; [`metrics`]: Prometheus;
 //! - `admin.rs` and `app_health.rs`: the admin endpoint and the app's health probe;
+//! - `coalesce.rs`: under every HTTP/2 connection, a burst of frames leaves in one write;
 //! - `serve.rs` and `http_limits.rs`: each listener's `limits` (connection caps, header count,
 //!   the HTTP idle timeout); `inbound/accept.rs` and `inbound/forward.rs` hold the handshake
 //!   and app limits;
